@@ -1,0 +1,1 @@
+"""The `dealrisk` command line: the wiring layer that may import every other package."""

@@ -1,0 +1,3 @@
+from dealrisk.cli import app
+
+app()

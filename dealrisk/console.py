@@ -1,0 +1,60 @@
+"""Shared helpers for CLI commands: JSON output, errors that exit, progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, set | tuple):
+        return list(value)
+    return str(value)
+
+
+def emit_json(obj: Any) -> None:
+    """Print machine-readable output on stdout (NaN becomes null)."""
+    text = json.dumps(obj, default=_default, indent=2)
+    sys.stdout.write(text.replace("NaN", "null") + "\n")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error a person can act on and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def progress(description: str, total: float | None = None, quiet: bool = False) -> Iterator[Any]:
+    """A progress bar on stderr; yields `advance(n=1)`. Silent when `quiet` (e.g. with --json)."""
+    if quiet:
+        yield lambda n=1: None
+        return
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: float = 1) -> None:
+            bar.advance(task, n)
+
+        yield advance

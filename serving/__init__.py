@@ -1,0 +1,1 @@
+"""The FastAPI service: settings, schemas, the store, auth and the manager page."""
