@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from dealrisk import cmd_analytics, cmd_data, cmd_keys, cmd_models, cmd_service
+from dealrisk import cmd_analytics, cmd_data, cmd_demo, cmd_keys, cmd_models, cmd_service
 
 app = typer.Typer(
     name="dealrisk",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (cmd_data, cmd_models, cmd_analytics, cmd_keys, cmd_service):
+for module in (cmd_data, cmd_models, cmd_analytics, cmd_keys, cmd_service, cmd_demo):
     module.register(app)
 
 

@@ -1,0 +1,371 @@
+"""Point-in-time features: one row per (deal_id, as_of) point, from rows dated at or before as_of.
+
+Training snapshots, batch scoring and the service all call `build_features`, so a deal gets the same
+numbers whichever path scores it. Everything is vectorised: per-deal event streams answer "how many
+events at or before t" with one global `np.searchsorted` (see `features.population.EventStream`), and
+population statistics are read from time-indexed cumulative tables with `pd.merge_asof`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from features.history import ACTIVITY_TYPES, DealHistory
+from features.population import (
+    DAY_NS,
+    NAT_NS,
+    PRIOR_WEIGHT,
+    DealIndex,
+    EventStream,
+    Population,
+    asof_lookup,
+    compute_population,
+    cumsum_by,
+    field_rows,
+    first_stage,
+    from_ns,
+    owner_at,
+    pair_keys,
+    stage_rows,
+    take,
+    to_ns,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTIVITY_WINDOWS_DAYS = (7, 30, 90)
+_ACTIVITY_KINDS = ACTIVITY_TYPES + ("activity",)  # "activity" = all types together
+
+ACTIVITY_COUNT_COLUMNS = [f"n_{kind}_{w}d" for w in ACTIVITY_WINDOWS_DAYS for kind in _ACTIVITY_KINDS]
+
+CATEGORICAL_FEATURES = ["pipeline_cat", "stage_cat"]
+
+FEATURE_COLUMNS = [
+    "stage_age_days",
+    "stage_age_rel",
+    "stage_position",
+    "stage_position_frac",
+    "n_stage_changes",
+    "n_backward_moves",
+    "deal_age_days",
+    "days_since_activity",
+    "days_since_inbound",
+    *ACTIVITY_COUNT_COLUMNS,
+    "inbound_30d",
+    "max_gap_days",
+    "activity_trend",
+    "activity_trend_ratio",
+    "log_amount",
+    "amount_rel_pipeline",
+    "n_amount_changes",
+    "amount_change_ratio",
+    "days_to_close",
+    "n_close_slips",
+    "owner_win_rate",
+    "owner_closed_deals",
+    "owner_open_deals",
+    *CATEGORICAL_FEATURES,
+]
+
+CONTEXT_COLUMNS = ["pipeline", "owner", "team", "stage", "amount", "expected_close_date", "outcome"]
+
+_KIND_WORDS = {
+    "call": "calls",
+    "email": "emails",
+    "meeting": "meetings",
+    "note": "notes",
+    "task": "tasks",
+    "other": "other activities",
+    "activity": "activities of any kind",
+}
+
+FEATURE_DESCRIPTIONS: dict[str, str] = {
+    "stage_age_days": "days in the current stage",
+    "stage_age_rel": "time in the current stage relative to the typical time in that stage (ratio)",
+    "stage_position": "position of the current stage in the pipeline (0 = first stage)",
+    "stage_position_frac": "progress through the pipeline's stages (0 = first stage, 1 = closed)",
+    "n_stage_changes": "number of stage changes so far",
+    "n_backward_moves": "number of moves back to an earlier stage",
+    "deal_age_days": "days since the deal was created",
+    "days_since_activity": "days since the last activity",
+    "days_since_inbound": "days since the buyer last reached out (inbound activity)",
+    **{
+        f"n_{kind}_{w}d": f"number of {_KIND_WORDS[kind]} in the last {w} days"
+        for w in ACTIVITY_WINDOWS_DAYS
+        for kind in _ACTIVITY_KINDS
+    },
+    "inbound_30d": "number of inbound activities in the last 30 days",
+    "max_gap_days": "longest silence between two activities (days)",
+    "activity_trend": "activities in the last 14 days minus the 14 days before",
+    "activity_trend_ratio": "activity in the last 14 days against the 14 days before (ratio)",
+    "log_amount": "deal amount (natural log of 1 + amount)",
+    "amount_rel_pipeline": "deal amount relative to the pipeline's typical amount (ratio)",
+    "n_amount_changes": "number of times the amount was changed",
+    "amount_change_ratio": "current amount relative to the amount at creation (ratio)",
+    "days_to_close": "days until the expected close date (negative when overdue)",
+    "n_close_slips": "number of times the expected close date was pushed later",
+    "owner_win_rate": "owner's share of closed deals that were won (smoothed)",
+    "owner_closed_deals": "number of deals the owner has closed",
+    "owner_open_deals": "number of open deals the owner holds",
+    "pipeline_cat": "pipeline",
+    "stage_cat": "current stage",
+}
+
+_COUNT_COLUMNS = {
+    "n_stage_changes",
+    "n_backward_moves",
+    *ACTIVITY_COUNT_COLUMNS,
+    "inbound_30d",
+    "activity_trend",
+    "n_amount_changes",
+    "n_close_slips",
+    "owner_closed_deals",
+    "owner_open_deals",
+}
+
+
+def category_levels(history: DealHistory) -> tuple[list[str], list[str]]:
+    """Categories of pipeline_cat and stage_cat: pipelines by name; stages in pipeline order."""
+    pipelines = sorted(history.pipelines)
+    stages: list[str] = []
+    for name in pipelines:
+        spec = history.pipelines[name]
+        stages.extend(s for s in spec.stages + spec.won + spec.lost if s not in stages)
+    return pipelines, stages
+
+
+def _parse_times(values: np.ndarray) -> np.ndarray:
+    """Field-change values holding times (ISO strings) as int64 ns; unparsable values are NAT_NS."""
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce", format="ISO8601")
+    return to_ns(parsed)
+
+
+def _days(delta_ns: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.where(valid, delta_ns / DAY_NS, np.nan)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def build_features(
+    history: DealHistory, points: pd.DataFrame, population: Population | None = None
+) -> pd.DataFrame:
+    """Features and context of each point (deal_id, as_of), using only rows dated at or before as_of.
+
+    One output row per point, in the points' order and with their index: `deal_id`, `as_of`, every
+    column of FEATURE_COLUMNS, then CONTEXT_COLUMNS. Population statistics come from `population`
+    (computed from `history` when None). Raises ValueError for unknown deal ids or missing times.
+    """
+    if population is None:
+        population = compute_population(history)
+    deals = DealIndex(history.deals)
+    codes = deals.codes(points["deal_id"])
+    if (codes < 0).any():
+        unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
+        raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
+    t = to_ns(points["as_of"])
+    if (t == NAT_NS).any():
+        raise ValueError("points have a missing as_of; every point needs a time")
+    # Queries sorted by (deal, time) hit the sorted event keys in order, which makes the many
+    # searchsorted calls cache-friendly; results go back to the points' order at the end.
+    order = np.lexsort((t, codes))
+    values, context = _compute(history, population, deals, codes[order], t[order])
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+
+    pipeline_levels, stage_levels = category_levels(history)
+    frame = pd.DataFrame(index=points.index)
+    frame["deal_id"] = pd.array(points["deal_id"].astype("string").to_numpy(dtype=object), dtype="string")
+    frame["as_of"] = from_ns(t).array
+    for column in FEATURE_COLUMNS:
+        if column == "pipeline_cat":
+            frame[column] = pd.Categorical(context["pipeline"][back], categories=pipeline_levels)
+        elif column == "stage_cat":
+            frame[column] = pd.Categorical(context["stage"][back], categories=stage_levels)
+        elif column in _COUNT_COLUMNS:
+            frame[column] = np.nan_to_num(values[column][back], nan=0.0).astype(np.int64)
+        else:
+            frame[column] = np.asarray(values[column][back], dtype=np.float64)
+    for column in ("pipeline", "owner", "team", "stage"):
+        frame[column] = pd.array(context[column][back], dtype="string")
+    frame["amount"] = context["amount"][back].astype(np.float64)
+    frame["expected_close_date"] = from_ns(context["expected_close_date"][back]).array
+    frame["outcome"] = pd.array(context["outcome"][back], dtype="string")
+    logger.debug("built %d feature rows for %d deals", len(frame), deals.n)
+    return frame
+
+
+def _compute(
+    history: DealHistory, population: Population, deals: DealIndex, codes: np.ndarray, t: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(feature arrays, context arrays) for valid deal codes and times, in the given order."""
+    specs = history.pipelines
+    created = deals.created[codes]
+    not_created = t < created
+    pipeline = deals.pipeline[codes]
+    out: dict[str, np.ndarray] = {}
+
+    # Stage as of t: the latest stage row, else the pipeline's first stage (position 0, open).
+    rows = stage_rows(history, deals)
+    sidx = rows.stream.last_index(codes, t)
+    has_stage = sidx >= 0
+    start = first_stage(pipeline, specs)
+    stage = np.where(has_stage, take(rows.stage, sidx, None), start)
+    stage[not_created] = None
+    entered = np.where(has_stage, take(rows.entered, sidx, 0), created)
+    out["stage_age_days"] = _days(t - entered, ~not_created)
+    stage_time = population.stage_time
+    keyed = stage_time.assign(
+        _key=pair_keys(
+            stage_time["pipeline"].to_numpy(dtype=object), stage_time["stage"].to_numpy(dtype=object)
+        )
+    )
+    stage_keys = pair_keys(pipeline, stage).to_numpy(dtype=object)
+    typical = asof_lookup(keyed, "_key", stage_keys, t, ["typical_stage_days"])["typical_stage_days"]
+    out["stage_age_rel"] = _ratio(out["stage_age_days"], typical)
+    starting_position = np.where(pd.notna(start), 0.0, np.nan)
+    position = np.where(has_stage, take(rows.position, sidx, np.nan), starting_position)
+    position[not_created] = np.nan
+    n_open = pd.Series(pipeline, dtype=object).map({k: len(v.stages) for k, v in specs.items()})
+    out["stage_position"] = position
+    out["stage_position_frac"] = _ratio(position, n_open.to_numpy(dtype=np.float64, na_value=np.nan))
+    out["n_stage_changes"] = take(rows.n_changes, sidx, 0)
+    out["n_backward_moves"] = take(rows.n_backward, sidx, 0)
+    out["deal_age_days"] = _days(t - created, created != NAT_NS)
+    outcome = np.where(has_stage, take(rows.outcome, sidx, "open"), "open").astype(object)
+    outcome[not_created] = "not_created"
+
+    out.update(_activity_features(history, deals, codes, t))
+    amount, close_date, amount_features = _field_features(history, deals, codes, t)
+    out.update(amount_features)
+    typical_amount = asof_lookup(population.pipeline_amount, "pipeline", pipeline, t, ["typical_amount"])
+    out["amount_rel_pipeline"] = _ratio(amount, typical_amount["typical_amount"])
+
+    owner = owner_at(field_rows(history, deals, "owner"), deals, codes, t)
+    out.update(_owner_features(population, owner, pipeline, t))
+    context = {
+        "pipeline": pipeline,
+        "owner": owner,
+        "team": deals.team[codes],
+        "stage": stage,
+        "amount": amount,
+        "expected_close_date": close_date,
+        "outcome": outcome,
+    }
+    return out, context
+
+
+def _activity_features(
+    history: DealHistory, deals: DealIndex, codes: np.ndarray, t: np.ndarray
+) -> dict[str, np.ndarray]:
+    acts = history.activities
+    act_codes = deals.codes(acts["deal_id"])
+    times = to_ns(acts["occurred_at"])
+    type_code = pd.Categorical(acts["type"].astype("string"), categories=list(ACTIVITY_TYPES)).codes
+    type_code = np.where(type_code < 0, ACTIVITY_TYPES.index("other"), type_code).astype(np.int64)
+    k = len(ACTIVITY_TYPES)
+    every = EventStream(act_codes, times, deals.n)
+    # One stream keyed by (deal, type) answers all per-type window counts.
+    typed = EventStream(np.where(act_codes >= 0, act_codes * k + type_code, -1), times, deals.n * k)
+    if "direction" in acts.columns:
+        inbound_mask = (acts["direction"].astype("string") == "inbound").fillna(False).to_numpy(dtype=bool)
+    else:
+        inbound_mask = np.zeros(len(acts), dtype=bool)
+    inbound = EventStream(np.where(inbound_mask, act_codes, -1), times, deals.n)
+
+    out: dict[str, np.ndarray] = {}
+    now_all = every.count_le(codes, t)
+    for w in ACTIVITY_WINDOWS_DAYS:
+        since = t - w * DAY_NS
+        out[f"n_activity_{w}d"] = now_all - every.count_le(codes, since)
+        for i, kind in enumerate(ACTIVITY_TYPES):
+            sub = codes * k + i
+            out[f"n_{kind}_{w}d"] = typed.count_le(sub, t) - typed.count_le(sub, since)
+    out["inbound_30d"] = inbound.count_le(codes, t) - inbound.count_le(codes, t - 30 * DAY_NS)
+
+    last = every.last_index(codes, t)
+    out["days_since_activity"] = _days(t - take(every.times, last, 0), last >= 0)
+    last_in = inbound.last_index(codes, t)
+    out["days_since_inbound"] = _days(t - take(inbound.times, last_in, 0), last_in >= 0)
+
+    # Longest gap so far: between consecutive activities, the first one measured from creation.
+    first = every.first_in_code()
+    prev = np.empty(len(every.times), dtype=np.int64)
+    if len(prev):
+        prev[1:] = every.times[:-1]
+        prev[first] = deals.created[every.codes[first]]
+    gap_days = np.clip((every.times - prev) / DAY_NS, 0.0, None)
+    running_max = pd.Series(gap_days).groupby(every.codes).cummax().to_numpy(dtype=np.float64)
+    out["max_gap_days"] = np.where(last >= 0, take(running_max, last, np.nan), np.nan)
+
+    recent = now_all - every.count_le(codes, t - 14 * DAY_NS)
+    before = every.count_le(codes, t - 14 * DAY_NS) - every.count_le(codes, t - 28 * DAY_NS)
+    out["activity_trend"] = recent - before
+    out["activity_trend_ratio"] = (recent + 1.0) / (before + 1.0)  # +1 keeps silent deals finite
+    return out
+
+
+def _field_features(
+    history: DealHistory, deals: DealIndex, codes: np.ndarray, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(amount as of t, expected close date as of t in ns, amount and close-date features)."""
+    out: dict[str, np.ndarray] = {}
+    amounts = field_rows(history, deals, "amount")
+    parsed_amount = pd.to_numeric(pd.Series(amounts.value, dtype=object), errors="coerce").to_numpy(
+        dtype=np.float64
+    )
+    aidx = amounts.stream.last_index(codes, t)
+    created_amount = deals.amount[codes]
+    amount = np.where(aidx >= 0, take(parsed_amount, aidx, np.nan), created_amount)
+    out["log_amount"] = np.log1p(np.clip(amount, 0.0, None))
+    out["n_amount_changes"] = amounts.stream.count_le(codes, t)
+    out["amount_change_ratio"] = _ratio(amount, created_amount)
+
+    closes = field_rows(history, deals, "expected_close_date")
+    parsed_close = _parse_times(closes.value)
+    cidx = closes.stream.last_index(codes, t)
+    close_date = np.where(cidx >= 0, take(parsed_close, cidx, NAT_NS), deals.close_date[codes])
+    out["days_to_close"] = _days(close_date - t, close_date != NAT_NS)
+    # A slip is a change to a later date than the one it replaces (the creation value for the first).
+    first = closes.stream.first_in_code()
+    previous = np.empty(len(parsed_close), dtype=np.int64)
+    if len(previous):
+        previous[1:] = parsed_close[:-1]
+        previous[first] = deals.close_date[closes.stream.codes[first]]
+    slipped = (parsed_close != NAT_NS) & (previous != NAT_NS) & (parsed_close > previous)
+    out["n_close_slips"] = take(cumsum_by(slipped, closes.stream.codes), cidx, 0)
+    return amount, close_date, out
+
+
+def _owner_features(
+    population: Population, owner: np.ndarray, pipeline: np.ndarray, t: np.ndarray
+) -> dict[str, np.ndarray]:
+    own = asof_lookup(population.owner_closes, "owner", owner, t, ["owner_won", "owner_closed"])
+    pipe = asof_lookup(
+        population.pipeline_closes, "pipeline", pipeline, t, ["pipeline_won", "pipeline_closed"]
+    )
+    glob = asof_lookup(population.global_closes, None, None, t, ["global_won", "global_closed"])
+    owner_won = np.nan_to_num(own["owner_won"])
+    owner_closed = np.nan_to_num(own["owner_closed"])
+    pipe_won = np.nan_to_num(pipe["pipeline_won"])
+    pipe_closed = np.nan_to_num(pipe["pipeline_closed"])
+    # Shrink the owner towards the pipeline, the pipeline towards everyone and everyone towards a coin
+    # flip, so early and thin data give a rate near the prior instead of 0 % or 100 % (and never NaN).
+    global_rate = (np.nan_to_num(glob["global_won"]) + PRIOR_WEIGHT * 0.5) / (
+        np.nan_to_num(glob["global_closed"]) + PRIOR_WEIGHT
+    )
+    pipe_rate = (pipe_won + PRIOR_WEIGHT * global_rate) / (pipe_closed + PRIOR_WEIGHT)
+    owner_rate = (owner_won + PRIOR_WEIGHT * pipe_rate) / (owner_closed + PRIOR_WEIGHT)
+    load = asof_lookup(population.owner_load, "owner", owner, t, ["owner_open_deals"])
+    return {
+        "owner_win_rate": owner_rate,
+        "owner_closed_deals": owner_closed,
+        "owner_open_deals": np.nan_to_num(load["owner_open_deals"]),
+    }
