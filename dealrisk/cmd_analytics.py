@@ -1,7 +1,253 @@
-"""CLI commands (filled in by the owning work item)."""
+"""`dealrisk at-risk`, `health` and `forecast`: the manager's views, from a folder or from the store.
 
+Thin commands: they parse options, load the history (a folder with `--data`, else the store) and the model,
+call `features.health.pipeline_health`, `models.forecast.score_open_deals` / `forecast`, and print.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
 import typer
+from rich.table import Table
+
+from dealrisk.console import emit_json, fail, out_console, progress
+from features.history import DealHistory, HistoryValidationError, to_utc_timestamp
+
+DATA_HELP = "Deal-history folder (CSV or Parquet + pipelines.yaml). Without it, read the store."
+MODEL_HELP = "Model to score with (default: DEALRISK_MODEL_URI or models:/deal-risk@champion)."
+
+
+def _time(value: str | None, option: str) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    try:
+        return to_utc_timestamp(value)
+    except (ValueError, TypeError):
+        fail(f"{option} {value!r} is not a time; use ISO 8601, e.g. 2024-05-01 or 2024-05-01T09:30:00Z")
+
+
+def _load_history(data: Path | None, pipeline: str | None) -> DealHistory:
+    """The history from a folder, or from the store (only the pipeline asked for)."""
+    try:
+        if data is not None:
+            from training.data import read_history
+
+            if not data.exists():
+                fail(f"{data}: no such folder; pass the folder written by `dealrisk simulate` or your export")
+            history = read_history(data)
+        else:
+            from serving.settings import get_settings
+            from serving.store import Store
+
+            settings = get_settings()
+            store = Store(settings.database_url)
+            try:
+                store.create_schema()
+                history = store.load_history(pipelines=[pipeline] if pipeline else None)
+            finally:
+                store.close()
+    except HistoryValidationError as exc:
+        fail(str(exc))
+    if history.n_deals() == 0:
+        where = str(data) if data is not None else "the store"
+        fail(f"no deals in {where}" + (f" for pipeline {pipeline!r}" if pipeline else "")
+             + "; import a folder with `dealrisk import DIR` or pass --data DIR")
+    if pipeline is not None:
+        known = sorted(history.deals["pipeline"].astype(str).unique())
+        if pipeline not in known:
+            fail(f"pipeline {pipeline!r} not found; known pipelines: {', '.join(known)}")
+        history = history.subset(history.deals.loc[history.deals["pipeline"] == pipeline, "deal_id"])
+    return history
+
+
+def _load_model(model_uri: str | None) -> tuple[Any, str]:
+    from models.loading import load_bundle
+    from serving.settings import get_settings
+
+    settings = get_settings()
+    uri = model_uri or settings.model_uri
+    try:
+        bundle, version = load_bundle(uri, settings.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - any load failure becomes one actionable message
+        fail(f"could not load model {uri} from {settings.tracking_uri}: {exc}. Train one with "
+             "`dealrisk train`, or pass --model-uri (models:/deal-risk/3, runs:/<id>/bundle)")
+    return bundle, str(version)
+
+
+def _score(data: Path | None, pipeline: str | None, as_of: str | None, model_uri: str | None, quiet: bool,
+           **filters: Any) -> tuple[pd.DataFrame, pd.Timestamp, str]:
+    from models.forecast import score_open_deals
+
+    with progress("loading history and model", total=3, quiet=quiet) as advance:
+        history = _load_history(data, pipeline)
+        advance()
+        bundle, version = _load_model(model_uri)
+        advance()
+        t = _time(as_of, "--as-of") or history.end_time
+        scored = score_open_deals(bundle, history, t, **filters)
+        advance()
+    return scored, t, version
+
+
+def _fmt(value: Any, kind: str = "num") -> str:
+    if value is None or (not isinstance(value, list | dict | str) and pd.isna(value)):
+        return "–"
+    if kind == "pct":
+        return f"{100 * float(value):.0f}%"
+    if kind == "money":
+        return f"{float(value):,.0f}"
+    if kind == "days":
+        return f"{float(value):.1f}"
+    return str(value)
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (not isinstance(value, list | dict | str) and pd.isna(value)):
+        return ""
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def at_risk(
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+    pipeline: str | None = typer.Option(None, "--pipeline", "-p", help="Only this pipeline."),
+    as_of: str | None = typer.Option(None, "--as-of", help="Score as of this time (default: end of data)."),
+    owner: str | None = typer.Option(None, "--owner", help="Only deals of this owner (as of --as-of)."),
+    team: str | None = typer.Option(None, "--team", help="Only deals of this team."),
+    min_amount: float | None = typer.Option(None, "--min-amount", min=0, help="Only deals this big or more."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many deals to show."),
+    model_uri: str | None = typer.Option(None, "--model-uri", help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV (reasons joined with ' | ')."),
+) -> None:
+    """Open deals ranked by the risk of going cold, with the reasons and their close probability."""
+    if as_json and as_csv:
+        fail("choose one of --json and --csv")
+    scored, t, version = _score(data, pipeline, as_of, model_uri, as_json or as_csv, owner=owner, team=team,
+                                min_amount=min_amount)
+    top = scored.head(limit)
+    columns = ["deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
+               "days_in_stage", "cold_risk", "close_probability", "risk_band", "expected_value"]
+    if as_json:
+        records = top[[*columns, "reasons"]].astype(object).where(top[[*columns, "reasons"]].notna(), None)
+        emit_json({"as_of": t, "model_version": version, "total": len(scored),
+                   "deals": records.to_dict(orient="records")})
+        return
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([*columns, "reasons", "model_version"])
+        for rec in top.to_dict(orient="records"):  # output rows only (at most --limit)
+            reasons = " | ".join(str(r.get("text", "")) for r in rec["reasons"] or [])
+            writer.writerow([*(_csv_cell(rec[c]) for c in columns), reasons, version])
+        return
+    table = Table(title=f"Deals going cold as of {t:%Y-%m-%d %H:%M} UTC · model version {version}",
+                  caption=f"{len(scored)} open deal(s) match; showing {len(top)}")
+    for name, justify in [("#", "right"), ("deal", "left"), ("owner", "left"), ("stage", "left"),
+                          ("amount", "right"), ("cold risk", "right"), ("close p", "right"),
+                          ("why", "left")]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    band_style = {"high": "bold red", "medium": "yellow", "low": "green"}
+    for i, row in enumerate(top.to_dict(orient="records"), start=1):
+        reasons = "\n".join(str(r.get("text", "")) for r in (row["reasons"] or [])[:3])
+        style = band_style.get(str(row["risk_band"]), "")
+        risk = f"[{style}]{_fmt(row['cold_risk'], 'pct')} {row['risk_band']}[/]" if style else str(
+            row["risk_band"])
+        table.add_row(str(i), str(row["deal_id"]), _fmt(row["owner"]),
+                      f"{_fmt(row['stage'])} ({_fmt(row['days_in_stage'], 'days')} d)",
+                      _fmt(row["amount"], "money"), risk, _fmt(row["close_probability"], "pct"), reasons)
+    out_console.print(table)
+
+
+def health(
+    since: str = typer.Option(..., "--since", help="Window start (ISO 8601)."),
+    until: str = typer.Option(..., "--until", help="Window end (ISO 8601); open deals are counted here."),
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+    pipeline: str | None = typer.Option(None, "--pipeline", "-p", help="Only this pipeline."),
+    by: str | None = typer.Option(None, "--by", help="Also give the figures per 'team' or 'owner'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Pipeline health over [since, until]: open deals, size, win rate, cycle, velocity, funnel, stalls."""
+    from features.health import pipeline_health
+
+    if by not in (None, "team", "owner"):
+        fail(f"--by must be 'team' or 'owner', not {by!r}")
+    t0, t1 = _time(since, "--since"), _time(until, "--until")
+    assert t0 is not None and t1 is not None
+    if t0 > t1:
+        fail(f"--since {t0.isoformat()} is after --until {t1.isoformat()}")
+    with progress("computing pipeline health", total=2, quiet=as_json) as advance:
+        history = _load_history(data, pipeline)
+        advance()
+        report = pipeline_health(history, t0, t1, pipeline=pipeline, by=by)  # type: ignore[arg-type]
+        advance()
+    if as_json:
+        emit_json(report)
+        return
+    figures = Table(title=f"Pipeline health {t0:%Y-%m-%d} → {t1:%Y-%m-%d}")
+    for name, justify in [("", "left"), ("open", "right"), ("avg size", "right"), ("won", "right"),
+                          ("lost", "right"), ("win rate", "right"), ("cycle d", "right"),
+                          ("velocity/d", "right"), ("stalled", "right")]:
+        figures.add_column(name, justify=justify)  # type: ignore[arg-type]
+
+    def add(label: str, b: dict[str, Any], style: str | None = None) -> None:
+        figures.add_row(label, str(b["open_deals"]), _fmt(b["avg_deal_size"], "money"), str(b["won_deals"]),
+                        str(b["lost_deals"]), _fmt(b["win_rate"], "pct"), _fmt(b["avg_cycle_days"], "days"),
+                        _fmt(b["sales_velocity"], "money"), str(b.get("stalled_count", "–")), style=style)
+
+    add("overall", report["overall"], "bold")
+    for name, block in report["pipelines"].items():
+        add(name, block)
+    for name, block in report.get(f"by_{by}", {}).items():
+        add(f"{by}: {name}", block, "dim")
+    out_console.print(figures)
+    for name, block in report["pipelines"].items():
+        funnel = Table(title=f"{name}: funnel (entries in the window) and stalled deals")
+        for col in ("stage", "reached", "moved on", "lost here", "stalled now"):
+            funnel.add_column(col, justify="left" if col == "stage" else "right")
+        stages = [s["stage"] for s in block["stalled_deals"]]
+        stalled_by_stage = pd.Series(stages, dtype=object).value_counts()
+        for row in block["funnel"]:
+            funnel.add_row(row["stage"], str(row["reached"]), _fmt(row["moved_on_share"], "pct"),
+                           _fmt(row["lost_share"], "pct"), str(int(stalled_by_stage.get(row["stage"], 0))))
+        out_console.print(funnel)
+
+
+def forecast_command(
+    data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
+    pipeline: str | None = typer.Option(None, "--pipeline", "-p", help="Only this pipeline."),
+    as_of: str | None = typer.Option(None, "--as-of", help="Forecast from this time (default: end of data)."),
+    months: int = typer.Option(3, "--months", min=1, max=24, help="Calendar months ahead."),
+    model_uri: str | None = typer.Option(None, "--model-uri", help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Won amount per month ahead: expected value and P10/P50/P90 from open deals' close probabilities."""
+    from models.forecast import forecast
+
+    scored, t, version = _score(data, pipeline, as_of, model_uri, as_json)
+    result = {"model_version": version, **forecast(scored, t, months=months)}
+    if as_json:
+        emit_json(result)
+        return
+    table = Table(title=f"Forecast from {t:%Y-%m-%d} · model version {version}", caption=result["note"])
+    for col in ("period", "deals", "pipeline amount", "expected won", "P10", "P50", "P90"):
+        table.add_column(col, justify="left" if col == "period" else "right")
+    buckets = [(p["period"], p) for p in result["periods"]] + [("unscheduled", result["unscheduled"])]
+    for label, b in buckets:
+        table.add_row(label, str(b["deals"]), _fmt(b["pipeline_amount"], "money"),
+                      _fmt(b["expected_won_amount"], "money"), _fmt(b["p10"], "money"),
+                      _fmt(b["p50"], "money"), _fmt(b["p90"], "money"))
+    later = result["later"]
+    table.add_row("later", str(later["deals"]), _fmt(later["pipeline_amount"], "money"),
+                  _fmt(later["expected_won_amount"], "money"), "", "", "", style="dim")
+    out_console.print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("at-risk")(at_risk)
+    app.command("health")(health)
+    app.command("forecast")(forecast_command)

@@ -14,6 +14,7 @@ from dealrisk.console import emit_json, fail, out_console, progress
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
     _register_simulate(app)
+    _register_import(app)
 
 
 def _register_simulate(app: typer.Typer) -> None:
@@ -77,3 +78,61 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{events['field_changes']:,} field changes; data from {summary['start']:%Y-%m-%d} "
         f"to {summary['end']:%Y-%m-%d}."
     )
+
+
+def _register_import(app: typer.Typer) -> None:
+    @app.command("import")
+    def import_(
+        folder: Path = typer.Argument(
+            ..., help="History folder: deals, stage_changes, activities (+ field_changes) as CSV or Parquet."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the per-table counts as JSON."),
+    ) -> None:
+        """Validate a whole deal-history folder, then write it into the store in one transaction.
+
+        All or nothing: a folder with any problem leaves the store untouched. Importing the same rows again
+        changes nothing (events are keyed by event_id, or by the whole row). The store is
+        DEALRISK_DATABASE_URL, else a SQLite file under DEALRISK_HOME.
+        """
+        from features.history import HistoryValidationError
+        from serving.settings import get_settings
+        from serving.store import Store
+        from training.data import read_history
+
+        try:
+            history = read_history(folder)
+        except HistoryValidationError as exc:
+            fail(f"{exc}\nNothing was imported; fix the rows above and run the import again.")
+        settings = get_settings()
+        store = Store(settings.database_url)
+        try:
+            store.create_schema()
+            tables = ("deals", "stage_changes", "activities", "field_changes")
+            total = sum(len(getattr(history, t)) for t in tables)
+            with progress(f"Importing {history.n_deals():,} deals", total=total, quiet=as_json) as advance:
+                result = store.import_history(history, progress=advance)
+        except Exception as exc:  # a database error: say where, and that nothing was written
+            fail(f"import into {_safe_url(settings.database_url)} failed, nothing was written: {exc}")
+        finally:
+            store.close()
+        if as_json:
+            emit_json({"folder": str(folder), **result.to_dict()})
+            return
+        table = Table(title=f"Imported {folder}")
+        for column in ("table", "new", "already present", "updated"):
+            table.add_column(column, justify="left" if column == "table" else "right")
+        for name, counts in result.tables.items():
+            table.add_row(name, f"{counts.inserted:,}", f"{counts.duplicates:,}", f"{counts.updated:,}")
+        out_console.print(table)
+        if not result.changed:
+            out_console.print("Nothing new: the store already held every row.")
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is shown as given; it holds no usable secret then
+        return url

@@ -54,8 +54,8 @@ def register(app: typer.Typer) -> None:
             if fresh and version is not None:
                 from training.registry import promote
 
-                promote(str(result.version), tracking_uri=settings.tracking_uri, force=True)
-            version = str(result.version)
+                promote(str(result.model_version), tracking_uri=settings.tracking_uri, force=True)
+            version = str(result.model_version)
         else:
             err_console.print(f"[3/5] reusing the registered champion, version {version} (--fresh retrains)")
 

@@ -1,7 +1,292 @@
-"""CLI commands (filled in by the owning work item)."""
+"""Model commands: `train`, `backtest`, `compare`, `promote`, `score`.
+
+Each command parses options, calls the matching function in `training/` and prints; the work and its
+tests live there.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.table import Table
+
+from dealrisk.console import emit_json, fail, out_console, progress
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from features.history import DealHistory
+
+METRIC_HEADERS = ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "n")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("train")(train_command)
+    app.command("backtest")(backtest_command)
+    app.command("compare")(compare_command)
+    app.command("promote")(promote_command)
+    app.command("score")(score_command)
+
+
+def _tracking_uri() -> str:
+    from serving.settings import get_settings
+
+    return get_settings().tracking_uri
+
+
+def _load_history(data: Path | None) -> DealHistory:
+    """From a folder, or from the store when no folder is given; errors name what to fix."""
+    from features.history import HistoryValidationError
+
+    try:
+        if data is not None:
+            from training.data import read_history
+
+            if not data.exists():
+                fail(f"--data {data} does not exist; give the folder that holds deals.csv etc.")
+            return read_history(data)
+        from serving.settings import get_settings
+        from serving.store import Store
+
+        url = get_settings().database_url
+        try:
+            history = Store(url).load_history()
+        except Exception as exc:  # noqa: BLE001 - any database error means "no usable store"
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            fail(
+                f"cannot read deals from the store ({url}): {first_line}. "
+                "Run `dealrisk import DIR` first, or pass --data DIR."
+            )
+    except HistoryValidationError as exc:
+        fail(str(exc))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the deal history: {exc}")
+    if history.n_deals() == 0:
+        fail("the store holds no deals; run `dealrisk import DIR` first or pass --data DIR")
+    return history
+
+
+def _fmt(value: Any) -> str:
+    if hasattr(value, "strftime"):
+        return str(value.strftime("%Y-%m-%d"))
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if value.is_integer() or abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _print_frame(frame: pd.DataFrame, title: str, columns: list[str] | None = None) -> None:
+    import pandas as pd
+
+    table = Table(title=title)
+    cols = columns or list(frame.columns)
+    for c in cols:
+        numeric = pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        table.add_column(c, justify="right" if numeric else "left")
+    for record in frame[cols].itertuples(index=False):
+        table.add_row(*(_fmt(v) for v in record))
+    out_console.print(table)
+
+
+def _bar(description: str, quiet: bool) -> Any:
+    return progress(description, total=100, quiet=quiet)
+
+
+def train_command(
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="History folder (CSV or Parquet + pipelines.yaml); default: the store."
+    ),
+    horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
+    cadence_days: float = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for LightGBM."),
+    no_register: bool = typer.Option(False, "--no-register", help="Log the run but register no version."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Train both heads, log an MLflow run and register a new model version.
+
+    Cold risk and close probability are trained on point-in-time snapshots and reported against the
+    stage prior and a logistic regression on the time-split test window. The run goes to experiment
+    `deal-risk`; the first registered version becomes @champion, later ones wait as candidates.
+    """
+    from training.train import TrainConfig, train
+
+    history = _load_history(data)
+    config = TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed)
+    with _bar("Training", as_json) as advance:
+        done = [0.0]
+
+        def report(stage: str, fraction: float) -> None:
+            advance(max(0.0, fraction * 100 - done[0]))
+            done[0] = max(done[0], fraction * 100)
+
+        try:
+            result = train(history, config, tracking_uri=_tracking_uri(), register=not no_register,
+                           progress=report)
+        except ValueError as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json(
+            {
+                "run_id": result.run_id,
+                "model_version": result.model_version,
+                "champion": result.is_champion,
+                "data_note": result.data_note,
+                "thin_data": result.thin_data,
+                "served": result.served,
+                "metrics": result.metrics,
+                "n_snapshots": result.n_snapshots,
+                "n_closed_deals": result.n_closed_deals,
+                "split": result.split.to_dict(),
+                "seconds": round(result.seconds, 2),
+            }
+        )
+        return
+    table = result.metrics_table()
+    _print_frame(table, "Test-window metrics (time split)", ["head", "model", *METRIC_HEADERS])
+    out_console.print(result.data_note)
+    if result.model_version:
+        status = "now @champion" if result.is_champion else "a candidate (see `dealrisk compare`)"
+        out_console.print(
+            f"Registered deal-risk version {result.model_version}: {status}. Run {result.run_id}."
+        )
+
+
+def backtest_command(
+    data: Path | None = typer.Option(None, "--data", "-d", help="History folder; default: the store."),
+    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Number of rolling test windows."),
+    fold_days: float | None = typer.Option(None, "--fold-days", min=1, help="Days per test window."),
+    horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Rolling time-split backtest: metrics per fold and forecast error of past periods.
+
+    Each fold trains on everything before its window and tests on it; the forecast error compares the
+    predicted won amount of deals expected to close in the window with what was actually won.
+    """
+    from training.backtest import backtest
+    from training.train import TrainConfig
+
+    history = _load_history(data)
+    with _bar("Backtesting", as_json) as advance:
+        done = [0.0]
+
+        def report(stage: str, fraction: float) -> None:
+            advance(max(0.0, fraction * 100 - done[0]))
+            done[0] = max(done[0], fraction * 100)
+
+        try:
+            result = backtest(history, TrainConfig(horizon_days=horizon_days), folds, fold_days, report)
+        except ValueError as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    _print_frame(result.metrics, "Metrics per fold", ["fold", "head", "model", *METRIC_HEADERS])
+    _print_frame(result.forecast, "Forecast error per period")
+
+
+def compare_command(
+    versions: list[str] | None = typer.Argument(
+        None, help="Versions to compare with the champion; default: every newer candidate."
+    ),
+    data: Path | None = typer.Option(None, "--data", "-d", help="History folder; default: the store."),
+    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Number of backtest windows."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Compare the champion and candidate versions on the same backtest windows, side by side."""
+    from training.registry import RegistryError, compare
+
+    history = _load_history(data)
+    with _bar("Comparing", as_json) as advance:
+        try:
+            table = compare(history, versions, _tracking_uri(), n_folds=folds)
+        except RegistryError as exc:
+            fail(str(exc))
+        advance(100)
+    if as_json:
+        emit_json(table.to_dict(orient="records"))
+        return
+    _print_frame(table, "deal-risk versions on the same backtest",
+                 ["version", "champion", "head", *METRIC_HEADERS])
+
+
+def promote_command(
+    version: str = typer.Argument(..., help="The registered version to make @champion."),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="History to evaluate on; default: the store."
+    ),
+    force: bool = typer.Option(False, "--force", help="Promote even if it is worse than the champion."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Make VERSION the @champion (rollback: promote the older version).
+
+    A version that is worse than the champion on the same backtest is refused unless --force.
+    """
+    from training.registry import PromotionRefused, RegistryError, promote
+
+    history = None if force else _load_history(data)
+    with _bar(f"Promoting version {version}", as_json) as advance:
+        try:
+            result = promote(version, _tracking_uri(), history=history, force=force)
+        except (PromotionRefused, RegistryError) as exc:
+            fail(str(exc))
+        advance(100)
+    if as_json:
+        emit_json({"champion": result.version, "previous": result.previous, "forced": result.forced})
+        return
+    out_console.print(f"@champion is now version {result.version} (was {result.previous or 'none'}).")
+
+
+def score_command(
+    data: Path = typer.Option(..., "--data", "-d", help="History folder (CSV or Parquet)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file: .csv or .parquet."),
+    as_of: str | None = typer.Option(None, "--as-of", help="Score every deal open at this time (ISO 8601)."),
+    at: Path | None = typer.Option(None, "--at", help="CSV/Parquet of deal_id,as_of points to score."),
+    model_uri: str | None = typer.Option(
+        None, "--model-uri", help="Model to use; default models:/deal-risk@champion."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a summary as JSON."),
+) -> None:
+    """Batch-score deals as of a time (--as-of) or at given points (--at) into a CSV/Parquet file.
+
+    Columns: deal_id, as_of, cold_risk, close_probability, risk_band, expected_value, model_version,
+    reason_1..reason_3 and the deal's context as of each point.
+    """
+    from models.loading import CHAMPION_URI, load_bundle
+    from training.score import read_points, score_batch, write_scores
+
+    if (as_of is None) == (at is None):
+        fail("give exactly one of --as-of T or --at POINTS.csv")
+    if out.suffix not in (".csv", ".parquet"):
+        fail(f"--out {out}: use a .csv or .parquet file name")
+    try:
+        points = read_points(str(at)) if at is not None else None
+    except (ValueError, OSError) as exc:
+        fail(f"--at: {exc}")
+    history = _load_history(data)
+    with _bar("Scoring", as_json) as advance:
+        try:
+            bundle, version = load_bundle(model_uri or CHAMPION_URI, _tracking_uri())
+        except Exception as exc:  # noqa: BLE001 - any registry/IO failure ends up as one message
+            fail(f"cannot load model {model_uri or CHAMPION_URI}: {exc} (train one with `dealrisk train`)")
+        advance(30)
+        try:
+            scores = score_batch(history, bundle, as_of=as_of, points=points, model_version=version)
+        except (ValueError, OSError) as exc:
+            fail(str(exc))
+        advance(60)
+        write_scores(scores, str(out))
+        advance(10)
+    summary = {"out": str(out), "rows": len(scores), "model_version": version,
+               "bands": scores["risk_band"].value_counts().to_dict()}
+    if as_json:
+        emit_json(summary)
+        return
+    out_console.print(f"Wrote {len(scores):,} scores to {out} (model version {version}).")

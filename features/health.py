@@ -1,0 +1,375 @@
+"""Pipeline health over a window [since, until]: the seed metrics of every sales pipeline.
+
+Pure functions over a `DealHistory`; the API (`GET /v1/pipelines/{p}/health`) and the CLI (`dealrisk
+health`) both call `pipeline_health`. Everything is computed from the history cut at `until`, so rows dated
+after `until` never change a figure.
+
+Definitions (SPEC "Pipeline health"):
+- open_deals: deals open at `until` (created at or before it, not in a won/lost stage as of it);
+- avg_deal_size: mean amount of those deals, each amount as of `until` (latest `amount` field change);
+- win_rate: won / (won + lost) among deals closed in [since, until]. A deal's close time is its entry into
+  the closed state it is in at `until` (the first change of its final run of won/lost stages), so a deal
+  that closed, reopened and is open again at `until` does not count as closed;
+- avg_cycle_days: mean days from `created_at` to that close time among deals won in the window;
+- sales_velocity: open_deals * avg_deal_size * win_rate / avg_cycle_days (money per day);
+- funnel, per open stage of a pipeline in order: `reached` = deals that entered the stage in the window;
+  of those, after their first entry in the window, `moved_on` = share whose next stage change (by `until`)
+  went to a later stage or a won stage, `lost_here` = share whose next change was to a lost stage;
+- stalled deals: open deals whose days in their current stage exceed the stage's threshold: its configured
+  `stale_after_days`, else the 80th percentile of days spent in that stage by deals won by `until`.
+
+Undefined figures (no closed deals, no open deals, ...) are None, never NaN, so the result is valid JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.history import DealHistory, stage_outcome, to_utc_timestamp
+
+STALE_QUANTILE = 0.8
+NO_TEAM = "(no team)"
+GroupBy = Literal["team", "owner"]
+
+
+def _days(delta: pd.Series) -> pd.Series:
+    """Timedeltas as float days (NaT stays NaN)."""
+    return delta.dt.total_seconds() / 86400.0
+
+
+def _positions(deal_ids: pd.Series, index: pd.Index) -> np.ndarray:
+    """Row position of each deal_id in `index` (-1 when absent). Object hashing: fast on large frames."""
+    return np.asarray(index.get_indexer(pd.Index(deal_ids.to_numpy(dtype=object), dtype=object)),
+                      dtype=np.int64)
+
+
+def _last_in_group(pos: np.ndarray) -> np.ndarray:
+    """For rows sorted by group position: True on the last row of each group."""
+    return np.r_[pos[1:] != pos[:-1], True] if len(pos) else np.zeros(0, dtype=bool)
+
+
+def _latest_field_value(history: DealHistory, field: str, as_of: pd.Timestamp, index: pd.Index) -> pd.Series:
+    """Latest value of a changeable field at or before `as_of`, aligned to `index` (<NA> when none)."""
+    out = pd.Series(pd.NA, index=range(len(index)), dtype="string")
+    fc = history.field_changes
+    if fc.empty:
+        return out
+    rows = fc[(fc["field"] == field) & (fc["changed_at"] <= as_of)]
+    pos = _positions(rows["deal_id"], index)
+    keep = pos >= 0
+    pos, values = pos[keep], rows["value"].to_numpy(dtype=object)[keep]
+    # lexsort is stable, so equal times keep the frame's (deal_id, time) order: the later row wins.
+    order = np.lexsort((rows["changed_at"].to_numpy(dtype="datetime64[ns]")[keep], pos))
+    pos, values = pos[order], values[order]
+    last = _last_in_group(pos)
+    out.iloc[pos[last]] = values[last]
+    return out
+
+
+def _stage_changes_as_of(history: DealHistory, as_of: pd.Timestamp, states: pd.DataFrame,
+                         index: pd.Index) -> pd.DataFrame:
+    """Stage changes at or before `as_of` of the deals in `states` (row `pos`), sorted by (deal, time),
+    with pipeline, outcome and the next change's time, stage and outcome (within the same deal)."""
+    sc = history.stage_changes
+    sc = sc[sc["changed_at"] <= as_of]
+    pos = _positions(sc["deal_id"], index)
+    keep = pos >= 0
+    order = np.lexsort((sc["changed_at"].to_numpy(dtype="datetime64[ns]")[keep], pos[keep]))
+    picked = np.flatnonzero(keep)[order]
+    out = pd.DataFrame(
+        {
+            "pos": pos[picked],
+            "deal_id": sc["deal_id"].to_numpy(dtype=object)[picked],
+            "stage": pd.Series(sc["stage"].to_numpy(dtype=object)[picked], dtype="string"),
+            "changed_at": sc["changed_at"].iloc[picked].reset_index(drop=True),
+        }
+    )
+    out["pipeline"] = pd.Series(states["pipeline"].to_numpy(dtype=object)[out["pos"].to_numpy()],
+                                dtype="string")
+    out["outcome"] = stage_outcome(out["stage"], out["pipeline"], history.pipelines)
+    pos_sorted = out["pos"].to_numpy()
+    same_deal = np.zeros(len(out), dtype=bool)
+    same_deal[:-1] = pos_sorted[1:] == pos_sorted[:-1]
+    out["next_at"] = out["changed_at"].shift(-1).where(same_deal)
+    out["next_stage"] = out["stage"].shift(-1).where(same_deal)
+    out["next_outcome"] = out["outcome"].shift(-1).where(same_deal)
+    return out
+
+
+def _states_and_changes(history: DealHistory, t: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    deals = history.deals[history.deals["created_at"] <= t].reset_index(drop=True)
+    n = len(deals)
+    index = pd.Index(deals["deal_id"].to_numpy(dtype=object), dtype=object)
+    out = pd.DataFrame(
+        {
+            "deal_id": deals["deal_id"].astype("string"),
+            "pipeline": deals["pipeline"].astype("string"),
+            "team": deals["team"].astype("string") if "team" in deals else pd.Series(pd.NA, index=range(n),
+                                                                                      dtype="string"),
+            "created_at": deals["created_at"],
+        }
+    )
+    out["owner"] = _latest_field_value(history, "owner", t, index).fillna(deals["owner"].astype("string"))
+    amount = pd.to_numeric(_latest_field_value(history, "amount", t, index), errors="coerce")
+    out["amount"] = amount.astype("float64").fillna(deals["amount"].astype("float64"))
+    ecd = pd.to_datetime(_latest_field_value(history, "expected_close_date", t, index), utc=True,
+                         errors="coerce", format="ISO8601")
+    created_ecd = (pd.to_datetime(deals["expected_close_date"], utc=True) if "expected_close_date" in deals
+                   else pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns, UTC]"))
+    out["expected_close_date"] = ecd.where(ecd.notna(), created_ecd)
+
+    sc = _stage_changes_as_of(history, t, out, index)
+    last = sc[_last_in_group(sc["pos"].to_numpy())]
+    at = last["pos"].to_numpy()
+    stage = pd.Series(pd.NA, index=range(n), dtype="string")
+    stage.iloc[at] = pd.Series(last["stage"].to_numpy(dtype=object), dtype="string")
+    out["stage"] = stage
+    status = pd.Series("open", index=range(n), dtype="string")
+    status.iloc[at] = pd.Series(last["outcome"].to_numpy(dtype=object), dtype="string")
+    out["status"] = status
+    entered = out["created_at"].copy()
+    entered.iloc[at] = last["changed_at"].to_numpy()
+    out["stage_entered_at"] = entered
+    # Close time = first change of the final run of closed stages (after the last open-stage change).
+    last_open = pd.Series(pd.NaT, index=range(n), dtype=out["created_at"].dtype)
+    latest_open = sc[sc["outcome"] == "open"].groupby("pos")["changed_at"].max()
+    last_open.iloc[latest_open.index.to_numpy()] = latest_open.to_numpy()
+    closed = sc[sc["outcome"] != "open"]
+    reopened_before = last_open.iloc[closed["pos"].to_numpy()].reset_index(drop=True)
+    closed = closed[~(closed["changed_at"].reset_index(drop=True) <= reopened_before).to_numpy()]
+    first_close = closed.groupby("pos")["changed_at"].min()
+    closed_at = pd.Series(pd.NaT, index=range(n), dtype=out["created_at"].dtype)
+    closed_at.iloc[first_close.index.to_numpy()] = first_close.to_numpy()
+    out["closed_at"] = closed_at.where(out["status"] != "open")
+    return out, sc
+
+
+def deal_states(history: DealHistory, as_of: pd.Timestamp | str) -> pd.DataFrame:
+    """Each deal created at or before `as_of`, as it stood then.
+
+    Columns: deal_id, pipeline, team, owner, amount, expected_close_date (values as of `as_of`), created_at,
+    stage (<NA> when the deal has no stage change yet), stage_entered_at (its last stage change, else
+    created_at), status ('open' / 'won' / 'lost'), closed_at (NaT unless closed).
+    """
+    return _states_and_changes(history, to_utc_timestamp(as_of))[0]
+
+
+def stale_thresholds(history: DealHistory, as_of: pd.Timestamp | str) -> dict[tuple[str, str], float]:
+    """Days after which a deal counts as stalled, per (pipeline, stage), as known at `as_of`.
+
+    A stage's configured `stale_after_days` wins; otherwise the 80th percentile of the days deals won by
+    `as_of` spent in that stage (each visit, from entering it to the next stage change).
+    """
+    states, sc = _states_and_changes(history, to_utc_timestamp(as_of))
+    return _thresholds(history, states, sc)
+
+
+def _thresholds(history: DealHistory, states: pd.DataFrame,
+                sc: pd.DataFrame) -> dict[tuple[str, str], float]:
+    won = (states["status"] == "won").to_numpy(dtype=bool)[sc["pos"].to_numpy()]
+    visits = sc[won & (sc["outcome"] == "open").to_numpy(dtype=bool) & sc["next_at"].notna().to_numpy()]
+    days = _days(visits["next_at"] - visits["changed_at"])
+    learned = days.groupby([visits["pipeline"], visits["stage"]]).quantile(STALE_QUANTILE)
+    out: dict[tuple[str, str], float] = {
+        (str(pipe), str(stage)): float(v)
+        for pipe, stage, v in zip(learned.index.get_level_values(0), learned.index.get_level_values(1),
+                                  learned.to_numpy(), strict=True)
+    }
+    for name, spec in history.pipelines.items():
+        for stage, limit in spec.stale_after_days.items():
+            out[(name, stage)] = float(limit)
+    return out
+
+
+def _none_if_nan(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float | np.floating):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _scalar_figures(states: pd.DataFrame, key: pd.Series, since: pd.Timestamp,
+                    until: pd.Timestamp) -> pd.DataFrame:
+    """open_deals, avg_deal_size, won, lost, win_rate, avg_cycle_days, sales_velocity per value of `key`."""
+    is_open = states["status"] == "open"
+    in_window = states["closed_at"].between(since, until) & ~is_open
+    won = in_window & (states["status"] == "won")
+    lost = in_window & (states["status"] == "lost")
+    cycle = _days(states["closed_at"] - states["created_at"]).where(won)
+    frame = pd.DataFrame(
+        {
+            "key": key.to_numpy(),
+            "open": is_open.to_numpy(),
+            "open_amount": states["amount"].where(is_open).to_numpy(),
+            "won": won.to_numpy(),
+            "lost": lost.to_numpy(),
+            "cycle": cycle.to_numpy(dtype="float64"),
+        }
+    )
+    g = frame.groupby("key", sort=True, dropna=False)
+    fig = pd.DataFrame(
+        {
+            "open_deals": g["open"].sum().astype("int64"),
+            "avg_deal_size": g["open_amount"].mean(),
+            "won_deals": g["won"].sum().astype("int64"),
+            "lost_deals": g["lost"].sum().astype("int64"),
+            "avg_cycle_days": g["cycle"].mean(),
+        }
+    )
+    closed = fig["won_deals"] + fig["lost_deals"]
+    fig["win_rate"] = (fig["won_deals"] / closed.where(closed > 0)).astype("float64")
+    cycle_days = fig["avg_cycle_days"].where(fig["avg_cycle_days"] > 0)
+    fig["sales_velocity"] = fig["open_deals"] * fig["avg_deal_size"] * fig["win_rate"] / cycle_days
+    # With no open deals the pipeline's velocity is plainly zero, not undefined.
+    fig.loc[(fig["open_deals"] == 0) & fig["win_rate"].notna() & cycle_days.notna(), "sales_velocity"] = 0.0
+    return fig
+
+
+def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
+            since: pd.Timestamp) -> dict[str, list[dict[str, Any]]]:
+    """Per pipeline, per open stage in order: reached in the window, share moved on, share lost there.
+
+    `sc` holds only changes at or before `until`, so "next change" never looks past it."""
+    entries = sc[(sc["changed_at"] >= since) & (sc["outcome"] == "open")]
+    entries = entries.drop_duplicates(["pos", "stage"], keep="first")
+    specs = history.pipelines
+    pos = pd.Series(-1, index=entries.index, dtype="int64")
+    next_pos = pd.Series(-1, index=entries.index, dtype="int64")
+    for name, spec in specs.items():
+        in_pipe = entries["pipeline"] == name
+        if not in_pipe.any():
+            continue
+        order = {stage: i for i, stage in enumerate(spec.stages)}
+        pos[in_pipe] = entries.loc[in_pipe, "stage"].map(order).fillna(-1).astype("int64")
+        next_pos[in_pipe] = entries.loc[in_pipe, "next_stage"].map(order).fillna(-1).astype("int64")
+    moved_on = (entries["next_outcome"] == "won").fillna(False) | ((next_pos > pos) & (pos >= 0))
+    lost_here = (entries["next_outcome"] == "lost").fillna(False)
+    agg = (
+        pd.DataFrame({"pipeline": entries["pipeline"], "stage": entries["stage"],
+                      "moved": moved_on.astype("int64"), "lost": lost_here.astype("int64")})
+        .groupby(["pipeline", "stage"])
+        .agg(reached=("moved", "size"), moved=("moved", "sum"), lost=("lost", "sum"))
+    )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in sorted(states["pipeline"].dropna().unique()):
+        found = specs.get(str(name))
+        stages = list(found.stages) if found else []
+        rows = []
+        for stage in stages:
+            reached = int(agg["reached"].get((name, stage), 0))
+            moved = int(agg["moved"].get((name, stage), 0))
+            lost = int(agg["lost"].get((name, stage), 0))
+            rows.append(
+                {
+                    "stage": stage,
+                    "reached": reached,
+                    "moved_on": moved,
+                    "lost_here": lost,
+                    "moved_on_share": moved / reached if reached else None,
+                    "lost_share": lost / reached if reached else None,
+                }
+            )
+        out[str(name)] = rows
+    return out
+
+
+def _stalled(states: pd.DataFrame, thresholds: dict[tuple[str, str], float],
+             until: pd.Timestamp) -> pd.DataFrame:
+    """Open deals whose days in the current stage exceed that stage's threshold, longest-stalled first."""
+    open_deals = states[(states["status"] == "open") & states["stage"].notna()].copy()
+    limits = pd.Series(thresholds, dtype="float64")
+    if limits.empty:
+        return open_deals.iloc[0:0].assign(days_in_stage=0.0, threshold_days=0.0)
+    keys = pd.MultiIndex.from_arrays([open_deals["pipeline"].astype(str), open_deals["stage"].astype(str)])
+    open_deals["threshold_days"] = limits.reindex(keys).to_numpy()
+    open_deals["days_in_stage"] = _days(until - open_deals["stage_entered_at"]).to_numpy(dtype="float64")
+    stalled = open_deals[open_deals["days_in_stage"] > open_deals["threshold_days"]]
+    return stalled.sort_values(["days_in_stage", "deal_id"], ascending=[False, True])
+
+
+def _stalled_records(stalled: pd.DataFrame) -> list[dict[str, Any]]:
+    cols = ["deal_id", "pipeline", "stage", "owner", "team", "amount", "days_in_stage", "threshold_days"]
+    records = stalled[cols].astype(object).where(stalled[cols].notna(), None).to_dict("records")
+    return [{str(k): _none_if_nan(v) for k, v in r.items()} for r in records]
+
+
+def _figure_dicts(fig: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    cols = ["open_deals", "avg_deal_size", "won_deals", "lost_deals", "win_rate", "avg_cycle_days",
+            "sales_velocity"]
+    return {
+        str(key): {c: _none_if_nan(row[c]) for c in cols}
+        for key, row in fig[cols].astype(object).iterrows()  # one row per group, not per deal
+    }
+
+
+def pipeline_health(
+    history: DealHistory,
+    since: pd.Timestamp | str,
+    until: pd.Timestamp | str,
+    pipeline: str | Sequence[str] | None = None,
+    by: GroupBy | None = None,
+) -> dict[str, Any]:
+    """Health figures of the window [since, until], overall and per pipeline (and per team/owner).
+
+    Returns `{"since", "until", "overall": {...}, "pipelines": {name: {...}}}` plus `"by_team"` or
+    `"by_owner"` when `by` is given; each figure block holds open_deals, avg_deal_size, won_deals,
+    lost_deals, win_rate, avg_cycle_days, sales_velocity, stalled_count and stalled_deals; pipeline blocks
+    also hold the funnel. Undefined figures are None.
+    """
+    t0, t1 = to_utc_timestamp(since), to_utc_timestamp(until)
+    if t0 > t1:
+        raise ValueError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
+    if by not in (None, "team", "owner"):
+        raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
+    states, sc = _states_and_changes(history, t1)
+    # Thresholds are per (pipeline, stage), so learning them before filtering changes nothing.
+    thresholds = _thresholds(history, states, sc)
+    if pipeline is not None:
+        wanted = [pipeline] if isinstance(pipeline, str) else list(pipeline)
+        states = states[states["pipeline"].isin(wanted)].reset_index(drop=True)
+        sc = sc[sc["pipeline"].isin(wanted)]
+        names = sorted(set(wanted))
+    else:
+        names = sorted(states["pipeline"].dropna().unique().tolist())
+
+    stalled = _stalled(states, thresholds, t1)
+    funnels = _funnel(history, states, sc, t0)
+
+    overall = _figure_dicts(_scalar_figures(states, pd.Series("all", index=states.index), t0, t1))
+    overall_block = overall.get("all") or _empty_figures()
+    overall_block["stalled_count"] = len(stalled)
+    overall_block["stalled_deals"] = _stalled_records(stalled)
+
+    per_pipe = _figure_dicts(_scalar_figures(states, states["pipeline"], t0, t1))
+    pipelines: dict[str, dict[str, Any]] = {}
+    for name in names:
+        block = per_pipe.get(name) or _empty_figures()
+        mine = stalled[stalled["pipeline"] == name]
+        block["stalled_count"] = len(mine)
+        block["stalled_deals"] = _stalled_records(mine)
+        block["funnel"] = funnels.get(name, [])
+        pipelines[name] = block
+
+    result: dict[str, Any] = {"since": t0.isoformat(), "until": t1.isoformat(), "overall": overall_block,
+                              "pipelines": pipelines}
+    if by is not None:
+        key = states[by].astype("string").fillna(NO_TEAM if by == "team" else "(no owner)")
+        groups = _figure_dicts(_scalar_figures(states, key, t0, t1))
+        stalled_key = stalled[by].astype("string").fillna(NO_TEAM if by == "team" else "(no owner)")
+        counts = stalled_key.value_counts()
+        for name, block in groups.items():
+            block["stalled_count"] = int(counts.get(name, 0))
+        result[f"by_{by}"] = groups
+    return result
+
+
+def _empty_figures() -> dict[str, Any]:
+    return {"open_deals": 0, "avg_deal_size": None, "won_deals": 0, "lost_deals": 0, "win_rate": None,
+            "avg_cycle_days": None, "sales_velocity": None}

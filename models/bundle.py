@@ -1,0 +1,420 @@
+"""The scoring bundle: both heads, their calibrators, the feature spec, band thresholds and reasons data.
+
+On disk it is a folder of plain files, never a pickle: LightGBM boosters as their native text model,
+everything else JSON, and `manifest.json` with the SHA-256 of every file. `ScoringBundle.load` checks
+each hash against bytes it then parses (no second read), so what was verified is what gets used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from models.bands import assign_bands
+from models.baselines import StagePrior
+from models.calibration import Calibrator
+from models.reasons import ReasonWriter, stage_prior_reasons
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BUNDLE_JSON = "bundle.json"
+REFERENCE_JSON = "reasons_reference.json"
+HEAD_NAMES = ("cold", "close")
+SCORE_COLUMNS = [
+    "deal_id",
+    "as_of",
+    "cold_risk",
+    "close_probability",
+    "risk_band",
+    "expected_value",
+    "reasons",
+]
+
+HeadKind = Literal["lightgbm", "stage_prior"]
+
+
+class BundleIntegrityError(RuntimeError):
+    """A bundle file is missing, altered or malformed; `path` names it."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class Head:
+    """One head: a LightGBM booster or a stage-prior fallback, plus an optional calibrator."""
+
+    kind: HeadKind
+    booster: lgb.Booster | None = None
+    prior: StagePrior | None = None
+    calibrator: Calibrator | None = None
+
+    @classmethod
+    def lightgbm(
+        cls, booster: lgb.Booster | lgb.LGBMClassifier, calibrator: Calibrator | None = None
+    ) -> Head:
+        """A LightGBM head (a fitted `LGBMClassifier` is accepted and its booster taken)."""
+        if isinstance(booster, lgb.LGBMClassifier):
+            booster = booster.booster_
+        return cls(kind="lightgbm", booster=booster, calibrator=calibrator)
+
+    @classmethod
+    def stage_prior(cls, prior: StagePrior, calibrator: Calibrator | None = None) -> Head:
+        """A fallback head for data too thin for LightGBM."""
+        return cls(kind="stage_prior", prior=prior, calibrator=calibrator)
+
+    def raw_proba(self, x: NDArray[np.float64], frame: pd.DataFrame) -> NDArray[np.float64]:
+        """Uncalibrated P(positive)."""
+        if self.kind == "lightgbm":
+            assert self.booster is not None
+            return np.asarray(self.booster.predict(x, num_threads=_threads_for(len(x))), dtype=np.float64)
+        assert self.prior is not None
+        return self.prior.predict_proba(frame)
+
+    def proba(self, x: NDArray[np.float64], frame: pd.DataFrame) -> NDArray[np.float64]:
+        """Calibrated P(positive), clipped to [0, 1]."""
+        raw = self.raw_proba(x, frame)
+        out = self.calibrator.transform(raw) if self.calibrator is not None else raw
+        return np.clip(out, 0.0, 1.0)
+
+
+# Below this many rows LightGBM's thread start-up costs more than the work (and on a loaded machine
+# OpenMP spin-waits make a one-row predict tens of times slower), so small batches run on one thread.
+SMALL_BATCH_ROWS = 256
+
+
+def _threads_for(n_rows: int) -> int:
+    return 1 if n_rows < SMALL_BATCH_ROWS else 0  # 0 = LightGBM's default (all cores / n_jobs)
+
+
+def categorical_levels_of(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, list[str]]:
+    """The category levels of the training frame, in code order (what LightGBM's codes refer to)."""
+    out: dict[str, list[str]] = {}
+    for c in columns:
+        if not isinstance(frame[c].dtype, pd.CategoricalDtype):
+            raise TypeError(f"feature {c!r} must have pandas 'category' dtype, got {frame[c].dtype}")
+        out[c] = [str(v) for v in frame[c].cat.categories]
+    return out
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ScoringBundle:
+    """Everything needed to score a feature frame: both heads, feature spec, bands, reasons data."""
+
+    def __init__(
+        self,
+        cold: Head,
+        close: Head,
+        feature_columns: Sequence[str],
+        categorical_levels: Mapping[str, Sequence[str]],
+        band_thresholds: Mapping[str, float],
+        reference: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.cold = cold
+        self.close = close
+        self.feature_columns = list(feature_columns)
+        self.categorical_levels = {str(k): [str(v) for v in vals] for k, vals in categorical_levels.items()}
+        self.band_thresholds = {
+            "high": float(band_thresholds["high"]),
+            "medium": float(band_thresholds["medium"]),
+        }
+        self.reference: dict[str, Any] = dict(
+            reference or {"features": [], "by_stage": {}, "by_pipeline": {}}
+        )
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        for name, head in (("cold", cold), ("close", close)):
+            if head.kind == "lightgbm":
+                assert head.booster is not None
+                got = head.booster.feature_name()
+                if got != self.feature_columns:
+                    raise ValueError(
+                        f"{name} head was trained on features {got}, bundle says {self.feature_columns}"
+                    )
+        unknown = set(self.categorical_levels) - set(self.feature_columns)
+        if unknown:
+            raise ValueError(f"categorical levels given for non-features: {sorted(unknown)}")
+        self._prepare()
+
+    # ---- precomputation, so scoring one row has no per-call setup -----------------------------------
+    def _prepare(self) -> None:
+        cols = self.feature_columns
+        self._cat_idx = [i for i, c in enumerate(cols) if c in self.categorical_levels]
+        self._num_idx = [i for i, c in enumerate(cols) if c not in self.categorical_levels]
+        self._num_cols = [cols[i] for i in self._num_idx]
+        self._cat_cols = [cols[i] for i in self._cat_idx]
+        self._cat_index = {c: pd.Index(self.categorical_levels[c], dtype=object) for c in self._cat_cols}
+        self._reasons = ReasonWriter(cols, self.reference, self.categorical_levels)
+
+    # ---- scoring -------------------------------------------------------------------------------------
+    def encode(self, features: pd.DataFrame) -> NDArray[np.float64]:
+        """The float matrix LightGBM was trained on: numerics as floats, categoricals as training codes
+        (levels unseen at training become missing)."""
+        missing = [c for c in self.feature_columns if c not in features.columns]
+        if missing:
+            raise KeyError(f"feature frame lacks columns the model needs: {missing}")
+        x = np.empty((len(features), len(self.feature_columns)), dtype=np.float64)
+        # column by column: selecting a sub-frame of a mixed (arrow-string + numeric) frame copies blocks
+        # and costs milliseconds per call, which a one-deal request cannot afford
+        for i, c in zip(self._num_idx, self._num_cols, strict=True):
+            x[:, i] = _float_column(features, c)
+        for i, c in zip(self._cat_idx, self._cat_cols, strict=True):
+            values = features[c]
+            if isinstance(values.dtype, pd.CategoricalDtype):
+                # translate the frame's categories to training codes once, then index by the row codes
+                to_train = self._cat_index[c].get_indexer(pd.Index(values.cat.categories.astype(object)))
+                row_codes = values.cat.codes.to_numpy()
+                codes = np.where(row_codes >= 0, to_train[row_codes], -1).astype(np.float64)
+            else:
+                raw = values.to_numpy(dtype=object)  # missing values match no level: -1
+                codes = self._cat_index[c].get_indexer(pd.Index(raw, dtype=object)).astype(np.float64)
+            codes[codes < 0] = np.nan
+            x[:, i] = codes
+        return x
+
+    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+        """Score a feature frame (as from `features.build.build_features`).
+
+        Returns deal_id, as_of, cold_risk, close_probability (calibrated, in [0, 1]), risk_band,
+        expected_value (amount × close_probability; NaN without an amount) and reasons (the cold-risk
+        head's top contributions, each {feature, value, effect, text}).
+        """
+        x = self.encode(features)
+        cold = self.cold.proba(x, features)
+        close = self.close.proba(x, features)
+        amount = (
+            _float_column(features, "amount") if "amount" in features.columns else np.full(len(x), np.nan)
+        )
+        reasons = self.reasons(x, features, top_reasons) if top_reasons > 0 else [[] for _ in range(len(x))]
+        n = len(x)
+        return pd.DataFrame(
+            {
+                # .array keeps the dtypes (string ids, tz-aware UTC times) without an object round trip
+                "deal_id": features["deal_id"].array if "deal_id" in features else np.arange(n).astype(str),
+                "as_of": features["as_of"].array if "as_of" in features else np.full(n, pd.NaT),
+                "cold_risk": cold,
+                "close_probability": close,
+                "risk_band": assign_bands(cold, self.band_thresholds),
+                "expected_value": amount * close,
+                "reasons": reasons,
+            }
+        )
+
+    def reasons(
+        self, x: NDArray[np.float64], features: pd.DataFrame, top_k: int = 3
+    ) -> list[list[dict[str, Any]]]:
+        """Top reasons of the cold-risk head (the one a manager acts on)."""
+        if len(x) == 0:
+            return []
+        pipeline, stage = _keys_or_blank(features)
+        head = self.cold
+        if head.kind == "lightgbm":
+            assert head.booster is not None
+            contrib = head.booster.predict(x, pred_contrib=True, num_threads=_threads_for(len(x)))
+            contrib = np.asarray(contrib, dtype=np.float64)
+            return self._reasons.explain(contrib, x, pipeline, stage, top_k)
+        assert head.prior is not None
+        rates = head.prior.predict_proba(features)
+        return stage_prior_reasons(rates, head.prior.global_rate_, pipeline, stage, "went cold")
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the bundle as plain files plus `manifest.json` (SHA-256 of each); returns the folder."""
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        files: dict[str, bytes] = {}
+        heads: dict[str, Any] = {}
+        for name, head in (("cold", self.cold), ("close", self.close)):
+            if head.kind == "lightgbm":
+                assert head.booster is not None
+                fname = f"{name}_head.txt"
+                files[fname] = head.booster.model_to_string().encode("utf-8")
+            else:
+                assert head.prior is not None
+                fname = f"{name}_head.json"
+                files[fname] = _dump(head.prior.to_dict())
+            heads[name] = {
+                "kind": head.kind,
+                "file": fname,
+                "calibrator": head.calibrator.to_dict() if head.calibrator is not None else None,
+            }
+        files[REFERENCE_JSON] = _dump(self.reference)
+        spec = {
+            "format_version": FORMAT_VERSION,
+            "feature_columns": self.feature_columns,
+            "categorical_levels": self.categorical_levels,
+            "band_thresholds": self.band_thresholds,
+            "heads": heads,
+            "reference_file": REFERENCE_JSON,
+            "metadata": self.metadata,
+        }
+        files[BUNDLE_JSON] = _dump(spec)
+        for fname, data in files.items():
+            (root / fname).write_bytes(data)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "files": {fname: _sha256(data) for fname, data in sorted(files.items())},
+        }
+        (root / MANIFEST).write_bytes(_dump(manifest))
+        return root
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ScoringBundle:
+        """Load a saved bundle, checking every file's SHA-256 first; raises `BundleIntegrityError`."""
+        root = Path(directory)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise BundleIntegrityError(manifest_path, "missing: not a scoring bundle folder (no manifest)")
+        manifest = _parse_json(manifest_path, manifest_path.read_bytes())
+        expected = manifest.get("files")
+        if not isinstance(expected, dict) or BUNDLE_JSON not in expected:
+            raise BundleIntegrityError(manifest_path, f"malformed: no 'files' entry listing {BUNDLE_JSON}")
+        verified: dict[str, bytes] = {}
+        for fname, digest in expected.items():
+            path = root / fname
+            if Path(fname).name != fname:
+                raise BundleIntegrityError(
+                    manifest_path, f"lists a path outside the bundle folder: {fname!r}"
+                )
+            if not path.is_file():
+                raise BundleIntegrityError(path, "missing (listed in manifest.json)")
+            data = path.read_bytes()
+            if _sha256(data) != digest:
+                raise BundleIntegrityError(path, "SHA-256 does not match manifest.json: the file was altered")
+            verified[fname] = data
+
+        def get(fname: str) -> bytes:
+            if fname not in verified:
+                raise BundleIntegrityError(
+                    root / fname, "needed by bundle.json but not listed in manifest.json"
+                )
+            return verified[fname]
+
+        spec = _parse_json(root / BUNDLE_JSON, verified[BUNDLE_JSON])
+        if spec.get("format_version") != FORMAT_VERSION:
+            raise BundleIntegrityError(
+                root / BUNDLE_JSON, f"unsupported format_version {spec.get('format_version')!r}"
+            )
+        heads: dict[str, Head] = {}
+        for name in HEAD_NAMES:
+            h = spec["heads"][name]
+            data = get(h["file"])
+            cal = Calibrator.from_dict(h["calibrator"]) if h.get("calibrator") else None
+            if h["kind"] == "lightgbm":
+                try:
+                    booster = lgb.Booster(model_str=data.decode("utf-8"))
+                except Exception as exc:  # LightGBM raises its own error type on a corrupt model
+                    raise BundleIntegrityError(root / h["file"], f"not a LightGBM model: {exc}") from exc
+                heads[name] = Head.lightgbm(booster, cal)
+            elif h["kind"] == "stage_prior":
+                heads[name] = Head.stage_prior(StagePrior.from_dict(_parse_json(root / h["file"], data)), cal)
+            else:
+                raise BundleIntegrityError(root / BUNDLE_JSON, f"unknown head kind {h['kind']!r}")
+        reference = _parse_json(root / spec["reference_file"], get(spec["reference_file"]))
+        return cls(
+            cold=heads["cold"],
+            close=heads["close"],
+            feature_columns=spec["feature_columns"],
+            categorical_levels=spec["categorical_levels"],
+            band_thresholds=spec["band_thresholds"],
+            reference=reference,
+            metadata=spec.get("metadata") or {},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary (heads' kinds, features, thresholds, metadata) for `GET /v1/model`."""
+        return {
+            "heads": {"cold": self.cold.kind, "close": self.close.kind},
+            "feature_columns": self.feature_columns,
+            "band_thresholds": self.band_thresholds,
+            "metadata": self.metadata,
+        }
+
+
+def _column_array(frame: pd.DataFrame, name: str) -> Any:
+    """A column's values without building a Series.
+
+    Building a Series per column costs tens of microseconds, which over ~50 features dominates a
+    one-deal request; pandas' column-array accessor is private, so fall back to the public path.
+    """
+    getter = getattr(frame, "_get_column_array", None)
+    loc = frame.columns.get_loc(name)
+    if getter is not None and isinstance(loc, int):
+        return getter(loc)
+    return frame[name].array
+
+
+def _float_column(frame: pd.DataFrame, name: str) -> NDArray[np.float64]:
+    values = _column_array(frame, name)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return values.astype(np.float64, copy=False)
+    return np.asarray(pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+
+def _keys_or_blank(features: pd.DataFrame) -> tuple[NDArray[np.object_], NDArray[np.object_]]:
+    """(pipeline, stage) per row as plain object arrays ('' when unknown), cheap for one row."""
+    out = []
+    for names in (("pipeline", "pipeline_cat"), ("stage", "stage_cat")):
+        col = next((c for c in names if c in features.columns), None)
+        if col is None:
+            out.append(np.full(len(features), "", dtype=object))
+            continue
+        values = features[col].to_numpy(dtype=object, na_value="")
+        out.append(
+            values.astype(str).astype(object) if len(values) and not isinstance(values[0], str) else values
+        )
+    return out[0], out[1]
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(_finite(obj), indent=1, sort_keys=True, default=_json_default, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf become null so the files are strict JSON (metrics can be NaN on a one-class window)."""
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, pd.Timestamp):
+        return obj.isoformat()
+    return str(obj)
+
+
+def _parse_json(path: Path, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleIntegrityError(path, f"not valid JSON: {exc}") from exc

@@ -1,0 +1,99 @@
+"""Probability calibration fitted on the calibration window, stored as JSON (no pickle)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Method = Literal["isotonic", "platt"]
+_EPS = 1e-6
+
+
+def _logit(p: NDArray[np.float64]) -> NDArray[np.float64]:
+    q = np.clip(p, _EPS, 1.0 - _EPS)
+    return np.asarray(np.log(q / (1.0 - q)), dtype=np.float64)
+
+
+class Calibrator:
+    """Maps a head's raw probability to a calibrated one.
+
+    `isotonic`: a monotone step function, stored as breakpoints and applied with `np.interp` (linear
+    between breakpoints, flat beyond them). `platt`: sigmoid(a * logit(p) + b), two floats.
+    """
+
+    def __init__(self, method: Method = "isotonic") -> None:
+        self.method = method
+
+    def fit(self, p: ArrayLike, y: ArrayLike) -> Calibrator:
+        """Learn the mapping from raw probabilities `p` to outcomes `y` (0/1)."""
+        p_arr = np.asarray(p, dtype=np.float64).ravel()
+        y_arr = np.asarray(y, dtype=np.float64).ravel()
+        if p_arr.shape != y_arr.shape or p_arr.size == 0:
+            raise ValueError("p and y must be non-empty and the same length")
+        if self.method == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+            iso.fit(p_arr, y_arr)
+            self.x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+            self.y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
+        elif self.method == "platt":
+            from sklearn.linear_model import LogisticRegression
+
+            if np.unique(y_arr).size < 2:
+                # one class only: the best constant is its rate
+                self.a_, self.b_ = 0.0, float(_logit(np.array([y_arr.mean()]))[0])
+            else:
+                lr = LogisticRegression(C=1e6, max_iter=1000)
+                lr.fit(_logit(p_arr).reshape(-1, 1), y_arr.astype(int))
+                self.a_, self.b_ = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        else:
+            raise ValueError(f"unknown calibration method {self.method!r}; use 'isotonic' or 'platt'")
+        return self
+
+    def transform(self, p: ArrayLike) -> NDArray[np.float64]:
+        """Calibrated probabilities in [0, 1], same shape as `p`."""
+        p_arr = np.asarray(p, dtype=np.float64)
+        if self.method == "isotonic":
+            out = np.interp(p_arr, self.x_, self.y_)
+        else:
+            out = 1.0 / (1.0 + np.exp(-(self.a_ * _logit(p_arr) + self.b_)))
+        return np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        if self.method == "isotonic":
+            return {"method": "isotonic", "x": self.x_.tolist(), "y": self.y_.tolist()}
+        return {"method": "platt", "a": self.a_, "b": self.b_}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Calibrator:
+        """Rebuild from `to_dict()` output."""
+        cal = cls(method=raw["method"])
+        if cal.method == "isotonic":
+            cal.x_ = np.asarray(raw["x"], dtype=np.float64)
+            cal.y_ = np.asarray(raw["y"], dtype=np.float64)
+            if cal.x_.shape != cal.y_.shape or cal.x_.size == 0:
+                raise ValueError("isotonic calibrator needs equal-length, non-empty x and y")
+        elif cal.method == "platt":
+            cal.a_, cal.b_ = float(raw["a"]), float(raw["b"])
+        else:
+            raise ValueError(f"unknown calibration method {cal.method!r}")
+        return cal
+
+
+def expected_calibration_error(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
+    """ECE with equal-width bins: the share-weighted mean |observed rate - mean predicted| per bin."""
+    p_arr = np.asarray(p, dtype=np.float64).ravel()
+    y_arr = np.asarray(y, dtype=np.float64).ravel()
+    if p_arr.size == 0:
+        return float("nan")
+    bins = np.minimum((p_arr * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
+    sum_p = np.bincount(bins, weights=p_arr, minlength=n_bins)
+    sum_y = np.bincount(bins, weights=y_arr, minlength=n_bins)
+    used = count > 0
+    gap = np.abs(sum_y[used] - sum_p[used]) / count[used]
+    return float(np.sum(gap * count[used]) / p_arr.size)

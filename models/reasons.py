@@ -1,0 +1,407 @@
+"""Per-deal reasons: LightGBM's own per-feature contributions turned into plain-words sentences.
+
+`booster.predict(X, pred_contrib=True)` gives, per row, one raw-score (log-odds) contribution per feature
+plus the bias in the last column; they sum to the raw score. The top-k features by |contribution| are a
+deal's reasons; a positive effect raises the head's probability (for the cold head: the risk).
+
+Each sentence compares the deal's value with a typical value from a reference table built at training
+time: the median of that feature among won deals in the same pipeline and stage, falling back to the
+pipeline, then to all won deals. The table is JSON and travels in the bundle.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike, NDArray
+
+from models.baselines import context_keys
+
+_KEY_SEP = "\x1f"  # pipeline/stage separator in reference keys; never appears in CRM names
+
+Template = Callable[[str, float, float | None], str]
+
+
+def _descriptions() -> dict[str, str]:
+    try:
+        from features.build import FEATURE_DESCRIPTIONS
+    except ImportError:  # features.build is optional for this module; fall back to names
+        return {}
+    return dict(FEATURE_DESCRIPTIONS)
+
+
+def build_reference(
+    features: pd.DataFrame,
+    won: ArrayLike,
+    feature_columns: Sequence[str],
+    min_rows: int = 5,
+) -> dict[str, Any]:
+    """Typical values for the reasons' comparisons, as JSON.
+
+    Medians of every numeric feature among the rows flagged `won` (training snapshots of deals that were
+    eventually won), per (pipeline, stage) and per pipeline when a group has at least `min_rows` rows,
+    and over all won rows (all rows if none is won).
+    """
+    numeric = [c for c in feature_columns if pd.api.types.is_numeric_dtype(features[c])]
+    won_mask = np.asarray(won, dtype=bool).ravel()
+    pipeline, stage = context_keys(features)
+    values = features[numeric].astype("float64")
+    base = values[won_mask] if won_mask.any() else values
+
+    def medians(keys: pd.Series) -> dict[str, list[float | None]]:
+        frame = base.assign(_key=keys[won_mask].to_numpy() if won_mask.any() else keys.to_numpy())
+        grouped = frame.groupby("_key", sort=True)
+        counts = grouped.size()
+        med = grouped.median()
+        med = med[counts.reindex(med.index) >= min_rows]
+        return {str(k): _json_floats(row) for k, row in zip(med.index, med.to_numpy(), strict=True)}
+
+    global_med = base.median().to_numpy(dtype=np.float64) if len(base) else np.full(len(numeric), np.nan)
+    return {
+        "basis": "median among training snapshots of won deals",
+        "features": numeric,
+        "by_stage": medians(pipeline + _KEY_SEP + stage),
+        "by_pipeline": medians(pipeline),
+        "global": _json_floats(global_med),
+    }
+
+
+def _json_floats(row: NDArray[Any]) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(row, dtype=np.float64)]
+
+
+# ---- sentence templates -------------------------------------------------------------------------------
+
+
+def _num(v: float | None, digits: int = 0) -> str:
+    if v is None or not np.isfinite(v):
+        return "unknown"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def _days(v: float | None) -> str:
+    if v is None or not np.isfinite(v):
+        return "unknown"
+    n = round(v)
+    return "1 day" if n == 1 else f"{n:,} days"
+
+
+def _pct(v: float | None) -> str:
+    return "unknown" if v is None or not np.isfinite(v) else f"{v:.0%}"
+
+
+def _cmp(typical: float | None, fmt: Callable[[float | None], str], what: str) -> str:
+    if typical is None or not np.isfinite(typical):
+        return ""
+    return f"; {what} {fmt(typical)}"
+
+
+def _t_last_activity(name: str, v: float, t: float | None) -> str:
+    if not np.isfinite(v):
+        return "No activity recorded on this deal yet" + _cmp(
+            t, _days, "won deals at this stage usually had one within"
+        )
+    return f"No activity for {_days(v)}" + _cmp(t, _days, "won deals at this stage usually had one within")
+
+
+def _t_last_inbound(name: str, v: float, t: float | None) -> str:
+    if not np.isfinite(v):
+        return "The buyer has never reached out" + _cmp(
+            t, _days, "won deals at this stage usually heard from the buyer within"
+        )
+    return f"Last heard from the buyer {_days(v)} ago" + _cmp(
+        t, _days, "won deals at this stage usually heard from them within"
+    )
+
+
+def _t_stage_age(name: str, v: float, t: float | None) -> str:
+    return f"In this stage for {_days(v)}" + _cmp(t, _days, "won deals usually spent")
+
+
+def _t_stage_age_ratio(name: str, v: float, t: float | None) -> str:
+    return f"Time in this stage is {_num(v, 1)}× the usual for this pipeline" + _cmp(
+        t, lambda x: _num(x, 1) + "×", "won deals were at"
+    )
+
+
+def _t_deal_age(name: str, v: float, t: float | None) -> str:
+    return f"The deal is {_days(v)} old" + _cmp(t, _days, "won deals at this stage were typically")
+
+
+def _t_days_to_close(name: str, v: float, t: float | None) -> str:
+    if not np.isfinite(v):
+        return "No expected close date is set"
+    if v < 0:
+        return f"The expected close date passed {_days(-v)} ago"
+    return f"Expected to close in {_days(v)}" + _cmp(t, _days, "won deals at this stage were typically")
+
+
+def _t_slips(name: str, v: float, t: float | None) -> str:
+    n = int(round(v)) if np.isfinite(v) else 0
+    if n == 0:
+        return "The expected close date has never slipped"
+    times = "once" if n == 1 else f"{n} times"
+    return f"The expected close date slipped {times}" + _cmp(t, _num, "won deals at this stage typically")
+
+
+def _t_moves_back(name: str, v: float, t: float | None) -> str:
+    n = int(round(v)) if np.isfinite(v) else 0
+    return f"Moved back to an earlier stage {n} time{'s' if n != 1 else ''}" + _cmp(
+        t, _num, "won deals typically"
+    )
+
+
+def _t_stage_changes(name: str, v: float, t: float | None) -> str:
+    return f"{_num(v)} stage changes so far" + _cmp(t, _num, "won deals at this stage typically had")
+
+
+def _t_owner_win_rate(name: str, v: float, t: float | None) -> str:
+    return f"The owner wins {_pct(v)} of their closed deals" + _cmp(t, _pct, "owners of won deals here win")
+
+
+def _t_owner_load(name: str, v: float, t: float | None) -> str:
+    return f"The owner has {_num(v)} open deals" + _cmp(t, _num, "owners of won deals here had")
+
+
+def _t_amount(name: str, v: float, t: float | None) -> str:
+    is_log = "log" in name
+    show = (lambda x: _num(None if x is None else float(np.expm1(x)))) if is_log else _num
+    return f"Amount of {show(v)}" + _cmp(t, show, "won deals at this stage were typically")
+
+
+def _t_amount_rel(name: str, v: float, t: float | None) -> str:
+    return f"Amount is {_num(v, 1)}× the pipeline's median" + _cmp(
+        t, lambda x: _num(x, 1) + "×", "won deals at this stage were"
+    )
+
+
+def _t_activity_count(name: str, v: float, t: float | None) -> str:
+    window = re.search(r"(\d+)\s*d", name)
+    span = f" in the last {window.group(1)} days" if window else ""
+    kinds = ("call", "email", "meeting", "note", "task", "inbound", "outbound", "other")
+    kind = next((k for k in kinds if k in name), "")
+    noun = (
+        f"{kind} activities"
+        if kind in ("inbound", "outbound", "other")
+        else (f"{kind}s" if kind else "activities")
+    )
+    return f"{_num(v)} {noun}{span}" + _cmp(t, _num, "won deals at this stage had")
+
+
+def _t_gap(name: str, v: float, t: float | None) -> str:
+    return f"Longest silence between activities: {_days(v)}" + _cmp(t, _days, "won deals at this stage:")
+
+
+def _t_trend(name: str, v: float, t: float | None) -> str:
+    if not np.isfinite(v):
+        return "No activity trend yet"
+    n = int(round(v))
+    change = f"{abs(n)} {'more' if n >= 0 else 'fewer'} activit{'y' if abs(n) == 1 else 'ies'}"
+    return f"{change} in the last 14 days than in the 14 before" + _cmp(
+        t, lambda x: _num(x, 1), "won deals at this stage: a change of"
+    )
+
+
+def _t_trend_ratio(name: str, v: float, t: float | None) -> str:
+    return f"Activity in the last 14 days is {_num(v, 1)}× the 14 days before" + _cmp(
+        t, lambda x: _num(x, 1) + "×", "won deals at this stage:"
+    )
+
+
+def _t_position(name: str, v: float, t: float | None) -> str:
+    return f"At stage {_num(None if not np.isfinite(v) else v + 1)} of the pipeline" + _cmp(
+        t, lambda x: _num(None if x is None else x + 1), "typical for won deals:"
+    )
+
+
+def _t_progress(name: str, v: float, t: float | None) -> str:
+    return f"{_pct(v)} of the way through the pipeline" + _cmp(t, _pct, "won deals at this point were at")
+
+
+def _t_amount_changes(name: str, v: float, t: float | None) -> str:
+    n = int(round(v)) if np.isfinite(v) else 0
+    times = "never" if n == 0 else ("once" if n == 1 else f"{n} times")
+    return f"The amount was changed {times}" + _cmp(t, _num, "won deals at this stage: typically")
+
+
+def _t_amount_change_ratio(name: str, v: float, t: float | None) -> str:
+    return f"The amount is {_num(v, 2)}× what it was at creation" + _cmp(
+        t, lambda x: _num(x, 2) + "×", "won deals at this stage:"
+    )
+
+
+def _t_owner_closed(name: str, v: float, t: float | None) -> str:
+    return f"The owner has closed {_num(v)} deals" + _cmp(t, _num, "owners of won deals here had closed")
+
+
+# Ordered: the first pattern that matches a feature name picks its template.
+_TEMPLATES: list[tuple[str, Template]] = [
+    (r"inbound.*(since|recency|days_since|last)|(since|last).*inbound", _t_last_inbound),
+    (r"since_last_activity|days_since_activity|activity_recency|days_since_last", _t_last_activity),
+    (r"stage.*(ratio|rel)|(ratio|rel).*stage", _t_stage_age_ratio),
+    (r"(stage_age|time_in_stage|days_in_stage)", _t_stage_age),
+    (r"deal_age|age_days", _t_deal_age),
+    (r"slip", _t_slips),
+    (r"(days_to_close|days_until_close|until_expected|to_expected_close|close_in_days)", _t_days_to_close),
+    (r"(back|regress)", _t_moves_back),
+    (r"(n_stage_changes|stage_changes)", _t_stage_changes),
+    (r"owner.*win", _t_owner_win_rate),
+    (r"owner.*(open|load)", _t_owner_load),
+    (r"amount_change_ratio", _t_amount_change_ratio),
+    (r"n_amount_changes|amount_changes", _t_amount_changes),
+    (r"owner.*closed", _t_owner_closed),
+    (r"amount.*(rel|ratio|median)", _t_amount_rel),
+    (r"^(log_)?amount(_log)?$", _t_amount),
+    (r"(gap|silence)", _t_gap),
+    (r"trend.*ratio", _t_trend_ratio),
+    (r"trend", _t_trend),
+    (r"position_frac|progress", _t_progress),
+    (r"(stage_pos|position)", _t_position),
+    (r"(n_|count|activities|calls|emails|meetings|notes|tasks).*\d+d|\d+d", _t_activity_count),
+]
+
+
+def template_for(name: str, description: str | None = None) -> Template:
+    """The sentence template for a feature; a generic one built on its description otherwise."""
+    for pattern, template in _TEMPLATES:
+        if re.search(pattern, name):
+            return template
+    label = description or name.replace("_", " ")
+
+    def generic(_: str, v: float, t: float | None) -> str:
+        shown = _num(v, 2 if abs(v) < 10 else 0) if np.isfinite(v) else "unknown"
+        text = f"{label[:1].upper()}{label[1:]}: {shown}"
+        return text + _cmp(t, lambda x: _num(x, 2 if x is not None and abs(x) < 10 else 0), "won deals here:")
+
+    return generic
+
+
+class ReasonWriter:
+    """Turns contribution matrices into reason dicts; everything per feature is precomputed once."""
+
+    def __init__(
+        self,
+        feature_columns: Sequence[str],
+        reference: Mapping[str, Any],
+        categorical_levels: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.feature_columns = list(feature_columns)
+        self.categorical_levels = {k: list(v) for k, v in (categorical_levels or {}).items()}
+        descriptions = _descriptions()
+        self._templates = [template_for(c, descriptions.get(c)) for c in self.feature_columns]
+        # reference matrices aligned to feature_columns (NaN where no reference / categorical)
+        ref_features = list(reference.get("features", []))
+        n_feat = len(self.feature_columns)
+        col_of = {name: i for i, name in enumerate(self.feature_columns)}
+        target = np.array([col_of.get(f, -1) for f in ref_features], dtype=int)
+
+        def matrix(rows: Mapping[str, Sequence[float | None]]) -> tuple[pd.Index, NDArray[np.float64]]:
+            keys = pd.Index([str(k) for k in rows.keys()], dtype=object)
+            out = np.full((len(keys) + 1, n_feat), np.nan)  # last row: "not found"
+            for i, vals in enumerate(rows.values()):
+                arr = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+                out[i, target[target >= 0]] = arr[target >= 0]
+            return keys, out
+
+        self._stage_keys, self._stage_ref = matrix(reference.get("by_stage", {}))
+        self._pipe_keys, self._pipe_ref = matrix(reference.get("by_pipeline", {}))
+        _, glob = matrix({"": reference.get("global", [None] * len(ref_features))})
+        self._global_ref = glob[0]
+
+    def typical_values(self, pipeline: ArrayLike, stage: ArrayLike) -> NDArray[np.float64]:
+        """(n_rows, n_features) typical values: stage-level, else pipeline-level, else global."""
+        pipe = np.asarray(pipeline, dtype=object)
+        keys = pipe + _KEY_SEP + np.asarray(stage, dtype=object)
+        g_stage = self._stage_keys.get_indexer(pd.Index(keys, dtype=object))
+        g_pipe = self._pipe_keys.get_indexer(pd.Index(pipe, dtype=object))
+        ref = self._stage_ref[g_stage]  # -1 indexes the all-NaN last row
+        ref = np.where(np.isnan(ref), self._pipe_ref[g_pipe], ref)
+        return np.where(np.isnan(ref), self._global_ref[None, :], ref)
+
+    def explain(
+        self,
+        contrib: NDArray[np.float64],
+        x: NDArray[np.float64],
+        pipeline: ArrayLike,
+        stage: ArrayLike,
+        top_k: int = 3,
+    ) -> list[list[dict[str, Any]]]:
+        """Top-k reasons per row from `pred_contrib` output (n, n_features + 1) and the encoded features.
+
+        `pipeline` and `stage` are each row's context (strings). Categorical features are shown by level
+        name; numeric ones with the deal's value and a typical value for comparison.
+        """
+        n_feat = len(self.feature_columns)
+        if contrib.shape[1] != n_feat + 1:
+            raise ValueError(f"contributions have {contrib.shape[1]} columns, expected {n_feat + 1}")
+        k = max(0, min(top_k, n_feat))
+        if k == 0 or len(contrib) == 0:
+            return [[] for _ in range(len(contrib))]
+        effects = contrib[:, :n_feat]
+        order = np.argsort(-np.abs(effects), axis=1, kind="stable")[:, :k]
+        top_effect = np.take_along_axis(effects, order, axis=1)
+        top_value = np.take_along_axis(x, order, axis=1)
+        top_typical = np.take_along_axis(self.typical_values(pipeline, stage), order, axis=1)
+        stage_arr = np.asarray(stage, dtype=object)
+        names = self.feature_columns
+        out: list[list[dict[str, Any]]] = []
+        # string formatting is inherently per reason; everything numeric above is vectorised
+        for i in range(len(order)):
+            row: list[dict[str, Any]] = []
+            for j in range(k):
+                f = int(order[i, j])
+                row.append(
+                    self._reason(
+                        names[f], f, top_value[i, j], top_effect[i, j], top_typical[i, j], stage_arr[i]
+                    )
+                )
+            out.append(row)
+        return out
+
+    def _reason(
+        self, name: str, f: int, value: float, effect: float, typical: float, stage: str
+    ) -> dict[str, Any]:
+        levels = self.categorical_levels.get(name)
+        if levels is not None:
+            code = int(value) if np.isfinite(value) else -1
+            level = levels[code] if 0 <= code < len(levels) else None
+            if name.startswith("stage"):
+                text = f"At stage {level or stage!s}" if level or stage else "Stage unknown"
+            else:
+                text = f"{name.removesuffix('_cat').replace('_', ' ').capitalize()}: {level or 'unknown'}"
+            return {"feature": name, "value": level, "effect": round(float(effect), 4), "text": text}
+        typ = float(typical) if np.isfinite(typical) else None
+        v = float(value)
+        return {
+            "feature": name,
+            "value": v if np.isfinite(v) else None,
+            "effect": round(float(effect), 4),
+            "text": self._templates[f](name, v, typ),
+        }
+
+
+def stage_prior_reasons(
+    rates: NDArray[np.float64], global_rate: float, pipeline: ArrayLike, stage: ArrayLike, label: str
+) -> list[list[dict[str, Any]]]:
+    """Reasons for a head that is a stage prior: the stage is the only reason there is."""
+    eps = 1e-6
+    r = np.clip(rates, eps, 1 - eps)
+    g = float(np.clip(global_rate, eps, 1 - eps))
+    effect = np.log(r / (1 - r)) - np.log(g / (1 - g))
+    return [
+        [
+            {
+                "feature": "stage",
+                "value": str(s),
+                "effect": round(float(e), 4),
+                "text": f"Deals at stage {s} in {p} {label} {rate:.0%} of the time (all deals: {g:.0%})",
+            }
+        ]
+        for p, s, e, rate in zip(np.asarray(pipeline), np.asarray(stage), effect, r, strict=True)
+    ]

@@ -1,0 +1,185 @@
+"""The FastAPI application: `create_app(settings)`; uvicorn runs `serving.app:create_app` as a factory.
+
+Lifespan opens the store (creating its schema), loads the model once, primes the feature population and
+starts a background task that follows the registry alias and swaps the model atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.errors import install_error_handlers
+from serving.metrics import ServiceMetrics
+from serving.model_holder import ModelHolder, PopulationCache
+from serving.settings import Settings, get_settings
+from serving.store import Store
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("serving.access")
+
+__all__ = ["create_app"]
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body exceeds the limit of {limit} bytes")
+
+
+class RequestGuard:
+    """Pure ASGI middleware: body-size limit, metrics and one JSON access-log line per request.
+
+    The limit is enforced before the body is read in full: a declared Content-Length over it answers
+    413 at once; otherwise the streamed chunks are counted and the read fails as soon as they pass it.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+        limit = self.max_body_bytes
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                response_started = True
+            await send(message)
+
+        received = 0
+
+        async def receive_wrapper() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > limit:
+                await _send_json(send_wrapper, 413, {"detail": _BodyTooLarge(limit).detail})
+            else:
+                await self.app(scope, receive_wrapper, send_wrapper)
+        except _BodyTooLarge as exc:
+            if response_started:
+                raise
+            await _send_json(send_wrapper, 413, {"detail": exc.detail})
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            self.metrics.observe_request(template, scope["method"], status, seconds)
+            state = scope.get("state") or {}
+            access_logger.info(json.dumps({
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": template,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "key_id": state.get("key_id") if isinstance(state, dict) else None,
+            }))
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close")],
+    })
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _follow_alias(holder: ModelHolder, interval_s: float) -> None:
+    """Check the alias every `interval_s`; swap when it moved. Failures keep the old model."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(holder.reload, True)
+        except Exception:  # noqa: BLE001 - the watcher must never die; holder already logs load errors
+            logger.exception("alias check failed")
+
+
+def _prime_population(population: PopulationCache) -> None:
+    try:
+        population.get()
+    except Exception:  # noqa: BLE001 - an empty or odd store must not stop the service from starting
+        logger.warning("could not compute the feature population at start", exc_info=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. Without `settings`, read them from the environment (`get_settings()`)."""
+    settings = settings or get_settings()
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.database_url)
+        store.create_schema()
+        holder = ModelHolder(settings.model_uri, settings.tracking_uri, on_swap=_on_swap)
+        population = PopulationCache.from_store(store)
+        app.state.store = store
+        app.state.model_holder = holder
+        app.state.population = population
+        await asyncio.to_thread(holder.reload)
+        await asyncio.to_thread(_prime_population, population)
+        watcher = None
+        if settings.reload_interval_s > 0:
+            watcher = asyncio.create_task(_follow_alias(holder, settings.reload_interval_s))
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            store.close()
+
+    def _on_swap(model: Any) -> None:
+        metrics.set_model_version(model.version)
+
+    app = FastAPI(
+        title="dealrisk",
+        summary="Which deals are going cold and how likely each is to close.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+
+    from serving.routes import include_routers
+
+    include_routers(app)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    return app

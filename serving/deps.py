@@ -1,0 +1,81 @@
+"""Request dependencies, as `Annotated` aliases, in one place.
+
+Every route takes what it needs from here, so tests can swap any of them with
+`app.dependency_overrides` and other route modules (pipelines, the manager page) share the same names:
+
+- `SettingsDep`   -> `Settings` the app was created with (`app.state.settings`).
+- `StoreDep`      -> the app's `Store` (`app.state.store`).
+- `ModelDep`      -> a `LoadedModel` snapshot (`bundle`, `version`, `loaded_at`, `metadata`) taken once at
+                     the start of the request; use it for the whole request so one response never mixes
+                     versions. Answers 503 "no model loaded: <reason>" when no model could ever be loaded.
+- `PopulationDep` -> the feature `Population` computed from the store (recomputed lazily after writes);
+                     None while the store holds no deals (score_points then derives it from the history).
+- `require_role(*roles)` -> a dependency returning the caller's `ApiKey` (Authorization: Bearer <key>);
+                     401 with WWW-Authenticate when missing/wrong/revoked, 403 when the role is not allowed.
+  Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `ScoreKey` (admin, integration),
+  `WriteKey` (admin, integration). Visibility: `key.can_see(pipeline)`; anything outside it answers 404
+  as if absent — use `serving.errors.NotFoundError`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from features.population import Population
+from serving.auth import ApiKey, require_role
+from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
+from serving.settings import Settings
+from serving.store import Store
+
+__all__ = [
+    "AdminKey",
+    "ModelDep",
+    "PopulationDep",
+    "ReadKey",
+    "ScoreKey",
+    "SettingsDep",
+    "StoreDep",
+    "WriteKey",
+    "get_model",
+    "get_population",
+    "get_settings_dep",
+    "get_store",
+    "require_role",
+]
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """The settings the app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> Store:
+    """The app's store (opened once in lifespan)."""
+    store: Store = request.app.state.store
+    return store
+
+
+def get_model(request: Request) -> LoadedModel:
+    """One snapshot of the served model for this request; 503 when none is loaded."""
+    holder: ModelHolder = request.app.state.model_holder
+    return holder.require()
+
+
+def get_population(request: Request) -> Population | None:
+    """The feature population of the stored history (recomputed lazily after writes); None if empty."""
+    cache: PopulationCache = request.app.state.population
+    return cache.get()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+StoreDep = Annotated[Store, Depends(get_store)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+PopulationDep = Annotated[Population | None, Depends(get_population)]
+
+AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
+ReadKey = Annotated[ApiKey, Depends(require_role("admin", "manager"))]
+ScoreKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
+WriteKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]

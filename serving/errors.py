@@ -1,0 +1,149 @@
+"""Domain errors raised inside the service and their one mapping to HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from features.history import HistoryValidationError
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of errors that map to one HTTP status."""
+
+    status_code = 500
+
+    def __init__(self, detail: Any, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(str(detail))
+        self.detail = detail
+        self.problems = problems
+
+
+class AuthenticationError(ServiceError):
+    status_code = 401
+
+
+class ForbiddenError(ServiceError):
+    status_code = 403
+
+
+class NotFoundError(ServiceError):
+    """Absent, or outside the caller's pipelines: both answer the same 404."""
+
+    status_code = 404
+
+
+class ConflictError(ServiceError):
+    status_code = 409
+
+
+class InvalidInputError(ServiceError):
+    """Bad input that passed the schema (e.g. a stage change before the deal was created)."""
+
+    status_code = 422
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+
+
+class ModelUnavailableError(ServiceError):
+    status_code = 503
+
+
+def format_loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """('body', 'deals', 3, 'amount') -> 'deals[3].amount'."""
+    out = ""
+    for part in loc:
+        if part in ("body",) and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _jsonable(value: Any) -> Any:
+    # Pydantic puts the offending input in errors; NaN/inf would break the JSON response itself.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)[:200]
+
+
+def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as `{loc, msg}` items with loc written like `deals[3].amount`."""
+    problems = []
+    for err in exc.errors():
+        loc = format_loc(tuple(err.get("loc", ())))
+        msg = str(err.get("msg", "invalid value"))
+        item: dict[str, Any] = {"loc": loc, "msg": msg, "type": err.get("type")}
+        if "input" in err and not isinstance(err["input"], dict | list):
+            item["input"] = _jsonable(err["input"])
+        problems.append(item)
+    return problems
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors to HTTP once, for every route."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
+        body: dict[str, Any] = {"detail": exc.detail}
+        if exc.problems is not None:
+            body["problems"] = exc.problems
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = validation_problems(exc)
+        summary = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:20])
+        return JSONResponse({"detail": summary, "problems": problems}, status_code=422)
+
+    @app.exception_handler(HistoryValidationError)
+    async def _history_error(request: Request, exc: HistoryValidationError) -> JSONResponse:
+        # Routes normally translate rows to item paths; this is the fallback so it is never a 500.
+        problems = [{"loc": p.table, "msg": str(p)} for p in exc.problems]
+        return JSONResponse({"detail": str(exc), "problems": problems}, status_code=422)
+
+
+def history_problems(exc: HistoryValidationError, locators: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Problems of frames built from a request, located as request paths (`deals[3].stage_changes[0]`).
+
+    `locators[table][i]` is the request path of data row i + 1 of that table's frame.
+    """
+    out = []
+    for problem in exc.problems:
+        paths = locators.get(problem.table, [])
+        if problem.row is not None and 1 <= problem.row <= len(paths):
+            loc = paths[problem.row - 1]
+        else:
+            loc = problem.table
+        if problem.column:
+            loc = f"{loc}.{problem.column}"
+        msg = f"{problem.message} ({problem.hint})" if problem.hint else problem.message
+        out.append({"loc": loc, "msg": msg})
+    return out
+
+
+def raise_history_error(exc: HistoryValidationError, locators: dict[str, list[str]]) -> None:
+    """Re-raise a HistoryValidationError as a 422 naming each bad item and field."""
+    problems = history_problems(exc, locators)
+    summary = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:20])
+    raise InvalidInputError(summary, problems) from exc
+
+
+def check_batch_size(n_items: int, limit: int) -> None:
+    """413 when a batch holds more deals than the configured limit."""
+    if n_items > limit:
+        raise PayloadTooLargeError(f"{n_items} deals in one request; the limit is {limit}")

@@ -1,0 +1,186 @@
+"""The served model and the feature population, each swapped atomically.
+
+A request takes ONE `LoadedModel` reference at its start (`holder.require()`) and uses it to the end, so a
+reload in the middle of a request can never mix two versions in one response. Loading happens outside
+the lock; only the swap of the reference is under it, so requests never wait for a download.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from features.population import Population, compute_population
+from serving.errors import ConflictError, ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[str, str], tuple[Any, str]]
+Resolver = Callable[[str, str], str | None]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One loaded bundle and the registry version it came from."""
+
+    bundle: Any  # models.bundle.ScoringBundle (typed loosely so tests can use a stand-in)
+    version: str
+    model_uri: str
+    loaded_at: datetime
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        meta = getattr(self.bundle, "metadata", None)
+        return dict(meta) if isinstance(meta, dict) else {}
+
+
+@dataclass
+class ReloadOutcome:
+    """What a reload did: `changed` if a new version is now served."""
+
+    version: str | None
+    changed: bool
+    error: str | None = None
+
+
+def resolve_registry_version(model_uri: str, tracking_uri: str) -> str | None:
+    """The version a `models:/name@alias` or `models:/name/N` URI points at now, without downloading.
+
+    None when the URI is not a registry URI (then only an explicit reload reloads it).
+    """
+    if not model_uri.startswith("models:/"):
+        return None
+    from models.loading import resolve_version
+
+    return resolve_version(model_uri, tracking_uri)[1]
+
+
+def _default_loader(model_uri: str, tracking_uri: str) -> tuple[Any, str]:
+    from models.loading import load_bundle
+
+    bundle, version = load_bundle(model_uri, tracking_uri)
+    return bundle, str(version)
+
+
+@dataclass
+class ModelHolder:
+    """Holds the current model; `reload()` swaps it atomically and keeps the old one on failure."""
+
+    model_uri: str
+    tracking_uri: str
+    loader: Loader = _default_loader
+    resolver: Resolver = resolve_registry_version
+    _current: LoadedModel | None = None
+    last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Serialises loads so two reloads (background check and the endpoint) never download twice at once.
+    _load_lock: threading.Lock = field(default_factory=threading.Lock)
+    on_swap: Callable[[LoadedModel], None] | None = None
+
+    def current(self) -> LoadedModel | None:
+        """The model being served, or None."""
+        with self._lock:
+            return self._current
+
+    def require(self) -> LoadedModel:
+        """The model being served; raises ModelUnavailableError (503) with the reason if none."""
+        model = self.current()
+        if model is None:
+            raise ModelUnavailableError(f"no model loaded: {self.last_error or 'not loaded yet'}")
+        return model
+
+    def reload(self, only_if_changed: bool = False) -> ReloadOutcome:
+        """Load the model the URI points at now and swap it in; on failure keep the old one.
+
+        With `only_if_changed`, first resolve the alias and skip the download when the version is
+        the one already served (the cheap background check).
+        """
+        with self._load_lock:
+            current = self.current()
+            try:
+                if only_if_changed and current is not None:
+                    target = self.resolver(self.model_uri, self.tracking_uri)
+                    if target is None or target == current.version:
+                        return ReloadOutcome(current.version, changed=False)
+                bundle, version = self.loader(self.model_uri, self.tracking_uri)
+            except Exception as exc:  # noqa: BLE001 - any load failure must keep the old model serving
+                reason = f"{type(exc).__name__}: {exc}"
+                logger.warning("model load from %s failed: %s", self.model_uri, reason)
+                self.last_error = reason
+                return ReloadOutcome(current.version if current else None, changed=False, error=reason)
+            model = LoadedModel(bundle, str(version), self.model_uri, datetime.now(UTC))
+            with self._lock:
+                self._current = model
+            self.last_error = None
+            changed = current is None or current.version != model.version
+            if changed:
+                logger.info("serving model %s version %s", self.model_uri, model.version)
+            if self.on_swap is not None:
+                self.on_swap(model)
+            return ReloadOutcome(model.version, changed=changed)
+
+    def reload_or_raise(self) -> LoadedModel:
+        """Reload for the endpoint: the new model, or ConflictError/ModelUnavailableError with the reason."""
+        outcome = self.reload()
+        if outcome.error is not None:
+            if outcome.version is not None:
+                raise ConflictError(
+                    f"reload failed, still serving version {outcome.version}: {outcome.error}"
+                )
+            raise ModelUnavailableError(f"no model loaded: {outcome.error}")
+        return self.require()
+
+
+class PopulationCache:
+    """The feature population of the stored history, recomputed lazily after a write marks it dirty.
+
+    Writes only flip a generation counter (cheap); the next reader recomputes once while others keep
+    using the previous population, so a burst of writes costs one recompute.
+    """
+
+    def __init__(self, load: Callable[[], Population | None]) -> None:
+        self._load = load
+        self._lock = threading.Lock()
+        self._compute_lock = threading.Lock()
+        self._value: Population | None = None
+        self._computed = False
+        self._generation = 0
+        self._computed_generation = -1
+
+    @classmethod
+    def from_store(cls, store: Any) -> PopulationCache:
+        """A cache that computes the population from everything in `store` (None while it is empty)."""
+
+        def load() -> Population | None:
+            # With no stored deals, scoring computes the population from the scored history itself.
+            if store.count_rows().get("deals", 0) == 0:
+                return None
+            return compute_population(store.load_history())
+
+        return cls(load)
+
+    def mark_dirty(self) -> None:
+        """Called after every committed write."""
+        with self._lock:
+            self._generation += 1
+
+    def get(self) -> Population | None:
+        """The population, recomputed first if the store changed since it was computed."""
+        with self._lock:
+            if self._computed and self._computed_generation == self._generation:
+                return self._value
+        with self._compute_lock:
+            with self._lock:
+                generation = self._generation
+                if self._computed and self._computed_generation == generation:
+                    return self._value
+            value = self._load()
+            with self._lock:
+                self._value = value
+                self._computed = True
+                self._computed_generation = generation
+            return value

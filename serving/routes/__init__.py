@@ -1,0 +1,17 @@
+"""Route modules; `include_routers(app)` mounts them all."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+
+def include_routers(app: FastAPI) -> None:
+    """Mount every router of the service (operations, scoring, history, pipelines, the manager page)."""
+    from serving.page import page_router
+    from serving.routes import history, ops, pipelines, scoring
+
+    app.include_router(ops.router)
+    app.include_router(scoring.router)
+    app.include_router(history.router)
+    app.include_router(pipelines.router)
+    app.include_router(page_router)

@@ -1,0 +1,94 @@
+"""Operations routes: liveness, readiness, Prometheus metrics, the served model and its reload."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from serving.deps import AdminKey, ModelDep, ReadKey, StoreDep
+from serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from serving.model_holder import LoadedModel, ModelHolder
+from serving.schemas import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers (even without a model)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request, store: StoreDep) -> JSONResponse:
+    """Readiness: a model is loaded and the store answers; otherwise 503 with the reasons."""
+    holder: ModelHolder = request.app.state.model_holder
+    reasons: list[str] = []
+    model = holder.current()
+    if model is None:
+        reasons.append(f"no model loaded: {holder.last_error or 'not loaded yet'}")
+    try:
+        store_ok = bool(store.ping())
+    except Exception as exc:  # noqa: BLE001 - readiness reports any store failure as a reason
+        store_ok = False
+        reasons.append(f"store unreachable: {type(exc).__name__}: {exc}")
+    else:
+        if not store_ok:
+            reasons.append("store unreachable")
+    body: dict[str, Any] = {
+        "status": "ready" if not reasons else "not ready",
+        "model_version": model.version if model else None,
+        "reasons": reasons,
+    }
+    if holder.last_error and model is not None:
+        body["last_reload_error"] = holder.last_error
+    return JSONResponse(body, status_code=200 if not reasons else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of this process's metrics."""
+    service_metrics: ServiceMetrics = request.app.state.metrics
+    return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def model_info(model: LoadedModel) -> ModelInfo:
+    """What is known about a loaded model, from its bundle's metadata."""
+    meta = model.metadata
+    metrics = meta.get("metrics")
+    horizon = meta.get("horizon_days", meta.get("horizon"))
+    trained_at = meta.get("trained_at")
+    return ModelInfo(
+        model_version=model.version,
+        model_uri=model.model_uri,
+        loaded_at=model.loaded_at,
+        trained_at=str(trained_at) if trained_at is not None else None,
+        horizon_days=float(horizon) if isinstance(horizon, int | float) else None,
+        metrics=metrics if isinstance(metrics, dict) else {},
+        metadata={k: v for k, v in meta.items() if k != "metrics" and _is_json_scalar(v)},
+    )
+
+
+def _is_json_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
+
+
+@router.get("/v1/model", response_model=ModelInfo)
+def get_model_info(key: ReadKey, model: ModelDep) -> ModelInfo:
+    """The model being served: registry version, training time, horizon and test metrics."""
+    return model_info(model)
+
+
+@router.post("/v1/model/reload", response_model=ModelInfo)
+def reload_model(key: AdminKey, request: Request) -> ModelInfo:
+    """Load the model the registry alias points at now and serve it.
+
+    409 (old model kept) or 503 (no model at all) with the reason when the new one fails to load.
+    """
+    holder: ModelHolder = request.app.state.model_holder
+    return model_info(holder.reload_or_raise())

@@ -1,0 +1,236 @@
+"""Pipeline routes for managers: the pipelines a key may see, at-risk deals, health and forecast.
+
+A pipeline outside the caller's key (or unknown) answers 404 "pipeline not found", exactly as if it did
+not exist. At-risk, health and forecast are reads: admin and manager keys only (integration gets 403).
+Routes are plain `def`: scoring and health are CPU-bound and run in the threadpool.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from features.health import pipeline_health
+from features.history import to_utc_timestamp
+from models.forecast import forecast, score_open_deals
+from serving.auth import require_role
+from serving.deps import ModelDep, PopulationDep, ReadKey, StoreDep
+from serving.errors import InvalidInputError, NotFoundError
+from serving.schemas import Reason, UtcTime
+from serving.store import ApiKey, Store
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["pipelines"])
+
+AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]
+MAX_AT_RISK_LIMIT = 1000
+DEFAULT_HEALTH_DAYS = 30
+
+
+class PipelineOut(BaseModel):
+    name: str
+    stages: list[str]
+    won: list[str]
+    lost: list[str]
+    stale_after_days: dict[str, float]
+
+
+class PipelineList(BaseModel):
+    pipelines: list[PipelineOut]
+
+
+class AtRiskDeal(BaseModel):
+    rank: int
+    deal_id: str
+    pipeline: str
+    owner: str | None
+    team: str | None
+    stage: str | None
+    amount: float
+    expected_close_date: datetime | None
+    days_in_stage: float | None
+    cold_risk: float
+    close_probability: float
+    risk_band: str
+    expected_value: float
+    reasons: list[Reason]
+
+
+class AtRiskList(BaseModel):
+    pipeline: str
+    as_of: datetime
+    model_version: str
+    total: int = Field(description="open deals matching the filters, before limit/offset")
+    limit: int
+    offset: int
+    deals: list[AtRiskDeal]
+
+
+def _visible_pipeline(store: Store, key: ApiKey, pipeline: str) -> None:
+    """404 unless the pipeline exists and the key may see it (the two cases look the same)."""
+    if not key.can_see(pipeline) or pipeline not in store.list_pipelines():
+        raise NotFoundError("pipeline not found")
+
+
+def _time(value: datetime | None, default: pd.Timestamp) -> pd.Timestamp:
+    return default if value is None else to_utc_timestamp(value)
+
+
+def _now() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC")
+
+
+def _clean(value: Any) -> Any:
+    """NaN/NaT/<NA> -> None; numpy scalars -> Python; also inside reasons (JSON has no NaN)."""
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    return value.item() if hasattr(value, "item") else value
+
+
+@router.get("/v1/pipelines", response_model=PipelineList)
+def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
+    """The pipelines this key may see, each with its ordered open stages, won/lost stages and thresholds."""
+    specs = store.pipeline_specs()
+    out = []
+    for name in store.list_pipelines():
+        if not key.can_see(name):
+            continue
+        spec = specs.get(name)
+        out.append(
+            PipelineOut(
+                name=name,
+                stages=list(spec.stages) if spec else [],
+                won=list(spec.won) if spec else [],
+                lost=list(spec.lost) if spec else [],
+                stale_after_days=dict(spec.stale_after_days) if spec else {},
+            )
+        )
+    return PipelineList(pipelines=out)
+
+
+@router.get(
+    "/v1/pipelines/{pipeline}/at-risk",
+    response_model=AtRiskList,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
+)
+def at_risk(
+    pipeline: str,
+    key: ReadKey,
+    request: Request,
+    store: StoreDep,
+    model: ModelDep,
+    population: PopulationDep,
+    owner: Annotated[str | None, Query(max_length=256, description="owner as of as_of")] = None,
+    team: Annotated[str | None, Query(max_length=256)] = None,
+    min_amount: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+    close_before: Annotated[UtcTime | None, Query(description="expected close date before this time")] = None,
+    as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """Open deals of the pipeline ranked by cold risk (highest first), with reasons and close probability.
+
+    Filters: owner, team, minimum amount, expected close before a time. Answers CSV when the request
+    sends `Accept: text/csv`. The response names the model version that scored every deal.
+    """
+    _visible_pipeline(store, key, pipeline)
+    t = _time(as_of, _now())
+    history = store.load_history(pipelines=[pipeline])
+    ranked = score_open_deals(
+        model.bundle, history, t, population, owner=owner, team=team, min_amount=min_amount,
+        close_before=to_utc_timestamp(close_before) if close_before is not None else None,
+    )
+    page = ranked.iloc[offset : offset + limit]
+    records = [{str(k): _clean(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
+    for i, r in enumerate(records):
+        r["rank"] = offset + i + 1
+    if "text/csv" in request.headers.get("accept", ""):
+        return _csv_response(records, pipeline, model.version)
+    deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in AtRiskDeal.model_fields})
+             for r in records]
+    return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
+                      total=len(ranked), limit=limit, offset=offset, deals=deals)
+
+
+CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
+               "days_in_stage", "cold_risk", "close_probability", "risk_band", "expected_value", "reasons",
+               "model_version"]
+
+
+def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) -> Response:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        row = dict(r)
+        # One cell a person can read in a spreadsheet: the reasons' sentences, strongest first.
+        row["reasons"] = " | ".join(str(x.get("text", "")) for x in r.get("reasons") or [])
+        if isinstance(row.get("expected_close_date"), datetime):
+            row["expected_close_date"] = row["expected_close_date"].isoformat()
+        row["model_version"] = version
+        writer.writerow(row)
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="at-risk-{pipeline}.csv"',
+                 "X-Model-Version": version},
+    )
+
+
+@router.get("/v1/pipelines/{pipeline}/health")
+def health(
+    pipeline: str,
+    key: ReadKey,
+    store: StoreDep,
+    since: Annotated[UtcTime | None, Query(description="default: until minus 30 days")] = None,
+    until: Annotated[UtcTime | None, Query(description="default: now")] = None,
+    by: Annotated[Literal["team", "owner"] | None, Query(description="figures per team or owner")] = None,
+) -> dict[str, Any]:
+    """Pipeline health over [since, until]: open deals, average deal size, win rate, cycle days, sales
+    velocity, funnel by stage and stalled deals (by team or owner too with `by`)."""
+    _visible_pipeline(store, key, pipeline)
+    t1 = _time(until, _now())
+    t0 = _time(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
+    if t0 > t1:
+        raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
+    history = store.load_history(pipelines=[pipeline])
+    report = pipeline_health(history, t0, t1, pipeline=pipeline, by=by)
+    return {"pipeline": pipeline, **report}
+
+
+@router.get("/v1/pipelines/{pipeline}/forecast")
+def pipeline_forecast(
+    pipeline: str,
+    key: ReadKey,
+    store: StoreDep,
+    model: ModelDep,
+    population: PopulationDep,
+    months: Annotated[int, Query(ge=1, le=24)] = 3,
+    as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
+) -> dict[str, Any]:
+    """Won amount per calendar month ahead: expected value and P10/P50/P90 from open deals' close
+    probabilities. Overdue deals count in the first month; deals without an expected close date are in
+    `unscheduled`. Names the model version."""
+    _visible_pipeline(store, key, pipeline)
+    t = _time(as_of, _now())
+    history = store.load_history(pipelines=[pipeline])
+    scored = score_open_deals(model.bundle, history, t, population)
+    result = forecast(scored, t, months=months)
+    return {"pipeline": pipeline, "model_version": model.version, **result}

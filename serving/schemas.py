@@ -1,0 +1,288 @@
+"""Request and response bodies (Pydantic v2): one family of names per resource.
+
+Everything is strict at the edge: unknown fields are rejected (`extra="forbid"`), amounts are finite
+and >= 0, and times are ISO 8601 parsed to UTC (a date alone is midnight UTC; a naive time is UTC).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+MAX_BATCH_DEALS = 1000  # hard ceiling of the schema; settings.max_batch_deals may lower it
+MAX_EVENTS_PER_LIST = 5000
+MAX_WRITE_EVENTS = 50_000
+
+RESERVED_DEAL_COLUMNS = frozenset(
+    {"deal_id", "pipeline", "owner", "amount", "created_at", "team", "account", "expected_close_date",
+     "currency", "stage_changes", "activities", "field_changes"}
+)
+
+
+def _parse_time(value: Any) -> Any:
+    # Pydantic's datetime parser accepts numbers as epoch seconds; a CRM sending a number almost
+    # certainly sent the wrong field, so only ISO 8601 strings (or datetimes) are accepted.
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 time string")
+    text = value.strip()
+    if len(text) == 10:  # a date without a time is midnight UTC
+        text += "T00:00:00"
+    # an unencoded '+' in a query string arrives as a space: "2024-05-01T10:00:00 02:00"
+    text = re.sub(r"(T\S+) (\d\d:?\d\d)$", r"\1+\2", text)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"not an ISO 8601 time: {value!r}") from exc
+
+
+def _field_value_text(value: Any) -> Any:
+    # amount changes may arrive as JSON numbers; keep them as text like the CSV format does
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        raise ValueError("value must be a finite number or text")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)
+    return value
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcTime = Annotated[datetime, BeforeValidator(_parse_time)]
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=256)]
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+AttributeValue = Annotated[str | bool | int | float | None, Field(union_mode="left_to_right")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=True)
+
+
+class ActivityType(StrEnum):
+    call = "call"
+    email = "email"
+    meeting = "meeting"
+    note = "note"
+    task = "task"
+    other = "other"
+
+
+class Direction(StrEnum):
+    inbound = "inbound"
+    outbound = "outbound"
+
+
+class ChangeableField(StrEnum):
+    amount = "amount"
+    expected_close_date = "expected_close_date"
+    owner = "owner"
+
+
+class _Timed(_Strict):
+    @field_validator("changed_at", "occurred_at", "created_at", "expected_close_date", "as_of",
+                     mode="after", check_fields=False)
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _to_utc(value)
+
+
+class DealIn(_Timed):
+    """A deal as created (later values of amount, owner, close date come as field changes)."""
+
+    deal_id: NonEmptyStr
+    pipeline: NonEmptyStr
+    owner: NonEmptyStr
+    amount: Money
+    created_at: UtcTime
+    team: str | None = Field(default=None, max_length=256)
+    account: str | None = Field(default=None, max_length=256)
+    expected_close_date: UtcTime | None = None
+    currency: str | None = Field(default=None, max_length=16)
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=100)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(value) & RESERVED_DEAL_COLUMNS)
+        if clash:
+            raise ValueError(f"attribute names clash with deal fields: {clash}")
+        for name, item in value.items():
+            if isinstance(item, float) and item != item:
+                raise ValueError(f"attribute {name!r} is NaN")
+        return value
+
+
+class StageChangeIn(_Timed):
+    deal_id: NonEmptyStr
+    stage: NonEmptyStr
+    changed_at: UtcTime
+    event_id: str | None = Field(default=None, max_length=256)
+
+
+class ActivityIn(_Timed):
+    deal_id: NonEmptyStr
+    type: ActivityType
+    occurred_at: UtcTime
+    direction: Direction | None = None
+    event_id: str | None = Field(default=None, max_length=256)
+
+
+class FieldChangeIn(_Timed):
+    deal_id: NonEmptyStr
+    field: ChangeableField
+    value: str = Field(max_length=256)
+    changed_at: UtcTime
+    event_id: str | None = Field(default=None, max_length=256)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_text(cls, value: Any) -> Any:
+        return _field_value_text(value)
+
+
+# Events inside an inline deal belong to that deal, so they do not repeat deal_id.
+class InlineStageChange(_Timed):
+    stage: NonEmptyStr
+    changed_at: UtcTime
+    event_id: str | None = Field(default=None, max_length=256)
+
+
+class InlineActivity(_Timed):
+    type: ActivityType
+    occurred_at: UtcTime
+    direction: Direction | None = None
+    event_id: str | None = Field(default=None, max_length=256)
+
+
+class InlineFieldChange(_Timed):
+    field: ChangeableField
+    value: str = Field(max_length=256)
+    changed_at: UtcTime
+    event_id: str | None = Field(default=None, max_length=256)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_text(cls, value: Any) -> Any:
+        return _field_value_text(value)
+
+
+class DealWithHistoryIn(DealIn):
+    """A deal and its whole history, for inline scoring."""
+
+    stage_changes: list[InlineStageChange] = Field(default_factory=list, max_length=MAX_EVENTS_PER_LIST)
+    activities: list[InlineActivity] = Field(default_factory=list, max_length=MAX_EVENTS_PER_LIST)
+    field_changes: list[InlineFieldChange] = Field(default_factory=list, max_length=MAX_EVENTS_PER_LIST)
+
+
+class ScoreRequest(_Timed):
+    """Deals to score with their histories, as of one time (default: now)."""
+
+    as_of: UtcTime | None = None
+    deals: list[DealWithHistoryIn] = Field(min_length=1, max_length=MAX_BATCH_DEALS)
+
+
+class DealsIn(_Strict):
+    deals: list[DealIn] = Field(min_length=1, max_length=MAX_BATCH_DEALS)
+
+
+class EventsIn(_Strict):
+    stage_changes: list[StageChangeIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
+    activities: list[ActivityIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
+    field_changes: list[FieldChangeIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
+
+
+class Reason(BaseModel):
+    feature: str
+    value: Any = None
+    effect: float
+    text: str
+
+
+class DealScore(BaseModel):
+    deal_id: str
+    as_of: datetime
+    cold_risk: float
+    close_probability: float
+    risk_band: str
+    expected_value: float
+    reasons: list[Reason]
+    pipeline: str | None = None
+    stage: str | None = None
+
+
+class ItemError(BaseModel):
+    """A per-item failure inside a batch (`index` into the request's list)."""
+
+    index: int
+    deal_id: str | None = None
+    status: int
+    detail: str
+
+
+class DealScores(BaseModel):
+    model_version: str
+    as_of: datetime
+    scores: list[DealScore]
+    errors: list[ItemError] = Field(default_factory=list)
+
+
+class WriteResult(BaseModel):
+    """Outcome of an idempotent write: rows new to the store and rows already there."""
+
+    inserted: int
+    duplicates: int
+    updated: int = 0
+
+
+class StageChangeOut(BaseModel):
+    stage: str
+    changed_at: datetime
+    event_id: str | None = None
+
+
+class ActivityOut(BaseModel):
+    type: str
+    occurred_at: datetime
+    direction: str | None = None
+    event_id: str | None = None
+
+
+class FieldChangeOut(BaseModel):
+    field: str
+    value: str
+    changed_at: datetime
+    event_id: str | None = None
+
+
+class DealOut(BaseModel):
+    deal_id: str
+    pipeline: str
+    owner: str
+    amount: float
+    created_at: datetime
+    team: str | None = None
+    account: str | None = None
+    expected_close_date: datetime | None = None
+    currency: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    stage_changes: list[StageChangeOut] = Field(default_factory=list)
+    activities: list[ActivityOut] = Field(default_factory=list)
+    field_changes: list[FieldChangeOut] = Field(default_factory=list)
+
+
+class ModelInfo(BaseModel):
+    model_version: str
+    model_uri: str
+    loaded_at: datetime
+    trained_at: str | None = None
+    horizon_days: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)

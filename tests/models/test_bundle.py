@@ -1,0 +1,240 @@
+"""The scoring bundle: scores, save/load without pickle, integrity checks, and the MLflow round trip."""
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from models.bands import choose_thresholds
+from models.baselines import StagePrior
+from models.bundle import SCORE_COLUMNS, BundleIntegrityError, Head, ScoringBundle, categorical_levels_of
+from models.calibration import Calibrator
+from models.heads import make_lightgbm, make_logistic
+from models.loading import (
+    CHAMPION_ALIAS,
+    REGISTERED_MODEL,
+    ModelNotFoundError,
+    load_bundle,
+    log_bundle,
+    pyfunc_frame,
+)
+from models.reasons import build_reference
+
+NUMERIC = ["days_since_activity", "stage_age_days", "n_activity_30d", "owner_win_rate", "log_amount"]
+CATEGORICAL = ["pipeline_cat", "stage_cat"]
+FEATURES = NUMERIC + CATEGORICAL
+
+
+def synthetic_features(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """A feature frame shaped like build_features' output, with cold and won labels driven by it."""
+    rng = np.random.default_rng(seed)
+    pipelines = rng.choice(["Enterprise", "Mid-Market"], n)
+    stages = rng.choice(["Lead In", "Qualified", "Demo", "Proposal"], n)
+    frame = pd.DataFrame(
+        {
+            "deal_id": pd.array([f"D{seed}-{i}" for i in range(n)], dtype="string"),
+            "as_of": pd.Timestamp("2024-01-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 300, n), unit="D"),
+            "days_since_activity": rng.exponential(10, n),
+            "stage_age_days": rng.exponential(20, n),
+            "n_activity_30d": rng.poisson(4, n),
+            "owner_win_rate": rng.uniform(0.1, 0.6, n),
+            "log_amount": np.log1p(rng.lognormal(9, 1, n)),
+            "pipeline_cat": pd.Categorical(pipelines, categories=["Enterprise", "Mid-Market"]),
+            "stage_cat": pd.Categorical(stages, categories=["Lead In", "Qualified", "Demo", "Proposal"]),
+            "pipeline": pd.array(pipelines, dtype="string"),
+            "stage": pd.array(stages, dtype="string"),
+        }
+    )
+    frame["amount"] = np.expm1(frame["log_amount"])
+    frame.loc[rng.random(n) < 0.1, "days_since_activity"] = np.nan  # deals with no activity are valid
+    silence = frame["days_since_activity"].fillna(60)
+    z_cold = 0.15 * silence - 0.3 * frame["n_activity_30d"] + (stages == "Lead In") - 1
+    z_won = -0.08 * silence + 4 * frame["owner_win_rate"] - 1
+    cold = rng.random(n) < 1 / (1 + np.exp(-z_cold))
+    won = rng.random(n) < 1 / (1 + np.exp(-z_won))
+    return frame, cold.to_numpy(), won.to_numpy()
+
+
+def fit_bundle(frame: pd.DataFrame, cold: np.ndarray, won: np.ndarray, seed: int = 0) -> ScoringBundle:
+    """What training does, in miniature: fit both heads, calibrate on a held-out part, pick bands."""
+    fit, cal = slice(0, len(frame) // 2), slice(len(frame) // 2, None)
+    x = frame[FEATURES]
+    cold_model = make_lightgbm(len(frame), int(cold.sum()), {"n_estimators": 60}).fit(x[fit], cold[fit])
+    won_model = make_lightgbm(len(frame), int(won.sum()), {"n_estimators": 60}).fit(x[fit], won[fit])
+    cold_cal = Calibrator("isotonic").fit(cold_model.predict_proba(x[cal])[:, 1], cold[cal])
+    won_cal = Calibrator("platt").fit(won_model.predict_proba(x[cal])[:, 1], won[cal])
+    return ScoringBundle(
+        cold=Head.lightgbm(cold_model, cold_cal),
+        close=Head.lightgbm(won_model, won_cal),
+        feature_columns=FEATURES,
+        categorical_levels=categorical_levels_of(x, CATEGORICAL),
+        band_thresholds=choose_thresholds(cold_cal.transform(cold_model.predict_proba(x[cal])[:, 1])),
+        reference=build_reference(frame[fit], won[fit], FEATURES),
+        metadata={
+            "horizon_days": 14,
+            "trained_at": pd.Timestamp("2024-11-01", tz="UTC"),
+            "auc": float("nan"),
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    return synthetic_features(3000, seed=11)
+
+
+@pytest.fixture(scope="module")
+def bundle(data: tuple[pd.DataFrame, np.ndarray, np.ndarray]) -> ScoringBundle:
+    return fit_bundle(*data)
+
+
+def test_scores_have_the_contract_columns_and_ranges(bundle: ScoringBundle) -> None:
+    frame, _, _ = synthetic_features(500, seed=12)
+    scores = bundle.score(frame, top_reasons=3)
+    assert list(scores.columns) == SCORE_COLUMNS
+    assert scores["deal_id"].tolist() == frame["deal_id"].tolist()
+    for column in ("cold_risk", "close_probability"):
+        assert scores[column].between(0, 1).all()
+    assert set(scores["risk_band"]) <= {"high", "medium", "low"}
+    np.testing.assert_allclose(scores["expected_value"], frame["amount"] * scores["close_probability"])
+    assert all(len(r) == 3 for r in scores["reasons"])
+    assert list(bundle.score(frame.head(0)).columns) == SCORE_COLUMNS  # an empty request is not an error
+    # bands follow cold risk: every high-band deal is riskier than every low-band one
+    assert (
+        scores.loc[scores.risk_band == "high", "cold_risk"].min()
+        > scores.loc[scores.risk_band == "low", "cold_risk"].max()
+    )
+
+
+def test_heads_learn_the_signal(bundle: ScoringBundle) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    frame, cold, won = synthetic_features(2000, seed=13)
+    scores = bundle.score(frame, top_reasons=0)
+    assert roc_auc_score(cold, scores["cold_risk"]) > 0.75
+    assert roc_auc_score(won, scores["close_probability"]) > 0.7
+    # a silent deal's top reason is its silence, and it raises the risk
+    silent = frame.assign(days_since_activity=45.0, n_activity_30d=0).head(1)
+    top = bundle.score(silent)["reasons"][0][0]
+    assert top["feature"] == "days_since_activity" and top["effect"] > 0
+    assert "45 days" in top["text"]
+
+
+def test_categories_are_matched_by_name_not_code(bundle: ScoringBundle) -> None:
+    frame, _, _ = synthetic_features(200, seed=14)
+    reordered = frame.assign(
+        stage_cat=frame["stage_cat"].cat.reorder_categories(["Proposal", "Demo", "Qualified", "Lead In"]),
+        pipeline_cat=frame["pipeline"].astype(str),  # plain strings work too
+    )
+    pd.testing.assert_frame_equal(bundle.score(frame), bundle.score(reordered))
+    unseen = frame.assign(stage_cat=pd.Categorical(["Brand New Stage"] * len(frame)))
+    assert bundle.score(unseen)["cold_risk"].between(0, 1).all()
+
+
+def test_save_load_round_trip_gives_identical_scores(bundle: ScoringBundle, tmp_path: Path) -> None:
+    frame, _, _ = synthetic_features(300, seed=15)
+    bundle.save(tmp_path / "b")
+    again = ScoringBundle.load(tmp_path / "b")
+    pd.testing.assert_frame_equal(bundle.score(frame), again.score(frame))
+    assert again.metadata["horizon_days"] == 14 and again.metadata["auc"] is None
+    assert not list((tmp_path / "b").glob("*.pkl")) and not list((tmp_path / "b").glob("*.joblib"))
+
+
+@pytest.mark.parametrize("name", ["cold_head.txt", "close_head.txt", "bundle.json", "reasons_reference.json"])
+def test_a_changed_byte_fails_to_load_naming_the_file(
+    bundle: ScoringBundle, tmp_path: Path, name: str
+) -> None:
+    folder = bundle.save(tmp_path / "b")
+    data = bytearray((folder / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / name).write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match=name) as info:
+        ScoringBundle.load(folder)
+    assert info.value.path.endswith(name)
+
+
+@pytest.mark.parametrize("name", ["cold_head.txt", "manifest.json"])
+def test_a_missing_file_fails_to_load_naming_it(bundle: ScoringBundle, tmp_path: Path, name: str) -> None:
+    folder = bundle.save(tmp_path / "b")
+    (folder / name).unlink()
+    with pytest.raises(BundleIntegrityError, match=name):
+        ScoringBundle.load(folder)
+
+
+def test_stage_prior_heads_for_thin_data(
+    data: tuple[pd.DataFrame, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    frame, cold, won = data
+    thin = ScoringBundle(
+        cold=Head.stage_prior(StagePrior().fit(frame, cold)),
+        close=Head.stage_prior(
+            StagePrior().fit(frame, won), Calibrator("platt").fit(np.full(len(won), 0.3), won)
+        ),
+        feature_columns=FEATURES,
+        categorical_levels=categorical_levels_of(frame, CATEGORICAL),
+        band_thresholds={"high": 0.6, "medium": 0.4},
+        metadata={"thin_data": True},
+    )
+    thin.save(tmp_path / "thin")
+    again = ScoringBundle.load(tmp_path / "thin")
+    scores = again.score(frame.head(50))
+    pd.testing.assert_frame_equal(thin.score(frame.head(50)), scores)
+    assert scores.loc[0, "reasons"][0]["feature"] == "stage"
+    assert str(frame.loc[0, "stage"]) in scores.loc[0, "reasons"][0]["text"]
+
+
+def test_heads_shrink_on_little_data() -> None:
+    big = make_lightgbm(300_000, 60_000).get_params()
+    thin = make_lightgbm(400, 30).get_params()
+    assert thin["n_estimators"] < big["n_estimators"]
+    assert thin["num_leaves"] < big["num_leaves"]
+    assert thin["reg_lambda"] > big["reg_lambda"]
+    assert make_lightgbm(400, 30, {"n_estimators": 7}).get_params()["n_estimators"] == 7
+
+
+def test_logistic_baseline_handles_categories_and_missing_values(
+    data: tuple[pd.DataFrame, np.ndarray, np.ndarray],
+) -> None:
+    frame, cold, _ = data
+    p = make_logistic().fit(frame[FEATURES], cold).predict_proba(frame[FEATURES])[:, 1]
+    assert np.isfinite(p).all() and 0 < p.mean() < 1
+
+
+def test_mlflow_round_trip_by_alias_and_version(
+    bundle: ScoringBundle, data: tuple[pd.DataFrame, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    frame, _, _ = data
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("deal-risk-test", artifact_location=(tmp_path / "art").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_bundle(
+                bundle, "model", frame[FEATURES + ["deal_id", "as_of"]].head(20), REGISTERED_MODEL
+            )
+        # it is a standard MLflow model too: pyfunc loads it from code and scores the same
+        pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+        sent = pyfunc_frame(frame[FEATURES + ["deal_id", "as_of"]].head(10))
+        served = pyfunc.predict(sent)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    np.testing.assert_allclose(served["cold_risk"], bundle.score(frame.head(10))["cold_risk"])
+    assert info.signature is not None
+    version = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version)
+
+    loaded, label = load_bundle(f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}", tracking_uri=uri)
+    assert label == version
+    sample = frame.head(100)
+    pd.testing.assert_frame_equal(bundle.score(sample), loaded.score(sample))
+    by_version, label2 = load_bundle(f"models:/{REGISTERED_MODEL}/{version}", tracking_uri=uri)
+    assert label2 == version
+    np.testing.assert_array_equal(by_version.score(sample)["cold_risk"], bundle.score(sample)["cold_risk"])
+    with pytest.raises(ModelNotFoundError):
+        load_bundle(f"models:/{REGISTERED_MODEL}@nobody", tracking_uri=uri)

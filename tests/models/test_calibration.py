@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+
+from models.calibration import Calibrator, expected_calibration_error
+
+
+def _miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    true_p = rng.uniform(0, 1, n)
+    y = (rng.random(n) < true_p).astype(int)
+    raw = true_p**3  # a model that is badly over-confident about negatives
+    return raw, y, true_p
+
+
+@pytest.mark.parametrize("method", ["isotonic", "platt"])
+def test_json_round_trip_gives_identical_outputs(method: str) -> None:
+    raw, y, _ = _miscalibrated(3000, 1)
+    cal = Calibrator(method).fit(raw, y)
+    again = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    grid = np.linspace(0, 1, 501)
+    np.testing.assert_array_equal(cal.transform(grid), again.transform(grid))
+
+
+@pytest.mark.parametrize("method", ["isotonic", "platt"])
+def test_outputs_are_monotone_probabilities(method: str) -> None:
+    raw, y, _ = _miscalibrated(3000, 2)
+    out = Calibrator(method).fit(raw, y).transform(np.linspace(-0.5, 1.5, 1001))
+    assert np.all(np.diff(out) >= 0)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_isotonic_fixes_a_miscalibrated_model() -> None:
+    raw, y, _ = _miscalibrated(20_000, 3)
+    fit_half, test_half = slice(0, 10_000), slice(10_000, None)
+    cal = Calibrator("isotonic").fit(raw[fit_half], y[fit_half])
+    before = expected_calibration_error(raw[test_half], y[test_half])
+    after = expected_calibration_error(cal.transform(raw[test_half]), y[test_half])
+    assert before > 0.15
+    assert after < 0.03
+    assert after < before / 5
+
+
+def test_platt_with_one_class_predicts_its_rate() -> None:
+    cal = Calibrator("platt").fit([0.2, 0.4, 0.9], [0, 0, 0])
+    assert np.all(cal.transform([0.1, 0.5, 0.99]) < 0.01)
+
+
+def test_unknown_method_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        Calibrator("beta").fit([0.1, 0.9], [0, 1])  # type: ignore[arg-type]
+
+
+def test_ece_of_a_perfect_forecast_is_small() -> None:
+    _, y, true_p = _miscalibrated(50_000, 4)
+    assert expected_calibration_error(true_p, y) < 0.01

@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pandas as pd
+
+from models.reasons import ReasonWriter, build_reference, template_for
+
+FEATURES = ["stage_cat", "days_since_last_activity", "stage_age_days", "owner_win_rate"]
+LEVELS = {"stage_cat": ["Demo", "Lead In"]}
+
+
+def _training_frame() -> tuple[pd.DataFrame, np.ndarray]:
+    frame = pd.DataFrame(
+        {
+            "pipeline": ["Mid"] * 8 + ["Ent"] * 6,
+            "stage": ["Demo"] * 6 + ["Lead In"] * 2 + ["Demo"] * 6,
+            "stage_cat": pd.Categorical(
+                ["Demo"] * 6 + ["Lead In"] * 2 + ["Demo"] * 6, categories=LEVELS["stage_cat"]
+            ),
+            "days_since_last_activity": [2, 4, 6, 8, 100, 200, 1, 1, 10, 10, 10, 10, 10, 10],
+            "stage_age_days": [5.0] * 14,
+            "owner_win_rate": [0.4] * 14,
+        }
+    )
+    won = np.array([1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1], dtype=bool)
+    return frame, won
+
+
+def test_reference_uses_won_rows_and_falls_back_from_stage_to_pipeline_to_global() -> None:
+    frame, won = _training_frame()
+    reference = json.loads(json.dumps(build_reference(frame, won, FEATURES, min_rows=3)))
+    assert reference["features"] == FEATURES[1:]  # the categorical has no median
+    # Mid/Demo: median over the four won rows (2, 4, 6, 8), the silent lost ones ignored
+    assert reference["by_stage"]["Mid\x1fDemo"][0] == 5.0
+    assert "Mid\x1fLead In" not in reference["by_stage"]  # 2 won rows < min_rows
+    writer = ReasonWriter(FEATURES, reference, LEVELS)
+    typical = writer.typical_values(
+        pd.Series(["Mid", "Mid", "Nowhere"], dtype="string"),
+        pd.Series(["Demo", "Lead In", "Demo"], dtype="string"),
+    )
+    assert typical[0, 1] == 5.0  # stage level
+    assert typical[1, 1] == 3.0  # no Mid/Lead In reference: Mid's won rows (2, 4, 6, 8, 1, 1)
+    assert typical[2, 1] == 9.0  # unknown pipeline: every won row
+
+
+def test_top_reasons_are_ordered_by_absolute_effect_and_keep_their_sign() -> None:
+    frame, won = _training_frame()
+    writer = ReasonWriter(FEATURES, build_reference(frame, won, FEATURES, min_rows=3), LEVELS)
+    contrib = np.array([[0.1, 1.5, -2.0, 0.05, -1.0], [0.3, -0.2, 0.0, 0.01, -1.0]])
+    x = np.array([[1.0, 23.0, 40.0, 0.2], [0.0, 3.0, 2.0, 0.5]])
+    reasons = writer.explain(
+        contrib,
+        x,
+        pd.Series(["Mid", "Mid"], dtype="string"),
+        pd.Series(["Demo", "Demo"], dtype="string"),
+        top_k=2,
+    )
+    assert [r["feature"] for r in reasons[0]] == ["stage_age_days", "days_since_last_activity"]
+    assert [r["effect"] for r in reasons[0]] == [-2.0, 1.5]
+    assert [r["feature"] for r in reasons[1]] == ["stage_cat", "days_since_last_activity"]
+    assert reasons[1][0]["value"] == "Demo"  # categorical shown by its level, not its code
+
+
+def test_reason_text_names_the_deal_value_and_the_typical_one() -> None:
+    frame, won = _training_frame()
+    writer = ReasonWriter(FEATURES, build_reference(frame, won, FEATURES, min_rows=3), LEVELS)
+    contrib = np.array([[0.0, 2.0, 0.1, 0.0, -1.0]])
+    x = np.array([[0.0, 23.0, 5.0, 0.4]])
+    (reason,) = writer.explain(
+        contrib, x, pd.Series(["Mid"], dtype="string"), pd.Series(["Demo"], dtype="string"), top_k=1
+    )[0]
+    assert reason["value"] == 23.0
+    assert "23 days" in reason["text"]
+    assert "5 days" in reason["text"]  # typical for won deals at Mid/Demo
+    json.dumps(reason)  # reasons travel as JSON
+
+
+def test_missing_values_and_unknown_features_still_read_well() -> None:
+    assert template_for("days_since_last_activity")("days_since_last_activity", np.nan, 6.0).startswith(
+        "No activity recorded"
+    )
+    generic = template_for("weird_custom_score", "custom score from the CRM")
+    assert generic("weird_custom_score", 3.5, 1.0) == "Custom score from the CRM: 3.50; won deals here: 1.00"

@@ -1,0 +1,135 @@
+"""The one scoring path: open deals at t, features as of t, both heads, bands and reasons."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, build_features
+from features.history import DealHistory
+from models.bands import choose_thresholds
+from models.bundle import SCORE_COLUMNS, Head, ScoringBundle, categorical_levels_of
+from models.calibration import Calibrator
+from models.heads import make_lightgbm
+from models.reasons import build_reference
+from models.scoring import open_deal_points, score_points
+
+T = pd.Timestamp("2024-03-01", tz="UTC")
+
+
+def _hand_written_history() -> DealHistory:
+    deals = pd.DataFrame(
+        {
+            "deal_id": [
+                "open-no-stage",
+                "won-before",
+                "created-after",
+                "reopened",
+                "won-after",
+                "lost-before",
+            ],
+            "pipeline": ["Sales"] * 6,
+            "owner": ["ann"] * 6,
+            "amount": [100.0] * 6,
+            "created_at": [
+                "2024-01-01",
+                "2024-01-01",
+                "2024-03-02",
+                "2024-01-01",
+                "2024-01-01",
+                "2024-01-01",
+            ],
+        }
+    )
+    stage_changes = pd.DataFrame(
+        [
+            ("won-before", "Qualified", "2024-01-05"),
+            ("won-before", "Closed Won", "2024-02-01"),
+            ("reopened", "Closed Lost", "2024-02-01"),
+            ("reopened", "Qualified", "2024-02-15"),
+            ("won-after", "Qualified", "2024-02-01"),
+            ("won-after", "Closed Won", "2024-03-01T00:00:01"),
+            ("lost-before", "Closed Lost", "2024-03-01"),  # at exactly t: already lost as of t
+        ],
+        columns=["deal_id", "stage", "changed_at"],
+    )
+    activities = pd.DataFrame({"deal_id": ["open-no-stage"], "type": ["call"], "occurred_at": ["2024-01-02"]})
+    return DealHistory.from_frames(deals, stage_changes, activities)
+
+
+def test_open_deal_points_are_deals_created_and_not_closed_by_t() -> None:
+    points = open_deal_points(_hand_written_history(), T)
+    assert sorted(points["deal_id"]) == ["open-no-stage", "reopened", "won-after"]
+    assert (points["as_of"] == T).all()
+    assert str(points["as_of"].dtype) == "datetime64[ns, UTC]"
+
+
+@pytest.fixture(scope="module")
+def history() -> DealHistory:
+    from training.simulate import simulate_history
+
+    return simulate_history(n_deals=600, seed=3)
+
+
+@pytest.fixture(scope="module")
+def bundle(history: DealHistory) -> ScoringBundle:
+    """A small bundle trained on monthly snapshots; labels are simple stand-ins (the scoring path, not
+    model quality, is under test here)."""
+    end = history.end_time
+    times = pd.date_range(end - pd.Timedelta(days=360), end - pd.Timedelta(days=30), freq="30D")
+    points = pd.concat([open_deal_points(history, t) for t in times], ignore_index=True)
+    features = build_features(history, points)
+    rng = np.random.default_rng(0)
+    silence = features["days_since_activity"].fillna(90).to_numpy()
+    cold = rng.random(len(features)) < 1 / (1 + np.exp(-(silence - 14) / 5))
+    won = rng.random(len(features)) < 1 / (1 + np.exp(silence / 10 - 1))
+    x = features[FEATURE_COLUMNS]
+    heads, calibrated = [], []
+    for y in (cold, won):
+        model = make_lightgbm(len(x), int(y.sum()), {"n_estimators": 40}).fit(x, y)
+        calibrator = Calibrator("isotonic").fit(model.predict_proba(x)[:, 1], y)
+        heads.append(Head.lightgbm(model, calibrator))
+        calibrated.append(calibrator.transform(model.predict_proba(x)[:, 1]))
+    return ScoringBundle(
+        cold=heads[0],
+        close=heads[1],
+        feature_columns=FEATURE_COLUMNS,
+        categorical_levels=categorical_levels_of(x, CATEGORICAL_FEATURES),
+        band_thresholds=choose_thresholds(calibrated[0]),
+        reference=build_reference(features, won, FEATURE_COLUMNS),
+        metadata={"horizon_days": 14},
+    )
+
+
+def test_open_deals_match_the_feature_builders_outcome(history: DealHistory) -> None:
+    t = history.end_time - pd.Timedelta(days=100)
+    points = open_deal_points(history, t)
+    assert len(points) > 20
+    features = build_features(history, points)
+    assert (features["outcome"] == "open").all()
+    everyone = history.deals.loc[history.deals["created_at"] <= t, ["deal_id"]].assign(
+        as_of=points["as_of"].iloc[0]
+    )
+    all_outcomes = build_features(history, everyone.reset_index(drop=True))["outcome"]
+    assert int((all_outcomes == "open").sum()) == len(points)
+
+
+def test_score_points_gives_scores_with_context(history: DealHistory, bundle: ScoringBundle) -> None:
+    t = history.end_time - pd.Timedelta(days=60)
+    points = open_deal_points(history, t)
+    scores = score_points(bundle, history, points)
+    assert list(scores.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS
+    for column in ("pipeline", "owner", "team", "stage", "amount", "expected_close_date"):
+        assert column in scores.columns
+    assert scores["deal_id"].tolist() == points["deal_id"].tolist()
+    assert scores["cold_risk"].between(0, 1).all() and scores["close_probability"].between(0, 1).all()
+    np.testing.assert_allclose(scores["expected_value"], scores["amount"] * scores["close_probability"])
+    first = scores["reasons"].iloc[0][0]
+    assert set(first) == {"feature", "value", "effect", "text"}
+
+
+def test_scores_as_of_t_ignore_everything_after_t(history: DealHistory, bundle: ScoringBundle) -> None:
+    t = history.end_time - pd.Timedelta(days=120)
+    points = open_deal_points(history, t)
+    from_full = score_points(bundle, history, points)
+    from_cut = score_points(bundle, history.cut(t), points)
+    pd.testing.assert_frame_equal(from_full, from_cut)

@@ -1,0 +1,160 @@
+"""POST /v1/score and GET /v1/deals/{id}/score: roles, pipeline scoping, inline == stored, bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+def _as_of(world: Any) -> str:
+    return str(world.history.end_time.isoformat())
+
+
+def test_inline_and_stored_scoring_of_the_same_deal_agree(world: Any, client: TestClient) -> None:
+    deal_id = world.deal_in(world.pipeline_a)
+    as_of = _as_of(world)
+    inline = client.post("/v1/score", json={"as_of": as_of, "deals": [world.inline_deal(deal_id)]},
+                         headers=world.auth("integration"))
+    stored = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": as_of}, headers=world.auth("manager"))
+    assert inline.status_code == 200, inline.text
+    assert stored.status_code == 200, stored.text
+    a, b = inline.json(), stored.json()
+    assert a["model_version"] == b["model_version"] == world.versions[0]
+    assert a["scores"] == b["scores"]
+    score = a["scores"][0]
+    assert 0 <= score["cold_risk"] <= 1 and 0 <= score["close_probability"] <= 1
+    assert score["risk_band"] in {"high", "medium", "low"}
+    assert score["reasons"]
+    assert all({"feature", "value", "effect", "text"} <= set(r) for r in score["reasons"])
+
+
+def test_batch_mixing_pipelines_scores_only_the_keys_pipeline(world: Any, client: TestClient) -> None:
+    a_id, b_id = world.deal_in(world.pipeline_a), world.deal_in(world.pipeline_b)
+    body = {"as_of": _as_of(world), "deals": [world.inline_deal(b_id), world.inline_deal(a_id)]}
+    response = client.post("/v1/score", json=body, headers=world.auth("integration_a"))
+    assert response.status_code == 200, response.text
+    payload = response.json()
+    assert [s["deal_id"] for s in payload["scores"]] == [a_id]
+    assert payload["errors"] == [{"index": 0, "deal_id": b_id, "status": 404, "detail": "deal not found"}]
+
+
+def test_stored_deal_outside_the_keys_pipelines_is_404_like_a_missing(world: Any, client: TestClient) -> None:
+    b_id = world.deal_in(world.pipeline_b)
+    hidden = client.get(f"/v1/deals/{b_id}/score", headers=world.auth("integration_a"))
+    missing = client.get("/v1/deals/NO-SUCH-DEAL/score", headers=world.auth("integration_a"))
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json() == missing.json()
+    a_id = world.deal_in(world.pipeline_a)
+    assert client.get(f"/v1/deals/{a_id}/score", headers=world.auth("integration_a")).status_code == 200
+
+
+def test_stored_score_defaults_to_now_and_names_the_version(world: Any, client: TestClient) -> None:
+    deal_id = world.deal_in(world.pipeline_a)
+    response = client.get(f"/v1/deals/{deal_id}/score", headers=world.auth("admin"))
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == world.versions[0]
+    assert response.json()["as_of"] > _as_of(world)[:10]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer nope"}, 401), ({"Authorization": "Basic abc"}, 401)],
+)
+def test_scoring_without_a_valid_key_is_401(world: Any, client: TestClient, headers: dict[str, str],
+                                            status: int) -> None:
+    body = {"deals": [world.inline_deal(world.deal_in(world.pipeline_a))]}
+    response = client.post("/v1/score", json=body, headers=headers)
+    assert response.status_code == status
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_revoked_key_is_401_and_manager_may_not_post_scores(world: Any, client: TestClient) -> None:
+    body = {"deals": [world.inline_deal(world.deal_in(world.pipeline_a))]}
+    assert client.post("/v1/score", json=body, headers=world.auth("revoked")).status_code == 401
+    assert client.post("/v1/score", json=body, headers=world.auth("manager")).status_code == 403
+    assert client.post("/v1/score", json=body, headers=world.auth("admin")).status_code == 200
+
+
+def _one_deal(world: Any) -> dict[str, Any]:
+    return copy.deepcopy(world.inline_deal(world.deal_in(world.pipeline_a)))
+
+
+def _post(client: TestClient, world: Any, deal: dict[str, Any]) -> Any:
+    return client.post("/v1/score", content=json.dumps({"deals": [world.inline_deal(world.deal_in(
+        world.pipeline_a)), deal]}), headers={**world.auth("admin"), "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda d: d.update(amount=float("nan")), "deals[1].amount"),
+        (lambda d: d.update(amount=-5), "deals[1].amount"),
+        (lambda d: d.update(colour="red"), "deals[1].colour"),
+        (lambda d: d.update(created_at="last tuesday"), "deals[1].created_at"),
+        (lambda d: d["activities"].append({"type": "fax", "occurred_at": "2025-01-01"}),
+         "deals[1].activities"),
+    ],
+    ids=["nan", "negative", "unknown-field", "bad-time", "bad-enum"],
+)
+def test_bad_values_answer_422_naming_the_field(world: Any, client: TestClient, change: Any,
+                                                field: str) -> None:
+    deal = _one_deal(world)
+    change(deal)
+    response = _post(client, world, deal)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"]
+
+
+def test_stage_change_before_creation_is_422_naming_the_event(world: Any, client: TestClient) -> None:
+    deal = _one_deal(world)
+    deal["stage_changes"].insert(0, {"stage": deal["stage_changes"][0]["stage"],
+                                     "changed_at": "2000-01-01T00:00:00Z"})
+    response = _post(client, world, deal)
+    assert response.status_code == 422, response.text
+    assert "deals[1].stage_changes[0].changed_at" in response.json()["detail"]
+    assert "before the deal was created" in response.json()["detail"]
+
+
+def test_malformed_json_is_422_not_500(world: Any, client: TestClient) -> None:
+    response = client.post("/v1/score", content=b'{"deals": [', headers={
+        **world.auth("admin"), "Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_oversized_body_is_413(world: Any, client: TestClient) -> None:
+    too_big = b" " * (world.settings.max_body_bytes + 1)
+    response = client.post("/v1/score", content=too_big, headers={
+        **world.auth("admin"), "Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_oversized_streamed_body_without_length_is_413(world: Any, client: TestClient) -> None:
+    chunk = b" " * 65536
+
+    def body() -> Any:
+        for _ in range(world.settings.max_body_bytes // len(chunk) + 2):
+            yield chunk
+
+    response = client.post("/v1/score", content=body(), headers={
+        **world.auth("admin"), "Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_batch_over_the_schema_limit_is_rejected(world: Any, client: TestClient) -> None:
+    deal = world.inline_deal(world.deal_in(world.pipeline_a))
+    slim = {k: v for k, v in deal.items() if k not in ("stage_changes", "activities", "field_changes")}
+    response = client.post("/v1/score", json={"deals": [slim] * 1001}, headers=world.auth("admin"))
+    assert response.status_code in (413, 422)
+
+
+def test_as_of_before_creation_is_a_per_item_error(world: Any, client: TestClient) -> None:
+    deal = world.inline_deal(world.deal_in(world.pipeline_a))
+    response = client.post("/v1/score", json={"as_of": "2000-01-01", "deals": [deal]},
+                           headers=world.auth("admin"))
+    assert response.status_code == 200, response.text
+    assert response.json()["scores"] == []
+    assert response.json()["errors"][0]["status"] == 422

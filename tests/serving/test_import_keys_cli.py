@@ -1,0 +1,122 @@
+"""`dealrisk import` and `dealrisk keys` through the real CLI app, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dealrisk.cli import app
+from dealrisk.cmd_keys import ROLES as CLI_ROLES
+from serving.settings import get_settings
+from serving.store import ROLES, Store
+
+runner = CliRunner()
+
+DEALS = """deal_id,pipeline,owner,amount,created_at,region
+D1,SMB,ana,1000,2024-01-01,north
+D2,SMB,bo,2500,2024-01-03T09:30:00Z,south
+D3,Enterprise,cy,90000,2024-01-05,
+"""
+STAGES = """deal_id,stage,changed_at,event_id
+D1,Lead,2024-01-01,s1
+D1,Demo,2024-01-10,
+D2,Lead,2024-01-03T09:30:00Z,
+D3,Discovery,2024-01-06,
+"""
+ACTIVITIES = """deal_id,type,direction,occurred_at
+D1,call,outbound,2024-01-02
+D2,email,inbound,2024-01-04
+D3,meeting,,2024-01-07
+"""
+
+
+def write_folder(path: Path, activities: str = ACTIVITIES) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "deals.csv").write_text(DEALS)
+    (path / "stage_changes.csv").write_text(STAGES)
+    (path / "activities.csv").write_text(activities)
+    return path
+
+
+@pytest.fixture
+def cli_store(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """The CLI's store is the test database (DEALRISK_DATABASE_URL), created empty."""
+    monkeypatch.setenv("DEALRISK_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    store = Store(database_url)
+    store.create_schema()
+    return store
+
+
+def test_import_then_reimport_is_idempotent(tmp_path: Path, cli_store: Store) -> None:
+    folder = write_folder(tmp_path / "history")
+    first = runner.invoke(app, ["import", str(folder), "--json"])
+    assert first.exit_code == 0, first.output
+    counts = json.loads(first.stdout)
+    assert counts["tables"]["deals"]["inserted"] == 3
+    assert counts["tables"]["activities"]["inserted"] == 3
+    before = cli_store.count_rows()
+    second = runner.invoke(app, ["import", str(folder), "--json"])
+    assert second.exit_code == 0, second.output
+    again = json.loads(second.stdout)
+    assert again["inserted"] == 0 and again["updated"] == 0
+    assert cli_store.count_rows() == before
+    plain = runner.invoke(app, ["import", str(folder)])
+    assert plain.exit_code == 0 and "already" in plain.stdout
+    loaded = cli_store.load_history()
+    assert loaded.attribute_columns == ("region",)
+    assert sorted(loaded.deals["deal_id"]) == ["D1", "D2", "D3"]
+
+
+def test_bad_row_late_in_a_file_names_it_and_leaves_the_store_unchanged(
+    tmp_path: Path, cli_store: Store
+) -> None:
+    runner.invoke(app, ["import", str(write_folder(tmp_path / "good"))])
+    before = cli_store.count_rows()
+    bad_activities = ACTIVITIES + "D3,call,,2024-01-08\nD3,carrier pigeon,,2024-01-09\n"
+    bad = write_folder(tmp_path / "bad", activities=bad_activities)
+    result = runner.invoke(app, ["import", str(bad)])
+    assert result.exit_code == 1
+    message = result.stderr
+    assert "activities" in message and "row 5" in message and "'type'" in message
+    assert "Nothing was imported" in message
+    assert cli_store.count_rows() == before
+
+
+def test_keys_create_list_revoke(cli_store: Store) -> None:
+    created = runner.invoke(
+        app, ["keys", "create", "--role", "manager", "--pipelines", "SMB,Enterprise", "--json"]
+    )
+    assert created.exit_code == 0, created.output
+    body = json.loads(created.stdout)
+    assert body["role"] == "manager" and body["pipelines"] == ["SMB", "Enterprise"]
+    key = cli_store.verify_api_key(body["key"])
+    assert key is not None and key.key_id == body["key_id"]
+
+    listed = runner.invoke(app, ["keys", "list", "--json"])
+    assert listed.exit_code == 0
+    assert body["key"] not in listed.stdout
+    assert [k["key_id"] for k in json.loads(listed.stdout)] == [body["key_id"]]
+
+    revoked = runner.invoke(app, ["keys", "revoke", body["key_id"]])
+    assert revoked.exit_code == 0, revoked.output
+    assert cli_store.verify_api_key(body["key"]) is None
+    missing = runner.invoke(app, ["keys", "revoke", "00000000"])
+    assert missing.exit_code == 1 and "keys list" in missing.stderr
+
+
+def test_keys_create_rejects_a_bad_role_and_prints_plain_key(cli_store: Store) -> None:
+    bad = runner.invoke(app, ["keys", "create", "--role", "root", "--pipelines", "*"])
+    assert bad.exit_code == 1 and "admin" in bad.stderr
+    plain = runner.invoke(app, ["keys", "create", "--role", "admin", "--pipelines", "*", "--name", "ops"])
+    assert plain.exit_code == 0
+    key_text = plain.stdout.split()[0]
+    key = cli_store.verify_api_key(key_text)
+    assert key is not None and key.all_pipelines and key.name == "ops"
+
+
+def test_cli_roles_match_the_store() -> None:
+    assert CLI_ROLES == ROLES

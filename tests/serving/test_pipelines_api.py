@@ -1,0 +1,201 @@
+"""Pipeline routes through the real app (`create_app`) with a temporary SQLite store.
+
+The model is a small stand-in bundle (fixed cold risk per deal, close probability 0.5) swapped in with
+`dependency_overrides`: these tests are about ranking, filters, formats and who may see what; scoring
+itself is tested with real bundles elsewhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from features.health import pipeline_health
+from features.history import DealHistory
+from serving.app import create_app
+from serving.deps import get_model
+from serving.model_holder import LoadedModel
+from serving.settings import Settings
+from serving.store import Store
+
+AS_OF = "2024-01-31T00:00:00Z"
+COLD = {"a1": 0.9, "a2": 0.2, "a3": 0.6, "a4": 0.4, "b1": 0.7}
+
+
+class StandInBundle:
+    """Scores like `ScoringBundle.score`: fixed cold risk per deal, close probability 0.5."""
+
+    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+        ids = features["deal_id"].astype(str)
+        cold = ids.map(COLD).astype(float)
+        return pd.DataFrame(
+            {
+                "deal_id": ids.to_numpy(),
+                "as_of": features["as_of"].to_numpy(),
+                "cold_risk": cold.to_numpy(),
+                "close_probability": 0.5,
+                "risk_band": ["high" if c >= 0.6 else "low" for c in cold],
+                "expected_value": (features["amount"].astype(float) * 0.5).to_numpy(),
+                "reasons": [[{"feature": "stage_age_days", "value": 3.0, "effect": 0.1,
+                              "text": f"{d} is quiet"}] for d in ids],
+            }
+        )
+
+
+def make_history() -> DealHistory:
+    deals = pd.DataFrame(
+        {
+            "deal_id": ["a1", "a2", "a3", "a4", "a5", "b1"],
+            "pipeline": ["A", "A", "A", "A", "A", "B"],
+            "owner": ["ann", "bob", "ann", "cat", "ann", "dan"],
+            "team": ["East", "West", "East", "West", "East", "North"],
+            "amount": ["1000", "500", "2000", "300", "800", "700"],
+            "created_at": ["2023-12-01", "2024-01-02", "2024-01-05", "2024-01-10", "2023-12-01",
+                           "2024-01-03"],
+            "expected_close_date": ["2024-02-10", "2024-03-05", "", "2024-01-20", "2024-01-15", "2024-02-01"],
+        }
+    )
+    stage_changes = pd.DataFrame(
+        [("a1", "Lead", "2023-12-01"), ("a1", "Demo", "2023-12-05"),
+         ("a2", "Lead", "2024-01-02"), ("a3", "Lead", "2024-01-05"), ("a3", "Demo", "2024-01-20"),
+         ("a4", "Lead", "2024-01-10"),
+         ("a5", "Lead", "2023-12-01"), ("a5", "Won", "2024-01-15"),
+         ("b1", "Intro", "2024-01-03")],
+        columns=["deal_id", "stage", "changed_at"],
+    )
+    activities = pd.DataFrame(
+        [("a1", "call", "2023-12-02"), ("a2", "email", "2024-01-25"), ("b1", "meeting", "2024-01-04")],
+        columns=["deal_id", "type", "occurred_at"],
+    )
+    pipelines: dict[str, dict[str, Any]] = {
+        "A": {"stages": ["Lead", "Demo"], "won": ["Won"], "lost": ["Lost"], "stale_after_days": {"Demo": 10}},
+        "B": {"stages": ["Intro", "Pitch"], "won": ["Won"], "lost": ["Lost"]},
+    }
+    return DealHistory.from_frames(deals, stage_changes, activities, None, pipelines, source="test")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    home: Path = tmp_path_factory.mktemp("home")
+    db = f"sqlite:///{home / 'dealrisk.db'}"
+    store = Store(db)
+    store.create_schema()
+    store.import_history(make_history())
+    keys = {
+        "admin": store.create_api_key("admin", ["*"])[0],
+        "manager_a": store.create_api_key("manager", ["A"])[0],
+        "integration": store.create_api_key("integration", ["*"])[0],
+    }
+    store.close()
+    settings = Settings(
+        home=home, database_url=db, tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        model_uri=str(home / "no-model-here"), reload_interval_s=0, max_body_bytes=1_000_000,
+        max_batch_deals=100, max_events_per_deal=1000,
+    )
+    app = create_app(settings)
+    model = LoadedModel(StandInBundle(), "7", "test", datetime.now(UTC))
+    app.dependency_overrides[get_model] = lambda: model
+    with TestClient(app) as client:
+        yield {"client": client, "keys": keys}
+
+
+def get(env: dict[str, Any], path: str, key: str = "manager_a", **headers: str) -> Any:
+    return env["client"].get(path, headers={"Authorization": f"Bearer {env['keys'][key]}", **headers})
+
+
+def test_pipelines_lists_only_what_the_key_may_see(env: dict[str, Any]) -> None:
+    mine = get(env, "/v1/pipelines").json()["pipelines"]
+    assert [p["name"] for p in mine] == ["A"]
+    assert mine[0]["stages"] == ["Lead", "Demo"] and mine[0]["won"] == ["Won"]
+    assert [p["name"] for p in get(env, "/v1/pipelines", "admin").json()["pipelines"]] == ["A", "B"]
+
+
+def test_at_risk_ranks_open_deals_by_cold_risk_and_names_the_model(env: dict[str, Any]) -> None:
+    body = get(env, f"/v1/pipelines/A/at-risk?as_of={AS_OF}").json()
+    assert body["model_version"] == "7" and body["pipeline"] == "A"
+    # a5 is won; the rest are ranked by cold risk.
+    assert [d["deal_id"] for d in body["deals"]] == ["a1", "a3", "a4", "a2"]
+    assert [d["rank"] for d in body["deals"]] == [1, 2, 3, 4]
+    top = body["deals"][0]
+    assert (top["owner"], top["team"], top["stage"], top["amount"]) == ("ann", "East", "Demo", 1000.0)
+    assert top["close_probability"] == 0.5 and top["reasons"][0]["text"] == "a1 is quiet"
+    assert top["days_in_stage"] == pytest.approx(57.0)  # Demo since 2023-12-05
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("owner=ann", ["a1", "a3"]),
+        ("team=West", ["a4", "a2"]),
+        ("min_amount=900", ["a1", "a3"]),
+        ("close_before=2024-03-01", ["a1", "a4"]),  # a3 has no expected close date
+        ("limit=2&offset=1", ["a3", "a4"]),
+        ("owner=nobody", []),
+    ],
+)
+def test_at_risk_filters(env: dict[str, Any], query: str, expected: list[str]) -> None:
+    body = get(env, f"/v1/pipelines/A/at-risk?as_of={AS_OF}&{query}").json()
+    assert [d["deal_id"] for d in body["deals"]] == expected
+
+
+def test_at_risk_as_csv(env: dict[str, Any]) -> None:
+    res = get(env, f"/v1/pipelines/A/at-risk?as_of={AS_OF}", Accept="text/csv")
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(res.text)))
+    assert [r["deal_id"] for r in rows] == ["a1", "a3", "a4", "a2"]
+    assert rows[0]["model_version"] == "7" and rows[0]["reasons"] == "a1 is quiet"
+
+
+def test_health_matches_the_pure_function(env: dict[str, Any]) -> None:
+    body = get(env, "/v1/pipelines/A/health?since=2024-01-01&until=2024-01-31&by=team").json()
+    expected = pipeline_health(make_history(), "2024-01-01", "2024-01-31", pipeline="A", by="team")
+    assert body["pipeline"] == "A"
+    assert body["pipelines"]["A"]["open_deals"] == 4 == expected["pipelines"]["A"]["open_deals"]
+    assert body["pipelines"]["A"]["win_rate"] == 1.0  # a5 won in the window
+    assert body["pipelines"]["A"]["avg_cycle_days"] == pytest.approx(45.0)
+    assert body["by_team"]["East"]["open_deals"] == 2
+    assert [s["deal_id"] for s in body["pipelines"]["A"]["stalled_deals"]] == ["a1", "a3"]
+    bad = get(env, "/v1/pipelines/A/health?since=2024-02-01&until=2024-01-01")
+    assert bad.status_code == 422 and "after until" in bad.json()["detail"]
+
+
+def test_forecast_by_month(env: dict[str, Any]) -> None:
+    body = get(env, f"/v1/pipelines/A/forecast?months=2&as_of={AS_OF}").json()
+    assert body["model_version"] == "7" and body["pipeline"] == "A"
+    jan, feb = body["periods"]
+    # January: a4 (overdue since 01-20); February: a1. March (a2) is later; a3 has no date.
+    assert (jan["period"], jan["deals"], jan["overdue_deals"]) == ("2024-01", 1, 1)
+    assert jan["expected_won_amount"] == pytest.approx(150.0)
+    assert (feb["deals"], feb["p10"], feb["p50"], feb["p90"]) == (1, 0.0, 0.0, 1000.0)
+    assert body["unscheduled"]["deals"] == 1 and body["later"]["deals"] == 1
+
+
+@pytest.mark.parametrize("route", ["at-risk", "health", "forecast"])
+def test_other_pipelines_and_unknown_ones_are_not_found(env: dict[str, Any], route: str) -> None:
+    res = get(env, f"/v1/pipelines/B/{route}")
+    assert res.status_code == 404 and res.json()["detail"] == "pipeline not found"
+    unknown = get(env, f"/v1/pipelines/Nope/{route}", "admin")
+    assert unknown.status_code == 404 and unknown.json() == res.json()
+
+
+@pytest.mark.parametrize("route", ["at-risk", "health", "forecast"])
+def test_roles_and_missing_keys(env: dict[str, Any], route: str) -> None:
+    assert get(env, f"/v1/pipelines/A/{route}", "integration").status_code == 403
+    assert env["client"].get(f"/v1/pipelines/A/{route}").status_code == 401
+    assert get(env, f"/v1/pipelines/B/{route}?as_of={AS_OF}", "admin").status_code == 200
+
+
+def test_openapi_documents_the_pipeline_routes(env: dict[str, Any]) -> None:
+    paths = env["client"].get("/openapi.json").json()["paths"]
+    for path in ("/v1/pipelines", "/v1/pipelines/{pipeline}/at-risk", "/v1/pipelines/{pipeline}/health",
+                 "/v1/pipelines/{pipeline}/forecast"):
+        assert path in paths
+    assert "/" not in paths  # the page is not part of the API

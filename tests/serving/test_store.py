@@ -1,0 +1,270 @@
+"""The store on SQLite and PostgreSQL: round trip, idempotence, all-or-nothing writes, API keys."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from features.history import DealHistory
+from serving.store import EVENT_TABLES, Store, UnknownDealError
+
+TABLES = ("deals", "stage_changes", "activities", "field_changes")
+
+
+def small_history() -> DealHistory:
+    """Two pipelines, custom attributes, events with and without event_id, a missing close date."""
+    deals = pd.DataFrame(
+        {
+            "deal_id": ["D1", "D2", "D3"],
+            "pipeline": ["SMB", "SMB", "Enterprise"],
+            "owner": ["ana", "bo", "cy"],
+            "amount": ["1000", "2500.5", "90000"],
+            "created_at": ["2024-01-01", "2024-01-03T09:30:00Z", "2024-01-05T12:00:00+02:00"],
+            "team": ["east", "west", None],
+            "expected_close_date": ["2024-03-01", None, "2024-06-30"],
+            "industry": ["retail", "saas", None],
+            "seats": ["10", "25", "400"],
+        }
+    )
+    stage_changes = pd.DataFrame(
+        {
+            "deal_id": ["D1", "D1", "D2", "D3", "D1"],
+            "stage": ["Lead", "Demo", "Lead", "Discovery", "Closed Won"],
+            "changed_at": [
+                "2024-01-01",
+                "2024-01-10",
+                "2024-01-03T09:30:00Z",
+                "2024-01-05T10:00:00Z",
+                "2024-02-01",
+            ],
+            "event_id": ["s1", None, "s3", None, None],
+        }
+    )
+    activities = pd.DataFrame(
+        {
+            "deal_id": ["D1", "D2", "D2", "D3"],
+            "type": ["call", "email", "email", "meeting"],
+            "direction": ["outbound", "inbound", None, None],
+            "occurred_at": ["2024-01-02", "2024-01-04", "2024-01-04T15:00:00Z", "2024-01-06"],
+        }
+    )
+    field_changes = pd.DataFrame(
+        {
+            "deal_id": ["D2"],
+            "field": ["amount"],
+            "value": ["3000"],
+            "changed_at": ["2024-01-20"],
+            "event_id": ["f1"],
+        }
+    )
+    pipelines = {
+        "SMB": {"stages": ["Lead", "Demo"], "won": ["Closed Won"], "lost": ["Closed Lost"]},
+    }
+    return DealHistory.from_frames(deals, stage_changes, activities, field_changes, pipelines=pipelines)
+
+
+def assert_same_history(a: DealHistory, b: DealHistory) -> None:
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), obj=name)
+    assert a.pipelines == b.pipelines
+    assert a.attribute_columns == b.attribute_columns
+
+
+def test_import_then_load_gives_the_same_history(store: Store) -> None:
+    history = small_history()
+    result = store.import_history(history)
+    assert result.tables["deals"].inserted == 3
+    assert result.tables["stage_changes"].inserted == 5
+    assert result.tables["activities"].inserted == 4
+    assert_same_history(store.load_history(), history)
+    assert store.list_pipelines() == ["Enterprise", "SMB"]
+    assert store.pipeline_specs()["SMB"].stages == ("Lead", "Demo")
+
+
+def test_simulated_history_round_trips(store: Store) -> None:
+    from training.simulate import simulate_history
+
+    history = simulate_history(150, seed=3)
+    store.import_history(history)
+    assert_same_history(store.load_history(), history)
+
+
+def test_load_filters_by_pipeline_and_deal(store: Store) -> None:
+    history = small_history()
+    store.import_history(history)
+    smb = store.load_history(pipelines=["SMB"])
+    assert sorted(smb.deals["deal_id"]) == ["D1", "D2"]
+    assert set(smb.activities["deal_id"]) == {"D1", "D2"}
+    one = store.load_history(deal_ids=["D3", "nope"])
+    assert one.deals["deal_id"].tolist() == ["D3"]
+    assert one.stage_changes["stage"].tolist() == ["Discovery"]
+    assert store.deal_pipelines(["D1", "D3", "nope"]) == {"D1": "SMB", "D3": "Enterprise"}
+
+
+def test_reimport_changes_nothing(store: Store) -> None:
+    history = small_history()
+    store.import_history(history)
+    before = store.count_rows()
+    again = store.import_history(history)
+    assert again.inserted == 0 and again.updated == 0 and not again.changed
+    assert again.tables["activities"].duplicates == 4
+    assert store.count_rows() == before
+    assert_same_history(store.load_history(), history)
+
+
+def test_changed_deal_is_updated_not_duplicated(store: Store) -> None:
+    history = small_history()
+    store.import_history(history)
+    deals = history.deals.copy()
+    deals.loc[deals["deal_id"] == "D2", "amount"] = 4200.0
+    result = store.upsert_deals(deals)
+    assert (result.tables["deals"].updated, result.tables["deals"].duplicates) == (1, 2)
+    stored = store.load_history(deal_ids=["D2"]).deals
+    assert stored["amount"].tolist() == [4200.0]
+    assert store.count_rows()["deals"] == 3
+
+
+def test_failure_in_the_last_chunk_leaves_the_store_as_it_was(store: Store) -> None:
+    from training.simulate import simulate_history
+
+    first = small_history()
+    store.import_history(first)
+    before = store.count_rows()
+    big = simulate_history(40, seed=5)
+    total = sum(len(getattr(big, name)) for name in TABLES)
+    done = 0
+
+    def explode_at_the_end(n: int) -> None:
+        nonlocal done
+        done += n
+        if done >= total:  # every row has been sent to the database; the commit has not happened
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.import_history(big, progress=explode_at_the_end)
+    assert done == total
+    assert store.count_rows() == before
+    assert_same_history(store.load_history(), first)
+
+
+def test_database_error_mid_import_rolls_back(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    history = small_history()
+    original = Store._write_events
+
+    def failing(self: Store, conn: sa.Connection, name: str, *args: object) -> None:
+        if name == "field_changes":  # the last table written: deals and two event tables already went in
+            conn.execute(sa.text("SELECT * FROM no_such_table"))
+        original(self, conn, name, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "_write_events", failing)
+    with pytest.raises(sa.exc.DBAPIError):
+        store.import_history(history)
+    counts = store.count_rows()
+    assert all(counts[name] == 0 for name in ("pipelines", *TABLES))
+
+
+def test_add_events_is_idempotent_on_event_id_and_on_whole_rows(store: Store) -> None:
+    store.import_history(small_history())
+    new = pd.DataFrame(
+        {
+            "deal_id": pd.Series(["D3", "D3"], dtype="string"),
+            "type": pd.Series(["call", "note"], dtype="string"),
+            "direction": pd.Series(["inbound", pd.NA], dtype="string"),
+            "occurred_at": pd.to_datetime(["2024-02-01T08:00:00Z", "2024-02-02T08:00:00Z"], utc=True),
+            "event_id": pd.Series(["a-100", pd.NA], dtype="string"),
+        }
+    )
+    first = store.add_events(activities=new)
+    assert first.tables["activities"].inserted == 2
+    again = store.add_events(activities=new)
+    assert (again.tables["activities"].inserted, again.tables["activities"].duplicates) == (0, 2)
+    # Same event_id with other content is the same event (the source's id wins); a whole-row twin
+    # without an id is the same event too.
+    changed = new.copy()
+    changed.loc[0, "type"] = "email"
+    third = store.add_events(activities=changed)
+    assert third.tables["activities"].inserted == 0
+    assert store.count_rows()["activities"] == 6
+
+
+def test_events_for_unknown_deals_are_rejected_with_nothing_written(store: Store) -> None:
+    store.import_history(small_history())
+    before = store.count_rows()
+    changes = pd.DataFrame(
+        {
+            "deal_id": pd.Series(["D1", "GHOST-1", "GHOST-2"], dtype="string"),
+            "stage": pd.Series(["Demo", "Lead", "Lead"], dtype="string"),
+            "changed_at": pd.to_datetime(["2024-03-01"] * 3, utc=True),
+        }
+    )
+    with pytest.raises(UnknownDealError) as info:
+        store.add_events(stage_changes=changes)
+    assert info.value.deal_ids == ["GHOST-1", "GHOST-2"]
+    assert "GHOST-1" in str(info.value)
+    assert store.count_rows() == before
+
+
+def test_times_are_stored_as_utc(store: Store) -> None:
+    store.import_history(small_history())
+    deals = store.table("deals")
+    with store.engine.connect() as conn:
+        created = conn.execute(sa.select(deals.c.created_at).where(deals.c.deal_id == "D3")).scalar_one()
+    # 12:00 at +02:00 is 10:00 UTC, stored without a zone
+    assert created.tzinfo is None and (created.hour, created.minute) == (10, 0)
+    loaded = store.load_history(deal_ids=["D3"]).deals["created_at"].iloc[0]
+    assert loaded == pd.Timestamp("2024-01-05T10:00:00Z")
+
+
+def test_create_schema_is_idempotent_and_ping_answers(store: Store) -> None:
+    store.import_history(small_history())
+    store.create_schema()
+    assert store.count_rows()["deals"] == 3
+    assert store.ping() is True
+
+
+def test_event_keys_cover_every_event_table(store: Store) -> None:
+    for name in EVENT_TABLES:
+        assert "event_key" in store.table(name).c
+
+
+# ---------------------------------------------------------------------------- API keys
+def test_api_key_is_hashed_at_rest_and_verifies(store: Store) -> None:
+    plaintext, key = store.create_api_key("manager", ["SMB", "Enterprise"], name="ops dashboard")
+    assert plaintext.startswith(f"drk_{key.key_id}_") and len(key.key_id) == 8
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(store.table("api_keys"))).mappings().all()
+    dumped = repr([dict(r) for r in rows])
+    assert plaintext not in dumped and plaintext.split("_", 2)[2] not in dumped
+    verified = store.verify_api_key(plaintext)
+    assert verified is not None
+    assert (verified.role, verified.pipelines, verified.name) == (
+        "manager",
+        ("SMB", "Enterprise"),
+        "ops dashboard",
+    )
+    assert store.verify_api_key(plaintext[:-1] + ("A" if plaintext[-1] != "A" else "B")) is None
+    assert store.verify_api_key("drk_nothere_secret") is None
+    assert store.verify_api_key("garbage") is None
+
+
+def test_revoked_key_fails_and_revoking_twice_is_harmless(store: Store) -> None:
+    plaintext, key = store.create_api_key("integration", ["*"])
+    revoked = store.revoke_api_key(key.key_id)
+    assert revoked is not None and revoked.revoked_at is not None
+    assert store.verify_api_key(plaintext) is None
+    assert store.revoke_api_key(key.key_id) == revoked
+    assert store.revoke_api_key("deadbeef") is None
+    listed = store.list_api_keys()
+    assert [k.key_id for k in listed] == [key.key_id] and not listed[0].active
+
+
+def test_key_pipeline_scoping(store: Store) -> None:
+    _, scoped = store.create_api_key("manager", ["SMB"])
+    _, everything = store.create_api_key("admin", ["SMB", "*"])
+    assert scoped.can_see("SMB") and not scoped.can_see("Enterprise")
+    assert everything.pipelines == ("*",) and everything.can_see("Enterprise")
+    with pytest.raises(ValueError, match="role"):
+        store.create_api_key("root", ["*"])
+    with pytest.raises(ValueError, match="pipeline"):
+        store.create_api_key("admin", [])

@@ -1,0 +1,171 @@
+"""The two training labels, exactly as SPEC defines them, censoring included.
+
+Both take `points` (`deal_id`, `as_of`) and return one float per point (1.0, 0.0 or NaN for censored),
+aligned with `points.index`. `end` is the end of the observable data: events after it are treated as
+not yet happened, which is how the time split keeps a training label from peeking past its window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.history import DealHistory, stage_outcome, to_utc_timestamp
+
+DEFAULT_HORIZON_DAYS = 14
+
+
+def _end_of(history: DealHistory, end: pd.Timestamp | str | None) -> pd.Timestamp:
+    return history.end_time if end is None else to_utc_timestamp(end)
+
+
+def _stage_events(history: DealHistory, end: pd.Timestamp) -> pd.DataFrame:
+    """Stage changes up to `end` with the deal's pipeline, outcome and stage position."""
+    sc = history.stage_changes
+    sc = sc.loc[sc["changed_at"] <= end, ["deal_id", "stage", "changed_at"]]
+    pipe = history.deals.set_index("deal_id")["pipeline"]
+    sc = sc.assign(pipeline=sc["deal_id"].map(pipe).astype("string"))
+    sc["outcome"] = stage_outcome(sc["stage"], sc["pipeline"], history.pipelines)
+    sc["position"] = stage_positions(history, sc["pipeline"], sc["stage"], sc["outcome"])
+    return sc.sort_values(["changed_at", "deal_id"], kind="stable").reset_index(drop=True)
+
+
+def stage_positions(
+    history: DealHistory, pipeline: pd.Series, stage: pd.Series, outcome: pd.Series
+) -> pd.Series:
+    """Vectorised stage position: open stages by their order, any close after them, unknown -1."""
+    rows = [
+        (name, stage_name, i)
+        for name, spec in history.pipelines.items()
+        for i, stage_name in enumerate(spec.stages)
+    ]
+    table = pd.DataFrame(rows, columns=["pipeline", "stage", "position"])
+    n_open = {name: len(spec.stages) for name, spec in history.pipelines.items()}
+    key = pd.MultiIndex.from_arrays([pipeline.astype("string"), stage.astype("string")])
+    lookup = pd.Series(
+        table["position"].to_numpy(),
+        index=pd.MultiIndex.from_arrays(
+            [table["pipeline"].astype("string"), table["stage"].astype("string")]
+        ),
+    )
+    lookup = lookup[~lookup.index.duplicated()]
+    pos = pd.Series(lookup.reindex(key).to_numpy(), index=stage.index, dtype="float64")
+    closed = (outcome != "open").fillna(False).to_numpy(dtype=bool)
+    closing = pipeline.map(n_open).astype("float64")
+    pos = pos.where(~closed, closing)
+    return pos.fillna(-1.0)
+
+
+def _prepare_points(points: pd.DataFrame) -> pd.DataFrame:
+    as_of = pd.to_datetime(points["as_of"], utc=True).astype("datetime64[ns, UTC]")
+    return pd.DataFrame(
+        {
+            "deal_id": points["deal_id"].astype("string").reset_index(drop=True),
+            "as_of": as_of.reset_index(drop=True),
+            "_row": np.arange(len(points)),
+        }
+    )
+
+
+def won_label(
+    history: DealHistory, points: pd.DataFrame, end: pd.Timestamp | str | None = None
+) -> pd.Series:
+    """Close-probability label: 1 won, 0 lost, NaN when the deal is still open at `end` (censored).
+
+    The deal's final outcome is its last stage change at or before `end`, so a deal that reopens
+    and closes again is labelled by its last close.
+    """
+    t_end = _end_of(history, end)
+    sc = _stage_events(history, t_end)
+    last = sc.drop_duplicates("deal_id", keep="last").set_index("deal_id")["outcome"]
+    outcome = points["deal_id"].astype("string").map(last)
+    values = np.where(outcome == "won", 1.0, np.where(outcome == "lost", 0.0, np.nan))
+    return pd.Series(values, index=points.index, dtype="float64", name="won")
+
+
+def cold_label(
+    history: DealHistory,
+    points: pd.DataFrame,
+    horizon_days: float = DEFAULT_HORIZON_DAYS,
+    end: pd.Timestamp | str | None = None,
+) -> pd.Series:
+    """Cold-risk label at horizon H over the window (t, t+H].
+
+    1 when the deal has no activity and no move to a later stage in the window, or is lost in it;
+    0 when it has activity or a forward move, or is won in it. The first close in the window decides
+    over activity (a deal that was called and then lost is cold). When t+H is past `end` the label is
+    NaN unless a close inside (t, end] already decides it: activity alone does not, since a loss could
+    still follow before t+H.
+    """
+    t_end = _end_of(history, end)
+    horizon = pd.Timedelta(days=float(horizon_days))
+    pts = _prepare_points(points)
+    pts["win_end"] = pts["as_of"] + horizon
+    pts["obs_end"] = pts["win_end"].where(pts["win_end"] <= t_end, t_end)
+    complete = (pts["win_end"] <= t_end).to_numpy()
+
+    sc = _stage_events(history, t_end)
+
+    # Stage position at t: the latest change at or before t.
+    by_t = pts.sort_values("as_of", kind="stable")
+    at_t = pd.merge_asof(
+        by_t,
+        sc[["deal_id", "changed_at", "position"]].rename(columns={"changed_at": "as_of"}),
+        on="as_of",
+        by="deal_id",
+        direction="backward",
+    )
+    pos_by_row = pd.Series(at_t["position"].fillna(-1.0).to_numpy(), index=at_t["_row"].to_numpy())
+    pos_at_t = pos_by_row.sort_index().to_numpy()
+
+    # First close strictly after t (and at or before the observed window end).
+    closes = sc.loc[sc["outcome"] != "open", ["deal_id", "changed_at", "outcome"]]
+    first_close = pd.merge_asof(
+        by_t[["deal_id", "as_of", "_row"]],
+        closes.assign(close_at=closes["changed_at"]).rename(columns={"changed_at": "as_of"}),
+        on="as_of",
+        by="deal_id",
+        direction="forward",
+        allow_exact_matches=False,
+    ).sort_values("_row")
+    close_at = first_close["close_at"].reset_index(drop=True)
+    in_window = (close_at.notna() & (close_at <= pts["obs_end"])).to_numpy(dtype=bool)
+    close_outcome = first_close["outcome"].astype("string").fillna("").to_numpy(dtype=object)
+    lost_in = in_window & (close_outcome == "lost")
+    won_in = in_window & (close_outcome == "won")
+
+    # Activity count in (t, obs_end] as a difference of per-deal running counts (exact, vectorised).
+    act = history.activities
+    act = act.loc[act["occurred_at"] <= t_end, ["deal_id", "occurred_at"]]
+    act = act.sort_values(["deal_id", "occurred_at"], kind="stable")
+    act = act.assign(n=act.groupby("deal_id", sort=False).cumcount() + 1).sort_values(
+        "occurred_at", kind="stable"
+    )
+    act = act.rename(columns={"occurred_at": "t"})
+
+    def count_upto(times: pd.Series) -> np.ndarray:
+        left = pd.DataFrame({"deal_id": pts["deal_id"], "t": times, "_row": pts["_row"]})
+        left = left.sort_values("t", kind="stable")
+        merged = pd.merge_asof(left, act, on="t", by="deal_id", direction="backward")
+        return merged.sort_values("_row")["n"].fillna(0).to_numpy()
+
+    has_activity = (count_upto(pts["obs_end"]) - count_upto(pts["as_of"])) > 0
+
+    # Forward move: any stage change in (t, obs_end] to a later stage than the one at t. Stage
+    # changes per deal are few, so a join on deal_id stays small.
+    moves = pts[["deal_id", "as_of", "obs_end", "_row"]].assign(pos_t=pos_at_t)
+    moves = moves.merge(sc[["deal_id", "changed_at", "position"]], on="deal_id", how="inner")
+    moves = moves[
+        (moves["changed_at"] > moves["as_of"])
+        & (moves["changed_at"] <= moves["obs_end"])
+        & (moves["position"] > moves["pos_t"])
+    ]
+    forward = np.zeros(len(pts), dtype=bool)
+    forward[moves["_row"].unique()] = True
+
+    label = np.where(lost_in, 1.0, np.where(won_in, 0.0, np.nan))
+    undecided = ~in_window
+    active = has_activity | forward
+    label = np.where(undecided & complete & active, 0.0, label)
+    label = np.where(undecided & complete & ~active, 1.0, label)
+    return pd.Series(label, index=points.index, dtype="float64", name="cold")
