@@ -21,7 +21,6 @@ from features.population import (
     DealIndex,
     EventStream,
     Population,
-    asof_lookup,
     compute_population,
     cumsum_by,
     field_rows,
@@ -181,23 +180,27 @@ def build_features(
     back[order] = np.arange(len(order))
 
     pipeline_levels, stage_levels = category_levels(history)
-    frame = pd.DataFrame(index=points.index)
-    frame["deal_id"] = pd.array(points["deal_id"].astype("string").to_numpy(dtype=object), dtype="string")
-    frame["as_of"] = from_ns(t).array
+    # Columns are collected first and the frame is built once: inserting 50 columns one by one costs
+    # more than the features themselves for a handful of points.
+    columns: dict[str, object] = {
+        "deal_id": pd.array(points["deal_id"].astype("string").to_numpy(dtype=object), dtype="string"),
+        "as_of": from_ns(t).array,
+    }
     for column in FEATURE_COLUMNS:
         if column == "pipeline_cat":
-            frame[column] = pd.Categorical(context["pipeline"][back], categories=pipeline_levels)
+            columns[column] = pd.Categorical(context["pipeline"][back], categories=pipeline_levels)
         elif column == "stage_cat":
-            frame[column] = pd.Categorical(context["stage"][back], categories=stage_levels)
+            columns[column] = pd.Categorical(context["stage"][back], categories=stage_levels)
         elif column in _COUNT_COLUMNS:
-            frame[column] = np.nan_to_num(values[column][back], nan=0.0).astype(np.int64)
+            columns[column] = np.nan_to_num(values[column][back], nan=0.0).astype(np.int64)
         else:
-            frame[column] = np.asarray(values[column][back], dtype=np.float64)
+            columns[column] = np.asarray(values[column][back], dtype=np.float64)
     for column in ("pipeline", "owner", "team", "stage"):
-        frame[column] = pd.array(context[column][back], dtype="string")
-    frame["amount"] = context["amount"][back].astype(np.float64)
-    frame["expected_close_date"] = from_ns(context["expected_close_date"][back]).array
-    frame["outcome"] = pd.array(context["outcome"][back], dtype="string")
+        columns[column] = pd.array(context[column][back], dtype="string")
+    columns["amount"] = context["amount"][back].astype(np.float64)
+    columns["expected_close_date"] = from_ns(context["expected_close_date"][back]).array
+    columns["outcome"] = pd.array(context["outcome"][back], dtype="string")
+    frame = pd.DataFrame(columns, index=points.index)
     logger.debug("built %d feature rows for %d deals", len(frame), deals.n)
     return frame
 
@@ -221,14 +224,8 @@ def _compute(
     stage[not_created] = None
     entered = np.where(has_stage, take(rows.entered, sidx, 0), created)
     out["stage_age_days"] = _days(t - entered, ~not_created)
-    stage_time = population.stage_time
-    keyed = stage_time.assign(
-        _key=pair_keys(
-            stage_time["pipeline"].to_numpy(dtype=object), stage_time["stage"].to_numpy(dtype=object)
-        )
-    )
     stage_keys = pair_keys(pipeline, stage).to_numpy(dtype=object)
-    typical = asof_lookup(keyed, "_key", stage_keys, t, ["typical_stage_days"])["typical_stage_days"]
+    typical = population.stage_time_index.lookup(stage_keys, t, ["typical_stage_days"])["typical_stage_days"]
     out["stage_age_rel"] = _ratio(out["stage_age_days"], typical)
     starting_position = np.where(pd.notna(start), 0.0, np.nan)
     position = np.where(has_stage, take(rows.position, sidx, np.nan), starting_position)
@@ -245,7 +242,7 @@ def _compute(
     out.update(_activity_features(history, deals, codes, t))
     amount, close_date, amount_features = _field_features(history, deals, codes, t)
     out.update(amount_features)
-    typical_amount = asof_lookup(population.pipeline_amount, "pipeline", pipeline, t, ["typical_amount"])
+    typical_amount = population.pipeline_amount_index.lookup(pipeline, t, ["typical_amount"])
     out["amount_rel_pipeline"] = _ratio(amount, typical_amount["typical_amount"])
 
     owner = owner_at(field_rows(history, deals, "owner"), deals, codes, t)
@@ -347,11 +344,9 @@ def _field_features(
 def _owner_features(
     population: Population, owner: np.ndarray, pipeline: np.ndarray, t: np.ndarray
 ) -> dict[str, np.ndarray]:
-    own = asof_lookup(population.owner_closes, "owner", owner, t, ["owner_won", "owner_closed"])
-    pipe = asof_lookup(
-        population.pipeline_closes, "pipeline", pipeline, t, ["pipeline_won", "pipeline_closed"]
-    )
-    glob = asof_lookup(population.global_closes, None, None, t, ["global_won", "global_closed"])
+    own = population.owner_closes_index.lookup(owner, t, ["owner_won", "owner_closed"])
+    pipe = population.pipeline_closes_index.lookup(pipeline, t, ["pipeline_won", "pipeline_closed"])
+    glob = population.global_closes_index.lookup(None, t, ["global_won", "global_closed"])
     owner_won = np.nan_to_num(own["owner_won"])
     owner_closed = np.nan_to_num(own["owner_closed"])
     pipe_won = np.nan_to_num(pipe["pipeline_won"])
@@ -363,7 +358,7 @@ def _owner_features(
     )
     pipe_rate = (pipe_won + PRIOR_WEIGHT * global_rate) / (pipe_closed + PRIOR_WEIGHT)
     owner_rate = (owner_won + PRIOR_WEIGHT * pipe_rate) / (owner_closed + PRIOR_WEIGHT)
-    load = asof_lookup(population.owner_load, "owner", owner, t, ["owner_open_deals"])
+    load = population.owner_load_index.lookup(owner, t, ["owner_open_deals"])
     return {
         "owner_win_rate": owner_rate,
         "owner_closed_deals": owner_closed,

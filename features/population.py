@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from features.history import DealHistory, PipelineSpec, stage_outcome
+from features.history import DealHistory, PipelineSpec
 
 DAY_NS = 86_400 * 10**9
 NAT_NS = np.iinfo(np.int64).min
@@ -37,6 +38,13 @@ def to_ns(values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
 
     pandas 3 infers second/micro resolutions, so the unit is normalised here once.
     """
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        # Already times: read the UTC epoch integers directly (NaT is int64 min, i.e. NAT_NS), which
+        # skips building Series and parsing for every call on the scoring hot path.
+        index = pd.DatetimeIndex(values)
+        if index.tz is not None:
+            index = index.tz_convert("UTC")
+        return np.array(index.as_unit("ns").asi8, dtype=np.int64)
     raw = pd.Series(values)
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
         series = pd.Series(pd.to_datetime(raw, utc=True))
@@ -138,31 +146,74 @@ def pair_keys(pipeline: np.ndarray, stage: np.ndarray) -> pd.Index:
     return pd.Index(joined.to_numpy(dtype=object))
 
 
+def _per_pair(
+    pipeline: np.ndarray, stage: np.ndarray, value: Any, dtype: Any, missing_stage: Any
+) -> np.ndarray:
+    """Apply `value(pipeline, stage)` once per distinct (pipeline, stage) pair and spread the results.
+
+    Pairs repeat heavily (a few pipelines times a few stages), so this is a short loop over distinct
+    pairs, not per row, and avoids pandas string operations whose fixed cost dominates small inputs.
+    A missing stage (None/NA/NaN) is passed as `missing_stage`.
+    """
+    n = len(stage)
+    if n == 0:
+        return np.array([], dtype=dtype)
+    p_codes, p_uniques = pd.factorize(np.asarray(pipeline, dtype=object), use_na_sentinel=True)
+    s_codes, s_uniques = pd.factorize(np.asarray(stage, dtype=object), use_na_sentinel=True)
+    width = len(s_uniques) + 1
+    pair = (p_codes.astype(np.int64) + 1) * width + (s_codes.astype(np.int64) + 1)
+    distinct, inverse = np.unique(pair, return_inverse=True)
+    results = []
+    for code in distinct:
+        p, s = divmod(int(code), width)
+        name = None if p == 0 else str(p_uniques[p - 1])
+        results.append(value(name, missing_stage if s == 0 else str(s_uniques[s - 1])))
+    return np.asarray(results, dtype=dtype)[inverse.reshape(-1)]
+
+
+def _outcome_of(specs: Mapping[str, PipelineSpec]) -> Any:
+    def outcome(pipeline: str | None, stage: str | None) -> str:
+        # As `stage_outcome`: a pipeline's spec decides when it lists won/lost stages, else the name rule.
+        if stage is None:
+            return "open"
+        spec = specs.get(pipeline) if pipeline is not None else None
+        lower = stage.lower()
+        won = stage in spec.won if spec is not None and spec.won else "won" in lower
+        if won:
+            return "won"
+        lost = stage in spec.lost if spec is not None and spec.lost else "lost" in lower
+        return "lost" if lost else "open"
+
+    return outcome
+
+
 def stage_positions(
     pipeline: np.ndarray, stage: np.ndarray, specs: Mapping[str, PipelineSpec]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(position, number of open stages) per pair, as PipelineSpec.position does; NaN when unknown."""
-    keys: list[str] = []
-    positions: list[int] = []
-    for name, spec in specs.items():
-        for i, s in enumerate(spec.stages):
-            keys.append(f"{name}\x1f{s}")
-            positions.append(i)
-    lookup = pd.Index(keys).get_indexer(pair_keys(pipeline, stage)) if keys else np.full(len(stage), -1)
-    pos = np.where(lookup >= 0, np.asarray(positions + [0], dtype=np.float64)[lookup], np.nan)
-    n_open = pd.Series(pipeline, dtype=object).map({k: len(v.stages) for k, v in specs.items()})
-    n_open_arr = n_open.to_numpy(dtype=np.float64, na_value=np.nan)
-    closed = outcomes(pipeline, stage, specs) != "open"
-    pos = np.where(np.isnan(pos) & closed, n_open_arr, pos)
+    outcome = _outcome_of(specs)
+
+    def position(p: str | None, s: str | None) -> float:
+        spec = specs.get(p) if p is not None else None
+        if spec is None:
+            return np.nan
+        if s is not None and s in spec.stages:
+            return float(spec.stages.index(s))
+        # Closing stages come after every open one; unknown stages have no position.
+        return float(len(spec.stages)) if outcome(p, s) != "open" else np.nan
+
+    def n_open(p: str | None, s: str | None) -> float:
+        spec = specs.get(p) if p is not None else None
+        return float(len(spec.stages)) if spec is not None else np.nan
+
+    pos = _per_pair(pipeline, stage, position, np.float64, None)
+    n_open_arr = _per_pair(pipeline, np.zeros(len(stage), dtype=object), n_open, np.float64, None)
     return pos, n_open_arr
 
 
 def outcomes(pipeline: np.ndarray, stage: np.ndarray, specs: Mapping[str, PipelineSpec]) -> np.ndarray:
     """'open', 'won' or 'lost' per (pipeline, stage); a missing stage is open."""
-    if len(stage) == 0:
-        return np.array([], dtype=object)
-    result = stage_outcome(pd.Series(stage, dtype="string"), pd.Series(pipeline, dtype="string"), specs)
-    return result.to_numpy(dtype=object)
+    return _per_pair(pipeline, stage, _outcome_of(specs), object, None)
 
 
 @dataclass(frozen=True)
@@ -184,8 +235,11 @@ class StageRows:
 
 def first_stage(pipeline: np.ndarray, specs: Mapping[str, PipelineSpec]) -> np.ndarray:
     """The pipeline's first open stage (where a deal starts before any stage change), or None."""
-    firsts = {k: (v.stages[0] if v.stages else None) for k, v in specs.items()}
-    return pd.Series(pipeline, dtype=object).map(firsts).to_numpy(dtype=object)
+    def first(p: str | None, s: str | None) -> str | None:
+        spec = specs.get(p) if p is not None else None
+        return spec.stages[0] if spec is not None and spec.stages else None
+
+    return _per_pair(pipeline, np.zeros(len(pipeline), dtype=object), first, object, None)
 
 
 def stage_rows(history: DealHistory, deals: DealIndex) -> StageRows:
@@ -203,8 +257,11 @@ def stage_rows(history: DealHistory, deals: DealIndex) -> StageRows:
     if len(codes):
         prev_stage[1:] = stage[:-1]
         prev_stage[first] = first_stage(pipeline[first], history.pipelines)
-    is_change = ~pd.Series(stage, dtype="string").eq(pd.Series(prev_stage, dtype="string")).fillna(False)
-    is_change_arr = is_change.to_numpy(dtype=bool)
+    # A missing stage on either side counts as a change (as a <NA> comparison would).
+    both = pd.notna(stage) & pd.notna(prev_stage)
+    same = np.zeros(len(codes), dtype=bool)
+    same[both] = stage[both] == prev_stage[both]
+    is_change_arr = ~same
 
     # Entry time of the current stage: the latest change row, else creation; forward-filled in a deal
     # by carrying the index of the latest row that sets it (each deal's first row always sets it).
@@ -275,38 +332,67 @@ def owner_at(owners: FieldRows, deals: DealIndex, codes: np.ndarray, times: np.n
     return np.where(idx >= 0, take(owners.value, idx, None), deals.owner[codes])
 
 
+class AsofIndex:
+    """A time-indexed table presorted once for "last row with this key and `at <= t`" lookups.
+
+    Same answers as `pd.merge_asof(direction="backward", allow_exact_matches=True)` by key, but the
+    table is coded and sorted once, so a lookup for a handful of points against a big population
+    costs two `np.searchsorted` calls instead of re-sorting and merging the whole table.
+    Each row is encoded as key code * (G + 1) + rank of its time among the G distinct times (as in
+    `EventStream`), so one global searchsorted answers every (key, time) query.
+    """
+
+    def __init__(self, table: pd.DataFrame, by: str | None, columns: list[str], keys: Any = None) -> None:
+        at = table["at"].to_numpy(dtype=np.int64)
+        if by is None:
+            codes = np.zeros(len(at), dtype=np.int64)
+            self.known: pd.Index | None = None
+        else:
+            # Integer codes for the keys: immune to object-vs-string dtype clashes. A query key the table
+            # has never seen gets -1, which matches nothing.
+            raw = keys if keys is not None else table[by].astype(object).to_numpy(dtype=object)
+            right_keys = pd.Index(np.asarray(raw, dtype=object))
+            self.known = right_keys.unique()
+            codes = self.known.get_indexer(right_keys).astype(np.int64)
+        order = np.lexsort((at, codes))  # stable: equal (key, at) rows keep their order; the last wins
+        self.grid = np.unique(at)
+        self.base = np.int64(len(self.grid) + 1)
+        self.codes = codes[order]
+        self.keys = self.codes * self.base + np.searchsorted(self.grid, at[order], side="right")
+        self.values = {c: table[c].to_numpy(dtype=np.float64)[order] for c in columns}
+
+    def lookup(self, keys: np.ndarray | None, times: np.ndarray, columns: list[str]) -> dict[str, np.ndarray]:
+        """The `columns` of the last row with each key at or before each time; NaN where none."""
+        times = np.asarray(times, dtype=np.int64)
+        if self.known is None:
+            query_codes = np.zeros(len(times), dtype=np.int64)
+        else:
+            assert keys is not None
+            query_codes = self.known.get_indexer(pd.Index(np.asarray(keys, dtype=object))).astype(np.int64)
+        query = query_codes * self.base + np.searchsorted(self.grid, times, side="right")
+        pos = np.searchsorted(self.keys, query, side="right") - 1
+        safe = np.clip(pos, 0, None)
+        hit = (query_codes >= 0) & (pos >= 0)
+        if len(self.codes):
+            hit &= self.codes[safe] == query_codes
+        else:
+            hit[:] = False
+        out: dict[str, np.ndarray] = {}
+        for col in columns:
+            values = self.values[col]
+            out[col] = np.where(hit, values[safe], np.nan) if len(values) else np.full(len(times), np.nan)
+        return out
+
+
 def asof_lookup(
     table: pd.DataFrame, by: str | None, keys: np.ndarray | None, times: np.ndarray, columns: list[str]
 ) -> dict[str, np.ndarray]:
     """For each (key, time), the `columns` of the last table row with that key and `at <= time`.
 
-    Rows without a match get NaN. The table must have an int64-ns column `at`.
+    Rows without a match get NaN. The table must have an int64-ns column `at`. For repeated lookups
+    against the same table, build an `AsofIndex` once (a `Population` keeps one per table).
     """
-    n = len(times)
-    left = pd.DataFrame({"at": np.asarray(times, dtype=np.int64), "_row": np.arange(n)})
-    right = pd.DataFrame({"at": table["at"].to_numpy(dtype=np.int64)})
-    for col in columns:
-        right[col] = table[col].to_numpy(dtype=np.float64)
-    merge_by = None
-    if by is not None:
-        assert keys is not None
-        # Integer codes for the keys: faster than strings, and immune to object-vs-string dtype clashes.
-        # A key the table has never seen gets -1, which matches nothing.
-        right_keys = pd.Index(table[by].astype(object).to_numpy(dtype=object))
-        known = right_keys.unique()
-        right["_key"] = known.get_indexer(right_keys)
-        left["_key"] = known.get_indexer(pd.Index(np.asarray(keys, dtype=object)))
-        merge_by = "_key"
-    left = left.sort_values("at", kind="stable")
-    right = right.sort_values("at", kind="stable")
-    merged = pd.merge_asof(left, right, on="at", by=merge_by, direction="backward", allow_exact_matches=True)
-    out: dict[str, np.ndarray] = {}
-    rows = merged["_row"].to_numpy()
-    for col in columns:
-        values = np.full(n, np.nan)
-        values[rows] = merged[col].to_numpy(dtype=np.float64, na_value=np.nan)
-        out[col] = values
-    return out
+    return AsofIndex(table, by, columns).lookup(keys, times, columns)
 
 
 @dataclass(frozen=True)
@@ -327,6 +413,36 @@ class Population:
     pipeline_closes: pd.DataFrame
     global_closes: pd.DataFrame
     owner_load: pd.DataFrame
+
+    # Built on first use and kept: the service computes one Population for the whole store and reads
+    # it for every request, so the big tables are coded and sorted once, not on every call.
+    @cached_property
+    def stage_time_index(self) -> AsofIndex:
+        table = self.stage_time
+        keys = pair_keys(
+            table["pipeline"].to_numpy(dtype=object), table["stage"].to_numpy(dtype=object)
+        ).to_numpy(dtype=object)
+        return AsofIndex(self.stage_time, "pipeline", ["typical_stage_days"], keys=keys)
+
+    @cached_property
+    def pipeline_amount_index(self) -> AsofIndex:
+        return AsofIndex(self.pipeline_amount, "pipeline", ["typical_amount"])
+
+    @cached_property
+    def owner_closes_index(self) -> AsofIndex:
+        return AsofIndex(self.owner_closes, "owner", ["owner_won", "owner_closed"])
+
+    @cached_property
+    def pipeline_closes_index(self) -> AsofIndex:
+        return AsofIndex(self.pipeline_closes, "pipeline", ["pipeline_won", "pipeline_closed"])
+
+    @cached_property
+    def global_closes_index(self) -> AsofIndex:
+        return AsofIndex(self.global_closes, None, ["global_won", "global_closed"])
+
+    @cached_property
+    def owner_load_index(self) -> AsofIndex:
+        return AsofIndex(self.owner_load, "owner", ["owner_open_deals"])
 
 
 def _cumulative(frame: pd.DataFrame, by: list[str], sums: dict[str, str]) -> pd.DataFrame:

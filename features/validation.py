@@ -117,9 +117,11 @@ def _to_string(series: pd.Series) -> pd.Series:
     if isinstance(series.dtype, pd.StringDtype) and series.dtype.na_value is pd.NA:
         out = series
     else:
-        out = series.astype(object).where(series.notna(), None).astype(STRING)
+        # One conversion (missing values of any kind become <NA>); astype(object).where(...).astype()
+        # built three Series, a fixed cost that dominated small inputs.
+        out = pd.Series(pd.array(series.to_numpy(dtype=object), dtype=STRING), index=series.index)
     out = out.str.strip()
-    return out.mask(out == "")
+    return out.where(out != "")
 
 
 def _parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -152,9 +154,12 @@ def _parse_numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     return values, bad.astype(bool)
 
 
-def _first_row_of_duplicates(keys: pd.Series) -> tuple[pd.Series, pd.Series]:
+def _first_row_of_duplicates(keys: pd.Series) -> tuple[pd.Series, pd.Series | None]:
     """(mask of repeated keys after their first occurrence, 1-based row of that first occurrence)."""
     dup = keys.notna() & keys.duplicated(keep="first")
+    if not bool(dup.any()):
+        # Nothing to report, so the first-row lookup (a few Series operations) is not needed.
+        return dup.astype(bool), None
     firsts = keys[keys.notna() & ~keys.duplicated(keep="first")]
     first_row = pd.Series(firsts.index + 1, index=firsts.to_numpy())
     return dup.astype(bool), keys.map(first_row)
@@ -198,7 +203,7 @@ def _times(frame: pd.DataFrame, table: str, column: str, problems: _Problems, re
 
 def _coerce_deals(raw: pd.DataFrame, problems: _Problems) -> tuple[pd.DataFrame, tuple[str, ...]]:
     table = "deals"
-    out = pd.DataFrame(index=raw.index)
+    out: dict[str, pd.Series] = {}  # the frame is built once at the end (see _coerce_events)
     for column in ("deal_id", "pipeline", "owner"):
         out[column] = _to_string(raw[column])
         _require(raw, table, column, out[column], problems)
@@ -232,8 +237,6 @@ def _coerce_deals(raw: pd.DataFrame, problems: _Problems) -> tuple[pd.DataFrame,
         if "currency" in raw.columns
         else pd.Series(pd.NA, index=raw.index, dtype=STRING)
     )
-    out = out[list(DEAL_COLUMNS)]
-
     dup, first_row = _first_row_of_duplicates(out["deal_id"])
     problems.add_rows(
         table,
@@ -248,7 +251,8 @@ def _coerce_deals(raw: pd.DataFrame, problems: _Problems) -> tuple[pd.DataFrame,
     attributes = tuple(sorted(c for c in raw.columns if c not in DEAL_COLUMNS))
     for column in attributes:
         out[column] = _coerce_attribute(raw[column])
-    return out, attributes
+    frame = pd.DataFrame({c: out[c] for c in (*DEAL_COLUMNS, *attributes)}, index=raw.index)
+    return frame, attributes
 
 
 def _coerce_attribute(series: pd.Series) -> pd.Series:
@@ -276,7 +280,9 @@ def _coerce_events(
     problems: _Problems,
 ) -> pd.DataFrame:
     time_column = EVENT_TIME[table]
-    out = pd.DataFrame(index=raw.index)
+    # Columns are collected in a dict and the frame built once: column inserts have a fixed cost that
+    # dominated small inputs.
+    out: dict[str, pd.Series] = {}
     out["deal_id"] = _to_string(raw["deal_id"])
     _require(raw, table, "deal_id", out["deal_id"], problems)
     out[time_column] = _times(raw, table, time_column, problems, required=True)
@@ -319,7 +325,13 @@ def _coerce_events(
             "every history row must refer to a deal_id listed in deals",
             values=out["deal_id"],
         )
-        created = out["deal_id"].map(known).astype(UTC_NS)
+        # Read creation times by the positions found above instead of Series.map: map on an empty
+        # lookup comes back float64, which cannot be cast to times (an empty history must validate).
+        known_times = known.to_numpy(dtype="datetime64[ns]")
+        created_values = np.full(len(raw), np.datetime64("NaT", "ns"))
+        created_values[position >= 0] = known_times[position[position >= 0]]
+        created_index = pd.DatetimeIndex(created_values).tz_localize("UTC")
+        created = pd.Series(created_index, index=raw.index, dtype=UTC_NS)
         early = (out[time_column] < created).fillna(False).astype(bool)
         problems.add_rows(
             table,
@@ -330,10 +342,10 @@ def _coerce_events(
             values=raw[time_column],
             extra=created,
         )
-    return out[list(EVENT_COLUMNS[table])]
+    return pd.DataFrame({c: out[c] for c in EVENT_COLUMNS[table]}, index=raw.index)
 
 
-def _coerce_activity_columns(raw: pd.DataFrame, out: pd.DataFrame, problems: _Problems) -> None:
+def _coerce_activity_columns(raw: pd.DataFrame, out: dict[str, pd.Series], problems: _Problems) -> None:
     table = "activities"
     kind = _to_string(raw["type"]).str.lower()
     _require(raw, table, "type", kind, problems)
@@ -361,7 +373,9 @@ def _coerce_activity_columns(raw: pd.DataFrame, out: pd.DataFrame, problems: _Pr
         out["direction"] = pd.Series(pd.NA, index=raw.index, dtype=STRING)
 
 
-def _coerce_field_change_columns(raw: pd.DataFrame, out: pd.DataFrame, problems: _Problems) -> None:
+def _coerce_field_change_columns(
+    raw: pd.DataFrame, out: dict[str, pd.Series], problems: _Problems
+) -> None:
     table = "field_changes"
     field = _to_string(raw["field"]).str.lower()
     _require(raw, table, "field", field, problems)
