@@ -266,6 +266,15 @@ def score_command(
         fail("give exactly one of --as-of T or --at POINTS.csv")
     if out.suffix not in (".csv", ".parquet"):
         fail(f"--out {out}: use a .csv or .parquet file name")
+    t = None
+    if as_of is not None:
+        from features.history import to_utc_timestamp
+
+        # checked before the slow history and model loads, with the option named in the message
+        try:
+            t = to_utc_timestamp(as_of)
+        except (ValueError, TypeError):
+            fail(f"--as-of {as_of!r} is not a time; use ISO 8601, e.g. 2024-05-01 or 2024-05-01T09:30:00Z")
     try:
         points = read_points(str(at)) if at is not None else None
     except (ValueError, OSError) as exc:
@@ -278,7 +287,7 @@ def score_command(
             fail(f"cannot load model {model_uri or CHAMPION_URI}: {exc} (train one with `dealrisk train`)")
         advance(30)
         try:
-            scores = score_batch(history, bundle, as_of=as_of, points=points, model_version=version)
+            scores = score_batch(history, bundle, as_of=t, points=points, model_version=version)
         except (ValueError, OSError) as exc:
             fail(str(exc))
         advance(60)

@@ -267,19 +267,78 @@ _TEMPLATES: list[tuple[str, Template]] = [
 ]
 
 
+# Templates that word a missing (NaN) or infinite deal value themselves, e.g. "No activity recorded yet".
+_HANDLES_MISSING: frozenset[Template] = frozenset(
+    {
+        _t_last_activity,
+        _t_last_inbound,
+        _t_days_to_close,
+        _t_slips,
+        _t_moves_back,
+        _t_trend,
+        _t_amount_changes,
+    }
+)
+
+# What the others say when the deal's value is missing or not finite (a ratio over a zero or missing base):
+# a sentence of its own, never "unknown×" or "nan days" spliced into the usual one.
+_MISSING_TEXT: dict[Template, str] = {
+    _t_stage_age: "Time in this stage is not recorded yet",
+    _t_stage_age_ratio: "Time in this stage cannot be compared yet: no typical time in it is known for "
+    "this pipeline",
+    _t_deal_age: "The deal's creation date is not recorded, so its age is not known",
+    _t_stage_changes: "No stage changes are recorded for this deal",
+    _t_owner_win_rate: "The owner has no closed deals yet, so there is no win rate to go by",
+    _t_owner_load: "The owner's number of open deals is not recorded",
+    _t_owner_closed: "The owner has no closed deals on record",
+    _t_amount: "No amount is set on this deal",
+    _t_amount_rel: "The amount cannot be compared yet: no typical amount is known for this pipeline",
+    _t_amount_change_ratio: "The amount cannot be compared with the one at creation (it started at zero "
+    "or blank)",
+    _t_activity_count: "No activity counts are recorded for this deal",
+    _t_gap: "Too few activities so far to measure silences between them",
+    _t_trend_ratio: "No activity in the 14 days before the last 14, so there is no trend ratio yet",
+    _t_position: "The stage's place in the pipeline is not known",
+    _t_progress: "Progress through the pipeline is not known for this stage",
+}
+
+# Words that mean a number failed to format; a reason must never show them.
+_UNREADABLE = re.compile(r"\b(unknown|nan|none|inf|infinity|null)\b", re.IGNORECASE)
+
+
+def _readable(template: Template, missing: str) -> Template:
+    """Wrap a template so missing or infinite values give a plain sentence (`missing`) instead."""
+
+    def safe(name: str, v: float, t: float | None) -> str:
+        typical = t if t is not None and np.isfinite(t) else None
+        if not np.isfinite(v) and template not in _HANDLES_MISSING:
+            return missing
+        text = template(name, v, typical)
+        if _UNREADABLE.search(text) and typical is not None:
+            text = template(name, v, None)  # e.g. a typical value that overflowed when shown
+        return missing if _UNREADABLE.search(text) else text
+
+    return safe
+
+
 def template_for(name: str, description: str | None = None) -> Template:
-    """The sentence template for a feature; a generic one built on its description otherwise."""
+    """The sentence template for a feature; a generic one built on its description otherwise.
+
+    Every template reads naturally when the deal's value or the typical one is missing (NaN), infinite
+    or None: it never prints "unknown", "nan", "None" or "inf".
+    """
+    label = description or name.replace("_", " ")
+    label = f"{label[:1].upper()}{label[1:]}"
     for pattern, template in _TEMPLATES:
         if re.search(pattern, name):
-            return template
-    label = description or name.replace("_", " ")
+            missing = _MISSING_TEXT.get(template, f"{label}: not recorded for this deal yet")
+            return _readable(template, missing)
 
     def generic(_: str, v: float, t: float | None) -> str:
-        shown = _num(v, 2 if abs(v) < 10 else 0) if np.isfinite(v) else "unknown"
-        text = f"{label[:1].upper()}{label[1:]}: {shown}"
+        text = f"{label}: {_num(v, 2 if abs(v) < 10 else 0)}"
         return text + _cmp(t, lambda x: _num(x, 2 if x is not None and abs(x) < 10 else 0), "won deals here:")
 
-    return generic
+    return _readable(generic, f"{label}: not recorded for this deal yet")
 
 
 class ReasonWriter:
@@ -316,8 +375,10 @@ class ReasonWriter:
 
     def typical_values(self, pipeline: ArrayLike, stage: ArrayLike) -> NDArray[np.float64]:
         """(n_rows, n_features) typical values: stage-level, else pipeline-level, else global."""
-        pipe = np.asarray(pipeline, dtype=object)
-        keys = pipe + _KEY_SEP + np.asarray(stage, dtype=object)
+        # missing names (None, NaN, pd.NA) match no key and fall through to the wider reference
+        pipe = pd.Series(np.asarray(pipeline, dtype=object)).fillna("").astype(str).to_numpy(dtype=object)
+        stg = pd.Series(np.asarray(stage, dtype=object)).fillna("").astype(str).to_numpy(dtype=object)
+        keys = pipe + _KEY_SEP + stg
         g_stage = self._stage_keys.get_indexer(pd.Index(keys, dtype=object))
         g_pipe = self._pipe_keys.get_indexer(pd.Index(pipe, dtype=object))
         ref = self._stage_ref[g_stage]  # -1 indexes the all-NaN last row
@@ -371,10 +432,12 @@ class ReasonWriter:
         if levels is not None:
             code = int(value) if np.isfinite(value) else -1
             level = levels[code] if 0 <= code < len(levels) else None
+            shown = level or _label(stage)
             if name.startswith("stage"):
-                text = f"At stage {level or stage!s}" if level or stage else "Stage unknown"
+                text = f"At stage {shown}" if shown else "The deal's stage is not recorded"
             else:
-                text = f"{name.removesuffix('_cat').replace('_', ' ').capitalize()}: {level or 'unknown'}"
+                what = name.removesuffix("_cat").replace("_", " ").capitalize()
+                text = f"{what}: {level}" if level else f"{what}: not recorded for this deal"
             return {"feature": name, "value": level, "effect": round(float(effect), 4), "text": text}
         typ = float(typical) if np.isfinite(typical) else None
         v = float(value)
@@ -398,10 +461,28 @@ def stage_prior_reasons(
         [
             {
                 "feature": "stage",
-                "value": str(s),
-                "effect": round(float(e), 4),
-                "text": f"Deals at stage {s} in {p} {label} {rate:.0%} of the time (all deals: {g:.0%})",
+                "value": _label(s) or None,
+                "effect": round(float(e), 4) if np.isfinite(e) else 0.0,
+                "text": _stage_prior_text(_label(p), _label(s), label, float(rate), g),
             }
         ]
-        for p, s, e, rate in zip(np.asarray(pipeline), np.asarray(stage), effect, r, strict=True)
+        for p, s, e, rate in zip(
+            np.asarray(pipeline, dtype=object), np.asarray(stage, dtype=object), effect, r, strict=True
+        )
     ]
+
+
+def _stage_prior_text(pipeline: str, stage: str, label: str, rate: float, overall: float) -> str:
+    where = f"at stage {stage}" if stage else "at this stage"
+    where += f" in {pipeline}" if pipeline else ""
+    if not np.isfinite(rate):
+        return f"No history yet for deals {where}; all deals {label} {overall:.0%} of the time"
+    return f"Deals {where} {label} {rate:.0%} of the time (all deals: {overall:.0%})"
+
+
+def _label(value: object) -> str:
+    """A CRM name for a sentence; "" for missing ones (None, NaN, pd.NA), never "nan" or "None"."""
+    if value is None or value is pd.NA or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    text = str(value).strip()
+    return "" if text.lower() in ("nan", "none", "<na>", "nat") else text

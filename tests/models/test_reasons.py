@@ -1,9 +1,10 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
 
-from models.reasons import ReasonWriter, build_reference, template_for
+from models.reasons import ReasonWriter, build_reference, stage_prior_reasons, template_for
 
 FEATURES = ["stage_cat", "days_since_last_activity", "stage_age_days", "owner_win_rate"]
 LEVELS = {"stage_cat": ["Demo", "Lead In"]}
@@ -81,3 +82,74 @@ def test_missing_values_and_unknown_features_still_read_well() -> None:
     )
     generic = template_for("weird_custom_score", "custom score from the CRM")
     assert generic("weird_custom_score", 3.5, 1.0) == "Custom score from the CRM: 3.50; won deals here: 1.00"
+
+
+_UNREADABLE = re.compile(r"\b(unknown|nan|none|inf|infinity|null|<na>)\b", re.IGNORECASE)
+
+
+def test_missing_or_infinite_values_never_print_unknown_nan_none_or_inf() -> None:
+    # regression: `dealrisk score --at` showed "Time in this stage is unknown× the usual" when the deal's
+    # ratio (or the typical value) was missing
+    from features.build import FEATURE_COLUMNS
+
+    levels = {"stage_cat": ["Demo"], "pipeline_cat": ["Mid"]}
+    numeric = [c for c in FEATURE_COLUMNS if c not in levels] + ["weird_custom_score"]
+    columns = [*numeric, *levels]
+    n = len(columns)
+    # the reference is all None (nothing known) except a few overflowing/odd typical values
+    reference = {
+        "features": numeric,
+        "by_stage": {},
+        "by_pipeline": {},
+        "global": [1e308 if c == "log_amount" else None for c in numeric],
+    }
+    writer = ReasonWriter(columns, reference, levels)
+    rows = []
+    for value in (np.nan, np.inf, -np.inf):
+        x = np.full((1, n), value)
+        rows.append(x)
+    x = np.vstack(rows)
+    contrib = np.tile(np.append(np.linspace(1.0, 0.1, n), -1.0), (len(x), 1))
+    pipeline = pd.Series(["Mid", None, np.nan], dtype=object)
+    stage = pd.Series([None, np.nan, pd.NA], dtype=object)
+    reasons = writer.explain(contrib, x, pipeline, stage, top_k=n)
+    texts = [r["text"] for row in reasons for r in row]
+    assert len(texts) == 3 * n
+    bad = [t for t in texts if _UNREADABLE.search(t) or "×" in t]
+    assert bad == []
+    by_feature = {r["feature"]: r["text"] for r in reasons[0]}
+    assert "typical time" in by_feature["stage_age_rel"]  # says why there is no comparison
+    assert by_feature["days_since_activity"].startswith("No activity recorded")
+    json.dumps(reasons)
+
+
+def test_every_template_reads_well_with_a_missing_typical_value_or_deal_value() -> None:
+    from features.build import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS
+
+    for name in [*FEATURE_COLUMNS, "weird_custom_score"]:
+        template = template_for(name, FEATURE_DESCRIPTIONS.get(name))
+        for v, t in [
+            (12.0, None),
+            (12.0, np.nan),
+            (12.0, np.inf),
+            (np.nan, 3.0),
+            (np.inf, None),
+            (0.0, np.nan),
+        ]:
+            text = template(name, v, t)
+            assert text and not _UNREADABLE.search(text), (name, v, t, text)
+    # the deal's own value still shows when only the typical one is missing
+    assert template_for("stage_age_days")("stage_age_days", 12.0, np.nan) == "In this stage for 12 days"
+
+
+def test_stage_prior_reasons_with_missing_names_or_rates_read_well() -> None:
+    reasons = stage_prior_reasons(
+        np.array([0.3, np.nan]),
+        0.25,
+        np.array(["Mid", None], dtype=object),
+        np.array([np.nan, "Demo"], dtype=object),
+        "close",
+    )
+    texts = [r["text"] for row in reasons for r in row]
+    assert not [t for t in texts if _UNREADABLE.search(t)]
+    assert texts[0] == "Deals at this stage in Mid close 30% of the time (all deals: 25%)"

@@ -1,0 +1,203 @@
+"""`dealrisk health`, `forecast` and `at-risk` through the real Typer app (CliRunner).
+
+A small simulated history is written to a folder and trained on once per module (`dealrisk train`); the
+commands then read that folder and the module's MLflow store, passed as env to every invocation because
+the autouse fixture points the environment at a fresh, empty folder per test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner, Result
+
+from dealrisk.cli import app
+from training.data import write_history
+from training.simulate import simulate_history
+
+HEALTH_KEYS = (
+    "open_deals",
+    "avg_deal_size",
+    "win_rate",
+    "avg_cycle_days",
+    "sales_velocity",
+    "funnel",
+    "stalled_deals",
+)
+UNREADABLE = re.compile(r"\b(unknown|nan|none|inf)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Trained:
+    data: Path
+    env: dict[str, str]
+    pipelines: tuple[str, ...]
+    end: pd.Timestamp
+
+
+def run(env: dict[str, str], *args: str) -> Result:
+    """Invoke the CLI in-process with the module's data folder and MLflow store."""
+    from serving import settings
+
+    settings.get_settings.cache_clear()  # settings are read from the env given to this invocation
+    try:
+        return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    finally:
+        settings.get_settings.cache_clear()
+
+
+def ok_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    root = tmp_path_factory.mktemp("analytics-cli")
+    env = {
+        "DEALRISK_HOME": str(root / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "DEALRISK_DATABASE_URL": f"sqlite:///{root / 'store.db'}",
+    }
+    history = simulate_history(400, seed=11)
+    data = write_history(history, root / "data")
+    ok_json(run(env, "train", "--data", str(data), "--json"))
+    yield Trained(Path(data), env, tuple(sorted(history.pipelines)), history.end_time)
+
+
+def test_health_json_has_the_spec_figures_per_pipeline(trained: Trained) -> None:
+    out = ok_json(
+        run(
+            trained.env,
+            "health",
+            "--data",
+            str(trained.data),
+            "--since",
+            "2025-07-01",
+            "--until",
+            "2025-12-01",
+            "--json",
+        )
+    )
+    assert set(out["pipelines"]) == set(trained.pipelines)
+    for name, block in out["pipelines"].items():
+        for key in HEALTH_KEYS:
+            assert key in block, (name, key)
+        assert block["open_deals"] >= 0
+        assert block["win_rate"] is None or 0.0 <= block["win_rate"] <= 1.0
+        if all(block[k] for k in ("open_deals", "avg_deal_size", "win_rate", "avg_cycle_days")):
+            # SPEC: velocity = open deals × average size × win rate / average cycle (money per day)
+            expected = (
+                block["open_deals"] * block["avg_deal_size"] * block["win_rate"] / block["avg_cycle_days"]
+            )
+            assert block["sales_velocity"] == pytest.approx(expected, rel=1e-6)
+        assert isinstance(block["funnel"], list) and block["funnel"]
+        assert all(s["pipeline"] == name for s in block["stalled_deals"])
+    overall = out["overall"]
+    assert overall["open_deals"] == sum(b["open_deals"] for b in out["pipelines"].values())
+
+
+def test_health_bad_window_fails_with_a_clear_message(trained: Trained) -> None:
+    bad = run(
+        trained.env,
+        "health",
+        "--data",
+        str(trained.data),
+        "--since",
+        "last spring",
+        "--until",
+        "2025-12-01",
+        "--json",
+    )
+    assert bad.exit_code != 0 and "--since" in bad.output and "ISO 8601" in bad.output
+    reversed_window = run(
+        trained.env, "health", "--data", str(trained.data), "--since", "2025-12-01", "--until", "2025-01-01"
+    )
+    assert reversed_window.exit_code != 0 and "after --until" in reversed_window.output
+    unknown = run(
+        trained.env,
+        "health",
+        "--data",
+        str(trained.data),
+        "--since",
+        "2025-01-01",
+        "--until",
+        "2025-12-01",
+        "--pipeline",
+        "Nope",
+    )
+    assert unknown.exit_code != 0 and "Nope" in unknown.output and trained.pipelines[0] in unknown.output
+
+
+def test_forecast_json_has_ordered_quantiles_per_period(trained: Trained) -> None:
+    out = ok_json(run(trained.env, "forecast", "--data", str(trained.data), "--months", "3", "--json"))
+    assert out["model_version"] == "1"
+    periods = out["periods"]
+    assert len(periods) >= 3
+    for p in periods:
+        assert p["expected_won_amount"] >= 0
+        assert 0 <= p["p10"] <= p["p50"] <= p["p90"] <= p["pipeline_amount"] + 1e-6, p
+    labels = [p["period"] for p in periods]
+    assert labels == sorted(labels)
+
+
+def test_at_risk_json_is_ranked_by_cold_risk_with_readable_reasons(trained: Trained) -> None:
+    out = ok_json(run(trained.env, "at-risk", "--data", str(trained.data), "--limit", "10", "--json"))
+    assert out["model_version"] == "1"
+    deals = out["deals"]
+    assert 0 < len(deals) <= 10 and out["total"] >= len(deals)
+    risks = [d["cold_risk"] for d in deals]
+    assert risks == sorted(risks, reverse=True)
+    assert all(0.0 <= r <= 1.0 for r in risks)
+    assert all(0.0 <= d["close_probability"] <= 1.0 for d in deals)
+    texts = [r["text"] for d in deals for r in d["reasons"]]
+    assert texts and not [t for t in texts if UNREADABLE.search(t)]
+
+
+def test_at_risk_filters_by_pipeline_and_as_of(trained: Trained) -> None:
+    pipeline = trained.pipelines[0]
+    out = ok_json(
+        run(
+            trained.env,
+            "at-risk",
+            "--data",
+            str(trained.data),
+            "--pipeline",
+            pipeline,
+            "--as-of",
+            "2025-06-01",
+            "--json",
+        )
+    )
+    assert pd.Timestamp(out["as_of"]) == pd.Timestamp("2025-06-01", tz="UTC")
+    assert out["deals"] and all(d["pipeline"] == pipeline for d in out["deals"])
+    bad = run(trained.env, "at-risk", "--data", str(trained.data), "--as-of", "soon", "--json")
+    assert bad.exit_code != 0 and "--as-of" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("command", "purpose"),
+    [
+        ("at-risk", "ranked by the risk of going cold"),
+        ("health", "pipeline health"),
+        ("forecast", "P10/P50/P90"),
+    ],
+)
+def test_help_of_every_analytics_command_says_what_it_does(command: str, purpose: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert purpose.lower() in " ".join(result.output.split()).lower()
+
+
+def test_top_level_help_lists_every_command() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("train", "backtest", "compare", "promote", "score", "at-risk", "health", "forecast"):
+        assert command in result.output
