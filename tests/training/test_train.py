@@ -103,6 +103,8 @@ def test_backtest_reports_every_fold_and_the_forecast_error(history: DealHistory
     assert list(forecast.index) == [1, 2]
     assert (forecast["predicted"] >= 0).all() and (forecast["actual"] >= 0).all()
     assert (forecast["n_deals"] > 0).all()
+    # wins after the period still count eventually, never the other way round
+    assert (forecast["actual_eventually"] >= forecast["actual"]).all()
     summary = result.summary()
     cold = dict(zip(summary.loc[summary["head"] == "cold", "model"],
                     summary.loc[summary["head"] == "cold", "roc_auc"], strict=True))
