@@ -23,6 +23,7 @@ import pandas as pd
 
 from features.health import deal_states
 from features.history import DealHistory, to_utc_timestamp
+from models.bundle import SCORE_COLUMNS
 
 QUANTILES = (0.1, 0.5, 0.9)
 EXACT_MAX_DEALS = 14
@@ -30,15 +31,6 @@ DEFAULT_SIMS = 20_000
 # Bound on one chunk of draws (sims × deals) so a big pipeline never needs gigabytes at once.
 MAX_CHUNK_CELLS = 4_000_000
 REQUIRED = ("amount", "expected_close_date", "close_probability")
-SCORE_COLUMNS = [
-    "deal_id",
-    "as_of",
-    "cold_risk",
-    "close_probability",
-    "risk_band",
-    "expected_value",
-    "reasons",
-]
 CONTEXT_COLUMNS = ["pipeline", "owner", "team", "stage", "amount", "expected_close_date", "stage_entered_at"]
 AT_RISK_COLUMNS = [*SCORE_COLUMNS, *CONTEXT_COLUMNS, "days_in_stage"]
 OVERDUE_NOTE = "deals whose expected close date is already past are counted in the first month"

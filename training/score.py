@@ -7,17 +7,11 @@ from typing import Any
 import pandas as pd
 
 from features.history import DealHistory
+from models.bundle import SCORE_COLUMNS
 from models.scoring import open_deal_points, score_points
 
-OUTPUT_COLUMNS = [
-    "deal_id",
-    "as_of",
-    "cold_risk",
-    "close_probability",
-    "risk_band",
-    "expected_value",
-    "model_version",
-]
+# The bundle's score columns, with the reasons list flattened into reason_1..N text columns.
+OUTPUT_COLUMNS = [c for c in SCORE_COLUMNS if c != "reasons"] + ["model_version"]
 N_REASONS = 3
 
 
