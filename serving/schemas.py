@@ -120,35 +120,8 @@ class DealIn(_Timed):
         return value
 
 
-class StageChangeIn(_Timed):
-    deal_id: NonEmptyStr
-    stage: NonEmptyStr
-    changed_at: UtcTime
-    event_id: str | None = Field(default=None, max_length=256)
-
-
-class ActivityIn(_Timed):
-    deal_id: NonEmptyStr
-    type: ActivityType
-    occurred_at: UtcTime
-    direction: Direction | None = None
-    event_id: str | None = Field(default=None, max_length=256)
-
-
-class FieldChangeIn(_Timed):
-    deal_id: NonEmptyStr
-    field: ChangeableField
-    value: str = Field(max_length=256)
-    changed_at: UtcTime
-    event_id: str | None = Field(default=None, max_length=256)
-
-    @field_validator("value", mode="before")
-    @classmethod
-    def _value_text(cls, value: Any) -> Any:
-        return _field_value_text(value)
-
-
-# Events inside an inline deal belong to that deal, so they do not repeat deal_id.
+# Events inside an inline deal belong to that deal, so they do not repeat deal_id; the stored-event
+# schemas below are the same with the deal named.
 class InlineStageChange(_Timed):
     stage: NonEmptyStr
     changed_at: UtcTime
@@ -172,6 +145,18 @@ class InlineFieldChange(_Timed):
     @classmethod
     def _value_text(cls, value: Any) -> Any:
         return _field_value_text(value)
+
+
+class StageChangeIn(InlineStageChange):
+    deal_id: NonEmptyStr
+
+
+class ActivityIn(InlineActivity):
+    deal_id: NonEmptyStr
+
+
+class FieldChangeIn(InlineFieldChange):
+    deal_id: NonEmptyStr
 
 
 class DealWithHistoryIn(DealIn):
