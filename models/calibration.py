@@ -16,6 +16,9 @@ def _logit(p: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.asarray(np.log(q / (1.0 - q)), dtype=np.float64)
 
 
+PROBABILITY_FLOOR = 1e-3
+
+
 class Calibrator:
     """Maps a head's raw probability to a calibrated one.
 
@@ -60,7 +63,10 @@ class Calibrator:
             out = np.interp(p_arr, self.x_, self.y_)
         else:
             out = 1.0 / (1.0 + np.exp(-(self.a_ * _logit(p_arr) + self.b_)))
-        return np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0)
+        # Isotonic steps fitted on a finite window can reach exactly 0 or 1 where a bin held no
+        # positives (or no negatives); no deal is certain, and a "0%" shown to a manager or an infinite
+        # log loss would claim it is, so the ends are kept just inside (0, 1).
+        return np.clip(np.asarray(out, dtype=np.float64), PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state."""

@@ -55,3 +55,13 @@ def test_unknown_method_is_rejected() -> None:
 def test_ece_of_a_perfect_forecast_is_small() -> None:
     _, y, true_p = _miscalibrated(50_000, 4)
     assert expected_calibration_error(true_p, y) < 0.01
+
+
+@pytest.mark.parametrize("method", ["isotonic", "platt"])
+def test_no_deal_is_ever_certain(method: str) -> None:
+    # The lowest scores never won and the highest always did: isotonic steps would reach 0 and 1.
+    p = np.linspace(0.0, 1.0, 400)
+    y = (p > 0.5).astype(float)
+    out = Calibrator(method).fit(p, y).transform(np.array([0.0, 0.01, 0.99, 1.0]))
+    assert (out > 0.0).all() and (out < 1.0).all()
+    assert out[0] < 0.05 and out[-1] > 0.95
