@@ -7,16 +7,15 @@ the autouse fixture points the environment at a fresh, empty folder per test.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner, Result
+from cli_helpers import isolated_env, ok_json, run
+from typer.testing import CliRunner
 
 from dealrisk.cli import app
 from training.data import write_history
@@ -42,30 +41,10 @@ class Trained:
     end: pd.Timestamp
 
 
-def run(env: dict[str, str], *args: str) -> Result:
-    """Invoke the CLI in-process with the module's data folder and MLflow store."""
-    from serving import settings
-
-    settings.get_settings.cache_clear()  # settings are read from the env given to this invocation
-    try:
-        return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
-    finally:
-        settings.get_settings.cache_clear()
-
-
-def ok_json(result: Result) -> Any:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     root = tmp_path_factory.mktemp("analytics-cli")
-    env = {
-        "DEALRISK_HOME": str(root / "home"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "DEALRISK_DATABASE_URL": f"sqlite:///{root / 'store.db'}",
-    }
+    env = isolated_env(root)
     history = simulate_history(400, seed=11)
     data = write_history(history, root / "data")
     ok_json(run(env, "train", "--data", str(data), "--json"))
