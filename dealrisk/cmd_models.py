@@ -7,6 +7,8 @@ tests live there.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,8 +97,19 @@ def _print_frame(frame: pd.DataFrame, title: str, columns: list[str] | None = No
     out_console.print(table)
 
 
-def _bar(description: str, quiet: bool) -> Any:
-    return progress(description, total=100, quiet=quiet)
+@contextmanager
+def _bar(description: str, quiet: bool) -> Iterator[Callable[[str, float], None]]:
+    """A 0-100 % bar; yields `report(stage, fraction_done)`, the progress callback the verbs take."""
+    with progress(description, total=100, quiet=quiet) as advance:
+        done = [0.0]
+
+        def report(stage: str, fraction: float) -> None:
+            target = min(100.0, fraction * 100)
+            if target > done[0]:  # verbs may repeat a fraction; the bar only moves forward
+                advance(target - done[0])
+                done[0] = target
+
+        yield report
 
 
 def train_command(
@@ -119,13 +132,7 @@ def train_command(
 
     history = _load_history(data)
     config = TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed)
-    with _bar("Training", as_json) as advance:
-        done = [0.0]
-
-        def report(stage: str, fraction: float) -> None:
-            advance(max(0.0, fraction * 100 - done[0]))
-            done[0] = max(done[0], fraction * 100)
-
+    with _bar("Training", as_json) as report:
         try:
             result = train(history, config, tracking_uri=_tracking_uri(), register=not no_register,
                            progress=report)
@@ -174,13 +181,7 @@ def backtest_command(
     from training.train import TrainConfig
 
     history = _load_history(data)
-    with _bar("Backtesting", as_json) as advance:
-        done = [0.0]
-
-        def report(stage: str, fraction: float) -> None:
-            advance(max(0.0, fraction * 100 - done[0]))
-            done[0] = max(done[0], fraction * 100)
-
+    with _bar("Backtesting", as_json) as report:
         try:
             result = backtest(history, TrainConfig(horizon_days=horizon_days), folds, fold_days, report)
         except ValueError as exc:
@@ -204,12 +205,12 @@ def compare_command(
     from training.registry import RegistryError, compare
 
     history = _load_history(data)
-    with _bar("Comparing", as_json) as advance:
+    with _bar("Comparing", as_json) as report:
         try:
             table = compare(history, versions, _tracking_uri(), n_folds=folds)
         except RegistryError as exc:
             fail(str(exc))
-        advance(100)
+        report("done", 1.0)
     if as_json:
         emit_json(table.to_dict(orient="records"))
         return
@@ -232,12 +233,12 @@ def promote_command(
     from training.registry import PromotionRefused, RegistryError, promote
 
     history = None if force else _load_history(data)
-    with _bar(f"Promoting version {version}", as_json) as advance:
+    with _bar(f"Promoting version {version}", as_json) as report:
         try:
             result = promote(version, _tracking_uri(), history=history, force=force)
         except (PromotionRefused, RegistryError) as exc:
             fail(str(exc))
-        advance(100)
+        report("done", 1.0)
     if as_json:
         emit_json({"champion": result.version, "previous": result.previous, "forced": result.forced})
         return
@@ -280,19 +281,19 @@ def score_command(
     except (ValueError, OSError) as exc:
         fail(f"--at: {exc}")
     history = _load_history(data)
-    with _bar("Scoring", as_json) as advance:
+    with _bar("Scoring", as_json) as report:
         try:
             bundle, version = load_bundle(model_uri or CHAMPION_URI, _tracking_uri())
         except Exception as exc:  # noqa: BLE001 - any registry/IO failure ends up as one message
             fail(f"cannot load model {model_uri or CHAMPION_URI}: {exc} (train one with `dealrisk train`)")
-        advance(30)
+        report("model loaded", 0.3)
         try:
             scores = score_batch(history, bundle, as_of=t, points=points, model_version=version)
         except (ValueError, OSError) as exc:
             fail(str(exc))
-        advance(60)
+        report("scored", 0.9)
         write_scores(scores, str(out))
-        advance(10)
+        report("written", 1.0)
     summary = {"out": str(out), "rows": len(scores), "model_version": version,
                "bands": scores["risk_band"].value_counts().to_dict()}
     if as_json:
