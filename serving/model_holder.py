@@ -173,7 +173,14 @@ class PopulationCache:
         with self._lock:
             if self._computed and self._computed_generation == self._generation:
                 return self._value
-        with self._compute_lock:
+        with self._lock:
+            have_previous = self._computed
+            previous = self._value
+        # Only one reader recomputes; while it does, the others answer with the previous population
+        # instead of queueing behind a full read of the store (they wait only when there is none yet).
+        if not self._compute_lock.acquire(blocking=not have_previous):
+            return previous
+        try:
             with self._lock:
                 generation = self._generation
                 if self._computed and self._computed_generation == generation:
@@ -184,3 +191,5 @@ class PopulationCache:
                 self._computed = True
                 self._computed_generation = generation
             return value
+        finally:
+            self._compute_lock.release()
