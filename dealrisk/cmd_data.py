@@ -31,7 +31,7 @@ def _register_simulate(app: typer.Typer) -> None:
             None, "--end", help="End of the data (ISO 8601); default two years after --start."
         ),
         cycle_scale: float = typer.Option(
-            1.0, "--cycle-scale", min=0.05, help="Stretch every sales cycle by this factor (3 = slow closers)."
+            1.0, "--cycle-scale", min=0.05, help="Stretch every sales cycle by this factor (3: slow)."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
