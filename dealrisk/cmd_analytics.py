@@ -103,6 +103,8 @@ def _fmt(value: Any, kind: str = "num") -> str:
         return f"{float(value):,.0f}"
     if kind == "days":
         return f"{float(value):.1f}"
+    if kind == "date":
+        return f"{pd.Timestamp(value):%Y-%m-%d}"
     return str(value)
 
 
@@ -131,7 +133,8 @@ def at_risk(
                                 min_amount=min_amount)
     top = scored.head(limit)
     columns = ["deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
-               "days_in_stage", "cold_risk", "close_probability", "risk_band", "expected_value"]
+               "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
+               "likely_close_date", "risk_band", "expected_value"]
     if as_json:
         records = top[[*columns, "reasons"]].astype(object).where(top[[*columns, "reasons"]].notna(), None)
         emit_json({"as_of": t, "model_version": version, "total": len(scored),
@@ -148,7 +151,7 @@ def at_risk(
                   caption=f"{len(scored)} open deal(s) match; showing {len(top)}")
     for name, justify in [("#", "right"), ("deal", "left"), ("owner", "left"), ("stage", "left"),
                           ("amount", "right"), ("cold risk", "right"), ("close p", "right"),
-                          ("why", "left")]:
+                          ("likely close", "left"), ("why", "left")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     band_style = {"high": "bold red", "medium": "yellow", "low": "green"}
     for i, row in enumerate(top.to_dict(orient="records"), start=1):
@@ -158,7 +161,8 @@ def at_risk(
             row["risk_band"])
         table.add_row(str(i), str(row["deal_id"]), _fmt(row["owner"]),
                       f"{_fmt(row['stage'])} ({_fmt(row['days_in_stage'], 'days')} d)",
-                      _fmt(row["amount"], "money"), risk, _fmt(row["close_probability"], "pct"), reasons)
+                      _fmt(row["amount"], "money"), risk, _fmt(row["close_probability"], "pct"),
+                      _fmt(row.get("likely_close_date"), "date"), reasons)
     out_console.print(table)
 
 

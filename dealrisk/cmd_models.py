@@ -257,8 +257,9 @@ def score_command(
 ) -> None:
     """Batch-score deals as of a time (--as-of) or at given points (--at) into a CSV/Parquet file.
 
-    Columns: deal_id, as_of, cold_risk, close_probability, risk_band, expected_value, model_version,
-    reason_1..reason_3 and the deal's context as of each point.
+    Columns: deal_id, as_of, cold_risk, close_probability, close_probability_90d, slip_risk,
+    likely_close_date, risk_band, expected_value, model_version, reason_1..reason_3 and the deal's
+    context as of each point.
     """
     from models.loading import CHAMPION_URI, load_bundle
     from training.score import read_points, score_batch, write_scores

@@ -196,6 +196,15 @@ class DealScore(BaseModel):
     as_of: datetime
     cold_risk: float
     close_probability: float
+    close_probability_90d: float | None = Field(
+        None, description="P(won within 90 days after as_of); null when the model has no timing head"
+    )
+    slip_risk: float | None = Field(
+        None, description="P(still open at its expected close date); null without one or when it is past"
+    )
+    likely_close_date: date | None = Field(
+        None, description="the date by which P(won or lost) reaches 0.5; null when past two years"
+    )
     risk_band: str
     expected_value: float
     reasons: list[Reason]

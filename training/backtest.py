@@ -100,7 +100,8 @@ def _fold_data(
 ) -> TrainingData:
     inside = feats[feats["as_of"] <= split.end].reset_index(drop=True)
     labelled = time_split(history, inside[["deal_id", "as_of"]], split, config.horizon_days)
-    frame = pd.concat([labelled[["window", "cold", "won"]], inside], axis=1)
+    labels = ["window", "cold", "won", "event", "event_days", "observed_days"]
+    frame = pd.concat([labelled[labels], inside], axis=1)
     return TrainingData(frame[frame["window"].notna()].reset_index(drop=True), split, cols, cats)
 
 

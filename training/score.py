@@ -41,8 +41,9 @@ def score_batch(
 ) -> pd.DataFrame:
     """Scores as of `as_of` for every open deal (default: the end of the data), or for `points`.
 
-    Columns: deal_id, as_of, cold_risk, close_probability, risk_band, expected_value, model_version,
-    reason_1..reason_3 (plain-words texts) and the deal context (pipeline, owner, team, stage, amount,
+    Columns: deal_id, as_of, cold_risk, close_probability, close_probability_90d, slip_risk,
+    likely_close_date, risk_band, expected_value, model_version, reason_1..reason_3 (plain-words texts)
+    and the deal context (pipeline, owner, team, stage, amount,
     expected_close_date) as of each point.
     """
     if points is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import pandas as pd
@@ -60,6 +60,9 @@ class AtRiskDeal(BaseModel):
     days_in_stage: float | None
     cold_risk: float
     close_probability: float
+    close_probability_90d: float | None = None
+    slip_risk: float | None = None
+    likely_close_date: date | None = None
     risk_band: str
     expected_value: float
     reasons: list[Reason]
@@ -170,8 +173,8 @@ def at_risk(
 
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
-               "days_in_stage", "cold_risk", "close_probability", "risk_band", "expected_value", "reasons",
-               "model_version"]
+               "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
+               "likely_close_date", "risk_band", "expected_value", "reasons", "model_version"]
 
 
 def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) -> Response:
@@ -184,6 +187,8 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
         row["reasons"] = " | ".join(str(x.get("text", "")) for x in r.get("reasons") or [])
         if isinstance(row.get("expected_close_date"), datetime):
             row["expected_close_date"] = row["expected_close_date"].isoformat()
+        if isinstance(row.get("likely_close_date"), datetime):
+            row["likely_close_date"] = row["likely_close_date"].date().isoformat()
         row["model_version"] = version
         writer.writerow(row)
     return Response(

@@ -99,11 +99,13 @@ def scores_response(
 
 def _clean_record(record: dict[Any, Any]) -> dict[str, Any]:
     out = {str(k): v for k, v in record.items() if k in DealScore.model_fields}
-    for key in ("pipeline", "stage"):
+    for key in ("pipeline", "stage", "close_probability_90d", "slip_risk", "likely_close_date"):
         if key in out and (out[key] is None or pd.isna(out[key])):
             out[key] = None
     if isinstance(out.get("as_of"), pd.Timestamp):
         out["as_of"] = out["as_of"].to_pydatetime()
+    if isinstance(out.get("likely_close_date"), pd.Timestamp):
+        out["likely_close_date"] = out["likely_close_date"].date()
     return out
 
 

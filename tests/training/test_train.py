@@ -75,10 +75,20 @@ def test_scores_from_a_folder_cut_at_t_equal_the_full_folder_as_of_t(
 def test_score_batch_columns_and_points(history: DealHistory, trained: RunResult) -> None:
     t = history.end_time - pd.Timedelta(days=30)
     scores = score_batch(history, trained.bundle, as_of=t, model_version="7")
-    assert list(scores.columns[:10]) == [
-        "deal_id", "as_of", "cold_risk", "close_probability", "risk_band", "expected_value",
-        "model_version", "reason_1", "reason_2", "reason_3",
+    assert list(scores.columns[:13]) == [
+        "deal_id", "as_of", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
+        "likely_close_date", "risk_band", "expected_value", "model_version", "reason_1", "reason_2",
+        "reason_3",
     ]
+    # the timing scores are probabilities, consistent with each other, and a date after as_of
+    p90, close = scores["close_probability_90d"], scores["close_probability"]
+    assert ((p90 >= 0) & (p90 <= close + 1e-9)).all()
+    slip = scores["slip_risk"].dropna()
+    assert len(slip) > 0 and ((slip >= 0) & (slip <= 1)).all()
+    past_due = scores["expected_close_date"] <= scores["as_of"]
+    assert scores.loc[past_due, "slip_risk"].isna().all()
+    likely = scores["likely_close_date"].dropna()
+    assert len(likely) > 0 and (likely >= scores.loc[likely.index, "as_of"].dt.floor("D")).all()
     assert (scores["model_version"] == "7").all()
     assert set(scores["risk_band"]) <= {"high", "medium", "low"}
     assert (scores["reason_1"].str.len() > 0).all()
