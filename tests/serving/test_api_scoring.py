@@ -27,6 +27,9 @@ def test_inline_and_stored_scoring_of_the_same_deal_agree(world: Any, client: Te
     assert a["scores"] == b["scores"]
     score = a["scores"][0]
     assert 0 <= score["cold_risk"] <= 1 and 0 <= score["close_probability"] <= 1
+    assert 0 <= score["close_probability_90d"] <= score["close_probability"]
+    assert score["slip_risk"] is None or 0 <= score["slip_risk"] <= 1
+    assert score["likely_close_date"] is None or score["likely_close_date"] >= as_of[:10]
     assert score["risk_band"] in {"high", "medium", "low"}
     assert score["reasons"]
     assert all({"feature", "value", "effect", "text"} <= set(r) for r in score["reasons"])
