@@ -228,11 +228,18 @@ def forecast_command(
     model_uri: str | None = typer.Option(None, "--model-uri", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Won amount per month ahead: expected value and P10/P50/P90 from open deals' close probabilities."""
-    from models.forecast import forecast
+    """Won amount per month ahead: expected value and P10/P50/P90, open deals spread over the months by
+    their chance of being won in each, deals not created yet as their own line."""
+    from models.forecast import forecast_pipeline
 
-    scored, t, version = _score(data, pipeline, as_of, model_uri, as_json)
-    result = {"model_version": version, **forecast(scored, t, months=months)}
+    with progress("loading history and model", total=3, quiet=as_json) as advance:
+        history = _load_history(data, pipeline)
+        advance()
+        bundle, version = _load_model(model_uri)
+        advance()
+        t = _time(as_of, "--as-of") or history.end_time
+        result = {"model_version": version, **forecast_pipeline(bundle, history, t, months=months)}
+        advance()
     if as_json:
         emit_json(result)
         return
@@ -241,9 +248,18 @@ def forecast_command(
         table.add_column(col, justify="left" if col == "period" else "right")
     buckets = [(p["period"], p) for p in result["periods"]] + [("unscheduled", result["unscheduled"])]
     for label, b in buckets:
+        if label == "unscheduled" and not b["deals"]:
+            continue
         table.add_row(label, str(b["deals"]), _fmt(b["pipeline_amount"], "money"),
                       _fmt(b["expected_won_amount"], "money"), _fmt(b["p10"], "money"),
                       _fmt(b["p50"], "money"), _fmt(b["p90"], "money"))
+        for line in ("new_deals", "total"):
+            if line in b:
+                extra = b[line]
+                table.add_row(f"  {line.replace('_', ' ')}", "", "",
+                              _fmt(extra["expected_won_amount"], "money"), _fmt(extra["p10"], "money"),
+                              _fmt(extra["p50"], "money"), _fmt(extra["p90"], "money"),
+                              style="bold" if line == "total" else "dim")
     later = result["later"]
     table.add_row("later", str(later["deals"]), _fmt(later["pipeline_amount"], "money"),
                   _fmt(later["expected_won_amount"], "money"), "", "", "", style="dim")

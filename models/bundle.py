@@ -265,6 +265,12 @@ class ScoringBundle:
             }
         )
 
+    def timing_curves(self, features: pd.DataFrame) -> TimingCurves | None:
+        """Per-deal hazard curves of the close head (None when it is not a timing model)."""
+        if self.close.kind != "competing_risks":
+            return None
+        return self.close.curves(self.encode(features))
+
     def reasons(
         self, x: NDArray[np.float64], features: pd.DataFrame, top_k: int = 3
     ) -> list[list[dict[str, Any]]]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from features.health import pipeline_health
 from features.history import to_utc_timestamp
-from models.forecast import forecast, score_open_deals
+from models.forecast import forecast_pipeline, score_open_deals
 from serving.auth import require_role
 from serving.deps import ModelDep, PopulationDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
@@ -230,12 +230,11 @@ def pipeline_forecast(
     months: Annotated[int, Query(ge=1, le=24)] = 3,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
 ) -> dict[str, Any]:
-    """Won amount per calendar month ahead: expected value and P10/P50/P90 from open deals' close
-    probabilities. Overdue deals count in the first month; deals without an expected close date are in
-    `unscheduled`. Names the model version."""
+    """Won amount per calendar month ahead: expected value and P10/P50/P90. Open deals are spread over
+    the months by their chance of being won in each (timing included); deals not created yet are the
+    `new_deals` line of each month and `total` adds both. Names the model version."""
     _visible_pipeline(store, key, pipeline)
     t = _time(as_of, _now())
     history = store.load_history(pipelines=[pipeline])
-    scored = score_open_deals(model.bundle, history, t, population)
-    result = forecast(scored, t, months=months)
+    result = forecast_pipeline(model.bundle, history, t, months=months, population=population)
     return {"pipeline": pipeline, "model_version": model.version, **result}

@@ -55,6 +55,11 @@ class StandInBundle:
         )
 
 
+    def timing_curves(self, features: pd.DataFrame) -> None:
+        """No timing model: the forecast places deals by their expected close date."""
+        return None
+
+
 def make_history() -> DealHistory:
     deals = pd.DataFrame(
         {
@@ -188,6 +193,13 @@ def test_forecast_by_month(env: dict[str, Any]) -> None:
     assert jan["expected_won_amount"] == pytest.approx(150.0)
     assert (feb["deals"], feb["p10"], feb["p50"], feb["p90"]) == (1, 0.0, 0.0, 1000.0)
     assert body["unscheduled"]["deals"] == 1 and body["later"]["deals"] == 1
+    # deals not created yet are a line of their own, and the total adds them to the open deals
+    for month in (jan, feb):
+        new, total = month["new_deals"], month["total"]
+        assert total["expected_won_amount"] == pytest.approx(
+            month["expected_won_amount"] + new["expected_won_amount"]
+        )
+        assert 0 <= new["p10"] <= new["p50"] <= new["p90"] and total["p90"] >= month["p90"]
 
 
 @pytest.mark.parametrize("route", ["at-risk", "health", "forecast"])
