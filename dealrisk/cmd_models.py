@@ -172,25 +172,30 @@ def backtest_command(
     horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Rolling time-split backtest: metrics per fold and forecast error of past periods.
+    """Rolling time-split backtest: metrics per fold, and the forecast made at each fold's start against
+    what was won in each following month (P10-P90 coverage, weighted absolute percentage error).
 
-    Each fold trains on everything before its window and tests on it; the forecast error compares the
-    predicted won amount of deals expected to close in the window with what was actually won.
+    Each fold trains on everything before its window and tests on it. The run is logged to MLflow
+    (experiment deal-risk, tag kind=backtest).
     """
-    from training.backtest import backtest
+    from training.backtest import backtest, log_backtest
     from training.train import TrainConfig
 
     history = _load_history(data)
+    config = TrainConfig(horizon_days=horizon_days)
     with _bar("Backtesting", as_json) as report:
         try:
-            result = backtest(history, TrainConfig(horizon_days=horizon_days), folds, fold_days, report)
+            result = backtest(history, config, folds, fold_days, report)
         except ValueError as exc:
             fail(str(exc))
+        run_id = log_backtest(result, config, _tracking_uri())
     if as_json:
-        emit_json(result.to_dict())
+        emit_json(result.to_dict() | {"run_id": run_id})
         return
     _print_frame(result.metrics, "Metrics per fold", ["fold", "head", "model", *METRIC_HEADERS])
-    _print_frame(result.forecast, "Forecast error per period")
+    _print_frame(result.forecast, "Forecast per pipeline and month (total: open and new deals)")
+    figures = result.forecast_figures()
+    out_console.print(", ".join(f"{k}: {v:.3f}" for k, v in figures.items()) + f" · MLflow run {run_id}")
 
 
 def compare_command(

@@ -190,7 +190,17 @@ def test_backtest_json_has_metrics_per_fold_and_head(trained: Trained) -> None:
             assert (fold, head, "lightgbm") in seen
     for m in out["metrics"]:
         assert m["roc_auc"] is None or 0.0 <= m["roc_auc"] <= 1.0
-    assert out["forecast"]  # forecast error of past periods
+    assert out["forecast"]  # the forecast of each past month against what was won
+    figures = out["forecast_summary"]
+    assert figures["forecast_months"] == len(out["forecast"])
+    # the run is in MLflow with the forecast's coverage and error
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(tracking_uri=trained.env["MLFLOW_TRACKING_URI"]).get_run(out["run_id"])
+    assert logged.data.tags["kind"] == "backtest"
+    assert logged.data.metrics["backtest.forecast_coverage_p10_p90"] == pytest.approx(
+        figures["forecast_coverage_p10_p90"]
+    )
 
 
 def test_compare_json_lists_the_champion_per_head(trained: Trained) -> None:

@@ -109,12 +109,26 @@ def test_backtest_reports_every_fold_and_the_forecast_error(history: DealHistory
     for head in ("cold", "close"):
         models = set(result.metrics.loc[result.metrics["head"] == head, "model"])
         assert {"lightgbm", "stage_prior", "logistic"} <= models
-    forecast = result.forecast.set_index("fold")
-    assert list(forecast.index) == [1, 2]
-    assert (forecast["predicted"] >= 0).all() and (forecast["actual"] >= 0).all()
-    assert (forecast["n_deals"] > 0).all()
-    # wins after the period still count eventually, never the other way round
-    assert (forecast["actual_eventually"] >= forecast["actual"]).all()
+    forecast = result.forecast
+    assert set(forecast["fold"]) == {1, 2}
+    assert set(forecast["pipeline"]) == set(history.deals["pipeline"])
+    assert (forecast["p10"] <= forecast["p50"]).all() and (forecast["p50"] <= forecast["p90"]).all()
+    assert (forecast["covered"] == (forecast["p10"] <= forecast["actual"])
+            & (forecast["actual"] <= forecast["p90"])).all()
+    # only months that ended inside the data are judged
+    assert (pd.PeriodIndex(forecast["period"], freq="M").end_time.tz_localize("UTC")
+            <= history.end_time + pd.Timedelta(days=1)).all()
+    # the actual amount is what each pipeline won in the month, by any deal, new ones included
+    row = forecast.iloc[0]
+    won_at = history.stage_changes[history.stage_changes["stage"].isin(
+        [s for spec in history.pipelines.values() for s in spec.won])]
+    won_at = won_at.merge(history.deals[["deal_id", "pipeline"]], on="deal_id")
+    in_month = won_at[(won_at["pipeline"] == row["pipeline"])
+                      & (won_at["changed_at"].dt.strftime("%Y-%m") == row["period"])
+                      & (won_at["changed_at"] > result.folds[0].start)]
+    assert (row["actual"] > 0) == (len(in_month) > 0)
+    figures = result.forecast_figures()
+    assert 0 <= figures["forecast_coverage_p10_p90"] <= 1 and figures["forecast_wape_month_1"] >= 0
     summary = result.summary()
     cold = dict(zip(summary.loc[summary["head"] == "cold", "model"],
                     summary.loc[summary["head"] == "cold", "roc_auc"], strict=True))
