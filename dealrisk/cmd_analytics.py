@@ -170,7 +170,8 @@ def health(
     by: str | None = typer.Option(None, "--by", help="Also give the figures per 'team' or 'owner'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Pipeline health over [since, until]: open deals, size, win rate, cycle, velocity, funnel, stalls."""
+    """Pipeline health from --since to --until: open deals, size, win rate, cycle, velocity, funnel,
+    stalls."""
     from features.health import pipeline_health
 
     if by not in (None, "team", "owner"):
