@@ -75,7 +75,7 @@ def _load_model(model_uri: str | None) -> tuple[Any, str]:
         bundle, version = load_bundle(uri, settings.tracking_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one actionable message
         fail(f"could not load model {uri} from {settings.tracking_uri}: {exc}. Train one with "
-             "`dealrisk train`, or pass --model-uri (models:/deal-risk/3, runs:/<run_id>/model)")
+             "`dealrisk train`, or pass --model-uri (models:/deal-risk/3, or a bundle folder)")
     return bundle, str(version)
 
 
