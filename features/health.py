@@ -29,7 +29,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from features.history import DealHistory, stage_outcome, to_utc_timestamp
+from features.history import DealHistory, to_utc_timestamp
+from features.stages import deal_states_at, stage_outcomes
 
 STALE_QUANTILE = 0.8
 NO_TEAM = "(no team)"
@@ -90,7 +91,9 @@ def _stage_changes_as_of(history: DealHistory, as_of: pd.Timestamp, states: pd.D
     )
     out["pipeline"] = pd.Series(states["pipeline"].to_numpy(dtype=object)[out["pos"].to_numpy()],
                                 dtype="string")
-    out["outcome"] = stage_outcome(out["stage"], out["pipeline"], history.pipelines)
+    outcome = stage_outcomes(out["pipeline"].to_numpy(dtype=object), out["stage"].to_numpy(dtype=object),
+                             history.pipelines)
+    out["outcome"] = pd.Series(outcome, dtype="string")
     pos_sorted = out["pos"].to_numpy()
     same_deal = np.zeros(len(out), dtype=bool)
     same_deal[:-1] = pos_sorted[1:] == pos_sorted[:-1]
@@ -128,9 +131,9 @@ def _states_and_changes(history: DealHistory, t: pd.Timestamp) -> tuple[pd.DataF
     stage = pd.Series(pd.NA, index=range(n), dtype="string")
     stage.iloc[at] = pd.Series(last["stage"].to_numpy(dtype=object), dtype="string")
     out["stage"] = stage
-    status = pd.Series("open", index=range(n), dtype="string")
-    status.iloc[at] = pd.Series(last["outcome"].to_numpy(dtype=object), dtype="string")
-    out["status"] = status
+    # Every deal here was created by t, so its state is open, won or lost.
+    state = deal_states_at(history, out[["deal_id"]].assign(as_of=t))
+    out["status"] = pd.Series(state, dtype="string")
     entered = out["created_at"].copy()
     entered.iloc[at] = last["changed_at"].to_numpy()
     out["stage_entered_at"] = entered
