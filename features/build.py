@@ -31,6 +31,7 @@ from features.timeindex import (
     from_ns,
     owner_at,
     pair_keys,
+    point_codes,
     take,
     to_ns,
 )
@@ -226,13 +227,7 @@ def build_features(
     (fitted beforehand, see `FeatureBuilder`). Raises ValueError for unknown deal ids or missing times.
     """
     deals = DealIndex(history.deals)
-    codes = deals.codes(points["deal_id"])
-    if (codes < 0).any():
-        unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
-        raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
-    t = to_ns(points["as_of"])
-    if (t == NAT_NS).any():
-        raise ValueError("points have a missing as_of; every point needs a time")
+    codes, t = point_codes(deals, points)
     # Queries sorted by (deal, time) hit the sorted event keys in order, which makes the many
     # searchsorted calls cache-friendly; results go back to the points' order at the end.
     order = np.lexsort((t, codes))

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, PipelineSpec
-from features.timeindex import NAT_NS, DealIndex, EventStream, cumsum_by, take, to_ns
+from features.timeindex import NAT_NS, DealIndex, EventStream, cumsum_by, point_codes, take, to_ns
 
 UNKNOWN_POSITION = float("nan")
 DEAL_STATES = ("not_created", "open", "won", "lost")
@@ -124,14 +124,10 @@ def order_stage_changes(
 def deal_states_at(history: DealHistory, points: pd.DataFrame) -> np.ndarray:
     """The state of each point's deal (`deal_id`, `as_of`) as of its time, one of DEAL_STATES.
 
-    Raises ValueError for deal ids not in the history.
+    Raises ValueError for deal ids not in the history or a missing as_of.
     """
     deals = DealIndex(history.deals)
-    codes = deals.codes(points["deal_id"])
-    if (codes < 0).any():
-        unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
-        raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
-    t = to_ns(points["as_of"])
+    codes, t = point_codes(deals, points)
     frame = history.stage_changes
     stream = EventStream(deals.codes(frame["deal_id"]), to_ns(frame["changed_at"]), deals.n)
     stage = frame["stage"].astype("string").to_numpy(dtype=object)[stream.order]

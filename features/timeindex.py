@@ -77,6 +77,21 @@ class DealIndex:
         return self.ids.get_indexer(pd.Index(deal_ids.astype("string").to_numpy(dtype=object)))
 
 
+def point_codes(deals: DealIndex, points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(deal code, as_of in int64 ns) of each point (`deal_id`, `as_of`).
+
+    Raises ValueError for deal ids not among `deals` or a missing as_of.
+    """
+    codes = deals.codes(points["deal_id"])
+    if (codes < 0).any():
+        unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
+        raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
+    t = to_ns(points["as_of"])
+    if (t == NAT_NS).any():
+        raise ValueError("points have a missing as_of; every point needs a time")
+    return codes, t
+
+
 class EventStream:
     """Events sorted by (code, time) with vectorised "how many at or before t" queries.
 
