@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, to_utc_timestamp
-from features.stages import deal_states_at, stage_outcomes
+from features.stages import deal_states_at, stage_outcomes, stage_positions
 
 STALE_QUANTILE = 0.8
 NO_TEAM = "(no team)"
@@ -243,16 +243,12 @@ def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
     entries = sc[(sc["changed_at"] >= since) & (sc["outcome"] == "open")]
     entries = entries.drop_duplicates(["pos", "stage"], keep="first")
     specs = history.pipelines
-    pos = pd.Series(-1, index=entries.index, dtype="int64")
-    next_pos = pd.Series(-1, index=entries.index, dtype="int64")
-    for name, spec in specs.items():
-        in_pipe = entries["pipeline"] == name
-        if not in_pipe.any():
-            continue
-        order = {stage: i for i, stage in enumerate(spec.stages)}
-        pos[in_pipe] = entries.loc[in_pipe, "stage"].map(order).fillna(-1).astype("int64")
-        next_pos[in_pipe] = entries.loc[in_pipe, "next_stage"].map(order).fillna(-1).astype("int64")
-    moved_on = (entries["next_outcome"] == "won").fillna(False) | ((next_pos > pos) & (pos >= 0))
+    pipeline = entries["pipeline"].to_numpy(dtype=object)
+    pos = stage_positions(pipeline, entries["stage"].to_numpy(dtype=object), specs)
+    next_pos = stage_positions(pipeline, entries["next_stage"].to_numpy(dtype=object), specs)
+    # A later open stage (unknown stages have no position, NaN compares False) or a win moves a deal on.
+    next_open = (entries["next_outcome"] == "open").fillna(False).to_numpy(dtype=bool)
+    moved_on = (entries["next_outcome"] == "won").fillna(False) | (next_open & (next_pos > pos))
     lost_here = (entries["next_outcome"] == "lost").fillna(False)
     agg = (
         pd.DataFrame({"pipeline": entries["pipeline"], "stage": entries["stage"],
