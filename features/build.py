@@ -192,13 +192,6 @@ class FeatureBuilder:
     def __init__(self) -> None:
         self.population_stats_: PopulationStats | None = None
 
-    @classmethod
-    def from_population_stats(cls, population_stats: PopulationStats) -> FeatureBuilder:
-        """A builder fitted with statistics computed earlier (the service's cached ones)."""
-        builder = cls()
-        builder.population_stats_ = population_stats
-        return builder
-
     @property
     def is_fitted(self) -> bool:
         return self.population_stats_ is not None
