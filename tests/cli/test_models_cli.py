@@ -57,7 +57,7 @@ def open_at(history: DealHistory, t: pd.Timestamp) -> set[str]:
     pipeline = last["deal_id"].map(deals.set_index("deal_id")["pipeline"])
     outcome = stage_outcomes(pipeline.to_numpy(dtype=object), last["stage"].to_numpy(dtype=object),
                              history.pipelines)
-    closed = set(last.loc[(outcome != "open").to_numpy(), "deal_id"].astype(str))
+    closed = set(last.loc[outcome != "open", "deal_id"].astype(str))
     return created - closed
 
 
