@@ -57,6 +57,11 @@ def _load_history(data: Path | None, pipeline: str | None) -> DealHistory:
         where = str(data) if data is not None else "the store"
         fail(f"no deals in {where}" + (f" for pipeline {pipeline!r}" if pipeline else "")
              + "; import a folder with `dealrisk import DIR` or pass --data DIR")
+    return _only_pipeline(history, pipeline)
+
+
+def _only_pipeline(history: DealHistory, pipeline: str | None) -> DealHistory:
+    """The deals of one pipeline and their events (all of them when `pipeline` is None)."""
     if pipeline is not None:
         known = sorted(history.deals["pipeline"].astype(str).unique())
         if pipeline not in known:
@@ -81,15 +86,20 @@ def _load_model(model_uri: str | None) -> tuple[Any, str]:
 
 def _score(data: Path | None, pipeline: str | None, as_of: str | None, model_uri: str | None, quiet: bool,
            **filters: Any) -> tuple[pd.DataFrame, pd.Timestamp, str]:
+    from features.build import FeatureBuilder
     from models.forecast import score_open_deals
 
     with progress("loading history and model", total=3, quiet=quiet) as advance:
-        history = _load_history(data, pipeline)
+        # The population statistics come from the whole store (or folder), as the service's do, so a
+        # deal gets the same score from `--pipeline P` as from the API; only the scored deals are filtered.
+        everything = _load_history(data, None)
+        builder = FeatureBuilder().fit(everything)
+        history = _only_pipeline(everything, pipeline)
         advance()
         bundle, version = _load_model(model_uri)
         advance()
         t = _time(as_of, "--as-of") or history.end_time
-        scored = score_open_deals(bundle, history, t, **filters)
+        scored = score_open_deals(bundle, history, t, builder, **filters)
         advance()
     return scored, t, version
 
