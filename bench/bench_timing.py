@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.build import FeatureBuilder
 from models.scoring import open_deal_points, score_points
 from training.labels import cold_label, slip_label, won_label, won_within_label
 from training.metrics import binary_metrics
@@ -44,7 +45,8 @@ def truth_metrics(full: Any, cut: Any, bundle: Any, n_points: int = 3000, seed: 
     if len(points) > n_points:
         points = points.sample(n_points, random_state=seed).sort_values(["as_of", "deal_id"])
         points = points.reset_index(drop=True)
-    scores = score_points(bundle, cut, points, top_reasons=0)
+    builder = FeatureBuilder().fit(cut)
+    scores = score_points(bundle, cut, points, builder, top_reasons=0)
     out: dict[str, Any] = {"n_points": len(points)}
     due = pd.to_datetime(scores["expected_close_date"], utc=True)
     days_to_close = (due - points["as_of"]) / pd.Timedelta(days=1)
@@ -66,7 +68,7 @@ def truth_metrics(full: Any, cut: Any, bundle: Any, n_points: int = 3000, seed: 
             "unknown_outcome": int((~np.isfinite(y) & np.isfinite(p)).sum()),
         }
     open_now = open_deal_points(cut, split_end)
-    open_scores = score_points(bundle, cut, open_now.head(1000), top_reasons=0)
+    open_scores = score_points(bundle, cut, open_now.head(1000), builder, top_reasons=0)
     out["open_deals_scored"] = len(open_scores)
     out["distinct_close_probabilities"] = int(open_scores["close_probability"].round(6).nunique())
     return out

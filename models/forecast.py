@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from features.build import FeatureBuilder
 from features.health import deal_states
 from features.history import DealHistory, to_utc_timestamp
 from models.bundle import SCORE_COLUMNS
@@ -302,14 +303,14 @@ def forecast_pipeline(
     bundle: Any,
     history: DealHistory,
     as_of: pd.Timestamp | str,
+    builder: FeatureBuilder,
     months: int = 3,
-    population: Any | None = None,
     n_sims: int = DEFAULT_SIMS,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The forecast of `history`'s deals (give one pipeline's history for a pipeline's forecast): open
-    deals scored as of `as_of` and spread by their timing curves when the bundle has them, plus the
-    deals not created yet."""
+    deals scored as of `as_of` (features from the fitted `builder`) and spread by their timing curves
+    when the bundle has them, plus the deals not created yet."""
     from models.scoring import open_deal_points, point_features
 
     t = to_utc_timestamp(as_of)
@@ -319,7 +320,7 @@ def forecast_pipeline(
         empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in REQUIRED})
         return forecast(empty, t, months, n_sims, seed, month_probabilities=np.zeros((0, months)),
                         new_deals=new)
-    features = point_features(history, points, population)
+    features = point_features(history, points, builder)
     scores = bundle.score(features, top_reasons=0)
     frame = pd.DataFrame(
         {
@@ -338,7 +339,7 @@ def score_open_deals(
     bundle: Any,
     history: DealHistory,
     as_of: pd.Timestamp | str,
-    population: Any | None = None,
+    builder: FeatureBuilder,
     owner: str | None = None,
     team: str | None = None,
     min_amount: float | None = None,
@@ -370,7 +371,7 @@ def score_open_deals(
     points = points[points["deal_id"].isin(states["deal_id"])].reset_index(drop=True)
     if points.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in AT_RISK_COLUMNS})
-    scored = score_points(bundle, history, points, population, top_reasons=top_reasons)
+    scored = score_points(bundle, history, points, builder, top_reasons=top_reasons)
     scored = scored[SCORE_COLUMNS].astype({"deal_id": "string"})
     out = scored.merge(states[["deal_id", *CONTEXT_COLUMNS]], on="deal_id", how="left", validate="1:1")
     out["days_in_stage"] = (t - out["stage_entered_at"]).dt.total_seconds() / 86400.0

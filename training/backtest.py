@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, FeatureBuilder
 from features.health import deal_states
 from features.history import DealHistory
 from models.scoring import score_points
@@ -121,11 +122,11 @@ def make_folds(
     return [Fold(k + 1, end - (n_folds - k) * step, end - (n_folds - k - 1) * step) for k in range(n_folds)]
 
 
-def _shared_features(history: DealHistory, config: TrainConfig) -> tuple[pd.DataFrame, list[str], list[str]]:
-    from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, build_features
-
+def _shared_features(
+    history: DealHistory, config: TrainConfig, builder: FeatureBuilder
+) -> tuple[pd.DataFrame, list[str], list[str]]:
     points = make_snapshots(history, cadence_days=config.cadence_days, at_events=config.at_events)
-    feats = build_features(history, points)
+    feats = builder.transform(history, points)
     return feats, list(FEATURE_COLUMNS), list(CATEGORICAL_FEATURES)
 
 
@@ -141,7 +142,7 @@ def _fold_data(
 
 
 def forecast_error(
-    history: DealHistory, bundle: Any, fold: Fold, months: int = 3, population: Any = None
+    history: DealHistory, bundle: Any, fold: Fold, builder: FeatureBuilder | None = None, months: int = 3
 ) -> list[dict[str, Any]]:
     """The forecast made at the fold's start (`models.forecast.forecast_pipeline`, per pipeline, with
     the fold's bundle and only the history known then) against the amount actually won in each month.
@@ -152,12 +153,14 @@ def forecast_error(
     """
     from models.forecast import forecast_pipeline
 
+    if builder is None:
+        builder = FeatureBuilder().fit(history)  # time-indexed statistics: as of t it reads only <= t
     known = history.cut(fold.start)
     end_of_data = history.end_time
     rows: list[dict[str, Any]] = []
     for pipeline in sorted(known.deals["pipeline"].astype(str).unique()):
         ids = known.deals.loc[known.deals["pipeline"] == pipeline, "deal_id"]
-        result = forecast_pipeline(bundle, known.subset(ids), fold.start, months, population=population)
+        result = forecast_pipeline(bundle, known.subset(ids), fold.start, builder, months)
         all_ids = history.deals.loc[history.deals["pipeline"] == pipeline, "deal_id"]
         for k, period in enumerate(result["periods"], start=1):
             start, end = pd.Timestamp(period["start"]), pd.Timestamp(period["end"])
@@ -202,7 +205,9 @@ def backtest(
     at each fold's start against what was won in each following month (`forecast_error`)."""
     config = config or TrainConfig()
     folds = make_folds(history, n_folds, fold_days)
-    feats, cols, cats = _shared_features(history, config)
+    # time-indexed statistics: a feature as of t reads only what was known at t, so one fit serves all
+    builder = FeatureBuilder().fit(history)
+    feats, cols, cats = _shared_features(history, config, builder)
     n_closed = closed_deal_count(history)
     metric_rows: list[dict[str, Any]] = []
     forecast_rows: list[dict[str, Any]] = []
@@ -218,7 +223,7 @@ def backtest(
             for model, values in fit.metrics.items():
                 metric_rows.append({"fold": fold.number, "head": head, "model": model, **values})
         bundle = build_bundle(heads, data, config, history, note, thin)
-        forecast_rows.extend(forecast_error(history, bundle, fold, forecast_months))
+        forecast_rows.extend(forecast_error(history, bundle, fold, builder, forecast_months))
     if progress:
         progress("done", 1.0)
     return BacktestResult(folds, pd.DataFrame(metric_rows), pd.DataFrame(forecast_rows))
@@ -231,6 +236,7 @@ def evaluate_bundle(
     `all` row pooling the folds, so registered versions can be compared on the same rows."""
     config = config or TrainConfig(horizon_days=float(bundle.metadata.get("horizon_days", 14)))
     points = make_snapshots(history, cadence_days=config.cadence_days)
+    builder = FeatureBuilder().fit(history)
     rows: list[dict[str, Any]] = []
     pooled: dict[str, list[np.ndarray]] = {"cold_y": [], "cold_p": [], "close_y": [], "close_p": []}
     for fold in folds:
@@ -239,7 +245,7 @@ def evaluate_bundle(
         test = labelled[labelled["window"] == "test"].reset_index(drop=True)
         if test.empty:
             continue
-        scores = score_points(bundle, history, test[["deal_id", "as_of"]], top_reasons=0)
+        scores = score_points(bundle, history, test[["deal_id", "as_of"]], builder, top_reasons=0)
         for head, label, col in (("cold", "cold", "cold_risk"), ("close", "won", "close_probability")):
             y = test[label].to_numpy(dtype=float)
             p = scores[col].to_numpy(dtype=float)

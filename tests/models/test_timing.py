@@ -102,8 +102,10 @@ def trained(history: DealHistory) -> RunResult:
 def test_trained_bundle_saves_the_timing_model_as_text_and_json(
     history: DealHistory, trained: RunResult, tmp_path: Path
 ) -> None:
+    from features.build import FeatureBuilder
     from models.scoring import open_deal_points, score_points
 
+    builder = FeatureBuilder().fit(history)
     bundle = trained.bundle
     assert bundle.close.kind == "competing_risks"
     folder = bundle.save(tmp_path / "bundle")
@@ -111,8 +113,8 @@ def test_trained_bundle_saves_the_timing_model_as_text_and_json(
         "bundle.json", "close_head.txt", "cold_head.txt", "manifest.json", "reasons_reference.json",
     ]
     points = open_deal_points(history, history.end_time - pd.Timedelta(days=20))
-    before = score_points(bundle, history, points, top_reasons=0)
-    after = score_points(ScoringBundle.load(folder), history, points, top_reasons=0)
+    before = score_points(bundle, history, points, builder, top_reasons=0)
+    after = score_points(ScoringBundle.load(folder), history, points, builder, top_reasons=0)
     pd.testing.assert_frame_equal(before, after)
     assert before["close_probability_90d"].notna().all()
 

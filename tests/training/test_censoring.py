@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.build import FeatureBuilder
 from features.history import DealHistory
 from models.calibration import Calibrator, expected_calibration_error
 from models.scoring import score_points
@@ -40,7 +41,8 @@ def judged() -> Judged:
     result = train(cut, config)
     data = prepare_training_data(cut, config)
     test = data.frame[data.frame["window"] == "test"].reset_index(drop=True)
-    scores = score_points(result.bundle, cut, test[["deal_id", "as_of"]], top_reasons=0)
+    builder = FeatureBuilder().fit(cut)
+    scores = score_points(result.bundle, cut, test[["deal_id", "as_of"]], builder, top_reasons=0)
     return Judged(full, data, test, scores)
 
 
