@@ -155,16 +155,18 @@ def at_risk(
                "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
                "likely_close_date", "risk_band", "expected_value"]
     if as_json:
-        records = top[[*columns, "reasons"]].astype(object).where(top[[*columns, "reasons"]].notna(), None)
+        listed = [*columns, "reasons", "counter_reasons"]
+        records = top[listed].astype(object).where(top[listed].notna(), None)
         emit_json({"as_of": t, "model_version": version, "total": len(scored),
                    "deals": records.to_dict(orient="records")})
         return
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow([*columns, "reasons", "model_version"])
+        writer.writerow([*columns, "reasons", "counter_reasons", "model_version"])
         for rec in top.to_dict(orient="records"):  # output rows only (at most --limit)
-            reasons = " | ".join(str(r.get("text", "")) for r in rec["reasons"] or [])
-            writer.writerow([*(_csv_cell(rec[c]) for c in columns), reasons, version])
+            texts = [" | ".join(str(r.get("text", "")) for r in rec[c] or [])
+                     for c in ("reasons", "counter_reasons")]
+            writer.writerow([*(_csv_cell(rec[c]) for c in columns), *texts, version])
         return
     table = Table(title=f"Deals going cold as of {t:%Y-%m-%d %H:%M} UTC · model version {version}",
                   caption=f"{len(scored)} open deal(s) match; showing {len(top)}")

@@ -50,6 +50,7 @@ SCORE_COLUMNS = [
     "risk_band",
     "expected_value",
     "reasons",
+    "counter_reasons",
 ]
 
 HeadKind = Literal["lightgbm", "stage_prior", "competing_risks"]
@@ -223,8 +224,8 @@ class ScoringBundle:
         date; NaN without one or when it is not after as_of), likely_close_date (UTC midnight of the day
         by which P(won or lost) reaches 0.5; NaT past two years), risk_band, expected_value
         (amount × close_probability; NaN without an amount) and reasons (the cold-risk head's top
-        contributions, each {feature, value, effect, text}). The three timing scores are NaN/NaT when the
-        close head is not a timing model.
+        contributions that raise the risk, each {feature, value, effect, text}) and counter_reasons (those
+        that lower it). The three timing scores are NaN/NaT when the close head is not a timing model.
         """
         x = self.encode(features)
         cold = self.cold.proba(x, features)
@@ -248,7 +249,10 @@ class ScoringBundle:
         amount = (
             _float_column(features, "amount") if "amount" in features.columns else np.full(len(x), np.nan)
         )
-        reasons = self.reasons(x, features, top_reasons) if top_reasons > 0 else [[] for _ in range(len(x))]
+        if top_reasons > 0:
+            reasons, counter = self.reasons(x, features, top_reasons)
+        else:
+            reasons, counter = [[] for _ in range(n)], [[] for _ in range(n)]
         return pd.DataFrame(
             {
                 # .array keeps the dtypes (string ids, tz-aware UTC times) without an object round trip
@@ -262,6 +266,7 @@ class ScoringBundle:
                 "risk_band": assign_bands(cold, self.band_thresholds),
                 "expected_value": amount * close,
                 "reasons": reasons,
+                "counter_reasons": counter,
             }
         )
 
@@ -273,20 +278,29 @@ class ScoringBundle:
 
     def reasons(
         self, x: NDArray[np.float64], features: pd.DataFrame, top_k: int = 3
-    ) -> list[list[dict[str, Any]]]:
-        """Top reasons of the cold-risk head (the one a manager acts on)."""
+    ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
+        """(reasons, counter_reasons) of the cold-risk head (the one a manager acts on): up to `top_k`
+        contributions that raise the risk, and apart, up to `top_k` that lower it."""
         if len(x) == 0:
-            return []
+            return [], []
         pipeline, stage = _keys_or_blank(features)
         head = self.cold
         if head.kind == "lightgbm":
             assert head.booster is not None
             contrib = head.booster.predict(x, pred_contrib=True, num_threads=_threads_for(len(x)))
             contrib = np.asarray(contrib, dtype=np.float64)
-            return self._reasons.explain(contrib, x, pipeline, stage, top_k)
+            return (
+                self._reasons.explain(contrib, x, pipeline, stage, top_k, "raises"),
+                self._reasons.explain(contrib, x, pipeline, stage, top_k, "lowers"),
+            )
         assert head.prior is not None
         rates = head.prior.predict_proba(features)
-        return stage_prior_reasons(rates, head.prior.global_rate_, pipeline, stage, "went cold")
+        prior = stage_prior_reasons(rates, head.prior.global_rate_, pipeline, stage, "went cold")
+        # the stage's rate against the overall one: a reason when above it, a counter-reason when below
+        return (
+            [[r for r in row if r["effect"] > 0] for row in prior],
+            [[r for r in row if r["effect"] < 0] for row in prior],
+        )
 
     # ---- persistence -------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:

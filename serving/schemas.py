@@ -207,7 +207,10 @@ class DealScore(BaseModel):
     )
     risk_band: str
     expected_value: float
-    reasons: list[Reason]
+    reasons: list[Reason] = Field(description="what raises the cold risk, strongest first")
+    counter_reasons: list[Reason] = Field(
+        default_factory=list, description="what lowers the cold risk, strongest first"
+    )
     pipeline: str | None = None
     stage: str | None = None
 

@@ -67,6 +67,7 @@ class AtRiskDeal(BaseModel):
     risk_band: str
     expected_value: float
     reasons: list[Reason]
+    counter_reasons: list[Reason] = []
 
 
 class AtRiskList(BaseModel):
@@ -176,7 +177,8 @@ def at_risk(
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
                "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
-               "likely_close_date", "risk_band", "expected_value", "reasons", "model_version"]
+               "likely_close_date", "risk_band", "expected_value", "reasons", "counter_reasons",
+               "model_version"]
 
 
 def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) -> Response:
@@ -186,7 +188,8 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
     for r in records:
         row = dict(r)
         # One cell a person can read in a spreadsheet: the reasons' sentences, strongest first.
-        row["reasons"] = " | ".join(str(x.get("text", "")) for x in r.get("reasons") or [])
+        for column in ("reasons", "counter_reasons"):
+            row[column] = " | ".join(str(x.get("text", "")) for x in r.get(column) or [])
         if isinstance(row.get("expected_close_date"), datetime):
             row["expected_close_date"] = row["expected_close_date"].isoformat()
         if isinstance(row.get("likely_close_date"), datetime):

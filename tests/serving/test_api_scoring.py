@@ -33,6 +33,8 @@ def test_inline_and_stored_scoring_of_the_same_deal_agree(world: Any, client: Te
     assert score["risk_band"] in {"high", "medium", "low"}
     assert score["reasons"]
     assert all({"feature", "value", "effect", "text"} <= set(r) for r in score["reasons"])
+    assert all(r["effect"] > 0 for r in score["reasons"])
+    assert all(r["effect"] < 0 for r in score["counter_reasons"])
 
 
 def test_batch_mixing_pipelines_scores_only_the_keys_pipeline(world: Any, client: TestClient) -> None:

@@ -51,6 +51,8 @@ class StandInBundle:
                 "expected_value": (features["amount"].astype(float) * 0.5).to_numpy(),
                 "reasons": [[{"feature": "stage_age_days", "value": 3.0, "effect": 0.1,
                               "text": f"{d} is quiet"}] for d in ids],
+                "counter_reasons": [[{"feature": "n_meeting_30d", "value": 2.0, "effect": -0.3,
+                                      "text": "2 meetings in the last 30 days"}] for _ in ids],
             }
         )
 
@@ -137,6 +139,7 @@ def test_at_risk_ranks_open_deals_by_cold_risk_and_names_the_model(env: dict[str
     top = body["deals"][0]
     assert (top["owner"], top["team"], top["stage"], top["amount"]) == ("ann", "East", "Demo", 1000.0)
     assert top["close_probability"] == 0.5 and top["reasons"][0]["text"] == "a1 is quiet"
+    assert top["counter_reasons"][0]["effect"] == -0.3  # what lowers the risk, listed apart
     assert (top["close_probability_90d"], top["slip_risk"]) == (0.25, 0.8)
     assert body["deals"][1]["slip_risk"] is None
     assert top["likely_close_date"] == (pd.Timestamp(AS_OF) + pd.Timedelta(days=40)).date().isoformat()
@@ -165,6 +168,7 @@ def test_at_risk_as_csv(env: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(res.text)))
     assert [r["deal_id"] for r in rows] == ["a1", "a3", "a4", "a2"]
     assert rows[0]["model_version"] == "7" and rows[0]["reasons"] == "a1 is quiet"
+    assert rows[0]["counter_reasons"] == "2 meetings in the last 30 days"
     assert rows[0]["close_probability_90d"] == "0.25" and rows[0]["slip_risk"] == "0.8"
     assert rows[1]["slip_risk"] == ""  # no expected close date in the future: blank, not NaN
     expected = (pd.Timestamp(AS_OF) + pd.Timedelta(days=40)).date().isoformat()
