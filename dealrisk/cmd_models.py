@@ -301,8 +301,11 @@ def score_command(
         write_scores(scores, str(out))
         report("written", 1.0)
     summary = {"out": str(out), "rows": len(scores), "model_version": version,
+               "data_note": bundle.metadata.get("data_note"),
                "bands": scores["risk_band"].value_counts().to_dict()}
     if as_json:
         emit_json(summary)
         return
     out_console.print(f"Wrote {len(scores):,} scores to {out} (model version {version}).")
+    if summary["data_note"]:
+        out_console.print(str(summary["data_note"]))

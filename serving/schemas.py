@@ -226,6 +226,9 @@ class ItemError(BaseModel):
 
 class DealScores(BaseModel):
     model_version: str
+    data_note: str | None = Field(
+        None, description="how much history the model was trained on, in plain words (thin data says so)"
+    )
     as_of: datetime
     scores: list[DealScore]
     errors: list[ItemError] = Field(default_factory=list)

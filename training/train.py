@@ -311,7 +311,11 @@ def _fit_close_head(data: TrainingData, config: TrainConfig) -> HeadFit:
         if timing is not None:
             predictions["lightgbm"] = timing.curves(test[cols]).p_won()
     y_test = test["won"].to_numpy(dtype=float)
-    metrics = {m: binary_metrics(y_test, predictions.get(m, np.array([]))) for m in MODELS}
+    none = np.array([])
+    metrics = {
+        m: binary_metrics(y_test, predictions[m]) if m in predictions else binary_metrics(none, none)
+        for m in MODELS
+    }
     importance: dict[str, float] = {}
     if timing is None:
         metrics["served"] = metrics["stage_prior"]

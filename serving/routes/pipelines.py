@@ -74,6 +74,7 @@ class AtRiskList(BaseModel):
     pipeline: str
     as_of: datetime
     model_version: str
+    data_note: str | None = Field(None, description="how much history the model was trained on")
     total: int = Field(description="open deals matching the filters, before limit/offset")
     limit: int
     offset: int
@@ -171,8 +172,10 @@ def at_risk(
         return _csv_response(records, pipeline, model.version)
     deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in AtRiskDeal.model_fields})
              for r in records]
+    note = getattr(model.bundle, "metadata", {}).get("data_note")
     return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
-                      total=len(ranked), limit=limit, offset=offset, deals=deals)
+                      data_note=str(note) if note else None, total=len(ranked), limit=limit, offset=offset,
+                      deals=deals)
 
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",

@@ -94,7 +94,13 @@ def scores_response(
     records = scored.to_dict(orient="records")
     scores = [DealScore.model_validate(_clean_record(r)) for r in records]
     request.app.state.metrics.observe_bands(s.risk_band for s in scores)
-    return DealScores(model_version=model.version, as_of=as_of.to_pydatetime(), scores=scores, errors=errors)
+    return DealScores(model_version=model.version, data_note=_data_note(model), as_of=as_of.to_pydatetime(),
+                      scores=scores, errors=errors)
+
+
+def _data_note(model: LoadedModel) -> str | None:
+    note = getattr(model.bundle, "metadata", {}).get("data_note")
+    return str(note) if note else None
 
 
 def _clean_record(record: dict[Any, Any]) -> dict[str, Any]:
@@ -149,7 +155,8 @@ def score_inline(
         else:
             kept.append(i)
     if not kept:
-        return DealScores(model_version=model.version, as_of=as_of.to_pydatetime(), scores=[], errors=errors)
+        return DealScores(model_version=model.version, data_note=_data_note(model),
+                          as_of=as_of.to_pydatetime(), scores=[], errors=errors)
     deals = [body.deals[i] for i in kept]
     frames, locators = inline_frames(deals)
     # Row paths must point at the request's own indexes, not the filtered list's.

@@ -187,6 +187,9 @@ def test_stage_prior_heads_for_thin_data(
     again = ScoringBundle.load(tmp_path / "thin")
     scores = again.score(frame.head(50))
     pd.testing.assert_frame_equal(thin.score(frame.head(50)), scores)
+    # no timing model: the timing scores are null, not made up
+    assert scores["close_probability_90d"].isna().all() and scores["slip_risk"].isna().all()
+    assert scores["likely_close_date"].isna().all()
     # the stage is the only reason: for the risk when its rate is above the overall one, else against it
     for i in range(len(scores)):
         (stage_reason,) = scores.loc[i, "reasons"] + scores.loc[i, "counter_reasons"]

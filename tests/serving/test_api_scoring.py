@@ -24,6 +24,7 @@ def test_inline_and_stored_scoring_of_the_same_deal_agree(world: Any, client: Te
     assert stored.status_code == 200, stored.text
     a, b = inline.json(), stored.json()
     assert a["model_version"] == b["model_version"] == world.versions[0]
+    assert "closed deals" in a["data_note"]  # how much history the model stands on, in plain words
     assert a["scores"] == b["scores"]
     score = a["scores"][0]
     assert 0 <= score["cold_risk"] <= 1 and 0 <= score["close_probability"] <= 1
