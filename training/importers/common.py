@@ -403,6 +403,7 @@ def assemble(
     activities: pd.DataFrame,
     field_changes: pd.DataFrame,
     stage_meta: pd.DataFrame,
+    shared_stages: str = "all",
 ) -> CrmImport:
     """Check, clean and validate the converted frames into a `CrmImport`.
 
@@ -413,6 +414,8 @@ def assemble(
     field_changes: deal_id, field, value (text), changed_at, seq.
     stage_meta: stage (id), pipeline (<NA> = shared by every pipeline), order, outcome (open/won/lost),
       active (bool), label.
+    shared_stages: "all" puts every active shared stage in every pipeline; "used" only the shared stages
+      a pipeline's deals visited (Salesforce: which stages a sales process shows is not in any export).
     """
     known_deals = pd.Index(deals["deal_id"])
     orphan = ~activities["deal_id"].isin(known_deals)
@@ -446,7 +449,7 @@ def assemble(
         kept.append(_drop_repeats(group, ["deal_id"], "value", initial))
     fields = pd.concat(kept) if kept else fields
 
-    specs = _pipeline_specs(report, deals, stages, stage_meta)
+    specs = _pipeline_specs(report, deals, stages, stage_meta, shared_stages)
     columns = [
         "deal_id",
         "pipeline",
@@ -474,7 +477,7 @@ def assemble(
 
 
 def _pipeline_specs(
-    report: ImportReport, deals: pd.DataFrame, stages: pd.DataFrame, meta: pd.DataFrame
+    report: ImportReport, deals: pd.DataFrame, stages: pd.DataFrame, meta: pd.DataFrame, shared_stages: str
 ) -> dict[str, PipelineSpec]:
     """One spec per pipeline: its own and shared stages by the CRM's order (inactive stages only when a
     deal used them), then stages of other pipelines that its deals visited (deals that moved pipeline)."""
@@ -484,10 +487,10 @@ def _pipeline_specs(
     foreign_deals: set[str] = set()
     for pipeline in sorted(pd.unique(deals["pipeline"].astype(str))):
         seen = set(used.loc[used["pipeline"] == pipeline, "stage"])
-        own = meta[
-            (meta["pipeline"].isna() | (meta["pipeline"] == pipeline))
-            & (meta["active"] | meta["stage"].isin(seen))
-        ]
+        shared = meta["pipeline"].isna()
+        if shared_stages == "used":
+            shared &= meta["stage"].isin(seen)
+        own = meta[(shared | (meta["pipeline"] == pipeline)) & (meta["active"] | meta["stage"].isin(seen))]
         foreign_ids = [s for s in meta["stage"] if s in seen and s not in set(own["stage"])]
         if foreign_ids:
             moved = used[(used["pipeline"] == pipeline) & used["stage"].isin(foreign_ids)]["deal_id"]

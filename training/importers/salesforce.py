@@ -376,7 +376,9 @@ def import_salesforce(path: str | Path) -> CrmImport:
         }
     )
     fc = pd.concat(field_changes, ignore_index=True)
-    return assemble(folder, report, deals, stages, activities, fc, meta)
+    # One global stage list: with several record types, a pipeline lists the stages its deals used.
+    shared = "used" if pipeline.nunique() > 1 else "all"
+    return assemble(folder, report, deals, stages, activities, fc, meta, shared_stages=shared)
 
 
 def _only_known(
