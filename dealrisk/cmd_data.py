@@ -170,15 +170,15 @@ def _print_conversion(summary: dict[str, Any]) -> None:
         table.add_row(name, row["label"], f"{row['deals']:,}", ", ".join(row["stages"]), ", ".join(row["won"]),
                       ", ".join(row["lost"]))
     out_console.print(table)
-    for key, title in (("dropped", "Dropped"), ("unmapped", "Not mapped"), ("untracked", "History not tracked from creation")):
-        if not summary[key]:
-            continue
-        notes = Table(title=title)
-        for column in ("file", "what", "count", "why"):
-            notes.add_column(column, justify="right" if column == "count" else "left")
+    # One line per note (not a table): they are read in logs and searched, so they must not wrap mid-word.
+    titles = {"dropped": "Dropped", "unmapped": "Not mapped", "untracked": "History not tracked from creation"}
+    for key, title in titles.items():
+        if summary[key]:
+            out_console.print(f"{title}:", style="bold")
         for note in summary[key]:
-            notes.add_row(note["file"], note["what"], f"{note['count']:,}", note["why"])
-        out_console.print(notes)
+            where = f"{note['file']}: " if note["file"] else ""
+            out_console.print(f"  - {where}{note['what']} ({note['count']:,}): {note['why']}", highlight=False,
+                              soft_wrap=True)
 
 
 def _safe_url(url: str) -> str:

@@ -72,7 +72,8 @@ def _write_json(path: Path, records: list[dict[str, Any]]) -> None:
 
 def _owner_ids(history: DealHistory, prefix: str, width: int = 0) -> dict[str, str]:
     names = sorted(
-        set(history.deals["owner"]) | set(history.field_changes.loc[history.field_changes["field"] == "owner", "value"])
+        set(history.deals["owner"])
+        | set(history.field_changes.loc[history.field_changes["field"] == "owner", "value"])
     )
     return {name: (prefix + str(i + 1).zfill(width)) for i, name in enumerate(names)}
 
@@ -92,39 +93,74 @@ def write_salesforce_export(history: DealHistory, folder: Path) -> dict[str, str
 
     folder.mkdir(parents=True, exist_ok=True)
     owners = {name: widen_id("005" + i.rjust(12, "0")) for name, i in _owner_ids(history, "").items()}
-    record_types = {name: widen_id("012" + str(i + 1).rjust(12, "0")) for i, name in enumerate(sorted(history.pipelines))}
+    record_types = {
+        name: widen_id("012" + str(i + 1).rjust(12, "0")) for i, name in enumerate(sorted(history.pipelines))
+    }
     opps, snapshots, ofh, tasks, events = [], [], [], [], []
     for _, deal in history.deals.iterrows():
         opp_id = salesforce_deal_id(deal["deal_id"])
         state = _state(deal)
         current = _current(history, deal)
-        opps.append({
-            "Id": opp_id, "Name": deal["deal_id"], "AccountId": deal["account"], "OwnerId": owners[current["owner"]],
-            "Amount": current["amount"], "CloseDate": current["expected_close_date"], "StageName": current["stage"],
-            "RecordTypeId": record_types[deal["pipeline"]], "CreatedDate": _iso(deal["created_at"]),
-            "IsDeleted": "false", "CurrencyIsoCode": deal["currency"],
-        })
-        ofh.append({"OpportunityId": opp_id, "CreatedDate": _iso(deal["created_at"]), "Field": "created",
-                    "OldValue": "", "NewValue": "", "DataType": "Text"})
+        opps.append(
+            {
+                "Id": opp_id,
+                "Name": deal["deal_id"],
+                "AccountId": deal["account"],
+                "OwnerId": owners[current["owner"]],
+                "Amount": current["amount"],
+                "CloseDate": current["expected_close_date"],
+                "StageName": current["stage"],
+                "RecordTypeId": record_types[deal["pipeline"]],
+                "CreatedDate": _iso(deal["created_at"]),
+                "IsDeleted": "false",
+                "CurrencyIsoCode": deal["currency"],
+            }
+        )
+        ofh.append(
+            {
+                "OpportunityId": opp_id,
+                "CreatedDate": _iso(deal["created_at"]),
+                "Field": "created",
+                "OldValue": "",
+                "NewValue": "",
+                "DataType": "Text",
+            }
+        )
         stage = None
         pending: dict[str, Any] = {}
         last_t: pd.Timestamp | None = None
 
         def flush(at: pd.Timestamp) -> None:
-            snapshots.append({
-                "OpportunityId": opp_id, "CreatedDate": _iso(at), "StageName": stage, "Amount": state["amount"],
-                "CloseDate": state["expected_close_date"], "IsDeleted": "false",
-            })
+            snapshots.append(
+                {
+                    "OpportunityId": opp_id,
+                    "CreatedDate": _iso(at),
+                    "StageName": stage,
+                    "Amount": state["amount"],
+                    "CloseDate": state["expected_close_date"],
+                    "IsDeleted": "false",
+                }
+            )
 
         for t, kind, value in _timeline(history, deal["deal_id"]):
             if last_t is not None and t != last_t and pending:
                 flush(last_t)
                 pending = {}
             if kind == "owner":
-                for old, new, data_type in ((owners[state["owner"]], owners[value], "EntityId"),
-                                            (state["owner"], value, "Text")):
-                    ofh.append({"OpportunityId": opp_id, "CreatedDate": _iso(t), "Field": "Owner", "OldValue": old,
-                                "NewValue": new, "DataType": data_type})
+                for old, new, data_type in (
+                    (owners[state["owner"]], owners[value], "EntityId"),
+                    (state["owner"], value, "Text"),
+                ):
+                    ofh.append(
+                        {
+                            "OpportunityId": opp_id,
+                            "CreatedDate": _iso(t),
+                            "Field": "Owner",
+                            "OldValue": old,
+                            "NewValue": new,
+                            "DataType": data_type,
+                        }
+                    )
                 state["owner"] = value
                 continue
             if kind == "stage":
@@ -138,13 +174,31 @@ def write_salesforce_export(history: DealHistory, folder: Path) -> dict[str, str
         for _, act in history.activities[history.activities["deal_id"] == deal["deal_id"]].iterrows():
             at = _iso(act["occurred_at"])
             if act["type"] == "meeting":
-                events.append({"WhatId": opp_id, "StartDateTime": at, "CreatedDate": at, "IsAllDayEvent": "false"})
+                events.append(
+                    {"WhatId": opp_id, "StartDateTime": at, "CreatedDate": at, "IsAllDayEvent": "false"}
+                )
                 continue
             subtype = {"call": "Call", "email": "Email"}.get(act["type"], "Task")
-            kind_name = {"call": "Call", "email": "Email", "note": "Note", "task": "To Do", "other": "Other"}[act["type"]]
-            call_type = {"inbound": "Inbound", "outbound": "Outbound"}.get(act["direction"], "") if act["type"] == "call" else ""
-            tasks.append({"WhatId": opp_id, "Type": kind_name, "TaskSubtype": subtype, "CallType": call_type,
-                          "Status": "Completed", "IsClosed": "true", "CompletedDateTime": at, "CreatedDate": at})
+            kind_name = {"call": "Call", "email": "Email", "note": "Note", "task": "To Do", "other": "Other"}[
+                act["type"]
+            ]
+            call_type = (
+                {"inbound": "Inbound", "outbound": "Outbound"}.get(act["direction"], "")
+                if act["type"] == "call"
+                else ""
+            )
+            tasks.append(
+                {
+                    "WhatId": opp_id,
+                    "Type": kind_name,
+                    "TaskSubtype": subtype,
+                    "CallType": call_type,
+                    "Status": "Completed",
+                    "IsClosed": "true",
+                    "CompletedDateTime": at,
+                    "CreatedDate": at,
+                }
+            )
     stage_rows = []
     order = 0
     seen: set[str] = set()
@@ -156,22 +210,53 @@ def write_salesforce_export(history: DealHistory, folder: Path) -> dict[str, str
             seen.add(stage_name)
             order += 1
             closed = stage_name in spec.won or stage_name in spec.lost
-            stage_rows.append({"MasterLabel": stage_name, "SortOrder": order, "IsActive": "true",
-                               "IsClosed": str(closed).lower(), "IsWon": str(stage_name in spec.won).lower()})
+            stage_rows.append(
+                {
+                    "MasterLabel": stage_name,
+                    "SortOrder": order,
+                    "IsActive": "true",
+                    "IsClosed": str(closed).lower(),
+                    "IsWon": str(stage_name in spec.won).lower(),
+                }
+            )
     # Open stages must come before closing ones in every pipeline's order: sort closing stages last.
     stage_rows.sort(key=lambda r: (r["IsClosed"] == "true", r["SortOrder"]))
     for i, row in enumerate(stage_rows, start=1):
         row["SortOrder"] = i
     _write_csv(folder / "Opportunity.csv", opps, list(opps[0]))
-    _write_csv(folder / "OpportunityHistory.csv", snapshots,
-               ["OpportunityId", "CreatedDate", "StageName", "Amount", "CloseDate", "IsDeleted"])
-    _write_csv(folder / "OpportunityFieldHistory.csv", ofh,
-               ["OpportunityId", "CreatedDate", "Field", "OldValue", "NewValue", "DataType"])
-    _write_csv(folder / "OpportunityStage.csv", stage_rows, ["MasterLabel", "SortOrder", "IsActive", "IsClosed", "IsWon"])
-    _write_csv(folder / "Task.csv", tasks, ["WhatId", "Type", "TaskSubtype", "CallType", "Status", "IsClosed",
-                                           "CompletedDateTime", "CreatedDate"])
+    _write_csv(
+        folder / "OpportunityHistory.csv",
+        snapshots,
+        ["OpportunityId", "CreatedDate", "StageName", "Amount", "CloseDate", "IsDeleted"],
+    )
+    _write_csv(
+        folder / "OpportunityFieldHistory.csv",
+        ofh,
+        ["OpportunityId", "CreatedDate", "Field", "OldValue", "NewValue", "DataType"],
+    )
+    _write_csv(
+        folder / "OpportunityStage.csv",
+        stage_rows,
+        ["MasterLabel", "SortOrder", "IsActive", "IsClosed", "IsWon"],
+    )
+    _write_csv(
+        folder / "Task.csv",
+        tasks,
+        [
+            "WhatId",
+            "Type",
+            "TaskSubtype",
+            "CallType",
+            "Status",
+            "IsClosed",
+            "CompletedDateTime",
+            "CreatedDate",
+        ],
+    )
     _write_csv(folder / "Event.csv", events, ["WhatId", "StartDateTime", "CreatedDate", "IsAllDayEvent"])
-    _write_csv(folder / "RecordType.csv", [{"Id": i, "Name": n} for n, i in record_types.items()], ["Id", "Name"])
+    _write_csv(
+        folder / "RecordType.csv", [{"Id": i, "Name": n} for n, i in record_types.items()], ["Id", "Name"]
+    )
     _write_csv(folder / "User.csv", [{"Id": i, "Name": n} for n, i in owners.items()], ["Id", "Name"])
     return {widen_id(salesforce_deal_id(d)): d for d in history.deals["deal_id"]}
 
@@ -194,16 +279,27 @@ def write_hubspot_export(history: DealHistory, folder: Path) -> dict[str, str]:
             stage_ids[(name, stage_name)] = stage_id
             closed = stage_name in spec.won or stage_name in spec.lost
             probability = "1.0" if stage_name in spec.won else "0.0" if closed else "0.5"
-            stages.append({"id": stage_id, "label": stage_name, "displayOrder": s, "archived": False,
-                           "metadata": {"isClosed": str(closed).lower(), "probability": probability}})
-        pipelines.append({"id": f"p{p}", "label": name, "displayOrder": p, "archived": False, "stages": stages})
+            stages.append(
+                {
+                    "id": stage_id,
+                    "label": stage_name,
+                    "displayOrder": s,
+                    "archived": False,
+                    "metadata": {"isClosed": str(closed).lower(), "probability": probability},
+                }
+            )
+        pipelines.append(
+            {"id": f"p{p}", "label": name, "displayOrder": p, "archived": False, "stages": stages}
+        )
     pipeline_ids = {p["label"]: p["id"] for p in pipelines}
     deals, engagements = [], {k: [] for k in ("calls", "emails", "meetings", "notes", "tasks")}
     for _, deal in history.deals.iterrows():
         created = _iso(deal["created_at"])
         versions: dict[str, list[dict[str, Any]]] = {
             "amount": [{"value": _amount(deal["amount"]), "timestamp": created}],
-            "closedate": [{"value": _date(deal["expected_close_date"]) + "T00:00:00.000Z", "timestamp": created}],
+            "closedate": [
+                {"value": _date(deal["expected_close_date"]) + "T00:00:00.000Z", "timestamp": created}
+            ],
             "hubspot_owner_id": [{"value": owners[deal["owner"]], "timestamp": created}],
             "pipeline": [{"value": pipeline_ids[deal["pipeline"]], "timestamp": created}],
             "hubspot_team_id": [{"value": deal["team"], "timestamp": created}],
@@ -212,24 +308,36 @@ def write_hubspot_export(history: DealHistory, folder: Path) -> dict[str, str]:
         current = _current(history, deal)
         for t, kind, value in _timeline(history, deal["deal_id"]):
             if kind == "stage":
-                versions["dealstage"].append({"value": stage_ids[(deal["pipeline"], value)], "timestamp": _iso(t)})
+                versions["dealstage"].append(
+                    {"value": stage_ids[(deal["pipeline"], value)], "timestamp": _iso(t)}
+                )
             elif kind == "amount":
                 versions["amount"].append({"value": value, "timestamp": _iso(t)})
             elif kind == "expected_close_date":
                 versions["closedate"].append({"value": _date(value) + "T00:00:00.000Z", "timestamp": _iso(t)})
             else:
                 versions["hubspot_owner_id"].append({"value": owners[value], "timestamp": _iso(t)})
-        deals.append({
-            "id": deal["deal_id"], "archived": False,
-            "properties": {"createdate": created, "dealstage": stage_ids[(deal["pipeline"], current["stage"])],
-                           "pipeline": pipeline_ids[deal["pipeline"]], "amount": current["amount"],
-                           "closedate": current["expected_close_date"] + "T00:00:00.000Z",
-                           "hubspot_owner_id": owners[current["owner"]], "hubspot_team_id": deal["team"],
-                           "deal_currency_code": deal["currency"]},
-            # The API lists versions newest first.
-            "propertiesWithHistory": {k: v[::-1] for k, v in versions.items()},
-            "associations": {"companies": {"results": [{"id": deal["account"], "type": "deal_to_company"}]}},
-        })
+        deals.append(
+            {
+                "id": deal["deal_id"],
+                "archived": False,
+                "properties": {
+                    "createdate": created,
+                    "dealstage": stage_ids[(deal["pipeline"], current["stage"])],
+                    "pipeline": pipeline_ids[deal["pipeline"]],
+                    "amount": current["amount"],
+                    "closedate": current["expected_close_date"] + "T00:00:00.000Z",
+                    "hubspot_owner_id": owners[current["owner"]],
+                    "hubspot_team_id": deal["team"],
+                    "deal_currency_code": deal["currency"],
+                },
+                # The API lists versions newest first.
+                "propertiesWithHistory": {k: v[::-1] for k, v in versions.items()},
+                "associations": {
+                    "companies": {"results": [{"id": deal["account"], "type": "deal_to_company"}]}
+                },
+            }
+        )
     for i, act in enumerate(history.activities.itertuples(index=False), start=1):
         link = {"deals": {"results": [{"id": act.deal_id, "type": "engagement_to_deal"}]}}
         props: dict[str, Any] = {"hs_timestamp": _iso(act.occurred_at)}
@@ -237,17 +345,23 @@ def write_hubspot_export(history: DealHistory, folder: Path) -> dict[str, str]:
         if kind == "call":
             props["hs_call_direction"] = {"inbound": "INBOUND", "outbound": "OUTBOUND"}.get(act.direction, "")
         if kind == "email":
-            props["hs_email_direction"] = {"inbound": "INCOMING_EMAIL", "outbound": "EMAIL"}.get(act.direction, "")
+            props["hs_email_direction"] = {"inbound": "INCOMING_EMAIL", "outbound": "EMAIL"}.get(
+                act.direction, ""
+            )
         if kind in ("task", "other"):
             kind = "task"
             props["hs_task_status"] = "COMPLETED"
-        name = {"call": "calls", "email": "emails", "meeting": "meetings", "note": "notes", "task": "tasks"}[kind]
+        name = {"call": "calls", "email": "emails", "meeting": "meetings", "note": "notes", "task": "tasks"}[
+            kind
+        ]
         engagements[name].append({"id": str(i), "properties": props, "associations": link})
     _write_json(folder / "deals.json", deals)
     _write_json(folder / "pipelines.json", pipelines)
     for name, records in engagements.items():
         _write_json(folder / f"{name}.json", records)
-    _write_json(folder / "owners.json", [{"id": i, "firstName": n, "lastName": ""} for n, i in owners.items()])
+    _write_json(
+        folder / "owners.json", [{"id": i, "firstName": n, "lastName": ""} for n, i in owners.items()]
+    )
     return {}
 
 
@@ -283,8 +397,19 @@ def _drop_noop_changes(history: DealHistory) -> pd.DataFrame:
 
 def expected_after_round_trip(history: DealHistory, crm: str) -> DealHistory:
     """The history as it comes back from `crm`: what the CRM's export cannot hold removed the same way."""
-    deals = history.deals[["deal_id", "pipeline", "owner", "amount", "created_at", "expected_close_date", "account",
-                           "team", "currency"]].copy()
+    deals = history.deals[
+        [
+            "deal_id",
+            "pipeline",
+            "owner",
+            "amount",
+            "created_at",
+            "expected_close_date",
+            "account",
+            "team",
+            "currency",
+        ]
+    ].copy()
     activities = history.activities.drop(columns=["event_id"]).copy()
     stages = history.stage_changes.drop(columns=["event_id"]).copy()
     fields = _drop_noop_changes(history).drop(columns=["event_id"])
@@ -294,7 +419,9 @@ def expected_after_round_trip(history: DealHistory, crm: str) -> DealHistory:
         deals["team"] = pd.NA  # no team on an opportunity
         activities.loc[activities["type"] != "call", "direction"] = pd.NA  # CallType only
         # One global stage list: a record type's stages are those its opportunities used.
-        used = stages.merge(deals[["deal_id", "pipeline"]], on="deal_id").groupby("pipeline")["stage"].agg(set)
+        used = (
+            stages.merge(deals[["deal_id", "pipeline"]], on="deal_id").groupby("pipeline")["stage"].agg(set)
+        )
         for name, spec in specs.items():
             for key in ("stages", "won", "lost"):
                 spec[key] = [s for s in spec[key] if s in used.get(name, set())]
@@ -308,7 +435,9 @@ def expected_after_round_trip(history: DealHistory, crm: str) -> DealHistory:
         pipeline_of = deals.set_index("deal_id")["pipeline"]
         keys = list(zip(stages["deal_id"].map(pipeline_of), stages["stage"], strict=True))
         if crm == "pipedrive":
-            stages["stage"] = [SYNTHETIC_WON if k in won else SYNTHETIC_LOST if k in lost else k[1] for k in keys]
+            stages["stage"] = [
+                SYNTHETIC_WON if k in won else SYNTHETIC_LOST if k in lost else k[1] for k in keys
+            ]
             for spec in specs.values():
                 spec["won"], spec["lost"] = [SYNTHETIC_WON], [SYNTHETIC_LOST]
         else:
@@ -316,4 +445,6 @@ def expected_after_round_trip(history: DealHistory, crm: str) -> DealHistory:
             for spec in specs.values():
                 spec["lost"] = [SYNTHETIC_LOST]
         stages = stages[stages["stage"] != stages.groupby("deal_id")["stage"].shift(1)]
-    return DealHistory.from_frames(deals, stages, activities, fields, pipelines=specs, source=f"expected {crm}")
+    return DealHistory.from_frames(
+        deals, stages, activities, fields, pipelines=specs, source=f"expected {crm}"
+    )

@@ -24,8 +24,17 @@ def simulated() -> DealHistory:
 
 
 def _frames(history: DealHistory) -> dict[str, pd.DataFrame]:
-    deal_columns = ["deal_id", "pipeline", "owner", "amount", "created_at", "expected_close_date", "account", "team",
-                    "currency"]
+    deal_columns = [
+        "deal_id",
+        "pipeline",
+        "owner",
+        "amount",
+        "created_at",
+        "expected_close_date",
+        "account",
+        "team",
+        "currency",
+    ]
     out = {
         "deals": history.deals[deal_columns].sort_values("deal_id"),
         "stage_changes": history.stage_changes[["deal_id", "stage", "changed_at"]],
@@ -33,8 +42,10 @@ def _frames(history: DealHistory) -> dict[str, pd.DataFrame]:
         "field_changes": history.field_changes[["deal_id", "field", "value", "changed_at"]],
     }
     for name, frame in out.items():
-        out[name] = frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True).astype(
-            {c: "string" for c in frame.columns if frame[c].dtype == object}
+        out[name] = (
+            frame.sort_values(list(frame.columns), kind="stable")
+            .reset_index(drop=True)
+            .astype({c: "string" for c in frame.columns if frame[c].dtype == object})
         )
     return out
 
@@ -47,11 +58,22 @@ def test_round_trip_gives_the_same_history_health_and_features(
     converted = convert_export(crm, tmp_path / crm)
     imported = converted.labelled()
     if ids:  # CRMs with their own id format: back to the simulated ids
-        renamed = {name: frame.assign(deal_id=frame["deal_id"].map(ids)) for name, frame in (
-            ("deals", imported.deals), ("stage_changes", imported.stage_changes),
-            ("activities", imported.activities), ("field_changes", imported.field_changes))}
-        imported = DealHistory.from_frames(renamed["deals"], renamed["stage_changes"], renamed["activities"],
-                                           renamed["field_changes"], pipelines=imported.pipelines)
+        renamed = {
+            name: frame.assign(deal_id=frame["deal_id"].map(ids))
+            for name, frame in (
+                ("deals", imported.deals),
+                ("stage_changes", imported.stage_changes),
+                ("activities", imported.activities),
+                ("field_changes", imported.field_changes),
+            )
+        }
+        imported = DealHistory.from_frames(
+            renamed["deals"],
+            renamed["stage_changes"],
+            renamed["activities"],
+            renamed["field_changes"],
+            pipelines=imported.pipelines,
+        )
     expected = expected_after_round_trip(simulated, crm)
 
     got, want = _frames(imported), _frames(expected)
@@ -64,7 +86,9 @@ def test_round_trip_gives_the_same_history_health_and_features(
     assert converted.report.dropped == [] and converted.report.untracked == []
 
     since, until = "2024-03-01", "2024-09-01"
-    assert pipeline_health(imported, since, until, by="owner") == pipeline_health(expected, since, until, by="owner")
+    assert pipeline_health(imported, since, until, by="owner") == pipeline_health(
+        expected, since, until, by="owner"
+    )
     points = make_snapshots(expected, cadence_days=14)
     assert len(points) > 100
     pd.testing.assert_frame_equal(build_features(imported, points), build_features(expected, points))
