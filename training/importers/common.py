@@ -260,8 +260,9 @@ def _records(raw: Any) -> list[Any] | None:
                 return [] if inner is None else (inner if isinstance(inner, list) else None)
         return None
     if isinstance(raw, list):
+        # A list of API pages (each holding a list under `results` / `data`), not a list of records.
         if raw and all(
-            isinstance(r, dict) and ("results" in r or "data" in r) and "id" not in r for r in raw
+            isinstance(r, dict) and any(isinstance(r.get(k), list) for k in ("results", "data")) for r in raw
         ):
             pages = [_records(r) for r in raw]
             return None if any(p is None for p in pages) else [x for p in pages for x in (p or [])]

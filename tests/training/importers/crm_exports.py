@@ -365,7 +365,92 @@ def write_hubspot_export(history: DealHistory, folder: Path) -> dict[str, str]:
     return {}
 
 
-EXPORTERS = {"salesforce": write_salesforce_export, "hubspot": write_hubspot_export}
+# --------------------------------------------------------------------------------------------------
+# Pipedrive
+# --------------------------------------------------------------------------------------------------
+
+
+def _v1_time(t: pd.Timestamp) -> str:
+    return t.tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_pipedrive_export(history: DealHistory, folder: Path) -> dict[str, str]:
+    """API v1 JSON files of the history; returns the original deal id of each Pipedrive deal id."""
+    folder.mkdir(parents=True, exist_ok=True)
+    owners = {name: int(i) for name, i in _owner_ids(history, "").items()}
+    stages, pipelines, stage_ids = [], [], {}
+    for p, name in enumerate(sorted(history.pipelines), start=1):
+        pipelines.append({"id": p, "name": name, "order_nr": p})
+        for s, stage_name in enumerate(history.pipelines[name].stages, start=1):
+            stage_ids[(name, stage_name)] = 100 * p + s
+            stages.append({"id": 100 * p + s, "name": stage_name, "pipeline_id": p, "order_nr": s, "active_flag": True})
+    pipeline_ids = {p["name"]: p["id"] for p in pipelines}
+    deals, flow, activities, notes = [], [], [], []
+    ids: dict[str, str] = {}
+    for n, (_, deal) in enumerate(history.deals.iterrows(), start=1):
+        ids[str(n)] = deal["deal_id"]
+        spec = history.pipelines[deal["pipeline"]]
+        state = _state(deal)
+        open_stage, status, closed_at = None, "open", None
+
+        def change(key: str, old: Any, new: Any, t: pd.Timestamp, n: int = n) -> None:
+            flow.append({"object": "dealChange", "timestamp": _v1_time(t), "data": {
+                "item_id": n, "field_key": key, "old_value": old, "new_value": new, "log_time": _v1_time(t)}})
+
+        for t, kind, value in _timeline(history, deal["deal_id"]):
+            if kind == "stage":
+                closing = "won" if value in spec.won else "lost" if value in spec.lost else None
+                if closing:
+                    change("status", status, closing, t)
+                    status, closed_at = closing, t
+                    continue
+                if status != "open":
+                    change("status", status, "open", t)
+                    status = "open"
+                if open_stage is not None and value != open_stage:
+                    change("stage_id", str(stage_ids[(deal["pipeline"], open_stage)]),
+                           str(stage_ids[(deal["pipeline"], value)]), t)
+                open_stage = value if open_stage is None or value != open_stage else open_stage
+            elif kind == "owner":
+                change("user_id", str(owners[state["owner"]]), str(owners[value]), t)
+                state["owner"] = value
+            else:
+                key = "value" if kind == "amount" else "expected_close_date"
+                new = _value(kind, value)
+                change(key, state[kind], new, t)
+                state[kind] = new
+        first_stage = history.stage_changes.loc[history.stage_changes["deal_id"] == deal["deal_id"], "stage"].iloc[0]
+        if open_stage is None:
+            open_stage = first_stage
+        deals.append({
+            "id": n, "title": deal["deal_id"], "value": float(state["amount"]), "currency": deal["currency"],
+            "add_time": _v1_time(deal["created_at"]), "user_id": {"id": owners[state["owner"]], "name": state["owner"]},
+            "org_id": {"value": deal["account"], "name": deal["account"]}, "pipeline_id": pipeline_ids[deal["pipeline"]],
+            "stage_id": stage_ids[(deal["pipeline"], open_stage)], "status": status,
+            "won_time": _v1_time(closed_at) if status == "won" and closed_at is not None else None,
+            "lost_time": _v1_time(closed_at) if status == "lost" and closed_at is not None else None,
+            "expected_close_date": state["expected_close_date"] or None, "deleted": False,
+        })
+        for act in history.activities[history.activities["deal_id"] == deal["deal_id"]].itertuples(index=False):
+            at = _v1_time(act.occurred_at)
+            if act.type == "email":
+                sent = {"outbound": 1, "inbound": 0}.get(act.direction)
+                flow.append({"object": "mailMessage", "timestamp": at,
+                             "data": {"deal_id": n, "sent_flag": sent, "message_time": at}})
+            elif act.type == "note":
+                notes.append({"deal_id": n, "add_time": at, "active_flag": True})
+            else:
+                activities.append({"type": str(act.type), "deal_id": n, "done": True, "marked_as_done_time": at,
+                                   "active_flag": True})
+    for name, records in (("deals", deals), ("stages", stages), ("pipelines", pipelines), ("flow", flow),
+                          ("activities", activities), ("notes", notes),
+                          ("users", [{"id": i, "name": name} for name, i in owners.items()])):
+        (folder / f"{name}.json").write_text(json.dumps({"success": True, "data": records}, indent=1), encoding="utf-8")
+    return ids
+
+
+EXPORTERS = {"salesforce": write_salesforce_export, "hubspot": write_hubspot_export,
+             "pipedrive": write_pipedrive_export}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,6 +513,8 @@ def expected_after_round_trip(history: DealHistory, crm: str) -> DealHistory:
     if crm == "hubspot":
         activities.loc[activities["type"] == "other", "type"] = "task"
         activities.loc[activities["type"] == "meeting", "direction"] = pd.NA
+    if crm == "pipedrive":  # a mail's sent flag is the only direction Pipedrive keeps
+        activities.loc[activities["type"] != "email", "direction"] = pd.NA
     if crm in ("pipedrive", "odoo"):
         deals["team"] = pd.NA
         won = {(n, s) for n, spec in history.pipelines.items() for s in spec.won}

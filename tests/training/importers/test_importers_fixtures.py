@@ -324,3 +324,79 @@ def test_read_export_returns_the_history_and_rejects_an_unknown_crm() -> None:
     assert isinstance(history, DealHistory) and history.n_deals() == 3
     with pytest.raises(ValueError, match="unknown CRM 'zoho'"):
         read_export("zoho", FIXTURES / "hubspot")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pipedrive
+# --------------------------------------------------------------------------------------------------
+
+
+def test_pipedrive_fixture_imports_to_the_expected_history() -> None:
+    converted = convert_export("pipedrive", FIXTURES / "pipedrive")
+    h = converted.history
+    # Deal 9 is deleted. Deal 7's owner, value and close date at creation are the old values of its
+    # earliest changes in the flow; deal 10 had no value.
+    assert rows(h.deals, ["deal_id", "pipeline", "owner", "amount", "created_at", "expected_close_date",
+                          "account", "currency"]) == [
+        ("10", "1", "13", 0.0, "2024-02-01T08:00:00+00:00", "2024-05-31T00:00:00+00:00", None, "EUR"),
+        ("7", "1", "11", 1000.0, "2024-01-02T09:00:00+00:00", "2024-03-31T00:00:00+00:00", "901", "EUR"),
+        ("8", "2", "13", 5000.0, "2024-01-05T13:30:00+00:00", "2024-02-28T00:00:00+00:00", None, "EUR"),
+    ]
+    # Status changes enter the closing stages `won` / `lost`; deal 10 is won and reopened (back to its
+    # open stage 2); deal 8 has no status change in the flow and is closed at its lost_time.
+    assert rows(h.stage_changes, ["deal_id", "stage", "changed_at"]) == [
+        ("10", "2", "2024-02-01T08:00:00+00:00"),
+        ("10", "won", "2024-02-20T10:00:00+00:00"),
+        ("10", "2", "2024-02-25T10:00:00+00:00"),
+        ("7", "1", "2024-01-02T09:00:00+00:00"),
+        ("7", "2", "2024-01-10T10:00:00+00:00"),
+        ("7", "1", "2024-01-20T12:00:00+00:00"),
+        ("7", "3", "2024-02-15T09:00:00+00:00"),
+        ("7", "won", "2024-03-01T16:00:00+00:00"),
+        ("8", "5", "2024-01-05T13:30:00+00:00"),
+        ("8", "lost", "2024-02-10T10:00:00+00:00"),
+    ]
+    assert h.pipelines["1"].stages == ("1", "2", "3")  # the inactive stage 4 no deal used is left out
+    assert (h.pipelines["2"].won, h.pipelines["2"].lost) == (("won",), ("lost",))
+    assert rows(h.field_changes, ["deal_id", "field", "value", "changed_at"]) == [
+        ("7", "owner", "12", "2024-01-12T09:30:00+00:00"),
+        ("7", "amount", "1500", "2024-01-15T11:00:00+00:00"),
+        ("7", "expected_close_date", "2024-04-30T00:00:00+00:00", "2024-02-01T08:00:00+00:00"),
+    ]
+    # Mails carry their direction (sent flag); the lunch without a done time is at its due date and time
+    # (UTC); the custom type is `other`.
+    assert rows(h.activities, ["deal_id", "type", "direction", "occurred_at"]) == [
+        ("7", "call", None, "2024-01-08T15:00:00+00:00"),
+        ("7", "email", "inbound", "2024-01-12T08:00:00+00:00"),
+        ("7", "email", "outbound", "2024-01-13T09:00:00+00:00"),
+        ("7", "other", None, "2024-01-19T15:00:00+00:00"),
+        ("8", "meeting", None, "2024-01-09T12:30:00+00:00"),
+        ("8", "note", None, "2024-01-22T16:30:00+00:00"),
+    ]
+    assert notes(converted, "dropped") == {"deleted deals": 1, "activities not done": 1}
+    assert notes(converted, "untracked") == {"status": 1}
+    assert notes(converted, "unmapped") == {
+        "changes of title": 1, "deals without a value at creation": 1, "activities without a deal": 1,
+        "activity type 'demo_visit'": 1,
+    }
+    labelled = converted.labelled()
+    assert sorted(labelled.pipelines) == ["Partners", "Sales"]
+    assert labelled.pipelines["Sales"].stages == ("Lead in", "Contact made", "Proposal")
+
+
+def test_pipedrive_bad_exports_name_file_row_and_column(tmp_path: Path) -> None:
+    folder = copy_fixture("pipedrive", tmp_path / "missing_file")
+    (folder / "flow.json").unlink()
+    assert "flow.json: missing file flow.json" in fails("pipedrive", folder)
+
+    folder = copy_fixture("pipedrive", tmp_path / "unknown_stage")
+    _edit(folder / "flow.json", '"old_value": "1", "new_value": "3"', '"old_value": "1", "new_value": "33"')
+    assert "flow.json row 8 column 'data.new_value': unknown stage id '33'" in fails("pipedrive", folder)
+
+    folder = copy_fixture("pipedrive", tmp_path / "orphan_activity")
+    _edit(folder / "notes.json", '"deal_id": 8', '"deal_id": 88')
+    assert "notes.json row 1 column 'deal_id': activity for deal '88'" in fails("pipedrive", folder)
+
+    folder = copy_fixture("pipedrive", tmp_path / "orphan_change")
+    _edit(folder / "flow.json", '"item_id": 8,', '"item_id": 80,')
+    assert "flow.json row 10 column 'data.item_id': change of deal '80'" in fails("pipedrive", folder)
