@@ -449,8 +449,101 @@ def write_pipedrive_export(history: DealHistory, folder: Path) -> dict[str, str]
     return ids
 
 
+# --------------------------------------------------------------------------------------------------
+# Odoo
+# --------------------------------------------------------------------------------------------------
+
+_ODOO_FIELDS = {"stage_id": 901, "user_id": 902, "expected_revenue": 903, "active": 904}
+
+
+def _odoo_time(t: pd.Timestamp) -> str:
+    return t.tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_odoo_export(history: DealHistory, folder: Path) -> dict[str, str]:
+    """search_read JSON files of the history; returns the original deal id of each crm.lead id."""
+    folder.mkdir(parents=True, exist_ok=True)
+    owners = {name: int(i) for name, i in _owner_ids(history, "").items()}
+    teams, stages, stage_ids = [], [], {}
+    for p, name in enumerate(sorted(history.pipelines), start=1):
+        teams.append({"id": p, "name": name})
+        spec = history.pipelines[name]
+        for s, stage_name in enumerate(spec.stages + spec.won, start=1):
+            stage_ids[(name, stage_name)] = 100 * p + s
+            stages.append({"id": 100 * p + s, "name": stage_name, "sequence": s, "is_won": stage_name in spec.won,
+                           "team_id": [p, name]})
+    team_ids = {t["name"]: t["id"] for t in teams}
+    leads, messages, values = [], [], []
+    ids: dict[str, str] = {}
+
+    def message(lead: int, t: pd.Timestamp, **extra: Any) -> int:
+        messages.append({"id": len(messages) + 1, "model": "crm.lead", "res_id": lead, "date": _odoo_time(t),
+                         "message_type": "notification", "subtype_id": False, "mail_activity_type_id": False, **extra})
+        return len(messages)
+
+    def track(message_id: int, field: str, **extra: Any) -> None:
+        values.append({"id": len(values) + 1, "field_id": [_ODOO_FIELDS[field], field],
+                       "mail_message_id": [message_id, ""], **extra})
+
+    for n, (_, deal) in enumerate(history.deals.iterrows(), start=1):
+        ids[str(n)] = deal["deal_id"]
+        spec = history.pipelines[deal["pipeline"]]
+        state = _state(deal)
+        stage, active, closed_at = None, True, None
+        for t, kind, value in _timeline(history, deal["deal_id"]):
+            if kind == "stage":
+                if value in spec.lost:
+                    track(message(n, t), "active", old_value_integer=1, new_value_integer=0)
+                    active, closed_at = False, t
+                    continue
+                if not active:
+                    track(message(n, t), "active", old_value_integer=0, new_value_integer=1)
+                    active = True
+                if stage is not None and value != stage:
+                    track(message(n, t), "stage_id", old_value_integer=stage_ids[(deal["pipeline"], stage)],
+                          new_value_integer=stage_ids[(deal["pipeline"], value)], old_value_char=stage,
+                          new_value_char=value)
+                if value in spec.won:
+                    closed_at = t
+                stage = value
+            elif kind == "owner":
+                track(message(n, t), "user_id", old_value_integer=owners[state["owner"]],
+                      new_value_integer=owners[value], old_value_char=state["owner"], new_value_char=value)
+                state["owner"] = value
+            elif kind == "amount":
+                track(message(n, t), "expected_revenue", old_value_float=float(state["amount"]),
+                      new_value_float=float(value))
+                state["amount"] = value
+        won = stage in spec.won
+        leads.append({
+            "id": n, "name": deal["deal_id"], "type": "opportunity", "create_date": _odoo_time(deal["created_at"]),
+            "team_id": [team_ids[deal["pipeline"]], deal["pipeline"]],
+            "user_id": [owners[state["owner"]], state["owner"]], "stage_id": [stage_ids[(deal["pipeline"], stage)], stage],
+            # Test shortcut: the account text stands in for a partner id.
+            "partner_id": [deal["account"], deal["account"]], "expected_revenue": float(state["amount"]),
+            "company_currency": [1, deal["currency"]],
+            "date_deadline": False, "active": active, "probability": 100.0 if won else 0.0 if not active else 50.0,
+            "date_closed": _odoo_time(closed_at) if closed_at is not None else False,
+        })
+        for act in history.activities[history.activities["deal_id"] == deal["deal_id"]].itertuples(index=False):
+            if act.type == "email":
+                kind = "email" if act.direction == "inbound" else "email_outgoing"
+                message(n, act.occurred_at, message_type=kind, subtype_id=[1, "Discussions"])
+            elif act.type == "note":
+                message(n, act.occurred_at, message_type="comment", subtype_id=[2, "Note"])
+            else:
+                name = {"call": "Call", "meeting": "Meeting", "task": "To-Do", "other": "Upload Document"}[act.type]
+                message(n, act.occurred_at, mail_activity_type_id=[1, name])
+    files = {"crm.lead": leads, "crm.stage": stages, "crm.team": teams, "mail.message": messages,
+             "mail.tracking.value": values,
+             "ir.model.fields": [{"id": i, "name": f, "model": "crm.lead"} for f, i in _ODOO_FIELDS.items()]}
+    for name, records in files.items():
+        (folder / f"{name}.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return ids
+
+
 EXPORTERS = {"salesforce": write_salesforce_export, "hubspot": write_hubspot_export,
-             "pipedrive": write_pipedrive_export}
+             "pipedrive": write_pipedrive_export, "odoo": write_odoo_export}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -513,8 +606,12 @@ def expected_after_round_trip(history: DealHistory, crm: str) -> DealHistory:
     if crm == "hubspot":
         activities.loc[activities["type"] == "other", "type"] = "task"
         activities.loc[activities["type"] == "meeting", "direction"] = pd.NA
-    if crm == "pipedrive":  # a mail's sent flag is the only direction Pipedrive keeps
+    if crm in ("pipedrive", "odoo"):  # only mails carry a direction (sent flag / message type)
         activities.loc[activities["type"] != "email", "direction"] = pd.NA
+    if crm == "odoo":
+        activities.loc[activities["type"] == "other", "type"] = "task"  # activity types other than call/meeting
+        deals["expected_close_date"] = pd.NaT  # date_deadline is not tracked
+        fields = fields[fields["field"] != "expected_close_date"]
     if crm in ("pipedrive", "odoo"):
         deals["team"] = pd.NA
         won = {(n, s) for n, spec in history.pipelines.items() for s in spec.won}

@@ -400,3 +400,81 @@ def test_pipedrive_bad_exports_name_file_row_and_column(tmp_path: Path) -> None:
     folder = copy_fixture("pipedrive", tmp_path / "orphan_change")
     _edit(folder / "flow.json", '"item_id": 8,', '"item_id": 80,')
     assert "flow.json row 10 column 'data.item_id': change of deal '80'" in fails("pipedrive", folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# Odoo
+# --------------------------------------------------------------------------------------------------
+
+
+def test_odoo_fixture_imports_to_the_expected_history() -> None:
+    converted = convert_export("odoo", FIXTURES / "odoo")
+    h = converted.history
+    # 23 is a lead (not an opportunity) and 24 is archived without being lost: both left out. 21's
+    # salesperson and revenue at creation are the old values of its earliest tracking rows. Nobody
+    # tracks date_deadline, so no close date is imported rather than today's.
+    assert rows(h.deals, ["deal_id", "pipeline", "owner", "amount", "created_at", "expected_close_date",
+                          "account", "currency"]) == [
+        ("21", "1", "11", 1000.0, "2024-01-02T09:00:00+00:00", None, "701", "EUR"),
+        ("22", "2", "13", 5000.0, "2024-01-05T13:30:00+00:00", None, None, None),
+        ("25", "1", "13", 0.0, "2023-11-20T10:00:00+00:00", None, None, None),
+    ]
+    # The initial stage is the first tracking row's old value; archiving a lead with probability 0
+    # enters `lost`; 25 is lost with no tracked archiving, so it is lost at its date_closed.
+    assert rows(h.stage_changes, ["deal_id", "stage", "changed_at"]) == [
+        ("21", "1", "2024-01-02T09:00:00+00:00"),
+        ("21", "2", "2024-01-10T10:00:00+00:00"),
+        ("21", "1", "2024-01-20T12:00:00+00:00"),
+        ("21", "4", "2024-03-01T16:00:00+00:00"),
+        ("22", "1", "2024-01-05T13:30:00+00:00"),
+        ("22", "5", "2024-01-20T09:00:00+00:00"),
+        ("22", "lost", "2024-02-10T10:00:00+00:00"),
+        ("25", "3", "2023-11-20T10:00:00+00:00"),
+        ("25", "lost", "2024-02-01T12:00:00+00:00"),
+    ]
+    # A team's pipeline: shared stages and its own, by (sequence, name, id); won from is_won.
+    assert h.pipelines["2"].stages == ("1", "5", "2", "3")
+    assert (h.pipelines["1"].stages, h.pipelines["1"].won, h.pipelines["1"].lost) == (("1", "2", "3"), ("4",),
+                                                                                       ("lost",))
+    assert rows(h.field_changes, ["deal_id", "field", "value", "changed_at"]) == [
+        ("21", "owner", "12", "2024-01-12T09:30:00+00:00"),
+        ("21", "amount", "1500", "2024-01-15T11:00:00+00:00"),
+    ]
+    # Done activities are messages with an activity type; incoming mail is inbound, outgoing mail and
+    # messages sent to followers are outbound; log notes are notes.
+    assert rows(h.activities, ["deal_id", "type", "direction", "occurred_at"]) == [
+        ("21", "call", None, "2024-01-08T15:00:00+00:00"),
+        ("21", "email", "inbound", "2024-01-12T08:00:00+00:00"),
+        ("21", "email", "outbound", "2024-01-13T09:00:00+00:00"),
+        ("21", "email", "outbound", "2024-01-14T10:00:00+00:00"),
+        ("21", "task", None, "2024-01-19T15:00:00+00:00"),
+        ("22", "meeting", None, "2024-01-09T12:30:00+00:00"),
+        ("22", "note", None, "2024-01-22T16:30:00+00:00"),
+    ]
+    assert notes(converted, "dropped") == {"leads": 1, "archived opportunities": 1, "planned activities": 1}
+    assert notes(converted, "untracked") == {"expected close date": 3, "lost": 1}
+    assert notes(converted, "unmapped") == {"tracked field partner_id": 1}
+    labelled = converted.labelled()
+    assert labelled.deals["owner"].tolist() == ["Ana Silva", "Cy Ito", "Cy Ito"]
+    assert labelled.pipelines["Partners"].stages == ("New", "Pilot", "Qualified", "Proposition")
+
+
+def test_odoo_bad_exports_name_file_row_and_column(tmp_path: Path) -> None:
+    folder = copy_fixture("odoo", tmp_path / "missing_file")
+    (folder / "mail.tracking.value.json").unlink()
+    assert "mail.tracking.value.json: missing file mail.tracking.value.json" in fails("odoo", folder)
+
+    folder = copy_fixture("odoo", tmp_path / "unknown_stage")
+    _edit(folder / "mail.tracking.value.json", '"old_value_integer": 1, "new_value_integer": 5',
+          '"old_value_integer": 1, "new_value_integer": 55')
+    message = fails("odoo", folder)
+    assert "mail.tracking.value.json row 7 column 'new_value_integer': unknown stage id '55'" in message
+
+    folder = copy_fixture("odoo", tmp_path / "orphan_activity")
+    _edit(folder / "mail.message.json", '"res_id": 22, "date": "2024-01-22 16:30:00"',
+          '"res_id": 29, "date": "2024-01-22 16:30:00"')
+    assert "mail.message.json row 11 column 'res_id': activity for deal '29'" in fails("odoo", folder)
+
+    folder = copy_fixture("odoo", tmp_path / "unknown_field")
+    _edit(folder / "mail.tracking.value.json", '"field_id": [906,', '"field_id": [999,')
+    assert "mail.tracking.value.json row 4 column 'field_id': field id 999" in fails("odoo", folder)
