@@ -89,7 +89,9 @@ def _register_import(app: typer.Typer) -> None:
             "with --from, the CRM's export folder.",
         ),
         crm: str | None = typer.Option(
-            None, "--from", help="Convert a CRM export: salesforce, hubspot, pipedrive or odoo (docs/importers.md)."
+            None,
+            "--from",
+            help="Convert a CRM export: salesforce, hubspot, pipedrive or odoo (see docs/importers.md).",
         ),
         labels: bool = typer.Option(
             False, "--labels", help="With --from: key pipelines, stages and owners on their labels, not ids."
@@ -156,29 +158,35 @@ def _register_import(app: typer.Typer) -> None:
 def _print_conversion(summary: dict[str, Any]) -> None:
     """What the converter made of the export, and what it left out and why."""
     events = summary["events"]
-    span = "no deals" if summary["start"] is None else f"{summary['start']:%Y-%m-%d} to {summary['end']:%Y-%m-%d}"
+    start, end = summary["start"], summary["end"]
+    span = "no deals" if start is None else f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
     out_console.print(
         f"Converted the {summary['crm']} export {summary['source']}: {summary['deals']:,} deals, "
         f"{events['stage_changes']:,} stage changes, {events['activities']:,} activities, "
-        f"{events['field_changes']:,} field changes; {len(summary['pipelines'])} pipeline(s); data from {span}.",
+        f"{events['field_changes']:,} field changes; {len(summary['pipelines'])} pipeline(s); "
+        f"data from {span}.",
         highlight=False,
     )
     table = Table(title="Pipelines")
     for column in ("pipeline", "label", "deals", "open stages", "won", "lost"):
         table.add_column(column, justify="right" if column == "deals" else "left")
     for name, row in summary["pipelines"].items():
-        table.add_row(name, row["label"], f"{row['deals']:,}", ", ".join(row["stages"]), ", ".join(row["won"]),
-                      ", ".join(row["lost"]))
+        stages = (", ".join(row[k]) for k in ("stages", "won", "lost"))
+        table.add_row(name, row["label"], f"{row['deals']:,}", *stages)
     out_console.print(table)
     # One line per note (not a table): they are read in logs and searched, so they must not wrap mid-word.
-    titles = {"dropped": "Dropped", "unmapped": "Not mapped", "untracked": "History not tracked from creation"}
+    titles = {
+        "dropped": "Dropped",
+        "unmapped": "Not mapped",
+        "untracked": "History not tracked from creation",
+    }
     for key, title in titles.items():
         if summary[key]:
             out_console.print(f"{title}:", style="bold")
         for note in summary[key]:
             where = f"{note['file']}: " if note["file"] else ""
-            out_console.print(f"  - {where}{note['what']} ({note['count']:,}): {note['why']}", highlight=False,
-                              soft_wrap=True)
+            line = f"  - {where}{note['what']} ({note['count']:,}): {note['why']}"
+            out_console.print(line, highlight=False, soft_wrap=True)
 
 
 def _safe_url(url: str) -> str:

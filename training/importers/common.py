@@ -27,6 +27,18 @@ from features.history import DealHistory, HistoryValidationError, PipelineSpec, 
 # Column names of the intermediate frames a CRM module hands to `assemble`. `_file`, `_row` and
 # `_column` locate the export cell an event came from, for error messages.
 WHERE = ("_file", "_row", "_column")
+# The deal columns a converter fills (values at creation); team and account may be empty.
+DEAL_COLUMNS = (
+    "deal_id",
+    "pipeline",
+    "owner",
+    "amount",
+    "created_at",
+    "expected_close_date",
+    "account",
+    "team",
+    "currency",
+)
 SYNTHETIC_WON = "won"
 SYNTHETIC_LOST = "lost"
 
@@ -244,6 +256,13 @@ class ExportFolder:
                 raise self.error(path.name, i, None, "a record is not a JSON object", hint)
         return records
 
+    def time(self, file: str, row: int, column: str, value: Any, hint: str) -> pd.Timestamp:
+        """One record's time in UTC; raise naming the cell when it is missing or unreadable."""
+        at = parse_time(value)
+        if at is None:
+            raise self.error(file, row, column, f"missing or unreadable time {value!r}", hint)
+        return at
+
     def need(self, frame: pd.DataFrame, file: str, column: str, what: str = "a value") -> None:
         """Raise naming the first row whose `column` is empty."""
         empty = frame[column].isna().to_numpy()
@@ -301,6 +320,22 @@ def parse_times(values: pd.Series) -> pd.Series:
     if rest.any():
         out[rest] = pd.to_datetime(text[rest], utc=True, errors="coerce", format="mixed")
     return out
+
+
+def parse_time(value: Any) -> pd.Timestamp | None:
+    """One time, as `parse_times` reads it (None when missing or unreadable): for record-by-record JSON."""
+    if value is None or value is False or value == "":
+        return None
+    text = str(value).strip()
+    try:
+        if _EPOCH_MS.fullmatch(text):
+            return pd.Timestamp(int(text), unit="ms", tz="UTC")
+        ts = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        return None
+    if pd.isna(ts):
+        return None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def check_times(
@@ -451,17 +486,7 @@ def assemble(
     fields = pd.concat(kept) if kept else fields
 
     specs = _pipeline_specs(report, deals, stages, stage_meta, shared_stages)
-    columns = [
-        "deal_id",
-        "pipeline",
-        "owner",
-        "amount",
-        "created_at",
-        "expected_close_date",
-        "account",
-        "team",
-        "currency",
-    ]
+    columns = list(DEAL_COLUMNS)
     out_deals = deals[[c for c in columns if c in deals.columns]].copy()
     try:
         history = DealHistory.from_frames(

@@ -25,6 +25,7 @@ import pandas as pd
 
 from features.history import DealHistory
 from training.importers.common import (
+    DEAL_COLUMNS,
     CrmImport,
     ExportFolder,
     ImportReport,
@@ -34,7 +35,7 @@ from training.importers.common import (
     empty_events,
     format_amounts,
     parse_amounts,
-    parse_times,
+    parse_time,
     stage_frame,
 )
 
@@ -64,8 +65,8 @@ def _versions(
         raise folder.error("deals.json", row, f"propertiesWithHistory.{prop}", "expected a list of versions")
     out = []
     for version in raw:
-        at = parse_times(pd.Series([dig(version, "timestamp")])).iloc[0]
-        if pd.isna(at):
+        at = parse_time(dig(version, "timestamp"))
+        if at is None:
             raise folder.error(
                 "deals.json",
                 row,
@@ -143,8 +144,8 @@ def import_hubspot(path: str | Path) -> CrmImport:
         if deal_id in merged_into:
             continue
         props = record.get("properties") or {}
-        created = parse_times(pd.Series([props.get("createdate") or record.get("createdAt")])).iloc[0]
-        if pd.isna(created):
+        created = parse_time(props.get("createdate") or record.get("createdAt"))
+        if created is None:
             raise folder.error(
                 "deals.json", i, "properties.createdate", "missing or unreadable creation time"
             )
@@ -229,18 +230,7 @@ def import_hubspot(path: str | Path) -> CrmImport:
 
     deal_frame = pd.DataFrame(
         deals,
-        columns=[
-            "deal_id",
-            "pipeline",
-            "owner",
-            "amount",
-            "created_at",
-            "expected_close_date",
-            "account",
-            "team",
-            "currency",
-            "_row",
-        ],
+        columns=[*DEAL_COLUMNS, "_row"],
     )
     amount = parse_amounts(deal_frame["amount"])
     report.unmap(
@@ -325,8 +315,8 @@ def _engagements(
             continue
         when = props.get("hs_task_completion_date") if kind == "task" else None
         when = when or props.get("hs_timestamp") or props.get("hs_createdate") or record.get("createdAt")
-        at = parse_times(pd.Series([when])).iloc[0]
-        if pd.isna(at):
+        at = parse_time(when)
+        if at is None:
             raise folder.error(file, i, "properties.hs_timestamp", f"missing or unreadable time {when!r}")
         direction = None
         if kind == "call":

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from features.history import DealHistory
-from training.importers.common import SYNTHETIC_LOST, SYNTHETIC_WON
+from training.importers.common import DEAL_COLUMNS, SYNTHETIC_LOST, SYNTHETIC_WON
 
 
 def _iso(t: pd.Timestamp) -> str:
@@ -130,7 +130,7 @@ def write_salesforce_export(history: DealHistory, folder: Path) -> dict[str, str
         pending: dict[str, Any] = {}
         last_t: pd.Timestamp | None = None
 
-        def flush(at: pd.Timestamp) -> None:
+        def flush(at: pd.Timestamp, opp_id: str, stage: str | None, state: dict[str, Any]) -> None:
             snapshots.append(
                 {
                     "OpportunityId": opp_id,
@@ -144,7 +144,7 @@ def write_salesforce_export(history: DealHistory, folder: Path) -> dict[str, str
 
         for t, kind, value in _timeline(history, deal["deal_id"]):
             if last_t is not None and t != last_t and pending:
-                flush(last_t)
+                flush(last_t, opp_id, stage, state)
                 pending = {}
             if kind == "owner":
                 for old, new, data_type in (
@@ -170,7 +170,7 @@ def write_salesforce_export(history: DealHistory, folder: Path) -> dict[str, str
             pending[kind] = value
             last_t = t
         if pending and last_t is not None:
-            flush(last_t)
+            flush(last_t, opp_id, stage, state)
         for _, act in history.activities[history.activities["deal_id"] == deal["deal_id"]].iterrows():
             at = _iso(act["occurred_at"])
             if act["type"] == "meeting":
@@ -383,7 +383,9 @@ def write_pipedrive_export(history: DealHistory, folder: Path) -> dict[str, str]
         pipelines.append({"id": p, "name": name, "order_nr": p})
         for s, stage_name in enumerate(history.pipelines[name].stages, start=1):
             stage_ids[(name, stage_name)] = 100 * p + s
-            stages.append({"id": 100 * p + s, "name": stage_name, "pipeline_id": p, "order_nr": s, "active_flag": True})
+            stages.append(
+                {"id": 100 * p + s, "name": stage_name, "pipeline_id": p, "order_nr": s, "active_flag": True}
+            )
     pipeline_ids = {p["name"]: p["id"] for p in pipelines}
     deals, flow, activities, notes = [], [], [], []
     ids: dict[str, str] = {}
@@ -394,8 +396,19 @@ def write_pipedrive_export(history: DealHistory, folder: Path) -> dict[str, str]
         open_stage, status, closed_at = None, "open", None
 
         def change(key: str, old: Any, new: Any, t: pd.Timestamp, n: int = n) -> None:
-            flow.append({"object": "dealChange", "timestamp": _v1_time(t), "data": {
-                "item_id": n, "field_key": key, "old_value": old, "new_value": new, "log_time": _v1_time(t)}})
+            flow.append(
+                {
+                    "object": "dealChange",
+                    "timestamp": _v1_time(t),
+                    "data": {
+                        "item_id": n,
+                        "field_key": key,
+                        "old_value": old,
+                        "new_value": new,
+                        "log_time": _v1_time(t),
+                    },
+                }
+            )
 
         for t, kind, value in _timeline(history, deal["deal_id"]):
             if kind == "stage":
@@ -408,8 +421,12 @@ def write_pipedrive_export(history: DealHistory, folder: Path) -> dict[str, str]
                     change("status", status, "open", t)
                     status = "open"
                 if open_stage is not None and value != open_stage:
-                    change("stage_id", str(stage_ids[(deal["pipeline"], open_stage)]),
-                           str(stage_ids[(deal["pipeline"], value)]), t)
+                    change(
+                        "stage_id",
+                        str(stage_ids[(deal["pipeline"], open_stage)]),
+                        str(stage_ids[(deal["pipeline"], value)]),
+                        t,
+                    )
                 open_stage = value if open_stage is None or value != open_stage else open_stage
             elif kind == "owner":
                 change("user_id", str(owners[state["owner"]]), str(owners[value]), t)
@@ -419,33 +436,66 @@ def write_pipedrive_export(history: DealHistory, folder: Path) -> dict[str, str]
                 new = _value(kind, value)
                 change(key, state[kind], new, t)
                 state[kind] = new
-        first_stage = history.stage_changes.loc[history.stage_changes["deal_id"] == deal["deal_id"], "stage"].iloc[0]
+        first_stage = history.stage_changes.loc[
+            history.stage_changes["deal_id"] == deal["deal_id"], "stage"
+        ].iloc[0]
         if open_stage is None:
             open_stage = first_stage
-        deals.append({
-            "id": n, "title": deal["deal_id"], "value": float(state["amount"]), "currency": deal["currency"],
-            "add_time": _v1_time(deal["created_at"]), "user_id": {"id": owners[state["owner"]], "name": state["owner"]},
-            "org_id": {"value": deal["account"], "name": deal["account"]}, "pipeline_id": pipeline_ids[deal["pipeline"]],
-            "stage_id": stage_ids[(deal["pipeline"], open_stage)], "status": status,
-            "won_time": _v1_time(closed_at) if status == "won" and closed_at is not None else None,
-            "lost_time": _v1_time(closed_at) if status == "lost" and closed_at is not None else None,
-            "expected_close_date": state["expected_close_date"] or None, "deleted": False,
-        })
-        for act in history.activities[history.activities["deal_id"] == deal["deal_id"]].itertuples(index=False):
+        deals.append(
+            {
+                "id": n,
+                "title": deal["deal_id"],
+                "value": float(state["amount"]),
+                "currency": deal["currency"],
+                "add_time": _v1_time(deal["created_at"]),
+                "user_id": {"id": owners[state["owner"]], "name": state["owner"]},
+                "org_id": {"value": deal["account"], "name": deal["account"]},
+                "pipeline_id": pipeline_ids[deal["pipeline"]],
+                "stage_id": stage_ids[(deal["pipeline"], open_stage)],
+                "status": status,
+                "won_time": _v1_time(closed_at) if status == "won" and closed_at is not None else None,
+                "lost_time": _v1_time(closed_at) if status == "lost" and closed_at is not None else None,
+                "expected_close_date": state["expected_close_date"] or None,
+                "deleted": False,
+            }
+        )
+        for act in history.activities[history.activities["deal_id"] == deal["deal_id"]].itertuples(
+            index=False
+        ):
             at = _v1_time(act.occurred_at)
             if act.type == "email":
                 sent = {"outbound": 1, "inbound": 0}.get(act.direction)
-                flow.append({"object": "mailMessage", "timestamp": at,
-                             "data": {"deal_id": n, "sent_flag": sent, "message_time": at}})
+                flow.append(
+                    {
+                        "object": "mailMessage",
+                        "timestamp": at,
+                        "data": {"deal_id": n, "sent_flag": sent, "message_time": at},
+                    }
+                )
             elif act.type == "note":
                 notes.append({"deal_id": n, "add_time": at, "active_flag": True})
             else:
-                activities.append({"type": str(act.type), "deal_id": n, "done": True, "marked_as_done_time": at,
-                                   "active_flag": True})
-    for name, records in (("deals", deals), ("stages", stages), ("pipelines", pipelines), ("flow", flow),
-                          ("activities", activities), ("notes", notes),
-                          ("users", [{"id": i, "name": name} for name, i in owners.items()])):
-        (folder / f"{name}.json").write_text(json.dumps({"success": True, "data": records}, indent=1), encoding="utf-8")
+                activities.append(
+                    {
+                        "type": str(act.type),
+                        "deal_id": n,
+                        "done": True,
+                        "marked_as_done_time": at,
+                        "active_flag": True,
+                    }
+                )
+    for name, records in (
+        ("deals", deals),
+        ("stages", stages),
+        ("pipelines", pipelines),
+        ("flow", flow),
+        ("activities", activities),
+        ("notes", notes),
+        ("users", [{"id": i, "name": name} for name, i in owners.items()]),
+    ):
+        (folder / f"{name}.json").write_text(
+            json.dumps({"success": True, "data": records}, indent=1), encoding="utf-8"
+        )
     return ids
 
 
@@ -470,20 +520,43 @@ def write_odoo_export(history: DealHistory, folder: Path) -> dict[str, str]:
         spec = history.pipelines[name]
         for s, stage_name in enumerate(spec.stages + spec.won, start=1):
             stage_ids[(name, stage_name)] = 100 * p + s
-            stages.append({"id": 100 * p + s, "name": stage_name, "sequence": s, "is_won": stage_name in spec.won,
-                           "team_id": [p, name]})
+            stages.append(
+                {
+                    "id": 100 * p + s,
+                    "name": stage_name,
+                    "sequence": s,
+                    "is_won": stage_name in spec.won,
+                    "team_id": [p, name],
+                }
+            )
     team_ids = {t["name"]: t["id"] for t in teams}
     leads, messages, values = [], [], []
     ids: dict[str, str] = {}
 
     def message(lead: int, t: pd.Timestamp, **extra: Any) -> int:
-        messages.append({"id": len(messages) + 1, "model": "crm.lead", "res_id": lead, "date": _odoo_time(t),
-                         "message_type": "notification", "subtype_id": False, "mail_activity_type_id": False, **extra})
+        messages.append(
+            {
+                "id": len(messages) + 1,
+                "model": "crm.lead",
+                "res_id": lead,
+                "date": _odoo_time(t),
+                "message_type": "notification",
+                "subtype_id": False,
+                "mail_activity_type_id": False,
+                **extra,
+            }
+        )
         return len(messages)
 
     def track(message_id: int, field: str, **extra: Any) -> None:
-        values.append({"id": len(values) + 1, "field_id": [_ODOO_FIELDS[field], field],
-                       "mail_message_id": [message_id, ""], **extra})
+        values.append(
+            {
+                "id": len(values) + 1,
+                "field_id": [_ODOO_FIELDS[field], field],
+                "mail_message_id": [message_id, ""],
+                **extra,
+            }
+        )
 
     for n, (_, deal) in enumerate(history.deals.iterrows(), start=1):
         ids[str(n)] = deal["deal_id"]
@@ -500,50 +573,87 @@ def write_odoo_export(history: DealHistory, folder: Path) -> dict[str, str]:
                     track(message(n, t), "active", old_value_integer=0, new_value_integer=1)
                     active = True
                 if stage is not None and value != stage:
-                    track(message(n, t), "stage_id", old_value_integer=stage_ids[(deal["pipeline"], stage)],
-                          new_value_integer=stage_ids[(deal["pipeline"], value)], old_value_char=stage,
-                          new_value_char=value)
+                    track(
+                        message(n, t),
+                        "stage_id",
+                        old_value_integer=stage_ids[(deal["pipeline"], stage)],
+                        new_value_integer=stage_ids[(deal["pipeline"], value)],
+                        old_value_char=stage,
+                        new_value_char=value,
+                    )
                 if value in spec.won:
                     closed_at = t
                 stage = value
             elif kind == "owner":
-                track(message(n, t), "user_id", old_value_integer=owners[state["owner"]],
-                      new_value_integer=owners[value], old_value_char=state["owner"], new_value_char=value)
+                track(
+                    message(n, t),
+                    "user_id",
+                    old_value_integer=owners[state["owner"]],
+                    new_value_integer=owners[value],
+                    old_value_char=state["owner"],
+                    new_value_char=value,
+                )
                 state["owner"] = value
             elif kind == "amount":
-                track(message(n, t), "expected_revenue", old_value_float=float(state["amount"]),
-                      new_value_float=float(value))
+                track(
+                    message(n, t),
+                    "expected_revenue",
+                    old_value_float=float(state["amount"]),
+                    new_value_float=float(value),
+                )
                 state["amount"] = value
         won = stage in spec.won
-        leads.append({
-            "id": n, "name": deal["deal_id"], "type": "opportunity", "create_date": _odoo_time(deal["created_at"]),
-            "team_id": [team_ids[deal["pipeline"]], deal["pipeline"]],
-            "user_id": [owners[state["owner"]], state["owner"]], "stage_id": [stage_ids[(deal["pipeline"], stage)], stage],
-            # Test shortcut: the account text stands in for a partner id.
-            "partner_id": [deal["account"], deal["account"]], "expected_revenue": float(state["amount"]),
-            "company_currency": [1, deal["currency"]],
-            "date_deadline": False, "active": active, "probability": 100.0 if won else 0.0 if not active else 50.0,
-            "date_closed": _odoo_time(closed_at) if closed_at is not None else False,
-        })
-        for act in history.activities[history.activities["deal_id"] == deal["deal_id"]].itertuples(index=False):
+        leads.append(
+            {
+                "id": n,
+                "name": deal["deal_id"],
+                "type": "opportunity",
+                "create_date": _odoo_time(deal["created_at"]),
+                "team_id": [team_ids[deal["pipeline"]], deal["pipeline"]],
+                "user_id": [owners[state["owner"]], state["owner"]],
+                "stage_id": [stage_ids[(deal["pipeline"], stage)], stage],
+                # Test shortcut: the account text stands in for a partner id.
+                "partner_id": [deal["account"], deal["account"]],
+                "expected_revenue": float(state["amount"]),
+                "company_currency": [1, deal["currency"]],
+                "date_deadline": False,
+                "active": active,
+                "probability": 100.0 if won else 0.0 if not active else 50.0,
+                "date_closed": _odoo_time(closed_at) if closed_at is not None else False,
+            }
+        )
+        for act in history.activities[history.activities["deal_id"] == deal["deal_id"]].itertuples(
+            index=False
+        ):
             if act.type == "email":
                 kind = "email" if act.direction == "inbound" else "email_outgoing"
                 message(n, act.occurred_at, message_type=kind, subtype_id=[1, "Discussions"])
             elif act.type == "note":
                 message(n, act.occurred_at, message_type="comment", subtype_id=[2, "Note"])
             else:
-                name = {"call": "Call", "meeting": "Meeting", "task": "To-Do", "other": "Upload Document"}[act.type]
+                name = {"call": "Call", "meeting": "Meeting", "task": "To-Do", "other": "Upload Document"}[
+                    act.type
+                ]
                 message(n, act.occurred_at, mail_activity_type_id=[1, name])
-    files = {"crm.lead": leads, "crm.stage": stages, "crm.team": teams, "mail.message": messages,
-             "mail.tracking.value": values,
-             "ir.model.fields": [{"id": i, "name": f, "model": "crm.lead"} for f, i in _ODOO_FIELDS.items()]}
+    files = {
+        "crm.lead": leads,
+        "crm.stage": stages,
+        "crm.team": teams,
+        "mail.message": messages,
+        "mail.tracking.value": values,
+        "ir.model.fields": [{"id": i, "name": f, "model": "crm.lead"} for f, i in _ODOO_FIELDS.items()],
+    }
     for name, records in files.items():
         (folder / f"{name}.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     return ids
 
 
-EXPORTERS = {"salesforce": write_salesforce_export, "hubspot": write_hubspot_export,
-             "pipedrive": write_pipedrive_export, "odoo": write_odoo_export}
+EXPORTERS = {
+    "salesforce": write_salesforce_export,
+    "hubspot": write_hubspot_export,
+    "pipedrive": write_pipedrive_export,
+    "odoo": write_odoo_export,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,19 +685,7 @@ def _drop_noop_changes(history: DealHistory) -> pd.DataFrame:
 
 def expected_after_round_trip(history: DealHistory, crm: str) -> DealHistory:
     """The history as it comes back from `crm`: what the CRM's export cannot hold removed the same way."""
-    deals = history.deals[
-        [
-            "deal_id",
-            "pipeline",
-            "owner",
-            "amount",
-            "created_at",
-            "expected_close_date",
-            "account",
-            "team",
-            "currency",
-        ]
-    ].copy()
+    deals = history.deals[list(DEAL_COLUMNS)].copy()  # custom attributes are not exported
     activities = history.activities.drop(columns=["event_id"]).copy()
     stages = history.stage_changes.drop(columns=["event_id"]).copy()
     fields = _drop_noop_changes(history).drop(columns=["event_id"])
@@ -609,7 +707,9 @@ def expected_after_round_trip(history: DealHistory, crm: str) -> DealHistory:
     if crm in ("pipedrive", "odoo"):  # only mails carry a direction (sent flag / message type)
         activities.loc[activities["type"] != "email", "direction"] = pd.NA
     if crm == "odoo":
-        activities.loc[activities["type"] == "other", "type"] = "task"  # activity types other than call/meeting
+        activities.loc[activities["type"] == "other", "type"] = (
+            "task"  # activity types other than call/meeting
+        )
         deals["expected_close_date"] = pd.NaT  # date_deadline is not tracked
         fields = fields[fields["field"] != "expected_close_date"]
     if crm in ("pipedrive", "odoo"):

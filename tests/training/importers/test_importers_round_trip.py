@@ -14,6 +14,7 @@ from features.build import build_features
 from features.health import pipeline_health
 from features.history import DealHistory
 from training.importers import convert_export
+from training.importers.common import DEAL_COLUMNS
 from training.simulate import simulate_history
 from training.snapshots import make_snapshots
 
@@ -24,19 +25,8 @@ def simulated() -> DealHistory:
 
 
 def _frames(history: DealHistory) -> dict[str, pd.DataFrame]:
-    deal_columns = [
-        "deal_id",
-        "pipeline",
-        "owner",
-        "amount",
-        "created_at",
-        "expected_close_date",
-        "account",
-        "team",
-        "currency",
-    ]
     out = {
-        "deals": history.deals[deal_columns].sort_values("deal_id"),
+        "deals": history.deals[list(DEAL_COLUMNS)].sort_values("deal_id"),
         "stage_changes": history.stage_changes[["deal_id", "stage", "changed_at"]],
         "activities": history.activities[["deal_id", "type", "direction", "occurred_at"]],
         "field_changes": history.field_changes[["deal_id", "field", "value", "changed_at"]],
