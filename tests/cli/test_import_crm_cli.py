@@ -97,6 +97,14 @@ def test_import_from_hubspot_with_labels_keys_on_the_labels(env: dict[str, str])
             '"id": "777"',
             "calls.json row 1 column 'associations.deals'",
         ),
+        ("pipedrive", "flow.json", '"item_id": 8,', '"item_id": 80,', "flow.json row 10 column 'data.item_id'"),
+        (
+            "odoo",
+            "crm.stage.json",
+            '{"id": 5, "name": "Pilot"',
+            '{"id": 6, "name": "Pilot"',
+            "mail.tracking.value.json row 7 column 'new_value_integer'",
+        ),
     ],
 )
 def test_a_bad_export_names_the_cell_and_leaves_the_store_unchanged(
