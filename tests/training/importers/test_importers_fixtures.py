@@ -197,6 +197,7 @@ def test_hubspot_fixture_imports_to_the_expected_history() -> None:
     assert h.pipelines["default"].won == ("contractsent",)
     assert h.pipelines["default"].lost == ("closedwon",)  # the archived, unused `closedlost` is left out
     assert h.pipelines["7654321"].stages == ("1001", "1002")
+    assert h.pipelines["7654321"].won == ("1004",)  # "Signed": won by its metadata, whatever its name
     assert rows(h.field_changes, ["deal_id", "field", "value", "changed_at"]) == [
         ("101", "owner", "12", "2024-01-12T09:30:00+00:00"),
         ("101", "amount", "1500", "2024-01-15T11:00:00+00:00"),
