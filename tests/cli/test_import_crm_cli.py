@@ -97,7 +97,13 @@ def test_import_from_hubspot_with_labels_keys_on_the_labels(env: dict[str, str])
             '"id": "777"',
             "calls.json row 1 column 'associations.deals'",
         ),
-        ("pipedrive", "flow.json", '"item_id": 8,', '"item_id": 80,', "flow.json row 10 column 'data.item_id'"),
+        (
+            "pipedrive",
+            "flow.json",
+            '"item_id": 8,',
+            '"item_id": 80,',
+            "flow.json row 10 column 'data.item_id'",
+        ),
         (
             "odoo",
             "crm.stage.json",

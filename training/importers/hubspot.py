@@ -275,14 +275,17 @@ def import_hubspot(path: str | Path) -> CrmImport:
     for owner in owners:
         name = " ".join(str(owner.get(k) or "") for k in ("firstName", "lastName")).strip()
         report.owner_labels[str(owner.get("id"))] = name or str(owner.get("email") or owner.get("id"))
+    # Meetings are booked ahead: an engagement dated after the export was taken has not happened yet.
+    acts = pd.concat(activities, ignore_index=True)
+    logged = [deal_frame["created_at"], stage_changes["changed_at"], field_changes["changed_at"]]
+    logged.append(acts["logged_at"] if "logged_at" in acts else pd.Series([], dtype="datetime64[ns, UTC]"))
+    export_time = max((t.max() for t in logged if t.notna().any()), default=None)
+    planned = (acts["occurred_at"] > export_time) if export_time is not None else acts["occurred_at"].isna()
+    report.drop(
+        "planned engagements", int(planned.sum()), "dated after the export was taken: not happened yet"
+    )
     return assemble(
-        folder,
-        report,
-        deal_frame,
-        stage_changes,
-        pd.concat(activities, ignore_index=True),
-        field_changes,
-        meta,
+        folder, report, deal_frame, stage_changes, acts[~planned.to_numpy(dtype=bool)], field_changes, meta
     )
 
 
@@ -316,6 +319,7 @@ def _engagements(
         when = props.get("hs_task_completion_date") if kind == "task" else None
         when = when or props.get("hs_timestamp") or props.get("hs_createdate") or record.get("createdAt")
         at = parse_time(when)
+        logged = parse_time(record.get("createdAt") or props.get("hs_createdate"))
         if at is None:
             raise folder.error(file, i, "properties.hs_timestamp", f"missing or unreadable time {when!r}")
         direction = None
@@ -327,7 +331,7 @@ def _engagements(
             if deal_id in archived:
                 of_archived += 1
                 continue
-            out.append((deal_id, kind, direction, at, file, i, "associations.deals"))
+            out.append((deal_id, kind, direction, at, logged, file, i, "associations.deals"))
     report.unmap(
         f"{file.removesuffix('.json')} without a deal", unlinked, "not associated with any deal", file
     )
@@ -336,9 +340,10 @@ def _engagements(
         f"{file.removesuffix('.json')} of archived deals", of_archived, "their deal was deleted", file
     )
     frame = pd.DataFrame(
-        out, columns=["deal_id", "type", "direction", "occurred_at", "_file", "_row", "_column"]
+        out, columns=["deal_id", "type", "direction", "occurred_at", "logged_at", "_file", "_row", "_column"]
     )
     frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True)
+    frame["logged_at"] = pd.to_datetime(frame["logged_at"], utc=True)
     return frame.astype({"_row": np.int64})
 
 

@@ -354,7 +354,9 @@ def write_hubspot_export(history: DealHistory, folder: Path) -> dict[str, str]:
         name = {"call": "calls", "email": "emails", "meeting": "meetings", "note": "notes", "task": "tasks"}[
             kind
         ]
-        engagements[name].append({"id": str(i), "properties": props, "associations": link})
+        engagements[name].append(
+            {"id": str(i), "createdAt": _iso(act.occurred_at), "properties": props, "associations": link}
+        )
     _write_json(folder / "deals.json", deals)
     _write_json(folder / "pipelines.json", pipelines)
     for name, records in engagements.items():

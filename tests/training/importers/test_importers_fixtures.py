@@ -218,6 +218,7 @@ def test_hubspot_fixture_imports_to_the_expected_history() -> None:
         "merged deals": 1,
         "open tasks": 1,
         "tasks of archived deals": 1,
+        "planned engagements": 1,
     }
     assert notes(converted, "unmapped") == {
         "deals without an amount at creation": 1,
