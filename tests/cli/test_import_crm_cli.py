@@ -61,7 +61,8 @@ def test_import_from_salesforce_reports_the_conversion_and_fills_the_store(env: 
         "tracked field NextStep",
         "History not tracked from creation",
     ):
-        assert words in text.stdout
+        # rich wraps lines at the terminal width, which moves with the length of the fixture's path
+        assert words in " ".join(text.stdout.split())
 
 
 def test_import_from_hubspot_with_labels_keys_on_the_labels(env: dict[str, str]) -> None:
