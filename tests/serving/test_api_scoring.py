@@ -162,11 +162,27 @@ def test_oversized_streamed_body_without_length_is_413(world: Any, client: TestC
     assert response.status_code == 413
 
 
-def test_batch_over_the_schema_limit_is_rejected(world: Any, client: TestClient) -> None:
+@pytest.mark.parametrize("route", ["/v1/score", "/v1/deals"])
+def test_batch_over_the_schema_limit_is_413_naming_the_limit(world: Any, client: TestClient, route: str) -> None:
     deal = world.inline_deal(world.deal_in(world.pipeline_a))
     slim = {k: v for k, v in deal.items() if k not in ("stage_changes", "activities", "field_changes")}
-    response = client.post("/v1/score", json={"deals": [slim] * 1001}, headers=world.auth("admin"))
-    assert response.status_code in (413, 422)
+    response = client.post(route, json={"deals": [slim] * 1001}, headers=world.auth("admin"))
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == "1001 deals in one request; the limit is 1000"
+
+
+def test_batch_over_the_configured_limit_is_413_too(world: Any) -> None:
+    from serving.app import create_app
+    from tests.serving.conftest import make_settings
+
+    deals = [world.inline_deal(str(d)) for d in world.history.deals["deal_id"].iloc[:3]]
+    with TestClient(create_app(make_settings(world, max_batch_deals=2)),
+                    raise_server_exceptions=False) as small:
+        two = small.post("/v1/score", json={"deals": deals[:2]}, headers=world.auth("admin"))
+        three = small.post("/v1/score", json={"deals": deals}, headers=world.auth("admin"))
+    assert two.status_code == 200, two.text
+    assert three.status_code == 413, three.text
+    assert three.json()["detail"] == "3 deals in one request; the limit is 2"
 
 
 def test_as_of_before_creation_is_a_per_item_error(world: Any, client: TestClient) -> None:
