@@ -131,8 +131,23 @@ def test_categories_are_matched_by_name_not_code(bundle: ScoringBundle) -> None:
         pipeline_cat=frame["pipeline"].astype(str),  # plain strings work too
     )
     pd.testing.assert_frame_equal(bundle.score(frame), bundle.score(reordered))
-    unseen = frame.assign(stage_cat=pd.Categorical(["Brand New Stage"] * len(frame)))
-    assert bundle.score(unseen)["cold_risk"].between(0, 1).all()
+
+
+
+def test_unseen_categories_score_like_missing_ones(bundle: ScoringBundle) -> None:
+    """A stage or pipeline never seen at training is encoded as missing, not as some trained level."""
+    frame, _, _ = synthetic_features(200, seed=14)
+    unseen = frame.assign(stage_cat=pd.Categorical(["Brand New Stage"] * len(frame)),
+                          pipeline_cat=pd.Categorical(["Partners"] * len(frame)))
+    missing = frame.assign(stage_cat=pd.Categorical([None] * len(frame), categories=["Demo"]),
+                           pipeline_cat=pd.Categorical([None] * len(frame), categories=["Enterprise"]))
+    x = bundle.encode(unseen)
+    cat_idx = [FEATURES.index(c) for c in CATEGORICAL]
+    assert np.isnan(x[:, cat_idx]).all()
+    np.testing.assert_array_equal(x, bundle.encode(missing))
+    pd.testing.assert_frame_equal(bundle.score(unseen), bundle.score(missing))
+    # and the stage does matter to this model, so "scores like missing" is not "scores like anything"
+    assert not bundle.score(frame)["cold_risk"].equals(bundle.score(missing)["cold_risk"])
 
 
 def test_save_load_round_trip_gives_identical_scores(bundle: ScoringBundle, tmp_path: Path) -> None:

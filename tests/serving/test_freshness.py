@@ -5,32 +5,13 @@ Each test runs its own app on a copy of the fixture store, so the writes stay ou
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pytest
 from fastapi.testclient import TestClient
 
 from models.scoring import open_deal_points
 from serving.app import create_app
-from tests.serving.conftest import make_settings
-
-
-@pytest.fixture
-def own_settings(world: Any, tmp_path: Path) -> Any:
-    """The world's settings on a private copy of its store."""
-    copy = tmp_path / "store-copy.db"
-    shutil.copyfile(world.home / "dealrisk.db", copy)
-    return make_settings(world, database_url=f"sqlite:///{copy}")
-
-
-@pytest.fixture
-def own_client(own_settings: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(own_settings), raise_server_exceptions=False) as test_client:
-        yield test_client
 
 
 def _score(client: TestClient, world: Any, deal_id: str, as_of: pd.Timestamp) -> dict[str, Any]:
