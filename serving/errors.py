@@ -58,6 +58,12 @@ class ModelUnavailableError(ServiceError):
     status_code = 503
 
 
+class PopulationUnavailableError(ServiceError):
+    """The feature population could not be computed from the store (and none was computed before)."""
+
+    status_code = 503
+
+
 def format_loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
     """('body', 'deals', 3, 'amount') -> 'deals[3].amount'."""
     out = ""
