@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from models.bands import choose_thresholds
 from models.baselines import StagePrior
 from models.bundle import SCORE_COLUMNS, BundleIntegrityError, Head, ScoringBundle, categorical_levels_of
 from models.calibration import Calibrator
@@ -21,7 +20,6 @@ from models.loading import (
     log_bundle,
     pyfunc_frame,
 )
-from models.reasons import build_reference
 
 NUMERIC = ["days_since_activity", "stage_age_days", "n_activity_30d", "owner_win_rate", "log_amount"]
 CATEGORICAL = ["pipeline_cat", "stage_cat"]
@@ -60,26 +58,24 @@ def synthetic_features(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.
 
 
 def fit_bundle(frame: pd.DataFrame, cold: np.ndarray, won: np.ndarray, seed: int = 0) -> ScoringBundle:
-    """What training does, in miniature: fit both heads, calibrate on a held-out part, pick bands."""
-    fit, cal = slice(0, len(frame) // 2), slice(len(frame) // 2, None)
-    x = frame[FEATURES]
-    cold_model = make_lightgbm(len(frame), int(cold.sum()), {"n_estimators": 60}).fit(x[fit], cold[fit])
-    won_model = make_lightgbm(len(frame), int(won.sum()), {"n_estimators": 60}).fit(x[fit], won[fit])
-    cold_cal = Calibrator("isotonic").fit(cold_model.predict_proba(x[cal])[:, 1], cold[cal])
-    won_cal = Calibrator("platt").fit(won_model.predict_proba(x[cal])[:, 1], won[cal])
-    return ScoringBundle(
-        cold=Head.lightgbm(cold_model, cold_cal),
-        close=Head.lightgbm(won_model, won_cal),
-        feature_columns=FEATURES,
-        categorical_levels=categorical_levels_of(x, CATEGORICAL),
-        band_thresholds=choose_thresholds(cold_cal.transform(cold_model.predict_proba(x[cal])[:, 1])),
-        reference=build_reference(frame[fit], won[fit], FEATURES),
-        metadata={
-            "horizon_days": 14,
-            "trained_at": pd.Timestamp("2024-11-01", tz="UTC"),
-            "auc": float("nan"),
-        },
-    )
+    """Both heads fitted, calibrated and bundled by training's own functions (first half of the rows
+    trains, the next quarter calibrates, the last quarter tests)."""
+    from training.simulate import simulate_history
+    from training.snapshots import make_time_split
+    from training.train import TrainConfig, TrainingData, build_bundle, fit_head
+
+    n = len(frame)
+    row = np.arange(n)
+    window = np.where(row < n // 2, "train", np.where(row < 3 * n // 4, "calibration", "test"))
+    labelled = frame.assign(window=window, cold=cold.astype(float), won=won.astype(float))
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    split = make_time_split(start + pd.Timedelta(days=300), start, 75, 75)
+    data = TrainingData(labelled, split, FEATURES, CATEGORICAL)
+    config = TrainConfig(seed=seed, lightgbm_params={"n_estimators": 60})
+    heads = {name: fit_head(name, data, config, thin=False) for name in ("cold", "close")}
+    # the history only feeds the metadata (data end and fingerprint)
+    history = simulate_history(20, seed=seed)
+    return build_bundle(heads, data, config, history, "synthetic features", thin=False)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +151,7 @@ def test_save_load_round_trip_gives_identical_scores(bundle: ScoringBundle, tmp_
     bundle.save(tmp_path / "b")
     again = ScoringBundle.load(tmp_path / "b")
     pd.testing.assert_frame_equal(bundle.score(frame), again.score(frame))
-    assert again.metadata["horizon_days"] == 14 and again.metadata["auc"] is None
+    assert again.metadata == bundle.metadata and again.metadata["horizon_days"] == 14
     assert not list((tmp_path / "b").glob("*.pkl")) and not list((tmp_path / "b").glob("*.joblib"))
 
 

@@ -163,7 +163,9 @@ def test_oversized_streamed_body_without_length_is_413(world: Any, client: TestC
 
 
 @pytest.mark.parametrize("route", ["/v1/score", "/v1/deals"])
-def test_batch_over_the_schema_limit_is_413_naming_the_limit(world: Any, client: TestClient, route: str) -> None:
+def test_batch_over_the_schema_limit_is_413_naming_the_limit(
+    world: Any, client: TestClient, route: str
+) -> None:
     deal = world.inline_deal(world.deal_in(world.pipeline_a))
     slim = {k: v for k, v in deal.items() if k not in ("stage_changes", "activities", "field_changes")}
     response = client.post(route, json={"deals": [slim] * 1001}, headers=world.auth("admin"))

@@ -84,4 +84,5 @@ def test_closing_an_owners_deals_moves_the_score_of_the_owners_other_deal(
         fresh = _score(restarted, world, watched, as_of)
     assert after == fresh
     assert listed[watched]["cold_risk"] == fresh["cold_risk"]
-    assert (after["cold_risk"], after["close_probability"]) != (before["cold_risk"], before["close_probability"])
+    moved = (after["cold_risk"], after["close_probability"])
+    assert moved != (before["cold_risk"], before["close_probability"])

@@ -53,7 +53,8 @@ def test_scoring_answers_503_with_the_reason_and_readyz_reports_it(world: Any, o
             client.get(f"/v1/deals/{other}/score", params=as_of, headers=world.auth("admin")),
             client.post("/v1/score", json={**as_of, "deals": [world.inline_deal(other)]},
                         headers=world.auth("admin")),
-            client.get(f"/v1/pipelines/{world.pipeline_a}/at-risk", params=as_of, headers=world.auth("admin")),
+            client.get(f"/v1/pipelines/{world.pipeline_a}/at-risk", params=as_of,
+                       headers=world.auth("admin")),
         ]
         for response in responses:
             assert response.status_code == 503, response.text

@@ -240,8 +240,8 @@ def test_every_event_table_recognises_events_it_already_holds(store: Store) -> N
     later = store.add_events(**moved)
     assert {n: later.tables[n].inserted for n in EVENT_TABLES} == {
         "stage_changes": 1, "activities": 1, "field_changes": 1}
-    assert {
-        n: store.count_rows()[n] for n in EVENT_TABLES} == {"stage_changes": 6, "activities": 5, "field_changes": 2}
+    counts = store.count_rows()
+    assert {n: counts[n] for n in EVENT_TABLES} == {"stage_changes": 6, "activities": 5, "field_changes": 2}
 
 
 # ---------------------------------------------------------------------------- API keys

@@ -24,7 +24,8 @@ NEW_EVENTS: dict[str, list[dict[str, Any]]] = {
         {"stage": "Pilot", "changed_at": "2025-11-20T09:00:00Z", "event_id": "np-s2"},
     ],
     "activities": [
-        {"type": "meeting", "direction": "outbound", "occurred_at": "2025-11-21T10:00:00Z", "event_id": "np-a1"},
+        {"type": "meeting", "direction": "outbound", "occurred_at": "2025-11-21T10:00:00Z",
+         "event_id": "np-a1"},
     ],
     "field_changes": [],
 }
@@ -90,7 +91,8 @@ def test_a_late_activity_is_placed_by_its_time_not_by_its_arrival(world: Any, ow
              "activities": [{"deal_id": "LATE-1", **a} for a in reversed(on_time)]}
     assert own_client.post("/v1/events", json=first, headers=admin).status_code == 200
     before = own_client.get("/v1/deals/LATE-1/score", params={"as_of": as_of}, headers=admin).json()
-    written = own_client.post("/v1/events", json={"activities": [{"deal_id": "LATE-1", **late}]}, headers=admin)
+    written = own_client.post("/v1/events", json={"activities": [{"deal_id": "LATE-1", **late}]},
+                              headers=admin)
     assert written.status_code == 200 and written.json()["inserted"] == 1, written.text
     after = own_client.get("/v1/deals/LATE-1/score", params={"as_of": as_of}, headers=admin).json()
 

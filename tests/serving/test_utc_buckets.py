@@ -13,7 +13,8 @@ APRIL = {"since": "2025-04-01T00:00:00Z", "until": "2025-04-30T23:59:59Z"}
 
 
 def _won_deals(client: TestClient, world: Any, window: dict[str, str]) -> int:
-    response = client.get(f"/v1/pipelines/{world.pipeline_a}/health", params=window, headers=world.auth("admin"))
+    response = client.get(f"/v1/pipelines/{world.pipeline_a}/health", params=window,
+                          headers=world.auth("admin"))
     assert response.status_code == 200, response.text
     return int(response.json()["overall"]["won_deals"])
 
@@ -30,7 +31,8 @@ def test_a_deal_won_late_on_march_31_in_chicago_is_won_in_april(world: Any, own_
     march_before, april_before = (_won_deals(own_client, world, w) for w in (MARCH, APRIL))
     deal = {"deal_id": "UTC-WON", "pipeline": world.pipeline_a, "owner": "Ada Chen", "amount": 1000.0,
             "created_at": "2025-03-01T00:00:00Z"}
-    assert own_client.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("admin")).status_code == 200
+    posted = own_client.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("admin"))
+    assert posted.status_code == 200, posted.text
     events = {"stage_changes": [
         {"deal_id": "UTC-WON", "stage": spec.stages[0], "changed_at": "2025-03-01T00:00:00Z"},
         {"deal_id": "UTC-WON", "stage": spec.won[0], "changed_at": LATE_MARCH_IN_CHICAGO},
@@ -40,13 +42,16 @@ def test_a_deal_won_late_on_march_31_in_chicago_is_won_in_april(world: Any, own_
     assert _won_deals(own_client, world, APRIL) == april_before + 1
 
 
-def test_a_deal_due_late_on_march_31_in_chicago_is_forecast_in_april(world: Any, own_client: TestClient) -> None:
+def test_a_deal_due_late_on_march_31_in_chicago_is_forecast_in_april(
+    world: Any, own_client: TestClient
+) -> None:
     spec = world.history.pipelines[world.pipeline_a]
     before = _deals_per_month(own_client, world)
     assert list(before) == ["2025-03", "2025-04"]
     deal = {"deal_id": "UTC-DUE", "pipeline": world.pipeline_a, "owner": "Ada Chen", "amount": 1000.0,
             "created_at": "2025-03-01T00:00:00Z", "expected_close_date": LATE_MARCH_IN_CHICAGO}
-    assert own_client.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("admin")).status_code == 200
+    posted = own_client.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("admin"))
+    assert posted.status_code == 200, posted.text
     events = {"stage_changes": [
         {"deal_id": "UTC-DUE", "stage": spec.stages[0], "changed_at": "2025-03-01T00:00:00Z"}]}
     assert own_client.post("/v1/events", json=events, headers=world.auth("admin")).status_code == 200

@@ -7,7 +7,7 @@ predicted won amount is half the amount of the deals open at the fold start and 
 |------|--------|------------|-----------------------------------|--------------------------------|
 | A    | 100    | 2025-04-10 | lost 2025-04-12                   | yes: predicted 50, won 0       |
 | B    | 200    | 2025-04-20 | won 2025-04-25                    | yes: predicted 100, won 200    |
-| C    | 400    | 2025-04-30 | won 2025-05-20 (after the fold)   | yes: predicted 200, won 0 in fold, 400 eventually |
+| C    | 400    | 2025-04-30 | won 2025-05-20 (after the fold)   | yes: predicted 200, won 0 (400 later) |
 | D    | 800    | 2025-06-15 | open                              | no: due after the fold         |
 | E    | 1600   | 2025-04-15 | won 2025-03-20 (before the fold)  | no: not open at the fold start |
 | F    | 3200   | 2025-04-15 | created 2025-04-05                | no: not created at the start   |
@@ -35,7 +35,8 @@ class HalfChance:
         return pd.DataFrame({
             "deal_id": features["deal_id"].array, "as_of": features["as_of"].array,
             "cold_risk": np.full(n, 0.5), "close_probability": np.full(n, 0.5),
-            "risk_band": ["medium"] * n, "expected_value": np.full(n, np.nan), "reasons": [[] for _ in range(n)],
+            "risk_band": ["medium"] * n, "expected_value": np.full(n, np.nan),
+            "reasons": [[] for _ in range(n)],
         })
 
 

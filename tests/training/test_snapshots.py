@@ -46,7 +46,8 @@ def test_snapshots_of_a_tiny_history_by_hand() -> None:
     tiny = DealHistory.from_frames(deals, changes, activities,
                                    pipelines={"P": PipelineSpec("P", ("Open",), ("Won",), ("Lost",))})
     pts = make_snapshots(tiny, cadence_days=7)
-    got = sorted((str(d), int((t - pd.Timestamp(_day(0))).days)) for d, t in zip(pts["deal_id"], pts["as_of"]))
+    days = (pts["as_of"] - pd.Timestamp(_day(0))).dt.days
+    got = sorted(zip(pts["deal_id"].astype(str), days.astype(int), strict=True))
     assert got == sorted([("A", 0), ("B", 0), ("A", 7), ("B", 7), ("B", 14), ("C", 21), ("C", 28),
                           ("B", 35), ("C", 35)])
 
