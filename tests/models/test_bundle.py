@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from sklearn.metrics import roc_auc_score
 
 from models.baselines import StagePrior
 from models.bundle import SCORE_COLUMNS, BundleIntegrityError, Head, ScoringBundle, categorical_levels_of
@@ -210,9 +211,23 @@ def test_heads_shrink_on_little_data() -> None:
 def test_logistic_baseline_handles_categories_and_missing_values(
     data: tuple[pd.DataFrame, np.ndarray, np.ndarray],
 ) -> None:
+    """The data's cold risk rises with silence and in "Lead In" (see synthetic_features): the baseline
+    learns both directions, and rows with a missing value or an unseen stage still get a probability."""
     frame, cold, _ = data
-    p = make_logistic().fit(frame[FEATURES], cold).predict_proba(frame[FEATURES])[:, 1]
-    assert np.isfinite(p).all() and 0 < p.mean() < 1
+    model = make_logistic().fit(frame[FEATURES], cold)
+    base = frame[FEATURES].head(1).assign(days_since_activity=5.0, stage_cat=pd.Categorical(
+        ["Proposal"], categories=frame["stage_cat"].cat.categories))
+
+    def p(**changes: object) -> float:
+        return float(model.predict_proba(base.assign(**changes))[0, 1])
+
+    assert p(days_since_activity=40.0) > p() + 0.2  # 0.15 per silent day in the generator's logit
+    lead_in = pd.Categorical(["Lead In"], categories=frame["stage_cat"].cat.categories)
+    assert p(stage_cat=lead_in) > p()
+    for odd in (p(days_since_activity=np.nan), p(stage_cat=pd.Categorical(["Never Seen"]))):
+        assert 0 < odd < 1
+    auc = roc_auc_score(cold, model.predict_proba(frame[FEATURES])[:, 1])
+    assert auc > 0.75
 
 
 def test_mlflow_round_trip_by_alias_and_version(
