@@ -14,65 +14,24 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 
 from features.health import pipeline_health
 from features.history import to_utc_timestamp
+from features.jsonable import jsonable
 from models.forecast import forecast, score_open_deals
-from serving.auth import require_role
-from serving.deps import ModelDep, PopulationDep, ReadKey, StoreDep
+from serving.deps import AnyKey, ModelDep, PopulationDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
-from serving.schemas import Reason, UtcTime
+from serving.schemas import AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import ApiKey, Store
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["pipelines"])
 
-AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]
 MAX_AT_RISK_LIMIT = 1000
 DEFAULT_HEALTH_DAYS = 30
-
-
-class PipelineOut(BaseModel):
-    name: str
-    stages: list[str]
-    won: list[str]
-    lost: list[str]
-    stale_after_days: dict[str, float]
-
-
-class PipelineList(BaseModel):
-    pipelines: list[PipelineOut]
-
-
-class AtRiskDeal(BaseModel):
-    rank: int
-    deal_id: str
-    pipeline: str
-    owner: str | None
-    team: str | None
-    stage: str | None
-    amount: float
-    expected_close_date: datetime | None
-    days_in_stage: float | None
-    cold_risk: float
-    close_probability: float
-    risk_band: str
-    expected_value: float
-    reasons: list[Reason]
-
-
-class AtRiskList(BaseModel):
-    pipeline: str
-    as_of: datetime
-    model_version: str
-    total: int = Field(description="open deals matching the filters, before limit/offset")
-    limit: int
-    offset: int
-    deals: list[AtRiskDeal]
 
 
 def _visible_pipeline(store: Store, key: ApiKey, pipeline: str) -> None:
@@ -87,21 +46,6 @@ def _time(value: datetime | None, default: pd.Timestamp) -> pd.Timestamp:
 
 def _now() -> pd.Timestamp:
     return pd.Timestamp.now(tz="UTC")
-
-
-def _clean(value: Any) -> Any:
-    """NaN/NaT/<NA> -> None; numpy scalars -> Python; also inside reasons (JSON has no NaN)."""
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    if isinstance(value, float) and value in (float("inf"), float("-inf")):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    return value.item() if hasattr(value, "item") else value
 
 
 @router.get("/v1/pipelines", response_model=PipelineList)
@@ -158,7 +102,7 @@ def at_risk(
         close_before=to_utc_timestamp(close_before) if close_before is not None else None,
     )
     page = ranked.iloc[offset : offset + limit]
-    records = [{str(k): _clean(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
+    records = [{str(k): jsonable(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1
     if "text/csv" in request.headers.get("accept", ""):
