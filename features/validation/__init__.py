@@ -137,6 +137,8 @@ def _check_stages(
     specs: Mapping[str, PipelineSpec],
     problems: ProblemCollector,
 ) -> None:
+    if stage_changes.empty or not specs:
+        return
     pipeline_of = deals.drop_duplicates("deal_id").set_index("deal_id")["pipeline"]
     row_pipeline = stage_changes["deal_id"].map(pipeline_of)
     check_stages_against_specs(stage_changes, row_pipeline, specs, problems)

@@ -48,6 +48,8 @@ def check_events(
 
     `shown_times` are the times as the user wrote them (for messages); default the typed times.
     """
+    if events.empty:
+        return
     time_column = EVENT_TIME[table]
     dup, first_row = _first_row_of_duplicates(events["event_id"])
     problems.add_rows(

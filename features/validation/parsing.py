@@ -285,28 +285,31 @@ def field_change_values(
     `shown` holds the values as the user wrote them, for messages.
     """
     table = "field_changes"
+    # Each rule runs only when its kind of change is present: small requests often carry none.
     is_amount = (field == "amount").fillna(False).astype(bool)
-    amounts, bad_amount = parse_numbers(value.where(is_amount))
-    problems.add_rows(
-        table,
-        is_amount & (bad_amount | amounts.isna() | (amounts < 0).fillna(False)),
-        "value",
-        "amount value {value} is not a number ≥ 0",
-        "amount changes carry the new amount, e.g. 12500",
-        values=shown,
-    )
+    if is_amount.any():
+        amounts, bad_amount = parse_numbers(value.where(is_amount))
+        problems.add_rows(
+            table,
+            is_amount & (bad_amount | amounts.isna() | (amounts < 0).fillna(False)),
+            "value",
+            "amount value {value} is not a number ≥ 0",
+            "amount changes carry the new amount, e.g. 12500",
+            values=shown,
+        )
     is_close = (field == "expected_close_date").fillna(False).astype(bool)
-    dates, bad_date = parse_times(value.where(is_close))
-    problems.add_rows(
-        table,
-        is_close & bad_date,
-        "value",
-        "expected_close_date value {value} is not a time",
-        "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
-        values=shown,
-    )
-    # Dates are stored canonically so every consumer parses the same instant (naive/date-only = UTC).
-    value = value.where(~(is_close & dates.notna()), format_utc_iso(dates))
+    if is_close.any():
+        dates, bad_date = parse_times(value.where(is_close))
+        problems.add_rows(
+            table,
+            is_close & bad_date,
+            "value",
+            "expected_close_date value {value} is not a time",
+            "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
+            values=shown,
+        )
+        # Dates are stored canonically so every consumer parses the same instant (naive/date-only = UTC).
+        value = value.where(~(is_close & dates.notna()), format_utc_iso(dates))
     is_owner = (field == "owner").fillna(False).astype(bool)
     problems.add_rows(
         table, is_owner & value.isna(), "value", "missing new owner", "owner changes name the new owner"
