@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from features.history import EVENT_TIME, DealHistory, PipelineSpec
-from features.validation.checks import check_events, check_unique_deals
+from features.validation.checks import check_events, check_unique_deals, deal_positions
 from features.validation.inference import infer_pipeline_specs
 from features.validation.parsing import (
     DEAL_COLUMNS,
@@ -139,8 +140,9 @@ def _check_stages(
 ) -> None:
     if stage_changes.empty or not specs:
         return
-    pipeline_of = deals.drop_duplicates("deal_id").set_index("deal_id")["pipeline"]
-    row_pipeline = stage_changes["deal_id"].map(pipeline_of)
+    position = deal_positions(deals, stage_changes["deal_id"])
+    pipelines = deals["pipeline"].to_numpy(dtype=object)
+    row_pipeline = pd.Series(np.where(position >= 0, pipelines[position], None), index=stage_changes.index)
     check_stages_against_specs(stage_changes, row_pipeline, specs, problems)
 
 

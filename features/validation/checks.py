@@ -15,12 +15,27 @@ from features.validation.problems import ProblemCollector
 
 def _first_row_of_duplicates(keys: pd.Series) -> tuple[pd.Series, pd.Series | None]:
     """(mask of repeated keys after their first occurrence, 1-based row of that first occurrence)."""
+    values = keys.to_numpy(dtype=object)
+    present = values[pd.notna(values)]
+    # The common case (no repeats) is answered with one set; pandas' duplicated costs more on small input.
+    if len(set(present)) == len(present):
+        return pd.Series(False, index=keys.index), None
     dup = keys.notna() & keys.duplicated(keep="first")
-    if not bool(dup.any()):
-        return dup.astype(bool), None
     firsts = keys[keys.notna() & ~keys.duplicated(keep="first")]
     first_row = pd.Series(firsts.index + 1, index=firsts.to_numpy())
     return dup.astype(bool), keys.map(first_row)
+
+
+def deal_positions(deals: pd.DataFrame, ids: pd.Series) -> np.ndarray:
+    """Row in `deals` of each id (its first row if repeated), -1 for an id not in deals or missing."""
+    deal_ids = deals["deal_id"].to_numpy(dtype=object)
+    # Repeated and missing deal ids are reported elsewhere; look ids up among each id's first row.
+    first = ~pd.Index(deal_ids, dtype=object).duplicated(keep="first") & pd.notna(deal_ids)
+    rows = np.flatnonzero(first)
+    if rows.size == 0:
+        return np.full(len(ids), -1, dtype=np.intp)
+    found = pd.Index(deal_ids[rows], dtype=object).get_indexer(ids.to_numpy(dtype=object))
+    return np.where(found >= 0, rows[found], -1)
 
 
 def check_unique_deals(deals: pd.DataFrame, problems: ProblemCollector) -> None:
@@ -63,10 +78,8 @@ def check_events(
     )
     if deals is None:
         return
-    known = deals.drop_duplicates("deal_id").set_index("deal_id")["created_at"]
     ids = events["deal_id"]
-    # get_indexer on a plain object Index hashes once; Series.isin on arrow strings is far slower.
-    position = pd.Index(known.index.astype(object)).get_indexer(ids.astype(object))
+    position = deal_positions(deals, ids)
     problems.add_rows(
         table,
         ids.notna() & (position < 0),
@@ -75,13 +88,18 @@ def check_events(
         "every history row must refer to a deal_id listed in deals",
         values=ids,
     )
-    # Creation times by the positions found above, not Series.map: map on an empty lookup comes back
-    # float64, which cannot be cast to times (an empty history must validate).
-    known_times = known.to_numpy(dtype="datetime64[ns]")
-    created_values = np.full(len(events), np.datetime64("NaT", "ns"))
-    created_values[position >= 0] = known_times[position[position >= 0]]
-    created = pd.Series(pd.DatetimeIndex(created_values).tz_localize("UTC"), index=events.index)
-    early = (events[time_column] < created).fillna(False).astype(bool)
+    # Creation times by the positions found above, in int64 nanoseconds (NaT is the minimum int64, so a
+    # missing time is never "before"); the Series for messages is built only when something is early.
+    known_ns = deals["created_at"].array.asi8
+    event_ns = events[time_column].array.asi8
+    found = position >= 0
+    created_ns = np.full(len(events), np.iinfo(np.int64).min, dtype=np.int64)
+    created_ns[found] = known_ns[position[found]]
+    early = found & (event_ns != np.iinfo(np.int64).min) & (event_ns < created_ns)
+    if not early.any():
+        return
+    created_index = pd.DatetimeIndex(created_ns.view("datetime64[ns]")).tz_localize("UTC")
+    created = pd.Series(created_index, index=events.index)
     problems.add_rows(
         table,
         early,

@@ -285,6 +285,8 @@ def field_change_values(
     `shown` holds the values as the user wrote them, for messages.
     """
     table = "field_changes"
+    if value.empty:
+        return value
     # Each rule runs only when its kind of change is present: small requests often carry none.
     is_amount = (field == "amount").fillna(False).astype(bool)
     if is_amount.any():

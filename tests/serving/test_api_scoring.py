@@ -158,3 +158,36 @@ def test_as_of_before_creation_is_a_per_item_error(world: Any, client: TestClien
     assert response.status_code == 200, response.text
     assert response.json()["scores"] == []
     assert response.json()["errors"][0]["status"] == 422
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "message"),
+    [
+        (lambda d: d.update(created_at="1500-01-01"), "deals[1].created_at", "time out of range"),
+        (lambda d: d["field_changes"].append(
+            {"field": "amount", "value": "-3", "changed_at": d["created_at"]}),
+         "deals[1].field_changes[0].value", "amount value '-3' is not a number ≥ 0"),
+        (lambda d: d["stage_changes"].append({"stage": "Nowhere", "changed_at": d["created_at"]}),
+         "deals[1].stage_changes[{last}].stage", "stage 'Nowhere' is not a stage of pipeline"),
+        (lambda d: d["activities"].extend([
+            {"type": "call", "occurred_at": d["created_at"], "event_id": "same"},
+            {"type": "email", "occurred_at": d["created_at"], "event_id": "same"}]),
+         "deals[1].activities[{last}].event_id", "duplicate event_id 'same'"),
+    ],
+    ids=["time-out-of-range", "negative-amount-change", "unknown-stage", "duplicate-event-id"],
+)
+def test_one_validation_names_the_item_and_keeps_the_error_shape(
+    world: Any, client: TestClient, change: Any, loc: str, message: str
+) -> None:
+    """Edge rules (pydantic) and cross-row rules (the history checks) answer the same 422 shape."""
+    deal = _one_deal(world)
+    deal["field_changes"] = []
+    change(deal)
+    last = {"stage_changes": len(deal["stage_changes"]) - 1, "activities": len(deal["activities"]) - 1}
+    loc = loc.format(last=last["stage_changes"] if "stage_changes" in loc else last["activities"])
+    response = _post(client, world, deal)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert set(body) == {"detail", "problems"} and isinstance(body["detail"], str)
+    [problem] = [p for p in body["problems"] if p["loc"] == loc]
+    assert message in problem["msg"]
