@@ -45,9 +45,16 @@ class ConflictError(ServiceError):
 
 
 class InvalidInputError(ServiceError):
-    """Bad input that passed the schema (e.g. a stage change before the deal was created)."""
+    """Bad input that passed the schema (e.g. a stage change before the deal was created).
+
+    Answers the same shape as a schema error: `{"detail": str, "problems": [{"loc", "msg"}, ...]}`;
+    without `problems`, one problem at `loc` (a request path or parameter name) carries the detail.
+    """
 
     status_code = 422
+
+    def __init__(self, detail: str, problems: list[dict[str, Any]] | None = None, loc: str = "body") -> None:
+        super().__init__(detail, problems if problems is not None else [{"loc": loc, "msg": detail}])
 
 
 class PayloadTooLargeError(ServiceError):

@@ -153,7 +153,7 @@ def health(
     t1 = _time(until, _now())
     t0 = _time(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
     if t0 > t1:
-        raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
+        raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})", loc="since")
     history = store.load_history(pipelines=[pipeline])
     report = pipeline_health(history, t0, t1, pipeline=pipeline, by=by)
     return {"pipeline": pipeline, **report}

@@ -63,9 +63,9 @@ def score_inline(
         if len(d.stage_changes) + len(d.activities) + len(d.field_changes) > settings.max_events_per_deal
     ]
     if too_many:
-        raise InvalidInputError(
-            f"more than {settings.max_events_per_deal} events for one deal at {', '.join(too_many[:10])}"
-        )
+        limit = f"more than {settings.max_events_per_deal} events for one deal"
+        raise InvalidInputError(f"{limit} at {', '.join(too_many[:10])}",
+                                [{"loc": loc, "msg": limit} for loc in too_many])
     as_of = pd.Timestamp(body.as_of) if body.as_of is not None else _now()
     errors: list[ItemError] = []
     kept: list[int] = []
@@ -109,7 +109,7 @@ def score_stored(
     created = history.deals["created_at"].iloc[0]
     if t < created:
         raise InvalidInputError(
-            f"as_of {t.isoformat()} is before the deal was created ({created.isoformat()})"
+            f"as_of {t.isoformat()} is before the deal was created ({created.isoformat()})", loc="as_of"
         )
     points = pd.DataFrame({"deal_id": pd.Series([deal_id], dtype="string"),
                            "as_of": pd.Series([t], dtype="datetime64[ns, UTC]")})

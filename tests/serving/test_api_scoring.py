@@ -191,3 +191,19 @@ def test_one_validation_names_the_item_and_keeps_the_error_shape(
     assert set(body) == {"detail", "problems"} and isinstance(body["detail"], str)
     [problem] = [p for p in body["problems"] if p["loc"] == loc]
     assert message in problem["msg"]
+
+
+def test_a_422_raised_by_a_route_has_the_schema_errors_shape(world: Any, client: TestClient) -> None:
+    """Route-level checks answer {"detail", "problems": [{"loc", "msg"}]} like pydantic's 422s."""
+    deal_id = world.deal_in(world.pipeline_a)
+    response = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": "2001-01-01"},
+                          headers=world.auth("admin"))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["problems"] == [{"loc": "as_of", "msg": body["detail"]}]
+    assert body["detail"].startswith("as_of 2001-01-01T00:00:00+00:00 is before the deal was created")
+    schema_error = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": "yesterday"},
+                              headers=world.auth("admin"))
+    assert schema_error.status_code == 422
+    assert set(schema_error.json()) == set(body) == {"detail", "problems"}
+    assert schema_error.json()["problems"][0]["loc"] == "query.as_of"
