@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
-from features.history import DealHistory, HistoryValidationError, PipelineSpec
+from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, UTC_NS, coerce_attribute, validate_typed
 from serving.errors import raise_history_error
 from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
@@ -31,6 +32,13 @@ class RequestFrames:
 
     tables: dict[str, pd.DataFrame]
     locators: dict[str, list[str]] = field(default_factory=dict)
+
+
+def time_or(value: datetime | None, default: pd.Timestamp | None = None) -> pd.Timestamp:
+    """A request's time as a UTC Timestamp; when absent, `default`, or now."""
+    if value is not None:
+        return to_utc_timestamp(value)
+    return default if default is not None else pd.Timestamp.now(tz="UTC")
 
 
 def _column(name: str, values: list[Any]) -> pd.Series:

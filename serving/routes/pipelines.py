@@ -23,6 +23,7 @@ from features.jsonable import jsonable
 from models.forecast import forecast, score_open_deals
 from serving.deps import AnyKey, ModelDep, PopulationDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
+from serving.mapping import time_or
 from serving.schemas import AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import ApiKey, Store
 
@@ -38,14 +39,6 @@ def _visible_pipeline(store: Store, key: ApiKey, pipeline: str) -> None:
     """404 unless the pipeline exists and the key may see it (the two cases look the same)."""
     if not key.can_see(pipeline) or pipeline not in store.list_pipelines():
         raise NotFoundError("pipeline not found")
-
-
-def _time(value: datetime | None, default: pd.Timestamp) -> pd.Timestamp:
-    return default if value is None else to_utc_timestamp(value)
-
-
-def _now() -> pd.Timestamp:
-    return pd.Timestamp.now(tz="UTC")
 
 
 @router.get("/v1/pipelines", response_model=PipelineList)
@@ -95,7 +88,7 @@ def at_risk(
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     _visible_pipeline(store, key, pipeline)
-    t = _time(as_of, _now())
+    t = time_or(as_of)
     history = store.load_history(pipelines=[pipeline])
     ranked = score_open_deals(
         model.bundle, history, t, population, owner=owner, team=team, min_amount=min_amount,
@@ -150,8 +143,8 @@ def health(
     """Pipeline health over [since, until]: open deals, average deal size, win rate, cycle days, sales
     velocity, funnel by stage and stalled deals (by team or owner too with `by`)."""
     _visible_pipeline(store, key, pipeline)
-    t1 = _time(until, _now())
-    t0 = _time(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
+    t1 = time_or(until)
+    t0 = time_or(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
     if t0 > t1:
         raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})", loc="since")
     history = store.load_history(pipelines=[pipeline])
@@ -173,7 +166,7 @@ def pipeline_forecast(
     probabilities. Overdue deals count in the first month; deals without an expected close date are in
     `unscheduled`. Names the model version."""
     _visible_pipeline(store, key, pipeline)
-    t = _time(as_of, _now())
+    t = time_or(as_of)
     history = store.load_history(pipelines=[pipeline])
     scored = score_open_deals(model.bundle, history, t, population)
     result = forecast(scored, t, months=months)

@@ -13,12 +13,11 @@ from typing import Annotated
 import pandas as pd
 from fastapi import APIRouter, Query, Request
 
-from features.history import to_utc_timestamp
 from features.jsonable import jsonable
 from models.scoring import score_points
 from serving.deps import AnyKey, ModelDep, PopulationDep, ScoreKey, SettingsDep, StoreDep
 from serving.errors import InvalidInputError, NotFoundError, check_batch_size
-from serving.mapping import inline_frames, validated_history
+from serving.mapping import inline_frames, time_or, validated_history
 from serving.model_holder import LoadedModel
 from serving.schemas import DealScore, DealScores, ItemError, ScoreRequest, UtcTime
 
@@ -36,10 +35,6 @@ def scores_response(
               for r in records]
     request.app.state.metrics.observe_bands(s.risk_band for s in scores)
     return DealScores(model_version=model.version, as_of=as_of.to_pydatetime(), scores=scores, errors=errors)
-
-
-def _now() -> pd.Timestamp:
-    return pd.Timestamp.now(tz="UTC")
 
 
 @router.post("/v1/score", response_model=DealScores)
@@ -66,7 +61,7 @@ def score_inline(
         limit = f"more than {settings.max_events_per_deal} events for one deal"
         raise InvalidInputError(f"{limit} at {', '.join(too_many[:10])}",
                                 [{"loc": loc, "msg": limit} for loc in too_many])
-    as_of = pd.Timestamp(body.as_of) if body.as_of is not None else _now()
+    as_of = time_or(body.as_of)
     errors: list[ItemError] = []
     kept: list[int] = []
     for i, deal in enumerate(body.deals):
@@ -104,7 +99,7 @@ def score_stored(
     pipeline = store.deal_pipelines([deal_id]).get(deal_id)
     if pipeline is None or not key.can_see(pipeline):
         raise NotFoundError("deal not found")
-    t = to_utc_timestamp(as_of) if as_of is not None else _now()
+    t = time_or(as_of)
     history = store.load_history(deal_ids=[deal_id])
     created = history.deals["created_at"].iloc[0]
     if t < created:
