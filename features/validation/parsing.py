@@ -233,47 +233,40 @@ def parse_events(raw: pd.DataFrame, table: str, problems: ProblemCollector) -> p
         out["stage"] = to_string(raw["stage"])
         _require(table, "stage", out["stage"], problems)
     elif table == "activities":
-        _parse_activity_columns(raw, out, problems)
-    else:
-        field = to_string(raw["field"]).str.lower()
-        _require(table, "field", field, problems)
-        problems.add_rows(
-            table,
-            field.notna() & ~field.isin(CHANGEABLE_FIELDS),
-            "field",
-            "unknown field {value}",
-            f"field_changes can change: {', '.join(CHANGEABLE_FIELDS)}",
-            values=raw["field"],
+        out["type"] = _allowed(raw, table, "type", ACTIVITY_TYPES, "allowed types: {}", problems)
+        _require(table, "type", out["type"], problems)
+        out["direction"] = _allowed(
+            raw, table, "direction", DIRECTIONS, "allowed: {}, or leave it empty", problems
         )
+    else:
+        field = _allowed(raw, table, "field", CHANGEABLE_FIELDS, "field_changes can change: {}", problems)
+        _require(table, "field", field, problems)
         out["field"] = field
         out["value"] = field_change_values(field, to_string(raw["value"]), raw["value"], problems)
     return pd.DataFrame({c: out[c] for c in EVENT_COLUMNS[table]}, index=raw.index)
 
 
-def _parse_activity_columns(raw: pd.DataFrame, out: dict[str, pd.Series], problems: ProblemCollector) -> None:
-    table = "activities"
-    kind = to_string(raw["type"]).str.lower()
-    _require(table, "type", kind, problems)
+def _allowed(
+    raw: pd.DataFrame,
+    table: str,
+    column: str,
+    allowed: tuple[str, ...],
+    hint: str,
+    problems: ProblemCollector,
+) -> pd.Series:
+    """A lower-cased text column whose present values must be one of `allowed` (an absent column is
+    empty). The names come from features.history, which the API's enums use too."""
+    values = _optional_string(raw, column).str.lower()
+    noun = "activity type" if column == "type" else column
     problems.add_rows(
         table,
-        kind.notna() & ~kind.isin(ACTIVITY_TYPES),
-        "type",
-        "unknown activity type {value}",
-        f"allowed types: {', '.join(ACTIVITY_TYPES)}",
-        values=raw["type"],
+        values.notna() & ~values.isin(allowed),
+        column,
+        f"unknown {noun} {{value}}",
+        hint.format(", ".join(allowed)),
+        values=raw[column] if column in raw.columns else None,
     )
-    out["type"] = kind
-    direction = _optional_string(raw, "direction").str.lower()
-    problems.add_rows(
-        table,
-        direction.notna() & ~direction.isin(DIRECTIONS),
-        "direction",
-        "unknown direction {value}",
-        f"allowed: {', '.join(DIRECTIONS)}, or leave it empty",
-        values=raw["direction"] if "direction" in raw.columns else None,
-    )
-    out["direction"] = direction
-
+    return values
 
 def field_change_values(
     field: pd.Series, value: pd.Series, shown: pd.Series, problems: ProblemCollector
