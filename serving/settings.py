@@ -28,12 +28,12 @@ class SettingsError(ValueError):
 class Settings(BaseSettings):
     """The service's settings. Construct directly in tests; `get_settings()` reads the environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True)
 
     home: Path = Path(".dealrisk")
     database_url: str = Field(default="", description="default: SQLite file dealrisk.db in the home")
     tracking_uri: str = Field(
-        default="", validation_alias=AliasChoices("tracking_uri", *TRACKING_URI_ENV),
+        default="", validation_alias=AliasChoices(*TRACKING_URI_ENV),
         description="default: SQLite file mlflow.db in the home",
     )
     model_uri: str = CHAMPION_URI
