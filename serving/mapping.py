@@ -43,7 +43,7 @@ def time_or(value: datetime | None, default: pd.Timestamp | None = None) -> pd.T
 
 def _column(name: str, values: list[Any]) -> pd.Series:
     if name in _TIME_COLUMNS:
-        return pd.Series(pd.to_datetime(pd.Series(values, dtype=object), utc=True), dtype=UTC_NS)
+        return pd.Series(pd.array(values, dtype=UTC_NS))  # pydantic made every time aware UTC
     if name in _FLOAT_COLUMNS:
         return pd.Series(values, dtype="float64")
     # Enum members are str subclasses; their value is the text the history stores.

@@ -57,14 +57,22 @@ def as_frame(raw: Any, table: str) -> pd.DataFrame:
     return frame
 
 
+# Below this many values one Python pass is cheaper than the .str accessor's fixed costs; above it the
+# vectorised conversion wins (about 2x on 500k values). Both give the same text.
+_SMALL_COLUMN = 2_000
+
+
 def to_string(series: pd.Series) -> pd.Series:
-    """Pandas "string" dtype, stripped, with empty cells as <NA>."""
-    if isinstance(series.dtype, pd.StringDtype) and series.dtype.na_value is pd.NA:
-        out = series
-    else:
-        out = pd.Series(pd.array(series.to_numpy(dtype=object), dtype=STRING), index=series.index)
-    out = out.str.strip()
-    return out.where(out != "")
+    """Pandas "string" dtype, stripped, with empty cells as <NA>; other values as their text."""
+    if len(series) > _SMALL_COLUMN:
+        out = series if isinstance(series.dtype, pd.StringDtype) else series.astype(object).astype(STRING)
+        out = out.astype(STRING).str.strip()
+        return out.where(out != "")
+    values = series.to_numpy(dtype=object)
+    missing = pd.isna(values)
+    text = np.empty(len(values), dtype=object)
+    text[:] = [None if gone else (str(v).strip() or None) for v, gone in zip(values, missing, strict=True)]
+    return pd.Series(pd.array(text, dtype=STRING), index=series.index)
 
 
 def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
