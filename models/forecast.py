@@ -1,8 +1,8 @@
 """Forecast of won amount per calendar month: open deals spread over the months by when they are likely
 to be won, plus the deals not created yet.
 
-Months: month 1 is the month that contains `as_of` (from `as_of` to the month's end), month 2 the next,
-and so on.
+Months are calendar months in UTC: month 1 is the month that contains `as_of` (from `as_of` to the
+month's end), month 2 the next, and so on.
 
 **Open deals, with a timing model** (`forecast_pipeline` with a competing-risks close head): each open
 deal is won in month k with its probability P(won in month k) = P(won by the month's end) - P(won by its
@@ -13,7 +13,8 @@ amount, whose quantiles are computed exactly (enumeration) for up to `EXACT_MAX_
 chance in that month, else from seeded simulations.
 
 **Open deals, without one** (a stage-prior close head, or `forecast` called on scores alone): a deal is
-placed in the month of its `expected_close_date` with its `close_probability`; overdue deals count in
+placed in the month of its `expected_close_date` (in UTC: a date sent as 2025-03-31T23:30:00-05:00 is
+April) with its `close_probability`; overdue deals count in
 month 1, deals without a date go to "unscheduled".
 
 **Deals not created yet** (`NewDealModel`, from the history as of `as_of` only): they are created at the

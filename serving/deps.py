@@ -14,8 +14,8 @@ Every route takes what it needs from here, so tests can swap any of them with
 - `require_role(*roles)` -> a dependency returning the caller's `ApiKey` (Authorization: Bearer <key>);
                      401 with WWW-Authenticate when missing/wrong/revoked, 403 when the role is not allowed.
   Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `ScoreKey` (admin, integration),
-  `WriteKey` (admin, integration). Visibility: `key.can_see(pipeline)`; anything outside it answers 404
-  as if absent — use `serving.errors.NotFoundError`.
+  `WriteKey` (admin, integration), `AnyKey` (every role). Visibility: `key.can_see(pipeline)`; anything
+  outside it answers 404 as if absent — use `serving.errors.NotFoundError`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from serving.store import Store
 
 __all__ = [
     "AdminKey",
+    "AnyKey",
     "ModelDep",
     "FeatureBuilderDep",
     "ReadKey",
@@ -80,3 +81,4 @@ AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
 ReadKey = Annotated[ApiKey, Depends(require_role("admin", "manager"))]
 ScoreKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
 WriteKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
+AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]

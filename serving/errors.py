@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from features.history import HistoryValidationError
+from features.jsonable import jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,16 @@ class ConflictError(ServiceError):
 
 
 class InvalidInputError(ServiceError):
-    """Bad input that passed the schema (e.g. a stage change before the deal was created)."""
+    """Bad input that passed the schema (e.g. a stage change before the deal was created).
+
+    Answers the same shape as a schema error: `{"detail": str, "problems": [{"loc", "msg"}, ...]}`;
+    without `problems`, one problem at `loc` (a request path or parameter name) carries the detail.
+    """
 
     status_code = 422
+
+    def __init__(self, detail: str, problems: list[dict[str, Any]] | None = None, loc: str = "body") -> None:
+        super().__init__(detail, problems if problems is not None else [{"loc": loc, "msg": detail}])
 
 
 class PayloadTooLargeError(ServiceError):
@@ -55,6 +62,12 @@ class PayloadTooLargeError(ServiceError):
 
 
 class ModelUnavailableError(ServiceError):
+    status_code = 503
+
+
+class PopulationUnavailableError(ServiceError):
+    """The feature population could not be computed from the store (and none was computed before)."""
+
     status_code = 503
 
 
@@ -71,10 +84,9 @@ def format_loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
     return out or "body"
 
 
-def _jsonable(value: Any) -> Any:
+def _shown_input(value: Any) -> Any:
     # Pydantic puts the offending input in errors; NaN/inf would break the JSON response itself.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+    value = jsonable(value)
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)[:200]
@@ -88,7 +100,7 @@ def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
         msg = str(err.get("msg", "invalid value"))
         item: dict[str, Any] = {"loc": loc, "msg": msg, "type": err.get("type")}
         if "input" in err and not isinstance(err["input"], dict | list):
-            item["input"] = _jsonable(err["input"])
+            item["input"] = _shown_input(err["input"])
         problems.append(item)
     return problems
 
@@ -106,6 +118,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        for err in exc.errors():
+            # Too many deals is a batch-size bound, answered 413 like `check_batch_size`, whether the
+            # schema's hard ceiling or the configured (lower) limit caught it.
+            if err.get("type") == "too_long" and tuple(err.get("loc", ())) == ("body", "deals"):
+                ctx = err.get("ctx") or {}
+                detail = (f"{ctx.get('actual_length')} deals in one request; "
+                          f"the limit is {ctx.get('max_length')}")
+                return JSONResponse({"detail": detail}, status_code=413)
         problems = validation_problems(exc)
         summary = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:20])
         return JSONResponse({"detail": summary, "problems": problems}, status_code=422)

@@ -10,104 +10,36 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from datetime import date, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 
 from features.health import pipeline_health
 from features.history import to_utc_timestamp
+from features.jsonable import jsonable
 from models.forecast import forecast_pipeline, score_open_deals
-from serving.auth import require_role
-from serving.deps import FeatureBuilderDep, ModelDep, ReadKey, StoreDep
+from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
+from serving.mapping import time_or
 from serving.model_holder import builder_for
-from serving.schemas import Reason, UtcTime
+from serving.schemas import AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import ApiKey, Store
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["pipelines"])
 
-AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]
 MAX_AT_RISK_LIMIT = 1000
 DEFAULT_HEALTH_DAYS = 30
-
-
-class PipelineOut(BaseModel):
-    name: str
-    stages: list[str]
-    won: list[str]
-    lost: list[str]
-    stale_after_days: dict[str, float]
-
-
-class PipelineList(BaseModel):
-    pipelines: list[PipelineOut]
-
-
-class AtRiskDeal(BaseModel):
-    rank: int
-    deal_id: str
-    pipeline: str
-    owner: str | None
-    team: str | None
-    stage: str | None
-    amount: float
-    expected_close_date: datetime | None
-    days_in_stage: float | None
-    cold_risk: float
-    close_probability: float
-    close_probability_90d: float | None = None
-    slip_risk: float | None = None
-    likely_close_date: date | None = None
-    risk_band: str
-    expected_value: float
-    reasons: list[Reason]
-    counter_reasons: list[Reason] = []
-
-
-class AtRiskList(BaseModel):
-    pipeline: str
-    as_of: datetime
-    model_version: str
-    data_note: str | None = Field(None, description="how much history the model was trained on")
-    total: int = Field(description="open deals matching the filters, before limit/offset")
-    limit: int
-    offset: int
-    deals: list[AtRiskDeal]
 
 
 def _visible_pipeline(store: Store, key: ApiKey, pipeline: str) -> None:
     """404 unless the pipeline exists and the key may see it (the two cases look the same)."""
     if not key.can_see(pipeline) or pipeline not in store.list_pipelines():
         raise NotFoundError("pipeline not found")
-
-
-def _time(value: datetime | None, default: pd.Timestamp) -> pd.Timestamp:
-    return default if value is None else to_utc_timestamp(value)
-
-
-def _now() -> pd.Timestamp:
-    return pd.Timestamp.now(tz="UTC")
-
-
-def _clean(value: Any) -> Any:
-    """NaN/NaT/<NA> -> None; numpy scalars -> Python; also inside reasons (JSON has no NaN)."""
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    if isinstance(value, float) and value in (float("inf"), float("-inf")):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    return value.item() if hasattr(value, "item") else value
 
 
 @router.get("/v1/pipelines", response_model=PipelineList)
@@ -157,7 +89,7 @@ def at_risk(
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     _visible_pipeline(store, key, pipeline)
-    t = _time(as_of, _now())
+    t = time_or(as_of)
     history = store.load_history(pipelines=[pipeline])
     ranked = score_open_deals(
         model.bundle, history, t, builder_for(builder, history), owner=owner, team=team,
@@ -165,7 +97,7 @@ def at_risk(
         close_before=to_utc_timestamp(close_before) if close_before is not None else None,
     )
     page = ranked.iloc[offset : offset + limit]
-    records = [{str(k): _clean(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
+    records = [{str(k): jsonable(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1
     if "text/csv" in request.headers.get("accept", ""):
@@ -219,10 +151,10 @@ def health(
     """Pipeline health over [since, until]: open deals, average deal size, win rate, cycle days, sales
     velocity, funnel by stage and stalled deals (by team or owner too with `by`)."""
     _visible_pipeline(store, key, pipeline)
-    t1 = _time(until, _now())
-    t0 = _time(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
+    t1 = time_or(until)
+    t0 = time_or(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
     if t0 > t1:
-        raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
+        raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})", loc="since")
     history = store.load_history(pipelines=[pipeline])
     report = pipeline_health(history, t0, t1, pipeline=pipeline, by=by)
     return {"pipeline": pipeline, **report}
@@ -242,7 +174,7 @@ def pipeline_forecast(
     the months by their chance of being won in each (timing included); deals not created yet are the
     `new_deals` line of each month and `total` adds both. Names the model version."""
     _visible_pipeline(store, key, pipeline)
-    t = _time(as_of, _now())
+    t = time_or(as_of)
     history = store.load_history(pipelines=[pipeline])
     result = forecast_pipeline(model.bundle, history, t, builder_for(builder, history), months=months)
     return {"pipeline": pipeline, "model_version": model.version, **result}

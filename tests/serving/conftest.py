@@ -8,8 +8,9 @@ a candidate with different numbers), and API keys for every role plus keys limit
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.history import DealHistory
+from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
 from serving.app import create_app
-from serving.settings import CHAMPION_ALIAS, REGISTERED_MODEL, Settings
+from serving.settings import Settings
 from serving.store import Store
 
 N_DEALS = 300
@@ -113,7 +115,7 @@ def _settings(home: Path, **overrides: Any) -> Settings:
         max_batch_deals=1000,
         max_events_per_deal=5000,
     )
-    return replace(base, **overrides)
+    return base.model_copy(update=overrides)
 
 
 @pytest.fixture(scope="session")
@@ -170,9 +172,24 @@ def client(world: World) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.fixture
+def own_settings(world: Any, tmp_path: Path) -> Any:
+    """The world's settings on a private copy of its store."""
+    copy = tmp_path / "store-copy.db"
+    shutil.copyfile(world.home / "dealrisk.db", copy)
+    return make_settings(world, database_url=f"sqlite:///{copy}")
+
+
+@pytest.fixture
+def own_client(own_settings: Any) -> Iterator[TestClient]:
+    """An app of the test's own on `own_settings`, for tests that write to the store."""
+    with TestClient(create_app(own_settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
 def make_settings(world: World, **overrides: Any) -> Settings:
     """The world's settings with some fields changed (for apps with their own limits or model URI)."""
-    return replace(world.settings, **overrides)
+    return world.settings.model_copy(update=overrides)
 
 
 def _json_value(value: Any) -> Any:
