@@ -148,8 +148,9 @@ def forecast_error(
     the fold's bundle and only the history known then) against the amount actually won in each month.
 
     One row per pipeline and month that ended inside the data: `fold, pipeline, month_ahead, period,
-    expected, p10, p50, p90, actual, covered` (the total line: open deals and deals not created yet;
-    `actual` counts every deal of the pipeline won in the month, at its amount when it was won).
+    expected (= expected_open + expected_new), p10, p50, p90, actual, covered` (the total line: open
+    deals and deals not created yet; `actual` counts every deal of the pipeline won in the month, at its
+    amount when it was won).
     """
     from models.forecast import forecast_pipeline
 
@@ -170,9 +171,12 @@ def forecast_error(
             won = (states["status"] == "won") & (states["closed_at"] > start) & (states["closed_at"] <= end)
             actual = float(states.loc[won, "amount"].sum())
             total = period.get("total", period)
+            new = period.get("new_deals", {}).get("expected_won_amount", 0.0)
             rows.append({
                 "fold": fold.number, "pipeline": pipeline, "month_ahead": k, "period": period["period"],
-                "expected": float(total["expected_won_amount"]), "p10": float(total["p10"]),
+                "expected": float(total["expected_won_amount"]),
+                "expected_open": float(period["expected_won_amount"]), "expected_new": float(new),
+                "p10": float(total["p10"]),
                 "p50": float(total["p50"]), "p90": float(total["p90"]), "actual": actual,
                 "covered": bool(total["p10"] <= actual <= total["p90"]),
             })
