@@ -96,7 +96,7 @@ def _register_import(app: typer.Typer) -> None:
         """
         from features.history import HistoryValidationError
         from serving.settings import get_settings
-        from serving.store import Store
+        from serving.store import Store, UnknownDealError, WriteRejectedError
         from training.data import read_history
 
         try:
@@ -104,13 +104,15 @@ def _register_import(app: typer.Typer) -> None:
         except HistoryValidationError as exc:
             fail(f"{exc}\nNothing was imported; fix the rows above and run the import again.")
         settings = get_settings()
-        store = Store(settings.database_url)
+        store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names)
         try:
             store.create_schema()
             tables = ("deals", "stage_changes", "activities", "field_changes")
             total = sum(len(getattr(history, t)) for t in tables)
             with progress(f"Importing {history.n_deals():,} deals", total=total, quiet=as_json) as advance:
                 result = store.import_history(history, progress=advance)
+        except (WriteRejectedError, UnknownDealError) as exc:  # the folder contradicts the store
+            fail(f"{exc}\nNothing was imported: the rows above contradict what the store holds.")
         except Exception as exc:  # a database error: say where, and that nothing was written
             fail(f"import into {_safe_url(settings.database_url)} failed, nothing was written: {exc}")
         finally:

@@ -144,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database_url)
+        store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names)
         store.create_schema()
         holder = ModelHolder(settings.model_uri, settings.tracking_uri, on_swap=_on_swap)
         population = PopulationCache.from_store(store)

@@ -10,7 +10,8 @@ NAME_LENGTH = 200  # deal_id, pipeline, owner, team, stage and attribute names
 ACCOUNT_LENGTH = 500
 CURRENCY_LENGTH = 10
 EVENT_ID_LENGTH = 200
-FIELD_VALUE_LENGTH = 1000  # a field change's value (amount, date or owner as text)
+FIELD_VALUE_LENGTH = NAME_LENGTH  # a field change's value: an owner becomes the deal's current owner
+ATTRIBUTE_VALUE_LENGTH = 1000  # a custom attribute's text value (kept in a JSON column)
 
 MAX_ATTRIBUTES_PER_DEAL = 100
 # Distinct custom-attribute names one pipeline may collect over all its deals (each becomes a column of

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from serving.limits import DEFAULT_MAX_ATTRIBUTE_NAMES
+
 REGISTERED_MODEL = "deal-risk"
 CHAMPION_ALIAS = "champion"
 
@@ -21,6 +23,8 @@ class Settings:
     max_body_bytes: int
     max_batch_deals: int
     max_events_per_deal: int
+    # distinct custom-attribute names one pipeline may hold (DEALRISK_MAX_ATTRIBUTE_NAMES)
+    max_attribute_names: int = DEFAULT_MAX_ATTRIBUTE_NAMES
 
     @property
     def data_dir(self) -> Path:
@@ -54,4 +58,7 @@ def get_settings() -> Settings:
         max_body_bytes=int(os.environ.get("DEALRISK_MAX_BODY_BYTES", str(8 * 1024 * 1024))),
         max_batch_deals=int(os.environ.get("DEALRISK_MAX_BATCH_DEALS", "1000")),
         max_events_per_deal=int(os.environ.get("DEALRISK_MAX_EVENTS_PER_DEAL", "5000")),
+        max_attribute_names=int(
+            os.environ.get("DEALRISK_MAX_ATTRIBUTE_NAMES", str(DEFAULT_MAX_ATTRIBUTE_NAMES))
+        ),
     )

@@ -97,16 +97,19 @@ def post_events(body: EventsIn, key: WriteKey, request: Request, store: StoreDep
                             columns=list(EVENT_FIELDS[table]))
         for table, events in lists.items()
     }
-    stored = store.load_history(deal_ids=visible)
+    stored = store.deals_frame(visible)
+    # Only given specs refuse unknown stages; an inferred one is extended by the store's write.
+    given = {name: spec for name, spec in store.pipeline_specs().items() if not spec.inferred}
     try:
         # Validate only the new events against their deals: rows map one to one onto request items.
+        # The store checks them again against what it holds, inside the write's transaction.
         checked = DealHistory.from_frames(
-            stored.deals, frames["stage_changes"], frames["activities"], frames["field_changes"],
-            pipelines=stored.pipelines, source="request",
+            stored, frames["stage_changes"], frames["activities"], frames["field_changes"],
+            pipelines={p: s for p, s in given.items() if p in set(stored["pipeline"])}, source="request",
         )
     except HistoryValidationError as exc:
         locators = {t: [f"{t}[{j}]" for j in range(len(events))] for t, events in lists.items()}
-        locators["deals"] = [f"stored deal {d}" for d in stored.deals["deal_id"]]
+        locators["deals"] = [f"stored deal {d}" for d in stored["deal_id"]]
         raise_history_error(exc, locators)
         raise
     result = store.add_events(checked.stage_changes, checked.activities, checked.field_changes)

@@ -24,7 +24,8 @@ from models.forecast import forecast, score_open_deals
 from serving.auth import require_role
 from serving.deps import ModelDep, PopulationDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
-from serving.schemas import Reason, UtcTime
+from serving.limits import NAME_LENGTH
+from serving.schemas import PipelineOut, Reason, UtcTime
 from serving.store import ApiKey, Store
 
 logger = logging.getLogger(__name__)
@@ -34,14 +35,6 @@ router = APIRouter(tags=["pipelines"])
 AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]
 MAX_AT_RISK_LIMIT = 1000
 DEFAULT_HEALTH_DAYS = 30
-
-
-class PipelineOut(BaseModel):
-    name: str
-    stages: list[str]
-    won: list[str]
-    lost: list[str]
-    stale_after_days: dict[str, float]
 
 
 class PipelineList(BaseModel):
@@ -120,6 +113,7 @@ def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
                 won=list(spec.won) if spec else [],
                 lost=list(spec.lost) if spec else [],
                 stale_after_days=dict(spec.stale_after_days) if spec else {},
+                inferred=spec.inferred if spec else True,
             )
         )
     return PipelineList(pipelines=out)
@@ -137,8 +131,8 @@ def at_risk(
     store: StoreDep,
     model: ModelDep,
     population: PopulationDep,
-    owner: Annotated[str | None, Query(max_length=256, description="owner as of as_of")] = None,
-    team: Annotated[str | None, Query(max_length=256)] = None,
+    owner: Annotated[str | None, Query(max_length=NAME_LENGTH, description="owner as of as_of")] = None,
+    team: Annotated[str | None, Query(max_length=NAME_LENGTH)] = None,
     min_amount: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     close_before: Annotated[UtcTime | None, Query(description="expected close date before this time")] = None,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
