@@ -71,7 +71,7 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         # A surrogate key keeps insertion order, so a history read back comes out in the order it went in.
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("deal_id", sa.String(NAME_LENGTH), nullable=False, unique=True),
-        sa.Column("pipeline", sa.String(NAME_LENGTH), nullable=False, index=True),
+        sa.Column("pipeline", sa.String(NAME_LENGTH), nullable=False),
         sa.Column("owner", sa.String(NAME_LENGTH), nullable=False),
         sa.Column("team", sa.String(NAME_LENGTH)),
         sa.Column("account", sa.String(ACCOUNT_LENGTH)),
@@ -82,6 +82,8 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         sa.Column("attributes", sa.JSON, nullable=False),
         sa.Column("row_hash", sa.String(64), nullable=False),
         *(sa.Column(name, type_) for name, type_ in STATE_COLUMNS),
+        # named explicitly: with a schema, index=True would put the schema in the name
+        sa.Index("ix_deals_pipeline", "pipeline"),
         sa.Index("ix_deals_pipeline_outcome", "pipeline", "outcome"),
     )
     for table, (_, time_col) in EVENT_TABLES.items():
