@@ -84,8 +84,9 @@ class PipelineSpec:
     lost: tuple[str, ...] = ()
     stale_after_days: Mapping[str, float] = field(default_factory=dict)
     # Inferred from the data (stages in order of appearance, extended as new ones arrive) rather than
-    # given (pipelines.yaml or the API), which is authoritative. Not part of `to_dict`: stored apart.
-    inferred: bool = False
+    # given (pipelines.yaml or the API), which is authoritative. Provenance, not content: not part of
+    # `to_dict` (the store keeps it in its own column) nor of equality (same stages, same spec).
+    inferred: bool = field(default=False, compare=False)
 
     def is_won(self, stage: str) -> bool:
         return stage in self.won or (not self.won and "won" in stage.lower())

@@ -310,13 +310,15 @@ def _coerce_events(
     else:
         _coerce_field_change_columns(raw, out, problems)
 
-    dup, first_row = _first_row_of_duplicates(out["event_id"])
+    # event_id is unique within a deal (two deals may use the same id), as the store keys it
+    per_deal = (out["deal_id"].astype("string") + "\x1f" + out["event_id"]).where(out["event_id"].notna())
+    dup, first_row = _first_row_of_duplicates(per_deal)
     problems.add_rows(
         table,
         dup,
         "event_id",
-        "duplicate event_id {value} (first seen in row {extra})",
-        f"event_id must be unique within {table}",
+        "duplicate event_id {value} for the same deal (first seen in row {extra})",
+        f"event_id must be unique within a deal's {table}",
         values=out["event_id"],
         extra=first_row,
     )
@@ -841,7 +843,9 @@ def _fast_events(
     times = _fast_times(raw[time_column], n, required=True)
     out[time_column] = _utc_series(times)
     event_ids, out["event_id"] = _fast_strings(_column(raw, "event_id"), n, required=False)
-    _fast_unique(event_ids)
+    keyed = ~pd.isna(event_ids)
+    pairs = [f"{d}\x1f{e}" for d, e in zip(ids[keyed], event_ids[keyed], strict=True)]
+    _fast_unique(np.array(pairs, dtype=object))
     codes = pd.Index(deal_ids, dtype=object).get_indexer(pd.Index(ids, dtype=object))
     if (codes < 0).any() or (times < created[codes]).any():
         raise _NotFast  # unknown deal, or an event before its deal was created

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from features.history import DealHistory
+from features.history import DealHistory, HistoryValidationError
 from serving.store import EVENT_TABLES, EventConflictError, Store, UnknownDealError
 
 TABLES = ("deals", "stage_changes", "activities", "field_changes")
@@ -268,3 +268,29 @@ def test_key_pipeline_scoping(store: Store) -> None:
         store.create_api_key("root", ["*"])
     with pytest.raises(ValueError, match="pipeline"):
         store.create_api_key("admin", [])
+
+
+def test_two_deals_may_share_an_event_id_but_one_deal_may_not_repeat_it(store: Store) -> None:
+    deals = pd.DataFrame(
+        {
+            "deal_id": ["S1", "S2"],
+            "pipeline": ["SMB", "Ent"],
+            "owner": ["a", "b"],
+            "amount": ["1", "2"],
+            "created_at": ["2024-01-01", "2024-01-01"],
+        }
+    )
+    shared = pd.DataFrame(
+        {
+            "deal_id": ["S1", "S2"],
+            "type": ["call", "email"],
+            "occurred_at": ["2024-01-02", "2024-01-03"],
+            "event_id": ["ev-1", "ev-1"],
+        }
+    )
+    history = DealHistory.from_frames(deals, pd.DataFrame(columns=["deal_id", "stage", "changed_at"]), shared)
+    assert store.import_history(history).tables["activities"].inserted == 2
+    assert store.load_history().activities["deal_id"].tolist() == ["S1", "S2"]
+    repeated = pd.concat([shared, shared.iloc[[0]].assign(occurred_at="2024-01-04")], ignore_index=True)
+    with pytest.raises(HistoryValidationError, match="duplicate event_id 'ev-1' for the same deal"):
+        DealHistory.from_frames(deals, pd.DataFrame(columns=["deal_id", "stage", "changed_at"]), repeated)
