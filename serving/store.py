@@ -717,8 +717,7 @@ class Store:
             columns, time_col = EVENT_TABLES[name]
             created = rows["deal_id"].map({d: r["created_at"] for d, r in deals.items()})
             early = rows[(rows[time_col] < pd.to_datetime(created)).to_numpy()]
-            for r in early.itertuples(index=False):
-                row = r._asdict()
+            for row in _records(early):
                 problems.append(
                     StoreProblem(
                         _event_loc(name, row, time_col),
