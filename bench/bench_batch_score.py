@@ -30,8 +30,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result  # noqa: E402
-from features.build import build_features  # noqa: E402
-from features.population import compute_population  # noqa: E402
+from features.build import FeatureBuilder, build_features  # noqa: E402
+from features.population_stats import compute_population_stats  # noqa: E402
 from models.scoring import open_deal_points, score_points  # noqa: E402
 from training.simulate import simulate_history  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
@@ -68,9 +68,11 @@ def main() -> None:
     as_of = history.end_time - pd.Timedelta(days=args.before_end_days)
     logger.info("trained in %.1f s; scoring as of %s", train_s, as_of)
 
+    builder = FeatureBuilder().fit(history)
+
     def full(top: int) -> pd.DataFrame:
         points = open_deal_points(history, as_of)
-        return score_points(bundle, history, points, top_reasons=top)
+        return score_points(bundle, history, points, builder, top_reasons=top)
 
     full(0)  # warm caches (imports, first-call allocations) outside the timings
     full_0_s, scored = _median_s(lambda: full(0), args.repeats)
@@ -79,7 +81,7 @@ def main() -> None:
 
     # The raw floor: both boosters on the ready float matrix.
     points = open_deal_points(history, as_of)
-    features = build_features(history, points)
+    features = builder.transform(history, points)
     x = bundle.encode(features)
     boosters = [h.booster for h in (bundle.cold, bundle.close) if h.kind == "lightgbm"]
     if len(boosters) != 2:
@@ -92,11 +94,11 @@ def main() -> None:
     raw_s, _ = _median_s(raw, args.repeats)
 
     # Where the time goes (each a median of the same number of repeats).
-    population_s, population = _median_s(lambda: compute_population(history), args.repeats)
+    population_s, population = _median_s(lambda: compute_population_stats(history), args.repeats)
     points_s, _ = _median_s(lambda: open_deal_points(history, as_of), args.repeats)
-    build_s, _ = _median_s(lambda: build_features(history, points, population=population), args.repeats)
+    build_s, _ = _median_s(lambda: build_features(history, points, population), args.repeats)
     subset = history.subset(points["deal_id"])
-    build_sub_s, _ = _median_s(lambda: build_features(subset, points, population=population), args.repeats)
+    build_sub_s, _ = _median_s(lambda: build_features(subset, points, population), args.repeats)
     encode_s, _ = _median_s(lambda: bundle.encode(features), args.repeats)
     heads_s, _ = _median_s(lambda: (bundle.cold.proba(x, features), bundle.close.proba(x, features)),
                            args.repeats)

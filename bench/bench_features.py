@@ -21,7 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.build import FEATURE_COLUMNS, build_features  # noqa: E402
-from features.population import compute_population  # noqa: E402
+from features.population_stats import compute_population_stats  # noqa: E402
 from training.simulate import simulate_history  # noqa: E402
 
 logger = logging.getLogger("bench_features")
@@ -51,13 +51,13 @@ def main() -> None:
     points = weekly_points(history.deals["created_at"], history.deals["deal_id"], args.snapshots)
 
     start = time.perf_counter()
-    population = compute_population(history)
+    population = compute_population_stats(history)
     population_s = time.perf_counter() - start
     start = time.perf_counter()
     features = build_features(history, points, population)
     build_s = time.perf_counter() - start
     start, cpu_start = time.perf_counter(), time.process_time()
-    build_features(history, points)
+    build_features(history, points, compute_population_stats(history))
     total_s = time.perf_counter() - start
     total_cpu_s = time.process_time() - cpu_start
 

@@ -235,7 +235,9 @@ def stage_breakdown(home: Path, payload: dict[str, Any], reps: int) -> dict[str,
 
     bundle, _ = load_bundle("models:/deal-risk/1", f"sqlite:///{home / 'mlflow.db'}")
     store = Store(f"sqlite:///{home / 'dealrisk.db'}")
-    population = PopulationCache.from_store(store).get()
+    builder = PopulationCache.from_store(store).get()
+    assert builder is not None and builder.population_stats_ is not None
+    population = builder.population_stats_
     timings: dict[str, list[float]] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -253,7 +255,7 @@ def stage_breakdown(home: Path, payload: dict[str, Any], reps: int) -> dict[str,
         history = timed("validated_history", lambda: validated_history(frames, locators, specs))
         points = pd.DataFrame({"deal_id": pd.Series([d.deal_id for d in body.deals], dtype="string"),
                                "as_of": pd.Series([as_of] * len(body.deals), dtype="datetime64[ns, UTC]")})
-        features = timed("build_features", lambda: build_features(history, points, population=population))
+        features = timed("build_features", lambda: build_features(history, points, population))
         scores = timed("bundle_score_3_reasons", lambda: bundle.score(features, top_reasons=3))
         timed("bundle_score_no_reasons", lambda: bundle.score(features, top_reasons=0))
 
@@ -432,13 +434,13 @@ def main() -> None:
 def _mlflow_throughput(history: DealHistory, payloads: list[dict[str, Any]], as_of: pd.Timestamp, home: Path,
                        env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     from features.build import build_features
-    from features.population import compute_population
+    from features.population_stats import compute_population_stats
     from models.loading import pyfunc_frame
 
     ids = [p["deal_id"] for p in payloads]
     points = pd.DataFrame({"deal_id": pd.Series(ids, dtype="string"),
                            "as_of": pd.Series([as_of] * len(ids), dtype="datetime64[ns, UTC]")})
-    features = build_features(history, points, population=compute_population(history))
+    features = build_features(history, points, compute_population_stats(history))
     frame = pyfunc_frame(features)
     body = ('{"dataframe_split": ' + frame.to_json(orient="split", index=False) + "}").encode()
     port = _free_port()

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_result  # noqa: E402
 from features.build import build_features  # noqa: E402
 from features.history import DealHistory  # noqa: E402
-from features.population import compute_population  # noqa: E402
+from features.population_stats import compute_population_stats  # noqa: E402
 from training.simulate import simulate_history  # noqa: E402
 
 logger = logging.getLogger("bench_small_input")
@@ -106,7 +106,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     store = simulate_history(n_deals=args.population_deals, seed=args.seed)
-    population = compute_population(store)
+    population = compute_population_stats(store)
     as_of = store.end_time
     cases: dict[str, Any] = {}
     for n_deals, events in ((1, 50), (10, 30)):
@@ -134,7 +134,9 @@ def main() -> None:
             "build_with_store_population": timed(
                 partial(build_features, history, points, population), args.repeats
             ),
-            "build_own_population": timed(partial(build_features, history, points), args.repeats),
+            "build_own_population": timed(
+                lambda h=history, p=points: build_features(h, p, compute_population_stats(h)), args.repeats
+            ),
         }
     one = cases["1_deals"]
     result = {

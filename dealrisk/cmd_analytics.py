@@ -57,6 +57,11 @@ def _load_history(data: Path | None, pipeline: str | None) -> DealHistory:
         where = str(data) if data is not None else "the store"
         fail(f"no deals in {where}" + (f" for pipeline {pipeline!r}" if pipeline else "")
              + "; import a folder with `dealrisk import DIR` or pass --data DIR")
+    return _only_pipeline(history, pipeline)
+
+
+def _only_pipeline(history: DealHistory, pipeline: str | None) -> DealHistory:
+    """The deals of one pipeline and their events (all of them when `pipeline` is None)."""
     if pipeline is not None:
         known = sorted(history.deals["pipeline"].astype(str).unique())
         if pipeline not in known:
@@ -75,21 +80,26 @@ def _load_model(model_uri: str | None) -> tuple[Any, str]:
         bundle, version = load_bundle(uri, settings.tracking_uri)
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one actionable message
         fail(f"could not load model {uri} from {settings.tracking_uri}: {exc}. Train one with "
-             "`dealrisk train`, or pass --model-uri (models:/deal-risk/3, runs:/<id>/bundle)")
+             "`dealrisk train`, or pass --model-uri (models:/deal-risk/3, or a bundle folder)")
     return bundle, str(version)
 
 
 def _score(data: Path | None, pipeline: str | None, as_of: str | None, model_uri: str | None, quiet: bool,
            **filters: Any) -> tuple[pd.DataFrame, pd.Timestamp, str]:
+    from features.build import FeatureBuilder
     from models.forecast import score_open_deals
 
     with progress("loading history and model", total=3, quiet=quiet) as advance:
-        history = _load_history(data, pipeline)
+        # The population statistics come from the whole store (or folder), as the service's do, so a
+        # deal gets the same score from `--pipeline P` as from the API; only the scored deals are filtered.
+        everything = _load_history(data, None)
+        builder = FeatureBuilder().fit(everything)
+        history = _only_pipeline(everything, pipeline)
         advance()
         bundle, version = _load_model(model_uri)
         advance()
         t = _time(as_of, "--as-of") or history.end_time
-        scored = score_open_deals(bundle, history, t, **filters)
+        scored = score_open_deals(bundle, history, t, builder, **filters)
         advance()
     return scored, t, version
 
@@ -170,7 +180,8 @@ def health(
     by: str | None = typer.Option(None, "--by", help="Also give the figures per 'team' or 'owner'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Pipeline health over [since, until]: open deals, size, win rate, cycle, velocity, funnel, stalls."""
+    """Pipeline health from --since to --until: open deals, size, win rate, cycle, velocity, funnel,
+    stalls."""
     from features.health import pipeline_health
 
     if by not in (None, "team", "owner"):

@@ -1,9 +1,12 @@
 """Point-in-time features: one row per (deal_id, as_of) point, from rows dated at or before as_of.
 
-Training snapshots, batch scoring and the service all call `build_features`, so a deal gets the same
-numbers whichever path scores it. Everything is vectorised: per-deal event streams answer "how many
-events at or before t" with one global `np.searchsorted` (see `features.population.EventStream`), and
-population statistics are read from time-indexed cumulative tables with `pd.merge_asof`.
+Training snapshots, batch scoring and the service all use a `FeatureBuilder`, so a deal gets the same
+numbers whichever path scores it. The builder's fitted state is explicit: `fit(history)` learns the
+population statistics (`features.population_stats`), `transform(history, points)` builds features
+with them, and transforming before fitting raises `NotFittedError`. Everything is vectorised: per-deal
+event streams answer "how many events at or before t" with one global `np.searchsorted` (see
+`features.timeindex.EventStream`), and population statistics are read from time-indexed cumulative
+tables (`features.timeindex.AsofIndex`).
 """
 
 from __future__ import annotations
@@ -15,22 +18,20 @@ import numpy as np
 import pandas as pd
 
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DealHistory
-from features.population import (
+from features.population_stats import PRIOR_WEIGHT, PopulationStats, compute_population_stats
+from features.stages import first_stages, open_stage_counts, stage_rows
+from features.timeindex import (
     DAY_NS,
     NAT_NS,
-    PRIOR_WEIGHT,
     DealIndex,
     EventStream,
     FieldRows,
-    Population,
-    compute_population,
     cumsum_by,
     field_rows,
-    first_stage,
     from_ns,
     owner_at,
     pair_keys,
-    stage_rows,
+    point_codes,
     take,
     to_ns,
 )
@@ -175,25 +176,51 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+class NotFittedError(RuntimeError):
+    """A `FeatureBuilder` was asked to transform before it was fitted."""
+
+
+class FeatureBuilder:
+    """Point-in-time features with explicit fitted state (scikit-learn's fit/transform).
+
+    `fit(history)` learns the population statistics (`population_stats_`) from a history, which is the
+    builder's only learned state; `transform(history, points)` builds the features of points from any
+    history (the whole store, or only the scored deals) with those statistics. Statistics are
+    time-indexed, so a feature as of t reads only what was known at t whichever history they came from.
+    """
+
+    def __init__(self) -> None:
+        self.population_stats_: PopulationStats | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.population_stats_ is not None
+
+    def fit(self, history: DealHistory) -> FeatureBuilder:
+        """Learn the population statistics of `history`; returns self."""
+        self.population_stats_ = compute_population_stats(history)
+        return self
+
+    def transform(self, history: DealHistory, points: pd.DataFrame) -> pd.DataFrame:
+        """`build_features(history, points, self.population_stats_)`; NotFittedError before `fit`."""
+        if self.population_stats_ is None:
+            raise NotFittedError(
+                "this FeatureBuilder is not fitted: call fit(history) before transform(history, points)"
+            )
+        return build_features(history, points, self.population_stats_)
+
+
 def build_features(
-    history: DealHistory, points: pd.DataFrame, population: Population | None = None
+    history: DealHistory, points: pd.DataFrame, population: PopulationStats
 ) -> pd.DataFrame:
     """Features and context of each point (deal_id, as_of), using only rows dated at or before as_of.
 
     One output row per point, in the points' order and with their index: `deal_id`, `as_of`, every
     column of FEATURE_COLUMNS, then CONTEXT_COLUMNS. Population statistics come from `population`
-    (computed from `history` when None). Raises ValueError for unknown deal ids or missing times.
+    (fitted beforehand, see `FeatureBuilder`). Raises ValueError for unknown deal ids or missing times.
     """
-    if population is None:
-        population = compute_population(history)
     deals = DealIndex(history.deals)
-    codes = deals.codes(points["deal_id"])
-    if (codes < 0).any():
-        unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
-        raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
-    t = to_ns(points["as_of"])
-    if (t == NAT_NS).any():
-        raise ValueError("points have a missing as_of; every point needs a time")
+    codes, t = point_codes(deals, points)
     # Queries sorted by (deal, time) hit the sorted event keys in order, which makes the many
     # searchsorted calls cache-friendly; results go back to the points' order at the end.
     order = np.lexsort((t, codes))
@@ -228,7 +255,7 @@ def build_features(
 
 
 def _compute(
-    history: DealHistory, population: Population, deals: DealIndex, codes: np.ndarray, t: np.ndarray
+    history: DealHistory, population: PopulationStats, deals: DealIndex, codes: np.ndarray, t: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(feature arrays, context arrays) for valid deal codes and times, in the given order."""
     specs = history.pipelines
@@ -241,7 +268,7 @@ def _compute(
     rows = stage_rows(history, deals)
     sidx = rows.stream.last_index(codes, t)
     has_stage = sidx >= 0
-    start = first_stage(pipeline, specs)
+    start = first_stages(pipeline, specs)
     stage = np.where(has_stage, take(rows.stage, sidx, None), start)
     stage[not_created] = None
     entered = np.where(has_stage, take(rows.entered, sidx, 0), created)
@@ -252,9 +279,8 @@ def _compute(
     starting_position = np.where(pd.notna(start), 0.0, np.nan)
     position = np.where(has_stage, take(rows.position, sidx, np.nan), starting_position)
     position[not_created] = np.nan
-    n_open = pd.Series(pipeline, dtype=object).map({k: len(v.stages) for k, v in specs.items()})
     out["stage_position"] = position
-    out["stage_position_frac"] = _ratio(position, n_open.to_numpy(dtype=np.float64, na_value=np.nan))
+    out["stage_position_frac"] = _ratio(position, open_stage_counts(pipeline, specs))
     out["n_stage_changes"] = take(rows.n_changes, sidx, 0)
     out["n_backward_moves"] = take(rows.n_backward, sidx, 0)
     out["deal_age_days"] = _days(t - created, created != NAT_NS)
@@ -393,7 +419,7 @@ def _field_features(
 
 
 def _owner_features(
-    population: Population, owner: np.ndarray, pipeline: np.ndarray, t: np.ndarray
+    population: PopulationStats, owner: np.ndarray, pipeline: np.ndarray, t: np.ndarray
 ) -> dict[str, np.ndarray]:
     own = population.owner_closes_index.lookup(owner, t, ["owner_won", "owner_closed"])
     pipe = population.pipeline_closes_index.lookup(pipeline, t, ["pipeline_won", "pipeline_closed"])

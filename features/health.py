@@ -29,7 +29,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from features.history import DealHistory, stage_outcome, to_utc_timestamp
+from features.history import DealHistory, to_utc_timestamp
+from features.stages import deal_states_at, stage_outcomes, stage_positions
 
 STALE_QUANTILE = 0.8
 NO_TEAM = "(no team)"
@@ -90,7 +91,9 @@ def _stage_changes_as_of(history: DealHistory, as_of: pd.Timestamp, states: pd.D
     )
     out["pipeline"] = pd.Series(states["pipeline"].to_numpy(dtype=object)[out["pos"].to_numpy()],
                                 dtype="string")
-    out["outcome"] = stage_outcome(out["stage"], out["pipeline"], history.pipelines)
+    outcome = stage_outcomes(out["pipeline"].to_numpy(dtype=object), out["stage"].to_numpy(dtype=object),
+                             history.pipelines)
+    out["outcome"] = pd.Series(outcome, dtype="string")
     pos_sorted = out["pos"].to_numpy()
     same_deal = np.zeros(len(out), dtype=bool)
     same_deal[:-1] = pos_sorted[1:] == pos_sorted[:-1]
@@ -128,9 +131,9 @@ def _states_and_changes(history: DealHistory, t: pd.Timestamp) -> tuple[pd.DataF
     stage = pd.Series(pd.NA, index=range(n), dtype="string")
     stage.iloc[at] = pd.Series(last["stage"].to_numpy(dtype=object), dtype="string")
     out["stage"] = stage
-    status = pd.Series("open", index=range(n), dtype="string")
-    status.iloc[at] = pd.Series(last["outcome"].to_numpy(dtype=object), dtype="string")
-    out["status"] = status
+    # Every deal here was created by t, so its state is open, won or lost.
+    state = deal_states_at(history, out[["deal_id"]].assign(as_of=t))
+    out["status"] = pd.Series(state, dtype="string")
     entered = out["created_at"].copy()
     entered.iloc[at] = last["changed_at"].to_numpy()
     out["stage_entered_at"] = entered
@@ -240,16 +243,12 @@ def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
     entries = sc[(sc["changed_at"] >= since) & (sc["outcome"] == "open")]
     entries = entries.drop_duplicates(["pos", "stage"], keep="first")
     specs = history.pipelines
-    pos = pd.Series(-1, index=entries.index, dtype="int64")
-    next_pos = pd.Series(-1, index=entries.index, dtype="int64")
-    for name, spec in specs.items():
-        in_pipe = entries["pipeline"] == name
-        if not in_pipe.any():
-            continue
-        order = {stage: i for i, stage in enumerate(spec.stages)}
-        pos[in_pipe] = entries.loc[in_pipe, "stage"].map(order).fillna(-1).astype("int64")
-        next_pos[in_pipe] = entries.loc[in_pipe, "next_stage"].map(order).fillna(-1).astype("int64")
-    moved_on = (entries["next_outcome"] == "won").fillna(False) | ((next_pos > pos) & (pos >= 0))
+    pipeline = entries["pipeline"].to_numpy(dtype=object)
+    pos = stage_positions(pipeline, entries["stage"].to_numpy(dtype=object), specs)
+    next_pos = stage_positions(pipeline, entries["next_stage"].to_numpy(dtype=object), specs)
+    # A later open stage (unknown stages have no position, NaN compares False) or a win moves a deal on.
+    next_open = (entries["next_outcome"] == "open").fillna(False).to_numpy(dtype=bool)
+    moved_on = (entries["next_outcome"] == "won").fillna(False) | (next_open & (next_pos > pos))
     lost_here = (entries["next_outcome"] == "lost").fillna(False)
     agg = (
         pd.DataFrame({"pipeline": entries["pipeline"], "stage": entries["stage"],

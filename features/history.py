@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 ACTIVITY_TYPES = ("call", "email", "meeting", "note", "task", "other")
@@ -76,7 +75,10 @@ class HistoryValidationError(ValueError):
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    """Ordered open stages of one pipeline and its closing stages."""
+    """Ordered open stages of one pipeline and its closing stages.
+
+    What a stage means (outcome, position) is defined once, in `features.stages`.
+    """
 
     name: str
     stages: tuple[str, ...]
@@ -87,20 +89,6 @@ class PipelineSpec:
     # given (pipelines.yaml or the API), which is authoritative. Provenance, not content: not part of
     # `to_dict` (the store keeps it in its own column) nor of equality (same stages, same spec).
     inferred: bool = field(default=False, compare=False)
-
-    def is_won(self, stage: str) -> bool:
-        return stage in self.won or (not self.won and "won" in stage.lower())
-
-    def is_lost(self, stage: str) -> bool:
-        return stage in self.lost or (not self.lost and "lost" in stage.lower())
-
-    def position(self, stage: str) -> int:
-        """0-based index of an open stage; closing stages come after every open one; unknown is -1."""
-        if stage in self.stages:
-            return self.stages.index(stage)
-        if self.is_won(stage) or self.is_lost(stage):
-            return len(self.stages)
-        return -1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,27 +108,6 @@ class PipelineSpec:
             stale_after_days={str(k): float(v) for k, v in (raw.get("stale_after_days") or {}).items()},
             inferred=inferred,
         )
-
-
-def stage_outcome(stage: pd.Series, pipeline: pd.Series, specs: Mapping[str, PipelineSpec]) -> pd.Series:
-    """Vectorised: 'won', 'lost' or 'open' for each (stage, pipeline) pair.
-
-    Pipelines without a spec fall back to the SPEC rule: a stage whose name contains `won` or `lost`
-    (any case) closes the deal.
-    """
-    lower = stage.astype("string").str.lower()
-    won = lower.str.contains("won", regex=False).fillna(False).to_numpy(dtype=bool)
-    lost = lower.str.contains("lost", regex=False).fillna(False).to_numpy(dtype=bool)
-    for name, spec in specs.items():
-        in_pipe = (pipeline == name).to_numpy(dtype=bool)
-        if not in_pipe.any():
-            continue
-        if spec.won:
-            won = np.where(in_pipe, stage.isin(spec.won).to_numpy(dtype=bool), won)
-        if spec.lost:
-            lost = np.where(in_pipe, stage.isin(spec.lost).to_numpy(dtype=bool), lost)
-    out = np.where(won, "won", np.where(lost, "lost", "open"))
-    return pd.Series(out, index=stage.index, dtype="string")
 
 
 @dataclass

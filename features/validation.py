@@ -26,6 +26,7 @@ from features.history import (
     PipelineSpec,
     Problem,
 )
+from features.stages import order_stage_changes
 
 logger = logging.getLogger(__name__)
 
@@ -677,7 +678,7 @@ def validate_and_coerce(
     all_specs.update(infer_pipeline_specs(deal_frame, sorted_events["stage_changes"], missing_specs))
     return DealHistory(
         deals=deal_frame,
-        stage_changes=sorted_events["stage_changes"],
+        stage_changes=order_stage_changes(sorted_events["stage_changes"], deal_frame, all_specs),
         activities=sorted_events["activities"],
         field_changes=sorted_events["field_changes"],
         pipelines=all_specs,
@@ -930,7 +931,7 @@ def _fast_validate(
     all_specs.update(infer_pipeline_specs(deals, events["stage_changes"], missing_specs))
     return DealHistory(
         deals=deals,
-        stage_changes=events["stage_changes"],
+        stage_changes=order_stage_changes(events["stage_changes"], deals, all_specs),
         activities=events["activities"],
         field_changes=events["field_changes"],
         pipelines=all_specs,

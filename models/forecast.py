@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.build import FeatureBuilder
 from features.health import deal_states
 from features.history import DealHistory, to_utc_timestamp
 from models.bundle import SCORE_COLUMNS
@@ -158,7 +159,7 @@ def score_open_deals(
     bundle: Any,
     history: DealHistory,
     as_of: pd.Timestamp | str,
-    population: Any | None = None,
+    builder: FeatureBuilder,
     owner: str | None = None,
     team: str | None = None,
     min_amount: float | None = None,
@@ -190,7 +191,7 @@ def score_open_deals(
     points = points[points["deal_id"].isin(states["deal_id"])].reset_index(drop=True)
     if points.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in AT_RISK_COLUMNS})
-    scored = score_points(bundle, history, points, population, top_reasons=top_reasons)
+    scored = score_points(bundle, history, points, builder, top_reasons=top_reasons)
     scored = scored[SCORE_COLUMNS].astype({"deal_id": "string"})
     out = scored.merge(states[["deal_id", *CONTEXT_COLUMNS]], on="deal_id", how="left", validate="1:1")
     out["days_in_stage"] = (t - out["stage_entered_at"]).dt.total_seconds() / 86400.0

@@ -8,8 +8,9 @@ Every route takes what it needs from here, so tests can swap any of them with
 - `ModelDep`      -> a `LoadedModel` snapshot (`bundle`, `version`, `loaded_at`, `metadata`) taken once at
                      the start of the request; use it for the whole request so one response never mixes
                      versions. Answers 503 "no model loaded: <reason>" when no model could ever be loaded.
-- `PopulationDep` -> the feature `Population` computed from the store (recomputed lazily after writes);
-                     None while the store holds no deals (score_points then derives it from the history).
+- `FeatureBuilderDep` -> a `FeatureBuilder` fitted on the whole store (refitted lazily after writes);
+                     None while the store holds no deals (`model_holder.builder_for` then fits on the
+                     scored history).
 - `require_role(*roles)` -> a dependency returning the caller's `ApiKey` (Authorization: Bearer <key>);
                      401 with WWW-Authenticate when missing/wrong/revoked, 403 when the role is not allowed.
   Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `ScoreKey` (admin, integration),
@@ -23,7 +24,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from features.population import Population
+from features.build import FeatureBuilder
 from serving.auth import ApiKey, require_role
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
 from serving.settings import Settings
@@ -32,14 +33,14 @@ from serving.store import Store
 __all__ = [
     "AdminKey",
     "ModelDep",
-    "PopulationDep",
+    "FeatureBuilderDep",
     "ReadKey",
     "ScoreKey",
     "SettingsDep",
     "StoreDep",
     "WriteKey",
     "get_model",
-    "get_population",
+    "get_feature_builder",
     "get_settings_dep",
     "get_store",
     "require_role",
@@ -64,8 +65,8 @@ def get_model(request: Request) -> LoadedModel:
     return holder.require()
 
 
-def get_population(request: Request) -> Population | None:
-    """The feature population of the stored history (recomputed lazily after writes); None if empty."""
+def get_feature_builder(request: Request) -> FeatureBuilder | None:
+    """The feature builder fitted on the stored history (refitted lazily after writes); None if empty."""
     cache: PopulationCache = request.app.state.population
     return cache.get()
 
@@ -73,7 +74,7 @@ def get_population(request: Request) -> Population | None:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[Store, Depends(get_store)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
-PopulationDep = Annotated[Population | None, Depends(get_population)]
+FeatureBuilderDep = Annotated[FeatureBuilder | None, Depends(get_feature_builder)]
 
 AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
 ReadKey = Annotated[ApiKey, Depends(require_role("admin", "manager"))]

@@ -1,4 +1,4 @@
-"""The served model and the feature population, each swapped atomically.
+"""The served model and the fitted feature builder, each swapped atomically.
 
 A request takes ONE `LoadedModel` reference at its start (`holder.require()`) and uses it to the end, so a
 reload in the middle of a request can never mix two versions in one response. Loading happens outside
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from features.population import Population, compute_population
+from features.build import FeatureBuilder
+from features.history import DealHistory
 from serving.errors import ConflictError, ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -136,30 +137,30 @@ class ModelHolder:
 
 
 class PopulationCache:
-    """The feature population of the stored history, recomputed lazily after a write marks it dirty.
+    """A `FeatureBuilder` fitted on the whole stored history, refitted lazily after a write marks it dirty.
 
-    Writes only flip a generation counter (cheap); the next reader recomputes once while others keep
-    using the previous population, so a burst of writes costs one recompute.
+    Writes only flip a generation counter (cheap); the next reader refits once while others keep
+    using the previous builder, so a burst of writes costs one refit.
     """
 
-    def __init__(self, load: Callable[[], Population | None]) -> None:
+    def __init__(self, load: Callable[[], FeatureBuilder | None]) -> None:
         self._load = load
         self._lock = threading.Lock()
         self._compute_lock = threading.Lock()
-        self._value: Population | None = None
+        self._value: FeatureBuilder | None = None
         self._computed = False
         self._generation = 0
         self._computed_generation = -1
 
     @classmethod
     def from_store(cls, store: Any) -> PopulationCache:
-        """A cache that computes the population from everything in `store` (None while it is empty)."""
+        """A cache that fits the builder on everything in `store` (None while it is empty)."""
 
-        def load() -> Population | None:
-            # With no stored deals, scoring computes the population from the scored history itself.
+        def load() -> FeatureBuilder | None:
+            # With no stored deals there is nothing to fit on: see `builder_for`.
             if store.count_rows().get("deals", 0) == 0:
                 return None
-            return compute_population(store.load_history())
+            return FeatureBuilder().fit(store.load_history())
 
         return cls(load)
 
@@ -168,8 +169,8 @@ class PopulationCache:
         with self._lock:
             self._generation += 1
 
-    def get(self) -> Population | None:
-        """The population, recomputed first if the store changed since it was computed."""
+    def get(self) -> FeatureBuilder | None:
+        """The fitted builder, refitted first if the store changed since it was fitted."""
         with self._lock:
             if self._computed and self._computed_generation == self._generation:
                 return self._value
@@ -193,3 +194,9 @@ class PopulationCache:
             return value
         finally:
             self._compute_lock.release()
+
+
+def builder_for(stored: FeatureBuilder | None, history: DealHistory) -> FeatureBuilder:
+    """The builder fitted on the store, or, while the store holds no deals, one fitted on `history` (the
+    inline deals being scored), so an empty store still scores inline deals."""
+    return stored if stored is not None else FeatureBuilder().fit(history)

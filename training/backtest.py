@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, FeatureBuilder
 from features.history import DealHistory
 from models.scoring import open_deal_points, score_points
 from training.labels import won_label
@@ -87,10 +88,8 @@ def make_folds(
 
 
 def _shared_features(history: DealHistory, config: TrainConfig) -> tuple[pd.DataFrame, list[str], list[str]]:
-    from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, build_features
-
     points = make_snapshots(history, cadence_days=config.cadence_days, at_events=config.at_events)
-    feats = build_features(history, points)
+    feats = FeatureBuilder().fit(history).transform(history, points)
     return feats, list(FEATURE_COLUMNS), list(CATEGORICAL_FEATURES)
 
 
@@ -105,7 +104,7 @@ def _fold_data(
 
 
 def forecast_error(
-    history: DealHistory, bundle: Any, fold: Fold, population: Any = None
+    history: DealHistory, bundle: Any, fold: Fold, builder: FeatureBuilder | None = None
 ) -> dict[str, Any]:
     """Predicted won amount (Σ amount × close_probability over deals open at the fold start whose expected
     close date falls in the fold) against the amount of those deals actually won within the fold."""
@@ -113,7 +112,9 @@ def forecast_error(
     row: dict[str, Any] = {"fold": fold.number, "period_start": fold.start, "period_end": fold.end}
     if points.empty:
         return row | {"n_deals": 0, "predicted": 0.0, "actual": 0.0, "error": 0.0, "abs_pct_error": np.nan}
-    scores = score_points(bundle, history, points, population=population, top_reasons=0)
+    if builder is None:
+        builder = FeatureBuilder().fit(history)
+    scores = score_points(bundle, history, points, builder, top_reasons=0)
     close = pd.to_datetime(scores["expected_close_date"], utc=True)
     due = ((close > fold.start) & (close <= fold.end)).to_numpy(dtype=bool)
     due_scores = scores[due]
@@ -170,6 +171,7 @@ def evaluate_bundle(
     `all` row pooling the folds, so registered versions can be compared on the same rows."""
     config = config or TrainConfig(horizon_days=float(bundle.metadata.get("horizon_days", 14)))
     points = make_snapshots(history, cadence_days=config.cadence_days)
+    builder = FeatureBuilder().fit(history)
     rows: list[dict[str, Any]] = []
     pooled: dict[str, list[np.ndarray]] = {"cold_y": [], "cold_p": [], "close_y": [], "close_p": []}
     for fold in folds:
@@ -178,7 +180,7 @@ def evaluate_bundle(
         test = labelled[labelled["window"] == "test"].reset_index(drop=True)
         if test.empty:
             continue
-        scores = score_points(bundle, history, test[["deal_id", "as_of"]], top_reasons=0)
+        scores = score_points(bundle, history, test[["deal_id", "as_of"]], builder, top_reasons=0)
         for head, label, col in (("cold", "cold", "cold_risk"), ("close", "won", "close_probability")):
             y = test[label].to_numpy(dtype=float)
             p = scores[col].to_numpy(dtype=float)

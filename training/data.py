@@ -77,7 +77,7 @@ def _read_pipelines(file: Path, folder: Path) -> Any:
         raise _fail(
             PIPELINES_FILE,
             f"not valid YAML{line}: {problem}",
-            "see SPEC: each pipeline maps to {stages: [...], won: [...], lost: [...]}",
+            "see docs/input-format.md: each pipeline maps to {stages: [...], won: [...], lost: [...]}",
             folder,
         ) from exc
     except (OSError, UnicodeDecodeError) as exc:

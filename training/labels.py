@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.history import DealHistory, stage_outcome, to_utc_timestamp
+from features.history import DealHistory, to_utc_timestamp
+from features.stages import first_stages, stage_outcomes, stage_positions
 
 DEFAULT_HORIZON_DAYS = 14
 
@@ -20,40 +21,17 @@ def _end_of(history: DealHistory, end: pd.Timestamp | str | None) -> pd.Timestam
 
 
 def _stage_events(history: DealHistory, end: pd.Timestamp) -> pd.DataFrame:
-    """Stage changes up to `end` with the deal's pipeline, outcome and stage position."""
+    """Stage changes up to `end` with the deal's pipeline, outcome and stage position (`features.stages`:
+    NaN for an unknown stage, so a move from or to one is never forward)."""
     sc = history.stage_changes
     sc = sc.loc[sc["changed_at"] <= end, ["deal_id", "stage", "changed_at"]]
     pipe = history.deals.set_index("deal_id")["pipeline"]
     sc = sc.assign(pipeline=sc["deal_id"].map(pipe).astype("string"))
-    sc["outcome"] = stage_outcome(sc["stage"], sc["pipeline"], history.pipelines)
-    sc["position"] = stage_positions(history, sc["pipeline"], sc["stage"], sc["outcome"])
+    pipeline, stage = sc["pipeline"].to_numpy(dtype=object), sc["stage"].to_numpy(dtype=object)
+    outcome = stage_outcomes(pipeline, stage, history.pipelines)
+    sc["outcome"] = pd.Series(outcome, index=sc.index, dtype="string")
+    sc["position"] = stage_positions(pipeline, stage, history.pipelines)
     return sc.sort_values(["changed_at", "deal_id"], kind="stable").reset_index(drop=True)
-
-
-def stage_positions(
-    history: DealHistory, pipeline: pd.Series, stage: pd.Series, outcome: pd.Series
-) -> pd.Series:
-    """Vectorised stage position: open stages by their order, any close after them, unknown -1."""
-    rows = [
-        (name, stage_name, i)
-        for name, spec in history.pipelines.items()
-        for i, stage_name in enumerate(spec.stages)
-    ]
-    table = pd.DataFrame(rows, columns=["pipeline", "stage", "position"])
-    n_open = {name: len(spec.stages) for name, spec in history.pipelines.items()}
-    key = pd.MultiIndex.from_arrays([pipeline.astype("string"), stage.astype("string")])
-    lookup = pd.Series(
-        table["position"].to_numpy(),
-        index=pd.MultiIndex.from_arrays(
-            [table["pipeline"].astype("string"), table["stage"].astype("string")]
-        ),
-    )
-    lookup = lookup[~lookup.index.duplicated()]
-    pos = pd.Series(lookup.reindex(key).to_numpy(), index=stage.index, dtype="float64")
-    closed = (outcome != "open").fillna(False).to_numpy(dtype=bool)
-    closing = pipeline.map(n_open).astype("float64")
-    pos = pos.where(~closed, closing)
-    return pos.fillna(-1.0)
 
 
 def _prepare_points(points: pd.DataFrame) -> pd.DataFrame:
@@ -106,17 +84,22 @@ def cold_label(
 
     sc = _stage_events(history, t_end)
 
-    # Stage position at t: the latest change at or before t.
+    # Stage position at t: the latest change at or before t, else the pipeline's first stage's.
     by_t = pts.sort_values("as_of", kind="stable")
     at_t = pd.merge_asof(
         by_t,
-        sc[["deal_id", "changed_at", "position"]].rename(columns={"changed_at": "as_of"}),
+        sc[["deal_id", "changed_at", "position"]].assign(_seen=True).rename(columns={"changed_at": "as_of"}),
         on="as_of",
         by="deal_id",
         direction="backward",
     )
-    pos_by_row = pd.Series(at_t["position"].fillna(-1.0).to_numpy(), index=at_t["_row"].to_numpy())
-    pos_at_t = pos_by_row.sort_index().to_numpy()
+    pos_by_row = pd.Series(at_t["position"].to_numpy(), index=at_t["_row"].to_numpy()).sort_index()
+    no_change = pd.Series(at_t["_seen"].isna().to_numpy(), index=at_t["_row"].to_numpy()).sort_index()
+    pipe = history.deals.set_index("deal_id")["pipeline"]
+    pipeline_of = pts["deal_id"].map(pipe).to_numpy(dtype=object)
+    start_position = stage_positions(pipeline_of, first_stages(pipeline_of, history.pipelines),
+                                     history.pipelines)
+    pos_at_t = np.where(no_change.to_numpy(), start_position, pos_by_row.to_numpy())
 
     # First close strictly after t (and at or before the observed window end).
     closes = sc.loc[sc["outcome"] != "open", ["deal_id", "changed_at", "outcome"]]

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.build import FeatureBuilder
 from features.history import DealHistory
 from models.bundle import SCORE_COLUMNS
 from models.scoring import open_deal_points, score_points
@@ -37,7 +38,7 @@ def score_batch(
     as_of: Any = None,
     points: pd.DataFrame | None = None,
     model_version: str | None = None,
-    population: Any = None,
+    builder: FeatureBuilder | None = None,
 ) -> pd.DataFrame:
     """Scores as of `as_of` for every open deal (default: the end of the data), or for `points`.
 
@@ -51,7 +52,9 @@ def score_batch(
     if unknown.any():
         first = points.loc[unknown, "deal_id"].iloc[0]
         raise ValueError(f"{int(unknown.sum())} point(s) name deals not in the history (first: {first!r})")
-    scores = score_points(bundle, history, points.reset_index(drop=True), population=population)
+    if builder is None:
+        builder = FeatureBuilder().fit(history)
+    scores = score_points(bundle, history, points.reset_index(drop=True), builder)
     version = model_version or str(getattr(bundle, "metadata", {}).get("version", ""))
     out = scores.drop(columns=["reasons"]).assign(model_version=version)
     texts = [[r.get("text", "") for r in reasons[:N_REASONS]] for reasons in scores["reasons"]]

@@ -46,7 +46,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.history import DealHistory, PipelineSpec, stage_outcome, to_utc_timestamp
+from features.history import DealHistory, PipelineSpec, to_utc_timestamp
+from features.stages import deal_states_at
 
 logger = logging.getLogger(__name__)
 
@@ -414,10 +415,9 @@ def _string_array(values: np.ndarray) -> pd.api.extensions.ExtensionArray:
 
 def history_summary(history: DealHistory) -> dict[str, Any]:
     """Deals per pipeline with won/lost/open counts at the end of the data, and event counts."""
-    last = history.stage_changes.groupby("deal_id", sort=False).tail(1)[["deal_id", "stage"]]
-    deals = history.deals[["deal_id", "pipeline"]].merge(last, on="deal_id", how="left")
-    outcome = stage_outcome(deals["stage"].fillna(""), deals["pipeline"], history.pipelines)
-    table = pd.crosstab(deals["pipeline"], outcome.to_numpy())
+    deals = history.deals[["deal_id", "pipeline"]]
+    state = deal_states_at(history, deals.assign(as_of=history.end_time))
+    table = pd.crosstab(deals["pipeline"], state)
     per_pipeline = {
         str(p): {"deals": int(row.sum()), **{c: int(row.get(c, 0)) for c in ("won", "lost", "open")}}
         for p, row in table.iterrows()

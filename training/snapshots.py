@@ -12,28 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.history import DealHistory, stage_outcome, to_utc_timestamp
+from features.history import DealHistory, to_utc_timestamp
+from features.stages import deal_states_at, stage_outcomes
 from training.labels import cold_label, won_label
 
 WINDOWS = ("train", "calibration", "test")
-
-
-def _open_at(history: DealHistory, points: pd.DataFrame) -> np.ndarray:
-    """Vectorised: is each point's deal open at its `as_of` (created, and not in a closing stage)?"""
-    if points.empty:
-        return np.zeros(0, dtype=bool)
-    sc = history.stage_changes[["deal_id", "stage", "changed_at"]]
-    pipe = history.deals.set_index("deal_id")["pipeline"]
-    sc = sc.assign(outcome=stage_outcome(sc["stage"], sc["deal_id"].map(pipe).astype("string"),
-                                         history.pipelines))
-    sc = sc.sort_values("changed_at", kind="stable").rename(columns={"changed_at": "as_of"})
-    left = points[["deal_id", "as_of"]].assign(_row=np.arange(len(points))).sort_values("as_of")
-    merged = pd.merge_asof(left, sc[["deal_id", "as_of", "outcome"]], on="as_of", by="deal_id")
-    merged = merged.sort_values("_row")
-    created = points["deal_id"].map(history.deals.set_index("deal_id")["created_at"])
-    is_created = (created.notna() & (created <= points["as_of"])).to_numpy(dtype=bool)
-    not_closed = merged["outcome"].fillna("open").eq("open").to_numpy(dtype=bool)
-    return is_created & not_closed
 
 
 def make_snapshots(
@@ -61,8 +44,8 @@ def make_snapshots(
     sc = history.stage_changes
     pipe = deals.set_index("deal_id")["pipeline"]
     last = sc.drop_duplicates("deal_id", keep="last").set_index("deal_id")
-    last_outcome = stage_outcome(last["stage"], last.index.to_series().map(pipe).astype("string"),
-                                 history.pipelines)
+    last_outcome = stage_outcomes(last.index.to_series().map(pipe).to_numpy(dtype=object),
+                                  last["stage"].to_numpy(dtype=object), history.pipelines)
     last_close = last["changed_at"].where(last_outcome != "open")
     upper = deals["deal_id"].map(last_close).fillna(t_end)
     upper = upper.where(upper <= t_end, t_end)
@@ -90,7 +73,7 @@ def make_snapshots(
         points = pd.concat([points, ev.astype({"deal_id": "string"})], ignore_index=True)
 
     points = points.drop_duplicates().reset_index(drop=True)
-    points = points[_open_at(history, points)]
+    points = points[deal_states_at(history, points) == "open"]
     return points.sort_values(["as_of", "deal_id"], kind="stable").reset_index(drop=True)
 
 

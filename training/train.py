@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.build import FeatureBuilder
 from features.history import DealHistory
 from models.bands import choose_thresholds
 from models.baselines import StagePrior
@@ -132,10 +133,15 @@ def _noop(stage: str, fraction: float) -> None:
 
 
 def prepare_training_data(
-    history: DealHistory, config: TrainConfig, split: TimeSplit | None = None, population: Any = None
+    history: DealHistory, config: TrainConfig, split: TimeSplit | None = None,
+    builder: FeatureBuilder | None = None,
 ) -> TrainingData:
-    """Snapshots, both labels censored per window, and features built once for both heads."""
-    from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, build_features
+    """Snapshots, both labels censored per window, and features built once for both heads.
+
+    Features come from `builder` (fitted on `history` when not given). Its statistics are time-indexed,
+    so fitting on the whole history leaks nothing into earlier snapshots.
+    """
+    from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS
 
     points = make_snapshots(history, cadence_days=config.cadence_days, at_events=config.at_events)
     if split is None:
@@ -144,7 +150,9 @@ def prepare_training_data(
         )
     labelled = time_split(history, points, split, horizon_days=config.horizon_days)
     labelled = labelled[labelled["window"].notna()].reset_index(drop=True)
-    feats = build_features(history, labelled[["deal_id", "as_of"]], population=population)
+    if builder is None:
+        builder = FeatureBuilder().fit(history)
+    feats = builder.transform(history, labelled[["deal_id", "as_of"]])
     extra = [c for c in feats.columns if c not in ("deal_id", "as_of")]
     frame = pd.concat([labelled.reset_index(drop=True), feats[extra].reset_index(drop=True)], axis=1)
     return TrainingData(frame, split, list(FEATURE_COLUMNS), list(CATEGORICAL_FEATURES))

@@ -22,9 +22,10 @@ from features.health import pipeline_health
 from features.history import to_utc_timestamp
 from models.forecast import forecast, score_open_deals
 from serving.auth import require_role
-from serving.deps import ModelDep, PopulationDep, ReadKey, StoreDep
+from serving.deps import FeatureBuilderDep, ModelDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
 from serving.limits import NAME_LENGTH
+from serving.model_holder import builder_for
 from serving.schemas import PipelineOut, Reason, UtcTime
 from serving.store import ApiKey, Store
 
@@ -130,7 +131,7 @@ def at_risk(
     request: Request,
     store: StoreDep,
     model: ModelDep,
-    population: PopulationDep,
+    builder: FeatureBuilderDep,
     owner: Annotated[str | None, Query(max_length=NAME_LENGTH, description="owner as of as_of")] = None,
     team: Annotated[str | None, Query(max_length=NAME_LENGTH)] = None,
     min_amount: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
@@ -148,7 +149,8 @@ def at_risk(
     t = _time(as_of, _now())
     history = store.load_history(pipelines=[pipeline])
     ranked = score_open_deals(
-        model.bundle, history, t, population, owner=owner, team=team, min_amount=min_amount,
+        model.bundle, history, t, builder_for(builder, history), owner=owner, team=team,
+        min_amount=min_amount,
         close_before=to_utc_timestamp(close_before) if close_before is not None else None,
     )
     page = ranked.iloc[offset : offset + limit]
@@ -215,7 +217,7 @@ def pipeline_forecast(
     key: ReadKey,
     store: StoreDep,
     model: ModelDep,
-    population: PopulationDep,
+    builder: FeatureBuilderDep,
     months: Annotated[int, Query(ge=1, le=24)] = 3,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
 ) -> dict[str, Any]:
@@ -225,6 +227,6 @@ def pipeline_forecast(
     _visible_pipeline(store, key, pipeline)
     t = _time(as_of, _now())
     history = store.load_history(pipelines=[pipeline])
-    scored = score_open_deals(model.bundle, history, t, population)
+    scored = score_open_deals(model.bundle, history, t, builder_for(builder, history))
     result = forecast(scored, t, months=months)
     return {"pipeline": pipeline, "model_version": model.version, **result}

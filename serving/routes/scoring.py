@@ -1,8 +1,8 @@
 """Scoring routes: inline histories (`POST /v1/score`) and stored deals (`GET /v1/deals/{id}/score`).
 
-Both go through `models.scoring.score_points` with the same population and pipeline specs from the
-store, so a deal scored inline and the same deal scored from the store, as of the same time, get the
-same numbers and reasons. CPU-bound, so plain `def` routes (run in the threadpool).
+Both go through `models.scoring.score_points` with the same feature builder (fitted on the whole store)
+and pipeline specs from the store, so a deal scored inline and the same deal scored from the store, as
+of the same time, get the same numbers and reasons. CPU-bound, so plain `def` routes (run in the threadpool).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
 from models.scoring import score_points
 from serving.auth import require_role
-from serving.deps import ModelDep, PopulationDep, ScoreKey, SettingsDep, StoreDep
+from serving.deps import FeatureBuilderDep, ModelDep, ScoreKey, SettingsDep, StoreDep
 from serving.errors import InvalidInputError, NotFoundError, check_batch_size, raise_history_error
-from serving.model_holder import LoadedModel
+from serving.model_holder import LoadedModel, builder_for
 from serving.schemas import DealScore, DealScores, DealWithHistoryIn, ItemError, ScoreRequest, UtcTime
 from serving.store import ApiKey
 
@@ -119,7 +119,7 @@ def score_inline(
     settings: SettingsDep,
     store: StoreDep,
     model: ModelDep,
-    population: PopulationDep,
+    builder: FeatureBuilderDep,
 ) -> DealScores:
     """Score deals sent inline with their whole history, as of `as_of` (default: now).
 
@@ -157,7 +157,7 @@ def score_inline(
     history = validated_history(frames, locators, specs)
     points = pd.DataFrame({"deal_id": pd.Series([d.deal_id for d in deals], dtype="string"),
                            "as_of": pd.Series([as_of] * len(deals), dtype="datetime64[ns, UTC]")})
-    scored = score_points(model.bundle, history, points, population)
+    scored = score_points(model.bundle, history, points, builder_for(builder, history))
     return scores_response(scored, model, as_of, errors, request)
 
 
@@ -175,7 +175,7 @@ def score_stored(
     request: Request,
     store: StoreDep,
     model: ModelDep,
-    population: PopulationDep,
+    builder: FeatureBuilderDep,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
 ) -> DealScores:
     """Score a stored deal from its stored history as of `as_of` (default: now)."""
@@ -191,5 +191,5 @@ def score_stored(
         )
     points = pd.DataFrame({"deal_id": pd.Series([deal_id], dtype="string"),
                            "as_of": pd.Series([t], dtype="datetime64[ns, UTC]")})
-    scored = score_points(model.bundle, history, points, population)
+    scored = score_points(model.bundle, history, points, builder_for(builder, history))
     return scores_response(scored, model, t, [], request)

@@ -180,3 +180,41 @@ def test_top_level_help_lists_every_command() -> None:
     assert result.exit_code == 0
     for command in ("train", "backtest", "compare", "promote", "score", "at-risk", "health", "forecast"):
         assert command in result.output
+
+
+def test_at_risk_of_one_pipeline_scores_like_the_api_on_the_same_store(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dealrisk at-risk --pipeline P` and GET /v1/pipelines/P/at-risk read one store and one model: the
+    same deals, in the same order, with the same scores (population statistics from the whole store)."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import get_settings
+    from serving.store import Store
+
+    assert run(trained.env, "import", str(trained.data)).exit_code == 0
+    pipeline = trained.pipelines[0]
+    as_of = (trained.end - pd.Timedelta(days=20)).isoformat()
+    cli = ok_json(run(trained.env, "at-risk", "--pipeline", pipeline, "--as-of", as_of, "--limit", "1000",
+                      "--json"))
+
+    for name, value in trained.env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    store = Store(settings.database_url)
+    key, _ = store.create_api_key("manager", ["*"], name="compare")
+    store.close()
+    with TestClient(create_app(settings)) as client:
+        response = client.get(f"/v1/pipelines/{pipeline}/at-risk", params={"as_of": as_of, "limit": 1000},
+                              headers={"Authorization": f"Bearer {key}"})
+    get_settings.cache_clear()
+    assert response.status_code == 200, response.text
+    api = response.json()
+
+    assert cli["total"] == api["total"] > 10
+    assert [d["deal_id"] for d in cli["deals"]] == [d["deal_id"] for d in api["deals"]]
+    for column in ("cold_risk", "close_probability", "expected_value"):
+        from_api = [d[column] for d in api["deals"]]
+        assert [d[column] for d in cli["deals"]] == pytest.approx(from_api, abs=1e-12), column

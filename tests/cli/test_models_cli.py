@@ -19,7 +19,8 @@ from cli_helpers import isolated_env, ok_json, run
 from typer.testing import CliRunner
 
 from dealrisk.cli import app
-from features.history import DealHistory, stage_outcome
+from features.history import DealHistory
+from features.stages import stage_outcomes
 from training.data import read_history, write_history
 from training.simulate import simulate_history
 
@@ -54,8 +55,9 @@ def open_at(history: DealHistory, t: pd.Timestamp) -> set[str]:
     seen = changes[changes["changed_at"] <= t].sort_values("changed_at", kind="stable")
     last = seen.groupby("deal_id", observed=True).tail(1)
     pipeline = last["deal_id"].map(deals.set_index("deal_id")["pipeline"])
-    outcome = stage_outcome(last["stage"], pipeline, history.pipelines)
-    closed = set(last.loc[(outcome != "open").to_numpy(), "deal_id"].astype(str))
+    outcome = stage_outcomes(pipeline.to_numpy(dtype=object), last["stage"].to_numpy(dtype=object),
+                             history.pipelines)
+    closed = set(last.loc[outcome != "open", "deal_id"].astype(str))
     return created - closed
 
 

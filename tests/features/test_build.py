@@ -13,7 +13,8 @@ from features.build import (
     CONTEXT_COLUMNS,
     FEATURE_COLUMNS,
     FEATURE_DESCRIPTIONS,
-    build_features,
+    FeatureBuilder,
+    NotFittedError,
 )
 from features.history import DealHistory
 
@@ -21,6 +22,11 @@ PIPELINES = {
     "Direct": {"stages": ["Lead", "Qualified", "Proposal", "Negotiation"], "won": ["Won"], "lost": ["Lost"]},
     "Partner": {"stages": ["Intro", "Pilot"], "won": ["Signed"], "lost": ["Dropped"]},
 }
+
+
+def _build(history: DealHistory, points: pd.DataFrame) -> pd.DataFrame:
+    """Features of `points` from a builder fitted on the same history."""
+    return FeatureBuilder().fit(history).transform(history, points)
 
 
 def _history() -> DealHistory:
@@ -92,7 +98,7 @@ def history() -> DealHistory:
 
 
 def test_hand_written_deal_has_exact_values(history: DealHistory) -> None:
-    row = build_features(history, _points(("D1", "2024-02-20"))).iloc[0]
+    row = _build(history, _points(("D1", "2024-02-20"))).iloc[0]
 
     assert row["stage"] == "Proposal"
     assert row["outcome"] == "open"
@@ -135,14 +141,14 @@ def test_hand_written_deal_has_exact_values(history: DealHistory) -> None:
 
 
 def test_overdue_close_date_is_negative_and_counts_slips_so_far(history: DealHistory) -> None:
-    row = build_features(history, _points(("D1", "2024-02-12"))).iloc[0]
+    row = _build(history, _points(("D1", "2024-02-12"))).iloc[0]
     assert row["expected_close_date"] == pd.Timestamp("2024-02-10", tz="UTC")
     assert row["days_to_close"] == -2.0
     assert row["n_close_slips"] == 1
 
 
 def test_owner_as_of_t_follows_owner_changes(history: DealHistory) -> None:
-    frame = build_features(history, _points(("D6", "2024-01-31"), ("D6", "2024-02-01"), ("D4", "2024-02-20")))
+    frame = _build(history, _points(("D6", "2024-01-31"), ("D6", "2024-02-01"), ("D4", "2024-02-20")))
     assert list(frame["owner"]) == ["bob", "alice", "bob"]
     # bob holds D5 and D6 on 31 January; D6 moves to alice the next day; D4 was won on 20 January.
     assert list(frame["owner_open_deals"]) == [2, 2, 1]
@@ -150,7 +156,7 @@ def test_owner_as_of_t_follows_owner_changes(history: DealHistory) -> None:
 
 
 def test_deal_without_activity_or_stage_changes_is_valid(history: DealHistory) -> None:
-    row = build_features(history, _points(("D6", "2024-01-20"))).iloc[0]
+    row = _build(history, _points(("D6", "2024-01-20"))).iloc[0]
     assert row["stage"] == "Lead"  # deals start in the pipeline's first stage
     assert row["stage_age_days"] == 10.0
     assert row["n_stage_changes"] == 0
@@ -164,13 +170,13 @@ def test_deal_without_activity_or_stage_changes_is_valid(history: DealHistory) -
 
 
 def test_closed_deal_reports_outcome_and_last_position(history: DealHistory) -> None:
-    frame = build_features(history, _points(("D2", "2024-02-01"), ("D3", "2024-02-01"), ("D5", "2024-03-01")))
+    frame = _build(history, _points(("D2", "2024-02-01"), ("D3", "2024-02-01"), ("D5", "2024-03-01")))
     assert list(frame["outcome"]) == ["won", "lost", "won"]
     assert list(frame["stage_position_frac"]) == [1.0, 1.0, 1.0]
 
 
 def test_point_before_creation_is_not_created(history: DealHistory) -> None:
-    frame = build_features(history, _points(("D7", "2024-03-01"), ("D7", "2024-03-10")))
+    frame = _build(history, _points(("D7", "2024-03-01"), ("D7", "2024-03-10")))
     assert list(frame["outcome"]) == ["not_created", "open"]
     assert pd.isna(frame["stage"].iloc[0])
     assert frame["stage"].iloc[1] == "Intro"
@@ -180,16 +186,16 @@ def test_point_before_creation_is_not_created(history: DealHistory) -> None:
 def test_output_follows_the_points_order_and_index(history: DealHistory) -> None:
     points = _points(("D3", "2024-01-10"), ("D1", "2024-02-20"), ("D6", "2024-01-20"), ("D1", "2024-01-06"))
     points.index = pd.Index([40, 10, 30, 20])
-    frame = build_features(history, points)
+    frame = _build(history, points)
     assert list(frame.index) == [40, 10, 30, 20]
     assert list(frame["deal_id"]) == ["D3", "D1", "D6", "D1"]
     assert list(frame["as_of"]) == list(points["as_of"])
-    one_by_one = pd.concat([build_features(history, points.iloc[[i]]) for i in range(len(points))])
+    one_by_one = pd.concat([_build(history, points.iloc[[i]]) for i in range(len(points))])
     pd.testing.assert_frame_equal(frame, one_by_one)
 
 
 def test_columns_dtypes_and_descriptions(history: DealHistory) -> None:
-    frame = build_features(history, _points(("D1", "2024-02-20"), ("D7", "2024-03-20")))
+    frame = _build(history, _points(("D1", "2024-02-20"), ("D7", "2024-03-20")))
     assert list(frame.columns) == ["deal_id", "as_of", *FEATURE_COLUMNS, *CONTEXT_COLUMNS]
     assert str(frame["as_of"].dtype) == "datetime64[ns, UTC]"
     assert str(frame["expected_close_date"].dtype) == "datetime64[ns, UTC]"
@@ -207,11 +213,11 @@ def test_columns_dtypes_and_descriptions(history: DealHistory) -> None:
 
 def test_unknown_deal_is_an_error_naming_it(history: DealHistory) -> None:
     with pytest.raises(ValueError, match="D99"):
-        build_features(history, _points(("D99", "2024-02-01")))
+        _build(history, _points(("D99", "2024-02-01")))
 
 
 def test_empty_points_give_an_empty_frame(history: DealHistory) -> None:
-    frame = build_features(history, _points())
+    frame = _build(history, _points())
     assert len(frame) == 0
     assert list(frame.columns) == ["deal_id", "as_of", *FEATURE_COLUMNS, *CONTEXT_COLUMNS]
 
@@ -230,7 +236,7 @@ def test_reopened_deal_is_open_again_and_back_in_its_owners_load() -> None:
         pipelines=PIPELINES,
     )
     points = _points(("R1", "2024-01-15"), ("R1", "2024-01-25"), ("R2", "2024-01-15"), ("R2", "2024-01-25"))
-    frame = build_features(history, points)
+    frame = _build(history, points)
     assert list(frame["outcome"]) == ["lost", "open", "open", "open"]
     assert list(frame["owner_open_deals"]) == [1, 2, 1, 2]
     assert list(frame["owner_closed_deals"]) == [1, 1, 1, 1]
@@ -252,7 +258,7 @@ def test_pipeline_without_spec_uses_inferred_stages_and_names() -> None:
         ),
         pd.DataFrame([("B", "Call", "2024-01-02")], columns=["deal_id", "type", "occurred_at"]),
     )
-    frame = build_features(history, _points(("A", "2024-01-06"), ("B", "2024-01-06")))
+    frame = _build(history, _points(("A", "2024-01-06"), ("B", "2024-01-06")))
     assert list(frame["outcome"]) == ["won", "open"]
     assert list(frame["stage_position"]) == [1.0, 0.0]
     assert list(frame["stage_cat"].astype(str)) == ["Closed Won", "Open"]
@@ -271,7 +277,7 @@ def test_history_without_any_events_and_naive_or_text_times() -> None:
         pipelines=PIPELINES,
     )
     points = pd.DataFrame({"deal_id": ["Q1", "Q1"], "as_of": ["2024-01-11", "2024-01-11T12:00:00"]})
-    frame = build_features(history, points)
+    frame = _build(history, points)
     expected = [pd.Timestamp("2024-01-11", tz="UTC"), pd.Timestamp("2024-01-11 12:00", tz="UTC")]
     assert list(frame["as_of"]) == expected
     assert list(frame["days_to_close"]) == [20.0, 19.5]
@@ -299,8 +305,22 @@ def test_cleared_close_date_has_no_days_to_close() -> None:
         ),
         pipelines=PIPELINES,
     )
-    frame = build_features(history, _points(("C1", "2024-01-06"), ("C1", "2024-01-10")))
+    frame = _build(history, _points(("C1", "2024-01-06"), ("C1", "2024-01-10")))
     assert np.isnan(frame["days_to_close"].iloc[0])
     assert pd.isna(frame["expected_close_date"].iloc[0])
     assert frame["days_to_close"].iloc[1] == 51.0
     assert list(frame["n_close_slips"]) == [0, 0]  # a date after a cleared one is not a slip
+
+
+def test_transform_before_fit_raises_and_fit_learns_only_population_statistics(history: DealHistory) -> None:
+    builder = FeatureBuilder()
+    with pytest.raises(NotFittedError, match="not fitted"):
+        builder.transform(history, _points(("D1", "2024-02-20")))
+    assert builder.fit(history) is builder and builder.is_fitted
+    # D1 transformed alone still sees its owner's record from the fitted statistics: alice closed D2
+    # (won) and D3 (lost) by then, as the hand computation in the test above says.
+    alone = builder.transform(history.subset(["D1"]), _points(("D1", "2024-02-20"))).iloc[0]
+    global_rate = (2 + 10 * 0.5) / 13
+    pipeline_rate = (2 + 10 * global_rate) / 13
+    assert alone["owner_win_rate"] == pytest.approx((1 + 10 * pipeline_rate) / 12)
+    assert alone["owner_closed_deals"] == 2

@@ -329,7 +329,7 @@ def test_input_needing_coercion_takes_the_full_path(
 def test_feature_building_reads_field_changes_as_field_rows_does(store: DealHistory) -> None:
     """`features.build` splits the field changes once; each field's rows equal `field_rows` for it."""
     from features.build import _field_rows_by_field
-    from features.population import DealIndex, field_rows
+    from features.timeindex import DealIndex, field_rows
 
     deals = DealIndex(store.deals)
     shared = _field_rows_by_field(store, deals)

@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import build_features
+from features.build import FeatureBuilder
 from features.history import DealHistory
-from features.population import compute_population
 from training.simulate import simulate_history
 
 ONE_NS = pd.Timedelta(1, unit="ns")
@@ -24,6 +23,11 @@ def as_of(history: DealHistory) -> pd.Timestamp:
     # An instant at which something happened, so "at or before t" is tested at the boundary.
     times = history.activities["occurred_at"].sort_values().reset_index(drop=True)
     return pd.Timestamp(times.iloc[len(times) // 2])
+
+
+def _fit_and_build(history: DealHistory, points: pd.DataFrame) -> pd.DataFrame:
+    """Features of `points` from a builder fitted on `history` itself (its statistics included)."""
+    return FeatureBuilder().fit(history).transform(history, points)
 
 
 def _points(history: DealHistory, as_of: pd.Timestamp, only_created: bool = False) -> pd.DataFrame:
@@ -97,8 +101,8 @@ def test_events_after_t_change_nothing(history: DealHistory, as_of: pd.Timestamp
     later = _append_after(history, as_of)
     assert len(later.activities) > len(history.activities)  # the appended rows are really there
 
-    before = build_features(history, points)
-    after = build_features(later, points)
+    before = _fit_and_build(history, points)
+    after = _fit_and_build(later, points)
 
     pd.testing.assert_frame_equal(before, after)
     assert (before["outcome"] == "not_created").any()  # points before creation are covered too
@@ -109,7 +113,7 @@ def test_appended_events_do_count_once_t_passes_them(history: DealHistory, as_of
     # Guards the test above: the same appended rows change the features a few days later.
     # Cut first so the history's own events in (t, t+4d] cannot override the appended ones.
     points = _points(history, as_of, only_created=True).assign(as_of=as_of + pd.Timedelta(days=4))
-    later = build_features(_append_after(history.cut(as_of), as_of), points)
+    later = _fit_and_build(_append_after(history.cut(as_of), as_of), points)
     assert (later["n_meeting_7d"] >= 1).all()
     assert (later["owner"] == "Late Owner").all()
     assert (later["amount"] == 987654.0).all()
@@ -117,8 +121,8 @@ def test_appended_events_do_count_once_t_passes_them(history: DealHistory, as_of
 
 def test_cut_history_gives_identical_features(history: DealHistory, as_of: pd.Timestamp) -> None:
     points = _points(history, as_of, only_created=True)
-    full = build_features(history, points)
-    cut = build_features(history.cut(as_of), points)
+    full = _fit_and_build(history, points)
+    cut = _fit_and_build(history.cut(as_of), points)
     pd.testing.assert_frame_equal(full, cut)
 
 
@@ -126,8 +130,8 @@ def test_population_from_full_or_cut_history_gives_identical_features(
     history: DealHistory, as_of: pd.Timestamp
 ) -> None:
     points = _points(history, as_of)
-    from_full = build_features(history, points, compute_population(history))
-    from_cut = build_features(history, points, compute_population(history.cut(as_of)))
+    from_full = FeatureBuilder().fit(history).transform(history, points)
+    from_cut = FeatureBuilder().fit(history.cut(as_of)).transform(history, points)
     pd.testing.assert_frame_equal(from_full, from_cut)
     # The population really is used: owners' win rates vary across deals.
     assert from_full["owner_win_rate"].nunique() > 5

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import build_features
+from features.build import FeatureBuilder
 from features.history import DealHistory
-from features.population import AsofIndex, compute_population
+from features.timeindex import AsofIndex
 from training.simulate import simulate_history
 
 UTC_NS = "datetime64[ns, UTC]"
@@ -46,14 +46,14 @@ def test_missing_tables_are_empty_histories() -> None:
 
 def test_one_deal_with_store_population_matches_the_whole_store(store: DealHistory) -> None:
     """A deal scored alone against the store's population gets the numbers it gets in a batch."""
-    population = compute_population(store)
+    builder = FeatureBuilder().fit(store)
     as_of = store.end_time - pd.Timedelta(days=30)
     ids = store.deals["deal_id"].iloc[[3, 50, 120]].tolist()
     times = pd.Series(pd.DatetimeIndex([as_of] * 3).as_unit("ns"))
     points = pd.DataFrame({"deal_id": pd.array(ids, dtype="string"), "as_of": times})
-    whole = build_features(store, points, population)
+    whole = builder.transform(store, points)
     for i, deal_id in enumerate(ids):
-        alone = build_features(store.subset([deal_id]), points.iloc[[i]], population)
+        alone = builder.transform(store.subset([deal_id]), points.iloc[[i]])
         pd.testing.assert_frame_equal(alone, whole.iloc[[i]])
 
 

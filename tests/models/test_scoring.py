@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, build_features
+from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, FeatureBuilder
 from features.history import DealHistory
 from models.bands import choose_thresholds
 from models.bundle import SCORE_COLUMNS, Head, ScoringBundle, categorical_levels_of
@@ -77,7 +77,7 @@ def bundle(history: DealHistory) -> ScoringBundle:
     end = history.end_time
     times = pd.date_range(end - pd.Timedelta(days=360), end - pd.Timedelta(days=30), freq="30D")
     points = pd.concat([open_deal_points(history, t) for t in times], ignore_index=True)
-    features = build_features(history, points)
+    features = FeatureBuilder().fit(history).transform(history, points)
     rng = np.random.default_rng(0)
     silence = features["days_since_activity"].fillna(90).to_numpy()
     cold = rng.random(len(features)) < 1 / (1 + np.exp(-(silence - 14) / 5))
@@ -104,19 +104,20 @@ def test_open_deals_match_the_feature_builders_outcome(history: DealHistory) -> 
     t = history.end_time - pd.Timedelta(days=100)
     points = open_deal_points(history, t)
     assert len(points) > 20
-    features = build_features(history, points)
+    builder = FeatureBuilder().fit(history)
+    features = builder.transform(history, points)
     assert (features["outcome"] == "open").all()
     everyone = history.deals.loc[history.deals["created_at"] <= t, ["deal_id"]].assign(
         as_of=points["as_of"].iloc[0]
     )
-    all_outcomes = build_features(history, everyone.reset_index(drop=True))["outcome"]
+    all_outcomes = builder.transform(history, everyone.reset_index(drop=True))["outcome"]
     assert int((all_outcomes == "open").sum()) == len(points)
 
 
 def test_score_points_gives_scores_with_context(history: DealHistory, bundle: ScoringBundle) -> None:
     t = history.end_time - pd.Timedelta(days=60)
     points = open_deal_points(history, t)
-    scores = score_points(bundle, history, points)
+    scores = score_points(bundle, history, points, FeatureBuilder().fit(history))
     assert list(scores.columns[: len(SCORE_COLUMNS)]) == SCORE_COLUMNS
     for column in ("pipeline", "owner", "team", "stage", "amount", "expected_close_date"):
         assert column in scores.columns
@@ -130,6 +131,7 @@ def test_score_points_gives_scores_with_context(history: DealHistory, bundle: Sc
 def test_scores_as_of_t_ignore_everything_after_t(history: DealHistory, bundle: ScoringBundle) -> None:
     t = history.end_time - pd.Timedelta(days=120)
     points = open_deal_points(history, t)
-    from_full = score_points(bundle, history, points)
-    from_cut = score_points(bundle, history.cut(t), points)
+    from_full = score_points(bundle, history, points, FeatureBuilder().fit(history))
+    cut = history.cut(t)
+    from_cut = score_points(bundle, cut, points, FeatureBuilder().fit(cut))
     pd.testing.assert_frame_equal(from_full, from_cut)

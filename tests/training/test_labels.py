@@ -90,6 +90,13 @@ def test_cold_label_follows_each_spec_rule() -> None:
     assert got == [0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
 
 
+def test_a_deal_without_stage_changes_is_in_its_first_stage() -> None:
+    # Before its first stage change a deal is in the pipeline's first stage (features.stages): its first
+    # recorded change to that stage is no progress, a change to the second stage is.
+    h = history(stages=[("late", "Lead", 12), ("skip", "Demo", 12)], acts=[], end_day=100)
+    assert cold_label(h, points(("late", 5), ("skip", 5)), horizon_days=14).tolist() == [1.0, 0.0]
+
+
 def test_activity_outside_window_does_not_count() -> None:
     h = history(stages=[("d", "Lead", 0)], acts=[("d", 10), ("d", 25)], end_day=100)
     # The activity at exactly t is not "after t"; the one at day 25 is after t+H.

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features.history import DealHistory, stage_outcome
+from features.history import DealHistory
+from features.stages import stage_outcomes
 from training.simulate import PIPELINES, simulate_history
 
 N_DEALS = 1500
@@ -29,7 +30,7 @@ def _positions(history: DealHistory) -> pd.DataFrame:
     lookup = {(p, s): i for p, spec in history.pipelines.items() for i, s in enumerate(spec.stages)}
     keys = pd.Series(list(zip(sc["pipeline"], sc["stage"], strict=True)), index=sc.index)
     sc["position"] = keys.map(lookup).astype("float64")
-    sc["outcome"] = stage_outcome(sc["stage"], sc["pipeline"], history.pipelines)
+    sc["outcome"] = stage_outcomes(sc["pipeline"], sc["stage"], history.pipelines)
     return sc
 
 

@@ -1,0 +1,251 @@
+"""Time-index primitives: int64-nanosecond times, integer deal codes and sorted event streams.
+
+Everything that answers "what was true at or before t" reads the event tables through these: a
+`DealIndex` codes deals in sorted deal_id order, an `EventStream` sorts one event table by (deal, time)
+and answers "how many events at or before t" with one global `np.searchsorted`, and an `AsofIndex`
+answers "the last row with this key and `at <= t`" against a presorted time-indexed table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.history import DealHistory
+
+DAY_NS = 86_400 * 10**9
+NAT_NS = np.iinfo(np.int64).min
+
+
+def to_ns(values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
+    """Times as int64 nanoseconds since the epoch (UTC); missing times are NAT_NS.
+
+    pandas 3 infers second/micro resolutions, so the unit is normalised here once.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        # Already times: read the UTC epoch integers directly (NaT is int64 min, i.e. NAT_NS), which
+        # skips building Series and parsing for every call on the scoring hot path.
+        index = pd.DatetimeIndex(values)
+        if index.tz is not None:
+            index = index.tz_convert("UTC")
+        return np.array(index.as_unit("ns").asi8, dtype=np.int64)
+    raw = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        series = pd.Series(pd.to_datetime(raw, utc=True))
+    else:
+        # Text times: each value may use its own ISO 8601 variant (date only, "Z", offsets); naive is UTC.
+        series = pd.Series(pd.to_datetime(raw, utc=True, format="ISO8601"))
+    naive = series.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]")
+    return naive.view(np.int64)
+
+
+def from_ns(values: np.ndarray) -> pd.DatetimeIndex:
+    """int64 nanoseconds (NAT_NS for missing) back to datetime64[ns, UTC] times."""
+    naive = pd.DatetimeIndex(np.asarray(values, dtype=np.int64).view("datetime64[ns]"))
+    return naive.tz_localize("UTC")
+
+
+class DealIndex:
+    """Integer codes for deals, in sorted deal_id order.
+
+    Codes follow the sorted ids (not the frame's row order) so that ties between deals are always
+    broken the same way, whether or not other deals were added to the history.
+    """
+
+    def __init__(self, deals: pd.DataFrame) -> None:
+        ids = deals["deal_id"].astype("string")
+        order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
+        frame = deals.iloc[order].reset_index(drop=True)
+        self.ids = pd.Index(frame["deal_id"].astype("string").to_numpy(dtype=object))
+        self.n = len(frame)
+        self.pipeline = frame["pipeline"].astype("string").to_numpy(dtype=object)
+        self.owner = frame["owner"].astype("string").to_numpy(dtype=object)
+        team = frame["team"] if "team" in frame.columns else pd.Series(pd.NA, index=frame.index)
+        self.team = team.astype("string").to_numpy(dtype=object)
+        self.amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=np.float64)
+        self.created = to_ns(frame["created_at"])
+        if "expected_close_date" in frame.columns:
+            self.close_date = to_ns(frame["expected_close_date"])
+        else:
+            self.close_date = np.full(self.n, NAT_NS, dtype=np.int64)
+
+    def codes(self, deal_ids: pd.Series) -> np.ndarray:
+        """Code of each id, -1 for ids not among the deals."""
+        return self.ids.get_indexer(pd.Index(deal_ids.astype("string").to_numpy(dtype=object)))
+
+
+def point_codes(deals: DealIndex, points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(deal code, as_of in int64 ns) of each point (`deal_id`, `as_of`).
+
+    Raises ValueError for deal ids not among `deals` or a missing as_of.
+    """
+    codes = deals.codes(points["deal_id"])
+    if (codes < 0).any():
+        unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
+        raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
+    t = to_ns(points["as_of"])
+    if (t == NAT_NS).any():
+        raise ValueError("points have a missing as_of; every point needs a time")
+    return codes, t
+
+
+class EventStream:
+    """Events sorted by (code, time) with vectorised "how many at or before t" queries.
+
+    Each (code, time) pair is encoded as one int64: code * (G + 1) + rank of time among the G distinct
+    event times. A query time gets the rank "number of event times <= t", so comparing encoded keys is
+    exactly comparing times within a code, and one global `np.searchsorted` answers every query.
+    """
+
+    def __init__(self, codes: np.ndarray, times: np.ndarray, n_codes: int) -> None:
+        codes = np.asarray(codes, dtype=np.int64)
+        times = np.asarray(times, dtype=np.int64)
+        valid = np.flatnonzero((codes >= 0) & (times != NAT_NS))
+        # lexsort is stable, so rows at the same time keep their input order.
+        self.order = valid[np.lexsort((times[valid], codes[valid]))]
+        self.codes = codes[self.order]
+        self.times = times[self.order]
+        self.grid = np.unique(self.times)
+        self.base = np.int64(len(self.grid) + 1)
+        self.keys = self.codes * self.base + np.searchsorted(self.grid, self.times, side="right")
+        bounds = np.arange(n_codes + 1, dtype=np.int64) * self.base
+        self.starts = np.searchsorted(self.keys, bounds, side="left")
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def count_le(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Number of events of each code dated at or before each time (codes must be valid)."""
+        query = codes * self.base + np.searchsorted(self.grid, times, side="right")
+        return np.searchsorted(self.keys, query, side="right") - self.starts[codes]
+
+    def last_index(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Position (in sorted order) of the latest event of each code at or before each time; -1 if none."""
+        count = self.count_le(codes, times)
+        return np.where(count > 0, self.starts[codes] + count - 1, -1)
+
+    def first_in_code(self) -> np.ndarray:
+        """Boolean per sorted event: is it the first event of its code."""
+        first = np.ones(len(self.codes), dtype=bool)
+        first[1:] = self.codes[1:] != self.codes[:-1]
+        return first
+
+
+def take(values: np.ndarray, index: np.ndarray, default: Any) -> np.ndarray:
+    """values[index] where index >= 0, else default (object or float arrays)."""
+    if len(values) == 0:
+        return np.full(len(index), default, dtype=values.dtype)
+    picked = values[np.clip(index, 0, None)]
+    return np.where(index >= 0, picked, default)
+
+
+def pair_keys(pipeline: np.ndarray, stage: np.ndarray) -> pd.Index:
+    """One string key per (pipeline, stage) pair; a missing part gives a missing key."""
+    joined = pd.Series(pipeline, dtype="string") + "\x1f" + pd.Series(stage, dtype="string")
+    return pd.Index(joined.to_numpy(dtype=object))
+
+
+
+
+def cumsum_by(flags: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Cumulative count of True flags within each run of equal (sorted) codes."""
+    if len(flags) == 0:
+        return np.zeros(0, dtype=np.int64)
+    total = np.cumsum(flags.astype(np.int64))
+    first = np.ones(len(codes), dtype=bool)
+    first[1:] = codes[1:] != codes[:-1]
+    before = total - flags.astype(np.int64)  # count strictly before each row
+    offset = np.maximum.accumulate(np.where(first, np.arange(len(codes)), 0))
+    return total - before[offset]
+
+
+@dataclass(frozen=True)
+class FieldRows:
+    """Changes of one field in (deal, time) order."""
+
+    stream: EventStream
+    value: np.ndarray  # object (strings) in sorted order
+
+
+def field_rows(history: DealHistory, deals: DealIndex, field: str) -> FieldRows:
+    frame = history.field_changes
+    if frame is None or len(frame) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return FieldRows(EventStream(empty, empty, deals.n), np.array([], dtype=object))
+    mask = (frame["field"].astype("string") == field).fillna(False).to_numpy(dtype=bool)
+    sub = frame[mask]
+    stream = EventStream(deals.codes(sub["deal_id"]), to_ns(sub["changed_at"]), deals.n)
+    value = sub["value"].astype("string").to_numpy(dtype=object)[stream.order]
+    return FieldRows(stream, value)
+
+
+def owner_at(owners: FieldRows, deals: DealIndex, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The deal's owner as of each time: the latest owner change at or before it, else the creator."""
+    idx = owners.stream.last_index(codes, times)
+    return np.where(idx >= 0, take(owners.value, idx, None), deals.owner[codes])
+
+
+class AsofIndex:
+    """A time-indexed table presorted once for "last row with this key and `at <= t`" lookups.
+
+    Same answers as `pd.merge_asof(direction="backward", allow_exact_matches=True)` by key, but the
+    table is coded and sorted once, so a lookup for a handful of points against a big population
+    costs two `np.searchsorted` calls instead of re-sorting and merging the whole table.
+    Each row is encoded as key code * (G + 1) + rank of its time among the G distinct times (as in
+    `EventStream`), so one global searchsorted answers every (key, time) query.
+    """
+
+    def __init__(self, table: pd.DataFrame, by: str | None, columns: list[str], keys: Any = None) -> None:
+        at = table["at"].to_numpy(dtype=np.int64)
+        if by is None:
+            codes = np.zeros(len(at), dtype=np.int64)
+            self.known: pd.Index | None = None
+        else:
+            # Integer codes for the keys: immune to object-vs-string dtype clashes. A query key the table
+            # has never seen gets -1, which matches nothing.
+            raw = keys if keys is not None else table[by].astype(object).to_numpy(dtype=object)
+            right_keys = pd.Index(np.asarray(raw, dtype=object))
+            self.known = right_keys.unique()
+            codes = self.known.get_indexer(right_keys).astype(np.int64)
+        order = np.lexsort((at, codes))  # stable: equal (key, at) rows keep their order; the last wins
+        self.grid = np.unique(at)
+        self.base = np.int64(len(self.grid) + 1)
+        self.codes = codes[order]
+        self.keys = self.codes * self.base + np.searchsorted(self.grid, at[order], side="right")
+        self.values = {c: table[c].to_numpy(dtype=np.float64)[order] for c in columns}
+
+    def lookup(self, keys: np.ndarray | None, times: np.ndarray, columns: list[str]) -> dict[str, np.ndarray]:
+        """The `columns` of the last row with each key at or before each time; NaN where none."""
+        times = np.asarray(times, dtype=np.int64)
+        if self.known is None:
+            query_codes = np.zeros(len(times), dtype=np.int64)
+        else:
+            assert keys is not None
+            query_codes = self.known.get_indexer(pd.Index(np.asarray(keys, dtype=object))).astype(np.int64)
+        query = query_codes * self.base + np.searchsorted(self.grid, times, side="right")
+        pos = np.searchsorted(self.keys, query, side="right") - 1
+        safe = np.clip(pos, 0, None)
+        hit = (query_codes >= 0) & (pos >= 0)
+        if len(self.codes):
+            hit &= self.codes[safe] == query_codes
+        else:
+            hit[:] = False
+        out: dict[str, np.ndarray] = {}
+        for col in columns:
+            values = self.values[col]
+            out[col] = np.where(hit, values[safe], np.nan) if len(values) else np.full(len(times), np.nan)
+        return out
+
+
+def asof_lookup(
+    table: pd.DataFrame, by: str | None, keys: np.ndarray | None, times: np.ndarray, columns: list[str]
+) -> dict[str, np.ndarray]:
+    """For each (key, time), the `columns` of the last table row with that key and `at <= time`.
+
+    Rows without a match get NaN. The table must have an int64-ns column `at`. For repeated lookups
+    against the same table, build an `AsofIndex` once (a `Population` keeps one per table).
+    """
+    return AsofIndex(table, by, columns).lookup(keys, times, columns)
