@@ -271,6 +271,19 @@ class Store:
         with self.engine.execution_options(dealrisk_write=True).begin() as conn:
             yield conn
 
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """One read transaction that sees one consistent snapshot (its statements agree with each other).
+
+        SQLite's deferred transaction already reads one snapshot; PostgreSQL needs REPEATABLE READ, since
+        under its default each statement would see the writes committed in between.
+        """
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                yield conn
+
     def _retrying(self, work: Callable[[Connection], Any]) -> Any:
         """Run `work` in a write transaction, again if PostgreSQL aborted it for a deadlock."""
         for attempt in range(_RETRIES):
@@ -918,7 +931,7 @@ class Store:
         self, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None
     ) -> DealHistory:
         """The stored history (optionally only some pipelines and/or deals), validated as a DealHistory."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return self._read_history(conn, pipelines, deal_ids)
 
     def _read_history(
@@ -985,7 +998,7 @@ class Store:
         if outcome is not None:
             query = query.where(table.c.outcome == outcome)
         ids = None if deal_ids is None else list(dict.fromkeys(str(d) for d in deal_ids))
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             frame = _read_frame(conn, query, table.c.deal_id, ids)
         for col in (
             "created_at",
