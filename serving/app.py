@@ -18,6 +18,7 @@ from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import install_error_handlers
+from serving.live_scores import LiveScorer
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder, PopulationCache
 from serving.settings import Settings, get_settings
@@ -153,17 +154,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.population = population
         await asyncio.to_thread(holder.reload)
         await asyncio.to_thread(_prime_population, population)
+        live_scores = None
+        if settings.live_score_max_age_s > 0:
+            live_scores = LiveScorer(store, holder, population, max_age_s=settings.live_score_max_age_s)
+            app.state.live_scores = live_scores
+            holder.on_swap = _swapped(live_scores)
+            live_scores.start()
+            live_scores.notify()  # deals written while the service was down, or scored by another version
         watcher = None
         if settings.reload_interval_s > 0:
             watcher = asyncio.create_task(_follow_alias(holder, settings.reload_interval_s))
         try:
             yield
         finally:
+            if live_scores is not None:
+                await asyncio.to_thread(live_scores.stop)
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             store.close()
+
+    def _swapped(live_scores: LiveScorer) -> Any:
+        def on_swap(model: Any) -> None:
+            _on_swap(model)
+            live_scores.notify()  # every open deal is now scored by another version: re-score them
+
+        return on_swap
 
     def _on_swap(model: Any) -> None:
         metrics.set_model_version(model.version)

@@ -25,6 +25,8 @@ class Settings:
     max_events_per_deal: int
     # distinct custom-attribute names one pipeline may hold (DEALRISK_MAX_ATTRIBUTE_NAMES)
     max_attribute_names: int = DEFAULT_MAX_ATTRIBUTE_NAMES
+    # live scores older than this are recomputed (DEALRISK_LIVE_SCORE_MAX_AGE_S; 0 turns the worker off)
+    live_score_max_age_s: float = 3600.0
 
     @property
     def data_dir(self) -> Path:
@@ -61,4 +63,5 @@ def get_settings() -> Settings:
         max_attribute_names=int(
             os.environ.get("DEALRISK_MAX_ATTRIBUTE_NAMES", str(DEFAULT_MAX_ATTRIBUTE_NAMES))
         ),
+        live_score_max_age_s=float(os.environ.get("DEALRISK_LIVE_SCORE_MAX_AGE_S", "3600")),
     )

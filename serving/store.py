@@ -65,7 +65,7 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 
@@ -1045,6 +1045,140 @@ class Store:
             for row in conn.execute(query)
         }
 
+    # ------------------------------------------------------------------ live scores
+    def pending_scores(self, model_version: str, stale_before: datetime, limit: int) -> dict[str, datetime]:
+        """Open deals whose live score must be (re)computed, with the state stamp to score them at.
+
+        First the deals a write touched since their score (or never scored), newest writes first; then
+        those scored by another model version or before `stale_before` (naive or aware UTC), oldest first.
+        """
+        deals, scores = self.table("deals"), self.table("deal_scores")
+        stale = stale_before.astimezone(UTC).replace(tzinfo=None) if stale_before.tzinfo else stale_before
+        base = (
+            sa.select(deals.c.deal_id, deals.c.state_updated_at)
+            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
+            .where(deals.c.outcome == "open")
+        )
+        moved = sa.or_(
+            scores.c.deal_id.is_(None),
+            scores.c.state_updated_at.is_(None),
+            scores.c.state_updated_at != deals.c.state_updated_at,
+        )
+        aged = sa.or_(scores.c.model_version != model_version, scores.c.as_of < stale)
+        with self._read() as conn:
+            rows: list[Any] = list(
+                conn.execute(base.where(moved).order_by(deals.c.state_updated_at.desc()).limit(limit))
+            )
+            if len(rows) < limit:
+                query = base.where(sa.not_(moved), aged).order_by(scores.c.as_of).limit(limit - len(rows))
+                rows += list(conn.execute(query))
+        return {r.deal_id: r.state_updated_at for r in rows}
+
+    def save_scores(
+        self, scores: pd.DataFrame, model_version: str, states: Mapping[str, datetime | None]
+    ) -> int:
+        """Store live scores (columns as `bundle.score` gives them) computed from the given deal states.
+
+        A deal whose state moved on while it was being scored keeps the older stamp here, so it stays
+        pending and is scored again.
+        """
+        if not len(scores):
+            return 0
+        table = self.table("deal_scores")
+        now = _now_naive()
+        frame = scores[["deal_id", "as_of", "cold_risk", "close_probability", "risk_band", "expected_value"]]
+        records = _records(frame.assign(as_of=_naive_utc(frame["as_of"])))
+        for rec, reasons in zip(records, scores["reasons"].tolist(), strict=True):
+            rec.update(
+                model_version=model_version,
+                computed_at=now,
+                state_updated_at=states.get(rec["deal_id"]),
+                reasons=_plain(reasons),
+            )
+        insert = postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+        stmt = insert.on_conflict_do_update(
+            index_elements=["deal_id"],
+            set_={c.name: insert.excluded[c.name] for c in table.columns if c.name != "deal_id"},
+        )
+        with self._write() as conn:
+            for start in range(0, len(records), CHUNK_ROWS):
+                conn.execute(stmt, records[start : start + CHUNK_ROWS])
+        return len(records)
+
+    def at_risk_page(
+        self,
+        pipeline: str,
+        owner: str | None = None,
+        team: str | None = None,
+        min_amount: float | None = None,
+        close_before: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[int, pd.DataFrame] | None:
+        """Open deals of the pipeline by stored cold risk (highest first), filtered and paged in SQL.
+
+        Returns (total matching, the page) from one snapshot, or None while an open deal of the pipeline
+        has no stored score yet (the caller scores on demand then). Page columns: deal_id, pipeline,
+        owner, team, stage, amount, expected_close_date, stage_entered_at, the score columns,
+        model_version, scored_at (its `as_of`) and pending (the deal changed after its score).
+        """
+        deals, scores = self.table("deals"), self.table("deal_scores")
+        where = [deals.c.pipeline == pipeline, deals.c.outcome == "open"]
+        if owner is not None:
+            where.append(deals.c.current_owner == owner)
+        if team is not None:
+            where.append(deals.c.team == team)
+        if min_amount is not None:
+            where.append(deals.c.current_amount >= float(min_amount))
+        if close_before is not None:
+            cutoff = (
+                close_before.astimezone(UTC).replace(tzinfo=None) if close_before.tzinfo else close_before
+            )
+            where.append(deals.c.current_expected_close_date < cutoff)
+        joined = deals.join(scores, scores.c.deal_id == deals.c.deal_id)
+        unscored = (
+            sa.select(sa.func.count())
+            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
+            .where(deals.c.pipeline == pipeline, deals.c.outcome == "open", scores.c.deal_id.is_(None))
+        )
+        page = (
+            sa.select(
+                deals.c.deal_id,
+                deals.c.pipeline,
+                deals.c.current_owner.label("owner"),
+                deals.c.team,
+                deals.c.current_stage.label("stage"),
+                deals.c.current_amount.label("amount"),
+                deals.c.current_expected_close_date.label("expected_close_date"),
+                deals.c.stage_entered_at,
+                scores.c.cold_risk,
+                scores.c.close_probability,
+                scores.c.risk_band,
+                scores.c.expected_value,
+                scores.c.reasons,
+                scores.c.model_version,
+                scores.c.as_of.label("scored_at"),
+                sa.or_(
+                    scores.c.state_updated_at.is_(None), scores.c.state_updated_at != deals.c.state_updated_at
+                ).label("pending"),
+            )
+            .select_from(joined)
+            .where(*where)
+            .order_by(scores.c.cold_risk.desc(), deals.c.deal_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._read() as conn:
+            if conn.execute(unscored).scalar_one():
+                return None
+            total = conn.execute(sa.select(sa.func.count()).select_from(joined).where(*where)).scalar_one()
+            rows = conn.execute(page).fetchall()
+        frame = _rows_frame(rows, list(page.selected_columns.keys()))
+        for col in ("expected_close_date", "stage_entered_at", "scored_at"):
+            frame[col] = _localize(frame[col])
+        frame["pending"] = frame["pending"].astype(bool)
+        return int(total), frame
+
     # ------------------------------------------------------------------ API keys
     def create_api_key(
         self, role: str, pipelines: Iterable[str], name: str | None = None
@@ -1305,6 +1439,21 @@ def _events_frame(rows: pd.DataFrame, time_col: str) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- helpers (rules and messages)
+def _plain(value: Any) -> Any:
+    """Reasons as plain JSON values: numpy scalars to Python, NaN and infinities to null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return None if pd.isna(value) else str(value)
+
+
 def _now_naive() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 

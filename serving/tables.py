@@ -103,6 +103,25 @@ def build_metadata(schema: str | None) -> sa.MetaData:
             sa.Index(f"ix_{table}_deal_time", "deal_id", time_col),
         )
     sa.Table(
+        "deal_scores",
+        md,
+        # The live score of a deal (revision 0003); `state_updated_at` is the deal state it was computed
+        # from, so a deal whose state moved on since is pending a re-score.
+        sa.Column(
+            "deal_id", sa.String(NAME_LENGTH), sa.ForeignKey(f"{prefix}deals.deal_id"), primary_key=True
+        ),
+        sa.Column("model_version", sa.String(100), nullable=False),
+        sa.Column("as_of", sa.DateTime, nullable=False),
+        sa.Column("computed_at", sa.DateTime, nullable=False),
+        sa.Column("state_updated_at", sa.DateTime),
+        sa.Column("cold_risk", sa.Float, nullable=False),
+        sa.Column("close_probability", sa.Float, nullable=False),
+        sa.Column("risk_band", sa.String(20), nullable=False),
+        sa.Column("expected_value", sa.Float, nullable=False),
+        sa.Column("reasons", sa.JSON, nullable=False),
+        sa.Index("ix_deal_scores_cold_risk", "cold_risk"),
+    )
+    sa.Table(
         "api_keys",
         md,
         sa.Column("key_id", sa.String(16), primary_key=True),

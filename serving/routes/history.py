@@ -28,9 +28,13 @@ EVENT_FIELDS = {
 }
 
 
-def _mark_dirty(request: Request) -> None:
+def mark_dirty(request: Request) -> None:
+    """After a committed write: refit the population lazily, and re-score the written deals."""
     population: PopulationCache = request.app.state.population
     population.mark_dirty()
+    live_scores = getattr(request.app.state, "live_scores", None)
+    if live_scores is not None:
+        live_scores.notify()  # the written deals' scores are due: the next read sees them re-scored
 
 
 def _bad_items(problems: list[dict[str, Any]]) -> None:
@@ -71,7 +75,7 @@ def post_deals(
         raise
     result = store.upsert_deals(history.deals)
     if result.changed:
-        _mark_dirty(request)
+        mark_dirty(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
 
 
@@ -114,7 +118,7 @@ def post_events(body: EventsIn, key: WriteKey, request: Request, store: StoreDep
         raise
     result = store.add_events(checked.stage_changes, checked.activities, checked.field_changes)
     if result.changed:
-        _mark_dirty(request)
+        mark_dirty(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
 
 

@@ -16,7 +16,7 @@ from serving.auth import require_role
 from serving.deps import AdminKey, StoreDep
 from serving.errors import NotFoundError
 from serving.limits import NAME_LENGTH
-from serving.model_holder import PopulationCache
+from serving.routes.history import mark_dirty
 from serving.schemas import PipelineOut, PipelineSpecIn
 from serving.store import ApiKey
 
@@ -67,8 +67,7 @@ def put_pipeline(
     )
     result = store.set_pipeline_spec(spec)
     if result.changed:
-        population: PopulationCache = request.app.state.population
-        population.mark_dirty()
+        mark_dirty(request)
     stored = store.pipeline_spec(pipeline)
     assert stored is not None  # just written in a committed transaction
     return _out(stored)

@@ -22,7 +22,7 @@ from features.health import pipeline_health
 from features.history import to_utc_timestamp
 from models.forecast import forecast, score_open_deals
 from serving.auth import require_role
-from serving.deps import FeatureBuilderDep, ModelDep, ReadKey, StoreDep
+from serving.deps import FeatureBuilderDep, ModelDep, ReadKey, StoreDep, get_feature_builder
 from serving.errors import InvalidInputError, NotFoundError
 from serving.limits import NAME_LENGTH
 from serving.model_holder import builder_for
@@ -57,6 +57,11 @@ class AtRiskDeal(BaseModel):
     risk_band: str
     expected_value: float
     reasons: list[Reason]
+    model_version: str | None = Field(default=None, description="the model version that made this score")
+    scored_at: datetime | None = Field(default=None, description="the time the score is as of")
+    score_pending: bool = Field(
+        default=False, description="the deal changed after this live score; a new one is being computed"
+    )
 
 
 class AtRiskList(BaseModel):
@@ -131,7 +136,6 @@ def at_risk(
     request: Request,
     store: StoreDep,
     model: ModelDep,
-    builder: FeatureBuilderDep,
     owner: Annotated[str | None, Query(max_length=NAME_LENGTH, description="owner as of as_of")] = None,
     team: Annotated[str | None, Query(max_length=NAME_LENGTH)] = None,
     min_amount: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
@@ -142,18 +146,34 @@ def at_risk(
 ) -> Any:
     """Open deals of the pipeline ranked by cold risk (highest first), with reasons and close probability.
 
+    Without `as_of` the list is read from the live scores the service keeps (each deal names its model
+    version, the time its score is as of, and whether a newer write is being scored); with `as_of` the
+    deals are scored on demand as of that time.
+
     Filters: owner, team, minimum amount, expected close before a time. Answers CSV when the request
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     _visible_pipeline(store, key, pipeline)
     t = _time(as_of, _now())
-    history = store.load_history(pipelines=[pipeline])
-    ranked = score_open_deals(
-        model.bundle, history, t, builder_for(builder, history), owner=owner, team=team,
-        min_amount=min_amount,
-        close_before=to_utc_timestamp(close_before) if close_before is not None else None,
+    # As of now: the live scores and current state the store keeps, filtered, sorted and paged by the
+    # database. In the past (or while a deal has no live score yet): scored on demand from the history.
+    stored = None if as_of is not None else store.at_risk_page(
+        pipeline, owner=owner, team=team, min_amount=min_amount, close_before=close_before,
+        limit=limit, offset=offset,
     )
-    page = ranked.iloc[offset : offset + limit]
+    if stored is not None:
+        total, page = stored
+        page["days_in_stage"] = (t - page["stage_entered_at"]).dt.total_seconds() / 86400.0
+        page = page.rename(columns={"pending": "score_pending"})
+    else:
+        history = store.load_history(pipelines=[pipeline])
+        ranked = score_open_deals(
+            model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
+            team=team, min_amount=min_amount,
+            close_before=to_utc_timestamp(close_before) if close_before is not None else None,
+        )
+        total = len(ranked)
+        page = ranked.iloc[offset : offset + limit].assign(model_version=model.version, scored_at=t)
     records = [{str(k): _clean(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1
@@ -162,7 +182,7 @@ def at_risk(
     deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in AtRiskDeal.model_fields})
              for r in records]
     return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
-                      total=len(ranked), limit=limit, offset=offset, deals=deals)
+                      total=total, limit=limit, offset=offset, deals=deals)
 
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
@@ -180,7 +200,7 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
         row["reasons"] = " | ".join(str(x.get("text", "")) for x in r.get("reasons") or [])
         if isinstance(row.get("expected_close_date"), datetime):
             row["expected_close_date"] = row["expected_close_date"].isoformat()
-        row["model_version"] = version
+        row["model_version"] = r.get("model_version") or version
         writer.writerow(row)
     return Response(
         buffer.getvalue(),
