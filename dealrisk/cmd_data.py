@@ -84,11 +84,22 @@ def _register_import(app: typer.Typer) -> None:
     @app.command("import")
     def import_(
         folder: Path = typer.Argument(
-            ..., help="History folder: deals, stage_changes, activities (+ field_changes) as CSV or Parquet."
+            ...,
+            help="History folder: deals, stage_changes, activities (+ field_changes) as CSV or Parquet; "
+            "with --from, the CRM's export folder.",
+        ),
+        crm: str | None = typer.Option(
+            None,
+            "--from",
+            help="Convert a CRM export: salesforce, hubspot, pipedrive or odoo (see docs/importers.md).",
+        ),
+        labels: bool = typer.Option(
+            False, "--labels", help="With --from: key pipelines, stages and owners on their labels, not ids."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the per-table counts as JSON."),
     ) -> None:
-        """Validate a whole deal-history folder, then write it into the store in one transaction.
+        """Validate a whole deal-history folder (or convert a CRM export with --from), then write it into
+        the store in one transaction.
 
         All or nothing: a folder with any problem leaves the store untouched. Importing the same rows again
         changes nothing (events are keyed by event_id, or by the whole row). The store is
@@ -98,11 +109,26 @@ def _register_import(app: typer.Typer) -> None:
         from serving.settings import get_settings
         from serving.store import Store, UnknownDealError, WriteRejectedError
         from training.data import read_history
+        from training.importers import CRMS, convert_export
 
+        converted: dict[str, Any] | None = None
+        if crm is not None and crm not in CRMS:
+            fail(f"--from must be one of {', '.join(CRMS)}, not {crm!r}")
+        if labels and crm is None:
+            fail("--labels applies to CRM exports only; use it with --from")
         try:
-            history = read_history(folder)
+            if crm is None:
+                history = read_history(folder)
+            else:
+                result_of_conversion = convert_export(crm, folder)
+                history = result_of_conversion.labelled() if labels else result_of_conversion.history
+                converted = result_of_conversion.summary()
         except HistoryValidationError as exc:
             fail(f"{exc}\nNothing was imported; fix the rows above and run the import again.")
+        except ValueError as exc:  # --labels with two ids sharing a label
+            fail(f"{exc}\nNothing was imported; run without --labels to key on the CRM's ids.")
+        if converted is not None and not as_json:
+            _print_conversion(converted)
         settings = get_settings()
         store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names)
         try:
@@ -118,7 +144,8 @@ def _register_import(app: typer.Typer) -> None:
         finally:
             store.close()
         if as_json:
-            emit_json({"folder": str(folder), **result.to_dict()})
+            extra = {} if converted is None else {"conversion": converted}
+            emit_json({"folder": str(folder), **result.to_dict(), **extra})
             return
         table = Table(title=f"Imported {folder}")
         for column in ("table", "new", "already present", "updated"):
@@ -128,6 +155,40 @@ def _register_import(app: typer.Typer) -> None:
         out_console.print(table)
         if not result.changed:
             out_console.print("Nothing new: the store already held every row.")
+
+
+def _print_conversion(summary: dict[str, Any]) -> None:
+    """What the converter made of the export, and what it left out and why."""
+    events = summary["events"]
+    start, end = summary["start"], summary["end"]
+    span = "no deals" if start is None else f"{start:%Y-%m-%d} to {end:%Y-%m-%d}"
+    out_console.print(
+        f"Converted the {summary['crm']} export {summary['source']}: {summary['deals']:,} deals, "
+        f"{events['stage_changes']:,} stage changes, {events['activities']:,} activities, "
+        f"{events['field_changes']:,} field changes; {len(summary['pipelines'])} pipeline(s); "
+        f"data from {span}.",
+        highlight=False,
+    )
+    table = Table(title="Pipelines")
+    for column in ("pipeline", "label", "deals", "open stages", "won", "lost"):
+        table.add_column(column, justify="right" if column == "deals" else "left")
+    for name, row in summary["pipelines"].items():
+        stages = (", ".join(row[k]) for k in ("stages", "won", "lost"))
+        table.add_row(name, row["label"], f"{row['deals']:,}", *stages)
+    out_console.print(table)
+    # One line per note (not a table): they are read in logs and searched, so they must not wrap mid-word.
+    titles = {
+        "dropped": "Dropped",
+        "unmapped": "Not mapped",
+        "untracked": "History not tracked from creation",
+    }
+    for key, title in titles.items():
+        if summary[key]:
+            out_console.print(f"{title}:", style="bold")
+        for note in summary[key]:
+            where = f"{note['file']}: " if note["file"] else ""
+            line = f"  - {where}{note['what']} ({note['count']:,}): {note['why']}"
+            out_console.print(line, highlight=False, soft_wrap=True)
 
 
 def _safe_url(url: str) -> str:

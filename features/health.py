@@ -315,7 +315,8 @@ def pipeline_health(
     pipeline: str | Sequence[str] | None = None,
     by: GroupBy | None = None,
 ) -> dict[str, Any]:
-    """Health figures of the window [since, until], overall and per pipeline (and per team/owner).
+    """Health figures of the window [since, until] (UTC instants), overall and per pipeline (and per
+    team/owner).
 
     Returns `{"since", "until", "overall": {...}, "pipelines": {name: {...}}}` plus `"by_team"` or
     `"by_owner"` when `by` is given; each figure block holds open_deals, avg_deal_size, won_deals,

@@ -1,7 +1,8 @@
 """Forecast of won amount per calendar month from open deals' close probabilities.
 
 Each open deal is an independent Bernoulli close with its `close_probability`; if it closes it brings its
-`amount`. A deal belongs to the calendar month of its `expected_close_date`:
+`amount`. A deal belongs to the calendar month of its `expected_close_date`, in UTC (a date sent as
+2025-03-31T23:30:00-05:00 is April):
 - month 1 is the month that contains `as_of` (from `as_of` to the month's end), month 2 the next, ...;
 - deals already overdue (expected close before `as_of`) are counted in month 1: they are still open, so
   the nearest period is where they can still land;

@@ -59,6 +59,12 @@ class ModelUnavailableError(ServiceError):
     status_code = 503
 
 
+class PopulationUnavailableError(ServiceError):
+    """The feature population could not be computed from the store (and none was computed before)."""
+
+    status_code = 503
+
+
 def format_loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
     """('body', 'deals', 3, 'amount') -> 'deals[3].amount'."""
     out = ""
@@ -107,6 +113,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        for err in exc.errors():
+            # Too many deals is a batch-size bound, answered 413 like `check_batch_size`, whether the
+            # schema's hard ceiling or the configured (lower) limit caught it.
+            if err.get("type") == "too_long" and tuple(err.get("loc", ())) == ("body", "deals"):
+                ctx = err.get("ctx") or {}
+                detail = (f"{ctx.get('actual_length')} deals in one request; "
+                          f"the limit is {ctx.get('max_length')}")
+                return JSONResponse({"detail": detail}, status_code=413)
         problems = validation_problems(exc)
         summary = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:20])
         return JSONResponse({"detail": summary, "problems": problems}, status_code=422)

@@ -16,7 +16,7 @@ from typing import Any
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
-from serving.errors import ConflictError, ModelUnavailableError
+from serving.errors import ConflictError, ModelUnavailableError, PopulationUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,11 @@ class PopulationCache:
 
     Writes only flip a generation counter (cheap); the next reader refits once while others keep
     using the previous builder, so a burst of writes costs one refit.
+
+    When fitting fails (e.g. a stored row no longer validates), the previous builder keeps serving if
+    there is one; without one, readers get PopulationUnavailableError (503 with the reason) rather than
+    scores computed from something else. `last_error` holds the reason (for /readyz) until a fit
+    succeeds; every read after a failure tries again.
     """
 
     def __init__(self, load: Callable[[], FeatureBuilder | None]) -> None:
@@ -151,6 +156,13 @@ class PopulationCache:
         self._computed = False
         self._generation = 0
         self._computed_generation = -1
+        self.last_error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """Whether a population was ever computed (None for an empty store counts)."""
+        with self._lock:
+            return self._computed
 
     @classmethod
     def from_store(cls, store: Any) -> PopulationCache:
@@ -186,7 +198,17 @@ class PopulationCache:
                 generation = self._generation
                 if self._computed and self._computed_generation == generation:
                     return self._value
-            value = self._load()
+            try:
+                value = self._load()
+            except Exception as exc:  # noqa: BLE001 - any failure: keep the previous population or 503
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("computing the feature population failed: %s", self.last_error)
+                if have_previous:
+                    return previous
+                raise PopulationUnavailableError(
+                    f"feature population unavailable: {self.last_error}"
+                ) from exc
+            self.last_error = None
             with self._lock:
                 self._value = value
                 self._computed = True

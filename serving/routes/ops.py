@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from serving.deps import AdminKey, ModelDep, ReadKey, StoreDep
 from serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from serving.model_holder import LoadedModel, ModelHolder
+from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
 from serving.schemas import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,16 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request, store: StoreDep) -> JSONResponse:
-    """Readiness: a model is loaded and the store answers; otherwise 503 with the reasons."""
+    """Readiness: a model is loaded, the feature population computed and the store answers; otherwise
+    503 with the reasons."""
     holder: ModelHolder = request.app.state.model_holder
     reasons: list[str] = []
     model = holder.current()
     if model is None:
         reasons.append(f"no model loaded: {holder.last_error or 'not loaded yet'}")
+    population: PopulationCache = request.app.state.population
+    if not population.available and population.last_error is not None:
+        reasons.append(f"feature population unavailable: {population.last_error}")
     try:
         store_ok = bool(store.ping())
     except Exception as exc:  # noqa: BLE001 - readiness reports any store failure as a reason
@@ -47,6 +51,8 @@ def readyz(request: Request, store: StoreDep) -> JSONResponse:
     }
     if holder.last_error and model is not None:
         body["last_reload_error"] = holder.last_error
+    if population.last_error and population.available:
+        body["last_population_error"] = population.last_error
     return JSONResponse(body, status_code=200 if not reasons else 503)
 
 

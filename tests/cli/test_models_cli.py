@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from dealrisk.cli import app
 from features.history import DealHistory
-from features.stages import stage_outcomes
+from models.scoring import open_deal_points
 from training.data import read_history, write_history
 from training.simulate import simulate_history
 
@@ -45,20 +45,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     data = write_history(simulate_history(500, seed=3), root / "data")
     result = run(env, "train", "--data", str(data), "--json")
     yield Trained(Path(data), env, ok_json(result), read_history(data))
-
-
-def open_at(history: DealHistory, t: pd.Timestamp) -> set[str]:
-    """Deals created at or before t whose latest stage at or before t is not a closing one."""
-    deals = history.deals
-    created = set(deals.loc[deals["created_at"] <= t, "deal_id"].astype(str))
-    changes = history.stage_changes
-    seen = changes[changes["changed_at"] <= t].sort_values("changed_at", kind="stable")
-    last = seen.groupby("deal_id", observed=True).tail(1)
-    pipeline = last["deal_id"].map(deals.set_index("deal_id")["pipeline"])
-    outcome = stage_outcomes(pipeline.to_numpy(dtype=object), last["stage"].to_numpy(dtype=object),
-                             history.pipelines)
-    closed = set(last.loc[outcome != "open", "deal_id"].astype(str))
-    return created - closed
 
 
 def test_train_json_reports_every_model_per_head_a_version_and_a_data_note(trained: Trained) -> None:
@@ -110,7 +96,17 @@ def test_score_as_of_writes_only_deals_open_then_with_valid_scores(trained: Trai
     assert (scores["model_version"] == "1").all()
     t = pd.Timestamp(AS_OF, tz="UTC")
     assert (pd.to_datetime(scores["as_of"], utc=True) == t).all()
-    assert set(scores["deal_id"]) == open_at(trained.history, t)
+    assert set(scores["deal_id"]) == set(open_deal_points(trained.history, t)["deal_id"])
+    # and, checked row by row on the data: a deal created after t, and one whose every stage change
+    # is at or before t ending in a won stage, are not scored
+    deals, changes = trained.history.deals, trained.history.stage_changes
+    later = deals.loc[deals["created_at"] > t, "deal_id"].astype(str)
+    done_by_t = changes.groupby("deal_id", observed=True).filter(lambda g: g["changed_at"].max() <= t)
+    won_names = {w for spec in trained.history.pipelines.values() for w in spec.won}
+    won_by_t = done_by_t.groupby("deal_id", observed=True)["stage"].last().isin(won_names)
+    assert len(later) > 0 and won_by_t.sum() > 0
+    assert not set(later) & set(scores["deal_id"])
+    assert not set(won_by_t[won_by_t].index.astype(str)) & set(scores["deal_id"])
     assert scores["expected_value"].ge(0).all()
     reasons = scores["reason_1"].dropna()
     assert len(reasons) == len(scores)
@@ -192,7 +188,15 @@ def test_backtest_json_has_metrics_per_fold_and_head(trained: Trained) -> None:
             assert (fold, head, "lightgbm") in seen
     for m in out["metrics"]:
         assert m["roc_auc"] is None or 0.0 <= m["roc_auc"] <= 1.0
-    assert out["forecast"]  # forecast error of past periods
+    forecast = out["forecast"]  # forecast error of past periods, one row per fold
+    assert [f["fold"] for f in forecast] == [1, 2]
+    for f, fold in zip(forecast, out["folds"], strict=True):
+        assert pd.Timestamp(f["period_start"]) == pd.Timestamp(fold["start"])
+        assert f["n_deals"] > 0 and f["predicted"] > 0
+        assert f["error"] == pytest.approx(f["predicted"] - f["actual"])
+        if f["actual"] > 0:
+            assert f["abs_pct_error"] == pytest.approx(abs(f["error"]) / f["actual"])
+        assert f["actual_eventually"] >= f["actual"]
 
 
 def test_compare_json_lists_the_champion_per_head(trained: Trained) -> None:

@@ -120,8 +120,14 @@ def _stored_score(client: httpx.Client, deal_id: str) -> dict[str, Any]:
 def test_train_promote_serve_score_reload_rollback(tmp_path: Path, serve: Any) -> None:
     data = tmp_path / "data"
     summary = dealrisk_json("simulate", "--out", str(data), "--deals", str(N_DEALS), "--seed", "3")
-    assert summary  # the simulator reports what it wrote
-    dealrisk("import", str(data))
+    # the simulator reports what it wrote, and the import stores exactly that
+    totals = summary["totals"]
+    assert totals["deals"] == N_DEALS == totals["won"] + totals["lost"] + totals["open"]
+    assert min(totals["won"], totals["lost"], totals["open"]) > 0
+    imported = dealrisk_json("import", str(data))
+    assert imported["tables"]["deals"]["inserted"] == N_DEALS
+    for table in ("stage_changes", "activities", "field_changes"):
+        assert imported["tables"][table]["inserted"] == summary["events"][table] > 0, table
 
     first = dealrisk_json("train")
     assert str(first["model_version"]) == "1"

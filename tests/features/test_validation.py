@@ -382,6 +382,14 @@ def test_large_history_validates_without_per_row_python() -> None:
         }
     )
     history = validate_and_coerce(deals, stages, empty_activities())
-    assert len(history.stage_changes) == 5 * n
-    assert set(history.pipelines) == {"A", "B"}
-    assert history.stage_changes["deal_id"].is_monotonic_increasing
+    # every value survives, parsed, in (deal_id, time) order
+    expected = stages.assign(changed_at=pd.to_datetime(stages["changed_at"], utc=True)).sort_values(
+        ["deal_id", "changed_at"], kind="stable").reset_index(drop=True)
+    got = history.stage_changes
+    assert got["deal_id"].astype(str).tolist() == expected["deal_id"].tolist()
+    assert got["stage"].astype(str).tolist() == expected["stage"].tolist()
+    assert (got["changed_at"].to_numpy() == expected["changed_at"].to_numpy()).all()
+    assert history.deals["amount"].tolist() == deals.sort_values("deal_id")["amount"].astype(float).tolist()
+    for name in ("A", "B"):
+        spec = history.pipelines[name]
+        assert (spec.won, spec.lost, sorted(spec.stages)) == (("Won",), ("Lost",), ["s1", "s2", "s3"])

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from sklearn.metrics import roc_auc_score
 
-from models.bands import choose_thresholds
 from models.baselines import StagePrior
 from models.bundle import SCORE_COLUMNS, BundleIntegrityError, Head, ScoringBundle, categorical_levels_of
 from models.calibration import Calibrator
@@ -21,7 +21,6 @@ from models.loading import (
     log_bundle,
     pyfunc_frame,
 )
-from models.reasons import build_reference
 
 NUMERIC = ["days_since_activity", "stage_age_days", "n_activity_30d", "owner_win_rate", "log_amount"]
 CATEGORICAL = ["pipeline_cat", "stage_cat"]
@@ -60,26 +59,24 @@ def synthetic_features(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.
 
 
 def fit_bundle(frame: pd.DataFrame, cold: np.ndarray, won: np.ndarray, seed: int = 0) -> ScoringBundle:
-    """What training does, in miniature: fit both heads, calibrate on a held-out part, pick bands."""
-    fit, cal = slice(0, len(frame) // 2), slice(len(frame) // 2, None)
-    x = frame[FEATURES]
-    cold_model = make_lightgbm(len(frame), int(cold.sum()), {"n_estimators": 60}).fit(x[fit], cold[fit])
-    won_model = make_lightgbm(len(frame), int(won.sum()), {"n_estimators": 60}).fit(x[fit], won[fit])
-    cold_cal = Calibrator("isotonic").fit(cold_model.predict_proba(x[cal])[:, 1], cold[cal])
-    won_cal = Calibrator("platt").fit(won_model.predict_proba(x[cal])[:, 1], won[cal])
-    return ScoringBundle(
-        cold=Head.lightgbm(cold_model, cold_cal),
-        close=Head.lightgbm(won_model, won_cal),
-        feature_columns=FEATURES,
-        categorical_levels=categorical_levels_of(x, CATEGORICAL),
-        band_thresholds=choose_thresholds(cold_cal.transform(cold_model.predict_proba(x[cal])[:, 1])),
-        reference=build_reference(frame[fit], won[fit], FEATURES),
-        metadata={
-            "horizon_days": 14,
-            "trained_at": pd.Timestamp("2024-11-01", tz="UTC"),
-            "auc": float("nan"),
-        },
-    )
+    """Both heads fitted, calibrated and bundled by training's own functions (first half of the rows
+    trains, the next quarter calibrates, the last quarter tests)."""
+    from training.simulate import simulate_history
+    from training.snapshots import make_time_split
+    from training.train import TrainConfig, TrainingData, build_bundle, fit_head
+
+    n = len(frame)
+    row = np.arange(n)
+    window = np.where(row < n // 2, "train", np.where(row < 3 * n // 4, "calibration", "test"))
+    labelled = frame.assign(window=window, cold=cold.astype(float), won=won.astype(float))
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    split = make_time_split(start + pd.Timedelta(days=300), start, 75, 75)
+    data = TrainingData(labelled, split, FEATURES, CATEGORICAL)
+    config = TrainConfig(seed=seed, lightgbm_params={"n_estimators": 60})
+    heads = {name: fit_head(name, data, config, thin=False) for name in ("cold", "close")}
+    # the history only feeds the metadata (data end and fingerprint)
+    history = simulate_history(20, seed=seed)
+    return build_bundle(heads, data, config, history, "synthetic features", thin=False)
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +128,23 @@ def test_categories_are_matched_by_name_not_code(bundle: ScoringBundle) -> None:
         pipeline_cat=frame["pipeline"].astype(str),  # plain strings work too
     )
     pd.testing.assert_frame_equal(bundle.score(frame), bundle.score(reordered))
-    unseen = frame.assign(stage_cat=pd.Categorical(["Brand New Stage"] * len(frame)))
-    assert bundle.score(unseen)["cold_risk"].between(0, 1).all()
+
+
+
+def test_unseen_categories_score_like_missing_ones(bundle: ScoringBundle) -> None:
+    """A stage or pipeline never seen at training is encoded as missing, not as some trained level."""
+    frame, _, _ = synthetic_features(200, seed=14)
+    unseen = frame.assign(stage_cat=pd.Categorical(["Brand New Stage"] * len(frame)),
+                          pipeline_cat=pd.Categorical(["Partners"] * len(frame)))
+    missing = frame.assign(stage_cat=pd.Categorical([None] * len(frame), categories=["Demo"]),
+                           pipeline_cat=pd.Categorical([None] * len(frame), categories=["Enterprise"]))
+    x = bundle.encode(unseen)
+    cat_idx = [FEATURES.index(c) for c in CATEGORICAL]
+    assert np.isnan(x[:, cat_idx]).all()
+    np.testing.assert_array_equal(x, bundle.encode(missing))
+    pd.testing.assert_frame_equal(bundle.score(unseen), bundle.score(missing))
+    # and the stage does matter to this model, so "scores like missing" is not "scores like anything"
+    assert not bundle.score(frame)["cold_risk"].equals(bundle.score(missing)["cold_risk"])
 
 
 def test_save_load_round_trip_gives_identical_scores(bundle: ScoringBundle, tmp_path: Path) -> None:
@@ -140,7 +152,7 @@ def test_save_load_round_trip_gives_identical_scores(bundle: ScoringBundle, tmp_
     bundle.save(tmp_path / "b")
     again = ScoringBundle.load(tmp_path / "b")
     pd.testing.assert_frame_equal(bundle.score(frame), again.score(frame))
-    assert again.metadata["horizon_days"] == 14 and again.metadata["auc"] is None
+    assert again.metadata == bundle.metadata and again.metadata["horizon_days"] == 14
     assert not list((tmp_path / "b").glob("*.pkl")) and not list((tmp_path / "b").glob("*.joblib"))
 
 
@@ -199,9 +211,23 @@ def test_heads_shrink_on_little_data() -> None:
 def test_logistic_baseline_handles_categories_and_missing_values(
     data: tuple[pd.DataFrame, np.ndarray, np.ndarray],
 ) -> None:
+    """The data's cold risk rises with silence and in "Lead In" (see synthetic_features): the baseline
+    learns both directions, and rows with a missing value or an unseen stage still get a probability."""
     frame, cold, _ = data
-    p = make_logistic().fit(frame[FEATURES], cold).predict_proba(frame[FEATURES])[:, 1]
-    assert np.isfinite(p).all() and 0 < p.mean() < 1
+    model = make_logistic().fit(frame[FEATURES], cold)
+    base = frame[FEATURES].head(1).assign(days_since_activity=5.0, stage_cat=pd.Categorical(
+        ["Proposal"], categories=frame["stage_cat"].cat.categories))
+
+    def p(**changes: object) -> float:
+        return float(model.predict_proba(base.assign(**changes))[0, 1])
+
+    assert p(days_since_activity=40.0) > p() + 0.2  # 0.15 per silent day in the generator's logit
+    lead_in = pd.Categorical(["Lead In"], categories=frame["stage_cat"].cat.categories)
+    assert p(stage_cat=lead_in) > p()
+    for odd in (p(days_since_activity=np.nan), p(stage_cat=pd.Categorical(["Never Seen"]))):
+        assert 0 < odd < 1
+    auc = roc_auc_score(cold, model.predict_proba(frame[FEATURES])[:, 1])
+    assert auc > 0.75
 
 
 def test_mlflow_round_trip_by_alias_and_version(

@@ -4,13 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, FeatureBuilder
+from features.build import FeatureBuilder
 from features.history import DealHistory
-from models.bands import choose_thresholds
-from models.bundle import SCORE_COLUMNS, Head, ScoringBundle, categorical_levels_of
-from models.calibration import Calibrator
-from models.heads import make_lightgbm
-from models.reasons import build_reference
+from models.bundle import SCORE_COLUMNS, ScoringBundle
 from models.scoring import open_deal_points, score_points
 
 T = pd.Timestamp("2024-03-01", tz="UTC")
@@ -72,32 +68,12 @@ def history() -> DealHistory:
 
 @pytest.fixture(scope="module")
 def bundle(history: DealHistory) -> ScoringBundle:
-    """A small bundle trained on monthly snapshots; labels are simple stand-ins (the scoring path, not
-    model quality, is under test here)."""
-    end = history.end_time
-    times = pd.date_range(end - pd.Timedelta(days=360), end - pd.Timedelta(days=30), freq="30D")
-    points = pd.concat([open_deal_points(history, t) for t in times], ignore_index=True)
-    features = FeatureBuilder().fit(history).transform(history, points)
-    rng = np.random.default_rng(0)
-    silence = features["days_since_activity"].fillna(90).to_numpy()
-    cold = rng.random(len(features)) < 1 / (1 + np.exp(-(silence - 14) / 5))
-    won = rng.random(len(features)) < 1 / (1 + np.exp(silence / 10 - 1))
-    x = features[FEATURE_COLUMNS]
-    heads, calibrated = [], []
-    for y in (cold, won):
-        model = make_lightgbm(len(x), int(y.sum()), {"n_estimators": 40}).fit(x, y)
-        calibrator = Calibrator("isotonic").fit(model.predict_proba(x)[:, 1], y)
-        heads.append(Head.lightgbm(model, calibrator))
-        calibrated.append(calibrator.transform(model.predict_proba(x)[:, 1]))
-    return ScoringBundle(
-        cold=heads[0],
-        close=heads[1],
-        feature_columns=FEATURE_COLUMNS,
-        categorical_levels=categorical_levels_of(x, CATEGORICAL_FEATURES),
-        band_thresholds=choose_thresholds(calibrated[0]),
-        reference=build_reference(features, won, FEATURE_COLUMNS),
-        metadata={"horizon_days": 14},
-    )
+    """A small bundle from training's own `train` (the scoring path, not model quality, is under test)."""
+    from training.train import TrainConfig, train
+
+    result = train(history, TrainConfig(seed=0, lightgbm_params={"n_estimators": 40}))
+    bundle: ScoringBundle = result.bundle
+    return bundle
 
 
 def test_open_deals_match_the_feature_builders_outcome(history: DealHistory) -> None:

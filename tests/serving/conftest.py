@@ -8,6 +8,7 @@ a candidate with different numbers), and API keys for every role plus keys limit
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -167,6 +168,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def client(world: World) -> Iterator[TestClient]:
     """One running app on the fixture world, serving the champion (version 1)."""
     with TestClient(create_app(world.settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def own_settings(world: Any, tmp_path: Path) -> Any:
+    """The world's settings on a private copy of its store."""
+    copy = tmp_path / "store-copy.db"
+    shutil.copyfile(world.home / "dealrisk.db", copy)
+    return make_settings(world, database_url=f"sqlite:///{copy}")
+
+
+@pytest.fixture
+def own_client(own_settings: Any) -> Iterator[TestClient]:
+    """An app of the test's own on `own_settings`, for tests that write to the store."""
+    with TestClient(create_app(own_settings), raise_server_exceptions=False) as test_client:
         yield test_client
 
 

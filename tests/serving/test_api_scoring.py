@@ -6,6 +6,7 @@ import copy
 import json
 from typing import Any
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -53,11 +54,28 @@ def test_stored_deal_outside_the_keys_pipelines_is_404_like_a_missing(world: Any
 
 
 def test_stored_score_defaults_to_now_and_names_the_version(world: Any, client: TestClient) -> None:
+    """Without `as_of` the deal is scored at the request's wall-clock time, not at the end of the data.
+
+    The fixture history ends in 2025-12, far before the clock: a default taken from the data would answer
+    an `as_of` outside the window around the request, and a different score.
+    """
     deal_id = world.deal_in(world.pipeline_a)
+    before = pd.Timestamp.now(tz="UTC")
     response = client.get(f"/v1/deals/{deal_id}/score", headers=world.auth("admin"))
+    after = pd.Timestamp.now(tz="UTC")
     assert response.status_code == 200, response.text
-    assert response.json()["model_version"] == world.versions[0]
-    assert response.json()["as_of"] > _as_of(world)[:10]
+    payload = response.json()
+    assert payload["model_version"] == world.versions[0]
+    assert world.history.end_time < before - pd.Timedelta(days=30)  # the premise of this test
+    as_of = pd.Timestamp(payload["as_of"])
+    assert before <= as_of <= after
+    assert before <= pd.Timestamp(payload["scores"][0]["as_of"]) <= after
+    explicit_now = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": as_of.isoformat()},
+                              headers=world.auth("admin")).json()
+    at_data_end = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": _as_of(world)},
+                             headers=world.auth("admin")).json()
+    assert explicit_now["scores"] == payload["scores"]
+    assert at_data_end["scores"][0]["cold_risk"] != payload["scores"][0]["cold_risk"]
 
 
 @pytest.mark.parametrize(
@@ -144,11 +162,29 @@ def test_oversized_streamed_body_without_length_is_413(world: Any, client: TestC
     assert response.status_code == 413
 
 
-def test_batch_over_the_schema_limit_is_rejected(world: Any, client: TestClient) -> None:
+@pytest.mark.parametrize("route", ["/v1/score", "/v1/deals"])
+def test_batch_over_the_schema_limit_is_413_naming_the_limit(
+    world: Any, client: TestClient, route: str
+) -> None:
     deal = world.inline_deal(world.deal_in(world.pipeline_a))
     slim = {k: v for k, v in deal.items() if k not in ("stage_changes", "activities", "field_changes")}
-    response = client.post("/v1/score", json={"deals": [slim] * 1001}, headers=world.auth("admin"))
-    assert response.status_code in (413, 422)
+    response = client.post(route, json={"deals": [slim] * 1001}, headers=world.auth("admin"))
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == "1001 deals in one request; the limit is 1000"
+
+
+def test_batch_over_the_configured_limit_is_413_too(world: Any) -> None:
+    from serving.app import create_app
+    from tests.serving.conftest import make_settings
+
+    deals = [world.inline_deal(str(d)) for d in world.history.deals["deal_id"].iloc[:3]]
+    with TestClient(create_app(make_settings(world, max_batch_deals=2)),
+                    raise_server_exceptions=False) as small:
+        two = small.post("/v1/score", json={"deals": deals[:2]}, headers=world.auth("admin"))
+        three = small.post("/v1/score", json={"deals": deals}, headers=world.auth("admin"))
+    assert two.status_code == 200, two.text
+    assert three.status_code == 413, three.text
+    assert three.json()["detail"] == "3 deals in one request; the limit is 2"
 
 
 def test_as_of_before_creation_is_a_per_item_error(world: Any, client: TestClient) -> None:

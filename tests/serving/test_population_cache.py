@@ -57,5 +57,30 @@ def test_readers_keep_the_previous_population_while_one_recomputes() -> None:
 
 
 def test_the_first_read_waits_for_the_population() -> None:
-    cache = PopulationCache(lambda: "population")
-    assert cache.get() == "population"
+    """With no population yet, a second reader blocks until the first one has computed it (no None)."""
+    release = threading.Event()
+    started = threading.Event()
+    calls = [0]
+
+    def load() -> Any:
+        calls[0] += 1
+        started.set()
+        release.wait(timeout=30)
+        return "population"
+
+    cache = PopulationCache(load)
+    results: list[Any] = []
+    first = threading.Thread(target=lambda: results.append(("first", cache.get())))
+    first.start()
+    assert started.wait(timeout=30)
+    second = threading.Thread(target=lambda: results.append(("second", cache.get())))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive(), "the second reader answered before any population existed"
+    assert results == []
+
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert sorted(results) == [("first", "population"), ("second", "population")]
+    assert calls[0] == 1  # the waiting reader used the first one's result instead of loading again

@@ -223,9 +223,25 @@ def test_create_schema_is_idempotent_and_ping_answers(store: Store) -> None:
     assert store.ping() is True
 
 
-def test_event_keys_cover_every_event_table(store: Store) -> None:
-    for name in EVENT_TABLES:
-        assert "event_key" in store.table(name).c
+def test_every_event_table_recognises_events_it_already_holds(store: Store) -> None:
+    """Each event table (with or without event_id) stores an event once, and a moved one anew."""
+    history = small_history()
+    store.import_history(history)
+    frames = {name: getattr(history, name) for name in EVENT_TABLES}
+    again = store.add_events(**frames)
+    assert {n: (again.tables[n].inserted, again.tables[n].duplicates) for n in EVENT_TABLES} == {
+        "stage_changes": (0, 5), "activities": (0, 4), "field_changes": (0, 1)}
+    moved = {
+        name: frame.assign(**{time: frame[time] + pd.Timedelta(hours=1), "event_id": pd.NA}).head(1)
+        for name, frame, time in (("stage_changes", frames["stage_changes"], "changed_at"),
+                                  ("activities", frames["activities"], "occurred_at"),
+                                  ("field_changes", frames["field_changes"], "changed_at"))
+    }
+    later = store.add_events(**moved)
+    assert {n: later.tables[n].inserted for n in EVENT_TABLES} == {
+        "stage_changes": 1, "activities": 1, "field_changes": 1}
+    counts = store.count_rows()
+    assert {n: counts[n] for n in EVENT_TABLES} == {"stage_changes": 6, "activities": 5, "field_changes": 2}
 
 
 # ---------------------------------------------------------------------------- API keys

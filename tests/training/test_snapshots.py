@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.history import DealHistory
+from features.history import DealHistory, PipelineSpec
 from training.simulate import simulate_history
 from training.snapshots import make_snapshots, make_time_split, time_split
 
@@ -24,14 +24,32 @@ def test_snapshots_are_open_deals_on_a_weekly_grid_ending_at_the_end(history: De
     assert np.allclose(steps, np.round(steps))
     created = pts["deal_id"].map(history.deals.set_index("deal_id")["created_at"])
     assert (created <= pts["as_of"]).all()
-    # No snapshot of a deal whose latest stage at that time is a close.
-    sc = history.stage_changes.sort_values("changed_at")
-    merged = pd.merge_asof(
-        pts.sort_values("as_of"), sc.rename(columns={"changed_at": "as_of"}), on="as_of", by="deal_id"
-    )
-    closing = {s for spec in history.pipelines.values() for s in spec.won + spec.lost}
-    assert not merged["stage"].isin(closing).any()
     assert not pts.duplicated().any()
+
+
+def _day(n: int) -> str:
+    return (pd.Timestamp("2025-01-01", tz="UTC") + pd.Timedelta(days=n)).isoformat()
+
+
+def test_snapshots_of_a_tiny_history_by_hand() -> None:
+    """A won on day 10; B lost on day 20 and reopened on day 30; C created on day 15; data ends day 35.
+
+    Weekly points end at day 35 (35, 28, 21, 14, 7, 0). Open then: day 0 and 7 A and B; day 14 B;
+    day 21 and 28 C (B lost); day 35 B (reopened) and C.
+    """
+    deals = pd.DataFrame({"deal_id": ["A", "B", "C"], "pipeline": "P", "owner": "o", "amount": 100,
+                          "created_at": [_day(0), _day(0), _day(15)]})
+    changes = pd.DataFrame(
+        [("A", "Open", _day(0)), ("A", "Won", _day(10)), ("B", "Open", _day(0)), ("B", "Lost", _day(20)),
+         ("B", "Open", _day(30)), ("C", "Open", _day(15))], columns=["deal_id", "stage", "changed_at"])
+    activities = pd.DataFrame([("C", "call", _day(35))], columns=["deal_id", "type", "occurred_at"])
+    tiny = DealHistory.from_frames(deals, changes, activities,
+                                   pipelines={"P": PipelineSpec("P", ("Open",), ("Won",), ("Lost",))})
+    pts = make_snapshots(tiny, cadence_days=7)
+    days = (pts["as_of"] - pd.Timestamp(_day(0))).dt.days
+    got = sorted(zip(pts["deal_id"].astype(str), days.astype(int), strict=True))
+    assert got == sorted([("A", 0), ("B", 0), ("A", 7), ("B", 7), ("B", 14), ("C", 21), ("C", 28),
+                          ("B", 35), ("C", 35)])
 
 
 def test_snapshots_at_events_add_points(history: DealHistory) -> None:
