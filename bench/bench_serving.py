@@ -228,9 +228,10 @@ def _throughput(url: str, body: bytes, headers: dict[str, str], deals_per_reques
 def stage_breakdown(home: Path, payload: dict[str, Any], reps: int) -> dict[str, Any]:
     """Median time of each stage of the /v1/score route for one deal, with the served bundle."""
     from features.build import build_features
+    from features.jsonable import jsonable
     from models.loading import load_bundle
+    from serving.mapping import inline_frames, validated_history
     from serving.model_holder import PopulationCache
-    from serving.routes.scoring import _clean_record, inline_frames, validated_history
     from serving.schemas import DealScore, DealScores, ScoreRequest
 
     bundle, _ = load_bundle("models:/deal-risk/1", f"sqlite:///{home / 'mlflow.db'}")
@@ -249,10 +250,10 @@ def stage_breakdown(home: Path, payload: dict[str, Any], reps: int) -> dict[str,
     def one() -> None:
         body = timed("pydantic_request", lambda: ScoreRequest.model_validate(payload))
         as_of = pd.Timestamp(body.as_of)
-        frames, locators = timed("inline_frames", lambda: inline_frames(body.deals))
+        frames = timed("inline_frames", lambda: inline_frames(body.deals))
         specs = timed("store_pipeline_specs", store.pipeline_specs)
         specs = {k: v for k, v in specs.items() if k in {d.pipeline for d in body.deals}}
-        history = timed("validated_history", lambda: validated_history(frames, locators, specs))
+        history = timed("validated_history", lambda: validated_history(frames, specs))
         points = pd.DataFrame({"deal_id": pd.Series([d.deal_id for d in body.deals], dtype="string"),
                                "as_of": pd.Series([as_of] * len(body.deals), dtype="datetime64[ns, UTC]")})
         features = timed("build_features", lambda: build_features(history, points, population))
@@ -261,7 +262,9 @@ def stage_breakdown(home: Path, payload: dict[str, Any], reps: int) -> dict[str,
 
         def respond() -> str:
             merged = pd.concat([scores, features[["pipeline", "stage"]].reset_index(drop=True)], axis=1)
-            items = [DealScore.model_validate(_clean_record(r)) for r in merged.to_dict(orient="records")]
+            fields = DealScore.model_fields
+            items = [DealScore.model_validate({k: jsonable(r.get(k)) for k in fields if k in r})
+                     for r in merged.to_dict(orient="records")]
             return DealScores(model_version="1", as_of=as_of.to_pydatetime(), scores=items).model_dump_json()
 
         timed("response_models", respond)

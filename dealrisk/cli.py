@@ -8,6 +8,7 @@ import os
 import typer
 
 from dealrisk import cmd_analytics, cmd_data, cmd_demo, cmd_keys, cmd_models, cmd_service
+from dealrisk.console import fail
 
 app = typer.Typer(
     name="dealrisk",
@@ -28,3 +29,10 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
         level=logging.DEBUG if verbose else os.environ.get("DEALRISK_LOG_LEVEL", "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A bad value in the environment is reported once, naming the variable, before any command runs.
+    from serving.settings import SettingsError, read_settings
+
+    try:
+        read_settings()
+    except SettingsError as exc:
+        fail(str(exc), code=2)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from dealrisk.console import emit_json, fail, out_console, progress
 from features.history import DealHistory, HistoryValidationError, to_utc_timestamp
+from features.jsonable import jsonable
 
 DATA_HELP = "Deal-history folder (CSV or Parquet + pipelines.yaml). Without it, read the store."
 MODEL_HELP = "Model to score with (default: DEALRISK_MODEL_URI or models:/deal-risk@champion)."
@@ -105,7 +106,7 @@ def _score(data: Path | None, pipeline: str | None, as_of: str | None, model_uri
 
 
 def _fmt(value: Any, kind: str = "num") -> str:
-    if value is None or (not isinstance(value, list | dict | str) and pd.isna(value)):
+    if jsonable(value) is None:
         return "–"
     if kind == "pct":
         return f"{100 * float(value):.0f}%"
@@ -117,7 +118,7 @@ def _fmt(value: Any, kind: str = "num") -> str:
 
 
 def _csv_cell(value: Any) -> Any:
-    if value is None or (not isinstance(value, list | dict | str) and pd.isna(value)):
+    if jsonable(value) is None:
         return ""
     return value.isoformat() if hasattr(value, "isoformat") else value
 

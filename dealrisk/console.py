@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from features.jsonable import jsonable
+
 err_console = Console(stderr=True)
 out_console = Console()
 
@@ -28,8 +30,8 @@ def _default(value: Any) -> Any:
 
 def emit_json(obj: Any) -> None:
     """Print machine-readable output on stdout (NaN becomes null)."""
-    text = json.dumps(obj, default=_default, indent=2)
-    sys.stdout.write(text.replace("NaN", "null") + "\n")
+    text = json.dumps(jsonable(obj), default=_default, indent=2)
+    sys.stdout.write(text + "\n")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, to_utc_timestamp
+from features.jsonable import jsonable
 from features.stages import deal_states_at, stage_outcomes, stage_positions
 
 STALE_QUANTILE = 0.8
@@ -188,16 +189,6 @@ def _thresholds(history: DealHistory, states: pd.DataFrame,
     return out
 
 
-def _none_if_nan(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, float | np.floating):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def _scalar_figures(states: pd.DataFrame, key: pd.Series, since: pd.Timestamp,
                     until: pd.Timestamp) -> pd.DataFrame:
     """open_deals, avg_deal_size, won, lost, win_rate, avg_cycle_days, sales_velocity per value of `key`."""
@@ -296,14 +287,14 @@ def _stalled(states: pd.DataFrame, thresholds: dict[tuple[str, str], float],
 def _stalled_records(stalled: pd.DataFrame) -> list[dict[str, Any]]:
     cols = ["deal_id", "pipeline", "stage", "owner", "team", "amount", "days_in_stage", "threshold_days"]
     records = stalled[cols].astype(object).where(stalled[cols].notna(), None).to_dict("records")
-    return [{str(k): _none_if_nan(v) for k, v in r.items()} for r in records]
+    return [{str(k): jsonable(v) for k, v in r.items()} for r in records]
 
 
 def _figure_dicts(fig: pd.DataFrame) -> dict[str, dict[str, Any]]:
     cols = ["open_deals", "avg_deal_size", "won_deals", "lost_deals", "win_rate", "avg_cycle_days",
             "sales_velocity"]
     return {
-        str(key): {c: _none_if_nan(row[c]) for c in cols}
+        str(key): {c: jsonable(row[c]) for c in cols}
         for key, row in fig[cols].astype(object).iterrows()  # one row per group, not per deal
     }
 

@@ -14,8 +14,8 @@ Every route takes what it needs from here, so tests can swap any of them with
 - `require_role(*roles)` -> a dependency returning the caller's `ApiKey` (Authorization: Bearer <key>);
                      401 with WWW-Authenticate when missing/wrong/revoked, 403 when the role is not allowed.
   Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `ScoreKey` (admin, integration),
-  `WriteKey` (admin, integration). Visibility: `key.can_see(pipeline)`; anything outside it answers 404
-  as if absent — use `serving.errors.NotFoundError`.
+  `WriteKey` (admin, integration), `AnyKey` (every role). Visibility: `key.can_see(pipeline)`; anything
+  outside it answers 404 as if absent — use `serving.errors.NotFoundError`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from serving.store import Store
 
 __all__ = [
     "AdminKey",
+    "AnyKey",
     "ModelDep",
     "FeatureBuilderDep",
     "ReadKey",
@@ -39,6 +40,7 @@ __all__ = [
     "SettingsDep",
     "StoreDep",
     "WriteKey",
+    "after_write",
     "get_model",
     "get_feature_builder",
     "get_settings_dep",
@@ -71,6 +73,16 @@ def get_feature_builder(request: Request) -> FeatureBuilder | None:
     return cache.get()
 
 
+def after_write(request: Request) -> None:
+    """After a committed write: refit the population lazily, and wake the live scorer (the written deals'
+    scores are due, so the next read sees them re-scored)."""
+    population: PopulationCache = request.app.state.population
+    population.mark_dirty()
+    live_scores = getattr(request.app.state, "live_scores", None)
+    if live_scores is not None:
+        live_scores.notify()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[Store, Depends(get_store)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
@@ -80,3 +92,4 @@ AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
 ReadKey = Annotated[ApiKey, Depends(require_role("admin", "manager"))]
 ScoreKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
 WriteKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
+AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from features.history import HistoryValidationError
+from features.jsonable import jsonable
 from serving.store import EventConflictError, WriteRejectedError
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,16 @@ class ConflictError(ServiceError):
 
 
 class InvalidInputError(ServiceError):
-    """Bad input that passed the schema (e.g. a stage change before the deal was created)."""
+    """Bad input that passed the schema (e.g. a stage change before the deal was created).
+
+    Answers the same shape as a schema error: `{"detail": str, "problems": [{"loc", "msg"}, ...]}`;
+    without `problems`, one problem at `loc` (a request path or parameter name) carries the detail.
+    """
 
     status_code = 422
+
+    def __init__(self, detail: str, problems: list[dict[str, Any]] | None = None, loc: str = "body") -> None:
+        super().__init__(detail, problems if problems is not None else [{"loc": loc, "msg": detail}])
 
 
 class PayloadTooLargeError(ServiceError):
@@ -78,10 +85,9 @@ def format_loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
     return out or "body"
 
 
-def _jsonable(value: Any) -> Any:
+def _shown_input(value: Any) -> Any:
     # Pydantic puts the offending input in errors; NaN/inf would break the JSON response itself.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+    value = jsonable(value)
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)[:200]
@@ -95,7 +101,7 @@ def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
         msg = str(err.get("msg", "invalid value"))
         item: dict[str, Any] = {"loc": loc, "msg": msg, "type": err.get("type")}
         if "input" in err and not isinstance(err["input"], dict | list):
-            item["input"] = _jsonable(err["input"])
+            item["input"] = _shown_input(err["input"])
         problems.append(item)
     return problems
 

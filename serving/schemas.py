@@ -11,8 +11,18 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
+from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS
+from features.validation import EARLIEST_TIME, LATEST_TIME
 from serving.limits import (
     ACCOUNT_LENGTH,
     ATTRIBUTE_VALUE_LENGTH,
@@ -66,7 +76,17 @@ def _to_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-UtcTime = Annotated[datetime, BeforeValidator(_parse_time)]
+def _in_time_range(value: datetime) -> datetime:
+    # The history holds nanosecond times; the bounds are the file import's (features.validation).
+    utc = _to_utc(value)
+    if not EARLIEST_TIME <= utc <= LATEST_TIME:
+        raise ValueError(
+            f"time out of range: must be between {EARLIEST_TIME.date()} and {LATEST_TIME.date()}"
+        )
+    return utc
+
+
+UtcTime = Annotated[datetime, BeforeValidator(_parse_time), AfterValidator(_in_time_range)]
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH)]
 EventId = Annotated[str, Field(max_length=EVENT_ID_LENGTH)]
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -80,24 +100,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, str_strip_whitespace=True)
 
 
-class ActivityType(StrEnum):
-    call = "call"
-    email = "email"
-    meeting = "meeting"
-    note = "note"
-    task = "task"
-    other = "other"
-
-
-class Direction(StrEnum):
-    inbound = "inbound"
-    outbound = "outbound"
-
-
-class ChangeableField(StrEnum):
-    amount = "amount"
-    expected_close_date = "expected_close_date"
-    owner = "owner"
+# The allowed values are the history contract's (features.history); the API only names them.
+ActivityType = StrEnum("ActivityType", [(v, v) for v in ACTIVITY_TYPES])  # type: ignore[misc]
+Direction = StrEnum("Direction", [(v, v) for v in DIRECTIONS])  # type: ignore[misc]
+ChangeableField = StrEnum("ChangeableField", [(v, v) for v in CHANGEABLE_FIELDS])  # type: ignore[misc]
 
 
 class _Timed(_Strict):
@@ -320,3 +326,39 @@ class PipelineOut(BaseModel):
     lost: list[str]
     stale_after_days: dict[str, float]
     inferred: bool = False
+
+
+class PipelineList(BaseModel):
+    pipelines: list[PipelineOut]
+
+
+class AtRiskDeal(BaseModel):
+    rank: int
+    deal_id: str
+    pipeline: str
+    owner: str | None
+    team: str | None
+    stage: str | None
+    amount: float
+    expected_close_date: datetime | None
+    days_in_stage: float | None
+    cold_risk: float
+    close_probability: float
+    risk_band: str
+    expected_value: float
+    reasons: list[Reason]
+    model_version: str | None = Field(default=None, description="the model version that made this score")
+    scored_at: datetime | None = Field(default=None, description="the time the score is as of")
+    score_pending: bool = Field(
+        default=False, description="the deal changed after this live score; a new one is being computed"
+    )
+
+
+class AtRiskList(BaseModel):
+    pipeline: str
+    as_of: datetime
+    model_version: str
+    total: int = Field(description="open deals matching the filters, before limit/offset")
+    limit: int
+    offset: int
+    deals: list[AtRiskDeal]

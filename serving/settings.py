@@ -1,67 +1,88 @@
-"""One settings object, read from the environment once (`get_settings` is cached; tests clear it)."""
+"""One typed settings class, read from the environment (`get_settings` is cached; tests clear it).
+
+Every variable is `DEALRISK_<FIELD>` (DEALRISK_HOME, DEALRISK_DATABASE_URL, DEALRISK_MODEL_URI, ...),
+except the MLflow tracking URI, which also answers to MLflow's own MLFLOW_TRACKING_URI. The database and
+the tracking store default to SQLite files inside the home. Importing this module reads nothing and
+creates nothing; `get_settings()` reads the environment and creates the home folder.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.loading import CHAMPION_URI
 from serving.limits import DEFAULT_MAX_ATTRIBUTE_NAMES
 
-REGISTERED_MODEL = "deal-risk"
-CHAMPION_ALIAS = "champion"
+ENV_PREFIX = "DEALRISK_"
+# The MLflow client reads MLFLOW_TRACKING_URI itself, so the service accepts the same name.
+TRACKING_URI_ENV = ("DEALRISK_TRACKING_URI", "MLFLOW_TRACKING_URI")
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    database_url: str
-    tracking_uri: str
-    model_uri: str
-    reload_interval_s: float
-    max_body_bytes: int
-    max_batch_deals: int
-    max_events_per_deal: int
-    # distinct custom-attribute names one pipeline may hold (DEALRISK_MAX_ATTRIBUTE_NAMES)
-    max_attribute_names: int = DEFAULT_MAX_ATTRIBUTE_NAMES
-    # live scores older than this are recomputed (DEALRISK_LIVE_SCORE_MAX_AGE_S; 0 turns the worker off)
-    live_score_max_age_s: float = 3600.0
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use; the message names it."""
+
+
+class Settings(BaseSettings):
+    """The service's settings. Construct directly in tests; `get_settings()` reads the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", populate_by_name=True)
+
+    home: Path = Path(".dealrisk")
+    database_url: str = Field(default="", description="default: SQLite file dealrisk.db in the home")
+    tracking_uri: str = Field(
+        default="", validation_alias=AliasChoices(*TRACKING_URI_ENV),
+        description="default: SQLite file mlflow.db in the home",
+    )
+    model_uri: str = CHAMPION_URI
+    reload_interval_s: float = Field(default=60.0, ge=0, description="0 turns the registry watcher off")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_batch_deals: int = Field(default=1000, ge=1)
+    max_events_per_deal: int = Field(default=5000, ge=1)
+    max_attribute_names: int = Field(
+        default=DEFAULT_MAX_ATTRIBUTE_NAMES, ge=1, description="distinct custom-attribute names per pipeline"
+    )
+    live_score_max_age_s: float = Field(
+        default=3600.0, ge=0, description="live scores older than this are recomputed; 0 turns them off"
+    )
+
+    @model_validator(mode="after")
+    def _defaults_in_home(self) -> Settings:
+        self.home = self.home.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'dealrisk.db'}"
+        if not self.tracking_uri:
+            self.tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        return self
 
     @property
     def data_dir(self) -> Path:
         return self.home
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("DEALRISK_HOME", ".dealrisk")).resolve()
+def env_name(field: str) -> str:
+    """The environment variable a settings field is read from."""
+    return TRACKING_URI_ENV[1] if field == "tracking_uri" else f"{ENV_PREFIX}{field.upper()}"
 
 
-def default_database_url(home: Path | None = None) -> str:
-    home = home or default_home()
-    return os.environ.get("DEALRISK_DATABASE_URL") or f"sqlite:///{home / 'dealrisk.db'}"
-
-
-def default_tracking_uri(home: Path | None = None) -> str:
-    home = home or default_home()
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+def read_settings() -> Settings:
+    """Settings from the environment; `SettingsError` naming each bad variable and its value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err.get("loc") else "?"
+            lines.append(f"{env_name(field)}={err.get('input')!r}: {err['msg']}")
+        raise SettingsError("bad setting in the environment: " + "; ".join(lines)) from None
 
 
 @lru_cache
 def get_settings() -> Settings:
-    home = default_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return Settings(
-        home=home,
-        database_url=default_database_url(home),
-        tracking_uri=default_tracking_uri(home),
-        model_uri=os.environ.get("DEALRISK_MODEL_URI", f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"),
-        reload_interval_s=float(os.environ.get("DEALRISK_RELOAD_INTERVAL_S", "60")),
-        max_body_bytes=int(os.environ.get("DEALRISK_MAX_BODY_BYTES", str(8 * 1024 * 1024))),
-        max_batch_deals=int(os.environ.get("DEALRISK_MAX_BATCH_DEALS", "1000")),
-        max_events_per_deal=int(os.environ.get("DEALRISK_MAX_EVENTS_PER_DEAL", "5000")),
-        max_attribute_names=int(
-            os.environ.get("DEALRISK_MAX_ATTRIBUTE_NAMES", str(DEFAULT_MAX_ATTRIBUTE_NAMES))
-        ),
-        live_score_max_age_s=float(os.environ.get("DEALRISK_LIVE_SCORE_MAX_AGE_S", "3600")),
-    )
+    """The process's settings, read once; creates the home folder (the SQLite files live there)."""
+    settings = read_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings

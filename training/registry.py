@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 
 from features.history import DealHistory
+from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
 from training.backtest import evaluate_bundle, make_folds
-from training.train import CHAMPION_ALIAS, REGISTERED_MODEL
 
 logger = logging.getLogger(__name__)
 

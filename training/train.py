@@ -26,6 +26,7 @@ from models.bands import choose_thresholds
 from models.baselines import StagePrior
 from models.calibration import Calibrator
 from models.heads import make_lightgbm, make_logistic
+from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
 from training.labels import won_label
 from training.metrics import binary_metrics, flatten, side_by_side
 from training.snapshots import TimeSplit, make_snapshots, make_time_split, time_split
@@ -33,8 +34,6 @@ from training.snapshots import TimeSplit, make_snapshots, make_time_split, time_
 logger = logging.getLogger(__name__)
 
 EXPERIMENT = "deal-risk"
-REGISTERED_MODEL = "deal-risk"
-CHAMPION_ALIAS = "champion"
 # head name -> label column produced by `time_split`
 HEADS = {"cold": "cold", "close": "won"}
 MODELS = ("lightgbm", "stage_prior", "logistic")

@@ -12,30 +12,16 @@ from typing import Any
 import pandas as pd
 from fastapi import APIRouter, Request
 
-from features.history import DealHistory, HistoryValidationError
-from serving.deps import ReadKey, SettingsDep, StoreDep, WriteKey
-from serving.errors import InvalidInputError, NotFoundError, check_batch_size, raise_history_error
-from serving.model_holder import PopulationCache
-from serving.routes.scoring import ACTIVITY_FIELDS, DEAL_FIELDS, FIELD_CHANGE_FIELDS, STAGE_FIELDS, _value
+from features.jsonable import jsonable
+from features.validation import DEAL_COLUMNS, EVENT_COLUMNS
+from serving.deps import ReadKey, SettingsDep, StoreDep, WriteKey, after_write
+from serving.errors import InvalidInputError, NotFoundError, check_batch_size
+from serving.mapping import deal_frames, event_frames, validated_history
 from serving.schemas import DealOut, DealsIn, EventsIn, WriteResult
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["history"])
-
-EVENT_FIELDS = {
-    "stage_changes": STAGE_FIELDS, "activities": ACTIVITY_FIELDS, "field_changes": FIELD_CHANGE_FIELDS,
-}
-
-
-def mark_dirty(request: Request) -> None:
-    """After a committed write: refit the population lazily, and re-score the written deals."""
-    population: PopulationCache = request.app.state.population
-    population.mark_dirty()
-    live_scores = getattr(request.app.state, "live_scores", None)
-    if live_scores is not None:
-        live_scores.notify()  # the written deals' scores are due: the next read sees them re-scored
-
 
 def _bad_items(problems: list[dict[str, Any]]) -> None:
     if problems:
@@ -62,20 +48,10 @@ def post_deals(
         elif not key.can_see(deal.pipeline):
             problems.append({"loc": f"deals[{i}].pipeline", "msg": "pipeline not found", "status": 404})
     _bad_items(problems)
-    rows = [{**{f: _value(d, f) for f in DEAL_FIELDS}, **d.attributes} for d in body.deals]
-    columns = [*DEAL_FIELDS, *dict.fromkeys(k for r in rows for k in r if k not in DEAL_FIELDS)]
-    empty = {t: pd.DataFrame(columns=list(cols)) for t, cols in EVENT_FIELDS.items()}
-    try:
-        history = DealHistory.from_frames(
-            pd.DataFrame(rows, columns=columns), empty["stage_changes"], empty["activities"],
-            empty["field_changes"], pipelines=store.pipeline_specs(), source="request",
-        )
-    except HistoryValidationError as exc:
-        raise_history_error(exc, {"deals": [f"deals[{i}]" for i in range(len(rows))]})
-        raise
+    history = validated_history(deal_frames(body.deals), store.pipeline_specs())
     result = store.upsert_deals(history.deals)
     if result.changed:
-        mark_dirty(request)
+        after_write(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
 
 
@@ -96,36 +72,23 @@ def post_events(body: EventsIn, key: WriteKey, request: Request, store: StoreDep
         for table, events in lists.items() for j, e in enumerate(events) if e.deal_id not in visible
     ]
     _bad_items(problems)
-    frames = {
-        table: pd.DataFrame([{f: _value(e, f) for f in EVENT_FIELDS[table]} for e in events],
-                            columns=list(EVENT_FIELDS[table]))
-        for table, events in lists.items()
-    }
     stored = store.deals_frame(visible)
-    # Only given specs refuse unknown stages; an inferred one is extended by the store's write.
-    given = {name: spec for name, spec in store.pipeline_specs().items() if not spec.inferred}
-    try:
-        # Validate only the new events against their deals: rows map one to one onto request items.
-        # The store checks them again against what it holds, inside the write's transaction.
-        checked = DealHistory.from_frames(
-            stored, frames["stage_changes"], frames["activities"], frames["field_changes"],
-            pipelines={p: s for p, s in given.items() if p in set(stored["pipeline"])}, source="request",
-        )
-    except HistoryValidationError as exc:
-        locators = {t: [f"{t}[{j}]" for j in range(len(events))] for t, events in lists.items()}
-        locators["deals"] = [f"stored deal {d}" for d in stored["deal_id"]]
-        raise_history_error(exc, locators)
-        raise
+    # Only given specs refuse unknown stages; an inferred one is extended by the store's write. Only the
+    # new events are validated against their deals (rows map one to one onto request items); the store
+    # checks them again against what it holds, inside the write's transaction.
+    involved = set(stored["pipeline"])
+    specs = store.pipeline_specs()
+    given = {name: spec for name, spec in specs.items() if not spec.inferred and name in involved}
+    checked = validated_history(event_frames(body, stored), given)
     result = store.add_events(checked.stage_changes, checked.activities, checked.field_changes)
     if result.changed:
-        mark_dirty(request)
+        after_write(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
 
 
 def _records(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    out = frame[[c for c in columns if c in frame.columns]].astype(object)
-    records = out.where(out.notna(), None).to_dict(orient="records")
-    return [{str(k): v for k, v in r.items()} for r in records]
+    records = frame[[c for c in columns if c in frame.columns]].to_dict(orient="records")
+    return [{str(k): jsonable(v) for k, v in r.items()} for r in records]
 
 
 @router.get("/v1/deals/{deal_id}", response_model=DealOut)
@@ -135,12 +98,12 @@ def get_deal(deal_id: str, key: ReadKey, store: StoreDep) -> DealOut:
     if pipeline is None or not key.can_see(pipeline):
         raise NotFoundError("deal not found")
     history = store.load_history(deal_ids=[deal_id])
-    deal = _records(history.deals, (*DEAL_FIELDS, *history.attribute_columns))[0]
+    deal = _records(history.deals, (*DEAL_COLUMNS, *history.attribute_columns))[0]
     attributes = {c: deal.pop(c) for c in history.attribute_columns if c in deal}
     return DealOut.model_validate({
         **deal,
         "attributes": attributes,
-        "stage_changes": _records(history.stage_changes, STAGE_FIELDS[1:]),
-        "activities": _records(history.activities, ACTIVITY_FIELDS[1:]),
-        "field_changes": _records(history.field_changes, FIELD_CHANGE_FIELDS[1:]),
+        "stage_changes": _records(history.stage_changes, EVENT_COLUMNS["stage_changes"][1:]),
+        "activities": _records(history.activities, EVENT_COLUMNS["activities"][1:]),
+        "field_changes": _records(history.field_changes, EVENT_COLUMNS["field_changes"][1:]),
     })

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 
 from features.history import PipelineSpec
-from serving.auth import require_role
-from serving.deps import AdminKey, StoreDep
+from serving.deps import AdminKey, AnyKey, StoreDep, after_write
 from serving.errors import NotFoundError
 from serving.limits import NAME_LENGTH
-from serving.routes.history import mark_dirty
 from serving.schemas import PipelineOut, PipelineSpecIn
-from serving.store import ApiKey
 
 router = APIRouter(tags=["pipelines"])
 
-AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]
 PipelineName = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH)]
 
 
@@ -67,7 +63,7 @@ def put_pipeline(
     )
     result = store.set_pipeline_spec(spec)
     if result.changed:
-        mark_dirty(request)
+        after_write(request)
     stored = store.pipeline_spec(pipeline)
     assert stored is not None  # just written in a committed transaction
     return _out(stored)

@@ -14,93 +14,33 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 
 from features.health import pipeline_health
 from features.history import to_utc_timestamp
+from features.jsonable import jsonable
 from models.forecast import forecast, score_open_deals
-from serving.auth import require_role
-from serving.deps import FeatureBuilderDep, ModelDep, ReadKey, StoreDep, get_feature_builder
+from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep, get_feature_builder
 from serving.errors import InvalidInputError, NotFoundError
 from serving.limits import NAME_LENGTH
+from serving.mapping import time_or
 from serving.model_holder import builder_for
-from serving.schemas import PipelineOut, Reason, UtcTime
+from serving.schemas import AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import ApiKey, Store
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["pipelines"])
 
-AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]
 MAX_AT_RISK_LIMIT = 1000
 DEFAULT_HEALTH_DAYS = 30
-
-
-class PipelineList(BaseModel):
-    pipelines: list[PipelineOut]
-
-
-class AtRiskDeal(BaseModel):
-    rank: int
-    deal_id: str
-    pipeline: str
-    owner: str | None
-    team: str | None
-    stage: str | None
-    amount: float
-    expected_close_date: datetime | None
-    days_in_stage: float | None
-    cold_risk: float
-    close_probability: float
-    risk_band: str
-    expected_value: float
-    reasons: list[Reason]
-    model_version: str | None = Field(default=None, description="the model version that made this score")
-    scored_at: datetime | None = Field(default=None, description="the time the score is as of")
-    score_pending: bool = Field(
-        default=False, description="the deal changed after this live score; a new one is being computed"
-    )
-
-
-class AtRiskList(BaseModel):
-    pipeline: str
-    as_of: datetime
-    model_version: str
-    total: int = Field(description="open deals matching the filters, before limit/offset")
-    limit: int
-    offset: int
-    deals: list[AtRiskDeal]
 
 
 def _visible_pipeline(store: Store, key: ApiKey, pipeline: str) -> None:
     """404 unless the pipeline exists and the key may see it (the two cases look the same)."""
     if not key.can_see(pipeline) or pipeline not in store.list_pipelines():
         raise NotFoundError("pipeline not found")
-
-
-def _time(value: datetime | None, default: pd.Timestamp) -> pd.Timestamp:
-    return default if value is None else to_utc_timestamp(value)
-
-
-def _now() -> pd.Timestamp:
-    return pd.Timestamp.now(tz="UTC")
-
-
-def _clean(value: Any) -> Any:
-    """NaN/NaT/<NA> -> None; numpy scalars -> Python; also inside reasons (JSON has no NaN)."""
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    if isinstance(value, float) and value in (float("inf"), float("-inf")):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    return value.item() if hasattr(value, "item") else value
 
 
 @router.get("/v1/pipelines", response_model=PipelineList)
@@ -154,7 +94,7 @@ def at_risk(
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     _visible_pipeline(store, key, pipeline)
-    t = _time(as_of, _now())
+    t = time_or(as_of)
     # As of now: the live scores and current state the store keeps, filtered, sorted and paged by the
     # database. In the past (or while a deal has no live score yet): scored on demand from the history.
     stored = None if as_of is not None else store.at_risk_page(
@@ -174,7 +114,7 @@ def at_risk(
         )
         total = len(ranked)
         page = ranked.iloc[offset : offset + limit].assign(model_version=model.version, scored_at=t)
-    records = [{str(k): _clean(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
+    records = [{str(k): jsonable(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1
     if "text/csv" in request.headers.get("accept", ""):
@@ -222,10 +162,10 @@ def health(
     """Pipeline health over [since, until]: open deals, average deal size, win rate, cycle days, sales
     velocity, funnel by stage and stalled deals (by team or owner too with `by`)."""
     _visible_pipeline(store, key, pipeline)
-    t1 = _time(until, _now())
-    t0 = _time(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
+    t1 = time_or(until)
+    t0 = time_or(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
     if t0 > t1:
-        raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
+        raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})", loc="since")
     history = store.load_history(pipelines=[pipeline])
     report = pipeline_health(history, t0, t1, pipeline=pipeline, by=by)
     return {"pipeline": pipeline, **report}
@@ -245,7 +185,7 @@ def pipeline_forecast(
     probabilities. Overdue deals count in the first month; deals without an expected close date are in
     `unscheduled`. Names the model version."""
     _visible_pipeline(store, key, pipeline)
-    t = _time(as_of, _now())
+    t = time_or(as_of)
     history = store.load_history(pipelines=[pipeline])
     scored = score_open_deals(model.bundle, history, t, builder_for(builder, history))
     result = forecast(scored, t, months=months)

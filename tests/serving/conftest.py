@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from features.history import DealHistory
+from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
 from serving.app import create_app
-from serving.settings import CHAMPION_ALIAS, REGISTERED_MODEL, Settings
+from serving.settings import Settings
 from serving.store import Store
 
 N_DEALS = 300
@@ -114,7 +115,7 @@ def _settings(home: Path, **overrides: Any) -> Settings:
         max_batch_deals=1000,
         max_events_per_deal=5000,
     )
-    return replace(base, **overrides)
+    return base.model_copy(update=overrides)
 
 
 @pytest.fixture(scope="session")
@@ -188,7 +189,7 @@ def own_client(own_settings: Any) -> Iterator[TestClient]:
 
 def make_settings(world: World, **overrides: Any) -> Settings:
     """The world's settings with some fields changed (for apps with their own limits or model URI)."""
-    return replace(world.settings, **overrides)
+    return world.settings.model_copy(update=overrides)
 
 
 def _json_value(value: Any) -> Any:

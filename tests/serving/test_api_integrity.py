@@ -181,3 +181,16 @@ def test_request_limits_are_the_column_sizes(world: Any, client: TestClient) -> 
     assert ok.status_code == 200, ok.text
     too_long = _post(client, "/v1/deals", {"deals": [_deal(longest + "L", world.pipeline_a)]}, admin)
     assert too_long.status_code == 422 and "deals[0].deal_id" in too_long.json()["detail"]
+
+
+def test_a_new_pipeline_without_stages_can_be_ranked(world: Any, client: TestClient) -> None:
+    # Its deals have no stage yet (an empty category for the model): this answered 500 before.
+    admin = world.auth("admin")
+    assert _post(client, "/v1/deals", {"deals": [_deal("INT-N1", "No Stages Yet")]}, admin).status_code == 200
+    response = client.get(
+        "/v1/pipelines/No Stages Yet/at-risk",
+        params={"as_of": "2025-03-05T00:00:00Z"},
+        headers=world.auth("manager"),
+    )
+    assert response.status_code == 200, response.text
+    assert [d["deal_id"] for d in response.json()["deals"]] == ["INT-N1"]

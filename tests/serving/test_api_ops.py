@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ def test_each_request_logs_one_json_line(
 def test_a_fresh_empty_store_still_serves_inline_scores(world: Any, tmp_path: Path) -> None:
     from serving.store import Store
 
-    settings = replace(world.settings, database_url=f"sqlite:///{tmp_path / 'empty.db'}")
+    settings = world.settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
     store = Store(settings.database_url)
     store.create_schema()
     key, _ = store.create_api_key("integration", ["*"])

@@ -194,3 +194,52 @@ def test_as_of_before_creation_is_a_per_item_error(world: Any, client: TestClien
     assert response.status_code == 200, response.text
     assert response.json()["scores"] == []
     assert response.json()["errors"][0]["status"] == 422
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "message"),
+    [
+        (lambda d: d.update(created_at="1500-01-01"), "deals[1].created_at", "time out of range"),
+        (lambda d: d["field_changes"].append(
+            {"field": "amount", "value": "-3", "changed_at": d["created_at"]}),
+         "deals[1].field_changes[0].value", "amount value '-3' is not a number ≥ 0"),
+        (lambda d: d["stage_changes"].append({"stage": "Nowhere", "changed_at": d["created_at"]}),
+         "deals[1].stage_changes[{last}].stage", "stage 'Nowhere' is not a stage of pipeline"),
+        (lambda d: d["activities"].extend([
+            {"type": "call", "occurred_at": d["created_at"], "event_id": "same"},
+            {"type": "email", "occurred_at": d["created_at"], "event_id": "same"}]),
+         "deals[1].activities[{last}].event_id", "duplicate event_id 'same'"),
+    ],
+    ids=["time-out-of-range", "negative-amount-change", "unknown-stage", "duplicate-event-id"],
+)
+def test_one_validation_names_the_item_and_keeps_the_error_shape(
+    world: Any, client: TestClient, change: Any, loc: str, message: str
+) -> None:
+    """Edge rules (pydantic) and cross-row rules (the history checks) answer the same 422 shape."""
+    deal = _one_deal(world)
+    deal["field_changes"] = []
+    change(deal)
+    last = {"stage_changes": len(deal["stage_changes"]) - 1, "activities": len(deal["activities"]) - 1}
+    loc = loc.format(last=last["stage_changes"] if "stage_changes" in loc else last["activities"])
+    response = _post(client, world, deal)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert set(body) == {"detail", "problems"} and isinstance(body["detail"], str)
+    [problem] = [p for p in body["problems"] if p["loc"] == loc]
+    assert message in problem["msg"]
+
+
+def test_a_422_raised_by_a_route_has_the_schema_errors_shape(world: Any, client: TestClient) -> None:
+    """Route-level checks answer {"detail", "problems": [{"loc", "msg"}]} like pydantic's 422s."""
+    deal_id = world.deal_in(world.pipeline_a)
+    response = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": "2001-01-01"},
+                          headers=world.auth("admin"))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["problems"] == [{"loc": "as_of", "msg": body["detail"]}]
+    assert body["detail"].startswith("as_of 2001-01-01T00:00:00+00:00 is before the deal was created")
+    schema_error = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": "yesterday"},
+                              headers=world.auth("admin"))
+    assert schema_error.status_code == 422
+    assert set(schema_error.json()) == set(body) == {"detail", "problems"}
+    assert schema_error.json()["problems"][0]["loc"] == "query.as_of"

@@ -5,17 +5,16 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from models.loading import REGISTERED_MODEL
 from serving.app import create_app
 from serving.errors import ConflictError, ModelUnavailableError
 from serving.model_holder import ModelHolder
-from serving.settings import REGISTERED_MODEL
 
 
 def test_holder_keeps_the_old_model_when_a_load_fails() -> None:
@@ -68,7 +67,7 @@ def test_reload_under_load_never_mixes_versions(world: Any, champion_restored: N
     payload = _payload(world)
     admin = world.auth("admin")
     # The watcher also follows the alias (every 50 ms) while the endpoint reloads explicitly.
-    settings = replace(world.settings, reload_interval_s=0.05)
+    settings = world.settings.model_copy(update={"reload_interval_s": 0.05})
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         expected: dict[str, Any] = {}
         for version in (v1, v2):
@@ -164,7 +163,7 @@ def test_the_background_check_follows_the_alias(world: Any, champion_restored: N
     import time
 
     v1, v2 = world.versions
-    settings = replace(world.settings, reload_interval_s=0.05)
+    settings = world.settings.model_copy(update={"reload_interval_s": 0.05})
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         assert client.get("/readyz").json()["model_version"] == v1
         world.set_champion(v2)

@@ -1,0 +1,31 @@
+"""Plain Python values for JSON: the one place that turns pandas/numpy missing values into None."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+
+def jsonable(value: Any) -> Any:
+    """NaN, NaT, <NA> and ±inf become None; numpy scalars Python ones; Timestamps datetimes.
+
+    Recurses into lists, tuples and dicts (JSON has no NaN, so a reason's value or a health figure
+    must not carry one). Anything else is returned as it is.
+    """
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, str | bool):
+        return value
+    if pd.api.types.is_scalar(value) and pd.isna(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if hasattr(value, "item") and pd.api.types.is_scalar(value):
+        value = value.item()  # numpy scalar -> Python scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

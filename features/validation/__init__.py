@@ -1,0 +1,176 @@
+"""Validation and coercion of deal-history frames into a typed `DealHistory`.
+
+Two entries, one set of rules:
+
+- `validate_and_coerce` takes raw frames (CSV text, Parquet, the store's rows): it parses every column
+  (`parsing`), applying the per-value rules, then runs the cross-row checks (`checks`, `specs`).
+- `validate_typed` takes frames already in the `DealHistory` dtypes whose fields were checked one by one
+  at the edge (the API's pydantic models, built by `serving.mapping`): it runs only the cross-row checks
+  and the field-change value rule, which depends on two columns.
+
+Both collect every problem (up to MAX_PROBLEMS) before raising `HistoryValidationError`, each naming the
+table, 1-based data row, column and a hint. Pipelines without a spec get one inferred
+(`inference`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.history import EVENT_TIME, DealHistory, PipelineSpec
+from features.stages import order_stage_changes
+from features.validation.checks import check_events, check_unique_deals, deal_positions
+from features.validation.inference import infer_pipeline_specs
+from features.validation.parsing import (
+    DEAL_COLUMNS,
+    EARLIEST_TIME,
+    EVENT_COLUMNS,
+    LATEST_TIME,
+    UTC_NS,
+    as_frame,
+    check_columns,
+    coerce_attribute,
+    field_change_values,
+    format_utc_iso,
+    parse_deals,
+    parse_events,
+)
+from features.validation.problems import MAX_PROBLEMS, ProblemCollector
+from features.validation.specs import check_stages_against_specs, given_specs
+
+__all__ = [
+    "DEAL_COLUMNS",
+    "EARLIEST_TIME",
+    "EVENT_COLUMNS",
+    "LATEST_TIME",
+    "MAX_PROBLEMS",
+    "UTC_NS",
+    "coerce_attribute",
+    "format_utc_iso",
+    "infer_pipeline_specs",
+    "validate_and_coerce",
+    "validate_typed",
+]
+
+EVENT_TABLES = ("stage_changes", "activities", "field_changes")
+SpecsIn = Mapping[str, PipelineSpec] | Mapping[str, Mapping[str, Any]] | None
+
+
+def validate_and_coerce(
+    deals: pd.DataFrame,
+    stage_changes: pd.DataFrame,
+    activities: pd.DataFrame,
+    field_changes: pd.DataFrame | None = None,
+    pipelines: SpecsIn = None,
+    source: str | None = None,
+) -> DealHistory:
+    """Check raw frames against the input format and return a typed `DealHistory`.
+
+    Raises `HistoryValidationError` with every problem found. Extra deal columns become custom
+    attributes; extra event columns are dropped.
+    """
+    problems = ProblemCollector()
+    raw = {
+        "deals": as_frame(deals, "deals"),
+        "stage_changes": as_frame(stage_changes, "stage_changes"),
+        "activities": as_frame(activities, "activities"),
+        "field_changes": as_frame(field_changes, "field_changes"),
+    }
+    complete = {table: check_columns(frame, table, problems) for table, frame in raw.items()}
+    specs = given_specs(pipelines, problems)
+
+    deal_frame: pd.DataFrame | None = None
+    attributes: tuple[str, ...] = ()
+    if complete["deals"]:
+        deal_frame, attributes = parse_deals(raw["deals"], problems)
+        check_unique_deals(deal_frame, problems)
+    events: dict[str, pd.DataFrame] = {}
+    for table in EVENT_TABLES:
+        if complete[table]:
+            events[table] = parse_events(raw[table], table, problems)
+            check_events(events[table], table, deal_frame, problems, raw[table][EVENT_TIME[table]])
+    if deal_frame is not None and "stage_changes" in events:
+        _check_stages(deal_frame, events["stage_changes"], specs, problems)
+    problems.raise_if_any(source)
+    assert deal_frame is not None  # every table was complete, or there would be problems
+    return _assemble(deal_frame, events, specs, attributes)
+
+
+def validate_typed(
+    deals: pd.DataFrame,
+    stage_changes: pd.DataFrame,
+    activities: pd.DataFrame,
+    field_changes: pd.DataFrame,
+    pipelines: Mapping[str, PipelineSpec],
+    source: str | None = None,
+) -> DealHistory:
+    """A `DealHistory` from frames whose fields are already typed and checked one by one.
+
+    Columns must be those of `DealHistory` (any order; deals may carry attribute columns, already
+    coerced), with a fresh RangeIndex. Runs the cross-row checks (duplicate ids, unknown deals, events
+    before creation, stages of pipelines with a spec) and the field-change value rule; raises
+    `HistoryValidationError` like `validate_and_coerce`, with rows numbered in the frames' order.
+    """
+    problems = ProblemCollector()
+    check_unique_deals(deals, problems)
+    events = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
+    for table, frame in events.items():
+        check_events(frame, table, deals, problems)
+    values = field_change_values(
+        field_changes["field"], field_changes["value"], field_changes["value"], problems
+    )
+    events["field_changes"] = field_changes.assign(value=values)
+    specs = dict(pipelines)
+    _check_stages(deals, stage_changes, specs, problems)
+    problems.raise_if_any(source)
+    attributes = tuple(sorted(c for c in deals.columns if c not in DEAL_COLUMNS))
+    deals = deals[[*DEAL_COLUMNS, *attributes]]
+    events = {table: frame[list(EVENT_COLUMNS[table])] for table, frame in events.items()}
+    return _assemble(deals, events, specs, attributes)
+
+
+def _check_stages(
+    deals: pd.DataFrame,
+    stage_changes: pd.DataFrame,
+    specs: Mapping[str, PipelineSpec],
+    problems: ProblemCollector,
+) -> None:
+    if stage_changes.empty or not specs:
+        return
+    position = deal_positions(deals, stage_changes["deal_id"])
+    pipelines = deals["pipeline"].to_numpy(dtype=object)
+    row_pipeline = pd.Series(np.where(position >= 0, pipelines[position], None), index=stage_changes.index)
+    check_stages_against_specs(stage_changes, row_pipeline, specs, problems)
+
+
+def _sort_events(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
+    # Stable: events of one deal at the same instant keep the order they were given in; stage changes
+    # are then put in `features.stages.order_stage_changes` order, which does not depend on arrival.
+    return frame.sort_values(["deal_id", time_column], kind="stable").reset_index(drop=True)
+
+
+def _assemble(
+    deals: pd.DataFrame,
+    events: Mapping[str, pd.DataFrame],
+    specs: Mapping[str, PipelineSpec],
+    attributes: tuple[str, ...],
+) -> DealHistory:
+    """Sorted frames and a spec for every pipeline (given, or inferred): the validated history."""
+    sorted_events = {table: _sort_events(frame, EVENT_TIME[table]) for table, frame in events.items()}
+    deals = deals.sort_values("deal_id", kind="stable").reset_index(drop=True)
+    seen = [str(p) for p in pd.unique(deals["pipeline"])]
+    missing_specs = sorted(p for p in seen if p not in specs)
+    all_specs = dict(specs)
+    all_specs.update(infer_pipeline_specs(deals, sorted_events["stage_changes"], missing_specs))
+    return DealHistory(
+        deals=deals,
+        stage_changes=order_stage_changes(sorted_events["stage_changes"], deals, all_specs),
+        activities=sorted_events["activities"],
+        field_changes=sorted_events["field_changes"],
+        pipelines=all_specs,
+        attribute_columns=attributes,
+    )

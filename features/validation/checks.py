@@ -1,0 +1,114 @@
+"""Cross-row checks on typed frames: duplicate ids, events of unknown deals, events before creation.
+
+These are the checks that no single field can answer, so they run on every path: after parsing on file
+import, and alone on the API path, where pydantic has already checked each field.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.history import EVENT_TIME
+from features.validation.problems import ProblemCollector
+
+
+def _first_row_of_duplicates(keys: pd.Series) -> tuple[pd.Series, pd.Series | None]:
+    """(mask of repeated keys after their first occurrence, 1-based row of that first occurrence)."""
+    values = keys.to_numpy(dtype=object)
+    present = values[pd.notna(values)]
+    # The common case (no repeats) is answered with one set; pandas' duplicated costs more on small input.
+    if len(set(present)) == len(present):
+        return pd.Series(False, index=keys.index), None
+    dup = keys.notna() & keys.duplicated(keep="first")
+    firsts = keys[keys.notna() & ~keys.duplicated(keep="first")]
+    first_row = pd.Series(firsts.index + 1, index=firsts.to_numpy())
+    return dup.astype(bool), keys.map(first_row)
+
+
+def deal_positions(deals: pd.DataFrame, ids: pd.Series) -> np.ndarray:
+    """Row in `deals` of each id (its first row if repeated), -1 for an id not in deals or missing."""
+    deal_ids = deals["deal_id"].to_numpy(dtype=object)
+    # Repeated and missing deal ids are reported elsewhere; look ids up among each id's first row.
+    first = ~pd.Index(deal_ids, dtype=object).duplicated(keep="first") & pd.notna(deal_ids)
+    rows = np.flatnonzero(first)
+    if rows.size == 0:
+        return np.full(len(ids), -1, dtype=np.intp)
+    found = pd.Index(deal_ids[rows], dtype=object).get_indexer(ids.to_numpy(dtype=object))
+    return np.where(found >= 0, rows[found], -1)
+
+
+def check_unique_deals(deals: pd.DataFrame, problems: ProblemCollector) -> None:
+    """Each deal_id appears once in deals."""
+    dup, first_row = _first_row_of_duplicates(deals["deal_id"])
+    problems.add_rows(
+        "deals",
+        dup,
+        "deal_id",
+        "duplicate deal_id {value} (first seen in row {extra})",
+        "each deal appears once in deals; later values belong in field_changes",
+        values=deals["deal_id"],
+        extra=first_row,
+    )
+
+
+def check_events(
+    events: pd.DataFrame,
+    table: str,
+    deals: pd.DataFrame | None,
+    problems: ProblemCollector,
+    shown_times: pd.Series | None = None,
+) -> None:
+    """Unique event ids; with `deals`, every event names a known deal and is not before its creation.
+
+    `shown_times` are the times as the user wrote them (for messages); default the typed times.
+    """
+    if events.empty:
+        return
+    time_column = EVENT_TIME[table]
+    # event_id is unique within a deal (two deals may use the same id), as the store keys it
+    event_id = events["event_id"].astype("string")
+    per_deal = (events["deal_id"].astype("string") + "\x1f" + event_id).where(event_id.notna())
+    dup, first_row = _first_row_of_duplicates(per_deal)
+    problems.add_rows(
+        table,
+        dup,
+        "event_id",
+        "duplicate event_id {value} for the same deal (first seen in row {extra})",
+        f"event_id must be unique within a deal's {table}",
+        values=events["event_id"],
+        extra=first_row,
+    )
+    if deals is None:
+        return
+    ids = events["deal_id"]
+    position = deal_positions(deals, ids)
+    problems.add_rows(
+        table,
+        ids.notna() & (position < 0),
+        "deal_id",
+        "unknown deal {value}",
+        "every history row must refer to a deal_id listed in deals",
+        values=ids,
+    )
+    # Creation times by the positions found above, in int64 nanoseconds (NaT is the minimum int64, so a
+    # missing time is never "before"); the Series for messages is built only when something is early.
+    known_ns = deals["created_at"].array.asi8
+    event_ns = events[time_column].array.asi8
+    found = position >= 0
+    created_ns = np.full(len(events), np.iinfo(np.int64).min, dtype=np.int64)
+    created_ns[found] = known_ns[position[found]]
+    early = found & (event_ns != np.iinfo(np.int64).min) & (event_ns < created_ns)
+    if not early.any():
+        return
+    created_index = pd.DatetimeIndex(created_ns.view("datetime64[ns]")).tz_localize("UTC")
+    created = pd.Series(created_index, index=events.index)
+    problems.add_rows(
+        table,
+        early,
+        time_column,
+        "{value} is before the deal was created ({extra})",
+        "events cannot predate the deal's created_at; fix the time or created_at",
+        values=events[time_column] if shown_times is None else shown_times,
+        extra=created,
+    )

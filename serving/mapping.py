@@ -1,0 +1,115 @@
+"""Request models to history frames, in one place, and the one validation of what pydantic cannot see.
+
+Pydantic has checked every field (types, allowed values, time range, amounts >= 0, sizes), so the
+frames are built directly in the `DealHistory` dtypes and handed to `features.validation.validate_typed`,
+which runs only the cross-row checks (duplicate ids, events of unknown deals or before creation, stages
+of a pipeline with a spec) and the field-change value rule. Its problems come back as a 422 naming each
+bad item by its request path (`deals[3].stage_changes[0].changed_at`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
+from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, UTC_NS, coerce_attribute, validate_typed
+from serving.errors import raise_history_error
+from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
+
+EVENT_TABLES = ("stage_changes", "activities", "field_changes")
+_TIME_COLUMNS = frozenset({"created_at", "expected_close_date", "changed_at", "occurred_at"})
+_FLOAT_COLUMNS = frozenset({"amount"})
+
+
+@dataclass
+class RequestFrames:
+    """Typed frames of a request, and the request path of every row (`locators[table][row]`)."""
+
+    tables: dict[str, pd.DataFrame]
+    locators: dict[str, list[str]] = field(default_factory=dict)
+
+
+def time_or(value: datetime | None, default: pd.Timestamp | None = None) -> pd.Timestamp:
+    """A request's time as a UTC Timestamp; when absent, `default`, or now."""
+    if value is not None:
+        return to_utc_timestamp(value)
+    return default if default is not None else pd.Timestamp.now(tz="UTC")
+
+
+def _column(name: str, values: list[Any]) -> pd.Series:
+    if name in _TIME_COLUMNS:
+        return pd.Series(pd.array(values, dtype=UTC_NS))  # pydantic made every time aware UTC
+    if name in _FLOAT_COLUMNS:
+        return pd.Series(values, dtype="float64")
+    # Enum members are str subclasses; their value is the text the history stores.
+    text = [None if v is None else str(v.value if hasattr(v, "value") else v) for v in values]
+    return pd.Series(pd.array(text, dtype="string"))
+
+
+def _frame(columns: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame({c: _column(c, [r.get(c) for r in rows]) for c in columns})
+
+
+def _deal_rows(deals: Sequence[DealIn]) -> pd.DataFrame:
+    rows = [{c: getattr(d, c) for c in DEAL_COLUMNS} for d in deals]
+    frame = _frame(DEAL_COLUMNS, rows)
+    names = sorted({name for d in deals for name in d.attributes})
+    for name in names:
+        raw = pd.Series([d.attributes.get(name) for d in deals], dtype=object)
+        frame[name] = coerce_attribute(raw)
+    return frame
+
+
+def empty_event_frames() -> dict[str, pd.DataFrame]:
+    """The three event tables with no rows, typed."""
+    return {table: _frame(EVENT_COLUMNS[table], []) for table in EVENT_TABLES}
+
+
+def inline_frames(deals: Sequence[DealWithHistoryIn], indexes: Sequence[int] | None = None) -> RequestFrames:
+    """Frames of deals sent with their histories; `indexes[i]` is deal i's index in the request's list."""
+    positions = list(indexes) if indexes is not None else list(range(len(deals)))
+    rows: dict[str, list[dict[str, Any]]] = {table: [] for table in EVENT_TABLES}
+    locators: dict[str, list[str]] = {"deals": [f"deals[{i}]" for i in positions]}
+    locators.update({table: [] for table in EVENT_TABLES})
+    for i, deal in zip(positions, deals, strict=True):
+        for table in EVENT_TABLES:
+            for j, event in enumerate(getattr(deal, table)):
+                rows[table].append({"deal_id": deal.deal_id, **event.model_dump()})
+                locators[table].append(f"deals[{i}].{table}[{j}]")
+    tables = {"deals": _deal_rows(deals)}
+    tables.update({table: _frame(EVENT_COLUMNS[table], rows[table]) for table in EVENT_TABLES})
+    return RequestFrames(tables, locators)
+
+
+def deal_frames(deals: Sequence[DealIn]) -> RequestFrames:
+    """Frames of deals without events (`POST /v1/deals`)."""
+    tables = {"deals": _deal_rows(deals), **empty_event_frames()}
+    return RequestFrames(tables, {"deals": [f"deals[{i}]" for i in range(len(deals))]})
+
+
+def event_frames(body: EventsIn, stored_deals: pd.DataFrame) -> RequestFrames:
+    """Frames of new events of stored deals (`POST /v1/events`); `stored_deals` as the store holds them."""
+    tables = {"deals": stored_deals}
+    locators = {"deals": [f"stored deal {d}" for d in stored_deals["deal_id"]]}
+    for table in EVENT_TABLES:
+        events = getattr(body, table)
+        tables[table] = _frame(EVENT_COLUMNS[table], [e.model_dump() for e in events])
+        locators[table] = [f"{table}[{j}]" for j in range(len(events))]
+    return RequestFrames(tables, locators)
+
+
+def validated_history(frames: RequestFrames, specs: Mapping[str, PipelineSpec]) -> DealHistory:
+    """The request's `DealHistory` after the cross-row checks; 422 naming each bad item otherwise."""
+    t = frames.tables
+    try:
+        return validate_typed(
+            t["deals"], t["stage_changes"], t["activities"], t["field_changes"], specs, source="request"
+        )
+    except HistoryValidationError as exc:
+        raise_history_error(exc, frames.locators)
+        raise  # unreachable: raise_history_error always raises
