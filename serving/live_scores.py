@@ -19,6 +19,8 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
+
 from features.history import to_utc_timestamp
 from models.scoring import open_deal_points, score_points
 from serving.model_holder import ModelHolder, PopulationCache, builder_for
@@ -71,7 +73,20 @@ class LiveScorer:
         if points.empty:
             return 0
         builder = builder_for(self.population.get(), history)
-        scored = score_points(model.bundle, history, points, builder)
+        try:
+            scored = score_points(model.bundle, history, points, builder)
+        except Exception:  # one bad deal must not hold back the others: score them one by one
+            logger.exception("scoring a round of %d deals failed; scoring them one at a time", len(points))
+            parts = []
+            for i in range(len(points)):
+                try:
+                    parts.append(score_points(model.bundle, history, points.iloc[[i]], builder))
+                except Exception:
+                    deal_id = points["deal_id"].iloc[i]
+                    logger.exception("live score of deal %s failed; it stays pending", deal_id)
+            if not parts:
+                return 0
+            scored = pd.concat(parts, ignore_index=True)
         return self.store.save_scores(scored, model.version, due)
 
     def start(self) -> None:
