@@ -156,7 +156,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(_prime_population, population)
         live_scores = None
         if settings.live_score_max_age_s > 0:
-            live_scores = LiveScorer(store, holder, population, max_age_s=settings.live_score_max_age_s)
+            # The scorer fits its own population: refitting it on the scorer's thread must never make a
+            # request read the previous one (the request cache answers concurrent readers with it).
+            live_scores = LiveScorer(
+                store, holder, PopulationCache.from_store(store), max_age_s=settings.live_score_max_age_s
+            )
             app.state.live_scores = live_scores
             holder.on_swap = _swapped(live_scores)
             live_scores.start()

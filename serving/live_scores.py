@@ -54,7 +54,8 @@ class LiveScorer:
         self._thread: threading.Thread | None = None
 
     def notify(self) -> None:
-        """Something changed (a write, a model swap): score what is due now."""
+        """Something changed (a write, a model swap): refit the population lazily and score what is due."""
+        self.population.mark_dirty()
         self._wake.set()
 
     def score_due(self, now: datetime | None = None) -> int:
