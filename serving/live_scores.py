@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from features.history import to_utc_timestamp
+from features.build import FeatureBuilder
+from features.history import DealHistory, to_utc_timestamp
 from models.scoring import open_deal_points, score_points
-from serving.model_holder import ModelHolder, PopulationCache, builder_for
+from serving.model_holder import LoadedModel, ModelHolder, PopulationCache, builder_for
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class LiveScorer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._builder: FeatureBuilder | None = None  # the population the last round scored with
 
     def notify(self) -> None:
         """Something changed (a write, a model swap): refit the population lazily and score what is due."""
@@ -73,7 +75,25 @@ class LiveScorer:
         points = open_deal_points(history, t)
         if points.empty:
             return 0
-        builder = builder_for(self.population.get(), history)
+        # Score with the population already fitted (a write must not wait for a refit of the whole
+        # store to become visible), then, if the store changed since, refit it and score them again.
+        held = self._builder
+        saved = self._score_and_save(model, history, points, due, held or self.population.get())
+        fitted = self.population.get()
+        if held is not None and fitted is not held:
+            saved = self._score_and_save(model, history, points, due, fitted)
+        self._builder = fitted
+        return saved
+
+    def _score_and_save(
+        self,
+        model: LoadedModel,
+        history: DealHistory,
+        points: pd.DataFrame,
+        due: dict[str, datetime],
+        stored_builder: FeatureBuilder | None,
+    ) -> int:
+        builder = builder_for(stored_builder, history)
         try:
             scored = score_points(model.bundle, history, points, builder)
         except Exception:  # one bad deal must not hold back the others: score them one by one
