@@ -33,6 +33,15 @@ STATE_FIELDS = (
     "last_event_at",
     "n_events",
 )
+# the STATE_FIELDS that are times (UTC)
+STATE_TIME_FIELDS = (
+    "current_expected_close_date",
+    "stage_entered_at",
+    "closed_at",
+    "last_activity_at",
+    "first_event_at",
+    "last_event_at",
+)
 _FROM_DEAL_STATES = {
     "stage": "current_stage",
     "status": "outcome",

@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from features.deal_state import STATE_FIELDS, current_deal_states
+from features.deal_state import STATE_FIELDS, STATE_TIME_FIELDS, current_deal_states
 from features.history import (
     DEAL_OPTIONAL,
     DEAL_REQUIRED,
@@ -876,14 +876,7 @@ class Store:
             .values({c: sa.bindparam(c) for c in (*STATE_FIELDS, "state_updated_at")})
         )
         frame = states.reset_index().rename(columns={"deal_id": "b_deal_id"})
-        for col in (
-            "current_expected_close_date",
-            "stage_entered_at",
-            "closed_at",
-            "last_activity_at",
-            "first_event_at",
-            "last_event_at",
-        ):
+        for col in STATE_TIME_FIELDS:
             frame[col] = _naive_utc(frame[col])
         frame["state_updated_at"] = pd.Series([now] * len(frame), dtype="datetime64[us]")
         for chunk in _chunks(frame):
@@ -1000,16 +993,7 @@ class Store:
         ids = None if deal_ids is None else list(dict.fromkeys(str(d) for d in deal_ids))
         with self._read() as conn:
             frame = _read_frame(conn, query, table.c.deal_id, ids)
-        for col in (
-            "created_at",
-            "current_expected_close_date",
-            "stage_entered_at",
-            "closed_at",
-            "last_activity_at",
-            "first_event_at",
-            "last_event_at",
-            "state_updated_at",
-        ):
+        for col in ("created_at", *STATE_TIME_FIELDS, "state_updated_at"):
             frame[col] = _localize(frame[col])
         frame["current_amount"] = pd.to_numeric(frame["current_amount"], errors="coerce").astype("float64")
         return frame
