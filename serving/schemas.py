@@ -298,6 +298,8 @@ class AtRiskDeal(BaseModel):
     close_probability: float
     risk_band: str
     expected_value: float
+    value_at_risk: float = Field(description="amount × close_probability × cold_risk (docs/scores.md)")
+    stage_limit_days: float | None = Field(None, description="the stage's stalled threshold in days")
     reasons: list[Reason]
 
 

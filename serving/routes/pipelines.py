@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from features.health import pipeline_health
 from features.history import to_utc_timestamp
 from features.jsonable import jsonable
+from models.at_risk import DEFAULT_SORT, AtRiskSort, rank_at_risk
 from models.forecast import forecast, score_open_deals
 from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
@@ -82,10 +83,16 @@ def at_risk(
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    sort: Annotated[AtRiskSort, Query(description="order: value_at_risk (default), cold_risk, amount, "
+                                      "days_in_stage (highest first) or close_date (soonest first)")]
+    = DEFAULT_SORT,
 ) -> Any:
-    """Open deals of the pipeline ranked by cold risk (highest first), with reasons and close probability.
+    """Open deals of the pipeline going cold, ranked by value at risk (amount × close probability × cold
+    risk, highest first), with reasons and close probability.
 
-    Filters: owner, team, minimum amount, expected close before a time. Answers CSV when the request
+    Effectively dead deals (close probability under 2% and more than twice their stage's stalled limit
+    in days) are left out: `GET /v1/pipelines/{pipeline}/stale` lists them. Filters: owner, team, minimum
+    amount, expected close before a time; `sort=` picks another order. Answers CSV when the request
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     _visible_pipeline(store, key, pipeline)
@@ -96,24 +103,63 @@ def at_risk(
         min_amount=min_amount,
         close_before=to_utc_timestamp(close_before) if close_before is not None else None,
     )
+    ranked = rank_at_risk(ranked, history, t, sort)
+    ranked = ranked[~ranked["stale"]]  # effectively dead deals are listed by /stale, not here
+    return _deal_list(ranked, request, pipeline, t, model.version, limit, offset, "at-risk")
+
+
+@router.get(
+    "/v1/pipelines/{pipeline}/stale",
+    response_model=AtRiskList,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
+)
+def stale(
+    pipeline: str,
+    key: ReadKey,
+    request: Request,
+    store: StoreDep,
+    model: ModelDep,
+    builder: FeatureBuilderDep,
+    owner: Annotated[str | None, Query(max_length=256, description="owner as of as_of")] = None,
+    team: Annotated[str | None, Query(max_length=256)] = None,
+    as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    sort: Annotated[AtRiskSort, Query(description="order; default days_in_stage (longest first)")]
+    = "days_in_stage",
+) -> Any:
+    """Effectively dead open deals, for clean-up: close probability under 2% and more than twice their
+    stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
+    are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
+    _visible_pipeline(store, key, pipeline)
+    t = time_or(as_of)
+    history = store.load_history(pipelines=[pipeline])
+    scored = score_open_deals(model.bundle, history, t, builder_for(builder, history), owner=owner, team=team)
+    ranked = rank_at_risk(scored, history, t, sort)
+    return _deal_list(ranked[ranked["stale"]], request, pipeline, t, model.version, limit, offset, "stale")
+
+
+def _deal_list(ranked: pd.DataFrame, request: Request, pipeline: str, t: pd.Timestamp, version: str,
+               limit: int, offset: int, name: str) -> Any:
+    """One page of a ranked deal list, as `AtRiskList` JSON or as CSV (`Accept: text/csv`)."""
     page = ranked.iloc[offset : offset + limit]
     records = [{str(k): jsonable(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1
     if "text/csv" in request.headers.get("accept", ""):
-        return _csv_response(records, pipeline, model.version)
+        return _csv_response(records, f"{name}-{pipeline}", version)
     deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in AtRiskDeal.model_fields})
              for r in records]
-    return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
+    return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=version,
                       total=len(ranked), limit=limit, offset=offset, deals=deals)
 
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
-               "days_in_stage", "cold_risk", "close_probability", "risk_band", "expected_value", "reasons",
-               "model_version"]
+               "days_in_stage", "cold_risk", "close_probability", "risk_band", "expected_value",
+               "value_at_risk", "reasons", "model_version"]
 
 
-def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) -> Response:
+def _csv_response(records: list[dict[str, Any]], filename: str, version: str) -> Response:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -128,7 +174,7 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
     return Response(
         buffer.getvalue(),
         media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="at-risk-{pipeline}.csv"',
+        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"',
                  "X-Model-Version": version},
     )
 
