@@ -98,7 +98,8 @@ def forecast(
     `scored_open_deals` has one row per open deal with `amount`, `expected_close_date` (UTC, NaT when
     unknown) and `close_probability` in [0, 1]. Returns `{"as_of", "months", "method", "note", "periods":
     [{"period": "YYYY-MM", "start", "end", "deals", "overdue_deals", "pipeline_amount",
-    "expected_won_amount", "p10", "p50", "p90"}], "unscheduled": {...}, "later": {...}}`.
+    "expected_won_amount", "p10", "p50", "p90"}], "total": {...} (all the months together, its own
+    quantiles), "unscheduled": {...}, "later": {...}}`.
     """
     if months < 1:
         raise ValueError(f"months must be at least 1, not {months}")
@@ -139,12 +140,16 @@ def forecast(
         )
     later = scheduled & (offset >= months)
     unscheduled = ~scheduled
+    # The months together: quantiles of a sum are not sums of quantiles, so the total is its own draw.
+    shown = scheduled & (offset < months)
+    total = _bucket_summary(amounts[shown], probs[shown], n_sims, rng, exact_max_deals)
     return {
         "as_of": t.isoformat(),
         "months": months,
         "method": f"exact up to {exact_max_deals} deals per period, else {n_sims} seeded simulations",
         "note": OVERDUE_NOTE,
         "periods": periods,
+        "total": {**total, "overdue_deals": int((shown & overdue).sum())},
         "unscheduled": _bucket_summary(
             amounts[unscheduled], probs[unscheduled], n_sims, rng, exact_max_deals
         ),

@@ -269,6 +269,10 @@ class ModelInfo(BaseModel):
     trained_at: str | None = None
     horizon_days: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics_by_model: dict[str, Any] = Field(
+        default_factory=dict, description="head -> model (served and baselines) -> test-window metric")
+    calibration: dict[str, Any] = Field(
+        default_factory=dict, description="head -> [{predicted, observed, count}] on the test window")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -24,7 +24,7 @@ from features.build import FeatureBuilder
 from features.history import DealHistory
 from models.bands import choose_thresholds
 from models.baselines import StagePrior
-from models.calibration import Calibrator
+from models.calibration import Calibrator, reliability_bins
 from models.heads import make_lightgbm, make_logistic
 from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
 from training.labels import won_label
@@ -340,6 +340,13 @@ def build_bundle(
         "data_note": note,
         "served": {h: f.served for h, f in heads.items()},
         "metrics": {h: f.metrics.get(f.served, {}) for h, f in heads.items()},
+        # For the model card: every model's test metrics side by side (the served one beside the
+        # baselines), and the served head's calibration curve on the test window.
+        "metrics_by_model": {h: dict(f.metrics) for h, f in heads.items()},
+        "calibration": {
+            h: reliability_bins(f.test_predictions.get(f.served, np.array([])), f.test_y)
+            for h, f in heads.items()
+        },
     }
     return ScoringBundle(
         cold=served["cold"],

@@ -90,3 +90,16 @@ def test_no_open_deals_gives_empty_periods() -> None:
     result = forecast(nothing, AS_OF, months=1)
     assert result["periods"][0]["deals"] == 0 and result["periods"][0]["p90"] == 0.0
     assert result["unscheduled"]["deals"] == 0
+
+
+def test_total_over_the_months_is_its_own_distribution() -> None:
+    # March: 100 at p=0.5; April: 300 at p=0.5; May (outside 2 months): 50. Total of the two months:
+    # outcomes 0, 100, 300, 400 each 1/4, so P10 = 0, P50 = 100, P90 = 400 (not 0+0, 100+300, ...).
+    frame = deals([100.0, 300.0, 50.0], ["2024-03-20", "2024-04-10", "2024-05-02"], [0.5, 0.5, 0.5])
+    result = forecast(frame, AS_OF, months=2)
+    total = result["total"]
+    assert total["deals"] == 2 and total["pipeline_amount"] == 400.0
+    assert total["expected_won_amount"] == pytest.approx(200.0)
+    assert (total["p10"], total["p50"], total["p90"]) == (0.0, 100.0, 400.0)
+    april = result["periods"][1]
+    assert (april["p10"], april["p50"], april["p90"]) == (0.0, 0.0, 300.0)
