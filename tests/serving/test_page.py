@@ -43,7 +43,7 @@ def test_page_loads_without_a_key_and_asks_for_one(client: TestClient) -> None:
     assert res.status_code == 200 and res.headers["content-type"].startswith("text/html")
     html = res.text
     assert 'id="api-key"' in html and "sessionStorage" in html
-    for part in ('id="pipeline"', 'id="at-risk"', 'id="funnel"', 'id="forecast"', 'id="model"'):
+    for part in ('id="pipeline"', 'id="filters"', 'id="tabs"', 'id="view"', 'id="model"'):
         assert part in html
     assert "default-src 'self'" in res.headers["content-security-policy"]
 
