@@ -164,7 +164,8 @@ async function load({ focus = false, keepError = false } = {}) {
   syncControls(s);
   if (!keepError) showError("");
   // Old results go before the request starts: nothing from the previous view can stay on screen.
-  $("view-title").textContent = s.view === "deal" ? `Deal ${s.deal}` : `${VIEWS[s.view]} · ${s.pipeline}`;
+  $("view-title").textContent = s.view === "deal" ? `Deal ${s.deal}`
+    : s.view === "model" ? "The model being served" : `${VIEWS[s.view]} · ${s.pipeline}`;
   $("view-scope").textContent = "";
   $("view-body").replaceChildren();
   $("view").setAttribute("aria-busy", "true");
@@ -491,8 +492,11 @@ function calibrationChart(title, curve) {
   chart.append(svg("line", { class: "grid", x1: x(0), y1: y(0), x2: x(1), y2: y(1) }));
   chart.append(svg("line", { class: "axis", x1: x(0), y1: y(0), x2: x(1), y2: y(0) }));
   chart.append(svg("line", { class: "axis", x1: x(0), y1: y(0), x2: x(0), y2: y(1) }));
-  chart.append(svg("text", { x: pad, y: size + 24 }, "predicted"));
+  chart.append(svg("text", { x: pad + 70, y: size + 24 }, "predicted"));
   chart.append(svg("text", { x: 0, y: 12 }, "observed"));
+  chart.append(svg("text", { x: pad - 4, y: size + 14 }, "0%"));
+  chart.append(svg("text", { x: x(1) - 30, y: size + 14 }, "100%"));
+  chart.append(svg("text", { x: 0, y: y(1) + 14 }, "100%"));
   chart.append(svg("polyline", { class: "line", points: curve.map((b) => `${x(b.predicted)},${y(b.observed)}`).join(" ") }));
   for (const b of curve) chart.append(svg("circle", { class: "dot", cx: x(b.predicted), cy: y(b.observed), r: 3 }));
   const alt = table(`${title}: calibration by bin`, ["Predicted", "Observed", "Snapshots"],
@@ -529,6 +533,9 @@ function scoreHistory(h) {
   }
   chart.append(svg("polyline", { class: "line cold", points: pts.map((p, i) => `${x(i)},${y(p.cold_risk)}`).join(" ") }));
   chart.append(svg("polyline", { class: "line close", points: pts.map((p, i) => `${x(i)},${y(p.close_probability)}`).join(" ") }));
+  const end = pts[pts.length - 1];
+  chart.append(svg("text", { x: x(pts.length - 1) - 70, y: y(end.cold_risk) - 6, class: "small" }, "cold risk"));
+  chart.append(svg("text", { x: x(pts.length - 1) - 70, y: y(end.close_probability) + 14, class: "small" }, "close prob."));
   chart.append(svg("text", { x: left, y: height - 8 }, day(pts[0].as_of)));
   chart.append(svg("text", { x: width - 80, y: height - 8 }, day(pts[pts.length - 1].as_of)));
   const rows = pts.map((p) => [day(p.as_of), p.stage ?? "–", pct(p.cold_risk), pct(p.close_probability),
