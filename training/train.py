@@ -22,6 +22,7 @@ import pandas as pd
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
+from features.jsonable import jsonable
 from models.bands import choose_thresholds
 from models.baselines import StagePrior
 from models.calibration import Calibrator, reliability_bins
@@ -342,7 +343,11 @@ def build_bundle(
         "metrics": {h: f.metrics.get(f.served, {}) for h, f in heads.items()},
         # For the model card: every model's test metrics side by side (the served one beside the
         # baselines), and the served head's calibration curve on the test window.
-        "metrics_by_model": {h: dict(f.metrics) for h, f in heads.items()},
+        # (undefined metrics, e.g. the observed rate of an empty band, are None as JSON will hold them)
+        "metrics_by_model": {
+            h: {m: {k: jsonable(v) for k, v in values.items()} for m, values in f.metrics.items()}
+            for h, f in heads.items()
+        },
         "calibration": {
             h: reliability_bins(f.test_predictions.get(f.served, np.array([])), f.test_y)
             for h, f in heads.items()
