@@ -269,6 +269,7 @@ class ModelInfo(BaseModel):
     trained_at: str | None = None
     horizon_days: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    served: dict[str, str] = Field(default_factory=dict, description="head -> the model it serves")
     metrics_by_model: dict[str, Any] = Field(
         default_factory=dict, description="head -> model (served and baselines) -> test-window metric")
     calibration: dict[str, Any] = Field(

@@ -476,8 +476,10 @@ async function modelView(s, signal) {
     const models = Object.keys(byModel).filter((k) => k !== "served");
     const rows = Object.keys(names).filter((k) => models.some((mm) => k in byModel[mm]))
       .map((k) => [names[k], ...models.map((mm) => (k === "n" ? num(byModel[mm][k], 0) : num(byModel[mm][k], 3)))]);
+    const served = (m.served || {})[head];
+    const header = models.map((mm) => (mm === served ? `${mm} (served)` : mm));
     nodes.push(el("h3", {}, `${title}: test-window metrics`),
-      table(`${title}: the model beside its baselines (stage prior = a CRM's stage probability)`, ["Metric", ...models], rows,
+      table(`${title}: the model beside its baselines (stage prior = a CRM's stage probability)`, ["Metric", ...header], rows,
         { numeric: models.map((_, i) => i + 1) }));
     const curve = (m.calibration || {})[head] || [];
     if (curve.length) nodes.push(calibrationChart(title, curve));

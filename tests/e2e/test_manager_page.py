@@ -320,6 +320,7 @@ def test_forecast_numbers_and_model_card(page: Any, site: Site) -> None:
     wait_loaded(page)
     body = page.inner_text("#view-body")
     assert "stage_prior" in body and "logistic" in body and "Trained at" in body
+    assert "lightgbm (served)" in body
     assert page.locator("figure.chart svg circle").count() >= 2  # calibration points
     check_view(page, "05-model")
 
