@@ -86,7 +86,9 @@ def score_history(
     out: list[dict[str, Any]] = []
     previous: dict[str, dict[str, Any]] | None = None
     for row in scored.to_dict("records"):  # one row per week of one deal: at most MAX_POINTS
-        current = {str(r["feature"]): r for r in row["reasons"] or []}
+        # Every contribution, raising (reasons) or lowering (counter_reasons) the risk.
+        every = [*(row["reasons"] or []), *(row.get("counter_reasons") or [])]
+        current = {str(r["feature"]): r for r in every}
         out.append({
             "as_of": jsonable(row["as_of"]),
             "cold_risk": float(row["cold_risk"]),

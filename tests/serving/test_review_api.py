@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -34,8 +35,8 @@ D4_COLD_FROM = pd.Timestamp("2024-02-20", tz="UTC")
 
 
 class StandInBundle:
-    """Scores like `ScoringBundle.score`; reasons: days in stage (effect = days / 100) and amount
-    (effect = amount / 10,000), so how they move between weeks is plain arithmetic."""
+    """Scores like `ScoringBundle.score`; a reason, days in stage (effect = days / 100), and a counter
+    reason, the amount (effect = −amount / 10,000), so how they move between weeks is plain arithmetic."""
 
     def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
         ids = features["deal_id"].astype(str).to_numpy()
@@ -44,16 +45,20 @@ class StandInBundle:
         close = [CLOSE[d] for d in ids]
         amount = features["amount"].astype(float).to_numpy()
         age = features["stage_age_days"].astype(float).to_numpy()
-        reasons = [
-            [{"feature": "stage_age_days", "value": a, "effect": a / 100, "text": f"{a:.0f} days in stage"},
-             {"feature": "amount", "value": m, "effect": m / 10_000, "text": f"amount {m:.0f}"}]
-            for a, m in zip(age, amount, strict=True)
-        ]
+        reasons = [[{"feature": "stage_age_days", "value": a, "effect": a / 100,
+                     "text": f"{a:.0f} days in stage"}] for a in age]
+        counter = [[{"feature": "amount", "value": m, "effect": -m / 10_000, "text": f"amount {m:.0f}"}]
+                   for m in amount]
         return pd.DataFrame({
             "deal_id": ids, "as_of": features["as_of"].to_numpy(), "cold_risk": cold,
-            "close_probability": close, "risk_band": ["high" if c >= 0.6 else "low" for c in cold],
-            "expected_value": amount * close, "reasons": reasons,
+            "close_probability": close, "close_probability_90d": [c / 2 for c in close], "slip_risk": np.nan,
+            "likely_close_date": pd.NaT, "risk_band": ["high" if c >= 0.6 else "low" for c in cold],
+            "expected_value": amount * close, "reasons": reasons, "counter_reasons": counter,
         })
+
+    def timing_curves(self, features: pd.DataFrame) -> None:
+        """No timing model."""
+        return None
 
 
 def make_history() -> DealHistory:
@@ -197,9 +202,10 @@ def test_score_history_is_weekly_with_what_moved_it(env: dict[str, Any]) -> None
     assert points[0]["changes"] == []  # nothing to compare with
     # Days in stage 18 -> 25: +0.07; the amount reason did not move, so it is not a change.
     assert points[1]["changes"] == [{"feature": "stage_age_days", "text": "25 days in stage", "effect": 0.07}]
-    # 02-16: a week older (+0.07) and the amount went 1000 -> 1500 on 02-12 (+0.05): biggest first.
+    # 02-16: a week older (+0.07) and the amount went 1000 -> 1500 on 02-12, which lowers the risk more
+    # (counter reason -0.10 -> -0.15: -0.05): both moves, biggest first.
     assert [(c["feature"], c["effect"]) for c in points[2]["changes"]] == [("stage_age_days", 0.07),
-                                                                            ("amount", 0.05)]
+                                                                            ("amount", -0.05)]
     # 02-23: moved to Demo on 02-20, days in stage 32 -> 3.
     assert points[3]["changes"][0] == {"feature": "stage_age_days", "text": "3 days in stage",
                                        "effect": -0.29}
