@@ -424,16 +424,18 @@ async function forecastView(s, signal) {
   const data = await api(`/v1/pipelines/${encodeURIComponent(s.pipeline)}/forecast?months=3`, { signal });
   $("model").textContent = `model version ${data.model_version}`;
   const buckets = data.periods.map((b) => ({ ...b, label: b.period }));
+  const shown = (b) => b.total || b;  // the chart shows everything expected in the month
   const width = 600, height = 250, left = 80, bottom = 34, top = 24;
   const slot = (width - left) / Math.max(1, buckets.length);
-  const max = Math.max(1, ...buckets.map((b) => Math.max(b.p90, b.expected_won_amount)));
+  const max = Math.max(1, ...buckets.map((b) => Math.max(shown(b).p90, shown(b).expected_won_amount)));
   const y = (v) => top + (height - top - bottom) * (1 - v / max);
   const chart = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}` });
   for (const t of [0, 0.5, 1]) {
     chart.append(svg("line", { class: "grid", x1: left, x2: width, y1: y(max * t), y2: y(max * t) }));
     chart.append(svg("text", { x: 0, y: y(max * t) + 4 }, money(max * t)));
   }
-  buckets.forEach((b, i) => {
+  buckets.forEach((month, i) => {
+    const b = { ...shown(month), label: month.label, deals: month.deals };
     const cx = left + slot * i + slot / 2, bw = slot * 0.35;
     chart.append(svg("rect", { class: "bar", x: cx - bw / 2, y: y(b.expected_won_amount), width: bw, height: y(0) - y(b.expected_won_amount) }));
     chart.append(svg("line", { class: "range", x1: cx + bw / 2 + 8, x2: cx + bw / 2 + 8, y1: y(b.p10), y2: y(b.p90) }));
@@ -442,18 +444,28 @@ async function forecastView(s, signal) {
     chart.append(svg("text", { x: cx + bw / 2 + 12, y: y(b.p10) + 4, class: "small" }, `P10 ${money(b.p10)}`));
     chart.append(svg("text", { x: cx - bw / 2, y: height - 12 }, `${b.label} (${b.deals} deals)`));
   });
-  const row = (label, b) => [label, String(b.deals), money(b.pipeline_amount), money(b.expected_won_amount),
+  const row = (label, b) => [label, missing(b.deals) ? "–" : String(b.deals), money(b.pipeline_amount), money(b.expected_won_amount),
     missing(b.p10) ? "–" : money(b.p10), missing(b.p50) ? "–" : money(b.p50), missing(b.p90) ? "–" : money(b.p90)];
-  const rows = buckets.map((b) => row(b.label, b));
-  if (data.total) rows.push(row("Total of these months", data.total));
-  if (data.unscheduled) rows.push(row("No expected close date", data.unscheduled));
+  // A month's open deals, then (when the model gives them) deals not created yet and the two together.
+  const rows = [];
+  for (const b of buckets) {
+    rows.push(row(`${b.label}${b.new_deals ? " · open deals" : ""}`, b));
+    if (b.new_deals) {
+      rows.push(row(`${b.label} · deals not yet created`, { ...b.new_deals, deals: null, pipeline_amount: null }));
+    }
+    if (b.total) rows.push(row(`${b.label} · total`, { ...b.total, deals: null, pipeline_amount: null }));
+  }
+  // Expected values add up exactly; quantiles of a sum are not sums of quantiles, so none are shown.
+  const expected = buckets.reduce((acc, b) => acc + (b.total || b).expected_won_amount, 0);
+  rows.push(row(`All ${buckets.length} months (expected value only)`, { deals: null, pipeline_amount: null,
+    expected_won_amount: expected, p10: null, p50: null, p90: null }));
+  if (data.unscheduled && data.unscheduled.deals) rows.push(row("No expected close date", data.unscheduled));
   if (data.later) rows.push(row("Due later (expected value only)", { ...data.later, p10: null, p50: null, p90: null }));
-  if (data.not_yet_created) rows.push(row("Deals not yet created", data.not_yet_created));
   const tbl = table(`Forecast of won amount for ${data.pipeline}`, ["Period", "Deals", "Pipeline amount", "Expected won",
     "P10", "P50", "P90"], rows, { numeric: [1, 2, 3, 4, 5, 6] });
   tbl.id = "forecast-table";
   tbl.dataset.pipeline = data.pipeline;
-  const summary = buckets.map((b) => `${b.label}: expected ${money(b.expected_won_amount)} (P10 ${money(b.p10)}, P90 ${money(b.p90)})`).join("; ");
+  const summary = buckets.map((m) => { const b = shown(m); return `${m.label}: expected ${money(b.expected_won_amount)} (P10 ${money(b.p10)}, P90 ${money(b.p90)})`; }).join("; ");
   return { nodes: [chartBlock("Expected won amount by month", chart, `Bars: expected won amount; lines: P10 to P90. ${summary}.`), tbl,
     el("p", { class: "muted" }, `${data.note}. ${data.method}.`)],
     scope: "Whole pipeline (the filters do not apply here). P10: 9 times in 10 at least this much is won." };
