@@ -426,7 +426,7 @@ async function forecastView(s, signal) {
   const buckets = data.periods.map((b) => ({ ...b, label: b.period }));
   const shown = (b) => b.total || b;  // the chart shows everything expected in the month
   const width = 600, height = 250, left = 80, bottom = 34, top = 24;
-  const slot = (width - left) / Math.max(1, buckets.length);
+  const slot = (width - left - 90) / Math.max(1, buckets.length);  // 90 px on the right for the last labels
   const max = Math.max(1, ...buckets.map((b) => Math.max(shown(b).p90, shown(b).expected_won_amount)));
   const y = (v) => top + (height - top - bottom) * (1 - v / max);
   const chart = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}` });
