@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ unit: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile
 
 test: lint unit
+
+# Re-vendor Swagger UI (served at /docs) and axe-core (browser tests) from npm at pinned versions; the
+# files are committed, so this is needed only to change a version.
+vendor:
+	scripts/vendor-assets.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -104,12 +104,16 @@ def _load_for_scoring(
 
 
 def _score(data: Path | None, pipeline: str | None, as_of: str | None, model_uri: str | None, quiet: bool,
-           **filters: Any) -> tuple[pd.DataFrame, pd.Timestamp, str]:
+           rank: str | None = None, **filters: Any) -> tuple[pd.DataFrame, pd.Timestamp, str]:
     from models.forecast import score_open_deals
 
     with progress("loading history and model", total=3, quiet=quiet) as advance:
         history, builder, bundle, version, t = _load_for_scoring(data, pipeline, as_of, model_uri, advance)
         scored = score_open_deals(bundle, history, t, builder, **filters)
+        if rank is not None:  # the at-risk list: value at risk, stale deals flagged (models.at_risk)
+            from models.at_risk import rank_at_risk
+
+            scored = rank_at_risk(scored, history, t, rank)
         advance()
     return scored, t, version
 
@@ -145,16 +149,25 @@ def at_risk(
     model_uri: str | None = typer.Option(None, "--model-uri", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV (reasons joined with ' | ')."),
+    sort: str = typer.Option("value_at_risk", "--sort", help="value_at_risk, cold_risk, amount, close_date "
+                             "or days_in_stage."),
 ) -> None:
-    """Open deals ranked by the risk of going cold, with the reasons and their close probability."""
+    """Open deals going cold, ranked by value at risk (amount × close probability × cold risk), with the
+    reasons. Effectively dead deals (close probability under 2%, stalled past twice their stage's limit)
+    are left out."""
     if as_json and as_csv:
         fail("choose one of --json and --csv")
-    scored, t, version = _score(data, pipeline, as_of, model_uri, as_json or as_csv, owner=owner, team=team,
-                                min_amount=min_amount)
+    from models.at_risk import AT_RISK_SORTS
+
+    if sort not in AT_RISK_SORTS:
+        fail(f"--sort must be one of {', '.join(AT_RISK_SORTS)}, not {sort!r}")
+    scored, t, version = _score(data, pipeline, as_of, model_uri, as_json or as_csv, rank=sort, owner=owner,
+                                team=team, min_amount=min_amount)
+    scored = scored[~scored["stale"]]
     top = scored.head(limit)
     columns = ["deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
                "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
-               "likely_close_date", "risk_band", "expected_value"]
+               "likely_close_date", "risk_band", "expected_value", "value_at_risk"]
     if as_json:
         listed = [*columns, "reasons", "counter_reasons"]
         records = top[listed].astype(object).where(top[listed].notna(), None)
@@ -172,8 +185,8 @@ def at_risk(
     table = Table(title=f"Deals going cold as of {t:%Y-%m-%d %H:%M} UTC · model version {version}",
                   caption=f"{len(scored)} open deal(s) match; showing {len(top)}")
     for name, justify in [("#", "right"), ("deal", "left"), ("owner", "left"), ("stage", "left"),
-                          ("amount", "right"), ("cold risk", "right"), ("close p", "right"),
-                          ("likely close", "left"), ("why", "left")]:
+                          ("amount", "right"), ("value at risk", "right"), ("cold risk", "right"),
+                          ("close p", "right"), ("likely close", "left"), ("why", "left")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     band_style = {"high": "bold red", "medium": "yellow", "low": "green"}
     for i, row in enumerate(top.to_dict(orient="records"), start=1):
@@ -183,8 +196,9 @@ def at_risk(
             row["risk_band"])
         table.add_row(str(i), str(row["deal_id"]), _fmt(row["owner"]),
                       f"{_fmt(row['stage'])} ({_fmt(row['days_in_stage'], 'days')} d)",
-                      _fmt(row["amount"], "money"), risk, _fmt(row["close_probability"], "pct"),
-                      _fmt(row.get("likely_close_date"), "date"), reasons)
+                      _fmt(row["amount"], "money"), _fmt(row["value_at_risk"], "money"), risk,
+                      _fmt(row["close_probability"], "pct"), _fmt(row.get("likely_close_date"), "date"),
+                      reasons)
     out_console.print(table)
 
 

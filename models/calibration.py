@@ -90,16 +90,40 @@ class Calibrator:
         return cal
 
 
-def expected_calibration_error(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
-    """ECE with equal-width bins: the share-weighted mean |observed rate - mean predicted| per bin."""
+def _bin_sums(p: ArrayLike, y: ArrayLike, n_bins: int) -> tuple[NDArray[np.float64], ...]:
+    """Per equal-width bin of p: count, sum of p, sum of y."""
     p_arr = np.asarray(p, dtype=np.float64).ravel()
     y_arr = np.asarray(y, dtype=np.float64).ravel()
-    if p_arr.size == 0:
-        return float("nan")
     bins = np.minimum((p_arr * n_bins).astype(int), n_bins - 1)
     count = np.bincount(bins, minlength=n_bins).astype(np.float64)
-    sum_p = np.bincount(bins, weights=p_arr, minlength=n_bins)
-    sum_y = np.bincount(bins, weights=y_arr, minlength=n_bins)
+    sum_p = np.bincount(bins, weights=p_arr, minlength=n_bins).astype(np.float64)
+    sum_y = np.bincount(bins, weights=y_arr, minlength=n_bins).astype(np.float64)
+    return count, sum_p, sum_y
+
+
+def expected_calibration_error(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
+    """ECE with equal-width bins: the share-weighted mean |observed rate - mean predicted| per bin."""
+    if np.asarray(p).size == 0:
+        return float("nan")
+    count, sum_p, sum_y = _bin_sums(p, y, n_bins)
     used = count > 0
     gap = np.abs(sum_y[used] - sum_p[used]) / count[used]
-    return float(np.sum(gap * count[used]) / p_arr.size)
+    return float(np.sum(gap * count[used]) / count.sum())
+
+
+def reliability_bins(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> list[dict[str, float]]:
+    """The calibration curve's points, in the same equal-width bins as the ECE: for every non-empty bin
+    `{"predicted": mean p, "observed": rate of y = 1, "count": rows}`, lowest bin first. Rows with a
+    missing label or score are left out (as the metrics do)."""
+    p_arr = np.asarray(p, dtype=np.float64).ravel()
+    y_arr = np.asarray(y, dtype=np.float64).ravel()
+    keep = np.isfinite(p_arr) & np.isfinite(y_arr)
+    if not keep.any():
+        return []
+    count, sum_p, sum_y = _bin_sums(np.clip(p_arr[keep], 0.0, 1.0), y_arr[keep], n_bins)
+    return [
+        {"predicted": float(sum_p[i] / count[i]), "observed": float(sum_y[i] / count[i]),
+         "count": float(count[i])}
+        for i in range(n_bins)
+        if count[i] > 0
+    ]

@@ -194,6 +194,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Which deals are going cold and how likely each is to close.",
         version="1",
         lifespan=lifespan,
+        # /docs is served by serving.page with Swagger UI's files from the package (no CDN: works
+        # offline); ReDoc would load from a CDN, so it is off.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics

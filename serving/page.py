@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
 from serving.errors import NotFoundError
 
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+# Swagger UI's files, vendored from the npm package swagger-ui-dist by scripts/vendor-assets.sh.
+VENDOR_DIR = STATIC_DIR / "vendor"
+VENDOR_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+                 "favicon-32x32.png": "image/png"}
 
 page_router = APIRouter(include_in_schema=False)
 
@@ -41,3 +46,22 @@ def static_asset(name: str) -> FileResponse:
     if name not in ASSETS:
         raise NotFoundError("not found")
     return FileResponse(STATIC_DIR / name, media_type=ASSETS[name], headers=SECURITY_HEADERS)
+
+
+@page_router.get("/static/vendor/{name}")
+def vendor_asset(name: str) -> FileResponse:
+    """Swagger UI's script, stylesheet and icon, served from the package (the docs work offline)."""
+    if name not in VENDOR_ASSETS:
+        raise NotFoundError("not found")
+    return FileResponse(VENDOR_DIR / name, media_type=VENDOR_ASSETS[name],
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
+@page_router.get("/docs", response_class=HTMLResponse)
+def api_docs(request: Request) -> HTMLResponse:
+    """The interactive API reference (Swagger UI) with its assets from this service, never a CDN."""
+    return get_swagger_ui_html(
+        openapi_url=str(request.app.openapi_url), title="dealrisk API",
+        swagger_js_url="/static/vendor/swagger-ui-bundle.js", swagger_css_url="/static/vendor/swagger-ui.css",
+        swagger_favicon_url="/static/vendor/favicon-32x32.png",
+    )

@@ -307,6 +307,11 @@ class ModelInfo(BaseModel):
     trained_at: str | None = None
     horizon_days: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    served: dict[str, str] = Field(default_factory=dict, description="head -> the model it serves")
+    metrics_by_model: dict[str, Any] = Field(
+        default_factory=dict, description="head -> model (served and baselines) -> test-window metric")
+    calibration: dict[str, Any] = Field(
+        default_factory=dict, description="head -> [{predicted, observed, count}] on the test window")
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -364,6 +369,8 @@ class AtRiskDeal(BaseModel):
     likely_close_date: date | None = None
     risk_band: str
     expected_value: float
+    value_at_risk: float = Field(description="amount × close_probability × cold_risk (docs/scores.md)")
+    stage_limit_days: float | None = Field(None, description="the stage's stalled threshold in days")
     reasons: list[Reason]
     counter_reasons: list[Reason] = Field(default_factory=list)
     model_version: str | None = Field(default=None, description="the model version that made this score")

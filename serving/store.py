@@ -1102,7 +1102,7 @@ class Store:
         team: str | None = None,
         min_amount: float | None = None,
         close_before: datetime | None = None,
-        limit: int = 50,
+        limit: int | None = 50,
         offset: int = 0,
     ) -> tuple[int, pd.DataFrame] | None:
         """Open deals of the pipeline by stored cold risk (highest first), filtered and paged in SQL.

@@ -23,9 +23,10 @@ import pandas as pd
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
+from features.jsonable import jsonable
 from models.bands import choose_thresholds
 from models.baselines import StagePrior
-from models.calibration import Calibrator
+from models.calibration import Calibrator, reliability_bins
 from models.heads import make_lightgbm, make_logistic
 from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
 from training.labels import won_label
@@ -437,6 +438,17 @@ def build_bundle(
         "data_note": note,
         "served": {h: f.served for h, f in heads.items()},
         "metrics": {h: f.metrics.get(f.served, {}) for h, f in heads.items()},
+        # For the model card: every model's test metrics side by side (the served one beside the
+        # baselines), and the served head's calibration curve on the test window.
+        # (undefined metrics, e.g. the observed rate of an empty band, are None as JSON will hold them)
+        "metrics_by_model": {
+            h: {m: {k: jsonable(v) for k, v in values.items()} for m, values in f.metrics.items()}
+            for h, f in heads.items()
+        },
+        "calibration": {
+            h: reliability_bins(f.test_predictions.get(f.served, np.array([])), f.test_y)
+            for h, f in heads.items()
+        },
     }
     return ScoringBundle(
         cold=served["cold"],

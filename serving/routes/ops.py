@@ -76,8 +76,15 @@ def model_info(model: LoadedModel) -> ModelInfo:
         trained_at=str(trained_at) if trained_at is not None else None,
         horizon_days=float(horizon) if isinstance(horizon, int | float) else None,
         metrics=metrics if isinstance(metrics, dict) else {},
+        served={str(k): str(v) for k, v in _dict_or_empty(meta.get("served")).items()},
+        metrics_by_model=_dict_or_empty(meta.get("metrics_by_model")),
+        calibration=_dict_or_empty(meta.get("calibration")),
         metadata={k: v for k, v in meta.items() if k != "metrics" and _is_json_scalar(v)},
     )
+
+
+def _dict_or_empty(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _is_json_scalar(value: Any) -> bool:

@@ -18,14 +18,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from features.health import pipeline_health
-from features.history import to_utc_timestamp
+from features.history import DealHistory, to_utc_timestamp
 from features.jsonable import jsonable
+from models.at_risk import DEFAULT_SORT, AtRiskSort, rank_at_risk
 from models.forecast import forecast_pipeline, score_open_deals
 from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep, get_feature_builder
 from serving.errors import InvalidInputError, NotFoundError
 from serving.limits import NAME_LENGTH
 from serving.mapping import time_or
-from serving.model_holder import builder_for
+from serving.model_holder import LoadedModel, builder_for
 from serving.schemas import AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import ApiKey, Store
 
@@ -83,42 +84,100 @@ def at_risk(
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    sort: Annotated[AtRiskSort, Query(description="order: value_at_risk (default), cold_risk, amount, "
+                                      "days_in_stage (highest first) or close_date (soonest first)")]
+    = DEFAULT_SORT,
 ) -> Any:
-    """Open deals of the pipeline ranked by cold risk (highest first), with reasons and close probability.
+    """Open deals of the pipeline going cold, ranked by value at risk (amount × close probability × cold
+    risk, highest first), with reasons and close probability.
 
-    Without `as_of` the list is read from the live scores the service keeps (each deal names its model
-    version, the time its score is as of, and whether a newer write is being scored); with `as_of` the
-    deals are scored on demand as of that time.
+    Without `as_of` the scores are the live ones the service keeps (each deal names its model version,
+    the time its score is as of, and whether a newer write is being scored); with `as_of` (or while an
+    open deal has no live score yet) the deals are scored on demand as of that time.
 
-    Filters: owner, team, minimum amount, expected close before a time. Answers CSV when the request
+    Effectively dead deals (close probability under 2% and more than twice their stage's stalled limit
+    in days) are left out: `GET /v1/pipelines/{pipeline}/stale` lists them. Filters: owner, team, minimum
+    amount, expected close before a time; `sort=` picks another order. Answers CSV when the request
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     _visible_pipeline(store, key, pipeline)
     t = time_or(as_of)
-    # As of now: the live scores and current state the store keeps, filtered, sorted and paged by the
-    # database. In the past (or while a deal has no live score yet): scored on demand from the history.
-    stored = None if as_of is not None else store.at_risk_page(
-        pipeline, owner=owner, team=team, min_amount=min_amount, close_before=close_before,
-        limit=limit, offset=offset,
+    history = store.load_history(pipelines=[pipeline])
+    scored = _open_deal_scores(
+        store, model, request, history, pipeline, t, live=as_of is None, owner=owner, team=team,
+        min_amount=min_amount, close_before=close_before,
     )
+    ranked = rank_at_risk(scored, history, t, sort)
+    ranked = ranked[~ranked["stale"]]  # effectively dead deals are listed by /stale, not here
+    return _deal_list(ranked, request, pipeline, t, model, limit, offset, "at-risk")
+
+
+@router.get(
+    "/v1/pipelines/{pipeline}/stale",
+    response_model=AtRiskList,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
+)
+def stale(
+    pipeline: str,
+    key: ReadKey,
+    request: Request,
+    store: StoreDep,
+    model: ModelDep,
+    builder: FeatureBuilderDep,
+    owner: Annotated[str | None, Query(max_length=256, description="owner as of as_of")] = None,
+    team: Annotated[str | None, Query(max_length=256)] = None,
+    as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    sort: Annotated[AtRiskSort, Query(description="order; default days_in_stage (longest first)")]
+    = "days_in_stage",
+) -> Any:
+    """Effectively dead open deals, for clean-up: close probability under 2% and more than twice their
+    stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
+    are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
+    _visible_pipeline(store, key, pipeline)
+    t = time_or(as_of)
+    history = store.load_history(pipelines=[pipeline])
+    scored = _open_deal_scores(store, model, request, history, pipeline, t, live=as_of is None, owner=owner,
+                               team=team)
+    ranked = rank_at_risk(scored, history, t, sort)
+    return _deal_list(ranked[ranked["stale"]], request, pipeline, t, model, limit, offset, "stale")
+
+
+def _open_deal_scores(
+    store: Store, model: LoadedModel, request: Request, history: DealHistory, pipeline: str,
+    t: pd.Timestamp, live: bool, owner: str | None = None, team: str | None = None,
+    min_amount: float | None = None, close_before: datetime | None = None,
+) -> pd.DataFrame:
+    """The open deals of a pipeline with their scores: the live ones the store keeps when `live` and every
+    open deal has one (no model call on the request's path), else scored on demand as of `t`. Both give
+    the columns `rank_at_risk` needs, plus model_version, scored_at and score_pending per deal."""
+    stored = store.at_risk_page(
+        pipeline, owner=owner, team=team, min_amount=min_amount, close_before=close_before,
+        limit=None, offset=0,
+    ) if live else None
     if stored is not None:
-        total, page = stored
-        page["days_in_stage"] = (t - page["stage_entered_at"]).dt.total_seconds() / 86400.0
-        page = page.rename(columns={"pending": "score_pending"})
-    else:
-        history = store.load_history(pipelines=[pipeline])
-        ranked = score_open_deals(
-            model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
-            team=team, min_amount=min_amount,
-            close_before=to_utc_timestamp(close_before) if close_before is not None else None,
-        )
-        total = len(ranked)
-        page = ranked.iloc[offset : offset + limit].assign(model_version=model.version, scored_at=t)
+        scored = stored[1]
+        scored["days_in_stage"] = (t - scored["stage_entered_at"]).dt.total_seconds() / 86400.0
+        return scored.rename(columns={"pending": "score_pending"})
+    scored = score_open_deals(
+        model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
+        team=team, min_amount=min_amount,
+        close_before=to_utc_timestamp(close_before) if close_before is not None else None,
+    )
+    return scored.assign(model_version=model.version, scored_at=t, score_pending=False)
+
+
+def _deal_list(ranked: pd.DataFrame, request: Request, pipeline: str, t: pd.Timestamp, model: LoadedModel,
+               limit: int, offset: int, name: str) -> Any:
+    """One page of a ranked deal list, as `AtRiskList` JSON or as CSV (`Accept: text/csv`)."""
+    total = len(ranked)
+    page = ranked.iloc[offset : offset + limit]
     records = [{str(k): jsonable(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1
     if "text/csv" in request.headers.get("accept", ""):
-        return _csv_response(records, pipeline, model.version)
+        return _csv_response(records, f"{name}-{pipeline}", model.version)
     deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in AtRiskDeal.model_fields})
              for r in records]
     note = getattr(model.bundle, "metadata", {}).get("data_note")
@@ -129,11 +188,11 @@ def at_risk(
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
                "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
-               "likely_close_date", "risk_band", "expected_value", "reasons", "counter_reasons",
-               "model_version"]
+               "likely_close_date", "risk_band", "expected_value", "value_at_risk", "reasons",
+               "counter_reasons", "model_version"]
 
 
-def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) -> Response:
+def _csv_response(records: list[dict[str, Any]], filename: str, version: str) -> Response:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -151,7 +210,7 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
     return Response(
         buffer.getvalue(),
         media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="at-risk-{pipeline}.csv"',
+        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"',
                  "X-Model-Version": version},
     )
 

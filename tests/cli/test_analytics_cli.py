@@ -130,13 +130,20 @@ def test_forecast_json_has_ordered_quantiles_per_period(trained: Trained) -> Non
     assert labels == sorted(labels)
 
 
-def test_at_risk_json_is_ranked_by_cold_risk_with_readable_reasons(trained: Trained) -> None:
+def test_at_risk_json_is_ranked_by_value_at_risk_with_readable_reasons(trained: Trained) -> None:
     out = ok_json(run(trained.env, "at-risk", "--data", str(trained.data), "--limit", "10", "--json"))
     assert out["model_version"] == "1"
     deals = out["deals"]
     assert 0 < len(deals) <= 10 and out["total"] >= len(deals)
-    risks = [d["cold_risk"] for d in deals]
+    at_risk = [d["value_at_risk"] for d in deals]
+    assert at_risk == sorted(at_risk, reverse=True)
+    for d in deals:  # value at risk = amount × close probability × cold risk
+        assert d["value_at_risk"] == pytest.approx(d["amount"] * d["close_probability"] * d["cold_risk"])
+    by_cold = ok_json(run(trained.env, "at-risk", "--data", str(trained.data), "--limit", "10", "--json",
+                          "--sort", "cold_risk"))["deals"]
+    risks = [d["cold_risk"] for d in by_cold]
     assert risks == sorted(risks, reverse=True)
+    risks = [d["cold_risk"] for d in deals]
     assert all(0.0 <= r <= 1.0 for r in risks)
     assert all(0.0 <= d["close_probability"] <= 1.0 for d in deals)
     texts = [r["text"] for d in deals for r in d["reasons"]]
@@ -167,7 +174,7 @@ def test_at_risk_filters_by_pipeline_and_as_of(trained: Trained) -> None:
 @pytest.mark.parametrize(
     ("command", "purpose"),
     [
-        ("at-risk", "ranked by the risk of going cold"),
+        ("at-risk", "going cold, ranked by value at risk"),
         ("health", "pipeline health"),
         ("forecast", "P10/P50/P90"),
     ],

@@ -154,8 +154,8 @@ def test_train_promote_serve_score_reload_rollback(tmp_path: Path, serve: Any) -
         assert listing["deals"], "an open pipeline with no open deals"
         deal = listing["deals"][0]
         deal_id = deal["deal_id"]
-        risks = [d["cold_risk"] for d in listing["deals"]]
-        assert risks == sorted(risks, reverse=True)
+        at_stake = [d["value_at_risk"] for d in listing["deals"]]  # the going-cold order
+        assert at_stake == sorted(at_stake, reverse=True)
 
         before = _stored_score(client, deal_id)
         assert before["model_version"] == "1"

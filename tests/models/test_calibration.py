@@ -65,3 +65,15 @@ def test_no_deal_is_ever_certain(method: str) -> None:
     out = Calibrator(method).fit(p, y).transform(np.array([0.0, 0.01, 0.99, 1.0]))
     assert (out > 0.0).all() and (out < 1.0).all()
     assert out[0] < 0.05 and out[-1] > 0.95
+
+
+def test_reliability_bins_are_the_calibration_curve_points() -> None:
+    from models.calibration import reliability_bins
+
+    bins = reliability_bins([0.05, 0.15, 0.15, 0.95, np.nan], [0, 1, 0, 1, 1])
+    assert bins == [
+        {"predicted": pytest.approx(0.05), "observed": 0.0, "count": 1.0},
+        {"predicted": pytest.approx(0.15), "observed": 0.5, "count": 2.0},
+        {"predicted": pytest.approx(0.95), "observed": 1.0, "count": 1.0},
+    ]
+    assert reliability_bins([], []) == []

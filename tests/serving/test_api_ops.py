@@ -28,6 +28,16 @@ def test_model_info_names_version_metrics_and_horizon(world: Any, client: TestCl
     assert info["horizon_days"] == 14
     assert info["trained_at"]
     assert {"cold", "close"} <= set(info["metrics"])
+    # The model card: the served model's test metrics beside both baselines, and its calibration curve.
+    assert set(info["served"]) == {"cold", "close"}
+    for head in ("cold", "close"):
+        by_model = info["metrics_by_model"][head]
+        assert info["served"][head] in by_model
+        assert {"lightgbm", "stage_prior", "logistic"} <= set(by_model)
+        assert 0.0 <= by_model["stage_prior"]["brier"] <= 1.0
+        curve = info["calibration"][head]
+        assert curve and sum(b["count"] for b in curve) == pytest.approx(by_model["lightgbm"]["n"])
+        assert all(0.0 <= b["predicted"] <= 1.0 and 0.0 <= b["observed"] <= 1.0 for b in curve)
     assert client.get("/v1/model", headers=world.auth("integration")).status_code == 403
     assert client.get("/v1/model").status_code == 401
 

@@ -43,7 +43,7 @@ def test_page_loads_without_a_key_and_asks_for_one(client: TestClient) -> None:
     assert res.status_code == 200 and res.headers["content-type"].startswith("text/html")
     html = res.text
     assert 'id="api-key"' in html and "sessionStorage" in html
-    for part in ('id="pipeline"', 'id="at-risk"', 'id="funnel"', 'id="forecast"', 'id="model"'):
+    for part in ('id="pipeline"', 'id="filters"', 'id="tabs"', 'id="view"', 'id="model"'):
         assert part in html
     assert "default-src 'self'" in res.headers["content-security-policy"]
 
@@ -92,3 +92,15 @@ def test_headless_browser_renders_the_page(tmp_path: Path) -> None:
         thread.join(timeout=10)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5_000
     assert 'id="key-form"' in dom and "Connect" in dom
+
+
+def test_api_docs_load_their_assets_from_the_service(client: TestClient) -> None:
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "SwaggerUIBundle" in docs.text
+    urls = re.findall(r"(?:src|href)=['\"]([^'\"]+)['\"]", docs.text)
+    assert urls and all(u.startswith("/static/vendor/") for u in urls), urls  # nothing from a CDN
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 500, url
+    assert client.get("/redoc").status_code == 404  # ReDoc would need a CDN
+    assert client.get("/static/vendor/LICENSE-swagger-ui-dist").status_code == 404  # a fixed list

@@ -130,18 +130,22 @@ def test_pipelines_lists_only_what_the_key_may_see(env: dict[str, Any]) -> None:
     assert [p["name"] for p in get(env, "/v1/pipelines", "admin").json()["pipelines"]] == ["A", "B"]
 
 
-def test_at_risk_ranks_open_deals_by_cold_risk_and_names_the_model(env: dict[str, Any]) -> None:
+def test_at_risk_ranks_open_deals_by_value_at_risk_and_names_the_model(env: dict[str, Any]) -> None:
     body = get(env, f"/v1/pipelines/A/at-risk?as_of={AS_OF}").json()
     assert body["model_version"] == "7" and body["pipeline"] == "A"
-    # a5 is won; the rest are ranked by cold risk.
-    assert [d["deal_id"] for d in body["deals"]] == ["a1", "a3", "a4", "a2"]
+    # a5 is won; the rest are ranked by amount × close probability (0.5) × cold risk:
+    # a3 2000×0.5×0.6 = 600, a1 1000×0.5×0.9 = 450, a4 300×0.5×0.4 = 60, a2 500×0.5×0.2 = 50.
+    assert [d["deal_id"] for d in body["deals"]] == ["a3", "a1", "a4", "a2"]
+    assert [d["value_at_risk"] for d in body["deals"]] == pytest.approx([600, 450, 60, 50])
     assert [d["rank"] for d in body["deals"]] == [1, 2, 3, 4]
-    top = body["deals"][0]
+    by_cold = get(env, f"/v1/pipelines/A/at-risk?as_of={AS_OF}&sort=cold_risk").json()
+    assert [d["deal_id"] for d in by_cold["deals"]] == ["a1", "a3", "a4", "a2"]
+    top = by_cold["deals"][0]
     assert (top["owner"], top["team"], top["stage"], top["amount"]) == ("ann", "East", "Demo", 1000.0)
     assert top["close_probability"] == 0.5 and top["reasons"][0]["text"] == "a1 is quiet"
     assert top["counter_reasons"][0]["effect"] == -0.3  # what lowers the risk, listed apart
     assert (top["close_probability_90d"], top["slip_risk"]) == (0.25, 0.8)
-    assert body["deals"][1]["slip_risk"] is None
+    assert by_cold["deals"][1]["slip_risk"] is None  # a3: no expected close date
     assert top["likely_close_date"] == (pd.Timestamp(AS_OF) + pd.Timedelta(days=40)).date().isoformat()
     assert top["days_in_stage"] == pytest.approx(57.0)  # Demo since 2023-12-05
 
@@ -149,11 +153,11 @@ def test_at_risk_ranks_open_deals_by_cold_risk_and_names_the_model(env: dict[str
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ("owner=ann", ["a1", "a3"]),
+        ("owner=ann", ["a3", "a1"]),
         ("team=West", ["a4", "a2"]),
-        ("min_amount=900", ["a1", "a3"]),
+        ("min_amount=900", ["a3", "a1"]),
         ("close_before=2024-03-01", ["a1", "a4"]),  # a3 has no expected close date
-        ("limit=2&offset=1", ["a3", "a4"]),
+        ("limit=2&offset=1", ["a1", "a4"]),
         ("owner=nobody", []),
     ],
 )
@@ -166,13 +170,15 @@ def test_at_risk_as_csv(env: dict[str, Any]) -> None:
     res = get(env, f"/v1/pipelines/A/at-risk?as_of={AS_OF}", Accept="text/csv")
     assert res.status_code == 200 and res.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(res.text)))
-    assert [r["deal_id"] for r in rows] == ["a1", "a3", "a4", "a2"]
-    assert rows[0]["model_version"] == "7" and rows[0]["reasons"] == "a1 is quiet"
-    assert rows[0]["counter_reasons"] == "2 meetings in the last 30 days"
-    assert rows[0]["close_probability_90d"] == "0.25" and rows[0]["slip_risk"] == "0.8"
-    assert rows[1]["slip_risk"] == ""  # no expected close date in the future: blank, not NaN
+    assert [r["deal_id"] for r in rows] == ["a3", "a1", "a4", "a2"]
+    assert float(rows[0]["value_at_risk"]) == pytest.approx(600.0)
+    a1, a3 = rows[1], rows[0]
+    assert a1["model_version"] == "7" and a1["reasons"] == "a1 is quiet"
+    assert a1["counter_reasons"] == "2 meetings in the last 30 days"
+    assert a1["close_probability_90d"] == "0.25" and a1["slip_risk"] == "0.8"
+    assert a3["slip_risk"] == ""  # no expected close date in the future: blank, not NaN
     expected = (pd.Timestamp(AS_OF) + pd.Timedelta(days=40)).date().isoformat()
-    assert rows[0]["likely_close_date"] == expected
+    assert a1["likely_close_date"] == expected
 
 
 def test_health_matches_the_pure_function(env: dict[str, Any]) -> None:

@@ -1,0 +1,67 @@
+"""The at-risk list: which open deals a manager should act on first, and which are already dead.
+
+`rank_at_risk` takes the scored open deals (`models.forecast.score_open_deals`) and adds:
+- `value_at_risk` (`models.bundle.value_at_risk`: amount × close_probability × cold_risk);
+- `stage_limit_days`: the stage's stalled threshold (`features.health.stale_thresholds`: configured
+  `stale_after_days`, else the 80th percentile of days won deals spent in the stage);
+- `stale`: effectively dead, for clean-up rather than for rescue: close probability under
+  `STALE_MAX_CLOSE_PROBABILITY` AND days in stage over `STALE_LIMIT_FACTOR` × the stage's limit. A deal
+  in a stage without a known limit is never stale (nothing to compare with).
+It then orders the deals by one of `AT_RISK_SORTS`. The going-cold list is the rows with `stale` False,
+the clean-up list the rows with `stale` True; both keep the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from features.health import stale_thresholds
+from features.history import DealHistory, to_utc_timestamp
+from models.bundle import value_at_risk
+
+STALE_MAX_CLOSE_PROBABILITY = 0.02
+STALE_LIMIT_FACTOR = 2.0
+
+AtRiskSort = Literal["value_at_risk", "cold_risk", "amount", "close_date", "days_in_stage"]
+# Each sort: (column, ascending). Ties always fall back to deal_id so pages never overlap.
+AT_RISK_SORTS: dict[str, tuple[str, bool]] = {
+    "value_at_risk": ("value_at_risk", False),
+    "cold_risk": ("cold_risk", False),
+    "amount": ("amount", False),
+    "close_date": ("expected_close_date", True),  # soonest first; deals without a date last
+    "days_in_stage": ("days_in_stage", False),
+}
+DEFAULT_SORT: AtRiskSort = "value_at_risk"
+
+
+def rank_at_risk(
+    scored: pd.DataFrame, history: DealHistory, as_of: pd.Timestamp | str, sort: str = DEFAULT_SORT
+) -> pd.DataFrame:
+    """`scored` (from `score_open_deals`) with value_at_risk, stage_limit_days and stale, ordered by `sort`.
+
+    `history` supplies the stages' learned limits as known at `as_of` (only stages of deals in `scored`
+    matter). Raises ValueError for an unknown `sort`.
+    """
+    if sort not in AT_RISK_SORTS:
+        raise ValueError(f"sort must be one of {sorted(AT_RISK_SORTS)}, not {sort!r}")
+    out = scored.copy()
+    amount = pd.to_numeric(out["amount"], errors="coerce").astype("float64")
+    close = pd.to_numeric(out["close_probability"], errors="coerce").astype("float64")
+    cold = pd.to_numeric(out["cold_risk"], errors="coerce").astype("float64")
+    out["value_at_risk"] = value_at_risk(amount, close, cold)
+    limits = pd.Series(stale_thresholds(history, to_utc_timestamp(as_of)) if len(out) else {},
+                       dtype="float64")
+    if len(out) and not limits.empty:
+        keys = pd.MultiIndex.from_arrays([out["pipeline"].astype(str), out["stage"].astype(str)])
+        out["stage_limit_days"] = limits.reindex(keys).to_numpy(dtype="float64")
+    else:
+        out["stage_limit_days"] = np.nan
+    days = pd.to_numeric(out["days_in_stage"], errors="coerce").astype("float64")
+    out["stale"] = ((close < STALE_MAX_CLOSE_PROBABILITY)
+                    & (days > STALE_LIMIT_FACTOR * out["stage_limit_days"])).fillna(False).astype(bool)
+    column, ascending = AT_RISK_SORTS[sort]
+    return out.sort_values([column, "deal_id"], ascending=[ascending, True], na_position="last",
+                           kind="stable").reset_index(drop=True)
