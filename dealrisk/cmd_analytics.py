@@ -18,6 +18,7 @@ from rich.table import Table
 from dealrisk.console import emit_json, fail, out_console, progress
 from features.history import DealHistory, HistoryValidationError, to_utc_timestamp
 from features.jsonable import jsonable
+from features.spreadsheet import spreadsheet_safe
 
 DATA_HELP = "Deal-history folder (CSV or Parquet + pipelines.yaml). Without it, read the store."
 MODEL_HELP = "Model to score with (default: DEALRISK_MODEL_URI or models:/deal-risk@champion)."
@@ -120,7 +121,7 @@ def _fmt(value: Any, kind: str = "num") -> str:
 def _csv_cell(value: Any) -> Any:
     if jsonable(value) is None:
         return ""
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    return spreadsheet_safe(value.isoformat() if hasattr(value, "isoformat") else value)
 
 
 def at_risk(
@@ -153,7 +154,7 @@ def at_risk(
         writer.writerow([*columns, "reasons", "model_version"])
         for rec in top.to_dict(orient="records"):  # output rows only (at most --limit)
             reasons = " | ".join(str(r.get("text", "")) for r in rec["reasons"] or [])
-            writer.writerow([*(_csv_cell(rec[c]) for c in columns), reasons, version])
+            writer.writerow([*(_csv_cell(rec[c]) for c in columns), _csv_cell(reasons), _csv_cell(version)])
         return
     table = Table(title=f"Deals going cold as of {t:%Y-%m-%d %H:%M} UTC · model version {version}",
                   caption=f"{len(scored)} open deal(s) match; showing {len(top)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -69,6 +70,19 @@ class PopulationUnavailableError(ServiceError):
     """The feature population could not be computed from the store (and none was computed before)."""
 
     status_code = 503
+
+
+# A URI with a scheme (sqlite:////srv/x.db, file:///..., postgresql://user:pw@host/db) or an absolute
+# path: where the service keeps its files and how it reaches its stores is nobody's business but the
+# operator's, who finds the full text in the server log.
+_LOCATION = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*|(?<![\w.:/])/[^\s'\"():,]+")
+MAX_REASON_CHARS = 300
+
+
+def public_reason(text: str) -> str:
+    """An error's text fit for a client: locations replaced by `<location>`, first line, bounded."""
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return _LOCATION.sub("<location>", first)[:MAX_REASON_CHARS]
 
 
 def format_loc(loc: tuple[int | str, ...] | list[int | str]) -> str:

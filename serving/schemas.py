@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS
-from features.validation import EARLIEST_TIME, LATEST_TIME
+from features.validation import EARLIEST_TIME, LATEST_TIME, MAX_AMOUNT
 
 MAX_BATCH_DEALS = 1000  # hard ceiling of the schema; settings.max_batch_deals may lower it
 MAX_EVENTS_PER_LIST = 5000
@@ -71,7 +71,7 @@ def _in_time_range(value: datetime) -> datetime:
 
 UtcTime = Annotated[datetime, BeforeValidator(_parse_time), AfterValidator(_in_time_range)]
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=256)]
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Money = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 AttributeValue = Annotated[str | bool | int | float | None, Field(union_mode="left_to_right")]
 
 
@@ -181,6 +181,32 @@ class EventsIn(_Strict):
     stage_changes: list[StageChangeIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
     activities: list[ActivityIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
     field_changes: list[FieldChangeIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
+
+
+class Problem(BaseModel):
+    """One bad item or field: where (`deals[3].amount`, `query.as_of`) and what is wrong."""
+
+    loc: str
+    msg: str
+    type: str | None = None
+    input: Any = None
+    status: int | None = Field(default=None, description="per-item status, e.g. 404 for an unseen deal")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 503 answer: what is wrong in words, and for bad input each problem located."""
+
+    detail: str
+    problems: list[Problem] | None = None
+
+
+class Readiness(BaseModel):
+    """`/readyz`: ready, degraded (serving, but something failed since) or not ready (with reasons)."""
+
+    status: str = Field(description="ready, degraded or not ready")
+    model_version: str | None
+    reasons: list[str]
+    warnings: list[str] = Field(default_factory=list)
 
 
 class Reason(BaseModel):

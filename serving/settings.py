@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_batch_deals: int = Field(default=1000, ge=1)
     max_events_per_deal: int = Field(default=5000, ge=1)
+    max_concurrent_requests: int = Field(
+        default=64, ge=1, description="requests in flight at once; past it the service answers 503 at once"
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 shed under load")
+    public_metrics: bool = Field(default=False, description="serve /metrics without an API key")
 
     @model_validator(mode="after")
     def _defaults_in_home(self) -> Settings:

@@ -20,6 +20,8 @@ from fastapi.responses import Response
 from features.health import pipeline_health
 from features.history import to_utc_timestamp
 from features.jsonable import jsonable
+from features.spreadsheet import spreadsheet_safe
+from features.validation import MAX_AMOUNT
 from models.forecast import forecast, score_open_deals
 from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
@@ -77,7 +79,7 @@ def at_risk(
     builder: FeatureBuilderDep,
     owner: Annotated[str | None, Query(max_length=256, description="owner as of as_of")] = None,
     team: Annotated[str | None, Query(max_length=256)] = None,
-    min_amount: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+    min_amount: Annotated[float | None, Query(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)] = None,
     close_before: Annotated[UtcTime | None, Query(description="expected close date before this time")] = None,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
@@ -124,7 +126,8 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
         if isinstance(row.get("expected_close_date"), datetime):
             row["expected_close_date"] = row["expected_close_date"].isoformat()
         row["model_version"] = version
-        writer.writerow(row)
+        # Owners, teams, ids and stages come from integrations: no cell may run as a formula.
+        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
     return Response(
         buffer.getvalue(),
         media_type="text/csv",
