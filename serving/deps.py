@@ -22,17 +22,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from features.build import FeatureBuilder
 from serving.auth import ApiKey, require_role
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
+from serving.schemas import NO_CONTROL_CHARS
 from serving.settings import Settings
 from serving.store import Store
 
 __all__ = [
     "AdminKey",
     "AnyKey",
+    "DealIdPath",
+    "PipelinePath",
     "ModelDep",
     "FeatureBuilderDep",
     "ReadKey",
@@ -71,6 +74,10 @@ def get_feature_builder(request: Request) -> FeatureBuilder | None:
     cache: PopulationCache = request.app.state.population
     return cache.get()
 
+
+# A deal id or pipeline name in the URL: the body's rule (no control characters, at most 256 characters).
+DealIdPath = Annotated[str, Path(max_length=256, pattern=NO_CONTROL_CHARS)]
+PipelinePath = Annotated[str, Path(max_length=256, pattern=NO_CONTROL_CHARS)]
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -26,6 +26,9 @@ RESERVED_DEAL_COLUMNS = frozenset(
 )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _parse_time(value: Any) -> Any:
     # Pydantic's datetime parser accepts numbers as epoch seconds; a CRM sending a number almost
     # certainly sent the wrong field, so only ISO 8601 strings (or datetimes) are accepted.
@@ -70,7 +73,11 @@ def _in_time_range(value: datetime) -> datetime:
 
 
 UtcTime = Annotated[datetime, BeforeValidator(_parse_time), AfterValidator(_in_time_range)]
-NonEmptyStr = Annotated[str, Field(min_length=1, max_length=256)]
+# Names and ids may hold any printable character; control characters never belong in one (NUL above
+# all, which PostgreSQL text cannot store). Path and query parameters use the same pattern.
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_CONTROL_CHARS)]
+Text = Annotated[str, Field(max_length=256, pattern=NO_CONTROL_CHARS)]
 Money = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 AttributeValue = Annotated[str | bool | int | float | None, Field(union_mode="left_to_right")]
 
@@ -101,10 +108,10 @@ class DealIn(_Timed):
     owner: NonEmptyStr
     amount: Money
     created_at: UtcTime
-    team: str | None = Field(default=None, max_length=256)
-    account: str | None = Field(default=None, max_length=256)
+    team: Text | None = None
+    account: Text | None = None
     expected_close_date: UtcTime | None = None
-    currency: str | None = Field(default=None, max_length=16)
+    currency: str | None = Field(default=None, max_length=16, pattern=NO_CONTROL_CHARS)
     attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=100)
 
     @field_validator("attributes")
@@ -116,6 +123,10 @@ class DealIn(_Timed):
         for name, item in value.items():
             if isinstance(item, float) and item != item:
                 raise ValueError(f"attribute {name!r} is NaN")
+            if not name or len(name) > 256 or _CONTROL.search(name):
+                raise ValueError(f"attribute name {name[:40]!r}: 1 to 256 characters, no control characters")
+            if isinstance(item, str) and "\x00" in item:  # free text may hold newlines, never NUL
+                raise ValueError(f"attribute {name[:40]!r} holds a NUL character")
         return value
 
 
@@ -124,21 +135,21 @@ class DealIn(_Timed):
 class InlineStageChange(_Timed):
     stage: NonEmptyStr
     changed_at: UtcTime
-    event_id: str | None = Field(default=None, max_length=256)
+    event_id: Text | None = None
 
 
 class InlineActivity(_Timed):
     type: ActivityType
     occurred_at: UtcTime
     direction: Direction | None = None
-    event_id: str | None = Field(default=None, max_length=256)
+    event_id: Text | None = None
 
 
 class InlineFieldChange(_Timed):
     field: ChangeableField
-    value: str = Field(max_length=256)
+    value: Text
     changed_at: UtcTime
-    event_id: str | None = Field(default=None, max_length=256)
+    event_id: Text | None = None
 
     @field_validator("value", mode="before")
     @classmethod

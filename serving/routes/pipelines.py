@@ -23,11 +23,11 @@ from features.jsonable import jsonable
 from features.spreadsheet import spreadsheet_safe
 from features.validation import MAX_AMOUNT
 from models.forecast import forecast, score_open_deals
-from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep
+from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, PipelinePath, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
 from serving.mapping import time_or
 from serving.model_holder import builder_for
-from serving.schemas import AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
+from serving.schemas import NO_CONTROL_CHARS, AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import ApiKey, Store
 
 logger = logging.getLogger(__name__)
@@ -71,14 +71,15 @@ def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
 def at_risk(
-    pipeline: str,
+    pipeline: PipelinePath,
     key: ReadKey,
     request: Request,
     store: StoreDep,
     model: ModelDep,
     builder: FeatureBuilderDep,
-    owner: Annotated[str | None, Query(max_length=256, description="owner as of as_of")] = None,
-    team: Annotated[str | None, Query(max_length=256)] = None,
+    owner: Annotated[str | None, Query(max_length=256, pattern=NO_CONTROL_CHARS,
+                                       description="owner as of as_of")] = None,
+    team: Annotated[str | None, Query(max_length=256, pattern=NO_CONTROL_CHARS)] = None,
     min_amount: Annotated[float | None, Query(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)] = None,
     close_before: Annotated[UtcTime | None, Query(description="expected close date before this time")] = None,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
@@ -138,7 +139,7 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
 
 @router.get("/v1/pipelines/{pipeline}/health")
 def health(
-    pipeline: str,
+    pipeline: PipelinePath,
     key: ReadKey,
     store: StoreDep,
     since: Annotated[UtcTime | None, Query(description="default: until minus 30 days")] = None,
@@ -159,7 +160,7 @@ def health(
 
 @router.get("/v1/pipelines/{pipeline}/forecast")
 def pipeline_forecast(
-    pipeline: str,
+    pipeline: PipelinePath,
     key: ReadKey,
     store: StoreDep,
     model: ModelDep,

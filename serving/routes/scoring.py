@@ -15,7 +15,15 @@ from fastapi import APIRouter, Query, Request
 
 from features.jsonable import jsonable
 from models.scoring import score_points
-from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ScoreKey, SettingsDep, StoreDep
+from serving.deps import (
+    AnyKey,
+    DealIdPath,
+    FeatureBuilderDep,
+    ModelDep,
+    ScoreKey,
+    SettingsDep,
+    StoreDep,
+)
 from serving.errors import InvalidInputError, NotFoundError, check_batch_size
 from serving.mapping import inline_frames, time_or, validated_history
 from serving.model_holder import LoadedModel, builder_for
@@ -87,7 +95,7 @@ def score_inline(
 
 @router.get("/v1/deals/{deal_id}/score", response_model=DealScores)
 def score_stored(
-    deal_id: str,
+    deal_id: DealIdPath,
     key: AnyKey,
     request: Request,
     store: StoreDep,
