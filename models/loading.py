@@ -160,8 +160,8 @@ def rebase_artifact_uri(artifact_uri: str, tracking_uri: str | None) -> str:
     MLflow records absolute `file://` artifact locations. A DEALRISK_HOME copied elsewhere (a restored
     backup, a moved volume) keeps the old locations in its database, so the copy would silently read
     the original's models while the original exists, and fail once it is gone. For a local SQLite
-    store the part after `mlartifacts/` is taken relative to the database's own folder; other URIs
-    (a tracking server's, S3) are returned as they are.
+    store the part after `mlartifacts/` is taken relative to the database's own folder, whenever that
+    copy exists; other URIs (a tracking server's, S3) are returned as they are.
     """
     root = local_artifact_root(tracking_uri)
     if root is None or not artifact_uri.startswith("file:"):
@@ -172,7 +172,12 @@ def rebase_artifact_uri(artifact_uri: str, tracking_uri: str | None) -> str:
     if ARTIFACTS_DIRNAME not in parts:
         return artifact_uri
     last = len(parts) - 1 - parts[::-1].index(ARTIFACTS_DIRNAME)
-    return root.resolve().joinpath(*parts[last + 1:]).as_uri()
+    own = root.resolve().joinpath(*parts[last + 1:])
+    if own.exists():
+        return own.as_uri()
+    # A tracking database copied without its artifacts: the recorded place is all there is.
+    log.warning("artifacts of %s are not under %s; reading them where they were recorded", artifact_uri, root)
+    return artifact_uri
 
 
 def _find_bundle_dir(root: Path) -> Path:
