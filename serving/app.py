@@ -35,6 +35,7 @@ __all__ = ["ERROR_RESPONSES", "create_app"]
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in [
+        (400, "the body could not be read as text (e.g. not UTF-8)"),
         (401, "missing, invalid or revoked API key (or a key sent in the URL)"),
         (403, "the key's role may not do this"),
         (404, "absent, or outside the key's pipelines"),

@@ -429,3 +429,24 @@ def test_metrics_need_a_key_unless_public_and_docs_are_public(world: World, clie
         assert public.get("/metrics").status_code == 200
     assert client.get("/docs").status_code == 200
     assert client.get("/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize("with_history", [False, True])
+def test_a_pipeline_never_seen_in_training_scores(
+    world: World, client: TestClient, with_history: bool
+) -> None:
+    deal: dict[str, Any] = {
+        "deal_id": "NEW-PIPE",
+        "pipeline": "Never Seen",
+        "owner": "o",
+        "amount": 0.0,
+        "created_at": "2000-01-01T00:00:00Z",
+    }
+    if with_history:
+        deal["stage_changes"] = [{"stage": "Brand New", "changed_at": "2000-01-02T00:00:00Z"}]
+    response = client.post(
+        "/v1/score", json={"as_of": "2000-02-01", "deals": [deal]}, headers=world.auth("admin")
+    )
+    assert response.status_code == 200, response.text
+    score = response.json()["scores"][0]
+    assert 0 <= score["cold_risk"] <= 1 and 0 <= score["close_probability"] <= 1
