@@ -239,6 +239,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.verified_keys = {}  # serving.auth: keys last verified, for a store outage
+    app.state.pipeline_specs = {}  # serving.routes.scoring: specs last read, for a store outage
     install_error_handlers(app)
 
     from serving.routes import include_routers
