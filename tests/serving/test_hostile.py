@@ -389,8 +389,9 @@ def test_spreadsheet_safe_frame_guards_batch_score_csv(tmp_path: Any) -> None:
     assert list(back["amount"]) == [-5.0, 2.0, 3.0]
 
 
-def test_readyz_names_the_problem_without_paths(world: World) -> None:
-    settings = make_settings(world, model_uri="models:/deal-risk@nosuchalias")
+@pytest.mark.parametrize("model_uri", ["models:/deal-risk@nosuchalias", "{home}/no-such-bundle"])
+def test_readyz_names_the_problem_without_paths(world: World, model_uri: str) -> None:
+    settings = make_settings(world, model_uri=model_uri.format(home=world.home))
     with TestClient(create_app(settings), raise_server_exceptions=False) as bad:
         ready = bad.get("/readyz")
         scored = bad.get(f"/v1/deals/{world.deal_in(world.pipeline_a)}/score", headers=world.auth("admin"))
