@@ -13,8 +13,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import free_port, start_server, write_result  # noqa: E402
 
 
 def prepare(home: Path, n_deals: int) -> dict[str, Any]:
@@ -173,44 +171,15 @@ def main() -> int:
         ctx["as_of"] = history.end_time.isoformat()
         ctx["inline"] = [inline_deal(history, d) for d in ctx["open_ids"][:50]]
         ctx["pipelines"] = sorted(history.pipelines)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
             "DEALRISK_HOME": str(home),
             "MLFLOW_TRACKING_URI": ctx["tracking"],
             "DEALRISK_RELOAD_INTERVAL_S": "0",
         }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "serving.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env=env,
-            cwd=str(home),
-        )
+        server = start_server(env, home, port, ready_path="/readyz")
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
             outcome = asyncio.run(run_load(url, ctx, args.clients, args.seconds))
         finally:
             server.terminate()

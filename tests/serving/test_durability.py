@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,58 +22,21 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.common import free_port, start_server
 from serving.store import Store
 from tests.conftest import POSTGRES_URL, _postgres_problem
 from tests.serving.conftest import World
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(database_url: str, home: Path, port: int) -> subprocess.Popen[bytes]:
-    """`uvicorn serving.app:create_app` in its own process (no model needed to store events)."""
+def start_test_server(database_url: str, home: Path, port: int) -> subprocess.Popen[bytes]:
+    """The service in its own process on `database_url` (no model: storing events needs none)."""
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
         "DEALRISK_HOME": str(home),
         "DEALRISK_DATABASE_URL": database_url,
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'none.db'}",
         "DEALRISK_RELOAD_INTERVAL_S": "0",
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "serving.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env=env,
-        cwd=str(home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return start_server(env, home, port)
 
 
 def stream_until_killed(
@@ -152,8 +113,8 @@ def run_kill_round(
     deal_ids = sorted(world.history.deals["deal_id"].astype(str))[:20]
     created = world.history.deals["created_at"].max().isoformat()
     server_url = database_url if schema is None else f"{database_url}?options=-csearch_path%3D{schema}"
-    port = _free_port()
-    proc = start_server(server_url, home, port)
+    port = free_port()
+    proc = start_test_server(server_url, home, port)
     try:
         sent, acked = stream_until_killed(
             f"http://127.0.0.1:{port}",
@@ -168,8 +129,8 @@ def run_kill_round(
         if proc.poll() is None:
             proc.kill()
     before = stored_event_counts(database_url, schema, deal_ids)
-    port = _free_port()
-    proc = start_server(server_url, home, port)
+    port = free_port()
+    proc = start_test_server(server_url, home, port)
     try:
         key = world_key(database_url, schema)
         with httpx.Client(
