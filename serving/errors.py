@@ -94,13 +94,13 @@ class PopulationUnavailableError(ServiceError):
 # path: where the service keeps its files and how it reaches its stores is nobody's business but the
 # operator's, who finds the full text in the server log.
 _LOCATION = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*|(?<![\w.:/])/[^\s'\"():,]+")
-MAX_REASON_CHARS = 300
+MAX_REASON_CHARS = 500
 
 
 def public_reason(text: str) -> str:
-    """An error's text fit for a client: locations replaced by `<location>`, first line, bounded."""
-    first = text.strip().splitlines()[0] if text.strip() else text
-    return _LOCATION.sub("<location>", first)[:MAX_REASON_CHARS]
+    """An error's text fit for a client: locations replaced by `<location>`, on one line, bounded."""
+    one_line = " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return _LOCATION.sub("<location>", one_line)[:MAX_REASON_CHARS]
 
 
 def format_loc(loc: tuple[int | str, ...] | list[int | str]) -> str:

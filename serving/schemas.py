@@ -218,6 +218,8 @@ class Readiness(BaseModel):
     model_version: str | None
     reasons: list[str]
     warnings: list[str] = Field(default_factory=list)
+    last_reload_error: str | None = None
+    last_population_error: str | None = None
 
 
 class Reason(BaseModel):

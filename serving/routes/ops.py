@@ -62,6 +62,10 @@ def readyz(request: Request, store: StoreDep) -> JSONResponse:
         "reasons": reasons,
         "warnings": warnings,
     }
+    if holder.last_error and model is not None:
+        body["last_reload_error"] = holder.last_error
+    if population.last_error and population.available:
+        body["last_population_error"] = population.last_error
     return JSONResponse(body, status_code=200 if not reasons else 503)
 
 
