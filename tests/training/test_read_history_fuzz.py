@@ -5,6 +5,7 @@ never another exception, never a traceback."""
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from pathlib import Path
 
@@ -73,7 +74,11 @@ def tables(name: str) -> st.SearchStrategy[list[list[str]]]:
 
 
 @settings(
-    max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    max_examples=10 * int(os.environ.get("DEALRISK_FUZZ_EXAMPLES", "6")),  # 60 here, 1000 in make fuzz
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
 )
 @given(
     deals=tables("deals"),
