@@ -43,6 +43,7 @@ __all__ = [
     "SettingsDep",
     "StoreDep",
     "WriteKey",
+    "after_write",
     "get_model",
     "get_feature_builder",
     "get_settings_dep",
@@ -74,6 +75,15 @@ def get_feature_builder(request: Request) -> FeatureBuilder | None:
     cache: PopulationCache = request.app.state.population
     return cache.get()
 
+
+def after_write(request: Request) -> None:
+    """After a committed write: refit the population lazily, and wake the live scorer (the written deals'
+    scores are due, so the next read sees them re-scored)."""
+    population: PopulationCache = request.app.state.population
+    population.mark_dirty()
+    live_scores = getattr(request.app.state, "live_scores", None)
+    if live_scores is not None:
+        live_scores.notify()
 
 # A deal id or pipeline name in the URL: the body's rule (no control characters, at most 256 characters).
 DealIdPath = Annotated[str, Path(max_length=256, pattern=NO_CONTROL_CHARS)]

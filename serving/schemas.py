@@ -11,10 +11,27 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS
 from features.validation import EARLIEST_TIME, LATEST_TIME, MAX_AMOUNT
+from serving.limits import (
+    ACCOUNT_LENGTH,
+    ATTRIBUTE_VALUE_LENGTH,
+    CURRENCY_LENGTH,
+    EVENT_ID_LENGTH,
+    FIELD_VALUE_LENGTH,
+    MAX_ATTRIBUTES_PER_DEAL,
+    NAME_LENGTH,
+)
 
 MAX_BATCH_DEALS = 1000  # hard ceiling of the schema; settings.max_batch_deals may lower it
 MAX_EVENTS_PER_LIST = 5000
@@ -76,10 +93,14 @@ UtcTime = Annotated[datetime, BeforeValidator(_parse_time), AfterValidator(_in_t
 # Names and ids may hold any printable character; control characters never belong in one (NUL above
 # all, which PostgreSQL text cannot store). Path and query parameters use the same pattern.
 NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
-NonEmptyStr = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_CONTROL_CHARS)]
-Text = Annotated[str, Field(max_length=256, pattern=NO_CONTROL_CHARS)]
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
+Text = Annotated[str, Field(max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
+EventId = Annotated[str, Field(max_length=EVENT_ID_LENGTH, pattern=NO_CONTROL_CHARS)]
 Money = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
-AttributeValue = Annotated[str | bool | int | float | None, Field(union_mode="left_to_right")]
+AttributeValue = Annotated[
+    Annotated[str, Field(max_length=ATTRIBUTE_VALUE_LENGTH)] | bool | int | float | None,
+    Field(union_mode="left_to_right"),
+]
 
 
 class _Strict(BaseModel):
@@ -109,10 +130,10 @@ class DealIn(_Timed):
     amount: Money
     created_at: UtcTime
     team: Text | None = None
-    account: Text | None = None
+    account: str | None = Field(default=None, max_length=ACCOUNT_LENGTH, pattern=NO_CONTROL_CHARS)
     expected_close_date: UtcTime | None = None
-    currency: str | None = Field(default=None, max_length=16, pattern=NO_CONTROL_CHARS)
-    attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=100)
+    currency: str | None = Field(default=None, max_length=CURRENCY_LENGTH, pattern=NO_CONTROL_CHARS)
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES_PER_DEAL)
 
     @field_validator("attributes")
     @classmethod
@@ -121,10 +142,12 @@ class DealIn(_Timed):
         if clash:
             raise ValueError(f"attribute names clash with deal fields: {clash}")
         for name, item in value.items():
+            if not name or len(name) > NAME_LENGTH:
+                raise ValueError(f"attribute names must have 1 to {NAME_LENGTH} characters: {name[:40]!r}")
             if isinstance(item, float) and item != item:
                 raise ValueError(f"attribute {name!r} is NaN")
-            if not name or len(name) > 256 or _CONTROL.search(name):
-                raise ValueError(f"attribute name {name[:40]!r}: 1 to 256 characters, no control characters")
+            if _CONTROL.search(name):
+                raise ValueError(f"attribute name {name[:40]!r} holds a control character")
             if isinstance(item, str) and "\x00" in item:  # free text may hold newlines, never NUL
                 raise ValueError(f"attribute {name[:40]!r} holds a NUL character")
         return value
@@ -135,21 +158,21 @@ class DealIn(_Timed):
 class InlineStageChange(_Timed):
     stage: NonEmptyStr
     changed_at: UtcTime
-    event_id: Text | None = None
+    event_id: EventId | None = None
 
 
 class InlineActivity(_Timed):
     type: ActivityType
     occurred_at: UtcTime
     direction: Direction | None = None
-    event_id: Text | None = None
+    event_id: EventId | None = None
 
 
 class InlineFieldChange(_Timed):
     field: ChangeableField
-    value: Text
+    value: str = Field(max_length=FIELD_VALUE_LENGTH, pattern=NO_CONTROL_CHARS)
     changed_at: UtcTime
-    event_id: Text | None = None
+    event_id: EventId | None = None
 
     @field_validator("value", mode="before")
     @classmethod
@@ -326,12 +349,37 @@ class ModelInfo(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class PipelineSpecIn(_Strict):
+    """A pipeline's authoritative spec: open stages in order, won and lost stages, stale thresholds."""
+
+    stages: list[NonEmptyStr] = Field(min_length=1, max_length=200)
+    won: list[NonEmptyStr] = Field(default_factory=list, max_length=50)
+    lost: list[NonEmptyStr] = Field(default_factory=list, max_length=50)
+    stale_after_days: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _distinct_stages(self) -> PipelineSpecIn:
+        named = [*self.stages, *self.won, *self.lost]
+        repeated = sorted({s for s in named if named.count(s) > 1})
+        if repeated:
+            raise ValueError(f"a stage may appear once across stages, won and lost: {repeated}")
+        unknown = sorted(set(self.stale_after_days) - set(self.stages))
+        if unknown:
+            raise ValueError(f"stale_after_days names stages that are not open stages: {unknown}")
+        return self
+
+
 class PipelineOut(BaseModel):
+    """A pipeline's spec; `inferred` is true while it was inferred from the data (not given)."""
+
     name: str
     stages: list[str]
     won: list[str]
     lost: list[str]
     stale_after_days: dict[str, float]
+    inferred: bool = False
 
 
 class PipelineList(BaseModel):
@@ -357,6 +405,11 @@ class AtRiskDeal(BaseModel):
     expected_value: float
     reasons: list[Reason]
     counter_reasons: list[Reason] = Field(default_factory=list)
+    model_version: str | None = Field(default=None, description="the model version that made this score")
+    scored_at: datetime | None = Field(default=None, description="the time the score is as of")
+    score_pending: bool = Field(
+        default=False, description="the deal changed after this live score; a new one is being computed"
+    )
 
 
 class AtRiskList(BaseModel):
