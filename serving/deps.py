@@ -26,6 +26,7 @@ from fastapi import Depends, Path, Request
 
 from features.build import FeatureBuilder
 from serving.auth import ApiKey, require_role
+from serving.limits import NAME_LENGTH
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
 from serving.schemas import NO_CONTROL_CHARS
 from serving.settings import Settings
@@ -86,8 +87,8 @@ def after_write(request: Request) -> None:
         live_scores.notify()
 
 # A deal id or pipeline name in the URL: the body's rule (no control characters, at most 256 characters).
-DealIdPath = Annotated[str, Path(max_length=256, pattern=NO_CONTROL_CHARS)]
-PipelinePath = Annotated[str, Path(max_length=256, pattern=NO_CONTROL_CHARS)]
+DealIdPath = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
+PipelinePath = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[Store, Depends(get_store)]
