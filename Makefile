@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean vendor
+.PHONY: demo test lint typecheck unit bench fuzz soak clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,18 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile -m "not soak"
+
+# Longer API fuzzing: schemathesis with more examples per operation, the file importer with hypothesis.
+fuzz: $(STAMP)
+	DEALRISK_FUZZ_EXAMPLES=100 $(BIN)/pytest tests/serving/test_fuzz_api.py tests/training/test_read_history_fuzz.py \
+		--hypothesis-seed=0 -p no:cacheprovider
+
+# Reliability runs: SIGKILL durability on PostgreSQL too, then 32 clients for 60 s with a model swap
+# (bench/results/soak.json).
+soak: $(STAMP)
+	$(BIN)/pytest -m soak -p no:cacheprovider
+	$(BIN)/python bench/soak.py --clients 32 --seconds 60
 
 test: lint unit
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,3 +32,37 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     print(json.dumps(result, indent=2, default=str))
     print(f"written to {path}")
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(env: dict[str, str], home: Path, port: int, ready_path: str = "/healthz",
+                 timeout_s: float = 120) -> subprocess.Popen[bytes]:
+    """`uvicorn serving.app:create_app` in a process of its own on 127.0.0.1:`port`, with `env` added to
+    this process's environment; returns once `ready_path` answers 200 (kills it and raises otherwise)."""
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        env={**os.environ, "PYTHONPATH": str(root), **env}, cwd=str(home),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the server on port {port} did not become ready ({ready_path})")

@@ -18,6 +18,7 @@ from rich.table import Table
 from dealrisk.console import emit_json, fail, out_console, progress
 from features.history import DealHistory, HistoryValidationError, to_utc_timestamp
 from features.jsonable import jsonable
+from features.spreadsheet import spreadsheet_safe
 
 DATA_HELP = "Deal-history folder (CSV or Parquet + pipelines.yaml). Without it, read the store."
 MODEL_HELP = "Model to score with (default: DEALRISK_MODEL_URI or models:/deal-risk@champion)."
@@ -135,7 +136,7 @@ def _fmt(value: Any, kind: str = "num") -> str:
 def _csv_cell(value: Any) -> Any:
     if jsonable(value) is None:
         return ""
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    return spreadsheet_safe(value.isoformat() if hasattr(value, "isoformat") else value)
 
 
 def at_risk(
@@ -180,7 +181,7 @@ def at_risk(
         for rec in top.to_dict(orient="records"):  # output rows only (at most --limit)
             texts = [" | ".join(str(r.get("text", "")) for r in rec[c] or [])
                      for c in ("reasons", "counter_reasons")]
-            writer.writerow([*(_csv_cell(rec[c]) for c in columns), *texts, version])
+            writer.writerow([*(_csv_cell(v) for v in (*(rec[c] for c in columns), *texts, version))])
         return
     table = Table(title=f"Deals going cold as of {t:%Y-%m-%d %H:%M} UTC · model version {version}",
                   caption=f"{len(scored)} open deal(s) match; showing {len(top)}")

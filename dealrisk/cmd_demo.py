@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         from serving.app import create_app
 
         err_console.print("[5/5] serving (Ctrl-C stops)")
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
 
 def _demo_history(data_dir: Path, deals: int, seed: int) -> DealHistory:

@@ -53,4 +53,7 @@ def register(app: typer.Typer) -> None:
             port=port,
             workers=workers,
             log_level=log_level.lower(),
+            # uvicorn's own access log writes the full URL, query string included; the service's JSON
+            # access log (serving.access) records the path only.
+            access_log=False,
         )

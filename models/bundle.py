@@ -219,6 +219,8 @@ class ScoringBundle:
                 # translate the frame's categories to training codes once, then index by the row codes
                 # (the appended -1 is what a missing value's code -1 picks, even with no categories at all)
                 to_train = self._cat_index[c].get_indexer(pd.Index(values.cat.categories.astype(object)))
+                # a missing value's code is -1, which picks the appended -1; this holds when the frame
+                # has no categories at all (one deal with no stage yet), where to_train is empty
                 codes = np.append(to_train, -1)[values.cat.codes.to_numpy()].astype(np.float64)
             else:
                 raw = values.to_numpy(dtype=object)  # missing values match no level: -1

@@ -143,6 +143,44 @@ def resolve_version(model_uri: str, tracking_uri: str | None = None) -> tuple[st
     )
 
 
+# The folder, beside a local SQLite tracking database, that holds its runs' artifacts (training creates
+# experiments with it as their artifact location).
+ARTIFACTS_DIRNAME = "mlartifacts"
+
+
+def local_artifact_root(tracking_uri: str | None) -> Path | None:
+    """The artifact folder of a local SQLite tracking store (`<db folder>/mlartifacts`), else None."""
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIRNAME
+    return None
+
+
+def rebase_artifact_uri(artifact_uri: str, tracking_uri: str | None) -> str:
+    """An artifact URI recorded by a local store, moved to where that store's folder is now.
+
+    MLflow records absolute `file://` artifact locations. A DEALRISK_HOME copied elsewhere (a restored
+    backup, a moved volume) keeps the old locations in its database, so the copy would silently read
+    the original's models while the original exists, and fail once it is gone. For a local SQLite
+    store the part after `mlartifacts/` is taken relative to the database's own folder, whenever that
+    copy exists; other URIs (a tracking server's, S3) are returned as they are.
+    """
+    root = local_artifact_root(tracking_uri)
+    if root is None or not artifact_uri.startswith("file:"):
+        return artifact_uri
+    from urllib.parse import unquote, urlparse
+
+    parts = Path(unquote(urlparse(artifact_uri).path)).parts
+    if ARTIFACTS_DIRNAME not in parts:
+        return artifact_uri
+    last = len(parts) - 1 - parts[::-1].index(ARTIFACTS_DIRNAME)
+    own = root.resolve().joinpath(*parts[last + 1:])
+    if own.exists():
+        return own.as_uri()
+    # A tracking database copied without its artifacts: the recorded place is all there is.
+    log.warning("artifacts of %s are not under %s; reading them where they were recorded", artifact_uri, root)
+    return artifact_uri
+
+
 def _find_bundle_dir(root: Path) -> Path:
     """The bundle folder inside a downloaded MLflow model (as recorded in its MLmodel file)."""
     import yaml
@@ -175,6 +213,7 @@ def load_bundle(model_uri: str = CHAMPION_URI, tracking_uri: str | None = None) 
     import mlflow.artifacts
 
     download_uri, version = resolve_version(model_uri, tracking_uri)
+    download_uri = rebase_artifact_uri(download_uri, tracking_uri)
     with tempfile.TemporaryDirectory(prefix="dealrisk-model-") as tmp:
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=download_uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri

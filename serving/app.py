@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,13 +22,30 @@ from serving.errors import install_error_handlers
 from serving.live_scores import LiveScorer
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder, PopulationCache
+from serving.schemas import ErrorBody
 from serving.settings import Settings, get_settings
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("serving.access")
 
-__all__ = ["create_app"]
+__all__ = ["ERROR_RESPONSES", "create_app"]
+
+# The one error body (serving.errors) documented on every operation, so clients and schema checks
+# (schemathesis) know what a 4xx or 503 holds.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in [
+        (400, "the body could not be read as text (e.g. not UTF-8)"),
+        (401, "missing, invalid or revoked API key (or a key sent in the URL)"),
+        (403, "the key's role may not do this"),
+        (404, "absent, or outside the key's pipelines"),
+        (409, "conflicts with what is stored (or a reload that kept the old model)"),
+        (413, "request body or batch over its limit"),
+        (422, "bad input: `problems` names each bad item or field"),
+        (503, "no model loaded, store unreachable, or over the concurrency limit (see Retry-After)"),
+    ]
+}
 
 
 class _BodyTooLarge(HTTPException):
@@ -35,17 +53,34 @@ class _BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=f"request body exceeds the limit of {limit} bytes")
 
 
-class RequestGuard:
-    """Pure ASGI middleware: body-size limit, metrics and one JSON access-log line per request.
+# Query parameters that would carry a credential in the URL, where proxies, browsers and access logs keep
+# it. Such a request is refused before anything reads it, and the access log never holds query strings.
+SECRET_QUERY_PARAMS = frozenset({"api_key", "apikey", "api-key", "access_token", "token"})
+# Probes answer even when the service sheds load: an orchestrator must not restart a busy process.
+UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
-    The limit is enforced before the body is read in full: a declared Content-Length over it answers
-    413 at once; otherwise the streamed chunks are counted and the read fails as soon as they pass it.
+
+class RequestGuard:
+    """Pure ASGI middleware: credentials in URLs refused, load shedding, body-size limit, metrics and one
+    JSON access-log line per request.
+
+    Load shedding: at most `max_concurrent` requests are in flight; one more answers 503 with
+    `Retry-After` at once instead of waiting in an unbounded queue (the event loop and the threadpool
+    would otherwise queue every request a client sends, and every one would time out together).
+    The body limit is enforced before the body is read in full: a declared Content-Length over it
+    answers 413 at once; otherwise the streamed chunks are counted and the read fails as soon as they
+    pass it.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: ServiceMetrics,
+                 max_concurrent: int = 64, retry_after_s: int = 1) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.max_concurrent = max_concurrent
+        self.retry_after_s = retry_after_s
+        # Touched only on the event loop (no await between the check and the increment): no lock needed.
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,17 +109,33 @@ class RequestGuard:
                     raise _BodyTooLarge(limit)
             return message
 
+        counted = False
         try:
             declared = _content_length(scope)
-            if declared is not None and declared > limit:
+            if _secret_in_query(scope):
+                await _send_json(send_wrapper, 401, {"detail": (
+                    "API keys go in the 'Authorization: Bearer <key>' header, never in the URL; "
+                    "treat a key sent in a URL as exposed and revoke it")},
+                    extra_headers=[(b"www-authenticate", b"Bearer")])
+            elif scope["path"] not in UNSHED_PATHS and self.in_flight >= self.max_concurrent:
+                self.metrics.observe_shed()
+                await _send_json(send_wrapper, 503, {"detail": (
+                    f"the service is at its limit of {self.max_concurrent} concurrent requests; "
+                    f"retry after {self.retry_after_s} s")},
+                    extra_headers=[(b"retry-after", str(self.retry_after_s).encode())])
+            elif declared is not None and declared > limit:
                 await _send_json(send_wrapper, 413, {"detail": _BodyTooLarge(limit).detail})
             else:
+                self.in_flight += 1
+                counted = True
                 await self.app(scope, receive_wrapper, send_wrapper)
         except _BodyTooLarge as exc:
             if response_started:
                 raise
             await _send_json(send_wrapper, 413, {"detail": exc.detail})
         finally:
+            if counted:
+                self.in_flight -= 1
             seconds = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
@@ -100,6 +151,14 @@ class RequestGuard:
             }))
 
 
+def _secret_in_query(scope: Scope) -> bool:
+    query = scope.get("query_string", b"")
+    if not query:
+        return False
+    names = {name.lower() for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)}
+    return not names.isdisjoint(SECRET_QUERY_PARAMS)
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -110,13 +169,16 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _send_json(send: Send, status: int, body: dict[str, Any],
+                     extra_headers: list[tuple[bytes, bytes]] | None = None, close: bool = True) -> None:
     payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if close:  # the unread body would otherwise be taken for the next request on the connection
+        headers.append((b"connection", b"close"))
     await send({
         "type": "http.response.start",
         "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close")],
+        "headers": headers + list(extra_headers or []),
     })
     await send({"type": "http.response.body", "body": payload})
 
@@ -198,13 +260,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # offline); ReDoc would load from a CDN, so it is off.
         docs_url=None,
         redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.verified_keys = {}  # serving.auth: keys last verified, for a store outage
+    app.state.pipeline_specs = {}  # serving.routes.scoring: specs last read, for a store outage
     install_error_handlers(app)
 
     from serving.routes import include_routers
 
     include_routers(app)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, metrics=metrics,
+                       max_concurrent=settings.max_concurrent_requests, retry_after_s=settings.retry_after_s)
     return app

@@ -6,12 +6,21 @@ working at once. Roles: admin may do everything; manager reads; integration writ
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable
 
 from fastapi import Request
 
-from serving.errors import AuthenticationError, ForbiddenError
+from serving.errors import AuthenticationError, ForbiddenError, is_store_outage
 from serving.store import ApiKey, Store
+
+logger = logging.getLogger(__name__)
+
+# Keys verified while the store answered, by the SHA-256 of the key: used only while the store is
+# unreachable, so inline scoring goes on through an outage. A revocation is a write to the store, so
+# none can have happened since that the store could tell us about.
+_MAX_REMEMBERED_KEYS = 10_000
 
 __all__ = ["ROLES", "ApiKey", "authenticate", "require_role"]
 
@@ -34,7 +43,22 @@ def authenticate(request: Request) -> ApiKey:
     if token is None:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
     store: Store = request.app.state.store
-    key = store.verify_api_key(token)
+    remembered: dict[str, ApiKey] = request.app.state.verified_keys
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    try:
+        key = store.verify_api_key(token)
+    except Exception as exc:
+        if not is_store_outage(exc) or digest not in remembered:
+            raise
+        logger.warning("store unreachable: key %s accepted as last verified", remembered[digest].key_id)
+        key = remembered[digest]
+    else:
+        if key is not None and key.revoked_at is None:
+            if len(remembered) >= _MAX_REMEMBERED_KEYS:
+                remembered.clear()
+            remembered[digest] = key
+        else:
+            remembered.pop(digest, None)
     if key is None or key.revoked_at is not None:
         raise AuthenticationError("invalid or revoked API key")
     # The access log reads this back from the ASGI scope after the response.

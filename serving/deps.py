@@ -22,17 +22,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from features.build import FeatureBuilder
 from serving.auth import ApiKey, require_role
+from serving.limits import NAME_LENGTH
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
+from serving.schemas import NO_CONTROL_CHARS
 from serving.settings import Settings
 from serving.store import Store
 
 __all__ = [
     "AdminKey",
     "AnyKey",
+    "DealIdPath",
+    "PipelinePath",
     "ModelDep",
     "FeatureBuilderDep",
     "ReadKey",
@@ -82,6 +86,9 @@ def after_write(request: Request) -> None:
     if live_scores is not None:
         live_scores.notify()
 
+# A deal id or pipeline name in the URL: the body's rule (no control characters, at most 256 characters).
+DealIdPath = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
+PipelinePath = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -66,10 +67,41 @@ class ModelUnavailableError(ServiceError):
     status_code = 503
 
 
+class StoreUnavailableError(ServiceError):
+    """The database does not answer (connection refused, dropped, timed out)."""
+
+    status_code = 503
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """True for a database error that means "unreachable" (not a bug or a constraint violation)."""
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+STORE_RETRY_AFTER_S = 5
+
+
 class PopulationUnavailableError(ServiceError):
     """The feature population could not be computed from the store (and none was computed before)."""
 
     status_code = 503
+
+
+# A URI with a scheme (sqlite:////srv/x.db, file:///..., postgresql://user:pw@host/db) or an absolute
+# path: where the service keeps its files and how it reaches its stores is nobody's business but the
+# operator's, who finds the full text in the server log.
+_LOCATION = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]*|(?<![\w.:/])/[^\s'\"():,]+")
+MAX_REASON_CHARS = 500
+
+
+def public_reason(text: str) -> str:
+    """An error's text fit for a client: locations replaced by `<location>`, on one line, bounded."""
+    one_line = " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return _LOCATION.sub("<location>", one_line)[:MAX_REASON_CHARS]
 
 
 def format_loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
@@ -109,9 +141,23 @@ def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to HTTP once, for every route."""
 
+    import sqlalchemy.exc as sa_exc
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    async def _store_error(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
+        if not is_store_outage(exc):
+            raise exc  # a real bug: the server error handler logs it and answers 500
+        logger.warning("store unreachable on %s: %s", request.url.path, exc)
+        body = {"detail": f"the store is unreachable ({type(exc.orig).__name__}); retry later"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationError) else None
+        headers: dict[str, str] | None = None
+        if isinstance(exc, AuthenticationError):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, StoreUnavailableError):
+            headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
         body: dict[str, Any] = {"detail": exc.detail}
         if exc.problems is not None:
             body["problems"] = exc.problems

@@ -35,12 +35,20 @@ class ServiceMetrics:
             "dealrisk_model_info", "The model version being served (value 1).", ["version"],
             registry=self.registry,
         )
+        self.shed = Counter(
+            "dealrisk_http_requests_shed_total", "Requests answered 503 because the service was at its "
+            "concurrency limit.", registry=self.registry,
+        )
         self._version: str | None = None
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished request."""
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
+
+    def observe_shed(self) -> None:
+        """Count one request shed under load."""
+        self.shed.inc()
 
     def observe_bands(self, bands: Iterable[str]) -> None:
         """Count scored deals by band."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
-from serving.errors import ConflictError, ModelUnavailableError, PopulationUnavailableError
+from serving.errors import ConflictError, ModelUnavailableError, PopulationUnavailableError, public_reason
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,10 @@ class ModelHolder:
             except Exception as exc:  # noqa: BLE001 - any load failure must keep the old model serving
                 reason = f"{type(exc).__name__}: {exc}"
                 logger.warning("model load from %s failed: %s", self.model_uri, reason)
-                self.last_error = reason
-                return ReloadOutcome(current.version if current else None, changed=False, error=reason)
+                # Clients see the reason (readyz, 409/503 details) without file paths or store URLs.
+                self.last_error = public_reason(reason)
+                return ReloadOutcome(current.version if current else None, changed=False,
+                                     error=self.last_error)
             model = LoadedModel(bundle, str(version), self.model_uri, datetime.now(UTC))
             with self._lock:
                 self._current = model
@@ -201,8 +203,8 @@ class PopulationCache:
             try:
                 value = self._load()
             except Exception as exc:  # noqa: BLE001 - any failure: keep the previous population or 503
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                logger.warning("computing the feature population failed: %s", self.last_error)
+                logger.warning("computing the feature population failed: %s: %s", type(exc).__name__, exc)
+                self.last_error = public_reason(f"{type(exc).__name__}: {exc}")
                 if have_previous:
                     return previous
                 raise PopulationUnavailableError(

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS
-from features.validation import EARLIEST_TIME, LATEST_TIME
+from features.validation import EARLIEST_TIME, LATEST_TIME, MAX_AMOUNT
 from serving.limits import (
     ACCOUNT_LENGTH,
     ATTRIBUTE_VALUE_LENGTH,
@@ -41,6 +41,9 @@ RESERVED_DEAL_COLUMNS = frozenset(
     {"deal_id", "pipeline", "owner", "amount", "created_at", "team", "account", "expected_close_date",
      "currency", "stage_changes", "activities", "field_changes"}
 )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _parse_time(value: Any) -> Any:
@@ -87,9 +90,13 @@ def _in_time_range(value: datetime) -> datetime:
 
 
 UtcTime = Annotated[datetime, BeforeValidator(_parse_time), AfterValidator(_in_time_range)]
-NonEmptyStr = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH)]
-EventId = Annotated[str, Field(max_length=EVENT_ID_LENGTH)]
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Names and ids may hold any printable character; control characters never belong in one (NUL above
+# all, which PostgreSQL text cannot store). Path and query parameters use the same pattern.
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
+Text = Annotated[str, Field(max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
+EventId = Annotated[str, Field(max_length=EVENT_ID_LENGTH, pattern=NO_CONTROL_CHARS)]
+Money = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 AttributeValue = Annotated[
     Annotated[str, Field(max_length=ATTRIBUTE_VALUE_LENGTH)] | bool | int | float | None,
     Field(union_mode="left_to_right"),
@@ -122,10 +129,10 @@ class DealIn(_Timed):
     owner: NonEmptyStr
     amount: Money
     created_at: UtcTime
-    team: str | None = Field(default=None, max_length=NAME_LENGTH)
-    account: str | None = Field(default=None, max_length=ACCOUNT_LENGTH)
+    team: Text | None = None
+    account: str | None = Field(default=None, max_length=ACCOUNT_LENGTH, pattern=NO_CONTROL_CHARS)
     expected_close_date: UtcTime | None = None
-    currency: str | None = Field(default=None, max_length=CURRENCY_LENGTH)
+    currency: str | None = Field(default=None, max_length=CURRENCY_LENGTH, pattern=NO_CONTROL_CHARS)
     attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES_PER_DEAL)
 
     @field_validator("attributes")
@@ -139,6 +146,10 @@ class DealIn(_Timed):
                 raise ValueError(f"attribute names must have 1 to {NAME_LENGTH} characters: {name[:40]!r}")
             if isinstance(item, float) and item != item:
                 raise ValueError(f"attribute {name!r} is NaN")
+            if _CONTROL.search(name):
+                raise ValueError(f"attribute name {name[:40]!r} holds a control character")
+            if isinstance(item, str) and "\x00" in item:  # free text may hold newlines, never NUL
+                raise ValueError(f"attribute {name[:40]!r} holds a NUL character")
         return value
 
 
@@ -159,7 +170,7 @@ class InlineActivity(_Timed):
 
 class InlineFieldChange(_Timed):
     field: ChangeableField
-    value: str = Field(max_length=FIELD_VALUE_LENGTH)
+    value: str = Field(max_length=FIELD_VALUE_LENGTH, pattern=NO_CONTROL_CHARS)
     changed_at: UtcTime
     event_id: EventId | None = None
 
@@ -204,6 +215,34 @@ class EventsIn(_Strict):
     stage_changes: list[StageChangeIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
     activities: list[ActivityIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
     field_changes: list[FieldChangeIn] = Field(default_factory=list, max_length=MAX_WRITE_EVENTS)
+
+
+class Problem(BaseModel):
+    """One bad item or field: where (`deals[3].amount`, `query.as_of`) and what is wrong."""
+
+    loc: str
+    msg: str
+    type: str | None = None
+    input: Any = None
+    status: int | None = Field(default=None, description="per-item status, e.g. 404 for an unseen deal")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 503 answer: what is wrong in words, and for bad input each problem located."""
+
+    detail: str
+    problems: list[Problem] | None = None
+
+
+class Readiness(BaseModel):
+    """`/readyz`: ready, degraded (serving, but something failed since) or not ready (with reasons)."""
+
+    status: str = Field(description="ready, degraded or not ready")
+    model_version: str | None
+    reasons: list[str]
+    warnings: list[str] = Field(default_factory=list)
+    last_reload_error: str | None = None
+    last_population_error: str | None = None
 
 
 class Reason(BaseModel):

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     live_score_max_age_s: float = Field(
         default=3600.0, ge=0, description="live scores older than this are recomputed; 0 turns them off"
     )
+    max_concurrent_requests: int = Field(
+        default=64, ge=1, description="requests in flight at once; past it the service answers 503 at once"
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 shed under load")
+    public_metrics: bool = Field(default=False, description="serve /metrics without an API key")
 
     @model_validator(mode="after")
     def _defaults_in_home(self) -> Settings:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
+from features.spreadsheet import spreadsheet_safe_frame
 from models.bundle import SCORE_COLUMNS
 from models.scoring import open_deal_points, score_points
 
@@ -73,4 +74,5 @@ def write_scores(scores: pd.DataFrame, path: str) -> None:
     if path.endswith(".parquet"):
         scores.to_parquet(path, index=False)
     else:
-        scores.to_csv(path, index=False)
+        # A CSV is opened in spreadsheets: text from the history (ids, owners, reasons) must not run.
+        spreadsheet_safe_frame(scores).to_csv(path, index=False)

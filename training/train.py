@@ -28,7 +28,7 @@ from models.bands import choose_thresholds
 from models.baselines import StagePrior
 from models.calibration import Calibrator, reliability_bins
 from models.heads import make_lightgbm, make_logistic
-from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
+from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL, local_artifact_root
 from training.labels import won_label
 from training.metrics import binary_metrics, flatten, side_by_side
 from training.snapshots import TimeSplit, make_snapshots, make_time_split, time_split
@@ -528,10 +528,8 @@ def _log_run(
 def artifact_location(tracking_uri: str) -> str | None:
     """For a local SQLite store, artifacts go next to the database file (MLflow's default is ./mlruns
     under whatever the current directory is); a tracking server decides for itself."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
+    root = local_artifact_root(tracking_uri)
+    return root.resolve().as_uri() if root is not None else None
 
 
 def ensure_experiment(tracking_uri: str) -> str:

@@ -26,10 +26,14 @@ EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 DEAL_COLUMNS: tuple[str, ...] = TABLES["deals"][0] + TABLES["deals"][1]
 
-# Bounds of datetime64[ns]: later or earlier times cannot be represented and are reported, not crashed
-# on. The API's time fields use the same bounds (serving.schemas).
-EARLIEST_TIME = pd.Timestamp.min.tz_localize("UTC")
-LATEST_TIME = pd.Timestamp.max.tz_localize("UTC")
+# The times a history may hold, for file import and API alike (serving.schemas uses the same bounds).
+# datetime64[ns] itself ends in 1677 and 2262; the margin keeps arithmetic on an accepted time (horizons,
+# forecast months, likely close dates up to two years ahead, health windows) inside what pandas can hold.
+EARLIEST_TIME = pd.Timestamp("1900-01-01", tz="UTC")
+LATEST_TIME = pd.Timestamp("2200-01-01", tz="UTC")
+# The largest amount a deal (or an amount change) may carry, in the deal's currency: far above any real
+# deal, far below where sums and expected values lose precision or overflow (2**64, 1e308 are refused).
+MAX_AMOUNT = 1e15
 
 
 def as_frame(raw: Any, table: str) -> pd.DataFrame:
@@ -216,6 +220,10 @@ def parse_deals(raw: pd.DataFrame, problems: ProblemCollector) -> tuple[pd.DataF
     problems.add_rows(
         table, amount < 0, "amount", "negative amount {value}", "amounts must be ≥ 0", values=raw["amount"]
     )
+    problems.add_rows(
+        table, amount > MAX_AMOUNT, "amount", "amount {value} is too large",
+        f"amounts must be at most {MAX_AMOUNT:.0e}", values=raw["amount"],
+    )
     out["amount"] = amount
     out["created_at"] = _times(raw, table, "created_at", problems, required=True)
     out["team"] = _optional_string(raw, "team")
@@ -299,6 +307,10 @@ def field_change_values(
             "amount value {value} is not a number ≥ 0",
             "amount changes carry the new amount, e.g. 12500",
             values=shown,
+        )
+        problems.add_rows(
+            table, is_amount & (amounts > MAX_AMOUNT).fillna(False), "value",
+            "amount value {value} is too large", f"amounts must be at most {MAX_AMOUNT:.0e}", values=shown,
         )
     is_close = (field == "expected_close_date").fillna(False).astype(bool)
     if is_close.any():

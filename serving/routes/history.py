@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 
 from features.jsonable import jsonable
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS
-from serving.deps import ReadKey, SettingsDep, StoreDep, WriteKey, after_write
+from serving.deps import DealIdPath, ReadKey, SettingsDep, StoreDep, WriteKey, after_write
 from serving.errors import InvalidInputError, NotFoundError, check_batch_size
 from serving.mapping import deal_frames, event_frames, validated_history
 from serving.schemas import DealOut, DealsIn, EventsIn, WriteResult
@@ -92,7 +92,7 @@ def _records(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[dict[str, An
 
 
 @router.get("/v1/deals/{deal_id}", response_model=DealOut)
-def get_deal(deal_id: str, key: ReadKey, store: StoreDep) -> DealOut:
+def get_deal(deal_id: DealIdPath, key: ReadKey, store: StoreDep) -> DealOut:
     """A stored deal as created, with its whole history (stage changes, activities, field changes)."""
     pipeline = store.deal_pipelines([deal_id]).get(deal_id)
     if pipeline is None or not key.can_see(pipeline):

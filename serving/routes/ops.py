@@ -8,10 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from serving.auth import require_role
 from serving.deps import AdminKey, ModelDep, ReadKey, StoreDep
 from serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
-from serving.schemas import ModelInfo
+from serving.schemas import ModelInfo, Readiness
+from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +26,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "not ready, with the reasons"}})
 def readyz(request: Request, store: StoreDep) -> JSONResponse:
     """Readiness: a model is loaded, the feature population computed and the store answers; otherwise
-    503 with the reasons."""
+    503 with the reasons. `degraded` (200): serving, but the last reload or population refresh failed
+    (e.g. the MLflow store is unreachable); the reason says what failed, never where files live."""
     holder: ModelHolder = request.app.state.model_holder
     reasons: list[str] = []
     model = holder.current()
@@ -40,14 +44,23 @@ def readyz(request: Request, store: StoreDep) -> JSONResponse:
         store_ok = bool(store.ping())
     except Exception as exc:  # noqa: BLE001 - readiness reports any store failure as a reason
         store_ok = False
-        reasons.append(f"store unreachable: {type(exc).__name__}: {exc}")
+        logger.warning("readiness: store unreachable: %s: %s", type(exc).__name__, exc)
+        reasons.append(f"store unreachable: {type(exc).__name__}")
     else:
         if not store_ok:
             reasons.append("store unreachable")
+    warnings: list[str] = []
+    if holder.last_error and model is not None:
+        warnings.append(f"last model reload failed, still serving version {model.version}: "
+                        f"{holder.last_error}")
+    if population.last_error and population.available:
+        warnings.append(f"last feature population refresh failed: {population.last_error}")
+    status = "not ready" if reasons else ("degraded" if warnings else "ready")
     body: dict[str, Any] = {
-        "status": "ready" if not reasons else "not ready",
+        "status": status,
         "model_version": model.version if model else None,
         "reasons": reasons,
+        "warnings": warnings,
     }
     if holder.last_error and model is not None:
         body["last_reload_error"] = holder.last_error
@@ -58,7 +71,11 @@ def readyz(request: Request, store: StoreDep) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition of this process's metrics."""
+    """Prometheus exposition of this process's metrics. Needs a key of any role unless the setting
+    `public_metrics` is on (then a scraper without credentials may read it)."""
+    settings: Settings = request.app.state.settings
+    if not settings.public_metrics:
+        require_role("admin", "manager", "integration")(request)
     service_metrics: ServiceMetrics = request.app.state.metrics
     return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

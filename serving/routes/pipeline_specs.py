@@ -7,19 +7,16 @@ extended as new stages arrive.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 
 from features.history import PipelineSpec
-from serving.deps import AdminKey, AnyKey, StoreDep, after_write
+from serving.deps import AdminKey, AnyKey, PipelinePath, StoreDep, after_write
 from serving.errors import NotFoundError
-from serving.limits import NAME_LENGTH
 from serving.schemas import PipelineOut, PipelineSpecIn
 
 router = APIRouter(tags=["pipelines"])
 
-PipelineName = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH)]
+PipelineName = PipelinePath
 
 
 def _out(spec: PipelineSpec) -> PipelineOut:

@@ -20,14 +20,24 @@ from fastapi.responses import Response
 from features.health import pipeline_health
 from features.history import DealHistory, to_utc_timestamp
 from features.jsonable import jsonable
+from features.spreadsheet import spreadsheet_safe
+from features.validation import MAX_AMOUNT
 from models.at_risk import DEFAULT_SORT, AtRiskSort, rank_at_risk
 from models.forecast import forecast_pipeline, score_open_deals
-from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep, get_feature_builder
+from serving.deps import (
+    AnyKey,
+    FeatureBuilderDep,
+    ModelDep,
+    PipelinePath,
+    ReadKey,
+    StoreDep,
+    get_feature_builder,
+)
 from serving.errors import InvalidInputError, NotFoundError
 from serving.limits import NAME_LENGTH
 from serving.mapping import time_or
 from serving.model_holder import LoadedModel, builder_for
-from serving.schemas import AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
+from serving.schemas import NO_CONTROL_CHARS, AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import ApiKey, Store
 
 logger = logging.getLogger(__name__)
@@ -72,14 +82,15 @@ def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
 def at_risk(
-    pipeline: str,
+    pipeline: PipelinePath,
     key: ReadKey,
     request: Request,
     store: StoreDep,
     model: ModelDep,
-    owner: Annotated[str | None, Query(max_length=NAME_LENGTH, description="owner as of as_of")] = None,
-    team: Annotated[str | None, Query(max_length=NAME_LENGTH)] = None,
-    min_amount: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+    owner: Annotated[str | None, Query(max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS,
+                                       description="owner as of as_of")] = None,
+    team: Annotated[str | None, Query(max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)] = None,
+    min_amount: Annotated[float | None, Query(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)] = None,
     close_before: Annotated[UtcTime | None, Query(description="expected close date before this time")] = None,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
@@ -118,14 +129,14 @@ def at_risk(
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
 def stale(
-    pipeline: str,
+    pipeline: PipelinePath,
     key: ReadKey,
     request: Request,
     store: StoreDep,
     model: ModelDep,
-    builder: FeatureBuilderDep,
-    owner: Annotated[str | None, Query(max_length=256, description="owner as of as_of")] = None,
-    team: Annotated[str | None, Query(max_length=256)] = None,
+    owner: Annotated[str | None, Query(max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS,
+                                       description="owner as of as_of")] = None,
+    team: Annotated[str | None, Query(max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)] = None,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -206,7 +217,8 @@ def _csv_response(records: list[dict[str, Any]], filename: str, version: str) ->
         if isinstance(row.get("likely_close_date"), datetime):
             row["likely_close_date"] = row["likely_close_date"].date().isoformat()
         row["model_version"] = r.get("model_version") or version
-        writer.writerow(row)
+        # Owners, teams, ids and stages come from integrations: no cell may run as a formula.
+        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
     return Response(
         buffer.getvalue(),
         media_type="text/csv",
@@ -217,7 +229,7 @@ def _csv_response(records: list[dict[str, Any]], filename: str, version: str) ->
 
 @router.get("/v1/pipelines/{pipeline}/health")
 def health(
-    pipeline: str,
+    pipeline: PipelinePath,
     key: ReadKey,
     store: StoreDep,
     since: Annotated[UtcTime | None, Query(description="default: until minus 30 days")] = None,
@@ -238,7 +250,7 @@ def health(
 
 @router.get("/v1/pipelines/{pipeline}/forecast")
 def pipeline_forecast(
-    pipeline: str,
+    pipeline: PipelinePath,
     key: ReadKey,
     store: StoreDep,
     model: ModelDep,

@@ -15,7 +15,7 @@ from features.jsonable import jsonable
 from models.at_risk import rank_at_risk
 from models.forecast import score_open_deals
 from models.score_history import TooManyPointsError, score_history
-from serving.deps import FeatureBuilderDep, ModelDep, ReadKey, StoreDep
+from serving.deps import DealIdPath, FeatureBuilderDep, ModelDep, PipelinePath, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
 from serving.mapping import time_or
 from serving.model_holder import builder_for
@@ -38,7 +38,7 @@ def _window(since: UtcTime | None, until: UtcTime | None, default: pd.Timedelta)
 
 @router.get("/v1/deals/{deal_id}/score-history")
 def deal_score_history(
-    deal_id: str,
+    deal_id: DealIdPath,
     key: ReadKey,
     store: StoreDep,
     model: ModelDep,
@@ -65,7 +65,7 @@ def deal_score_history(
 
 @router.get("/v1/pipelines/{pipeline}/changes")
 def pipeline_changes(
-    pipeline: str,
+    pipeline: PipelinePath,
     key: ReadKey,
     store: StoreDep,
     model: ModelDep,

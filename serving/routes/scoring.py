@@ -8,15 +8,23 @@ of the same time, get the same numbers and reasons. CPU-bound, so plain `def` ro
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Query, Request
 
 from features.jsonable import jsonable
 from models.scoring import score_points
-from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ScoreKey, SettingsDep, StoreDep
-from serving.errors import InvalidInputError, NotFoundError, check_batch_size
+from serving.deps import (
+    AnyKey,
+    DealIdPath,
+    FeatureBuilderDep,
+    ModelDep,
+    ScoreKey,
+    SettingsDep,
+    StoreDep,
+)
+from serving.errors import InvalidInputError, NotFoundError, check_batch_size, is_store_outage
 from serving.mapping import inline_frames, time_or, validated_history
 from serving.model_holder import LoadedModel, builder_for
 from serving.schemas import DealScore, DealScores, ItemError, ScoreRequest, UtcTime
@@ -41,6 +49,21 @@ def scores_response(
 def _data_note(model: LoadedModel) -> str | None:
     note = getattr(model.bundle, "metadata", {}).get("data_note")
     return str(note) if note else None
+
+
+def _pipeline_specs(store: StoreDep, request: Request) -> dict[str, Any]:
+    """The stored pipeline specs; while the store is unreachable, the ones last read (inline scoring
+    needs nothing else from the store, so it goes on through an outage)."""
+    try:
+        specs = store.pipeline_specs()
+    except Exception as exc:
+        if not is_store_outage(exc):
+            raise
+        logger.warning("store unreachable: inline scoring uses the pipeline specs last read")
+        last: dict[str, Any] = request.app.state.pipeline_specs
+        return last
+    request.app.state.pipeline_specs = specs
+    return specs
 
 
 @router.post("/v1/score", response_model=DealScores)
@@ -83,7 +106,7 @@ def score_inline(
                           as_of=as_of.to_pydatetime(), scores=[], errors=errors)
     deals = [body.deals[i] for i in kept]
     wanted = {d.pipeline for d in deals}
-    specs = {name: spec for name, spec in store.pipeline_specs().items() if name in wanted}
+    specs = {name: spec for name, spec in _pipeline_specs(store, request).items() if name in wanted}
     # Row paths point at the request's own indexes, not the filtered list's.
     history = validated_history(inline_frames(deals, kept), specs)
     points = pd.DataFrame({"deal_id": pd.Series([d.deal_id for d in deals], dtype="string"),
@@ -94,7 +117,7 @@ def score_inline(
 
 @router.get("/v1/deals/{deal_id}/score", response_model=DealScores)
 def score_stored(
-    deal_id: str,
+    deal_id: DealIdPath,
     key: AnyKey,
     request: Request,
     store: StoreDep,

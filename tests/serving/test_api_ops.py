@@ -54,7 +54,7 @@ def test_metrics_count_requests_scores_and_model_version(world: Any, client: Tes
     deal_id = world.deal_in(world.pipeline_a)
     client.get(f"/v1/deals/{deal_id}/score", headers=world.auth("admin"))
     client.get("/v1/deals/NO-SUCH/score", headers=world.auth("admin"))
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=world.auth("manager")).text
     assert f'dealrisk_model_info{{version="{world.versions[0]}"}} 1.0' in text
     assert 'route="/v1/deals/{deal_id}/score"' in text and 'status="404"' in text
     assert "dealrisk_scores_total{band=" in text

@@ -174,5 +174,6 @@ def test_the_background_check_follows_the_alias(world: Any, champion_restored: N
             time.sleep(0.05)
             version = client.get("/readyz").json()["model_version"]
         assert version == v2
-        assert f'dealrisk_model_info{{version="{v2}"}} 1.0' in client.get("/metrics").text
-        assert f'version="{v1}"' not in client.get("/metrics").text
+        metrics = client.get("/metrics", headers=world.auth("admin")).text
+        assert f'dealrisk_model_info{{version="{v2}"}} 1.0' in metrics
+        assert f'version="{v1}"' not in metrics
