@@ -8,12 +8,13 @@ the stage prior on the calibration window is served as the stage prior itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from models.baselines import StagePrior
 from models.calibration import Calibrator
 from models.heads import make_lightgbm, make_logistic
 from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
+from models.monitor import feature_reference
 from training.labels import won_label
 from training.metrics import binary_metrics, flatten, side_by_side
 from training.snapshots import TimeSplit, make_snapshots, make_time_split, time_split
@@ -37,6 +39,8 @@ EXPERIMENT = "deal-risk"
 # head name -> label column produced by `time_split`
 HEADS = {"cold": "cold", "close": "won"}
 MODELS = ("lightgbm", "stage_prior", "logistic")
+# Run tag holding `TrainConfig.to_json()`: what `compare` retrains a registered version's recipe from.
+TRAIN_CONFIG_TAG = "train_config"
 
 Progress = Callable[[str, float], None]
 
@@ -60,11 +64,41 @@ class TrainConfig:
     # Below either, the data is "thin" and the run says so.
     thin_closed_deals: int = 200
     thin_positives: int = 50
+    # Feature columns the heads must not see (ablations, or a feature known to be broken at the source).
+    drop_features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from features.build import FEATURE_COLUMNS
+
+        self.drop_features = tuple(self.drop_features)
+        unknown = sorted(set(self.drop_features) - set(FEATURE_COLUMNS))
+        if unknown:
+            raise ValueError(f"drop_features names unknown feature columns: {unknown}")
 
     def params(self) -> dict[str, Any]:
         flat = {k: v for k, v in asdict(self).items() if k != "lightgbm_params"}
+        flat["drop_features"] = ",".join(self.drop_features)
         flat.update({f"lightgbm.{k}": v for k, v in self.lightgbm_params.items()})
         return flat
+
+    def feature_columns(self) -> tuple[list[str], list[str]]:
+        """The feature columns the heads are fitted on, and which of them are categorical."""
+        from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS
+
+        drop = set(self.drop_features)
+        columns = [c for c in FEATURE_COLUMNS if c not in drop]
+        return columns, [c for c in CATEGORICAL_FEATURES if c not in drop]
+
+    def to_json(self) -> str:
+        """The whole configuration as JSON, logged with every run so `compare` can rebuild it."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        """The configuration a run was trained with (fields unknown to this version are ignored)."""
+        raw = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclass
@@ -140,8 +174,6 @@ def prepare_training_data(
     Features come from `builder` (fitted on `history` when not given). Its statistics are time-indexed,
     so fitting on the whole history leaks nothing into earlier snapshots.
     """
-    from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS
-
     points = make_snapshots(history, cadence_days=config.cadence_days, at_events=config.at_events)
     if split is None:
         split = make_time_split(
@@ -154,7 +186,8 @@ def prepare_training_data(
     feats = builder.transform(history, labelled[["deal_id", "as_of"]])
     extra = [c for c in feats.columns if c not in ("deal_id", "as_of")]
     frame = pd.concat([labelled.reset_index(drop=True), feats[extra].reset_index(drop=True)], axis=1)
-    return TrainingData(frame, split, list(FEATURE_COLUMNS), list(CATEGORICAL_FEATURES))
+    columns, categorical = config.feature_columns()
+    return TrainingData(frame, split, columns, categorical)
 
 
 def closed_deal_count(history: DealHistory) -> int:
@@ -340,6 +373,9 @@ def build_bundle(
         "data_note": note,
         "served": {h: f.served for h, f in heads.items()},
         "metrics": {h: f.metrics.get(f.served, {}) for h, f in heads.items()},
+        "train_config": json.loads(config.to_json()),
+        # What live deals are checked against for drift (`models.monitor`).
+        "feature_reference": feature_reference(fitting, data.feature_columns, data.categorical),
     }
     return ScoringBundle(
         cold=served["cold"],
@@ -381,7 +417,7 @@ def _log_run(
         }
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.set_tags({"data_note": result.data_note, "thin_data": str(result.thin_data).lower(),
-                         "data_fingerprint": result.fingerprint})
+                         "data_fingerprint": result.fingerprint, TRAIN_CONFIG_TAG: config.to_json()})
         finite = {k: v for k, v in result.flat_metrics().items() if np.isfinite(v)}
         mlflow.log_metrics(finite)
         with tempfile.TemporaryDirectory() as tmp:
