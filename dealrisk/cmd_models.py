@@ -1,4 +1,4 @@
-"""Model commands: `train`, `backtest`, `compare`, `promote`, `score`.
+"""Model commands: `train`, `backtest`, `compare`, `promote`, `retrain`, `score`.
 
 Each command parses options, calls the matching function in `training/` and prints; the work and its
 tests live there.
@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
     app.command("backtest")(backtest_command)
     app.command("compare")(compare_command)
     app.command("promote")(promote_command)
+    app.command("retrain")(retrain_command)
     app.command("score")(score_command)
 
 
@@ -120,6 +121,9 @@ def train_command(
     cadence_days: float = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots."),
     seed: int = typer.Option(0, "--seed", help="Random seed for LightGBM."),
     no_register: bool = typer.Option(False, "--no-register", help="Log the run but register no version."),
+    from_store: bool = typer.Option(
+        False, "--from-store", help="Train on the store's history (DEALRISK_DATABASE_URL); not with --data."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train both heads, log an MLflow run and register a new model version.
@@ -130,6 +134,8 @@ def train_command(
     """
     from training.train import TrainConfig, train
 
+    if from_store and data is not None:
+        fail("give either --data DIR or --from-store, not both")
     history = _load_history(data)
     config = TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed)
     with _bar("Training", as_json) as report:
@@ -198,24 +204,64 @@ def compare_command(
         None, help="Versions to compare with the champion; default: every newer candidate."
     ),
     data: Path | None = typer.Option(None, "--data", "-d", help="History folder; default: the store."),
-    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Number of backtest windows."),
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Number of rolling-origin folds."),
+    fold_days: float | None = typer.Option(None, "--fold-days", min=1, help="Days per test window."),
+    boot: int = typer.Option(200, "--boot", min=20, max=5000, help="Bootstrap resamples of deals."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
-    """Compare the champion and candidate versions on the same backtest windows, side by side."""
+    """Compare the champion and candidate versions out of sample.
+
+    Each version's training configuration is retrained on the same rolling-origin folds (fit on what
+    was known before each fold, score the snapshots inside it). Per head and version: ROC AUC, Brier,
+    log loss and ECE with bootstrap confidence intervals over deals, the paired difference with the
+    champion, and a verdict (better, worse, no detectable difference). Logged to MLflow as a
+    comparison run with plots.
+    """
     from training.registry import RegistryError, compare
 
     history = _load_history(data)
-    with _bar("Comparing", as_json) as report:
+    with _bar("Comparing out of sample", as_json) as report:
         try:
-            table = compare(history, versions, _tracking_uri(), n_folds=folds)
-        except RegistryError as exc:
+            comparison = compare(history, versions, _tracking_uri(), n_folds=folds, fold_days=fold_days,
+                                 n_boot=boot, progress=report)
+        except (RegistryError, ValueError) as exc:
             fail(str(exc))
-        report("done", 1.0)
     if as_json:
-        emit_json(table.to_dict(orient="records"))
+        emit_json(comparison.to_dict())
         return
-    _print_frame(table, "deal-risk versions on the same backtest",
-                 ["version", "champion", "head", *METRIC_HEADERS])
+    _print_comparison(comparison)
+
+
+def _print_comparison(comparison: Any) -> None:
+    table = comparison.table()
+    level = f"{comparison.confidence:.0%}"
+
+    def interval(lo: float, hi: float, signed: bool = False) -> str:
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return "–"
+        return f"{lo:+.3f} to {hi:+.3f}" if signed else f"{lo:.3f} to {hi:.3f}"
+
+    rich_table = Table(title=f"deal-risk versions out of sample ({len(comparison.folds)} folds, {level} "
+                             f"intervals from {comparison.n_boot} resamples of deals)")
+    columns = ("version", "head", "metric", "value", f"{level} CI", "vs champion", f"{level} CI ", "verdict")
+    for column in columns:
+        rich_table.add_column(column, justify="left" if column in ("version", "head", "metric", "verdict")
+                              else "right")
+    for r in table.itertuples(index=False):
+        name = f"{r.version} (champion)" if r.champion else str(r.version)
+        has_diff = isinstance(r.verdict, str)
+        rich_table.add_row(
+            name, r.head, r.metric, _fmt(float(r.value)), interval(r.ci_low, r.ci_high),
+            f"{r.difference:+.3f}" if has_diff else "", interval(r.diff_ci_low, r.diff_ci_high, True)
+            if has_diff else "", r.verdict if has_diff else "",
+        )
+    out_console.print(rich_table)
+    for version, verdict in comparison.verdicts.items():
+        out_console.print(f"version {version} against champion v{comparison.champion}: [bold]{verdict}[/]")
+        for reason in comparison.reasons[version]:
+            out_console.print(f"  {reason}")
+    if comparison.run_id:
+        out_console.print(f"Logged as MLflow run {comparison.run_id}.")
 
 
 def promote_command(
@@ -223,26 +269,78 @@ def promote_command(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="History to evaluate on; default: the store."
     ),
+    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Rolling-origin folds of the comparison."),
     force: bool = typer.Option(False, "--force", help="Promote even if it is worse than the champion."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Make VERSION the @champion (rollback: promote the older version).
 
-    A version that is worse than the champion on the same backtest is refused unless --force.
+    Without --force the version is first compared out of sample with the champion (as `compare` does)
+    and refused when it is worse on that evidence.
     """
     from training.registry import PromotionRefused, RegistryError, promote
 
     history = None if force else _load_history(data)
     with _bar(f"Promoting version {version}", as_json) as report:
         try:
-            result = promote(version, _tracking_uri(), history=history, force=force)
-        except (PromotionRefused, RegistryError) as exc:
+            result = promote(version, _tracking_uri(), history=history, force=force, n_folds=folds,
+                             progress=report)
+        except (PromotionRefused, RegistryError, ValueError) as exc:
             fail(str(exc))
         report("done", 1.0)
+    verdict = result.comparison.verdicts.get(version) if result.comparison is not None else None
     if as_json:
-        emit_json({"champion": result.version, "previous": result.previous, "forced": result.forced})
+        emit_json({"champion": result.version, "previous": result.previous, "forced": result.forced,
+                   "verdict": verdict})
         return
-    out_console.print(f"@champion is now version {result.version} (was {result.previous or 'none'}).")
+    evidence = f" Out of sample it is {verdict}." if verdict else ""
+    was = result.previous or "none"
+    out_console.print(f"@champion is now version {result.version} (was {was}).{evidence}")
+
+
+def retrain_command(
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="History folder; default: the store's history (DEALRISK_DATABASE_URL)."
+    ),
+    horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
+    cadence_days: float = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for LightGBM."),
+    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Rolling-origin folds of the comparison."),
+    boot: int = typer.Option(200, "--boot", min=20, max=5000, help="Bootstrap resamples of deals."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+) -> None:
+    """Train a new version, compare it out of sample with the champion, promote it only if better.
+
+    For a scheduler: the new version is registered either way; it becomes @champion only when the
+    comparison says "better" (or there is no champion yet). The decision is printed, tagged on the
+    version (retrain_decision) and on the MLflow comparison run. Exit code 0 either way.
+    """
+    from training.registry import RegistryError, retrain
+    from training.train import TrainConfig
+
+    history = _load_history(data)
+    config = TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed)
+    with _bar("Retraining", as_json) as report:
+        try:
+            result = retrain(history, config, _tracking_uri(), n_folds=folds, n_boot=boot, progress=report)
+        except (RegistryError, ValueError) as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json(
+            {
+                "version": result.version,
+                "previous_champion": result.previous,
+                "verdict": result.verdict,
+                "promoted": result.promoted,
+                "champion": result.version if result.promoted else result.previous,
+                "decision": result.decision,
+                "comparison": result.comparison.to_dict() if result.comparison is not None else None,
+            }
+        )
+        return
+    if result.comparison is not None:
+        _print_comparison(result.comparison)
+    out_console.print(result.decision)
 
 
 def score_command(

@@ -26,16 +26,20 @@ def test_train_compare_promote_score_rollback(tmp_path: Path) -> None:
     assert champion_version(uri) == "1"
     assert not any(tmp_path.parent.glob("mlruns")), "artifacts must live next to the tracking store"
 
-    second = train(history, TrainConfig(), tracking_uri=uri)
+    second = train(history, TrainConfig(lightgbm_params={"n_estimators": 60}), tracking_uri=uri)
     assert second.model_version == "2" and not second.is_champion
     assert champion_version(uri) == "1"  # a new version waits
 
-    table = compare(history, None, uri, n_folds=2)
+    comparison = compare(history, None, uri, n_folds=2, n_boot=50)
+    table = comparison.metrics
     assert set(table["version"]) == {"1", "2"}
     assert set(table["head"]) == {"cold", "close"}
     assert table.loc[table["version"] == "1", "champion"].all()
+    # each version was retrained from the configuration logged with its run
+    assert comparison.configs["1"]["lightgbm.n_estimators"] == 3
+    assert comparison.verdicts["2"] in ("better", "no detectable difference")
 
-    promoted = promote("2", uri, history=history)
+    promoted = promote("2", uri, history=history, n_folds=2, n_boot=50)
     assert promoted.previous == "1"
     assert champion_version(uri) == "2"
 
@@ -46,8 +50,8 @@ def test_train_compare_promote_score_rollback(tmp_path: Path) -> None:
     assert scores["cold_risk"].between(0, 1).all()
 
     # Rolling back to the weak v1 is refused with the numbers, unless forced.
-    with pytest.raises(PromotionRefused, match=r"roc_auc \d\.\d{3} vs champion v2"):
-        promote("1", uri, history=history)
+    with pytest.raises(PromotionRefused, match=r"worse than the champion \(v2\) out of sample: .*interval"):
+        promote("1", uri, history=history, n_folds=2, n_boot=50)
     assert champion_version(uri) == "2"
     promote("1", uri, history=history, force=True)
     assert champion_version(uri) == "1"
