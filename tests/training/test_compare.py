@@ -1,0 +1,103 @@
+"""Out-of-sample comparison: configurations of known relative quality are ranked correctly, with
+intervals, and the figures reported are no longer the in-sample ones the old method gave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import ACTIVITY_COUNT_COLUMNS
+from features.history import DealHistory
+from training.backtest import evaluate_bundle, make_folds
+from training.compare import BETTER, SAME, Comparison, bootstrap_comparison, compare_configs
+from training.simulate import simulate_history
+from training.train import TrainConfig, train
+
+# Everything the model knows about the buyer's activity; the simulated cold label is driven by it.
+ACTIVITY_FEATURES = (
+    *ACTIVITY_COUNT_COLUMNS, "days_since_activity", "days_since_inbound", "inbound_30d", "max_gap_days",
+    "activity_trend", "activity_trend_ratio",
+)
+FEW_TREES = {"n_estimators": 60}
+FULL = TrainConfig(lightgbm_params=FEW_TREES)
+BLIND = TrainConfig(lightgbm_params=FEW_TREES, drop_features=ACTIVITY_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def history() -> DealHistory:
+    return simulate_history(800, seed=4)
+
+
+@pytest.fixture(scope="module")
+def comparison(history: DealHistory) -> Comparison:
+    # the activity-blind configuration plays the champion; the full one is the candidate
+    return compare_configs(history, {"1": BLIND, "2": FULL}, champion="1", n_folds=2, n_boot=100)
+
+
+def _diff(comparison: Comparison, head: str, metric: str) -> pd.Series:
+    d = comparison.differences
+    return d[(d["version"] == "2") & (d["head"] == head) & (d["metric"] == metric)].iloc[0]
+
+
+def test_full_features_beat_the_activity_blind_model_with_intervals_excluding_zero(
+    comparison: Comparison,
+) -> None:
+    assert comparison.verdicts == {"2": BETTER}
+    for head in ("cold", "close"):
+        auc = _diff(comparison, head, "roc_auc")
+        assert 0 < auc["ci_low"] <= auc["difference"] <= auc["ci_high"], auc.to_dict()
+        assert auc["verdict"] == BETTER
+        brier = _diff(comparison, head, "brier")
+        assert brier["ci_high"] < 0 and brier["verdict"] == BETTER, brier.to_dict()
+    # every version gets every reported metric per head, with an interval around its value
+    m = comparison.metrics
+    assert len(m) == 2 * 2 * 4
+    assert ((m["ci_low"] <= m["value"]) & (m["value"] <= m["ci_high"])).all()
+    assert (m["n_deals"] < m["n_rows"]).all(), "deals have several snapshots each; deals are resampled"
+    assert any("cold head roc_auc +" in r for r in comparison.reasons["2"])
+
+
+def test_reported_gap_is_out_of_sample_not_the_in_sample_one(
+    history: DealHistory, comparison: Comparison
+) -> None:
+    # The old method: each version trained once on the whole history, then scored on the fold windows
+    # (windows it had partly seen through training and calibration).
+    folds = make_folds(history, 2)
+    in_sample = {}
+    for version, config in (("1", BLIND), ("2", FULL)):
+        table = evaluate_bundle(train(history, config).bundle, history, folds)
+        in_sample[version] = table[table["fold"] == "all"].set_index("head")["roc_auc"]
+    m = comparison.metrics.set_index(["version", "head", "metric"])["value"]
+    for head in ("cold", "close"):
+        old_gap = in_sample["2"][head] - in_sample["1"][head]
+        new_gap = _diff(comparison, head, "roc_auc")["difference"]
+        assert old_gap > 0 and new_gap > 0  # both rank the full model first on this history...
+        assert abs(new_gap - old_gap) > 0.004, (head, old_gap, new_gap)  # ...by a different margin
+        # and what is reported is each version's out-of-sample figure, not its in-sample one
+        for version in ("1", "2"):
+            assert m[(version, head, "roc_auc")] != pytest.approx(in_sample[version][head], abs=1e-3)
+
+
+def test_same_configuration_with_another_seed_is_no_detectable_difference(history: DealHistory) -> None:
+    reseeded = TrainConfig(lightgbm_params=FEW_TREES, seed=7)
+    result = compare_configs(history, {"1": FULL, "2": reseeded}, champion="1", n_folds=2, n_boot=100)
+    assert result.verdicts == {"2": SAME}
+
+
+def test_bootstrap_resamples_deals_so_correlated_snapshots_widen_the_interval() -> None:
+    # 20 deals observed 20 times each; a deal's snapshots share its outcome and roughly its score
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.repeat((rng.uniform(size=20) < 0.4).astype(float), 20)
+    p = np.clip(0.4 + 0.3 * (y - 0.4) + np.repeat(rng.normal(0, 0.15, 20), 20), 0.01, 0.99)
+    frame = pd.DataFrame({"head": "cold", "y": y, "a": p, "b": p})
+
+    def width(deal_ids: np.ndarray) -> float:
+        metrics, _ = bootstrap_comparison(frame.assign(deal_id=deal_ids), ["a", "b"], "a", n_boot=200)
+        row = metrics[(metrics["version"] == "a") & (metrics["metric"] == "brier")].iloc[0]
+        return float(row["ci_high"] - row["ci_low"])
+
+    every_row_its_own_deal = width(np.arange(n).astype(str))  # what resampling snapshots would give
+    twenty_deals = width((np.arange(n) // 20).astype(str))
+    assert twenty_deals > 2 * every_row_its_own_deal
