@@ -1,4 +1,4 @@
-"""Model commands: `train`, `backtest`, `compare`, `promote`, `retrain`, `score`.
+"""Model commands: `train`, `backtest`, `compare`, `promote`, `retrain`, `monitor`, `score`.
 
 Each command parses options, calls the matching function in `training/` and prints; the work and its
 tests live there.
@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
     app.command("compare")(compare_command)
     app.command("promote")(promote_command)
     app.command("retrain")(retrain_command)
+    app.command("monitor")(monitor_command)
     app.command("score")(score_command)
 
 
@@ -113,6 +114,23 @@ def _bar(description: str, quiet: bool) -> Iterator[Callable[[str, float], None]
         yield report
 
 
+def _train_config(
+    horizon_days: float, cadence_days: float, seed: int, drop: list[str] | None, trees: int | None
+) -> Any:
+    from training.train import TrainConfig
+
+    try:
+        return TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed,
+                           drop_features=tuple(drop or ()),
+                           lightgbm_params={"n_estimators": trees} if trees else {})
+    except ValueError as exc:
+        fail(f"--drop-feature: {exc}")
+
+
+DROP_HELP = "A feature column the heads must not use (repeatable), e.g. for an ablation."
+TREES_HELP = "LightGBM trees per head (default: sized to the data)."
+
+
 def train_command(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="History folder (CSV or Parquet + pipelines.yaml); default: the store."
@@ -120,6 +138,8 @@ def train_command(
     horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
     cadence_days: float = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots."),
     seed: int = typer.Option(0, "--seed", help="Random seed for LightGBM."),
+    drop: list[str] | None = typer.Option(None, "--drop-feature", help=DROP_HELP),
+    trees: int | None = typer.Option(None, "--trees", min=1, max=5000, help=TREES_HELP),
     no_register: bool = typer.Option(False, "--no-register", help="Log the run but register no version."),
     from_store: bool = typer.Option(
         False, "--from-store", help="Train on the store's history (DEALRISK_DATABASE_URL); not with --data."
@@ -132,12 +152,12 @@ def train_command(
     stage prior and a logistic regression on the time-split test window. The run goes to experiment
     `deal-risk`; the first registered version becomes @champion, later ones wait as candidates.
     """
-    from training.train import TrainConfig, train
+    from training.train import train
 
     if from_store and data is not None:
         fail("give either --data DIR or --from-store, not both")
+    config = _train_config(horizon_days, cadence_days, seed, drop, trees)
     history = _load_history(data)
-    config = TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed)
     with _bar("Training", as_json) as report:
         try:
             result = train(history, config, tracking_uri=_tracking_uri(), register=not no_register,
@@ -305,6 +325,8 @@ def retrain_command(
     horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
     cadence_days: float = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots."),
     seed: int = typer.Option(0, "--seed", help="Random seed for LightGBM."),
+    drop: list[str] | None = typer.Option(None, "--drop-feature", help=DROP_HELP),
+    trees: int | None = typer.Option(None, "--trees", min=1, max=5000, help=TREES_HELP),
     folds: int = typer.Option(3, "--folds", min=1, max=12, help="Rolling-origin folds of the comparison."),
     boot: int = typer.Option(200, "--boot", min=20, max=5000, help="Bootstrap resamples of deals."),
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
@@ -316,10 +338,9 @@ def retrain_command(
     version (retrain_decision) and on the MLflow comparison run. Exit code 0 either way.
     """
     from training.registry import RegistryError, retrain
-    from training.train import TrainConfig
 
+    config = _train_config(horizon_days, cadence_days, seed, drop, trees)
     history = _load_history(data)
-    config = TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed)
     with _bar("Retraining", as_json) as report:
         try:
             result = retrain(history, config, _tracking_uri(), n_folds=folds, n_boot=boot, progress=report)
@@ -341,6 +362,58 @@ def retrain_command(
     if result.comparison is not None:
         _print_comparison(result.comparison)
     out_console.print(result.decision)
+
+
+def monitor_command(
+    data: Path | None = typer.Option(None, "--data", "-d", help="History folder; default: the store."),
+    model_uri: str | None = typer.Option(
+        None, "--model-uri", help="Model to check; default models:/deal-risk@champion."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Check scores after this time (ISO 8601); default: end of its training data."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check the served model: calibration on outcomes known since, and feature drift (for a cron job).
+
+    Scores as of weekly past snapshots after the model's training data (point-in-time, recomputed with
+    the model) are set against the outcomes known now: observed rate against predicted probability per
+    risk band and per week. Live features are set against the training snapshots (population stability
+    index per feature). The state is ok, watch or retrain, with the reason.
+    """
+    from features.history import to_utc_timestamp
+    from models.loading import CHAMPION_URI, load_bundle
+    from training.monitor import monitor
+
+    t = None
+    if since is not None:
+        try:
+            t = to_utc_timestamp(since)
+        except (ValueError, TypeError):
+            fail(f"--since {since!r} is not a time; use ISO 8601, e.g. 2025-05-01")
+    history = _load_history(data)
+    with _bar("Monitoring", as_json) as report:
+        try:
+            bundle, version = load_bundle(model_uri or CHAMPION_URI, _tracking_uri())
+        except Exception as exc:  # noqa: BLE001 - any registry/IO failure ends up as one message
+            fail(f"cannot load model {model_uri or CHAMPION_URI}: {exc} (train one with `dealrisk train`)")
+        report("model loaded", 0.2)
+        result = monitor(history, bundle, model_version=version, since=t)
+        report("done", 1.0)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    out_console.print(
+        f"Model version {version}: [bold]{result.state}[/] ({result.n_points:,} scores as of "
+        f"{result.since:%Y-%m-%d} to {result.until:%Y-%m-%d})"
+    )
+    for reason in result.reasons:
+        out_console.print(f"  {reason}")
+    for head, part in result.calibration.items():
+        _print_frame(part["by_band"], f"{head}: observed rate vs predicted, per risk band ({part['state']})")
+        _print_frame(part["by_week"], f"{head}: observed rate vs predicted, per week")
+    if not result.drift.empty:
+        _print_frame(result.drift.head(10), "Feature drift against the training snapshots (PSI)")
 
 
 def score_command(

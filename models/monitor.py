@@ -71,7 +71,7 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 def feature_drift(reference: Mapping[str, Any], live: pd.DataFrame) -> pd.DataFrame:
     """PSI of each referenced feature, live rows against the training snapshots, largest first.
 
-    Columns: feature, psi, state (ok < 0.1 ≤ watch < 0.25 ≤ retrain)."""
+    Columns: feature, psi, drift (stable < 0.1 ≤ moved < 0.25 ≤ shifted)."""
     rows: list[dict[str, Any]] = []
     for column, ref in reference.get("numeric", {}).items():
         if column not in live.columns:
@@ -88,8 +88,8 @@ def feature_drift(reference: Mapping[str, Any], live: pd.DataFrame) -> pd.DataFr
         actual = np.array([float(observed.get(level, 0.0)) for level in levels])
         rows.append({"feature": column, "psi": psi(expected, actual)})
     table = pd.DataFrame(rows, columns=["feature", "psi"])
-    table["state"] = np.where(
-        table["psi"] >= PSI_RETRAIN, "retrain", np.where(table["psi"] >= PSI_WATCH, "watch", "ok")
+    table["drift"] = np.where(
+        table["psi"] >= PSI_RETRAIN, "shifted", np.where(table["psi"] >= PSI_WATCH, "moved", "stable")
     )
     return table.sort_values("psi", ascending=False, ignore_index=True)
 

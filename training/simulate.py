@@ -133,12 +133,22 @@ def _gamma(rng: np.random.Generator, mean: np.ndarray | float, shape: float, siz
 
 
 def simulate_history(
-    n_deals: int = 2000, seed: int = 0, start: str = "2024-01-01", end: str | None = None
+    n_deals: int = 2000,
+    seed: int = 0,
+    start: str = "2024-01-01",
+    end: str | None = None,
+    quiet_after: str | None = None,
+    quiet_activity_share: float = 0.3,
 ) -> DealHistory:
     """A seeded, multi-pipeline synthetic deal history in the SPEC input format.
 
     Deals are created uniformly between `start` and `end` (default: two years after `start`); the data
     ends at `end` and nothing after it is included. Same arguments, same frames.
+
+    `quiet_after` shifts the world at that time: from then on buyers go quiet faster, only
+    `quiet_activity_share` of the activities that would have happened are logged (a changed market or
+    a broken CRM sync), so deals go cold more often than a model trained before the shift expects.
+    Everything before the shift is the same as without it.
     """
     if n_deals < 1:
         raise ValueError("n_deals must be at least 1")
@@ -269,6 +279,14 @@ def simulate_history(
     inbound = rng.uniform(size=act_deal.size) < _sigmoid(-0.6 + 0.8 * engagement[act_deal])
     direction = np.where(inbound, "inbound", "outbound").astype(object)
     direction[~talks] = None  # notes, tasks and other touches are internal: no direction
+    if quiet_after is not None:
+        # Thinned with a generator of its own, after every other draw, so the world before the shift
+        # (and any history simulated without one) is exactly the same.
+        shift_day = (to_utc_timestamp(quiet_after) - t0) / pd.Timedelta(days=1)
+        quiet_rng = np.random.default_rng([seed, 1])
+        kept = (act_time < shift_day) | (quiet_rng.uniform(size=act_deal.size) < quiet_activity_share)
+        act_deal, act_time = act_deal[kept], act_time[kept]
+        act_type, direction = act_type[kept], direction[kept]
 
     # --- field changes: close-date slips, amount revisions, owner changes ---
     typical_cycle = stage_days[pipe].sum(axis=1)

@@ -361,6 +361,9 @@ def build_bundle(
         raw = positive_proba(cold_head.model, basis[data.feature_columns])
         cold_scores = cold_head.calibrator.transform(raw)
     thresholds = choose_thresholds(cold_scores)
+    # Drift is judged against the latest snapshots the run saw (calibration and test windows): the
+    # population nearest to live deals, so slow benign trends do not read as drift.
+    recent = frame[frame["window"] != "train"] if (frame["window"] != "train").any() else fitting
     reference = build_reference(fitting, (fitting["won"] == 1).to_numpy(), data.feature_columns)
     from training.data import history_fingerprint
 
@@ -375,7 +378,7 @@ def build_bundle(
         "metrics": {h: f.metrics.get(f.served, {}) for h, f in heads.items()},
         "train_config": json.loads(config.to_json()),
         # What live deals are checked against for drift (`models.monitor`).
-        "feature_reference": feature_reference(fitting, data.feature_columns, data.categorical),
+        "feature_reference": feature_reference(recent, data.feature_columns, data.categorical),
     }
     return ScoringBundle(
         cold=served["cold"],

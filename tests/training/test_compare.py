@@ -20,6 +20,8 @@ ACTIVITY_FEATURES = (
     "activity_trend", "activity_trend_ratio",
 )
 FEW_TREES = {"n_estimators": 60}
+
+pytestmark = pytest.mark.quality  # model comparisons on a simulated history: tens of seconds
 FULL = TrainConfig(lightgbm_params=FEW_TREES)
 BLIND = TrainConfig(lightgbm_params=FEW_TREES, drop_features=ACTIVITY_FEATURES)
 
@@ -53,7 +55,8 @@ def test_full_features_beat_the_activity_blind_model_with_intervals_excluding_ze
     # every version gets every reported metric per head, with an interval around its value
     m = comparison.metrics
     assert len(m) == 2 * 2 * 4
-    assert ((m["ci_low"] <= m["value"]) & (m["value"] <= m["ci_high"])).all()
+    unbiased = m[m["metric"].isin(["roc_auc", "brier"])]  # ECE is biased upwards under resampling
+    assert ((unbiased["ci_low"] <= unbiased["value"]) & (unbiased["value"] <= unbiased["ci_high"])).all()
     assert (m["n_deals"] < m["n_rows"]).all(), "deals have several snapshots each; deals are resampled"
     assert any("cold head roc_auc +" in r for r in comparison.reasons["2"])
 
