@@ -372,6 +372,9 @@ def monitor_command(
     since: str | None = typer.Option(
         None, "--since", help="Check scores after this time (ISO 8601); default: end of its training data."
     ),
+    no_record: bool = typer.Option(
+        False, "--no-record", help="Do not keep the report in MLflow for GET /v1/model/monitor."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check the served model: calibration on outcomes known since, and feature drift (for a cron job).
@@ -379,10 +382,12 @@ def monitor_command(
     Scores as of weekly past snapshots after the model's training data (point-in-time, recomputed with
     the model) are set against the outcomes known now: observed rate against predicted probability per
     risk band and per week. Live features are set against the training snapshots (population stability
-    index per feature). The state is ok, watch or retrain, with the reason.
+    index per feature). The state is ok, watch or retrain, with the reason. The report is kept with
+    the model version in MLflow, where GET /v1/model/monitor reads it.
     """
     from features.history import to_utc_timestamp
-    from models.loading import CHAMPION_URI, load_bundle
+    from features.jsonable import json_ready
+    from models.loading import CHAMPION_URI, load_bundle, save_monitor_report
     from training.monitor import monitor
 
     t = None
@@ -399,9 +404,12 @@ def monitor_command(
             fail(f"cannot load model {model_uri or CHAMPION_URI}: {exc} (train one with `dealrisk train`)")
         report("model loaded", 0.2)
         result = monitor(history, bundle, model_version=version, since=t)
+        body = json_ready(result.to_dict())
+        if not no_record:
+            save_monitor_report(version, body, _tracking_uri())
         report("done", 1.0)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json(body)
         return
     out_console.print(
         f"Model version {version}: [bold]{result.state}[/] ({result.n_points:,} scores as of "

@@ -22,6 +22,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from features.history import DealHistory
+from features.jsonable import json_ready
 from models.calibration import expected_calibration_error
 from training.backtest import Fold, fit_fold, fold_features, make_folds
 from training.train import HEADS, TrainConfig, closed_deal_count
@@ -302,7 +303,7 @@ def log_comparison(comparison: Comparison, tracking_uri: str) -> str:
             key = f"v{r.version}.{r.head}.{r.metric}.diff"
             values.update({key: r.difference, f"{key}.ci_low": r.ci_low, f"{key}.ci_high": r.ci_high})
         mlflow.log_metrics({k: float(v) for k, v in values.items() if np.isfinite(v)})
-        mlflow.log_dict(_jsonable(comparison.to_dict()), "comparison.json")
+        mlflow.log_dict(json_ready(comparison.to_dict()), "comparison.json")
         with tempfile.TemporaryDirectory() as tmp:
             for metric in REPORTED_METRICS:
                 rows = comparison.metrics[comparison.metrics["metric"] == metric]
@@ -312,10 +313,3 @@ def log_comparison(comparison: Comparison, tracking_uri: str) -> str:
         comparison.run_id = run.info.run_id
     return str(comparison.run_id)
 
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    from features.jsonable import jsonable
-
-    return json.loads(json.dumps(jsonable(obj), default=str))
