@@ -127,19 +127,27 @@ def _train_config(
         fail(f"--drop-feature: {exc}")
 
 
-DROP_HELP = "A feature column the heads must not use (repeatable), e.g. for an ablation."
-TREES_HELP = "LightGBM trees per head (default: sized to the data)."
+# The recipe options `train` and `retrain` share (one definition, so their meaning cannot drift apart).
+HORIZON_OPTION = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days.")
+CADENCE_OPTION = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots.")
+SEED_OPTION = typer.Option(0, "--seed", help="Random seed for LightGBM.")
+DROP_OPTION = typer.Option(
+    None, "--drop-feature", help="A feature column the heads must not use (repeatable), e.g. for an ablation."
+)
+TREES_OPTION = typer.Option(
+    None, "--trees", min=1, max=5000, help="LightGBM trees per head (default: sized to the data)."
+)
 
 
 def train_command(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="History folder (CSV or Parquet + pipelines.yaml); default: the store."
     ),
-    horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
-    cadence_days: float = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for LightGBM."),
-    drop: list[str] | None = typer.Option(None, "--drop-feature", help=DROP_HELP),
-    trees: int | None = typer.Option(None, "--trees", min=1, max=5000, help=TREES_HELP),
+    horizon_days: float = HORIZON_OPTION,
+    cadence_days: float = CADENCE_OPTION,
+    seed: int = SEED_OPTION,
+    drop: list[str] | None = DROP_OPTION,
+    trees: int | None = TREES_OPTION,
     no_register: bool = typer.Option(False, "--no-register", help="Log the run but register no version."),
     from_store: bool = typer.Option(
         False, "--from-store", help="Train on the store's history (DEALRISK_DATABASE_URL); not with --data."
@@ -322,11 +330,11 @@ def retrain_command(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="History folder; default: the store's history (DEALRISK_DATABASE_URL)."
     ),
-    horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
-    cadence_days: float = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for LightGBM."),
-    drop: list[str] | None = typer.Option(None, "--drop-feature", help=DROP_HELP),
-    trees: int | None = typer.Option(None, "--trees", min=1, max=5000, help=TREES_HELP),
+    horizon_days: float = HORIZON_OPTION,
+    cadence_days: float = CADENCE_OPTION,
+    seed: int = SEED_OPTION,
+    drop: list[str] | None = DROP_OPTION,
+    trees: int | None = TREES_OPTION,
     folds: int = typer.Option(3, "--folds", min=1, max=12, help="Rolling-origin folds of the comparison."),
     boot: int = typer.Option(200, "--boot", min=20, max=5000, help="Bootstrap resamples of deals."),
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),

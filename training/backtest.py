@@ -185,7 +185,8 @@ def evaluate_bundle(
     bundle: Any, history: DealHistory, folds: list[Fold], config: TrainConfig | None = None
 ) -> pd.DataFrame:
     """Metrics of an existing bundle on the folds' test windows (`fold, head, <metric>…`), plus an
-    `all` row pooling the folds, so registered versions can be compared on the same rows."""
+    `all` row pooling the folds. A bundle trained on data overlapping those windows is scored
+    in-sample here; comparing versions goes through `training.compare`, which retrains per fold."""
     config = config or TrainConfig(horizon_days=float(bundle.metadata.get("horizon_days", 14)))
     points = make_snapshots(history, cadence_days=config.cadence_days)
     builder = FeatureBuilder().fit(history)
