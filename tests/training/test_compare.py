@@ -3,6 +3,8 @@ intervals, and the figures reported are no longer the in-sample ones the old met
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,3 +106,17 @@ def test_bootstrap_resamples_deals_so_correlated_snapshots_widen_the_interval() 
     every_row_its_own_deal = width(np.arange(n).astype(str))  # what resampling snapshots would give
     twenty_deals = width((np.arange(n) // 20).astype(str))
     assert twenty_deals > 2 * every_row_its_own_deal
+
+
+def test_retrain_without_a_champion_promotes_and_says_why(history: DealHistory, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from training.registry import champion_version, retrain
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = retrain(history, BLIND, uri, n_folds=2, n_boot=50)
+    assert (result.version, result.verdict, result.promoted) == ("1", "no champion", True)
+    assert result.comparison is None
+    assert champion_version(uri) == "1"
+    tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("deal-risk", "1").tags
+    assert tags["retrain_decision"] == "promoted version 1: there was no champion"
