@@ -14,6 +14,7 @@ from training.simulate import simulate_history
 from training.train import TrainConfig, train
 
 
+@pytest.mark.quality  # three out-of-sample comparisons, each retraining two recipes per fold
 def test_train_compare_promote_score_rollback(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     history = simulate_history(600, seed=21)
@@ -38,6 +39,17 @@ def test_train_compare_promote_score_rollback(tmp_path: Path) -> None:
     # each version was retrained from the configuration logged with its run
     assert comparison.configs["1"]["lightgbm.n_estimators"] == 3
     assert comparison.verdicts["2"] in ("better", "no detectable difference")
+    # logged as a comparison run with its figures, the full result and a plot per metric
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(comparison.run_id)
+    assert run.data.tags["kind"] == "comparison" and run.data.tags["verdict.v2"] == comparison.verdicts["2"]
+    assert "v2.cold.roc_auc.diff.ci_low" in run.data.metrics
+    assert {a.path for a in client.list_artifacts(comparison.run_id, "plots")} == {
+        f"plots/{m}.png" for m in ("roc_auc", "brier", "log_loss", "ece")
+    }
+    assert "comparison.json" in {a.path for a in client.list_artifacts(comparison.run_id)}
 
     promoted = promote("2", uri, history=history, n_folds=2, n_boot=50)
     assert promoted.previous == "1"
