@@ -288,6 +288,8 @@ def _print_comparison(comparison: Any) -> None:
         out_console.print(f"version {version} against champion v{comparison.champion}: [bold]{verdict}[/]")
         for reason in comparison.reasons[version]:
             out_console.print(f"  {reason}")
+    for note in comparison.notes:
+        out_console.print(f"note: {note}")
     if comparison.run_id:
         out_console.print(f"Logged as MLflow run {comparison.run_id}.")
 

@@ -56,6 +56,7 @@ class Comparison:
     confidence: float
     run_id: str | None = None
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         """One row per version, head and metric: value [CI] and the difference with the champion."""
@@ -78,6 +79,7 @@ class Comparison:
             "verdicts": self.verdicts,
             "reasons": self.reasons,
             "configs": self.configs,
+            "notes": self.notes,
             "run_id": self.run_id,
         }
 
@@ -265,12 +267,18 @@ def compare_configs(
     for version in versions:
         if champion is not None and version != champion:
             verdicts[version], reasons[version] = overall_verdict(differences, version)
+    ref = configs[reference]
+    notes = [
+        f"version {v} was trained for a {c.horizon_days:g}-day cold horizon; its cold head is scored "
+        f"against the {ref.horizon_days:g}-day labels of version {reference}, the reference"
+        for v, c in configs.items() if c.horizon_days != ref.horizon_days
+    ]
     if progress:
         progress("done", 1.0)
     return Comparison(
         champion=champion, versions=versions, folds=folds, metrics=metrics, differences=differences,
         verdicts=verdicts, reasons=reasons, n_boot=n_boot, confidence=confidence,
-        configs={v: c.params() for v, c in configs.items()},
+        configs={v: c.params() for v, c in configs.items()}, notes=notes,
     )
 
 

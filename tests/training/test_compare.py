@@ -120,3 +120,15 @@ def test_retrain_without_a_champion_promotes_and_says_why(history: DealHistory, 
     assert champion_version(uri) == "1"
     tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("deal-risk", "1").tags
     assert tags["retrain_decision"] == "promoted version 1: there was no champion"
+
+
+def test_a_different_horizon_is_scored_on_the_reference_labels_and_says_so(history: DealHistory) -> None:
+    longer = TrainConfig(lightgbm_params=FEW_TREES, horizon_days=28)
+    result = compare_configs(history, {"1": FULL, "2": longer}, champion="1", n_folds=1, n_boot=30)
+    assert result.notes == [
+        "version 2 was trained for a 28-day cold horizon; its cold head is scored against the 14-day "
+        "labels of version 1, the reference"
+    ]
+    # both versions were scored on exactly the same rows
+    m = result.metrics
+    assert m.groupby("head")["n_rows"].nunique().eq(1).all()
