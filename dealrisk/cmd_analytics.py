@@ -85,21 +85,30 @@ def _load_model(model_uri: str | None) -> tuple[Any, str]:
     return bundle, str(version)
 
 
+def _load_for_scoring(
+    data: Path | None, pipeline: str | None, as_of: str | None, model_uri: str | None, advance: Any
+) -> tuple[DealHistory, Any, Any, str, pd.Timestamp]:
+    """(history of the pipeline, builder fitted on everything, bundle, version, as-of time)."""
+    from features.build import FeatureBuilder
+
+    # The population statistics come from the whole store (or folder), as the service's do, so a
+    # deal gets the same score from `--pipeline P` as from the API; only the scored deals are filtered.
+    everything = _load_history(data, None)
+    builder = FeatureBuilder().fit(everything)
+    history = _only_pipeline(everything, pipeline)
+    advance()
+    bundle, version = _load_model(model_uri)
+    advance()
+    t = _time(as_of, "--as-of") or history.end_time
+    return history, builder, bundle, version, t
+
+
 def _score(data: Path | None, pipeline: str | None, as_of: str | None, model_uri: str | None, quiet: bool,
            **filters: Any) -> tuple[pd.DataFrame, pd.Timestamp, str]:
-    from features.build import FeatureBuilder
     from models.forecast import score_open_deals
 
     with progress("loading history and model", total=3, quiet=quiet) as advance:
-        # The population statistics come from the whole store (or folder), as the service's do, so a
-        # deal gets the same score from `--pipeline P` as from the API; only the scored deals are filtered.
-        everything = _load_history(data, None)
-        builder = FeatureBuilder().fit(everything)
-        history = _only_pipeline(everything, pipeline)
-        advance()
-        bundle, version = _load_model(model_uri)
-        advance()
-        t = _time(as_of, "--as-of") or history.end_time
+        history, builder, bundle, version, t = _load_for_scoring(data, pipeline, as_of, model_uri, advance)
         scored = score_open_deals(bundle, history, t, builder, **filters)
         advance()
     return scored, t, version
@@ -114,6 +123,8 @@ def _fmt(value: Any, kind: str = "num") -> str:
         return f"{float(value):,.0f}"
     if kind == "days":
         return f"{float(value):.1f}"
+    if kind == "date":
+        return f"{pd.Timestamp(value):%Y-%m-%d}"
     return str(value)
 
 
@@ -142,24 +153,27 @@ def at_risk(
                                 min_amount=min_amount)
     top = scored.head(limit)
     columns = ["deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
-               "days_in_stage", "cold_risk", "close_probability", "risk_band", "expected_value"]
+               "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
+               "likely_close_date", "risk_band", "expected_value"]
     if as_json:
-        records = top[[*columns, "reasons"]].astype(object).where(top[[*columns, "reasons"]].notna(), None)
+        listed = [*columns, "reasons", "counter_reasons"]
+        records = top[listed].astype(object).where(top[listed].notna(), None)
         emit_json({"as_of": t, "model_version": version, "total": len(scored),
                    "deals": records.to_dict(orient="records")})
         return
     if as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow([*columns, "reasons", "model_version"])
+        writer.writerow([*columns, "reasons", "counter_reasons", "model_version"])
         for rec in top.to_dict(orient="records"):  # output rows only (at most --limit)
-            reasons = " | ".join(str(r.get("text", "")) for r in rec["reasons"] or [])
-            writer.writerow([*(_csv_cell(rec[c]) for c in columns), reasons, version])
+            texts = [" | ".join(str(r.get("text", "")) for r in rec[c] or [])
+                     for c in ("reasons", "counter_reasons")]
+            writer.writerow([*(_csv_cell(rec[c]) for c in columns), *texts, version])
         return
     table = Table(title=f"Deals going cold as of {t:%Y-%m-%d %H:%M} UTC · model version {version}",
                   caption=f"{len(scored)} open deal(s) match; showing {len(top)}")
     for name, justify in [("#", "right"), ("deal", "left"), ("owner", "left"), ("stage", "left"),
                           ("amount", "right"), ("cold risk", "right"), ("close p", "right"),
-                          ("why", "left")]:
+                          ("likely close", "left"), ("why", "left")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     band_style = {"high": "bold red", "medium": "yellow", "low": "green"}
     for i, row in enumerate(top.to_dict(orient="records"), start=1):
@@ -169,7 +183,8 @@ def at_risk(
             row["risk_band"])
         table.add_row(str(i), str(row["deal_id"]), _fmt(row["owner"]),
                       f"{_fmt(row['stage'])} ({_fmt(row['days_in_stage'], 'days')} d)",
-                      _fmt(row["amount"], "money"), risk, _fmt(row["close_probability"], "pct"), reasons)
+                      _fmt(row["amount"], "money"), risk, _fmt(row["close_probability"], "pct"),
+                      _fmt(row.get("likely_close_date"), "date"), reasons)
     out_console.print(table)
 
 
@@ -236,11 +251,14 @@ def forecast_command(
     model_uri: str | None = typer.Option(None, "--model-uri", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Won amount per month ahead: expected value and P10/P50/P90 from open deals' close probabilities."""
-    from models.forecast import forecast
+    """Won amount per month ahead: expected value and P10/P50/P90, open deals spread over the months by
+    their chance of being won in each, deals not created yet as their own line."""
+    from models.forecast import forecast_pipeline
 
-    scored, t, version = _score(data, pipeline, as_of, model_uri, as_json)
-    result = {"model_version": version, **forecast(scored, t, months=months)}
+    with progress("loading history and model", total=3, quiet=as_json) as advance:
+        history, builder, bundle, version, t = _load_for_scoring(data, pipeline, as_of, model_uri, advance)
+        result = {"model_version": version, **forecast_pipeline(bundle, history, t, builder, months=months)}
+        advance()
     if as_json:
         emit_json(result)
         return
@@ -249,9 +267,18 @@ def forecast_command(
         table.add_column(col, justify="left" if col == "period" else "right")
     buckets = [(p["period"], p) for p in result["periods"]] + [("unscheduled", result["unscheduled"])]
     for label, b in buckets:
+        if label == "unscheduled" and not b["deals"]:
+            continue
         table.add_row(label, str(b["deals"]), _fmt(b["pipeline_amount"], "money"),
                       _fmt(b["expected_won_amount"], "money"), _fmt(b["p10"], "money"),
                       _fmt(b["p50"], "money"), _fmt(b["p90"], "money"))
+        for line in ("new_deals", "total"):
+            if line in b:
+                extra = b[line]
+                table.add_row(f"  {line.replace('_', ' ')}", "", "",
+                              _fmt(extra["expected_won_amount"], "money"), _fmt(extra["p10"], "money"),
+                              _fmt(extra["p50"], "money"), _fmt(extra["p90"], "money"),
+                              style="bold" if line == "total" else "dim")
     later = result["later"]
     table.add_row("later", str(later["deals"]), _fmt(later["pipeline_amount"], "money"),
                   _fmt(later["expected_won_amount"], "money"), "", "", "", style="dim")

@@ -30,6 +30,9 @@ def _register_simulate(app: typer.Typer) -> None:
         end: str | None = typer.Option(
             None, "--end", help="End of the data (ISO 8601); default two years after --start."
         ),
+        cycle_scale: float = typer.Option(
+            1.0, "--cycle-scale", min=0.05, help="Stretch every sales cycle by this factor (3: slow)."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Write a synthetic multi-pipeline deal history (deals, stage changes, activities, field
@@ -43,7 +46,7 @@ def _register_simulate(app: typer.Typer) -> None:
             fail(f"--out {out} is a file; give a folder path (it is created if missing)")
         with progress(f"Simulating {deals:,} deals", total=2, quiet=as_json) as advance:
             try:
-                history = simulate_history(deals, seed=seed, start=start, end=end)
+                history = simulate_history(deals, seed=seed, start=start, end=end, cycle_scale=cycle_scale)
             except ValueError as exc:
                 fail(f"cannot simulate: {exc} (check --start/--end are ISO dates with --end after --start)")
             advance()

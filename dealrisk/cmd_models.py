@@ -206,25 +206,30 @@ def backtest_command(
     horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Rolling time-split backtest: metrics per fold and forecast error of past periods.
+    """Rolling time-split backtest: metrics per fold, and the forecast made at each fold's start against
+    what was won in each following month (P10-P90 coverage, weighted absolute percentage error).
 
-    Each fold trains on everything before its window and tests on it; the forecast error compares the
-    predicted won amount of deals expected to close in the window with what was actually won.
+    Each fold trains on everything before its window and tests on it. The run is logged to MLflow
+    (experiment deal-risk, tag kind=backtest).
     """
-    from training.backtest import backtest
+    from training.backtest import backtest, log_backtest
     from training.train import TrainConfig
 
     history = _load_history(data)
+    config = TrainConfig(horizon_days=horizon_days)
     with _bar("Backtesting", as_json) as report:
         try:
-            result = backtest(history, TrainConfig(horizon_days=horizon_days), folds, fold_days, report)
+            result = backtest(history, config, folds, fold_days, report)
         except ValueError as exc:
             fail(str(exc))
+        run_id = log_backtest(result, config, _tracking_uri())
     if as_json:
-        emit_json(result.to_dict())
+        emit_json(result.to_dict() | {"run_id": run_id})
         return
     _print_frame(result.metrics, "Metrics per fold", ["fold", "head", "model", *METRIC_HEADERS])
-    _print_frame(result.forecast, "Forecast error per period")
+    _print_frame(result.forecast, "Forecast per pipeline and month (total: open and new deals)")
+    figures = result.forecast_figures()
+    out_console.print(", ".join(f"{k}: {v:.3f}" for k, v in figures.items()) + f" · MLflow run {run_id}")
 
 
 def compare_command(
@@ -446,8 +451,9 @@ def score_command(
 ) -> None:
     """Batch-score deals as of a time (--as-of) or at given points (--at) into a CSV/Parquet file.
 
-    Columns: deal_id, as_of, cold_risk, close_probability, risk_band, expected_value, model_version,
-    reason_1..reason_3 and the deal's context as of each point.
+    Columns: deal_id, as_of, cold_risk, close_probability, close_probability_90d, slip_risk,
+    likely_close_date, risk_band, expected_value, model_version, reason_1..reason_3 and the deal's
+    context as of each point.
     """
     from models.loading import CHAMPION_URI, load_bundle
     from training.score import read_points, score_batch, write_scores
@@ -484,8 +490,11 @@ def score_command(
         write_scores(scores, str(out))
         report("written", 1.0)
     summary = {"out": str(out), "rows": len(scores), "model_version": version,
+               "data_note": bundle.metadata.get("data_note"),
                "bands": scores["risk_band"].value_counts().to_dict()}
     if as_json:
         emit_json(summary)
         return
     out_console.print(f"Wrote {len(scores):,} scores to {out} (model version {version}).")
+    if summary["data_note"]:
+        out_console.print(str(summary["data_note"]))

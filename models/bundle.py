@@ -1,5 +1,9 @@
 """The scoring bundle: both heads, their calibrators, the feature spec, band thresholds and reasons data.
 
+The close head is normally a competing-risks timing model (`models.timing`): besides the close
+probability it gives the 90-day probability, the slip risk and the likely close date. A stage-prior
+close head (thin data) gives only the close probability; the timing scores are then null.
+
 On disk it is a folder of plain files, never a pickle: LightGBM boosters as their native text model,
 everything else JSON, and `manifest.json` with the SHA-256 of every file. `ScoringBundle.load` checks
 each hash against bytes it then parses (no second read), so what was verified is what gets used.
@@ -25,10 +29,12 @@ from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
 from models.reasons import ReasonWriter, stage_prior_reasons
+from models.timing import PERIOD_FEATURE, TimingCurves, TimingModel, likely_close_days, slip_risk
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # 1: before the timing model; still loads, with null timing scores
 MANIFEST = "manifest.json"
 BUNDLE_JSON = "bundle.json"
 REFERENCE_JSON = "reasons_reference.json"
@@ -38,12 +44,16 @@ SCORE_COLUMNS = [
     "as_of",
     "cold_risk",
     "close_probability",
+    "close_probability_90d",
+    "slip_risk",
+    "likely_close_date",
     "risk_band",
     "expected_value",
     "reasons",
+    "counter_reasons",
 ]
 
-HeadKind = Literal["lightgbm", "stage_prior"]
+HeadKind = Literal["lightgbm", "stage_prior", "competing_risks"]
 
 
 class BundleIntegrityError(RuntimeError):
@@ -57,12 +67,14 @@ class BundleIntegrityError(RuntimeError):
 
 @dataclass
 class Head:
-    """One head: a LightGBM booster or a stage-prior fallback, plus an optional calibrator."""
+    """One head: a LightGBM booster, a stage-prior fallback or (close head) a competing-risks timing
+    model, plus an optional calibrator (the timing model calibrates its own hazards)."""
 
     kind: HeadKind
     booster: lgb.Booster | None = None
     prior: StagePrior | None = None
     calibrator: Calibrator | None = None
+    timing: TimingModel | None = None
 
     @classmethod
     def lightgbm(
@@ -78,8 +90,21 @@ class Head:
         """A fallback head for data too thin for LightGBM."""
         return cls(kind="stage_prior", prior=prior, calibrator=calibrator)
 
+    @classmethod
+    def competing_risks(cls, timing: TimingModel) -> Head:
+        """A close head whose P(eventually won) comes from per-period hazards of winning and losing."""
+        return cls(kind="competing_risks", booster=timing.booster, timing=timing)
+
+    def curves(self, x: NDArray[np.float64]) -> TimingCurves:
+        """The timing model's per-deal curves (competing-risks heads only)."""
+        assert self.timing is not None
+        # each deal is n_periods rows for the booster
+        return self.timing.curves(x, num_threads=_threads_for(len(x) * self.timing.n_periods))
+
     def raw_proba(self, x: NDArray[np.float64], frame: pd.DataFrame) -> NDArray[np.float64]:
         """Uncalibrated P(positive)."""
+        if self.kind == "competing_risks":
+            return self.curves(x).p_won()
         if self.kind == "lightgbm":
             assert self.booster is not None
             return np.asarray(self.booster.predict(x, num_threads=_threads_for(len(x))), dtype=np.float64)
@@ -142,10 +167,11 @@ class ScoringBundle:
         )
         self.metadata: dict[str, Any] = dict(metadata or {})
         for name, head in (("cold", cold), ("close", close)):
-            if head.kind == "lightgbm":
+            if head.kind in ("lightgbm", "competing_risks"):
                 assert head.booster is not None
                 got = head.booster.feature_name()
-                if got != self.feature_columns:
+                want = self.feature_columns + ([PERIOD_FEATURE] if head.kind == "competing_risks" else [])
+                if got != want:
                     raise ValueError(
                         f"{name} head was trained on features {got}, bundle says {self.feature_columns}"
                     )
@@ -193,47 +219,88 @@ class ScoringBundle:
     def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
         """Score a feature frame (as from `features.build.build_features`).
 
-        Returns deal_id, as_of, cold_risk, close_probability (calibrated, in [0, 1]), risk_band,
-        expected_value (amount × close_probability; NaN without an amount) and reasons (the cold-risk
-        head's top contributions, each {feature, value, effect, text}).
+        Returns deal_id, as_of, cold_risk, close_probability (calibrated, in [0, 1]),
+        close_probability_90d (won within 90 days of as_of), slip_risk (still open at the expected close
+        date; NaN without one or when it is not after as_of), likely_close_date (UTC midnight of the day
+        by which P(won or lost) reaches 0.5; NaT past two years), risk_band, expected_value
+        (amount × close_probability; NaN without an amount) and reasons (the cold-risk head's top
+        contributions that raise the risk, each {feature, value, effect, text}) and counter_reasons (those
+        that lower it). The three timing scores are NaN/NaT when the close head is not a timing model.
         """
         x = self.encode(features)
         cold = self.cold.proba(x, features)
-        close = self.close.proba(x, features)
+        n = len(x)
+        as_of = features["as_of"].array if "as_of" in features else np.full(n, pd.NaT)
+        p90 = np.full(n, np.nan)
+        slip = np.full(n, np.nan)
+        likely = pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns, UTC]")
+        if self.close.kind == "competing_risks":
+            curves = self.close.curves(x)
+            close = curves.p_won()
+            p90 = curves.won_within(np.full(n, 90.0))
+            if "days_to_close" in features.columns:
+                slip = slip_risk(curves, _float_column(features, "days_to_close"))
+            days = likely_close_days(curves)
+            if "as_of" in features:
+                t = pd.Series(pd.to_datetime(as_of, utc=True))
+                likely = (t + pd.to_timedelta(days, unit="D")).dt.floor("D")
+        else:
+            close = self.close.proba(x, features)
         amount = (
             _float_column(features, "amount") if "amount" in features.columns else np.full(len(x), np.nan)
         )
-        reasons = self.reasons(x, features, top_reasons) if top_reasons > 0 else [[] for _ in range(len(x))]
-        n = len(x)
+        if top_reasons > 0:
+            reasons, counter = self.reasons(x, features, top_reasons)
+        else:
+            reasons, counter = [[] for _ in range(n)], [[] for _ in range(n)]
         return pd.DataFrame(
             {
                 # .array keeps the dtypes (string ids, tz-aware UTC times) without an object round trip
                 "deal_id": features["deal_id"].array if "deal_id" in features else np.arange(n).astype(str),
-                "as_of": features["as_of"].array if "as_of" in features else np.full(n, pd.NaT),
+                "as_of": as_of,
                 "cold_risk": cold,
                 "close_probability": close,
+                "close_probability_90d": p90,
+                "slip_risk": slip,
+                "likely_close_date": likely.array,
                 "risk_band": assign_bands(cold, self.band_thresholds),
                 "expected_value": amount * close,
                 "reasons": reasons,
+                "counter_reasons": counter,
             }
         )
 
+    def timing_curves(self, features: pd.DataFrame) -> TimingCurves | None:
+        """Per-deal hazard curves of the close head (None when it is not a timing model)."""
+        if self.close.kind != "competing_risks":
+            return None
+        return self.close.curves(self.encode(features))
+
     def reasons(
         self, x: NDArray[np.float64], features: pd.DataFrame, top_k: int = 3
-    ) -> list[list[dict[str, Any]]]:
-        """Top reasons of the cold-risk head (the one a manager acts on)."""
+    ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
+        """(reasons, counter_reasons) of the cold-risk head (the one a manager acts on): up to `top_k`
+        contributions that raise the risk, and apart, up to `top_k` that lower it."""
         if len(x) == 0:
-            return []
+            return [], []
         pipeline, stage = _keys_or_blank(features)
         head = self.cold
         if head.kind == "lightgbm":
             assert head.booster is not None
             contrib = head.booster.predict(x, pred_contrib=True, num_threads=_threads_for(len(x)))
             contrib = np.asarray(contrib, dtype=np.float64)
-            return self._reasons.explain(contrib, x, pipeline, stage, top_k)
+            return (
+                self._reasons.explain(contrib, x, pipeline, stage, top_k, "raises"),
+                self._reasons.explain(contrib, x, pipeline, stage, top_k, "lowers"),
+            )
         assert head.prior is not None
         rates = head.prior.predict_proba(features)
-        return stage_prior_reasons(rates, head.prior.global_rate_, pipeline, stage, "went cold")
+        prior = stage_prior_reasons(rates, head.prior.global_rate_, pipeline, stage, "went cold")
+        # the stage's rate against the overall one: a reason when above it, a counter-reason when below
+        return (
+            [[r for r in row if r["effect"] > 0] for row in prior],
+            [[r for r in row if r["effect"] < 0] for row in prior],
+        )
 
     # ---- persistence -------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -243,7 +310,7 @@ class ScoringBundle:
         files: dict[str, bytes] = {}
         heads: dict[str, Any] = {}
         for name, head in (("cold", self.cold), ("close", self.close)):
-            if head.kind == "lightgbm":
+            if head.kind in ("lightgbm", "competing_risks"):
                 assert head.booster is not None
                 fname = f"{name}_head.txt"
                 files[fname] = head.booster.model_to_string().encode("utf-8")
@@ -256,6 +323,8 @@ class ScoringBundle:
                 "file": fname,
                 "calibrator": head.calibrator.to_dict() if head.calibrator is not None else None,
             }
+            if head.timing is not None:
+                heads[name]["timing"] = head.timing.spec()
         files[REFERENCE_JSON] = _dump(self.reference)
         spec = {
             "format_version": FORMAT_VERSION,
@@ -309,7 +378,7 @@ class ScoringBundle:
             return verified[fname]
 
         spec = _parse_json(root / BUNDLE_JSON, verified[BUNDLE_JSON])
-        if spec.get("format_version") != FORMAT_VERSION:
+        if spec.get("format_version") not in READABLE_FORMAT_VERSIONS:
             raise BundleIntegrityError(
                 root / BUNDLE_JSON, f"unsupported format_version {spec.get('format_version')!r}"
             )
@@ -318,12 +387,20 @@ class ScoringBundle:
             h = spec["heads"][name]
             data = get(h["file"])
             cal = Calibrator.from_dict(h["calibrator"]) if h.get("calibrator") else None
-            if h["kind"] == "lightgbm":
+            if h["kind"] in ("lightgbm", "competing_risks"):
                 try:
                     booster = lgb.Booster(model_str=data.decode("utf-8"))
                 except Exception as exc:  # LightGBM raises its own error type on a corrupt model
                     raise BundleIntegrityError(root / h["file"], f"not a LightGBM model: {exc}") from exc
-                heads[name] = Head.lightgbm(booster, cal)
+                if h["kind"] == "lightgbm":
+                    heads[name] = Head.lightgbm(booster, cal)
+                else:
+                    try:
+                        heads[name] = Head.competing_risks(TimingModel.from_spec(booster, h["timing"]))
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise BundleIntegrityError(
+                            root / BUNDLE_JSON, f"malformed timing spec of the {name} head: {exc}"
+                        ) from exc
             elif h["kind"] == "stage_prior":
                 heads[name] = Head.stage_prior(StagePrior.from_dict(_parse_json(root / h["file"], data)), cal)
             else:

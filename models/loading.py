@@ -77,7 +77,8 @@ def log_bundle(
     if input_example_features is not None and len(input_example_features):
         example = input_example_features.head(5)
         scores = bundle.score(example, top_reasons=3)
-        scores["reasons"] = [str(r) for r in scores["reasons"]]
+        for column in ("reasons", "counter_reasons"):
+            scores[column] = [str(r) for r in scores[column]]
         signature = infer_signature(pyfunc_frame(example), pyfunc_frame(scores))
     features_dir = _PACKAGE_DIR.parent / "features"
     with tempfile.TemporaryDirectory(prefix="dealrisk-bundle-") as tmp:

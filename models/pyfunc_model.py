@@ -32,7 +32,8 @@ class DealRiskModel(PythonModel):
     ) -> pd.DataFrame:
         top = int((params or {}).get("top_reasons", 3))
         scores = self.bundle.score(model_input, top_reasons=top)
-        scores["reasons"] = [json.dumps(r) for r in scores["reasons"]]
+        for column in ("reasons", "counter_reasons"):
+            scores[column] = [json.dumps(r) for r in scores[column]]
         scores["as_of"] = scores["as_of"].astype("string")
         scores["risk_band"] = scores["risk_band"].astype(str)
         return scores

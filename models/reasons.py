@@ -1,8 +1,14 @@
 """Per-deal reasons: LightGBM's own per-feature contributions turned into plain-words sentences.
 
 `booster.predict(X, pred_contrib=True)` gives, per row, one raw-score (log-odds) contribution per feature
-plus the bias in the last column; they sum to the raw score. The top-k features by |contribution| are a
-deal's reasons; a positive effect raises the head's probability (for the cold head: the risk).
+plus the bias in the last column; they sum to the raw score. A deal's reasons for a risk are the top-k
+features whose contribution *raises* it (largest first); the features that lower it are a separate list
+(`direction="lowers"`), so a sentence is never offered as a reason for the risk it argues against.
+
+The stage and pipeline themselves (`stage_cat`, `pipeline_cat`, `stage_position`,
+`stage_position_frac`) are never reasons: "At stage Demo" only restates where the deal is, which the
+manager already sees; what the stage implies shows up through the features measured against it (time in
+stage, activity, typical values for that stage).
 
 Each sentence compares the deal's value with a typical value from a reference table built at training
 time: the median of that feature among won deals in the same pipeline and stage, falling back to the
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -75,6 +81,19 @@ def _json_floats(row: NDArray[Any]) -> list[float | None]:
 
 
 # ---- sentence templates -------------------------------------------------------------------------------
+
+
+# Features that describe where the deal is rather than why it is at risk (see the module docstring).
+MIN_EFFECT = 1e-4
+NOT_REASONS = frozenset({"stage_cat", "pipeline_cat", "stage_position", "stage_position_frac"})
+
+
+def _count(v: float | None, singular: str, plural: str | None = None) -> str:
+    """'1 call', '3 calls', '0 calls' (a count with its noun in the right number)."""
+    if v is None or not np.isfinite(v):
+        return "unknown"
+    n = round(v)
+    return f"{n:,} {singular if n == 1 else (plural or singular + 's')}"
 
 
 def _num(v: float | None, digits: int = 0) -> str:
@@ -158,7 +177,7 @@ def _t_moves_back(name: str, v: float, t: float | None) -> str:
 
 
 def _t_stage_changes(name: str, v: float, t: float | None) -> str:
-    return f"{_num(v)} stage changes so far" + _cmp(t, _num, "won deals at this stage typically had")
+    return f"{_count(v, 'stage change')} so far" + _cmp(t, _num, "won deals at this stage typically had")
 
 
 def _t_owner_win_rate(name: str, v: float, t: float | None) -> str:
@@ -166,7 +185,7 @@ def _t_owner_win_rate(name: str, v: float, t: float | None) -> str:
 
 
 def _t_owner_load(name: str, v: float, t: float | None) -> str:
-    return f"The owner has {_num(v)} open deals" + _cmp(t, _num, "owners of won deals here had")
+    return f"The owner has {_count(v, 'open deal')}" + _cmp(t, _num, "owners of won deals here had")
 
 
 def _t_amount(name: str, v: float, t: float | None) -> str:
@@ -186,12 +205,11 @@ def _t_activity_count(name: str, v: float, t: float | None) -> str:
     span = f" in the last {window.group(1)} days" if window else ""
     kinds = ("call", "email", "meeting", "note", "task", "inbound", "outbound", "other")
     kind = next((k for k in kinds if k in name), "")
-    noun = (
-        f"{kind} activities"
-        if kind in ("inbound", "outbound", "other")
-        else (f"{kind}s" if kind else "activities")
-    )
-    return f"{_num(v)} {noun}{span}" + _cmp(t, _num, "won deals at this stage had")
+    if kind in ("inbound", "outbound", "other"):
+        counted = _count(v, f"{kind} activity", f"{kind} activities")
+    else:
+        counted = _count(v, kind) if kind else _count(v, "activity", "activities")
+    return f"{counted}{span}" + _cmp(t, _num, "won deals at this stage had")
 
 
 def _t_gap(name: str, v: float, t: float | None) -> str:
@@ -237,7 +255,7 @@ def _t_amount_change_ratio(name: str, v: float, t: float | None) -> str:
 
 
 def _t_owner_closed(name: str, v: float, t: float | None) -> str:
-    return f"The owner has closed {_num(v)} deals" + _cmp(t, _num, "owners of won deals here had closed")
+    return f"The owner has closed {_count(v, 'deal')}" + _cmp(t, _num, "owners of won deals here had closed")
 
 
 # Ordered: the first pattern that matches a feature name picks its template.
@@ -354,6 +372,7 @@ class ReasonWriter:
         self.categorical_levels = {k: list(v) for k, v in (categorical_levels or {}).items()}
         descriptions = _descriptions()
         self._templates = [template_for(c, descriptions.get(c)) for c in self.feature_columns]
+        self._context_idx = [i for i, c in enumerate(self.feature_columns) if c in NOT_REASONS]
         # reference matrices aligned to feature_columns (NaN where no reference / categorical)
         ref_features = list(reference.get("features", []))
         n_feat = len(self.feature_columns)
@@ -392,8 +411,11 @@ class ReasonWriter:
         pipeline: ArrayLike,
         stage: ArrayLike,
         top_k: int = 3,
+        direction: Literal["raises", "lowers"] = "raises",
     ) -> list[list[dict[str, Any]]]:
-        """Top-k reasons per row from `pred_contrib` output (n, n_features + 1) and the encoded features.
+        """Up to `top_k` reasons per row from `pred_contrib` output (n, n_features + 1) and the encoded
+        features: the features whose contribution raises the head's probability, largest first (or, with
+        `direction="lowers"`, those that lower it, most negative first). A row may have fewer.
 
         `pipeline` and `stage` are each row's context (strings). Categorical features are shown by level
         name; numeric ones with the deal's value and a typical value for comparison.
@@ -404,8 +426,13 @@ class ReasonWriter:
         k = max(0, min(top_k, n_feat))
         if k == 0 or len(contrib) == 0:
             return [[] for _ in range(len(contrib))]
+        sign = 1.0 if direction == "raises" else -1.0
+        signed = contrib[:, :n_feat] * sign
+        signed[:, self._context_idx] = 0.0
         effects = contrib[:, :n_feat]
-        order = np.argsort(-np.abs(effects), axis=1, kind="stable")[:, :k]
+        order = np.argsort(-signed, axis=1, kind="stable")[:, :k]
+        # a contribution too small to show at the 4 decimals of `effect` is no reason either way
+        keep = np.take_along_axis(signed, order, axis=1) >= MIN_EFFECT
         top_effect = np.take_along_axis(effects, order, axis=1)
         top_value = np.take_along_axis(x, order, axis=1)
         top_typical = np.take_along_axis(self.typical_values(pipeline, stage), order, axis=1)
@@ -416,6 +443,8 @@ class ReasonWriter:
         for i in range(len(order)):
             row: list[dict[str, Any]] = []
             for j in range(k):
+                if not keep[i, j]:
+                    break
                 f = int(order[i, j])
                 row.append(
                     self._reason(

@@ -195,9 +195,21 @@ class DealScore(BaseModel):
     as_of: datetime
     cold_risk: float
     close_probability: float
+    close_probability_90d: float | None = Field(
+        None, description="P(won within 90 days after as_of); null when the model has no timing head"
+    )
+    slip_risk: float | None = Field(
+        None, description="P(still open at its expected close date); null without one or when it is past"
+    )
+    likely_close_date: date | None = Field(
+        None, description="the date by which P(won or lost) reaches 0.5; null when past two years"
+    )
     risk_band: str
     expected_value: float
-    reasons: list[Reason]
+    reasons: list[Reason] = Field(description="what raises the cold risk, strongest first")
+    counter_reasons: list[Reason] = Field(
+        default_factory=list, description="what lowers the cold risk, strongest first"
+    )
     pipeline: str | None = None
     stage: str | None = None
 
@@ -213,6 +225,9 @@ class ItemError(BaseModel):
 
 class DealScores(BaseModel):
     model_version: str
+    data_note: str | None = Field(
+        None, description="how much history the model was trained on, in plain words (thin data says so)"
+    )
     as_of: datetime
     scores: list[DealScore]
     errors: list[ItemError] = Field(default_factory=list)
@@ -296,15 +311,20 @@ class AtRiskDeal(BaseModel):
     days_in_stage: float | None
     cold_risk: float
     close_probability: float
+    close_probability_90d: float | None = None
+    slip_risk: float | None = None
+    likely_close_date: date | None = None
     risk_band: str
     expected_value: float
     reasons: list[Reason]
+    counter_reasons: list[Reason] = Field(default_factory=list)
 
 
 class AtRiskList(BaseModel):
     pipeline: str
     as_of: datetime
     model_version: str
+    data_note: str | None = Field(None, description="how much history the model was trained on")
     total: int = Field(description="open deals matching the filters, before limit/offset")
     limit: int
     offset: int

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from features.build import FeatureBuilder
+from features.health import deal_states
 from features.history import DealHistory
-from models.scoring import open_deal_points, score_points
-from training.labels import won_label
+from models.scoring import score_points
 from training.metrics import METRIC_NAMES, binary_metrics
 from training.snapshots import TimeSplit, make_snapshots, time_split
 from training.train import (
@@ -62,13 +62,48 @@ class BacktestResult:
         cols = [c for c in METRIC_NAMES if c in self.metrics.columns]
         return self.metrics.groupby(["head", "model"], sort=False)[cols].mean().reset_index()
 
+    def forecast_figures(self) -> dict[str, float]:
+        """P10-P90 coverage and WAPE per month ahead over every fold and pipeline."""
+        return forecast_summary(self.forecast)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "folds": [{"fold": f.number, "start": f.start, "end": f.end} for f in self.folds],
             "metrics": self.metrics.to_dict(orient="records"),
             "summary": self.summary().to_dict(orient="records"),
             "forecast": self.forecast.to_dict(orient="records"),
+            "forecast_summary": self.forecast_figures(),
         }
+
+
+def log_backtest(result: BacktestResult, config: TrainConfig, tracking_uri: str) -> str:
+    """One MLflow run (tag `kind=backtest`) in experiment `deal-risk`: the folds as parameters, the mean
+    metrics per head and model, the forecast's coverage and WAPE, and the per-month rows as a CSV."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from training.metrics import flatten
+    from training.train import ensure_experiment
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(experiment_id=ensure_experiment(tracking_uri)) as run:
+        mlflow.set_tags({"kind": "backtest"})
+        params = config.params() | {"n_folds": len(result.folds)}
+        params |= {f"fold_{f.number}": f"{f.start.isoformat()} .. {f.end.isoformat()}" for f in result.folds}
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        metrics: dict[str, float] = {}
+        for row in result.summary().to_dict(orient="records"):
+            values = {k: float(v) for k, v in row.items() if k not in ("head", "model")}
+            metrics.update(flatten(f"backtest.{row['head']}.{row['model']}", values))
+        metrics.update({f"backtest.{k}": v for k, v in result.forecast_figures().items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "forecast_backtest.csv"
+            result.forecast.to_csv(path, index=False)
+            mlflow.log_artifact(str(path))
+        return str(run.info.run_id)
 
 
 def make_folds(
@@ -88,17 +123,21 @@ def make_folds(
     return [Fold(k + 1, end - (n_folds - k) * step, end - (n_folds - k - 1) * step) for k in range(n_folds)]
 
 
-def _shared_features(history: DealHistory, config: TrainConfig) -> tuple[pd.DataFrame, list[str], list[str]]:
+def _shared_features(
+    history: DealHistory, config: TrainConfig, builder: FeatureBuilder
+) -> tuple[pd.DataFrame, list[str], list[str]]:
     points = make_snapshots(history, cadence_days=config.cadence_days, at_events=config.at_events)
-    feats = FeatureBuilder().fit(history).transform(history, points)
+    feats = builder.transform(history, points)
     cols, cats = config.feature_columns()
     return feats, cols, cats
 
 
-def fold_features(history: DealHistory, config: TrainConfig) -> tuple[pd.DataFrame, list[str], list[str]]:
+def fold_features(
+    history: DealHistory, config: TrainConfig, builder: FeatureBuilder
+) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Point-in-time features of every snapshot `config` makes, built once for all folds, with the
     feature and categorical columns its heads use."""
-    return _shared_features(history, config)
+    return _shared_features(history, config, builder)
 
 
 def fit_fold(
@@ -121,37 +160,65 @@ def _fold_data(
 ) -> TrainingData:
     inside = feats[feats["as_of"] <= split.end].reset_index(drop=True)
     labelled = time_split(history, inside[["deal_id", "as_of"]], split, config.horizon_days)
-    frame = pd.concat([labelled[["window", "cold", "won"]], inside], axis=1)
+    labels = ["window", "cold", "won", "event", "event_days", "observed_days"]
+    frame = pd.concat([labelled[labels], inside], axis=1)
     return TrainingData(frame[frame["window"].notna()].reset_index(drop=True), split, cols, cats)
 
 
 def forecast_error(
-    history: DealHistory, bundle: Any, fold: Fold, builder: FeatureBuilder | None = None
-) -> dict[str, Any]:
-    """Predicted won amount (Σ amount × close_probability over deals open at the fold start whose expected
-    close date falls in the fold) against the amount of those deals actually won within the fold."""
-    points = open_deal_points(history, fold.start)
-    row: dict[str, Any] = {"fold": fold.number, "period_start": fold.start, "period_end": fold.end}
-    if points.empty:
-        return row | {"n_deals": 0, "predicted": 0.0, "actual": 0.0, "error": 0.0, "abs_pct_error": np.nan}
+    history: DealHistory, bundle: Any, fold: Fold, builder: FeatureBuilder | None = None, months: int = 3
+) -> list[dict[str, Any]]:
+    """The forecast made at the fold's start (`models.forecast.forecast_pipeline`, per pipeline, with
+    the fold's bundle and only the history known then) against the amount actually won in each month.
+
+    One row per pipeline and month that ended inside the data: `fold, pipeline, month_ahead, period,
+    expected (= expected_open + expected_new), p10, p50, p90, actual, covered` (the total line: open
+    deals and deals not created yet; `actual` counts every deal of the pipeline won in the month, at its
+    amount when it was won).
+    """
+    from models.forecast import forecast_pipeline
+
     if builder is None:
-        builder = FeatureBuilder().fit(history)
-    scores = score_points(bundle, history, points, builder, top_reasons=0)
-    close = pd.to_datetime(scores["expected_close_date"], utc=True)
-    due = ((close > fold.start) & (close <= fold.end)).to_numpy(dtype=bool)
-    due_scores = scores[due]
-    predicted = float((due_scores["amount"] * due_scores["close_probability"]).sum())
-    amounts = due_scores["amount"].to_numpy()
-    won = won_label(history, due_scores[["deal_id", "as_of"]], end=fold.end).to_numpy()
-    actual = float(amounts[won == 1].sum())
-    # close_probability means "eventually won", so deals that slip past the period and win later
-    # make the in-period forecast run high; the eventual figure separates calibration from slippage.
-    won_ever = won_label(history, due_scores[["deal_id", "as_of"]]).to_numpy()
-    actual_eventually = float(amounts[won_ever == 1].sum())
-    error = predicted - actual
-    pct = abs(error) / actual if actual > 0 else np.nan
-    return row | {"n_deals": int(due.sum()), "predicted": predicted, "actual": actual, "error": error,
-                  "abs_pct_error": pct, "actual_eventually": actual_eventually}
+        builder = FeatureBuilder().fit(history)  # time-indexed statistics: as of t it reads only <= t
+    known = history.cut(fold.start)
+    end_of_data = history.end_time
+    rows: list[dict[str, Any]] = []
+    for pipeline in sorted(known.deals["pipeline"].astype(str).unique()):
+        ids = known.deals.loc[known.deals["pipeline"] == pipeline, "deal_id"]
+        result = forecast_pipeline(bundle, known.subset(ids), fold.start, builder, months)
+        all_ids = history.deals.loc[history.deals["pipeline"] == pipeline, "deal_id"]
+        for k, period in enumerate(result["periods"], start=1):
+            start, end = pd.Timestamp(period["start"]), pd.Timestamp(period["end"])
+            if end > end_of_data:
+                break
+            states = deal_states(history.subset(all_ids), end)
+            won = (states["status"] == "won") & (states["closed_at"] > start) & (states["closed_at"] <= end)
+            actual = float(states.loc[won, "amount"].sum())
+            total = period.get("total", period)
+            new = period.get("new_deals", {}).get("expected_won_amount", 0.0)
+            rows.append({
+                "fold": fold.number, "pipeline": pipeline, "month_ahead": k, "period": period["period"],
+                "expected": float(total["expected_won_amount"]),
+                "expected_open": float(period["expected_won_amount"]), "expected_new": float(new),
+                "p10": float(total["p10"]),
+                "p50": float(total["p50"]), "p90": float(total["p90"]), "actual": actual,
+                "covered": bool(total["p10"] <= actual <= total["p90"]),
+            })
+    return rows
+
+
+def forecast_summary(rows: pd.DataFrame) -> dict[str, float]:
+    """P10-P90 coverage over every forecast month, and the weighted absolute percentage error
+    (Σ|expected - actual| / Σ actual) per month ahead."""
+    if rows.empty:
+        return {"forecast_months": 0.0}
+    out = {"forecast_months": float(len(rows)), "forecast_coverage_p10_p90": float(rows["covered"].mean())}
+    for k, part in rows.groupby("month_ahead"):
+        actual = float(part["actual"].sum())
+        error = float((part["expected"] - part["actual"]).abs().sum())
+        out[f"forecast_wape_month_{k}"] = error / actual if actual > 0 else float("nan")
+        out[f"forecast_coverage_month_{k}"] = float(part["covered"].mean())
+    return out
 
 
 def backtest(
@@ -160,11 +227,15 @@ def backtest(
     n_folds: int = 3,
     fold_days: float | None = None,
     progress: Callable[[str, float], None] | None = None,
+    forecast_months: int = 3,
 ) -> BacktestResult:
-    """Train on everything before each fold, test on the fold; metrics per head and forecast error."""
+    """Train on everything before each fold, test on the fold; metrics per head, and the forecast made
+    at each fold's start against what was won in each following month (`forecast_error`)."""
     config = config or TrainConfig()
     folds = make_folds(history, n_folds, fold_days)
-    feats, cols, cats = _shared_features(history, config)
+    # time-indexed statistics: a feature as of t reads only what was known at t, so one fit serves all
+    builder = FeatureBuilder().fit(history)
+    feats, cols, cats = _shared_features(history, config, builder)
     n_closed = closed_deal_count(history)
     metric_rows: list[dict[str, Any]] = []
     forecast_rows: list[dict[str, Any]] = []
@@ -175,7 +246,7 @@ def backtest(
         for head, fit in heads.items():
             for model, values in fit.metrics.items():
                 metric_rows.append({"fold": fold.number, "head": head, "model": model, **values})
-        forecast_rows.append(forecast_error(history, bundle, fold))
+        forecast_rows.extend(forecast_error(history, bundle, fold, builder, forecast_months))
     if progress:
         progress("done", 1.0)
     return BacktestResult(folds, pd.DataFrame(metric_rows), pd.DataFrame(forecast_rows))

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from features.build import FeatureBuilder
 from features.history import DealHistory
 from features.jsonable import json_ready
 from models.calibration import expected_calibration_error
@@ -99,12 +100,14 @@ def out_of_sample_predictions(
     against); they still count in training, where their censoring is handled.
     """
     n_closed = closed_deal_count(history)
+    # time-indexed statistics: a feature as of t reads only what was known at t, so one fit serves all
+    builder = FeatureBuilder().fit(history)
     features: dict[tuple[float, bool], tuple[pd.DataFrame, list[str], list[str]]] = {}
 
     def features_for(config: TrainConfig) -> tuple[pd.DataFrame, list[str], list[str]]:
         key = (config.cadence_days, config.at_events)
         if key not in features:
-            features[key] = fold_features(history, config)
+            features[key] = fold_features(history, config, builder)
         feats, _, _ = features[key]
         cols, cats = config.feature_columns()
         return feats, cols, cats

@@ -45,6 +45,20 @@ def _prepare_points(points: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _first_close_after(pts: pd.DataFrame, sc: pd.DataFrame) -> pd.DataFrame:
+    """Per prepared point (in `_row` order): the first close strictly after its as_of among `sc`
+    (`close_at`, NaT when none, and its `outcome`)."""
+    closes = sc.loc[sc["outcome"] != "open", ["deal_id", "changed_at", "outcome"]]
+    return pd.merge_asof(
+        pts[["deal_id", "as_of", "_row"]].sort_values("as_of", kind="stable"),
+        closes.assign(close_at=closes["changed_at"]).rename(columns={"changed_at": "as_of"}),
+        on="as_of",
+        by="deal_id",
+        direction="forward",
+        allow_exact_matches=False,
+    ).sort_values("_row")
+
+
 def won_label(
     history: DealHistory, points: pd.DataFrame, end: pd.Timestamp | str | None = None
 ) -> pd.Series:
@@ -102,15 +116,7 @@ def cold_label(
     pos_at_t = np.where(no_change.to_numpy(), start_position, pos_by_row.to_numpy())
 
     # First close strictly after t (and at or before the observed window end).
-    closes = sc.loc[sc["outcome"] != "open", ["deal_id", "changed_at", "outcome"]]
-    first_close = pd.merge_asof(
-        by_t[["deal_id", "as_of", "_row"]],
-        closes.assign(close_at=closes["changed_at"]).rename(columns={"changed_at": "as_of"}),
-        on="as_of",
-        by="deal_id",
-        direction="forward",
-        allow_exact_matches=False,
-    ).sort_values("_row")
+    first_close = _first_close_after(pts, sc)
     close_at = first_close["close_at"].reset_index(drop=True)
     in_window = (close_at.notna() & (close_at <= pts["obs_end"])).to_numpy(dtype=bool)
     close_outcome = first_close["outcome"].astype("string").fillna("").to_numpy(dtype=object)
@@ -152,3 +158,61 @@ def cold_label(
     label = np.where(undecided & complete & active, 0.0, label)
     label = np.where(undecided & complete & ~active, 1.0, label)
     return pd.Series(label, index=points.index, dtype="float64", name="cold")
+
+
+def close_event(
+    history: DealHistory, points: pd.DataFrame, end: pd.Timestamp | str | None = None
+) -> pd.DataFrame:
+    """When and how each point's deal next closes: the time-to-event label of the timing model.
+
+    One row per point (aligned with `points.index`): `event` is "won" or "lost" for the first close
+    strictly after `as_of` and at or before `end`, else <NA> (still open at `end`: censored);
+    `event_days` is the days from `as_of` to that close (NaN when censored); `observed_days` is the days
+    from `as_of` to `end`, how long the deal was watched. A censored point is information (the deal
+    stayed open that long), never dropped and never counted as lost.
+    """
+    t_end = _end_of(history, end)
+    pts = _prepare_points(points)
+    first_close = _first_close_after(pts, _stage_events(history, t_end))
+    close_at = first_close["close_at"].reset_index(drop=True)
+    day = pd.Timedelta(days=1)
+    event_days = ((close_at - pts["as_of"]) / day).to_numpy(dtype="float64", na_value=np.nan)
+    event = first_close["outcome"].astype("string").reset_index(drop=True)
+    event = event.where(close_at.notna(), pd.NA)
+    observed = ((t_end - pts["as_of"]) / day).to_numpy(dtype="float64")
+    return pd.DataFrame(
+        {"event": event.to_numpy(), "event_days": event_days, "observed_days": observed},
+        index=points.index,
+    ).astype({"event": "string"})
+
+
+def won_within_label(
+    history: DealHistory, points: pd.DataFrame, days: float = 90, end: pd.Timestamp | str | None = None
+) -> pd.Series:
+    """`close_probability_90d` label: 1 won within `days` after as_of, 0 when it closed otherwise in that
+    time (lost, or won later) or was watched open through it, NaN when the data ends first (censored)."""
+    ev = close_event(history, points, end)
+    closed_in = ev["event_days"].to_numpy() <= days
+    won_in = closed_in & (ev["event"] == "won").fillna(False).to_numpy(dtype=bool)
+    decided = closed_in | (ev["observed_days"].to_numpy() >= days) | ev["event"].notna().to_numpy(dtype=bool)
+    values = np.where(won_in, 1.0, np.where(decided, 0.0, np.nan))
+    return pd.Series(values, index=points.index, dtype="float64", name=f"won_{days:g}d")
+
+
+def slip_label(
+    history: DealHistory,
+    points: pd.DataFrame,
+    days_to_close: pd.Series | np.ndarray,
+    end: pd.Timestamp | str | None = None,
+) -> pd.Series:
+    """`slip_risk` label: 1 still open at the expected close date (`days_to_close` days after as_of),
+    0 closed (won or lost) before it; NaN when there is no date in the future of as_of, or the data ends
+    before the date with the deal still open (censored)."""
+    ev = close_event(history, points, end)
+    d = np.asarray(days_to_close, dtype=np.float64)
+    valid = np.isfinite(d) & (d > 0)
+    closed_before = ev["event_days"].to_numpy() <= d
+    watched = ev["observed_days"].to_numpy() >= d
+    values = np.where(closed_before, 0.0, np.where(watched, 1.0, np.nan))
+    values = np.where(valid, values, np.nan)
+    return pd.Series(values, index=points.index, dtype="float64", name="slipped")

@@ -87,12 +87,15 @@ def version_config(version: str, tracking_uri: str) -> TrainConfig:
 
 def _config_from_params(params: dict[str, str]) -> TrainConfig:
     defaults = TrainConfig()
-    names = {f.name for f in fields(TrainConfig)} - {"lightgbm_params"}
+    names = {f.name for f in fields(TrainConfig)} - {"lightgbm_params", "timing_params"}
     values: dict[str, Any] = {}
     lightgbm: dict[str, Any] = {}
+    timing: dict[str, Any] = {}
     for key, text in params.items():
         if key.startswith("lightgbm."):
             lightgbm[key.removeprefix("lightgbm.")] = _parse_scalar(text)
+        elif key.startswith("timing."):
+            timing[key.removeprefix("timing.")] = _parse_scalar(text)
         elif key == "drop_features":
             values[key] = tuple(t for t in text.split(",") if t)
         elif key in names:
@@ -101,7 +104,7 @@ def _config_from_params(params: dict[str, str]) -> TrainConfig:
                 values[key] = text.lower() == "true"
             elif isinstance(default, int | float):
                 values[key] = type(default)(float(text))
-    return TrainConfig(**values, lightgbm_params=lightgbm)
+    return TrainConfig(**values, lightgbm_params=lightgbm, timing_params=timing)
 
 
 def _parse_scalar(text: str) -> Any:

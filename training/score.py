@@ -12,7 +12,7 @@ from models.bundle import SCORE_COLUMNS
 from models.scoring import open_deal_points, score_points
 
 # The bundle's score columns, with the reasons list flattened into reason_1..N text columns.
-OUTPUT_COLUMNS = [c for c in SCORE_COLUMNS if c != "reasons"] + ["model_version"]
+OUTPUT_COLUMNS = [c for c in SCORE_COLUMNS if c not in ("reasons", "counter_reasons")] + ["model_version"]
 N_REASONS = 3
 
 
@@ -42,8 +42,9 @@ def score_batch(
 ) -> pd.DataFrame:
     """Scores as of `as_of` for every open deal (default: the end of the data), or for `points`.
 
-    Columns: deal_id, as_of, cold_risk, close_probability, risk_band, expected_value, model_version,
-    reason_1..reason_3 (plain-words texts) and the deal context (pipeline, owner, team, stage, amount,
+    Columns: deal_id, as_of, cold_risk, close_probability, close_probability_90d, slip_risk,
+    likely_close_date, risk_band, expected_value, model_version, reason_1..reason_3 (plain-words texts)
+    and the deal context (pipeline, owner, team, stage, amount,
     expected_close_date) as of each point.
     """
     if points is None:
@@ -56,12 +57,15 @@ def score_batch(
         builder = FeatureBuilder().fit(history)
     scores = score_points(bundle, history, points.reset_index(drop=True), builder)
     version = model_version or str(getattr(bundle, "metadata", {}).get("version", ""))
-    out = scores.drop(columns=["reasons"]).assign(model_version=version)
+    out = scores.drop(columns=["reasons", "counter_reasons"]).assign(model_version=version)
     texts = [[r.get("text", "") for r in reasons[:N_REASONS]] for reasons in scores["reasons"]]
     for i in range(N_REASONS):
         out[f"reason_{i + 1}"] = [t[i] if len(t) > i else "" for t in texts]
-    context = [c for c in out.columns if c not in OUTPUT_COLUMNS and not c.startswith("reason_")]
-    return out[OUTPUT_COLUMNS + [f"reason_{i + 1}" for i in range(N_REASONS)] + context]
+    # what lowers the risk, in one cell (strongest first)
+    out["counter_reasons"] = [" | ".join(r.get("text", "") for r in rs) for rs in scores["counter_reasons"]]
+    reason_columns = [f"reason_{i + 1}" for i in range(N_REASONS)] + ["counter_reasons"]
+    context = [c for c in out.columns if c not in OUTPUT_COLUMNS and c not in reason_columns]
+    return out[OUTPUT_COLUMNS + reason_columns + context]
 
 
 def write_scores(scores: pd.DataFrame, path: str) -> None:

@@ -137,6 +137,7 @@ def simulate_history(
     seed: int = 0,
     start: str = "2024-01-01",
     end: str | None = None,
+    cycle_scale: float = 1.0,
     quiet_after: str | None = None,
     quiet_activity_share: float = 0.3,
 ) -> DealHistory:
@@ -145,6 +146,11 @@ def simulate_history(
     Deals are created uniformly between `start` and `end` (default: two years after `start`); the data
     ends at `end` and nothing after it is included. Same arguments, same frames.
 
+    `cycle_scale` stretches every duration of a deal's life (time in stage, the fade before a loss,
+    a zombie's silence, close-date slips and the optimistic first close date) by that factor: 3.0 makes
+    sales cycles three times longer, so many deals are still open at the end of the data and a label
+    that drops them keeps only the fast closers. 1.0 (the default) is the original history, draw for draw.
+
     `quiet_after` shifts the world at that time: from then on buyers go quiet faster, only
     `quiet_activity_share` of the activities that would have happened are logged (a changed market or
     a broken CRM sync), so deals go cold more often than a model trained before the shift expects.
@@ -152,6 +158,8 @@ def simulate_history(
     """
     if n_deals < 1:
         raise ValueError("n_deals must be at least 1")
+    if not cycle_scale > 0:
+        raise ValueError(f"cycle_scale must be positive, not {cycle_scale}")
     t0 = to_utc_timestamp(start)
     t_end = to_utc_timestamp(end) if end is not None else t0 + pd.Timedelta(days=730)
     if t_end <= t0:
@@ -198,14 +206,15 @@ def simulate_history(
         last[in_pipe] = rng.choice(len(prof.loss_weights), int(in_pipe.sum()), p=prof.loss_weights)
     zombie = ~won & (rng.uniform(size=n) < _ZOMBIE_SHARE)
     stall = ~won & ~zombie & (rng.uniform(size=n) < _STALL_SHARE)
-    fade_mean = np.array([prof.fade_days for prof in profiles])[pipe] * np.where(stall, 4.0, 1.0)
+    fade_mean = (np.array([prof.fade_days for prof in profiles])[pipe] * np.where(stall, 4.0, 1.0)
+                 * cycle_scale)
     fade = np.where(won, 0.0, _gamma(rng, fade_mean, 2.0, n))
     # Zombies sit silent until a pipeline clean-up closes them months later (or the data ends).
-    fade = np.where(zombie, _gamma(rng, _ZOMBIE_DAYS, 1.5, n), fade)
+    fade = np.where(zombie, _gamma(rng, _ZOMBIE_DAYS * cycle_scale, 1.5, n), fade)
     speed = np.exp(-0.2 * quality + 0.3 * rng.normal(0.0, 1.0, n))  # >1 is slower
     stage_days = np.zeros((len(names), k_max))
     for i, prof in enumerate(profiles):
-        stage_days[i, : len(prof.stage_days)] = prof.stage_days
+        stage_days[i, : len(prof.stage_days)] = np.asarray(prof.stage_days) * cycle_scale
 
     # --- stage path: one pass per stage index, every deal at once ---
     sc_deal: list[np.ndarray] = []
@@ -296,7 +305,7 @@ def simulate_history(
     fc_field: list[np.ndarray] = []
     fc_value: list[np.ndarray] = []
     fc_time: list[np.ndarray] = []
-    slip_mean = np.array([prof.slip_days for prof in profiles])[pipe]
+    slip_mean = np.array([prof.slip_days for prof in profiles])[pipe] * cycle_scale
     current = expected.copy()
     last_slip = created.copy()
     for _ in range(8):

@@ -14,7 +14,7 @@ import pandas as pd
 
 from features.history import DealHistory, to_utc_timestamp
 from features.stages import deal_states_at, stage_outcomes
-from training.labels import cold_label, won_label
+from training.labels import close_event, cold_label, won_label
 
 WINDOWS = ("train", "calibration", "test")
 
@@ -135,13 +135,17 @@ def time_split(
 ) -> pd.DataFrame:
     """Assign each point its window and both labels, each censored at its window's end.
 
-    Returns `points` with `window`, `cold` and `won` columns (NaN where censored); no label uses an
-    event after the end of the point's own window.
+    Returns `points` with `window`, `cold` and `won` columns (NaN where censored) and the timing label
+    `event`, `event_days`, `observed_days` (see `training.labels.close_event`); no label uses an event
+    after the end of the point's own window.
     """
     out = points.copy()
     out["window"] = split.window_of(out["as_of"])
     out["cold"] = np.nan
     out["won"] = np.nan
+    out["event"] = pd.Series(pd.NA, index=out.index, dtype="string")
+    out["event_days"] = np.nan
+    out["observed_days"] = np.nan
     for window in WINDOWS:
         mask = (out["window"] == window).to_numpy(dtype=bool)
         if not mask.any():
@@ -150,4 +154,7 @@ def time_split(
         label_end = split.label_end(window)
         out.loc[mask, "cold"] = cold_label(history, part, horizon_days, end=label_end).to_numpy()
         out.loc[mask, "won"] = won_label(history, part, end=label_end).to_numpy()
+        timing = close_event(history, part, end=label_end)
+        for column in ("event", "event_days", "observed_days"):
+            out.loc[mask, column] = timing[column].to_numpy()
     return out

@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from features.health import pipeline_health
 from features.history import to_utc_timestamp
 from features.jsonable import jsonable
-from models.forecast import forecast, score_open_deals
+from models.forecast import forecast_pipeline, score_open_deals
 from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep
 from serving.errors import InvalidInputError, NotFoundError
 from serving.mapping import time_or
@@ -104,12 +104,15 @@ def at_risk(
         return _csv_response(records, pipeline, model.version)
     deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in AtRiskDeal.model_fields})
              for r in records]
+    note = getattr(model.bundle, "metadata", {}).get("data_note")
     return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
-                      total=len(ranked), limit=limit, offset=offset, deals=deals)
+                      data_note=str(note) if note else None, total=len(ranked), limit=limit, offset=offset,
+                      deals=deals)
 
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
-               "days_in_stage", "cold_risk", "close_probability", "risk_band", "expected_value", "reasons",
+               "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
+               "likely_close_date", "risk_band", "expected_value", "reasons", "counter_reasons",
                "model_version"]
 
 
@@ -120,9 +123,12 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
     for r in records:
         row = dict(r)
         # One cell a person can read in a spreadsheet: the reasons' sentences, strongest first.
-        row["reasons"] = " | ".join(str(x.get("text", "")) for x in r.get("reasons") or [])
+        for column in ("reasons", "counter_reasons"):
+            row[column] = " | ".join(str(x.get("text", "")) for x in r.get(column) or [])
         if isinstance(row.get("expected_close_date"), datetime):
             row["expected_close_date"] = row["expected_close_date"].isoformat()
+        if isinstance(row.get("likely_close_date"), datetime):
+            row["likely_close_date"] = row["likely_close_date"].date().isoformat()
         row["model_version"] = version
         writer.writerow(row)
     return Response(
@@ -164,12 +170,11 @@ def pipeline_forecast(
     months: Annotated[int, Query(ge=1, le=24)] = 3,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
 ) -> dict[str, Any]:
-    """Won amount per calendar month ahead: expected value and P10/P50/P90 from open deals' close
-    probabilities. Overdue deals count in the first month; deals without an expected close date are in
-    `unscheduled`. Names the model version."""
+    """Won amount per calendar month ahead: expected value and P10/P50/P90. Open deals are spread over
+    the months by their chance of being won in each (timing included); deals not created yet are the
+    `new_deals` line of each month and `total` adds both. Names the model version."""
     _visible_pipeline(store, key, pipeline)
     t = time_or(as_of)
     history = store.load_history(pipelines=[pipeline])
-    scored = score_open_deals(model.bundle, history, t, builder_for(builder, history))
-    result = forecast(scored, t, months=months)
+    result = forecast_pipeline(model.bundle, history, t, builder_for(builder, history), months=months)
     return {"pipeline": pipeline, "model_version": model.version, **result}

@@ -34,7 +34,13 @@ def scores_response(
     scores = [DealScore.model_validate({k: jsonable(r.get(k)) for k in DealScore.model_fields if k in r})
               for r in records]
     request.app.state.metrics.observe_bands(s.risk_band for s in scores)
-    return DealScores(model_version=model.version, as_of=as_of.to_pydatetime(), scores=scores, errors=errors)
+    return DealScores(model_version=model.version, data_note=_data_note(model), as_of=as_of.to_pydatetime(),
+                      scores=scores, errors=errors)
+
+
+def _data_note(model: LoadedModel) -> str | None:
+    note = getattr(model.bundle, "metadata", {}).get("data_note")
+    return str(note) if note else None
 
 
 @router.post("/v1/score", response_model=DealScores)
@@ -73,7 +79,8 @@ def score_inline(
         else:
             kept.append(i)
     if not kept:
-        return DealScores(model_version=model.version, as_of=as_of.to_pydatetime(), scores=[], errors=errors)
+        return DealScores(model_version=model.version, data_note=_data_note(model),
+                          as_of=as_of.to_pydatetime(), scores=[], errors=errors)
     deals = [body.deals[i] for i in kept]
     wanted = {d.pipeline for d in deals}
     specs = {name: spec for name, spec in store.pipeline_specs().items() if name in wanted}

@@ -188,15 +188,21 @@ def test_backtest_json_has_metrics_per_fold_and_head(trained: Trained) -> None:
             assert (fold, head, "lightgbm") in seen
     for m in out["metrics"]:
         assert m["roc_auc"] is None or 0.0 <= m["roc_auc"] <= 1.0
-    forecast = out["forecast"]  # forecast error of past periods, one row per fold
-    assert [f["fold"] for f in forecast] == [1, 2]
-    for f, fold in zip(forecast, out["folds"], strict=True):
-        assert pd.Timestamp(f["period_start"]) == pd.Timestamp(fold["start"])
-        assert f["n_deals"] > 0 and f["predicted"] > 0
-        assert f["error"] == pytest.approx(f["predicted"] - f["actual"])
-        if f["actual"] > 0:
-            assert f["abs_pct_error"] == pytest.approx(abs(f["error"]) / f["actual"])
-        assert f["actual_eventually"] >= f["actual"]
+    forecast = out["forecast"]  # the forecast of each past month against what was won, per pipeline
+    assert {f["fold"] for f in forecast} <= {1, 2} and forecast
+    for f in forecast:
+        assert f["p10"] <= f["p50"] <= f["p90"] and f["actual"] >= 0
+        assert f["covered"] == (f["p10"] <= f["actual"] <= f["p90"])
+    figures = out["forecast_summary"]
+    assert figures["forecast_months"] == len(out["forecast"])
+    # the run is in MLflow with the forecast's coverage and error
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(tracking_uri=trained.env["MLFLOW_TRACKING_URI"]).get_run(out["run_id"])
+    assert logged.data.tags["kind"] == "backtest"
+    assert logged.data.metrics["backtest.forecast_coverage_p10_p90"] == pytest.approx(
+        figures["forecast_coverage_p10_p90"]
+    )
 
 
 def test_compare_json_lists_the_champion_per_head(trained: Trained) -> None:

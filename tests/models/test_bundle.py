@@ -68,7 +68,13 @@ def fit_bundle(frame: pd.DataFrame, cold: np.ndarray, won: np.ndarray, seed: int
     n = len(frame)
     row = np.arange(n)
     window = np.where(row < n // 2, "train", np.where(row < 3 * n // 4, "calibration", "test"))
-    labelled = frame.assign(window=window, cold=cold.astype(float), won=won.astype(float))
+    # the close head's timing label: each deal closes (won or lost) 5 to 200 days after its snapshot
+    close_days = np.random.default_rng(seed).uniform(5.0, 200.0, n)
+    labelled = frame.assign(
+        window=window, cold=cold.astype(float), won=won.astype(float),
+        event=pd.array(np.where(won, "won", "lost"), dtype="string"), event_days=close_days,
+        observed_days=np.full(n, 400.0),
+    )
     start = pd.Timestamp("2024-01-01", tz="UTC")
     split = make_time_split(start + pd.Timedelta(days=300), start, 75, 75)
     data = TrainingData(labelled, split, FEATURES, CATEGORICAL)
@@ -98,7 +104,11 @@ def test_scores_have_the_contract_columns_and_ranges(bundle: ScoringBundle) -> N
         assert scores[column].between(0, 1).all()
     assert set(scores["risk_band"]) <= {"high", "medium", "low"}
     np.testing.assert_allclose(scores["expected_value"], frame["amount"] * scores["close_probability"])
-    assert all(len(r) == 3 for r in scores["reasons"])
+    # up to 3 of each; a reason raises the cold risk, a counter-reason lowers it
+    assert all(len(r) <= 3 for r in scores["reasons"]) and max(len(r) for r in scores["reasons"]) == 3
+    assert all(r["effect"] > 0 for row in scores["reasons"] for r in row)
+    assert all(r["effect"] < 0 for row in scores["counter_reasons"] for r in row)
+    assert sum(len(r) for r in scores["counter_reasons"]) > 0
     assert list(bundle.score(frame.head(0)).columns) == SCORE_COLUMNS  # an empty request is not an error
     # bands follow cold risk: every high-band deal is riskier than every low-band one
     assert (
@@ -195,8 +205,15 @@ def test_stage_prior_heads_for_thin_data(
     again = ScoringBundle.load(tmp_path / "thin")
     scores = again.score(frame.head(50))
     pd.testing.assert_frame_equal(thin.score(frame.head(50)), scores)
-    assert scores.loc[0, "reasons"][0]["feature"] == "stage"
-    assert str(frame.loc[0, "stage"]) in scores.loc[0, "reasons"][0]["text"]
+    # no timing model: the timing scores are null, not made up
+    assert scores["close_probability_90d"].isna().all() and scores["slip_risk"].isna().all()
+    assert scores["likely_close_date"].isna().all()
+    # the stage is the only reason: for the risk when its rate is above the overall one, else against it
+    for i in range(len(scores)):
+        (stage_reason,) = scores.loc[i, "reasons"] + scores.loc[i, "counter_reasons"]
+        assert stage_reason["feature"] == "stage"
+        assert str(frame.loc[i, "stage"]) in stage_reason["text"]
+        assert (stage_reason in scores.loc[i, "reasons"]) == (stage_reason["effect"] > 0)
 
 
 def test_heads_shrink_on_little_data() -> None:

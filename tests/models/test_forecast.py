@@ -90,3 +90,32 @@ def test_no_open_deals_gives_empty_periods() -> None:
     result = forecast(nothing, AS_OF, months=1)
     assert result["periods"][0]["deals"] == 0 and result["periods"][0]["p90"] == 0.0
     assert result["unscheduled"]["deals"] == 0
+
+
+def test_timing_spreads_each_deal_over_the_months_by_its_chances() -> None:
+    from models.forecast import forecast as run
+
+    # Deal A (100) is won in March with 0.5, April 0.25, later 0.1 (close probability 0.85);
+    # deal B (300), due in March, has all its chance in May: its date does not place it.
+    frame = deals([100.0, 300.0], ["2024-04-10", "2024-03-20"], [0.85, 0.4])
+    by_month = np.array([[0.5, 0.25, 0.0], [0.0, 0.0, 0.4]])
+    result = run(frame, AS_OF, months=3, month_probabilities=by_month)
+    march, april, may = result["periods"]
+    assert (march["expected_won_amount"], april["expected_won_amount"]) == (50.0, 25.0)
+    assert (march["deals"], march["p10"], march["p50"], march["p90"]) == (1, 0.0, 0.0, 100.0)
+    assert (may["deals"], may["p50"], may["p90"]) == (1, 0.0, 300.0)  # P(0) = 0.6 > 0.5
+    assert result["later"]["expected_won_amount"] == pytest.approx(100 * 0.1)
+    assert result["unscheduled"]["deals"] == 0
+
+
+def test_new_deals_expected_wins_by_hand() -> None:
+    from models.forecast import NewDealModel
+
+    # 2 deals a day; half of them are won, at ages spread evenly over their first week
+    model = NewDealModel(rate_per_day=2.0, won_amounts=np.array([10.0]),
+                         won_by_age=np.array([0.0] + [0.5] * 20), bin_days=7.0)
+    # created on days 0.5 .. 29.5; those older than a week by day 30 bring 0.5 each (23 of them), the
+    # other seven 0.5 × age / 7: 0.5 / 7 × (0.5 + 1.5 + ... + 6.5) = 1.75
+    assert model.expected_wins(0.0, 30.0) == pytest.approx(2.0 * (23 * 0.5 + 1.75))
+    draws = model.simulate(26.5, 20_000, np.random.default_rng(0))
+    assert draws.mean() == pytest.approx(265.0, rel=0.02)  # Poisson(26.5) wins of 10 each

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from models.reasons import ReasonWriter, build_reference, stage_prior_reasons, template_for
+from models.reasons import NOT_REASONS, ReasonWriter, build_reference, stage_prior_reasons, template_for
 
 FEATURES = ["stage_cat", "days_since_last_activity", "stage_age_days", "owner_win_rate"]
 LEVELS = {"stage_cat": ["Demo", "Lead In"]}
@@ -44,22 +44,35 @@ def test_reference_uses_won_rows_and_falls_back_from_stage_to_pipeline_to_global
     assert typical[2, 1] == 9.0  # unknown pipeline: every won row
 
 
-def test_top_reasons_are_ordered_by_absolute_effect_and_keep_their_sign() -> None:
+def test_only_what_raises_the_risk_is_a_reason_and_what_lowers_it_is_listed_apart() -> None:
     frame, won = _training_frame()
     writer = ReasonWriter(FEATURES, build_reference(frame, won, FEATURES, min_rows=3), LEVELS)
-    contrib = np.array([[0.1, 1.5, -2.0, 0.05, -1.0], [0.3, -0.2, 0.0, 0.01, -1.0]])
+    # columns: stage_cat, days_since_last_activity, stage_age_days, owner_win_rate, bias
+    contrib = np.array([[0.1, 1.5, -2.0, 0.05, -1.0], [0.9, -0.2, -0.4, 0.01, -1.0]])
     x = np.array([[1.0, 23.0, 40.0, 0.2], [0.0, 3.0, 2.0, 0.5]])
-    reasons = writer.explain(
-        contrib,
-        x,
-        pd.Series(["Mid", "Mid"], dtype="string"),
-        pd.Series(["Demo", "Demo"], dtype="string"),
-        top_k=2,
+    keys = pd.Series(["Mid", "Mid"], dtype="string"), pd.Series(["Demo", "Demo"], dtype="string")
+    raises = writer.explain(contrib, x, *keys, top_k=2)
+    lowers = writer.explain(contrib, x, *keys, top_k=2, direction="lowers")
+    # the strongest effect (-2.0, stage age) lowers the risk: it is not offered as a reason for it
+    assert [r["feature"] for r in raises[0]] == ["days_since_last_activity", "owner_win_rate"]
+    assert [r["effect"] for r in raises[0]] == [1.5, 0.05]
+    assert [(r["feature"], r["effect"]) for r in lowers[0]] == [("stage_age_days", -2.0)]
+    # the stage itself (+0.9) is where the deal is, not a reason; only the owner's +0.01 is left
+    assert [r["feature"] for r in raises[1]] == ["owner_win_rate"]
+    assert [r["feature"] for r in lowers[1]] == ["stage_age_days", "days_since_last_activity"]
+    assert all("At stage" not in r["text"] for row in raises + lowers for r in row)
+
+
+def test_counts_read_as_correct_english() -> None:
+    assert template_for("n_activity_30d")("n_activity_30d", 1.0, None) == "1 activity in the last 30 days"
+    assert template_for("n_activity_30d")("n_activity_30d", 4.0, None) == "4 activities in the last 30 days"
+    assert template_for("n_call_7d")("n_call_7d", 1.0, None) == "1 call in the last 7 days"
+    assert template_for("n_call_7d")("n_call_7d", 0.0, None) == "0 calls in the last 7 days"
+    assert template_for("owner_open_deals")("owner_open_deals", 1.0, None) == "The owner has 1 open deal"
+    assert template_for("owner_closed_deals")("owner_closed_deals", 1.0, None) == (
+        "The owner has closed 1 deal"
     )
-    assert [r["feature"] for r in reasons[0]] == ["stage_age_days", "days_since_last_activity"]
-    assert [r["effect"] for r in reasons[0]] == [-2.0, 1.5]
-    assert [r["feature"] for r in reasons[1]] == ["stage_cat", "days_since_last_activity"]
-    assert reasons[1][0]["value"] == "Demo"  # categorical shown by its level, not its code
+    assert template_for("n_stage_changes")("n_stage_changes", 1.0, None) == "1 stage change so far"
 
 
 def test_reason_text_names_the_deal_value_and_the_typical_one() -> None:
@@ -114,7 +127,7 @@ def test_missing_or_infinite_values_never_print_unknown_nan_none_or_inf() -> Non
     stage = pd.Series([None, np.nan, pd.NA], dtype=object)
     reasons = writer.explain(contrib, x, pipeline, stage, top_k=n)
     texts = [r["text"] for row in reasons for r in row]
-    assert len(texts) == 3 * n
+    assert len(texts) == 3 * (n - len(NOT_REASONS & set(columns)))  # where the deal is: never a reason
     bad = [t for t in texts if _UNREADABLE.search(t) or "×" in t]
     assert bad == []
     by_feature = {r["feature"]: r["text"] for r in reasons[0]}

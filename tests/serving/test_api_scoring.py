@@ -25,12 +25,18 @@ def test_inline_and_stored_scoring_of_the_same_deal_agree(world: Any, client: Te
     assert stored.status_code == 200, stored.text
     a, b = inline.json(), stored.json()
     assert a["model_version"] == b["model_version"] == world.versions[0]
+    assert "closed deals" in a["data_note"]  # how much history the model stands on, in plain words
     assert a["scores"] == b["scores"]
     score = a["scores"][0]
     assert 0 <= score["cold_risk"] <= 1 and 0 <= score["close_probability"] <= 1
+    assert 0 <= score["close_probability_90d"] <= score["close_probability"]
+    assert score["slip_risk"] is None or 0 <= score["slip_risk"] <= 1
+    assert score["likely_close_date"] is None or score["likely_close_date"] >= as_of[:10]
     assert score["risk_band"] in {"high", "medium", "low"}
     assert score["reasons"]
     assert all({"feature", "value", "effect", "text"} <= set(r) for r in score["reasons"])
+    assert all(r["effect"] > 0 for r in score["reasons"])
+    assert all(r["effect"] < 0 for r in score["counter_reasons"])
 
 
 def test_batch_mixing_pipelines_scores_only_the_keys_pipeline(world: Any, client: TestClient) -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -42,12 +43,23 @@ class StandInBundle:
                 "as_of": features["as_of"].to_numpy(),
                 "cold_risk": cold.to_numpy(),
                 "close_probability": 0.5,
+                "close_probability_90d": 0.25,
+                "slip_risk": [0.8 if d == "a1" else np.nan for d in ids],
+                "likely_close_date": (pd.to_datetime(features["as_of"], utc=True) + pd.Timedelta(days=40))
+                .dt.floor("D").to_numpy(),
                 "risk_band": ["high" if c >= 0.6 else "low" for c in cold],
                 "expected_value": (features["amount"].astype(float) * 0.5).to_numpy(),
                 "reasons": [[{"feature": "stage_age_days", "value": 3.0, "effect": 0.1,
                               "text": f"{d} is quiet"}] for d in ids],
+                "counter_reasons": [[{"feature": "n_meeting_30d", "value": 2.0, "effect": -0.3,
+                                      "text": "2 meetings in the last 30 days"}] for _ in ids],
             }
         )
+
+
+    def timing_curves(self, features: pd.DataFrame) -> None:
+        """No timing model: the forecast places deals by their expected close date."""
+        return None
 
 
 def make_history() -> DealHistory:
@@ -127,6 +139,10 @@ def test_at_risk_ranks_open_deals_by_cold_risk_and_names_the_model(env: dict[str
     top = body["deals"][0]
     assert (top["owner"], top["team"], top["stage"], top["amount"]) == ("ann", "East", "Demo", 1000.0)
     assert top["close_probability"] == 0.5 and top["reasons"][0]["text"] == "a1 is quiet"
+    assert top["counter_reasons"][0]["effect"] == -0.3  # what lowers the risk, listed apart
+    assert (top["close_probability_90d"], top["slip_risk"]) == (0.25, 0.8)
+    assert body["deals"][1]["slip_risk"] is None
+    assert top["likely_close_date"] == (pd.Timestamp(AS_OF) + pd.Timedelta(days=40)).date().isoformat()
     assert top["days_in_stage"] == pytest.approx(57.0)  # Demo since 2023-12-05
 
 
@@ -152,6 +168,11 @@ def test_at_risk_as_csv(env: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(res.text)))
     assert [r["deal_id"] for r in rows] == ["a1", "a3", "a4", "a2"]
     assert rows[0]["model_version"] == "7" and rows[0]["reasons"] == "a1 is quiet"
+    assert rows[0]["counter_reasons"] == "2 meetings in the last 30 days"
+    assert rows[0]["close_probability_90d"] == "0.25" and rows[0]["slip_risk"] == "0.8"
+    assert rows[1]["slip_risk"] == ""  # no expected close date in the future: blank, not NaN
+    expected = (pd.Timestamp(AS_OF) + pd.Timedelta(days=40)).date().isoformat()
+    assert rows[0]["likely_close_date"] == expected
 
 
 def test_health_matches_the_pure_function(env: dict[str, Any]) -> None:
@@ -176,6 +197,13 @@ def test_forecast_by_month(env: dict[str, Any]) -> None:
     assert jan["expected_won_amount"] == pytest.approx(150.0)
     assert (feb["deals"], feb["p10"], feb["p50"], feb["p90"]) == (1, 0.0, 0.0, 1000.0)
     assert body["unscheduled"]["deals"] == 1 and body["later"]["deals"] == 1
+    # deals not created yet are a line of their own, and the total adds them to the open deals
+    for month in (jan, feb):
+        new, total = month["new_deals"], month["total"]
+        assert total["expected_won_amount"] == pytest.approx(
+            month["expected_won_amount"] + new["expected_won_amount"]
+        )
+        assert 0 <= new["p10"] <= new["p50"] <= new["p90"] and total["p90"] >= month["p90"]
 
 
 @pytest.mark.parametrize("route", ["at-risk", "health", "forecast"])

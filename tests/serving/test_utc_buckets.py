@@ -42,18 +42,28 @@ def test_a_deal_won_late_on_march_31_in_chicago_is_won_in_april(world: Any, own_
     assert _won_deals(own_client, world, APRIL) == april_before + 1
 
 
-def test_a_deal_due_late_on_march_31_in_chicago_is_forecast_in_april(
-    world: Any, own_client: TestClient
-) -> None:
-    spec = world.history.pipelines[world.pipeline_a]
-    before = _deals_per_month(own_client, world)
-    assert list(before) == ["2025-03", "2025-04"]
-    deal = {"deal_id": "UTC-DUE", "pipeline": world.pipeline_a, "owner": "Ada Chen", "amount": 1000.0,
-            "created_at": "2025-03-01T00:00:00Z", "expected_close_date": LATE_MARCH_IN_CHICAGO}
-    posted = own_client.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("admin"))
-    assert posted.status_code == 200, posted.text
-    events = {"stage_changes": [
-        {"deal_id": "UTC-DUE", "stage": spec.stages[0], "changed_at": "2025-03-01T00:00:00Z"}]}
-    assert own_client.post("/v1/events", json=events, headers=world.auth("admin")).status_code == 200
-    after = _deals_per_month(own_client, world)
-    assert after == {"2025-03": before["2025-03"], "2025-04": before["2025-04"] + 1}
+def test_forecast_months_are_cut_at_utc_midnight(world: Any, own_client: TestClient) -> None:
+    response = own_client.get(f"/v1/pipelines/{world.pipeline_a}/forecast",
+                              params={"as_of": "2025-03-15T00:00:00-05:00", "months": 2},
+                              headers=world.auth("admin"))
+    assert response.status_code == 200, response.text
+    march, april = response.json()["periods"]
+    assert (march["period"], march["start"], march["end"]) == (
+        "2025-03", "2025-03-15T05:00:00+00:00", "2025-04-01T00:00:00+00:00"
+    )
+    assert (april["period"], april["start"]) == ("2025-04", "2025-04-01T00:00:00+00:00")
+
+
+def test_a_deal_due_late_on_march_31_in_chicago_is_placed_in_april_without_timing() -> None:
+    """A model without timing curves places each deal in the month of its expected close date, in UTC."""
+    import pandas as pd
+
+    from models.forecast import forecast
+
+    due = pd.to_datetime(pd.Series([LATE_MARCH_IN_CHICAGO, "2025-03-31T12:00:00Z"]), utc=True,
+                         format="ISO8601")
+    scored = pd.DataFrame({"amount": [1000.0, 500.0], "expected_close_date": due,
+                           "close_probability": [0.5, 0.5]})
+    march, april = forecast(scored, "2025-03-15T00:00:00Z", months=2)["periods"]
+    assert (march["deals"], april["deals"]) == (1, 1)
+    assert april["pipeline_amount"] == 1000.0

@@ -1,23 +1,25 @@
-"""The backtest's forecast error on a history small enough to check by hand.
+"""The backtest's forecast against what was won, on a history small enough to check by hand.
 
-Fold: (2025-04-01, 2025-05-01]. A stand-in model gives every deal close_probability 0.5, so the
-predicted won amount is half the amount of the deals open at the fold start and due inside the fold.
+Cut at 2025-04-01; the data ends 2025-06-30, so April and May are judged (June ends after the data). A
+stand-in model gives every deal close_probability 0.5 and no timing curves, so each open deal sits in
+the month of its expected close date.
 
-| deal | amount | due        | what happens                      | counts?                        |
-|------|--------|------------|-----------------------------------|--------------------------------|
-| A    | 100    | 2025-04-10 | lost 2025-04-12                   | yes: predicted 50, won 0       |
-| B    | 200    | 2025-04-20 | won 2025-04-25                    | yes: predicted 100, won 200    |
-| C    | 400    | 2025-04-30 | won 2025-05-20 (after the fold)   | yes: predicted 200, won 0 (400 later) |
-| D    | 800    | 2025-06-15 | open                              | no: due after the fold         |
-| E    | 1600   | 2025-04-15 | won 2025-03-20 (before the fold)  | no: not open at the fold start |
-| F    | 3200   | 2025-04-15 | created 2025-04-05                | no: not created at the start   |
+| deal | amount | due        | what happens                      | in the forecast                    |
+|------|--------|------------|-----------------------------------|------------------------------------|
+| A    | 100    | 2025-04-10 | lost 2025-04-12                   | April, 50 expected                 |
+| B    | 200    | 2025-04-20 | won 2025-04-25                    | April, 100 expected; won in April  |
+| C    | 400    | 2025-04-30 | won 2025-05-20                    | April, 200 expected; won in May    |
+| D    | 800    | 2025-06-15 | open                              | June (not judged)                  |
+| E    | 1600   | 2025-04-15 | won 2025-03-20 (before the cut)   | not open at the cut                |
+| F    | 3200   | 2025-04-15 | created 2025-04-05                | not known at the cut               |
 
-predicted = 350, actual = 200, error = 150, |error| / actual = 0.75, actual eventually = 600.
+New deals: the only deal won before the cut (E) took 78 days, so no deal created after the cut can be
+won by the end of May: their line is 0. April: expected 350, P10 0, P90 700 (eight equally likely
+totals 0..700), actual 200, covered. May: expected 0, band 0..0, actual 400 (C), not covered.
+Coverage 1/2; WAPE |350 - 200| / 200 = 0.75 in month 1 and 1.0 in month 2.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,9 @@ class HalfChance:
             "reasons": [[] for _ in range(n)],
         })
 
+    def timing_curves(self, features: pd.DataFrame) -> None:
+        return None
+
 
 def _history() -> DealHistory:
     rows = [("A", 100, "2025-04-10"), ("B", 200, "2025-04-20"), ("C", 400, "2025-04-30"),
@@ -56,11 +61,18 @@ def _history() -> DealHistory:
 
 
 def test_forecast_error_by_hand() -> None:
+    from features.build import FeatureBuilder
+    from training.backtest import forecast_summary
+
+    history = _history()
     fold = Fold(1, pd.Timestamp("2025-04-01", tz="UTC"), pd.Timestamp("2025-05-01", tz="UTC"))
-    row: dict[str, Any] = forecast_error(_history(), HalfChance(), fold)
-    assert row["n_deals"] == 3
-    assert row["predicted"] == pytest.approx(350.0)
-    assert row["actual"] == pytest.approx(200.0)
-    assert row["error"] == pytest.approx(150.0)
-    assert row["abs_pct_error"] == pytest.approx(0.75)
-    assert row["actual_eventually"] == pytest.approx(600.0)
+    rows = pd.DataFrame(forecast_error(history, HalfChance(), fold, FeatureBuilder().fit(history)))
+    assert list(rows["period"]) == ["2025-04", "2025-05"]
+    april, may = rows.to_dict(orient="records")
+    assert april["expected_open"] == pytest.approx(350.0) and april["expected_new"] == pytest.approx(0.0)
+    assert (april["p10"], april["p90"], april["actual"], april["covered"]) == (0.0, 700.0, 200.0, True)
+    assert (may["expected"], may["p90"], may["actual"], may["covered"]) == (0.0, 0.0, 400.0, False)
+    figures = forecast_summary(rows)
+    assert figures["forecast_coverage_p10_p90"] == 0.5
+    assert figures["forecast_wape_month_1"] == pytest.approx(0.75)
+    assert figures["forecast_wape_month_2"] == pytest.approx(1.0)

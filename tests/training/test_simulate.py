@@ -194,3 +194,30 @@ def test_simulate_command_writes_the_folder_and_prints_json(tmp_path: Path) -> N
     bad = CliRunner().invoke(app, ["simulate", "--out", str(out), "--format", "xlsx"])
     assert bad.exit_code != 0
     assert "csv or parquet" in bad.output
+
+
+def _won_cycle_days(history: DealHistory) -> pd.Series:
+    sc = _positions(history)
+    won_at = sc[sc["outcome"] == "won"].groupby("deal_id")["changed_at"].last()
+    created = history.deals.set_index("deal_id")["created_at"]
+    return (won_at - created.reindex(won_at.index)) / pd.Timedelta(days=1)
+
+
+def test_cycle_scale_stretches_cycles_and_leaves_more_deals_open() -> None:
+    normal = simulate_history(1000, seed=5, start="2024-01-01", end="2025-12-31")
+    slow = simulate_history(1000, seed=5, start="2024-01-01", end="2025-12-31", cycle_scale=3.0)
+    again = simulate_history(1000, seed=5, start="2024-01-01", end="2025-12-31", cycle_scale=1.0)
+    pd.testing.assert_frame_equal(normal.stage_changes, again.stage_changes)
+    # Deals created in the first year have had time to close in both histories: their won cycles
+    # are about three times longer.
+    early = normal.deals.loc[normal.deals["created_at"] < pd.Timestamp("2024-07-01", tz="UTC"), "deal_id"]
+    ratio = _won_cycle_days(slow).reindex(early).median() / _won_cycle_days(normal).reindex(early).median()
+    assert 2.3 < ratio < 3.7, ratio
+    open_normal = int((_final_outcome(normal) == "open").sum())
+    open_slow = int((_final_outcome(slow) == "open").sum())
+    assert open_slow > 1.8 * open_normal, (open_slow, open_normal)
+
+
+def test_cycle_scale_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="cycle_scale"):
+        simulate_history(10, cycle_scale=0.0)

@@ -54,12 +54,15 @@ def test_thirty_closed_deals_still_train_and_say_so() -> None:
     assert result.thin_data
     assert f"Only {result.n_closed_deals} closed deals" in result.data_note
     assert "rough" in result.data_note
-    # Too little data for LightGBM: both heads serve the stage prior, so a deal's score is the
-    # (shrunk) rate of its pipeline and stage, the same for every deal sitting there.
-    assert result.served == {"cold": "stage_prior", "close": "stage_prior"}
+    # Too little data for LightGBM: the cold head serves the stage prior, so a deal's cold risk is the
+    # (shrunk) rate of its pipeline and stage, the same for every deal sitting there. The close head
+    # keeps its competing-risks model (it learns from the open deals too; tests/training/test_little_data).
+    assert result.served == {"cold": "stage_prior", "close": "lightgbm"}
+    assert result.bundle.close.kind == "competing_risks"
     scores = score_batch(thin, result.bundle)
     assert len(scores) > 0
-    for column, head in (("cold_risk", result.bundle.cold), ("close_probability", result.bundle.close)):
+    assert scores["close_probability"].between(0, 1).all() and scores["close_probability_90d"].notna().all()
+    for column, head in (("cold_risk", result.bundle.cold),):
         assert head.kind == "stage_prior" and head.calibrator is None
         rates = head.prior.stage_rates_
         keys = zip(scores["pipeline"].astype(str), scores["stage"].astype(str), strict=True)
@@ -83,10 +86,20 @@ def test_scores_from_a_folder_cut_at_t_equal_the_full_folder_as_of_t(
 def test_score_batch_columns_and_points(history: DealHistory, trained: RunResult) -> None:
     t = history.end_time - pd.Timedelta(days=30)
     scores = score_batch(history, trained.bundle, as_of=t, model_version="7")
-    assert list(scores.columns[:10]) == [
-        "deal_id", "as_of", "cold_risk", "close_probability", "risk_band", "expected_value",
-        "model_version", "reason_1", "reason_2", "reason_3",
+    assert list(scores.columns[:13]) == [
+        "deal_id", "as_of", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
+        "likely_close_date", "risk_band", "expected_value", "model_version", "reason_1", "reason_2",
+        "reason_3",
     ]
+    # the timing scores are probabilities, consistent with each other, and a date after as_of
+    p90, close = scores["close_probability_90d"], scores["close_probability"]
+    assert ((p90 >= 0) & (p90 <= close + 1e-9)).all()
+    slip = scores["slip_risk"].dropna()
+    assert len(slip) > 0 and ((slip >= 0) & (slip <= 1)).all()
+    past_due = scores["expected_close_date"] <= scores["as_of"]
+    assert scores.loc[past_due, "slip_risk"].isna().all()
+    likely = scores["likely_close_date"].dropna()
+    assert len(likely) > 0 and (likely >= scores.loc[likely.index, "as_of"].dt.floor("D")).all()
     assert (scores["model_version"] == "7").all()
     assert set(scores["risk_band"]) <= {"high", "medium", "low"}
     assert (scores["reason_1"].str.len() > 0).all()
@@ -107,12 +120,26 @@ def test_backtest_reports_every_fold_and_the_forecast_error(history: DealHistory
     for head in ("cold", "close"):
         models = set(result.metrics.loc[result.metrics["head"] == head, "model"])
         assert {"lightgbm", "stage_prior", "logistic"} <= models
-    forecast = result.forecast.set_index("fold")
-    assert list(forecast.index) == [1, 2]
-    assert (forecast["predicted"] >= 0).all() and (forecast["actual"] >= 0).all()
-    assert (forecast["n_deals"] > 0).all()
-    # wins after the period still count eventually, never the other way round
-    assert (forecast["actual_eventually"] >= forecast["actual"]).all()
+    forecast = result.forecast
+    assert set(forecast["fold"]) == {1, 2}
+    assert set(forecast["pipeline"]) == set(history.deals["pipeline"])
+    assert (forecast["p10"] <= forecast["p50"]).all() and (forecast["p50"] <= forecast["p90"]).all()
+    assert (forecast["covered"] == (forecast["p10"] <= forecast["actual"])
+            & (forecast["actual"] <= forecast["p90"])).all()
+    # only months that ended inside the data are judged
+    assert (pd.PeriodIndex(forecast["period"], freq="M").end_time.tz_localize("UTC")
+            <= history.end_time + pd.Timedelta(days=1)).all()
+    # the actual amount is what each pipeline won in the month, by any deal, new ones included
+    row = forecast.iloc[0]
+    won_at = history.stage_changes[history.stage_changes["stage"].isin(
+        [s for spec in history.pipelines.values() for s in spec.won])]
+    won_at = won_at.merge(history.deals[["deal_id", "pipeline"]], on="deal_id")
+    in_month = won_at[(won_at["pipeline"] == row["pipeline"])
+                      & (won_at["changed_at"].dt.strftime("%Y-%m") == row["period"])
+                      & (won_at["changed_at"] > result.folds[0].start)]
+    assert (row["actual"] > 0) == (len(in_month) > 0)
+    figures = result.forecast_figures()
+    assert 0 <= figures["forecast_coverage_p10_p90"] <= 1 and figures["forecast_wape_month_1"] >= 0
     summary = result.summary()
     cold = dict(zip(summary.loc[summary["head"] == "cold", "model"],
                     summary.loc[summary["head"] == "cold", "roc_auc"], strict=True))

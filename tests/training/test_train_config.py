@@ -11,13 +11,15 @@ from training.train import TrainConfig
 def test_config_round_trips_through_its_json_tag() -> None:
     config = TrainConfig(horizon_days=21, cadence_days=3, at_events=True, seed=5,
                          lightgbm_params={"n_estimators": 40, "num_leaves": 7},
+                         timing_params={"n_estimators": 30},
                          drop_features=("days_since_activity", "n_call_7d"))
     assert TrainConfig.from_json(config.to_json()) == config
 
 
 def test_config_is_rebuilt_from_flat_parameters_of_older_runs() -> None:
     config = TrainConfig(horizon_days=21, at_events=True, seed=5, lightgbm_params={"n_estimators": 40,
-                         "learning_rate": 0.1}, drop_features=("n_call_7d", "max_gap_days"))
+                         "learning_rate": 0.1}, timing_params={"num_leaves": 7},
+                         drop_features=("n_call_7d", "max_gap_days"))
     # MLflow keeps parameters as strings
     params = {k: str(v) for k, v in config.params().items()} | {"n_snapshots": "1234"}
     assert _config_from_params(params) == config

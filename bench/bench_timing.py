@@ -1,0 +1,122 @@
+"""Time-aware scores against the truth: train on a history cut at a date, judge on what happened next.
+
+A history is simulated for twice the span with twice the deals and cut in the middle; the model is
+trained on the cut history only (its own time split), then its test-window snapshots are scored and
+compared with their outcomes in the full history, which runs two more years (so almost every deal's
+fate is known). This is the only honest check of `close_probability`: inside one history the latest
+snapshots' outcomes are unknown, and judging on the ones that closed repeats the censoring bias.
+
+Run: .venv/bin/python bench/bench_timing.py [--deals 5000] [--cycle-scale 1 2] [--seed 0]
+Writes bench/results/timing.json. Targets (issue 9): close-probability ECE <= 0.02 with ROC AUC not
+lower than before, cold ECE <= 0.02, close_probability_90d ECE <= 0.02, slip_risk ECE <= 0.03, >= 500
+distinct close probabilities among 1,000 open deals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.build import FeatureBuilder
+from models.scoring import open_deal_points, score_points
+from training.labels import cold_label, slip_label, won_label, won_within_label
+from training.metrics import binary_metrics
+from training.simulate import simulate_history
+from training.snapshots import make_snapshots
+from training.train import TrainConfig, train
+
+RESULTS = Path(__file__).resolve().parent / "results" / "timing.json"
+SPAN_DAYS = 730
+
+
+def truth_metrics(full: Any, cut: Any, bundle: Any, n_points: int = 3000, seed: int = 0) -> dict[str, Any]:
+    """Score the cut history's test-window snapshots and compare with the full history's outcomes."""
+    split_end = cut.end_time
+    points = make_snapshots(cut)
+    points = points[points["as_of"] > split_end - pd.Timedelta(days=90)].reset_index(drop=True)
+    if len(points) > n_points:
+        points = points.sample(n_points, random_state=seed).sort_values(["as_of", "deal_id"])
+        points = points.reset_index(drop=True)
+    builder = FeatureBuilder().fit(cut)
+    scores = score_points(bundle, cut, points, builder, top_reasons=0)
+    out: dict[str, Any] = {"n_points": len(points)}
+    due = pd.to_datetime(scores["expected_close_date"], utc=True)
+    days_to_close = (due - points["as_of"]) / pd.Timedelta(days=1)
+    checks = {
+        "close_probability": (won_label(full, points), "close_probability"),
+        "cold_risk": (cold_label(full, points), "cold_risk"),
+        "close_probability_90d": (won_within_label(full, points, 90), "close_probability_90d"),
+        "slip_risk": (slip_label(full, points, days_to_close.to_numpy()), "slip_risk"),
+    }
+    for name, (label, column) in checks.items():
+        if column not in scores.columns:
+            continue
+        y = label.to_numpy(dtype=float)
+        p = pd.to_numeric(scores[column], errors="coerce").to_numpy(dtype=float)
+        keep = np.isfinite(y) & np.isfinite(p)
+        out[name] = binary_metrics(y[keep], p[keep]) | {
+            "mean_predicted": float(p[keep].mean()),
+            "observed_rate": float(y[keep].mean()),
+            "unknown_outcome": int((~np.isfinite(y) & np.isfinite(p)).sum()),
+        }
+    open_now = open_deal_points(cut, split_end)
+    open_scores = score_points(bundle, cut, open_now.head(1000), builder, top_reasons=0)
+    out["open_deals_scored"] = len(open_scores)
+    out["distinct_close_probabilities"] = int(open_scores["close_probability"].round(6).nunique())
+    return out
+
+
+def run(deals: int, cycle_scale: float, seed: int) -> dict[str, Any]:
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    cut_at = start + pd.Timedelta(days=SPAN_DAYS)
+    full_end = cut_at + pd.Timedelta(days=SPAN_DAYS)
+    full = simulate_history(
+        2 * deals, seed=seed, start=str(start.date()), end=str(full_end.date()), cycle_scale=cycle_scale
+    )
+    cut = full.cut(cut_at)
+    t0 = time.perf_counter()
+    result = train(cut, TrainConfig(seed=seed))
+    seconds = time.perf_counter() - t0
+    return {
+        "deals_in_training_history": len(cut.deals),
+        "cycle_scale": cycle_scale,
+        "train_seconds": round(seconds, 1),
+        "served": result.served,
+        "truth": truth_metrics(full, cut, result.bundle, seed=seed),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deals", type=int, default=5000)
+    parser.add_argument("--cycle-scale", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    runs = [run(args.deals, scale, args.seed) for scale in args.cycle_scale]
+    out = {
+        "deals": args.deals,
+        "seed": args.seed,
+        "runs": runs,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg_1m": os.getloadavg()[0]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, default=str))
+    for r in runs:
+        brief = {k: {m: round(v[m], 4) for m in ("roc_auc", "ece", "mean_predicted", "observed_rate")}
+                 for k, v in r["truth"].items() if isinstance(v, dict)}
+        print(json.dumps({"cycle_scale": r["cycle_scale"], "train_seconds": r["train_seconds"],
+                          "distinct": r["truth"]["distinct_close_probabilities"], **brief}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The competing-risks timing model: person-period rows, the curves' arithmetic, calibration, bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.history import DealHistory
+from models.bundle import BundleIntegrityError, ScoringBundle
+from models.timing import (
+    LOST,
+    OPEN,
+    WON,
+    HazardCalibrator,
+    TimingCurves,
+    likely_close_days,
+    person_periods,
+    slip_risk,
+)
+from training.simulate import simulate_history
+from training.train import RunResult, TrainConfig, train
+
+
+def test_person_periods_count_only_fully_watched_periods() -> None:
+    pp = person_periods(
+        event=["won", "lost", None, "won", None, "lost"],
+        event_days=[45.0, 10.0, np.nan, 50.0, np.nan, 400.0],
+        observed_days=[200.0, 200.0, 75.0, 40.0, 20.0, 900.0],
+        period_days=30.0,
+        n_periods=6,
+    )
+    rows = pd.DataFrame({"row": pp.row, "period": pp.period, "target": pp.target})
+    by_row = {r: list(zip(g["period"], g["target"], strict=True)) for r, g in rows.groupby("row")}
+    assert by_row[0] == [(1, OPEN), (2, WON)]  # won on day 45: open in period 1, won in period 2
+    assert by_row[1] == [(1, LOST)]
+    assert by_row[2] == [(1, OPEN), (2, OPEN)]  # still open, watched 75 days: two full periods
+    # closed on day 50 but its window ended on day 40: period 2 was cut short, so only period 1 counts
+    assert by_row[3] == [(1, OPEN)]
+    assert 4 not in by_row  # watched 20 days: not one full period
+    # lost on day 400, past the 6-period horizon: six open periods, no event row
+    assert by_row[5] == [(k, OPEN) for k in range(1, 7)]
+
+
+def _constant(h_won: float, h_lost: float, n_periods: int = 3, n: int = 1) -> TimingCurves:
+    hazards = np.tile([1.0 - h_won - h_lost, h_won, h_lost], (n, n_periods, 1))
+    return TimingCurves(hazards, period_days=30.0)
+
+
+def test_curves_follow_the_hazards_by_hand() -> None:
+    curves = _constant(0.1, 0.1)
+    # equal hazards of winning and losing forever: half the deals are won in the end (tail included)
+    assert curves.p_won()[0] == pytest.approx(0.5)
+    # won within 90 days = 0.1 + 0.8 * 0.1 + 0.8**2 * 0.1
+    assert curves.won_within([90.0])[0] == pytest.approx(0.244)
+    assert curves.open_at([30.0])[0] == pytest.approx(0.8)
+    assert curves.open_at([15.0])[0] == pytest.approx(0.8**0.5)  # constant rate inside a period
+    # P(still open) reaches 0.5 when 0.8 ** (d / 30) = 0.5, past the 3-period horizon (the tail)
+    assert curves.days_to_closed(0.5)[0] == pytest.approx(30 * np.log(0.5) / np.log(0.8))
+
+
+def test_likely_close_date_and_slip_risk_are_null_where_undefined() -> None:
+    slow = _constant(0.0005, 0.0005, n=1)  # half-life about 57 years
+    assert np.isnan(likely_close_days(slow)[0])
+    curves = _constant(0.1, 0.1, n=3)
+    risk = slip_risk(curves, [30.0, -5.0, np.nan])
+    assert risk[0] == pytest.approx(0.8)
+    assert np.isnan(risk[1]) and np.isnan(risk[2])
+
+
+def test_hazard_calibrator_moves_towards_the_data_and_round_trips() -> None:
+    rng = np.random.default_rng(0)
+    n = 4000
+    raw = np.tile([0.7, 0.15, 0.15], (n, 1))
+    # the real hazard of winning is twice what the booster says
+    target = rng.choice([OPEN, WON, LOST], n, p=[0.55, 0.3, 0.15])
+    identity = HazardCalibrator().transform(raw)
+    np.testing.assert_allclose(identity, raw)
+    cal = HazardCalibrator(prior_sd=1.0).fit(raw, target)
+    out = cal.transform(raw)[0]
+    assert out[WON] > 0.25 and abs(out[LOST] - 0.15) < 0.03
+    again = HazardCalibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(again.transform(raw), cal.transform(raw))
+    # with each deal's rows counted as one deal (here 40 deals), the prior keeps it near the identity
+    shy = HazardCalibrator(prior_sd=0.15).fit(raw, target, groups=np.arange(n) % 40)
+    assert shy.transform(raw)[0][WON] < out[WON]
+
+
+@pytest.fixture(scope="module")
+def history() -> DealHistory:
+    return simulate_history(600, seed=4)
+
+
+@pytest.fixture(scope="module")
+def trained(history: DealHistory) -> RunResult:
+    return train(history, TrainConfig(seed=0))
+
+
+def test_trained_bundle_saves_the_timing_model_as_text_and_json(
+    history: DealHistory, trained: RunResult, tmp_path: Path
+) -> None:
+    from features.build import FeatureBuilder
+    from models.scoring import open_deal_points, score_points
+
+    builder = FeatureBuilder().fit(history)
+    bundle = trained.bundle
+    assert bundle.close.kind == "competing_risks"
+    folder = bundle.save(tmp_path / "bundle")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "bundle.json", "close_head.txt", "cold_head.txt", "manifest.json", "reasons_reference.json",
+    ]
+    points = open_deal_points(history, history.end_time - pd.Timedelta(days=20))
+    before = score_points(bundle, history, points, builder, top_reasons=0)
+    after = score_points(ScoringBundle.load(folder), history, points, builder, top_reasons=0)
+    pd.testing.assert_frame_equal(before, after)
+    assert before["close_probability_90d"].notna().all()
+
+    spec = json.loads((folder / "bundle.json").read_text())
+    spec["heads"]["close"]["timing"]["calibrator"]["scale"] = 3.0
+    (folder / "bundle.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleIntegrityError, match="bundle.json"):
+        ScoringBundle.load(folder)
