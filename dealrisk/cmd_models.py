@@ -240,6 +240,10 @@ def compare_command(
     folds: int = typer.Option(3, "--folds", min=1, max=12, help="Number of rolling-origin folds."),
     fold_days: float | None = typer.Option(None, "--fold-days", min=1, help="Days per test window."),
     boot: int = typer.Option(200, "--boot", min=20, max=5000, help="Bootstrap resamples of deals."),
+    forecast_months: int = typer.Option(
+        0, "--forecast-months", min=0, max=12,
+        help="Also forecast this many months from each fold's start and report P10-P90 coverage and WAPE.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Compare the champion and candidate versions out of sample.
@@ -256,7 +260,7 @@ def compare_command(
     with _bar("Comparing out of sample", as_json) as report:
         try:
             comparison = compare(history, versions, _tracking_uri(), n_folds=folds, fold_days=fold_days,
-                                 n_boot=boot, progress=report)
+                                 n_boot=boot, progress=report, forecast_months=forecast_months)
         except (RegistryError, ValueError) as exc:
             fail(str(exc))
     if as_json:
@@ -293,6 +297,13 @@ def _print_comparison(comparison: Any) -> None:
         out_console.print(f"version {version} against champion v{comparison.champion}: [bold]{verdict}[/]")
         for reason in comparison.reasons[version]:
             out_console.print(f"  {reason}")
+    for version, summary in comparison.forecast.items():
+        coverage = summary.get("forecast_coverage_p10_p90", float("nan"))
+        wape = summary.get("forecast_wape_month_1", float("nan"))
+        out_console.print(
+            f"version {version} forecast: P10-P90 held the actual amount in {coverage:.0%} of "
+            f"{summary.get('forecast_months', 0):.0f} pipeline-months; WAPE one month ahead {wape:.1%}"
+        )
     for note in comparison.notes:
         out_console.print(f"note: {note}")
     if comparison.run_id:

@@ -25,7 +25,7 @@ from features.build import FeatureBuilder
 from features.history import DealHistory
 from features.jsonable import json_ready
 from models.calibration import expected_calibration_error
-from training.backtest import Fold, fit_fold, fold_features, make_folds
+from training.backtest import Fold, fit_fold, fold_features, forecast_error, forecast_summary, make_folds
 from training.train import HEADS, TrainConfig, closed_deal_count
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ class Comparison:
     run_id: str | None = None
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # version -> `training.backtest.forecast_summary` of the forecasts its fold models made (P10-P90
+    # coverage and WAPE per month ahead); empty when forecasts were not asked for
+    forecast: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """One row per version, head and metric: value [CI] and the difference with the champion."""
@@ -81,6 +84,7 @@ class Comparison:
             "reasons": self.reasons,
             "configs": self.configs,
             "notes": self.notes,
+            "forecast": self.forecast,
             "run_id": self.run_id,
         }
 
@@ -91,13 +95,17 @@ def out_of_sample_predictions(
     folds: list[Fold],
     reference: str,
     progress: Progress | None = None,
+    forecast_months: int = 0,
+    forecast_rows: dict[str, list[dict[str, Any]]] | None = None,
 ) -> pd.DataFrame:
     """Each configuration retrained per fold, scoring the same test snapshots (those `reference`'s
     configuration makes, labelled with its horizon).
 
     Returns one row per test snapshot and head: fold, head, deal_id, as_of, y, and one probability
     column per version. Snapshots whose label is censored are left out (there is nothing to score them
-    against); they still count in training, where their censoring is handled.
+    against); they still count in training, where their censoring is handled. With `forecast_months`,
+    each fold model's forecast made at the fold start (`training.backtest.forecast_error`) is added to
+    `forecast_rows[version]`.
     """
     n_closed = closed_deal_count(history)
     # time-indexed statistics: a feature as of t reads only what was known at t, so one fit serves all
@@ -128,6 +136,10 @@ def out_of_sample_predictions(
                 test = data.frame[data.frame["window"] == "test"].reset_index(drop=True)
             assert test is not None
             scores[version] = bundle.score(test, top_reasons=0)
+            if forecast_months and forecast_rows is not None:
+                forecast_rows.setdefault(version, []).extend(
+                    forecast_error(history, bundle, fold, builder, forecast_months)
+                )
             done += 1
         assert test is not None
         if test.empty:
@@ -250,11 +262,14 @@ def compare_configs(
     confidence: float = 0.95,
     seed: int = 0,
     progress: Progress | None = None,
+    forecast_months: int = 0,
 ) -> Comparison:
     """Retrain every configuration on the same rolling-origin folds and compare them out of sample.
 
     `configs` maps a version name to its TrainConfig; `champion` (one of its keys, or None) is what the
     others are measured against, and its configuration decides the test snapshots and their labels.
+    With `forecast_months`, each fold model also forecasts that many months from its fold's start, and
+    the P10-P90 coverage and WAPE per version are reported (no verdict: coverage aims at 80 %, not up).
     """
     if not configs:
         raise ValueError("nothing to compare: no configurations given")
@@ -263,7 +278,9 @@ def compare_configs(
     versions = list(configs)
     reference = champion or versions[0]
     folds = make_folds(history, n_folds, fold_days)
-    predictions = out_of_sample_predictions(history, configs, folds, reference, progress)
+    forecast_rows: dict[str, list[dict[str, Any]]] = {}
+    predictions = out_of_sample_predictions(history, configs, folds, reference, progress, forecast_months,
+                                            forecast_rows)
     metrics, differences = bootstrap_comparison(predictions, versions, champion, n_boot, confidence, seed)
     verdicts: dict[str, str] = {}
     reasons: dict[str, list[str]] = {}
@@ -282,6 +299,7 @@ def compare_configs(
         champion=champion, versions=versions, folds=folds, metrics=metrics, differences=differences,
         verdicts=verdicts, reasons=reasons, n_boot=n_boot, confidence=confidence,
         configs={v: c.params() for v, c in configs.items()}, notes=notes,
+        forecast={v: forecast_summary(pd.DataFrame(rows)) for v, rows in forecast_rows.items()},
     )
 
 
@@ -313,6 +331,8 @@ def log_comparison(comparison: Comparison, tracking_uri: str) -> str:
         for r in comparison.differences.itertuples(index=False):
             key = f"v{r.version}.{r.head}.{r.metric}.diff"
             values.update({key: r.difference, f"{key}.ci_low": r.ci_low, f"{key}.ci_high": r.ci_high})
+        for version, summary in comparison.forecast.items():
+            values.update({f"v{version}.forecast.{k}": v for k, v in summary.items()})
         mlflow.log_metrics({k: float(v) for k, v in values.items() if np.isfinite(v)})
         mlflow.log_dict(json_ready(comparison.to_dict()), "comparison.json")
         with tempfile.TemporaryDirectory() as tmp:

@@ -125,6 +125,7 @@ def compare(
     n_boot: int = 200,
     progress: Progress | None = None,
     log: bool = True,
+    forecast_months: int = 0,
 ) -> Comparison:
     """The champion and the given versions (default: every candidate newer than it) compared out of
     sample: each version's training configuration is retrained on the same rolling-origin folds of
@@ -142,7 +143,8 @@ def compare(
         _check_exists(version, tracking_uri)
     configs = {version: version_config(version, tracking_uri) for version in wanted}
     comparison = compare_configs(
-        history, configs, champion, n_folds=n_folds, fold_days=fold_days, n_boot=n_boot, progress=progress
+        history, configs, champion, n_folds=n_folds, fold_days=fold_days, n_boot=n_boot, progress=progress,
+        forecast_months=forecast_months,
     )
     if log:
         log_comparison(comparison, tracking_uri)

@@ -134,3 +134,16 @@ def test_a_different_horizon_is_scored_on_the_reference_labels_and_says_so(histo
     # both versions were scored on exactly the same rows
     m = result.metrics
     assert m.groupby("head")["n_rows"].nunique().eq(1).all()
+
+
+def test_forecast_coverage_per_version_is_the_backtests_figure(history: DealHistory) -> None:
+    from training.backtest import backtest, forecast_summary
+
+    result = compare_configs(history, {"1": FULL, "2": BLIND}, champion="1", n_folds=1, n_boot=20,
+                             forecast_months=2)
+    assert set(result.forecast) == {"1", "2"}
+    summary = result.forecast["1"]
+    assert summary["forecast_months"] >= 3 and 0.0 <= summary["forecast_coverage_p10_p90"] <= 1.0
+    # the champion's fold model is the backtest's fold model, so its forecast is the backtest's
+    expected = forecast_summary(backtest(history, FULL, n_folds=1, forecast_months=2).forecast)
+    assert summary == pytest.approx(expected, nan_ok=True)
