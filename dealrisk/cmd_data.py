@@ -110,7 +110,7 @@ def _register_import(app: typer.Typer) -> None:
         """
         from features.history import HistoryValidationError
         from serving.settings import get_settings
-        from serving.store import Store
+        from serving.store import Store, UnknownDealError, WriteRejectedError
         from training.data import read_history
         from training.importers import CRMS, convert_export
 
@@ -133,13 +133,15 @@ def _register_import(app: typer.Typer) -> None:
         if converted is not None and not as_json:
             _print_conversion(converted)
         settings = get_settings()
-        store = Store(settings.database_url)
+        store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names)
         try:
             store.create_schema()
             tables = ("deals", "stage_changes", "activities", "field_changes")
             total = sum(len(getattr(history, t)) for t in tables)
             with progress(f"Importing {history.n_deals():,} deals", total=total, quiet=as_json) as advance:
                 result = store.import_history(history, progress=advance)
+        except (WriteRejectedError, UnknownDealError) as exc:  # the folder contradicts the store
+            fail(f"{exc}\nNothing was imported: the rows above contradict what the store holds.")
         except Exception as exc:  # a database error: say where, and that nothing was written
             fail(f"import into {_safe_url(settings.database_url)} failed, nothing was written: {exc}")
         finally:

@@ -85,6 +85,10 @@ class PipelineSpec:
     won: tuple[str, ...] = ()
     lost: tuple[str, ...] = ()
     stale_after_days: Mapping[str, float] = field(default_factory=dict)
+    # Inferred from the data (stages in order of appearance, extended as new ones arrive) rather than
+    # given (pipelines.yaml or the API), which is authoritative. Provenance, not content: not part of
+    # `to_dict` (the store keeps it in its own column) nor of equality (same stages, same spec).
+    inferred: bool = field(default=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,13 +99,14 @@ class PipelineSpec:
         }
 
     @classmethod
-    def from_dict(cls, name: str, raw: Mapping[str, Any]) -> PipelineSpec:
+    def from_dict(cls, name: str, raw: Mapping[str, Any], inferred: bool = False) -> PipelineSpec:
         return cls(
             name=name,
             stages=tuple(str(s) for s in raw.get("stages", ()) or ()),
             won=tuple(str(s) for s in raw.get("won", ()) or ()),
             lost=tuple(str(s) for s in raw.get("lost", ()) or ()),
             stale_after_days={str(k): float(v) for k, v in (raw.get("stale_after_days") or {}).items()},
+            inferred=inferred,
         )
 
 

@@ -206,9 +206,9 @@ class ScoringBundle:
             values = features[c]
             if isinstance(values.dtype, pd.CategoricalDtype):
                 # translate the frame's categories to training codes once, then index by the row codes
+                # (the appended -1 is what a missing value's code -1 picks, even with no categories at all)
                 to_train = self._cat_index[c].get_indexer(pd.Index(values.cat.categories.astype(object)))
-                row_codes = values.cat.codes.to_numpy()
-                codes = np.where(row_codes >= 0, to_train[row_codes], -1).astype(np.float64)
+                codes = np.append(to_train, -1)[values.cat.codes.to_numpy()].astype(np.float64)
             else:
                 raw = values.to_numpy(dtype=object)  # missing values match no level: -1
                 codes = self._cat_index[c].get_indexer(pd.Index(raw, dtype=object)).astype(np.float64)

@@ -18,6 +18,7 @@ from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import install_error_handlers
+from serving.live_scores import LiveScorer
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder, PopulationCache
 from serving.settings import Settings, get_settings
@@ -144,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database_url)
+        store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names)
         store.create_schema()
         holder = ModelHolder(settings.model_uri, settings.tracking_uri, on_swap=_on_swap)
         population = PopulationCache.from_store(store)
@@ -153,17 +154,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.population = population
         await asyncio.to_thread(holder.reload)
         await asyncio.to_thread(_prime_population, population)
+        live_scores = None
+        if settings.live_score_max_age_s > 0:
+            # The scorer fits its own population: refitting it on the scorer's thread must never make a
+            # request read the previous one (the request cache answers concurrent readers with it).
+            live_scores = LiveScorer(
+                store, holder, PopulationCache.from_store(store), max_age_s=settings.live_score_max_age_s
+            )
+            app.state.live_scores = live_scores
+            holder.on_swap = _swapped(live_scores)
+            live_scores.start()
+            live_scores.notify()  # deals written while the service was down, or scored by another version
         watcher = None
         if settings.reload_interval_s > 0:
             watcher = asyncio.create_task(_follow_alias(holder, settings.reload_interval_s))
         try:
             yield
         finally:
+            if live_scores is not None:
+                await asyncio.to_thread(live_scores.stop)
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
             store.close()
+
+    def _swapped(live_scores: LiveScorer) -> Any:
+        def on_swap(model: Any) -> None:
+            _on_swap(model)
+            live_scores.notify()  # every open deal is now scored by another version: re-score them
+
+        return on_swap
 
     def _on_swap(model: Any) -> None:
         metrics.set_model_version(model.version)

@@ -40,6 +40,7 @@ __all__ = [
     "SettingsDep",
     "StoreDep",
     "WriteKey",
+    "after_write",
     "get_model",
     "get_feature_builder",
     "get_settings_dep",
@@ -70,6 +71,16 @@ def get_feature_builder(request: Request) -> FeatureBuilder | None:
     """The feature builder fitted on the stored history (refitted lazily after writes); None if empty."""
     cache: PopulationCache = request.app.state.population
     return cache.get()
+
+
+def after_write(request: Request) -> None:
+    """After a committed write: refit the population lazily, and wake the live scorer (the written deals'
+    scores are due, so the next read sees them re-scored)."""
+    population: PopulationCache = request.app.state.population
+    population.mark_dirty()
+    live_scores = getattr(request.app.state, "live_scores", None)
+    if live_scores is not None:
+        live_scores.notify()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from features.history import HistoryValidationError
 from features.jsonable import jsonable
+from serving.store import EventConflictError, WriteRejectedError
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,14 @@ def install_error_handlers(app: FastAPI) -> None:
         problems = validation_problems(exc)
         summary = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:20])
         return JSONResponse({"detail": summary, "problems": problems}, status_code=422)
+
+    @app.exception_handler(WriteRejectedError)
+    async def _write_rejected(request: Request, exc: WriteRejectedError) -> JSONResponse:
+        # The store checked the write against what it holds and rolled it back; each problem names the
+        # stored or sent row by its ids (deal, event), since the store never sees request positions.
+        status = 409 if isinstance(exc, EventConflictError) else 422
+        problems = [{"loc": p.loc, "msg": p.msg} for p in exc.problems]
+        return JSONResponse({"detail": str(exc), "problems": problems}, status_code=status)
 
     @app.exception_handler(HistoryValidationError)
     async def _history_error(request: Request, exc: HistoryValidationError) -> JSONResponse:

@@ -11,10 +11,27 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS
 from features.validation import EARLIEST_TIME, LATEST_TIME
+from serving.limits import (
+    ACCOUNT_LENGTH,
+    ATTRIBUTE_VALUE_LENGTH,
+    CURRENCY_LENGTH,
+    EVENT_ID_LENGTH,
+    FIELD_VALUE_LENGTH,
+    MAX_ATTRIBUTES_PER_DEAL,
+    NAME_LENGTH,
+)
 
 MAX_BATCH_DEALS = 1000  # hard ceiling of the schema; settings.max_batch_deals may lower it
 MAX_EVENTS_PER_LIST = 5000
@@ -70,9 +87,13 @@ def _in_time_range(value: datetime) -> datetime:
 
 
 UtcTime = Annotated[datetime, BeforeValidator(_parse_time), AfterValidator(_in_time_range)]
-NonEmptyStr = Annotated[str, Field(min_length=1, max_length=256)]
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH)]
+EventId = Annotated[str, Field(max_length=EVENT_ID_LENGTH)]
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-AttributeValue = Annotated[str | bool | int | float | None, Field(union_mode="left_to_right")]
+AttributeValue = Annotated[
+    Annotated[str, Field(max_length=ATTRIBUTE_VALUE_LENGTH)] | bool | int | float | None,
+    Field(union_mode="left_to_right"),
+]
 
 
 class _Strict(BaseModel):
@@ -101,11 +122,11 @@ class DealIn(_Timed):
     owner: NonEmptyStr
     amount: Money
     created_at: UtcTime
-    team: str | None = Field(default=None, max_length=256)
-    account: str | None = Field(default=None, max_length=256)
+    team: str | None = Field(default=None, max_length=NAME_LENGTH)
+    account: str | None = Field(default=None, max_length=ACCOUNT_LENGTH)
     expected_close_date: UtcTime | None = None
-    currency: str | None = Field(default=None, max_length=16)
-    attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=100)
+    currency: str | None = Field(default=None, max_length=CURRENCY_LENGTH)
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES_PER_DEAL)
 
     @field_validator("attributes")
     @classmethod
@@ -114,6 +135,8 @@ class DealIn(_Timed):
         if clash:
             raise ValueError(f"attribute names clash with deal fields: {clash}")
         for name, item in value.items():
+            if not name or len(name) > NAME_LENGTH:
+                raise ValueError(f"attribute names must have 1 to {NAME_LENGTH} characters: {name[:40]!r}")
             if isinstance(item, float) and item != item:
                 raise ValueError(f"attribute {name!r} is NaN")
         return value
@@ -124,21 +147,21 @@ class DealIn(_Timed):
 class InlineStageChange(_Timed):
     stage: NonEmptyStr
     changed_at: UtcTime
-    event_id: str | None = Field(default=None, max_length=256)
+    event_id: EventId | None = None
 
 
 class InlineActivity(_Timed):
     type: ActivityType
     occurred_at: UtcTime
     direction: Direction | None = None
-    event_id: str | None = Field(default=None, max_length=256)
+    event_id: EventId | None = None
 
 
 class InlineFieldChange(_Timed):
     field: ChangeableField
-    value: str = Field(max_length=256)
+    value: str = Field(max_length=FIELD_VALUE_LENGTH)
     changed_at: UtcTime
-    event_id: str | None = Field(default=None, max_length=256)
+    event_id: EventId | None = None
 
     @field_validator("value", mode="before")
     @classmethod
@@ -287,12 +310,37 @@ class ModelInfo(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class PipelineSpecIn(_Strict):
+    """A pipeline's authoritative spec: open stages in order, won and lost stages, stale thresholds."""
+
+    stages: list[NonEmptyStr] = Field(min_length=1, max_length=200)
+    won: list[NonEmptyStr] = Field(default_factory=list, max_length=50)
+    lost: list[NonEmptyStr] = Field(default_factory=list, max_length=50)
+    stale_after_days: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _distinct_stages(self) -> PipelineSpecIn:
+        named = [*self.stages, *self.won, *self.lost]
+        repeated = sorted({s for s in named if named.count(s) > 1})
+        if repeated:
+            raise ValueError(f"a stage may appear once across stages, won and lost: {repeated}")
+        unknown = sorted(set(self.stale_after_days) - set(self.stages))
+        if unknown:
+            raise ValueError(f"stale_after_days names stages that are not open stages: {unknown}")
+        return self
+
+
 class PipelineOut(BaseModel):
+    """A pipeline's spec; `inferred` is true while it was inferred from the data (not given)."""
+
     name: str
     stages: list[str]
     won: list[str]
     lost: list[str]
     stale_after_days: dict[str, float]
+    inferred: bool = False
 
 
 class PipelineList(BaseModel):
@@ -318,6 +366,11 @@ class AtRiskDeal(BaseModel):
     expected_value: float
     reasons: list[Reason]
     counter_reasons: list[Reason] = Field(default_factory=list)
+    model_version: str | None = Field(default=None, description="the model version that made this score")
+    scored_at: datetime | None = Field(default=None, description="the time the score is as of")
+    score_pending: bool = Field(
+        default=False, description="the deal changed after this live score; a new one is being computed"
+    )
 
 
 class AtRiskList(BaseModel):

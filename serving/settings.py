@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.loading import CHAMPION_URI
+from serving.limits import DEFAULT_MAX_ATTRIBUTE_NAMES
 
 ENV_PREFIX = "DEALRISK_"
 # The MLflow client reads MLFLOW_TRACKING_URI itself, so the service accepts the same name.
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_batch_deals: int = Field(default=1000, ge=1)
     max_events_per_deal: int = Field(default=5000, ge=1)
+    max_attribute_names: int = Field(
+        default=DEFAULT_MAX_ATTRIBUTE_NAMES, ge=1, description="distinct custom-attribute names per pipeline"
+    )
+    live_score_max_age_s: float = Field(
+        default=3600.0, ge=0, description="live scores older than this are recomputed; 0 turns them off"
+    )
 
     @model_validator(mode="after")
     def _defaults_in_home(self) -> Settings:

@@ -1,13 +1,28 @@
-"""The store: deal history and API keys in a SQL database (SQLite by default, PostgreSQL in production).
+"""The store: the system of record for deal history, pipelines, deal state and API keys.
 
-Writes are idempotent. Every event row carries an `event_key`: its `event_id` when the source gave one,
-else the SHA-256 of the canonical whole row, so importing the same rows twice inserts nothing the second
-time. Deals are keyed by `deal_id`; a deal sent again with different values is updated in place (we keep
-a hash of each deal row to tell "same" from "changed" without comparing column by column in SQL).
+SQLAlchemy over SQLite (default) or PostgreSQL; Alembic owns the schema (`serving/migrations/`,
+`Store.upgrade`). Every public write runs in one transaction and is checked there against what is stored:
 
-Times are stored as naive UTC (SQLite has no time zone type) and re-localized to UTC on read. Every
-public write runs in one transaction and is committed before it returns: all or nothing, and durable
-once acknowledged.
+- **Pipelines are entities.** A deal in a pipeline the store has not seen creates the pipeline with an
+  inferred spec (`inferred = true`), which stage changes to new stages extend in order of first
+  appearance. A given spec (pipelines.yaml on import, or `PUT /v1/pipelines/{p}`) is authoritative: a
+  stage outside it is refused, naming the allowed stages.
+- **Events are keyed per deal**: `(deal_id, event_key)` is unique, where `event_key` is the `event_id`
+  when the source gave one, else the SHA-256 of the whole row. Re-sending an id with the same content is
+  a duplicate; with different content it is a conflict (`EventConflictError`, HTTP 409).
+- **Integrity**: no event before its deal's `created_at`, no `created_at` moved after the deal's events;
+  the touched deals' whole histories are re-validated inside the transaction, so a write that would make
+  any read of them fail is refused (`WriteRejectedError`, HTTP 422) and nothing is written.
+- **Current state** (stage, outcome, owner, amount, expected close date, stage entry, last activity, ...)
+  is kept in columns of `deals` and rewritten in the same transaction as the events that change it.
+- **Bounded attributes**: at most `MAX_ATTRIBUTES_PER_DEAL` per deal and `max_attribute_names` distinct
+  names per pipeline.
+- **Concurrency**: inserts use `INSERT ... ON CONFLICT DO NOTHING RETURNING` (SQLite and PostgreSQL), and
+  the deals a write touches are locked (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite write transactions
+  start with `BEGIN IMMEDIATE`), so concurrent writers of the same deal or event never fail and the
+  counts they report are true.
+
+Times are stored as naive UTC (SQLite has no time zone type) and re-localized to UTC on read.
 """
 
 from __future__ import annotations
@@ -17,9 +32,12 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any, cast
 
 import numpy as np
@@ -29,7 +47,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from features.history import DEAL_OPTIONAL, DEAL_REQUIRED, DealHistory, PipelineSpec
+from features.deal_state import STATE_FIELDS, STATE_TIME_FIELDS, current_deal_states
+from features.history import (
+    DEAL_OPTIONAL,
+    DEAL_REQUIRED,
+    DealHistory,
+    HistoryValidationError,
+    PipelineSpec,
+)
+from serving.limits import DEFAULT_MAX_ATTRIBUTE_NAMES, MAX_ATTRIBUTES_PER_DEAL
+from serving.tables import EVENT_TABLES, build_metadata
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +65,27 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
+HEAD_REVISION = "0003"
+BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
+_RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 
 DEAL_COLUMNS = DEAL_REQUIRED + DEAL_OPTIONAL
-# table -> (value columns in canonical order, time column); event_id is kept apart from the row's content
-EVENT_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
-    "stage_changes": (("deal_id", "stage", "changed_at"), "changed_at"),
-    "activities": (("deal_id", "type", "direction", "occurred_at"), "occurred_at"),
-    "field_changes": (("deal_id", "field", "value", "changed_at"), "changed_at"),
-}
 TABLE_ORDER = ("pipelines", "deals", *EVENT_TABLES)
 
 ProgressCallback = Callable[[int], None]
+
+__all__ = [
+    "ALL_PIPELINES",
+    "EVENT_TABLES",
+    "ApiKey",
+    "EventConflictError",
+    "ImportResult",
+    "Store",
+    "StoreProblem",
+    "TableCounts",
+    "UnknownDealError",
+    "WriteRejectedError",
+]
 
 
 class UnknownDealError(ValueError):
@@ -60,6 +97,28 @@ class UnknownDealError(ValueError):
         super().__init__(
             f"{len(self.deal_ids)} unknown deal_id(s): {shown} (store the deals first, then their events)"
         )
+
+
+@dataclass(frozen=True)
+class StoreProblem:
+    """Why a write was refused, naming the row: `loc` is `deals[D1].created_at`-like, by ids not index."""
+
+    loc: str
+    msg: str
+
+
+class WriteRejectedError(ValueError):
+    """A write contradicts what is stored (or a bound); the transaction was rolled back."""
+
+    def __init__(self, problems: Sequence[StoreProblem]) -> None:
+        self.problems = list(problems)
+        shown = "; ".join(f"{p.loc}: {p.msg}" for p in self.problems[:20])
+        more = f" … and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
+        super().__init__(shown + more)
+
+
+class EventConflictError(WriteRejectedError):
+    """An event id already stored for the deal with different content (HTTP 409)."""
 
 
 @dataclass
@@ -137,88 +196,51 @@ class ApiKey:
         }
 
 
-def _build_metadata(schema: str | None) -> sa.MetaData:
-    md = sa.MetaData(schema=schema)
-    prefix = f"{schema}." if schema else ""
-    sa.Table(
-        "pipelines",
-        md,
-        sa.Column("name", sa.String(200), primary_key=True),
-        sa.Column("spec", sa.JSON, nullable=False),
-    )
-    sa.Table(
-        "deals",
-        md,
-        # A surrogate key keeps insertion order, so a history read back comes out in the order it went in.
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("deal_id", sa.String(200), nullable=False, unique=True),
-        sa.Column("pipeline", sa.String(200), nullable=False, index=True),
-        sa.Column("owner", sa.String(200), nullable=False),
-        sa.Column("team", sa.String(200)),
-        sa.Column("account", sa.String(500)),
-        sa.Column("amount", sa.Float, nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False),  # naive UTC
-        sa.Column("expected_close_date", sa.DateTime),  # naive UTC
-        sa.Column("currency", sa.String(10)),
-        sa.Column("attributes", sa.JSON, nullable=False),
-        sa.Column("row_hash", sa.String(64), nullable=False),
-    )
-    event_columns: dict[str, list[sa.Column[Any]]] = {
-        "stage_changes": [sa.Column("stage", sa.String(200), nullable=False)],
-        "activities": [
-            sa.Column("type", sa.String(20), nullable=False),
-            sa.Column("direction", sa.String(20)),
-        ],
-        "field_changes": [
-            sa.Column("field", sa.String(50), nullable=False),
-            sa.Column("value", sa.Text),
-        ],
-    }
-    for table, (_, time_col) in EVENT_TABLES.items():
-        sa.Table(
-            table,
-            md,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("event_key", sa.String(200), nullable=False, unique=True),
-            sa.Column(
-                "deal_id", sa.String(200), sa.ForeignKey(f"{prefix}deals.deal_id"), nullable=False, index=True
-            ),
-            *event_columns[table],
-            sa.Column(time_col, sa.DateTime, nullable=False),  # naive UTC
-            sa.Column("event_id", sa.String(200)),
-        )
-    sa.Table(
-        "api_keys",
-        md,
-        sa.Column("key_id", sa.String(16), primary_key=True),
-        sa.Column("name", sa.String(200)),
-        sa.Column("role", sa.String(20), nullable=False),
-        sa.Column("pipelines", sa.JSON, nullable=False),
-        sa.Column("key_hash", sa.String(64), nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Column("revoked_at", sa.DateTime),
-    )
-    return md
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     # WAL lets the service read while an import writes; foreign keys are off in SQLite unless asked for.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # The driver's own transaction handling would BEGIN lazily (deferred) at the first write; a
+    # read-then-write transaction could then fail with "database is locked" when another writer
+    # committed in between. SQLAlchemy emits BEGIN itself instead (see _sqlite_begin).
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writes take the write lock up front (IMMEDIATE): writers queue on the busy timeout instead of
+    # failing, and a write's checks and its writes see the same database. Reads stay deferred.
+    immediate = conn.get_execution_options().get("dealrisk_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in ("40P01", "40001")  # deadlock detected, serialization failure
 
 
 class Store:
-    """Deal history and API keys behind SQLAlchemy. `schema` puts every table in a PostgreSQL schema."""
+    """Deal history, pipelines, deal state and API keys behind SQLAlchemy.
 
-    def __init__(self, url: str, schema: str | None = None, engine: Engine | None = None) -> None:
+    `schema` puts every table in a PostgreSQL schema. `max_attribute_names` bounds the distinct custom
+    attribute names of one pipeline.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        schema: str | None = None,
+        engine: Engine | None = None,
+        max_attribute_names: int = DEFAULT_MAX_ATTRIBUTE_NAMES,
+    ) -> None:
         self.url = url
         self.schema = schema
         self.engine = engine or self._make_engine(url)
-        self.metadata = _build_metadata(schema)
+        self.metadata = build_metadata(schema)
         self.tables = self.metadata.tables
         self._t = {name.split(".")[-1]: table for name, table in self.metadata.tables.items()}
+        self.max_attribute_names = max_attribute_names
 
     @staticmethod
     def _make_engine(url: str) -> Engine:
@@ -228,7 +250,8 @@ class Store:
                 kwargs["poolclass"] = StaticPool  # one shared in-memory database, not one per connection
                 kwargs["connect_args"]["check_same_thread"] = False
             engine = sa.create_engine(url, **kwargs)
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            sa.event.listen(engine, "connect", _sqlite_connect)
+            sa.event.listen(engine, "begin", _sqlite_begin)
             return engine
         return sa.create_engine(url, pool_pre_ping=True)
 
@@ -242,13 +265,119 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (SQLite: BEGIN IMMEDIATE)."""
+        with self.engine.execution_options(dealrisk_write=True).begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """One read transaction that sees one consistent snapshot (its statements agree with each other).
+
+        SQLite's deferred transaction already reads one snapshot; PostgreSQL needs REPEATABLE READ, since
+        under its default each statement would see the writes committed in between.
+        """
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                yield conn
+
+    def _retrying(self, work: Callable[[Connection], Any]) -> Any:
+        """Run `work` in a write transaction, again if PostgreSQL aborted it for a deadlock."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._write() as conn:
+                    return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if not _is_retryable(exc) or attempt == _RETRIES - 1:
+                    raise
+                log.info("write retried after %s", type(exc.orig).__name__)
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     # ------------------------------------------------------------------ schema and health
     def create_schema(self) -> None:
-        """Create the tables (and the PostgreSQL schema) if missing; safe to call on every start."""
-        with self.engine.begin() as conn:
+        """Bring the schema to the newest revision (creating it if missing); safe on every start."""
+        self.upgrade()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Run the Alembic migrations up to `revision`, then fill in what new columns need.
+
+        A store made by the release before Alembic (tables but no `alembic_version`) is stamped at the
+        baseline first, so it upgrades in place.
+        """
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(resources.files("serving") / "migrations"))
+        config.attributes["schema"] = self.schema
+        with self._write() as conn:
             if self.schema and self.dialect == "postgresql":
                 conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-            self.metadata.create_all(conn)
+                # migrations name tables without a schema; this transaction resolves them in ours
+                conn.execute(sa.text(f'SET LOCAL search_path TO "{self.schema}"'))
+            config.attributes["connection"] = conn
+            inspector = sa.inspect(conn)
+            has_version = inspector.has_table("alembic_version", schema=self.schema)
+            if not has_version and inspector.has_table("deals", schema=self.schema):
+                log.info("store without a schema version: stamping it as revision %s", BASELINE_REVISION)
+                command.stamp(config, BASELINE_REVISION)
+            command.upgrade(config, revision)
+        if revision == "head":
+            self._complete_upgrade()
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the store is at (None before any migration)."""
+        version = sa.Table("alembic_version", sa.MetaData(schema=self.schema), sa.Column("version_num"))
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version", schema=self.schema):
+                return None
+            return conn.execute(sa.select(version.c.version_num)).scalar_one_or_none()
+
+    def _complete_upgrade(self) -> None:
+        """After a migration: specs for pipelines that had none, attribute names, and deals' state.
+
+        Cheap when there is nothing to do (one indexed query); idempotent.
+        """
+        deals = self.table("deals")
+        with self.engine.connect() as conn:
+            pending = conn.execute(
+                sa.select(deals.c.deal_id).where(deals.c.state_updated_at.is_(None)).limit(1)
+            ).first()
+        if pending is None:
+            return
+
+        def complete(conn: Connection) -> int:
+            pipes = self.table("pipelines")
+            known = set(conn.execute(sa.select(pipes.c.name)).scalars())
+            present = set(conn.execute(sa.select(deals.c.pipeline).distinct()).scalars())
+            missing = sorted(present - known)
+            if missing:
+                inferred = self._read_history(conn, pipelines=missing).pipelines
+                for name in missing:
+                    spec = inferred.get(name) or PipelineSpec(name, ())
+                    conn.execute(pipes.insert().values(name=name, spec=spec.to_dict(), inferred=True))
+            rows = conn.execute(
+                sa.select(deals.c.deal_id, deals.c.pipeline, deals.c.attributes).where(
+                    deals.c.state_updated_at.is_(None)
+                )
+            ).fetchall()
+            pairs = {(r.pipeline, k) for r in rows for k, v in (r.attributes or {}).items() if v is not None}
+            self._insert_ignore_many(
+                conn,
+                self.table("pipeline_attributes"),
+                [{"pipeline": p, "name": n} for p, n in sorted(pairs)],
+            )
+            ids = [r.deal_id for r in rows]
+            for start in range(0, len(ids), CHUNK_ROWS):
+                self._refresh_state(conn, ids[start : start + CHUNK_ROWS])
+            return len(ids)
+
+        n = self._retrying(complete)
+        log.info("computed the current state of %d deal(s) after the upgrade", n)
 
     def ping(self) -> bool:
         """True when the database answers; the failure is logged."""
@@ -265,39 +394,48 @@ class Store:
         with self.engine.connect() as conn:
             return {
                 name: int(conn.execute(sa.select(sa.func.count()).select_from(self.table(name))).scalar_one())
-                for name in (*TABLE_ORDER, "api_keys")
+                for name in (*TABLE_ORDER, "pipeline_attributes", "api_keys")
             }
 
     # ------------------------------------------------------------------ writes
     def import_history(self, history: DealHistory, progress: ProgressCallback | None = None) -> ImportResult:
         """Write a whole validated history in one transaction; rows already present are skipped.
 
-        `progress(n)` is called after each chunk with the number of rows that chunk handled (written or
-        skipped), so it plugs straight into a progress bar whose total is the history's row count.
+        Specs marked `inferred` (validation inferred them) create or extend inferred pipelines; the others
+        (from pipelines.yaml) replace the stored spec. `progress(n)` is called after each chunk with the
+        number of rows that chunk handled, so it plugs into a progress bar whose total is the row count.
+        Raises WriteRejectedError / EventConflictError (nothing written) when the history contradicts
+        the store.
         """
-        result = ImportResult()
-        frames = {name: getattr(history, name) for name in EVENT_TABLES}
-        prepared = {name: _prepare_events(name, frame) for name, frame in frames.items()}
         deals = _prepare_deals(history.deals, history.attribute_columns)
-        with self.engine.begin() as conn:
-            self._write_pipelines(conn, history.pipelines, result)
-            self._write_deals(conn, deals, result, progress)
-            for name, rows in prepared.items():
-                self._write_events(conn, name, rows, result, progress)
+        events = {name: _prepare_events(name, getattr(history, name)) for name in EVENT_TABLES}
+        given = {n: s for n, s in history.pipelines.items() if not s.inferred}
+        inferred = {n: s for n, s in history.pipelines.items() if s.inferred}
+
+        def work(conn: Connection) -> ImportResult:
+            result = ImportResult()
+            self._write_all(conn, result, deals, events, given, inferred, progress)
+            return result
+
+        result = cast(ImportResult, self._retrying(work))
         log.info("imported history: %s", result.to_dict())
         return result
 
     def upsert_deals(self, deals: pd.DataFrame) -> ImportResult:
         """Insert new deals and update changed ones (typed frame as `DealHistory.deals`), in one transaction.
 
-        Columns beyond the standard ones are the deals' custom attributes.
+        Columns beyond the standard ones are the deals' custom attributes. A deal in a pipeline the store
+        has not seen creates the pipeline with an inferred spec.
         """
         attributes = tuple(c for c in deals.columns if c not in DEAL_COLUMNS)
         prepared = _prepare_deals(deals, attributes)
-        result = ImportResult()
-        with self.engine.begin() as conn:
-            self._write_deals(conn, prepared, result, None)
-        return result
+
+        def work(conn: Connection) -> ImportResult:
+            result = ImportResult()
+            self._write_all(conn, result, prepared, {}, {}, {}, None)
+            return result
+
+        return cast(ImportResult, self._retrying(work))
 
     def add_events(
         self,
@@ -307,139 +445,506 @@ class Store:
     ) -> ImportResult:
         """Store history events (typed frames as in DealHistory) in one transaction, idempotently.
 
-        Raises UnknownDealError, before writing anything, if any event names a deal the store lacks.
+        Raises UnknownDealError, before writing anything, if any event names a deal the store lacks;
+        WriteRejectedError (an event before its deal's creation, a stage outside a given spec) or
+        EventConflictError (an event id stored with other content) with nothing written.
         """
         given = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
         prepared = {name: _prepare_events(name, f) for name, f in given.items() if f is not None and len(f)}
-        result = ImportResult()
         if not prepared:
-            return result
-        wanted = pd.unique(pd.concat([rows["deal_id"] for rows in prepared.values()], ignore_index=True))
-        with self.engine.begin() as conn:
-            known = self._existing(conn, self.table("deals").c.deal_id, [str(d) for d in wanted])
-            missing = sorted(set(map(str, wanted)) - known)
-            if missing:
-                raise UnknownDealError(missing)
-            for name, rows in prepared.items():
-                self._write_events(conn, name, rows, result, None)
-        return result
+            return ImportResult()
 
-    def _write_pipelines(
-        self, conn: Connection, specs: Mapping[str, PipelineSpec], result: ImportResult
+        def work(conn: Connection) -> ImportResult:
+            result = ImportResult()
+            self._write_all(conn, result, None, prepared, {}, {}, None)
+            return result
+
+        return cast(ImportResult, self._retrying(work))
+
+    def set_pipeline_spec(self, spec: PipelineSpec) -> ImportResult:
+        """Make `spec` the pipeline's authoritative spec (creating the pipeline if new), in one transaction.
+
+        Refused (WriteRejectedError, nothing changed) when stored stage changes of the pipeline use a
+        stage the spec does not have. The state of the pipeline's deals is recomputed with it.
+        """
+
+        def work(conn: Connection) -> ImportResult:
+            result = ImportResult()
+            self._write_all(conn, result, None, {}, {spec.name: spec}, {}, None)
+            return result
+
+        return cast(ImportResult, self._retrying(work))
+
+    def _write_all(
+        self,
+        conn: Connection,
+        result: ImportResult,
+        deals: pd.DataFrame | None,
+        events: Mapping[str, pd.DataFrame],
+        given_specs: Mapping[str, PipelineSpec],
+        inferred_specs: Mapping[str, PipelineSpec],
+        progress: ProgressCallback | None,
     ) -> None:
+        """The one write path: every check and change of one write, inside the caller's transaction."""
+        problems: list[StoreProblem] = []
+        touched: set[str] = set()
+        for name, spec in given_specs.items():
+            if self._write_given_spec(conn, spec, result, problems):
+                touched |= self._deals_of_pipeline(conn, name)
+        if deals is not None and len(deals):
+            names = [str(p) for p in pd.unique(deals["pipeline"])]
+            self._ensure_pipelines(conn, names, inferred_specs, result)
+            touched |= self._write_deals(conn, deals, result, progress, problems)
+            self._check_attributes(conn, deals, problems)
+        if any(len(rows) for rows in events.values()):
+            touched |= self._write_events(conn, events, result, progress, problems)
+        if problems:
+            raise WriteRejectedError(problems)
+        self._apply_stages(conn, sorted(touched), problems)
+        if problems:
+            raise WriteRejectedError(problems)
+        self._refresh_state(conn, sorted(touched))
+
+    def _write_given_spec(
+        self, conn: Connection, spec: PipelineSpec, result: ImportResult, problems: list[StoreProblem]
+    ) -> bool:
+        """Upsert an authoritative spec; True when it changed (its deals' state must be recomputed)."""
         table = self.table("pipelines")
-        existing = {row.name: row.spec for row in conn.execute(sa.select(table.c.name, table.c.spec))}
+        raw = spec.to_dict()
+        row = conn.execute(
+            self._for_update(sa.select(table.c.spec, table.c.inferred).where(table.c.name == spec.name))
+        ).first()
+        now = _now_naive()
         counts = result.tables["pipelines"]
-        for name, spec in specs.items():
-            raw = spec.to_dict()
-            if name not in existing:
-                conn.execute(table.insert().values(name=name, spec=raw))
+        if row is None:
+            inserted = conn.execute(
+                self._insert_ignore(table, ["name"]).values(
+                    name=spec.name, spec=raw, inferred=False, updated_at=now
+                )
+            ).rowcount
+            if inserted:
                 counts.inserted += 1
-            elif _canonical_json(existing[name]) != _canonical_json(raw):
-                conn.execute(table.update().where(table.c.name == name).values(spec=raw))
-                counts.updated += 1
-            else:
-                counts.duplicates += 1
+                return True
+            return self._write_given_spec(conn, spec, result, problems)  # a concurrent writer created it
+        if _canonical_json(row.spec) == _canonical_json(raw) and not row.inferred:
+            counts.duplicates += 1
+            return False
+        conn.execute(
+            table.update().where(table.c.name == spec.name).values(spec=raw, inferred=False, updated_at=now)
+        )
+        counts.updated += 1
+        for stage, deal_id, event_id in self._stages_outside(conn, spec):
+            problems.append(
+                StoreProblem(
+                    f"pipelines[{spec.name}].stages",
+                    f"stored deal {deal_id} has stage {stage!r}"
+                    + (f" (event {event_id})" if event_id else "")
+                    + f", which the spec lacks; allowed stages: {_allowed(spec)}",
+                )
+            )
+        return True
+
+    def _stages_outside(self, conn: Connection, spec: PipelineSpec) -> list[tuple[str, str, str | None]]:
+        """(stage, a deal using it, its event_id) for stored stages of the pipeline outside `spec`."""
+        sc, deals = self.table("stage_changes"), self.table("deals")
+        query = (
+            sa.select(sc.c.stage, sa.func.min(sc.c.deal_id), sa.func.min(sc.c.event_id))
+            .join(deals, deals.c.deal_id == sc.c.deal_id)
+            .where(deals.c.pipeline == spec.name)
+            .group_by(sc.c.stage)
+        )
+        return [(s, d, e) for s, d, e in conn.execute(query) if not _stage_known(spec, s)]
+
+    def _deals_of_pipeline(self, conn: Connection, pipeline: str) -> set[str]:
+        deals = self.table("deals")
+        return set(conn.execute(sa.select(deals.c.deal_id).where(deals.c.pipeline == pipeline)).scalars())
+
+    def _ensure_pipelines(
+        self,
+        conn: Connection,
+        names: Sequence[str],
+        inferred_specs: Mapping[str, PipelineSpec],
+        result: ImportResult,
+    ) -> None:
+        """Create the pipelines the store has not seen, each with an inferred spec."""
+        table = self.table("pipelines")
+        now = _now_naive()
+        rows = [
+            {
+                "name": n,
+                "spec": (inferred_specs.get(n) or PipelineSpec(n, ())).to_dict(),
+                "inferred": True,
+                "updated_at": now,
+            }
+            for n in sorted(names)
+        ]
+        inserted = self._insert_ignore_many(conn, table, rows)
+        result.tables["pipelines"].inserted += inserted
 
     def _write_deals(
-        self, conn: Connection, deals: pd.DataFrame, result: ImportResult, progress: ProgressCallback | None
-    ) -> None:
+        self,
+        conn: Connection,
+        deals: pd.DataFrame,
+        result: ImportResult,
+        progress: ProgressCallback | None,
+        problems: list[StoreProblem],
+    ) -> set[str]:
         table = self.table("deals")
         counts = result.tables["deals"]
         # A deal listed twice in one write: the last one wins, as if the rows had been sent one by one.
-        unique = deals.drop_duplicates("deal_id", keep="last")
+        unique = deals.drop_duplicates("deal_id", keep="last").sort_values("deal_id", kind="stable")
         counts.duplicates += len(deals) - len(unique)
-        stored = self._existing_hashes(conn, unique["deal_id"].tolist())
-        old_hash = unique["deal_id"].map(stored)
-        is_new = old_hash.isna().to_numpy()
-        is_changed = ~is_new & (old_hash != unique["row_hash"]).to_numpy()
-        counts.inserted += int(is_new.sum())
-        counts.updated += int(is_changed.sum())
-        counts.duplicates += int((~is_new & ~is_changed).sum())
-        for chunk in _chunks(unique[is_new]):
-            conn.execute(table.insert(), _records(chunk))
+        ids = unique["deal_id"].astype(str).tolist()
+        stored = self._lock_deals(conn, ids)
+        fresh = unique[~unique["deal_id"].isin(list(stored))]
+        inserted: set[str] = set()
+        stmt = self._insert_ignore(table, ["deal_id"]).returning(table.c.deal_id)
+        for chunk in _chunks(fresh):
+            inserted.update(conn.execute(stmt, _records(chunk)).scalars())
             _report(progress, len(chunk))
+        counts.inserted += len(inserted)
+        raced = [d for d in fresh["deal_id"].astype(str) if d not in inserted]
+        if raced:  # another writer created them after our lock query: compare with what it stored
+            stored.update(self._lock_deals(conn, raced))
+        existing = unique[unique["deal_id"].isin(list(stored))]
+        old_hash = existing["deal_id"].map({d: r["row_hash"] for d, r in stored.items()})
+        changed = existing[(old_hash != existing["row_hash"]).to_numpy()]
+        counts.duplicates += len(existing) - len(changed)
+        counts.updated += len(changed)
+        if len(changed):
+            self._check_created_at(conn, changed, problems)
         update = (
             table.update()
             .where(table.c.deal_id == sa.bindparam("b_deal_id"))
             .values({c: sa.bindparam(c) for c in unique.columns if c != "deal_id"})
         )
-        for chunk in _chunks(unique[is_changed]):
+        for chunk in _chunks(changed):
             records = _records(chunk)
             for rec in records:
                 rec["b_deal_id"] = rec.pop("deal_id")
             conn.execute(update, records)
             _report(progress, len(chunk))
-        _report(progress, int((~is_new & ~is_changed).sum()) + len(deals) - len(unique))
+        _report(progress, len(existing) - len(changed) + len(deals) - len(unique) - len(raced))
+        return inserted | set(changed["deal_id"].astype(str))
+
+    def _check_created_at(
+        self, conn: Connection, changed: pd.DataFrame, problems: list[StoreProblem]
+    ) -> None:
+        """No deal's created_at may move after one of its stored events."""
+        created = dict(zip(changed["deal_id"].astype(str), changed["created_at"].tolist(), strict=True))
+        ids = list(created)
+        for name, (_, time_col) in EVENT_TABLES.items():
+            table = self.table(name)
+            for start in range(0, len(ids), _IN_CHUNK):
+                batch = ids[start : start + _IN_CHUNK]
+                query = (
+                    sa.select(table.c.deal_id, sa.func.min(table.c[time_col]))
+                    .where(_among(self.dialect, table.c.deal_id, batch))
+                    .group_by(table.c.deal_id)
+                )
+                for deal_id, first in conn.execute(query):
+                    new_created = pd.Timestamp(created[deal_id])
+                    if first is not None and pd.Timestamp(first) < new_created:
+                        row = conn.execute(
+                            sa.select(table.c.event_id)
+                            .where(table.c.deal_id == deal_id, table.c[time_col] == first)
+                            .limit(1)
+                        ).scalar_one_or_none()
+                        event = f"event {row} " if row else "an event "
+                        problems.append(
+                            StoreProblem(
+                                f"deals[{deal_id}].created_at",
+                                f"{_iso(new_created)} is after the deal's stored {name} {event}"
+                                f"at {_iso(pd.Timestamp(first))}; a deal cannot be created after its events",
+                            )
+                        )
+
+    def _check_attributes(self, conn: Connection, deals: pd.DataFrame, problems: list[StoreProblem]) -> None:
+        """At most MAX_ATTRIBUTES_PER_DEAL per deal, and `max_attribute_names` names per pipeline."""
+        pairs: set[tuple[str, str]] = set()
+        for deal_id, pipeline, attrs in zip(
+            deals["deal_id"].astype(str), deals["pipeline"].astype(str), deals["attributes"], strict=True
+        ):
+            names = [k for k, v in (attrs or {}).items() if v is not None]
+            if len(names) > MAX_ATTRIBUTES_PER_DEAL:
+                problems.append(
+                    StoreProblem(
+                        f"deals[{deal_id}].attributes",
+                        f"{len(names)} custom attributes; a deal may have at most {MAX_ATTRIBUTES_PER_DEAL}",
+                    )
+                )
+            pairs.update((pipeline, n) for n in names)
+        if not pairs or problems:
+            return
+        table = self.table("pipeline_attributes")
+        pipelines = sorted({p for p, _ in pairs})
+        known = {
+            (r.pipeline, r.name)
+            for r in conn.execute(
+                sa.select(table.c.pipeline, table.c.name).where(table.c.pipeline.in_(pipelines))
+            )
+        }
+        new = sorted(pairs - known)
+        if not new:
+            return
+        grown = sorted({p for p, _ in new})
+        pipes = self.table("pipelines")
+        # Lock the pipelines first so two writers adding names cannot both pass the bound.
+        conn.execute(
+            self._for_update(sa.select(pipes.c.name).where(pipes.c.name.in_(grown)).order_by(pipes.c.name))
+        )
+        self._insert_ignore_many(conn, table, [{"pipeline": p, "name": n} for p, n in new])
+        counts = conn.execute(
+            sa.select(table.c.pipeline, sa.func.count())
+            .where(table.c.pipeline.in_(grown))
+            .group_by(table.c.pipeline)
+        )
+        for pipeline, n in counts:
+            if n > self.max_attribute_names:
+                problems.append(
+                    StoreProblem(
+                        f"pipelines[{pipeline}].attributes",
+                        f"this write would give pipeline {pipeline!r} {n} distinct custom attribute names; "
+                        f"the limit is {self.max_attribute_names}",
+                    )
+                )
 
     def _write_events(
         self,
         conn: Connection,
-        name: str,
-        rows: pd.DataFrame,
+        events: Mapping[str, pd.DataFrame],
         result: ImportResult,
         progress: ProgressCallback | None,
-    ) -> None:
-        table = self.table(name)
-        counts = result.tables[name]
-        unique = rows.drop_duplicates("event_key", keep="first")
-        present = self._existing(conn, table.c.event_key, unique["event_key"].tolist())
-        new = unique[~unique["event_key"].isin(present)] if present else unique
-        counts.inserted += len(new)
-        counts.duplicates += len(rows) - len(new)
-        # The keys were filtered above; ON CONFLICT DO NOTHING only guards against a concurrent writer.
-        stmt = self._insert_ignore(table, "event_key")
-        for chunk in _chunks(new):
-            conn.execute(stmt, _records(chunk))
-            _report(progress, len(chunk))
-        _report(progress, len(rows) - len(new))
-
-    def _insert_ignore(self, table: sa.Table, key: str) -> Any:
-        if self.dialect == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
-        if self.dialect == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
-        return table.insert()
-
-    def _existing(self, conn: Connection, column: sa.Column[Any], values: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        for start in range(0, len(values), _IN_CHUNK):
-            batch = values[start : start + _IN_CHUNK]
-            found.update(conn.execute(sa.select(column).where(_among(self.dialect, column, batch))).scalars())
-        return found
-
-    def _existing_hashes(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, str]:
-        table = self.table("deals")
-        out: dict[str, str] = {}
-        for start in range(0, len(deal_ids), _IN_CHUNK):
-            batch = deal_ids[start : start + _IN_CHUNK]
-            query = sa.select(table.c.deal_id, table.c.row_hash).where(
-                _among(self.dialect, table.c.deal_id, batch)
+        problems: list[StoreProblem],
+    ) -> set[str]:
+        wanted = sorted(set(pd.concat([rows["deal_id"] for rows in events.values()]).astype(str)))
+        deals = self._lock_deals(conn, wanted)
+        missing = [d for d in wanted if d not in deals]
+        if missing:
+            raise UnknownDealError(missing)
+        touched: set[str] = set()
+        conflicts: list[StoreProblem] = []
+        for name, rows in events.items():
+            if not len(rows):
+                continue
+            columns, time_col = EVENT_TABLES[name]
+            created = rows["deal_id"].map({d: r["created_at"] for d, r in deals.items()})
+            early = rows[(rows[time_col] < pd.to_datetime(created)).to_numpy()]
+            for row in _records(early):
+                problems.append(
+                    StoreProblem(
+                        _event_loc(name, row, time_col),
+                        f"{_iso(pd.Timestamp(row[time_col]))} is before the deal was created "
+                        f"({_iso(pd.Timestamp(deals[row['deal_id']]['created_at']))}); "
+                        "events cannot predate the deal's created_at",
+                    )
+                )
+            table = self.table(name)
+            counts = result.tables[name]
+            unique = rows.drop_duplicates(["deal_id", "event_key"], keep="first")
+            inserted: set[tuple[str, str]] = set()
+            stmt = self._insert_ignore(table, ["deal_id", "event_key"]).returning(
+                table.c.deal_id, table.c.event_key
             )
-            out.update({row.deal_id: row.row_hash for row in conn.execute(query)})
+            for chunk in _chunks(unique):
+                inserted.update((r.deal_id, r.event_key) for r in conn.execute(stmt, _records(chunk)))
+                _report(progress, len(chunk))
+            _report(progress, len(rows) - len(unique))
+            counts.inserted += len(inserted)
+            counts.duplicates += len(rows) - len(inserted)
+            touched.update(d for d, _ in inserted)
+            keys = list(zip(unique["deal_id"].astype(str), unique["event_key"].astype(str), strict=True))
+            repeated = unique[[k not in inserted for k in keys]]
+            conflicts += self._content_conflicts(conn, name, repeated)
+        if conflicts:
+            raise EventConflictError(conflicts)
+        return touched
+
+    def _content_conflicts(self, conn: Connection, name: str, repeated: pd.DataFrame) -> list[StoreProblem]:
+        """Events whose (deal, event_id) is stored with other content."""
+        keyed = repeated[repeated["event_id"].notna()]
+        if not len(keyed):
+            return []
+        columns, time_col = EVENT_TABLES[name]
+        table = self.table(name)
+        compared = [c for c in columns if c != "deal_id"]
+        stored: dict[tuple[str, str], tuple[Any, ...]] = {}
+        ids = sorted(set(keyed["deal_id"].astype(str)))
+        for start in range(0, len(ids), _IN_CHUNK):
+            query = sa.select(table.c.deal_id, table.c.event_key, *(table.c[c] for c in compared)).where(
+                _among(self.dialect, table.c.deal_id, ids[start : start + _IN_CHUNK]),
+                table.c.event_id.is_not(None),
+            )
+            for row in conn.execute(query):
+                stored[(row[0], row[1])] = tuple(_comparable(v) for v in row[2:])
+        out = []
+        for rec in _records(keyed):
+            old = stored.get((rec["deal_id"], rec["event_key"]))
+            new = tuple(_comparable(rec[c]) for c in compared)
+            if old is not None and old != new:
+                diff = ", ".join(
+                    f"{c} stored {a!r}, sent {b!r}"
+                    for c, a, b in zip(compared, old, new, strict=True)
+                    if a != b
+                )
+                out.append(
+                    StoreProblem(
+                        _event_loc(name, rec, time_col),
+                        f"event_id {rec['event_id']!r} of deal {rec['deal_id']} is already stored with other "
+                        f"content ({diff}); send a new event_id for a new event",
+                    )
+                )
         return out
+
+    def _apply_stages(self, conn: Connection, deal_ids: Sequence[str], problems: list[StoreProblem]) -> None:
+        """Stages of the touched deals: extend inferred specs in order of first appearance; refuse stages
+        outside a given spec, naming the allowed ones."""
+        if not deal_ids:
+            return
+        sc, deals = self.table("stage_changes"), self.table("deals")
+        first_seen: dict[tuple[str, str], tuple[Any, int]] = {}
+        for start in range(0, len(deal_ids), _IN_CHUNK):
+            query = (
+                sa.select(deals.c.pipeline, sc.c.stage, sa.func.min(sc.c.changed_at), sa.func.min(sc.c.id))
+                .join(deals, deals.c.deal_id == sc.c.deal_id)
+                .where(_among(self.dialect, sc.c.deal_id, deal_ids[start : start + _IN_CHUNK]))
+                .group_by(deals.c.pipeline, sc.c.stage)
+            )
+            for pipeline, stage, first_at, first_id in conn.execute(query):
+                key = (pipeline, stage)
+                first_seen[key] = min(first_seen.get(key, (first_at, first_id)), (first_at, first_id))
+        if not first_seen:
+            return
+        pipes = self.table("pipelines")
+        names = sorted({p for p, _ in first_seen})
+        specs = self._pipeline_specs(conn, names)
+        unknown = {
+            k: v for k, v in first_seen.items() if k[0] not in specs or not _stage_known(specs[k[0]], k[1])
+        }
+        if not unknown:
+            return
+        grown = sorted({p for p, _ in unknown})
+        conn.execute(
+            self._for_update(sa.select(pipes.c.name).where(pipes.c.name.in_(grown)).order_by(pipes.c.name))
+        )
+        specs = self._pipeline_specs(conn, grown)  # again, under the lock
+        for name in grown:
+            spec = specs.get(name) or PipelineSpec(name, (), inferred=True)
+            new = sorted((v, s) for (p, s), v in unknown.items() if p == name and not _stage_known(spec, s))
+            if not new:
+                continue
+            if not spec.inferred:
+                for _, stage in new:
+                    problems.append(
+                        StoreProblem(
+                            f"stage_changes[pipeline {name}].stage",
+                            f"stage {stage!r} is not a stage of pipeline {name!r}; allowed stages: "
+                            f"{_allowed(spec)}",
+                        )
+                    )
+                continue
+            extended = _extend_spec(spec, [s for _, s in new])
+            conn.execute(
+                pipes.update()
+                .where(pipes.c.name == name)
+                .values(spec=extended.to_dict(), updated_at=_now_naive())
+            )
+
+    def _refresh_state(self, conn: Connection, deal_ids: Sequence[str]) -> None:
+        """Re-validate the deals' stored histories and rewrite their current-state columns.
+
+        Validation here is what every read of these deals runs, so a write that would make one fail is
+        refused now (the caller's transaction rolls back) instead of breaking reads later.
+        """
+        if not deal_ids:
+            return
+        try:
+            history = self._read_history(conn, deal_ids=deal_ids)
+        except HistoryValidationError as exc:
+            raise WriteRejectedError(
+                [
+                    StoreProblem(f"{p.table}" + (f".{p.column}" if p.column else ""), p.message)
+                    for p in exc.problems
+                ]
+            ) from exc
+        states = current_deal_states(history)
+        now = _now_naive()
+        table = self.table("deals")
+        update = (
+            table.update()
+            .where(table.c.deal_id == sa.bindparam("b_deal_id"))
+            .values({c: sa.bindparam(c) for c in (*STATE_FIELDS, "state_updated_at")})
+        )
+        frame = states.reset_index().rename(columns={"deal_id": "b_deal_id"})
+        for col in STATE_TIME_FIELDS:
+            frame[col] = _naive_utc(frame[col])
+        frame["state_updated_at"] = pd.Series([now] * len(frame), dtype="datetime64[us]")
+        for chunk in _chunks(frame):
+            conn.execute(update, _records(chunk))
+
+    def _lock_deals(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored deals among `deal_ids` (created_at, pipeline, row_hash), locked for this transaction."""
+        table = self.table("deals")
+        out: dict[str, dict[str, Any]] = {}
+        ids = sorted(set(deal_ids))  # one lock order for every writer: no deadlock between two of them
+        for start in range(0, len(ids), _IN_CHUNK):
+            query = (
+                sa.select(table.c.deal_id, table.c.pipeline, table.c.created_at, table.c.row_hash)
+                .where(_among(self.dialect, table.c.deal_id, ids[start : start + _IN_CHUNK]))
+                .order_by(table.c.deal_id)
+            )
+            for row in conn.execute(self._for_update(query)):
+                out[row.deal_id] = dict(row._mapping)
+        return out
+
+    def _for_update(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        # SQLite has no row locks (its write transaction holds the database lock); PostgreSQL does
+        return query.with_for_update() if self.dialect == "postgresql" else query
+
+    def _insert_ignore(self, table: sa.Table, keys: Sequence[str]) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        if self.dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        raise NotImplementedError(f"the store supports SQLite and PostgreSQL, not {self.dialect}")
+
+    def _insert_ignore_many(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+        """Insert rows that are not there yet (by primary key); returns how many were new."""
+        if not rows:
+            return 0
+        keys = [c.name for c in table.primary_key.columns]
+        stmt = self._insert_ignore(table, keys).returning(*table.primary_key.columns)
+        n = 0
+        for start in range(0, len(rows), CHUNK_ROWS):
+            n += len(conn.execute(stmt, rows[start : start + CHUNK_ROWS]).fetchall())
+        return n
 
     # ------------------------------------------------------------------ reads
     def load_history(
         self, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None
     ) -> DealHistory:
         """The stored history (optionally only some pipelines and/or deals), validated as a DealHistory."""
+        with self._read() as conn:
+            return self._read_history(conn, pipelines, deal_ids)
+
+    def _read_history(
+        self, conn: Connection, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None
+    ) -> DealHistory:
         deals_t = self.table("deals")
         wanted_pipes = None if pipelines is None else sorted({str(p) for p in pipelines})
         wanted_ids = None if deal_ids is None else list(dict.fromkeys(str(d) for d in deal_ids))
         deal_cols = [deals_t.c[c] for c in ("id", *DEAL_COLUMNS, "attributes")]
-        with self.engine.connect() as conn:
-            specs = self._pipeline_specs(conn)
-            query = sa.select(*deal_cols)
-            if wanted_pipes is not None:
-                query = query.where(deals_t.c.pipeline.in_(wanted_pipes))
-            deals = _deals_frame(_read_frame(conn, query, deals_t.c.deal_id, wanted_ids))
-            ids = None if wanted_ids is None and wanted_pipes is None else deals["deal_id"].tolist()
-            events: dict[str, pd.DataFrame] = {}
-            for name, (columns, time_col) in EVENT_TABLES.items():
-                table = self.table(name)
-                query = sa.select(table.c.id, *(table.c[c] for c in (*columns, "event_id")))
-                events[name] = _events_frame(_read_frame(conn, query, table.c.deal_id, ids), time_col)
+        specs = self._pipeline_specs(conn)
+        query = sa.select(*deal_cols)
+        if wanted_pipes is not None:
+            query = query.where(deals_t.c.pipeline.in_(wanted_pipes))
+        deals = _deals_frame(_read_frame(conn, query, deals_t.c.deal_id, wanted_ids))
+        ids = None if wanted_ids is None and wanted_pipes is None else deals["deal_id"].tolist()
+        events: dict[str, pd.DataFrame] = {}
+        for name, (columns, time_col) in EVENT_TABLES.items():
+            table = self.table(name)
+            query = sa.select(table.c.id, *(table.c[c] for c in (*columns, "event_id")))
+            events[name] = _events_frame(_read_frame(conn, query, table.c.deal_id, ids), time_col)
         if wanted_pipes is not None or wanted_ids is not None:
             present = set(deals["pipeline"].tolist()) | set(wanted_pipes or ())
             specs = {k: v for k, v in specs.items() if k in present}
@@ -465,6 +970,34 @@ class Store:
                 out.update({row.deal_id: row.pipeline for row in conn.execute(query)})
         return out
 
+    def deals_frame(self, deal_ids: Iterable[str]) -> pd.DataFrame:
+        """The stored deals among `deal_ids` as created (a frame like `DealHistory.deals`), no events."""
+        deals_t = self.table("deals")
+        ids = list(dict.fromkeys(str(d) for d in deal_ids))
+        query = sa.select(*(deals_t.c[c] for c in ("id", *DEAL_COLUMNS, "attributes")))
+        with self.engine.connect() as conn:
+            return _deals_frame(_read_frame(conn, query, deals_t.c.deal_id, ids))
+
+    def deal_states(
+        self, pipeline: str | None = None, deal_ids: Iterable[str] | None = None, outcome: str | None = None
+    ) -> pd.DataFrame:
+        """Current state of stored deals (one row per deal: deal_id, pipeline, the state columns),
+        filtered in SQL by pipeline, ids and outcome ('open', 'won', 'lost')."""
+        table = self.table("deals")
+        cols = ["id", "deal_id", "pipeline", "created_at", *STATE_FIELDS, "state_updated_at"]
+        query = sa.select(*(table.c[c] for c in cols))
+        if pipeline is not None:
+            query = query.where(table.c.pipeline == pipeline)
+        if outcome is not None:
+            query = query.where(table.c.outcome == outcome)
+        ids = None if deal_ids is None else list(dict.fromkeys(str(d) for d in deal_ids))
+        with self._read() as conn:
+            frame = _read_frame(conn, query, table.c.deal_id, ids)
+        for col in ("created_at", *STATE_TIME_FIELDS, "state_updated_at"):
+            frame[col] = _localize(frame[col])
+        frame["current_amount"] = pd.to_numeric(frame["current_amount"], errors="coerce").astype("float64")
+        return frame
+
     def list_pipelines(self) -> list[str]:
         """Every pipeline the store knows: with a stored spec or with at least one deal."""
         deals = self.table("deals")
@@ -475,14 +1008,171 @@ class Store:
         return sorted(names)
 
     def pipeline_specs(self) -> dict[str, PipelineSpec]:
-        """The stored pipeline definitions by name."""
+        """The stored pipeline definitions by name (`spec.inferred` tells inferred from given)."""
         with self.engine.connect() as conn:
             return self._pipeline_specs(conn)
 
-    def _pipeline_specs(self, conn: Connection) -> dict[str, PipelineSpec]:
+    def pipeline_spec(self, name: str) -> PipelineSpec | None:
+        """One pipeline's stored spec, or None when the store does not know the pipeline."""
+        with self.engine.connect() as conn:
+            return self._pipeline_specs(conn, [name]).get(name)
+
+    def _pipeline_specs(
+        self, conn: Connection, names: Sequence[str] | None = None
+    ) -> dict[str, PipelineSpec]:
         table = self.table("pipelines")
-        rows = conn.execute(sa.select(table.c.name, table.c.spec).order_by(table.c.name))
-        return {row.name: PipelineSpec.from_dict(row.name, row.spec) for row in rows}
+        query = sa.select(table.c.name, table.c.spec, table.c.inferred).order_by(table.c.name)
+        if names is not None:
+            query = query.where(table.c.name.in_(list(names)))
+        return {
+            row.name: PipelineSpec.from_dict(row.name, row.spec, inferred=bool(row.inferred))
+            for row in conn.execute(query)
+        }
+
+    # ------------------------------------------------------------------ live scores
+    def pending_scores(self, model_version: str, stale_before: datetime, limit: int) -> dict[str, datetime]:
+        """Open deals whose live score must be (re)computed, with the state stamp to score them at.
+
+        First the deals a write touched since their score (or never scored), newest writes first; then
+        those scored by another model version or before `stale_before` (naive or aware UTC), oldest first.
+        """
+        deals, scores = self.table("deals"), self.table("deal_scores")
+        stale = stale_before.astimezone(UTC).replace(tzinfo=None) if stale_before.tzinfo else stale_before
+        base = (
+            sa.select(deals.c.deal_id, deals.c.state_updated_at)
+            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
+            .where(deals.c.outcome == "open")
+        )
+        moved = sa.or_(
+            scores.c.deal_id.is_(None),
+            scores.c.state_updated_at.is_(None),
+            scores.c.state_updated_at != deals.c.state_updated_at,
+        )
+        aged = sa.or_(scores.c.model_version != model_version, scores.c.as_of < stale)
+        with self._read() as conn:
+            rows: list[Any] = list(
+                conn.execute(base.where(moved).order_by(deals.c.state_updated_at.desc()).limit(limit))
+            )
+            if len(rows) < limit:
+                query = base.where(sa.not_(moved), aged).order_by(scores.c.as_of).limit(limit - len(rows))
+                rows += list(conn.execute(query))
+        return {r.deal_id: r.state_updated_at for r in rows}
+
+    def save_scores(
+        self, scores: pd.DataFrame, model_version: str, states: Mapping[str, datetime | None]
+    ) -> int:
+        """Store live scores (columns as `bundle.score` gives them) computed from the given deal states.
+
+        A deal whose state moved on while it was being scored keeps the older stamp here, so it stays
+        pending and is scored again.
+        """
+        if not len(scores):
+            return 0
+        table = self.table("deal_scores")
+        now = _now_naive()
+        columns = ["deal_id", "as_of", "cold_risk", "close_probability", "risk_band", "expected_value"]
+        timing = [c for c in ("close_probability_90d", "slip_risk") if c in scores.columns]
+        frame = scores[columns + timing].assign(as_of=_naive_utc(scores["as_of"]))
+        if "likely_close_date" in scores.columns:
+            frame = frame.assign(likely_close_date=_naive_utc(scores["likely_close_date"]))
+        records = _records(frame)
+        counter = scores["counter_reasons"].tolist() if "counter_reasons" in scores.columns else None
+        for i, (rec, reasons) in enumerate(zip(records, scores["reasons"].tolist(), strict=True)):
+            rec.update(
+                model_version=model_version,
+                computed_at=now,
+                state_updated_at=states.get(rec["deal_id"]),
+                reasons=_plain(reasons),
+                counter_reasons=_plain(counter[i]) if counter is not None else None,
+            )
+        insert = postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+        stmt = insert.on_conflict_do_update(
+            index_elements=["deal_id"],
+            set_={c.name: insert.excluded[c.name] for c in table.columns if c.name != "deal_id"},
+        )
+        with self._write() as conn:
+            for start in range(0, len(records), CHUNK_ROWS):
+                conn.execute(stmt, records[start : start + CHUNK_ROWS])
+        return len(records)
+
+    def at_risk_page(
+        self,
+        pipeline: str,
+        owner: str | None = None,
+        team: str | None = None,
+        min_amount: float | None = None,
+        close_before: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[int, pd.DataFrame] | None:
+        """Open deals of the pipeline by stored cold risk (highest first), filtered and paged in SQL.
+
+        Returns (total matching, the page) from one snapshot, or None while an open deal of the pipeline
+        has no stored score yet (the caller scores on demand then). Page columns: deal_id, pipeline,
+        owner, team, stage, amount, expected_close_date, stage_entered_at, the score columns,
+        model_version, scored_at (its `as_of`) and pending (the deal changed after its score).
+        """
+        deals, scores = self.table("deals"), self.table("deal_scores")
+        where = [deals.c.pipeline == pipeline, deals.c.outcome == "open"]
+        if owner is not None:
+            where.append(deals.c.current_owner == owner)
+        if team is not None:
+            where.append(deals.c.team == team)
+        if min_amount is not None:
+            where.append(deals.c.current_amount >= float(min_amount))
+        if close_before is not None:
+            cutoff = (
+                close_before.astimezone(UTC).replace(tzinfo=None) if close_before.tzinfo else close_before
+            )
+            where.append(deals.c.current_expected_close_date < cutoff)
+        joined = deals.join(scores, scores.c.deal_id == deals.c.deal_id)
+        unscored = (
+            sa.select(sa.func.count())
+            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
+            .where(deals.c.pipeline == pipeline, deals.c.outcome == "open", scores.c.deal_id.is_(None))
+        )
+        page = (
+            sa.select(
+                deals.c.deal_id,
+                deals.c.pipeline,
+                deals.c.current_owner.label("owner"),
+                deals.c.team,
+                deals.c.current_stage.label("stage"),
+                deals.c.current_amount.label("amount"),
+                deals.c.current_expected_close_date.label("expected_close_date"),
+                deals.c.stage_entered_at,
+                scores.c.cold_risk,
+                scores.c.close_probability,
+                scores.c.risk_band,
+                scores.c.expected_value,
+                scores.c.reasons,
+                scores.c.close_probability_90d,
+                scores.c.slip_risk,
+                scores.c.likely_close_date,
+                scores.c.counter_reasons,
+                scores.c.model_version,
+                scores.c.as_of.label("scored_at"),
+                sa.or_(
+                    scores.c.state_updated_at.is_(None), scores.c.state_updated_at != deals.c.state_updated_at
+                ).label("pending"),
+            )
+            .select_from(joined)
+            .where(*where)
+            .order_by(scores.c.cold_risk.desc(), deals.c.deal_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._read() as conn:
+            if conn.execute(unscored).scalar_one():
+                return None
+            total = conn.execute(sa.select(sa.func.count()).select_from(joined).where(*where)).scalar_one()
+            rows = conn.execute(page).fetchall()
+        frame = _rows_frame(rows, list(page.selected_columns.keys()))
+        for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
+            frame[col] = _localize(frame[col])
+        frame["pending"] = frame["pending"].astype(bool)
+        frame["counter_reasons"] = [list(v) if isinstance(v, list) else [] for v in frame["counter_reasons"]]
+        return int(total), frame
 
     # ------------------------------------------------------------------ API keys
     def create_api_key(
@@ -741,3 +1431,85 @@ def _events_frame(rows: pd.DataFrame, time_col: str) -> pd.DataFrame:
     frame[time_col] = _localize(frame[time_col])
     # DealHistory sorts events by (deal_id, time); ties keep their insertion order
     return frame.sort_values(["deal_id", time_col], kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------- helpers (rules and messages)
+def _plain(value: Any) -> Any:
+    """Reasons as plain JSON values: numpy scalars to Python, NaN and infinities to null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return None if pd.isna(value) else str(value)
+
+
+def _now_naive() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _iso(value: pd.Timestamp) -> str:
+    ts = value.tz_localize("UTC") if value.tzinfo is None else value
+    return ts.isoformat()
+
+
+def _event_loc(table: str, row: Mapping[str, Any], time_col: str) -> str:
+    """`activities[deal D1, event e7]` (or the event's time when it has no id)."""
+    event_id = row.get("event_id")
+    if (
+        event_id is not None
+        and not (isinstance(event_id, float) and np.isnan(event_id))
+        and event_id is not pd.NA
+    ):
+        return f"{table}[deal {row['deal_id']}, event {event_id}]"
+    return f"{table}[deal {row['deal_id']}, at {_iso(pd.Timestamp(row[time_col]))}]"
+
+
+def _comparable(value: Any) -> Any:
+    """An event value as compared for conflicts: times to the microsecond, missing as None."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, datetime | pd.Timestamp):
+        return pd.Timestamp(value).tz_localize(None) if pd.Timestamp(value).tzinfo else pd.Timestamp(value)
+    return str(value)
+
+
+def _stage_known(spec: PipelineSpec, stage: str) -> bool:
+    """Whether a stage belongs to the spec. A given spec without won (lost) stages closes by the name
+    rule, as validation does; an inferred spec lists every stage it has seen, closing ones included."""
+    if stage in spec.stages or stage in spec.won or stage in spec.lost:
+        return True
+    if spec.inferred:
+        return False
+    lower = stage.lower()
+    return (not spec.won and "won" in lower) or (not spec.lost and "lost" in lower)
+
+
+def _extend_spec(spec: PipelineSpec, stages: Sequence[str]) -> PipelineSpec:
+    """An inferred spec with new stages appended (closing ones, by name, to won / lost)."""
+    open_, won, lost = list(spec.stages), list(spec.won), list(spec.lost)
+    for stage in stages:
+        lower = stage.lower()
+        target = won if "won" in lower else lost if "lost" in lower else open_
+        if stage not in target:
+            target.append(stage)
+    return PipelineSpec(
+        spec.name, tuple(open_), tuple(won), tuple(lost), dict(spec.stale_after_days), inferred=True
+    )
+
+
+def _allowed(spec: PipelineSpec) -> str:
+    listed = ", ".join(spec.stages + spec.won + spec.lost) or "(none listed)"
+    rules = []
+    if not spec.won:
+        rules.append("any stage named '…won…' closes as won")
+    if not spec.lost:
+        rules.append("any stage named '…lost…' closes as lost")
+    return listed + (f" ({'; '.join(rules)})" if rules else "")

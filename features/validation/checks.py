@@ -66,13 +66,16 @@ def check_events(
     if events.empty:
         return
     time_column = EVENT_TIME[table]
-    dup, first_row = _first_row_of_duplicates(events["event_id"])
+    # event_id is unique within a deal (two deals may use the same id), as the store keys it
+    event_id = events["event_id"].astype("string")
+    per_deal = (events["deal_id"].astype("string") + "\x1f" + event_id).where(event_id.notna())
+    dup, first_row = _first_row_of_duplicates(per_deal)
     problems.add_rows(
         table,
         dup,
         "event_id",
-        "duplicate event_id {value} (first seen in row {extra})",
-        f"event_id must be unique within {table}",
+        "duplicate event_id {value} for the same deal (first seen in row {extra})",
+        f"event_id must be unique within a deal's {table}",
         values=events["event_id"],
         extra=first_row,
     )

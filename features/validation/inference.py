@@ -47,7 +47,7 @@ def infer_pipeline_specs(
     for name in pipelines:
         group = grouped.get(name)
         if group is None:
-            specs[name] = PipelineSpec(name=name, stages=())
+            specs[name] = PipelineSpec(name=name, stages=(), inferred=True)
             continue
         by_kind = {k: tuple(str(s) for s in g["stage"]) for k, g in group.groupby("kind", sort=False)}
         specs[name] = PipelineSpec(
@@ -55,6 +55,7 @@ def infer_pipeline_specs(
             stages=by_kind.get("open", ()),
             won=by_kind.get("won", ()),
             lost=by_kind.get("lost", ()),
+            inferred=True,
         )
     logger.info("inferred stage order for %d pipeline(s) without a spec", len(specs))
     return specs

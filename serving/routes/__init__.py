@@ -8,10 +8,11 @@ from fastapi import FastAPI
 def include_routers(app: FastAPI) -> None:
     """Mount every router of the service (operations, scoring, history, pipelines, the manager page)."""
     from serving.page import page_router
-    from serving.routes import history, ops, pipelines, scoring
+    from serving.routes import history, ops, pipeline_specs, pipelines, scoring
 
     app.include_router(ops.router)
     app.include_router(scoring.router)
     app.include_router(history.router)
     app.include_router(pipelines.router)
+    app.include_router(pipeline_specs.router)
     app.include_router(page_router)

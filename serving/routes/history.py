@@ -14,20 +14,14 @@ from fastapi import APIRouter, Request
 
 from features.jsonable import jsonable
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS
-from serving.deps import ReadKey, SettingsDep, StoreDep, WriteKey
+from serving.deps import ReadKey, SettingsDep, StoreDep, WriteKey, after_write
 from serving.errors import InvalidInputError, NotFoundError, check_batch_size
 from serving.mapping import deal_frames, event_frames, validated_history
-from serving.model_holder import PopulationCache
 from serving.schemas import DealOut, DealsIn, EventsIn, WriteResult
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["history"])
-
-def _mark_dirty(request: Request) -> None:
-    population: PopulationCache = request.app.state.population
-    population.mark_dirty()
-
 
 def _bad_items(problems: list[dict[str, Any]]) -> None:
     if problems:
@@ -57,7 +51,7 @@ def post_deals(
     history = validated_history(deal_frames(body.deals), store.pipeline_specs())
     result = store.upsert_deals(history.deals)
     if result.changed:
-        _mark_dirty(request)
+        after_write(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
 
 
@@ -78,12 +72,17 @@ def post_events(body: EventsIn, key: WriteKey, request: Request, store: StoreDep
         for table, events in lists.items() for j, e in enumerate(events) if e.deal_id not in visible
     ]
     _bad_items(problems)
-    stored = store.load_history(deal_ids=visible)
-    # Only the new events are validated against their deals: rows map one to one onto request items.
-    checked = validated_history(event_frames(body, stored.deals), stored.pipelines)
+    stored = store.deals_frame(visible)
+    # Only given specs refuse unknown stages; an inferred one is extended by the store's write. Only the
+    # new events are validated against their deals (rows map one to one onto request items); the store
+    # checks them again against what it holds, inside the write's transaction.
+    involved = set(stored["pipeline"])
+    specs = store.pipeline_specs()
+    given = {name: spec for name, spec in specs.items() if not spec.inferred and name in involved}
+    checked = validated_history(event_frames(body, stored), given)
     result = store.add_events(checked.stage_changes, checked.activities, checked.field_changes)
     if result.changed:
-        _mark_dirty(request)
+        after_write(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
 
 

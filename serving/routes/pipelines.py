@@ -21,8 +21,9 @@ from features.health import pipeline_health
 from features.history import to_utc_timestamp
 from features.jsonable import jsonable
 from models.forecast import forecast_pipeline, score_open_deals
-from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep
+from serving.deps import AnyKey, FeatureBuilderDep, ModelDep, ReadKey, StoreDep, get_feature_builder
 from serving.errors import InvalidInputError, NotFoundError
+from serving.limits import NAME_LENGTH
 from serving.mapping import time_or
 from serving.model_holder import builder_for
 from serving.schemas import AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
@@ -58,6 +59,7 @@ def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
                 won=list(spec.won) if spec else [],
                 lost=list(spec.lost) if spec else [],
                 stale_after_days=dict(spec.stale_after_days) if spec else {},
+                inferred=spec.inferred if spec else True,
             )
         )
     return PipelineList(pipelines=out)
@@ -74,9 +76,8 @@ def at_risk(
     request: Request,
     store: StoreDep,
     model: ModelDep,
-    builder: FeatureBuilderDep,
-    owner: Annotated[str | None, Query(max_length=256, description="owner as of as_of")] = None,
-    team: Annotated[str | None, Query(max_length=256)] = None,
+    owner: Annotated[str | None, Query(max_length=NAME_LENGTH, description="owner as of as_of")] = None,
+    team: Annotated[str | None, Query(max_length=NAME_LENGTH)] = None,
     min_amount: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
     close_before: Annotated[UtcTime | None, Query(description="expected close date before this time")] = None,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
@@ -85,18 +86,34 @@ def at_risk(
 ) -> Any:
     """Open deals of the pipeline ranked by cold risk (highest first), with reasons and close probability.
 
+    Without `as_of` the list is read from the live scores the service keeps (each deal names its model
+    version, the time its score is as of, and whether a newer write is being scored); with `as_of` the
+    deals are scored on demand as of that time.
+
     Filters: owner, team, minimum amount, expected close before a time. Answers CSV when the request
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     _visible_pipeline(store, key, pipeline)
     t = time_or(as_of)
-    history = store.load_history(pipelines=[pipeline])
-    ranked = score_open_deals(
-        model.bundle, history, t, builder_for(builder, history), owner=owner, team=team,
-        min_amount=min_amount,
-        close_before=to_utc_timestamp(close_before) if close_before is not None else None,
+    # As of now: the live scores and current state the store keeps, filtered, sorted and paged by the
+    # database. In the past (or while a deal has no live score yet): scored on demand from the history.
+    stored = None if as_of is not None else store.at_risk_page(
+        pipeline, owner=owner, team=team, min_amount=min_amount, close_before=close_before,
+        limit=limit, offset=offset,
     )
-    page = ranked.iloc[offset : offset + limit]
+    if stored is not None:
+        total, page = stored
+        page["days_in_stage"] = (t - page["stage_entered_at"]).dt.total_seconds() / 86400.0
+        page = page.rename(columns={"pending": "score_pending"})
+    else:
+        history = store.load_history(pipelines=[pipeline])
+        ranked = score_open_deals(
+            model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
+            team=team, min_amount=min_amount,
+            close_before=to_utc_timestamp(close_before) if close_before is not None else None,
+        )
+        total = len(ranked)
+        page = ranked.iloc[offset : offset + limit].assign(model_version=model.version, scored_at=t)
     records = [{str(k): jsonable(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1
@@ -106,7 +123,7 @@ def at_risk(
              for r in records]
     note = getattr(model.bundle, "metadata", {}).get("data_note")
     return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
-                      data_note=str(note) if note else None, total=len(ranked), limit=limit, offset=offset,
+                      data_note=str(note) if note else None, total=total, limit=limit, offset=offset,
                       deals=deals)
 
 
@@ -129,7 +146,7 @@ def _csv_response(records: list[dict[str, Any]], pipeline: str, version: str) ->
             row["expected_close_date"] = row["expected_close_date"].isoformat()
         if isinstance(row.get("likely_close_date"), datetime):
             row["likely_close_date"] = row["likely_close_date"].date().isoformat()
-        row["model_version"] = version
+        row["model_version"] = r.get("model_version") or version
         writer.writerow(row)
     return Response(
         buffer.getvalue(),

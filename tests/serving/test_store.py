@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from features.history import DealHistory
-from serving.store import EVENT_TABLES, Store, UnknownDealError
+from features.history import DealHistory, HistoryValidationError
+from serving.store import EVENT_TABLES, EventConflictError, Store, UnknownDealError
 
 TABLES = ("deals", "stage_changes", "activities", "field_changes")
 
@@ -150,14 +150,12 @@ def test_failure_in_the_last_chunk_leaves_the_store_as_it_was(store: Store) -> N
 
 def test_database_error_mid_import_rolls_back(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     history = small_history()
-    original = Store._write_events
 
-    def failing(self: Store, conn: sa.Connection, name: str, *args: object) -> None:
-        if name == "field_changes":  # the last table written: deals and two event tables already went in
-            conn.execute(sa.text("SELECT * FROM no_such_table"))
-        original(self, conn, name, *args)  # type: ignore[arg-type]
+    def failing(self: Store, conn: sa.Connection, *args: object) -> None:
+        # the last step of a write: pipelines, deals and every event table already went in
+        conn.execute(sa.text("SELECT * FROM no_such_table"))
 
-    monkeypatch.setattr(Store, "_write_events", failing)
+    monkeypatch.setattr(Store, "_refresh_state", failing)
     with pytest.raises(sa.exc.DBAPIError):
         store.import_history(history)
     counts = store.count_rows()
@@ -179,12 +177,14 @@ def test_add_events_is_idempotent_on_event_id_and_on_whole_rows(store: Store) ->
     assert first.tables["activities"].inserted == 2
     again = store.add_events(activities=new)
     assert (again.tables["activities"].inserted, again.tables["activities"].duplicates) == (0, 2)
-    # Same event_id with other content is the same event (the source's id wins); a whole-row twin
-    # without an id is the same event too.
+    # The same event_id with other content is a conflict (SPEC: 409), never a silent duplicate, and the
+    # whole write is refused: the new row without an id that came with it is not stored either.
     changed = new.copy()
     changed.loc[0, "type"] = "email"
-    third = store.add_events(activities=changed)
-    assert third.tables["activities"].inserted == 0
+    changed.loc[1, "occurred_at"] = pd.Timestamp("2024-02-03T08:00:00Z")
+    conflict = r"activities\[deal D3, event a-100\].*type stored 'call', sent 'email'"
+    with pytest.raises(EventConflictError, match=conflict):
+        store.add_events(activities=changed)
     assert store.count_rows()["activities"] == 6
 
 
@@ -284,3 +284,29 @@ def test_key_pipeline_scoping(store: Store) -> None:
         store.create_api_key("root", ["*"])
     with pytest.raises(ValueError, match="pipeline"):
         store.create_api_key("admin", [])
+
+
+def test_two_deals_may_share_an_event_id_but_one_deal_may_not_repeat_it(store: Store) -> None:
+    deals = pd.DataFrame(
+        {
+            "deal_id": ["S1", "S2"],
+            "pipeline": ["SMB", "Ent"],
+            "owner": ["a", "b"],
+            "amount": ["1", "2"],
+            "created_at": ["2024-01-01", "2024-01-01"],
+        }
+    )
+    shared = pd.DataFrame(
+        {
+            "deal_id": ["S1", "S2"],
+            "type": ["call", "email"],
+            "occurred_at": ["2024-01-02", "2024-01-03"],
+            "event_id": ["ev-1", "ev-1"],
+        }
+    )
+    history = DealHistory.from_frames(deals, pd.DataFrame(columns=["deal_id", "stage", "changed_at"]), shared)
+    assert store.import_history(history).tables["activities"].inserted == 2
+    assert store.load_history().activities["deal_id"].tolist() == ["S1", "S2"]
+    repeated = pd.concat([shared, shared.iloc[[0]].assign(occurred_at="2024-01-04")], ignore_index=True)
+    with pytest.raises(HistoryValidationError, match="duplicate event_id 'ev-1' for the same deal"):
+        DealHistory.from_frames(deals, pd.DataFrame(columns=["deal_id", "stage", "changed_at"]), repeated)

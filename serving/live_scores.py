@@ -1,0 +1,132 @@
+"""Live scores: a background worker keeps a current score for every open deal in the store.
+
+What makes a deal's stored score due (`Store.pending_scores`):
+- a write touched the deal after its score (its state stamp moved on: the stamp is written in the write's
+  own transaction, so the need survives a crash or restart); writes `notify()` the worker, which scores
+  them at once: visible to the next read well within a second for a handful of deals;
+- the score was made by another model version (after a swap every deal is re-scored in the background;
+  until then each row names the version that made it);
+- the score is older than `max_age_s` (default one hour): time-based features (days since the last
+  activity, days in stage) move as time passes, so scores are refreshed on that clock.
+
+Scores are computed exactly as the on-demand path does (`models.scoring.score_points` with the feature
+builder fitted on the store), as of the time they are computed; their `as_of` is stored with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+
+from features.build import FeatureBuilder
+from features.history import DealHistory, to_utc_timestamp
+from models.scoring import open_deal_points, score_points
+from serving.model_holder import LoadedModel, ModelHolder, PopulationCache, builder_for
+from serving.store import Store
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_AGE_S = 3600.0
+BATCH_DEALS = 500  # deals scored per round: one history read and one feature build per round
+IDLE_POLL_S = 5.0  # how often the worker looks for aged scores when nobody notifies it
+
+
+class LiveScorer:
+    """Scores what is due, in rounds, on a daemon thread (`start`/`stop`), or once (`score_due`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        holder: ModelHolder,
+        population: PopulationCache,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        batch: int = BATCH_DEALS,
+    ) -> None:
+        self.store = store
+        self.holder = holder
+        self.population = population
+        self.max_age_s = max_age_s
+        self.batch = batch
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._builder: FeatureBuilder | None = None  # the population the last round scored with
+
+    def notify(self) -> None:
+        """Something changed (a write, a model swap): refit the population lazily and score what is due."""
+        self.population.mark_dirty()
+        self._wake.set()
+
+    def score_due(self, now: datetime | None = None) -> int:
+        """One round: score up to `batch` due deals as of `now` (default: the current time); how many."""
+        model = self.holder.current()
+        if model is None:
+            return 0
+        t = to_utc_timestamp(now if now is not None else datetime.now(UTC))
+        due = self.store.pending_scores(
+            model.version, (t - timedelta(seconds=self.max_age_s)).to_pydatetime(), self.batch
+        )
+        if not due:
+            return 0
+        history = self.store.load_history(deal_ids=list(due))
+        points = open_deal_points(history, t)
+        if points.empty:
+            return 0
+        # Score with the population already fitted (a write must not wait for a refit of the whole
+        # store to become visible), then, if the store changed since, refit it and score them again.
+        held = self._builder
+        saved = self._score_and_save(model, history, points, due, held or self.population.get())
+        fitted = self.population.get()
+        if held is not None and fitted is not held:
+            saved = self._score_and_save(model, history, points, due, fitted)
+        self._builder = fitted
+        return saved
+
+    def _score_and_save(
+        self,
+        model: LoadedModel,
+        history: DealHistory,
+        points: pd.DataFrame,
+        due: dict[str, datetime],
+        stored_builder: FeatureBuilder | None,
+    ) -> int:
+        builder = builder_for(stored_builder, history)
+        try:
+            scored = score_points(model.bundle, history, points, builder)
+        except Exception:  # one bad deal must not hold back the others: score them one by one
+            logger.exception("scoring a round of %d deals failed; scoring them one at a time", len(points))
+            parts = []
+            for i in range(len(points)):
+                try:
+                    parts.append(score_points(model.bundle, history, points.iloc[[i]], builder))
+                except Exception:
+                    deal_id = points["deal_id"].iloc[i]
+                    logger.exception("live score of deal %s failed; it stays pending", deal_id)
+            if not parts:
+                return 0
+            scored = pd.concat(parts, ignore_index=True)
+        return self.store.save_scores(scored, model.version, due)
+
+    def start(self) -> None:
+        """Run rounds on a daemon thread until `stop`."""
+        self._thread = threading.Thread(target=self._run, name="live-scores", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(IDLE_POLL_S)
+            self._wake.clear()
+            try:
+                while not self._stop.is_set() and self.score_due() >= self.batch:
+                    pass  # a full round: more may be due (a swap, a big import)
+            except Exception:  # a failed round is retried on the next wake; the service keeps serving
+                logger.exception("live scoring round failed")

@@ -1,0 +1,140 @@
+"""The store's tables as they are at the newest migration (what queries are written against).
+
+Alembic owns the schema (`serving/migrations/`): these definitions must match the head revision, which
+`tests/serving/test_migrations.py` checks by comparing them with a migrated database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from serving.limits import ACCOUNT_LENGTH, CURRENCY_LENGTH, EVENT_ID_LENGTH, NAME_LENGTH
+
+# table -> (value columns in canonical order, time column); event_id is kept apart from the row's content
+EVENT_TABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "stage_changes": (("deal_id", "stage", "changed_at"), "changed_at"),
+    "activities": (("deal_id", "type", "direction", "occurred_at"), "occurred_at"),
+    "field_changes": (("deal_id", "field", "value", "changed_at"), "changed_at"),
+}
+
+# A deal's current state (after every stored event), kept with the deal and rewritten in the same
+# transaction as the events that change it. `state_updated_at` NULL means "not yet computed" (a store
+# just upgraded from the release before); the store computes those on open.
+STATE_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("current_stage", sa.String(NAME_LENGTH)),
+    ("outcome", sa.String(10)),  # open / won / lost
+    ("current_owner", sa.String(NAME_LENGTH)),
+    ("current_amount", sa.Float),
+    ("current_expected_close_date", sa.DateTime),
+    ("stage_entered_at", sa.DateTime),  # when the deal entered its current stage (created_at before any)
+    ("closed_at", sa.DateTime),  # when it entered its won/lost stage; NULL while open
+    ("last_activity_at", sa.DateTime),
+    ("first_event_at", sa.DateTime),  # earliest event of any kind: created_at may not move after it
+    ("last_event_at", sa.DateTime),
+    ("n_events", sa.Integer),
+    ("state_updated_at", sa.DateTime),  # wall-clock time of the write that last changed the deal
+)
+
+
+def event_columns(table: str) -> list[sa.Column[Any]]:
+    """The content columns of one event table (besides id, event_key, deal_id, time and event_id)."""
+    if table == "stage_changes":
+        return [sa.Column("stage", sa.String(NAME_LENGTH), nullable=False)]
+    if table == "activities":
+        return [sa.Column("type", sa.String(20), nullable=False), sa.Column("direction", sa.String(20))]
+    return [sa.Column("field", sa.String(50), nullable=False), sa.Column("value", sa.Text)]
+
+
+def build_metadata(schema: str | None) -> sa.MetaData:
+    """The head schema's tables; `schema` qualifies every table (a PostgreSQL schema)."""
+    md = sa.MetaData(schema=schema)
+    prefix = f"{schema}." if schema else ""
+    sa.Table(
+        "pipelines",
+        md,
+        sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+        sa.Column("spec", sa.JSON, nullable=False),
+        sa.Column("inferred", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("updated_at", sa.DateTime),
+    )
+    sa.Table(
+        "pipeline_attributes",
+        md,
+        sa.Column("pipeline", sa.String(NAME_LENGTH), primary_key=True),
+        sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
+    )
+    sa.Table(
+        "deals",
+        md,
+        # A surrogate key keeps insertion order, so a history read back comes out in the order it went in.
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("deal_id", sa.String(NAME_LENGTH), nullable=False, unique=True),
+        sa.Column("pipeline", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("owner", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("team", sa.String(NAME_LENGTH)),
+        sa.Column("account", sa.String(ACCOUNT_LENGTH)),
+        sa.Column("amount", sa.Float, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),  # naive UTC
+        sa.Column("expected_close_date", sa.DateTime),  # naive UTC
+        sa.Column("currency", sa.String(CURRENCY_LENGTH)),
+        sa.Column("attributes", sa.JSON, nullable=False),
+        sa.Column("row_hash", sa.String(64), nullable=False),
+        *(sa.Column(name, type_) for name, type_ in STATE_COLUMNS),
+        # named explicitly: with a schema, index=True would put the schema in the name
+        sa.Index("ix_deals_pipeline", "pipeline"),
+        sa.Index("ix_deals_pipeline_outcome", "pipeline", "outcome"),
+    )
+    for table, (_, time_col) in EVENT_TABLES.items():
+        sa.Table(
+            table,
+            md,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            # event_id when the source gave one, else the SHA-256 of the whole row: unique per deal
+            sa.Column("event_key", sa.String(EVENT_ID_LENGTH), nullable=False),
+            sa.Column(
+                "deal_id", sa.String(NAME_LENGTH), sa.ForeignKey(f"{prefix}deals.deal_id"), nullable=False
+            ),
+            *event_columns(table),
+            sa.Column(time_col, sa.DateTime, nullable=False),  # naive UTC
+            sa.Column("event_id", sa.String(EVENT_ID_LENGTH)),
+            sa.UniqueConstraint("deal_id", "event_key", name=f"uq_{table}_deal_event"),
+            sa.Index(f"ix_{table}_deal_time", "deal_id", time_col),
+        )
+    sa.Table(
+        "deal_scores",
+        md,
+        # The live score of a deal (revision 0003); `state_updated_at` is the deal state it was computed
+        # from, so a deal whose state moved on since is pending a re-score.
+        sa.Column(
+            "deal_id", sa.String(NAME_LENGTH), sa.ForeignKey(f"{prefix}deals.deal_id"), primary_key=True
+        ),
+        sa.Column("model_version", sa.String(100), nullable=False),
+        sa.Column("as_of", sa.DateTime, nullable=False),
+        sa.Column("computed_at", sa.DateTime, nullable=False),
+        sa.Column("state_updated_at", sa.DateTime),
+        sa.Column("cold_risk", sa.Float, nullable=False),
+        sa.Column("close_probability", sa.Float, nullable=False),
+        sa.Column("risk_band", sa.String(20), nullable=False),
+        sa.Column("expected_value", sa.Float, nullable=False),
+        sa.Column("reasons", sa.JSON, nullable=False),
+        # The timing scores (null where the bundle has no timing model or they do not apply).
+        sa.Column("close_probability_90d", sa.Float),
+        sa.Column("slip_risk", sa.Float),
+        sa.Column("likely_close_date", sa.DateTime),
+        sa.Column("counter_reasons", sa.JSON),
+        sa.Index("ix_deal_scores_cold_risk", "cold_risk"),
+    )
+    sa.Table(
+        "api_keys",
+        md,
+        sa.Column("key_id", sa.String(16), primary_key=True),
+        sa.Column("name", sa.String(NAME_LENGTH)),
+        sa.Column("role", sa.String(20), nullable=False),
+        sa.Column("pipelines", sa.JSON, nullable=False),
+        sa.Column("key_hash", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("revoked_at", sa.DateTime),
+    )
+    return md

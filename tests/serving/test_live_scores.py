@@ -1,0 +1,150 @@
+"""Live scores through the API: at-risk as of now reads the scores the service keeps, a write is visible
+in them within a second, they equal on-demand scores as of the same time, and a model swap re-scores."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_settings
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+
+
+def _wait_for(check: Callable[[], Any], timeout_s: float, step_s: float = 0.02) -> Any:
+    """Poll `check` until it returns something truthy; that value, or None after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value or None
+        time.sleep(step_s)
+
+
+@pytest.fixture
+def live(world: Any, tmp_path: Path) -> Iterator[TestClient]:
+    """A service of its own on a copy of the world's store, so no other app's scorer touches its scores."""
+    source = world.settings.database_url.removeprefix("sqlite:///")
+    copy = tmp_path / "live.db"
+    with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+        # Scores other services computed, with the population of their time, are not this one's to test.
+        dst.execute("DELETE FROM deal_scores")
+    settings = make_settings(world, database_url=f"sqlite:///{copy}")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _at_risk(client: TestClient, world: Any) -> dict[str, Any]:
+    response = client.get(
+        f"/v1/pipelines/{world.pipeline_a}/at-risk", params={"limit": 1000}, headers=world.auth("manager")
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _live_at_risk(client: TestClient, world: Any, version: str | None = None) -> dict[str, Any] | None:
+    """The at-risk list when it is served from live scores (of `version`, if given), else None."""
+    body = _at_risk(client, world)
+    if not _from_live_scores(body):
+        return None
+    if version is not None and any(d["model_version"] != version for d in body["deals"]):
+        return None
+    return body
+
+
+def _from_live_scores(body: dict[str, Any]) -> bool:
+    # a live score is as of when it was computed; an on-demand one is as of the request's time
+    return bool(body["deals"]) and all(d["scored_at"] != body["as_of"] for d in body["deals"])
+
+
+def test_at_risk_reads_live_scores_equal_to_on_demand_ones(world: Any, live: TestClient) -> None:
+    body = _wait_for(lambda: _live_at_risk(live, world), timeout_s=60)
+    assert body is not None, "the open deals were never scored in the background"
+    on_demand = live.get(
+        f"/v1/pipelines/{world.pipeline_a}/at-risk",
+        params={"limit": 1000, "as_of": body["as_of"]},
+        headers=world.auth("manager"),
+    ).json()
+    assert body["total"] == on_demand["total"] > 0
+    for deal in body["deals"][:5]:
+        assert deal["model_version"] == world.versions[0] and deal["score_pending"] is False
+        same_time = live.get(
+            f"/v1/deals/{deal['deal_id']}/score",
+            params={"as_of": deal["scored_at"]},
+            headers=world.auth("admin"),
+        ).json()["scores"][0]
+        assert deal["cold_risk"] == pytest.approx(same_time["cold_risk"], abs=1e-12)
+        assert deal["close_probability"] == pytest.approx(same_time["close_probability"], abs=1e-12)
+        assert [r["feature"] for r in deal["reasons"]] == [r["feature"] for r in same_time["reasons"]]
+        # the timing scores and what lowers the risk are kept with the live score too
+        for name in ("close_probability_90d", "slip_risk"):
+            assert deal[name] == pytest.approx(same_time[name], abs=1e-12, nan_ok=True) or (
+                deal[name] is None and same_time[name] is None
+            )
+        assert deal["likely_close_date"] == same_time["likely_close_date"]
+        assert [r["feature"] for r in deal["counter_reasons"]] == [
+            r["feature"] for r in same_time["counter_reasons"]
+        ]
+    assert any(d["close_probability_90d"] is not None for d in body["deals"])
+    ranked = [d["cold_risk"] for d in body["deals"]]
+    assert ranked == sorted(ranked, reverse=True)
+    paged = live.get(
+        f"/v1/pipelines/{world.pipeline_a}/at-risk",
+        params={"limit": 3, "offset": 2},
+        headers=world.auth("manager"),
+    ).json()
+    assert [d["deal_id"] for d in paged["deals"]] == [d["deal_id"] for d in body["deals"][2:5]]
+    assert [d["rank"] for d in paged["deals"]] == [3, 4, 5] and paged["total"] == body["total"]
+
+
+def test_a_new_event_is_in_the_live_score_within_a_second(world: Any, live: TestClient) -> None:
+    assert _wait_for(lambda: _live_at_risk(live, world), timeout_s=60)
+    deal_id = world.deal_in(world.pipeline_a)
+    written_at = datetime.now(UTC)
+    event = {
+        "deal_id": deal_id,
+        "type": "meeting",
+        "direction": "inbound",
+        "occurred_at": written_at.isoformat(),
+    }
+    response = live.post("/v1/events", json={"activities": [event]}, headers=world.auth("integration"))
+    assert response.status_code == 200 and response.json()["inserted"] == 1
+    acknowledged = time.monotonic()
+
+    def rescored() -> dict[str, Any] | None:
+        row = next((d for d in _at_risk(live, world)["deals"] if d["deal_id"] == deal_id), None)
+        fresh = row is not None and datetime.fromisoformat(row["scored_at"]) >= written_at
+        return row if fresh and not row["score_pending"] else None
+
+    row = _wait_for(rescored, timeout_s=1.0)
+    elapsed = time.monotonic() - acknowledged
+    assert row is not None, f"not re-scored {elapsed:.2f} s after the write was acknowledged"
+    reasons = {r["feature"]: r["value"] for r in row["reasons"]}
+    if "days_since_last_activity" in reasons:  # the meeting just happened
+        assert reasons["days_since_last_activity"] < 0.01
+
+
+def test_a_model_swap_rescores_every_open_deal(world: Any, live: TestClient) -> None:
+    assert _wait_for(lambda: _live_at_risk(live, world), timeout_s=60)
+    try:
+        world.set_champion(world.versions[1])
+        assert live.post("/v1/model/reload", headers=world.auth("admin")).status_code == 200
+        swapped = _wait_for(lambda: _live_at_risk(live, world, world.versions[1]), timeout_s=60)
+        assert swapped is not None and swapped["model_version"] == world.versions[1]
+        one = swapped["deals"][0]
+        same_time = live.get(
+            f"/v1/deals/{one['deal_id']}/score",
+            params={"as_of": one["scored_at"]},
+            headers=world.auth("admin"),
+        ).json()
+        assert same_time["model_version"] == world.versions[1]
+        assert one["cold_risk"] == pytest.approx(same_time["scores"][0]["cold_risk"], abs=1e-12)
+    finally:
+        world.set_champion(world.versions[0])
