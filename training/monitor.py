@@ -3,7 +3,8 @@ drift of live deals against its training snapshots, with a state (ok / watch / r
 
 Scores are recomputed as of past weekly snapshots after the model's training data ended, with the model
 being checked. Scores as of a past time are point-in-time (features use only rows dated at or before
-it), so this is what the model said, or would have said, then; it does not need stored live scores.
+it), so this is what the model said, or would have said, then. The store's live scores cannot stand in:
+each open deal keeps only its current one, and a deal that has since closed keeps none.
 Outcomes are the training labels: won or lost for the close head (open deals are censored and left out),
 cold within the horizon for the cold head (windows not yet over are left out).
 """
