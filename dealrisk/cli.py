@@ -13,7 +13,7 @@ from dealrisk.console import fail
 app = typer.Typer(
     name="dealrisk",
     help="Which deals are going cold and how likely each is to close: simulate, import, train, "
-    "backtest, compare, promote, score, at-risk, health, forecast, serve, keys, demo.",
+    "backtest, compare, promote, retrain, monitor, score, at-risk, health, forecast, serve, keys, demo.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

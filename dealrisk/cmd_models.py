@@ -1,4 +1,4 @@
-"""Model commands: `train`, `backtest`, `compare`, `promote`, `score`.
+"""Model commands: `train`, `backtest`, `compare`, `promote`, `retrain`, `monitor`, `score`.
 
 Each command parses options, calls the matching function in `training/` and prints; the work and its
 tests live there.
@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
     app.command("backtest")(backtest_command)
     app.command("compare")(compare_command)
     app.command("promote")(promote_command)
+    app.command("retrain")(retrain_command)
+    app.command("monitor")(monitor_command)
     app.command("score")(score_command)
 
 
@@ -112,14 +114,44 @@ def _bar(description: str, quiet: bool) -> Iterator[Callable[[str, float], None]
         yield report
 
 
+def _train_config(
+    horizon_days: float, cadence_days: float, seed: int, drop: list[str] | None, trees: int | None
+) -> Any:
+    from training.train import TrainConfig
+
+    try:
+        return TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed,
+                           drop_features=tuple(drop or ()),
+                           lightgbm_params={"n_estimators": trees} if trees else {})
+    except ValueError as exc:
+        fail(f"--drop-feature: {exc}")
+
+
+# The recipe options `train` and `retrain` share (one definition, so their meaning cannot drift apart).
+HORIZON_OPTION = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days.")
+CADENCE_OPTION = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots.")
+SEED_OPTION = typer.Option(0, "--seed", help="Random seed for LightGBM.")
+DROP_OPTION = typer.Option(
+    None, "--drop-feature", help="A feature column the heads must not use (repeatable), e.g. for an ablation."
+)
+TREES_OPTION = typer.Option(
+    None, "--trees", min=1, max=5000, help="LightGBM trees per head (default: sized to the data)."
+)
+
+
 def train_command(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="History folder (CSV or Parquet + pipelines.yaml); default: the store."
     ),
-    horizon_days: float = typer.Option(14, "--horizon-days", min=1, help="Cold-risk horizon H in days."),
-    cadence_days: float = typer.Option(7, "--cadence-days", min=1, help="Days between training snapshots."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for LightGBM."),
+    horizon_days: float = HORIZON_OPTION,
+    cadence_days: float = CADENCE_OPTION,
+    seed: int = SEED_OPTION,
+    drop: list[str] | None = DROP_OPTION,
+    trees: int | None = TREES_OPTION,
     no_register: bool = typer.Option(False, "--no-register", help="Log the run but register no version."),
+    from_store: bool = typer.Option(
+        False, "--from-store", help="Train on the store's history (DEALRISK_DATABASE_URL); not with --data."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train both heads, log an MLflow run and register a new model version.
@@ -128,10 +160,12 @@ def train_command(
     stage prior and a logistic regression on the time-split test window. The run goes to experiment
     `deal-risk`; the first registered version becomes @champion, later ones wait as candidates.
     """
-    from training.train import TrainConfig, train
+    from training.train import train
 
+    if from_store and data is not None:
+        fail("give either --data DIR or --from-store, not both")
+    config = _train_config(horizon_days, cadence_days, seed, drop, trees)
     history = _load_history(data)
-    config = TrainConfig(horizon_days=horizon_days, cadence_days=cadence_days, seed=seed)
     with _bar("Training", as_json) as report:
         try:
             result = train(history, config, tracking_uri=_tracking_uri(), register=not no_register,
@@ -203,24 +237,77 @@ def compare_command(
         None, help="Versions to compare with the champion; default: every newer candidate."
     ),
     data: Path | None = typer.Option(None, "--data", "-d", help="History folder; default: the store."),
-    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Number of backtest windows."),
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Number of rolling-origin folds."),
+    fold_days: float | None = typer.Option(None, "--fold-days", min=1, help="Days per test window."),
+    boot: int = typer.Option(200, "--boot", min=20, max=5000, help="Bootstrap resamples of deals."),
+    forecast_months: int = typer.Option(
+        0, "--forecast-months", min=0, max=12,
+        help="Also forecast this many months from each fold's start and report P10-P90 coverage and WAPE.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
-    """Compare the champion and candidate versions on the same backtest windows, side by side."""
+    """Compare the champion and candidate versions out of sample.
+
+    Each version's training configuration is retrained on the same rolling-origin folds (fit on what
+    was known before each fold, score the snapshots inside it). Per head and version: ROC AUC, Brier,
+    log loss and ECE with bootstrap confidence intervals over deals, the paired difference with the
+    champion, and a verdict (better, worse, no detectable difference). Logged to MLflow as a
+    comparison run with plots.
+    """
     from training.registry import RegistryError, compare
 
     history = _load_history(data)
-    with _bar("Comparing", as_json) as report:
+    with _bar("Comparing out of sample", as_json) as report:
         try:
-            table = compare(history, versions, _tracking_uri(), n_folds=folds)
-        except RegistryError as exc:
+            comparison = compare(history, versions, _tracking_uri(), n_folds=folds, fold_days=fold_days,
+                                 n_boot=boot, progress=report, forecast_months=forecast_months)
+        except (RegistryError, ValueError) as exc:
             fail(str(exc))
-        report("done", 1.0)
     if as_json:
-        emit_json(table.to_dict(orient="records"))
+        emit_json(comparison.to_dict())
         return
-    _print_frame(table, "deal-risk versions on the same backtest",
-                 ["version", "champion", "head", *METRIC_HEADERS])
+    _print_comparison(comparison)
+
+
+def _print_comparison(comparison: Any) -> None:
+    table = comparison.table()
+    level = f"{comparison.confidence:.0%}"
+
+    def interval(lo: float, hi: float, signed: bool = False) -> str:
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return "–"
+        return f"{lo:+.3f} to {hi:+.3f}" if signed else f"{lo:.3f} to {hi:.3f}"
+
+    rich_table = Table(title=f"deal-risk versions out of sample ({len(comparison.folds)} folds, {level} "
+                             f"intervals from {comparison.n_boot} resamples of deals)")
+    columns = ("version", "head", "metric", "value", f"{level} CI", "vs champion", f"{level} CI ", "verdict")
+    for column in columns:
+        rich_table.add_column(column, justify="left" if column in ("version", "head", "metric", "verdict")
+                              else "right")
+    for r in table.itertuples(index=False):
+        name = f"{r.version} (champion)" if r.champion else str(r.version)
+        has_diff = isinstance(r.verdict, str)
+        rich_table.add_row(
+            name, r.head, r.metric, _fmt(float(r.value)), interval(r.ci_low, r.ci_high),
+            f"{r.difference:+.3f}" if has_diff else "", interval(r.diff_ci_low, r.diff_ci_high, True)
+            if has_diff else "", r.verdict if has_diff else "",
+        )
+    out_console.print(rich_table)
+    for version, verdict in comparison.verdicts.items():
+        out_console.print(f"version {version} against champion v{comparison.champion}: [bold]{verdict}[/]")
+        for reason in comparison.reasons[version]:
+            out_console.print(f"  {reason}")
+    for version, summary in comparison.forecast.items():
+        coverage = summary.get("forecast_coverage_p10_p90", float("nan"))
+        wape = summary.get("forecast_wape_month_1", float("nan"))
+        out_console.print(
+            f"version {version} forecast: P10-P90 held the actual amount in {coverage:.0%} of "
+            f"{summary.get('forecast_months', 0):.0f} pipeline-months; WAPE one month ahead {wape:.1%}"
+        )
+    for note in comparison.notes:
+        out_console.print(f"note: {note}")
+    if comparison.run_id:
+        out_console.print(f"Logged as MLflow run {comparison.run_id}.")
 
 
 def promote_command(
@@ -228,26 +315,139 @@ def promote_command(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="History to evaluate on; default: the store."
     ),
+    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Rolling-origin folds of the comparison."),
     force: bool = typer.Option(False, "--force", help="Promote even if it is worse than the champion."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Make VERSION the @champion (rollback: promote the older version).
 
-    A version that is worse than the champion on the same backtest is refused unless --force.
+    Without --force the version is first compared out of sample with the champion (as `compare` does)
+    and refused when it is worse on that evidence.
     """
     from training.registry import PromotionRefused, RegistryError, promote
 
     history = None if force else _load_history(data)
     with _bar(f"Promoting version {version}", as_json) as report:
         try:
-            result = promote(version, _tracking_uri(), history=history, force=force)
-        except (PromotionRefused, RegistryError) as exc:
+            result = promote(version, _tracking_uri(), history=history, force=force, n_folds=folds,
+                             progress=report)
+        except (PromotionRefused, RegistryError, ValueError) as exc:
             fail(str(exc))
         report("done", 1.0)
+    verdict = result.comparison.verdicts.get(version) if result.comparison is not None else None
     if as_json:
-        emit_json({"champion": result.version, "previous": result.previous, "forced": result.forced})
+        emit_json({"champion": result.version, "previous": result.previous, "forced": result.forced,
+                   "verdict": verdict})
         return
-    out_console.print(f"@champion is now version {result.version} (was {result.previous or 'none'}).")
+    evidence = f" Out of sample it is {verdict}." if verdict else ""
+    was = result.previous or "none"
+    out_console.print(f"@champion is now version {result.version} (was {was}).{evidence}")
+
+
+def retrain_command(
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="History folder; default: the store's history (DEALRISK_DATABASE_URL)."
+    ),
+    horizon_days: float = HORIZON_OPTION,
+    cadence_days: float = CADENCE_OPTION,
+    seed: int = SEED_OPTION,
+    drop: list[str] | None = DROP_OPTION,
+    trees: int | None = TREES_OPTION,
+    folds: int = typer.Option(3, "--folds", min=1, max=12, help="Rolling-origin folds of the comparison."),
+    boot: int = typer.Option(200, "--boot", min=20, max=5000, help="Bootstrap resamples of deals."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+) -> None:
+    """Train a new version, compare it out of sample with the champion, promote it only if better.
+
+    For a scheduler: the new version is registered either way; it becomes @champion only when the
+    comparison says "better" (or there is no champion yet). The decision is printed, tagged on the
+    version (retrain_decision) and on the MLflow comparison run. Exit code 0 either way.
+    """
+    from training.registry import RegistryError, retrain
+
+    config = _train_config(horizon_days, cadence_days, seed, drop, trees)
+    history = _load_history(data)
+    with _bar("Retraining", as_json) as report:
+        try:
+            result = retrain(history, config, _tracking_uri(), n_folds=folds, n_boot=boot, progress=report)
+        except (RegistryError, ValueError) as exc:
+            fail(str(exc))
+    if as_json:
+        emit_json(
+            {
+                "version": result.version,
+                "previous_champion": result.previous,
+                "verdict": result.verdict,
+                "promoted": result.promoted,
+                "champion": result.version if result.promoted else result.previous,
+                "decision": result.decision,
+                "comparison": result.comparison.to_dict() if result.comparison is not None else None,
+            }
+        )
+        return
+    if result.comparison is not None:
+        _print_comparison(result.comparison)
+    out_console.print(result.decision)
+
+
+def monitor_command(
+    data: Path | None = typer.Option(None, "--data", "-d", help="History folder; default: the store."),
+    model_uri: str | None = typer.Option(
+        None, "--model-uri", help="Model to check; default models:/deal-risk@champion."
+    ),
+    since: str | None = typer.Option(
+        None, "--since", help="Check scores after this time (ISO 8601); default: end of its training data."
+    ),
+    no_record: bool = typer.Option(
+        False, "--no-record", help="Do not keep the report in MLflow for GET /v1/model/monitor."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check the served model: calibration on outcomes known since, and feature drift (for a cron job).
+
+    Scores as of weekly past snapshots after the model's training data (point-in-time, recomputed with
+    the model) are set against the outcomes known now: observed rate against predicted probability per
+    risk band and per week. Live features are set against the training snapshots (population stability
+    index per feature). The state is ok, watch or retrain, with the reason. The report is kept with
+    the model version in MLflow, where GET /v1/model/monitor reads it.
+    """
+    from features.history import to_utc_timestamp
+    from features.jsonable import json_ready
+    from models.loading import CHAMPION_URI, load_bundle, save_monitor_report
+    from training.monitor import monitor
+
+    t = None
+    if since is not None:
+        try:
+            t = to_utc_timestamp(since)
+        except (ValueError, TypeError):
+            fail(f"--since {since!r} is not a time; use ISO 8601, e.g. 2025-05-01")
+    history = _load_history(data)
+    with _bar("Monitoring", as_json) as report:
+        try:
+            bundle, version = load_bundle(model_uri or CHAMPION_URI, _tracking_uri())
+        except Exception as exc:  # noqa: BLE001 - any registry/IO failure ends up as one message
+            fail(f"cannot load model {model_uri or CHAMPION_URI}: {exc} (train one with `dealrisk train`)")
+        report("model loaded", 0.2)
+        result = monitor(history, bundle, model_version=version, since=t)
+        body = json_ready(result.to_dict())
+        if not no_record:
+            save_monitor_report(version, body, _tracking_uri())
+        report("done", 1.0)
+    if as_json:
+        emit_json(body)
+        return
+    out_console.print(
+        f"Model version {version}: [bold]{result.state}[/] ({result.n_points:,} scores as of "
+        f"{result.since:%Y-%m-%d} to {result.until:%Y-%m-%d})"
+    )
+    for reason in result.reasons:
+        out_console.print(f"  {reason}")
+    for head, part in result.calibration.items():
+        _print_frame(part["by_band"], f"{head}: observed rate vs predicted, per risk band ({part['state']})")
+        _print_frame(part["by_week"], f"{head}: observed rate vs predicted, per week")
+    if not result.drift.empty:
+        _print_frame(result.drift.head(10), "Feature drift against the training snapshots (PSI)")
 
 
 def score_command(

@@ -29,3 +29,12 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def json_ready(value: Any) -> Any:
+    """`jsonable`, then times as ISO 8601 strings: a structure `json.dumps` takes as it is (for JSON
+    artifacts and stored reports)."""
+    import json
+
+    return json.loads(json.dumps(jsonable(value), default=lambda v: v.isoformat() if hasattr(v, "isoformat")
+                                 else str(v)))

@@ -90,22 +90,29 @@ class Calibrator:
         return cal
 
 
-def _bin_sums(p: ArrayLike, y: ArrayLike, n_bins: int) -> tuple[NDArray[np.float64], ...]:
-    """Per equal-width bin of p: count, sum of p, sum of y."""
+def _bin_sums(
+    p: ArrayLike, y: ArrayLike, n_bins: int, weights: ArrayLike | None = None
+) -> tuple[NDArray[np.float64], ...]:
+    """Per equal-width bin of p: (weighted) count, sum of p, sum of y."""
     p_arr = np.asarray(p, dtype=np.float64).ravel()
     y_arr = np.asarray(y, dtype=np.float64).ravel()
+    w = np.ones_like(p_arr) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     bins = np.minimum((p_arr * n_bins).astype(int), n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
-    sum_p = np.bincount(bins, weights=p_arr, minlength=n_bins).astype(np.float64)
-    sum_y = np.bincount(bins, weights=y_arr, minlength=n_bins).astype(np.float64)
+    count = np.bincount(bins, weights=w, minlength=n_bins).astype(np.float64)
+    sum_p = np.bincount(bins, weights=w * p_arr, minlength=n_bins).astype(np.float64)
+    sum_y = np.bincount(bins, weights=w * y_arr, minlength=n_bins).astype(np.float64)
     return count, sum_p, sum_y
 
 
-def expected_calibration_error(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
-    """ECE with equal-width bins: the share-weighted mean |observed rate - mean predicted| per bin."""
+def expected_calibration_error(
+    p: ArrayLike, y: ArrayLike, n_bins: int = 10, weights: ArrayLike | None = None
+) -> float:
+    """ECE with equal-width bins: the share-weighted mean |observed rate - mean predicted| per bin.
+
+    `weights` count each row that many times (a bootstrap resample without copying rows)."""
     if np.asarray(p).size == 0:
         return float("nan")
-    count, sum_p, sum_y = _bin_sums(p, y, n_bins)
+    count, sum_p, sum_y = _bin_sums(p, y, n_bins, weights)
     used = count > 0
     gap = np.abs(sum_y[used] - sum_p[used]) / count[used]
     return float(np.sum(gap * count[used]) / count.sum())

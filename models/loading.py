@@ -8,6 +8,7 @@ model is instantiated. The tracking URI is always passed explicitly, never set g
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -222,3 +223,43 @@ def load_bundle(model_uri: str = CHAMPION_URI, tracking_uri: str | None = None) 
         bundle = ScoringBundle.load(_find_bundle_dir(Path(path)))
     log.info("loaded scoring bundle %s (version %s)", model_uri, version)
     return bundle, version
+
+
+# Where `dealrisk monitor` keeps its latest report, inside the MLflow run of the version it checked.
+MONITOR_ARTIFACT = "monitor/latest.json"
+
+
+def _run_id_of(version: str, tracking_uri: str | None) -> str:
+    from mlflow import MlflowClient
+
+    if version.startswith("run:"):
+        return version.removeprefix("run:")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return str(client.get_model_version(REGISTERED_MODEL, version).run_id)
+
+
+def save_monitor_report(version: str, report: dict[str, Any], tracking_uri: str | None) -> None:
+    """Keep `report` (JSON-ready) as the latest monitor report of `version`; its state also goes on the
+    version as the tag `monitor_state`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.log_dict(_run_id_of(version, tracking_uri), report, MONITOR_ARTIFACT)
+    if not version.startswith("run:"):
+        client.set_model_version_tag(REGISTERED_MODEL, version, "monitor_state", str(report.get("state")))
+
+
+def load_monitor_report(version: str, tracking_uri: str | None) -> dict[str, Any] | None:
+    """The latest monitor report saved for `version`, or None when it was never monitored."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        run_id = _run_id_of(version, tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, MONITOR_ARTIFACT, tmp)
+            loaded: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (MlflowException, OSError):
+        return None
+    return loaded

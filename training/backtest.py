@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS, FeatureBuilder
+from features.build import FeatureBuilder
 from features.health import deal_states
 from features.history import DealHistory
 from models.scoring import score_points
@@ -23,6 +23,7 @@ from training.metrics import METRIC_NAMES, binary_metrics
 from training.snapshots import TimeSplit, make_snapshots, time_split
 from training.train import (
     HEADS,
+    HeadFit,
     TrainConfig,
     TrainingData,
     build_bundle,
@@ -127,7 +128,30 @@ def _shared_features(
 ) -> tuple[pd.DataFrame, list[str], list[str]]:
     points = make_snapshots(history, cadence_days=config.cadence_days, at_events=config.at_events)
     feats = builder.transform(history, points)
-    return feats, list(FEATURE_COLUMNS), list(CATEGORICAL_FEATURES)
+    cols, cats = config.feature_columns()
+    return feats, cols, cats
+
+
+def fold_features(
+    history: DealHistory, config: TrainConfig, builder: FeatureBuilder
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Point-in-time features of every snapshot `config` makes, built once for all folds, with the
+    feature and categorical columns its heads use."""
+    return _shared_features(history, config, builder)
+
+
+def fit_fold(
+    history: DealHistory, feats: pd.DataFrame, fold: Fold, config: TrainConfig, cols: list[str],
+    cats: list[str], n_closed: int,
+) -> tuple[TrainingData, dict[str, HeadFit], Any]:
+    """Fit both heads on what was known before `fold` starts (calibrated on the window just before
+    it) and assemble the bundle: what `train` would have served at the fold's start."""
+    data = _fold_data(history, feats, fold.split(config.calibration_days), config, cols, cats)
+    labelled = data.frame[data.frame["window"] != "test"]
+    n_pos = {h: int(min((labelled[c] == 1).sum(), (labelled[c] == 0).sum())) for h, c in HEADS.items()}
+    thin, note = data_note_for(n_closed, n_pos, config)
+    heads = {h: fit_head(h, data, config, thin) for h in HEADS}
+    return data, heads, build_bundle(heads, data, config, history, note, thin)
 
 
 def _fold_data(
@@ -218,15 +242,10 @@ def backtest(
     for i, fold in enumerate(folds):
         if progress:
             progress(f"fold {fold.number}", i / len(folds))
-        data = _fold_data(history, feats, fold.split(config.calibration_days), config, cols, cats)
-        labelled = data.frame[data.frame["window"] != "test"]
-        n_pos = {h: int(min((labelled[c] == 1).sum(), (labelled[c] == 0).sum())) for h, c in HEADS.items()}
-        thin, note = data_note_for(n_closed, n_pos, config)
-        heads = {h: fit_head(h, data, config, thin) for h in HEADS}
+        _, heads, bundle = fit_fold(history, feats, fold, config, cols, cats, n_closed)
         for head, fit in heads.items():
             for model, values in fit.metrics.items():
                 metric_rows.append({"fold": fold.number, "head": head, "model": model, **values})
-        bundle = build_bundle(heads, data, config, history, note, thin)
         forecast_rows.extend(forecast_error(history, bundle, fold, builder, forecast_months))
     if progress:
         progress("done", 1.0)
@@ -237,7 +256,8 @@ def evaluate_bundle(
     bundle: Any, history: DealHistory, folds: list[Fold], config: TrainConfig | None = None
 ) -> pd.DataFrame:
     """Metrics of an existing bundle on the folds' test windows (`fold, head, <metric>…`), plus an
-    `all` row pooling the folds, so registered versions can be compared on the same rows."""
+    `all` row pooling the folds. A bundle trained on data overlapping those windows is scored
+    in-sample here; comparing versions goes through `training.compare`, which retrains per fold."""
     config = config or TrainConfig(horizon_days=float(bundle.metadata.get("horizon_days", 14)))
     points = make_snapshots(history, cadence_days=config.cadence_days)
     builder = FeatureBuilder().fit(history)

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from numpy.typing import ArrayLike  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
@@ -71,6 +72,27 @@ def plot_importance(importance: Mapping[str, float], path: Path, title: str, top
     fig, ax = plt.subplots(figsize=(6, max(2.0, 0.3 * len(items) + 1)))
     ax.barh([k for k, _ in items], [v for _, v in items])
     ax.set(xlabel="gain", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_metric_intervals(rows: pd.DataFrame, path: Path, title: str) -> Path:
+    """One point per version with its confidence interval as an error bar, one panel per head
+    (`rows`: version, head, value, ci_low, ci_high)."""
+    heads = list(dict.fromkeys(rows["head"]))
+    fig, axes = plt.subplots(1, max(len(heads), 1), figsize=(4 * max(len(heads), 1), 3.5), squeeze=False)
+    for ax, head in zip(axes[0], heads, strict=False):
+        part = rows[rows["head"] == head]
+        x = np.arange(len(part))
+        value = part["value"].to_numpy(dtype=float)
+        err = np.vstack([value - part["ci_low"].to_numpy(dtype=float),
+                         part["ci_high"].to_numpy(dtype=float) - value])
+        ax.errorbar(x, value, yerr=np.maximum(err, 0.0), fmt="o", capsize=4)
+        ax.set_xticks(x, [f"v{v}" for v in part["version"]])
+        ax.set(title=head)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -138,6 +138,8 @@ def simulate_history(
     start: str = "2024-01-01",
     end: str | None = None,
     cycle_scale: float = 1.0,
+    quiet_after: str | None = None,
+    quiet_activity_share: float = 0.3,
 ) -> DealHistory:
     """A seeded, multi-pipeline synthetic deal history in the SPEC input format.
 
@@ -148,6 +150,11 @@ def simulate_history(
     a zombie's silence, close-date slips and the optimistic first close date) by that factor: 3.0 makes
     sales cycles three times longer, so many deals are still open at the end of the data and a label
     that drops them keeps only the fast closers. 1.0 (the default) is the original history, draw for draw.
+
+    `quiet_after` shifts the world at that time: from then on buyers go quiet faster, only
+    `quiet_activity_share` of the activities that would have happened are logged (a changed market or
+    a broken CRM sync), so deals go cold more often than a model trained before the shift expects.
+    Everything before the shift is the same as without it.
     """
     if n_deals < 1:
         raise ValueError("n_deals must be at least 1")
@@ -281,6 +288,14 @@ def simulate_history(
     inbound = rng.uniform(size=act_deal.size) < _sigmoid(-0.6 + 0.8 * engagement[act_deal])
     direction = np.where(inbound, "inbound", "outbound").astype(object)
     direction[~talks] = None  # notes, tasks and other touches are internal: no direction
+    if quiet_after is not None:
+        # Thinned with a generator of its own, after every other draw, so the world before the shift
+        # (and any history simulated without one) is exactly the same.
+        shift_day = (to_utc_timestamp(quiet_after) - t0) / pd.Timedelta(days=1)
+        quiet_rng = np.random.default_rng([seed, 1])
+        kept = (act_time < shift_day) | (quiet_rng.uniform(size=act_deal.size) < quiet_activity_share)
+        act_deal, act_time = act_deal[kept], act_time[kept]
+        act_type, direction = act_type[kept], direction[kept]
 
     # --- field changes: close-date slips, amount revisions, owner changes ---
     typical_cycle = stage_days[pipe].sum(axis=1)

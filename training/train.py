@@ -9,12 +9,13 @@ competing-risks model is kept (see `_fit_close_head`).
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from models.baselines import StagePrior
 from models.calibration import Calibrator, reliability_bins
 from models.heads import make_lightgbm, make_logistic
 from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL, local_artifact_root
+from models.monitor import feature_reference
 from training.labels import won_label
 from training.metrics import binary_metrics, flatten, side_by_side
 from training.snapshots import TimeSplit, make_snapshots, make_time_split, time_split
@@ -39,6 +41,8 @@ EXPERIMENT = "deal-risk"
 # head name -> label column produced by `time_split`
 HEADS = {"cold": "cold", "close": "won"}
 MODELS = ("lightgbm", "stage_prior", "logistic")
+# Run tag holding `TrainConfig.to_json()`: what `compare` retrains a registered version's recipe from.
+TRAIN_CONFIG_TAG = "train_config"
 
 Progress = Callable[[str, float], None]
 
@@ -64,12 +68,42 @@ class TrainConfig:
     thin_positives: int = 50
     # LightGBM parameters of the close head's competing-risks model (over `models.timing` defaults)
     timing_params: dict[str, Any] = field(default_factory=dict)
+    # Feature columns the heads must not see (ablations, or a feature known to be broken at the source).
+    drop_features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from features.build import FEATURE_COLUMNS
+
+        self.drop_features = tuple(self.drop_features)
+        unknown = sorted(set(self.drop_features) - set(FEATURE_COLUMNS))
+        if unknown:
+            raise ValueError(f"drop_features names unknown feature columns: {unknown}")
 
     def params(self) -> dict[str, Any]:
         flat = {k: v for k, v in asdict(self).items() if k not in ("lightgbm_params", "timing_params")}
+        flat["drop_features"] = ",".join(self.drop_features)
         flat.update({f"lightgbm.{k}": v for k, v in self.lightgbm_params.items()})
         flat.update({f"timing.{k}": v for k, v in self.timing_params.items()})
         return flat
+
+    def feature_columns(self) -> tuple[list[str], list[str]]:
+        """The feature columns the heads are fitted on, and which of them are categorical."""
+        from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS
+
+        drop = set(self.drop_features)
+        columns = [c for c in FEATURE_COLUMNS if c not in drop]
+        return columns, [c for c in CATEGORICAL_FEATURES if c not in drop]
+
+    def to_json(self) -> str:
+        """The whole configuration as JSON, logged with every run so `compare` can rebuild it."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        """The configuration a run was trained with (fields unknown to this version are ignored)."""
+        raw = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclass
@@ -145,8 +179,6 @@ def prepare_training_data(
     Features come from `builder` (fitted on `history` when not given). Its statistics are time-indexed,
     so fitting on the whole history leaks nothing into earlier snapshots.
     """
-    from features.build import CATEGORICAL_FEATURES, FEATURE_COLUMNS
-
     points = make_snapshots(history, cadence_days=config.cadence_days, at_events=config.at_events)
     if split is None:
         split = make_time_split(
@@ -159,7 +191,8 @@ def prepare_training_data(
     feats = builder.transform(history, labelled[["deal_id", "as_of"]])
     extra = [c for c in feats.columns if c not in ("deal_id", "as_of")]
     frame = pd.concat([labelled.reset_index(drop=True), feats[extra].reset_index(drop=True)], axis=1)
-    return TrainingData(frame, split, list(FEATURE_COLUMNS), list(CATEGORICAL_FEATURES))
+    columns, categorical = config.feature_columns()
+    return TrainingData(frame, split, columns, categorical)
 
 
 def closed_deal_count(history: DealHistory) -> int:
@@ -426,6 +459,9 @@ def build_bundle(
         raw = positive_proba(cold_head.model, basis[data.feature_columns])
         cold_scores = cold_head.calibrator.transform(raw)
     thresholds = choose_thresholds(cold_scores)
+    # Drift is judged against the latest snapshots the run saw (calibration and test windows): the
+    # population nearest to live deals, so slow benign trends do not read as drift.
+    recent = frame[frame["window"] != "train"] if (frame["window"] != "train").any() else fitting
     reference = build_reference(fitting, (fitting["won"] == 1).to_numpy(), data.feature_columns)
     from training.data import history_fingerprint
 
@@ -449,6 +485,9 @@ def build_bundle(
             h: reliability_bins(f.test_predictions.get(f.served, np.array([])), f.test_y)
             for h, f in heads.items()
         },
+        "train_config": json.loads(config.to_json()),
+        # What live deals are checked against for drift (`models.monitor`).
+        "feature_reference": feature_reference(recent, data.feature_columns, data.categorical),
     }
     return ScoringBundle(
         cold=served["cold"],
@@ -490,7 +529,7 @@ def _log_run(
         }
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.set_tags({"data_note": result.data_note, "thin_data": str(result.thin_data).lower(),
-                         "data_fingerprint": result.fingerprint})
+                         "data_fingerprint": result.fingerprint, TRAIN_CONFIG_TAG: config.to_json()})
         finite = {k: v for k, v in result.flat_metrics().items() if np.isfinite(v)}
         mlflow.log_metrics(finite)
         with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from serving.auth import require_role
-from serving.deps import AdminKey, ModelDep, ReadKey, StoreDep
+from serving.deps import AdminKey, ModelDep, ReadKey, SettingsDep, StoreDep
+from serving.errors import NotFoundError
 from serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
 from serving.schemas import ModelInfo, Readiness
@@ -78,6 +79,23 @@ async def metrics(request: Request) -> Response:
         require_role("admin", "manager", "integration")(request)
     service_metrics: ServiceMetrics = request.app.state.metrics
     return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/model/monitor")
+def get_model_monitor(key: ReadKey, model: ModelDep, settings: SettingsDep) -> JSONResponse:
+    """The latest monitor report of the model being served, as `dealrisk monitor` (run from cron) left
+    it: state (ok, watch, retrain) with its reasons, observed rate against predicted probability per
+    risk band and per week on outcomes known since training, and feature drift (population stability
+    index per feature). 404 when the served version has not been monitored yet."""
+    from models.loading import load_monitor_report
+
+    report = load_monitor_report(model.version, settings.tracking_uri)
+    if report is None:
+        raise NotFoundError(
+            f"no monitor report for model version {model.version} yet; "
+            "run `dealrisk monitor` (e.g. from cron)"
+        )
+    return JSONResponse(report)
 
 
 def model_info(model: LoadedModel) -> ModelInfo:
