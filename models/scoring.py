@@ -27,7 +27,8 @@ def open_deal_points(history: DealHistory, as_of: Any) -> pd.DataFrame:
     """
     t = to_utc_timestamp(as_of)
     ids = history.deals["deal_id"].astype("string").reset_index(drop=True)
-    as_of_col = pd.Series(pd.DatetimeIndex([t] * len(ids)).as_unit("ns"), dtype="datetime64[ns, UTC]")
+    # tz given explicitly: with no deals there is no value to carry it (an empty pipeline answered 500)
+    as_of_col = pd.Series(pd.DatetimeIndex([t] * len(ids), tz="UTC").as_unit("ns"))
     points = pd.DataFrame({"deal_id": ids, "as_of": as_of_col})
     return points[deal_states_at(history, points) == "open"].reset_index(drop=True)
 

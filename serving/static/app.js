@@ -223,7 +223,8 @@ async function loadPickers(s, mine) {
     if (mine !== seq) return;
     for (const [id, list, all] of [["f-owner", names.owner, "all owners"], ["f-team", names.team, "all teams"]]) {
       const select = $(id);
-      const value = id === "f-owner" ? s.owner : s.team;
+      // A choice the user made while the names were loading wins over the URL's (it is not applied yet).
+      const value = select.dataset.picked !== undefined ? select.value : (id === "f-owner" ? s.owner : s.team);
       const options = [el("option", { value: "" }, all), ...list.map((n) => el("option", { value: n }, n))];
       if (value && !list.includes(value)) options.push(el("option", { value }, value));
       select.replaceChildren(...options);
@@ -607,15 +608,25 @@ document.addEventListener("DOMContentLoaded", () => {
     $("login-error").textContent = "";
     connect({ focus: true });
   });
-  $("pipeline").addEventListener("change", () => navigate({ pipeline: $("pipeline").value, page: 1, deal: "",
-    view: state().view === "deal" ? "cold" : state().view, owner: "", team: "" }));
+  $("pipeline").addEventListener("change", () => {
+    for (const id of ["f-owner", "f-team"]) delete $(id).dataset.picked;
+    navigate({ pipeline: $("pipeline").value, page: 1, deal: "",
+      view: state().view === "deal" ? "cold" : state().view, owner: "", team: "" });
+  });
+  for (const id of ["f-owner", "f-team"]) {
+    $(id).addEventListener("change", () => { $(id).dataset.picked = "1"; });
+  }
   // Enter in any filter field submits the form: filters apply on Enter as on the button.
   $("filters").addEventListener("submit", (ev) => {
     ev.preventDefault();
+    for (const id of ["f-owner", "f-team"]) delete $(id).dataset.picked;
     navigate({ owner: $("f-owner").value, team: $("f-team").value, min_amount: $("f-min").value,
       close_before: $("f-close").value, page: 1, view: state().view === "deal" ? "cold" : state().view });
   });
-  $("clear").addEventListener("click", () => navigate({ owner: "", team: "", min_amount: "", close_before: "", page: 1 }));
+  $("clear").addEventListener("click", () => {
+    for (const id of ["f-owner", "f-team"]) delete $(id).dataset.picked;
+    navigate({ owner: "", team: "", min_amount: "", close_before: "", page: 1 });
+  });
   $("csv").addEventListener("click", downloadCsv);
   $("logout").addEventListener("click", () => logout(""));
   // In-page links (tabs, deals, pager) change the URL without reloading the page.

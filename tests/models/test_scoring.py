@@ -111,3 +111,10 @@ def test_scores_as_of_t_ignore_everything_after_t(history: DealHistory, bundle: 
     cut = history.cut(t)
     from_cut = score_points(bundle, cut, points, FeatureBuilder().fit(cut))
     pd.testing.assert_frame_equal(from_full, from_cut)
+
+
+def test_a_history_without_deals_has_no_open_points_rather_than_an_error(history: DealHistory) -> None:
+    # A pipeline whose deals are all gone or not created yet: the fuzzer's /changes 500 came from here.
+    points = open_deal_points(history.subset([]), "2025-01-01")
+    assert len(points) == 0
+    assert str(points["as_of"].dtype) == "datetime64[ns, UTC]"
