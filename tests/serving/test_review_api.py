@@ -11,21 +11,14 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
 
 from features.history import DealHistory
-from serving.app import create_app
-from serving.deps import get_model
-from serving.model_holder import LoadedModel
-from serving.settings import Settings
-from serving.store import Store
+from tests.serving.stand_in import stand_in_service
 
 AS_OF = "2024-03-01T00:00:00Z"
 CLOSE = {"d1": 0.5, "d5": 0.6, "d2": 0.01, "d3": 0.01, "d4": 0.3, "d6": 0.4, "q1": 0.5}
@@ -97,27 +90,10 @@ def make_history() -> DealHistory:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    home: Path = tmp_path_factory.mktemp("home")
-    db = f"sqlite:///{home / 'dealrisk.db'}"
-    store = Store(db)
-    store.create_schema()
-    store.import_history(make_history())
-    keys = {
-        "manager_p": store.create_api_key("manager", ["P"])[0],
-        "manager_q": store.create_api_key("manager", ["Q"])[0],
-        "integration": store.create_api_key("integration", ["*"])[0],
-    }
-    store.close()
-    settings = Settings(
-        home=home, database_url=db, tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-        model_uri=str(home / "no-model-here"), reload_interval_s=0, max_body_bytes=1_000_000,
-        max_batch_deals=100, max_events_per_deal=1000,
-    )
-    app = create_app(settings)
-    model = LoadedModel(StandInBundle(), "7", "test", datetime.now(UTC))
-    app.dependency_overrides[get_model] = lambda: model
-    with TestClient(app) as client:
-        yield {"client": client, "keys": keys}
+    keys = {"manager_p": ("manager", ["P"]), "manager_q": ("manager", ["Q"]),
+         "integration": ("integration", ["*"])}
+    with stand_in_service(tmp_path_factory.mktemp("home"), make_history(), keys, StandInBundle()) as service:
+        yield service
 
 
 def get(env: dict[str, Any], path: str, key: str = "manager_p", **headers: str) -> Any:

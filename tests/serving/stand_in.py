@@ -1,0 +1,43 @@
+"""An app on a fresh SQLite store of a small history, with a stand-in model: for route tests whose numbers
+are checked by hand (the stand-in's scores are fixed per deal, so only the route's own work is tested)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from features.history import DealHistory
+from serving.app import create_app
+from serving.deps import get_model
+from serving.model_holder import LoadedModel
+from serving.settings import Settings
+from serving.store import Store
+
+
+@contextmanager
+def stand_in_service(
+    home: Path, history: DealHistory, keys: Mapping[str, tuple[str, list[str]]], bundle: Any
+) -> Iterator[dict[str, Any]]:
+    """`{"client", "keys"}`: a TestClient on `history` stored under `home`, serving `bundle` as version 7,
+    and one plaintext key per name in `keys` (name -> (role, pipelines))."""
+    db = f"sqlite:///{home / 'dealrisk.db'}"
+    store = Store(db)
+    store.create_schema()
+    store.import_history(history)
+    plaintext = {name: store.create_api_key(role, pipes)[0] for name, (role, pipes) in keys.items()}
+    store.close()
+    settings = Settings(
+        home=home, database_url=db, tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        model_uri=str(home / "no-model-here"), reload_interval_s=0, max_body_bytes=1_000_000,
+        max_batch_deals=100, max_events_per_deal=1000,
+    )
+    app = create_app(settings)
+    model = LoadedModel(bundle, "7", "test", datetime.now(UTC))
+    app.dependency_overrides[get_model] = lambda: model
+    with TestClient(app) as client:
+        yield {"client": client, "keys": plaintext}
