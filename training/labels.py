@@ -71,8 +71,10 @@ def won_label(
     sc = _stage_events(history, t_end)
     last = sc.drop_duplicates("deal_id", keep="last").set_index("deal_id")["outcome"]
     # deals with no stage change yet map to a missing outcome: open, so censored
-    outcome = points["deal_id"].astype("string").map(last).astype(object).to_numpy()
-    values = np.where(outcome == "won", 1.0, np.where(outcome == "lost", 0.0, np.nan))
+    outcome = points["deal_id"].astype("string").map(last).astype("string")
+    won = outcome.eq("won").fillna(False).to_numpy(dtype=bool)
+    lost = outcome.eq("lost").fillna(False).to_numpy(dtype=bool)
+    values = np.where(won, 1.0, np.where(lost, 0.0, np.nan))
     return pd.Series(values, index=points.index, dtype="float64", name="won")
 
 
