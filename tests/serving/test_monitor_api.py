@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 from conftest import World
 from fastapi.testclient import TestClient
@@ -20,7 +21,11 @@ def _run_monitor(world: World) -> dict:
     }
     settings_module.get_settings.cache_clear()
     try:
-        result = CliRunner().invoke(app, ["monitor", "--json"], env=env, catch_exceptions=False)
+        # Other test files write to this shared store while this one runs: a window that starts after
+        # all of them keeps "nothing happened since" true whichever worker ran what first.
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+        result = CliRunner().invoke(app, ["monitor", "--json", "--since", tomorrow], env=env,
+                                    catch_exceptions=False)
     finally:
         settings_module.get_settings.cache_clear()
     assert result.exit_code == 0, result.output
