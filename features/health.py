@@ -23,13 +23,13 @@ Undefined figures (no closed deals, no open deals, ...) are None, never NaN, so 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from features.history import DealHistory, to_utc_timestamp
+from features.history import DealHistory, PipelineSpec, to_utc_timestamp
 from features.jsonable import jsonable
 from features.stages import deal_states_at, stage_outcomes, stage_positions
 
@@ -168,25 +168,42 @@ def stale_thresholds(history: DealHistory, as_of: pd.Timestamp | str) -> dict[tu
     A stage's configured `stale_after_days` wins; otherwise the 80th percentile of the days deals won by
     `as_of` spent in that stage (each visit, from entering it to the next stage change).
     """
+    return stage_limits(learned_stale_thresholds(history, as_of), history.pipelines)
+
+
+def learned_stale_thresholds(history: DealHistory, as_of: pd.Timestamp | str) -> dict[tuple[str, str], float]:
+    """The learned half of `stale_thresholds`: per (pipeline, stage), the 80th percentile of the days
+    deals won by `as_of` spent in the stage (configured limits not applied).
+
+    Only the deals won by `as_of` matter, so a history holding just those deals (and its pipelines'
+    specs, which say what is won) gives the same values as the whole history: the store keeps these per
+    pipeline, computed that way off the request path (`serving.stage_limits`).
+    """
     states, sc = _states_and_changes(history, to_utc_timestamp(as_of))
-    return _thresholds(history, states, sc)
+    return _learned(states, sc)
 
 
-def _thresholds(history: DealHistory, states: pd.DataFrame,
-                sc: pd.DataFrame) -> dict[tuple[str, str], float]:
+def stage_limits(
+    learned: Mapping[tuple[str, str], float], specs: Mapping[str, PipelineSpec]
+) -> dict[tuple[str, str], float]:
+    """The stalled limit per (pipeline, stage): a configured `stale_after_days` wins, else the learned one."""
+    out = {key: float(v) for key, v in learned.items()}
+    for name, spec in specs.items():
+        for stage, limit in spec.stale_after_days.items():
+            out[(name, stage)] = float(limit)
+    return out
+
+
+def _learned(states: pd.DataFrame, sc: pd.DataFrame) -> dict[tuple[str, str], float]:
     won = (states["status"] == "won").to_numpy(dtype=bool)[sc["pos"].to_numpy()]
     visits = sc[won & (sc["outcome"] == "open").to_numpy(dtype=bool) & sc["next_at"].notna().to_numpy()]
     days = _days(visits["next_at"] - visits["changed_at"])
     learned = days.groupby([visits["pipeline"], visits["stage"]]).quantile(STALE_QUANTILE)
-    out: dict[tuple[str, str], float] = {
+    return {
         (str(pipe), str(stage)): float(v)
         for pipe, stage, v in zip(learned.index.get_level_values(0), learned.index.get_level_values(1),
                                   learned.to_numpy(), strict=True)
     }
-    for name, spec in history.pipelines.items():
-        for stage, limit in spec.stale_after_days.items():
-            out[(name, stage)] = float(limit)
-    return out
 
 
 def _scalar_figures(states: pd.DataFrame, key: pd.Series, since: pd.Timestamp,
@@ -321,7 +338,7 @@ def pipeline_health(
         raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
     states, sc = _states_and_changes(history, t1)
     # Thresholds are per (pipeline, stage), so learning them before filtering changes nothing.
-    thresholds = _thresholds(history, states, sc)
+    thresholds = stage_limits(_learned(states, sc), history.pipelines)
     if pipeline is not None:
         wanted = [pipeline] if isinstance(pipeline, str) else list(pipeline)
         states = states[states["pipeline"].isin(wanted)].reset_index(drop=True)

@@ -1,7 +1,7 @@
 """The at-risk list: which open deals a manager should act on first, and which are already dead.
 
 `rank_at_risk` takes the scored open deals (`models.forecast.score_open_deals`) and adds:
-- `value_at_risk` (`models.bundle.value_at_risk`: amount × close_probability × cold_risk);
+- `value_at_risk` (`value_at_risk` below: amount × close_probability × cold_risk);
 - `stage_limit_days`: the stage's stalled threshold (`features.health.stale_thresholds`: configured
   `stale_after_days`, else the 80th percentile of days won deals spent in the stage);
 - `stale`: effectively dead, for clean-up rather than for rescue: close probability under
@@ -13,14 +13,13 @@ the clean-up list the rows with `stale` True; both keep the same order.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from features.health import stale_thresholds
 from features.history import DealHistory, to_utc_timestamp
-from models.bundle import value_at_risk
 
 STALE_MAX_CLOSE_PROBABILITY = 0.02
 STALE_LIMIT_FACTOR = 2.0
@@ -35,6 +34,17 @@ AT_RISK_SORTS: dict[str, tuple[str, bool]] = {
     "days_in_stage": ("days_in_stage", False),
 }
 DEFAULT_SORT: AtRiskSort = "value_at_risk"
+
+
+def value_at_risk(amount: Any, close_probability: Any, cold_risk: Any) -> Any:
+    """What a manager's action can save on a deal: amount × close_probability × cold_risk.
+
+    The expected value of the deal (amount × P(won)) times the chance it goes cold in the horizon: a big
+    deal that is likely to be won and losing momentum ranks first, a dead deal (P(won) near 0) or a
+    healthy one (cold risk near 0) last. Works on scalars, arrays and Series alike (NaN stays NaN).
+    Defined in docs/scores.md; the at-risk list (API, CSV and CLI) ranks by it by default.
+    """
+    return amount * close_probability * cold_risk
 
 
 def rank_at_risk(

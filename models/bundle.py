@@ -56,17 +56,6 @@ SCORE_COLUMNS = [
 HeadKind = Literal["lightgbm", "stage_prior", "competing_risks"]
 
 
-def value_at_risk(amount: Any, close_probability: Any, cold_risk: Any) -> Any:
-    """What a manager's action can save on a deal: amount × close_probability × cold_risk.
-
-    The expected value of the deal (amount × P(won)) times the chance it goes cold in the horizon: a big
-    deal that is likely to be won and losing momentum ranks first, a dead deal (P(won) near 0) or a
-    healthy one (cold risk near 0) last. Works on scalars, arrays and Series alike (NaN stays NaN).
-    Defined in docs/scores.md; the at-risk list (API, CSV and CLI) ranks by it by default.
-    """
-    return amount * close_probability * cold_risk
-
-
 class BundleIntegrityError(RuntimeError):
     """A bundle file is missing, altered or malformed; `path` names it."""
 

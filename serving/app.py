@@ -24,6 +24,7 @@ from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder, PopulationCache
 from serving.schemas import ErrorBody
 from serving.settings import Settings, get_settings
+from serving.stage_limits import StageLimitRefresher
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(holder.reload)
         await asyncio.to_thread(_prime_population, population)
         live_scores = None
+        limits = None
         if settings.live_score_max_age_s > 0:
             # The scorer fits its own population: refitting it on the scorer's thread must never make a
             # request read the previous one (the request cache answers concurrent readers with it).
@@ -227,6 +229,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             holder.on_swap = _swapped(live_scores)
             live_scores.start()
             live_scores.notify()  # deals written while the service was down, or scored by another version
+            # the live lists' learned stage limits, kept on the same clock as the scores
+            limits = StageLimitRefresher(store, max_age_s=settings.live_score_max_age_s)
+            limits.start()
         watcher = None
         if settings.reload_interval_s > 0:
             watcher = asyncio.create_task(_follow_alias(holder, settings.reload_interval_s))
@@ -235,6 +240,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if live_scores is not None:
                 await asyncio.to_thread(live_scores.stop)
+            if limits is not None:
+                await asyncio.to_thread(limits.stop)
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

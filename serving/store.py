@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any, cast
 
@@ -48,12 +48,20 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from features.deal_state import STATE_FIELDS, STATE_TIME_FIELDS, current_deal_states
+from features.health import stage_limits
 from features.history import (
     DEAL_OPTIONAL,
     DEAL_REQUIRED,
     DealHistory,
     HistoryValidationError,
     PipelineSpec,
+)
+from models.at_risk import (
+    AT_RISK_SORTS,
+    DEFAULT_SORT,
+    STALE_LIMIT_FACTOR,
+    STALE_MAX_CLOSE_PROBABILITY,
+    value_at_risk,
 )
 from serving.limits import DEFAULT_MAX_ATTRIBUTE_NAMES, MAX_ATTRIBUTES_PER_DEAL
 from serving.tables import EVENT_TABLES, build_metadata
@@ -65,7 +73,7 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 
@@ -1097,7 +1105,10 @@ class Store:
 
     def at_risk_page(
         self,
-        pipeline: str,
+        pipeline: str | None,
+        now: datetime | None = None,
+        sort: str = DEFAULT_SORT,
+        stale: bool = False,
         owner: str | None = None,
         team: str | None = None,
         min_amount: float | None = None,
@@ -1105,15 +1116,28 @@ class Store:
         limit: int | None = 50,
         offset: int = 0,
     ) -> tuple[int, pd.DataFrame] | None:
-        """Open deals of the pipeline by stored cold risk (highest first), filtered and paged in SQL.
+        """One page of the live at-risk list (`stale=False`) or clean-up list (`stale=True`) of a pipeline
+        (every pipeline when None), from the stored state and scores: filtered, split, ordered and paged
+        by the database, as `models.at_risk.rank_at_risk` does on demand.
 
-        Returns (total matching, the page) from one snapshot, or None while an open deal of the pipeline
-        has no stored score yet (the caller scores on demand then). Page columns: deal_id, pipeline,
-        owner, team, stage, amount, expected_close_date, stage_entered_at, the score columns,
+        `value_at_risk` is `models.bundle.value_at_risk` applied to the columns (one SQL expression); a deal
+        is stale as `models.at_risk` defines it, with its days in stage counted to `now` (default: the
+        current time) and its stage's limit from `stage_limits` (configured, else the stored learned one).
+        Order: `AT_RISK_SORTS[sort]`, missing values last, ties by deal_id (code-point order on both
+        backends). Returns (total matching, the page) from one snapshot, or None while an open deal has no
+        stored score yet or the pipeline's learned limits were never computed (the caller ranks on
+        demand then). Page columns: deal_id, pipeline, owner, team, stage, amount, expected_close_date,
+        stage_entered_at, days_in_stage, the score columns, value_at_risk, stage_limit_days,
         model_version, scored_at (its `as_of`) and pending (the deal changed after its score).
         """
+        if sort not in AT_RISK_SORTS:
+            raise ValueError(f"sort must be one of {sorted(AT_RISK_SORTS)}, not {sort!r}")
+        t = _naive(now) if now is not None else _now_naive()
         deals, scores = self.table("deals"), self.table("deal_scores")
-        where = [deals.c.pipeline == pipeline, deals.c.outcome == "open"]
+        in_scope = [deals.c.outcome == "open"]
+        if pipeline is not None:
+            in_scope.append(deals.c.pipeline == pipeline)
+        where = list(in_scope)
         if owner is not None:
             where.append(deals.c.current_owner == owner)
         if team is not None:
@@ -1121,58 +1145,144 @@ class Store:
         if min_amount is not None:
             where.append(deals.c.current_amount >= float(min_amount))
         if close_before is not None:
-            cutoff = (
-                close_before.astimezone(UTC).replace(tzinfo=None) if close_before.tzinfo else close_before
-            )
-            where.append(deals.c.current_expected_close_date < cutoff)
+            where.append(deals.c.current_expected_close_date < _naive(close_before))
         joined = deals.join(scores, scores.c.deal_id == deals.c.deal_id)
         unscored = (
             sa.select(sa.func.count())
             .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
-            .where(deals.c.pipeline == pipeline, deals.c.outcome == "open", scores.c.deal_id.is_(None))
+            .where(*in_scope, scores.c.deal_id.is_(None))
         )
-        page = (
-            sa.select(
-                deals.c.deal_id,
-                deals.c.pipeline,
-                deals.c.current_owner.label("owner"),
-                deals.c.team,
-                deals.c.current_stage.label("stage"),
-                deals.c.current_amount.label("amount"),
-                deals.c.current_expected_close_date.label("expected_close_date"),
-                deals.c.stage_entered_at,
-                scores.c.cold_risk,
-                scores.c.close_probability,
-                scores.c.risk_band,
-                scores.c.expected_value,
-                scores.c.reasons,
-                scores.c.close_probability_90d,
-                scores.c.slip_risk,
-                scores.c.likely_close_date,
-                scores.c.counter_reasons,
-                scores.c.model_version,
-                scores.c.as_of.label("scored_at"),
-                sa.or_(
-                    scores.c.state_updated_at.is_(None), scores.c.state_updated_at != deals.c.state_updated_at
-                ).label("pending"),
-            )
-            .select_from(joined)
-            .where(*where)
-            .order_by(scores.c.cold_risk.desc(), deals.c.deal_id)
-            .limit(limit)
-            .offset(offset)
-        )
+        var = value_at_risk(deals.c.current_amount, scores.c.close_probability, scores.c.cold_risk)
+        page = sa.select(
+            deals.c.deal_id,
+            deals.c.pipeline,
+            deals.c.current_owner.label("owner"),
+            deals.c.team,
+            deals.c.current_stage.label("stage"),
+            deals.c.current_amount.label("amount"),
+            deals.c.current_expected_close_date.label("expected_close_date"),
+            deals.c.stage_entered_at,
+            scores.c.cold_risk,
+            scores.c.close_probability,
+            scores.c.risk_band,
+            scores.c.expected_value,
+            var.label("value_at_risk"),
+            scores.c.reasons,
+            scores.c.close_probability_90d,
+            scores.c.slip_risk,
+            scores.c.likely_close_date,
+            scores.c.counter_reasons,
+            scores.c.model_version,
+            scores.c.as_of.label("scored_at"),
+            sa.or_(
+                scores.c.state_updated_at.is_(None), scores.c.state_updated_at != deals.c.state_updated_at
+            ).label("pending"),
+        ).select_from(joined)
+        # days in stage, highest first, is stage entry, earliest first
+        sort_columns: dict[str, tuple[Any, bool]] = {
+            "value_at_risk": (var, False),
+            "cold_risk": (scores.c.cold_risk, False),
+            "amount": (deals.c.current_amount, False),
+            "expected_close_date": (deals.c.current_expected_close_date, False),
+            "days_in_stage": (deals.c.stage_entered_at, True),
+        }
+        name, ascending = AT_RISK_SORTS[sort]
+        column, flipped = sort_columns[name]
+        first = column.asc() if ascending != flipped else column.desc()
+        deal_order = deals.c.deal_id.collate("C") if self.dialect == "postgresql" else deals.c.deal_id
         with self._read() as conn:
             if conn.execute(unscored).scalar_one():
                 return None
+            limits = self._stage_limits(conn, pipeline)
+            if limits is None:
+                return None
+            is_stale = sa.case((_stale_condition(deals, scores, limits, t), 1), else_=0)
+            where.append(is_stale == (1 if stale else 0))
             total = conn.execute(sa.select(sa.func.count()).select_from(joined).where(*where)).scalar_one()
-            rows = conn.execute(page).fetchall()
-        frame = _rows_frame(rows, list(page.selected_columns.keys()))
+            query = page.where(*where).order_by(first.nulls_last(), deal_order).limit(limit).offset(offset)
+            rows = conn.execute(query).fetchall()
+        frame = _rows_frame(rows, list(query.selected_columns.keys()))
         for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
             frame[col] = _localize(frame[col])
+        for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
         frame["pending"] = frame["pending"].astype(bool)
         frame["counter_reasons"] = [list(v) if isinstance(v, list) else [] for v in frame["counter_reasons"]]
+        in_stage = pd.Timestamp(t, tz="UTC") - frame["stage_entered_at"]
+        frame["days_in_stage"] = in_stage.dt.total_seconds() / 86400.0
+        frame["stage_limit_days"] = pd.Series(
+            [limits.get((p, s), np.nan) if s is not None else np.nan
+             for p, s in zip(frame["pipeline"], frame["stage"], strict=True)],
+            dtype="float64",
+        )
         return int(total), frame
+
+    # ------------------------------------------------------------------ stage limits
+    def _stage_limits(self, conn: Connection, pipeline: str | None) -> dict[tuple[str, str], float] | None:
+        """The stalled limit per (pipeline, stage) of one pipeline (all when None): `features.health.
+        stage_limits` of the stored learned limits and the specs; None while one was never learned."""
+        table = self.table("pipelines")
+        query = sa.select(table.c.name, table.c.spec, table.c.inferred, table.c.learned_stale_days)
+        if pipeline is not None:
+            query = query.where(table.c.name == pipeline)
+        learned: dict[tuple[str, str], float] = {}
+        specs: dict[str, PipelineSpec] = {}
+        rows = conn.execute(query).fetchall()
+        if pipeline is not None and not rows:
+            return None
+        for row in rows:
+            if row.learned_stale_days is None:
+                return None
+            learned.update({(row.name, str(stage)): float(v) for stage, v in row.learned_stale_days.items()})
+            specs[row.name] = PipelineSpec.from_dict(row.name, row.spec, inferred=bool(row.inferred))
+        return stage_limits(learned, specs)
+
+    def stage_limits_due(self, now: datetime, stale_before: datetime) -> list[str]:
+        """Pipelines whose learned stage limits must be (re)computed as of `now`: never computed, computed
+        before `stale_before`, spec changed since, or a deal that counts for them (`won_deal_ids`)
+        written since. Cheap: one indexed query per call."""
+        pipes, deals = self.table("pipelines"), self.table("deals")
+        learned_at = pipes.c.stale_learned_at
+        counted_since = (
+            sa.select(deals.c.deal_id)
+            .where(deals.c.pipeline == pipes.c.name, _counts_for_limits(deals, _naive(now)),
+                   deals.c.state_updated_at >= learned_at)
+            .exists()
+        )
+        query = sa.select(pipes.c.name).where(
+            sa.or_(
+                learned_at.is_(None),
+                pipes.c.learned_stale_days.is_(None),
+                learned_at < _naive(stale_before),
+                pipes.c.updated_at >= learned_at,
+                counted_since,
+            )
+        ).order_by(pipes.c.name)
+        with self._read() as conn:
+            return list(conn.execute(query).scalars())
+
+    def won_deal_ids(self, pipeline: str, now: datetime) -> list[str]:
+        """Deals of the pipeline that may be won as of `now`: won now, or with events after `now` (their
+        state as of `now` is not the stored current one). Their histories are all the learned limits
+        need (`features.health.learned_stale_thresholds`)."""
+        deals = self.table("deals")
+        query = sa.select(deals.c.deal_id).where(
+            deals.c.pipeline == pipeline, _counts_for_limits(deals, _naive(now))
+        )
+        with self._read() as conn:
+            return list(conn.execute(query).scalars())
+
+    def save_learned_limits(self, pipeline: str, learned: Mapping[str, float], learned_at: datetime) -> None:
+        """Store a pipeline's learned stage limits (stage -> days), computed from what was stored at
+        `learned_at` (a wall-clock time taken before reading)."""
+        table = self.table("pipelines")
+        with self._write() as conn:
+            conn.execute(
+                table.update()
+                .where(table.c.name == pipeline)
+                .values(learned_stale_days={str(k): float(v) for k, v in learned.items()},
+                        stale_learned_at=_naive(learned_at))
+            )
 
     # ------------------------------------------------------------------ API keys
     def create_api_key(
@@ -1447,6 +1557,31 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return None if pd.isna(value) else str(value)
+
+
+def _naive(value: datetime) -> datetime:
+    """A time as the store keeps it: naive UTC (an aware time is converted, a naive one taken as UTC)."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _counts_for_limits(deals: sa.Table, now: datetime) -> sa.ColumnElement[bool]:
+    return sa.or_(deals.c.outcome == "won", deals.c.last_event_at > now)
+
+
+def _stale_condition(
+    deals: sa.Table, scores: sa.Table, limits: Mapping[tuple[str, str], float], now: datetime
+) -> sa.ColumnElement[bool]:
+    """`models.at_risk`'s stale, in SQL: close probability under the bound and the stage entered more than
+    `STALE_LIMIT_FACTOR` x its limit before `now` (a stage without a limit is never stale)."""
+    stalled = [
+        sa.and_(deals.c.pipeline == pipe, deals.c.current_stage == stage,
+                deals.c.stage_entered_at < now - timedelta(days=STALE_LIMIT_FACTOR * days))
+        for (pipe, stage), days in sorted(limits.items())
+        if np.isfinite(days)
+    ]
+    if not stalled:
+        return sa.false()
+    return sa.and_(scores.c.close_probability < STALE_MAX_CLOSE_PROBABILITY, sa.or_(*stalled))
 
 
 def _now_naive() -> datetime:

@@ -58,6 +58,10 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         sa.Column("spec", sa.JSON, nullable=False),
         sa.Column("inferred", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("updated_at", sa.DateTime),
+        # Revision 0004: the stages' learned stalled limits (stage -> days; NULL until first computed)
+        # and when that computation started (serving.stage_limits keeps them fresh).
+        sa.Column("learned_stale_days", sa.JSON),
+        sa.Column("stale_learned_at", sa.DateTime),
     )
     sa.Table(
         "pipeline_attributes",

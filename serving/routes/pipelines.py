@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from features.health import pipeline_health
-from features.history import DealHistory, to_utc_timestamp
+from features.history import to_utc_timestamp
 from features.jsonable import jsonable
 from features.spreadsheet import spreadsheet_safe
 from features.validation import MAX_AMOUNT
@@ -112,15 +112,8 @@ def at_risk(
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     _visible_pipeline(store, key, pipeline)
-    t = time_or(as_of)
-    history = store.load_history(pipelines=[pipeline])
-    scored = _open_deal_scores(
-        store, model, request, history, pipeline, t, live=as_of is None, owner=owner, team=team,
-        min_amount=min_amount, close_before=close_before,
-    )
-    ranked = rank_at_risk(scored, history, t, sort)
-    ranked = ranked[~ranked["stale"]]  # effectively dead deals are listed by /stale, not here
-    return _deal_list(ranked, request, pipeline, t, model, limit, offset, "at-risk")
+    return _ranked_list(store, model, request, pipeline, as_of, sort, False, limit, offset, owner=owner,
+                        team=team, min_amount=min_amount, close_before=close_before)
 
 
 @router.get(
@@ -147,43 +140,48 @@ def stale(
     stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
     are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
     _visible_pipeline(store, key, pipeline)
-    t = time_or(as_of)
-    history = store.load_history(pipelines=[pipeline])
-    scored = _open_deal_scores(store, model, request, history, pipeline, t, live=as_of is None, owner=owner,
-                               team=team)
-    ranked = rank_at_risk(scored, history, t, sort)
-    return _deal_list(ranked[ranked["stale"]], request, pipeline, t, model, limit, offset, "stale")
+    return _ranked_list(store, model, request, pipeline, as_of, sort, True, limit, offset, owner=owner,
+                        team=team)
 
 
-def _open_deal_scores(
-    store: Store, model: LoadedModel, request: Request, history: DealHistory, pipeline: str,
-    t: pd.Timestamp, live: bool, owner: str | None = None, team: str | None = None,
+def _ranked_list(
+    store: Store, model: LoadedModel, request: Request, pipeline: str, as_of: datetime | None, sort: str,
+    stale: bool, limit: int, offset: int, owner: str | None = None, team: str | None = None,
     min_amount: float | None = None, close_before: datetime | None = None,
-) -> pd.DataFrame:
-    """The open deals of a pipeline with their scores: the live ones the store keeps when `live` and every
-    open deal has one (no model call on the request's path), else scored on demand as of `t`. Both give
-    the columns `rank_at_risk` needs, plus model_version, scored_at and score_pending per deal."""
-    stored = store.at_risk_page(
-        pipeline, owner=owner, team=team, min_amount=min_amount, close_before=close_before,
-        limit=None, offset=0,
-    ) if live else None
-    if stored is not None:
-        scored = stored[1]
-        scored["days_in_stage"] = (t - scored["stage_entered_at"]).dt.total_seconds() / 86400.0
-        return scored.rename(columns={"pending": "score_pending"})
+) -> Any:
+    """One page of the at-risk list (`stale` False) or the clean-up list (`stale` True).
+
+    As of now, the page the store answers from the live scores and the stored stage limits (filtered,
+    split, ordered and paged by the database; no history is read). With `as_of`, or while an open deal
+    of the pipeline has no live score yet (or its learned limits were never computed), the open deals
+    are scored and ranked on demand as of that time (`models.at_risk.rank_at_risk`).
+    """
+    t = time_or(as_of)
+    name = "stale" if stale else "at-risk"
+    if as_of is None:
+        live = store.at_risk_page(
+            pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team, min_amount=min_amount,
+            close_before=close_before, limit=limit, offset=offset,
+        )
+        if live is not None:
+            total, page = live
+            return _deal_list(page.rename(columns={"pending": "score_pending"}), total, request, pipeline, t,
+                              model, limit, offset, name)
+    history = store.load_history(pipelines=[pipeline])
     scored = score_open_deals(
         model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
         team=team, min_amount=min_amount,
         close_before=to_utc_timestamp(close_before) if close_before is not None else None,
-    )
-    return scored.assign(model_version=model.version, scored_at=t, score_pending=False)
+    ).assign(model_version=model.version, scored_at=t, score_pending=False)
+    ranked = rank_at_risk(scored, history, t, sort)
+    ranked = ranked[ranked["stale"] == stale]  # the two lists split the open deals
+    return _deal_list(ranked.iloc[offset : offset + limit], len(ranked), request, pipeline, t, model, limit,
+                      offset, name)
 
 
-def _deal_list(ranked: pd.DataFrame, request: Request, pipeline: str, t: pd.Timestamp, model: LoadedModel,
-               limit: int, offset: int, name: str) -> Any:
-    """One page of a ranked deal list, as `AtRiskList` JSON or as CSV (`Accept: text/csv`)."""
-    total = len(ranked)
-    page = ranked.iloc[offset : offset + limit]
+def _deal_list(page: pd.DataFrame, total: int, request: Request, pipeline: str, t: pd.Timestamp,
+               model: LoadedModel, limit: int, offset: int, name: str) -> Any:
+    """One page of a ranked deal list (`total` rows in all), as `AtRiskList` JSON or as CSV."""
     records = [{str(k): jsonable(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1

@@ -12,6 +12,7 @@ import pandas as pd
 from features.history import DealHistory
 from serving.live_scores import LiveScorer
 from serving.model_holder import LoadedModel, PopulationCache
+from serving.stage_limits import refresh_stage_limits
 from serving.store import Store
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -76,15 +77,17 @@ def test_due_deals_are_scored_and_a_broken_one_stays_pending(store: Store) -> No
     assert store.at_risk_page("P") is None  # an open deal of P has no score yet: the route scores on demand
     good = _scorer(store, StandInBundle())
     assert good.score_due(NOW) == 1 and store.pending_scores("7", NOW, 10) == {}
-    page = store.at_risk_page("P")
+    assert store.at_risk_page("P", NOW) is None  # the stages' learned limits were never computed
+    assert refresh_stage_limits(store, NOW) == ["P", "Q"]
+    page = store.at_risk_page("P", NOW, "cold_risk")
     assert page is not None
     total, rows = page
     assert total == 3 and rows["deal_id"].tolist() == ["L2", "L3", "L1"]  # by cold risk, highest first
     assert rows["model_version"].tolist() == ["7"] * 3 and not rows["pending"].any()
     assert rows["reasons"].iloc[0][0]["value"] == 9000.0
-    filtered = store.at_risk_page("P", owner="ana", min_amount=4000, limit=5)
+    filtered = store.at_risk_page("P", NOW, owner="ana", min_amount=4000, limit=5)
     assert filtered is not None and filtered[0] == 1 and filtered[1]["deal_id"].tolist() == ["L3"]
-    second_page = store.at_risk_page("P", limit=1, offset=1)
+    second_page = store.at_risk_page("P", NOW, "cold_risk", limit=1, offset=1)
     assert second_page is not None and second_page[1]["deal_id"].tolist() == ["L3"] and second_page[0] == 3
 
 
@@ -92,6 +95,7 @@ def test_a_write_a_new_version_or_age_makes_a_score_due(store: Store) -> None:
     _import(store)
     scorer = _scorer(store, StandInBundle())
     scorer.score_due(NOW)
+    refresh_stage_limits(store, NOW)
     assert store.pending_scores("7", NOW, 10) == {}
     call = pd.DataFrame(
         {
@@ -104,7 +108,7 @@ def test_a_write_a_new_version_or_age_makes_a_score_due(store: Store) -> None:
     )
     store.add_events(activities=call)
     assert list(store.pending_scores("7", NOW, 10)) == ["L3"]
-    page = store.at_risk_page("P")
+    page = store.at_risk_page("P", NOW)
     assert page is not None and page[1].set_index("deal_id").loc["L3", "pending"]
     scorer.score_due(NOW)
     assert store.pending_scores("7", NOW, 10) == {}

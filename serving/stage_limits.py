@@ -1,0 +1,76 @@
+"""The stages' learned stalled limits, kept per pipeline in the store off the request path.
+
+The live at-risk and stale lists (`Store.at_risk_page`) split stale deals from the others by each stage's
+limit: a configured `stale_after_days` (read from the spec with the list, so a spec PUT counts at once),
+else the learned one, `features.health.learned_stale_thresholds` of the pipeline's won deals. Learning
+needs those deals' histories, so it is done here, never on a read's path, and stored with the pipeline
+(`pipelines.learned_stale_days`, `stale_learned_at`).
+
+How fresh (`Store.stage_limits_due`): a pipeline's learned limits are recomputed on the next poll (every
+`POLL_S`, 5 s) after a write that touches a deal counting for them (won now, or with events dated after
+now) or changes the pipeline's spec, and at least every `max_age_s` (the live scores' clock, one hour by
+default), which also covers a won deal reopened by a write. Until a pipeline's limits were computed once,
+its lists are ranked on demand (as while an open deal has no live score).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+
+from features.health import learned_stale_thresholds
+from serving.store import Store
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 5.0
+DEFAULT_MAX_AGE_S = 3600.0
+
+
+def refresh_stage_limits(store: Store, now: datetime | None = None,
+                         max_age_s: float = DEFAULT_MAX_AGE_S) -> list[str]:
+    """Recompute the learned limits of every pipeline that is due as of `now` (default: the current
+    time); the pipelines refreshed."""
+    t = now if now is not None else datetime.now(UTC)
+    due = store.stage_limits_due(t, t - timedelta(seconds=max_age_s))
+    for pipeline in due:
+        # taken before reading: a won deal written while this runs makes the limits due again
+        started = datetime.now(UTC)
+        ids = store.won_deal_ids(pipeline, t)
+        history = store.load_history(pipelines=[pipeline], deal_ids=ids)
+        learned = learned_stale_thresholds(history, pd.Timestamp(t))
+        store.save_learned_limits(
+            pipeline, {stage: days for (pipe, stage), days in learned.items() if pipe == pipeline}, started
+        )
+    return due
+
+
+class StageLimitRefresher:
+    """Runs `refresh_stage_limits` every `poll_s` on a daemon thread (`start`/`stop`)."""
+
+    def __init__(self, store: Store, max_age_s: float = DEFAULT_MAX_AGE_S, poll_s: float = POLL_S) -> None:
+        self.store = store
+        self.max_age_s = max_age_s
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="stage-limits", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                refresh_stage_limits(self.store, max_age_s=self.max_age_s)
+            except Exception:  # a failed refresh is retried on the next poll; the old limits keep serving
+                logger.exception("refreshing the learned stage limits failed")
+            self._stop.wait(self.poll_s)
