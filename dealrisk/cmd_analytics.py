@@ -139,10 +139,36 @@ def _csv_cell(value: Any) -> Any:
     return spreadsheet_safe(value.isoformat() if hasattr(value, "isoformat") else value)
 
 
+def _live_at_risk(pipeline: str | None, sort: str, limit: int,
+                  **filters: Any) -> tuple[pd.DataFrame, int, pd.Timestamp, str] | None:
+    """The store's live at-risk list as of now (what `GET /v1/pipelines/{p}/at-risk` answers without
+    `as_of`): (page, total, now, model version(s)), or None while it cannot be served (an open deal without
+    a live score, or stage limits never learned: no service has kept the store yet)."""
+    from serving.settings import get_settings
+    from serving.store import Store
+
+    store = Store(get_settings().database_url)
+    try:
+        store.create_schema()
+        t = pd.Timestamp.now(tz="UTC")
+        live = store.at_risk_page(pipeline, t.to_pydatetime(), sort, stale=False, limit=limit, offset=0,
+                                  **filters)
+    finally:
+        store.close()
+    if live is None:
+        return None
+    total, page = live
+    # Each live score names the version that made it; during a model swap there may be two.
+    version = ", ".join(sorted({str(v) for v in page["model_version"]})) or "none"
+    return page, total, t, version
+
+
 def at_risk(
     data: Path | None = typer.Option(None, "--data", help=DATA_HELP),
     pipeline: str | None = typer.Option(None, "--pipeline", "-p", help="Only this pipeline."),
-    as_of: str | None = typer.Option(None, "--as-of", help="Score as of this time (default: end of data)."),
+    as_of: str | None = typer.Option(None, "--as-of", help="Score as of this time (default: now on the "
+                                     "store, from the live scores when the service keeps them; the end "
+                                     "of the data with --data)."),
     owner: str | None = typer.Option(None, "--owner", help="Only deals of this owner (as of --as-of)."),
     team: str | None = typer.Option(None, "--team", help="Only deals of this team."),
     min_amount: float | None = typer.Option(None, "--min-amount", min=0, help="Only deals this big or more."),
@@ -162,17 +188,24 @@ def at_risk(
 
     if sort not in AT_RISK_SORTS:
         fail(f"--sort must be one of {', '.join(AT_RISK_SORTS)}, not {sort!r}")
-    scored, t, version = _score(data, pipeline, as_of, model_uri, as_json or as_csv, rank=sort, owner=owner,
-                                team=team, min_amount=min_amount)
-    scored = scored[~scored["stale"]]
-    top = scored.head(limit)
+    filters: dict[str, Any] = {"owner": owner, "team": team, "min_amount": min_amount}
+    # On the store as of now, the list the API gives: the live scores, ranked and paged by the database.
+    live = (_live_at_risk(pipeline, sort, limit, **filters)
+            if data is None and as_of is None and model_uri is None else None)
+    if live is not None:
+        top, total, t, version = live
+    else:
+        when = as_of if as_of is not None or data is not None else pd.Timestamp.now(tz="UTC").isoformat()
+        scored, t, version = _score(data, pipeline, when, model_uri, as_json or as_csv, rank=sort, **filters)
+        scored = scored[~scored["stale"]]
+        top, total = scored.head(limit), len(scored)
     columns = ["deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
                "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
                "likely_close_date", "risk_band", "expected_value", "value_at_risk"]
     if as_json:
         listed = [*columns, "reasons", "counter_reasons"]
         records = top[listed].astype(object).where(top[listed].notna(), None)
-        emit_json({"as_of": t, "model_version": version, "total": len(scored),
+        emit_json({"as_of": t, "model_version": version, "live": live is not None, "total": total,
                    "deals": records.to_dict(orient="records")})
         return
     if as_csv:
@@ -181,10 +214,12 @@ def at_risk(
         for rec in top.to_dict(orient="records"):  # output rows only (at most --limit)
             texts = [" | ".join(str(r.get("text", "")) for r in rec[c] or [])
                      for c in ("reasons", "counter_reasons")]
-            writer.writerow([*(_csv_cell(v) for v in (*(rec[c] for c in columns), *texts, version))])
+            row_version = rec.get("model_version") or version  # a live score names its own
+            writer.writerow([*(_csv_cell(v) for v in (*(rec[c] for c in columns), *texts, row_version))])
         return
     table = Table(title=f"Deals going cold as of {t:%Y-%m-%d %H:%M} UTC · model version {version}",
-                  caption=f"{len(scored)} open deal(s) match; showing {len(top)}")
+                  caption=f"{total} open deal(s) match; showing {len(top)}"
+                  + (" · live scores" if live is not None else ""))
     for name, justify in [("#", "right"), ("deal", "left"), ("owner", "left"), ("stage", "left"),
                           ("amount", "right"), ("value at risk", "right"), ("cold risk", "right"),
                           ("close p", "right"), ("likely close", "left"), ("why", "left")]:

@@ -1228,7 +1228,7 @@ class Store:
         learned: dict[tuple[str, str], float] = {}
         specs: dict[str, PipelineSpec] = {}
         rows = conn.execute(query).fetchall()
-        if pipeline is not None and not rows:
+        if not rows:  # an unknown pipeline, or an empty store
             return None
         for row in rows:
             if row.learned_stale_days is None:

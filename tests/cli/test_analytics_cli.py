@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -228,3 +229,51 @@ def test_at_risk_of_one_pipeline_scores_like_the_api_on_the_same_store(
     for column in ("cold_risk", "close_probability", "expected_value"):
         from_api = [d[column] for d in api["deals"]]
         assert [d[column] for d in cli["deals"]] == pytest.approx(from_api, abs=1e-12), column
+
+
+def test_at_risk_as_of_now_is_the_apis_live_list(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a store the service keeps live scores for, `dealrisk at-risk --pipeline P` (no --as-of) and
+    GET /v1/pipelines/P/at-risk (no as_of) give the same list: same deals, order, scores and versions."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import get_settings
+    from serving.store import Store
+
+    assert run(trained.env, "import", str(trained.data)).exit_code == 0
+    pipeline = trained.pipelines[0]
+    for name, value in trained.env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    store = Store(settings.database_url)
+    key, _ = store.create_api_key("manager", ["*"], name="live")
+    store.close()
+
+    def api_list() -> dict[str, Any]:
+        response = client.get(f"/v1/pipelines/{pipeline}/at-risk", params={"limit": 1000},
+                              headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 120  # a bounded wait for the background scorer, not a timing test
+        api = api_list()
+        while not all(d["scored_at"] != api["as_of"] for d in api["deals"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            api = api_list()
+        assert api["deals"] and all(d["scored_at"] != api["as_of"] for d in api["deals"]), "never live"
+        cli = ok_json(run(trained.env, "at-risk", "--pipeline", pipeline, "--limit", "1000", "--json"))
+        again = api_list()
+    get_settings.cache_clear()
+    assert cli["live"] is True
+    # nothing was re-scored in between (else the comparison below would not be of one store state)
+    assert [(d["deal_id"], d["scored_at"]) for d in again["deals"]] == [
+        (d["deal_id"], d["scored_at"]) for d in api["deals"]]
+    assert cli["total"] == api["total"] == len(cli["deals"]) >= 5
+    assert [d["deal_id"] for d in cli["deals"]] == [d["deal_id"] for d in api["deals"]]
+    for column in ("cold_risk", "close_probability", "expected_value", "value_at_risk", "amount"):
+        assert [d[column] for d in cli["deals"]] == [d[column] for d in api["deals"]], column
+    assert cli["model_version"] == api["model_version"]
