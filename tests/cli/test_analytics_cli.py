@@ -193,6 +193,22 @@ def test_top_level_help_lists_every_command() -> None:
         assert command in result.output
 
 
+def _service_settings_and_key(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The service's settings on the module's stores (the environment set as the CLI runs see it) and a
+    manager key for it."""
+    from serving.settings import get_settings
+    from serving.store import Store
+
+    for name, value in trained.env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    store = Store(settings.database_url)
+    key, _ = store.create_api_key("manager", ["*"])
+    store.close()
+    return settings, key
+
+
 def test_at_risk_of_one_pipeline_scores_like_the_api_on_the_same_store(
     trained: Trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,7 +218,6 @@ def test_at_risk_of_one_pipeline_scores_like_the_api_on_the_same_store(
 
     from serving.app import create_app
     from serving.settings import get_settings
-    from serving.store import Store
 
     assert run(trained.env, "import", str(trained.data)).exit_code == 0
     pipeline = trained.pipelines[0]
@@ -210,13 +225,7 @@ def test_at_risk_of_one_pipeline_scores_like_the_api_on_the_same_store(
     cli = ok_json(run(trained.env, "at-risk", "--pipeline", pipeline, "--as-of", as_of, "--limit", "1000",
                       "--json"))
 
-    for name, value in trained.env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    settings = get_settings()
-    store = Store(settings.database_url)
-    key, _ = store.create_api_key("manager", ["*"], name="compare")
-    store.close()
+    settings, key = _service_settings_and_key(trained, monkeypatch)
     with TestClient(create_app(settings)) as client:
         response = client.get(f"/v1/pipelines/{pipeline}/at-risk", params={"as_of": as_of, "limit": 1000},
                               headers={"Authorization": f"Bearer {key}"})
@@ -240,17 +249,10 @@ def test_at_risk_as_of_now_is_the_apis_live_list(trained: Trained, monkeypatch: 
 
     from serving.app import create_app
     from serving.settings import get_settings
-    from serving.store import Store
 
     assert run(trained.env, "import", str(trained.data)).exit_code == 0
     pipeline = trained.pipelines[0]
-    for name, value in trained.env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    settings = get_settings()
-    store = Store(settings.database_url)
-    key, _ = store.create_api_key("manager", ["*"], name="live")
-    store.close()
+    settings, key = _service_settings_and_key(trained, monkeypatch)
 
     def api_list() -> dict[str, Any]:
         response = client.get(f"/v1/pipelines/{pipeline}/at-risk", params={"limit": 1000},
