@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from features.build import FeatureBuilder
-from features.history import DealHistory
+from features.history import DealHistory, PipelineSpec
 from models.at_risk import AT_RISK_SORTS, STALE_LIMIT_FACTOR, STALE_MAX_CLOSE_PROBABILITY, rank_at_risk
 from models.forecast import score_open_deals
 from serving.stage_limits import refresh_stage_limits
@@ -212,3 +212,17 @@ def test_api_csv_of_the_live_list(service: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert len(rows) == 2 and [r["rank"] for r in rows] == ["1", "2"]
     assert all(float(r["value_at_risk"]) >= 0 and r["model_version"] == "7" for r in rows)
+
+
+def test_a_configured_limit_counts_from_the_next_read(
+    live_store: tuple[Store, DealHistory, FixedScores],
+) -> None:
+    store, history, _ = live_store
+    before = store.at_risk_page("A", NOW, stale=True, limit=None)
+    assert before is not None and "Demo" in set(before[1]["stage"])
+    spec = history.pipelines["A"]
+    store.set_pipeline_spec(PipelineSpec("A", spec.stages, spec.won, spec.lost, {"Demo": 1000.0}))
+    after = store.at_risk_page("A", NOW, stale=True, limit=None)  # no refresh in between
+    assert after is not None and "Demo" not in set(after[1]["stage"])
+    assert after[0] == before[0] - int((before[1]["stage"] == "Demo").sum())
+    assert store.stage_limits_due(NOW, NOW - timedelta(hours=1)) == ["A"]  # its deals' state was rewritten
