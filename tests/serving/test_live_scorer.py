@@ -23,7 +23,7 @@ class StandInBundle:
     def __init__(self, broken: set[str] | None = None) -> None:
         self.broken = broken or set()
 
-    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
         if self.broken & set(features["deal_id"].astype(str)):
             raise ValueError("cannot score")
         risk = features["amount"].astype(float) / 10_000
