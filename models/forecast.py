@@ -215,7 +215,7 @@ def won_by_month(
         d1 = (end - t) / pd.Timedelta(days=1)
         out[:, k] = curves.won_within(d1 + lag) - curves.won_within(d0 + lag)
     if lag_days is not None:
-        out = out / np.maximum(curves.open_at(lag), 1e-12)
+        out = out / np.maximum(curves.open_at(lag), 1e-12)[:, None]
     return np.clip(out, 0.0, 1.0)
 
 

@@ -296,13 +296,14 @@ def _live_forecast(request: Request, store: Store, pipeline: str, t: pd.Timestam
     try:
         result = forecast_from_scores(scores, t, new_deals, months=months)
     except ValueError:  # curves from a timing head and none from another: one version cannot do that
-        logger.warning("live scores of pipeline %s could not be forecast; scoring on demand", pipeline)
+        logger.warning("live scores of pipeline %s could not be forecast; scoring on demand", pipeline,
+                       exc_info=True)
         return None
-    oldest = scores["scored_at"].min() if len(scores) else None
+    oldest = scores["scored_at"].min().isoformat() if len(scores) else None  # as "as_of" is written
     return {
         "pipeline": pipeline,
         "model_version": versions.pop() if versions else request.app.state.model_holder.require().version,
         "source": "live_scores",
-        "oldest_score_as_of": jsonable(oldest),
+        "oldest_score_as_of": oldest,
         **result,
     }
