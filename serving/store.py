@@ -958,16 +958,16 @@ class Store:
         mine = sa.and_(deals.c.pipeline == pipeline, deals.c.created_at <= t1)
         with self._read() as conn:
             wanted = list(conn.execute(sa.select(deals.c.deal_id).where(mine, sa.not_(idle))).scalars())
-            history = self._read_history(
-                conn, pipelines=[pipeline], deal_ids=wanted, tables=("stage_changes", "field_changes")
-            )
             left = conn.execute(
                 sa.select(deals.c.team, deals.c.current_owner).where(mine, idle).distinct()
             ).fetchall()
             won_ids = list(
                 conn.execute(sa.select(deals.c.deal_id).where(mine, idle, deals.c.outcome == "won")).scalars()
             )
-            won = self._read_history(conn, pipelines=[pipeline], deal_ids=won_ids, tables=("stage_changes",))
+            # one read (and one validation) for both; the left-out won deals' field changes go unused
+            both = self._read_history(conn, pipelines=[pipeline], deal_ids=wanted + won_ids,
+                                      tables=("stage_changes", "field_changes"))
+        history, won = both.subset(wanted), both.subset(won_ids)
         left_out = LeftOut(
             pipelines=frozenset([pipeline]) if left else frozenset(),
             teams=frozenset(NO_TEAM if r.team is None else str(r.team) for r in left),
