@@ -111,3 +111,41 @@ def test_a_write_a_new_version_or_age_makes_a_score_due(store: Store) -> None:
     assert set(store.pending_scores("8", NOW, 10)) == {"L1", "L2", "L3", "L4"}  # a model swap
     an_hour_later = datetime(2025, 6, 1, 1, tzinfo=UTC)  # scores made at NOW are older than this
     assert set(store.pending_scores("7", an_hour_later, 10)) == {"L1", "L2", "L3", "L4"}
+
+
+def test_forecast_scores_wait_for_every_open_deal_and_keep_the_curve_marker(store: Store) -> None:
+    """The live forecast's read: None until every open deal has a score; a model without a timing head
+    stores {} (read back as None), never NULL, which marks a score from before revision 0004."""
+    _import(store)
+    assert store.forecast_scores("P", NOW) is None
+    assert _scorer(store, StandInBundle()).score_due(NOW) == 4
+    frame = store.forecast_scores("P", NOW)
+    assert frame is not None and frame["deal_id"].tolist() == ["L1", "L2", "L3"]  # insertion order
+    assert frame["timing_curve"].tolist() == [None] * 3
+    assert frame["amount"].tolist() == [3000.0, 9000.0, 5000.0]
+    assert (frame["scored_at"] == pd.Timestamp(NOW)).all() and set(frame["model_version"]) == {"7"}
+
+
+def test_health_history_equals_the_whole_history(store: Store) -> None:
+    """Health from the deals its window can see move equals health from the whole history, on both
+    backends (the selection is SQL over the state columns)."""
+    from features.health import pipeline_health
+
+    _import(store)
+    later = pd.DataFrame({"deal_id": ["L1", "L2"], "stage": ["Won", "Lost"],
+                          "changed_at": ["2025-05-10", "2025-05-20"]})
+    empty = pd.DataFrame(columns=["deal_id", "type", "occurred_at"])
+    stored = store.load_history()
+    store.import_history(DealHistory.from_frames(stored.deals, later, empty, pipelines=stored.pipelines))
+    full = store.load_history(pipelines=["P"])
+    windows = [("2025-01-01", "2025-02-01"), ("2025-05-15", "2025-06-01"), ("2025-05-01", "2025-05-12"),
+               ("2024-01-01", "2026-01-01")]
+    for since, until in windows:
+        t0, t1 = pd.Timestamp(since, tz="UTC"), pd.Timestamp(until, tz="UTC")
+        history, left_out = store.health_history("P", t0.to_pydatetime(), t1.to_pydatetime())
+        if since == "2025-05-15":
+            assert left_out.won is not None and left_out.won.deals["deal_id"].tolist() == ["L1"]
+        for by in (None, "owner", "team"):
+            got = pipeline_health(history, t0, t1, pipeline="P", by=by, left_out=left_out)  # type: ignore[arg-type]
+            expected = pipeline_health(full, t0, t1, pipeline="P", by=by)  # type: ignore[arg-type]
+            assert got == expected, (since, until, by)
