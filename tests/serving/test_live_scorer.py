@@ -149,3 +149,25 @@ def test_health_history_equals_the_whole_history(store: Store) -> None:
             got = pipeline_health(history, t0, t1, pipeline="P", by=by, left_out=left_out)  # type: ignore[arg-type]
             expected = pipeline_health(full, t0, t1, pipeline="P", by=by)  # type: ignore[arg-type]
             assert got == expected, (since, until, by)
+
+
+def test_a_deal_written_after_the_population_was_fitted_is_scored_again_after_a_refit(store: Store) -> None:
+    """The scorer never refits: a write is scored at once with the population already fitted, and once
+    the (background) refresh has refitted it, that deal is scored again with the new one."""
+    _import(store)
+    scorer = _scorer(store, StandInBundle())
+    assert scorer.score_due(NOW) == 4  # the first fit happens here, after the import
+    assert scorer.score_due(NOW) == 0
+    call = pd.DataFrame({"deal_id": ["L3"], "type": ["call"], "occurred_at": ["2025-05-21"]})
+    store.add_events(activities=DealHistory.from_frames(
+        store.load_history().deals, pd.DataFrame(columns=["deal_id", "stage", "changed_at"]), call,
+        pipelines=store.pipeline_specs(),
+    ).activities)
+    fits = scorer.population.fits
+    assert scorer.score_due(NOW) == 1  # the write, scored with the population fitted before it
+    assert scorer.population.fits == fits  # no refit on the scorer's path
+    assert scorer.score_due(NOW) == 0
+    scorer.population.mark_dirty()
+    assert scorer.population.refresh()
+    assert scorer.score_due(NOW) == 1  # L3 again, with the population that includes its call
+    assert scorer.score_due(NOW) == 0
