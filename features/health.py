@@ -24,6 +24,7 @@ Undefined figures (no closed deals, no open deals, ...) are None, never NaN, so 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +36,24 @@ from features.stages import deal_states_at, stage_outcomes, stage_positions
 
 STALE_QUANTILE = 0.8
 NO_TEAM = "(no team)"
+NO_OWNER = "(no owner)"
 GroupBy = Literal["team", "owner"]
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """What `pipeline_health` still needs of the deals left out of its history because the window cannot
+    see them move: closed (their final run of won/lost stages began) before `since`, and no event of
+    theirs after `until`. Their state at `until` is their current state, they are not open at `until`,
+    did not close in the window and entered no open stage in it, so every figure but three is the same
+    without them: the pipelines and groups (teams, owners as of `until`) they belong to are still listed,
+    with empty figures, and the won ones still teach the stalled limits (their stage changes, in `won`).
+    """
+
+    pipelines: frozenset[str] = frozenset()
+    teams: frozenset[str] = frozenset()  # NO_TEAM for a deal without one
+    owners: frozenset[str] = frozenset()
+    won: DealHistory | None = None  # the left-out deals won at `until`, with their stage changes
 
 
 def _days(delta: pd.Series) -> pd.Series:
@@ -244,8 +262,9 @@ def _scalar_figures(states: pd.DataFrame, key: pd.Series, since: pd.Timestamp,
 
 
 def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
-            since: pd.Timestamp) -> dict[str, list[dict[str, Any]]]:
-    """Per pipeline, per open stage in order: reached in the window, share moved on, share lost there.
+            since: pd.Timestamp, also: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
+    """Per pipeline (those of `states` and `also`), per open stage in order: reached in the window, share
+    moved on, share lost there.
 
     `sc` holds only changes at or before `until`, so "next change" never looks past it."""
     entries = sc[(sc["changed_at"] >= since) & (sc["outcome"] == "open")]
@@ -265,7 +284,7 @@ def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
         .agg(reached=("moved", "size"), moved=("moved", "sum"), lost=("lost", "sum"))
     )
     out: dict[str, list[dict[str, Any]]] = {}
-    for name in sorted(states["pipeline"].dropna().unique()):
+    for name in sorted(set(states["pipeline"].dropna().unique()) | set(also)):
         found = specs.get(str(name))
         stages = list(found.stages) if found else []
         rows = []
@@ -322,6 +341,7 @@ def pipeline_health(
     until: pd.Timestamp | str,
     pipeline: str | Sequence[str] | None = None,
     by: GroupBy | None = None,
+    left_out: LeftOut | None = None,
 ) -> dict[str, Any]:
     """Health figures of the window [since, until] (UTC instants), overall and per pipeline (and per
     team/owner).
@@ -330,25 +350,36 @@ def pipeline_health(
     `"by_owner"` when `by` is given; each figure block holds open_deals, avg_deal_size, won_deals,
     lost_deals, win_rate, avg_cycle_days, sales_velocity, stalled_count and stalled_deals; pipeline blocks
     also hold the funnel. Undefined figures are None.
+
+    `left_out` describes deals left out of `history` that the window cannot see move (see `LeftOut`):
+    the result is then exactly that of the history with them.
     """
     t0, t1 = to_utc_timestamp(since), to_utc_timestamp(until)
     if t0 > t1:
         raise ValueError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
     if by not in (None, "team", "owner"):
         raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
+    left_out = left_out or LeftOut()
     states, sc = _states_and_changes(history, t1)
     # Thresholds are per (pipeline, stage), so learning them before filtering changes nothing.
-    thresholds = stage_limits(_learned(states, sc), history.pipelines)
+    learn_states, learn_sc = states, sc
+    if left_out.won is not None and len(left_out.won.deals):
+        won_states, won_sc = _states_and_changes(left_out.won, t1)
+        learn_states = pd.concat([states, won_states], ignore_index=True)
+        learn_sc = pd.concat([sc, won_sc.assign(pos=won_sc["pos"] + len(states))], ignore_index=True)
+    thresholds = stage_limits(_learned(learn_states, learn_sc), history.pipelines)
+    also = left_out.pipelines
     if pipeline is not None:
         wanted = [pipeline] if isinstance(pipeline, str) else list(pipeline)
         states = states[states["pipeline"].isin(wanted)].reset_index(drop=True)
         sc = sc[sc["pipeline"].isin(wanted)]
         names = sorted(set(wanted))
+        also = frozenset(also & set(wanted))
     else:
-        names = sorted(states["pipeline"].dropna().unique().tolist())
+        names = sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also))
 
     stalled = _stalled(states, thresholds, t1)
-    funnels = _funnel(history, states, sc, t0)
+    funnels = _funnel(history, states, sc, t0, also)
 
     overall = _figure_dicts(_scalar_figures(states, pd.Series("all", index=states.index), t0, t1))
     overall_block = overall.get("all") or _empty_figures()
@@ -368,13 +399,15 @@ def pipeline_health(
     result: dict[str, Any] = {"since": t0.isoformat(), "until": t1.isoformat(), "overall": overall_block,
                               "pipelines": pipelines}
     if by is not None:
-        key = states[by].astype("string").fillna(NO_TEAM if by == "team" else "(no owner)")
+        key = states[by].astype("string").fillna(NO_TEAM if by == "team" else NO_OWNER)
         groups = _figure_dicts(_scalar_figures(states, key, t0, t1))
-        stalled_key = stalled[by].astype("string").fillna(NO_TEAM if by == "team" else "(no owner)")
+        for idle in sorted((left_out.teams if by == "team" else left_out.owners) - set(groups)):
+            groups[idle] = _empty_figures()
+        stalled_key = stalled[by].astype("string").fillna(NO_TEAM if by == "team" else NO_OWNER)
         counts = stalled_key.value_counts()
         for name, block in groups.items():
             block["stalled_count"] = int(counts.get(name, 0))
-        result[f"by_{by}"] = groups
+        result[f"by_{by}"] = dict(sorted(groups.items()))
     return result
 
 

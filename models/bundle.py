@@ -29,7 +29,14 @@ from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
 from models.reasons import ReasonWriter, stage_prior_reasons
-from models.timing import PERIOD_FEATURE, TimingCurves, TimingModel, likely_close_days, slip_risk
+from models.timing import (
+    PERIOD_FEATURE,
+    TimingCurves,
+    TimingModel,
+    curves_to_json,
+    likely_close_days,
+    slip_risk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +225,7 @@ class ScoringBundle:
             x[:, i] = codes
         return x
 
-    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
         """Score a feature frame (as from `features.build.build_features`).
 
         Returns deal_id, as_of, cold_risk, close_probability (calibrated, in [0, 1]),
@@ -228,6 +235,9 @@ class ScoringBundle:
         (amount × close_probability; NaN without an amount) and reasons (the cold-risk head's top
         contributions that raise the risk, each {feature, value, effect, text}) and counter_reasons (those
         that lower it). The three timing scores are NaN/NaT when the close head is not a timing model.
+        With `with_curves`, also `timing_curve`: per deal `{"period_days", "hazards"}` (the calibrated
+        (K, 3) open/won/lost hazards as lists, `models.timing.curves_from_json` reads them back), None
+        when the close head is not a timing model.
         """
         x = self.encode(features)
         cold = self.cold.proba(x, features)
@@ -236,8 +246,11 @@ class ScoringBundle:
         p90 = np.full(n, np.nan)
         slip = np.full(n, np.nan)
         likely = pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns, UTC]")
+        stored_curves: list[Any] = [None] * n
         if self.close.kind == "competing_risks":
             curves = self.close.curves(x)
+            if with_curves:
+                stored_curves = curves_to_json(curves)
             close = curves.p_won()
             p90 = curves.won_within(np.full(n, 90.0))
             if "days_to_close" in features.columns:
@@ -255,7 +268,7 @@ class ScoringBundle:
             reasons, counter = self.reasons(x, features, top_reasons)
         else:
             reasons, counter = [[] for _ in range(n)], [[] for _ in range(n)]
-        return pd.DataFrame(
+        out = pd.DataFrame(
             {
                 # .array keeps the dtypes (string ids, tz-aware UTC times) without an object round trip
                 "deal_id": features["deal_id"].array if "deal_id" in features else np.arange(n).astype(str),
@@ -271,6 +284,9 @@ class ScoringBundle:
                 "counter_reasons": counter,
             }
         )
+        if with_curves:
+            out["timing_curve"] = pd.Series(stored_curves, dtype=object)
+        return out
 
     def timing_curves(self, features: pd.DataFrame) -> TimingCurves | None:
         """Per-deal hazard curves of the close head (None when it is not a timing model)."""

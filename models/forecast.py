@@ -152,7 +152,14 @@ class NewDealModel:
 def fit_new_deals(history: DealHistory, as_of: pd.Timestamp | str) -> NewDealModel:
     """Creation rate, won amounts and the life table of winning by age, from what was known at `as_of`."""
     t = to_utc_timestamp(as_of)
-    states = deal_states(history, t)
+    return new_deals_from_states(deal_states(history, t), t)
+
+
+def new_deals_from_states(states: pd.DataFrame, as_of: pd.Timestamp | str) -> NewDealModel:
+    """`fit_new_deals` from the deals' states as of `as_of` (created_at, status, closed_at, amount: as
+    `features.health.deal_states` gives them, or the store's current-state columns when `as_of` is now)."""
+    t = to_utc_timestamp(as_of)
+    states = states[states["created_at"] <= t]
     age_now = (t - states["created_at"]).dt.total_seconds().to_numpy(dtype=float) / 86_400.0
     recent = age_now <= NEW_DEAL_LOOKBACK_DAYS
     span = min(NEW_DEAL_LOOKBACK_DAYS, float(age_now.max()) if len(age_now) else 0.0)
@@ -191,15 +198,24 @@ def _month_edges(t: pd.Timestamp, months: int) -> list[tuple[pd.Period, pd.Times
     return out
 
 
-def won_by_month(curves: Any, as_of: pd.Timestamp | str, months: int) -> NDArray[np.float64]:
-    """(deals × months) P(won in month k) from timing curves (`models.timing.TimingCurves`)."""
+def won_by_month(
+    curves: Any, as_of: pd.Timestamp | str, months: int, lag_days: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
+    """(deals × months) P(won in month k) from timing curves (`models.timing.TimingCurves`).
+
+    `lag_days` (per deal, >= 0): the curves start that many days before `as_of` (a live score computed
+    earlier); each deal is known to be still open at `as_of`, so its chances are conditioned on that.
+    With no lag the arithmetic is exactly that of curves made as of `as_of`."""
     t = to_utc_timestamp(as_of)
     n = curves.hazards.shape[0]
+    lag = np.zeros(n) if lag_days is None else np.maximum(np.asarray(lag_days, dtype=np.float64), 0.0)
     out = np.zeros((n, months))
     for k, (_, start, end) in enumerate(_month_edges(t, months)):
         d0 = (start - t) / pd.Timedelta(days=1)
         d1 = (end - t) / pd.Timedelta(days=1)
-        out[:, k] = curves.won_within(np.full(n, d1)) - curves.won_within(np.full(n, d0))
+        out[:, k] = curves.won_within(d1 + lag) - curves.won_within(d0 + lag)
+    if lag_days is not None:
+        out = out / np.maximum(curves.open_at(lag), 1e-12)[:, None]
     return np.clip(out, 0.0, 1.0)
 
 
@@ -334,6 +350,54 @@ def forecast_pipeline(
     curves = bundle.timing_curves(features)
     by_month = won_by_month(curves, t, months) if curves is not None else None
     return forecast(frame, t, months, n_sims, seed, month_probabilities=by_month, new_deals=new)
+
+
+def forecast_from_scores(
+    open_scores: pd.DataFrame,
+    as_of: pd.Timestamp | str,
+    new_deals: NewDealModel,
+    months: int = 3,
+    n_sims: int = DEFAULT_SIMS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`forecast_pipeline` from live scores kept earlier instead of scoring every open deal now.
+
+    `open_scores`: one row per open deal (in the order `forecast_pipeline` would score them, so seeded
+    simulations draw alike) with amount, expected_close_date, close_probability, scored_at (the time
+    the score is as of) and timing_curve (`models.timing.curves_to_json` value, None when the model has
+    no timing head: deals are then placed by their expected close date). A score made before `as_of`
+    is conditioned on the deal being still open at `as_of`; with every score as of `as_of` the result
+    is exactly `forecast_pipeline`'s.
+    """
+    t = to_utc_timestamp(as_of)
+    frame = pd.DataFrame(
+        {
+            "amount": open_scores["amount"].to_numpy(dtype=float),
+            "expected_close_date": pd.to_datetime(open_scores["expected_close_date"], utc=True),
+            "close_probability": open_scores["close_probability"].to_numpy(dtype=float),
+        }
+    )
+    stored = open_scores["timing_curve"].tolist()
+    if not stored:
+        return forecast(frame, t, months, n_sims, seed, month_probabilities=np.zeros((0, months)),
+                        new_deals=new_deals)
+    if all(c is None for c in stored):
+        return forecast(frame, t, months, n_sims, seed, new_deals=new_deals)
+    if any(c is None for c in stored):
+        raise ValueError("scores with and without timing curves cannot be forecast together")
+    from models.timing import curves_from_json
+
+    curves = curves_from_json(stored)
+    scored_at = pd.to_datetime(open_scores["scored_at"], utc=True)
+    lag = np.asarray((t - scored_at) / pd.Timedelta(days=1), dtype=np.float64)
+    by_month = won_by_month(curves, t, months, lag_days=lag)
+    # P(won eventually | still open at as_of): the spread over the months and "later" add up to it
+    lag0 = np.maximum(lag, 0.0)
+    frame["close_probability"] = np.clip(
+        (frame["close_probability"].to_numpy() - curves.won_within(lag0))
+        / np.maximum(curves.open_at(lag0), 1e-12), 0.0, 1.0,
+    )
+    return forecast(frame, t, months, n_sims, seed, month_probabilities=by_month, new_deals=new_deals)
 
 
 def score_open_deals(

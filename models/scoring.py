@@ -51,8 +51,10 @@ def score_points(
     points: pd.DataFrame,
     builder: FeatureBuilder,
     top_reasons: int = 3,
+    with_curves: bool = False,
 ) -> pd.DataFrame:
-    """Features for `points` (deal_id, as_of) as of each point from a fitted `builder`, then `bundle.score`.
+    """Features for `points` (deal_id, as_of) as of each point from a fitted `builder`, then `bundle.score`
+    (with the `timing_curve` column when `with_curves`: what the live forecast reads back).
 
     The builder's population statistics are whatever it was fitted on (the service and the CLI fit it on
     the whole store), never on the possibly partial `history` given here.
@@ -62,6 +64,7 @@ def score_points(
     when the feature builder gives it.
     """
     features = point_features(history, points, builder)
-    scores = bundle.score(features, top_reasons=top_reasons)
+    scores = (bundle.score(features, top_reasons=top_reasons, with_curves=True) if with_curves
+              else bundle.score(features, top_reasons=top_reasons))
     context = [c for c in [*CONTEXT_OUTPUT_COLUMNS, "outcome"] if c in features.columns]
     return pd.concat([scores, features[context].reset_index(drop=True)], axis=1)

@@ -26,6 +26,7 @@ keep their resolution (no isotonic plateaus), and it uses the open deals of that
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -358,3 +359,21 @@ def slip_risk(curves: TimingCurves, days_to_expected_close: ArrayLike) -> NDArra
     d = np.asarray(days_to_expected_close, dtype=np.float64)
     valid = np.isfinite(d) & (d > 0)
     return np.where(valid, curves.open_at(np.where(valid, d, 0.0)), np.nan)
+
+
+def curves_to_json(curves: TimingCurves) -> list[dict[str, Any]]:
+    """Each deal's curve as JSON-ready `{"period_days", "hazards"}` (its (K, 3) hazards as lists of
+    floats, which JSON carries exactly), for the live scores the store keeps."""
+    return [{"period_days": curves.period_days, "hazards": h.tolist()} for h in curves.hazards]
+
+
+def curves_from_json(stored: Sequence[Mapping[str, Any]]) -> TimingCurves:
+    """The curves of several deals back from `curves_to_json` values (one period grid for all of them:
+    the values of one model version). Bit for bit the curves they were made from."""
+    if not stored:
+        return TimingCurves(np.zeros((0, N_PERIODS, 3)), PERIOD_DAYS)
+    grids = {float(c["period_days"]) for c in stored}
+    if len(grids) != 1:
+        raise ValueError(f"timing curves of different period grids cannot be read together: {sorted(grids)}")
+    hazards = np.asarray([c["hazards"] for c in stored], dtype=np.float64)
+    return TimingCurves(hazards, grids.pop())

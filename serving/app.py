@@ -1,7 +1,8 @@
 """The FastAPI application: `create_app(settings)`; uvicorn runs `serving.app:create_app` as a factory.
 
-Lifespan opens the store (creating its schema), loads the model once, primes the feature population and
-starts a background task that follows the registry alias and swaps the model atomically.
+Lifespan opens the store (creating its schema), loads the model once, fits the feature population (then
+refreshed by its own background thread, never on a request's path), starts the live scorer and a
+background task that follows the registry alias and swaps the model atomically.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.errors import install_error_handlers
 from serving.live_scores import LiveScorer
 from serving.metrics import ServiceMetrics
-from serving.model_holder import ModelHolder, PopulationCache
+from serving.model_holder import ModelHolder, NewDealCache, PopulationCache
 from serving.schemas import ErrorBody
 from serving.settings import Settings, get_settings
 from serving.stage_limits import StageLimitRefresher
@@ -211,33 +212,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names)
         store.create_schema()
         holder = ModelHolder(settings.model_uri, settings.tracking_uri, on_swap=_on_swap)
-        population = PopulationCache.from_store(store)
+        population = PopulationCache.from_store(store, interval_s=settings.population_refresh_s)
+        new_deals = NewDealCache(store)
+        population.listeners.append(lambda _builder: new_deals.refresh())
         app.state.store = store
         app.state.model_holder = holder
         app.state.population = population
+        app.state.new_deals = new_deals
         await asyncio.to_thread(holder.reload)
         await asyncio.to_thread(_prime_population, population)
         live_scores = None
         limits = None
         if settings.live_score_max_age_s > 0:
-            # The scorer fits its own population: refitting it on the scorer's thread must never make a
-            # request read the previous one (the request cache answers concurrent readers with it).
-            live_scores = LiveScorer(
-                store, holder, PopulationCache.from_store(store), max_age_s=settings.live_score_max_age_s
-            )
+            # Requests and the scorer share one population, refitted only by its own background thread.
+            live_scores = LiveScorer(store, holder, population, max_age_s=settings.live_score_max_age_s)
             app.state.live_scores = live_scores
             holder.on_swap = _swapped(live_scores)
+            population.listeners.append(live_scores.population_refitted)
             live_scores.start()
             live_scores.notify()  # deals written while the service was down, or scored by another version
             # the live lists' learned stage limits, kept on the same clock as the scores
             limits = StageLimitRefresher(store, max_age_s=settings.live_score_max_age_s)
             limits.start()
+        population.start()
         watcher = None
         if settings.reload_interval_s > 0:
             watcher = asyncio.create_task(_follow_alias(holder, settings.reload_interval_s))
         try:
             yield
         finally:
+            await asyncio.to_thread(population.stop)
             if live_scores is not None:
                 await asyncio.to_thread(live_scores.stop)
             if limits is not None:

@@ -10,13 +10,19 @@ What makes a deal's stored score due (`Store.pending_scores`):
   activity, days in stage) move as time passes, so scores are refreshed on that clock.
 
 Scores are computed exactly as the on-demand path does (`models.scoring.score_points` with the feature
-builder fitted on the store), as of the time they are computed; their `as_of` is stored with them.
+builder fitted on the store), as of the time they are computed; their `as_of` is stored with them, and so
+are the close head's timing curves (the live forecast spreads each deal over the months with them).
+
+The scorer never refits the feature population: it scores with the one last fitted (its own thread
+refits it on a clock, `PopulationCache`). A deal written after that fit started is scored at once anyway
+(its write visible within the second) and scored again when a refit that includes the write arrives.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -54,10 +60,15 @@ class LiveScorer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._builder: FeatureBuilder | None = None  # the population the last round scored with
+        # deals scored with a population that may miss their latest write: scored again after a refit
+        self._provisional: set[str] = set()
 
     def notify(self) -> None:
-        """Something changed (a write, a model swap): refit the population lazily and score what is due."""
-        self.population.mark_dirty()
+        """Something changed (a write, a model swap, a refitted population): score what is due."""
+        self._wake.set()
+
+    def population_refitted(self, _builder: FeatureBuilder | None) -> None:
+        """The population was refitted: deals scored with one that missed their latest write are due."""
         self._wake.set()
 
     def score_due(self, now: datetime | None = None) -> int:
@@ -66,42 +77,62 @@ class LiveScorer:
         if model is None:
             return 0
         t = to_utc_timestamp(now if now is not None else datetime.now(UTC))
-        due = self.store.pending_scores(
+        due: dict[str, datetime | None] = dict(self.store.pending_scores(
             model.version, (t - timedelta(seconds=self.max_age_s)).to_pydatetime(), self.batch
-        )
+        ))
+        # The population is never refitted here (its own thread does that, on a clock): a write is
+        # scored at once with the population already fitted, and scored again once a refit includes it.
+        builder = self.population.get()
+        if builder is not self._builder:
+            self._builder = builder
+            due = {**self._rescore_provisional(self.batch - len(due)), **due}
         if not due:
             return 0
         history = self.store.load_history(deal_ids=list(due))
         points = open_deal_points(history, t)
         if points.empty:
             return 0
-        # Score with the population already fitted (a write must not wait for a refit of the whole
-        # store to become visible), then, if the store changed since, refit it and score them again.
-        held = self._builder
-        saved = self._score_and_save(model, history, points, due, held or self.population.get())
-        fitted = self.population.get()
-        if held is not None and fitted is not held:
-            saved = self._score_and_save(model, history, points, due, fitted)
-        self._builder = fitted
+        saved = self._score_and_save(model, history, points, due, builder)
+        read_from = self.population.read_from
+        cutoff = read_from.astimezone(UTC).replace(tzinfo=None) if read_from is not None else None
+        self._provisional.update(
+            d for d, stamp in due.items() if cutoff is None or stamp is None or stamp >= cutoff
+        )
         return saved
+
+    def _rescore_provisional(self, room: int) -> dict[str, datetime | None]:
+        """Deals scored with a population fitted before their latest write, to score again (at most
+        `room`; the rest wait for the next round), with their state stamps."""
+        if room <= 0 or not self._provisional:
+            return {}
+        ids = sorted(self._provisional)[:room]
+        self._provisional.difference_update(ids)
+        states = self.store.deal_states(deal_ids=ids, outcome="open")
+        stamps = states["state_updated_at"].dt.tz_convert(None)
+        return {
+            str(d): (None if pd.isna(v) else v.to_pydatetime())
+            for d, v in zip(states["deal_id"], stamps, strict=True)
+        }
 
     def _score_and_save(
         self,
         model: LoadedModel,
         history: DealHistory,
         points: pd.DataFrame,
-        due: dict[str, datetime],
+        due: Mapping[str, datetime | None],
         stored_builder: FeatureBuilder | None,
     ) -> int:
         builder = builder_for(stored_builder, history)
         try:
-            scored = score_points(model.bundle, history, points, builder)
+            scored = score_points(model.bundle, history, points, builder, with_curves=True)
         except Exception:  # one bad deal must not hold back the others: score them one by one
             logger.exception("scoring a round of %d deals failed; scoring them one at a time", len(points))
             parts = []
             for i in range(len(points)):
                 try:
-                    parts.append(score_points(model.bundle, history, points.iloc[[i]], builder))
+                    parts.append(
+                        score_points(model.bundle, history, points.iloc[[i]], builder, with_curves=True)
+                    )
                 except Exception:
                     deal_id = points["deal_id"].iloc[i]
                     logger.exception("live score of deal %s failed; it stays pending", deal_id)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
+
 from features.build import FeatureBuilder
 from features.history import DealHistory
 from serving.errors import ConflictError, ModelUnavailableError, PopulationUnavailableError, public_reason
@@ -22,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 Loader = Callable[[str, str], tuple[Any, str]]
 Resolver = Callable[[str, str], str | None]
+
+DEFAULT_POPULATION_REFRESH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -139,26 +143,50 @@ class ModelHolder:
 
 
 class PopulationCache:
-    """A `FeatureBuilder` fitted on the whole stored history, refitted lazily after a write marks it dirty.
+    """A `FeatureBuilder` fitted on the whole stored history, refreshed off the request path.
 
-    Writes only flip a generation counter (cheap); the next reader refits once while others keep
-    using the previous builder, so a burst of writes costs one refit.
+    Readers (`get`) always take the builder last fitted and never wait for a refit: writes only flip a
+    generation counter (`mark_dirty`), and `refresh` (called by the background thread `start` runs, at
+    most once every `interval_s`) refits when the store changed since the last fit, so a burst of writes
+    costs one refit. "Changed" is the generation moved, or the store's change stamp (`stamp`, a cheap
+    query: deal count, last state update, last spec update) moved, which also catches writes by other
+    processes (another worker, a CLI import).
+
+    The one exception is the first fit: while no builder was ever fitted (the service primes it at
+    start, before it serves), `get` fits it, and concurrent readers wait for that one fit.
 
     When fitting fails (e.g. a stored row no longer validates), the previous builder keeps serving if
     there is one; without one, readers get PopulationUnavailableError (503 with the reason) rather than
     scores computed from something else. `last_error` holds the reason (for /readyz) until a fit
-    succeeds; every read after a failure tries again.
+    succeeds; a failed refit is retried by the next refresh even if the store did not change.
     """
 
-    def __init__(self, load: Callable[[], FeatureBuilder | None]) -> None:
+    def __init__(
+        self,
+        load: Callable[[], FeatureBuilder | None],
+        stamp: Callable[[], Any] | None = None,
+        interval_s: float = DEFAULT_POPULATION_REFRESH_S,
+    ) -> None:
         self._load = load
+        self._stamp = stamp
+        self.interval_s = interval_s
         self._lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self._value: FeatureBuilder | None = None
         self._computed = False
         self._generation = 0
         self._computed_generation = -1
+        self._computed_stamp: Any = None
+        self._failed = False
+        self.fits = 0  # fits done (successful or not): the refresh tests count them
+        self.fitted_at: datetime | None = None  # wall-clock time the builder being served was fitted
+        # when that fit started reading the store: a deal written at or after it may be missing from it
+        self.read_from: datetime | None = None
         self.last_error: str | None = None
+        # called (on the refitting thread) after each successful fit: the live scorer, the new-deal models
+        self.listeners: list[Callable[[FeatureBuilder | None], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @property
     def available(self) -> bool:
@@ -167,7 +195,7 @@ class PopulationCache:
             return self._computed
 
     @classmethod
-    def from_store(cls, store: Any) -> PopulationCache:
+    def from_store(cls, store: Any, interval_s: float = DEFAULT_POPULATION_REFRESH_S) -> PopulationCache:
         """A cache that fits the builder on everything in `store` (None while it is empty)."""
 
         def load() -> FeatureBuilder | None:
@@ -176,48 +204,149 @@ class PopulationCache:
                 return None
             return FeatureBuilder().fit(store.load_history())
 
-        return cls(load)
+        return cls(load, stamp=store.change_stamp, interval_s=interval_s)
 
     def mark_dirty(self) -> None:
-        """Called after every committed write."""
+        """Called after every committed write: the next refresh refits."""
         with self._lock:
             self._generation += 1
 
     def get(self) -> FeatureBuilder | None:
-        """The fitted builder, refitted first if the store changed since it was fitted."""
+        """The builder last fitted; never refits (only the very first fit happens here)."""
         with self._lock:
-            if self._computed and self._computed_generation == self._generation:
+            if self._computed:
                 return self._value
-        with self._lock:
-            have_previous = self._computed
-            previous = self._value
-        # Only one reader recomputes; while it does, the others answer with the previous population
-        # instead of queueing behind a full read of the store (they wait only when there is none yet).
-        if not self._compute_lock.acquire(blocking=not have_previous):
-            return previous
-        try:
+        with self._compute_lock:  # the first fit: concurrent readers wait for this one
             with self._lock:
-                generation = self._generation
-                if self._computed and self._computed_generation == generation:
+                if self._computed:
                     return self._value
-            try:
-                value = self._load()
-            except Exception as exc:  # noqa: BLE001 - any failure: keep the previous population or 503
-                logger.warning("computing the feature population failed: %s: %s", type(exc).__name__, exc)
-                self.last_error = public_reason(f"{type(exc).__name__}: {exc}")
-                if have_previous:
-                    return previous
+            self._fit(raise_without_previous=True)
+            with self._lock:
+                return self._value
+
+    def due(self) -> bool:
+        """Whether a refresh would refit: never fitted, the last fit failed, or the store changed."""
+        with self._lock:
+            if not self._computed or self._failed or self._generation != self._computed_generation:
+                return True
+            known = self._computed_stamp
+        return self._stamp is not None and self._read_stamp() != known
+
+    def refresh(self) -> bool:
+        """Refit when `due`; True when a new builder was fitted. Never raises (failures are kept in
+        `last_error`); readers keep the previous builder meanwhile."""
+        if not self.due():
+            return False
+        with self._compute_lock:
+            return self._fit(raise_without_previous=False)
+
+    def _read_stamp(self) -> Any:
+        try:
+            return self._stamp() if self._stamp is not None else None
+        except Exception:  # noqa: BLE001 - a store outage: count it as a change, the fit will say why
+            logger.warning("reading the store's change stamp failed", exc_info=True)
+            return object()
+
+    def _fit(self, raise_without_previous: bool) -> bool:
+        """Fit now (the caller holds `_compute_lock`); True on success."""
+        with self._lock:
+            generation = self._generation
+            have_previous = self._computed
+        stamp = self._read_stamp()  # before the read: a write landing during the fit makes it due again
+        started = datetime.now(UTC)
+        self.fits += 1
+        try:
+            value = self._load()
+        except Exception as exc:  # noqa: BLE001 - any failure: keep the previous population or 503
+            logger.warning("computing the feature population failed: %s: %s", type(exc).__name__, exc)
+            self.last_error = public_reason(f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                self._failed = True
+            if raise_without_previous and not have_previous:
                 raise PopulationUnavailableError(
                     f"feature population unavailable: {self.last_error}"
                 ) from exc
-            self.last_error = None
-            with self._lock:
-                self._value = value
-                self._computed = True
-                self._computed_generation = generation
-            return value
-        finally:
-            self._compute_lock.release()
+            return False
+        self.last_error = None
+        with self._lock:
+            self._value = value
+            self._computed = True
+            self._failed = False
+            self._computed_generation = generation
+            self._computed_stamp = stamp
+            self.fitted_at = datetime.now(UTC)
+            self.read_from = started
+        for listener in self.listeners:
+            try:
+                listener(value)
+            except Exception:  # noqa: BLE001 - a listener's failure must not undo the fit
+                logger.exception("a population listener failed")
+        return True
+
+    def start(self) -> None:
+        """Refresh on a daemon thread every `interval_s` until `stop`."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="population-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the refresher must never die
+                logger.exception("population refresh failed")
+
+
+class NewDealCache:
+    """Per pipeline, the forecast's model of deals not created yet (`models.forecast.NewDealModel`), fitted
+    from the deals' current-state columns (no events read) as of the time it was fitted.
+
+    Refitted for every pipeline when the population is (`refresh`, a `PopulationCache` listener: off the
+    request path); `get` fits a pipeline the cache has not seen yet (one that appeared since).
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._models: dict[str, tuple[Any, datetime]] = {}
+
+    def refresh(self, now: datetime | None = None) -> None:
+        """Refit every pipeline's model as of `now` (default: the current time)."""
+        from models.forecast import new_deals_from_states
+
+        t = now or datetime.now(UTC)
+        states = _new_deal_states(self.store.deal_states())
+        at = pd.Timestamp(t)
+        fitted = {
+            str(name): (new_deals_from_states(part, at), t) for name, part in states.groupby("pipeline")
+        }
+        with self._lock:
+            self._models = fitted
+
+    def get(self, pipeline: str) -> tuple[Any, datetime]:
+        """(model, the time it is as of) for `pipeline`."""
+        with self._lock:
+            found = self._models.get(pipeline)
+        if found is not None:
+            return found
+        from models.forecast import new_deals_from_states
+
+        t = datetime.now(UTC)
+        states = _new_deal_states(self.store.deal_states(pipeline=pipeline))
+        model = (new_deals_from_states(states, pd.Timestamp(t)), t)
+        with self._lock:
+            self._models[pipeline] = model
+        return model
+
+
+def _new_deal_states(states: Any) -> Any:
+    """The store's current-state columns under the names `features.health.deal_states` gives them."""
+    return states.rename(columns={"outcome": "status", "current_amount": "amount"})
 
 
 def builder_for(stored: FeatureBuilder | None, history: DealHistory) -> FeatureBuilder:

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     live_score_max_age_s: float = Field(
         default=3600.0, ge=0, description="live scores older than this are recomputed; 0 turns them off"
     )
+    population_refresh_s: float = Field(
+        default=60.0, gt=0,
+        description="the feature population is refitted in the background at most this often, when the "
+        "store changed; requests never wait for a refit",
+    )
     max_concurrent_requests: int = Field(
         default=64, ge=1, description="requests in flight at once; past it the service answers 503 at once"
     )

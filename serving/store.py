@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from features.deal_state import STATE_FIELDS, STATE_TIME_FIELDS, current_deal_states
-from features.health import stage_limits
+from features.health import NO_OWNER, NO_TEAM, LeftOut, stage_limits
 from features.history import (
     DEAL_OPTIONAL,
     DEAL_REQUIRED,
@@ -73,7 +73,7 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 
@@ -404,6 +404,18 @@ class Store:
                 name: int(conn.execute(sa.select(sa.func.count()).select_from(self.table(name))).scalar_one())
                 for name in (*TABLE_ORDER, "pipeline_attributes", "api_keys")
             }
+
+    def change_stamp(self) -> tuple[Any, ...]:
+        """A cheap token that moves whenever stored history or a spec changes (deal count, the last
+        deal-state update, the last spec update): the population refresher compares it between rounds,
+        so writes by other processes are noticed too."""
+        deals, pipes = self.table("deals"), self.table("pipelines")
+        with self._read() as conn:
+            count, updated = conn.execute(
+                sa.select(sa.func.count(), sa.func.max(deals.c.state_updated_at))
+            ).one()
+            spec_updated = conn.execute(sa.select(sa.func.max(pipes.c.updated_at))).scalar_one()
+        return int(count), updated, spec_updated
 
     # ------------------------------------------------------------------ writes
     def import_history(self, history: DealHistory, progress: ProgressCallback | None = None) -> ImportResult:
@@ -935,8 +947,45 @@ class Store:
         with self._read() as conn:
             return self._read_history(conn, pipelines, deal_ids)
 
+    def health_history(self, pipeline: str, since: datetime, until: datetime) -> tuple[DealHistory, LeftOut]:
+        """What `features.health.pipeline_health` needs for one pipeline's window [since, until], read by
+        the deals' state columns instead of the whole history: the deals created by `until` except those
+        closed before `since` with no event after `until` (their deals, stage and field changes; health
+        reads no activities), and what it still needs of those left out (`LeftOut`: the groups they
+        belong to, and the won ones' stage changes for the stalled limits). One snapshot."""
+        deals = self.table("deals")
+        t0, t1 = (v.astimezone(UTC).replace(tzinfo=None) if v.tzinfo else v for v in (since, until))
+        idle = sa.and_(
+            deals.c.outcome.is_not(None),
+            deals.c.outcome.in_(("won", "lost")),
+            deals.c.closed_at.is_not(None),
+            deals.c.closed_at < t0,
+            sa.or_(deals.c.last_event_at.is_(None), deals.c.last_event_at <= t1),
+        )
+        mine = sa.and_(deals.c.pipeline == pipeline, deals.c.created_at <= t1)
+        with self._read() as conn:
+            wanted = list(conn.execute(sa.select(deals.c.deal_id).where(mine, sa.not_(idle))).scalars())
+            left = conn.execute(
+                sa.select(deals.c.team, deals.c.current_owner).where(mine, idle).distinct()
+            ).fetchall()
+            won_ids = list(
+                conn.execute(sa.select(deals.c.deal_id).where(mine, idle, deals.c.outcome == "won")).scalars()
+            )
+            # one read (and one validation) for both; the left-out won deals' field changes go unused
+            both = self._read_history(conn, pipelines=[pipeline], deal_ids=wanted + won_ids,
+                                      tables=("stage_changes", "field_changes"))
+        history, won = both.subset(wanted), both.subset(won_ids)
+        left_out = LeftOut(
+            pipelines=frozenset([pipeline]) if left else frozenset(),
+            teams=frozenset(NO_TEAM if r.team is None else str(r.team) for r in left),
+            owners=frozenset(NO_OWNER if r.current_owner is None else str(r.current_owner) for r in left),
+            won=won,
+        )
+        return history, left_out
+
     def _read_history(
-        self, conn: Connection, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None
+        self, conn: Connection, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None,
+        tables: Sequence[str] = tuple(EVENT_TABLES),
     ) -> DealHistory:
         deals_t = self.table("deals")
         wanted_pipes = None if pipelines is None else sorted({str(p) for p in pipelines})
@@ -952,7 +1001,9 @@ class Store:
         for name, (columns, time_col) in EVENT_TABLES.items():
             table = self.table(name)
             query = sa.select(table.c.id, *(table.c[c] for c in (*columns, "event_id")))
-            events[name] = _events_frame(_read_frame(conn, query, table.c.deal_id, ids), time_col)
+            # a table not wanted: its columns, no rows
+            rows = _read_frame(conn, query, table.c.deal_id, ids if name in tables else [])
+            events[name] = _events_frame(rows, time_col)
         if wanted_pipes is not None or wanted_ids is not None:
             present = set(deals["pipeline"].tolist()) | set(wanted_pipes or ())
             specs = {k: v for k, v in specs.items() if k in present}
@@ -1085,6 +1136,8 @@ class Store:
             frame = frame.assign(likely_close_date=_naive_utc(scores["likely_close_date"]))
         records = _records(frame)
         counter = scores["counter_reasons"].tolist() if "counter_reasons" in scores.columns else None
+        # {} (not NULL) when the model has no timing curve: NULL marks a score stored before revision 0005
+        curves = scores["timing_curve"].tolist() if "timing_curve" in scores.columns else [None] * len(scores)
         for i, (rec, reasons) in enumerate(zip(records, scores["reasons"].tolist(), strict=True)):
             rec.update(
                 model_version=model_version,
@@ -1092,6 +1145,7 @@ class Store:
                 state_updated_at=states.get(rec["deal_id"]),
                 reasons=_plain(reasons),
                 counter_reasons=_plain(counter[i]) if counter is not None else None,
+                timing_curve=curves[i] if curves[i] is not None else {},
             )
         insert = postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
         stmt = insert.on_conflict_do_update(
@@ -1283,6 +1337,41 @@ class Store:
                 .values(learned_stale_days={str(k): float(v) for k, v in learned.items()},
                         stale_learned_at=_naive(learned_at))
             )
+
+    def forecast_scores(self, pipeline: str, as_of: datetime) -> pd.DataFrame | None:
+        """The open deals of a pipeline (created by `as_of`) with what the forecast needs from their live
+        scores, in insertion order: deal_id, amount, expected_close_date (current values),
+        close_probability, model_version, scored_at (the score's `as_of`) and timing_curve (None for a
+        model without one). None while an open deal has no live score, or one from before revision 0005
+        (the caller forecasts on demand then). One snapshot."""
+        deals, scores = self.table("deals"), self.table("deal_scores")
+        cutoff = as_of.astimezone(UTC).replace(tzinfo=None) if as_of.tzinfo else as_of
+        query = (
+            sa.select(
+                deals.c.id,
+                deals.c.deal_id,
+                deals.c.current_amount.label("amount"),
+                deals.c.current_expected_close_date.label("expected_close_date"),
+                scores.c.close_probability,
+                scores.c.model_version,
+                scores.c.as_of.label("scored_at"),
+                scores.c.timing_curve,
+            )
+            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
+            .where(deals.c.pipeline == pipeline, deals.c.outcome == "open", deals.c.created_at <= cutoff)
+            .order_by(deals.c.id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).fetchall()
+        frame = _rows_frame(rows, list(query.selected_columns.keys())).drop(columns="id")
+        if frame["model_version"].isna().any() or frame["timing_curve"].isna().any():
+            return None
+        for col in ("expected_close_date", "scored_at"):
+            frame[col] = _localize(frame[col])
+        frame["amount"] = pd.to_numeric(frame["amount"], errors="coerce").astype("float64")
+        frame["close_probability"] = frame["close_probability"].astype("float64")
+        frame["timing_curve"] = [c if c else None for c in frame["timing_curve"]]
+        return frame
 
     # ------------------------------------------------------------------ API keys
     def create_api_key(

@@ -128,6 +128,8 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         sa.Column("slip_risk", sa.Float),
         sa.Column("likely_close_date", sa.DateTime),
         sa.Column("counter_reasons", sa.JSON),
+        # Revision 0005: the close head's timing curve ({} without a timing model; NULL before 0005)
+        sa.Column("timing_curve", sa.JSON),
         sa.Index("ix_deal_scores_cold_risk", "cold_risk"),
     )
     sa.Table(

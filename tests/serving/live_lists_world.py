@@ -34,7 +34,7 @@ class FixedScores:
         self.cold = dict(cold)
         self.close = dict(close)
 
-    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
         ids = features["deal_id"].astype(str)
         cold = ids.map(self.cold).astype(float)
         close = ids.map(self.close).astype(float)

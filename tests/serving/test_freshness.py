@@ -5,6 +5,7 @@ Each test runs its own app on a copy of the fixture store, so the writes stay ou
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pandas as pd
@@ -48,13 +49,21 @@ def test_an_activity_today_lowers_the_cold_risk_of_a_silent_deal(world: Any, own
 
 
 def test_closing_an_owners_deals_moves_the_score_of_the_owners_other_deal(
-    world: Any, own_settings: Any, own_client: TestClient
+    world: Any, own_settings: Any
 ) -> None:
     """Wins posted for an owner change the population (owner win rate, open load) that scores every deal.
 
-    The score served after the write equals the score of a service started afresh on the same store,
-    which computes the population from scratch: a cache that kept the old population fails this.
+    Once the background refresh has caught up with the writes (a bounded wait: the population is
+    refitted on a clock, never on a read), the score served equals the score of a service started
+    afresh on the same store, which computes the population from scratch: a cache that kept the old
+    population fails this.
     """
+    settings = own_settings.model_copy(update={"population_refresh_s": 0.2})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as own_client:
+        _close_an_owners_deals(world, own_settings, own_client)
+
+
+def _close_an_owners_deals(world: Any, own_settings: Any, own_client: TestClient) -> None:
     as_of = world.history.end_time + pd.Timedelta(days=1)
     open_ids = set(open_deal_points(world.history, world.history.end_time)["deal_id"])
     deals = world.history.deals
@@ -77,6 +86,11 @@ def test_closing_an_owners_deals_moves_the_score_of_the_owners_other_deal(
     written = own_client.post("/v1/events", json={"stage_changes": moves}, headers=world.auth("admin"))
     assert written.status_code == 200 and written.json()["inserted"] == 6, written.text
 
+    population = own_client.app.state.population  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    while population.due() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not population.due(), "the population never caught up with the writes"
     after = _score(own_client, world, watched, as_of)
     listed = _at_risk(own_client, world, pipeline, as_of)
     assert not set(new_ids) & set(listed)  # the won deals left the open list

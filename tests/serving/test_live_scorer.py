@@ -24,7 +24,7 @@ class StandInBundle:
     def __init__(self, broken: set[str] | None = None) -> None:
         self.broken = broken or set()
 
-    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
         if self.broken & set(features["deal_id"].astype(str)):
             raise ValueError("cannot score")
         risk = features["amount"].astype(float) / 10_000
@@ -115,3 +115,63 @@ def test_a_write_a_new_version_or_age_makes_a_score_due(store: Store) -> None:
     assert set(store.pending_scores("8", NOW, 10)) == {"L1", "L2", "L3", "L4"}  # a model swap
     an_hour_later = datetime(2025, 6, 1, 1, tzinfo=UTC)  # scores made at NOW are older than this
     assert set(store.pending_scores("7", an_hour_later, 10)) == {"L1", "L2", "L3", "L4"}
+
+
+def test_forecast_scores_wait_for_every_open_deal_and_keep_the_curve_marker(store: Store) -> None:
+    """The live forecast's read: None until every open deal has a score; a model without a timing head
+    stores {} (read back as None), never NULL, which marks a score from before revision 0005."""
+    _import(store)
+    assert store.forecast_scores("P", NOW) is None
+    assert _scorer(store, StandInBundle()).score_due(NOW) == 4
+    frame = store.forecast_scores("P", NOW)
+    assert frame is not None and frame["deal_id"].tolist() == ["L1", "L2", "L3"]  # insertion order
+    assert frame["timing_curve"].tolist() == [None] * 3
+    assert frame["amount"].tolist() == [3000.0, 9000.0, 5000.0]
+    assert (frame["scored_at"] == pd.Timestamp(NOW)).all() and set(frame["model_version"]) == {"7"}
+
+
+def test_health_history_equals_the_whole_history(store: Store) -> None:
+    """Health from the deals its window can see move equals health from the whole history, on both
+    backends (the selection is SQL over the state columns)."""
+    from features.health import pipeline_health
+
+    _import(store)
+    later = pd.DataFrame({"deal_id": ["L1", "L2"], "stage": ["Won", "Lost"],
+                          "changed_at": ["2025-05-10", "2025-05-20"]})
+    empty = pd.DataFrame(columns=["deal_id", "type", "occurred_at"])
+    stored = store.load_history()
+    store.import_history(DealHistory.from_frames(stored.deals, later, empty, pipelines=stored.pipelines))
+    full = store.load_history(pipelines=["P"])
+    windows = [("2025-01-01", "2025-02-01"), ("2025-05-15", "2025-06-01"), ("2025-05-01", "2025-05-12"),
+               ("2024-01-01", "2026-01-01")]
+    for since, until in windows:
+        t0, t1 = pd.Timestamp(since, tz="UTC"), pd.Timestamp(until, tz="UTC")
+        history, left_out = store.health_history("P", t0.to_pydatetime(), t1.to_pydatetime())
+        if since == "2025-05-15":
+            assert left_out.won is not None and left_out.won.deals["deal_id"].tolist() == ["L1"]
+        for by in (None, "owner", "team"):
+            got = pipeline_health(history, t0, t1, pipeline="P", by=by, left_out=left_out)  # type: ignore[arg-type]
+            expected = pipeline_health(full, t0, t1, pipeline="P", by=by)  # type: ignore[arg-type]
+            assert got == expected, (since, until, by)
+
+
+def test_a_deal_written_after_the_population_was_fitted_is_scored_again_after_a_refit(store: Store) -> None:
+    """The scorer never refits: a write is scored at once with the population already fitted, and once
+    the (background) refresh has refitted it, that deal is scored again with the new one."""
+    _import(store)
+    scorer = _scorer(store, StandInBundle())
+    assert scorer.score_due(NOW) == 4  # the first fit happens here, after the import
+    assert scorer.score_due(NOW) == 0
+    call = pd.DataFrame({"deal_id": ["L3"], "type": ["call"], "occurred_at": ["2025-05-21"]})
+    store.add_events(activities=DealHistory.from_frames(
+        store.load_history().deals, pd.DataFrame(columns=["deal_id", "stage", "changed_at"]), call,
+        pipelines=store.pipeline_specs(),
+    ).activities)
+    fits = scorer.population.fits
+    assert scorer.score_due(NOW) == 1  # the write, scored with the population fitted before it
+    assert scorer.population.fits == fits  # no refit on the scorer's path
+    assert scorer.score_due(NOW) == 0
+    scorer.population.mark_dirty()
+    assert scorer.population.refresh()
+    assert scorer.score_due(NOW) == 1  # L3 again, with the population that includes its call
+    assert scorer.score_due(NOW) == 0

@@ -27,7 +27,7 @@ COLD = {"a1": 0.9, "a2": 0.2, "a3": 0.6, "a4": 0.4, "b1": 0.7}
 class StandInBundle:
     """Scores like `ScoringBundle.score`: fixed cold risk per deal, close probability 0.5."""
 
-    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
         ids = features["deal_id"].astype(str)
         cold = ids.map(COLD).astype(float)
         return pd.DataFrame(

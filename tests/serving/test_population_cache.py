@@ -1,4 +1,4 @@
-"""The population cache behind scoring: recomputed after writes, without making every reader wait."""
+"""The population cache behind scoring: readers never refit; a refresh refits once per change."""
 
 from __future__ import annotations
 
@@ -8,52 +8,89 @@ from typing import Any
 from serving.model_holder import PopulationCache
 
 
-def test_a_write_makes_the_next_read_recompute() -> None:
+def _counting_cache(stamp: list[int] | None = None) -> tuple[PopulationCache, list[int]]:
     loads: list[int] = []
 
     def load() -> Any:
         loads.append(len(loads))
         return f"population {len(loads)}"
 
-    cache = PopulationCache(load)
-    assert cache.get() == "population 1"
-    assert cache.get() == "population 1"  # unchanged store: no second read of it
-    cache.mark_dirty()
-    assert cache.get() == "population 2"
-    assert len(loads) == 2
+    return PopulationCache(load, stamp=(lambda: stamp[0]) if stamp is not None else None), loads
 
 
-def test_readers_keep_the_previous_population_while_one_recomputes() -> None:
+def test_a_write_never_makes_a_read_refit_and_a_burst_costs_one_refresh() -> None:
+    cache, loads = _counting_cache()
+    assert cache.get() == "population 1"  # the first fit
+    assert cache.refresh() is False  # nothing changed since
+    for _ in range(50):  # a burst of writes
+        cache.mark_dirty()
+        assert cache.get() == "population 1"  # the read answers with what was fitted, at once
+    assert len(loads) == 1
+    assert cache.refresh() is True and cache.get() == "population 2"
+    assert cache.refresh() is False and len(loads) == 2
+
+
+def test_a_change_of_the_store_stamp_makes_a_refresh_due() -> None:
+    """Writes by another process do not call mark_dirty: the store's change stamp tells."""
+    stamp = [1]
+    cache, loads = _counting_cache(stamp)
+    cache.get()
+    assert not cache.due()
+    stamp[0] = 2
+    assert cache.due() and cache.refresh() and cache.get() == "population 2"
+    assert not cache.due()
+
+
+def test_readers_keep_the_previous_population_while_a_refresh_runs() -> None:
     release = threading.Event()
     started = threading.Event()
     calls = [0]
 
     def load() -> Any:
         calls[0] += 1
-        if calls[0] == 2:  # the recompute after the write blocks until released
+        if calls[0] == 2:  # the refresh after the write blocks until released
             started.set()
-            release.wait(timeout=30)
+            release.wait(timeout=60)
         return f"population {calls[0]}"
 
     cache = PopulationCache(load)
     assert cache.get() == "population 1"
     cache.mark_dirty()
-    results: list[Any] = []
-    recomputing = threading.Thread(target=lambda: results.append(cache.get()))
-    recomputing.start()
+    refreshing = threading.Thread(target=cache.refresh)
+    refreshing.start()
     assert started.wait(timeout=30)
 
-    other = threading.Thread(target=lambda: results.append(cache.get()))
-    other.start()
-    other.join(timeout=30)
-    assert not other.is_alive(), "a second reader queued behind the recompute"
+    results: list[Any] = []
+    reader = threading.Thread(target=lambda: results.append(cache.get()))
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "a reader queued behind the refresh"
     assert results == ["population 1"]
 
     release.set()
-    recomputing.join(timeout=30)
-    assert results == ["population 1", "population 2"]
-    assert cache.get() == "population 2"
-    assert calls[0] == 2
+    refreshing.join(timeout=30)
+    assert cache.get() == "population 2" and calls[0] == 2
+
+
+def test_a_failed_refresh_keeps_the_previous_population_and_is_retried() -> None:
+    fail = [False]
+    calls = [0]
+
+    def load() -> Any:
+        calls[0] += 1
+        if fail[0]:
+            raise ValueError("a stored row no longer validates")
+        return f"population {calls[0]}"
+
+    cache = PopulationCache(load)
+    assert cache.get() == "population 1"
+    cache.mark_dirty()
+    fail[0] = True
+    assert cache.refresh() is False
+    assert cache.get() == "population 1" and cache.last_error is not None
+    assert cache.due()  # retried by the next refresh although nothing changed since
+    fail[0] = False
+    assert cache.refresh() is True and cache.get() == "population 3" and cache.last_error is None
 
 
 def test_the_first_read_waits_for_the_population() -> None:

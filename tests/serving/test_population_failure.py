@@ -8,6 +8,7 @@ no longer validates.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,15 +68,23 @@ def test_scoring_answers_503_with_the_reason_and_readyz_reports_it(world: Any, o
         assert client.get("/readyz").json()["reasons"] == []
 
 
-def test_a_failed_recompute_keeps_the_previous_population(world: Any, own_settings: Any) -> None:
+def test_a_failed_refresh_keeps_the_previous_population(world: Any, own_settings: Any) -> None:
     broken = str(world.history.deals["deal_id"].iloc[0])
     other = world.deal_in(world.pipeline_a)
     params = {"as_of": world.history.end_time.isoformat()}
-    with TestClient(create_app(own_settings), raise_server_exceptions=False) as client:
+    settings = own_settings.model_copy(update={"population_refresh_s": 0.2})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         first = client.get(f"/v1/deals/{other}/score", params=params, headers=world.auth("admin"))
         assert first.status_code == 200, first.text
         _break_one_row(own_settings.database_url, broken)
         client.app.state.population.mark_dirty()  # what a write does  # type: ignore[attr-defined]
+
+        def failed() -> Any:  # the background refresh tried, and failed
+            return client.get("/readyz").json().get("last_population_error")
+
+        deadline = time.monotonic() + 60
+        while not failed() and time.monotonic() < deadline:
+            time.sleep(0.05)
         again = client.get(f"/v1/deals/{other}/score", params=params, headers=world.auth("admin"))
         assert again.status_code == 200, again.text
         assert again.json()["scores"] == first.json()["scores"]

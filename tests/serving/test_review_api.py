@@ -31,7 +31,7 @@ class StandInBundle:
     """Scores like `ScoringBundle.score`; a reason, days in stage (effect = days / 100), and a counter
     reason, the amount (effect = −amount / 10,000), so how they move between weeks is plain arithmetic."""
 
-    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
         ids = features["deal_id"].astype(str).to_numpy()
         as_of = pd.to_datetime(features["as_of"], utc=True)
         cold = [0.65 if d == "d4" and t >= D4_COLD_FROM else COLD[d] for d, t in zip(ids, as_of, strict=True)]

@@ -32,7 +32,7 @@ from training.backtest import Fold, forecast_error
 class HalfChance:
     """A stand-in bundle: close probability 0.5 for every deal (score_points calls only `score`)."""
 
-    def score(self, features: pd.DataFrame, top_reasons: int = 3) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
         n = len(features)
         return pd.DataFrame({
             "deal_id": features["deal_id"].array, "as_of": features["as_of"].array,

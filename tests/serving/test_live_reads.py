@@ -1,0 +1,236 @@
+"""Health and forecast as of now are reads, and the feature population is never refitted on a request's
+path (issue 8, item 6), through the HTTP API on a copy of the fixture world's store:
+
+- a read issued right after a write answers with the population already fitted (no fit on its path, and
+  it does not wait for a refit in progress); the background refresh catches up with the write;
+- health reads only the deals its window can see move (no activities, not the whole pipeline) and gives
+  exactly the figures of the whole history, for windows from before any deal to all of it;
+- the forecast as of now reads the stored live scores (no history load) and equals the on-demand
+  forecast as of the same time, to the last bit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import make_settings
+from fastapi.testclient import TestClient
+
+import serving.routes.pipelines as pipeline_routes
+from features.health import pipeline_health
+from serving.app import create_app
+from serving.live_scores import LiveScorer
+from serving.store import Store
+
+
+def _copy_store(world: Any, tmp_path: Path) -> str:
+    source = world.settings.database_url.removeprefix("sqlite:///")
+    copy = tmp_path / "reads.db"
+    with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+        dst.execute("DELETE FROM deal_scores")  # other services' scores are not this test's to read
+    return f"sqlite:///{copy}"
+
+
+@pytest.fixture
+def service(world: Any, tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """An app of the test's own on a copy of the world's store; settings overridden per test."""
+    url = _copy_store(world, tmp_path)
+    clients: list[TestClient] = []
+
+    def start(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(world, database_url=url, **overrides)),
+                            raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def _wait_for(check: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def _new_deal(world: Any, deal_id: str) -> dict[str, Any]:
+    return {"deal_id": deal_id, "pipeline": world.pipeline_a, "owner": "new-owner", "amount": 4321.0,
+            "created_at": pd.Timestamp.now(tz="UTC").isoformat()}
+
+
+def _population_has(client: TestClient, created_at: str) -> bool:
+    """Whether the population served now has seen a deal created at `created_at` (its amount statistic)."""
+    builder = client.app.state.population.get()  # type: ignore[attr-defined]
+    at = pd.Timestamp(created_at).as_unit("ns").value
+    return bool((builder.population_stats_.pipeline_amount["at"] == at).any())
+
+
+def test_a_read_right_after_a_write_does_not_refit_the_population(
+    world: Any, service: Callable[..., TestClient]
+) -> None:
+    client = service(population_refresh_s=3600.0)  # the clock will not tick during the test
+    population = client.app.state.population  # type: ignore[attr-defined]
+    fits = population.fits
+    deal = _new_deal(world, "READ-AFTER-WRITE-1")
+    written = client.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("admin"))
+    assert written.status_code == 200 and written.json()["inserted"] == 1, written.text
+    other = world.deal_in(world.pipeline_a)
+    read = client.get(f"/v1/deals/{other}/score", params={"as_of": world.history.end_time.isoformat()},
+                      headers=world.auth("admin"))
+    assert read.status_code == 200, read.text
+    for path in ("at-risk", "health", "forecast"):
+        assert client.get(f"/v1/pipelines/{world.pipeline_a}/{path}",
+                          headers=world.auth("manager")).status_code == 200
+    assert population.fits == fits, "a read refitted the population"
+    assert not _population_has(client, deal["created_at"])
+    assert population.due() and population.refresh()  # what the background thread does on its clock
+    assert _population_has(client, deal["created_at"])
+
+
+def test_reads_do_not_wait_for_a_refit_and_the_population_catches_up(
+    world: Any, service: Callable[..., TestClient]
+) -> None:
+    client = service(population_refresh_s=0.2)
+    population = client.app.state.population  # type: ignore[attr-defined]
+    refitting, release = threading.Event(), threading.Event()
+    load = population._load
+
+    def held_load() -> Any:  # the next refit blocks until the test lets it go
+        refitting.set()
+        assert release.wait(timeout=120)
+        return load()
+
+    population._load = held_load
+    deal = _new_deal(world, "READ-AFTER-WRITE-2")
+    written = client.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("admin"))
+    assert written.status_code == 200, written.text
+    assert refitting.wait(timeout=60), "the background refresh never started after the write"
+
+    answers: list[int] = []
+    other = world.deal_in(world.pipeline_a)
+
+    def read() -> None:
+        answers.append(client.get(f"/v1/deals/{other}/score",
+                                  params={"as_of": world.history.end_time.isoformat()},
+                                  headers=world.auth("admin")).status_code)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(timeout=60)
+    try:
+        assert not reader.is_alive() and answers == [200], "a read waited for the refit in progress"
+    finally:
+        release.set()
+    assert _wait_for(lambda: _population_has(client, deal["created_at"]), timeout_s=120), (
+        "the population never caught up with the write"
+    )
+
+
+def _full_health(world: Any, store: Store, since: pd.Timestamp, until: pd.Timestamp,
+                 by: str | None) -> dict[str, Any]:
+    history = store.load_history(pipelines=[world.pipeline_a])
+    return {"pipeline": world.pipeline_a,
+            **pipeline_health(history, since, until, pipeline=world.pipeline_a, by=by)}  # type: ignore[arg-type]
+
+
+def test_health_reads_only_the_window_and_equals_the_whole_history(
+    world: Any, service: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = service()
+    store: Store = client.app.state.store  # type: ignore[attr-defined]
+    start, end = world.history.deals["created_at"].min(), world.history.end_time
+    day = pd.Timedelta(days=1)
+    windows = [
+        (start - 400 * day, start - 300 * day),  # before any deal
+        (start - 400 * day, end),  # since far in the past: everything
+        (end - 30 * day, end),  # the last month of the data
+        (start + (end - start) / 2 - 45 * day, start + (end - start) / 2),  # a past window
+        (end - 60 * day, end + 90 * day),  # until after the data
+    ]
+    loaded: list[tuple[int, int]] = []
+    read_history = Store._read_history
+
+    background = {"live-scores", "stage-limits", "population-refresh"}  # the service's own threads
+
+    def spy(self: Store, *args: Any, **kwargs: Any) -> Any:
+        history = read_history(self, *args, **kwargs)
+        if threading.current_thread().name not in background:  # only what the request read
+            loaded.append((len(history.deals), len(history.activities)))
+        return history
+
+    for since, until in windows:
+        for by in (None, "team", "owner"):
+            expected = _full_health(world, store, since, until, by)
+            monkeypatch.setattr(Store, "_read_history", spy)
+            params = {"since": since.isoformat(), "until": until.isoformat(), **({"by": by} if by else {})}
+            got = client.get(f"/v1/pipelines/{world.pipeline_a}/health", params=params,
+                             headers=world.auth("manager"))
+            monkeypatch.undo()
+            assert got.status_code == 200, got.text
+            assert got.json() == expected, (since, until, by)
+    in_pipeline = int((world.history.deals["pipeline"] == world.pipeline_a).sum())
+    assert loaded and all(activities == 0 for _, activities in loaded)  # health reads no activities
+    last_month = loaded[2 * 2 * 3 : 2 * 2 * 3 + 2]  # the third window's two reads (its deals, its won)
+    assert sum(n for n, _ in last_month) < in_pipeline, "health of a month read the whole pipeline"
+
+
+def test_health_and_forecast_as_of_now_never_load_the_pipeline_history(
+    world: Any, service: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = service()
+    assert _wait_for(lambda: client.app.state.store.forecast_scores(  # type: ignore[attr-defined]
+        world.pipeline_a, pd.Timestamp.now(tz="UTC").to_pydatetime()) is not None, timeout_s=120)
+
+    def refuse(self: Store, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the whole history was loaded")
+
+    monkeypatch.setattr(Store, "load_history", refuse)
+    forecast = client.get(f"/v1/pipelines/{world.pipeline_a}/forecast", headers=world.auth("manager"))
+    assert forecast.status_code == 200, forecast.text
+    assert forecast.json()["source"] == "live_scores"
+    health = client.get(f"/v1/pipelines/{world.pipeline_a}/health", headers=world.auth("manager"))
+    assert health.status_code == 200, health.text
+    # the on-demand path (a past as_of) does load it: the guard above is real
+    past = client.get(f"/v1/pipelines/{world.pipeline_a}/forecast",
+                      params={"as_of": world.history.end_time.isoformat()}, headers=world.auth("manager"))
+    assert past.status_code == 500
+
+
+def test_the_forecast_from_live_scores_equals_the_on_demand_forecast(
+    world: Any, service: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = service(live_score_max_age_s=0)  # no background scorer: this test scores as of its own time
+    app: Any = client.app
+    t = (world.history.end_time + pd.Timedelta(days=1)).floor("s")
+    scorer = LiveScorer(app.state.store, app.state.model_holder, app.state.population)
+    while scorer.score_due(t.to_pydatetime()) > 0:
+        pass
+    app.state.new_deals.refresh(now=t.to_pydatetime())
+    monkeypatch.setattr(pipeline_routes, "time_or",  # the route's clock reads t
+                        lambda value, default=None: pd.Timestamp(value) if value is not None else t)
+    for months in (1, 3, 12):
+        live = client.get(f"/v1/pipelines/{world.pipeline_a}/forecast", params={"months": months},
+                          headers=world.auth("manager")).json()
+        on_demand = client.get(f"/v1/pipelines/{world.pipeline_a}/forecast",
+                               params={"months": months, "as_of": t.isoformat()},
+                               headers=world.auth("manager")).json()
+        assert live["source"] == "live_scores" and on_demand["source"] == "on_demand"
+        assert live["oldest_score_as_of"] == t.isoformat()
+        assert live["model_version"] == on_demand["model_version"] == world.versions[0]
+        assert live["method"].startswith("by each deal's chance")  # spread by the timing curves
+        for name in ("as_of", "method", "note", "periods", "unscheduled", "later"):
+            assert live[name] == on_demand[name], (months, name)
+    assert any(p["deals"] > 0 for p in live["periods"])
