@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.build import FeatureBuilder
 from features.history import DealHistory, to_utc_timestamp
+from features.labels import cold_label, won_label
 from models.monitor import (
     PSI_RETRAIN,
     PSI_WATCH,
@@ -28,7 +29,6 @@ from models.monitor import (
     feature_drift,
     overall_state,
 )
-from training.labels import cold_label, won_label
 from training.snapshots import make_snapshots
 
 SCORE_COLUMNS = {"cold": "cold_risk", "close": "close_probability"}
