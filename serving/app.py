@@ -18,11 +18,14 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.challenger import Challenger
 from serving.errors import install_error_handlers
 from serving.live_scores import LiveScorer
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder, PopulationCache
+from serving.monitor_state import GAUGE_STATES, MonitorStateCache
 from serving.schemas import ErrorBody
+from serving.score_archive import ScoreArchive
 from serving.settings import Settings, get_settings
 from serving.store import Store
 
@@ -193,6 +196,21 @@ async def _follow_alias(holder: ModelHolder, interval_s: float) -> None:
             logger.exception("alias check failed")
 
 
+async def _follow_monitor(
+    holder: ModelHolder, monitor: MonitorStateCache, archive: ScoreArchive, interval_s: float,
+    retention_days: float,
+) -> None:
+    """Re-read the served version's monitor state and prune old score history every `interval_s`."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            model = holder.current()
+            await asyncio.to_thread(monitor.refresh, model.version if model else None)
+            await asyncio.to_thread(archive.prune, retention_days)
+        except Exception:  # noqa: BLE001 - the watcher must never die
+            logger.exception("monitor refresh failed")
+
+
 def _prime_population(population: PopulationCache) -> None:
     try:
         population.get()
@@ -204,6 +222,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Without `settings`, read them from the environment (`get_settings()`)."""
     settings = settings or get_settings()
     metrics = ServiceMetrics()
+    monitor = MonitorStateCache(settings.tracking_uri)
+    monitor.on_change = lambda s: metrics.set_monitor_state(s.model_version, s.state, GAUGE_STATES)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -214,14 +234,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.model_holder = holder
         app.state.population = population
+        archive = ScoreArchive(store)
+        challenger = Challenger(archive, settings.tracking_uri)
+        app.state.challenger = challenger
         await asyncio.to_thread(holder.reload)
+        await asyncio.to_thread(challenger.restore)
         await asyncio.to_thread(_prime_population, population)
         live_scores = None
         if settings.live_score_max_age_s > 0:
             # The scorer fits its own population: refitting it on the scorer's thread must never make a
             # request read the previous one (the request cache answers concurrent readers with it).
             live_scores = LiveScorer(
-                store, holder, PopulationCache.from_store(store), max_age_s=settings.live_score_max_age_s
+                store, holder, PopulationCache.from_store(store), max_age_s=settings.live_score_max_age_s,
+                challenger=challenger,
             )
             app.state.live_scores = live_scores
             holder.on_swap = _swapped(live_scores)
@@ -230,15 +255,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watcher = None
         if settings.reload_interval_s > 0:
             watcher = asyncio.create_task(_follow_alias(holder, settings.reload_interval_s))
+        monitor_task = None
+        if settings.monitor_refresh_s > 0:
+            model = holder.current()
+            await asyncio.to_thread(monitor.refresh, model.version if model else None)
+            monitor_task = asyncio.create_task(_follow_monitor(
+                holder, monitor, archive, settings.monitor_refresh_s, settings.score_history_days))
         try:
             yield
         finally:
             if live_scores is not None:
                 await asyncio.to_thread(live_scores.stop)
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (watcher, monitor_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             store.close()
 
     def _swapped(live_scores: LiveScorer) -> Any:
@@ -250,6 +282,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def _on_swap(model: Any) -> None:
         metrics.set_model_version(model.version)
+        current = monitor.get()
+        if current is not None and current.model_version != model.version and settings.monitor_refresh_s > 0:
+            monitor.refresh(model.version)  # the new version's state, not the old one's
 
     app = FastAPI(
         title="dealrisk",
@@ -264,6 +299,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.monitor_state = monitor
     app.state.verified_keys = {}  # serving.auth: keys last verified, for a store outage
     app.state.pipeline_specs = {}  # serving.routes.scoring: specs last read, for a store outage
     install_error_handlers(app)

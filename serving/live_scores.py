@@ -11,6 +11,12 @@ What makes a deal's stored score due (`Store.pending_scores`):
 
 Scores are computed exactly as the on-demand path does (`models.scoring.score_points` with the feature
 builder fitted on the store), as of the time they are computed; their `as_of` is stored with them.
+
+While a shadow challenger is set (`serving.challenger`), every round scores the same deals as of the same
+time with it too and stores those scores apart (`challenger_scores` and the score history), never in
+`deal_scores`. Naming a challenger makes every score computed before that moment due once, so both
+models soon hold scores of every open deal. A challenger that fails to score never holds back the
+champion's scores.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.history import DealHistory, to_utc_timestamp
 from models.scoring import open_deal_points, score_points
+from serving.challenger import Challenger
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache, builder_for
+from serving.score_archive import ScoreArchive
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -44,8 +52,10 @@ class LiveScorer:
         population: PopulationCache,
         max_age_s: float = DEFAULT_MAX_AGE_S,
         batch: int = BATCH_DEALS,
+        challenger: Challenger | None = None,
     ) -> None:
         self.store = store
+        self.challenger = challenger
         self.holder = holder
         self.population = population
         self.max_age_s = max_age_s
@@ -66,9 +76,13 @@ class LiveScorer:
         if model is None:
             return 0
         t = to_utc_timestamp(now if now is not None else datetime.now(UTC))
-        due = self.store.pending_scores(
-            model.version, (t - timedelta(seconds=self.max_age_s)).to_pydatetime(), self.batch
-        )
+        stale_before = t - timedelta(seconds=self.max_age_s)
+        challenger = self.challenger.current() if self.challenger is not None else None
+        if challenger is not None and challenger.version == model.version:
+            challenger = None  # promoted meanwhile: it is the champion now
+        if challenger is not None:
+            stale_before = max(stale_before, self._challenger_since(t))
+        due = self.store.pending_scores(model.version, stale_before.to_pydatetime(), self.batch)
         if not due:
             return 0
         history = self.store.load_history(deal_ids=list(due))
@@ -83,7 +97,34 @@ class LiveScorer:
         if held is not None and fitted is not held:
             saved = self._score_and_save(model, history, points, due, fitted)
         self._builder = fitted
+        if challenger is not None:
+            self._score_challenger(challenger, history, points, fitted)
         return saved
+
+    def _challenger_since(self, t: pd.Timestamp) -> pd.Timestamp:
+        """When the challenger was named (scores older than that are due once), never after `t`."""
+        setting = self.challenger.setting() if self.challenger is not None else None
+        try:
+            since = to_utc_timestamp(setting.set_at) if setting is not None else None
+        except (TypeError, ValueError):
+            since = None
+        return min(since, t) if since is not None else t - timedelta(seconds=self.max_age_s)
+
+    def _score_challenger(
+        self,
+        challenger: LoadedModel,
+        history: DealHistory,
+        points: pd.DataFrame,
+        stored_builder: FeatureBuilder | None,
+    ) -> int:
+        """Shadow-score the round's deals with the challenger, as of the same time as the champion."""
+        try:
+            scored = score_points(challenger.bundle, history, points, builder_for(stored_builder, history))
+            return ScoreArchive(self.store).save_challenger_scores(scored, challenger.version)
+        except Exception:  # the shadow model must never disturb live scoring
+            logger.exception("shadow scoring %d deals with challenger %s failed", len(points),
+                             challenger.version)
+            return 0
 
     def _score_and_save(
         self,
