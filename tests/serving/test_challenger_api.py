@@ -143,7 +143,8 @@ def test_challenger_scores_are_stored_reported_and_never_shown_to_managers(
 
     # Outcomes become known: close 40 open deals, half won, half lost, after their stored scores.
     closing = deal_ids[:40]
-    pipe_of = dict(zip(world.history.deals["deal_id"].astype(str), world.history.deals["pipeline"], strict=True))
+    deals = world.history.deals
+    pipe_of = dict(zip(deals["deal_id"].astype(str), deals["pipeline"], strict=True))
     now = datetime.now(UTC).isoformat()
     events = []
     for i, d in enumerate(closing):
@@ -165,7 +166,8 @@ def test_challenger_scores_are_stored_reported_and_never_shown_to_managers(
     for role in ("champion", "challenger"):
         p = settled[f"{role}_close_probability"].to_numpy()
         assert close[role]["brier"]["value"] == pytest.approx(float(np.mean((p - won) ** 2)))
-        assert close[role]["roc_auc"]["ci_low"] <= close[role]["roc_auc"]["value"] <= close[role]["roc_auc"]["ci_high"]
+        auc = close[role]["roc_auc"]
+        assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
         assert 0 <= cold[role]["ece"]["value"] <= 1
     assert close["difference"]["brier"]["value"] == pytest.approx(
         close["challenger"]["brier"]["value"] - close["champion"]["brier"]["value"])

@@ -1,0 +1,141 @@
+"""Live calibration from stored scores: every live score goes to a bounded score history; `dealrisk monitor`
+judges those stored scores on the outcomes known since; the state reaches /metrics off the request path."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from conftest import World, make_settings
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from dealrisk.cli import app
+from models.loading import REGISTERED_MODEL
+from serving import settings as settings_module
+from serving.app import create_app
+from serving.score_archive import ScoreArchive
+from serving.settings import Settings
+from serving.store import Store
+from training.monitor import STORED_METHOD
+
+CEILING_S = 300.0  # a bound for a loaded machine, not a timing assertion
+
+
+def wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + CEILING_S
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)
+
+
+def _scores(deal_ids: list[str], as_of: str, cold: float) -> pd.DataFrame:
+    n = len(deal_ids)
+    return pd.DataFrame({
+        "deal_id": deal_ids, "as_of": pd.Timestamp(as_of, tz="UTC"), "cold_risk": [cold] * n,
+        "close_probability": [0.4] * n, "risk_band": ["medium"] * n, "expected_value": [100.0] * n,
+        "reasons": [[] for _ in range(n)],
+    })
+
+
+def test_score_history_keeps_the_last_score_of_a_day_and_prunes_old_days(
+    world: World, own_settings: Settings
+) -> None:
+    store = Store(own_settings.database_url)
+    try:
+        deals = [str(d) for d in world.history.deals["deal_id"].iloc[:2]]
+        version = "history-test"
+        store.save_scores(_scores(deals, "2026-01-01T09:00", 0.1), version, {})
+        store.save_scores(_scores(deals, "2026-01-01T15:00", 0.2), version, {})
+        store.save_scores(_scores(deals, "2026-01-02T09:00", 0.3), version, {})
+        archive = ScoreArchive(store)
+        history = archive.history(version)
+        assert len(history) == 4  # two deals, two days
+        first_day = history[history["as_of"].dt.day == 1]
+        assert set(first_day["cold_risk"]) == {0.2}  # the day's last score
+        assert set(first_day["as_of"]) == {pd.Timestamp("2026-01-01T15:00", tz="UTC")}
+        assert archive.prune(retention_days=1, now=datetime(2026, 1, 3, tzinfo=UTC)) >= 2
+        assert set(archive.history(version)["cold_risk"]) == {0.3}
+    finally:
+        store.close()
+
+
+def _run_monitor(world: World, database_url: str, version: str) -> dict:
+    env = {
+        "DEALRISK_HOME": str(world.home),
+        "DEALRISK_DATABASE_URL": database_url,
+        "MLFLOW_TRACKING_URI": world.settings.tracking_uri,
+    }
+    settings_module.get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["monitor", "--json", "--model-uri", f"models:/{REGISTERED_MODEL}/{version}"], env=env,
+            catch_exceptions=False,
+        )
+    finally:
+        settings_module.get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _gauge(client: TestClient, world: World, version: str) -> dict[str, float]:
+    text = client.get("/metrics", headers=world.auth("admin")).text
+    pattern = rf'dealrisk_model_monitor_state\{{model_version="{version}",state="(\w+)"\}} ([0-9.]+)'
+    return {state: float(value) for state, value in re.findall(pattern, text)}
+
+
+def test_monitor_judges_stored_live_scores_and_metrics_show_its_state(
+    world: World, own_settings: Settings
+) -> None:
+    # Served: version 2 (no other test monitors it), so its state starts unknown.
+    version = world.versions[1]
+    settings = make_settings(world, database_url=own_settings.database_url, monitor_refresh_s=0.5,
+                             model_uri=f"models:/{REGISTERED_MODEL}/{version}")
+    store = Store(own_settings.database_url)
+    archive = ScoreArchive(store)
+    deals_t = store.table("deals")
+    with store.engine.connect() as conn:
+        query = sa.select(deals_t.c.deal_id).where(deals_t.c.outcome == "open")
+        open_ids = sorted(conn.execute(query).scalars())
+    try:
+        with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+            assert _gauge(client, world, version) == {"ok": 0.0, "watch": 0.0, "retrain": 0.0, "unknown": 1.0}
+            wait_for(lambda: set(archive.history(version)["deal_id"]) >= set(open_ids),
+                     "the live scores of every open deal in the score history")
+
+            # Outcomes become known for 60 deals: half won, half lost, after their stored scores.
+            closing = open_ids[:60]
+            pipe_of = dict(zip(world.history.deals["deal_id"].astype(str), world.history.deals["pipeline"],
+                               strict=True))
+            now = datetime.now(UTC).isoformat()
+            events = [{"deal_id": d, "changed_at": now, "event_id": f"outcome-{d}",
+                       "stage": (world.history.pipelines[pipe_of[d]].won if i % 2 else
+                                 world.history.pipelines[pipe_of[d]].lost)[0]}
+                      for i, d in enumerate(closing)]
+            res = client.post("/v1/events", json={"stage_changes": events}, headers=world.auth("integration"))
+            assert res.status_code == 200, res.text
+
+            report = _run_monitor(world, own_settings.database_url, version)
+            stored = archive.history(version)
+            assert report["method"] == STORED_METHOD
+            assert report["n_points"] == len(stored)  # every stored score after the training data
+            settled = stored[stored["deal_id"].isin(closing)]
+            close = report["calibration"]["close"]
+            assert close["n_settled"] == len(settled)
+            # the probabilities judged are the stored ones, not recomputed
+            assert close["predicted"] == pytest.approx(settled["close_probability"].mean())
+            assert close["observed"] == pytest.approx(settled["deal_id"].isin(closing[1::2]).mean())
+
+            # The service's background refresh (not a request) picks the new report up for /metrics.
+            wait_for(lambda: _gauge(client, world, version).get(report["state"]) == 1.0,
+                     "the monitor state in /metrics")
+            gauge = _gauge(client, world, version)
+            assert sum(gauge.values()) == 1.0 and gauge["unknown"] == 0.0
+    finally:
+        store.close()
