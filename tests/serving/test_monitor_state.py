@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -44,24 +45,43 @@ def _scores(deal_ids: list[str], as_of: str, cold: float) -> pd.DataFrame:
     })
 
 
-def test_score_history_keeps_the_last_score_of_a_day_and_prunes_old_days(
-    world: World, own_settings: Settings
-) -> None:
-    store = Store(own_settings.database_url)
+def test_score_history_is_bounded_and_pairs_the_two_models(database: Any) -> None:
+    from training.simulate import simulate_history
+
+    store = Store(database.url, schema=database.schema)
     try:
-        deals = [str(d) for d in world.history.deals["deal_id"].iloc[:2]]
-        version = "history-test"
-        store.save_scores(_scores(deals, "2026-01-01T09:00", 0.1), version, {})
-        store.save_scores(_scores(deals, "2026-01-01T15:00", 0.2), version, {})
-        store.save_scores(_scores(deals, "2026-01-02T09:00", 0.3), version, {})
+        store.create_schema()
+        history = simulate_history(n_deals=6, seed=3)
+        store.import_history(history)
+        deals = [str(d) for d in history.deals["deal_id"].iloc[:2]]
+        store.save_scores(_scores(deals, "2026-01-01T09:00", 0.1), "1", {})
+        store.save_scores(_scores(deals, "2026-01-01T15:00", 0.2), "1", {})
+        store.save_scores(_scores(deals, "2026-01-02T09:00", 0.3), "1", {})
         archive = ScoreArchive(store)
-        history = archive.history(version)
-        assert len(history) == 4  # two deals, two days
-        first_day = history[history["as_of"].dt.day == 1]
-        assert set(first_day["cold_risk"]) == {0.2}  # the day's last score
+        history_1 = archive.history("1")
+        assert len(history_1) == 4  # two deals, two days: the day's last score replaces earlier ones
+        first_day = history_1[history_1["as_of"].dt.day == 1]
+        assert set(first_day["cold_risk"]) == {0.2}
         assert set(first_day["as_of"]) == {pd.Timestamp("2026-01-01T15:00", tz="UTC")}
-        assert archive.prune(retention_days=1, now=datetime(2026, 1, 3, tzinfo=UTC)) >= 2
-        assert set(archive.history(version)["cold_risk"]) == {0.3}
+
+        # A challenger's scores of the same round pair with the champion's; other times do not.
+        shadow = _scores(deals, "2026-01-02T09:00", 0.7).drop(columns=["expected_value", "reasons"])
+        assert archive.save_challenger_scores(shadow, "2") == 2
+        assert archive.save_challenger_scores(_scores(deals[:1], "2026-01-03T09:00", 0.8), "2") == 1
+        paired = archive.paired_history("1", "2")
+        assert len(paired) == 2 and set(paired["challenger_cold_risk"]) == {0.7}
+        assert set(paired["champion_cold_risk"]) == {0.3}
+        assert sorted(archive.challenger_scores("2")["cold_risk"]) == [0.7, 0.8]  # the current ones
+        assert archive.history("1", role="challenger").empty  # roles never mix
+
+        assert archive.prune(retention_days=1, now=datetime(2026, 1, 3, tzinfo=UTC)) == 2
+        assert set(archive.history("1")["cold_risk"]) == {0.3}
+
+        assert archive.get_setting("challenger") is None
+        archive.set_setting("challenger", {"model_version": "2"})
+        archive.set_setting("challenger", {"model_version": "3"})
+        assert archive.get_setting("challenger") == {"model_version": "3"}
+        assert archive.delete_setting("challenger") and archive.get_setting("challenger") is None
     finally:
         store.close()
 
