@@ -129,7 +129,7 @@ def test_monitor_judges_stored_live_scores_and_metrics_show_its_state(
             wait_for(lambda: set(archive.history(version)["deal_id"]) >= set(open_ids),
                      "the live scores of every open deal in the score history")
 
-            # Outcomes become known for 60 deals: half won, half lost, after their stored scores.
+            # Outcomes become known for up to 60 deals: half won, half lost, after their stored scores.
             closing = open_ids[:60]
             pipe_of = dict(zip(world.history.deals["deal_id"].astype(str), world.history.deals["pipeline"],
                                strict=True))
@@ -141,6 +141,13 @@ def test_monitor_judges_stored_live_scores_and_metrics_show_its_state(
             res = client.post("/v1/events", json={"stage_changes": events}, headers=world.auth("integration"))
             assert res.status_code == 200, res.text
 
+            # Mark the stored scores of half the closed deals, so that only a monitor that reads the stored
+            # scores (rather than scoring again) can report their mean.
+            history_t = store.table("score_history")
+            with store.engine.begin() as conn:
+                conn.execute(history_t.update().where(history_t.c.deal_id.in_(closing[::2]),
+                                                      history_t.c.model_version == version)
+                             .values(close_probability=0.987))
             report = _run_monitor(world, own_settings.database_url, version)
             stored = archive.history(version)
             assert report["method"] == STORED_METHOD
@@ -149,6 +156,7 @@ def test_monitor_judges_stored_live_scores_and_metrics_show_its_state(
             close = report["calibration"]["close"]
             assert close["n_settled"] == len(settled)
             # the probabilities judged are the stored ones, not recomputed
+            assert (settled["close_probability"] == 0.987).sum() >= len(closing[::2]) >= 10
             assert close["predicted"] == pytest.approx(settled["close_probability"].mean())
             assert close["observed"] == pytest.approx(settled["deal_id"].isin(closing[1::2]).mean())
 
