@@ -171,6 +171,13 @@ def challenger_report(
         "last_score_at": paired["as_of"].max() if len(paired) else None,
         "heads": {},
     }
+    if challenger_version == champion.version:  # promoted since it was named: nothing to set it against
+        return dict(json_ready(body | {
+            "n_paired_scores": 0, "n_deals": 0, "first_score_at": None, "last_score_at": None,
+            "verdict": None, "metrics": list(REPORTED_METRICS),
+            "reasons": [f"model version {challenger_version} is the champion now; name another challenger "
+                        "or clear this one"],
+        }))
     predictions = _settled_predictions(store, paired, champion.version, challenger_version, horizon, t_now)
     metrics, differences = (
         bootstrap_comparison(predictions, [champion.version, challenger_version], champion.version,

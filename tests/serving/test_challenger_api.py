@@ -3,7 +3,6 @@ on known outcomes, never shown to managers, and kept across a restart."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -11,22 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from conftest import World, make_settings
+from conftest import World, make_settings, wait_for
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.score_archive import ScoreArchive
 from serving.settings import Settings
 from serving.store import Store
-
-CEILING_S = 300.0  # generous: the machine is shared; this is a bound, not a timing assertion
-
-
-def wait_for(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CEILING_S
-    while not check():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -185,8 +175,16 @@ def test_the_challenger_survives_a_restart_until_cleared(world: World, own_setti
         assert res.status_code == 200, res.text
         assert res.json()["challenger"]["model_version"] == world.versions[1]
         assert res.json()["challenger"]["loaded"] is True
-        cleared = second.delete("/v1/model/challenger", headers=admin)
+    # Promoted meanwhile (the service now serves it): the report says so instead of comparing it with itself.
+    promoted = make_settings(world, database_url=own_settings.database_url, live_score_max_age_s=0,
+                             model_uri=f"models:/deal-risk/{world.versions[1]}")
+    with TestClient(create_app(promoted), raise_server_exceptions=False) as after_promotion:
+        res = after_promotion.get("/v1/model/challenger", headers=admin)
+        assert res.status_code == 200, res.text
+        assert res.json()["verdict"] is None and "is the champion now" in res.json()["reasons"][0]
+    with TestClient(create_app(settings), raise_server_exceptions=False) as again:
+        cleared = again.delete("/v1/model/challenger", headers=admin)
         assert cleared.status_code == 200 and cleared.json()["model_version"] == world.versions[1]
-        assert second.get("/v1/model/challenger", headers=admin).status_code == 404
-    with TestClient(create_app(settings), raise_server_exceptions=False) as third:
-        assert third.get("/v1/model/challenger", headers=admin).status_code == 404
+        assert again.get("/v1/model/challenger", headers=admin).status_code == 404
+    with TestClient(create_app(settings), raise_server_exceptions=False) as last:
+        assert last.get("/v1/model/challenger", headers=admin).status_code == 404

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import World, make_settings
+from conftest import World, make_settings, wait_for
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -25,15 +23,6 @@ from serving.score_archive import ScoreArchive
 from serving.settings import Settings
 from serving.store import Store
 from training.monitor import STORED_METHOD
-
-CEILING_S = 300.0  # a bound for a loaded machine, not a timing assertion
-
-
-def wait_for(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CEILING_S
-    while not check():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.2)
 
 
 def _scores(deal_ids: list[str], as_of: str, cold: float) -> pd.DataFrame:
