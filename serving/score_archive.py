@@ -38,6 +38,8 @@ def _upsert(store: Store, table: sa.Table, keys: Sequence[str]) -> Any:
 
 
 def _naive(value: Any) -> datetime:
+    if type(value) is datetime and value.tzinfo is None:  # what the store's records hold: no conversion
+        return value
     ts = pd.Timestamp(value)
     ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
     return ts.to_pydatetime()
