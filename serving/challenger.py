@@ -74,8 +74,13 @@ class Challenger:
         return holder
 
     def restore(self) -> None:
-        """Load the challenger named in the store (at start); a load failure is kept as its error."""
-        value = self.archive.get_setting(CHALLENGER_SETTING)
+        """Load the challenger named in the store (at start); a load failure is kept as its error, and an
+        unreadable setting is logged: neither may stop the service from starting."""
+        try:
+            value = self.archive.get_setting(CHALLENGER_SETTING)
+        except Exception:  # noqa: BLE001 - serving the champion matters more than shadow scoring
+            logger.warning("could not read the challenger setting; shadow scoring is off", exc_info=True)
+            return
         if not value or not value.get("model_version"):
             return
         setting = ChallengerSetting(

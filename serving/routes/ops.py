@@ -87,7 +87,8 @@ def get_model_monitor(key: ReadKey, model: ModelDep, settings: SettingsDep, requ
     """The latest monitor report of the model being served, as `dealrisk monitor` (run from cron) left
     it: state (ok, watch, retrain) with its reasons, observed rate against predicted probability per
     risk band and per week on outcomes known since training, and feature drift (population stability
-    index per feature). 404 when the served version has not been monitored yet."""
+    index per feature). 404 when the served version has not been monitored yet. Reading it also
+    refreshes the state `/metrics` and the manager page show (`dealrisk_model_monitor_state`)."""
     from models.loading import load_monitor_report
 
     report = load_monitor_report(model.version, settings.tracking_uri)
