@@ -284,7 +284,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.set_model_version(model.version)
         current = monitor.get()
         if current is not None and current.model_version != model.version and settings.monitor_refresh_s > 0:
-            monitor.refresh(model.version)  # the new version's state, not the old one's
+            # At once: the old version's state no longer describes what is served. Then read the new one's.
+            monitor.update(model.version, None, reason="the monitor report of this version is being read")
+            monitor.refresh(model.version)
 
     app = FastAPI(
         title="dealrisk",

@@ -56,11 +56,13 @@ class MonitorStateCache:
         with self._lock:
             return self._state
 
-    def update(self, version: str, report: dict[str, Any] | None) -> MonitorState:
-        """Cache the state of `version` from its report (None: not monitored yet)."""
+    def update(
+        self, version: str, report: dict[str, Any] | None,
+        reason: str = "no monitor report yet; run `dealrisk monitor`",
+    ) -> MonitorState:
+        """Cache the state of `version` from its report (None: unknown, for `reason`)."""
         if report is None:
-            state = MonitorState(version, UNKNOWN, ("no monitor report yet; run `dealrisk monitor`",), None,
-                                 datetime.now(UTC))
+            state = MonitorState(version, UNKNOWN, (reason,), None, datetime.now(UTC))
         else:
             value = str(report.get("state"))
             state = MonitorState(
