@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from features.build import FeatureBuilder
+from features.labels import won_label
 from models.baselines import StagePrior
-from training.labels import won_label
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
 from training.snapshots import make_snapshots

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from features.build import FeatureBuilder
+from features.labels import cold_label, slip_label, won_label, won_within_label
 from models.scoring import open_deal_points, score_points
-from training.labels import cold_label, slip_label, won_label, won_within_label
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
 from training.snapshots import make_snapshots

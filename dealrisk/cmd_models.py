@@ -401,12 +401,18 @@ def monitor_command(
     no_record: bool = typer.Option(
         False, "--no-record", help="Do not keep the report in MLflow for GET /v1/model/monitor."
     ),
+    recompute: bool = typer.Option(
+        False, "--recompute", help="Recompute scores at weekly snapshots even when the store holds the "
+        "model's live scores."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check the served model: calibration on outcomes known since, and feature drift (for a cron job).
 
-    Scores as of weekly past snapshots after the model's training data (point-in-time, recomputed with
-    the model) are set against the outcomes known now: observed rate against predicted probability per
+    On the store, the live scores the service stored for the model (its score history) are judged as
+    they were given; otherwise (a --data folder, a model never served, or --recompute) scores as of
+    weekly past snapshots after the model's training data (point-in-time, recomputed with the model).
+    Either way they are set against the outcomes known now: observed rate against predicted probability per
     risk band and per week. Live features are set against the training snapshots (population stability
     index per feature). The state is ok, watch or retrain, with the reason. The report is kept with
     the model version in MLflow, where GET /v1/model/monitor reads it.
@@ -429,7 +435,10 @@ def monitor_command(
         except Exception as exc:  # noqa: BLE001 - any registry/IO failure ends up as one message
             fail(f"cannot load model {model_uri or CHAMPION_URI}: {exc} (train one with `dealrisk train`)")
         report("model loaded", 0.2)
-        result = monitor(history, bundle, model_version=version, since=t)
+        stored, end = None, None
+        if data is None and not recompute:
+            stored, end = _stored_scores(version), to_utc_timestamp("now")
+        result = monitor(history, bundle, model_version=version, since=t, stored_scores=stored, end=end)
         body = json_ready(result.to_dict())
         if not no_record:
             save_monitor_report(version, body, _tracking_uri())
@@ -448,6 +457,26 @@ def monitor_command(
         _print_frame(part["by_week"], f"{head}: observed rate vs predicted, per week")
     if not result.drift.empty:
         _print_frame(result.drift.head(10), "Feature drift against the training snapshots (PSI)")
+
+
+def _stored_scores(version: str) -> pd.DataFrame | None:
+    """The live scores the service stored for `version` as champion (None when it never served it)."""
+    import logging
+
+    from serving.score_archive import ScoreArchive
+    from serving.settings import get_settings
+    from serving.store import Store
+
+    store = Store(get_settings().database_url)
+    try:
+        if store.schema_revision() is None:
+            return None
+        return ScoreArchive(store).history(version, "champion")
+    except Exception as exc:  # noqa: BLE001 - a store without the table (older schema) has no history
+        logging.getLogger(__name__).warning("no stored scores read: %s", exc)
+        return None
+    finally:
+        store.close()
 
 
 def score_command(

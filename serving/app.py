@@ -19,11 +19,14 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.challenger import Challenger
 from serving.errors import install_error_handlers
 from serving.live_scores import LiveScorer
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder, NewDealCache, PopulationCache
+from serving.monitor_state import GAUGE_STATES, MonitorStateCache
 from serving.schemas import ErrorBody
+from serving.score_archive import ScoreArchive
 from serving.settings import Settings, get_settings
 from serving.stage_limits import StageLimitRefresher
 from serving.store import Store
@@ -195,6 +198,21 @@ async def _follow_alias(holder: ModelHolder, interval_s: float) -> None:
             logger.exception("alias check failed")
 
 
+async def _follow_monitor(
+    holder: ModelHolder, monitor: MonitorStateCache, archive: ScoreArchive, interval_s: float,
+    retention_days: float,
+) -> None:
+    """Re-read the served version's monitor state and prune old score history every `interval_s`."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            model = holder.current()
+            await asyncio.to_thread(monitor.refresh, model.version if model else None)
+            await asyncio.to_thread(archive.prune, retention_days)
+        except Exception:  # noqa: BLE001 - the watcher must never die
+            logger.exception("monitor refresh failed")
+
+
 def _prime_population(population: PopulationCache) -> None:
     try:
         population.get()
@@ -206,6 +224,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Without `settings`, read them from the environment (`get_settings()`)."""
     settings = settings or get_settings()
     metrics = ServiceMetrics()
+    monitor = MonitorStateCache(settings.tracking_uri)
+    monitor.on_change = lambda s: metrics.set_monitor_state(s.model_version, s.state, GAUGE_STATES)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -219,13 +239,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.model_holder = holder
         app.state.population = population
         app.state.new_deals = new_deals
+        archive = ScoreArchive(store)
+        challenger = Challenger(archive, settings.tracking_uri)
+        app.state.challenger = challenger
         await asyncio.to_thread(holder.reload)
+        await asyncio.to_thread(challenger.restore)
         await asyncio.to_thread(_prime_population, population)
         live_scores = None
         limits = None
         if settings.live_score_max_age_s > 0:
             # Requests and the scorer share one population, refitted only by its own background thread.
-            live_scores = LiveScorer(store, holder, population, max_age_s=settings.live_score_max_age_s)
+            live_scores = LiveScorer(
+                store, holder, population, max_age_s=settings.live_score_max_age_s, challenger=challenger
+            )
             app.state.live_scores = live_scores
             holder.on_swap = _swapped(live_scores)
             population.listeners.append(live_scores.population_refitted)
@@ -238,6 +264,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watcher = None
         if settings.reload_interval_s > 0:
             watcher = asyncio.create_task(_follow_alias(holder, settings.reload_interval_s))
+        monitor_task = None
+        if settings.monitor_refresh_s > 0:
+            model = holder.current()
+            await asyncio.to_thread(monitor.refresh, model.version if model else None)
+            monitor_task = asyncio.create_task(_follow_monitor(
+                holder, monitor, archive, settings.monitor_refresh_s, settings.score_history_days))
         try:
             yield
         finally:
@@ -246,10 +278,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(live_scores.stop)
             if limits is not None:
                 await asyncio.to_thread(limits.stop)
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (watcher, monitor_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             store.close()
 
     def _swapped(live_scores: LiveScorer) -> Any:
@@ -261,6 +294,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def _on_swap(model: Any) -> None:
         metrics.set_model_version(model.version)
+        current = monitor.get()
+        if current is not None and current.model_version != model.version and settings.monitor_refresh_s > 0:
+            # At once: the old version's state no longer describes what is served. Then read the new one's.
+            monitor.update(model.version, None, reason="the monitor report of this version is being read")
+            monitor.refresh(model.version)
 
     app = FastAPI(
         title="dealrisk",
@@ -275,6 +313,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.monitor_state = monitor
     app.state.verified_keys = {}  # serving.auth: keys last verified, for a store outage
     app.state.pipeline_specs = {}  # serving.routes.scoring: specs last read, for a store outage
     install_error_handlers(app)

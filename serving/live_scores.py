@@ -16,6 +16,12 @@ are the close head's timing curves (the live forecast spreads each deal over the
 The scorer never refits the feature population: it scores with the one last fitted (its own thread
 refits it on a clock, `PopulationCache`). A deal written after that fit started is scored at once anyway
 (its write visible within the second) and scored again when a refit that includes the write arrives.
+
+While a shadow challenger is set (`serving.challenger`), every round scores the same deals as of the same
+time with it too and stores those scores apart (`challenger_scores` and the score history), never in
+`deal_scores`. Naming a challenger makes every score computed before that moment due once, so both
+models soon hold scores of every open deal. A challenger that fails to score never holds back the
+champion's scores.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.history import DealHistory, to_utc_timestamp
 from models.scoring import open_deal_points, score_points
+from serving.challenger import Challenger
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache, builder_for
+from serving.score_archive import ScoreArchive
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -50,8 +58,10 @@ class LiveScorer:
         population: PopulationCache,
         max_age_s: float = DEFAULT_MAX_AGE_S,
         batch: int = BATCH_DEALS,
+        challenger: Challenger | None = None,
     ) -> None:
         self.store = store
+        self.challenger = challenger
         self.holder = holder
         self.population = population
         self.max_age_s = max_age_s
@@ -77,8 +87,14 @@ class LiveScorer:
         if model is None:
             return 0
         t = to_utc_timestamp(now if now is not None else datetime.now(UTC))
+        stale_before = t - timedelta(seconds=self.max_age_s)
+        challenger = self.challenger.current() if self.challenger is not None else None
+        if challenger is not None and challenger.version == model.version:
+            challenger = None  # promoted meanwhile: it is the champion now
+        if challenger is not None:
+            stale_before = max(stale_before, self._challenger_since(t))
         due: dict[str, datetime | None] = dict(self.store.pending_scores(
-            model.version, (t - timedelta(seconds=self.max_age_s)).to_pydatetime(), self.batch
+            model.version, stale_before.to_pydatetime(), self.batch
         ))
         # The population is never refitted here (its own thread does that, on a clock): a write is
         # scored at once with the population already fitted, and scored again once a refit includes it.
@@ -98,6 +114,8 @@ class LiveScorer:
         self._provisional.update(
             d for d, stamp in due.items() if cutoff is None or stamp is None or stamp >= cutoff
         )
+        if challenger is not None:
+            self._score_challenger(challenger, history, points, builder)
         return saved
 
     def _rescore_provisional(self, room: int) -> dict[str, datetime | None]:
@@ -113,6 +131,31 @@ class LiveScorer:
             str(d): (None if pd.isna(v) else v.to_pydatetime())
             for d, v in zip(states["deal_id"], stamps, strict=True)
         }
+
+    def _challenger_since(self, t: pd.Timestamp) -> pd.Timestamp:
+        """When the challenger was named (scores older than that are due once), never after `t`."""
+        setting = self.challenger.setting() if self.challenger is not None else None
+        try:
+            since = to_utc_timestamp(setting.set_at) if setting is not None else None
+        except (TypeError, ValueError):
+            since = None
+        return min(since, t) if since is not None else t - timedelta(seconds=self.max_age_s)
+
+    def _score_challenger(
+        self,
+        challenger: LoadedModel,
+        history: DealHistory,
+        points: pd.DataFrame,
+        stored_builder: FeatureBuilder | None,
+    ) -> int:
+        """Shadow-score the round's deals with the challenger, as of the same time as the champion."""
+        try:
+            scored = score_points(challenger.bundle, history, points, builder_for(stored_builder, history))
+            return ScoreArchive(self.store).save_challenger_scores(scored, challenger.version)
+        except Exception:  # the shadow model must never disturb live scoring
+            logger.exception("shadow scoring %d deals with challenger %s failed", len(points),
+                             challenger.version)
+            return 0
 
     def _score_and_save(
         self,

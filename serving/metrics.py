@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app: requests, latency, scores by band, the model version served.
+"""Prometheus metrics of one app: requests, latency, scores by band, the model version served and its
+monitor state.
 
 Each app gets its own `CollectorRegistry` so several apps (tests, reloads) never clash on names.
 With `--workers N` every worker exposes its own counters (no multiprocess aggregation).
@@ -39,7 +40,13 @@ class ServiceMetrics:
             "dealrisk_http_requests_shed_total", "Requests answered 503 because the service was at its "
             "concurrency limit.", registry=self.registry,
         )
+        self.monitor_state = Gauge(
+            "dealrisk_model_monitor_state", "The served model's monitor state from its latest report "
+            "(value 1 for the current state, 0 for the others; unknown = not monitored yet).",
+            ["model_version", "state"], registry=self.registry,
+        )
         self._version: str | None = None
+        self._monitored: str | None = None
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one finished request."""
@@ -64,6 +71,18 @@ class ServiceMetrics:
             self.model_info.remove(self._version)
         self._version = version
         self.model_info.labels(version).set(1)
+
+    def set_monitor_state(self, model_version: str, state: str, states: Iterable[str]) -> None:
+        """Expose one version's monitor state as an enum gauge (one series per possible state)."""
+        if self._monitored is not None and self._monitored != model_version:
+            for old in states:
+                try:
+                    self.monitor_state.remove(self._monitored, old)
+                except KeyError:
+                    pass
+        self._monitored = model_version
+        for value in states:
+            self.monitor_state.labels(model_version, value).set(1.0 if value == state else 0.0)
 
     def render(self) -> bytes:
         """The exposition text."""

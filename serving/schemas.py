@@ -428,3 +428,22 @@ class AtRiskList(BaseModel):
     limit: int
     offset: int
     deals: list[AtRiskDeal]
+
+
+class ChallengerIn(_Strict):
+    """Names a registered version of the model as the shadow challenger."""
+
+    model_version: str = Field(
+        min_length=1, max_length=20, pattern=r"^[0-9]+$",
+        description="a registered version number of the model deal-risk, e.g. \"3\"",
+    )
+
+
+class ChallengerOut(BaseModel):
+    """The shadow challenger: which version, who named it and when, and whether it is loaded."""
+
+    model_version: str
+    set_at: str
+    set_by: str | None = None
+    loaded: bool
+    load_error: str | None = None

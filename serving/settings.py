@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 shed under load")
     public_metrics: bool = Field(default=False, description="serve /metrics without an API key")
+    monitor_refresh_s: float = Field(
+        default=300.0, ge=0, description="how often the monitor state is re-read and old score history "
+        "pruned; 0 turns it off"
+    )
+    score_history_days: float = Field(
+        default=400.0, gt=0, description="stored score history older than this many days is pruned"
+    )
 
     @model_validator(mode="after")
     def _defaults_in_home(self) -> Settings:

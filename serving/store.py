@@ -64,6 +64,7 @@ from models.at_risk import (
     value_at_risk,
 )
 from serving.limits import DEFAULT_MAX_ATTRIBUTE_NAMES, MAX_ATTRIBUTES_PER_DEAL
+from serving.score_archive import append_score_history
 from serving.tables import EVENT_TABLES, build_metadata
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 
@@ -1155,6 +1156,7 @@ class Store:
         with self._write() as conn:
             for start in range(0, len(records), CHUNK_ROWS):
                 conn.execute(stmt, records[start : start + CHUNK_ROWS])
+            append_score_history(self, conn, records, model_version, "champion")
         return len(records)
 
     def at_risk_page(

@@ -133,6 +133,52 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         sa.Index("ix_deal_scores_cold_risk", "cold_risk"),
     )
     sa.Table(
+        "challenger_scores",
+        md,
+        # A shadow challenger's live score of a deal (revision 0006), computed in the same round and as
+        # of the same time as the champion's. Kept apart from `deal_scores` so that no manager-facing
+        # read can ever return it.
+        sa.Column(
+            "deal_id", sa.String(NAME_LENGTH), sa.ForeignKey(f"{prefix}deals.deal_id"), primary_key=True
+        ),
+        sa.Column("model_version", sa.String(100), nullable=False),
+        sa.Column("as_of", sa.DateTime, nullable=False),
+        sa.Column("computed_at", sa.DateTime, nullable=False),
+        sa.Column("cold_risk", sa.Float, nullable=False),
+        sa.Column("close_probability", sa.Float, nullable=False),
+        sa.Column("risk_band", sa.String(20), nullable=False),
+        sa.Column("close_probability_90d", sa.Float),
+        sa.Column("slip_risk", sa.Float),
+    )
+    sa.Table(
+        "score_history",
+        md,
+        # Every saved live score, champion's and challenger's (revision 0006), bounded to the last one of
+        # each deal, model version and role per UTC day of its `as_of`; what the monitor and the
+        # challenger report judge once the outcome is known. Rows older than the retention are pruned.
+        sa.Column(
+            "deal_id", sa.String(NAME_LENGTH), sa.ForeignKey(f"{prefix}deals.deal_id"), primary_key=True
+        ),
+        sa.Column("role", sa.String(20), primary_key=True),  # champion / challenger
+        sa.Column("model_version", sa.String(100), primary_key=True),
+        sa.Column("day", sa.Date, primary_key=True),
+        sa.Column("as_of", sa.DateTime, nullable=False),
+        sa.Column("computed_at", sa.DateTime, nullable=False),
+        sa.Column("cold_risk", sa.Float, nullable=False),
+        sa.Column("close_probability", sa.Float, nullable=False),
+        sa.Index("ix_score_history_version", "model_version", "role", "as_of"),
+        sa.Index("ix_score_history_as_of", "as_of"),
+    )
+    sa.Table(
+        "service_settings",
+        md,
+        # Settings the service changes at run time and must keep across a restart (revision 0006):
+        # `challenger` names the shadow challenger.
+        sa.Column("name", sa.String(100), primary_key=True),
+        sa.Column("value", sa.JSON, nullable=False),
+        sa.Column("updated_at", sa.DateTime, nullable=False),
+    )
+    sa.Table(
         "api_keys",
         md,
         sa.Column("key_id", sa.String(16), primary_key=True),

@@ -1,10 +1,12 @@
 """Is the served model still right? Calibration on outcomes known since it was trained, and feature
 drift of live deals against its training snapshots, with a state (ok / watch / retrain).
 
-Scores are recomputed as of past weekly snapshots after the model's training data ended, with the model
-being checked. Scores as of a past time are point-in-time (features use only rows dated at or before
-it), so this is what the model said, or would have said, then. The store's live scores cannot stand in:
-each open deal keeps only its current one, and a deal that has since closed keeps none.
+The scores judged are, when the service has stored them, the live scores themselves: the store's score
+history (`serving.score_archive`: a deal's last score of each day by each model version), whose outcome
+is now known. Otherwise (a history folder, or a model the service never served) they are recomputed as
+of past weekly snapshots after the model's training data ended, with the model being checked; scores as
+of a past time are point-in-time (features use only rows dated at or before it), so this is what the
+model would have said then. Drift compares the features at the judged points with the training ones.
 Outcomes are the training labels: won or lost for the close head (open deals are censored and left out),
 cold within the horizon for the cold head (windows not yet over are left out).
 """
@@ -19,6 +21,7 @@ import pandas as pd
 
 from features.build import FeatureBuilder
 from features.history import DealHistory, to_utc_timestamp
+from features.labels import cold_label, won_label
 from models.monitor import (
     PSI_RETRAIN,
     PSI_WATCH,
@@ -28,13 +31,16 @@ from models.monitor import (
     feature_drift,
     overall_state,
 )
-from training.labels import cold_label, won_label
 from training.snapshots import make_snapshots
 
 SCORE_COLUMNS = {"cold": "cold_risk", "close": "close_probability"}
 METHOD = (
     "scores recomputed as of weekly snapshots after the model's training data ended (point-in-time), "
     "against outcomes known now"
+)
+STORED_METHOD = (
+    "the live scores the service stored (score history: a deal's last score of each day) after the "
+    "model's training data ended, against outcomes known now"
 )
 # One feature drifting is often a benign trend (tenure-like counts such as owner_closed_deals grow with
 # time), so drift asks for a look ("watch") only when this many features shifted at once. Drift alone
@@ -58,6 +64,7 @@ class MonitorReport:
     n_points: int
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: pd.DataFrame = field(default_factory=pd.DataFrame)
+    method: str = METHOD
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +74,7 @@ class MonitorReport:
             "since": self.since,
             "until": self.until,
             "n_points": self.n_points,
-            "method": METHOD,
+            "method": self.method,
             "calibration": {
                 head: {k: (v.to_dict(orient="records") if isinstance(v, pd.DataFrame) else v)
                        for k, v in part.items()}
@@ -84,24 +91,39 @@ def monitor(
     since: pd.Timestamp | str | None = None,
     cadence_days: float = 7,
     builder: FeatureBuilder | None = None,
+    stored_scores: pd.DataFrame | None = None,
+    end: pd.Timestamp | str | None = None,
 ) -> MonitorReport:
     """Calibration per band and per week of both heads, PSI per feature, and the state.
 
     `since` defaults to the end of the model's training data (`data_end` in its metadata): only what
-    the model could not have seen counts as live.
+    the model could not have seen counts as live. `stored_scores` (deal_id, as_of, cold_risk,
+    close_probability: the model's stored live scores) are judged as they are when any falls after
+    `since`; otherwise scores are recomputed at weekly snapshots. `end` is when outcomes are read
+    (default: the history's last event; for a live store, now).
     """
-    until = history.end_time
+    until = history.end_time if end is None else max(history.end_time, to_utc_timestamp(end))
     start = to_utc_timestamp(since if since is not None else bundle.metadata.get("data_end", until))
-    points = make_snapshots(history, cadence_days=cadence_days, start=start)
-    points = points[points["as_of"] > start].reset_index(drop=True)
-    if points.empty:
-        return MonitorReport("ok", [f"no open deals after {start.date()} to check the model on yet"],
-                             model_version, start, until, 0)
     builder = builder or FeatureBuilder().fit(history)
-    features = builder.transform(history, points)
-    scores = bundle.score(features, top_reasons=0)
+    stored = _stored_after(stored_scores, start)
+    method = METHOD if stored is None else STORED_METHOD
+    if stored is None:
+        points = make_snapshots(history, cadence_days=cadence_days, start=start)
+        points = points[points["as_of"] > start].reset_index(drop=True)
+        if points.empty:
+            return MonitorReport("ok", [f"no open deals after {start.date()} to check the model on yet"],
+                                 model_version, start, until, 0)
+        features = builder.transform(history, points)
+        scores = bundle.score(features, top_reasons=0)
+    else:
+        points = stored[["deal_id", "as_of"]]
+        features = builder.transform(history, points)  # for drift only: the scores are the stored ones
+        scores = stored
     horizon = float(bundle.metadata.get("horizon_days", 14))
-    outcomes = {"cold": cold_label(history, points, horizon), "close": won_label(history, points)}
+    outcomes = {
+        "cold": cold_label(history, points, horizon, end=until),
+        "close": won_label(history, points, end=until),
+    }
 
     checks: list[tuple[str, str]] = []
     calibration: dict[str, dict[str, Any]] = {}
@@ -132,7 +154,19 @@ def monitor(
     drift = feature_drift(reference, features) if reference else pd.DataFrame(columns=["feature", "psi"])
     checks.append(_drift_check(drift, reference is not None))
     state, reasons = overall_state(checks)
-    return MonitorReport(state, reasons, model_version, start, until, len(points), calibration, drift)
+    return MonitorReport(state, reasons, model_version, start, until, len(points), calibration, drift, method)
+
+
+def _stored_after(stored: pd.DataFrame | None, start: pd.Timestamp) -> pd.DataFrame | None:
+    """The stored scores with `as_of` after `start` (None when there are none)."""
+    if stored is None or stored.empty:
+        return None
+    as_of = pd.to_datetime(stored["as_of"], utc=True)
+    kept = stored.assign(as_of=as_of)[as_of > start].reset_index(drop=True)
+    if kept.empty:
+        return None
+    kept["deal_id"] = kept["deal_id"].astype("string")
+    return kept
 
 
 def _drift_check(drift: pd.DataFrame, has_reference: bool) -> tuple[str, str]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from features.history import DealHistory
+from models.comparison import BETTER, WORSE
 from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL
-from training.compare import BETTER, WORSE, Comparison, Progress, compare_configs, log_comparison
+from training.compare import Comparison, Progress, compare_configs, log_comparison
 from training.train import TRAIN_CONFIG_TAG, RunResult, TrainConfig, train
 
 logger = logging.getLogger(__name__)

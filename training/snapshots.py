@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, to_utc_timestamp
+from features.labels import close_event, cold_label, won_label
 from features.stages import deal_states_at, stage_outcomes
-from training.labels import close_event, cold_label, won_label
 
 WINDOWS = ("train", "calibration", "test")
 
@@ -136,7 +136,7 @@ def time_split(
     """Assign each point its window and both labels, each censored at its window's end.
 
     Returns `points` with `window`, `cold` and `won` columns (NaN where censored) and the timing label
-    `event`, `event_days`, `observed_days` (see `training.labels.close_event`); no label uses an event
+    `event`, `event_days`, `observed_days` (see `features.labels.close_event`); no label uses an event
     after the end of the point's own window.
     """
     out = points.copy()

@@ -25,13 +25,13 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.history import DealHistory
 from features.jsonable import jsonable
+from features.labels import won_label
 from models.bands import choose_thresholds
 from models.baselines import StagePrior
 from models.calibration import Calibrator, reliability_bins
 from models.heads import make_lightgbm, make_logistic
 from models.loading import CHAMPION_ALIAS, REGISTERED_MODEL, local_artifact_root
 from models.monitor import feature_reference
-from training.labels import won_label
 from training.metrics import binary_metrics, flatten, side_by_side
 from training.snapshots import TimeSplit, make_snapshots, make_time_split, time_split
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 def include_routers(app: FastAPI) -> None:
     """Mount every router of the service (operations, scoring, history, pipelines, the manager page)."""
     from serving.page import page_router
-    from serving.routes import history, ops, pipeline_specs, pipelines, review, scoring
+    from serving.routes import challenger, history, ops, pipeline_specs, pipelines, review, scoring
 
     app.include_router(ops.router)
     app.include_router(scoring.router)
@@ -16,4 +16,5 @@ def include_routers(app: FastAPI) -> None:
     app.include_router(pipelines.router)
     app.include_router(pipeline_specs.router)
     app.include_router(review.router)
+    app.include_router(challenger.router)
     app.include_router(page_router)

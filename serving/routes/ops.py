@@ -13,6 +13,7 @@ from serving.deps import AdminKey, ModelDep, ReadKey, SettingsDep, StoreDep
 from serving.errors import NotFoundError
 from serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
+from serving.monitor_state import MonitorStateCache
 from serving.schemas import ModelInfo, Readiness
 from serving.settings import Settings
 
@@ -82,14 +83,18 @@ async def metrics(request: Request) -> Response:
 
 
 @router.get("/v1/model/monitor")
-def get_model_monitor(key: ReadKey, model: ModelDep, settings: SettingsDep) -> JSONResponse:
+def get_model_monitor(key: ReadKey, model: ModelDep, settings: SettingsDep, request: Request) -> JSONResponse:
     """The latest monitor report of the model being served, as `dealrisk monitor` (run from cron) left
     it: state (ok, watch, retrain) with its reasons, observed rate against predicted probability per
     risk band and per week on outcomes known since training, and feature drift (population stability
-    index per feature). 404 when the served version has not been monitored yet."""
+    index per feature). 404 when the served version has not been monitored yet. Reading it also
+    refreshes the state `/metrics` and the manager page show (`dealrisk_model_monitor_state`)."""
     from models.loading import load_monitor_report
 
     report = load_monitor_report(model.version, settings.tracking_uri)
+    cache: MonitorStateCache | None = getattr(request.app.state, "monitor_state", None)
+    if cache is not None:  # /metrics and the page show what was just read
+        cache.update(model.version, report)
     if report is None:
         raise NotFoundError(
             f"no monitor report for model version {model.version} yet; "

@@ -481,7 +481,7 @@ async function modelView(s, signal) {
     ...[["Version", m.model_version], ["Trained at", m.trained_at ?? "–"], ["Trained on data up to", meta.data_end ?? "–"],
       ["Data fingerprint", meta.data_fingerprint ?? "–"], ["Cold horizon (days)", num(m.horizon_days, 0)],
       ["Loaded at", m.loaded_at], ["Note", meta.data_note ?? "–"]].flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
-  const nodes = [facts];
+  const nodes = [facts, ...(await monitorSection(signal))];
   const names = { roc_auc: "ROC AUC (higher is better)", pr_auc: "PR AUC (higher)", brier: "Brier (lower)",
     log_loss: "Log loss (lower)", ece: "Calibration error (lower)", n: "Test snapshots", positive_rate: "Positive rate" };
   for (const [head, title] of [["cold", "Cold risk"], ["close", "Close probability"]]) {
@@ -498,6 +498,34 @@ async function modelView(s, signal) {
     if (curve.length) nodes.push(calibrationChart(title, curve));
   }
   return { nodes, scope: "The model the service scores with now; metrics are from the time-split test window." };
+}
+
+// The live check `dealrisk monitor` (cron) left for the served version: state, reasons, calibration.
+const MONITOR_STATES = { ok: "ok", watch: "watch", retrain: "retrain" };
+async function monitorSection(signal) {
+  const title = el("h3", { id: "monitor-title" }, "Live check");
+  let report;
+  try {
+    report = await api("/v1/model/monitor", { signal });
+  } catch (err) {
+    if (err.status !== 404) throw err;
+    return [title, el("p", { id: "monitor-state", class: "muted" },
+      "Not checked yet: the monitor (dealrisk monitor, run from cron) has no report for this version.")];
+  }
+  const state = MONITOR_STATES[report.state] || "unknown";
+  const nodes = [title,
+    el("p", { id: "monitor-state" }, "State: ", el("strong", { class: `state ${state}` }, state),
+      ` (scores from ${day(report.since)} to ${day(report.until)}; ${num(report.n_points, 0)} checked)`),
+    el("ul", { class: "reasons", id: "monitor-reasons" }, ...(report.reasons || []).map((r) => el("li", {}, r)))];
+  for (const [head, label] of [["cold", "Cold risk"], ["close", "Close probability"]]) {
+    const part = (report.calibration || {})[head];
+    if (!part || !(part.by_band || []).length) continue;
+    nodes.push(table(`${label}: observed rate against predicted, per risk band, on outcomes known since (${part.state})`,
+      ["Band", "Scores", "Predicted", "Observed"],
+      part.by_band.map((r) => [r.band, num(r.n, 0), pct(r.predicted, 1), pct(r.observed, 1)]),
+      { numeric: [1, 2, 3] }));
+  }
+  return nodes;
 }
 
 function calibrationChart(title, curve) {

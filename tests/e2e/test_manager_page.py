@@ -59,6 +59,8 @@ class Site:
     keys: dict[str, str]
     pipelines: list[str]
     deal_pipeline: dict[str, str]
+    tracking_uri: str = ""
+    model_version: str = ""
 
 
 def _free_port() -> int:
@@ -112,7 +114,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         time.sleep(0.05)
     deals = history.deals
     yield Site(f"http://127.0.0.1:{port}", keys, pipelines,
-               dict(zip(deals["deal_id"].astype(str), deals["pipeline"].astype(str), strict=True)))
+               dict(zip(deals["deal_id"].astype(str), deals["pipeline"].astype(str), strict=True)),
+               settings.tracking_uri, str(result.model_version))
     server.should_exit = True
     thread.join(timeout=10)
     os.chdir(old_cwd)
@@ -380,3 +383,33 @@ def test_pipelines_outside_the_key_are_refused(page: Any, site: Site) -> None:
     res = page.request.get(f"{site.url}/v1/pipelines/{other}/at-risk",
                            headers={"Authorization": f"Bearer {site.keys['manager_one']}"})
     assert res.status == 404
+
+
+def test_model_view_shows_the_live_check_and_metrics_follow(page: Any, site: Site) -> None:
+    from models.loading import save_monitor_report
+
+    sign_in(page, site, query=f"?pipeline={site.pipelines[0]}&view=model")
+    assert "Not checked yet" in page.inner_text("#monitor-state")
+
+    # What `dealrisk monitor` (cron) keeps with the version; the page and /metrics show its state.
+    reason = "cold: observed rate 0.310 vs predicted 0.240 on 412 settled scores (gap +0.070 ≥ 0.05)"
+    save_monitor_report(site.model_version, {
+        "state": "watch", "reasons": [reason], "model_version": site.model_version,
+        "since": "2026-01-01T00:00:00+00:00", "until": "2026-02-01T00:00:00+00:00", "n_points": 412,
+        "calibration": {"cold": {"state": "watch", "by_band": [
+            {"band": "high", "n": 100, "predicted": 0.61, "observed": 0.72},
+            {"band": "medium", "n": 150, "predicted": 0.3, "observed": 0.35},
+            {"band": "low", "n": 162, "predicted": 0.08, "observed": 0.1}]}},
+        "drift": [],
+    }, site.tracking_uri)
+    page.reload()
+    wait_loaded(page)
+    assert page.inner_text("#monitor-state strong") == "watch"
+    assert reason in page.inner_text("#monitor-reasons")
+    assert "72.0%" in page.inner_text("#view-body")  # the high band's observed rate
+    check_view(page, "09-model-live-check")
+    # The page's read of the report refreshed the cached state that /metrics shows.
+    auth = {"Authorization": f"Bearer {site.keys['manager']}"}
+    metrics = page.request.get(f"{site.url}/metrics", headers=auth).text()
+    gauge = f'dealrisk_model_monitor_state{{model_version="{site.model_version}",state="watch"}} 1.0'
+    assert gauge in metrics

@@ -13,10 +13,10 @@ import pytest
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
+from features.labels import slip_label, won_label, won_within_label
 from models.baselines import StagePrior
 from models.calibration import expected_calibration_error
 from models.scoring import open_deal_points, score_points
-from training.labels import slip_label, won_label, won_within_label
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
 from training.train import RunResult, TrainConfig, prepare_training_data, train

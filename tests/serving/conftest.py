@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,12 @@ def _json_value(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+def wait_for(check: Callable[[], bool], what: str, ceiling_s: float = 300.0) -> None:
+    """Poll `check` until it holds; fail naming `what` past a generous ceiling (the machine is shared:
+    this is a bound, never a timing assertion)."""
+    deadline = time.monotonic() + ceiling_s
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)

@@ -16,9 +16,9 @@ import pytest
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
+from features.labels import slip_label, won_label, won_within_label
 from models.calibration import Calibrator, expected_calibration_error
 from models.scoring import score_points
-from training.labels import slip_label, won_label, won_within_label
 from training.simulate import simulate_history
 from training.train import TrainConfig, TrainingData, prepare_training_data, train
 

@@ -11,8 +11,9 @@ import pytest
 
 from features.build import ACTIVITY_COUNT_COLUMNS
 from features.history import DealHistory
+from models.comparison import BETTER, SAME, bootstrap_comparison
 from training.backtest import evaluate_bundle, make_folds
-from training.compare import BETTER, SAME, Comparison, bootstrap_comparison, compare_configs
+from training.compare import Comparison, compare_configs
 from training.simulate import simulate_history
 from training.train import TrainConfig, train
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from features.history import DealHistory, PipelineSpec
-from training.labels import cold_label, won_label
+from features.labels import cold_label, won_label
 
 T0 = pd.Timestamp("2025-01-01", tz="UTC")
 PIPE = PipelineSpec("P", ("Lead", "Demo", "Proposal"), ("Closed Won",), ("Closed Lost",))

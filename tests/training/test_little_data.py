@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from features.build import FeatureBuilder
+from features.labels import won_label
 from models.baselines import StagePrior
-from training.labels import won_label
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
 from training.snapshots import make_snapshots

@@ -1,4 +1,5 @@
-"""The two training labels, exactly as SPEC defines them, censoring included.
+"""The training labels, exactly as SPEC defines them, censoring included (training builds snapshots with
+them; the service and the monitor judge stored scores with the same definitions).
 
 Both take `points` (`deal_id`, `as_of`) and return one float per point (1.0, 0.0 or NaN for censored),
 aligned with `points.index`. `end` is the end of the observable data: events after it are treated as
@@ -179,10 +180,12 @@ def close_event(
     first_close = _first_close_after(pts, _stage_events(history, t_end))
     close_at = first_close["close_at"].reset_index(drop=True)
     day = pd.Timedelta(days=1)
-    event_days = ((close_at - pts["as_of"]) / day).to_numpy(dtype="float64", na_value=np.nan)
+    event_days = ((close_at - pts["as_of"]).dt.total_seconds() / day.total_seconds()).to_numpy(
+        dtype="float64", na_value=np.nan
+    )
     event = first_close["outcome"].astype("string").reset_index(drop=True)
-    event = event.where(close_at.notna(), pd.NA)
-    observed = ((t_end - pts["as_of"]) / day).to_numpy(dtype="float64")
+    event = event.mask(close_at.isna())
+    observed = ((t_end - pts["as_of"]).dt.total_seconds() / day.total_seconds()).to_numpy(dtype="float64")
     return pd.DataFrame(
         {"event": event.to_numpy(), "event_days": event_days, "observed_days": observed},
         index=points.index,
