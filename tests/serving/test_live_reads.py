@@ -31,11 +31,20 @@ from serving.store import Store
 
 
 def _copy_store(world: Any, tmp_path: Path) -> str:
-    source = world.settings.database_url.removeprefix("sqlite:///")
+    """A store of the test's own holding exactly the world's history and its API keys: the shared world
+    store gathers other test files' writes (deals created today, events after the data's end), which
+    would move this file's windows and its as-of times."""
     copy = tmp_path / "reads.db"
-    with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
-        dst.execute("DELETE FROM deal_scores")  # other services' scores are not this test's to read
+    store = Store(f"sqlite:///{copy}")
+    store.create_schema()
+    store.import_history(world.history)
+    store.close()
+    source = world.settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(copy) as dst:
+        dst.execute("ATTACH DATABASE ? AS world", (source,))
+        dst.execute("INSERT INTO api_keys SELECT * FROM world.api_keys")
+        dst.commit()
+        dst.execute("DETACH DATABASE world")
     return f"sqlite:///{copy}"
 
 
