@@ -117,8 +117,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str))
     for r in runs:
-        brief = {k: {m: round(v[m], 4) for m in ("roc_auc", "ece", "ece_noise_floor", "mean_predicted", "observed_rate")}
-                 for k, v in r["truth"].items() if isinstance(v, dict)}
+        shown = ("roc_auc", "ece", "ece_noise_floor", "mean_predicted", "observed_rate")
+        brief = {k: {m: round(v[m], 4) for m in shown} for k, v in r["truth"].items() if isinstance(v, dict)}
         print(json.dumps({"cycle_scale": r["cycle_scale"], "train_seconds": r["train_seconds"],
                           "distinct": r["truth"]["distinct_close_probabilities"], **brief}))
 
