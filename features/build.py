@@ -45,16 +45,6 @@ ACTIVITY_COUNT_COLUMNS = [f"n_{kind}_{w}d" for w in ACTIVITY_WINDOWS_DAYS for ki
 
 CATEGORICAL_FEATURES = ["pipeline_cat", "stage_cat"]
 
-# The deal's activity against its own usual rhythm (what "going cold" is): a silence is only long
-# compared with how often this deal usually hears something.
-RHYTHM_COLUMNS = [
-    "median_gap_days",
-    "silence_rel",
-    "activity_rate_stage",
-    "activity_trend_14_28",
-    "inbound_share",
-]
-
 FEATURE_COLUMNS = [
     "stage_age_days",
     "stage_age_rel",
@@ -70,7 +60,6 @@ FEATURE_COLUMNS = [
     "max_gap_days",
     "activity_trend",
     "activity_trend_ratio",
-    *RHYTHM_COLUMNS,
     "log_amount",
     "amount_rel_pipeline",
     "n_amount_changes",
@@ -114,12 +103,6 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
     "max_gap_days": "longest silence between two activities (days)",
     "activity_trend": "activities in the last 14 days minus the 14 days before",
     "activity_trend_ratio": "activity in the last 14 days against the 14 days before (ratio)",
-    "median_gap_days": "the deal's usual (median) gap between two activities so far (days)",
-    "silence_rel": "days since the last activity relative to the deal's usual gap between activities "
-    "(ratio)",
-    "activity_rate_stage": "activities per day since the deal entered its current stage",
-    "activity_trend_14_28": "activity rate in the last 14 days against the 28 days before (ratio)",
-    "inbound_share": "share of the deal's calls, emails and meetings that came from the buyer",
     "log_amount": "deal amount (natural log of 1 + amount)",
     "amount_rel_pipeline": "deal amount relative to the pipeline's typical amount (ratio)",
     "n_amount_changes": "number of times the amount was changed",
@@ -304,7 +287,7 @@ def _compute(
     outcome = np.where(has_stage, take(rows.outcome, sidx, "open"), "open").astype(object)
     outcome[not_created] = "not_created"
 
-    out.update(_activity_features(history, deals, codes, t, np.where(not_created, t, entered)))
+    out.update(_activity_features(history, deals, codes, t))
     changes = _field_rows_by_field(history, deals)
     amount, close_date, amount_features = _field_features(changes, deals, codes, t)
     out.update(amount_features)
@@ -326,9 +309,8 @@ def _compute(
 
 
 def _activity_features(
-    history: DealHistory, deals: DealIndex, codes: np.ndarray, t: np.ndarray, entered: np.ndarray
+    history: DealHistory, deals: DealIndex, codes: np.ndarray, t: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Activity counts, recency and rhythm as of t; `entered` is when the deal entered its stage at t."""
     acts = history.activities
     act_codes = deals.codes(acts["deal_id"])
     times = to_ns(acts["occurred_at"])
@@ -341,14 +323,10 @@ def _activity_features(
     # One stream keyed by (deal, type) answers all per-type window counts.
     typed = EventStream(np.where(act_codes >= 0, act_codes * k + type_code, -1), times, deals.n * k)
     if "direction" in acts.columns:
-        direction = acts["direction"].astype("string")
-        inbound_mask = (direction == "inbound").fillna(False).to_numpy(dtype=bool)
-        directed_mask = direction.isin(["inbound", "outbound"]).fillna(False).to_numpy(dtype=bool)
+        inbound_mask = (acts["direction"].astype("string") == "inbound").fillna(False).to_numpy(dtype=bool)
     else:
         inbound_mask = np.zeros(len(acts), dtype=bool)
-        directed_mask = inbound_mask
     inbound = EventStream(np.where(inbound_mask, act_codes, -1), times, deals.n)
-    directed = EventStream(np.where(directed_mask, act_codes, -1), times, deals.n)
 
     out: dict[str, np.ndarray] = {}
     now_all = every.count_le(codes, t)
@@ -374,26 +352,11 @@ def _activity_features(
     gap_days = np.clip((every.times - prev) / DAY_NS, 0.0, None)
     running_max = pd.Series(gap_days).groupby(every.codes).cummax().to_numpy(dtype=np.float64)
     out["max_gap_days"] = np.where(last >= 0, take(running_max, last, np.nan), np.nan)
-    # The deal's own rhythm: the median of its gaps so far (a running median per deal, in stream order),
-    # and the current silence measured in those gaps (a gap under a day counts as a day).
-    running_median = (
-        pd.Series(gap_days).groupby(every.codes, sort=False).expanding().median()
-        .reset_index(level=0, drop=True).sort_index().to_numpy(dtype=np.float64)
-    )
-    out["median_gap_days"] = np.where(last >= 0, take(running_median, last, np.nan), np.nan)
-    out["silence_rel"] = out["days_since_activity"] / np.maximum(out["median_gap_days"], 1.0)
-    in_stage = now_all - every.count_le(codes, entered)
-    out["activity_rate_stage"] = in_stage / np.maximum((t - entered) / DAY_NS, 1.0)
-    n_directed = directed.count_le(codes, t)
-    out["inbound_share"] = _ratio(inbound.count_le(codes, t).astype(np.float64), n_directed)
 
     recent = now_all - every.count_le(codes, t - 14 * DAY_NS)
     before = every.count_le(codes, t - 14 * DAY_NS) - every.count_le(codes, t - 28 * DAY_NS)
     out["activity_trend"] = recent - before
     out["activity_trend_ratio"] = (recent + 1.0) / (before + 1.0)  # +1 keeps silent deals finite
-    # the last 14 days against the 28 before, as rates (per 14 days); +0.5 keeps silent deals finite
-    before_28 = every.count_le(codes, t - 14 * DAY_NS) - every.count_le(codes, t - 42 * DAY_NS)
-    out["activity_trend_14_28"] = (recent + 0.5) / (before_28 / 2.0 + 0.5)
     return out
 
 

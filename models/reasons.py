@@ -216,37 +216,6 @@ def _t_gap(name: str, v: float, t: float | None) -> str:
     return f"Longest silence between activities: {_days(v)}" + _cmp(t, _days, "won deals at this stage:")
 
 
-def _t_usual_gap(name: str, v: float, t: float | None) -> str:
-    return f"Activity usually comes every {_days(v)} on this deal" + _cmp(
-        t, _days, "won deals at this stage: every"
-    )
-
-
-def _t_silence_rel(name: str, v: float, t: float | None) -> str:
-    return f"Silent for {_num(v, 1)}× the deal's usual gap between activities" + _cmp(
-        t, lambda x: _num(x, 1) + "×", "won deals at this stage:"
-    )
-
-
-def _t_stage_rate(name: str, v: float, t: float | None) -> str:
-    per_week = 7.0 * v
-    return f"{_num(per_week, 1)} activities a week since entering this stage" + _cmp(
-        t, lambda x: _num(None if x is None else 7.0 * x, 1), "won deals at this stage:"
-    )
-
-
-def _t_trend_28(name: str, v: float, t: float | None) -> str:
-    return f"Activity in the last 14 days is {_num(v, 1)}× its pace over the 28 days before" + _cmp(
-        t, lambda x: _num(x, 1) + "×", "won deals at this stage:"
-    )
-
-
-def _t_inbound_share(name: str, v: float, t: float | None) -> str:
-    return f"The buyer started {_pct(v)} of the calls, emails and meetings" + _cmp(
-        t, _pct, "won deals at this stage:"
-    )
-
-
 def _t_trend(name: str, v: float, t: float | None) -> str:
     if not np.isfinite(v):
         return "No activity trend yet"
@@ -291,11 +260,6 @@ def _t_owner_closed(name: str, v: float, t: float | None) -> str:
 
 # Ordered: the first pattern that matches a feature name picks its template.
 _TEMPLATES: list[tuple[str, Template]] = [
-    (r"^median_gap_days$", _t_usual_gap),
-    (r"^silence_rel$", _t_silence_rel),
-    (r"^activity_rate_stage$", _t_stage_rate),
-    (r"^activity_trend_14_28$", _t_trend_28),
-    (r"^inbound_share$", _t_inbound_share),
     (r"inbound.*(since|recency|days_since|last)|(since|last).*inbound", _t_last_inbound),
     (r"since_last_activity|days_since_activity|activity_recency|days_since_last", _t_last_activity),
     (r"stage.*(ratio|rel)|(ratio|rel).*stage", _t_stage_age_ratio),
@@ -351,11 +315,6 @@ _MISSING_TEXT: dict[Template, str] = {
     "or blank)",
     _t_activity_count: "No activity counts are recorded for this deal",
     _t_gap: "Too few activities so far to measure silences between them",
-    _t_usual_gap: "No activity yet, so the deal has no usual rhythm to compare with",
-    _t_silence_rel: "No activity yet, so the silence cannot be compared with the deal's usual rhythm",
-    _t_stage_rate: "The activity rate in this stage is not known",
-    _t_trend_28: "No activity pace to compare yet",
-    _t_inbound_share: "No calls, emails or meetings yet, so there is no share from the buyer",
     _t_trend_ratio: "No activity in the 14 days before the last 14, so there is no trend ratio yet",
     _t_position: "The stage's place in the pipeline is not known",
     _t_progress: "Progress through the pipeline is not known for this stage",

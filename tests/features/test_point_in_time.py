@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import RHYTHM_COLUMNS, FeatureBuilder
+from features.build import FeatureBuilder
 from features.history import DealHistory
 from training.simulate import simulate_history
 
@@ -107,10 +107,6 @@ def test_events_after_t_change_nothing(history: DealHistory, as_of: pd.Timestamp
     pd.testing.assert_frame_equal(before, after)
     assert (before["outcome"] == "not_created").any()  # points before creation are covered too
     assert set(before["outcome"]) >= {"open", "won", "lost"}
-    # the deal's own rhythm (running median gap, silence against it, pace, buyer share) is really
-    # computed here, so the equality above covers it too
-    for column in RHYTHM_COLUMNS:
-        assert before[column].nunique() > 20, column
 
 
 def test_appended_events_do_count_once_t_passes_them(history: DealHistory, as_of: pd.Timestamp) -> None:
