@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from models.calibration import Calibrator, expected_calibration_error
+from models.calibration import Calibrator, ece_noise_floor, expected_calibration_error
 
 
 def _miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,3 +77,15 @@ def test_reliability_bins_are_the_calibration_curve_points() -> None:
         {"predicted": pytest.approx(0.95), "observed": 1.0, "count": 1.0},
     ]
     assert reliability_bins([], []) == []
+
+
+def test_ece_noise_floor_is_what_calibrated_outcomes_score_and_shrinks_with_more_points() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.uniform(size=3_000)
+    floor = ece_noise_floor(p)
+    # outcomes drawn from p itself: their ECE is of the size of the floor, not zero
+    drawn = [expected_calibration_error(p, rng.uniform(size=p.size) < p) for _ in range(50)]
+    assert 0.01 < floor < 0.03
+    assert abs(np.mean(drawn) - floor) < 0.003
+    # ten times the points: about a third of the floor (binomial noise ~ 1 / sqrt(n))
+    assert ece_noise_floor(rng.uniform(size=30_000)) < 0.5 * floor

@@ -144,3 +144,14 @@ def test_backtest_reports_every_fold_and_the_forecast_error(history: DealHistory
     cold = dict(zip(summary.loc[summary["head"] == "cold", "model"],
                     summary.loc[summary["head"] == "cold", "roc_auc"], strict=True))
     assert cold["lightgbm"] > cold["stage_prior"]
+
+
+def test_cold_head_calibration_undoes_a_biased_model(history: DealHistory) -> None:
+    # Positives weighted 4x: the booster ranks as before but its raw scores sit far above the observed
+    # rate. The map fitted on the calibration window (Platt at this size) must bring the served scores
+    # on the later test window back to it; with the map removed or broken the ECE is several times this.
+    biased = train(history, TrainConfig(seed=1, lightgbm_params={"scale_pos_weight": 4.0}))
+    cold = biased.metrics["cold"]["lightgbm"]
+    assert cold["n"] > 300
+    assert cold["ece"] <= 0.09, cold["ece"]  # 0.06 here; the raw scores are far off
+    assert biased.bundle.cold.calibrator.method == "platt"
