@@ -410,6 +410,8 @@ def run_backend(backend: str, url: str, history: DealHistory, tracking: str, ver
                         len(open_ids))
             out["initial_scoring"] = wait_all_live(store, v1, launched, len(open_ids), args.scoring_timeout)
             out["initial_scoring"]["from"] = "server launch"
+            scored_s = out["initial_scoring"]["seconds"]
+            out["initial_scoring"]["after_ready_s"] = round(scored_s - out["ready_s"], 1)
             phases["initial_scoring"] = time.perf_counter() - launched
             logger.info("%s: initial scoring %s", backend, out["initial_scoring"])
 
