@@ -229,7 +229,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names)
+        store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names,
+                      busy_timeout_s=settings.sqlite_busy_timeout_s)
         store.create_schema()
         holder = ModelHolder(settings.model_uri, settings.tracking_uri, on_swap=_on_swap)
         population = PopulationCache.from_store(store, interval_s=settings.population_refresh_s)

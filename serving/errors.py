@@ -147,8 +147,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_error(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
         if not is_store_outage(exc):
             raise exc  # a real bug: the server error handler logs it and answers 500
-        logger.warning("store unreachable on %s: %s", request.url.path, exc)
-        body = {"detail": f"the store is unreachable ({type(exc.orig).__name__}); retry later"}
+        if "database is locked" in str(exc.orig):
+            # SQLite: writers queued past the busy timeout. The store answers, it is saturated.
+            logger.warning("store busy on %s: %s", request.url.path, exc)
+            body = {"detail": "the store is busy: other writes held it longer than the busy timeout "
+                              "(SQLite allows one writer at a time); retry later, or use PostgreSQL for "
+                              "many concurrent writers"}
+        else:
+            logger.warning("store unreachable on %s: %s", request.url.path, exc)
+            body = {"detail": f"the store is unreachable ({type(exc.orig).__name__}); retry later"}
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
     @app.exception_handler(ServiceError)

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     max_attribute_names: int = Field(
         default=DEFAULT_MAX_ATTRIBUTE_NAMES, ge=1, description="distinct custom-attribute names per pipeline"
     )
+    sqlite_busy_timeout_s: float = Field(
+        default=30.0, gt=0, description="SQLite: how long a write waits for another writer before the "
+        "request answers 503 (store busy)",
+    )
     live_score_max_age_s: float = Field(
         default=3600.0, ge=0, description="live scores older than this are recomputed; 0 turns them off"
     )

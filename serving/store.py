@@ -242,19 +242,21 @@ class Store:
         schema: str | None = None,
         engine: Engine | None = None,
         max_attribute_names: int = DEFAULT_MAX_ATTRIBUTE_NAMES,
+        busy_timeout_s: float = 30.0,
     ) -> None:
         self.url = url
         self.schema = schema
-        self.engine = engine or self._make_engine(url)
+        self.engine = engine or self._make_engine(url, busy_timeout_s)
         self.metadata = build_metadata(schema)
         self.tables = self.metadata.tables
         self._t = {name.split(".")[-1]: table for name, table in self.metadata.tables.items()}
         self.max_attribute_names = max_attribute_names
 
     @staticmethod
-    def _make_engine(url: str) -> Engine:
+    def _make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
         if url.startswith("sqlite"):
-            kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
+            # a writer waits this long for another writer (SQLite has one at a time), then fails "locked"
+            kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_s}}
             if url in ("sqlite://", "sqlite:///:memory:"):
                 kwargs["poolclass"] = StaticPool  # one shared in-memory database, not one per connection
                 kwargs["connect_args"]["check_same_thread"] = False

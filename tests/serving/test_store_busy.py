@@ -1,0 +1,41 @@
+"""SQLite has one writer at a time: a write that waits past the busy timeout answers 503 "the store is
+busy" with Retry-After (not "unreachable", not a 500), and nothing of it is stored."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.store import Store
+from tests.serving.conftest import make_settings
+
+
+def test_a_write_blocked_by_another_writer_answers_busy(world: Any, tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    store = Store(f"sqlite:///{path}")
+    store.create_schema()
+    store.import_history(world.history)
+    plaintext, _ = store.create_api_key("integration", ["*"], name="writer")
+    store.close()
+    settings = make_settings(world, database_url=f"sqlite:///{path}", sqlite_busy_timeout_s=0.5,
+                             live_score_max_age_s=0)
+    deal_id = str(world.history.deals["deal_id"].iloc[0])
+    event = {"activities": [{"deal_id": deal_id, "type": "email", "direction": "outbound",
+                             "occurred_at": "2026-11-30T10:00:00+00:00", "event_id": "busy-1"}]}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        holder = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            busy = client.post("/v1/events", json=event, headers={"Authorization": f"Bearer {plaintext}"})
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert busy.status_code == 503, busy.text
+        assert "store is busy" in busy.json()["detail"] and busy.headers["retry-after"]
+        again = client.post("/v1/events", json=event, headers={"Authorization": f"Bearer {plaintext}"})
+        assert again.status_code == 200, again.text
+        assert again.json()["inserted"] == 1  # the refused attempt stored nothing
