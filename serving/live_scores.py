@@ -38,7 +38,6 @@ from features.history import DealHistory, to_utc_timestamp
 from models.scoring import open_deal_points, score_points
 from serving.challenger import Challenger
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache, builder_for
-from serving.score_archive import ScoreArchive
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -151,7 +150,8 @@ class LiveScorer:
         """Shadow-score the round's deals with the challenger, as of the same time as the champion."""
         try:
             scored = score_points(challenger.bundle, history, points, builder_for(stored_builder, history))
-            return ScoreArchive(self.store).save_challenger_scores(scored, challenger.version)
+            assert self.challenger is not None  # a challenger model implies its setting holder
+            return self.challenger.archive.save_challenger_scores(scored, challenger.version)
         except Exception:  # the shadow model must never disturb live scoring
             logger.exception("shadow scoring %d deals with challenger %s failed", len(points),
                              challenger.version)

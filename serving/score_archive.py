@@ -109,7 +109,7 @@ class ScoreArchive:
         """The challenger's current score of each deal it scored (for checks and reports)."""
         table = self.store.table("challenger_scores")
         query = sa.select(table).where(table.c.model_version == model_version)
-        with self.store.engine.connect() as conn:
+        with self.store._read() as conn:
             rows = conn.execute(query).mappings().all()
         return pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in table.columns])
 
@@ -124,7 +124,7 @@ class ScoreArchive:
         )
         if since is not None:
             query = query.where(table.c.as_of > _naive(since))
-        with self.store.engine.connect() as conn:
+        with self.store._read() as conn:
             rows = conn.execute(query.order_by(table.c.as_of, table.c.deal_id)).fetchall()
         frame = pd.DataFrame([tuple(r) for r in rows], columns=HISTORY_COLUMNS)
         for column in ("as_of", "computed_at"):
@@ -151,7 +151,7 @@ class ScoreArchive:
             )
             .order_by(a.c.as_of, a.c.deal_id)
         )
-        with self.store.engine.connect() as conn:
+        with self.store._read() as conn:
             rows = conn.execute(query).fetchall()
         names = ["deal_id", "as_of", "champion_cold_risk", "champion_close_probability",
                  "challenger_cold_risk", "challenger_close_probability"]
@@ -170,7 +170,7 @@ class ScoreArchive:
     # ------------------------------------------------------------------ settings
     def get_setting(self, name: str) -> dict[str, Any] | None:
         table = self.store.table("service_settings")
-        with self.store.engine.connect() as conn:
+        with self.store._read() as conn:
             value = conn.execute(sa.select(table.c.value).where(table.c.name == name)).scalar_one_or_none()
         return dict(value) if isinstance(value, dict) else None
 
