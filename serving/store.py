@@ -946,11 +946,13 @@ class Store:
 
     # ------------------------------------------------------------------ reads
     def load_history(
-        self, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None
+        self, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None,
+        tables: Sequence[str] = tuple(EVENT_TABLES),
     ) -> DealHistory:
-        """The stored history (optionally only some pipelines and/or deals), validated as a DealHistory."""
+        """The stored history (optionally only some pipelines and/or deals, and only the event `tables`
+        named: the others come back with their columns and no rows), validated as a DealHistory."""
         with self._read() as conn:
-            return self._read_history(conn, pipelines, deal_ids)
+            return self._read_history(conn, pipelines, deal_ids, tables=tables)
 
     def health_history(self, pipeline: str, since: datetime, until: datetime) -> tuple[DealHistory, LeftOut]:
         """What `features.health.pipeline_health` needs for one pipeline's window [since, until], read by
