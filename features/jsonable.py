@@ -14,6 +14,11 @@ def jsonable(value: Any) -> Any:
     Recurses into lists, tuples and dicts (JSON has no NaN, so a reason's value or a health figure
     must not carry one). Anything else is returned as it is.
     """
+    kind = type(value)
+    if kind is float:  # the common cases first: plain Python values need no pandas check
+        return value if math.isfinite(value) else None
+    if kind is int or kind is str or kind is bool or value is None:
+        return value
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

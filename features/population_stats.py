@@ -31,6 +31,10 @@ from features.timeindex import (
     take,
 )
 
+# The event tables the statistics read (with the deals): stage changes and owner changes, never
+# activities, which are most of a store's rows. The service loads only these to fit the population.
+POPULATION_TABLES = ("stage_changes", "field_changes")
+
 # Win rates are smoothed towards the pipeline's rate with this many pseudo-deals, so an owner with two
 # closed deals does not get 0 % or 100 %.
 PRIOR_WEIGHT = 10.0

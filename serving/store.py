@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -56,6 +57,7 @@ from features.history import (
     HistoryValidationError,
     PipelineSpec,
 )
+from features.jsonable import jsonable
 from models.at_risk import (
     AT_RISK_SORTS,
     DEFAULT_SORT,
@@ -944,11 +946,13 @@ class Store:
 
     # ------------------------------------------------------------------ reads
     def load_history(
-        self, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None
+        self, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None,
+        tables: Sequence[str] = tuple(EVENT_TABLES),
     ) -> DealHistory:
-        """The stored history (optionally only some pipelines and/or deals), validated as a DealHistory."""
+        """The stored history (optionally only some pipelines and/or deals, and only the event `tables`
+        named: the others come back with their columns and no rows), validated as a DealHistory."""
         with self._read() as conn:
-            return self._read_history(conn, pipelines, deal_ids)
+            return self._read_history(conn, pipelines, deal_ids, tables=tables)
 
     def health_history(self, pipeline: str, since: datetime, until: datetime) -> tuple[DealHistory, LeftOut]:
         """What `features.health.pipeline_health` needs for one pipeline's window [since, until], read by
@@ -1174,6 +1178,35 @@ class Store:
         limit: int | None = 50,
         offset: int = 0,
     ) -> tuple[int, pd.DataFrame] | None:
+        """`at_risk_rows` as a frame (times as UTC timestamps, numbers as float64, missing values NaN/NaT),
+        for the CLI and for comparing with `models.at_risk.rank_at_risk`."""
+        live = self.at_risk_rows(pipeline, now, sort, stale=stale, owner=owner, team=team,
+                                 min_amount=min_amount, close_before=close_before, limit=limit, offset=offset)
+        if live is None:
+            return None
+        total, rows = live
+        frame = pd.DataFrame.from_records(rows, columns=AT_RISK_ROW_COLUMNS)
+        for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
+            frame[col] = pd.to_datetime(frame[col], utc=True).astype("datetime64[ns, UTC]")
+        for col in ("amount", "cold_risk", "close_probability", "value_at_risk", "days_in_stage",
+                    "stage_limit_days"):
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+        frame["pending"] = frame["pending"].astype(bool)
+        return total, frame
+
+    def at_risk_rows(
+        self,
+        pipeline: str | None,
+        now: datetime | None = None,
+        sort: str = DEFAULT_SORT,
+        stale: bool = False,
+        owner: str | None = None,
+        team: str | None = None,
+        min_amount: float | None = None,
+        close_before: datetime | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> tuple[int, list[dict[str, Any]]] | None:
         """One page of the live at-risk list (`stale=False`) or clean-up list (`stale=True`) of a pipeline
         (every pipeline when None), from the stored state and scores: filtered, split, ordered and paged
         by the database, as `models.at_risk.rank_at_risk` does on demand.
@@ -1184,9 +1217,10 @@ class Store:
         Order: `AT_RISK_SORTS[sort]`, missing values last, ties by deal_id (code-point order on both
         backends). Returns (total matching, the page) from one snapshot, or None while an open deal has no
         stored score yet or the pipeline's learned limits were never computed (the caller ranks on
-        demand then). Page columns: deal_id, pipeline, owner, team, stage, amount, expected_close_date,
-        stage_entered_at, days_in_stage, the score columns, value_at_risk, stage_limit_days,
-        model_version, scored_at (its `as_of`) and pending (the deal changed after its score).
+        demand then). Each row is a dict of `AT_RISK_ROW_COLUMNS`: deal_id, pipeline, owner, team, stage,
+        amount, expected_close_date, stage_entered_at, the score columns, value_at_risk, model_version,
+        scored_at (its `as_of`), pending (the deal changed after its score), days_in_stage and
+        stage_limit_days; times are aware UTC datetimes and a missing or non-finite number is None.
         """
         if sort not in AT_RISK_SORTS:
             raise ValueError(f"sort must be one of {sorted(AT_RISK_SORTS)}, not {sort!r}")
@@ -1259,21 +1293,27 @@ class Store:
             total = conn.execute(sa.select(sa.func.count()).select_from(joined).where(*where)).scalar_one()
             query = page.where(*where).order_by(first.nulls_last(), deal_order).limit(limit).offset(offset)
             rows = conn.execute(query).fetchall()
-        frame = _rows_frame(rows, list(query.selected_columns.keys()))
-        for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
-            frame[col] = _localize(frame[col])
-        for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
-            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-        frame["pending"] = frame["pending"].astype(bool)
-        frame["counter_reasons"] = [list(v) if isinstance(v, list) else [] for v in frame["counter_reasons"]]
-        in_stage = pd.Timestamp(t, tz="UTC") - frame["stage_entered_at"]
-        frame["days_in_stage"] = in_stage.dt.total_seconds() / 86400.0
-        frame["stage_limit_days"] = pd.Series(
-            [limits.get((p, s), np.nan) if s is not None else np.nan
-             for p, s in zip(frame["pipeline"], frame["stage"], strict=True)],
-            dtype="float64",
-        )
-        return int(total), frame
+        # Plain Python rows, no frame: a page is 50 rows, where pandas' fixed costs outweighed the query.
+        out: list[dict[str, Any]] = []
+        names = list(query.selected_columns.keys())
+        for row in rows:
+            r = dict(zip(names, row, strict=True))
+            for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
+                r[col] = _aware(r[col])
+            for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
+                r[col] = _finite(r[col])
+            r["pending"] = bool(r["pending"])
+            r["reasons"] = jsonable(r["reasons"])  # stored JSON may carry NaN, which JSON answers cannot
+            counter = r["counter_reasons"]
+            r["counter_reasons"] = jsonable(counter) if isinstance(counter, list) else []
+            entered = r["stage_entered_at"]
+            r["days_in_stage"] = None if entered is None else (
+                (t - entered.replace(tzinfo=None)).total_seconds() / 86400.0
+            )
+            limit_days = limits.get((r["pipeline"], r["stage"])) if r["stage"] is not None else None
+            r["stage_limit_days"] = _finite(limit_days)
+            out.append(r)
+        return int(total), out
 
     # ------------------------------------------------------------------ stage limits
     def _stage_limits(self, conn: Connection, pipeline: str | None) -> dict[tuple[str, str], float] | None:
@@ -1675,6 +1715,27 @@ def _stale_condition(
     if not stalled:
         return sa.false()
     return sa.and_(scores.c.close_probability < STALE_MAX_CLOSE_PROBABILITY, sa.or_(*stalled))
+
+
+AT_RISK_ROW_COLUMNS = [
+    "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date", "stage_entered_at",
+    "cold_risk", "close_probability", "risk_band", "expected_value", "value_at_risk", "reasons",
+    "close_probability_90d", "slip_risk", "likely_close_date", "counter_reasons", "model_version",
+    "scored_at", "pending", "days_in_stage", "stage_limit_days",
+]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A stored (naive UTC) time as an aware UTC datetime."""
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _finite(value: Any) -> float | None:
+    """A stored number as a float, None when missing or not finite (JSON has no NaN or infinity)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _now_naive() -> datetime:

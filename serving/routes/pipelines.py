@@ -158,14 +158,15 @@ def _ranked_list(
     t = time_or(as_of)
     name = "stale" if stale else "at-risk"
     if as_of is None:
-        live = store.at_risk_page(
+        live = store.at_risk_rows(
             pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team, min_amount=min_amount,
             close_before=close_before, limit=limit, offset=offset,
         )
         if live is not None:
-            total, page = live
-            return _deal_list(page.rename(columns={"pending": "score_pending"}), total, request, pipeline, t,
-                              model, limit, offset, name)
+            total, rows = live
+            for row in rows:
+                row["score_pending"] = row.pop("pending")
+            return _deal_list(rows, total, request, pipeline, t, model, limit, offset, name)
     history = store.load_history(pipelines=[pipeline])
     scored = score_open_deals(
         model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
@@ -174,14 +175,15 @@ def _ranked_list(
     ).assign(model_version=model.version, scored_at=t, score_pending=False)
     ranked = rank_at_risk(scored, history, t, sort)
     ranked = ranked[ranked["stale"] == stale]  # the two lists split the open deals
-    return _deal_list(ranked.iloc[offset : offset + limit], len(ranked), request, pipeline, t, model, limit,
-                      offset, name)
-
-
-def _deal_list(page: pd.DataFrame, total: int, request: Request, pipeline: str, t: pd.Timestamp,
-               model: LoadedModel, limit: int, offset: int, name: str) -> Any:
-    """One page of a ranked deal list (`total` rows in all), as `AtRiskList` JSON or as CSV."""
+    page = ranked.iloc[offset : offset + limit]
     records = [{str(k): jsonable(v) for k, v in r.items()} for r in page.to_dict(orient="records")]
+    return _deal_list(records, len(ranked), request, pipeline, t, model, limit, offset, name)
+
+
+def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipeline: str, t: pd.Timestamp,
+               model: LoadedModel, limit: int, offset: int, name: str) -> Any:
+    """One page of a ranked deal list (`total` rows in all; plain JSON-ready values), as `AtRiskList` JSON
+    or as CSV."""
     for i, r in enumerate(records):
         r["rank"] = offset + i + 1
     if "text/csv" in request.headers.get("accept", ""):

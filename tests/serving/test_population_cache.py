@@ -121,3 +121,58 @@ def test_the_first_read_waits_for_the_population() -> None:
     second.join(timeout=30)
     assert sorted(results) == [("first", "population"), ("second", "population")]
     assert calls[0] == 1  # the waiting reader used the first one's result instead of loading again
+
+
+def test_the_service_fits_the_population_of_the_whole_history_without_reading_activities(
+    tmp_path: Any,
+) -> None:
+    """The cache loads only `POPULATION_TABLES` from the store; the statistics must be exactly those of
+    the whole history (activities included), or scores would differ between the service and the CLI."""
+    from dataclasses import fields
+
+    import pandas as pd
+
+    from features.build import FeatureBuilder
+    from serving.store import Store
+    from training.simulate import simulate_history
+
+    history = simulate_history(n_deals=300, seed=3)
+    assert len(history.activities) > 1000
+    store = Store(f"sqlite:///{tmp_path / 'pop.db'}")
+    store.create_schema()
+    store.import_history(history)
+    served = PopulationCache.from_store(store).get()
+    assert served is not None and served.population_stats_ is not None
+    whole = FeatureBuilder().fit(history).population_stats_
+    assert whole is not None
+    for table in fields(whole):
+        pd.testing.assert_frame_equal(
+            getattr(served.population_stats_, table.name), getattr(whole, table.name), check_dtype=False,
+            obj=table.name,
+        )
+    store.close()
+
+
+def test_refits_on_the_clock_rest_nine_times_as_long_as_the_last_refit_took() -> None:
+    """On a big store a refit takes seconds; refitting again at once after every write would keep the
+    service busy refitting. The clock's refresh waits 9x the last refit's duration; a write is still
+    picked up by the first tick after the rest."""
+    now = [1000.0]
+    loads: list[int] = []
+
+    def load() -> Any:
+        now[0] += 10.0  # each fit takes 10 s of the (fake) clock
+        loads.append(1)
+        return f"population {len(loads)}"
+
+    cache = PopulationCache(load, clock=lambda: now[0])
+    assert cache.get() == "population 1"  # fitted at 1010, resting until 1100
+    cache.mark_dirty()
+    now[0] = 1099.0
+    assert cache.tick() is False and cache.get() == "population 1"
+    now[0] = 1100.0
+    assert cache.tick() is True and cache.get() == "population 2"  # ended 1110: rests until 1200
+    cache.mark_dirty()
+    now[0] = 1150.0
+    assert cache.tick() is False
+    assert cache.refresh() is True and cache.get() == "population 3"  # an explicit refresh does not rest
