@@ -14,8 +14,7 @@ reports `ece_noise_floor`, the ECE perfectly calibrated outcomes drawn from its 
 give on the same points if every point's outcome were independent (about 0.016 at 3,000 points), and
 `ece_noise_floor_deals`, the same when the snapshots of one deal share one outcome draw, as they share
 the deal's one real outcome (3,000 snapshots are only about 900-1,200 deals; not given for cold, whose
-outcomes differ between a deal's snapshots); `ece_interval` is the 90%
-interval of the ECE over bootstrap resamples of deals. `--points 0` judges every test-window snapshot.
+outcomes differ between a deal's snapshots). `--points 0` judges every test-window snapshot.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.labels import cold_label, slip_label, won_label, won_within_label
 from models.calibration import ece_noise_floor
-from models.comparison import bootstrap_comparison
 from models.scoring import open_deal_points, score_points
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
@@ -43,14 +41,6 @@ from training.train import TrainConfig, train
 
 RESULTS = Path(__file__).resolve().parent / "results" / "timing.json"
 SPAN_DAYS = 730
-
-
-def _ece_interval(y: np.ndarray, p: np.ndarray, deals: np.ndarray, seed: int) -> list[float]:
-    """90% interval of the ECE over 200 resamples of deals (a deal's snapshots come along together)."""
-    frame = pd.DataFrame({"head": "close", "y": y, "deal_id": deals, "model": p})
-    metrics, _ = bootstrap_comparison(frame, ["model"], None, n_boot=200, confidence=0.9, seed=seed)
-    row = metrics[metrics["metric"] == "ece"].iloc[0]
-    return [float(row["ci_low"]), float(row["ci_high"])]
 
 
 def truth_metrics(full: Any, cut: Any, bundle: Any, n_points: int = 3000, seed: int = 0) -> dict[str, Any]:
@@ -94,7 +84,6 @@ def truth_metrics(full: Any, cut: Any, bundle: Any, n_points: int = 3000, seed: 
             # nearly so for won-in-90-days and slip (an upper bound there); not for cold, whose 14-day
             # windows a week apart mostly differ
             "ece_noise_floor_deals": None if name == "cold_risk" else ece_noise_floor(p[keep], groups=deals),
-            "ece_interval": _ece_interval(y[keep], p[keep], deals, seed),
         }
     open_now = open_deal_points(cut, split_end)
     open_scores = score_points(bundle, cut, open_now.head(1000), builder, top_reasons=0)
