@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
 Method = Literal["isotonic", "platt"]
@@ -118,15 +119,30 @@ def expected_calibration_error(
     return float(np.sum(gap * count[used]) / count.sum())
 
 
-def ece_noise_floor(p: ArrayLike, n_bins: int = 10, n_draws: int = 200, seed: int = 0) -> float:
+def ece_noise_floor(
+    p: ArrayLike, n_bins: int = 10, n_draws: int = 200, seed: int = 0, groups: ArrayLike | None = None
+) -> float:
     """The ECE a perfectly calibrated model would show on these scores: the mean ECE of outcomes drawn
     as Bernoulli(p) (`n_draws` times). Binning noise alone gives this much, so an ECE near it cannot be
-    improved on this sample (about 0.016 for 3,000 points in 10 equal-width bins)."""
+    improved on this sample (about 0.016 for 3,000 independent points in 10 equal-width bins).
+
+    `groups` (one label per score, e.g. the deal of each snapshot) makes the scores of one group share a
+    single outcome draw, as the weekly snapshots of one deal share its one eventual outcome: each group
+    draws one uniform u and each of its scores p gives the outcome u < p (every score is still exactly
+    calibrated on its own). Outcomes shared within deals are far noisier than independent ones, so this
+    floor is higher; it is the one to judge snapshot-level ECE against."""
     p_arr = np.clip(np.asarray(p, dtype=np.float64).ravel(), 0.0, 1.0)
     if p_arr.size == 0:
         return float("nan")
     rng = np.random.default_rng(seed)
-    draws = [expected_calibration_error(p_arr, rng.uniform(size=p_arr.size) < p_arr, n_bins)
+    if groups is None:
+        codes = np.arange(p_arr.size)
+    else:
+        codes = pd.factorize(pd.Series(np.asarray(groups, dtype=object).ravel()))[0]
+        if codes.size != p_arr.size:
+            raise ValueError("groups must have one label per score")
+    n_groups = int(codes.max()) + 1
+    draws = [expected_calibration_error(p_arr, rng.uniform(size=n_groups)[codes] < p_arr, n_bins)
              for _ in range(n_draws)]
     return float(np.mean(draws))
 

@@ -89,3 +89,24 @@ def test_ece_noise_floor_is_what_calibrated_outcomes_score_and_shrinks_with_more
     assert abs(np.mean(drawn) - floor) < 0.003
     # ten times the points: about a third of the floor (binomial noise ~ 1 / sqrt(n))
     assert ece_noise_floor(rng.uniform(size=30_000)) < 0.5 * floor
+
+
+def test_noise_floor_with_outcomes_shared_within_deals_is_what_such_outcomes_score() -> None:
+    # 300 deals seen in 10 weekly snapshots each, their scores drifting around the deal's own level:
+    # every snapshot of a deal shares the deal's one outcome, so 3,000 snapshots judge far less than
+    # 3,000 independent points would
+    rng = np.random.default_rng(5)
+    level = rng.uniform(0.05, 0.95, 300)
+    deal = np.repeat(np.arange(300), 10)
+    p = np.clip(level[deal] + rng.normal(0.0, 0.03, deal.size), 0.0, 1.0)
+    floor = ece_noise_floor(p)
+    shared = ece_noise_floor(p, groups=deal.astype(str))
+    # outcomes drawn once per deal, each snapshot calibrated on its own (u < p): their ECE is the floor
+    drawn = []
+    for _ in range(100):
+        u = rng.uniform(size=300)[deal]
+        drawn.append(expected_calibration_error(p, u < p))
+    assert abs(np.mean(drawn) - shared) < 0.004
+    assert shared > 1.8 * floor
+    with pytest.raises(ValueError, match="one label per score"):
+        ece_noise_floor(p, groups=deal[:10])
