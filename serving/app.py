@@ -1,14 +1,16 @@
 """The FastAPI application: `create_app(settings)`; uvicorn runs `serving.app:create_app` as a factory.
 
 Lifespan opens the store (creating its schema), loads the model once, fits the feature population (then
-refreshed by its own background thread, never on a request's path), starts the live scorer and a
-background task that follows the registry alias and swaps the model atomically.
+refreshed by its own background thread, never on a request's path), starts the live scorer and the
+background loops (`serving.background`) that follow the registry alias (swapping the model atomically)
+and the monitor state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -19,6 +21,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.background import BackgroundLoop
 from serving.challenger import Challenger
 from serving.errors import install_error_handlers
 from serving.live_scores import LiveScorer
@@ -188,29 +191,13 @@ async def _send_json(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _follow_alias(holder: ModelHolder, interval_s: float) -> None:
-    """Check the alias every `interval_s`; swap when it moved. Failures keep the old model."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await asyncio.to_thread(holder.reload, True)
-        except Exception:  # noqa: BLE001 - the watcher must never die; holder already logs load errors
-            logger.exception("alias check failed")
-
-
-async def _follow_monitor(
-    holder: ModelHolder, monitor: MonitorStateCache, archive: ScoreArchive, interval_s: float,
-    retention_days: float,
+def _monitor_round(
+    holder: ModelHolder, monitor: MonitorStateCache, archive: ScoreArchive, retention_days: float
 ) -> None:
-    """Re-read the served version's monitor state and prune old score history every `interval_s`."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            model = holder.current()
-            await asyncio.to_thread(monitor.refresh, model.version if model else None)
-            await asyncio.to_thread(archive.prune, retention_days)
-        except Exception:  # noqa: BLE001 - the watcher must never die
-            logger.exception("monitor refresh failed")
+    """Re-read the served version's monitor state and prune old score history."""
+    model = holder.current()
+    monitor.refresh(model.version if model else None)
+    archive.prune(retention_days)
 
 
 def _prime_population(population: PopulationCache) -> None:
@@ -262,15 +249,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limits = StageLimitRefresher(store, max_age_s=settings.live_score_max_age_s)
             limits.start()
         population.start()
-        watcher = None
+        loops: list[BackgroundLoop] = []
         if settings.reload_interval_s > 0:
-            watcher = asyncio.create_task(_follow_alias(holder, settings.reload_interval_s))
-        monitor_task = None
+            # Check the alias every interval; swap when it moved (failures keep the old model).
+            loops.append(BackgroundLoop("model-alias", settings.reload_interval_s,
+                                        functools.partial(holder.reload, True)))
         if settings.monitor_refresh_s > 0:
             model = holder.current()
             await asyncio.to_thread(monitor.refresh, model.version if model else None)
-            monitor_task = asyncio.create_task(_follow_monitor(
-                holder, monitor, archive, settings.monitor_refresh_s, settings.score_history_days))
+            loops.append(BackgroundLoop("monitor-state", settings.monitor_refresh_s, functools.partial(
+                _monitor_round, holder, monitor, archive, settings.score_history_days)))
+        for loop in loops:
+            loop.start()
         try:
             yield
         finally:
@@ -279,11 +269,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(live_scores.stop)
             if limits is not None:
                 await asyncio.to_thread(limits.stop)
-            for task in (watcher, monitor_task):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            for loop in loops:
+                await asyncio.to_thread(loop.stop)
             store.close()
 
     def _swapped(live_scores: LiveScorer) -> Any:

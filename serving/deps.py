@@ -16,6 +16,8 @@ Every route takes what it needs from here, so tests can swap any of them with
   Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `ScoreKey` (admin, integration),
   `WriteKey` (admin, integration), `AnyKey` (every role). Visibility: `key.can_see(pipeline)`; anything
   outside it answers 404 as if absent — use `serving.errors.NotFoundError`.
+- `require_visible_pipeline(store, key, pipeline)` -> 404 "pipeline not found" unless the pipeline exists
+                     and the key may see it (one indexed lookup, whatever the store's size).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fastapi import Depends, Path, Request
 
 from features.build import FeatureBuilder
 from serving.auth import ApiKey, require_role
+from serving.errors import NotFoundError
 from serving.limits import NAME_LENGTH
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
 from serving.schemas import NO_CONTROL_CHARS
@@ -50,6 +53,7 @@ __all__ = [
     "get_settings_dep",
     "get_store",
     "require_role",
+    "require_visible_pipeline",
 ]
 
 
@@ -87,6 +91,12 @@ def after_write(request: Request) -> None:
         live_scores.notify()
 
 # A deal id or pipeline name in the URL: the body's rule (no control characters, at most 256 characters).
+def require_visible_pipeline(store: Store, key: ApiKey, pipeline: str) -> None:
+    """404 unless the pipeline exists and the key may see it (the two cases look the same)."""
+    if not key.can_see(pipeline) or not store.has_pipeline(pipeline):
+        raise NotFoundError("pipeline not found")
+
+
 DealIdPath = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
 PipelinePath = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
 

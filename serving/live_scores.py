@@ -27,7 +27,6 @@ champion's scores.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +35,7 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.history import DealHistory, to_utc_timestamp
 from models.scoring import open_deal_points, score_points
+from serving.background import BackgroundLoop
 from serving.challenger import Challenger
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache, builder_for
 from serving.store import Store
@@ -65,20 +65,18 @@ class LiveScorer:
         self.population = population
         self.max_age_s = max_age_s
         self.batch = batch
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("live-scores", IDLE_POLL_S, self._rounds)
         self._builder: FeatureBuilder | None = None  # the population the last round scored with
         # deals scored with a population that may miss their latest write: scored again after a refit
         self._provisional: set[str] = set()
 
     def notify(self) -> None:
         """Something changed (a write, a model swap, a refitted population): score what is due."""
-        self._wake.set()
+        self._loop.notify()
 
     def population_refitted(self, _builder: FeatureBuilder | None) -> None:
         """The population was refitted: deals scored with one that missed their latest write are due."""
-        self._wake.set()
+        self._loop.notify()
 
     def score_due(self, now: datetime | None = None) -> int:
         """One round: score up to `batch` due deals as of `now` (default: the current time); how many."""
@@ -186,21 +184,12 @@ class LiveScorer:
 
     def start(self) -> None:
         """Run rounds on a daemon thread until `stop`."""
-        self._thread = threading.Thread(target=self._run, name="live-scores", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._loop.stop()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(IDLE_POLL_S)
-            self._wake.clear()
-            try:
-                while not self._stop.is_set() and self.score_due() >= self.batch:
-                    pass  # a full round: more may be due (a swap, a big import)
-            except Exception:  # a failed round is retried on the next wake; the service keeps serving
-                logger.exception("live scoring round failed")
+    def _rounds(self) -> None:
+        """Score what is due; a full round means more may be due (a swap, a big import): go on."""
+        while not self._loop.stopping and self.score_due() >= self.batch:
+            pass

@@ -20,6 +20,7 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.history import DealHistory
 from features.population_stats import POPULATION_TABLES
+from serving.background import BackgroundLoop
 from serving.errors import ConflictError, ModelUnavailableError, PopulationUnavailableError, public_reason
 
 logger = logging.getLogger(__name__)
@@ -194,8 +195,7 @@ class PopulationCache:
         self.last_error: str | None = None
         # called (on the refitting thread) after each successful fit: the live scorer, the new-deal models
         self.listeners: list[Callable[[FeatureBuilder | None], None]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("population-refresh", interval_s, self.tick, join_timeout_s=60.0)
 
     @property
     def available(self) -> bool:
@@ -305,21 +305,10 @@ class PopulationCache:
 
     def start(self) -> None:
         """Refresh on a daemon thread every `interval_s` until `stop`."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="population-refresh", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - the refresher must never die
-                logger.exception("population refresh failed")
+        self._loop.stop()
 
 
 class NewDealCache:

@@ -16,12 +16,12 @@ its lists are ranked on demand (as while an open deal has no live score).
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
 from features.health import learned_stale_thresholds
+from serving.background import BackgroundLoop
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -55,22 +55,14 @@ class StageLimitRefresher:
         self.store = store
         self.max_age_s = max_age_s
         self.poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("stage-limits", poll_s, self.refresh, first_round_at_start=True)
+
+    def refresh(self) -> list[str]:
+        """One round: the pipelines whose learned limits were due, recomputed."""
+        return refresh_stage_limits(self.store, max_age_s=self.max_age_s)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="stage-limits", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                refresh_stage_limits(self.store, max_age_s=self.max_age_s)
-            except Exception:  # a failed refresh is retried on the next poll; the old limits keep serving
-                logger.exception("refreshing the learned stage limits failed")
-            self._stop.wait(self.poll_s)
+        self._loop.stop()

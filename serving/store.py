@@ -1073,10 +1073,20 @@ class Store:
             names.update(conn.execute(sa.select(deals.c.pipeline).distinct()).scalars())
         return sorted(names)
 
-    def pipeline_specs(self) -> dict[str, PipelineSpec]:
-        """The stored pipeline definitions by name (`spec.inferred` tells inferred from given)."""
+    def has_pipeline(self, name: str) -> bool:
+        """Whether the store knows the pipeline (as `list_pipelines` would list it), reading only it."""
+        deals = self.table("deals")
+        pipes = self.table("pipelines")
+        query = sa.select(sa.or_(sa.exists().where(pipes.c.name == name),
+                                 sa.exists().where(deals.c.pipeline == name)))
         with self.engine.connect() as conn:
-            return self._pipeline_specs(conn)
+            return bool(conn.execute(query).scalar())
+
+    def pipeline_specs(self, names: Iterable[str] | None = None) -> dict[str, PipelineSpec]:
+        """The stored pipeline definitions by name (`spec.inferred` tells inferred from given); with
+        `names`, only those (the unknown ones are absent)."""
+        with self.engine.connect() as conn:
+            return self._pipeline_specs(conn, None if names is None else sorted(set(names)))
 
     def pipeline_spec(self, name: str) -> PipelineSpec | None:
         """One pipeline's stored spec, or None when the store does not know the pipeline."""

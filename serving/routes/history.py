@@ -48,7 +48,8 @@ def post_deals(
         elif not key.can_see(deal.pipeline):
             problems.append({"loc": f"deals[{i}].pipeline", "msg": "pipeline not found", "status": 404})
     _bad_items(problems)
-    history = validated_history(deal_frames(body.deals), store.pipeline_specs())
+    # only the specs of the pipelines written to: the rest of the store is not read
+    history = validated_history(deal_frames(body.deals), store.pipeline_specs(d.pipeline for d in body.deals))
     result = store.upsert_deals(history.deals)
     if result.changed:
         after_write(request)
@@ -77,8 +78,8 @@ def post_events(body: EventsIn, key: WriteKey, request: Request, store: StoreDep
     # new events are validated against their deals (rows map one to one onto request items); the store
     # checks them again against what it holds, inside the write's transaction.
     involved = set(stored["pipeline"])
-    specs = store.pipeline_specs()
-    given = {name: spec for name, spec in specs.items() if not spec.inferred and name in involved}
+    specs = store.pipeline_specs(involved)
+    given = {name: spec for name, spec in specs.items() if not spec.inferred}
     checked = validated_history(event_frames(body, stored), given)
     result = store.add_events(checked.stage_changes, checked.activities, checked.field_changes)
     if result.changed:

@@ -31,13 +31,14 @@ from serving.deps import (
     ReadKey,
     StoreDep,
     get_feature_builder,
+    require_visible_pipeline,
 )
-from serving.errors import InvalidInputError, NotFoundError
+from serving.errors import InvalidInputError
 from serving.limits import NAME_LENGTH
 from serving.mapping import time_or
 from serving.model_holder import LoadedModel, builder_for
 from serving.schemas import NO_CONTROL_CHARS, AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
-from serving.store import ApiKey, Store
+from serving.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,6 @@ router = APIRouter(tags=["pipelines"])
 
 MAX_AT_RISK_LIMIT = 1000
 DEFAULT_HEALTH_DAYS = 30
-
-
-def _visible_pipeline(store: Store, key: ApiKey, pipeline: str) -> None:
-    """404 unless the pipeline exists and the key may see it (the two cases look the same)."""
-    if not key.can_see(pipeline) or pipeline not in store.list_pipelines():
-        raise NotFoundError("pipeline not found")
 
 
 @router.get("/v1/pipelines", response_model=PipelineList)
@@ -110,7 +105,7 @@ def at_risk(
     amount, expected close before a time; `sort=` picks another order. Answers CSV when the request
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
-    _visible_pipeline(store, key, pipeline)
+    require_visible_pipeline(store, key, pipeline)
     return _ranked_list(store, model, request, pipeline, as_of, sort, False, limit, offset, owner=owner,
                         team=team, min_amount=min_amount, close_before=close_before)
 
@@ -138,7 +133,7 @@ def stale(
     """Effectively dead open deals, for clean-up: close probability under 2% and more than twice their
     stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
     are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
-    _visible_pipeline(store, key, pipeline)
+    require_visible_pipeline(store, key, pipeline)
     return _ranked_list(store, model, request, pipeline, as_of, sort, True, limit, offset, owner=owner,
                         team=team)
 
@@ -241,7 +236,7 @@ def health(
     Computed from the deals the window can see move (open at `until`, closed in the window or touched
     after it), selected by the deals' stored state, plus the won deals' stage changes for the learned
     stalled limits: exactly the figures of the whole history, without reading it."""
-    _visible_pipeline(store, key, pipeline)
+    require_visible_pipeline(store, key, pipeline)
     t1 = time_or(until)
     t0 = time_or(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
     if t0 > t1:
@@ -270,7 +265,7 @@ def pipeline_forecast(
     `oldest_score_as_of`; a score made before now is conditioned on the deal being still open now) and
     the new-deal model fitted with the feature population; with `as_of`, or while an open deal has no
     live score of one model version yet, every open deal is scored on demand (`source: on_demand`)."""
-    _visible_pipeline(store, key, pipeline)
+    require_visible_pipeline(store, key, pipeline)
     t = time_or(as_of)
     if as_of is None:
         live = _live_forecast(request, store, pipeline, t, months)

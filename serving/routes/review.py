@@ -15,7 +15,15 @@ from features.jsonable import jsonable
 from models.at_risk import rank_at_risk
 from models.forecast import score_open_deals
 from models.score_history import TooManyPointsError, score_history
-from serving.deps import DealIdPath, FeatureBuilderDep, ModelDep, PipelinePath, ReadKey, StoreDep
+from serving.deps import (
+    DealIdPath,
+    FeatureBuilderDep,
+    ModelDep,
+    PipelinePath,
+    ReadKey,
+    StoreDep,
+    require_visible_pipeline,
+)
 from serving.errors import InvalidInputError, NotFoundError
 from serving.mapping import time_or
 from serving.model_holder import builder_for
@@ -77,8 +85,7 @@ def pipeline_changes(
     amounts changed, stage moves (forward, back, won, lost, reopened, by the pipeline's stage order), and
     deals newly at risk (in the high band of the going-cold list at `until`, not at `since`). Names the
     model version."""
-    if not key.can_see(pipeline) or pipeline not in store.list_pipelines():
-        raise NotFoundError("pipeline not found")
+    require_visible_pipeline(store, key, pipeline)
     t0, t1 = _window(since, until, pd.Timedelta(days=DEFAULT_CHANGES_DAYS))
     history = store.load_history(pipelines=[pipeline])
     fitted = builder_for(builder, history)

@@ -106,6 +106,9 @@ def test_a_given_spec_is_authoritative(world: Any, client: TestClient) -> None:
     put = client.put(f"/v1/pipelines/{pipeline}", json=spec, headers=admin)
     assert put.status_code == 200, put.text
     assert put.json()["inferred"] is False and put.json()["stages"] == ["Intro", "Trial"]
+    # Known by its spec alone (no deal yet), the pipeline's reads find it; one nobody named is not found.
+    assert client.get(f"/v1/pipelines/{pipeline}/health", headers=admin).status_code == 200
+    assert client.get("/v1/pipelines/Nobody Named/health", headers=admin).status_code == 404
     _post(client, "/v1/deals", {"deals": [_deal("INT-G1", pipeline)]}, admin)
     unknown = {"deal_id": "INT-G1", "stage": "Pilot", "changed_at": "2025-03-03T00:00:00Z"}
     response = _post(client, "/v1/events", {"stage_changes": [unknown]}, admin)

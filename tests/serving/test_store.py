@@ -80,6 +80,9 @@ def test_import_then_load_gives_the_same_history(store: Store) -> None:
     assert_same_history(store.load_history(), history)
     assert store.list_pipelines() == ["Enterprise", "SMB"]
     assert store.pipeline_specs()["SMB"].stages == ("Lead", "Demo")
+    # one pipeline read alone answers as the whole list would
+    assert [store.has_pipeline(p) for p in ("SMB", "Enterprise", "Nope", "smb")] == [True, True, False, False]
+    assert list(store.pipeline_specs(["SMB", "Nope"])) == ["SMB"]
 
 
 def test_simulated_history_round_trips(store: Store) -> None:

@@ -3,35 +3,26 @@ intervals, and the figures reported are no longer the in-sample ones the old met
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from compare_recipes import BLIND, FEW_TREES, FULL, HISTORY_DEALS, HISTORY_SEED
 
-from features.build import ACTIVITY_COUNT_COLUMNS
 from features.history import DealHistory
-from models.comparison import BETTER, SAME, bootstrap_comparison
+from models.comparison import BETTER, bootstrap_comparison
 from training.backtest import evaluate_bundle, make_folds
 from training.compare import Comparison, compare_configs
 from training.simulate import simulate_history
 from training.train import TrainConfig, train
 
-# Everything the model knows about the buyer's activity; the simulated cold label is driven by it.
-ACTIVITY_FEATURES = (
-    *ACTIVITY_COUNT_COLUMNS, "days_since_activity", "days_since_inbound", "inbound_30d", "max_gap_days",
-    "activity_trend", "activity_trend_ratio",
-)
-FEW_TREES = {"n_estimators": 60}
-
+# The comparisons that run their own configurations are in test_compare_runs (split so that
+# `--dist loadfile` can give the two halves to different workers).
 pytestmark = pytest.mark.quality  # model comparisons on a simulated history: tens of seconds
-FULL = TrainConfig(lightgbm_params=FEW_TREES)
-BLIND = TrainConfig(lightgbm_params=FEW_TREES, drop_features=ACTIVITY_FEATURES)
 
 
 @pytest.fixture(scope="module")
 def history() -> DealHistory:
-    return simulate_history(800, seed=4)
+    return simulate_history(HISTORY_DEALS, seed=HISTORY_SEED)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +78,6 @@ def test_reported_gap_is_out_of_sample_not_the_in_sample_one(
             assert m[(version, head, "roc_auc")] != pytest.approx(in_sample[version][head], abs=1e-3)
 
 
-def test_same_configuration_with_another_seed_is_no_detectable_difference(history: DealHistory) -> None:
-    reseeded = TrainConfig(lightgbm_params=FEW_TREES, seed=7)
-    result = compare_configs(history, {"1": FULL, "2": reseeded}, champion="1", n_folds=2, n_boot=100)
-    assert result.verdicts == {"2": SAME}
-
-
 def test_bootstrap_resamples_deals_so_correlated_snapshots_widen_the_interval() -> None:
     # 20 deals observed 20 times each; a deal's snapshots share its outcome and roughly its score
     rng = np.random.default_rng(0)
@@ -111,20 +96,6 @@ def test_bootstrap_resamples_deals_so_correlated_snapshots_widen_the_interval() 
     assert twenty_deals > 2 * every_row_its_own_deal
 
 
-def test_retrain_without_a_champion_promotes_and_says_why(history: DealHistory, tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
-    from training.registry import champion_version, retrain
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = retrain(history, BLIND, uri, n_folds=2, n_boot=50)
-    assert (result.version, result.verdict, result.promoted) == ("1", "no champion", True)
-    assert result.comparison is None
-    assert champion_version(uri) == "1"
-    tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("deal-risk", "1").tags
-    assert tags["retrain_decision"] == "promoted version 1: there was no champion"
-
-
 def test_a_different_horizon_is_scored_on_the_reference_labels_and_says_so(history: DealHistory) -> None:
     longer = TrainConfig(lightgbm_params=FEW_TREES, horizon_days=28)
     result = compare_configs(history, {"1": FULL, "2": longer}, champion="1", n_folds=1, n_boot=30)
@@ -135,16 +106,3 @@ def test_a_different_horizon_is_scored_on_the_reference_labels_and_says_so(histo
     # both versions were scored on exactly the same rows
     m = result.metrics
     assert m.groupby("head")["n_rows"].nunique().eq(1).all()
-
-
-def test_forecast_coverage_per_version_is_the_backtests_figure(history: DealHistory) -> None:
-    from training.backtest import backtest, forecast_summary
-
-    result = compare_configs(history, {"1": FULL, "2": BLIND}, champion="1", n_folds=1, n_boot=20,
-                             forecast_months=2)
-    assert set(result.forecast) == {"1", "2"}
-    summary = result.forecast["1"]
-    assert summary["forecast_months"] >= 3 and 0.0 <= summary["forecast_coverage_p10_p90"] <= 1.0
-    # the champion's fold model is the backtest's fold model, so its forecast is the backtest's
-    expected = forecast_summary(backtest(history, FULL, n_folds=1, forecast_months=2).forecast)
-    assert summary == pytest.approx(expected, nan_ok=True)
