@@ -32,7 +32,7 @@ import pandas as pd
 
 from features.history import DealHistory, PipelineSpec, to_utc_timestamp
 from features.jsonable import jsonable
-from features.stages import deal_states_at, stage_outcomes, stage_positions
+from features.stages import deal_states_at, order_stage_changes, stage_outcomes, stage_positions
 
 STALE_QUANTILE = 0.8
 NO_TEAM = "(no team)"
@@ -110,8 +110,14 @@ def _stage_changes_as_of(history: DealHistory, as_of: pd.Timestamp, states: pd.D
     )
     out["pipeline"] = pd.Series(states["pipeline"].to_numpy(dtype=object)[out["pos"].to_numpy()],
                                 dtype="string")
+    return _with_next_change(out, history.pipelines)
+
+
+def _with_next_change(out: pd.DataFrame, specs: Mapping[str, PipelineSpec]) -> pd.DataFrame:
+    """Stage changes sorted by (deal `pos`, time, same-time order) with pipeline: add each change's
+    outcome and the next change's time, stage and outcome (within the same deal)."""
     outcome = stage_outcomes(out["pipeline"].to_numpy(dtype=object), out["stage"].to_numpy(dtype=object),
-                             history.pipelines)
+                             specs)
     out["outcome"] = pd.Series(outcome, dtype="string")
     pos_sorted = out["pos"].to_numpy()
     same_deal = np.zeros(len(out), dtype=bool)
@@ -261,15 +267,15 @@ def _scalar_figures(states: pd.DataFrame, key: pd.Series, since: pd.Timestamp,
     return fig
 
 
-def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
-            since: pd.Timestamp, also: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
-    """Per pipeline (those of `states` and `also`), per open stage in order: reached in the window, share
-    moved on, share lost there.
+def _funnel(specs: Mapping[str, PipelineSpec], names: Sequence[str], sc: pd.DataFrame,
+            since: pd.Timestamp) -> dict[str, list[dict[str, Any]]]:
+    """Per pipeline of `names`, per open stage in order: reached in the window, share moved on, share lost
+    there.
 
-    `sc` holds only changes at or before `until`, so "next change" never looks past it."""
+    `sc` (`_with_next_change` rows) holds only changes at or before `until`, so "next change" never looks
+    past it; changes before `since` may be missing from it (they are never entries)."""
     entries = sc[(sc["changed_at"] >= since) & (sc["outcome"] == "open")]
     entries = entries.drop_duplicates(["pos", "stage"], keep="first")
-    specs = history.pipelines
     pipeline = entries["pipeline"].to_numpy(dtype=object)
     pos = stage_positions(pipeline, entries["stage"].to_numpy(dtype=object), specs)
     next_pos = stage_positions(pipeline, entries["next_stage"].to_numpy(dtype=object), specs)
@@ -284,7 +290,7 @@ def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
         .agg(reached=("moved", "size"), moved=("moved", "sum"), lost=("lost", "sum"))
     )
     out: dict[str, list[dict[str, Any]]] = {}
-    for name in sorted(set(states["pipeline"].dropna().unique()) | set(also)):
+    for name in names:
         found = specs.get(str(name))
         stages = list(found.stages) if found else []
         rows = []
@@ -377,9 +383,66 @@ def pipeline_health(
         also = frozenset(also & set(wanted))
     else:
         names = sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also))
+    return _report(states, sc, thresholds, history.pipelines, names, also, t0, t1, by, left_out)
 
+
+def health_from_current_state(
+    deals: pd.DataFrame,
+    window_changes: pd.DataFrame,
+    specs: Mapping[str, PipelineSpec],
+    learned: Mapping[tuple[str, str], float],
+    since: pd.Timestamp | str,
+    until: pd.Timestamp | str,
+    pipeline: str,
+    by: GroupBy | None = None,
+    left_out: LeftOut | None = None,
+) -> dict[str, Any]:
+    """`pipeline_health` of one pipeline, from the deals' stored current state instead of their history,
+    for a window that ends at or after every event of the pipeline (then each deal's state at `until` is
+    its current state). The store's SQL path (`serving.store.Store.health_state`) reads these inputs; the
+    figures are then computed by the same functions as `pipeline_health`, so they are equal to it.
+
+    - `deals`: the pipeline's deals created by `until` that the window can see (every one but those
+      `left_out`), in `deal_states` columns: deal_id, pipeline, team, owner, amount, created_at, stage,
+      stage_entered_at, status, closed_at (the current state columns);
+    - `window_changes`: the pipeline's stage changes (deal_id, stage, changed_at, event_id) dated at or
+      after `since` (earlier ones may be included): the funnel's entries and their next changes;
+    - `learned`: the learned stalled limits as of `until` (`learned_stale_thresholds`); configured
+      `stale_after_days` in `specs` win over them (`stage_limits`).
+    """
+    t0, t1 = to_utc_timestamp(since), to_utc_timestamp(until)
+    if t0 > t1:
+        raise ValueError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
+    if by not in (None, "team", "owner"):
+        raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
+    left_out = left_out or LeftOut()
+    # the same-time order of `features.stages`, then the next change of each within its deal
+    changes = order_stage_changes(window_changes, window_changes[["deal_id", "pipeline"]], specs)
+    deal_rank = pd.factorize(changes["deal_id"].to_numpy(dtype=object))[0]
+    sc = _with_next_change(
+        pd.DataFrame(
+            {
+                "pos": deal_rank.astype(np.int64),
+                "deal_id": changes["deal_id"].to_numpy(dtype=object),
+                "stage": changes["stage"].astype("string"),
+                "changed_at": changes["changed_at"],
+                "pipeline": changes["pipeline"].astype("string"),
+            }
+        ),
+        specs,
+    )
+    states = deals[deals["pipeline"] == pipeline].reset_index(drop=True)
+    return _report(states, sc, stage_limits(learned, specs), specs, [pipeline],
+                   frozenset(left_out.pipelines & {pipeline}), t0, t1, by, left_out)
+
+
+def _report(states: pd.DataFrame, sc: pd.DataFrame, thresholds: dict[tuple[str, str], float],
+            specs: Mapping[str, PipelineSpec], names: Sequence[str], also: frozenset[str], t0: pd.Timestamp,
+            t1: pd.Timestamp, by: GroupBy | None, left_out: LeftOut) -> dict[str, Any]:
+    """The health report of the deals in `states` (as of `t1`) and their stage changes `sc`: every figure
+    of `pipeline_health`, for the pipelines `names` (a funnel for those with deals here or in `also`)."""
     stalled = _stalled(states, thresholds, t1)
-    funnels = _funnel(history, states, sc, t0, also)
+    funnels = _funnel(specs, sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also)), sc, t0)
 
     overall = _figure_dicts(_scalar_figures(states, pd.Series("all", index=states.index), t0, t1))
     overall_block = overall.get("all") or _empty_figures()
