@@ -19,6 +19,16 @@ Definitions (SPEC "Pipeline health"):
   `stale_after_days`, else the 80th percentile of days spent in that stage by deals won by `until`.
 
 Undefined figures (no closed deals, no open deals, ...) are None, never NaN, so the result is valid JSON.
+
+The same definitions, read from the store: when the window ends at or after every event of a pipeline
+(health as of now), each deal's state at `until` is its stored current state (`features.deal_state`,
+which is `deal_states` as of the deal's last event). Then `health_from_current_state` takes the deals'
+state columns, the window's stage changes and the stored learned limits (read by
+`serving.store.Store.health_state`, SQL) instead of the history, and hands them to the functions above
+(`_report`: `_scalar_figures`, `_funnel`, `_stalled`), so no figure has a second definition. The SQL
+only selects rows (the deals open at `until` or closed in the window, the stage changes dated in the
+window, the groups of the others), never computes a figure: a mean summed by the database would differ
+from pandas' in the last bits.
 """
 
 from __future__ import annotations

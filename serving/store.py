@@ -1007,9 +1007,10 @@ class Store:
 
         - `until` is before an event of the pipeline (a deal's state at `until` is then not its current
           state); deals created after `until` are simply not read;
-        - the pipeline's learned stalled limits are not those as of `until`: never computed, computed
-          before an event of the pipeline or before its spec last changed, or a deal of the pipeline that
-          is or was won (a stage change to a won stage) was written since they were computed;
+        - the pipeline's learned stalled limits may not be those as of `until`: never computed, computed
+          before its spec last changed, or a deal of the pipeline that is or was won (a stage change to a
+          won stage) was written, or changed stage, since they were computed. Other deals were in the
+          same stage at both times, so the won deals and their visits the limits count are the same;
         - a deal's state is not computed yet (a store just upgraded).
 
         `since` and `until` are naive or aware UTC, at microsecond precision (the store's). One snapshot.
@@ -1038,7 +1039,7 @@ class Store:
             last_event = conn.execute(
                 sa.select(sa.func.max(deals.c.last_event_at)).where(deals.c.pipeline == pipeline)
             ).scalar_one()
-            if last_event is not None and (last_event > t1 or last_event >= learned_at):
+            if last_event is not None and last_event > t1:
                 return None
             uncomputed = conn.execute(
                 sa.select(deals.c.id).where(deals.c.pipeline == pipeline, deals.c.state_updated_at.is_(None))
@@ -1048,12 +1049,13 @@ class Store:
                 return None
             spec = PipelineSpec.from_dict(pipeline, row.spec, inferred=bool(row.inferred))
             specs = {pipeline: spec}
-            written_since = conn.execute(
-                sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
-                .where(deals.c.pipeline == pipeline, deals.c.state_updated_at >= learned_at)
-            ).scalars()
-            if any(stage_outcome(pipeline, stage, specs) == "won" for stage in written_since):
-                return None
+            for since_learned in (deals.c.state_updated_at, deals.c.stage_entered_at):
+                stages = conn.execute(
+                    sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
+                    .where(deals.c.pipeline == pipeline, since_learned >= learned_at)
+                ).scalars()
+                if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
+                    return None
             query = sa.select(deals.c.id, *(c.label(k) for k, c in state_columns.items())).where(
                 mine, sa.not_(idle)
             )

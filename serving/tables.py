@@ -92,6 +92,7 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         # Revision 0007: what pipeline health as of now asks of the state columns (`Store.health_state`)
         sa.Index("ix_deals_pipeline_last_event", "pipeline", "last_event_at"),
         sa.Index("ix_deals_pipeline_state_updated", "pipeline", "state_updated_at"),
+        sa.Index("ix_deals_pipeline_stage_entered", "pipeline", "stage_entered_at"),
     )
     for table, (_, time_col) in EVENT_TABLES.items():
         sa.Table(
