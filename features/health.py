@@ -33,6 +33,7 @@ from pandas' in the last bits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -241,40 +242,41 @@ def _learned(states: pd.DataFrame, sc: pd.DataFrame) -> dict[tuple[str, str], fl
 
 
 def _scalar_figures(states: pd.DataFrame, key: pd.Series, since: pd.Timestamp,
-                    until: pd.Timestamp) -> pd.DataFrame:
-    """open_deals, avg_deal_size, won, lost, win_rate, avg_cycle_days, sales_velocity per value of `key`."""
-    is_open = states["status"] == "open"
-    in_window = states["closed_at"].between(since, until) & ~is_open
-    won = in_window & (states["status"] == "won")
-    lost = in_window & (states["status"] == "lost")
-    cycle = _days(states["closed_at"] - states["created_at"]).where(won)
-    frame = pd.DataFrame(
-        {
-            "key": key.to_numpy(),
-            "open": is_open.to_numpy(),
-            "open_amount": states["amount"].where(is_open).to_numpy(),
-            "won": won.to_numpy(),
-            "lost": lost.to_numpy(),
-            "cycle": cycle.to_numpy(dtype="float64"),
-        }
-    )
-    g = frame.groupby("key", sort=True, dropna=False)
-    fig = pd.DataFrame(
-        {
-            "open_deals": g["open"].sum().astype("int64"),
-            "avg_deal_size": g["open_amount"].mean(),
-            "won_deals": g["won"].sum().astype("int64"),
-            "lost_deals": g["lost"].sum().astype("int64"),
-            "avg_cycle_days": g["cycle"].mean(),
-        }
-    )
-    closed = fig["won_deals"] + fig["lost_deals"]
-    fig["win_rate"] = (fig["won_deals"] / closed.where(closed > 0)).astype("float64")
-    cycle_days = fig["avg_cycle_days"].where(fig["avg_cycle_days"] > 0)
-    fig["sales_velocity"] = fig["open_deals"] * fig["avg_deal_size"] * fig["win_rate"] / cycle_days
-    # With no open deals the pipeline's velocity is plainly zero, not undefined.
-    fig.loc[(fig["open_deals"] == 0) & fig["win_rate"].notna() & cycle_days.notna(), "sales_velocity"] = 0.0
-    return fig
+                    until: pd.Timestamp) -> dict[str, dict[str, Any]]:
+    """open_deals, avg_deal_size, won_deals, lost_deals, win_rate, avg_cycle_days, sales_velocity per
+    value of `key` (every value present, sorted), as JSON-ready blocks.
+
+    A mean is the exactly rounded sum (`math.fsum`) over the count, so it does not depend on the order
+    the deals come in (the store's SQL path reads them in another order than a history holds them)."""
+    is_open = states["status"].eq("open").fillna(False).to_numpy(dtype=bool)
+    in_window = states["closed_at"].between(since, until).to_numpy(dtype=bool) & ~is_open
+    won = in_window & states["status"].eq("won").fillna(False).to_numpy(dtype=bool)
+    lost = in_window & states["status"].eq("lost").fillna(False).to_numpy(dtype=bool)
+    cycle = _days(states["closed_at"] - states["created_at"]).to_numpy(dtype="float64")
+    amount = states["amount"].to_numpy(dtype="float64", na_value=np.nan)
+    codes, uniques = pd.factorize(key.to_numpy(dtype=object), sort=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+    out: dict[str, dict[str, Any]] = {}
+    for g, name in enumerate(uniques):
+        rows = order[bounds[g] : bounds[g + 1]]
+        open_amounts = amount[rows[is_open[rows]]]
+        open_amounts = open_amounts[~np.isnan(open_amounts)]
+        won_cycles = cycle[rows[won[rows]]]
+        won_cycles = won_cycles[~np.isnan(won_cycles)]
+        n_open, n_won, n_lost = int(is_open[rows].sum()), int(won[rows].sum()), int(lost[rows].sum())
+        avg_size = math.fsum(open_amounts) / len(open_amounts) if len(open_amounts) else None
+        win_rate = n_won / (n_won + n_lost) if n_won + n_lost else None
+        avg_cycle = math.fsum(won_cycles) / len(won_cycles) if len(won_cycles) else None
+        velocity = None
+        if win_rate is not None and avg_cycle is not None and avg_cycle > 0:
+            # With no open deals the pipeline's velocity is plainly zero, not undefined.
+            velocity = (n_open * avg_size * win_rate / avg_cycle if avg_size is not None
+                        else 0.0 if n_open == 0 else None)
+        out[str(name)] = jsonable({"open_deals": n_open, "avg_deal_size": avg_size, "won_deals": n_won,
+                                   "lost_deals": n_lost, "win_rate": win_rate, "avg_cycle_days": avg_cycle,
+                                   "sales_velocity": velocity})
+    return out
 
 
 def _funnel(specs: Mapping[str, PipelineSpec], names: Sequence[str], sc: pd.DataFrame,
@@ -293,21 +295,22 @@ def _funnel(specs: Mapping[str, PipelineSpec], names: Sequence[str], sc: pd.Data
     next_open = (entries["next_outcome"] == "open").fillna(False).to_numpy(dtype=bool)
     moved_on = (entries["next_outcome"] == "won").fillna(False) | (next_open & (next_pos > pos))
     lost_here = (entries["next_outcome"] == "lost").fillna(False)
-    agg = (
-        pd.DataFrame({"pipeline": entries["pipeline"], "stage": entries["stage"],
-                      "moved": moved_on.astype("int64"), "lost": lost_here.astype("int64")})
-        .groupby(["pipeline", "stage"])
-        .agg(reached=("moved", "size"), moved=("moved", "sum"), lost=("lost", "sum"))
-    )
+    # (reached, moved on, lost here) per (pipeline, stage): one count per entry in the window
+    counts: dict[tuple[str, str], list[int]] = {}
+    for key in zip(pipeline.tolist(), entries["stage"].to_numpy(dtype=object).tolist(),
+                   moved_on.to_numpy(dtype=bool).tolist(), lost_here.to_numpy(dtype=bool).tolist(),
+                   strict=True):
+        tally = counts.setdefault((str(key[0]), str(key[1])), [0, 0, 0])
+        tally[0] += 1
+        tally[1] += key[2]
+        tally[2] += key[3]
     out: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         found = specs.get(str(name))
         stages = list(found.stages) if found else []
         rows = []
         for stage in stages:
-            reached = int(agg["reached"].get((name, stage), 0))
-            moved = int(agg["moved"].get((name, stage), 0))
-            lost = int(agg["lost"].get((name, stage), 0))
+            reached, moved, lost = counts.get((str(name), stage), (0, 0, 0))
             rows.append(
                 {
                     "stage": stage,
@@ -338,17 +341,9 @@ def _stalled(states: pd.DataFrame, thresholds: dict[tuple[str, str], float],
 
 def _stalled_records(stalled: pd.DataFrame) -> list[dict[str, Any]]:
     cols = ["deal_id", "pipeline", "stage", "owner", "team", "amount", "days_in_stage", "threshold_days"]
-    records = stalled[cols].astype(object).where(stalled[cols].notna(), None).to_dict("records")
-    return [{str(k): jsonable(v) for k, v in r.items()} for r in records]
-
-
-def _figure_dicts(fig: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    cols = ["open_deals", "avg_deal_size", "won_deals", "lost_deals", "win_rate", "avg_cycle_days",
-            "sales_velocity"]
-    return {
-        str(key): {c: jsonable(row[c]) for c in cols}
-        for key, row in fig[cols].astype(object).iterrows()  # one row per group, not per deal
-    }
+    # column by column: pandas' object `where` and `to_dict` cost more than the few rows
+    columns = [[jsonable(v) for v in stalled[c].to_numpy(dtype=object).tolist()] for c in cols]
+    return [dict(zip(cols, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 def pipeline_health(
@@ -370,11 +365,7 @@ def pipeline_health(
     `left_out` describes deals left out of `history` that the window cannot see move (see `LeftOut`):
     the result is then exactly that of the history with them.
     """
-    t0, t1 = to_utc_timestamp(since), to_utc_timestamp(until)
-    if t0 > t1:
-        raise ValueError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
-    if by not in (None, "team", "owner"):
-        raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
+    t0, t1 = _window(since, until, by)
     left_out = left_out or LeftOut()
     states, sc = _states_and_changes(history, t1)
     # Thresholds are per (pipeline, stage), so learning them before filtering changes nothing.
@@ -420,11 +411,7 @@ def health_from_current_state(
     - `learned`: the learned stalled limits as of `until` (`learned_stale_thresholds`); configured
       `stale_after_days` in `specs` win over them (`stage_limits`).
     """
-    t0, t1 = to_utc_timestamp(since), to_utc_timestamp(until)
-    if t0 > t1:
-        raise ValueError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
-    if by not in (None, "team", "owner"):
-        raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
+    t0, t1 = _window(since, until, by)
     left_out = left_out or LeftOut()
     # the same-time order of `features.stages`, then the next change of each within its deal
     changes = order_stage_changes(window_changes, window_changes[["deal_id", "pipeline"]], specs)
@@ -446,6 +433,17 @@ def health_from_current_state(
                    frozenset(left_out.pipelines & {pipeline}), t0, t1, by, left_out)
 
 
+def _window(since: pd.Timestamp | str, until: pd.Timestamp | str,
+            by: GroupBy | None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The window as UTC instants; ValueError when it is empty or `by` is not a grouping."""
+    t0, t1 = to_utc_timestamp(since), to_utc_timestamp(until)
+    if t0 > t1:
+        raise ValueError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
+    if by not in (None, "team", "owner"):
+        raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
+    return t0, t1
+
+
 def _report(states: pd.DataFrame, sc: pd.DataFrame, thresholds: dict[tuple[str, str], float],
             specs: Mapping[str, PipelineSpec], names: Sequence[str], also: frozenset[str], t0: pd.Timestamp,
             t1: pd.Timestamp, by: GroupBy | None, left_out: LeftOut) -> dict[str, Any]:
@@ -454,12 +452,12 @@ def _report(states: pd.DataFrame, sc: pd.DataFrame, thresholds: dict[tuple[str, 
     stalled = _stalled(states, thresholds, t1)
     funnels = _funnel(specs, sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also)), sc, t0)
 
-    overall = _figure_dicts(_scalar_figures(states, pd.Series("all", index=states.index), t0, t1))
+    overall = _scalar_figures(states, pd.Series("all", index=states.index), t0, t1)
     overall_block = overall.get("all") or _empty_figures()
     overall_block["stalled_count"] = len(stalled)
     overall_block["stalled_deals"] = _stalled_records(stalled)
 
-    per_pipe = _figure_dicts(_scalar_figures(states, states["pipeline"], t0, t1))
+    per_pipe = _scalar_figures(states, states["pipeline"], t0, t1)
     pipelines: dict[str, dict[str, Any]] = {}
     for name in names:
         block = per_pipe.get(name) or _empty_figures()
@@ -473,7 +471,7 @@ def _report(states: pd.DataFrame, sc: pd.DataFrame, thresholds: dict[tuple[str, 
                               "pipelines": pipelines}
     if by is not None:
         key = states[by].astype("string").fillna(NO_TEAM if by == "team" else NO_OWNER)
-        groups = _figure_dicts(_scalar_figures(states, key, t0, t1))
+        groups = _scalar_figures(states, key, t0, t1)
         for idle in sorted((left_out.teams if by == "team" else left_out.owners) - set(groups)):
             groups[idle] = _empty_figures()
         stalled_key = stalled[by].astype("string").fillna(NO_TEAM if by == "team" else NO_OWNER)

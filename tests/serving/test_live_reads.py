@@ -193,8 +193,8 @@ def _write_awkward_deals(client: TestClient, world: Any, end: pd.Timestamp) -> N
         "stage_changes": [
             move("AWK-REOPENED", stages[0], 79), move("AWK-REOPENED", stages[1], 60),
             move("AWK-REOPENED", won, 40), move("AWK-REOPENED", stages[1], 20),  # won, then reopened
-            move("AWK-BACK-AND-WON", stages[0], 69), move("AWK-BACK-AND-WON", lost, 50),
-            move("AWK-BACK-AND-WON", stages[0], 35), move("AWK-BACK-AND-WON", won, 12),
+            move("AWK-BACK-AND-WON", stages[1], 69), move("AWK-BACK-AND-WON", lost, 50),
+            move("AWK-BACK-AND-WON", stages[1], 35), move("AWK-BACK-AND-WON", won, 12),
             move("AWK-BACKWARD", stages[0], 59), move("AWK-BACKWARD", stages[2], 25),
             move("AWK-BACKWARD", stages[1], 15),  # backward
             move("AWK-BACKWARD", stages[3], 8, "b"), move("AWK-BACKWARD", stages[2], 8, "a"),  # same instant
