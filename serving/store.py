@@ -1056,17 +1056,19 @@ class Store:
                 ).scalars()
                 if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
                     return None
-            query = sa.select(deals.c.id, *(c.label(k) for k, c in state_columns.items())).where(
+            query = sa.select(*(c.label(k) for k, c in state_columns.items())).where(
                 mine, sa.not_(idle)
-            )
-            frame = _read_frame(conn, query, deals.c.deal_id, None)
+            ).order_by(deals.c.id)
+            frame = _rows_frame(conn.execute(query).fetchall(), list(state_columns))
             left = conn.execute(sa.select(deals.c.team, deals.c.current_owner).where(mine, idle).distinct()
                                 ).fetchall()
-            changes = sa.select(sc.c.id, sc.c.deal_id, deals.c.pipeline, sc.c.stage, sc.c.changed_at,
-                                sc.c.event_id).join(deals, deals.c.deal_id == sc.c.deal_id).where(
-                deals.c.pipeline == pipeline, sc.c.changed_at >= t0
+            changes = (
+                sa.select(sc.c.deal_id, deals.c.pipeline, sc.c.stage, sc.c.changed_at, sc.c.event_id)
+                .join(deals, deals.c.deal_id == sc.c.deal_id)
+                .where(deals.c.pipeline == pipeline, sc.c.changed_at >= t0)
+                .order_by(sc.c.id)
             )
-            window = _read_frame(conn, changes, sc.c.deal_id, None)
+            window = _rows_frame(conn.execute(changes).fetchall(), list(changes.selected_columns.keys()))
         for col in ("created_at", "stage_entered_at", "closed_at"):
             frame[col] = _localize(frame[col])
         for col in ("deal_id", "pipeline", "team", "owner", "stage", "status"):
