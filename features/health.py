@@ -24,11 +24,12 @@ The same definitions, read from the store: when the window ends at or after ever
 (health as of now), each deal's state at `until` is its stored current state (`features.deal_state`,
 which is `deal_states` as of the deal's last event). Then `health_from_current_state` takes the deals'
 state columns, the window's stage changes and the stored learned limits (read by
-`serving.store.Store.health_state`, SQL) instead of the history, and hands them to the functions above
+`serving.store.Store.health_state`, SQL) instead of the history, and hands them to the functions below
 (`_report`: `_scalar_figures`, `_funnel`, `_stalled`), so no figure has a second definition. The SQL
 only selects rows (the deals open at `until` or closed in the window, the stage changes dated in the
-window, the groups of the others), never computes a figure: a mean summed by the database would differ
-from pandas' in the last bits.
+window, the groups of the others), never computes a figure: means are exactly rounded sums (`math.fsum`)
+over counts, which no database's SUM/AVG of floats promises, so a figure computed there could differ in
+the last bits.
 """
 
 from __future__ import annotations
@@ -328,14 +329,16 @@ def _funnel(specs: Mapping[str, PipelineSpec], names: Sequence[str], sc: pd.Data
 def _stalled(states: pd.DataFrame, thresholds: dict[tuple[str, str], float],
              until: pd.Timestamp) -> pd.DataFrame:
     """Open deals whose days in the current stage exceed that stage's threshold, longest-stalled first."""
-    open_deals = states[(states["status"] == "open") & states["stage"].notna()].copy()
-    limits = pd.Series(thresholds, dtype="float64")
-    if limits.empty:
-        return open_deals.iloc[0:0].assign(days_in_stage=0.0, threshold_days=0.0)
-    keys = pd.MultiIndex.from_arrays([open_deals["pipeline"].astype(str), open_deals["stage"].astype(str)])
-    open_deals["threshold_days"] = limits.reindex(keys).to_numpy()
-    open_deals["days_in_stage"] = _days(until - open_deals["stage_entered_at"]).to_numpy(dtype="float64")
-    stalled = open_deals[open_deals["days_in_stage"] > open_deals["threshold_days"]]
+    is_open = (states["status"].eq("open").fillna(False) & states["stage"].notna()).to_numpy(dtype=bool)
+    pipeline, stage = states["pipeline"].to_numpy(dtype=object), states["stage"].to_numpy(dtype=object)
+    limit = np.full(len(states), np.nan)  # no threshold: never stalled (NaN compares False)
+    for name in pd.unique(pipeline[is_open]):  # one pipeline, usually
+        mine = is_open & (pipeline == name)
+        per_stage = pd.Series({s: v for (p, s), v in thresholds.items() if p == name}, dtype="float64")
+        limit[mine] = per_stage.reindex(pd.Index(stage[mine], dtype=object)).to_numpy(dtype="float64")
+    days = _days(until - states["stage_entered_at"]).to_numpy(dtype="float64")
+    hit = np.flatnonzero(is_open & (days > limit))
+    stalled = states.iloc[hit].assign(threshold_days=limit[hit], days_in_stage=days[hit])
     return stalled.sort_values(["days_in_stage", "deal_id"], ascending=[False, True])
 
 
