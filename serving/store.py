@@ -1026,36 +1026,30 @@ class Store:
             "stage_entered_at": deals.c.stage_entered_at, "status": deals.c.outcome,
             "closed_at": deals.c.closed_at,
         }
+        last_event = sa.select(sa.func.max(deals.c.last_event_at)).where(deals.c.pipeline == pipeline)
+        uncomputed = sa.select(deals.c.id).where(deals.c.pipeline == pipeline,
+                                                 deals.c.state_updated_at.is_(None)).exists()
         with self._read() as conn:
             row = conn.execute(
                 sa.select(pipes.c.spec, pipes.c.inferred, pipes.c.updated_at, pipes.c.learned_stale_days,
-                          pipes.c.stale_learned_at).where(pipes.c.name == pipeline)
+                          pipes.c.stale_learned_at, last_event.scalar_subquery().label("last_event"),
+                          uncomputed.label("uncomputed")).where(pipes.c.name == pipeline)
             ).first()
-            if row is None or row.learned_stale_days is None or row.stale_learned_at is None:
+            if (row is None or row.learned_stale_days is None or row.stale_learned_at is None
+                    or row.uncomputed or (row.last_event is not None and row.last_event > t1)):
                 return None
             learned_at = row.stale_learned_at
             if row.updated_at is not None and row.updated_at >= learned_at:
                 return None
-            last_event = conn.execute(
-                sa.select(sa.func.max(deals.c.last_event_at)).where(deals.c.pipeline == pipeline)
-            ).scalar_one()
-            if last_event is not None and last_event > t1:
+            specs = {pipeline: PipelineSpec.from_dict(pipeline, row.spec, inferred=bool(row.inferred))}
+            since_learned = sa.or_(deals.c.state_updated_at >= learned_at,
+                                   deals.c.stage_entered_at >= learned_at)
+            stages = conn.execute(
+                sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
+                .where(deals.c.pipeline == pipeline, since_learned)
+            ).scalars()
+            if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
                 return None
-            uncomputed = conn.execute(
-                sa.select(deals.c.id).where(deals.c.pipeline == pipeline, deals.c.state_updated_at.is_(None))
-                .limit(1)
-            ).first()
-            if uncomputed is not None:
-                return None
-            spec = PipelineSpec.from_dict(pipeline, row.spec, inferred=bool(row.inferred))
-            specs = {pipeline: spec}
-            for since_learned in (deals.c.state_updated_at, deals.c.stage_entered_at):
-                stages = conn.execute(
-                    sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
-                    .where(deals.c.pipeline == pipeline, since_learned >= learned_at)
-                ).scalars()
-                if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
-                    return None
             query = sa.select(*(c.label(k) for k, c in state_columns.items())).where(
                 mine, sa.not_(idle)
             ).order_by(deals.c.id)
