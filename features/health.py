@@ -455,12 +455,15 @@ def _report(states: pd.DataFrame, sc: pd.DataFrame, thresholds: dict[tuple[str, 
     stalled = _stalled(states, thresholds, t1)
     funnels = _funnel(specs, sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also)), sc, t0)
 
-    overall = _scalar_figures(states, pd.Series("all", index=states.index), t0, t1)
+    per_pipe = _scalar_figures(states, states["pipeline"], t0, t1)
+    if len(per_pipe) <= 1:  # every deal in one pipeline (or none): the overall figures are that pipeline's
+        overall = {"all": dict(next(iter(per_pipe.values())))} if per_pipe else {}
+    else:
+        overall = _scalar_figures(states, pd.Series("all", index=states.index), t0, t1)
     overall_block = overall.get("all") or _empty_figures()
     overall_block["stalled_count"] = len(stalled)
     overall_block["stalled_deals"] = _stalled_records(stalled)
 
-    per_pipe = _scalar_figures(states, states["pipeline"], t0, t1)
     pipelines: dict[str, dict[str, Any]] = {}
     for name in names:
         block = per_pipe.get(name) or _empty_figures()
