@@ -19,10 +19,22 @@ Definitions (SPEC "Pipeline health"):
   `stale_after_days`, else the 80th percentile of days spent in that stage by deals won by `until`.
 
 Undefined figures (no closed deals, no open deals, ...) are None, never NaN, so the result is valid JSON.
+
+The same definitions, read from the store: when the window ends at or after every event of a pipeline
+(health as of now), each deal's state at `until` is its stored current state (`features.deal_state`,
+which is `deal_states` as of the deal's last event). Then `health_from_current_state` takes the deals'
+state columns, the window's stage changes and the stored learned limits (read by
+`serving.store.Store.health_state`, SQL) instead of the history, and hands them to the functions below
+(`_report`: `_scalar_figures`, `_funnel`, `_stalled`), so no figure has a second definition. The SQL
+only selects rows (the deals open at `until` or closed in the window, the stage changes dated in the
+window, the groups of the others), never computes a figure: means are exactly rounded sums (`math.fsum`)
+over counts, which no database's SUM/AVG of floats promises, so a figure computed there could differ in
+the last bits.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,7 +44,7 @@ import pandas as pd
 
 from features.history import DealHistory, PipelineSpec, to_utc_timestamp
 from features.jsonable import jsonable
-from features.stages import deal_states_at, stage_outcomes, stage_positions
+from features.stages import deal_states_at, order_stage_changes, stage_outcomes, stage_positions
 
 STALE_QUANTILE = 0.8
 NO_TEAM = "(no team)"
@@ -110,8 +122,14 @@ def _stage_changes_as_of(history: DealHistory, as_of: pd.Timestamp, states: pd.D
     )
     out["pipeline"] = pd.Series(states["pipeline"].to_numpy(dtype=object)[out["pos"].to_numpy()],
                                 dtype="string")
+    return _with_next_change(out, history.pipelines)
+
+
+def _with_next_change(out: pd.DataFrame, specs: Mapping[str, PipelineSpec]) -> pd.DataFrame:
+    """Stage changes sorted by (deal `pos`, time, same-time order) with pipeline: add each change's
+    outcome and the next change's time, stage and outcome (within the same deal)."""
     outcome = stage_outcomes(out["pipeline"].to_numpy(dtype=object), out["stage"].to_numpy(dtype=object),
-                             history.pipelines)
+                             specs)
     out["outcome"] = pd.Series(outcome, dtype="string")
     pos_sorted = out["pos"].to_numpy()
     same_deal = np.zeros(len(out), dtype=bool)
@@ -225,51 +243,52 @@ def _learned(states: pd.DataFrame, sc: pd.DataFrame) -> dict[tuple[str, str], fl
 
 
 def _scalar_figures(states: pd.DataFrame, key: pd.Series, since: pd.Timestamp,
-                    until: pd.Timestamp) -> pd.DataFrame:
-    """open_deals, avg_deal_size, won, lost, win_rate, avg_cycle_days, sales_velocity per value of `key`."""
-    is_open = states["status"] == "open"
-    in_window = states["closed_at"].between(since, until) & ~is_open
-    won = in_window & (states["status"] == "won")
-    lost = in_window & (states["status"] == "lost")
-    cycle = _days(states["closed_at"] - states["created_at"]).where(won)
-    frame = pd.DataFrame(
-        {
-            "key": key.to_numpy(),
-            "open": is_open.to_numpy(),
-            "open_amount": states["amount"].where(is_open).to_numpy(),
-            "won": won.to_numpy(),
-            "lost": lost.to_numpy(),
-            "cycle": cycle.to_numpy(dtype="float64"),
-        }
-    )
-    g = frame.groupby("key", sort=True, dropna=False)
-    fig = pd.DataFrame(
-        {
-            "open_deals": g["open"].sum().astype("int64"),
-            "avg_deal_size": g["open_amount"].mean(),
-            "won_deals": g["won"].sum().astype("int64"),
-            "lost_deals": g["lost"].sum().astype("int64"),
-            "avg_cycle_days": g["cycle"].mean(),
-        }
-    )
-    closed = fig["won_deals"] + fig["lost_deals"]
-    fig["win_rate"] = (fig["won_deals"] / closed.where(closed > 0)).astype("float64")
-    cycle_days = fig["avg_cycle_days"].where(fig["avg_cycle_days"] > 0)
-    fig["sales_velocity"] = fig["open_deals"] * fig["avg_deal_size"] * fig["win_rate"] / cycle_days
-    # With no open deals the pipeline's velocity is plainly zero, not undefined.
-    fig.loc[(fig["open_deals"] == 0) & fig["win_rate"].notna() & cycle_days.notna(), "sales_velocity"] = 0.0
-    return fig
+                    until: pd.Timestamp) -> dict[str, dict[str, Any]]:
+    """open_deals, avg_deal_size, won_deals, lost_deals, win_rate, avg_cycle_days, sales_velocity per
+    value of `key` (every value present, sorted), as JSON-ready blocks.
+
+    A mean is the exactly rounded sum (`math.fsum`) over the count, so it does not depend on the order
+    the deals come in (the store's SQL path reads them in another order than a history holds them)."""
+    is_open = states["status"].eq("open").fillna(False).to_numpy(dtype=bool)
+    in_window = states["closed_at"].between(since, until).to_numpy(dtype=bool) & ~is_open
+    won = in_window & states["status"].eq("won").fillna(False).to_numpy(dtype=bool)
+    lost = in_window & states["status"].eq("lost").fillna(False).to_numpy(dtype=bool)
+    cycle = _days(states["closed_at"] - states["created_at"]).to_numpy(dtype="float64")
+    amount = states["amount"].to_numpy(dtype="float64", na_value=np.nan)
+    codes, uniques = pd.factorize(key.to_numpy(dtype=object), sort=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+    out: dict[str, dict[str, Any]] = {}
+    for g, name in enumerate(uniques):
+        rows = order[bounds[g] : bounds[g + 1]]
+        open_amounts = amount[rows[is_open[rows]]]
+        open_amounts = open_amounts[~np.isnan(open_amounts)]
+        won_cycles = cycle[rows[won[rows]]]
+        won_cycles = won_cycles[~np.isnan(won_cycles)]
+        n_open, n_won, n_lost = int(is_open[rows].sum()), int(won[rows].sum()), int(lost[rows].sum())
+        avg_size = math.fsum(open_amounts) / len(open_amounts) if len(open_amounts) else None
+        win_rate = n_won / (n_won + n_lost) if n_won + n_lost else None
+        avg_cycle = math.fsum(won_cycles) / len(won_cycles) if len(won_cycles) else None
+        velocity = None
+        if win_rate is not None and avg_cycle is not None and avg_cycle > 0:
+            # With no open deals the pipeline's velocity is plainly zero, not undefined.
+            velocity = (n_open * avg_size * win_rate / avg_cycle if avg_size is not None
+                        else 0.0 if n_open == 0 else None)
+        out[str(name)] = jsonable({"open_deals": n_open, "avg_deal_size": avg_size, "won_deals": n_won,
+                                   "lost_deals": n_lost, "win_rate": win_rate, "avg_cycle_days": avg_cycle,
+                                   "sales_velocity": velocity})
+    return out
 
 
-def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
-            since: pd.Timestamp, also: frozenset[str] = frozenset()) -> dict[str, list[dict[str, Any]]]:
-    """Per pipeline (those of `states` and `also`), per open stage in order: reached in the window, share
-    moved on, share lost there.
+def _funnel(specs: Mapping[str, PipelineSpec], names: Sequence[str], sc: pd.DataFrame,
+            since: pd.Timestamp) -> dict[str, list[dict[str, Any]]]:
+    """Per pipeline of `names`, per open stage in order: reached in the window, share moved on, share lost
+    there.
 
-    `sc` holds only changes at or before `until`, so "next change" never looks past it."""
+    `sc` (`_with_next_change` rows) holds only changes at or before `until`, so "next change" never looks
+    past it; changes before `since` may be missing from it (they are never entries)."""
     entries = sc[(sc["changed_at"] >= since) & (sc["outcome"] == "open")]
     entries = entries.drop_duplicates(["pos", "stage"], keep="first")
-    specs = history.pipelines
     pipeline = entries["pipeline"].to_numpy(dtype=object)
     pos = stage_positions(pipeline, entries["stage"].to_numpy(dtype=object), specs)
     next_pos = stage_positions(pipeline, entries["next_stage"].to_numpy(dtype=object), specs)
@@ -277,21 +296,22 @@ def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
     next_open = (entries["next_outcome"] == "open").fillna(False).to_numpy(dtype=bool)
     moved_on = (entries["next_outcome"] == "won").fillna(False) | (next_open & (next_pos > pos))
     lost_here = (entries["next_outcome"] == "lost").fillna(False)
-    agg = (
-        pd.DataFrame({"pipeline": entries["pipeline"], "stage": entries["stage"],
-                      "moved": moved_on.astype("int64"), "lost": lost_here.astype("int64")})
-        .groupby(["pipeline", "stage"])
-        .agg(reached=("moved", "size"), moved=("moved", "sum"), lost=("lost", "sum"))
-    )
+    # (reached, moved on, lost here) per (pipeline, stage): one count per entry in the window
+    counts: dict[tuple[str, str], list[int]] = {}
+    for key in zip(pipeline.tolist(), entries["stage"].to_numpy(dtype=object).tolist(),
+                   moved_on.to_numpy(dtype=bool).tolist(), lost_here.to_numpy(dtype=bool).tolist(),
+                   strict=True):
+        tally = counts.setdefault((str(key[0]), str(key[1])), [0, 0, 0])
+        tally[0] += 1
+        tally[1] += key[2]
+        tally[2] += key[3]
     out: dict[str, list[dict[str, Any]]] = {}
-    for name in sorted(set(states["pipeline"].dropna().unique()) | set(also)):
+    for name in names:
         found = specs.get(str(name))
         stages = list(found.stages) if found else []
         rows = []
         for stage in stages:
-            reached = int(agg["reached"].get((name, stage), 0))
-            moved = int(agg["moved"].get((name, stage), 0))
-            lost = int(agg["lost"].get((name, stage), 0))
+            reached, moved, lost = counts.get((str(name), stage), (0, 0, 0))
             rows.append(
                 {
                     "stage": stage,
@@ -309,30 +329,24 @@ def _funnel(history: DealHistory, states: pd.DataFrame, sc: pd.DataFrame,
 def _stalled(states: pd.DataFrame, thresholds: dict[tuple[str, str], float],
              until: pd.Timestamp) -> pd.DataFrame:
     """Open deals whose days in the current stage exceed that stage's threshold, longest-stalled first."""
-    open_deals = states[(states["status"] == "open") & states["stage"].notna()].copy()
-    limits = pd.Series(thresholds, dtype="float64")
-    if limits.empty:
-        return open_deals.iloc[0:0].assign(days_in_stage=0.0, threshold_days=0.0)
-    keys = pd.MultiIndex.from_arrays([open_deals["pipeline"].astype(str), open_deals["stage"].astype(str)])
-    open_deals["threshold_days"] = limits.reindex(keys).to_numpy()
-    open_deals["days_in_stage"] = _days(until - open_deals["stage_entered_at"]).to_numpy(dtype="float64")
-    stalled = open_deals[open_deals["days_in_stage"] > open_deals["threshold_days"]]
+    is_open = (states["status"].eq("open").fillna(False) & states["stage"].notna()).to_numpy(dtype=bool)
+    pipeline, stage = states["pipeline"].to_numpy(dtype=object), states["stage"].to_numpy(dtype=object)
+    limit = np.full(len(states), np.nan)  # no threshold: never stalled (NaN compares False)
+    for name in pd.unique(pipeline[is_open]):  # one pipeline, usually
+        mine = is_open & (pipeline == name)
+        per_stage = pd.Series({s: v for (p, s), v in thresholds.items() if p == name}, dtype="float64")
+        limit[mine] = per_stage.reindex(pd.Index(stage[mine], dtype=object)).to_numpy(dtype="float64")
+    days = _days(until - states["stage_entered_at"]).to_numpy(dtype="float64")
+    hit = np.flatnonzero(is_open & (days > limit))
+    stalled = states.iloc[hit].assign(threshold_days=limit[hit], days_in_stage=days[hit])
     return stalled.sort_values(["days_in_stage", "deal_id"], ascending=[False, True])
 
 
 def _stalled_records(stalled: pd.DataFrame) -> list[dict[str, Any]]:
     cols = ["deal_id", "pipeline", "stage", "owner", "team", "amount", "days_in_stage", "threshold_days"]
-    records = stalled[cols].astype(object).where(stalled[cols].notna(), None).to_dict("records")
-    return [{str(k): jsonable(v) for k, v in r.items()} for r in records]
-
-
-def _figure_dicts(fig: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    cols = ["open_deals", "avg_deal_size", "won_deals", "lost_deals", "win_rate", "avg_cycle_days",
-            "sales_velocity"]
-    return {
-        str(key): {c: jsonable(row[c]) for c in cols}
-        for key, row in fig[cols].astype(object).iterrows()  # one row per group, not per deal
-    }
+    # column by column: pandas' object `where` and `to_dict` cost more than the few rows
+    columns = [[jsonable(v) for v in stalled[c].to_numpy(dtype=object).tolist()] for c in cols]
+    return [dict(zip(cols, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 def pipeline_health(
@@ -354,11 +368,7 @@ def pipeline_health(
     `left_out` describes deals left out of `history` that the window cannot see move (see `LeftOut`):
     the result is then exactly that of the history with them.
     """
-    t0, t1 = to_utc_timestamp(since), to_utc_timestamp(until)
-    if t0 > t1:
-        raise ValueError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
-    if by not in (None, "team", "owner"):
-        raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
+    t0, t1 = _window(since, until, by)
     left_out = left_out or LeftOut()
     states, sc = _states_and_changes(history, t1)
     # Thresholds are per (pipeline, stage), so learning them before filtering changes nothing.
@@ -377,16 +387,83 @@ def pipeline_health(
         also = frozenset(also & set(wanted))
     else:
         names = sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also))
+    return _report(states, sc, thresholds, history.pipelines, names, also, t0, t1, by, left_out)
 
+
+def health_from_current_state(
+    deals: pd.DataFrame,
+    window_changes: pd.DataFrame,
+    specs: Mapping[str, PipelineSpec],
+    learned: Mapping[tuple[str, str], float],
+    since: pd.Timestamp | str,
+    until: pd.Timestamp | str,
+    pipeline: str,
+    by: GroupBy | None = None,
+    left_out: LeftOut | None = None,
+) -> dict[str, Any]:
+    """`pipeline_health` of one pipeline, from the deals' stored current state instead of their history,
+    for a window that ends at or after every event of the pipeline (then each deal's state at `until` is
+    its current state). The store's SQL path (`serving.store.Store.health_state`) reads these inputs; the
+    figures are then computed by the same functions as `pipeline_health`, so they are equal to it.
+
+    - `deals`: the pipeline's deals created by `until` that the window can see (every one but those
+      `left_out`), in `deal_states` columns: deal_id, pipeline, team, owner, amount, created_at, stage,
+      stage_entered_at, status, closed_at (the current state columns);
+    - `window_changes`: the pipeline's stage changes (deal_id, stage, changed_at, event_id) dated at or
+      after `since` (earlier ones may be included): the funnel's entries and their next changes;
+    - `learned`: the learned stalled limits as of `until` (`learned_stale_thresholds`); configured
+      `stale_after_days` in `specs` win over them (`stage_limits`).
+    """
+    t0, t1 = _window(since, until, by)
+    left_out = left_out or LeftOut()
+    # the same-time order of `features.stages`, then the next change of each within its deal
+    changes = order_stage_changes(window_changes, window_changes[["deal_id", "pipeline"]], specs)
+    deal_rank = pd.factorize(changes["deal_id"].to_numpy(dtype=object))[0]
+    sc = _with_next_change(
+        pd.DataFrame(
+            {
+                "pos": deal_rank.astype(np.int64),
+                "deal_id": changes["deal_id"].to_numpy(dtype=object),
+                "stage": changes["stage"].astype("string"),
+                "changed_at": changes["changed_at"],
+                "pipeline": changes["pipeline"].astype("string"),
+            }
+        ),
+        specs,
+    )
+    states = deals[deals["pipeline"] == pipeline].reset_index(drop=True)
+    return _report(states, sc, stage_limits(learned, specs), specs, [pipeline],
+                   frozenset(left_out.pipelines & {pipeline}), t0, t1, by, left_out)
+
+
+def _window(since: pd.Timestamp | str, until: pd.Timestamp | str,
+            by: GroupBy | None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The window as UTC instants; ValueError when it is empty or `by` is not a grouping."""
+    t0, t1 = to_utc_timestamp(since), to_utc_timestamp(until)
+    if t0 > t1:
+        raise ValueError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})")
+    if by not in (None, "team", "owner"):
+        raise ValueError(f"by must be 'team' or 'owner', not {by!r}")
+    return t0, t1
+
+
+def _report(states: pd.DataFrame, sc: pd.DataFrame, thresholds: dict[tuple[str, str], float],
+            specs: Mapping[str, PipelineSpec], names: Sequence[str], also: frozenset[str], t0: pd.Timestamp,
+            t1: pd.Timestamp, by: GroupBy | None, left_out: LeftOut) -> dict[str, Any]:
+    """The health report of the deals in `states` (as of `t1`) and their stage changes `sc`: every figure
+    of `pipeline_health`, for the pipelines `names` (a funnel for those with deals here or in `also`)."""
     stalled = _stalled(states, thresholds, t1)
-    funnels = _funnel(history, states, sc, t0, also)
+    funnels = _funnel(specs, sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also)), sc, t0)
 
-    overall = _figure_dicts(_scalar_figures(states, pd.Series("all", index=states.index), t0, t1))
+    per_pipe = _scalar_figures(states, states["pipeline"], t0, t1)
+    if len(per_pipe) <= 1:  # every deal in one pipeline (or none): the overall figures are that pipeline's
+        overall = {"all": dict(next(iter(per_pipe.values())))} if per_pipe else {}
+    else:
+        overall = _scalar_figures(states, pd.Series("all", index=states.index), t0, t1)
     overall_block = overall.get("all") or _empty_figures()
     overall_block["stalled_count"] = len(stalled)
     overall_block["stalled_deals"] = _stalled_records(stalled)
 
-    per_pipe = _figure_dicts(_scalar_figures(states, states["pipeline"], t0, t1))
     pipelines: dict[str, dict[str, Any]] = {}
     for name in names:
         block = per_pipe.get(name) or _empty_figures()
@@ -400,7 +477,7 @@ def pipeline_health(
                               "pipelines": pipelines}
     if by is not None:
         key = states[by].astype("string").fillna(NO_TEAM if by == "team" else NO_OWNER)
-        groups = _figure_dicts(_scalar_figures(states, key, t0, t1))
+        groups = _scalar_figures(states, key, t0, t1)
         for idle in sorted((left_out.teams if by == "team" else left_out.owners) - set(groups)):
             groups[idle] = _empty_figures()
         stalled_key = stalled[by].astype("string").fillna(NO_TEAM if by == "team" else NO_OWNER)

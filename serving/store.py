@@ -58,6 +58,7 @@ from features.history import (
     PipelineSpec,
 )
 from features.jsonable import jsonable
+from features.stages import stage_outcome
 from models.at_risk import (
     AT_RISK_SORTS,
     DEFAULT_SORT,
@@ -76,7 +77,7 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 
@@ -90,6 +91,7 @@ __all__ = [
     "EVENT_TABLES",
     "ApiKey",
     "EventConflictError",
+    "HealthState",
     "ImportResult",
     "Store",
     "StoreProblem",
@@ -130,6 +132,18 @@ class WriteRejectedError(ValueError):
 
 class EventConflictError(WriteRejectedError):
     """An event id already stored for the deal with different content (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class HealthState:
+    """The inputs of `features.health.health_from_current_state` for one pipeline's window, read from the
+    deals' state columns (`Store.health_state`)."""
+
+    deals: pd.DataFrame
+    window_changes: pd.DataFrame
+    specs: dict[str, PipelineSpec]
+    learned: dict[tuple[str, str], float]
+    left_out: LeftOut
 
 
 @dataclass
@@ -989,6 +1003,83 @@ class Store:
             won=won,
         )
         return history, left_out
+
+    def health_state(self, pipeline: str, since: datetime, until: datetime) -> HealthState | None:
+        """What `features.health.health_from_current_state` needs for one pipeline's window [since, until],
+        from the deals' state columns and the window's stage changes (no history read), or None when the
+        stored state cannot give `pipeline_health`'s figures exactly (the caller uses `health_history`):
+
+        - `until` is before an event of the pipeline (a deal's state at `until` is then not its current
+          state); deals created after `until` are simply not read;
+        - the pipeline's learned stalled limits may not be those as of `until`: never computed, computed
+          before its spec last changed, or a deal of the pipeline that is or was won (a stage change to a
+          won stage) was written, or changed stage, since they were computed. Other deals were in the
+          same stage at both times, so the won deals and their visits the limits count are the same;
+        - a deal's state is not computed yet (a store just upgraded).
+
+        `since` and `until` are naive or aware UTC, at microsecond precision (the store's). One snapshot.
+        """
+        deals, pipes, sc = self.table("deals"), self.table("pipelines"), self.table("stage_changes")
+        t0, t1 = _naive(since), _naive(until)
+        mine = sa.and_(deals.c.pipeline == pipeline, deals.c.created_at <= t1)
+        idle = sa.and_(deals.c.outcome.in_(("won", "lost")), deals.c.closed_at < t0)
+        state_columns = {
+            "deal_id": deals.c.deal_id, "pipeline": deals.c.pipeline, "team": deals.c.team,
+            "owner": deals.c.current_owner, "amount": deals.c.current_amount,
+            "created_at": deals.c.created_at, "stage": deals.c.current_stage,
+            "stage_entered_at": deals.c.stage_entered_at, "status": deals.c.outcome,
+            "closed_at": deals.c.closed_at,
+        }
+        last_event = sa.select(sa.func.max(deals.c.last_event_at)).where(deals.c.pipeline == pipeline)
+        uncomputed = sa.select(deals.c.id).where(deals.c.pipeline == pipeline,
+                                                 deals.c.state_updated_at.is_(None)).exists()
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(pipes.c.spec, pipes.c.inferred, pipes.c.updated_at, pipes.c.learned_stale_days,
+                          pipes.c.stale_learned_at, last_event.scalar_subquery().label("last_event"),
+                          uncomputed.label("uncomputed")).where(pipes.c.name == pipeline)
+            ).first()
+            if (row is None or row.learned_stale_days is None or row.stale_learned_at is None
+                    or row.uncomputed or (row.last_event is not None and row.last_event > t1)):
+                return None
+            learned_at = row.stale_learned_at
+            if row.updated_at is not None and row.updated_at >= learned_at:
+                return None
+            specs = {pipeline: PipelineSpec.from_dict(pipeline, row.spec, inferred=bool(row.inferred))}
+            since_learned = sa.or_(deals.c.state_updated_at >= learned_at,
+                                   deals.c.stage_entered_at >= learned_at)
+            stages = conn.execute(
+                sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
+                .where(deals.c.pipeline == pipeline, since_learned)
+            ).scalars()
+            if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
+                return None
+            query = sa.select(*(c.label(k) for k, c in state_columns.items())).where(
+                mine, sa.not_(idle)
+            ).order_by(deals.c.id)
+            frame = _rows_frame(conn.execute(query).fetchall(), list(state_columns))
+            left = conn.execute(sa.select(deals.c.team, deals.c.current_owner).where(mine, idle).distinct()
+                                ).fetchall()
+            changes = (
+                sa.select(sc.c.deal_id, deals.c.pipeline, sc.c.stage, sc.c.changed_at, sc.c.event_id)
+                .join(deals, deals.c.deal_id == sc.c.deal_id)
+                .where(deals.c.pipeline == pipeline, sc.c.changed_at >= t0)
+                .order_by(sc.c.id)
+            )
+            window = _rows_frame(conn.execute(changes).fetchall(), list(changes.selected_columns.keys()))
+        for col in ("created_at", "stage_entered_at", "closed_at"):
+            frame[col] = _localize(frame[col])
+        for col in ("deal_id", "pipeline", "team", "owner", "stage", "status"):
+            frame[col] = frame[col].astype("string")
+        frame["amount"] = pd.to_numeric(frame["amount"], errors="coerce").astype("float64")
+        window["changed_at"] = _localize(window["changed_at"])
+        left_out = LeftOut(
+            pipelines=frozenset([pipeline]) if left else frozenset(),
+            teams=frozenset(NO_TEAM if r.team is None else str(r.team) for r in left),
+            owners=frozenset(NO_OWNER if r.current_owner is None else str(r.current_owner) for r in left),
+        )
+        learned = {(pipeline, str(stage)): float(v) for stage, v in row.learned_stale_days.items()}
+        return HealthState(frame, window, specs, learned, left_out)
 
     def _read_history(
         self, conn: Connection, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None,

@@ -89,6 +89,10 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         # named explicitly: with a schema, index=True would put the schema in the name
         sa.Index("ix_deals_pipeline", "pipeline"),
         sa.Index("ix_deals_pipeline_outcome", "pipeline", "outcome"),
+        # Revision 0007: what pipeline health as of now asks of the state columns (`Store.health_state`)
+        sa.Index("ix_deals_pipeline_last_event", "pipeline", "last_event_at"),
+        sa.Index("ix_deals_pipeline_state_updated", "pipeline", "state_updated_at"),
+        sa.Index("ix_deals_pipeline_stage_entered", "pipeline", "stage_entered_at"),
     )
     for table, (_, time_col) in EVENT_TABLES.items():
         sa.Table(
@@ -105,6 +109,8 @@ def build_metadata(schema: str | None) -> sa.MetaData:
             sa.Column("event_id", sa.String(EVENT_ID_LENGTH)),
             sa.UniqueConstraint("deal_id", "event_key", name=f"uq_{table}_deal_event"),
             sa.Index(f"ix_{table}_deal_time", "deal_id", time_col),
+            # Revision 0007: the stage changes of a health window
+            *([sa.Index("ix_stage_changes_changed_at", time_col)] if table == "stage_changes" else []),
         )
     sa.Table(
         "deal_scores",

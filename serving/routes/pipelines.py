@@ -17,7 +17,7 @@ import pandas as pd
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from features.health import pipeline_health
+from features.health import health_from_current_state, pipeline_health
 from features.history import to_utc_timestamp
 from features.jsonable import jsonable
 from features.spreadsheet import spreadsheet_safe
@@ -233,16 +233,27 @@ def health(
     """Pipeline health over [since, until]: open deals, average deal size, win rate, cycle days, sales
     velocity, funnel by stage and stalled deals (by team or owner too with `by`).
 
-    Computed from the deals the window can see move (open at `until`, closed in the window or touched
+    When the window ends at or after every event of the pipeline (`until` now, the default), the deals'
+    state at `until` is their stored current state: the figures come from the deals' state columns, the
+    window's stage changes and the stored stalled limits, read by the database. Otherwise they are
+    computed from the deals the window can see move (open at `until`, closed in the window or touched
     after it), selected by the deals' stored state, plus the won deals' stage changes for the learned
-    stalled limits: exactly the figures of the whole history, without reading it."""
+    stalled limits. Either way, exactly the figures of the whole history, without reading it."""
     require_visible_pipeline(store, key, pipeline)
     t1 = time_or(until)
     t0 = time_or(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
     if t0 > t1:
         raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})", loc="since")
+    # the store keeps microseconds: a stored time is at or after t0 (at or before t1) iff it is so of
+    # t0 (t1) floored to the microsecond
+    t0_us, t1_us = t0.floor("us").to_pydatetime(), t1.floor("us").to_pydatetime()
+    current = store.health_state(pipeline, t0_us, t1_us)
+    if current is not None:
+        report = health_from_current_state(current.deals, current.window_changes, current.specs,
+                                           current.learned, t0, t1, pipeline, by, current.left_out)
+        return {"pipeline": pipeline, **report}
     # Only the deals the window can see move, and no activities: work in proportion to the window
-    history, left_out = store.health_history(pipeline, t0.to_pydatetime(), t1.to_pydatetime())
+    history, left_out = store.health_history(pipeline, t0_us, t1_us)
     report = pipeline_health(history, t0, t1, pipeline=pipeline, by=by, left_out=left_out)
     return {"pipeline": pipeline, **report}
 

@@ -11,7 +11,6 @@ path (issue 8, item 6), through the HTTP API on a copy of the fixture world's st
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from conftest import make_settings
 from fastapi.testclient import TestClient
 
@@ -28,31 +28,32 @@ from features.health import pipeline_health
 from features.history import DealHistory
 from serving.app import create_app
 from serving.live_scores import LiveScorer
+from serving.stage_limits import refresh_stage_limits
 from serving.store import Store
+from tests.conftest import Database
 
 
-def _copy_store(world: Any, tmp_path: Path) -> str:
+def _copy_store(world: Any, database: Database) -> str:
     """A store of the test's own holding exactly the world's history and its API keys: the shared world
     store gathers other test files' writes (deals created today, events after the data's end), which
-    would move this file's windows and its as-of times."""
-    copy = tmp_path / "reads.db"
-    store = Store(f"sqlite:///{copy}")
+    would move this file's windows and its as-of times. Returns the URL an app opens it by."""
+    store = Store(database.url, schema=database.schema)
     store.create_schema()
     store.import_history(world.history)
+    source = Store(world.settings.database_url)
+    with source.engine.connect() as conn:
+        keys = [dict(row) for row in conn.execute(sa.select(source.table("api_keys"))).mappings()]
+    with store.engine.begin() as conn:
+        conn.execute(store.table("api_keys").insert(), keys)
+    source.close()
     store.close()
-    source = world.settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(copy) as dst:
-        dst.execute("ATTACH DATABASE ? AS world", (source,))
-        dst.execute("INSERT INTO api_keys SELECT * FROM world.api_keys")
-        dst.commit()
-        dst.execute("DETACH DATABASE world")
-    return f"sqlite:///{copy}"
+    return database.scoped_url
 
 
 @pytest.fixture
 def service(world: Any, tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     """An app of the test's own on a copy of the world's store; settings overridden per test."""
-    url = _copy_store(world, tmp_path)
+    url = _copy_store(world, Database(f"sqlite:///{tmp_path / 'reads.db'}"))
     clients: list[TestClient] = []
 
     def start(**overrides: Any) -> TestClient:
@@ -156,46 +157,144 @@ def _full_health(world: Any, history: DealHistory, since: pd.Timestamp, until: p
             **pipeline_health(history, since, until, pipeline=world.pipeline_a, by=by)}  # type: ignore[arg-type]
 
 
-def test_health_reads_only_the_window_and_equals_the_whole_history(
-    world: Any, service: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+def _post(client: TestClient, world: Any, path: str, body: dict[str, Any]) -> None:
+    answer = client.post(path, json=body, headers=world.auth("admin"))
+    assert answer.status_code == 200, answer.text
+
+
+def _write_awkward_deals(client: TestClient, world: Any, end: pd.Timestamp) -> None:
+    """Deals of pipeline A (a given spec: configured limits on some stages, learned on the others) that
+    the whole history's health handles and the stored state must too, all dated by the data's end: a deal
+    won then reopened, one lost, reopened and won in the last month, backward moves with two changes at
+    the same instant, a zero amount with no stage, a changed amount and owner in a new team, and a deal
+    closed long ago whose team and owner no other deal has (listed with empty figures)."""
+    spec = client.get(f"/v1/pipelines/{world.pipeline_a}", headers=world.auth("admin")).json()
+    stages, won, lost = spec["stages"], spec["won"][0], spec["lost"][0]
+
+    def at(days: float) -> str:
+        return (end - pd.Timedelta(days=days)).isoformat()
+
+    def deal(deal_id: str, created: float, amount: float, **extra: Any) -> dict[str, Any]:
+        return {"deal_id": deal_id, "pipeline": world.pipeline_a, "owner": "awkward-owner", "amount": amount,
+                "created_at": at(created), **extra}
+
+    def move(deal_id: str, stage: str, days: float, event_id: str | None = None) -> dict[str, Any]:
+        return {"deal_id": deal_id, "stage": stage, "changed_at": at(days),
+                **({"event_id": event_id} if event_id else {})}
+
+    _post(client, world, "/v1/deals", {"deals": [
+        deal("AWK-REOPENED", 80, 12000.0, team="Team-Awk"),
+        deal("AWK-BACK-AND-WON", 70, 33000.5),
+        deal("AWK-BACKWARD", 60, 7000.25, team="Team-Awk"),
+        deal("AWK-ZERO", 50, 0.0),
+        deal("AWK-CHANGED", 45, 9000.0, team="Team-New"),
+        deal("AWK-IDLE", 400, 5000.0, team="Team-Idle", owner="idle-owner"),
+    ]})
+    _post(client, world, "/v1/events", {
+        "stage_changes": [
+            move("AWK-REOPENED", stages[0], 79), move("AWK-REOPENED", stages[1], 60),
+            move("AWK-REOPENED", won, 40), move("AWK-REOPENED", stages[1], 20),  # won, then reopened
+            move("AWK-BACK-AND-WON", stages[1], 69), move("AWK-BACK-AND-WON", lost, 50),
+            move("AWK-BACK-AND-WON", stages[1], 35), move("AWK-BACK-AND-WON", won, 12),
+            move("AWK-BACKWARD", stages[0], 59), move("AWK-BACKWARD", stages[2], 25),
+            move("AWK-BACKWARD", stages[1], 15),  # backward
+            move("AWK-BACKWARD", stages[3], 8, "b"), move("AWK-BACKWARD", stages[2], 8, "a"),  # same instant
+            move("AWK-CHANGED", stages[0], 44),
+            move("AWK-IDLE", stages[0], 399), move("AWK-IDLE", lost, 380),
+        ],
+        "field_changes": [
+            {"deal_id": "AWK-CHANGED", "field": "amount", "value": "2500.75", "changed_at": at(3)},
+            {"deal_id": "AWK-CHANGED", "field": "owner", "value": "moved-owner", "changed_at": at(2)},
+        ],
+    })
+
+
+def test_health_from_the_stored_state_equals_the_whole_history(
+    world: Any, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = service()
-    store: Store = client.app.state.store  # type: ignore[attr-defined]
-    start, end = world.history.deals["created_at"].min(), world.history.end_time
-    day = pd.Timedelta(days=1)
-    windows = [
-        (start - 400 * day, start - 300 * day),  # before any deal
-        (start - 400 * day, end),  # since far in the past: everything
-        (end - 30 * day, end),  # the last month of the data
-        (start + (end - start) / 2 - 45 * day, start + (end - start) / 2),  # a past window
-        (end - 60 * day, end + 90 * day),  # until after the data
-    ]
-    loaded: list[tuple[int, int]] = []
-    read_history = Store._read_history
+    """Health as of the data's end (or after it) reads the deals' state columns, the window's stage changes
+    and the stored limits, never a deal's history, and equals the whole history's figures exactly, on
+    SQLite and PostgreSQL, for every grouping; other windows, and stalled limits not learned as of
+    `until`, take the window's deals' histories, with the same figures."""
+    url = _copy_store(world, database)
+    # no background refresh: this test decides when the learned limits are computed
+    app = create_app(make_settings(world, database_url=url, live_score_max_age_s=0))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        store: Store = client.app.state.store  # type: ignore[attr-defined]
+        start, end = world.history.deals["created_at"].min(), world.history.end_time
+        _write_awkward_deals(client, world, end)
+        day = pd.Timedelta(days=1)
+        windows = [
+            (start - 400 * day, start - 300 * day),  # before any deal
+            (start - 400 * day, end),  # since far in the past: everything
+            (end - 30 * day, end),  # the last month of the data
+            (start + (end - start) / 2 - 45 * day, start + (end - start) / 2),  # a past window
+            (end - 60 * day, end + 90 * day),  # until after the data
+        ]
+        ends_after_the_data = [until >= end for _, until in windows]
+        paths: list[str] = []
+        read_history, from_state = Store._read_history, Store.health_state
+        loaded: list[tuple[int, int]] = []
 
-    background = {"live-scores", "stage-limits", "population-refresh"}  # the service's own threads
-
-    def spy(self: Store, *args: Any, **kwargs: Any) -> Any:
-        history = read_history(self, *args, **kwargs)
-        if threading.current_thread().name not in background:  # only what the request read
+        def spy_history(self: Store, *args: Any, **kwargs: Any) -> Any:
+            history = read_history(self, *args, **kwargs)
             loaded.append((len(history.deals), len(history.activities)))
-        return history
+            return history
 
-    full = store.load_history(pipelines=[world.pipeline_a])  # the test writes no history: read it once
-    for since, until in windows:
-        for by in (None, "team", "owner"):
-            expected = _full_health(world, full, since, until, by)
-            monkeypatch.setattr(Store, "_read_history", spy)
-            params = {"since": since.isoformat(), "until": until.isoformat(), **({"by": by} if by else {})}
-            got = client.get(f"/v1/pipelines/{world.pipeline_a}/health", params=params,
-                             headers=world.auth("manager"))
-            monkeypatch.undo()
-            assert got.status_code == 200, got.text
-            assert got.json() == expected, (since, until, by)
-    in_pipeline = int((world.history.deals["pipeline"] == world.pipeline_a).sum())
-    assert loaded and all(activities == 0 for _, activities in loaded)  # health reads no activities
-    last_month = loaded[2 * 2 * 3 : 2 * 2 * 3 + 2]  # the third window's two reads (its deals, its won)
-    assert sum(n for n, _ in last_month) < in_pipeline, "health of a month read the whole pipeline"
+        def spy_state(self: Store, *args: Any, **kwargs: Any) -> Any:
+            found = from_state(self, *args, **kwargs)
+            paths.append("history" if found is None else "state")
+            return found
+
+        def check_every_window() -> list[str]:
+            paths.clear()
+            loaded.clear()
+            for since, until in windows:
+                for by in (None, "team", "owner"):
+                    expected = _full_health(world, store, since, until, by)
+                    monkeypatch.setattr(Store, "_read_history", spy_history)
+                    monkeypatch.setattr(Store, "health_state", spy_state)
+                    params = {"since": since.isoformat(), "until": until.isoformat(),
+                              **({"by": by} if by else {})}
+                    got = client.get(f"/v1/pipelines/{world.pipeline_a}/health", params=params,
+                                     headers=world.auth("manager"))
+                    monkeypatch.undo()
+                    assert got.status_code == 200, got.text
+                    assert got.json() == expected, (since, until, by)
+            return list(paths)
+
+        # never learned: every window reads its deals' histories (no activities, not the whole pipeline)
+        assert check_every_window() == ["history"] * 15
+        in_pipeline = int((world.history.deals["pipeline"] == world.pipeline_a).sum()) + 6
+        assert loaded and all(activities == 0 for _, activities in loaded)
+        last_month = loaded[2 * 3 : 2 * 3 + 1]  # the third window's read (its deals and won deals)
+        assert sum(n for n, _ in last_month) < in_pipeline, "health of a month read the whole pipeline"
+
+        refresh_stage_limits(store)
+        fast = [p for after in ends_after_the_data for p in (["state"] if after else ["history"]) * 3]
+        assert check_every_window() == fast
+        assert len(loaded) == 3 * ends_after_the_data.count(False), "the stored-state path read history"
+        last = _full_health(world, store, end - 30 * day, end, None)["pipelines"][world.pipeline_a]
+        spec = world.history.pipelines[world.pipeline_a]
+        configured = spec.stale_after_days
+        stalled_stages = {d["stage"] for d in last["stalled_deals"]}
+        assert stalled_stages & set(configured) and stalled_stages - set(configured), stalled_stages
+
+        # a won deal reopened after the limits were learned: they are not those as of until any more
+        _post(client, world, "/v1/events", {"stage_changes": [
+            {"deal_id": "AWK-BACK-AND-WON", "stage": spec.stages[1], "changed_at": (end - day).isoformat()}]})
+        assert set(check_every_window()) == {"history"}
+        # a reopened deal does not make the limits due (`Store.stage_limits_due`); their clock does
+        refresh_stage_limits(store, max_age_s=0)
+        assert check_every_window() == fast
+        # events that move no deal in or out of a won stage leave the learned limits as they were
+        _post(client, world, "/v1/events", {
+            "activities": [{"deal_id": "AWK-ZERO", "type": "call",
+                            "occurred_at": (end - day / 2).isoformat()}],
+            "stage_changes": [{"deal_id": "AWK-CHANGED", "stage": spec.stages[2],
+                               "changed_at": (end - day / 3).isoformat()}],
+        })
+        assert check_every_window() == fast
 
 
 def test_health_and_forecast_as_of_now_never_load_the_pipeline_history(
