@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from features.deal_state import STATE_FIELDS, STATE_TIME_FIELDS, current_deal_states
+from features.deal_state import STATE_FIELDS, STATE_TIME_FIELDS, appended_state, current_deal_states
 from features.health import NO_OWNER, NO_TEAM, LeftOut, stage_limits
 from features.history import (
     DEAL_OPTIONAL,
@@ -77,6 +77,9 @@ _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's
 HEAD_REVISION = "0006"
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
+# Up to this many deals gaining events in one write take the incremental state (one Python step per deal);
+# beyond it the vectorised recompute from the whole histories is the cheaper way.
+APPEND_STATE_MAX_DEALS = 1_000
 
 DEAL_COLUMNS = DEAL_REQUIRED + DEAL_OPTIONAL
 TABLE_ORDER = ("pipelines", "deals", *EVENT_TABLES)
@@ -128,6 +131,15 @@ class WriteRejectedError(ValueError):
 
 class EventConflictError(WriteRejectedError):
     """An event id already stored for the deal with different content (HTTP 409)."""
+
+
+@dataclass
+class _Appended:
+    """A deal that gained events in a write: its stored row (locked, before the write) and, per event
+    table, the rows this write inserted (as written: naive UTC times)."""
+
+    deal: dict[str, Any]
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {t: [] for t in EVENT_TABLES})
 
 
 @dataclass
@@ -519,14 +531,20 @@ class Store:
             self._ensure_pipelines(conn, names, inferred_specs, result)
             touched |= self._write_deals(conn, deals, result, progress, problems)
             self._check_attributes(conn, deals, problems)
+        appended: dict[str, _Appended] = {}
         if any(len(rows) for rows in events.values()):
-            touched |= self._write_events(conn, events, result, progress, problems)
+            appended = self._write_events(conn, events, result, progress, problems)
         if problems:
             raise WriteRejectedError(problems)
-        self._apply_stages(conn, sorted(touched), problems)
+        staged = {d for d, a in appended.items() if a.rows["stage_changes"]}
+        self._apply_stages(conn, sorted(touched | staged), problems)
         if problems:
             raise WriteRejectedError(problems)
-        self._refresh_state(conn, sorted(touched))
+        # Deals that only gained events take the incremental state when their events qualify; every
+        # other touched deal is re-validated and recomputed from its whole history.
+        states = self._appended_states(conn, {d: a for d, a in appended.items() if d not in touched})
+        self._refresh_state(conn, sorted(touched | (set(appended) - set(states))))
+        self._write_states(conn, states)
 
     def _write_given_spec(
         self, conn: Connection, spec: PipelineSpec, result: ImportResult, problems: list[StoreProblem]
@@ -739,13 +757,15 @@ class Store:
         result: ImportResult,
         progress: ProgressCallback | None,
         problems: list[StoreProblem],
-    ) -> set[str]:
+    ) -> dict[str, _Appended]:
+        """Insert new events (duplicates skipped, conflicts refused); returns each deal that gained events,
+        with its stored row as locked before the write and the rows this write inserted."""
         wanted = sorted(set(pd.concat([rows["deal_id"] for rows in events.values()]).astype(str)))
         deals = self._lock_deals(conn, wanted)
         missing = [d for d in wanted if d not in deals]
         if missing:
             raise UnknownDealError(missing)
-        touched: set[str] = set()
+        touched: dict[str, _Appended] = {}
         conflicts: list[StoreProblem] = []
         for name, rows in events.items():
             if not len(rows):
@@ -770,12 +790,19 @@ class Store:
                 table.c.deal_id, table.c.event_key
             )
             for chunk in _chunks(unique):
-                inserted.update((r.deal_id, r.event_key) for r in conn.execute(stmt, _records(chunk)))
+                records = _records(chunk)
+                new = {(r.deal_id, r.event_key) for r in conn.execute(stmt, records)}
+                inserted |= new
+                for rec in records:
+                    if (rec["deal_id"], rec["event_key"]) in new:
+                        deal_id = rec["deal_id"]
+                        if deal_id not in touched:
+                            touched[deal_id] = _Appended(deals[deal_id])
+                        touched[deal_id].rows[name].append(rec)
                 _report(progress, len(chunk))
             _report(progress, len(rows) - len(unique))
             counts.inserted += len(inserted)
             counts.duplicates += len(rows) - len(inserted)
-            touched.update(d for d, _ in inserted)
             keys = list(zip(unique["deal_id"].astype(str), unique["event_key"].astype(str), strict=True))
             repeated = unique[[k not in inserted for k in keys]]
             conflicts += self._content_conflicts(conn, name, repeated)
@@ -891,28 +918,70 @@ class Store:
                 ]
             ) from exc
         states = current_deal_states(history)
-        now = _now_naive()
+        frame = states.reset_index().rename(columns={"deal_id": "b_deal_id"})
+        for col in STATE_TIME_FIELDS:
+            frame[col] = _naive_utc(frame[col])
+        frame["state_updated_at"] = pd.Series([_now_naive()] * len(frame), dtype="datetime64[us]")
+        for chunk in _chunks(frame):
+            conn.execute(self._state_update(), _records(chunk))
+
+    def _state_update(self) -> Any:
+        """UPDATE of one deal's state columns (and stamp) by `b_deal_id`, for executemany."""
         table = self.table("deals")
-        update = (
+        return (
             table.update()
             .where(table.c.deal_id == sa.bindparam("b_deal_id"))
             .values({c: sa.bindparam(c) for c in (*STATE_FIELDS, "state_updated_at")})
         )
-        frame = states.reset_index().rename(columns={"deal_id": "b_deal_id"})
-        for col in STATE_TIME_FIELDS:
-            frame[col] = _naive_utc(frame[col])
-        frame["state_updated_at"] = pd.Series([now] * len(frame), dtype="datetime64[us]")
-        for chunk in _chunks(frame):
-            conn.execute(update, _records(chunk))
+
+    def _appended_states(
+        self, conn: Connection, appended: Mapping[str, _Appended]
+    ) -> dict[str, dict[str, Any]]:
+        """The new state of each deal that only gained events, by `features.deal_state.appended_state`
+        from its stored state (no history read), for the deals whose events qualify; the others are left
+        out (their state is recomputed from the whole history). A write touching more than
+        `APPEND_STATE_MAX_DEALS` deals recomputes them all: for many deals the batch is cheaper."""
+        if not appended or len(appended) > APPEND_STATE_MAX_DEALS:
+            return {}
+        staged = sorted({str(a.deal["pipeline"]) for a in appended.values() if a.rows["stage_changes"]})
+        specs = self._pipeline_specs(conn, staged) if staged else {}  # as _apply_stages left them
+        now = _now_naive()
+        out: dict[str, dict[str, Any]] = {}
+        for deal_id, item in appended.items():
+            stored = item.deal
+            if stored["state_updated_at"] is None:  # never computed (a store just upgraded)
+                continue
+            state = {c: _aware(stored[c]) if c in STATE_TIME_FIELDS else stored[c] for c in STATE_FIELDS}
+            deal = {"pipeline": stored["pipeline"], "owner": stored["owner"], "amount": stored["amount"],
+                    "expected_close_date": _aware(stored["expected_close_date"])}
+            rows = {
+                name: [{**rec, time_col: _aware(rec[time_col])} for rec in item.rows[name]]
+                for name, (_, time_col) in EVENT_TABLES.items()
+            }
+            new = appended_state(state, deal, specs, rows["stage_changes"], rows["activities"],
+                                 rows["field_changes"])
+            if new is not None:
+                out[deal_id] = {
+                    **{c: _stored_time(new[c]) if c in STATE_TIME_FIELDS else new[c] for c in STATE_FIELDS},
+                    "state_updated_at": now,
+                }
+        return out
+
+    def _write_states(self, conn: Connection, states: Mapping[str, Mapping[str, Any]]) -> None:
+        if states:
+            conn.execute(self._state_update(), [{**s, "b_deal_id": d} for d, s in sorted(states.items())])
 
     def _lock_deals(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The stored deals among `deal_ids` (created_at, pipeline, row_hash), locked for this transaction."""
+        """The stored deals among `deal_ids` (pipeline, created_at, row_hash, the created owner, amount and
+        expected close date, and the state columns), locked for this transaction."""
         table = self.table("deals")
         out: dict[str, dict[str, Any]] = {}
         ids = sorted(set(deal_ids))  # one lock order for every writer: no deadlock between two of them
+        columns = ("deal_id", "pipeline", "created_at", "row_hash", "owner", "amount", "expected_close_date",
+                   *STATE_FIELDS, "state_updated_at")
         for start in range(0, len(ids), _IN_CHUNK):
             query = (
-                sa.select(table.c.deal_id, table.c.pipeline, table.c.created_at, table.c.row_hash)
+                sa.select(*(table.c[c] for c in columns))
                 .where(_among(self.dialect, table.c.deal_id, ids[start : start + _IN_CHUNK]))
                 .order_by(table.c.deal_id)
             )
@@ -1465,6 +1534,20 @@ def _canonical_json(value: Any) -> str:
 
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _aware(value: datetime | None) -> pd.Timestamp | None:
+    """A stored (naive UTC) time as a UTC Timestamp; None stays None."""
+    return None if value is None else pd.Timestamp(value).tz_localize("UTC")
+
+
+def _stored_time(value: Any) -> datetime | None:
+    """A UTC time as the store writes it (naive, microseconds, as `_naive_utc` and `_python_values`)."""
+    if value is None or pd.isna(value):
+        return None
+    ts = pd.Timestamp(value)
+    naive = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+    return cast(datetime, naive.to_datetime64().astype("datetime64[us]").item())
 
 
 def _api_key(row: sa.RowMapping) -> ApiKey:
