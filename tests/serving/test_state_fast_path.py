@@ -84,8 +84,8 @@ class _World:
     def write(self) -> dict[str, list[dict[str, Any]]]:
         rows: dict[str, list[dict[str, Any]]] = {"stage_changes": [], "activities": [], "field_changes": []}
         if self.sent and self.rng.random() < 0.05:  # a duplicate: the same event again
-            table, row = self.rng.choice(self.sent)
-            rows[table].append(row)
+            table, again = self.rng.choice(self.sent)
+            rows[table].append(again)
             return rows
         for deal_id in self.rng.sample(sorted(self.created), self.rng.choice([1, 1, 1, 2, 3])):
             for _ in range(self.rng.randint(1, 4)):
@@ -100,10 +100,11 @@ class _World:
                     row.update(stage=self.rng.choice(stages), changed_at=self.when(deal_id))
                 else:
                     field = self.rng.choice(["owner", "amount", "expected_close_date"])
+                    close = START + pd.Timedelta(days=self.rng.randint(30, 400))
                     value = {
                         "owner": self.rng.choice(["ana", "bo", "dee"]),
                         "amount": str(self.rng.choice([0, 100, 2500.25, 1e6])),
-                        "expected_close_date": (START + pd.Timedelta(days=self.rng.randint(30, 400))).isoformat(),
+                        "expected_close_date": close.isoformat(),
                     }[field]
                     row.update(field=field, value=value, changed_at=self.when(deal_id))
                 rows[kind].append(row)
@@ -117,10 +118,10 @@ def _assert_states_match(store: Store) -> None:
     expected = current_deal_states(store.load_history())
     assert len(stored) == len(expected) == N_DEALS
     for deal_id, want in expected.iterrows():
-        got = stored.loc[deal_id]
+        got = stored.loc[str(deal_id)]
         for field in STATE_FIELDS:
             a, b = got[field], want[field]
-            same = (pd.isna(a) and pd.isna(b)) if pd.isna(a) or pd.isna(b) else a == b
+            same = bool(pd.isna(a) and pd.isna(b)) if pd.isna(a) or pd.isna(b) else bool(a == b)
             assert same, f"deal {deal_id} {field}: stored {a!r}, whole history gives {b!r}"
 
 
