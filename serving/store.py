@@ -12,7 +12,9 @@ SQLAlchemy over SQLite (default) or PostgreSQL; Alembic owns the schema (`servin
   a duplicate; with different content it is a conflict (`EventConflictError`, HTTP 409).
 - **Integrity**: no event before its deal's `created_at`, no `created_at` moved after the deal's events;
   the touched deals' whole histories are re-validated inside the transaction, so a write that would make
-  any read of them fail is refused (`WriteRejectedError`, HTTP 422) and nothing is written.
+  any read of them fail is refused (`WriteRejectedError`, HTTP 422) and nothing is written. A deal that
+  only gained events that `features.deal_state.appended_state` accepts (values as validation reads them
+  back, stage and field changes after its last event) is updated from its stored state instead.
 - **Current state** (stage, outcome, owner, amount, expected close date, stage entry, last activity, ...)
   is kept in columns of `deals` and rewritten in the same transaction as the events that change it.
 - **Bounded attributes**: at most `MAX_ATTRIBUTES_PER_DEAL` per deal and `max_attribute_names` distinct
@@ -85,12 +87,15 @@ DEAL_COLUMNS = DEAL_REQUIRED + DEAL_OPTIONAL
 TABLE_ORDER = ("pipelines", "deals", *EVENT_TABLES)
 
 ProgressCallback = Callable[[int], None]
+# (the stored deals a request names, their pipelines' specs) -> the request's typed event frames by table
+EventsBuilder = Callable[[pd.DataFrame, Mapping[str, PipelineSpec]], Mapping[str, pd.DataFrame | None]]
 
 __all__ = [
     "ALL_PIPELINES",
     "EVENT_TABLES",
     "ApiKey",
     "EventConflictError",
+    "EventsBuilder",
     "ImportResult",
     "Store",
     "StoreProblem",
@@ -492,6 +497,33 @@ class Store:
         def work(conn: Connection) -> ImportResult:
             result = ImportResult()
             self._write_all(conn, result, None, prepared, {}, {}, None)
+            return result
+
+        return cast(ImportResult, self._retrying(work))
+
+    def write_events(self, deal_ids: Iterable[str], build: EventsBuilder) -> ImportResult:
+        """Store a request's events in one transaction that also holds the request's reads.
+
+        Reads the stored deals among `deal_ids` (as created, like `deals_frame`; locked on PostgreSQL) and
+        their pipelines' specs, and passes them to `build`, which checks the request against them (it
+        raises to refuse the request: nothing is written) and returns the typed event frames by table;
+        those are stored as `add_events` stores them. Everything happens in one snapshot, retried as a
+        whole after a PostgreSQL deadlock.
+        """
+        deals_t = self.table("deals")
+        ids = sorted({str(d) for d in deal_ids})
+        query = sa.select(*(deals_t.c[c] for c in ("id", *DEAL_COLUMNS, "attributes"))).order_by(
+            deals_t.c.deal_id
+        )
+
+        def work(conn: Connection) -> ImportResult:
+            stored = _deals_frame(_read_frame(conn, self._for_update(query), deals_t.c.deal_id, ids))
+            specs = self._pipeline_specs(conn, sorted({str(p) for p in stored["pipeline"]}))
+            frames = build(stored, specs)
+            prepared = {n: _prepare_events(n, f) for n, f in frames.items() if f is not None and len(f)}
+            result = ImportResult()
+            if prepared:
+                self._write_all(conn, result, None, prepared, {}, {}, None)
             return result
 
         return cast(ImportResult, self._retrying(work))
