@@ -13,9 +13,10 @@ as of the history's latest event, plus a few event aggregates:
 - `last_activity_at`, `first_event_at` (earliest event of any kind), `last_event_at`, `n_events`.
 
 `current_deal_states` is the definition. `appended_state` is its incremental form for a write that only
-appends to a deal's history (see its docstring): it returns exactly what `current_deal_states` would give
-for the history with the new events, or None when the events do not qualify, and the caller recomputes
-from the whole history then. `tests/serving/test_state_fast_path.py` holds the two equal on random writes.
+appends to a deal's history (see its docstring), and `created_state` the state of a deal without events:
+each returns exactly what `current_deal_states` would give, or None when the input does not qualify, and
+the caller recomputes from the whole history then. `tests/serving/test_state_fast_path.py` holds them
+equal to the definition over random writes.
 """
 
 from __future__ import annotations
@@ -155,6 +156,28 @@ def appended_state(
             value = max(changes, key=lambda e: e["changed_at"])["value"]
             out[_CURRENT_FIELD[name]] = _field_value(name, value, deal)
     return out
+
+
+def created_state(deal: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The `STATE_FIELDS` of a deal with no events, from its row (`DEAL_COLUMNS`; times UTC
+    `pd.Timestamp`s, missing None): no stage, open, its owner, amount and expected close date as created,
+    in its (first) stage since `created_at`, no event counted. None when a value is not as the history's
+    validation reads it back (the caller recomputes then)."""
+    amount = deal.get("amount")
+    if not (
+        all(_clean(deal.get(c)) for c in ("deal_id", "pipeline", "owner"))
+        and all(deal.get(c) is None or _clean(deal.get(c)) for c in ("team", "account", "currency"))
+        and isinstance(amount, float | int) and not isinstance(amount, bool)
+        and 0 <= amount <= MAX_AMOUNT
+        and _in_range(deal.get("created_at"))
+        and (deal.get("expected_close_date") is None or _in_range(deal.get("expected_close_date")))
+    ):
+        return None
+    state: dict[str, Any] = {name: None for name in STATE_FIELDS}
+    state.update(outcome="open", current_owner=deal["owner"], current_amount=float(amount),
+                 current_expected_close_date=deal.get("expected_close_date"),
+                 stage_entered_at=deal["created_at"], n_events=0)
+    return state
 
 
 _CURRENT_FIELD = {

@@ -49,7 +49,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from features.deal_state import STATE_FIELDS, STATE_TIME_FIELDS, appended_state, current_deal_states
+from features.deal_state import (
+    STATE_FIELDS,
+    STATE_TIME_FIELDS,
+    appended_state,
+    created_state,
+    current_deal_states,
+)
 from features.health import NO_OWNER, NO_TEAM, LeftOut, stage_limits
 from features.history import (
     DEAL_OPTIONAL,
@@ -558,10 +564,13 @@ class Store:
         for name, spec in given_specs.items():
             if self._write_given_spec(conn, spec, result, problems):
                 touched |= self._deals_of_pipeline(conn, name)
+        eventless: dict[str, dict[str, Any]] = {}  # deals written that have no events: row as written
         if deals is not None and len(deals):
             names = [str(p) for p in pd.unique(deals["pipeline"])]
             self._ensure_pipelines(conn, names, inferred_specs, result)
-            touched |= self._write_deals(conn, deals, result, progress, problems)
+            written = self._write_deals(conn, deals, result, progress, problems)
+            eventless = {d: rec for d, rec in written.items() if rec is not None and d not in touched}
+            touched |= set(written)
             self._check_attributes(conn, deals, problems)
         appended: dict[str, _Appended] = {}
         if any(len(rows) for rows in events.values()):
@@ -574,8 +583,10 @@ class Store:
             raise WriteRejectedError(problems)
         # Deals that only gained events take the incremental state when their events qualify; every
         # other touched deal is re-validated and recomputed from its whole history.
+        # A deal written without events has the state of its row alone.
         states = self._appended_states(conn, {d: a for d, a in appended.items() if d not in touched})
-        self._refresh_state(conn, sorted(touched | (set(appended) - set(states))))
+        states.update(_created_states({d: rec for d, rec in eventless.items() if d not in appended}))
+        self._refresh_state(conn, sorted((touched | set(appended)) - set(states)))
         self._write_states(conn, states)
 
     def _write_given_spec(
@@ -661,7 +672,10 @@ class Store:
         result: ImportResult,
         progress: ProgressCallback | None,
         problems: list[StoreProblem],
-    ) -> set[str]:
+    ) -> dict[str, dict[str, Any] | None]:
+        """Insert new deals and update changed ones; returns each deal inserted or changed, with its row as
+        written when the deal has no stored events (inserted, or whose stored state counts none), else
+        None."""
         table = self.table("deals")
         counts = result.tables["deals"]
         # A deal listed twice in one write: the last one wins, as if the rows had been sent one by one.
@@ -671,9 +685,13 @@ class Store:
         stored = self._lock_deals(conn, ids)
         fresh = unique[~unique["deal_id"].isin(list(stored))]
         inserted: set[str] = set()
+        out: dict[str, dict[str, Any] | None] = {}
         stmt = self._insert_ignore(table, ["deal_id"]).returning(table.c.deal_id)
         for chunk in _chunks(fresh):
-            inserted.update(conn.execute(stmt, _records(chunk)).scalars())
+            records = _records(chunk)
+            new = set(conn.execute(stmt, records).scalars())
+            inserted |= new
+            out.update({rec["deal_id"]: rec for rec in records if rec["deal_id"] in new})
             _report(progress, len(chunk))
         counts.inserted += len(inserted)
         raced = [d for d in fresh["deal_id"].astype(str) if d not in inserted]
@@ -694,11 +712,15 @@ class Store:
         for chunk in _chunks(changed):
             records = _records(chunk)
             for rec in records:
+                deal_id = rec["deal_id"]
+                before = stored[deal_id]
+                eventless = before["state_updated_at"] is not None and before["n_events"] == 0
+                out[deal_id] = dict(rec) if eventless else None
                 rec["b_deal_id"] = rec.pop("deal_id")
             conn.execute(update, records)
             _report(progress, len(chunk))
         _report(progress, len(existing) - len(changed) + len(deals) - len(unique) - len(raced))
-        return inserted | set(changed["deal_id"].astype(str))
+        return out
 
     def _check_created_at(
         self, conn: Connection, changed: pd.DataFrame, problems: list[StoreProblem]
@@ -1566,6 +1588,25 @@ def _canonical_json(value: Any) -> str:
 
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _created_states(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The state of each deal without events, from its row as written (`features.deal_state.
+    created_state`), for the rows that qualify and at most `APPEND_STATE_MAX_DEALS` of them."""
+    if len(rows) > APPEND_STATE_MAX_DEALS:
+        return {}
+    now = _now_naive()
+    out: dict[str, dict[str, Any]] = {}
+    for deal_id, rec in rows.items():
+        deal = {**rec, "created_at": _aware(rec["created_at"]),
+                "expected_close_date": _aware(rec["expected_close_date"])}
+        state = created_state(deal)
+        if state is not None:
+            out[deal_id] = {
+                **{c: _stored_time(state[c]) if c in STATE_TIME_FIELDS else state[c] for c in STATE_FIELDS},
+                "state_updated_at": now,
+            }
+    return out
 
 
 def _aware(value: datetime | None) -> pd.Timestamp | None:

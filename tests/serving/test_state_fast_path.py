@@ -1,10 +1,11 @@
 """A deal's stored state after small writes equals `current_deal_states` of its whole history.
 
 Writes that only add events to a deal take the incremental state (`features.deal_state.appended_state`)
-when their events qualify, and the full recompute otherwise. Hundreds of random writes over hundreds of
-deals (mixed event kinds, times after the deal's last event, backfilled and at the same instant,
-duplicates, a given and an inferred pipeline) must leave every deal's state columns exactly as the
-definition computes them from the stored history, on SQLite and PostgreSQL.
+when their events qualify, deals written without events `created_state`, and the full recompute
+otherwise. Hundreds of random writes over hundreds of deals (mixed event kinds, times after the deal's
+last event, backfilled and at the same instant, duplicates, new and changed deals, a given and an
+inferred pipeline) must leave every deal's state columns exactly as the definition computes them from
+the stored history, on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -28,18 +29,19 @@ GIVEN_STAGES = ["Lead", "Qualified", "Proposal", "Closed Won", "Closed Lost"]
 INFERRED_STAGES = ["Intro", "Demo", "Trial", "Deal Won", "Deal Lost", "Paused"]
 
 
-def _deals(rng: random.Random) -> pd.DataFrame:
-    rows = [
-        {
-            "deal_id": f"S{i:03d}",
-            "pipeline": "Given" if i % 2 else "Inferred",
-            "owner": rng.choice(["ana", "bo", "cy"]),
-            "amount": str(rng.choice([0, 500, 12500.5, 90000])),
-            "created_at": (START + pd.Timedelta(hours=rng.randint(0, 24 * 60))).isoformat(),
-            "expected_close_date": rng.choice([None, "2025-09-01"]),
-        }
-        for i in range(N_DEALS)
-    ]
+def _deal_row(rng: random.Random, i: int) -> dict[str, Any]:
+    return {
+        "deal_id": f"S{i:03d}",
+        "pipeline": "Given" if i % 2 else "Inferred",
+        "owner": rng.choice(["ana", "bo", "cy"]),
+        "amount": str(rng.choice([0, 500, 12500.5, 90000])),
+        "created_at": (START + pd.Timedelta(hours=rng.randint(0, 24 * 60))).isoformat(),
+        "expected_close_date": rng.choice([None, "2025-09-01"]),
+        "team": rng.choice([None, "north"]),
+    }
+
+
+def _deals(rows: list[dict[str, Any]]) -> pd.DataFrame:
     empty = pd.DataFrame(columns=["deal_id", "stage", "changed_at"])
     none = pd.DataFrame(columns=["deal_id", "type", "occurred_at"])
     return DealHistory.from_frames(pd.DataFrame(rows), empty, none).deals
@@ -56,10 +58,11 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...], time_col: str) 
 class _World:
     """The test's own record of each deal's creation and latest event time, to pick event times."""
 
-    def __init__(self, rng: random.Random, deals: pd.DataFrame) -> None:
+    def __init__(self, rng: random.Random, rows: list[dict[str, Any]]) -> None:
         self.rng = rng
-        self.created = dict(zip(deals["deal_id"], deals["created_at"], strict=True))
-        self.pipeline = dict(zip(deals["deal_id"], deals["pipeline"], strict=True))
+        self.rows = {r["deal_id"]: r for r in rows}
+        self.created = {r["deal_id"]: pd.Timestamp(r["created_at"]) for r in rows}
+        self.pipeline = {r["deal_id"]: r["pipeline"] for r in rows}
         self.last = dict(self.created)
         self.sent: list[tuple[str, dict[str, Any]]] = []  # (table, row) with an event_id, to re-send
         self.n = 0
@@ -80,6 +83,24 @@ class _World:
     def event_id(self) -> str | None:
         self.n += 1
         return None if self.rng.random() < 0.2 else f"ev{self.n}"
+
+    def deal_write(self) -> pd.DataFrame:
+        """A new deal, or a stored one changed (owner, amount, team, close date, or created earlier)."""
+        if self.rng.random() < 0.4:
+            row = _deal_row(self.rng, len(self.rows))
+            self.created[row["deal_id"]] = self.last[row["deal_id"]] = pd.Timestamp(row["created_at"])
+            self.pipeline[row["deal_id"]] = row["pipeline"]
+        else:
+            row = dict(self.rows[self.rng.choice(sorted(self.rows))])
+            change = self.rng.choice(["owner", "amount", "team", "expected_close_date", "created_at"])
+            if change == "created_at":
+                earlier = self.created[row["deal_id"]] - pd.Timedelta(hours=self.rng.randint(1, 48))
+                row["created_at"] = earlier.isoformat()
+                self.created[row["deal_id"]] = earlier
+            else:
+                row[change] = _deal_row(self.rng, 0)[change]
+        self.rows[row["deal_id"]] = row
+        return _deals([row])
 
     def write(self) -> dict[str, list[dict[str, Any]]]:
         rows: dict[str, list[dict[str, Any]]] = {"stage_changes": [], "activities": [], "field_changes": []}
@@ -113,10 +134,10 @@ class _World:
         return rows
 
 
-def _assert_states_match(store: Store) -> None:
+def _assert_states_match(store: Store, n_deals: int) -> None:
     stored = store.deal_states().set_index("deal_id")[list(STATE_FIELDS)]
     expected = current_deal_states(store.load_history())
-    assert len(stored) == len(expected) == N_DEALS
+    assert len(stored) == len(expected) == n_deals
     for deal_id, want in expected.iterrows():
         got = stored.loc[str(deal_id)]
         for field in STATE_FIELDS:
@@ -131,8 +152,8 @@ def test_random_small_writes_keep_every_state_equal_to_the_whole_history(
 ) -> None:
     rng = random.Random(20261201)
     store.set_pipeline_spec(GIVEN)
-    deals = _deals(rng)
-    store.upsert_deals(deals)
+    rows = [_deal_row(rng, i) for i in range(N_DEALS)]
+    store.upsert_deals(_deals(rows))
     taken = {"incremental": 0, "recomputed": 0}
     real = store_module.appended_state
 
@@ -142,15 +163,19 @@ def test_random_small_writes_keep_every_state_equal_to_the_whole_history(
         return out
 
     monkeypatch.setattr(store_module, "appended_state", counted)
-    world = _World(rng, deals)
+    world = _World(rng, rows)
+    _assert_states_match(store, len(world.rows))  # deals as created: their state without events
     for i in range(N_WRITES):
-        rows = world.write()
+        if rng.random() < 0.1:
+            store.upsert_deals(world.deal_write())
+            continue
+        events = world.write()
         store.add_events(
-            _frame(rows["stage_changes"], ("deal_id", "stage", "event_id"), "changed_at"),
-            _frame(rows["activities"], ("deal_id", "type", "direction", "event_id"), "occurred_at"),
-            _frame(rows["field_changes"], ("deal_id", "field", "value", "event_id"), "changed_at"),
+            _frame(events["stage_changes"], ("deal_id", "stage", "event_id"), "changed_at"),
+            _frame(events["activities"], ("deal_id", "type", "direction", "event_id"), "occurred_at"),
+            _frame(events["field_changes"], ("deal_id", "field", "value", "event_id"), "changed_at"),
         )
         if i % 100 == 99:
-            _assert_states_match(store)
+            _assert_states_match(store, len(world.rows))
     # both paths were exercised, the incremental one for most writes
     assert taken["incremental"] > 2 * taken["recomputed"] > 0, taken
