@@ -95,11 +95,14 @@ TABLE_ORDER = ("pipelines", "deals", *EVENT_TABLES)
 ProgressCallback = Callable[[int], None]
 # (the stored deals a request names, their pipelines' specs) -> the request's typed event frames by table
 EventsBuilder = Callable[[pd.DataFrame, Mapping[str, PipelineSpec]], Mapping[str, pd.DataFrame | None]]
+# (deal_id -> stored pipeline of the request's deals that exist, the involved specs) -> typed deals frame
+DealsBuilder = Callable[[Mapping[str, str], Mapping[str, PipelineSpec]], pd.DataFrame]
 
 __all__ = [
     "ALL_PIPELINES",
     "EVENT_TABLES",
     "ApiKey",
+    "DealsBuilder",
     "EventConflictError",
     "EventsBuilder",
     "ImportResult",
@@ -503,6 +506,28 @@ class Store:
         def work(conn: Connection) -> ImportResult:
             result = ImportResult()
             self._write_all(conn, result, None, prepared, {}, {}, None)
+            return result
+
+        return cast(ImportResult, self._retrying(work))
+
+    def write_deals(self, pipelines: Mapping[str, str], build: DealsBuilder) -> ImportResult:
+        """Store a request's deals (`pipelines`: deal_id -> the pipeline it names) in one transaction that
+        also holds the request's reads.
+
+        Reads the pipeline each of these deals is stored in (locked on PostgreSQL) and the specs of every
+        pipeline involved, and passes them to `build`, which checks the request against them (it raises
+        to refuse the request: nothing is written) and returns the typed deals frame, stored as
+        `upsert_deals` stores it. One snapshot, retried as a whole after a PostgreSQL deadlock.
+        """
+        ids = sorted(pipelines)
+
+        def work(conn: Connection) -> ImportResult:
+            existing = {d: str(r["pipeline"]) for d, r in self._lock_deals(conn, ids).items()}
+            specs = self._pipeline_specs(conn, sorted(set(pipelines.values()) | set(existing.values())))
+            deals = build(existing, specs)
+            attributes = tuple(c for c in deals.columns if c not in DEAL_COLUMNS)
+            result = ImportResult()
+            self._write_all(conn, result, _prepare_deals(deals, attributes), {}, {}, {}, None)
             return result
 
         return cast(ImportResult, self._retrying(work))
@@ -1155,14 +1180,6 @@ class Store:
                 out.update({row.deal_id: row.pipeline for row in conn.execute(query)})
         return out
 
-    def deals_frame(self, deal_ids: Iterable[str]) -> pd.DataFrame:
-        """The stored deals among `deal_ids` as created (a frame like `DealHistory.deals`), no events."""
-        deals_t = self.table("deals")
-        ids = list(dict.fromkeys(str(d) for d in deal_ids))
-        query = sa.select(*(deals_t.c[c] for c in ("id", *DEAL_COLUMNS, "attributes")))
-        with self.engine.connect() as conn:
-            return _deals_frame(_read_frame(conn, query, deals_t.c.deal_id, ids))
-
     def deal_states(
         self, pipeline: str | None = None, deal_ids: Iterable[str] | None = None, outcome: str | None = None
     ) -> pd.DataFrame:
@@ -1657,8 +1674,9 @@ def _python_values(series: pd.Series) -> list[Any]:
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         # numpy turns datetime64[us] into datetime.datetime and NaT into None
         return series.to_numpy(dtype="datetime64[us]").astype(object).tolist()
-    values = series.astype(object)
-    return values.where(series.notna(), None).tolist()
+    values = series.to_numpy(dtype=object, copy=True)
+    values[pd.isna(values)] = None
+    return cast(list[Any], values.tolist())
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -1701,8 +1719,12 @@ def _prepare_events(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     )
     # an empty event_id is no id at all: fall back to the row hash rather than colliding on ""
     event_id = event_id.mask(event_id.str.len().fillna(0) == 0)
-    hashes = _row_hashes(out, columns) if len(out) else pd.Series([], dtype=object)
-    out["event_key"] = event_id.astype(object).where(event_id.notna(), hashes)
+    # the row hash is the key only of rows without an id (hashing costs: skip it when every row has one)
+    keys = event_id.to_numpy(dtype=object, copy=True)
+    keyless = pd.isna(keys)
+    if keyless.any():
+        keys[keyless] = _row_hashes(out[keyless], columns).to_numpy(dtype=object)
+    out["event_key"] = pd.Series(keys, index=out.index, dtype=object)
     out["event_id"] = event_id
     out[time_col] = _naive_utc(out[time_col])
     return out.reset_index(drop=True)

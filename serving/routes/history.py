@@ -38,20 +38,22 @@ def post_deals(
     """Store deals (insert new ones, update changed ones). Sending the same deals again changes nothing.
 
     A deal in a pipeline the key may not see, or whose id belongs to such a pipeline, is a bad item
-    ("deal not found" / "pipeline not found").
+    ("deal not found" / "pipeline not found"). The request's reads and its write are one transaction.
     """
     check_batch_size(len(body.deals), settings.max_batch_deals)
-    existing = store.deal_pipelines(d.deal_id for d in body.deals)
-    problems: list[dict[str, Any]] = []
-    for i, deal in enumerate(body.deals):
-        stored_pipeline = existing.get(deal.deal_id)
-        if stored_pipeline is not None and not key.can_see(stored_pipeline):
-            problems.append({"loc": f"deals[{i}].deal_id", "msg": "deal not found", "status": 404})
-        elif not key.can_see(deal.pipeline):
-            problems.append({"loc": f"deals[{i}].pipeline", "msg": "pipeline not found", "status": 404})
-    _bad_items(problems)
-    history = validated_history(deal_frames(body.deals), store.pipeline_specs())
-    result = store.upsert_deals(history.deals)
+
+    def build(existing: Mapping[str, str], specs: Mapping[str, PipelineSpec]) -> pd.DataFrame:
+        problems: list[dict[str, Any]] = []
+        for i, deal in enumerate(body.deals):
+            stored_pipeline = existing.get(deal.deal_id)
+            if stored_pipeline is not None and not key.can_see(stored_pipeline):
+                problems.append({"loc": f"deals[{i}].deal_id", "msg": "deal not found", "status": 404})
+            elif not key.can_see(deal.pipeline):
+                problems.append({"loc": f"deals[{i}].pipeline", "msg": "pipeline not found", "status": 404})
+        _bad_items(problems)
+        return validated_history(deal_frames(body.deals), specs).deals
+
+    result = store.write_deals({d.deal_id: d.pipeline for d in body.deals}, build)
     if result.changed:
         after_write(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
