@@ -535,17 +535,15 @@ class Store:
     def write_events(self, deal_ids: Iterable[str], build: EventsBuilder) -> ImportResult:
         """Store a request's events in one transaction that also holds the request's reads.
 
-        Reads the stored deals among `deal_ids` (as created, like `deals_frame`; locked on PostgreSQL) and
-        their pipelines' specs, and passes them to `build`, which checks the request against them (it
-        raises to refuse the request: nothing is written) and returns the typed event frames by table;
-        those are stored as `add_events` stores them. Everything happens in one snapshot, retried as a
-        whole after a PostgreSQL deadlock.
+        Reads the stored deals among `deal_ids` (as created, without their custom attributes; locked on
+        PostgreSQL) and their pipelines' specs, and passes them to `build`, which checks the request
+        against them (it raises to refuse the request: nothing is written) and returns the typed event
+        frames by table; those are stored as `add_events` stores them. Everything happens in one snapshot,
+        retried as a whole after a PostgreSQL deadlock.
         """
         deals_t = self.table("deals")
         ids = sorted({str(d) for d in deal_ids})
-        query = sa.select(*(deals_t.c[c] for c in ("id", *DEAL_COLUMNS, "attributes"))).order_by(
-            deals_t.c.deal_id
-        )
+        query = sa.select(*(deals_t.c[c] for c in ("id", *DEAL_COLUMNS))).order_by(deals_t.c.deal_id)
 
         def work(conn: Connection) -> ImportResult:
             stored = _deals_frame(_read_frame(conn, self._for_update(query), deals_t.c.deal_id, ids))
@@ -1798,9 +1796,12 @@ def _localize(values: pd.Series) -> pd.Series:
 
 
 def _deals_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    frame = rows.drop(columns="attributes")
+    """Deal rows as `DealHistory.deals` (times UTC; the attributes as columns, when they were read)."""
+    frame = rows.drop(columns="attributes", errors="ignore")
     for col in ("created_at", "expected_close_date"):
         frame[col] = _localize(frame[col])
+    if "attributes" not in rows.columns:
+        return frame
     attrs = pd.DataFrame(rows["attributes"].map(lambda a: a or {}).tolist(), index=frame.index)
     if len(attrs.columns):
         frame = pd.concat([frame, attrs], axis=1)
