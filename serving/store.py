@@ -604,9 +604,9 @@ class Store:
         self._apply_stages(conn, sorted(touched | staged), problems)
         if problems:
             raise WriteRejectedError(problems)
-        # Deals that only gained events take the incremental state when their events qualify; every
-        # other touched deal is re-validated and recomputed from its whole history.
-        # A deal written without events has the state of its row alone.
+        # Deals that only gained events take the incremental state when their events qualify, and deals
+        # written without events the state of their row alone; every other touched deal is re-validated
+        # and recomputed from its whole history.
         states = self._appended_states(conn, {d: a for d, a in appended.items() if d not in touched})
         states.update(_created_states({d: rec for d, rec in eventless.items() if d not in appended}))
         self._refresh_state(conn, sorted((touched | set(appended)) - set(states)))
