@@ -12,7 +12,9 @@ SQLAlchemy over SQLite (default) or PostgreSQL; Alembic owns the schema (`servin
   a duplicate; with different content it is a conflict (`EventConflictError`, HTTP 409).
 - **Integrity**: no event before its deal's `created_at`, no `created_at` moved after the deal's events;
   the touched deals' whole histories are re-validated inside the transaction, so a write that would make
-  any read of them fail is refused (`WriteRejectedError`, HTTP 422) and nothing is written.
+  any read of them fail is refused (`WriteRejectedError`, HTTP 422) and nothing is written. A deal that
+  only gained events that `features.deal_state.appended_state` accepts (values as validation reads them
+  back, stage and field changes after its last event) is updated from its stored state instead.
 - **Current state** (stage, outcome, owner, amount, expected close date, stage entry, last activity, ...)
   is kept in columns of `deals` and rewritten in the same transaction as the events that change it.
 - **Bounded attributes**: at most `MAX_ATTRIBUTES_PER_DEAL` per deal and `max_attribute_names` distinct
@@ -48,7 +50,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from features.deal_state import STATE_FIELDS, STATE_TIME_FIELDS, current_deal_states
+from features.deal_state import (
+    STATE_FIELDS,
+    STATE_TIME_FIELDS,
+    appended_state,
+    created_state,
+    current_deal_states,
+)
 from features.health import NO_OWNER, NO_TEAM, LeftOut, stage_limits
 from features.history import (
     DEAL_OPTIONAL,
@@ -80,18 +88,27 @@ _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's
 HEAD_REVISION = "0007"
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
+# Up to this many deals gaining events in one write take the incremental state (one Python step per deal);
+# beyond it the vectorised recompute from the whole histories is the cheaper way.
+APPEND_STATE_MAX_DEALS = 1_000
 
 DEAL_COLUMNS = DEAL_REQUIRED + DEAL_OPTIONAL
 TABLE_ORDER = ("pipelines", "deals", *EVENT_TABLES)
 
 ProgressCallback = Callable[[int], None]
+# (the stored deals a request names, their pipelines' specs) -> the request's typed event frames by table
+EventsBuilder = Callable[[pd.DataFrame, Mapping[str, PipelineSpec]], Mapping[str, pd.DataFrame | None]]
+# (deal_id -> stored pipeline of the request's deals that exist, the involved specs) -> typed deals frame
+DealsBuilder = Callable[[Mapping[str, str], Mapping[str, PipelineSpec]], pd.DataFrame]
 
 __all__ = [
     "ALL_PIPELINES",
     "EVENT_TABLES",
     "ApiKey",
+    "DealsBuilder",
     "EventConflictError",
     "HealthState",
+    "EventsBuilder",
     "ImportResult",
     "Store",
     "StoreProblem",
@@ -144,6 +161,15 @@ class HealthState:
     specs: dict[str, PipelineSpec]
     learned: dict[tuple[str, str], float]
     left_out: LeftOut
+
+
+@dataclass
+class _Appended:
+    """A deal that gained events in a write: its stored row (locked, before the write) and, per event
+    table, the rows this write inserted (as written: naive UTC times)."""
+
+    deal: dict[str, Any]
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {t: [] for t in EVENT_TABLES})
 
 
 @dataclass
@@ -500,6 +526,53 @@ class Store:
 
         return cast(ImportResult, self._retrying(work))
 
+    def write_deals(self, pipelines: Mapping[str, str], build: DealsBuilder) -> ImportResult:
+        """Store a request's deals (`pipelines`: deal_id -> the pipeline it names) in one transaction that
+        also holds the request's reads.
+
+        Reads the pipeline each of these deals is stored in (locked on PostgreSQL) and the specs of every
+        pipeline involved, and passes them to `build`, which checks the request against them (it raises
+        to refuse the request: nothing is written) and returns the typed deals frame, stored as
+        `upsert_deals` stores it. One snapshot, retried as a whole after a PostgreSQL deadlock.
+        """
+        ids = sorted(pipelines)
+
+        def work(conn: Connection) -> ImportResult:
+            existing = {d: str(r["pipeline"]) for d, r in self._lock_deals(conn, ids).items()}
+            specs = self._pipeline_specs(conn, sorted(set(pipelines.values()) | set(existing.values())))
+            deals = build(existing, specs)
+            attributes = tuple(c for c in deals.columns if c not in DEAL_COLUMNS)
+            result = ImportResult()
+            self._write_all(conn, result, _prepare_deals(deals, attributes), {}, {}, {}, None)
+            return result
+
+        return cast(ImportResult, self._retrying(work))
+
+    def write_events(self, deal_ids: Iterable[str], build: EventsBuilder) -> ImportResult:
+        """Store a request's events in one transaction that also holds the request's reads.
+
+        Reads the stored deals among `deal_ids` (as created, without their custom attributes; locked on
+        PostgreSQL) and their pipelines' specs, and passes them to `build`, which checks the request
+        against them (it raises to refuse the request: nothing is written) and returns the typed event
+        frames by table; those are stored as `add_events` stores them. Everything happens in one snapshot,
+        retried as a whole after a PostgreSQL deadlock.
+        """
+        deals_t = self.table("deals")
+        ids = sorted({str(d) for d in deal_ids})
+        query = sa.select(*(deals_t.c[c] for c in ("id", *DEAL_COLUMNS))).order_by(deals_t.c.deal_id)
+
+        def work(conn: Connection) -> ImportResult:
+            stored = _deals_frame(_read_frame(conn, self._for_update(query), deals_t.c.deal_id, ids))
+            specs = self._pipeline_specs(conn, sorted({str(p) for p in stored["pipeline"]}))
+            frames = build(stored, specs)
+            prepared = {n: _prepare_events(n, f) for n, f in frames.items() if f is not None and len(f)}
+            result = ImportResult()
+            if prepared:
+                self._write_all(conn, result, None, prepared, {}, {}, None)
+            return result
+
+        return cast(ImportResult, self._retrying(work))
+
     def set_pipeline_spec(self, spec: PipelineSpec) -> ImportResult:
         """Make `spec` the pipeline's authoritative spec (creating the pipeline if new), in one transaction.
 
@@ -530,19 +603,30 @@ class Store:
         for name, spec in given_specs.items():
             if self._write_given_spec(conn, spec, result, problems):
                 touched |= self._deals_of_pipeline(conn, name)
+        eventless: dict[str, dict[str, Any]] = {}  # deals written that have no events: row as written
         if deals is not None and len(deals):
             names = [str(p) for p in pd.unique(deals["pipeline"])]
             self._ensure_pipelines(conn, names, inferred_specs, result)
-            touched |= self._write_deals(conn, deals, result, progress, problems)
+            written = self._write_deals(conn, deals, result, progress, problems)
+            eventless = {d: rec for d, rec in written.items() if rec is not None and d not in touched}
+            touched |= set(written)
             self._check_attributes(conn, deals, problems)
+        appended: dict[str, _Appended] = {}
         if any(len(rows) for rows in events.values()):
-            touched |= self._write_events(conn, events, result, progress, problems)
+            appended = self._write_events(conn, events, result, progress, problems)
         if problems:
             raise WriteRejectedError(problems)
-        self._apply_stages(conn, sorted(touched), problems)
+        staged = {d for d, a in appended.items() if a.rows["stage_changes"]}
+        self._apply_stages(conn, sorted(touched | staged), problems)
         if problems:
             raise WriteRejectedError(problems)
-        self._refresh_state(conn, sorted(touched))
+        # Deals that only gained events take the incremental state when their events qualify, and deals
+        # written without events the state of their row alone; every other touched deal is re-validated
+        # and recomputed from its whole history.
+        states = self._appended_states(conn, {d: a for d, a in appended.items() if d not in touched})
+        states.update(_created_states({d: rec for d, rec in eventless.items() if d not in appended}))
+        self._refresh_state(conn, sorted((touched | set(appended)) - set(states)))
+        self._write_states(conn, states)
 
     def _write_given_spec(
         self, conn: Connection, spec: PipelineSpec, result: ImportResult, problems: list[StoreProblem]
@@ -627,7 +711,10 @@ class Store:
         result: ImportResult,
         progress: ProgressCallback | None,
         problems: list[StoreProblem],
-    ) -> set[str]:
+    ) -> dict[str, dict[str, Any] | None]:
+        """Insert new deals and update changed ones; returns each deal inserted or changed, with its row as
+        written when the deal has no stored events (inserted, or whose stored state counts none), else
+        None."""
         table = self.table("deals")
         counts = result.tables["deals"]
         # A deal listed twice in one write: the last one wins, as if the rows had been sent one by one.
@@ -637,9 +724,13 @@ class Store:
         stored = self._lock_deals(conn, ids)
         fresh = unique[~unique["deal_id"].isin(list(stored))]
         inserted: set[str] = set()
+        out: dict[str, dict[str, Any] | None] = {}
         stmt = self._insert_ignore(table, ["deal_id"]).returning(table.c.deal_id)
         for chunk in _chunks(fresh):
-            inserted.update(conn.execute(stmt, _records(chunk)).scalars())
+            records = _records(chunk)
+            new = set(conn.execute(stmt, records).scalars())
+            inserted |= new
+            out.update({rec["deal_id"]: rec for rec in records if rec["deal_id"] in new})
             _report(progress, len(chunk))
         counts.inserted += len(inserted)
         raced = [d for d in fresh["deal_id"].astype(str) if d not in inserted]
@@ -660,11 +751,15 @@ class Store:
         for chunk in _chunks(changed):
             records = _records(chunk)
             for rec in records:
+                deal_id = rec["deal_id"]
+                before = stored[deal_id]
+                eventless = before["state_updated_at"] is not None and before["n_events"] == 0
+                out[deal_id] = dict(rec) if eventless else None
                 rec["b_deal_id"] = rec.pop("deal_id")
             conn.execute(update, records)
             _report(progress, len(chunk))
         _report(progress, len(existing) - len(changed) + len(deals) - len(unique) - len(raced))
-        return inserted | set(changed["deal_id"].astype(str))
+        return out
 
     def _check_created_at(
         self, conn: Connection, changed: pd.DataFrame, problems: list[StoreProblem]
@@ -755,13 +850,15 @@ class Store:
         result: ImportResult,
         progress: ProgressCallback | None,
         problems: list[StoreProblem],
-    ) -> set[str]:
+    ) -> dict[str, _Appended]:
+        """Insert new events (duplicates skipped, conflicts refused); returns each deal that gained events,
+        with its stored row as locked before the write and the rows this write inserted."""
         wanted = sorted(set(pd.concat([rows["deal_id"] for rows in events.values()]).astype(str)))
         deals = self._lock_deals(conn, wanted)
         missing = [d for d in wanted if d not in deals]
         if missing:
             raise UnknownDealError(missing)
-        touched: set[str] = set()
+        touched: dict[str, _Appended] = {}
         conflicts: list[StoreProblem] = []
         for name, rows in events.items():
             if not len(rows):
@@ -786,12 +883,19 @@ class Store:
                 table.c.deal_id, table.c.event_key
             )
             for chunk in _chunks(unique):
-                inserted.update((r.deal_id, r.event_key) for r in conn.execute(stmt, _records(chunk)))
+                records = _records(chunk)
+                new = {(r.deal_id, r.event_key) for r in conn.execute(stmt, records)}
+                inserted |= new
+                for rec in records:
+                    if (rec["deal_id"], rec["event_key"]) in new:
+                        deal_id = rec["deal_id"]
+                        if deal_id not in touched:
+                            touched[deal_id] = _Appended(deals[deal_id])
+                        touched[deal_id].rows[name].append(rec)
                 _report(progress, len(chunk))
             _report(progress, len(rows) - len(unique))
             counts.inserted += len(inserted)
             counts.duplicates += len(rows) - len(inserted)
-            touched.update(d for d, _ in inserted)
             keys = list(zip(unique["deal_id"].astype(str), unique["event_key"].astype(str), strict=True))
             repeated = unique[[k not in inserted for k in keys]]
             conflicts += self._content_conflicts(conn, name, repeated)
@@ -907,28 +1011,70 @@ class Store:
                 ]
             ) from exc
         states = current_deal_states(history)
-        now = _now_naive()
+        frame = states.reset_index().rename(columns={"deal_id": "b_deal_id"})
+        for col in STATE_TIME_FIELDS:
+            frame[col] = _naive_utc(frame[col])
+        frame["state_updated_at"] = pd.Series([_now_naive()] * len(frame), dtype="datetime64[us]")
+        for chunk in _chunks(frame):
+            conn.execute(self._state_update(), _records(chunk))
+
+    def _state_update(self) -> Any:
+        """UPDATE of one deal's state columns (and stamp) by `b_deal_id`, for executemany."""
         table = self.table("deals")
-        update = (
+        return (
             table.update()
             .where(table.c.deal_id == sa.bindparam("b_deal_id"))
             .values({c: sa.bindparam(c) for c in (*STATE_FIELDS, "state_updated_at")})
         )
-        frame = states.reset_index().rename(columns={"deal_id": "b_deal_id"})
-        for col in STATE_TIME_FIELDS:
-            frame[col] = _naive_utc(frame[col])
-        frame["state_updated_at"] = pd.Series([now] * len(frame), dtype="datetime64[us]")
-        for chunk in _chunks(frame):
-            conn.execute(update, _records(chunk))
+
+    def _appended_states(
+        self, conn: Connection, appended: Mapping[str, _Appended]
+    ) -> dict[str, dict[str, Any]]:
+        """The new state of each deal that only gained events, by `features.deal_state.appended_state`
+        from its stored state (no history read), for the deals whose events qualify; the others are left
+        out (their state is recomputed from the whole history). A write touching more than
+        `APPEND_STATE_MAX_DEALS` deals recomputes them all: for many deals the batch is cheaper."""
+        if not appended or len(appended) > APPEND_STATE_MAX_DEALS:
+            return {}
+        staged = sorted({str(a.deal["pipeline"]) for a in appended.values() if a.rows["stage_changes"]})
+        specs = self._pipeline_specs(conn, staged) if staged else {}  # as _apply_stages left them
+        now = _now_naive()
+        out: dict[str, dict[str, Any]] = {}
+        for deal_id, item in appended.items():
+            stored = item.deal
+            if stored["state_updated_at"] is None:  # never computed (a store just upgraded)
+                continue
+            state = {c: _aware(stored[c]) if c in STATE_TIME_FIELDS else stored[c] for c in STATE_FIELDS}
+            deal = {"pipeline": stored["pipeline"], "owner": stored["owner"], "amount": stored["amount"],
+                    "expected_close_date": _aware(stored["expected_close_date"])}
+            rows = {
+                name: [{**rec, time_col: _aware(rec[time_col])} for rec in item.rows[name]]
+                for name, (_, time_col) in EVENT_TABLES.items()
+            }
+            new = appended_state(state, deal, specs, rows["stage_changes"], rows["activities"],
+                                 rows["field_changes"])
+            if new is not None:
+                out[deal_id] = {
+                    **{c: _stored_time(new[c]) if c in STATE_TIME_FIELDS else new[c] for c in STATE_FIELDS},
+                    "state_updated_at": now,
+                }
+        return out
+
+    def _write_states(self, conn: Connection, states: Mapping[str, Mapping[str, Any]]) -> None:
+        if states:
+            conn.execute(self._state_update(), [{**s, "b_deal_id": d} for d, s in sorted(states.items())])
 
     def _lock_deals(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The stored deals among `deal_ids` (created_at, pipeline, row_hash), locked for this transaction."""
+        """The stored deals among `deal_ids` (pipeline, created_at, row_hash, the created owner, amount and
+        expected close date, and the state columns), locked for this transaction."""
         table = self.table("deals")
         out: dict[str, dict[str, Any]] = {}
         ids = sorted(set(deal_ids))  # one lock order for every writer: no deadlock between two of them
+        columns = ("deal_id", "pipeline", "created_at", "row_hash", "owner", "amount", "expected_close_date",
+                   *STATE_FIELDS, "state_updated_at")
         for start in range(0, len(ids), _IN_CHUNK):
             query = (
-                sa.select(table.c.deal_id, table.c.pipeline, table.c.created_at, table.c.row_hash)
+                sa.select(*(table.c[c] for c in columns))
                 .where(_among(self.dialect, table.c.deal_id, ids[start : start + _IN_CHUNK]))
                 .order_by(table.c.deal_id)
             )
@@ -1126,14 +1272,6 @@ class Store:
                 )
                 out.update({row.deal_id: row.pipeline for row in conn.execute(query)})
         return out
-
-    def deals_frame(self, deal_ids: Iterable[str]) -> pd.DataFrame:
-        """The stored deals among `deal_ids` as created (a frame like `DealHistory.deals`), no events."""
-        deals_t = self.table("deals")
-        ids = list(dict.fromkeys(str(d) for d in deal_ids))
-        query = sa.select(*(deals_t.c[c] for c in ("id", *DEAL_COLUMNS, "attributes")))
-        with self.engine.connect() as conn:
-            return _deals_frame(_read_frame(conn, query, deals_t.c.deal_id, ids))
 
     def deal_states(
         self, pipeline: str | None = None, deal_ids: Iterable[str] | None = None, outcome: str | None = None
@@ -1608,6 +1746,39 @@ def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
 
 
+def _created_states(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The state of each deal without events, from its row as written (`features.deal_state.
+    created_state`), for the rows that qualify and at most `APPEND_STATE_MAX_DEALS` of them."""
+    if len(rows) > APPEND_STATE_MAX_DEALS:
+        return {}
+    now = _now_naive()
+    out: dict[str, dict[str, Any]] = {}
+    for deal_id, rec in rows.items():
+        deal = {**rec, "created_at": _aware(rec["created_at"]),
+                "expected_close_date": _aware(rec["expected_close_date"])}
+        state = created_state(deal)
+        if state is not None:
+            out[deal_id] = {
+                **{c: _stored_time(state[c]) if c in STATE_TIME_FIELDS else state[c] for c in STATE_FIELDS},
+                "state_updated_at": now,
+            }
+    return out
+
+
+def _aware(value: datetime | None) -> pd.Timestamp | None:
+    """A stored (naive UTC) time as a UTC Timestamp; None stays None."""
+    return None if value is None else pd.Timestamp(value).tz_localize("UTC")
+
+
+def _stored_time(value: Any) -> datetime | None:
+    """A UTC time as the store writes it (naive, microseconds, as `_naive_utc` and `_python_values`)."""
+    if value is None or pd.isna(value):
+        return None
+    ts = pd.Timestamp(value)
+    naive = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+    return cast(datetime, naive.to_datetime64().astype("datetime64[us]").item())
+
+
 def _api_key(row: sa.RowMapping) -> ApiKey:
     created = _utc(row["created_at"])
     assert created is not None  # NOT NULL column
@@ -1642,8 +1813,9 @@ def _python_values(series: pd.Series) -> list[Any]:
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         # numpy turns datetime64[us] into datetime.datetime and NaT into None
         return series.to_numpy(dtype="datetime64[us]").astype(object).tolist()
-    values = series.astype(object)
-    return values.where(series.notna(), None).tolist()
+    values = series.to_numpy(dtype=object, copy=True)
+    values[pd.isna(values)] = None
+    return cast(list[Any], values.tolist())
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -1686,8 +1858,12 @@ def _prepare_events(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     )
     # an empty event_id is no id at all: fall back to the row hash rather than colliding on ""
     event_id = event_id.mask(event_id.str.len().fillna(0) == 0)
-    hashes = _row_hashes(out, columns) if len(out) else pd.Series([], dtype=object)
-    out["event_key"] = event_id.astype(object).where(event_id.notna(), hashes)
+    # the row hash is the key only of rows without an id (hashing costs: skip it when every row has one)
+    keys = event_id.to_numpy(dtype=object, copy=True)
+    keyless = pd.isna(keys)
+    if keyless.any():
+        keys[keyless] = _row_hashes(out[keyless], columns).to_numpy(dtype=object)
+    out["event_key"] = pd.Series(keys, index=out.index, dtype=object)
     out["event_id"] = event_id
     out[time_col] = _naive_utc(out[time_col])
     return out.reset_index(drop=True)
@@ -1761,9 +1937,12 @@ def _localize(values: pd.Series) -> pd.Series:
 
 
 def _deals_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    frame = rows.drop(columns="attributes")
+    """Deal rows as `DealHistory.deals` (times UTC; the attributes as columns, when they were read)."""
+    frame = rows.drop(columns="attributes", errors="ignore")
     for col in ("created_at", "expected_close_date"):
         frame[col] = _localize(frame[col])
+    if "attributes" not in rows.columns:
+        return frame
     attrs = pd.DataFrame(rows["attributes"].map(lambda a: a or {}).tolist(), index=frame.index)
     if len(attrs.columns):
         frame = pd.concat([frame, attrs], axis=1)
@@ -1824,11 +2003,6 @@ AT_RISK_ROW_COLUMNS = [
     "close_probability_90d", "slip_risk", "likely_close_date", "counter_reasons", "model_version",
     "scored_at", "pending", "days_in_stage", "stage_limit_days",
 ]
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """A stored (naive UTC) time as an aware UTC datetime."""
-    return None if value is None else value.replace(tzinfo=UTC)
 
 
 def _finite(value: Any) -> float | None:

@@ -152,6 +152,8 @@ def _check_stages(
 def _sort_events(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
     # Stable: events of one deal at the same instant keep the order they were given in; stage changes
     # are then put in `features.stages.order_stage_changes` order, which does not depend on arrival.
+    if len(frame) < 2:  # already in order (a one-event request: skip sort_values' fixed cost)
+        return frame.reset_index(drop=True)
     return frame.sort_values(["deal_id", time_column], kind="stable").reset_index(drop=True)
 
 

@@ -7,11 +7,13 @@ nothing is written; a request that succeeds is committed in one transaction befo
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 from fastapi import APIRouter, Request
 
+from features.history import PipelineSpec
 from features.jsonable import jsonable
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS
 from serving.deps import DealIdPath, ReadKey, SettingsDep, StoreDep, WriteKey, after_write
@@ -36,21 +38,22 @@ def post_deals(
     """Store deals (insert new ones, update changed ones). Sending the same deals again changes nothing.
 
     A deal in a pipeline the key may not see, or whose id belongs to such a pipeline, is a bad item
-    ("deal not found" / "pipeline not found").
+    ("deal not found" / "pipeline not found"). The request's reads and its write are one transaction.
     """
     check_batch_size(len(body.deals), settings.max_batch_deals)
-    existing = store.deal_pipelines(d.deal_id for d in body.deals)
-    problems: list[dict[str, Any]] = []
-    for i, deal in enumerate(body.deals):
-        stored_pipeline = existing.get(deal.deal_id)
-        if stored_pipeline is not None and not key.can_see(stored_pipeline):
-            problems.append({"loc": f"deals[{i}].deal_id", "msg": "deal not found", "status": 404})
-        elif not key.can_see(deal.pipeline):
-            problems.append({"loc": f"deals[{i}].pipeline", "msg": "pipeline not found", "status": 404})
-    _bad_items(problems)
-    # only the specs of the pipelines written to: the rest of the store is not read
-    history = validated_history(deal_frames(body.deals), store.pipeline_specs(d.pipeline for d in body.deals))
-    result = store.upsert_deals(history.deals)
+
+    def build(existing: Mapping[str, str], specs: Mapping[str, PipelineSpec]) -> pd.DataFrame:
+        problems: list[dict[str, Any]] = []
+        for i, deal in enumerate(body.deals):
+            stored_pipeline = existing.get(deal.deal_id)
+            if stored_pipeline is not None and not key.can_see(stored_pipeline):
+                problems.append({"loc": f"deals[{i}].deal_id", "msg": "deal not found", "status": 404})
+            elif not key.can_see(deal.pipeline):
+                problems.append({"loc": f"deals[{i}].pipeline", "msg": "pipeline not found", "status": 404})
+        _bad_items(problems)
+        return validated_history(deal_frames(body.deals), specs).deals
+
+    result = store.write_deals({d.deal_id: d.pipeline for d in body.deals}, build)
     if result.changed:
         after_write(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
@@ -60,28 +63,30 @@ def post_deals(
 def post_events(body: EventsIn, key: WriteKey, request: Request, store: StoreDep) -> WriteResult:
     """Store stage changes, activities and field changes of stored deals, idempotently (on `event_id`,
     or on the whole row without one). Events of unknown deals, or of deals outside the key's
-    pipelines, are bad items ("deal not found")."""
+    pipelines, are bad items ("deal not found"). The request's reads and its write are one transaction."""
     lists: dict[str, list[Any]] = {"stage_changes": body.stage_changes, "activities": body.activities,
              "field_changes": body.field_changes}
     if not any(lists.values()):
         return WriteResult(inserted=0, duplicates=0)
+
+    def build(stored: pd.DataFrame, specs: Mapping[str, PipelineSpec]) -> dict[str, pd.DataFrame]:
+        mine = stored[[key.can_see(str(p)) for p in stored["pipeline"]]].reset_index(drop=True)
+        visible = set(mine["deal_id"].astype(str))
+        problems = [
+            {"loc": f"{table}[{j}].deal_id", "msg": "deal not found", "status": 404}
+            for table, events in lists.items() for j, e in enumerate(events) if e.deal_id not in visible
+        ]
+        _bad_items(problems)
+        # Only given specs refuse unknown stages; an inferred one is extended by the store's write. Only
+        # the new events are validated against their deals (rows map one to one onto request items); the
+        # store checks them again against what it holds.
+        given = {name: spec for name, spec in specs.items() if not spec.inferred}
+        checked = validated_history(event_frames(body, mine), given)
+        return {"stage_changes": checked.stage_changes, "activities": checked.activities,
+                "field_changes": checked.field_changes}
+
     ids = {e.deal_id for events in lists.values() for e in events}
-    pipelines = store.deal_pipelines(ids)
-    visible = {d for d, p in pipelines.items() if key.can_see(p)}
-    problems = [
-        {"loc": f"{table}[{j}].deal_id", "msg": "deal not found", "status": 404}
-        for table, events in lists.items() for j, e in enumerate(events) if e.deal_id not in visible
-    ]
-    _bad_items(problems)
-    stored = store.deals_frame(visible)
-    # Only given specs refuse unknown stages; an inferred one is extended by the store's write. Only the
-    # new events are validated against their deals (rows map one to one onto request items); the store
-    # checks them again against what it holds, inside the write's transaction.
-    involved = set(stored["pipeline"])
-    specs = store.pipeline_specs(involved)
-    given = {name: spec for name, spec in specs.items() if not spec.inferred}
-    checked = validated_history(event_frames(body, stored), given)
-    result = store.add_events(checked.stage_changes, checked.activities, checked.field_changes)
+    result = store.write_events(ids, build)
     if result.changed:
         after_write(request)
     return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
