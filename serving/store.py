@@ -1404,23 +1404,10 @@ class Store:
             append_score_history(self, conn, records, model_version, "champion")
         return len(records)
 
-    def at_risk_page(
-        self,
-        pipeline: str | None,
-        now: datetime | None = None,
-        sort: str = DEFAULT_SORT,
-        stale: bool = False,
-        owner: str | None = None,
-        team: str | None = None,
-        min_amount: float | None = None,
-        close_before: datetime | None = None,
-        limit: int | None = 50,
-        offset: int = 0,
-    ) -> tuple[int, pd.DataFrame] | None:
-        """`at_risk_rows` as a frame (times as UTC timestamps, numbers as float64, missing values NaN/NaT),
-        for the CLI and for comparing with `models.at_risk.rank_at_risk`."""
-        live = self.at_risk_rows(pipeline, now, sort, stale=stale, owner=owner, team=team,
-                                 min_amount=min_amount, close_before=close_before, limit=limit, offset=offset)
+    def at_risk_page(self, *args: Any, **kwargs: Any) -> tuple[int, pd.DataFrame] | None:
+        """`at_risk_rows` (same arguments) as a frame (times as UTC timestamps, numbers as float64, missing
+        values NaN/NaT), for the CLI and for comparing with `models.at_risk.rank_at_risk`."""
+        live = self.at_risk_rows(*args, **kwargs)
         if live is None:
             return None
         total, rows = live
