@@ -32,6 +32,7 @@ from features.timeindex import (
     owner_at,
     pair_keys,
     point_codes,
+    running_max_by,
     take,
     to_ns,
 )
@@ -350,7 +351,7 @@ def _activity_features(
         prev[1:] = every.times[:-1]
         prev[first] = deals.created[every.codes[first]]
     gap_days = np.clip((every.times - prev) / DAY_NS, 0.0, None)
-    running_max = pd.Series(gap_days).groupby(every.codes).cummax().to_numpy(dtype=np.float64)
+    running_max = running_max_by(gap_days, every.codes)
     out["max_gap_days"] = np.where(last >= 0, take(running_max, last, np.nan), np.nan)
 
     recent = now_all - every.count_le(codes, t - 14 * DAY_NS)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from features.timeindex import KeyCodes
 from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
@@ -194,7 +195,9 @@ class ScoringBundle:
         self._num_idx = [i for i, c in enumerate(cols) if c not in self.categorical_levels]
         self._num_cols = [cols[i] for i in self._num_idx]
         self._cat_cols = [cols[i] for i in self._cat_idx]
-        self._cat_index = {c: pd.Index(self.categorical_levels[c], dtype=object) for c in self._cat_cols}
+        self._cat_index = {
+            c: KeyCodes(pd.Index(self.categorical_levels[c], dtype=object)) for c in self._cat_cols
+        }
         self._reasons = ReasonWriter(cols, self.reference, self.categorical_levels)
 
     # ---- scoring -------------------------------------------------------------------------------------
@@ -214,18 +217,24 @@ class ScoringBundle:
             if isinstance(values.dtype, pd.CategoricalDtype):
                 # translate the frame's categories to training codes once, then index by the row codes
                 # (the appended -1 is what a missing value's code -1 picks, even with no categories at all)
-                to_train = self._cat_index[c].get_indexer(pd.Index(values.cat.categories.astype(object)))
+                to_train = self._cat_index[c].codes(values.cat.categories.astype(object))
                 # a missing value's code is -1, which picks the appended -1; this holds when the frame
                 # has no categories at all (one deal with no stage yet), where to_train is empty
                 codes = np.append(to_train, -1)[values.cat.codes.to_numpy()].astype(np.float64)
             else:
                 raw = values.to_numpy(dtype=object)  # missing values match no level: -1
-                codes = self._cat_index[c].get_indexer(pd.Index(raw, dtype=object)).astype(np.float64)
+                codes = self._cat_index[c].codes(raw).astype(np.float64)
             codes[codes < 0] = np.nan
             x[:, i] = codes
         return x
 
-    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
+    def score(
+        self,
+        features: pd.DataFrame,
+        top_reasons: int = 3,
+        with_curves: bool = False,
+        context: Sequence[str] = (),
+    ) -> pd.DataFrame:
         """Score a feature frame (as from `features.build.build_features`).
 
         Returns deal_id, as_of, cold_risk, close_probability (calibrated, in [0, 1]),
@@ -237,7 +246,8 @@ class ScoringBundle:
         that lower it). The three timing scores are NaN/NaT when the close head is not a timing model.
         With `with_curves`, also `timing_curve`: per deal `{"period_days", "hazards"}` (the calibrated
         (K, 3) open/won/lost hazards as lists, `models.timing.curves_from_json` reads them back), None
-        when the close head is not a timing model.
+        when the close head is not a timing model. The `context` columns of `features` follow, as they
+        are (one frame built once: a concat afterwards costs more than scoring one deal).
         """
         x = self.encode(features)
         cold = self.cold.proba(x, features)
@@ -282,10 +292,10 @@ class ScoringBundle:
                 "expected_value": amount * close,
                 "reasons": reasons,
                 "counter_reasons": counter,
+                **({"timing_curve": _objects(stored_curves)} if with_curves else {}),
+                **{c: _column_array(features, c) for c in context},
             }
         )
-        if with_curves:
-            out["timing_curve"] = pd.Series(stored_curves, dtype=object)
         return out
 
     def timing_curves(self, features: pd.DataFrame) -> TimingCurves | None:
@@ -462,6 +472,13 @@ def _float_column(frame: pd.DataFrame, name: str) -> NDArray[np.float64]:
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         return values.astype(np.float64, copy=False)
     return np.asarray(pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+
+def _objects(values: list[Any]) -> NDArray[np.object_]:
+    """A 1-d object array of `values` (which may themselves be lists or dicts)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _keys_or_blank(features: pd.DataFrame) -> tuple[NDArray[np.object_], NDArray[np.object_]]:

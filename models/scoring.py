@@ -64,7 +64,5 @@ def score_points(
     when the feature builder gives it.
     """
     features = point_features(history, points, builder)
-    scores = (bundle.score(features, top_reasons=top_reasons, with_curves=True) if with_curves
-              else bundle.score(features, top_reasons=top_reasons))
     context = [c for c in [*CONTEXT_OUTPUT_COLUMNS, "outcome"] if c in features.columns]
-    return pd.concat([scores, features[context].reset_index(drop=True)], axis=1)
+    return bundle.score(features, top_reasons=top_reasons, with_curves=with_curves, context=context)
