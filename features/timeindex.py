@@ -25,6 +25,11 @@ def to_ns(values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
 
     pandas 3 infers second/micro resolutions, so the unit is normalised here once.
     """
+    dtype = values.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and not isinstance(values, np.ndarray):
+        # tz-aware nanosecond times (every DealHistory time) hold UTC epoch integers: read them as they are
+        array = values.array if isinstance(values, pd.Series) else values
+        return np.array(array.asi8, dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         # Already times: read the UTC epoch integers directly (NaT is int64 min, i.e. NAT_NS), which
         # skips building Series and parsing for every call on the scoring hot path.
@@ -56,6 +61,32 @@ SMALL_QUERY = 64
 def is_missing(value: Any) -> bool:
     """None, NaN, NaT or <NA> (a scalar test without pandas' array dispatch)."""
     return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
+def frame_of(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
+    """`pd.DataFrame(columns, index=index)` for columns that are already typed arrays of the index's
+    length (numpy arrays of a non-object dtype, or pandas extension arrays), built without the
+    constructor's per-column inference and checks, which cost more than the features of one deal."""
+    build = getattr(pd.DataFrame, "_from_arrays", None)  # pandas' internal constructor (2.x and 3.x)
+    typed = all(
+        len(v) == len(index) and (isinstance(v, pd.api.extensions.ExtensionArray)
+                                  or (isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype != object))
+        for v in columns.values()
+    )
+    if build is None or not typed:
+        return pd.DataFrame(columns, index=index)
+    frame: pd.DataFrame = build(list(columns.values()), columns=list(columns), index=index,
+                                verify_integrity=False)
+    return frame
+
+
+def text_values(values: pd.Series) -> np.ndarray:
+    """`values.astype("string").to_numpy(dtype=object)`: text, missing values as <NA>; without the
+    conversion when the values already have that dtype (as a `DealHistory`'s text columns do)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA:
+        return values.to_numpy(dtype=object)
+    return values.astype("string").to_numpy(dtype=object)
 
 
 def text_or_blank(values: Any) -> np.ndarray:
@@ -120,13 +151,13 @@ class DealIndex:
         order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
         # a validated history's deals are already in deal_id order: no reordered copy
         frame = deals if (order == np.arange(len(order))).all() else deals.iloc[order].reset_index(drop=True)
-        self.ids = pd.Index(frame["deal_id"].astype("string").to_numpy(dtype=object))
+        self.ids = pd.Index(text_values(frame["deal_id"]))
         self._codes = KeyCodes(self.ids)
         self.n = len(frame)
-        self.pipeline = frame["pipeline"].astype("string").to_numpy(dtype=object)
-        self.owner = frame["owner"].astype("string").to_numpy(dtype=object)
+        self.pipeline = text_values(frame["pipeline"])
+        self.owner = text_values(frame["owner"])
         team = frame["team"] if "team" in frame.columns else pd.Series(pd.NA, index=frame.index)
-        self.team = team.astype("string").to_numpy(dtype=object)
+        self.team = text_values(team)
         self.amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=np.float64)
         self.created = to_ns(frame["created_at"])
         if "expected_close_date" in frame.columns:
@@ -136,7 +167,7 @@ class DealIndex:
 
     def codes(self, deal_ids: pd.Series) -> np.ndarray:
         """Code of each id, -1 for ids not among the deals."""
-        return self._codes.codes(deal_ids.astype("string").to_numpy(dtype=object))
+        return self._codes.codes(text_values(deal_ids))
 
 
 def point_codes(deals: DealIndex, points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -183,6 +214,12 @@ class EventStream:
         """Number of events of each code dated at or before each time (codes must be valid)."""
         query = codes * self.base + np.searchsorted(self.grid, times, side="right")
         return np.searchsorted(self.keys, query, side="right") - self.starts[codes]
+
+    def count_many(self, codes: np.ndarray, times: list[np.ndarray]) -> list[np.ndarray]:
+        """`[count_le(codes, ts) for ts in times]`, answered by one query."""
+        n = len(codes)
+        counts = self.count_le(np.tile(codes, len(times)), np.concatenate(times)) if times else []
+        return [counts[i * n:(i + 1) * n] for i in range(len(times))]
 
     def last_index(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Position (in sorted order) of the latest event of each code at or before each time; -1 if none."""
@@ -259,7 +296,7 @@ def field_rows(history: DealHistory, deals: DealIndex, field: str) -> FieldRows:
     mask = (frame["field"].astype("string") == field).fillna(False).to_numpy(dtype=bool)
     sub = frame[mask]
     stream = EventStream(deals.codes(sub["deal_id"]), to_ns(sub["changed_at"]), deals.n)
-    value = sub["value"].astype("string").to_numpy(dtype=object)[stream.order]
+    value = text_values(sub["value"])[stream.order]
     return FieldRows(stream, value)
 
 
