@@ -28,8 +28,8 @@ def to_ns(values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
     dtype = values.dtype
     if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and not isinstance(values, np.ndarray):
         # tz-aware nanosecond times (every DealHistory time) hold UTC epoch integers: read them as they are
-        array = values.array if isinstance(values, pd.Series) else values
-        return np.array(array.asi8, dtype=np.int64)
+        return np.array(pd.DatetimeIndex(values).asi8 if isinstance(values, pd.Index) else values.array.asi8,
+                        dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         # Already times: read the UTC epoch integers directly (NaT is int64 min, i.e. NAT_NS), which
         # skips building Series and parsing for every call on the scoring hot path.
@@ -217,8 +217,10 @@ class EventStream:
 
     def count_many(self, codes: np.ndarray, times: list[np.ndarray]) -> list[np.ndarray]:
         """`[count_le(codes, ts) for ts in times]`, answered by one query."""
+        if not times:
+            return []
         n = len(codes)
-        counts = self.count_le(np.tile(codes, len(times)), np.concatenate(times)) if times else []
+        counts = self.count_le(np.tile(codes, len(times)), np.concatenate(times))
         return [counts[i * n:(i + 1) * n] for i in range(len(times))]
 
     def last_index(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
