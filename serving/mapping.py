@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
-from features.timeindex import NAT_NS, from_ns
+from features.timeindex import NAT_NS, frame_of, from_ns
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, coerce_attribute, validate_typed
 from serving.errors import raise_history_error
 from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
@@ -61,7 +61,7 @@ def _column(name: str, values: list[Any]) -> Any:
 
 
 def _frame(columns: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame({c: _column(c, [r.get(c) for r in rows]) for c in columns})
+    return frame_of({c: _column(c, [r.get(c) for r in rows]) for c in columns}, pd.RangeIndex(len(rows)))
 
 
 def _deal_rows(deals: Sequence[DealIn]) -> pd.DataFrame:
@@ -69,8 +69,9 @@ def _deal_rows(deals: Sequence[DealIn]) -> pd.DataFrame:
     names = sorted({name for d in deals for name in d.attributes})
     for name in names:
         raw = pd.Series([d.attributes.get(name) for d in deals], dtype=object)
-        columns[name] = coerce_attribute(raw).array
-    return pd.DataFrame(columns)
+        values = coerce_attribute(raw)  # float64 or text
+        columns[name] = values.to_numpy() if isinstance(values.dtype, np.dtype) else values.array
+    return frame_of(columns, pd.RangeIndex(len(deals)))
 
 
 def empty_event_frames() -> dict[str, pd.DataFrame]:
