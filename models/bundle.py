@@ -228,13 +228,7 @@ class ScoringBundle:
             x[:, i] = codes
         return x
 
-    def score(
-        self,
-        features: pd.DataFrame,
-        top_reasons: int = 3,
-        with_curves: bool = False,
-        context: Sequence[str] = (),
-    ) -> pd.DataFrame:
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
         """Score a feature frame (as from `features.build.build_features`).
 
         Returns deal_id, as_of, cold_risk, close_probability (calibrated, in [0, 1]),
@@ -246,8 +240,7 @@ class ScoringBundle:
         that lower it). The three timing scores are NaN/NaT when the close head is not a timing model.
         With `with_curves`, also `timing_curve`: per deal `{"period_days", "hazards"}` (the calibrated
         (K, 3) open/won/lost hazards as lists, `models.timing.curves_from_json` reads them back), None
-        when the close head is not a timing model. The `context` columns of `features` follow, as they
-        are (one frame built once: a concat afterwards costs more than scoring one deal).
+        when the close head is not a timing model.
         """
         x = self.encode(features)
         cold = self.cold.proba(x, features)
@@ -292,10 +285,10 @@ class ScoringBundle:
                 "expected_value": amount * close,
                 "reasons": reasons,
                 "counter_reasons": counter,
-                **({"timing_curve": _objects(stored_curves)} if with_curves else {}),
-                **{c: _column_array(features, c) for c in context},
             }
         )
+        if with_curves:
+            out["timing_curve"] = pd.Series(stored_curves, dtype=object)
         return out
 
     def timing_curves(self, features: pd.DataFrame) -> TimingCurves | None:
@@ -472,13 +465,6 @@ def _float_column(frame: pd.DataFrame, name: str) -> NDArray[np.float64]:
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         return values.astype(np.float64, copy=False)
     return np.asarray(pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
-
-
-def _objects(values: list[Any]) -> NDArray[np.object_]:
-    """A 1-d object array of `values` (which may themselves be lists or dicts)."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
 
 
 def _keys_or_blank(features: pd.DataFrame) -> tuple[NDArray[np.object_], NDArray[np.object_]]:
