@@ -106,5 +106,7 @@ def test_inline_and_stored_answers_equal_the_batch(world: World, client: TestCli
                             headers=world.auth("manager"))
         assert inline.status_code == 200, inline.text
         assert stored.status_code == 200, stored.text
-        _same_as_batch(inline.json(), batch.loc[deal_id])
-        _same_as_batch(stored.json(), batch.loc[deal_id])
+        row = batch.loc[deal_id]
+        assert isinstance(row, pd.Series)  # one row per deal
+        _same_as_batch(inline.json(), row)
+        _same_as_batch(stored.json(), row)
