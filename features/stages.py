@@ -29,7 +29,18 @@ import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, PipelineSpec
-from features.timeindex import NAT_NS, DealIndex, EventStream, cumsum_by, point_codes, take, to_ns
+from features.timeindex import (
+    NAT_NS,
+    SMALL_QUERY,
+    DealIndex,
+    EventStream,
+    cumsum_by,
+    is_missing,
+    point_codes,
+    take,
+    text_values,
+    to_ns,
+)
 
 UNKNOWN_POSITION = float("nan")
 DEAL_STATES = ("not_created", "open", "won", "lost")
@@ -128,7 +139,7 @@ def order_stage_changes(
 
 def _text_rank(values: pd.Series) -> np.ndarray:
     """Rank of each value in sorted text order (missing values after every other value)."""
-    codes, _ = pd.factorize(values.astype("string").to_numpy(dtype=object), sort=True, use_na_sentinel=True)
+    codes, _ = pd.factorize(text_values(values), sort=True, use_na_sentinel=True)
     codes = codes.astype(np.int64)
     return np.where(codes < 0, np.iinfo(np.int64).max, codes)
 
@@ -142,7 +153,7 @@ def deal_states_at(history: DealHistory, points: pd.DataFrame) -> np.ndarray:
     codes, t = point_codes(deals, points)
     frame = history.stage_changes
     stream = EventStream(deals.codes(frame["deal_id"]), to_ns(frame["changed_at"]), deals.n)
-    stage = frame["stage"].astype("string").to_numpy(dtype=object)[stream.order]
+    stage = text_values(frame["stage"])[stream.order]
     pipeline = deals.pipeline[stream.codes] if len(stream.codes) else np.array([], dtype=object)
     latest = stream.last_index(codes, t)
     state = take(stage_outcomes(pipeline, stage, history.pipelines), latest, "open").astype(object)
@@ -163,6 +174,18 @@ def _per_pair(
     n = len(stage)
     if n == 0:
         return np.array([], dtype=dtype)
+    if n <= SMALL_QUERY:
+        # a few rows: one call per distinct pair, remembered in a dict (no factorizing)
+        seen: dict[tuple[str | None, Any], Any] = {}
+        out = []
+        rows = zip(np.asarray(pipeline, dtype=object).tolist(), np.asarray(stage, dtype=object).tolist(),
+                   strict=True)
+        for p, s in rows:
+            key = (None if is_missing(p) else str(p), missing_stage if is_missing(s) else str(s))
+            if key not in seen:
+                seen[key] = value(*key)
+            out.append(seen[key])
+        return np.asarray(out, dtype=dtype)
     p_codes, p_uniques = pd.factorize(np.asarray(pipeline, dtype=object), use_na_sentinel=True)
     s_codes, s_uniques = pd.factorize(np.asarray(stage, dtype=object), use_na_sentinel=True)
     width = len(s_uniques) + 1
@@ -198,7 +221,7 @@ def stage_rows(history: DealHistory, deals: DealIndex) -> StageRows:
     frame = history.stage_changes
     stream = EventStream(deals.codes(frame["deal_id"]), to_ns(frame["changed_at"]), deals.n)
     codes = stream.codes
-    stage = frame["stage"].astype("string").to_numpy(dtype=object)[stream.order]
+    stage = text_values(frame["stage"])[stream.order]
     pipeline = deals.pipeline[codes] if len(codes) else np.array([], dtype=object)
     first = stream.first_in_code()
     created = deals.created[codes] if len(codes) else np.array([], dtype=np.int64)

@@ -25,6 +25,11 @@ def to_ns(values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
 
     pandas 3 infers second/micro resolutions, so the unit is normalised here once.
     """
+    dtype = values.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and not isinstance(values, np.ndarray):
+        # tz-aware nanosecond times (every DealHistory time) hold UTC epoch integers: read them as they are
+        return np.array(pd.DatetimeIndex(values).asi8 if isinstance(values, pd.Index) else values.array.asi8,
+                        dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         # Already times: read the UTC epoch integers directly (NaT is int64 min, i.e. NAT_NS), which
         # skips building Series and parsing for every call on the scoring hot path.
@@ -48,6 +53,92 @@ def from_ns(values: np.ndarray) -> pd.DatetimeIndex:
     return naive.tz_localize("UTC")
 
 
+# Below this many query keys a dict lookup answers faster than pandas' hash-table lookup (whose fixed
+# cost of tens of microseconds, paid a dozen times, dominated scoring one deal); same codes either way.
+SMALL_QUERY = 64
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN, NaT or <NA> (a scalar test without pandas' array dispatch)."""
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
+def frame_of(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
+    """`pd.DataFrame(columns, index=index)` for columns that are already typed arrays of the index's
+    length (numpy arrays of a non-object dtype, or pandas extension arrays), built without the
+    constructor's per-column inference and checks, which cost more than the features of one deal."""
+    build = getattr(pd.DataFrame, "_from_arrays", None)  # pandas' internal constructor (2.x and 3.x)
+    typed = all(
+        len(v) == len(index) and (isinstance(v, pd.api.extensions.ExtensionArray)
+                                  or (isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype != object))
+        for v in columns.values()
+    )
+    if build is None or not typed:
+        return pd.DataFrame(columns, index=index)
+    frame: pd.DataFrame = build(list(columns.values()), columns=list(columns), index=index,
+                                verify_integrity=False)
+    return frame
+
+
+def text_values(values: pd.Series) -> np.ndarray:
+    """`values.astype("string").to_numpy(dtype=object)`: text, missing values as <NA>; without the
+    conversion when the values already have that dtype (as a `DealHistory`'s text columns do)."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA:
+        return values.to_numpy(dtype=object)
+    return values.astype("string").to_numpy(dtype=object)
+
+
+def text_or_blank(values: Any) -> np.ndarray:
+    """Each value as text, missing ones (None, NaN, <NA>) as '': an object array."""
+    array = np.asarray(values, dtype=object)
+    if len(array) > SMALL_QUERY:
+        return pd.Series(array).fillna("").astype(str).to_numpy(dtype=object)
+    out = np.empty(len(array), dtype=object)
+    out[:] = ["" if is_missing(v) else str(v) for v in array.tolist()]
+    return out
+
+
+class KeyCodes:
+    """Position of each key in a fixed list of distinct keys (`pd.Index.get_indexer`), -1 when absent.
+
+    Missing keys (None, NaN, <NA>) match a missing entry of the list, as in pandas.
+    """
+
+    def __init__(self, keys: Any) -> None:
+        if not isinstance(keys, pd.Index):
+            keys = pd.Index(np.asarray(keys, dtype=object), dtype=object)
+        self.index = keys
+        self._code: dict[Any, int] | None = None  # built on the first small query
+        self._missing_code = -1
+
+    def _small_lookup(self) -> dict[Any, int]:
+        if self._code is None:
+            code: dict[Any, int] = {}
+            for i, key in enumerate(self.index.tolist()):
+                if is_missing(key):
+                    if self._missing_code < 0:
+                        self._missing_code = i
+                else:
+                    code.setdefault(key, i)
+            self._code = code
+        return self._code
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def codes(self, keys: Any) -> np.ndarray:
+        """int64 code of each key."""
+        values = np.asarray(keys, dtype=object)
+        if len(values) > SMALL_QUERY:
+            return np.asarray(self.index.get_indexer(pd.Index(values, dtype=object)), dtype=np.int64)
+        code = self._small_lookup()
+        missing = self._missing_code
+        return np.array(
+            [missing if is_missing(k) else code.get(k, -1) for k in values.tolist()], dtype=np.int64
+        )
+
+
 class DealIndex:
     """Integer codes for deals, in sorted deal_id order.
 
@@ -58,13 +149,15 @@ class DealIndex:
     def __init__(self, deals: pd.DataFrame) -> None:
         ids = deals["deal_id"].astype("string")
         order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
-        frame = deals.iloc[order].reset_index(drop=True)
-        self.ids = pd.Index(frame["deal_id"].astype("string").to_numpy(dtype=object))
+        # a validated history's deals are already in deal_id order: no reordered copy
+        frame = deals if (order == np.arange(len(order))).all() else deals.iloc[order].reset_index(drop=True)
+        self.ids = pd.Index(text_values(frame["deal_id"]))
+        self._codes = KeyCodes(self.ids)
         self.n = len(frame)
-        self.pipeline = frame["pipeline"].astype("string").to_numpy(dtype=object)
-        self.owner = frame["owner"].astype("string").to_numpy(dtype=object)
+        self.pipeline = text_values(frame["pipeline"])
+        self.owner = text_values(frame["owner"])
         team = frame["team"] if "team" in frame.columns else pd.Series(pd.NA, index=frame.index)
-        self.team = team.astype("string").to_numpy(dtype=object)
+        self.team = text_values(team)
         self.amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=np.float64)
         self.created = to_ns(frame["created_at"])
         if "expected_close_date" in frame.columns:
@@ -74,7 +167,7 @@ class DealIndex:
 
     def codes(self, deal_ids: pd.Series) -> np.ndarray:
         """Code of each id, -1 for ids not among the deals."""
-        return self.ids.get_indexer(pd.Index(deal_ids.astype("string").to_numpy(dtype=object)))
+        return self._codes.codes(text_values(deal_ids))
 
 
 def point_codes(deals: DealIndex, points: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +215,14 @@ class EventStream:
         query = codes * self.base + np.searchsorted(self.grid, times, side="right")
         return np.searchsorted(self.keys, query, side="right") - self.starts[codes]
 
+    def count_many(self, codes: np.ndarray, times: list[np.ndarray]) -> list[np.ndarray]:
+        """`[count_le(codes, ts) for ts in times]`, answered by one query."""
+        if not times:
+            return []
+        n = len(codes)
+        counts = self.count_le(np.tile(codes, len(times)), np.concatenate(times))
+        return [counts[i * n:(i + 1) * n] for i in range(len(times))]
+
     def last_index(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Position (in sorted order) of the latest event of each code at or before each time; -1 if none."""
         count = self.count_le(codes, times)
@@ -144,6 +245,12 @@ def take(values: np.ndarray, index: np.ndarray, default: Any) -> np.ndarray:
 
 def pair_keys(pipeline: np.ndarray, stage: np.ndarray) -> pd.Index:
     """One string key per (pipeline, stage) pair; a missing part gives a missing key."""
+    if len(pipeline) <= SMALL_QUERY:
+        # the same text as the vectorised concatenation below, without its fixed cost
+        pairs = zip(np.asarray(pipeline, dtype=object).tolist(), np.asarray(stage, dtype=object).tolist(),
+                    strict=True)
+        keys = [pd.NA if is_missing(p) or is_missing(s) else f"{p}\x1f{s}" for p, s in pairs]
+        return pd.Index(np.array(keys, dtype=object), dtype=object)
     joined = pd.Series(pipeline, dtype="string") + "\x1f" + pd.Series(stage, dtype="string")
     return pd.Index(joined.to_numpy(dtype=object))
 
@@ -162,6 +269,19 @@ def cumsum_by(flags: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return total - before[offset]
 
 
+def running_max_by(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Running maximum of float `values` within each run of equal (sorted) codes, NaN skipped as in
+    pandas' groupby cummax (a NaN row stays NaN)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) > SMALL_QUERY or np.isnan(values).any():
+        return pd.Series(values).groupby(codes).cummax().to_numpy(dtype=np.float64)
+    out = values.copy()
+    for i in range(1, len(out)):
+        if codes[i] == codes[i - 1] and out[i - 1] > out[i]:
+            out[i] = out[i - 1]
+    return out
+
+
 @dataclass(frozen=True)
 class FieldRows:
     """Changes of one field in (deal, time) order."""
@@ -178,7 +298,7 @@ def field_rows(history: DealHistory, deals: DealIndex, field: str) -> FieldRows:
     mask = (frame["field"].astype("string") == field).fillna(False).to_numpy(dtype=bool)
     sub = frame[mask]
     stream = EventStream(deals.codes(sub["deal_id"]), to_ns(sub["changed_at"]), deals.n)
-    value = sub["value"].astype("string").to_numpy(dtype=object)[stream.order]
+    value = text_values(sub["value"])[stream.order]
     return FieldRows(stream, value)
 
 
@@ -202,14 +322,14 @@ class AsofIndex:
         at = table["at"].to_numpy(dtype=np.int64)
         if by is None:
             codes = np.zeros(len(at), dtype=np.int64)
-            self.known: pd.Index | None = None
+            self.known: KeyCodes | None = None
         else:
             # Integer codes for the keys: immune to object-vs-string dtype clashes. A query key the table
             # has never seen gets -1, which matches nothing.
             raw = keys if keys is not None else table[by].astype(object).to_numpy(dtype=object)
             right_keys = pd.Index(np.asarray(raw, dtype=object))
-            self.known = right_keys.unique()
-            codes = self.known.get_indexer(right_keys).astype(np.int64)
+            self.known = KeyCodes(right_keys.unique())
+            codes = self.known.index.get_indexer(right_keys).astype(np.int64)
         order = np.lexsort((at, codes))  # stable: equal (key, at) rows keep their order; the last wins
         self.grid = np.unique(at)
         self.base = np.int64(len(self.grid) + 1)
@@ -224,7 +344,7 @@ class AsofIndex:
             query_codes = np.zeros(len(times), dtype=np.int64)
         else:
             assert keys is not None
-            query_codes = self.known.get_indexer(pd.Index(np.asarray(keys, dtype=object))).astype(np.int64)
+            query_codes = self.known.codes(keys)
         query = query_codes * self.base + np.searchsorted(self.grid, times, side="right")
         pos = np.searchsorted(self.keys, query, side="right") - 1
         safe = np.clip(pos, 0, None)

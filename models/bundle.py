@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from features.timeindex import KeyCodes
 from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
@@ -194,7 +195,9 @@ class ScoringBundle:
         self._num_idx = [i for i, c in enumerate(cols) if c not in self.categorical_levels]
         self._num_cols = [cols[i] for i in self._num_idx]
         self._cat_cols = [cols[i] for i in self._cat_idx]
-        self._cat_index = {c: pd.Index(self.categorical_levels[c], dtype=object) for c in self._cat_cols}
+        self._cat_index = {
+            c: KeyCodes(pd.Index(self.categorical_levels[c], dtype=object)) for c in self._cat_cols
+        }
         self._reasons = ReasonWriter(cols, self.reference, self.categorical_levels)
 
     # ---- scoring -------------------------------------------------------------------------------------
@@ -214,13 +217,13 @@ class ScoringBundle:
             if isinstance(values.dtype, pd.CategoricalDtype):
                 # translate the frame's categories to training codes once, then index by the row codes
                 # (the appended -1 is what a missing value's code -1 picks, even with no categories at all)
-                to_train = self._cat_index[c].get_indexer(pd.Index(values.cat.categories.astype(object)))
+                to_train = self._cat_index[c].codes(values.cat.categories.astype(object))
                 # a missing value's code is -1, which picks the appended -1; this holds when the frame
                 # has no categories at all (one deal with no stage yet), where to_train is empty
                 codes = np.append(to_train, -1)[values.cat.codes.to_numpy()].astype(np.float64)
             else:
                 raw = values.to_numpy(dtype=object)  # missing values match no level: -1
-                codes = self._cat_index[c].get_indexer(pd.Index(raw, dtype=object)).astype(np.float64)
+                codes = self._cat_index[c].codes(raw).astype(np.float64)
             codes[codes < 0] = np.nan
             x[:, i] = codes
         return x

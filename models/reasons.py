@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+from features.timeindex import KeyCodes, text_or_blank
 from models.baselines import context_keys
 
 _KEY_SEP = "\x1f"  # pipeline/stage separator in reference keys; never appears in CRM names
@@ -387,19 +388,20 @@ class ReasonWriter:
                 out[i, target[target >= 0]] = arr[target >= 0]
             return keys, out
 
-        self._stage_keys, self._stage_ref = matrix(reference.get("by_stage", {}))
-        self._pipe_keys, self._pipe_ref = matrix(reference.get("by_pipeline", {}))
+        stage_keys, self._stage_ref = matrix(reference.get("by_stage", {}))
+        pipe_keys, self._pipe_ref = matrix(reference.get("by_pipeline", {}))
+        self._stage_keys, self._pipe_keys = KeyCodes(stage_keys), KeyCodes(pipe_keys)
         _, glob = matrix({"": reference.get("global", [None] * len(ref_features))})
         self._global_ref = glob[0]
 
     def typical_values(self, pipeline: ArrayLike, stage: ArrayLike) -> NDArray[np.float64]:
         """(n_rows, n_features) typical values: stage-level, else pipeline-level, else global."""
         # missing names (None, NaN, pd.NA) match no key and fall through to the wider reference
-        pipe = pd.Series(np.asarray(pipeline, dtype=object)).fillna("").astype(str).to_numpy(dtype=object)
-        stg = pd.Series(np.asarray(stage, dtype=object)).fillna("").astype(str).to_numpy(dtype=object)
+        pipe = text_or_blank(pipeline)
+        stg = text_or_blank(stage)
         keys = pipe + _KEY_SEP + stg
-        g_stage = self._stage_keys.get_indexer(pd.Index(keys, dtype=object))
-        g_pipe = self._pipe_keys.get_indexer(pd.Index(pipe, dtype=object))
+        g_stage = self._stage_keys.codes(keys)
+        g_pipe = self._pipe_keys.codes(pipe)
         ref = self._stage_ref[g_stage]  # -1 indexes the all-NaN last row
         ref = np.where(np.isnan(ref), self._pipe_ref[g_pipe], ref)
         return np.where(np.isnan(ref), self._global_ref[None, :], ref)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
-from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, UTC_NS, coerce_attribute, validate_typed
+from features.timeindex import NAT_NS, frame_of, from_ns
+from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, coerce_attribute, validate_typed
 from serving.errors import raise_history_error
 from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
 
@@ -41,28 +43,35 @@ def time_or(value: datetime | None, default: pd.Timestamp | None = None) -> pd.T
     return default if default is not None else pd.Timestamp.now(tz="UTC")
 
 
-def _column(name: str, values: list[Any]) -> pd.Series:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _column(name: str, values: list[Any]) -> Any:
+    """One column's values as the array `DealHistory` holds (no Series: the frame is built once)."""
     if name in _TIME_COLUMNS:
-        return pd.Series(pd.array(values, dtype=UTC_NS))  # pydantic made every time aware UTC
+        # pydantic made every time aware UTC; whole microseconds, so the nanoseconds are exact
+        ns = [NAT_NS if v is None else (v - _EPOCH) // _MICROSECOND * 1000 for v in values]
+        return from_ns(np.array(ns, dtype=np.int64)).array
     if name in _FLOAT_COLUMNS:
-        return pd.Series(values, dtype="float64")
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     # Enum members are str subclasses; their value is the text the history stores.
     text = [None if v is None else str(v.value if hasattr(v, "value") else v) for v in values]
-    return pd.Series(pd.array(text, dtype="string"))
+    return pd.array(text, dtype="string")
 
 
 def _frame(columns: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame({c: _column(c, [r.get(c) for r in rows]) for c in columns})
+    return frame_of({c: _column(c, [r.get(c) for r in rows]) for c in columns}, pd.RangeIndex(len(rows)))
 
 
 def _deal_rows(deals: Sequence[DealIn]) -> pd.DataFrame:
-    rows = [{c: getattr(d, c) for c in DEAL_COLUMNS} for d in deals]
-    frame = _frame(DEAL_COLUMNS, rows)
+    columns = {c: _column(c, [getattr(d, c) for d in deals]) for c in DEAL_COLUMNS}
     names = sorted({name for d in deals for name in d.attributes})
     for name in names:
         raw = pd.Series([d.attributes.get(name) for d in deals], dtype=object)
-        frame[name] = coerce_attribute(raw)
-    return frame
+        values = coerce_attribute(raw)  # float64 or text
+        columns[name] = values.to_numpy() if isinstance(values.dtype, np.dtype) else values.array
+    return frame_of(columns, pd.RangeIndex(len(deals)))
 
 
 def empty_event_frames() -> dict[str, pd.DataFrame]:

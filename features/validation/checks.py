@@ -10,31 +10,58 @@ import numpy as np
 import pandas as pd
 
 from features.history import EVENT_TIME
+from features.timeindex import is_missing
 from features.validation.problems import ProblemCollector
 
+# Below this many rows the checks run as one Python pass over plain values: pandas' string and index
+# operations have fixed costs that dominate the API's one-deal requests. Same answers either way.
+SMALL_ROWS = 2_000
 
-def _first_row_of_duplicates(keys: pd.Series) -> tuple[pd.Series, pd.Series | None]:
+
+def _first_row_of_duplicates(keys: pd.Series) -> tuple[np.ndarray, pd.Series | None]:
     """(mask of repeated keys after their first occurrence, 1-based row of that first occurrence)."""
     values = keys.to_numpy(dtype=object)
     present = values[pd.notna(values)]
     # The common case (no repeats) is answered with one set; pandas' duplicated costs more on small input.
     if len(set(present)) == len(present):
-        return pd.Series(False, index=keys.index), None
+        return np.zeros(len(values), dtype=bool), None
     dup = keys.notna() & keys.duplicated(keep="first")
     firsts = keys[keys.notna() & ~keys.duplicated(keep="first")]
     first_row = pd.Series(firsts.index + 1, index=firsts.to_numpy())
-    return dup.astype(bool), keys.map(first_row)
+    return dup.to_numpy(dtype=bool), keys.map(first_row)
+
+
+def _per_deal_keys(events: pd.DataFrame) -> pd.Series:
+    """One key per (deal_id, event_id) pair; missing when the event_id is missing."""
+    if len(events) > SMALL_ROWS:
+        event_id = events["event_id"].astype("string")
+        return (events["deal_id"].astype("string") + "\x1f" + event_id).where(event_id.notna())
+    deal = events["deal_id"].to_numpy(dtype=object)
+    event = events["event_id"].to_numpy(dtype=object)
+    keys = np.empty(len(events), dtype=object)
+    keys[:] = [
+        None if d is None or e is None or pd.isna(d) or pd.isna(e) else f"{d}\x1f{e}"
+        for d, e in zip(deal, event, strict=True)
+    ]
+    return pd.Series(keys, index=events.index, dtype=object)
 
 
 def deal_positions(deals: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     """Row in `deals` of each id (its first row if repeated), -1 for an id not in deals or missing."""
     deal_ids = deals["deal_id"].to_numpy(dtype=object)
+    wanted = ids.to_numpy(dtype=object)
+    if len(deal_ids) <= SMALL_ROWS and len(wanted) <= SMALL_ROWS:
+        first: dict[object, int] = {}
+        for row, deal_id in enumerate(deal_ids):
+            if not is_missing(deal_id):
+                first.setdefault(deal_id, row)
+        return np.array([-1 if is_missing(i) else first.get(i, -1) for i in wanted], dtype=np.intp)
     # Repeated and missing deal ids are reported elsewhere; look ids up among each id's first row.
-    first = ~pd.Index(deal_ids, dtype=object).duplicated(keep="first") & pd.notna(deal_ids)
-    rows = np.flatnonzero(first)
+    is_first = ~pd.Index(deal_ids, dtype=object).duplicated(keep="first") & pd.notna(deal_ids)
+    rows = np.flatnonzero(is_first)
     if rows.size == 0:
         return np.full(len(ids), -1, dtype=np.intp)
-    found = pd.Index(deal_ids[rows], dtype=object).get_indexer(ids.to_numpy(dtype=object))
+    found = pd.Index(deal_ids[rows], dtype=object).get_indexer(wanted)
     return np.where(found >= 0, rows[found], -1)
 
 
@@ -67,9 +94,7 @@ def check_events(
         return
     time_column = EVENT_TIME[table]
     # event_id is unique within a deal (two deals may use the same id), as the store keys it
-    event_id = events["event_id"].astype("string")
-    per_deal = (events["deal_id"].astype("string") + "\x1f" + event_id).where(event_id.notna())
-    dup, first_row = _first_row_of_duplicates(per_deal)
+    dup, first_row = _first_row_of_duplicates(_per_deal_keys(events))
     problems.add_rows(
         table,
         dup,
@@ -85,7 +110,7 @@ def check_events(
     position = deal_positions(deals, ids)
     problems.add_rows(
         table,
-        ids.notna() & (position < 0),
+        pd.notna(ids.to_numpy(dtype=object)) & (position < 0),
         "deal_id",
         "unknown deal {value}",
         "every history row must refer to a deal_id listed in deals",

@@ -7,6 +7,7 @@ whole columns; only the (capped) list of problems is formatted row by row.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import numpy as np
@@ -116,6 +117,8 @@ def coerce_attribute(series: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(series.dtype):
         return series.astype("float64")
     text = to_string(series)
+    if len(text) <= _SMALL_COLUMN and not _may_be_numbers(text):
+        return text
     present = text.notna()
     if not present.any():
         return text
@@ -125,6 +128,23 @@ def coerce_attribute(series: pd.Series) -> pd.Series:
     if bool((numbers.notna() | ~present).all()) and not bool(leading_zero.any()):
         return numbers.astype("float64")
     return text
+
+
+def _may_be_numbers(text: pd.Series) -> bool:
+    """False when some present value cannot parse as a number (no digit, and not an infinity) or is a
+    code with a leading zero, or no value is present: the attribute is text without parsing any of it.
+    (A value with neither a digit nor "inf" in it is NaN to `pd.to_numeric`; the leading-zero rule is
+    the one below, with pyarrow's ASCII `\\d`.)"""
+    present = [v for v in text.to_numpy(dtype=object).tolist() if v is not None and v is not pd.NA]
+    if not present:
+        return False
+    for v in present:
+        if _LEADING_ZERO.match(v) or not (any(c.isdigit() for c in v) or "inf" in v.lower()):
+            return False
+    return True
+
+
+_LEADING_ZERO = re.compile(r"[+-]?0[0-9]")
 
 
 def format_utc_iso(times: pd.Series) -> pd.Series:
@@ -291,42 +311,63 @@ def field_change_values(
 
     Runs on file import and on the API path alike (the rule depends on two columns, so it is a frame
     check): an amount is a number >= 0, a close date a time (or empty, to clear it), an owner present.
-    `shown` holds the values as the user wrote them, for messages.
+    `shown` holds the values as the user wrote them, for messages. Each rule parses only the rows of its
+    field (small requests often carry none of a kind).
     """
     table = "field_changes"
     if value.empty:
         return value
-    # Each rule runs only when its kind of change is present: small requests often carry none.
-    is_amount = (field == "amount").fillna(False).astype(bool)
-    if is_amount.any():
-        amounts, bad_amount = parse_numbers(value.where(is_amount))
+    kinds = _field_kinds(field)
+    n = len(value)
+
+    def flagged(rows: np.ndarray, bad: pd.Series) -> np.ndarray:
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = bad.fillna(False).to_numpy(dtype=bool)
+        return mask
+
+    amount_rows = np.flatnonzero(kinds == "amount")
+    if amount_rows.size:
+        amounts, bad_amount = parse_numbers(value.iloc[amount_rows])
         problems.add_rows(
             table,
-            is_amount & (bad_amount | amounts.isna() | (amounts < 0).fillna(False)),
+            flagged(amount_rows, bad_amount | amounts.isna() | (amounts < 0)),
             "value",
             "amount value {value} is not a number ≥ 0",
             "amount changes carry the new amount, e.g. 12500",
             values=shown,
         )
         problems.add_rows(
-            table, is_amount & (amounts > MAX_AMOUNT).fillna(False), "value",
+            table, flagged(amount_rows, amounts > MAX_AMOUNT), "value",
             "amount value {value} is too large", f"amounts must be at most {MAX_AMOUNT:.0e}", values=shown,
         )
-    is_close = (field == "expected_close_date").fillna(False).astype(bool)
-    if is_close.any():
-        dates, bad_date = parse_times(value.where(is_close))
+    close_rows = np.flatnonzero(kinds == "expected_close_date")
+    if close_rows.size:
+        dates, bad_date = parse_times(value.iloc[close_rows])
         problems.add_rows(
             table,
-            is_close & bad_date,
+            flagged(close_rows, bad_date),
             "value",
             "expected_close_date value {value} is not a time",
             "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
             values=shown,
         )
         # Dates are stored canonically so every consumer parses the same instant (naive/date-only = UTC).
-        value = value.where(~(is_close & dates.notna()), format_utc_iso(dates))
-    is_owner = (field == "owner").fillna(False).astype(bool)
+        parsed = dates.notna().to_numpy(dtype=bool)
+        if parsed.any():
+            text = value.to_numpy(dtype=object)  # a copy: `value` is left as it was
+            text[close_rows[parsed]] = format_utc_iso(dates[parsed]).to_numpy(dtype=object)
+            value = pd.Series(pd.array(text, dtype=STRING), index=value.index, name=value.name)
+    owner_rows = kinds == "owner"
     problems.add_rows(
-        table, is_owner & value.isna(), "value", "missing new owner", "owner changes name the new owner"
+        table, owner_rows & pd.isna(value.to_numpy(dtype=object)), "value", "missing new owner",
+        "owner changes name the new owner",
     )
     return value
+
+
+def _field_kinds(field: pd.Series) -> np.ndarray:
+    """Each row's field name as an object array ('' when missing)."""
+    if len(field) > _SMALL_COLUMN:
+        return field.astype(STRING).fillna("").to_numpy(dtype=object)
+    names = ["" if v is None or v is pd.NA or v != v else str(v) for v in field.tolist()]
+    return np.array(names, dtype=object)

@@ -67,42 +67,47 @@ class World:
 
     def inline_deal(self, deal_id: str) -> dict[str, Any]:
         """A stored deal and its whole history as the inline JSON `POST /v1/score` takes."""
-        sub = self.history.subset([deal_id])
-        deal = sub.deals.iloc[0]
+        return inline_deal(self.history, deal_id)
 
-        def iso(value: Any) -> str | None:
-            return None if pd.isna(value) else pd.Timestamp(value).isoformat()
 
-        def text(value: Any) -> Any:
-            return None if pd.isna(value) else str(value)
+def inline_deal(history: DealHistory, deal_id: str) -> dict[str, Any]:
+    """A deal of `history` and its whole history as the inline JSON `POST /v1/score` takes."""
+    sub = history.subset([deal_id])
+    deal = sub.deals.iloc[0]
 
-        body: dict[str, Any] = {
-            "deal_id": str(deal["deal_id"]),
-            "pipeline": str(deal["pipeline"]),
-            "owner": str(deal["owner"]),
-            "amount": float(deal["amount"]),
-            "created_at": iso(deal["created_at"]),
-            "team": text(deal.get("team")),
-            "account": text(deal.get("account")),
-            "expected_close_date": iso(deal.get("expected_close_date")),
-            "currency": text(deal.get("currency")),
-            "attributes": {c: _json_value(deal[c]) for c in sub.attribute_columns},
-            "stage_changes": [
-                {"stage": str(r.stage), "changed_at": iso(r.changed_at), "event_id": text(r.event_id)}
-                for r in sub.stage_changes.itertuples()
-            ],
-            "activities": [
-                {"type": str(r.type), "occurred_at": iso(r.occurred_at), "direction": text(r.direction),
-                 "event_id": text(r.event_id)}
-                for r in sub.activities.itertuples()
-            ],
-            "field_changes": [
-                {"field": str(r.field), "value": str(r.value), "changed_at": iso(r.changed_at),
-                 "event_id": text(r.event_id)}
-                for r in sub.field_changes.itertuples()
-            ],
-        }
-        return body
+    def iso(value: Any) -> str | None:
+        return None if pd.isna(value) else pd.Timestamp(value).isoformat()
+
+    def text(value: Any) -> Any:
+        return None if pd.isna(value) else str(value)
+
+    body: dict[str, Any] = {
+        "deal_id": str(deal["deal_id"]),
+        "pipeline": str(deal["pipeline"]),
+        "owner": str(deal["owner"]),
+        "amount": float(deal["amount"]),
+        "created_at": iso(deal["created_at"]),
+        "team": text(deal.get("team")),
+        "account": text(deal.get("account")),
+        "expected_close_date": iso(deal.get("expected_close_date")),
+        "currency": text(deal.get("currency")),
+        "attributes": {c: _json_value(deal[c]) for c in sub.attribute_columns},
+        "stage_changes": [
+            {"stage": str(r.stage), "changed_at": iso(r.changed_at), "event_id": text(r.event_id)}
+            for r in sub.stage_changes.itertuples()
+        ],
+        "activities": [
+            {"type": str(r.type), "occurred_at": iso(r.occurred_at), "direction": text(r.direction),
+             "event_id": text(r.event_id)}
+            for r in sub.activities.itertuples()
+        ],
+        "field_changes": [
+            {"field": str(r.field), "value": str(r.value), "changed_at": iso(r.changed_at),
+             "event_id": text(r.event_id)}
+            for r in sub.field_changes.itertuples()
+        ],
+    }
+    return body
 
 
 def _settings(home: Path, **overrides: Any) -> Settings:
