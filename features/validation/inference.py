@@ -23,6 +23,8 @@ def infer_pipeline_specs(
     """
     if not pipelines:
         return {}
+    if len(stage_changes) == 0:  # nothing to order (a write of activities): skip the frame work
+        return {name: PipelineSpec(name=name, stages=(), inferred=True) for name in pipelines}
     pipeline_of = deals.drop_duplicates("deal_id").set_index("deal_id")["pipeline"]
     events = stage_changes[["deal_id", "stage", "changed_at"]].dropna()
     events = events.assign(pipeline=events["deal_id"].map(pipeline_of))
