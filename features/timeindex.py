@@ -8,7 +8,9 @@ answers "the last row with this key and `at <= t`" against a presorted time-inde
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,21 @@ def from_ns(values: np.ndarray) -> pd.DatetimeIndex:
     """int64 nanoseconds (NAT_NS for missing) back to datetime64[ns, UTC] times."""
     naive = pd.DatetimeIndex(np.asarray(values, dtype=np.int64).view("datetime64[ns]"))
     return naive.tz_localize("UTC")
+
+
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = _EPOCH.replace(tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def datetimes_ns(values: Iterable[datetime | None]) -> np.ndarray:
+    """Python datetimes as int64 nanoseconds since the epoch, None as NAT_NS: aware ones by their
+    instant, naive ones as UTC (as the store keeps them). Exact: datetimes hold whole microseconds."""
+    return np.array(
+        [NAT_NS if v is None else (v - (_EPOCH if v.tzinfo is None else _EPOCH_UTC)) // _MICROSECOND * 1000
+         for v in values],
+        dtype=np.int64,
+    )
 
 
 # Below this many query keys a dict lookup answers faster than pandas' hash-table lookup (whose fixed

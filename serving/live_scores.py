@@ -101,7 +101,7 @@ class LiveScorer:
             due = {**self._rescore_provisional(self.batch - len(due)), **due}
         if not due:
             return 0
-        history = self.store.load_history(deal_ids=list(due))
+        history = self.store.load_history(deal_ids=list(due), trusted=True)
         points = open_deal_points(history, t)
         if points.empty:
             return 0

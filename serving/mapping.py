@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
-from features.timeindex import NAT_NS, frame_of, from_ns
+from features.timeindex import datetimes_ns, frame_of, from_ns
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, coerce_attribute, validate_typed
 from serving.errors import raise_history_error
 from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
@@ -43,16 +43,11 @@ def time_or(value: datetime | None, default: pd.Timestamp | None = None) -> pd.T
     return default if default is not None else pd.Timestamp.now(tz="UTC")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
 def _column(name: str, values: list[Any]) -> Any:
     """One column's values as the array `DealHistory` holds (no Series: the frame is built once)."""
     if name in _TIME_COLUMNS:
         # pydantic made every time aware UTC; whole microseconds, so the nanoseconds are exact
-        ns = [NAT_NS if v is None else (v - _EPOCH) // _MICROSECOND * 1000 for v in values]
-        return from_ns(np.array(ns, dtype=np.int64)).array
+        return from_ns(datetimes_ns(values)).array
     if name in _FLOAT_COLUMNS:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     # Enum members are str subclasses; their value is the text the history stores.

@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from operator import itemgetter
 from typing import Any, cast
 
 import numpy as np
@@ -67,6 +68,7 @@ from features.history import (
 )
 from features.jsonable import jsonable
 from features.stages import stage_outcome
+from features.validation import assemble_typed, stored_deals, stored_events
 from models.at_risk import (
     AT_RISK_SORTS,
     DEFAULT_SORT,
@@ -1107,12 +1109,16 @@ class Store:
     # ------------------------------------------------------------------ reads
     def load_history(
         self, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None,
-        tables: Sequence[str] = tuple(EVENT_TABLES),
+        tables: Sequence[str] = tuple(EVENT_TABLES), trusted: bool = False,
     ) -> DealHistory:
         """The stored history (optionally only some pipelines and/or deals, and only the event `tables`
-        named: the others come back with their columns and no rows), validated as a DealHistory."""
+        named: the others come back with their columns and no rows), validated as a DealHistory.
+
+        `trusted=True` (with `deal_ids`) types the named deals' rows without validating them again: the
+        same `DealHistory`, for the reads of a few deals on a request's or the live scorer's path
+        (docs/storage.md, "Trusted reads")."""
         with self._read() as conn:
-            return self._read_history(conn, pipelines, deal_ids, tables=tables)
+            return self._read_history(conn, pipelines, deal_ids, tables=tables, trusted=trusted)
 
     def health_history(self, pipeline: str, since: datetime, until: datetime) -> tuple[DealHistory, LeftOut]:
         """What `features.health.pipeline_health` needs for one pipeline's window [since, until], read by
@@ -1229,11 +1235,17 @@ class Store:
 
     def _read_history(
         self, conn: Connection, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None,
-        tables: Sequence[str] = tuple(EVENT_TABLES),
+        tables: Sequence[str] = tuple(EVENT_TABLES), trusted: bool = False,
     ) -> DealHistory:
+        """The stored history, validated (`DealHistory.from_frames`); with `trusted` and `deal_ids`, those
+        deals' rows typed without validating them again (`_read_trusted`), the same `DealHistory`."""
         deals_t = self.table("deals")
         wanted_pipes = None if pipelines is None else sorted({str(p) for p in pipelines})
         wanted_ids = None if deal_ids is None else list(dict.fromkeys(str(d) for d in deal_ids))
+        if trusted and wanted_ids is not None:
+            history = self._read_trusted(conn, wanted_pipes, wanted_ids, tables)
+            if history is not None:
+                return history
         deal_cols = [deals_t.c[c] for c in ("id", *DEAL_COLUMNS, "attributes")]
         specs = self._pipeline_specs(conn)
         query = sa.select(*deal_cols)
@@ -1259,6 +1271,39 @@ class Store:
             pipelines=specs,
             source="store",
         )
+
+    def _read_trusted(
+        self, conn: Connection, wanted_pipes: Sequence[str] | None, wanted_ids: Sequence[str],
+        tables: Sequence[str],
+    ) -> DealHistory | None:
+        """The deals among `wanted_ids` (of `wanted_pipes`, when given) and their events, typed by the
+        validation's per-value rules without its checks (`features.validation.assemble_typed`): the
+        `DealHistory` the validated read returns, since every write validated these rows in its
+        transaction. None when a deal's state was never computed (a store just upgraded, whose rows no
+        write has validated yet): the caller validates then."""
+        deals_t = self.table("deals")
+        names = ("id", *DEAL_COLUMNS, "attributes", "state_updated_at")
+        query = sa.select(*(deals_t.c[c] for c in names))
+        if wanted_pipes is not None:
+            query = query.where(deals_t.c.pipeline.in_(wanted_pipes))
+        rows = sorted(_read_rows(conn, query, deals_t.c.deal_id, wanted_ids), key=itemgetter(0))  # by `id`
+        if any(row.state_updated_at is None for row in rows):
+            return None
+        columns = {name: [row[i] for row in rows] for i, name in enumerate(names)}
+        deals = stored_deals(columns, columns["attributes"])
+        events: dict[str, pd.DataFrame] = {}
+        for name, (value_columns, time_col) in EVENT_TABLES.items():
+            table = self.table(name)
+            selected = ("id", *value_columns, "event_id")
+            # a table not wanted: its columns, no rows
+            found = _read_rows(conn, sa.select(*(table.c[c] for c in selected)), table.c.deal_id,
+                               columns["deal_id"] if name in tables else [])
+            # the validated read's order: by deal and time, ties in insertion (`id`) order
+            found.sort(key=itemgetter(selected.index("deal_id"), selected.index(time_col), 0))
+            events[name] = stored_events(name, {c: [row[i] for row in found] for i, c in enumerate(selected)})
+        present = sorted(set(columns["pipeline"]) | set(wanted_pipes or ()))
+        return assemble_typed(deals, events["stage_changes"], events["activities"], events["field_changes"],
+                              self._pipeline_specs(conn, present))
 
     def deal_pipelines(self, deal_ids: Iterable[str]) -> dict[str, str]:
         """deal_id -> pipeline for the given ids that exist (unknown ids are simply absent)."""
@@ -1897,24 +1942,25 @@ def _rows_frame(rows: Sequence[Any], names: list[str]) -> pd.DataFrame:
     )
 
 
+def _read_rows(
+    conn: Connection, query: sa.Select[Any], id_column: sa.Column[Any], ids: Sequence[str] | None
+) -> list[Any]:
+    """Run a select, restricted to `ids` in chunks when given, into a list of rows (in no set order)."""
+    if ids is None:
+        return list(conn.execute(query).fetchall())
+    rows: list[Any] = []
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = _among(conn.dialect.name, id_column, ids[i : i + _IN_CHUNK])
+        rows += conn.execute(query.where(chunk)).fetchall()
+    return rows
+
+
 def _read_frame(
     conn: Connection, query: sa.Select[Any], id_column: sa.Column[Any], ids: Sequence[str] | None
 ) -> pd.DataFrame:
     """Run a select (restricted to `ids` in chunks when given) into a frame in insertion (`id`) order."""
     names = list(query.selected_columns.keys())
-    if ids is None:
-        frame = _rows_frame(conn.execute(query).fetchall(), names)
-    else:
-        parts = [
-            _rows_frame(
-                conn.execute(
-                    query.where(_among(conn.dialect.name, id_column, ids[i : i + _IN_CHUNK]))
-                ).fetchall(),
-                names,
-            )
-            for i in range(0, len(ids), _IN_CHUNK)
-        ]
-        frame = pd.concat(parts, ignore_index=True) if parts else _rows_frame([], names)
+    frame = _rows_frame(_read_rows(conn, query, id_column, ids), names)
     return frame.sort_values("id", kind="stable").drop(columns="id").reset_index(drop=True)
 
 

@@ -1,15 +1,19 @@
 """Validation and coercion of deal-history frames into a typed `DealHistory`.
 
-Two entries, one set of rules:
+Three entries, one set of rules:
 
 - `validate_and_coerce` takes raw frames (CSV text, Parquet, the store's rows): it parses every column
   (`parsing`), applying the per-value rules, then runs the cross-row checks (`checks`, `specs`).
 - `validate_typed` takes frames already in the `DealHistory` dtypes whose fields were checked one by one
   at the edge (the API's pydantic models, built by `serving.mapping`): it runs only the cross-row checks
   and the field-change value rule, which depends on two columns.
+- `assemble_typed` takes typed frames whose validity is already known (the store's rows, which every
+  write validated in its transaction, typed by `parsing.stored_deals` / `stored_events` with the same
+  per-value rules): it runs no check, only the assembly both entries end in (sorting, the same-time
+  order of stage changes, inferred specs), so it returns what they return on the same rows.
 
-Both collect every problem (up to MAX_PROBLEMS) before raising `HistoryValidationError`, each naming the
-table, 1-based data row, column and a hint. Pipelines without a spec get one inferred
+The first two collect every problem (up to MAX_PROBLEMS) before raising `HistoryValidationError`, each
+naming the table, 1-based data row, column and a hint. Pipelines without a spec get one inferred
 (`inference`).
 """
 
@@ -39,6 +43,8 @@ from features.validation.parsing import (
     format_utc_iso,
     parse_deals,
     parse_events,
+    stored_deals,
+    stored_events,
 )
 from features.validation.problems import MAX_PROBLEMS, ProblemCollector
 from features.validation.specs import check_stages_against_specs, given_specs
@@ -51,9 +57,12 @@ __all__ = [
     "MAX_AMOUNT",
     "MAX_PROBLEMS",
     "UTC_NS",
+    "assemble_typed",
     "coerce_attribute",
     "format_utc_iso",
     "infer_pipeline_specs",
+    "stored_deals",
+    "stored_events",
     "validate_and_coerce",
     "validate_typed",
 ]
@@ -129,10 +138,28 @@ def validate_typed(
     specs = dict(pipelines)
     _check_stages(deals, stage_changes, specs, problems)
     problems.raise_if_any(source)
+    return assemble_typed(deals, stage_changes, activities, events["field_changes"], specs)
+
+
+def assemble_typed(
+    deals: pd.DataFrame,
+    stage_changes: pd.DataFrame,
+    activities: pd.DataFrame,
+    field_changes: pd.DataFrame,
+    pipelines: Mapping[str, PipelineSpec],
+) -> DealHistory:
+    """The `DealHistory` of typed frames that hold a valid history, without checking it: what
+    `validate_typed` returns once its checks pass (columns in order, frames sorted, stage changes in
+    `features.stages.order_stage_changes` order, a spec for every pipeline).
+
+    For frames whose validity is already known: the store's rows (`serving.store`, `trusted` reads),
+    which every write validated in its transaction, built by `parsing.stored_deals` / `stored_events`.
+    """
     attributes = tuple(sorted(c for c in deals.columns if c not in DEAL_COLUMNS))
     deals = _columns(deals, [*DEAL_COLUMNS, *attributes])
-    events = {table: _columns(frame, list(EVENT_COLUMNS[table])) for table, frame in events.items()}
-    return _assemble(deals, events, specs, attributes)
+    given = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
+    events = {table: _columns(frame, list(EVENT_COLUMNS[table])) for table, frame in given.items()}
+    return _assemble(deals, events, dict(pipelines), attributes)
 
 
 def _columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

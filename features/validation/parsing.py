@@ -8,12 +8,14 @@ whole columns; only the (capped) list of problems is formatted row by row.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 
-from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS, EVENT_TIME, TABLES
+from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS, EVENT_TIME, TABLES, TIME_COLUMNS
+from features.timeindex import datetimes_ns, frame_of, from_ns
 from features.validation.problems import ProblemCollector
 
 STRING: Final = "string"
@@ -74,10 +76,35 @@ def to_string(series: pd.Series) -> pd.Series:
         out = out.astype(STRING).str.strip()
         return out.where(out != "")
     values = series.to_numpy(dtype=object)
+    return pd.Series(_small_text(values), index=series.index)
+
+
+def _small_text(values: np.ndarray) -> Any:
+    """`to_string`'s one Python pass over an object array (at most `_SMALL_COLUMN` values), as an array."""
     missing = pd.isna(values)
     text = np.empty(len(values), dtype=object)
     text[:] = [None if gone else (str(v).strip() or None) for v, gone in zip(values, missing, strict=True)]
-    return pd.Series(pd.array(text, dtype=STRING), index=series.index)
+    return pd.array(text, dtype=STRING)
+
+
+def text_array(values: list[Any]) -> Any:
+    """`to_string` of plain values (text or None, as a database returns them), as a "string" array."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    if len(values) > _SMALL_COLUMN:
+        return to_string(pd.Series(array, dtype=object)).array
+    return _small_text(array)
+
+
+def lowered(text: Any) -> Any:
+    """A "string" array lower-cased as `Series.str.lower` does; without the call (whose fixed cost is
+    that of validating a small request) when every present value is ASCII and already lower case, for
+    which every lower-casing is the identity."""
+    if len(text) <= _SMALL_COLUMN:
+        present = [v for v in text.to_numpy(dtype=object, na_value=None).tolist() if v is not None]
+        if all(v.isascii() and v == v.lower() for v in present):
+            return text
+    return pd.Series(text, dtype=STRING).str.lower().array
 
 
 def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -292,7 +319,8 @@ def _allowed(
 ) -> pd.Series:
     """A lower-cased text column whose present values must be one of `allowed` (an absent column is
     empty). The names come from features.history, which the API's enums use too."""
-    values = _optional_string(raw, column).str.lower()
+    text = _optional_string(raw, column)
+    values = pd.Series(lowered(text.array), index=text.index)
     noun = "activity type" if column == "type" else column
     problems.add_rows(
         table,
@@ -351,12 +379,7 @@ def field_change_values(
             "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
             values=shown,
         )
-        # Dates are stored canonically so every consumer parses the same instant (naive/date-only = UTC).
-        parsed = dates.notna().to_numpy(dtype=bool)
-        if parsed.any():
-            text = value.to_numpy(dtype=object)  # a copy: `value` is left as it was
-            text[close_rows[parsed]] = format_utc_iso(dates[parsed]).to_numpy(dtype=object)
-            value = pd.Series(pd.array(text, dtype=STRING), index=value.index, name=value.name)
+        value = _with_canonical_times(value, close_rows, dates)
     owner_rows = kinds == "owner"
     problems.add_rows(
         table, owner_rows & pd.isna(value.to_numpy(dtype=object)), "value", "missing new owner",
@@ -371,3 +394,102 @@ def _field_kinds(field: pd.Series) -> np.ndarray:
         return field.astype(STRING).fillna("").to_numpy(dtype=object)
     names = ["" if v is None or v is pd.NA or v != v else str(v) for v in field.tolist()]
     return np.array(names, dtype=object)
+
+
+def _with_canonical_times(value: pd.Series, rows: np.ndarray, dates: pd.Series) -> pd.Series:
+    """`value` with its rows `rows` (parsed as `dates`) written as `format_utc_iso` writes them.
+
+    Close dates are stored canonically so every consumer parses the same instant (naive/date-only =
+    UTC); values that did not parse are left as they are.
+    """
+    parsed = dates.notna().to_numpy(dtype=bool)
+    if not parsed.any():
+        return value
+    text = value.to_numpy(dtype=object)  # a copy: `value` is left as it was
+    text[rows[parsed]] = format_utc_iso(dates[parsed]).to_numpy(dtype=object)
+    return pd.Series(pd.array(text, dtype=STRING), index=value.index, name=value.name)
+
+
+# What `format_utc_iso` writes (seconds, a fraction without trailing zeros, "+00:00"): a valid time
+# written so is its own canonical form, and is not parsed again.
+_CANONICAL_UTC = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{0,8}[1-9])?\+00:00"
+)
+
+
+# ---------------------------------------------------------------------- rows of a stored, valid history
+# The store hands back rows that every write validated (`serving.store`, docs/storage.md): these build
+# the `DealHistory` dtypes from them by the per-value rules above (text stripped, empty text missing,
+# allowed names lower-cased, close dates canonical, attributes coerced), without the checks, whose
+# answer the store already holds. On a history that passes them, the frames are those `parse_deals` /
+# `parse_events` build.
+
+
+def stored_deals(
+    columns: Mapping[str, list[Any]], attributes: list[Mapping[str, Any] | None]
+) -> pd.DataFrame:
+    """Typed deals from plain column values (text or None, floats, naive UTC datetimes) and each deal's
+    custom attributes (a mapping of name to value, or None), with a fresh RangeIndex."""
+    n = len(columns["deal_id"])
+    out: dict[str, Any] = {}
+    for column in DEAL_COLUMNS:
+        values = columns[column]
+        if column in TIME_COLUMNS["deals"]:
+            out[column] = from_ns(datetimes_ns(values)).array
+        elif column == "amount":
+            out[column] = _numbers(values)
+        else:
+            out[column] = text_array(values)
+    names: list[str] = []
+    if any(attributes):
+        raw = pd.DataFrame([a or {} for a in attributes], index=pd.RangeIndex(n))
+        names = sorted(str(c) for c in raw.columns if c not in DEAL_COLUMNS)
+        for name in names:
+            coerced = coerce_attribute(raw[name])
+            out[name] = coerced.to_numpy() if isinstance(coerced.dtype, np.dtype) else coerced.array
+    return frame_of({c: out[c] for c in (*DEAL_COLUMNS, *names)}, pd.RangeIndex(n))
+
+
+def stored_events(table: str, columns: Mapping[str, list[Any]]) -> pd.DataFrame:
+    """One typed event table from plain column values, with a fresh RangeIndex."""
+    time_column = EVENT_TIME[table]
+    out: dict[str, Any] = {
+        "deal_id": text_array(columns["deal_id"]),
+        time_column: from_ns(datetimes_ns(columns[time_column])).array,
+        "event_id": text_array(columns["event_id"]),
+    }
+    if table == "stage_changes":
+        out["stage"] = text_array(columns["stage"])
+    elif table == "activities":
+        out["type"] = lowered(text_array(columns["type"]))
+        out["direction"] = lowered(text_array(columns["direction"]))
+    else:
+        field = lowered(text_array(columns["field"]))
+        out["field"] = field
+        out["value"] = _canonical_close_dates(field, text_array(columns["value"]))
+    n = len(columns["deal_id"])
+    return frame_of({c: out[c] for c in EVENT_COLUMNS[table]}, pd.RangeIndex(n))
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    """`parse_numbers` of plain floats (None missing) as float64. `parse_numbers` reads a column of Python
+    objects through their text (`repr`, which round-trips), and pandas parses that back to the same
+    double (checked on 400,000 random doubles; `tests/serving/test_trusted_reads.py` holds full-precision
+    stored amounts equal on both reads), so the floats are taken as they are."""
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _canonical_close_dates(field: Any, value: Any) -> Any:
+    """`field_change_values`' close dates written canonically, parsing only those not written so."""
+    kinds = field.to_numpy(dtype=object, na_value="")
+    text = value.to_numpy(dtype=object, na_value=None)
+    rows = np.array(
+        [i for i, (k, v) in enumerate(zip(kinds, text, strict=True))
+         if k == "expected_close_date" and v is not None and not _CANONICAL_UTC.fullmatch(v)],
+        dtype=np.intp,
+    )
+    if rows.size == 0:
+        return value
+    series = pd.Series(value, dtype=STRING)
+    dates, _ = parse_times(series.iloc[rows])
+    return _with_canonical_times(series, rows, dates).array

@@ -103,7 +103,7 @@ def get_deal(deal_id: DealIdPath, key: ReadKey, store: StoreDep) -> DealOut:
     pipeline = store.deal_pipelines([deal_id]).get(deal_id)
     if pipeline is None or not key.can_see(pipeline):
         raise NotFoundError("deal not found")
-    history = store.load_history(deal_ids=[deal_id])
+    history = store.load_history(deal_ids=[deal_id], trusted=True)
     deal = _records(history.deals, (*DEAL_COLUMNS, *history.attribute_columns))[0]
     attributes = {c: deal.pop(c) for c in history.attribute_columns if c in deal}
     return DealOut.model_validate({

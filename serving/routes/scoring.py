@@ -148,7 +148,7 @@ def score_stored(
     if pipeline is None or not key.can_see(pipeline):
         raise NotFoundError("deal not found")
     t = time_or(as_of)
-    history = store.load_history(deal_ids=[deal_id])
+    history = store.load_history(deal_ids=[deal_id], trusted=True)
     created = history.deals["created_at"].iloc[0]
     if t < created:
         raise InvalidInputError(
