@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +32,10 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import imported_store, recent_history, write_result  # noqa: E402
 from features.health import health_from_current_state, pipeline_health  # noqa: E402
 from serving.stage_limits import refresh_stage_limits  # noqa: E402
 from serving.store import Store  # noqa: E402
-from training.simulate import simulate_history  # noqa: E402
-
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def _time_paths(store: Store, pipelines: list[str], rounds: int) -> dict[str, Any]:
@@ -88,31 +83,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--backends", default="sqlite", help="comma-separated: sqlite,postgresql")
     args = parser.parse_args()
-    end = pd.Timestamp.now(tz="UTC").floor("min")
-    history = simulate_history(args.deals, seed=0, start=(end - pd.Timedelta(days=730)).isoformat(),
-                               end=end.isoformat(), cycle_scale=1.2)
+    history = recent_history(args.deals)
     pipelines = sorted(history.pipelines)
     events = len(history.stage_changes) + len(history.activities) + len(history.field_changes)
     result: dict[str, Any] = {"deals": args.deals, "events": int(events), "window_days": 30,
                               "rounds": args.rounds, "pipelines": pipelines, "backends": {}}
     for backend in args.backends.split(","):
-        with tempfile.TemporaryDirectory() as home:
-            schema = None
-            if backend == "postgresql":
-                schema = f"bench_{uuid.uuid4().hex[:10]}"
-                store = Store(POSTGRES_URL, schema=schema)
-            else:
-                store = Store(f"sqlite:///{Path(home) / 'store.db'}")
-            try:
-                store.create_schema()
-                store.import_history(history)
-                refresh_stage_limits(store)
-                result["backends"][backend] = _time_paths(store, pipelines, args.rounds)
-            finally:
-                if schema is not None:
-                    with store.engine.begin() as conn:
-                        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-                store.close()
+        with imported_store(backend, history) as store:
+            refresh_stage_limits(store)
+            result["backends"][backend] = _time_paths(store, pipelines, args.rounds)
     write_result("health_paths", result)
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,12 +28,10 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import write_result  # noqa: E402
+from bench.common import imported_store, recent_history, write_result  # noqa: E402
 from features.history import DealHistory  # noqa: E402
 from serving.store import Store  # noqa: E402
-from training.simulate import simulate_history  # noqa: E402
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TABLES = ("deals", "stage_changes", "activities", "field_changes")
 
 
@@ -83,9 +79,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the batch read")
     parser.add_argument("--backends", default="sqlite", help="comma-separated: sqlite,postgresql")
     args = parser.parse_args()
-    end = pd.Timestamp.now(tz="UTC").floor("min")
-    history = simulate_history(args.deals, seed=0, start=(end - pd.Timedelta(days=730)).isoformat(),
-                               end=end.isoformat(), cycle_scale=1.2)
+    history = recent_history(args.deals)
     ids = sorted(str(d) for d in history.deals["deal_id"])
     rng = np.random.default_rng(0)
     one = [[str(d)] for d in rng.choice(ids, size=min(args.one, len(ids)), replace=False)]
@@ -94,25 +88,11 @@ def main() -> None:
     result: dict[str, Any] = {"deals": args.deals, "events": int(events), "one_deal_reads": len(one),
                               "batch_deals": len(batch), "batch_rounds": args.rounds, "backends": {}}
     for backend in args.backends.split(","):
-        with tempfile.TemporaryDirectory() as home:
-            schema = None
-            if backend == "postgresql":
-                schema = f"bench_{uuid.uuid4().hex[:10]}"
-                store = Store(POSTGRES_URL, schema=schema)
-            else:
-                store = Store(f"sqlite:///{Path(home) / 'store.db'}")
-            try:
-                store.create_schema()
-                store.import_history(history)
-                result["backends"][backend] = {
-                    "one_deal": _time_reads(store, one, 1),
-                    f"{len(batch)}_deals": _time_reads(store, [batch], args.rounds),
-                }
-            finally:
-                if schema is not None:
-                    with store.engine.begin() as conn:
-                        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-                store.close()
+        with imported_store(backend, history) as store:
+            result["backends"][backend] = {
+                "one_deal": _time_reads(store, one, 1),
+                f"{len(batch)}_deals": _time_reads(store, [batch], args.rounds),
+            }
     write_result("trusted_read", result)
 
 

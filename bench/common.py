@@ -8,7 +8,11 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +71,40 @@ def start_server(env: dict[str, str], home: Path, port: int, ready_path: str = "
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"the server on port {port} did not become ready ({ready_path})")
+
+
+POSTGRES_URL = os.environ.get("DEALRISK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def recent_history(n_deals: int, seed: int = 0, cycle_scale: float = 1.2) -> Any:
+    """`n_deals` simulated deals over the two years ending now (time-based features are as of today)."""
+    import pandas as pd
+
+    from training.simulate import simulate_history
+
+    end = pd.Timestamp.now(tz="UTC").floor("min")
+    return simulate_history(n_deals, seed=seed, start=(end - pd.Timedelta(days=730)).isoformat(),
+                            end=end.isoformat(), cycle_scale=cycle_scale)
+
+
+@contextmanager
+def imported_store(backend: str, history: Any) -> Iterator[Any]:
+    """A store of its own holding `history`: SQLite in a temporary folder, or PostgreSQL (POSTGRES_URL) in
+    a schema of its own, dropped afterwards."""
+    import sqlalchemy as sa
+
+    from serving.store import Store
+
+    with tempfile.TemporaryDirectory() as home:
+        schema = f"bench_{uuid.uuid4().hex[:10]}" if backend == "postgresql" else None
+        url = POSTGRES_URL if schema else f"sqlite:///{Path(home) / 'store.db'}"
+        store = Store(url, schema=schema)
+        try:
+            store.create_schema()
+            store.import_history(history)
+            yield store
+        finally:
+            if schema is not None:
+                with store.engine.begin() as conn:
+                    conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            store.close()
