@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from features.health import deal_states
+from features.health import deal_states, parse_field_values
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS, DealHistory, PipelineSpec
 from features.stages import stage_outcome
 from features.validation.parsing import EARLIEST_TIME, LATEST_TIME, MAX_AMOUNT
@@ -189,14 +189,17 @@ _CURRENT_FIELD = {
 
 def _field_value(name: str, value: str | None, deal: Mapping[str, Any]) -> Any:
     """A field's current value from its latest change, converted as `features.health.deal_states` does."""
-    text = pd.Series([value], dtype="string")
-    if name == "amount":
-        amount = pd.to_numeric(text, errors="coerce").astype("float64").iloc[0]
-        return float(deal["amount"]) if pd.isna(amount) else float(amount)
-    if name == "expected_close_date":
-        when = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601").iloc[0]
-        return deal.get("expected_close_date") if pd.isna(when) else when
-    return deal["owner"] if value is None else value
+    if name == "owner":
+        return deal["owner"] if value is None else value
+    parsed = _parsed(name, value)
+    if pd.isna(parsed):
+        return float(deal["amount"]) if name == "amount" else deal.get("expected_close_date")
+    return float(parsed) if name == "amount" else parsed
+
+
+def _parsed(name: str, value: Any) -> Any:
+    """One field-change value through `features.health.parse_field_values` (missing: does not parse)."""
+    return parse_field_values(name, pd.Series([value], dtype="string")).iloc[0]
 
 
 def _qualifies(
@@ -252,11 +255,10 @@ def _clean_value(name: str, value: Any) -> bool:
     if not _clean(value):
         return False
     if name == "amount":
-        amount = pd.to_numeric(pd.Series([value], dtype="string"), errors="coerce").iloc[0]
+        amount = _parsed(name, value)
         return bool(pd.notna(amount) and 0 <= amount <= MAX_AMOUNT)
     if name == "expected_close_date":
-        return _in_range(pd.to_datetime(pd.Series([value], dtype="string"), utc=True, errors="coerce",
-                                        format="ISO8601").iloc[0])
+        return _in_range(_parsed(name, value))
     return True
 
 

@@ -84,6 +84,17 @@ def _last_in_group(pos: np.ndarray) -> np.ndarray:
     return np.r_[pos[1:] != pos[:-1], True] if len(pos) else np.zeros(0, dtype=bool)
 
 
+def parse_field_values(field: str, values: pd.Series) -> pd.Series:
+    """Changeable-field text as a deal's state reads it: `amount` as float64, `expected_close_date` as UTC
+    times (text that does not parse is missing in both), `owner` as it is. The one conversion health, the
+    stored state and its incremental form (`features.deal_state`) all use."""
+    if field == "amount":
+        return pd.to_numeric(values, errors="coerce").astype("float64")
+    if field == "expected_close_date":
+        return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    return values
+
+
 def _latest_field_value(history: DealHistory, field: str, as_of: pd.Timestamp, index: pd.Index) -> pd.Series:
     """Latest value of a changeable field at or before `as_of`, aligned to `index` (<NA> when none)."""
     out = pd.Series(pd.NA, index=range(len(index)), dtype="string")
@@ -154,10 +165,10 @@ def _states_and_changes(history: DealHistory, t: pd.Timestamp) -> tuple[pd.DataF
         }
     )
     out["owner"] = _latest_field_value(history, "owner", t, index).fillna(deals["owner"].astype("string"))
-    amount = pd.to_numeric(_latest_field_value(history, "amount", t, index), errors="coerce")
-    out["amount"] = amount.astype("float64").fillna(deals["amount"].astype("float64"))
-    ecd = pd.to_datetime(_latest_field_value(history, "expected_close_date", t, index), utc=True,
-                         errors="coerce", format="ISO8601")
+    amount = parse_field_values("amount", _latest_field_value(history, "amount", t, index))
+    out["amount"] = amount.fillna(deals["amount"].astype("float64"))
+    ecd = parse_field_values("expected_close_date",
+                             _latest_field_value(history, "expected_close_date", t, index))
     created_ecd = (pd.to_datetime(deals["expected_close_date"], utc=True) if "expected_close_date" in deals
                    else pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns, UTC]"))
     out["expected_close_date"] = ecd.where(ecd.notna(), created_ecd)
