@@ -87,7 +87,7 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 # Up to this many deals gaining events in one write take the incremental state (one Python step per deal);
@@ -1206,10 +1206,17 @@ class Store:
             ).scalars()
             if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
                 return None
-            query = sa.select(*(c.label(k) for k, c in state_columns.items())).where(
-                mine, sa.not_(idle)
-            ).order_by(deals.c.id)
-            frame = _rows_frame(conn.execute(query).fetchall(), list(state_columns))
+            # The deals the window sees: open ones, and closed ones closed in it (or with no close time),
+            # each read by its own index range rather than every deal of the pipeline; in insertion order.
+            query = sa.select(*(c.label(k) for k, c in state_columns.items()), deals.c.id)
+            rows = [
+                *conn.execute(query.where(mine, deals.c.outcome == "open")),
+                *conn.execute(query.where(mine, deals.c.outcome.in_(("won", "lost")),
+                                          sa.or_(deals.c.closed_at >= t0, deals.c.closed_at.is_(None)))),
+                *conn.execute(query.where(mine, deals.c.outcome.is_(None))),  # none: kept, as `not idle` did
+            ]
+            rows.sort(key=lambda r: r.id)
+            frame = _rows_frame([r[:-1] for r in rows], list(state_columns))
             left = conn.execute(sa.select(deals.c.team, deals.c.current_owner).where(mine, idle).distinct()
                                 ).fetchall()
             changes = (
@@ -1561,14 +1568,35 @@ class Store:
                 return None
             is_stale = sa.case((_stale_condition(deals, scores, limits, t), 1), else_=0)
             where.append(is_stale == (1 if stale else 0))
-            total = conn.execute(sa.select(sa.func.count()).select_from(joined).where(*where)).scalar_one()
-            query = page.where(*where).order_by(first.nulls_last(), deal_order).limit(limit).offset(offset)
+            # Ranked narrow (deal ids, the sort key and the total matching, counted by a window over the
+            # same scan), then only the page's rows are read wide: sorting every matching row with its
+            # reasons cost more than the rest of the read.
+            order = (first.nulls_last(), deal_order)
+            ranked = (
+                sa.select(deals.c.deal_id.label("ranked_id"),
+                          sa.func.row_number().over(order_by=order).label("position"),
+                          sa.func.count().over().label("total"))
+                .select_from(joined).where(*where).order_by(*order).limit(limit).offset(offset)
+                .subquery("ranked")
+            )
+            query = (
+                sa.select(*page.selected_columns, ranked.c.total)
+                .select_from(ranked.join(deals, deals.c.deal_id == ranked.c.ranked_id)
+                             .join(scores, scores.c.deal_id == deals.c.deal_id))
+                .order_by(ranked.c.position)
+            )
             rows = conn.execute(query).fetchall()
+            if rows:
+                total = rows[0].total
+            else:  # a page past the end: the window counted nothing
+                count = sa.select(sa.func.count()).select_from(joined).where(*where)
+                total = conn.execute(count).scalar_one()
         # Plain Python rows, no frame: a page is 50 rows, where pandas' fixed costs outweighed the query.
         out: list[dict[str, Any]] = []
         names = list(query.selected_columns.keys())
         for row in rows:
             r = dict(zip(names, row, strict=True))
+            del r["total"]
             for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
                 r[col] = _aware(r[col])
             for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
