@@ -367,6 +367,7 @@ def pipeline_health(
     pipeline: str | Sequence[str] | None = None,
     by: GroupBy | None = None,
     left_out: LeftOut | None = None,
+    stalled_limit: int | None = None,
 ) -> dict[str, Any]:
     """Health figures of the window [since, until] (UTC instants), overall and per pipeline (and per
     team/owner).
@@ -398,7 +399,8 @@ def pipeline_health(
         also = frozenset(also & set(wanted))
     else:
         names = sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also))
-    return _report(states, sc, thresholds, history.pipelines, names, also, t0, t1, by, left_out)
+    return _report(states, sc, thresholds, history.pipelines, names, also, t0, t1, by, left_out,
+                   stalled_limit)
 
 
 def health_from_current_state(
@@ -411,6 +413,7 @@ def health_from_current_state(
     pipeline: str,
     by: GroupBy | None = None,
     left_out: LeftOut | None = None,
+    stalled_limit: int | None = None,
 ) -> dict[str, Any]:
     """`pipeline_health` of one pipeline, from the deals' stored current state instead of their history,
     for a window that ends at or after every event of the pipeline (then each deal's state at `until` is
@@ -444,7 +447,7 @@ def health_from_current_state(
     )
     states = deals[deals["pipeline"] == pipeline].reset_index(drop=True)
     return _report(states, sc, stage_limits(learned, specs), specs, [pipeline],
-                   frozenset(left_out.pipelines & {pipeline}), t0, t1, by, left_out)
+                   frozenset(left_out.pipelines & {pipeline}), t0, t1, by, left_out, stalled_limit)
 
 
 def _window(since: pd.Timestamp | str, until: pd.Timestamp | str,
@@ -460,9 +463,11 @@ def _window(since: pd.Timestamp | str, until: pd.Timestamp | str,
 
 def _report(states: pd.DataFrame, sc: pd.DataFrame, thresholds: dict[tuple[str, str], float],
             specs: Mapping[str, PipelineSpec], names: Sequence[str], also: frozenset[str], t0: pd.Timestamp,
-            t1: pd.Timestamp, by: GroupBy | None, left_out: LeftOut) -> dict[str, Any]:
+            t1: pd.Timestamp, by: GroupBy | None, left_out: LeftOut,
+            stalled_limit: int | None = None) -> dict[str, Any]:
     """The health report of the deals in `states` (as of `t1`) and their stage changes `sc`: every figure
-    of `pipeline_health`, for the pipelines `names` (a funnel for those with deals here or in `also`)."""
+    of `pipeline_health`, for the pipelines `names` (a funnel for those with deals here or in `also`).
+    `stalled_deals` lists the `stalled_limit` longest-stalled (all when None); `stalled_count` counts all."""
     stalled = _stalled(states, thresholds, t1)
     funnels = _funnel(specs, sorted(set(states["pipeline"].dropna().unique().tolist()) | set(also)), sc, t0)
 
@@ -473,14 +478,14 @@ def _report(states: pd.DataFrame, sc: pd.DataFrame, thresholds: dict[tuple[str, 
         overall = _scalar_figures(states, pd.Series("all", index=states.index), t0, t1)
     overall_block = overall.get("all") or _empty_figures()
     overall_block["stalled_count"] = len(stalled)
-    overall_block["stalled_deals"] = _stalled_records(stalled)
+    overall_block["stalled_deals"] = _stalled_records(stalled.iloc[:stalled_limit])
 
     pipelines: dict[str, dict[str, Any]] = {}
     for name in names:
         block = per_pipe.get(name) or _empty_figures()
         mine = stalled[stalled["pipeline"] == name]
         block["stalled_count"] = len(mine)
-        block["stalled_deals"] = _stalled_records(mine)
+        block["stalled_deals"] = _stalled_records(mine.iloc[:stalled_limit])
         block["funnel"] = funnels.get(name, [])
         pipelines[name] = block
 

@@ -46,6 +46,8 @@ router = APIRouter(tags=["pipelines"])
 
 MAX_AT_RISK_LIMIT = 1000
 DEFAULT_HEALTH_DAYS = 30
+DEFAULT_STALLED_LIMIT = 50  # stalled deals a health answer lists per block, longest-stalled first
+MAX_STALLED_LIMIT = MAX_AT_RISK_LIMIT
 
 
 @router.get("/v1/pipelines", response_model=PipelineList)
@@ -229,6 +231,10 @@ def health(
     since: Annotated[UtcTime | None, Query(description="default: until minus 30 days")] = None,
     until: Annotated[UtcTime | None, Query(description="default: now")] = None,
     by: Annotated[Literal["team", "owner"] | None, Query(description="figures per team or owner")] = None,
+    stalled_limit: Annotated[int, Query(
+        ge=0, le=MAX_STALLED_LIMIT,
+        description="how many of the longest-stalled deals each block lists (stalled_count counts all)",
+    )] = DEFAULT_STALLED_LIMIT,
 ) -> dict[str, Any]:
     """Pipeline health over [since, until]: open deals, average deal size, win rate, cycle days, sales
     velocity, funnel by stage and stalled deals (by team or owner too with `by`).
@@ -250,11 +256,13 @@ def health(
     current = store.health_state(pipeline, t0_us, t1_us)
     if current is not None:
         report = health_from_current_state(current.deals, current.window_changes, current.specs,
-                                           current.learned, t0, t1, pipeline, by, current.left_out)
+                                           current.learned, t0, t1, pipeline, by, current.left_out,
+                                           stalled_limit)
         return {"pipeline": pipeline, **report}
     # Only the deals the window can see move, and no activities: work in proportion to the window
     history, left_out = store.health_history(pipeline, t0_us, t1_us)
-    report = pipeline_health(history, t0, t1, pipeline=pipeline, by=by, left_out=left_out)
+    report = pipeline_health(history, t0, t1, pipeline=pipeline, by=by, left_out=left_out,
+                             stalled_limit=stalled_limit)
     return {"pipeline": pipeline, **report}
 
 

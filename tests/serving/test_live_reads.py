@@ -28,6 +28,7 @@ from features.health import pipeline_health
 from features.history import DealHistory
 from serving.app import create_app
 from serving.live_scores import LiveScorer
+from serving.routes.pipelines import DEFAULT_STALLED_LIMIT
 from serving.stage_limits import refresh_stage_limits
 from serving.store import Store
 from tests.conftest import Database
@@ -152,9 +153,11 @@ def test_reads_do_not_wait_for_a_refit_and_the_population_catches_up(
 
 def _full_health(world: Any, history: DealHistory, since: pd.Timestamp, until: pd.Timestamp,
                  by: str | None) -> dict[str, Any]:
-    """Health of pipeline A from its whole `history`, as the route answered before it read the window."""
+    """Health of pipeline A from its whole `history`, as the route answered before it read the window
+    (listing as many stalled deals as the route does by default)."""
     return {"pipeline": world.pipeline_a,
-            **pipeline_health(history, since, until, pipeline=world.pipeline_a, by=by)}  # type: ignore[arg-type]
+            **pipeline_health(history, since, until, pipeline=world.pipeline_a, by=by,  # type: ignore[arg-type]
+                              stalled_limit=DEFAULT_STALLED_LIMIT)}
 
 
 def _post(client: TestClient, world: Any, path: str, body: dict[str, Any]) -> None:

@@ -89,6 +89,8 @@ def test_due_deals_are_scored_and_a_broken_one_stays_pending(store: Store) -> No
     assert filtered is not None and filtered[0] == 1 and filtered[1]["deal_id"].tolist() == ["L3"]
     second_page = store.at_risk_page("P", NOW, "cold_risk", limit=1, offset=1)
     assert second_page is not None and second_page[1]["deal_id"].tolist() == ["L3"] and second_page[0] == 3
+    past_the_end = store.at_risk_page("P", NOW, "cold_risk", limit=2, offset=5)  # still counts them all
+    assert past_the_end is not None and past_the_end[0] == 3 and past_the_end[1].empty
 
 
 def test_a_write_a_new_version_or_age_makes_a_score_due(store: Store) -> None:

@@ -170,6 +170,21 @@ def test_health_matches_the_pure_function(env: dict[str, Any]) -> None:
     assert bad.status_code == 422 and "after until" in bad.json()["detail"]
 
 
+def test_health_lists_the_longest_stalled_deals_up_to_stalled_limit(env: dict[str, Any]) -> None:
+    """A pipeline with thousands of stalled deals answers their count and the longest-stalled few, not a
+    list as long as the pipeline (the default is 50)."""
+    window = "since=2024-01-01&until=2024-01-31"
+    one = get(env, f"/v1/pipelines/A/health?{window}&stalled_limit=1").json()
+    for block in (one["overall"], one["pipelines"]["A"]):
+        assert block["stalled_count"] == 2
+        assert [s["deal_id"] for s in block["stalled_deals"]] == ["a1"]  # the longer stalled of a1, a3
+    none = get(env, f"/v1/pipelines/A/health?{window}&stalled_limit=0").json()
+    assert none["pipelines"]["A"]["stalled_deals"] == [] and none["pipelines"]["A"]["stalled_count"] == 2
+    for bad in ("-1", "1001", "many"):
+        answer = get(env, f"/v1/pipelines/A/health?{window}&stalled_limit={bad}")
+        assert answer.status_code == 422 and "stalled_limit" in answer.text, answer.text
+
+
 def test_forecast_by_month(env: dict[str, Any]) -> None:
     body = get(env, f"/v1/pipelines/A/forecast?months=2&as_of={AS_OF}").json()
     assert body["model_version"] == "7" and body["pipeline"] == "A"
