@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGE_S = 3600.0
 BATCH_DEALS = 500  # deals scored per round: one history read and one feature build per round
+# of which at most this many for background work (a swap, aged scores, a refit's re-scores): at 100,000
+# stored deals a round of 500 took about 3 s, and a write that arrived meanwhile waited for it
+BULK_DEALS = 100
 IDLE_POLL_S = 5.0  # how often the worker looks for aged scores when nobody notifies it
 
 
@@ -69,6 +72,8 @@ class LiveScorer:
         self._builder: FeatureBuilder | None = None  # the population the last round scored with
         # deals scored with a population that may miss their latest write: scored again after a refit
         self._provisional: set[str] = set()
+        self._redo: set[str] = set()  # such deals once a refit arrived: re-scored, `bulk` per round
+        self.bulk = min(batch, BULK_DEALS)
 
     def notify(self) -> None:
         """Something changed (a write, a model swap, a refitted population): score what is due."""
@@ -90,15 +95,19 @@ class LiveScorer:
             challenger = None  # promoted meanwhile: it is the champion now
         if challenger is not None:
             stale_before = max(stale_before, self._challenger_since(t))
+        # Written deals first, up to `batch`; background work (another version, aged scores, a refit's
+        # re-scores) at most `bulk` per round, so a write waits for a short round at most.
         due: dict[str, datetime | None] = dict(self.store.pending_scores(
-            model.version, stale_before.to_pydatetime(), self.batch
+            model.version, stale_before.to_pydatetime(), self.batch, aged_limit=self.bulk
         ))
         # The population is never refitted here (its own thread does that, on a clock): a write is
         # scored at once with the population already fitted, and scored again once a refit includes it.
         builder = self.population.get()
         if builder is not self._builder:
             self._builder = builder
-            due = {**self._rescore_provisional(self.batch - len(due)), **due}
+            self._redo |= self._provisional
+            self._provisional = set()
+        due = {**self._rescore_provisional(self.bulk - len(due)), **due}
         if not due:
             return 0
         history = self.store.load_history(deal_ids=list(due), trusted=True)
@@ -118,10 +127,10 @@ class LiveScorer:
     def _rescore_provisional(self, room: int) -> dict[str, datetime | None]:
         """Deals scored with a population fitted before their latest write, to score again (at most
         `room`; the rest wait for the next round), with their state stamps."""
-        if room <= 0 or not self._provisional:
+        if room <= 0 or not self._redo:
             return {}
-        ids = sorted(self._provisional)[:room]
-        self._provisional.difference_update(ids)
+        ids = sorted(self._redo)[:room]
+        self._redo.difference_update(ids)
         states = self.store.deal_states(deal_ids=ids, outcome="open")
         stamps = states["state_updated_at"].dt.tz_convert(None)
         return {
@@ -191,5 +200,5 @@ class LiveScorer:
 
     def _rounds(self) -> None:
         """Score what is due; a full round means more may be due (a swap, a big import): go on."""
-        while not self._loop.stopping and self.score_due() >= self.batch:
+        while not self._loop.stopping and self.score_due() >= self.bulk:
             pass

@@ -1387,11 +1387,13 @@ class Store:
         }
 
     # ------------------------------------------------------------------ live scores
-    def pending_scores(self, model_version: str, stale_before: datetime, limit: int) -> dict[str, datetime]:
+    def pending_scores(self, model_version: str, stale_before: datetime, limit: int,
+                       aged_limit: int | None = None) -> dict[str, datetime]:
         """Open deals whose live score must be (re)computed, with the state stamp to score them at.
 
         First the deals a write touched since their score (or never scored), newest writes first; then
-        those scored by another model version or before `stale_before` (naive or aware UTC), oldest first.
+        those scored by another model version or before `stale_before` (naive or aware UTC), oldest first,
+        at most `aged_limit` of them. At most `limit` in all.
         """
         deals, scores = self.table("deals"), self.table("deal_scores")
         stale = stale_before.astimezone(UTC).replace(tzinfo=None) if stale_before.tzinfo else stale_before
@@ -1410,8 +1412,9 @@ class Store:
             rows: list[Any] = list(
                 conn.execute(base.where(moved).order_by(deals.c.state_updated_at.desc()).limit(limit))
             )
-            if len(rows) < limit:
-                query = base.where(sa.not_(moved), aged).order_by(scores.c.as_of).limit(limit - len(rows))
+            room = limit - len(rows) if aged_limit is None else min(limit - len(rows), aged_limit)
+            if room > 0:
+                query = base.where(sa.not_(moved), aged).order_by(scores.c.as_of).limit(room)
                 rows += list(conn.execute(query))
         return {r.deal_id: r.state_updated_at for r in rows}
 

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from features.history import DealHistory
-from serving.live_scores import LiveScorer
+from serving.live_scores import BULK_DEALS, LiveScorer
 from serving.model_holder import LoadedModel, PopulationCache
 from serving.stage_limits import refresh_stage_limits
 from serving.store import Store
@@ -177,3 +177,36 @@ def test_a_deal_written_after_the_population_was_fitted_is_scored_again_after_a_
     assert scorer.population.refresh()
     assert scorer.score_due(NOW) == 1  # L3 again, with the population that includes its call
     assert scorer.score_due(NOW) == 0
+
+
+def test_a_write_during_a_model_swap_waits_for_one_short_round_not_the_whole_swap(store: Store) -> None:
+    """After a swap every open deal is due again; that background work goes in rounds of at most
+    `BULK_DEALS`, and a deal written meanwhile is in the next round (at 100,000 deals a round of 500 took
+    seconds, and the write waited for it). Each row names the version that made it until the swap ends."""
+    n = 250
+    ids = [f"S{i:03d}" for i in range(n)]
+    deals = pd.DataFrame({"deal_id": ids, "pipeline": "P", "owner": "ana", "amount": "1000",
+                          "created_at": "2025-05-01"})
+    stages = pd.DataFrame({"deal_id": ids, "stage": "Talk", "changed_at": "2025-05-02"})
+    store.import_history(DealHistory.from_frames(deals, stages, pd.DataFrame(
+        columns=["deal_id", "type", "occurred_at"])))
+    assert _scorer(store, StandInBundle(), "7").score_due(NOW) == n
+    swapped = _scorer(store, StandInBundle(), "8")
+    assert len(store.pending_scores("8", NOW, 1000)) == n
+    written = ids[-1]
+    store.add_events(activities=pd.DataFrame({
+        "deal_id": pd.Series([written], dtype="string"), "type": pd.Series(["call"], dtype="string"),
+        "direction": pd.Series([pd.NA], dtype="string"),
+        "occurred_at": pd.to_datetime(["2025-05-20"], utc=True),
+        "event_id": pd.Series([pd.NA], dtype="string"),
+    }))
+    first = swapped.score_due(NOW)
+    assert first <= BULK_DEALS + 1
+    left = store.pending_scores("8", NOW, 1000)
+    assert written not in left and len(left) == n - first  # the written deal went first
+    page = store.at_risk_page("P", NOW, limit=None) if refresh_stage_limits(store, NOW) else None
+    assert page is not None
+    versions = page[1].set_index("deal_id")["model_version"]
+    assert versions[written] == "8" and (versions == "7").sum() == n - first  # mixed, each names its own
+    swapped._rounds()  # the rest of the swap, round after round
+    assert store.pending_scores("8", NOW, 1000) == {}
