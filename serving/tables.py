@@ -93,6 +93,7 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         sa.Index("ix_deals_open_rank", "pipeline", "outcome", "deal_id", "current_stage", "stage_entered_at",
                  "current_amount"),
         sa.Index("ix_deals_pipeline_closed", "pipeline", "closed_at"),
+        sa.Index("ix_deals_open_state", "outcome", "state_updated_at", "deal_id"),  # the live scorer's look
         # Revision 0007: what pipeline health as of now asks of the state columns (`Store.health_state`)
         sa.Index("ix_deals_pipeline_last_event", "pipeline", "last_event_at"),
         sa.Index("ix_deals_pipeline_state_updated", "pipeline", "state_updated_at"),
