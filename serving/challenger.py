@@ -159,10 +159,11 @@ class Challenger:
                                                                                challenger_version))
         with self._report_lock:
             kept = self._report
-            if kept is not None and kept.key == key and (kept.valid_until is None or t < kept.valid_until):
+            if (kept is not None and kept.key == key and kept.as_of <= t
+                    and (kept.valid_until is None or t < kept.valid_until)):
                 return kept.body
             body, valid_until = _report(store, self.archive, champion, challenger_version, t, N_BOOT)
-            self._report = _KeptReport(key, valid_until, body)
+            self._report = _KeptReport(key, t, valid_until, body)
             return body
 
     def clear(self) -> ChallengerSetting | None:
@@ -179,6 +180,7 @@ class Challenger:
 @dataclass(frozen=True)
 class _KeptReport:
     key: tuple[Any, ...]  # the versions and `ScoreArchive.paired_stamp` read before computing it
+    as_of: pd.Timestamp  # the time it is as of (it stands for later times only)
     valid_until: pd.Timestamp | None  # the next time a label could settle with nothing stored; None: never
     body: dict[str, Any]
 

@@ -1076,9 +1076,10 @@ class Store:
     def _unwon(self, conn: Connection, won_before: Mapping[str, str]) -> None:
         """Make the learned stage limits due of each pipeline a deal stored as won left in this write
         (reopened, lost, or moved to another pipeline): they counted it, and `stage_limits_due` sees
-        only deals that count now. `pipelines.updated_at` is stamped, as a spec change stamps it, so a
-        refresh that started before this write cannot hide it. One query, only when such a deal was
-        written."""
+        only deals that count now. `pipelines.updated_at` is stamped (as a spec change stamps it) last in
+        the write's transaction, so limits whose refresh started before that are due (as with every
+        write stamp, a refresh starting in the instant between the stamp and the commit is left to the
+        hourly clock). One query, only when such a deal was written."""
         if not won_before:
             return
         deals, pipes = self.table("deals"), self.table("pipelines")
