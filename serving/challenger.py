@@ -4,6 +4,12 @@ outcomes known since (`challenger_report`). Its scores never reach a manager: th
 table and only `GET /v1/model/challenger` (admin) reads them.
 
 The name is kept in the store (`service_settings`), so a restart loads the same challenger again.
+
+The report is kept (`Challenger.report`) and computed again only when what it rests on may have moved:
+the two models' stored pairs of scores, a paired deal's stored state (`ScoreArchive.paired_stamp`, one
+cheap query per read), or the clock passing the next time one of its labels could settle (a pair's cold
+window ending, an event dated after the report's `as_of` becoming past). A kept report is equal to the
+one `challenger_report` computes as of its `as_of`.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.history import to_utc_timestamp
+from features.history import DealHistory, to_utc_timestamp
 from features.jsonable import json_ready
 from features.labels import DEFAULT_HORIZON_DAYS, cold_label, won_label
 from models.comparison import REPORTED_METRICS, SAME, bootstrap_comparison, overall_verdict
@@ -66,6 +72,8 @@ class Challenger:
         self._lock = threading.Lock()
         self._setting: ChallengerSetting | None = None
         self._holder: ModelHolder | None = None
+        self._report_lock = threading.Lock()  # one computation at a time; the others wait and reuse it
+        self._report: _KeptReport | None = None
 
     def _holder_for(self, version: str) -> ModelHolder:
         holder = ModelHolder(version_uri(version), self.tracking_uri)
@@ -140,6 +148,24 @@ class Challenger:
         logger.info("shadow challenger set to model version %s", version)
         return setting
 
+    def report(
+        self, store: Store, champion: LoadedModel, challenger_version: str, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """`challenger_report` of these two versions, the kept one while nothing it rests on moved (see
+        the module docstring): its `as_of` is then the time it was computed."""
+        t = to_utc_timestamp(now if now is not None else datetime.now(UTC))
+        # read before computing: a pair or write landing meanwhile leaves the kept report due
+        key = (champion.version, challenger_version, self.archive.paired_stamp(champion.version,
+                                                                               challenger_version))
+        with self._report_lock:
+            kept = self._report
+            if (kept is not None and kept.key == key and kept.as_of <= t
+                    and (kept.valid_until is None or t < kept.valid_until)):
+                return kept.body
+            body, valid_until = _report(store, self.archive, champion, challenger_version, t, N_BOOT)
+            self._report = _KeptReport(key, t, valid_until, body)
+            return body
+
     def clear(self) -> ChallengerSetting | None:
         """Stop shadow scoring; the setting that was cleared (None when there was none)."""
         with self._lock:
@@ -149,6 +175,14 @@ class Challenger:
         if setting is not None:
             logger.info("shadow challenger %s cleared", setting.model_version)
         return setting
+
+
+@dataclass(frozen=True)
+class _KeptReport:
+    key: tuple[Any, ...]  # the versions and `ScoreArchive.paired_stamp` read before computing it
+    as_of: pd.Timestamp  # the time it is as of (it stands for later times only)
+    valid_until: pd.Timestamp | None  # the next time a label could settle with nothing stored; None: never
+    body: dict[str, Any]
 
 
 def challenger_report(
@@ -162,6 +196,19 @@ def challenger_report(
     """Both models on the outcomes known now, on the same deals: per head ROC AUC, Brier, log loss and
     ECE with bootstrap intervals, the paired differences (challenger − champion), counts, a verdict."""
     t_now = to_utc_timestamp(now if now is not None else datetime.now(UTC))
+    return _report(store, archive, champion, challenger_version, t_now, n_boot)[0]
+
+
+def _report(
+    store: Store,
+    archive: ScoreArchive,
+    champion: LoadedModel,
+    challenger_version: str,
+    t_now: pd.Timestamp,
+    n_boot: int,
+) -> tuple[dict[str, Any], pd.Timestamp | None]:
+    """`challenger_report` as of `t_now`, and the first time after it at which that report could change
+    with nothing more stored (`_next_settling`)."""
     paired = archive.paired_history(champion.version, challenger_version)
     horizon = float(champion.metadata.get("horizon_days", DEFAULT_HORIZON_DAYS))
     body: dict[str, Any] = {
@@ -182,8 +229,9 @@ def challenger_report(
             "verdict": None, "metrics": list(REPORTED_METRICS),
             "reasons": [f"model version {challenger_version} is the champion now; name another challenger "
                         "or clear this one"],
-        }))
-    predictions = _settled_predictions(store, paired, champion.version, challenger_version, horizon, t_now)
+        })), None
+    history = store.load_history(deal_ids=paired["deal_id"].unique().tolist()) if len(paired) else None
+    predictions = _settled_predictions(history, paired, champion.version, challenger_version, horizon, t_now)
     metrics, differences = (
         bootstrap_comparison(predictions, [champion.version, challenger_version], champion.version,
                              n_boot=n_boot)
@@ -217,18 +265,35 @@ def challenger_report(
     else:
         body["verdict"], body["reasons"] = overall_verdict(differences, challenger_version)
     body["metrics"] = list(REPORTED_METRICS)
-    return dict(json_ready(body))
+    return dict(json_ready(body)), _next_settling(history, paired, horizon, t_now)
+
+
+def _next_settling(
+    history: DealHistory | None, paired: pd.DataFrame, horizon: float, now: pd.Timestamp
+) -> pd.Timestamp | None:
+    """The first time after `now` at which a label of the pairs could change with nothing more stored
+    (`features.labels` reads events up to `end` and settles a cold window at its end): a pair's cold
+    window ending, or an event of a paired deal dated after `now`; None when there is none."""
+    if history is None:
+        return None
+    ends = paired["as_of"] + pd.Timedelta(days=horizon)
+    later = [ends[ends > now]]
+    for frame, column in ((history.stage_changes, "changed_at"), (history.activities, "occurred_at"),
+                          (history.field_changes, "changed_at")):
+        later.append(frame[column][frame[column] > now])
+    times = pd.concat([pd.to_datetime(t, utc=True) for t in later], ignore_index=True)
+    return pd.Timestamp(times.min()) if len(times) else None
 
 
 def _settled_predictions(
-    store: Store, paired: pd.DataFrame, champion: str, challenger: str, horizon: float, now: pd.Timestamp
+    history: DealHistory | None, paired: pd.DataFrame, champion: str, challenger: str, horizon: float,
+    now: pd.Timestamp,
 ) -> pd.DataFrame:
-    """One row per paired score and head whose outcome is known by `now`: head, deal_id, y and one
-    probability column per version (the frame `bootstrap_comparison` takes)."""
+    """One row per paired score and head whose outcome is known by `now` (`history`: the paired deals'):
+    head, deal_id, y and one probability column per version (the frame `bootstrap_comparison` takes)."""
     columns = ["head", "deal_id", "y", champion, challenger]
-    if paired.empty:
+    if history is None or paired.empty:
         return pd.DataFrame(columns=columns)
-    history = store.load_history(deal_ids=paired["deal_id"].unique().tolist())
     points = paired[["deal_id", "as_of"]]
     outcomes = {
         "cold": cold_label(history, points, horizon, end=now),

@@ -160,6 +160,26 @@ class ScoreArchive:
         frame["deal_id"] = frame["deal_id"].astype("string")
         return frame.astype({c: "float64" for c in names[2:]})
 
+    def paired_stamp(self, champion: str, challenger: str) -> tuple[Any, ...]:
+        """A cheap token that moves whenever `paired_history(champion, challenger)` or the stored state of
+        a paired deal may have changed: per role, the count and latest `computed_at` of the two models'
+        score-history rows that could pair (the champion's from the challenger's first `as_of` on), and
+        the latest `state_updated_at` of the deals the challenger scored (any write of a deal's events,
+        or a spec change of its pipeline, moves it). Reads indexed ranges, never the scores themselves."""
+        table, deals = self.store.table("score_history"), self.store.table("deals")
+        shadow = sa.and_(table.c.role == "challenger", table.c.model_version == challenger)
+        first = sa.select(sa.func.min(table.c.as_of)).where(shadow).scalar_subquery()
+        champion_rows = sa.and_(table.c.role == "champion", table.c.model_version == champion,
+                                table.c.as_of >= first)
+        counts = [sa.select(sa.func.count(), sa.func.max(table.c.computed_at)).where(rows)
+                  for rows in (champion_rows, shadow)]
+        written = sa.select(sa.func.max(deals.c.state_updated_at)).where(
+            deals.c.deal_id.in_(sa.select(table.c.deal_id).where(shadow))
+        )
+        with self.store._read() as conn:
+            stamp = [tuple(conn.execute(query).one()) for query in counts]
+            return (*stamp, conn.execute(written).scalar_one())
+
     def prune(self, retention_days: float = DEFAULT_RETENTION_DAYS, now: datetime | None = None) -> int:
         """Delete score-history rows whose `as_of` is older than the retention; how many."""
         cutoff = _naive(now or datetime.now(UTC)) - timedelta(days=retention_days)

@@ -8,9 +8,18 @@ needs those deals' histories, so it is done here, never on a read's path, and st
 
 How fresh (`Store.stage_limits_due`): a pipeline's learned limits are recomputed on the next poll (every
 `POLL_S`, 5 s) after a write that touches a deal counting for them (won now, or with events dated after
-now) or changes the pipeline's spec, and at least every `max_age_s` (the live scores' clock, one hour by
-default), which also covers a won deal reopened by a write. Until a pipeline's limits were computed once,
-its lists are ranked on demand (as while an open deal has no live score).
+now), takes a deal stored as won out of them (reopened, lost, or moved to another pipeline: the write
+stamps `pipelines.updated_at`, as a spec change does) or changes the pipeline's spec, and at least every
+`max_age_s` (the live scores' clock, one hour by default; it also covers events dated in the future
+becoming past). Until a pipeline's limits were computed once, its lists are ranked on demand (as while an
+open deal has no live score).
+
+Two clocks: the limits are learned as of `now` (which deals are won by then, which stage visits ended),
+while `stale_learned_at` is always the wall-clock time taken before the refresh read anything. It is
+compared with the wall-clock stamps writes leave (`deals.state_updated_at`, `pipelines.updated_at`) to
+know what was written since, and the age `max_age_s` is wall-clock time since it. So an explicit `now`
+(tests and benches replaying a fixed time) changes what is learned, never what counts as written since
+or how old the limits are.
 """
 
 from __future__ import annotations
@@ -33,11 +42,13 @@ DEFAULT_MAX_AGE_S = 3600.0
 def refresh_stage_limits(store: Store, now: datetime | None = None,
                          max_age_s: float = DEFAULT_MAX_AGE_S) -> list[str]:
     """Recompute the learned limits of every pipeline that is due as of `now` (default: the current
-    time); the pipelines refreshed."""
-    t = now if now is not None else datetime.now(UTC)
-    due = store.stage_limits_due(t, t - timedelta(seconds=max_age_s))
+    time), learned as of `now`; the pipelines refreshed. Limits are due by age `max_age_s` of wall-clock
+    time after their `stale_learned_at`, whatever `now` (see the module docstring)."""
+    clock = datetime.now(UTC)
+    t = now if now is not None else clock
+    due = store.stage_limits_due(t, clock - timedelta(seconds=max_age_s))
     for pipeline in due:
-        # taken before reading: a won deal written while this runs makes the limits due again
+        # wall clock, taken before reading: a write stamped from now on makes the limits due again
         started = datetime.now(UTC)
         ids = store.won_deal_ids(pipeline, t)
         history = store.load_history(pipelines=[pipeline], deal_ids=ids)

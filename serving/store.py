@@ -606,16 +606,19 @@ class Store:
             if self._write_given_spec(conn, spec, result, problems):
                 touched |= self._deals_of_pipeline(conn, name)
         eventless: dict[str, dict[str, Any]] = {}  # deals written that have no events: row as written
+        won_before: dict[str, str] = {}  # deals this write changes that were stored as won: their pipeline
         if deals is not None and len(deals):
             names = [str(p) for p in pd.unique(deals["pipeline"])]
             self._ensure_pipelines(conn, names, inferred_specs, result)
-            written = self._write_deals(conn, deals, result, progress, problems)
+            written = self._write_deals(conn, deals, result, progress, problems, won_before)
             eventless = {d: rec for d, rec in written.items() if rec is not None and d not in touched}
             touched |= set(written)
             self._check_attributes(conn, deals, problems)
         appended: dict[str, _Appended] = {}
         if any(len(rows) for rows in events.values()):
             appended = self._write_events(conn, events, result, progress, problems)
+            won_before.update({d: str(a.deal["pipeline"]) for d, a in appended.items()
+                               if a.deal["outcome"] == "won"})
         if problems:
             raise WriteRejectedError(problems)
         staged = {d for d, a in appended.items() if a.rows["stage_changes"]}
@@ -629,6 +632,7 @@ class Store:
         states.update(_created_states({d: rec for d, rec in eventless.items() if d not in appended}))
         self._refresh_state(conn, sorted((touched | set(appended)) - set(states)))
         self._write_states(conn, states)
+        self._unwon(conn, won_before)
 
     def _write_given_spec(
         self, conn: Connection, spec: PipelineSpec, result: ImportResult, problems: list[StoreProblem]
@@ -713,10 +717,11 @@ class Store:
         result: ImportResult,
         progress: ProgressCallback | None,
         problems: list[StoreProblem],
+        won_before: dict[str, str],
     ) -> dict[str, dict[str, Any] | None]:
         """Insert new deals and update changed ones; returns each deal inserted or changed, with its row as
         written when the deal has no stored events (inserted, or whose stored state counts none), else
-        None."""
+        None. Each changed deal stored as won goes into `won_before` (deal -> its stored pipeline)."""
         table = self.table("deals")
         counts = result.tables["deals"]
         # A deal listed twice in one write: the last one wins, as if the rows had been sent one by one.
@@ -756,6 +761,8 @@ class Store:
                 deal_id = rec["deal_id"]
                 before = stored[deal_id]
                 eventless = before["state_updated_at"] is not None and before["n_events"] == 0
+                if before["outcome"] == "won":
+                    won_before[deal_id] = str(before["pipeline"])
                 out[deal_id] = dict(rec) if eventless else None
                 rec["b_deal_id"] = rec.pop("deal_id")
             conn.execute(update, records)
@@ -1066,6 +1073,28 @@ class Store:
         if states:
             conn.execute(self._state_update(), [{**s, "b_deal_id": d} for d, s in sorted(states.items())])
 
+    def _unwon(self, conn: Connection, won_before: Mapping[str, str]) -> None:
+        """Make the learned stage limits due of each pipeline a deal stored as won left in this write
+        (reopened, lost, or moved to another pipeline): they counted it, and `stage_limits_due` sees
+        only deals that count now. `pipelines.updated_at` is stamped (as a spec change stamps it) last in
+        the write's transaction, so limits whose refresh started before that are due (as with every
+        write stamp, a refresh starting in the instant between the stamp and the commit is left to the
+        hourly clock). One query, only when such a deal was written."""
+        if not won_before:
+            return
+        deals, pipes = self.table("deals"), self.table("pipelines")
+        ids = sorted(won_before)
+        still: set[tuple[str, str]] = set()
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            query = sa.select(deals.c.deal_id, deals.c.pipeline).where(
+                _among(self.dialect, deals.c.deal_id, chunk), deals.c.outcome == "won"
+            )
+            still |= {(str(d), str(p)) for d, p in conn.execute(query)}
+        left = sorted({p for d, p in won_before.items() if (d, p) not in still})
+        if left:
+            conn.execute(pipes.update().where(pipes.c.name.in_(left)).values(updated_at=_now_naive()))
+
     def _lock_deals(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored deals among `deal_ids` (pipeline, created_at, row_hash, the created owner, amount and
         expected close date, and the state columns), locked for this transaction."""
@@ -1164,9 +1193,10 @@ class Store:
         - `until` is before an event of the pipeline (a deal's state at `until` is then not its current
           state); deals created after `until` are simply not read;
         - the pipeline's learned stalled limits may not be those as of `until`: never computed, computed
-          before its spec last changed, or a deal of the pipeline that is or was won (a stage change to a
-          won stage) was written, or changed stage, since they were computed. Other deals were in the
-          same stage at both times, so the won deals and their visits the limits count are the same;
+          before `pipelines.updated_at` (its spec changed, or a deal stored as won left it), or a deal of
+          the pipeline that is or was won (a stage change to a won stage) was written, or changed stage,
+          since they were computed. Other deals were in the same stage at both times, so the won deals
+          and their visits the limits count are the same;
         - a deal's state is not computed yet (a store just upgraded).
 
         `since` and `until` are naive or aware UTC, at microsecond precision (the store's). One snapshot.
@@ -1639,8 +1669,9 @@ class Store:
 
     def stage_limits_due(self, now: datetime, stale_before: datetime) -> list[str]:
         """Pipelines whose learned stage limits must be (re)computed as of `now`: never computed, computed
-        before `stale_before`, spec changed since, or a deal that counts for them (`won_deal_ids`)
-        written since. Cheap: one indexed query per call."""
+        before `stale_before` (wall clock, as `stale_learned_at` is), spec changed or a deal stored as won
+        taken out of them since (both stamp `pipelines.updated_at`), or a deal that counts for them
+        (`won_deal_ids`) written since. Cheap: one indexed query per call."""
         pipes, deals = self.table("pipelines"), self.table("deals")
         learned_at = pipes.c.stale_learned_at
         counted_since = (
@@ -1674,7 +1705,8 @@ class Store:
 
     def save_learned_limits(self, pipeline: str, learned: Mapping[str, float], learned_at: datetime) -> None:
         """Store a pipeline's learned stage limits (stage -> days), computed from what was stored at
-        `learned_at` (a wall-clock time taken before reading)."""
+        `learned_at`: the wall-clock time taken before reading, whatever time they were learned as of,
+        since writes are stamped in wall-clock time (`serving.stage_limits`)."""
         table = self.table("pipelines")
         with self._write() as conn:
             conn.execute(

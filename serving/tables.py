@@ -57,6 +57,8 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
         sa.Column("spec", sa.JSON, nullable=False),
         sa.Column("inferred", sa.Boolean, nullable=False, server_default=sa.false()),
+        # When the spec last changed, or a write took a deal stored as won out of the pipeline's won
+        # deals (reopened, lost, moved): either makes the learned limits below due (`Store._unwon`).
         sa.Column("updated_at", sa.DateTime),
         # Revision 0004: the stages' learned stalled limits (stage -> days; NULL until first computed)
         # and when that computation started (serving.stage_limits keeps them fresh).

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from serving.challenger import Challenger, challenger_report
+from serving.challenger import Challenger
 from serving.deps import AdminKey, StoreDep
 from serving.errors import NotFoundError
 from serving.model_holder import ModelHolder
@@ -63,12 +63,14 @@ def get_challenger(key: AdminKey, request: Request, store: StoreDep) -> JSONResp
     (same deal, same time) whose outcome is known now (close: won or lost since; cold: went cold within
     the horizon or not), per head ROC AUC, Brier, log loss and ECE of both with bootstrap intervals over
     deals, the paired difference (challenger − champion), counts, and a verdict: better, worse or no
-    detectable difference. 404 when no challenger is set. Computed on request (admin only)."""
+    detectable difference. 404 when no challenger is set. Computed on the first request after a pair is
+    stored, a paired deal is written or a label settles with time, else the kept report (its `as_of` is
+    when it was computed: `Challenger.report`). Admin only."""
     challenger = _challenger(request)
     status = challenger.status()
     if status is None:
         raise NotFoundError(NO_CHALLENGER)
     holder: ModelHolder = request.app.state.model_holder
     champion = holder.require()
-    report: dict[str, Any] = challenger_report(store, challenger.archive, champion, status["model_version"])
+    report: dict[str, Any] = challenger.report(store, champion, status["model_version"])
     return JSONResponse({"challenger": status, **report})

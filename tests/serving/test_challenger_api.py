@@ -3,8 +3,9 @@ on known outcomes, never shown to managers, and kept across a restart."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,9 @@ import sqlalchemy as sa
 from conftest import World, make_settings, wait_for
 from fastapi.testclient import TestClient
 
+import serving.challenger as challenger_module
 from serving.app import create_app
+from serving.challenger import Challenger, challenger_report
 from serving.score_archive import ScoreArchive
 from serving.settings import Settings
 from serving.store import Store
@@ -162,6 +165,67 @@ def test_challenger_scores_are_stored_reported_and_never_shown_to_managers(
     assert close["difference"]["brier"]["value"] == pytest.approx(
         close["challenger"]["brier"]["value"] - close["champion"]["brier"]["value"])
     assert report["verdict"] in ("better", "worse", "no detectable difference") and report["reasons"]
+
+
+def test_the_report_is_kept_until_new_pairs_arrive_and_equals_the_uncached_report(
+    world: World, own_client: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    champion, challenger = world.versions
+    admin = world.auth("admin")
+    res = own_client.post("/v1/model/challenger", json={"model_version": challenger}, headers=admin)
+    assert res.status_code == 200, res.text
+    wait_for(challenger_covers_open_deals(store, challenger), "the challenger to score every open deal")
+    state = own_client.app.state  # type: ignore[attr-defined]
+    state.live_scores.stop()  # from here this test runs the scorer's rounds itself: nothing lands unseen
+    archive, served = ScoreArchive(store), state.model_holder.require()
+    computed: list[str] = []
+    compute = challenger_module._report
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        computed.append("report")
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(challenger_module, "_report", counting)
+
+    def uncached(now: Any) -> dict[str, Any]:
+        with monkeypatch.context() as plain:  # not counted: only the service's computations are
+            plain.setattr(challenger_module, "_report", compute)
+            return challenger_report(store, archive, served, challenger, now=now)
+
+    def read() -> dict[str, Any]:
+        """The API's report, checked equal to the report computed without the cache as of its `as_of`."""
+        res = own_client.get("/v1/model/challenger", headers=admin)
+        assert res.status_code == 200, res.text
+        body = dict(res.json())
+        assert body.pop("challenger")["model_version"] == challenger
+        assert body == json.loads(json.dumps(uncached(body["as_of"])))
+        return body
+
+    first = read()
+    assert read() == first and computed == ["report"]  # kept: the same as_of, nothing computed again
+    # New shadow-scored pairs with no deal written: the scorer's clock re-scores deals with both models
+    # (here every score is old enough), moving those deals' pairs of the day on.
+    state.live_scores.max_age_s = 0
+    assert state.live_scores.score_due() > 0
+    on_the_clock = read()
+    assert on_the_clock["last_score_at"] > first["last_score_at"] and computed == ["report"] * 2
+    # And after a write: an activity makes the deal due, and a round scores it with both models.
+    state.live_scores.max_age_s = 3600
+    event = {"deal_id": open_deal_ids(store)[0], "type": "call", "occurred_at": datetime.now(UTC).isoformat()}
+    res = own_client.post("/v1/events", json={"activities": [event]}, headers=world.auth("integration"))
+    assert res.status_code == 200, res.text
+    while state.live_scores.score_due() > 0:
+        pass
+    after = read()
+    assert after["as_of"] > on_the_clock["as_of"] and after["last_score_at"] > on_the_clock["last_score_at"]
+    assert computed == ["report"] * 3 and read() == after
+    # Time alone settles labels: a year on, every cold window of these pairs is over, so the kept report
+    # is not the one as of then; what is answered equals the report computed as of that time.
+    kept: Challenger = state.challenger
+    later = datetime.now(UTC) + timedelta(days=365)
+    body = kept.report(store, served, challenger, now=later)
+    assert body == uncached(later) and computed == ["report"] * 4
+    assert body["heads"]["cold"]["n_settled"] > after["heads"]["cold"]["n_settled"]
 
 
 def test_the_challenger_survives_a_restart_until_cleared(world: World, own_settings: Settings) -> None:

@@ -103,6 +103,83 @@ def test_learned_limits_are_due_again_after_a_deal_is_won(
     assert store.stage_limits_due(NOW, datetime.now(UTC) + timedelta(seconds=1)) == ["A", "B"]
 
 
+# won-a3 spent 10 days in Lead: without it, Lead's learned limit is the 80th percentile of 4, 6 and 8 days
+LEAD_WITH_ALL_WON, LEAD_WITHOUT_WON_A3 = 8.8, 7.2
+
+
+def _lead_limit(store: Store, now: datetime = NOW) -> float:
+    """The `stage_limit_days` the live lists of A show for Lead (every Lead deal, at-risk and stale)."""
+    seen = set()
+    for stale in (False, True):
+        page = store.at_risk_page("A", now, stale=stale, limit=None)
+        assert page is not None, "the list was ranked on demand"
+        seen |= {v for stage, v in zip(page[1]["stage"], page[1]["stage_limit_days"], strict=True)
+                 if stage == "Lead"}
+    assert len(seen) == 1, seen
+    return float(seen.pop())
+
+
+def _take_won_a3_out(store: Store, history: DealHistory, how: str) -> None:
+    """Take the won deal won-a3 out of A's won deals, a minute before NOW."""
+    at = pd.Timestamp(NOW - timedelta(minutes=1))
+    if how == "moved":
+        deal = history.deals[history.deals["deal_id"] == "won-a3"].reset_index(drop=True)
+        store.upsert_deals(deal.assign(pipeline=pd.Series(["C"], dtype="string")))
+        return
+    stage = "Lost" if how == "lost" else "Demo"
+    store.add_events(stage_changes=pd.DataFrame({"deal_id": ["won-a3"], "stage": [stage],
+                                                 "changed_at": [at]}))
+    if how == "reopened, recomputed":
+        # a field change dated before its last event: the state is recomputed from the whole history
+        store.add_events(field_changes=pd.DataFrame({
+            "deal_id": ["won-a3"], "field": ["amount"], "value": ["150"],
+            "changed_at": [pd.Timestamp("2024-11-11T12:00:00Z")]}))
+
+
+@pytest.mark.parametrize("how", ["reopened", "reopened, recomputed", "lost", "moved"])
+def test_a_won_deal_taken_out_makes_the_learned_limits_due_at_once(
+    live_store: tuple[Store, DealHistory, FixedScores], how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, history, bundle = live_store
+    assert _lead_limit(store) == pytest.approx(LEAD_WITH_ALL_WON)
+    recomputed: list[str] = []
+    refresh_state = Store._refresh_state
+
+    def spy(self: Store, conn: Any, deal_ids: Any) -> None:
+        recomputed.extend(deal_ids)
+        refresh_state(self, conn, deal_ids)
+
+    monkeypatch.setattr(Store, "_refresh_state", spy)
+    _take_won_a3_out(store, history, how)
+    # the incremental state path (one stage change after the deal's last event) and the whole-history one
+    assert ("won-a3" in recomputed) == (how in ("reopened, recomputed", "moved"))
+    assert "A" in store.stage_limits_due(NOW, NOW - timedelta(hours=1))  # not after the hour: at once
+    score_live(store, bundle, NOW)  # a reopened deal is open: the live lists need its score
+    assert _lead_limit(store) == pytest.approx(LEAD_WITH_ALL_WON)  # until the refresh round
+    assert "A" in refresh_stage_limits(store, NOW)
+    assert _lead_limit(store) == pytest.approx(LEAD_WITHOUT_WON_A3)
+    assert store.stage_limits_due(NOW, NOW - timedelta(hours=1)) == []
+
+
+def test_learned_limits_age_and_see_writes_in_wall_clock_time_whatever_they_were_learned_as_of(
+    live_store: tuple[Store, DealHistory, FixedScores],
+) -> None:
+    """`stale_learned_at` is the wall clock before the refresh read, not the `now` it learned as of: the
+    fixture learned as of NOW, months before the wall clock."""
+    store, history, bundle = live_store
+    assert refresh_stage_limits(store, NOW) == []  # learned a moment ago
+    assert refresh_stage_limits(store, NOW, max_age_s=0) == ["A", "B"]  # but older than 0 s
+    # Learned as of a month ahead (the same limits: nothing is dated after NOW), then a write: it was
+    # stamped after the refresh read, so it counts, whatever time the limits were learned as of.
+    ahead = datetime.now(UTC) + timedelta(days=30)
+    assert refresh_stage_limits(store, ahead, max_age_s=0) == ["A", "B"]
+    assert _lead_limit(store) == pytest.approx(LEAD_WITH_ALL_WON)
+    _take_won_a3_out(store, history, "reopened")
+    score_live(store, bundle, NOW)
+    assert refresh_stage_limits(store, NOW) == ["A"]
+    assert _lead_limit(store) == pytest.approx(LEAD_WITHOUT_WON_A3)
+
+
 def _plain(values: list[Any]) -> list[Any]:
     return [None if pd.isna(v) else v for v in values]
 
@@ -212,6 +289,49 @@ def test_api_csv_of_the_live_list(service: dict[str, Any]) -> None:
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert len(rows) == 2 and [r["rank"] for r in rows] == ["1", "2"]
     assert all(float(r["value_at_risk"]) >= 0 and r["model_version"] == "7" for r in rows)
+
+
+@pytest.mark.parametrize("recomputed", [False, True], ids=["incremental-state", "whole-history-state"])
+def test_api_a_won_deal_reopened_changes_the_live_limits_after_one_refresh_round(
+    tmp_path: Path, recomputed: bool
+) -> None:
+    """Through the running service (its own scorer and refresher threads too): a won deal moved back to
+    an open stage by POST /v1/events leaves A's learned Lead limit after one refresh round, not an hour."""
+    now = datetime.now(UTC)
+    history, bundle = make_world(now)
+    with stand_in_service(tmp_path, history, {"crm": ("integration", ["*"]), "manager": ("manager", ["*"])},
+                          bundle) as env:
+        store = Store(f"sqlite:///{tmp_path / 'dealrisk.db'}")
+        try:
+            score_live(store, bundle, now)
+            refresh_stage_limits(store)
+
+            def lead_limit() -> float:
+                seen = set()
+                for route in ("at-risk", "stale"):
+                    body = _get(env, f"/v1/pipelines/A/{route}", limit=1000)
+                    assert _live(body)
+                    seen |= {d["stage_limit_days"] for d in body["deals"] if d["stage"] == "Lead"}
+                assert len(seen) == 1, seen
+                return float(seen.pop())
+
+            assert lead_limit() == pytest.approx(LEAD_WITH_ALL_WON)
+            a_minute_ago = (now - timedelta(minutes=1)).isoformat()
+            reopen = {"deal_id": "won-a3", "stage": "Demo", "changed_at": a_minute_ago}
+            events: dict[str, Any] = {"stage_changes": [reopen]}
+            if recomputed:  # dated before the deal's last event: its state is recomputed from its history
+                created = history.deals.loc[history.deals["deal_id"] == "won-a3", "created_at"].iloc[0]
+                backfilled = (pd.Timestamp(created) + pd.Timedelta(days=1)).isoformat()
+                events["field_changes"] = [{"deal_id": "won-a3", "field": "amount", "value": "150",
+                                            "changed_at": backfilled}]
+            response = env["client"].post("/v1/events", json=events,
+                                          headers={"Authorization": f"Bearer {env['keys']['crm']}"})
+            assert response.status_code == 200, response.text
+            score_live(store, bundle, datetime.now(UTC))  # the reopened deal is open: its live score
+            refresh_stage_limits(store)  # one round (the service's own refresher may have run it already)
+            assert lead_limit() == pytest.approx(LEAD_WITHOUT_WON_A3)
+        finally:
+            store.close()
 
 
 def test_a_configured_limit_counts_from_the_next_read(

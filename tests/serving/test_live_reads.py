@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -289,8 +290,11 @@ def test_health_from_the_stored_state_equals_the_whole_history(
         _post(client, world, "/v1/events", {"stage_changes": [
             {"deal_id": "AWK-BACK-AND-WON", "stage": spec.stages[1], "changed_at": (end - day).isoformat()}]})
         assert set(check_every_window()) == {"history"}
-        # a reopened deal does not make the limits due (`Store.stage_limits_due`); their clock does
-        refresh_stage_limits(store, max_age_s=0)
+        # the reopening write made the limits due at once (not after their hour): one refresh round, and
+        # health as of now reads the stored state again, with limits that no longer count that deal
+        assert store.stage_limits_due(datetime.now(UTC), datetime.now(UTC) - timedelta(hours=1)) == [
+            world.pipeline_a]
+        assert refresh_stage_limits(store) == [world.pipeline_a]
         assert check_every_window() == fast
         # events that move no deal in or out of a won stage leave the learned limits as they were
         _post(client, world, "/v1/events", {

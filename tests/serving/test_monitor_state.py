@@ -63,8 +63,21 @@ def test_score_history_is_bounded_and_pairs_the_two_models(database: Any) -> Non
         assert sorted(archive.challenger_scores("2")["cold_risk"]) == [0.7, 0.8]  # the current ones
         assert archive.history("1", role="challenger").empty  # roles never mix
 
+        # The report's stamp moves with a pair stored or a paired deal written, and only then.
+        stamp = archive.paired_stamp("1", "2")
+        assert archive.paired_stamp("1", "2") == stamp
+        store.save_scores(_scores(deals[:1], "2026-01-03T09:00", 0.4), "1", {})  # pairs the 2nd shadow
+        assert archive.paired_stamp("1", "2") != stamp and len(archive.paired_history("1", "2")) == 3
+        stamp = archive.paired_stamp("1", "2")
+        call = pd.DataFrame({"deal_id": deals[:1], "type": ["call"],
+                             "occurred_at": [pd.Timestamp("2026-01-04", tz="UTC")]})
+        store.add_events(activities=call)
+        assert archive.paired_stamp("1", "2") != stamp
+        stamp = archive.paired_stamp("1", "2")
+
         assert archive.prune(retention_days=1, now=datetime(2026, 1, 3, tzinfo=UTC)) == 2
-        assert set(archive.history("1")["cold_risk"]) == {0.3}
+        assert set(archive.history("1")["cold_risk"]) == {0.3, 0.4}
+        assert archive.paired_stamp("1", "2") == stamp  # the pruned rows predate every shadow score
 
         assert archive.get_setting("challenger") is None
         archive.set_setting("challenger", {"model_version": "2"})
