@@ -90,11 +90,10 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         *(sa.Column(name, type_) for name, type_ in STATE_COLUMNS),
         # named explicitly: with a schema, index=True would put the schema in the name
         sa.Index("ix_deals_pipeline", "pipeline"),
-        # Revision 0008: the open deals with what the at-risk list filters and ranks by (it replaced
-        # (pipeline, outcome)), and the deals closed in a health window
-        sa.Index("ix_deals_open_rank", "pipeline", "outcome", "deal_id", "current_stage", "stage_entered_at",
-                 "current_amount"),
-        sa.Index("ix_deals_pipeline_closed", "pipeline", "closed_at"),
+        # Revision 0008: a pipeline's deals by outcome and close time with the state columns the at-risk
+        # list and health as of now read (it replaced (pipeline, outcome)), and the live scorer's look
+        sa.Index("ix_deals_pipeline_state", "pipeline", "outcome", "closed_at", "created_at", "deal_id",
+                 "team", "current_owner", "current_amount", "current_stage", "stage_entered_at", "id"),
         sa.Index("ix_deals_open_state", "outcome", "state_updated_at", "deal_id"),  # the live scorer's look
         # Revision 0007: what pipeline health as of now asks of the state columns (`Store.health_state`)
         sa.Index("ix_deals_pipeline_last_event", "pipeline", "last_event_at"),
