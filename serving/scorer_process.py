@@ -167,10 +167,9 @@ class ScorerProcess:
             process, writer = self._process, self._writer
             self._writer = None
         if writer is not None:
-            with contextlib.suppress(OSError):
-                os.set_blocking(writer.fileno(), True)
+            with contextlib.suppress(OSError):  # a full pipe: the end of file below stops the child too
                 os.write(writer.fileno(), STOP)
-            writer.close()  # and the end of file, should the stop byte not be read
+            writer.close()
         if process is None:
             return
         process.join(STOP_TIMEOUT_S)
