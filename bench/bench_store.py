@@ -6,8 +6,9 @@ afterwards; skipped with a note when unreachable), in a temporary DEALRISK_HOME:
   events (the simulator's longer stage visits give more activities; ~2,000,000 events at the default N),
   import them with `Store.import_history`; train `deal-risk` versions 1 and 2 on a sample of the deals
   (once, shared by the backends) and make version 1 @champion;
-- start `python -m dealrisk serve` (one worker, registry watcher off) and time until every open deal has a
-  live score of version 1 (polled in the store), with deals/s;
+- start `python -m dealrisk serve` (one worker, registry watcher off, the live scorer in its own process
+  unless `--live-scorer thread`; the result's "service" block says what /readyz reported) and time until
+  every open deal has a live score of version 1 (polled in the store), with deals/s;
 - time round-robin (so load drift hits them alike) GET /healthz, GET at-risk (limit 50, default sort,
   reasons), GET health of the pipeline, POST /v1/score of one open deal inline with its history, and
   POST /v1/events (one activity on an open deal); ratios to /healthz;
@@ -398,7 +399,8 @@ def run_backend(backend: str, url: str, history: DealHistory, tracking: str, ver
 
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         env = {**os.environ, "DEALRISK_HOME": str(home), "DEALRISK_DATABASE_URL": url,
-               "MLFLOW_TRACKING_URI": tracking, "DEALRISK_RELOAD_INTERVAL_S": "0", "PYTHONPATH": str(ROOT)}
+               "MLFLOW_TRACKING_URI": tracking, "DEALRISK_RELOAD_INTERVAL_S": "0", "PYTHONPATH": str(ROOT),
+               "DEALRISK_LIVE_SCORER": args.live_scorer}
         env.pop("DEALRISK_MODEL_URI", None)
         out["service"] = {"workers": 1, "reload_interval_s": 0, "model_swap": "POST /v1/model/reload",
                           "live_score_max_age_s": env.get("DEALRISK_LIVE_SCORE_MAX_AGE_S", "default")}
@@ -409,6 +411,7 @@ def run_backend(backend: str, url: str, history: DealHistory, tracking: str, ver
         launched = time.perf_counter()
         with _server(cmd, env, home / f"serve-{backend}.log", f"{base}/readyz", timeout_s=args.ready_timeout):
             out["ready_s"] = round(time.perf_counter() - launched, 1)
+            out["service"]["live_scorer"] = httpx.get(f"{base}/readyz", timeout=30).json().get("live_scorer")
             logger.info("%s: ready after %.1f s; waiting for %d live scores", backend, out["ready_s"],
                         len(open_ids))
             out["initial_scoring"] = wait_all_live(store, v1, launched, len(open_ids), args.scoring_timeout)
@@ -541,6 +544,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None,
                         help="each throughput run (default 30; 8 quick)")
     parser.add_argument("--trials", type=int, default=None, help="freshness trials (default 20; 8 quick)")
+    parser.add_argument("--live-scorer", choices=["process", "thread"], default="process",
+                        help="where the service runs its live scorer (DEALRISK_LIVE_SCORER)")
     args = parser.parse_args()
     quick = args.quick
     args.deals = args.deals or (3000 if quick else FULL_SCALE)

@@ -1,8 +1,9 @@
 """The FastAPI application: `create_app(settings)`; uvicorn runs `serving.app:create_app` as a factory.
 
 Lifespan opens the store (creating its schema), loads the model once, fits the feature population (then
-refreshed by its own background thread, never on a request's path), starts the live scorer and the
-background loops (`serving.background`) that follow the registry alias (swapping the model atomically)
+refreshed by its own background thread, never on a request's path), starts the live scorer (in a child
+process, `serving.scorer_process`, or as threads: the `live_scorer` setting) and the background loops
+(`serving.background`) that follow the registry alias (swapping the model atomically)
 and the monitor state.
 """
 
@@ -24,12 +25,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.background import BackgroundLoop
 from serving.challenger import Challenger
 from serving.errors import install_error_handlers
-from serving.live_scores import LiveScorer
+from serving.live_scores import LiveScorer, LiveScoring
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder, NewDealCache, PopulationCache
 from serving.monitor_state import GAUGE_STATES, MonitorStateCache
 from serving.schemas import ErrorBody
 from serving.score_archive import ScoreArchive
+from serving.scorer_process import ScorerProcess
 from serving.settings import Settings, get_settings
 from serving.stage_limits import StageLimitRefresher
 from serving.store import Store
@@ -233,21 +235,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(holder.reload)
         await asyncio.to_thread(challenger.restore)
         await asyncio.to_thread(_prime_population, population)
-        live_scores = None
+        live_scores: LiveScoring | None = None
         limits = None
-        if settings.live_score_max_age_s > 0:
+        if settings.live_score_max_age_s > 0 and settings.live_scorer == "process":
+            # The scorer, the stage limits and the scorer's population in a child process
+            # (serving.scorer_process): requests keep this process's GIL to themselves.
+            process = ScorerProcess(settings)
+            await asyncio.to_thread(process.start)
+            live_scores = process
+        elif settings.live_score_max_age_s > 0:
             # Requests and the scorer share one population, refitted only by its own background thread.
-            live_scores = LiveScorer(
+            scorer = LiveScorer(
                 store, holder, population, max_age_s=settings.live_score_max_age_s, challenger=challenger
             )
-            app.state.live_scores = live_scores
-            holder.on_swap = _swapped(live_scores)
-            population.listeners.append(live_scores.population_refitted)
-            live_scores.start()
-            live_scores.notify()  # deals written while the service was down, or scored by another version
+            population.listeners.append(scorer.population_refitted)
+            scorer.start()
+            scorer.notify()  # deals written while the service was down, or scored by another version
+            live_scores = scorer
             # the live lists' learned stage limits, kept on the same clock as the scores
             limits = StageLimitRefresher(store, max_age_s=settings.live_score_max_age_s)
             limits.start()
+        if live_scores is not None:
+            app.state.live_scores = live_scores
+            holder.on_swap = _swapped(live_scores)
         population.start()
         loops: list[BackgroundLoop] = []
         if settings.reload_interval_s > 0:
@@ -273,10 +283,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.to_thread(loop.stop)
             store.close()
 
-    def _swapped(live_scores: LiveScorer) -> Any:
+    def _swapped(live_scores: LiveScoring) -> Any:
         def on_swap(model: Any) -> None:
             _on_swap(model)
-            live_scores.notify()  # every open deal is now scored by another version: re-score them
+            live_scores.model_swapped(model.version)  # every open deal is now due: re-score them
 
         return on_swap
 

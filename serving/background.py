@@ -63,6 +63,11 @@ class BackgroundLoop:
             self._thread.join(timeout=self.join_timeout_s)
 
     @property
+    def running(self) -> bool:
+        """Whether the loop's thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def stopping(self) -> bool:
         """Whether `stop` was called: a round that repeats itself checks this between repeats."""
         return self._stop.is_set()

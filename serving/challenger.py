@@ -82,18 +82,27 @@ class Challenger:
         return holder
 
     def restore(self) -> None:
-        """Load the challenger named in the store (at start); a load failure is kept as its error, and an
-        unreadable setting is logged: neither may stop the service from starting."""
+        """Load the challenger named in the store (at start, and in the scorer process each time the
+        service names or clears one: no setting clears it here too; the same version keeps its loaded
+        model). A load failure is kept as its error, and an unreadable setting is logged: neither may
+        stop the service from starting."""
         try:
             value = self.archive.get_setting(CHALLENGER_SETTING)
         except Exception:  # noqa: BLE001 - serving the champion matters more than shadow scoring
             logger.warning("could not read the challenger setting; shadow scoring is off", exc_info=True)
             return
         if not value or not value.get("model_version"):
+            with self._lock:
+                self._setting, self._holder = None, None
             return
         setting = ChallengerSetting(
             str(value["model_version"]), str(value.get("set_at")), value.get("set_by")
         )
+        loaded = self.current()
+        if loaded is not None and loaded.version == setting.model_version:
+            with self._lock:
+                self._setting = setting
+            return
         holder = self._holder_for(setting.model_version)
         holder.reload()
         with self._lock:

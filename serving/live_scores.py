@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -48,6 +49,21 @@ BATCH_DEALS = 500  # deals scored per round: one history read and one feature bu
 # stored deals a round of 500 took about 3 s, and a write that arrived meanwhile waited for it
 BULK_DEALS = 100
 IDLE_POLL_S = 5.0  # how often the worker looks for aged scores when nobody notifies it
+
+
+class LiveScoring(Protocol):
+    """What the service tells whatever keeps its live scores: a `LiveScorer` thread (setting
+    `live_scorer = thread`) or the scorer process (`serving.scorer_process.ScorerProcess`)."""
+
+    def notify(self) -> None: ...
+
+    def model_swapped(self, version: str) -> None: ...
+
+    def challenger_changed(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
 
 
 class LiveScorer:
@@ -77,6 +93,14 @@ class LiveScorer:
 
     def notify(self) -> None:
         """Something changed (a write, a model swap, a refitted population): score what is due."""
+        self._loop.notify()
+
+    def model_swapped(self, _version: str) -> None:
+        """The service swapped its model (this process's holder holds it): every open deal is due."""
+        self._loop.notify()
+
+    def challenger_changed(self) -> None:
+        """A challenger was named or cleared (this process's `Challenger` holds it): score what is due."""
         self._loop.notify()
 
     def population_refitted(self, _builder: FeatureBuilder | None) -> None:
@@ -190,6 +214,10 @@ class LiveScorer:
                 return 0
             scored = pd.concat(parts, ignore_index=True)
         return self.store.save_scores(scored, model.version, due)
+
+    def status(self) -> dict[str, Any]:
+        """Whether the scorer's thread runs (`/readyz`)."""
+        return {"mode": "thread", "running": self._loop.running}
 
     def start(self) -> None:
         """Run rounds on a daemon thread until `stop`."""

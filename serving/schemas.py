@@ -234,6 +234,16 @@ class ErrorBody(BaseModel):
     problems: list[Problem] | None = None
 
 
+class LiveScorerStatus(BaseModel):
+    """Whether what keeps the live scores runs (`/readyz`)."""
+
+    mode: str = Field(description="process (a child process of the service) or thread")
+    running: bool
+    pid: int | None = Field(default=None, description="the scorer process's id while it runs")
+    restarts: int = Field(default=0, description="times the scorer process was started again after it died")
+    last_exit: str | None = Field(default=None, description="how the scorer process last ended, if it did")
+
+
 class Readiness(BaseModel):
     """`/readyz`: ready, degraded (serving, but something failed since) or not ready (with reasons)."""
 
@@ -243,6 +253,9 @@ class Readiness(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     last_reload_error: str | None = None
     last_population_error: str | None = None
+    live_scorer: LiveScorerStatus | None = Field(
+        default=None, description="the live scorer's state; absent when live scores are off"
+    )
 
 
 class Reason(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,11 @@ class Settings(BaseSettings):
     )
     live_score_max_age_s: float = Field(
         default=3600.0, ge=0, description="live scores older than this are recomputed; 0 turns them off"
+    )
+    live_scorer: Literal["process", "thread"] = Field(
+        default="process", description="where the live scorer, the learned stage limits and the scorer's "
+        "feature population run: `process`, a child process of the service (its CPU work never competes "
+        "with requests), or `thread`, threads of the service's own process",
     )
     population_refresh_s: float = Field(
         default=60.0, gt=0,

@@ -19,6 +19,11 @@ import pytest
 
 from serving.store import Store
 
+# The live scorer runs as threads of the app under test (no process spawned per app); the tests of the
+# scorer process (tests/serving/test_scorer_process.py) ask for `process`. Exporting
+# DEALRISK_LIVE_SCORER=process runs the whole suite with it.
+os.environ.setdefault("DEALRISK_LIVE_SCORER", "thread")
+
 POSTGRES_URL = os.environ.get(
     "DEALRISK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

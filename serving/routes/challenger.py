@@ -24,10 +24,12 @@ def _challenger(request: Request) -> Challenger:
     return challenger
 
 
-def _wake_scorer(request: Request) -> None:
+def _challenger_changed(request: Request) -> None:
+    """Tell the live scorer (a thread, or the scorer process, which reads the setting back from the
+    store): what is due is scored with the challenger named now, or without one."""
     live_scores = getattr(request.app.state, "live_scores", None)
     if live_scores is not None:
-        live_scores.notify()
+        live_scores.challenger_changed()
 
 
 @router.post("/v1/model/challenger", response_model=ChallengerOut)
@@ -39,7 +41,7 @@ def set_challenger(body: ChallengerIn, key: AdminKey, request: Request) -> Chall
     champion = holder.current()
     challenger = _challenger(request)
     challenger.set(body.model_version, champion.version if champion else None, key.key_id)
-    _wake_scorer(request)
+    _challenger_changed(request)
     status = challenger.status()
     assert status is not None
     return ChallengerOut(**status)
@@ -54,6 +56,7 @@ def clear_challenger(key: AdminKey, request: Request) -> ChallengerOut:
     if status is None:
         raise NotFoundError(NO_CHALLENGER)
     challenger.clear()
+    _challenger_changed(request)
     return ChallengerOut(**status)
 
 

@@ -33,7 +33,9 @@ async def healthz() -> dict[str, str]:
 def readyz(request: Request, store: StoreDep) -> JSONResponse:
     """Readiness: a model is loaded, the feature population computed and the store answers; otherwise
     503 with the reasons. `degraded` (200): serving, but the last reload or population refresh failed
-    (e.g. the MLflow store is unreachable); the reason says what failed, never where files live."""
+    (e.g. the MLflow store is unreachable) or the live scorer is not running; the reason says what
+    failed, never where files live. `live_scorer`: whether the live scorer runs, in a process of its own
+    (with its pid and how often it was started again) or as a thread."""
     holder: ModelHolder = request.app.state.model_holder
     reasons: list[str] = []
     model = holder.current()
@@ -57,6 +59,12 @@ def readyz(request: Request, store: StoreDep) -> JSONResponse:
                         f"{holder.last_error}")
     if population.last_error and population.available:
         warnings.append(f"last feature population refresh failed: {population.last_error}")
+    live_scores = getattr(request.app.state, "live_scores", None)
+    scorer = live_scores.status() if live_scores is not None else None
+    if scorer is not None and not scorer["running"]:
+        # requests are served; the live scores only get older until the scorer runs again
+        warnings.append(f"the live scorer ({scorer['mode']}) is not running"
+                        + (f": it {scorer['last_exit']}" if scorer.get("last_exit") else ""))
     status = "not ready" if reasons else ("degraded" if warnings else "ready")
     body: dict[str, Any] = {
         "status": status,
@@ -68,6 +76,8 @@ def readyz(request: Request, store: StoreDep) -> JSONResponse:
         body["last_reload_error"] = holder.last_error
     if population.last_error and population.available:
         body["last_population_error"] = population.last_error
+    if scorer is not None:
+        body["live_scorer"] = scorer
     return JSONResponse(body, status_code=200 if not reasons else 503)
 
 

@@ -62,3 +62,13 @@ def test_importing_the_service_creates_no_folder(tmp_path: Path) -> None:
     assert not home.exists()
     assert Settings(home=home).home == home  # constructing settings reads, never writes
     assert not home.exists()
+
+
+def test_the_live_scorer_setting_names_its_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEALRISK_LIVE_SCORER", raising=False)
+    assert read_settings().live_scorer == "process"  # what `dealrisk serve` and `make demo` run
+    monkeypatch.setenv("DEALRISK_LIVE_SCORER", "thread")
+    assert read_settings().live_scorer == "thread"
+    monkeypatch.setenv("DEALRISK_LIVE_SCORER", "fork")
+    with pytest.raises(SettingsError, match=r"DEALRISK_LIVE_SCORER='fork': .*'process' or 'thread'"):
+        read_settings()

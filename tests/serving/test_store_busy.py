@@ -14,18 +14,24 @@ from serving.store import Store
 from tests.serving.conftest import make_settings
 
 
-def test_a_write_blocked_by_another_writer_answers_busy(world: Any, tmp_path: Path) -> None:
-    path = tmp_path / "busy.db"
+def _writable_store(world: Any, path: Path, event_id: str) -> tuple[str, dict[str, Any]]:
+    """A SQLite store of the world's history at `path`: an integration key and one event to post."""
     store = Store(f"sqlite:///{path}")
     store.create_schema()
     store.import_history(world.history)
     plaintext, _ = store.create_api_key("integration", ["*"], name="writer")
     store.close()
-    settings = make_settings(world, database_url=f"sqlite:///{path}", sqlite_busy_timeout_s=0.5,
-                             live_score_max_age_s=0)
     deal_id = str(world.history.deals["deal_id"].iloc[0])
     event = {"activities": [{"deal_id": deal_id, "type": "email", "direction": "outbound",
-                             "occurred_at": "2026-11-30T10:00:00+00:00", "event_id": "busy-1"}]}
+                             "occurred_at": "2026-11-30T10:00:00+00:00", "event_id": event_id}]}
+    return plaintext, event
+
+
+def test_a_write_blocked_by_another_writer_answers_busy(world: Any, tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    plaintext, event = _writable_store(world, path, "busy-1")
+    settings = make_settings(world, database_url=f"sqlite:///{path}", sqlite_busy_timeout_s=0.5,
+                             live_score_max_age_s=0)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         holder = sqlite3.connect(path, timeout=0.1, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
@@ -39,3 +45,24 @@ def test_a_write_blocked_by_another_writer_answers_busy(world: Any, tmp_path: Pa
         again = client.post("/v1/events", json=event, headers={"Authorization": f"Bearer {plaintext}"})
         assert again.status_code == 200, again.text
         assert again.json()["inserted"] == 1  # the refused attempt stored nothing
+
+
+def test_a_write_meeting_another_process_s_write_waits_for_it(world: Any, tmp_path: Path) -> None:
+    """The scorer process writes the same SQLite file: a request's write that meets its lock waits."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "shared.db"
+    plaintext, event = _writable_store(world, path, "shared-1")
+    settings = make_settings(world, database_url=f"sqlite:///{path}", live_score_max_age_s=0)
+    hold = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(2); c.execute('ROLLBACK')")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        other = subprocess.Popen([sys.executable, "-c", hold, str(path)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout is not None and other.stdout.readline().strip() == "locked"
+            answer = client.post("/v1/events", json=event, headers={"Authorization": f"Bearer {plaintext}"})
+        finally:
+            assert other.wait(timeout=60) == 0
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["inserted"] == 1

@@ -1,0 +1,182 @@
+"""The live scorer in a process of its own (`live_scorer = process`, what `dealrisk serve` runs), through
+the API: a write reaches its live score, a model swap and a challenger reach the scorer process, a scorer
+process that dies is started again, and it ends with the service, even one killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import World, make_settings, wait_for
+from fastapi.testclient import TestClient
+
+from bench.common import free_port, start_server
+from serving.app import create_app
+from serving.settings import Settings
+
+
+def _store_copy(world: World, tmp_path: Path) -> str:
+    """A copy of the world's store without live scores (other apps' scorers made those)."""
+    copy = tmp_path / "scorer-process.db"
+    with sqlite3.connect(world.home / "dealrisk.db") as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+        dst.execute("DELETE FROM deal_scores")
+    return f"sqlite:///{copy}"
+
+
+@pytest.fixture
+def process_settings(world: World, tmp_path: Path) -> Settings:
+    return make_settings(world, database_url=_store_copy(world, tmp_path), live_scorer="process")
+
+
+@pytest.fixture
+def served(process_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(process_settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _scorer(client: TestClient) -> dict[str, Any]:
+    body = client.get("/readyz").json()
+    return dict(body["live_scorer"])
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _at_risk(client: TestClient, world: World) -> dict[str, Any]:
+    response = client.get(f"/v1/pipelines/{world.pipeline_a}/at-risk", params={"limit": 1000},
+                          headers=world.auth("manager"))
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def _live_rows(client: TestClient, world: World, version: str | None = None) -> list[dict[str, Any]] | None:
+    """The at-risk rows when every one is a stored live score (of `version`, if given), else None."""
+    body = _at_risk(client, world)
+    rows = body["deals"]
+    # a live score is as of when it was computed; an on-demand one is as of the request's time
+    if not rows or any(d["scored_at"] == body["as_of"] or d["score_pending"] for d in rows):
+        return None
+    if version is not None and any(d["model_version"] != version for d in rows):
+        return None
+    return list(rows)
+
+
+def test_a_write_reaches_its_live_score_made_in_the_scorer_process(world: World, served: TestClient) -> None:
+    scorer = _scorer(served)
+    assert scorer["mode"] == "process" and scorer["running"] and scorer["pid"] != os.getpid()
+    assert served.get("/readyz").json()["status"] == "ready"
+    wait_for(lambda: _live_rows(served, world) is not None, "the open deals' first live scores")
+    rows = _live_rows(served, world)
+    assert rows is not None
+    # scored in the other process exactly as the service scores on demand as of the same time
+    for row in rows[:3]:
+        same_time = served.get(f"/v1/deals/{row['deal_id']}/score", params={"as_of": row["scored_at"]},
+                               headers=world.auth("admin")).json()["scores"][0]
+        assert row["model_version"] == world.versions[0]
+        assert row["cold_risk"] == pytest.approx(same_time["cold_risk"], abs=1e-12)
+        assert row["close_probability"] == pytest.approx(same_time["close_probability"], abs=1e-12)
+
+    deal_id = world.deal_in(world.pipeline_a)
+    written_at = datetime.now(UTC)
+    event = {"deal_id": deal_id, "type": "meeting", "direction": "inbound",
+             "occurred_at": written_at.isoformat()}
+    response = served.post("/v1/events", json={"activities": [event]}, headers=world.auth("integration"))
+    assert response.status_code == 200 and response.json()["inserted"] == 1
+
+    def rescored() -> bool:
+        row = next((d for d in _at_risk(served, world)["deals"] if d["deal_id"] == deal_id), None)
+        return (row is not None and not row["score_pending"]
+                and datetime.fromisoformat(row["scored_at"]) >= written_at)
+
+    # a bound, not a timing assertion: without the write's notice reaching the scorer process, the deal
+    # would wait for the scorer's hourly clock
+    wait_for(rescored, "the written deal's live score as of after the write", ceiling_s=60)
+    row = next(d for d in _at_risk(served, world)["deals"] if d["deal_id"] == deal_id)
+    reasons = {r["feature"]: r["value"] for r in row["reasons"]}
+    if "days_since_last_activity" in reasons:  # the meeting just happened
+        assert reasons["days_since_last_activity"] < 0.01
+    on_demand = served.get(f"/v1/deals/{deal_id}/score", headers=world.auth("admin")).json()
+    assert datetime.fromisoformat(on_demand["scores"][0]["as_of"]) >= written_at
+
+
+def test_a_model_swap_and_a_challenger_reach_the_scorer_process(world: World, served: TestClient) -> None:
+    champion, other = world.versions
+    admin = world.auth("admin")
+    wait_for(lambda: _live_rows(served, world, champion) is not None, "live scores of the champion")
+    try:
+        world.set_champion(other)
+        assert served.post("/v1/model/reload", headers=admin).json()["model_version"] == other
+        wait_for(lambda: _live_rows(served, world, other) is not None,
+                 f"every live score to name version {other} after the swap")
+    finally:
+        world.set_champion(champion)
+    assert served.post("/v1/model/reload", headers=admin).json()["model_version"] == champion
+    wait_for(lambda: _live_rows(served, world, champion) is not None, "live scores of the champion again")
+
+    # a challenger named through the API is read back from the store by the scorer process
+    res = served.post("/v1/model/challenger", json={"model_version": other}, headers=admin)
+    assert res.status_code == 200, res.text
+
+    def shadow_scored() -> bool:
+        return int(served.get("/v1/model/challenger", headers=admin).json()["n_deals"]) > 0
+
+    wait_for(shadow_scored, f"challenger {other}'s shadow scores")
+
+
+def test_a_dead_scorer_process_is_started_again_and_stops_with_the_service(
+    world: World, process_settings: Settings
+) -> None:
+    with TestClient(create_app(process_settings), raise_server_exceptions=False) as client:
+        first = _scorer(client)["pid"]
+        os.kill(first, signal.SIGKILL)
+
+        def restarted() -> bool:
+            now = _scorer(client)
+            return bool(now["running"]) and now["pid"] not in (None, first)
+
+        wait_for(restarted, "a new scorer process")
+        scorer = _scorer(client)
+        assert scorer["restarts"] == 1 and scorer["last_exit"] == "was killed by SIGKILL"
+        assert client.get("/readyz").json()["status"] == "ready"
+        # the new process scores: every open deal gets its live score
+        wait_for(lambda: _live_rows(client, world) is not None, "live scores from the new scorer process")
+        second = scorer["pid"]
+    assert not _alive(second), "the scorer process outlived the service's shutdown"
+
+
+def test_the_scorer_process_ends_when_the_service_is_killed(world: World, process_settings: Settings,
+                                                           tmp_path: Path) -> None:
+    import httpx
+
+    port = free_port()
+    env = {
+        "DEALRISK_HOME": str(tmp_path),
+        "DEALRISK_DATABASE_URL": process_settings.database_url,
+        "MLFLOW_TRACKING_URI": process_settings.tracking_uri,
+        "DEALRISK_RELOAD_INTERVAL_S": "0",
+        "DEALRISK_LIVE_SCORER": "process",
+    }
+    server = start_server(env, tmp_path, port, ready_path="/readyz")
+    try:
+        body = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
+        pid = body["live_scorer"]["pid"]
+        assert body["live_scorer"]["running"] and _alive(pid)
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+        wait_for(lambda: not _alive(pid), "the scorer process to end after its service was killed")
+    finally:
+        if server.poll() is None:
+            server.kill()
