@@ -118,6 +118,16 @@ def test_hazard_calibrator_keeps_hazards_that_are_already_true() -> None:
     np.testing.assert_allclose(tenfold.intercept_, cal.intercept_, atol=1e-3)
 
 
+def test_hazard_map_saved_before_the_deal_evidence_weights_scores_the_same() -> None:
+    """The weights only change how the map is fitted: a map saved by an older bundle (this JSON) loads
+    and maps hazards as it did. Doubling the odds of winning against staying open turns (0.7, 0.15,
+    0.15) into (0.7, 0.3, 0.15) / 1.15."""
+    saved = {"method": "vector_scaling", "prior_sd": 0.15, "scale": 1.0,
+             "intercept": [float(np.log(2.0)), 0.0]}
+    out = HazardCalibrator.from_dict(saved).transform(np.array([[0.7, 0.15, 0.15]]))[0]
+    np.testing.assert_allclose(out, np.array([0.7, 0.3, 0.15]) / 1.15)
+
+
 @pytest.fixture(scope="module")
 def history() -> DealHistory:
     return simulate_history(600, seed=4)
