@@ -4,14 +4,14 @@ Same setting as `bench_timing.py` (a history simulated for twice the span and cu
 model trained on the cut history, its test-window snapshots judged against what happened next), but
 the hazard booster is fitted once and only the map from its hazards to calibrated ones changes:
 
-- `current`: `models.timing.HazardCalibrator` as training fits it, the deal-evidence map (rows
-  weighing the same, all of them together as much as the calibration window's deals: each row weighs
-  deals / rows); until round 4 this bench called it `equal_weights_deal_evidence`;
+- `current`: `models.timing.HazardCalibrator` as training fits it (each deal's rows counting once);
 - `none`: the booster's own hazards;
-- `equal_weights`: the same map with every person-period row weighing 1 (the evidence of rows, not
-  deals, against the prior);
-- `deal_weights`: the map training fitted until round 4, each deal's rows weighted to count as one
-  deal (each row weighs 1 / its deal's rows), which pulls the hazards toward the fast closers' rows.
+- `equal_weights`: the same map with every person-period row weighing the same;
+- `equal_weights_deal_evidence`: rows weighing the same, but all of them together as much as the
+  calibration window's deals (each row weighs deals / rows): the shape of `equal_weights` (no pull
+  toward the fast closers' few rows) with the evidence, against the prior, of `current` (a deal's
+  weekly snapshots are one outcome, not many). Equivalent to `equal_weights` with the prior's sd
+  times sqrt(deals / rows), which is how it is fitted.
 
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
@@ -66,15 +66,13 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
     timing = fit_timing(frame[frame["window"] == "train"], cal, cols, config)
     pp = person_periods(cal["event"], cal["event_days"], cal["observed_days"])
     raw_cal = np.asarray(timing.booster.predict(expand_frame(cal, cols, pp)), dtype=np.float64)
-    cal_deals = cal["deal_id"].to_numpy(dtype=object)[pp.row]
-    n_cal_deals = int(pd.Series(cal_deals).nunique())
-    codes, _ = pd.factorize(pd.Series(cal_deals))
+    n_cal_deals = int(cal["deal_id"].iloc[pp.row].nunique())
+    deal_evidence_sd = HazardCalibrator().prior_sd * float(np.sqrt(n_cal_deals / max(len(pp.row), 1)))
     maps = {
         "current": timing.calibrator,
         "none": HazardCalibrator(),
         "equal_weights": HazardCalibrator().fit(raw_cal, pp.target),
-        "deal_weights": HazardCalibrator().fit(raw_cal, pp.target,
-                                               row_weight=1.0 / np.bincount(codes)[codes]),
+        "equal_weights_deal_evidence": HazardCalibrator(prior_sd=deal_evidence_sd).fit(raw_cal, pp.target),
     }
 
     points = make_snapshots(cut)

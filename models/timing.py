@@ -157,12 +157,9 @@ class HazardCalibrator:
     open; identity at a = 1, b = 0.
 
     Three parameters, fitted by penalised maximum likelihood with a Gaussian prior (sd `prior_sd`)
-    centred on the identity. Given each row's deal, the map is the deal-evidence map: every
-    person-period row weighs the same (a deal open for many periods gives as many chances to win or
-    lose as it was watched, so the hazards are not pulled toward the fast closers' few rows), and all
-    rows together weigh as much as the window's deals (a deal's weekly snapshots share one outcome, so
-    the evidence against the prior is the number of deals, not of rows): a calibration window of a few
-    weeks must not bend a model trained on a year on the strength of a handful of deals.
+    centred on the identity, and each deal's rows weighted to count as one deal: the rows of a deal's
+    weekly snapshots are far from independent, and a calibration window of a few weeks must not bend a
+    model trained on a year on the strength of a handful of deals.
     """
 
     def __init__(self, prior_sd: float = 0.15) -> None:
@@ -172,25 +169,21 @@ class HazardCalibrator:
 
     def fit(
         self, proba: NDArray[np.float64], target: ArrayLike, groups: ArrayLike | None = None,
-        min_rows: int = 100, row_weight: ArrayLike | None = None,
+        min_rows: int = 100,
     ) -> HazardCalibrator:
         """Fit on person-period rows (censored snapshots' open periods included); `groups` (the deal of
-        each row) gives every row the weight deals / rows, without it every row weighs 1. `row_weight`,
-        when given, replaces both (for comparisons of weightings in bench/). Stays the identity below
-        `min_rows` rows."""
+        each row) sets the weights. Stays the identity below `min_rows` rows."""
         from scipy.optimize import minimize
 
         y = np.asarray(target, dtype=np.int64)
         if len(y) < min_rows:
             return self
         z = _log_odds(proba)
-        if row_weight is not None:
-            w = np.asarray(row_weight, dtype=np.float64)
-        elif groups is None:
+        if groups is None:
             w = np.ones(len(y))
         else:
-            n_deals = pd.Series(np.asarray(groups, dtype=object)).nunique()
-            w = np.full(len(y), n_deals / len(y))
+            codes, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object)))
+            w = 1.0 / np.bincount(codes)[codes]
         onehot = np.eye(3)[y]
         identity = np.array([1.0, 0.0, 0.0])
         var = self.prior_sd**2

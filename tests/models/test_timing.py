@@ -89,45 +89,6 @@ def test_hazard_calibrator_moves_towards_the_data_and_round_trips() -> None:
     assert shy.transform(raw)[0][WON] < out[WON]
 
 
-def test_hazard_calibrator_keeps_hazards_that_are_already_true() -> None:
-    """Half the deals close fast (per period: won 0.15, lost 0.10), half slowly (0.03, 0.02), each watched
-    until it closes or for 20 periods, and the booster's hazards are the true ones: the right map is the
-    identity. Weighting each deal's rows to count as one deal (the map before round 4) makes the fast
-    closers' few rows count as much as the slow deals' many and about doubles both hazards."""
-    rng = np.random.default_rng(0)
-    fast = rng.random(400) < 0.5
-    truth = np.where(fast[:, None], [[0.75, 0.15, 0.10]], [[0.95, 0.03, 0.02]])
-    raw, target, deal = [], [], []
-    for d, h in enumerate(truth):
-        for _ in range(20):
-            outcome = int(rng.choice(3, p=h))
-            raw.append(h)
-            target.append(outcome)
-            deal.append(d)
-            if outcome != OPEN:
-                break
-    raw_a, target_a, deal_a = np.array(raw), np.array(target), np.array(deal)
-    cal = HazardCalibrator().fit(raw_a, target_a, groups=deal_a)
-    assert abs(cal.scale_ - 1.0) < 0.05 and np.all(np.abs(cal.intercept_) < 0.05)
-    out = cal.transform(raw_a)
-    for k in (WON, LOST):  # mean hazard against the share of rows that ended that way (0.056, 0.033)
-        assert abs(out[:, k].mean() - (target_a == k).mean()) < 0.005
-    # the evidence is the number of deals: the same deals with every row listed ten times fit the same map
-    tenfold = HazardCalibrator().fit(np.repeat(raw_a, 10, axis=0), np.repeat(target_a, 10),
-                                     groups=np.repeat(deal_a, 10))
-    np.testing.assert_allclose(tenfold.intercept_, cal.intercept_, atol=1e-3)
-
-
-def test_hazard_map_saved_before_the_deal_evidence_weights_scores_the_same() -> None:
-    """The weights only change how the map is fitted: a map saved by an older bundle (this JSON) loads
-    and maps hazards as it did. Doubling the odds of winning against staying open turns (0.7, 0.15,
-    0.15) into (0.7, 0.3, 0.15) / 1.15."""
-    saved = {"method": "vector_scaling", "prior_sd": 0.15, "scale": 1.0,
-             "intercept": [float(np.log(2.0)), 0.0]}
-    out = HazardCalibrator.from_dict(saved).transform(np.array([[0.7, 0.15, 0.15]]))[0]
-    np.testing.assert_allclose(out, np.array([0.7, 0.3, 0.15]) / 1.15)
-
-
 @pytest.fixture(scope="module")
 def history() -> DealHistory:
     return simulate_history(600, seed=4)
