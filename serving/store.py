@@ -1556,7 +1556,7 @@ class Store:
             .where(*in_scope, scores.c.deal_id.is_(None))
         )
         var = value_at_risk(deals.c.current_amount, scores.c.close_probability, scores.c.cold_risk)
-        page = sa.select(
+        page_columns = (
             deals.c.deal_id,
             deals.c.pipeline,
             deals.c.current_owner.label("owner"),
@@ -1580,7 +1580,7 @@ class Store:
             sa.or_(
                 scores.c.state_updated_at.is_(None), scores.c.state_updated_at != deals.c.state_updated_at
             ).label("pending"),
-        ).select_from(joined)
+        )
         # days in stage, highest first, is stage entry, earliest first
         sort_columns: dict[str, tuple[Any, bool]] = {
             "value_at_risk": (var, False),
@@ -1613,7 +1613,7 @@ class Store:
                 .subquery("ranked")
             )
             query = (
-                sa.select(*page.selected_columns, ranked.c.total)
+                sa.select(*page_columns, ranked.c.total)
                 .select_from(ranked.join(deals, deals.c.deal_id == ranked.c.ranked_id)
                              .join(scores, scores.c.deal_id == deals.c.deal_id))
                 .order_by(ranked.c.position)
@@ -1626,10 +1626,9 @@ class Store:
                 total = conn.execute(count).scalar_one()
         # Plain Python rows, no frame: a page is 50 rows, where pandas' fixed costs outweighed the query.
         out: list[dict[str, Any]] = []
-        names = list(query.selected_columns.keys())
+        names = list(query.selected_columns.keys())[:-1]  # the page's columns; the last is the total
         for row in rows:
-            r = dict(zip(names, row, strict=True))
-            del r["total"]
+            r = dict(zip(names, row[:-1], strict=True))
             for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
                 r[col] = _aware(r[col])
             for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
