@@ -4,9 +4,13 @@ Same setting as `bench_timing.py` (a history simulated for twice the span and cu
 model trained on the cut history, its test-window snapshots judged against what happened next), but
 the hazard booster is fitted once and only the map from its hazards to calibrated ones changes:
 
-- `current`: `models.timing.HazardCalibrator` as training fits it (each deal's rows counting once);
+- `current`: the map training fits (`models.timing.OutcomeSplitCalibrator` since round 5 of
+  docs/models.md; `HazardCalibrator` with each deal's rows counting once before, which is what
+  `current` is in the results committed with round 5 and earlier);
+- `vector_scaling`: `HazardCalibrator` fitted as training fitted it before round 5 (each deal's rows
+  counting once), so that runs after the change still compare with it;
 - `none`: the booster's own hazards;
-- `equal_weights`: the same map with every person-period row weighing the same;
+- `equal_weights`: `HazardCalibrator` with every person-period row weighing the same;
 - `equal_weights_deal_evidence`: rows weighing the same, but all of them together as much as the
   calibration window's deals (each row weighs deals / rows): the shape of `equal_weights` (no pull
   toward the fast closers' few rows) with the evidence, against the prior, of `current` (a deal's
@@ -89,6 +93,7 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
         "equal_weights_deal_evidence": HazardCalibrator(prior_sd=deal_evidence_sd).fit(raw_cal, pp.target),
     }
     cal_groups = cal["deal_id"].to_numpy(dtype=object)[pp.row]
+    maps["vector_scaling"] = HazardCalibrator().fit(raw_cal, pp.target, groups=cal_groups)
     for name, sd, fit_scale in (("outcome_split", 0.15, True), ("outcome_split_wide", 0.5, True),
                                 ("outcome_split_intercept", 0.15, False),
                                 ("outcome_split_intercept_wide", 0.5, False)):

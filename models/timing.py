@@ -18,10 +18,13 @@ hold from then on, so the tail is a geometric series with that closed form. Insi
 are spread evenly in time (a constant rate), so S and P(won by d) are defined for any day d, which is
 how the 90-day probability, the slip risk at an expected close date and the likely close date are read.
 
-Calibration is done on the hazards, not on the final probability: a multinomial logistic map (vector
-scaling, three classes, two inputs: the booster's log-odds of won and lost against open) fitted on the
-calibration window's person-period rows, censored rows included. It is smooth and monotone, so scores
-keep their resolution (no isotonic plateaus), and it uses the open deals of that window as information.
+Calibration is done on the hazards, not on the final probability. Training's map is
+`OutcomeSplitCalibrator`: the probability of closing in each period stays the booster's, and the share
+won among closes is a logistic map of the booster's log-odds of won against lost, fitted on the
+calibration window's closes. `HazardCalibrator` (a multinomial logistic map of both log-odds against
+open, fitted on all of that window's person-period rows) was the map before; bundles that carry it
+still load and score as they did. Both maps are smooth and monotone, so scores keep their resolution
+(no isotonic plateaus).
 """
 
 from __future__ import annotations
