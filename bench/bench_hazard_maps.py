@@ -4,14 +4,23 @@ Same setting as `bench_timing.py` (a history simulated for twice the span and cu
 model trained on the cut history, its test-window snapshots judged against what happened next), but
 the hazard booster is fitted once and only the map from its hazards to calibrated ones changes:
 
-- `current`: `models.timing.HazardCalibrator` as training fits it (each deal's rows counting once);
+- `current`: the map training fits (`models.timing.OutcomeSplitCalibrator` since round 5 of
+  docs/models.md; `HazardCalibrator` with each deal's rows counting once before, which is what
+  `current` is in the results committed with round 5 and earlier);
+- `vector_scaling`: `HazardCalibrator` fitted as training fitted it before round 5 (each deal's rows
+  counting once), so that runs after the change still compare with it;
 - `none`: the booster's own hazards;
-- `equal_weights`: the same map with every person-period row weighing the same;
+- `equal_weights`: `HazardCalibrator` with every person-period row weighing the same;
 - `equal_weights_deal_evidence`: rows weighing the same, but all of them together as much as the
   calibration window's deals (each row weighs deals / rows): the shape of `equal_weights` (no pull
   toward the fast closers' few rows) with the evidence, against the prior, of `current` (a deal's
   weekly snapshots are one outcome, not many). Equivalent to `equal_weights` with the prior's sd
   times sqrt(deals / rows), which is how it is fitted.
+- `outcome_split` (round 5): the probability of closing in each period left as the booster gives it,
+  only the share won among closes mapped (`models.timing.OutcomeSplitCalibrator`: c and d fitted on the
+  calibration window's closing rows, each closing deal counting once, prior sd 0.15 toward the
+  identity); `outcome_split_wide` the same with prior sd 0.5; `outcome_split_intercept` (and `_wide`)
+  with c held at 1, the shift d alone. Their slip risk is `none`'s by construction.
 
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
@@ -41,7 +50,16 @@ from features.build import FeatureBuilder
 from features.labels import slip_label, won_label, won_within_label
 from models.calibration import ece_noise_floor, expected_calibration_error, reliability_bins
 from models.comparison import bootstrap_comparison
-from models.timing import HazardCalibrator, TimingModel, expand_frame, person_periods, slip_risk
+from models.timing import (
+    OPEN,
+    HazardCalibrator,
+    OutcomeSplitCalibrator,
+    TimingCurves,
+    TimingModel,
+    expand_frame,
+    person_periods,
+    slip_risk,
+)
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
 from training.snapshots import make_snapshots
@@ -74,6 +92,14 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
         "equal_weights": HazardCalibrator().fit(raw_cal, pp.target),
         "equal_weights_deal_evidence": HazardCalibrator(prior_sd=deal_evidence_sd).fit(raw_cal, pp.target),
     }
+    cal_groups = cal["deal_id"].to_numpy(dtype=object)[pp.row]
+    maps["vector_scaling"] = HazardCalibrator().fit(raw_cal, pp.target, groups=cal_groups)
+    for name, sd, fit_scale in (("outcome_split", 0.15, True), ("outcome_split_wide", 0.5, True),
+                                ("outcome_split_intercept", 0.15, False),
+                                ("outcome_split_intercept_wide", 0.5, False)):
+        maps[name] = OutcomeSplitCalibrator(prior_sd=sd, fit_scale=fit_scale).fit(
+            raw_cal, pp.target, groups=cal_groups)
+    closing = pp.target != OPEN
 
     points = make_snapshots(cut)
     points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
@@ -88,10 +114,16 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
     deal_ids = points["deal_id"].to_numpy(dtype=object)
     out: dict[str, Any] = {"deals_in_training_history": len(cut.deals), "cycle_scale": cycle_scale,
                            "calibration_rows": len(pp.row), "calibration_deals": n_cal_deals,
+                           "calibration_closing_rows": int(closing.sum()),
+                           "calibration_closing_deals": int(pd.Series(cal_groups[closing]).nunique()),
                            "test_snapshots": len(points), "variants": {}}
     scored: dict[str, dict[str, np.ndarray]] = {}
+    # the booster's hazards once; each map applied to them as `TimingModel.curves` does
+    raw = TimingModel(timing.booster).raw_hazards(feats[cols])
+    n_points, n_k = raw.shape[:2]
     for name, calibrator in maps.items():
-        curves = TimingModel(timing.booster, calibrator).curves(feats[cols])
+        curves = TimingCurves(calibrator.transform(raw.reshape(n_points * n_k, 3)).reshape(n_points, n_k, 3),
+                              timing.period_days)
         scores = {
             "close_probability": curves.p_won(),
             "close_probability_90d": curves.won_within(90.0),

@@ -18,10 +18,13 @@ hold from then on, so the tail is a geometric series with that closed form. Insi
 are spread evenly in time (a constant rate), so S and P(won by d) are defined for any day d, which is
 how the 90-day probability, the slip risk at an expected close date and the likely close date are read.
 
-Calibration is done on the hazards, not on the final probability: a multinomial logistic map (vector
-scaling, three classes, two inputs: the booster's log-odds of won and lost against open) fitted on the
-calibration window's person-period rows, censored rows included. It is smooth and monotone, so scores
-keep their resolution (no isotonic plateaus), and it uses the open deals of that window as information.
+Calibration is done on the hazards, not on the final probability. Training's map is
+`OutcomeSplitCalibrator`: the probability of closing in each period stays the booster's, and the share
+won among closes is a logistic map of the booster's log-odds of won against lost, fitted on the
+calibration window's closes. `HazardCalibrator` (a multinomial logistic map of both log-odds against
+open, fitted on all of that window's person-period rows) was the map before; bundles that carry it
+still load and score as they did. Both maps are smooth and monotone, so scores keep their resolution
+(no isotonic plateaus).
 """
 
 from __future__ import annotations
@@ -225,6 +228,102 @@ class HazardCalibrator:
         return cal
 
 
+class OutcomeSplitCalibrator:
+    """Recalibration of the outcome only: the probability of closing in each period stays the booster's
+    (h_won + h_lost = 1 - h_open as given), and the share won among what closes is mapped:
+    sigmoid(c * (z_won - z_lost) + d), z as in `HazardCalibrator`; identity at c = 1, d = 0.
+
+    Fitted on the calibration window's rows that close (won or lost), each closing deal's rows counting
+    as one deal, with a Gaussian prior (sd `prior_sd`) centred on the identity; `fit_scale=False` keeps
+    c at 1 and fits the shift alone. Slip risk and the likely close date are therefore the booster's own;
+    the close probability and the 90-day probability change through the split.
+    """
+
+    method = "outcome_split"
+
+    def __init__(self, prior_sd: float = 0.15, fit_scale: bool = True) -> None:
+        self.prior_sd = prior_sd
+        self.fit_scale = fit_scale
+        self.scale_ = 1.0
+        self.intercept_ = 0.0
+
+    def fit(
+        self, proba: NDArray[np.float64], target: ArrayLike, groups: ArrayLike | None = None,
+        min_rows: int = 100,
+    ) -> OutcomeSplitCalibrator:
+        """Fit on person-period rows (the open ones are left out: they say nothing about the split);
+        `groups` (the deal of each row) sets the weights. Stays the identity below `min_rows` rows."""
+        from scipy.optimize import minimize
+
+        y_all = np.asarray(target, dtype=np.int64)
+        if len(y_all) < min_rows:
+            return self
+        closes = y_all != OPEN
+        if not closes.any():
+            return self
+        z = _log_odds(np.asarray(proba, dtype=np.float64)[closes])
+        x = z[:, 0] - z[:, 1]
+        y = (y_all[closes] == WON).astype(np.float64)
+        if groups is None:
+            w = np.ones(len(y))
+        else:
+            codes, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object)[closes]))
+            w = 1.0 / np.bincount(codes)[codes]
+        identity = np.array([1.0, 0.0])
+        var = self.prior_sd**2
+
+        def loss(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+            c = theta[0] if self.fit_scale else 1.0
+            eta = c * x + theta[1]
+            # -log sigmoid(eta) for wins, -log sigmoid(-eta) for losses
+            nll = float(np.sum(w * np.logaddexp(0.0, np.where(y > 0, -eta, eta))))
+            resid = w * (1.0 / (1.0 + np.exp(-eta)) - y)
+            grad = np.array([np.sum(resid * x) if self.fit_scale else 0.0, np.sum(resid)])
+            dev = theta - identity
+            if not self.fit_scale:
+                dev[0] = 0.0
+            return nll + 0.5 * float(dev @ dev) / var, grad + dev / var
+
+        res = minimize(loss, identity, jac=True, method="L-BFGS-B")
+        if res.success and np.all(np.isfinite(res.x)):
+            self.scale_ = float(res.x[0]) if self.fit_scale else 1.0
+            self.intercept_ = float(res.x[1])
+        return self
+
+    def transform(self, proba: NDArray[np.float64]) -> NDArray[np.float64]:
+        p = np.asarray(proba, dtype=np.float64)
+        z = _log_odds(p)
+        share = 1.0 / (1.0 + np.exp(-(self.scale_ * (z[:, 0] - z[:, 1]) + self.intercept_)))
+        closes = np.clip(1.0 - p[:, OPEN], 0.0, 1.0)
+        out = np.empty_like(p)
+        out[:, OPEN] = 1.0 - closes
+        out[:, WON] = closes * share
+        out[:, LOST] = closes - out[:, WON]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "prior_sd": self.prior_sd, "fit_scale": self.fit_scale,
+                "scale": self.scale_, "intercept": self.intercept_}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> OutcomeSplitCalibrator:
+        cal = cls(prior_sd=float(raw.get("prior_sd", 0.15)), fit_scale=bool(raw.get("fit_scale", True)))
+        cal.scale_ = float(raw["scale"])
+        cal.intercept_ = float(raw["intercept"])
+        return cal
+
+
+HazardMap = HazardCalibrator | OutcomeSplitCalibrator
+
+
+def hazard_map_from_dict(raw: dict[str, Any]) -> HazardMap:
+    """A hazard map back from its JSON; bundles written before the method field was told apart (and
+    every "vector_scaling" one) read as `HazardCalibrator`."""
+    if raw.get("method") == OutcomeSplitCalibrator.method:
+        return OutcomeSplitCalibrator.from_dict(raw)
+    return HazardCalibrator.from_dict(raw)
+
+
 @dataclass
 class TimingCurves:
     """Per-deal hazards over the horizon and what follows from them (arrays have one row per deal)."""
@@ -296,12 +395,12 @@ class TimingModel:
     def __init__(
         self,
         booster: lgb.Booster,
-        calibrator: HazardCalibrator | None = None,
+        calibrator: HazardMap | None = None,
         period_days: float = PERIOD_DAYS,
         n_periods: int = N_PERIODS,
     ) -> None:
         self.booster = booster
-        self.calibrator = calibrator or HazardCalibrator()
+        self.calibrator: HazardMap = calibrator or HazardCalibrator()
         self.period_days = float(period_days)
         self.n_periods = int(n_periods)
 
@@ -342,7 +441,7 @@ class TimingModel:
     def from_spec(cls, booster: lgb.Booster, spec: dict[str, Any]) -> TimingModel:
         return cls(
             booster,
-            HazardCalibrator.from_dict(spec["calibrator"]),
+            hazard_map_from_dict(spec["calibrator"]),
             period_days=float(spec["period_days"]),
             n_periods=int(spec["n_periods"]),
         )

@@ -212,9 +212,10 @@ def _calibrate(raw: np.ndarray, y: np.ndarray, min_isotonic_rows: int) -> Calibr
 
 def fit_timing(train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], config: TrainConfig) -> Any:
     """The close head: a competing-risks hazard model (`models.timing`) fitted on the training window's
-    person-period rows and calibrated on the calibration window's, open deals included as censored."""
+    person-period rows; the share won among its closes is recalibrated on the calibration window's closes
+    (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5)."""
     from models.timing import (
-        HazardCalibrator,
+        OutcomeSplitCalibrator,
         TimingModel,
         expand_frame,
         fit_hazard_booster,
@@ -229,7 +230,7 @@ def fit_timing(train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], config: 
         )
     params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
     booster = fit_hazard_booster(expand_frame(train, cols, pp), pp.target, params)
-    calibrator = HazardCalibrator()
+    calibrator = OutcomeSplitCalibrator()
     pp_cal = person_periods(cal["event"], cal["event_days"], cal["observed_days"])
     if len(pp_cal.row):
         raw = np.asarray(booster.predict(expand_frame(cal, cols, pp_cal)), dtype=np.float64)

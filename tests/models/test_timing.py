@@ -16,7 +16,9 @@ from models.timing import (
     OPEN,
     WON,
     HazardCalibrator,
+    OutcomeSplitCalibrator,
     TimingCurves,
+    hazard_map_from_dict,
     likely_close_days,
     person_periods,
     slip_risk,
@@ -87,6 +89,27 @@ def test_hazard_calibrator_moves_towards_the_data_and_round_trips() -> None:
     # with each deal's rows counted as one deal (here 40 deals), the prior keeps it near the identity
     shy = HazardCalibrator(prior_sd=0.15).fit(raw, target, groups=np.arange(n) % 40)
     assert shy.transform(raw)[0][WON] < out[WON]
+
+
+def test_outcome_split_map_keeps_when_deals_close_and_moves_only_which_way() -> None:
+    rng = np.random.default_rng(0)
+    n = 4000
+    raw = np.tile([0.7, 0.15, 0.15], (n, 1))
+    # the booster's closes are right (0.3 a period) but two thirds of them are won, not half
+    target = rng.choice([OPEN, WON, LOST], n, p=[0.7, 0.2, 0.1])
+    np.testing.assert_allclose(OutcomeSplitCalibrator().transform(raw), raw)
+    cal = OutcomeSplitCalibrator(prior_sd=1.0).fit(raw, target)
+    out = cal.transform(raw)[0]
+    assert out[OPEN] == pytest.approx(0.7)  # the chance of closing in the period is the booster's
+    assert out[WON] / (out[WON] + out[LOST]) == pytest.approx(2 / 3, abs=0.03)
+    again = hazard_map_from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert isinstance(again, OutcomeSplitCalibrator)
+    np.testing.assert_allclose(again.transform(raw), cal.transform(raw))
+    # a map saved before there was a choice of maps reads as the three-number map it was
+    old = {"method": "vector_scaling", "prior_sd": 0.15, "scale": 1.2, "intercept": [0.3, 0.4]}
+    assert isinstance(hazard_map_from_dict(old), HazardCalibrator)
+    np.testing.assert_allclose(hazard_map_from_dict(old).transform(raw),
+                               HazardCalibrator.from_dict(old).transform(raw))
 
 
 @pytest.fixture(scope="module")
