@@ -361,11 +361,11 @@ class Store:
         `PLANNER_STATS_GROWTH` since. True when it ran.
 
         Without statistics SQLite joins a deal to its live score through the primary key and reads the
-        score's whole row, where the covering index `ix_deal_scores_rank` reads two numbers: the at-risk
-        ranking took 38 ms instead of 12 ms at 100,000 deals, the live scorer's look for due deals 40 ms
-        instead of 9-15 ms. PostgreSQL's autovacuum analyzes on its own,
-        but only some time after a bulk import. ANALYZE reads the tables and indexes once (about 1 s at
-        100,000 deals on SQLite, a sample on PostgreSQL); it changes no row, and plans only, never answers.
+        score's whole row, where the covering index `ix_deal_scores_rank` reads the few columns needed: at
+        100,000 deals the at-risk ranking took 38 ms instead of 12 ms, the live scorer's look for due
+        deals 40 ms instead of 9-15 ms. PostgreSQL's autovacuum analyzes on its own, but only some time
+        after a bulk import. ANALYZE reads the tables and indexes once (about 1 s at 100,000 deals on
+        SQLite, a sample on PostgreSQL); it changes no row, and plans only, never answers.
         """
         with self._read() as conn:
             counts = tuple(
