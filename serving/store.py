@@ -1543,6 +1543,22 @@ class Store:
         frame["pending"] = frame["pending"].astype(bool)
         return total, frame
 
+    def _unscored_open_deals(self, pipeline: str | None) -> sa.Select[Any]:
+        """How many open deals of the pipeline (every pipeline when None) have no live score yet."""
+        deals, scores = self.table("deals"), self.table("deal_scores")
+        scope = [deals.c.outcome == "open", *([deals.c.pipeline == pipeline] if pipeline is not None else [])]
+        return (
+            sa.select(sa.func.count())
+            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
+            .where(*scope, scores.c.deal_id.is_(None))
+        )
+
+    def unscored_open_deals(self, pipeline: str | None) -> int:
+        """The number of open deals of the pipeline (every pipeline when None) with no live score yet:
+        while it is not 0 the live lists and forecast cannot be read from the live scores."""
+        with self._read() as conn:
+            return int(conn.execute(self._unscored_open_deals(pipeline)).scalar_one())
+
     def at_risk_rows(
         self,
         pipeline: str | None,
@@ -1588,11 +1604,7 @@ class Store:
         if close_before is not None:
             where.append(deals.c.current_expected_close_date < _naive(close_before))
         joined = deals.join(scores, scores.c.deal_id == deals.c.deal_id)
-        unscored = (
-            sa.select(sa.func.count())
-            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
-            .where(*in_scope, scores.c.deal_id.is_(None))
-        )
+        unscored = self._unscored_open_deals(pipeline)
         var = value_at_risk(deals.c.current_amount, scores.c.close_probability, scores.c.cold_risk)
         page_columns = (
             deals.c.deal_id,
