@@ -216,8 +216,8 @@ def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipe
         r["rank"] = offset + i + 1
     if "text/csv" in request.headers.get("accept", ""):
         return _csv_response(records, f"{name}-{pipeline}", model.version)
-    deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in AtRiskDeal.model_fields})
-             for r in records]
+    fields = AtRiskDeal.model_fields  # a property with a deprecation check: read once, not per value
+    deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in fields}) for r in records]
     note = getattr(model.bundle, "metadata", {}).get("data_note")
     return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
                       data_note=str(note) if note else None, total=total, limit=limit, offset=offset,
