@@ -68,6 +68,9 @@ class _BodyTooLarge(HTTPException):
 SECRET_QUERY_PARAMS = frozenset({"api_key", "apikey", "api-key", "access_token", "token"})
 # Probes answer even when the service sheds load: an orchestrator must not restart a busy process.
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# How often the service checks whether the store grew enough to take the planner's statistics again
+# (`Store.refresh_planner_stats`).
+PLANNER_STATS_INTERVAL_S = 60.0
 
 
 class RequestGuard:
@@ -259,7 +262,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.live_scores = live_scores
             holder.on_swap = _swapped(live_scores)
         population.start()
-        loops: list[BackgroundLoop] = []
+        # the query planner's statistics, taken at start and again when the store has grown
+        loops: list[BackgroundLoop] = [BackgroundLoop("planner-stats", PLANNER_STATS_INTERVAL_S,
+                                                      store.refresh_planner_stats, first_round_at_start=True)]
         if settings.reload_interval_s > 0:
             # Check the alias every interval; swap when it moved (failures keep the old model).
             loops.append(BackgroundLoop("model-alias", settings.reload_interval_s,

@@ -87,7 +87,9 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
+PLANNER_STATS_GROWTH = 0.2  # `refresh_planner_stats` runs again when deals or live scores moved by more
+PLANNER_STATS_IMPORT_ROWS = 1000  # an import of at least this many rows refreshes the statistics
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 # Up to this many deals gaining events in one write take the incremental state (one Python step per deal);
@@ -295,6 +297,7 @@ class Store:
         self.tables = self.metadata.tables
         self._t = {name.split(".")[-1]: table for name, table in self.metadata.tables.items()}
         self.max_attribute_names = max_attribute_names
+        self._planned_counts: tuple[int, ...] | None = None  # deals, live scores at the last ANALYZE
 
     @staticmethod
     def _make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
@@ -351,6 +354,39 @@ class Store:
                 log.info("write retried after %s", type(exc.orig).__name__)
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def refresh_planner_stats(self, force: bool = False) -> bool:
+        """Give the database's query planner the store's current statistics (`ANALYZE`), when this Store
+        never did (`force`: always) or the number of deals or of live scores moved by more than
+        `PLANNER_STATS_GROWTH` since. True when it ran.
+
+        Without statistics SQLite joins a deal to its live score through the primary key and reads the
+        score's whole row, where the covering index `ix_deal_scores_rank` reads the few columns needed: at
+        100,000 deals the at-risk ranking took 38 ms instead of 12 ms, the live scorer's look for due
+        deals 40 ms instead of 9-15 ms. PostgreSQL's autovacuum analyzes on its own, but only some time
+        after a bulk import. ANALYZE reads the tables and indexes once (about 1 s at 100,000 deals on
+        SQLite, a sample on PostgreSQL); it changes no row, and plans only, never answers.
+        """
+        with self._read() as conn:
+            counts = tuple(
+                int(conn.execute(sa.select(sa.func.count()).select_from(self.table(name))).scalar_one())
+                for name in ("deals", "deal_scores")
+            )
+        last = self._planned_counts
+        if not force and last is not None and all(
+            abs(now - then) <= PLANNER_STATS_GROWTH * max(then, 1)
+            for now, then in zip(counts, last, strict=True)
+        ):
+            return False
+        with self._write() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("ANALYZE")
+            else:
+                quote = self.engine.dialect.identifier_preparer.format_table
+                conn.exec_driver_sql("ANALYZE " + ", ".join(quote(t) for t in self.metadata.sorted_tables))
+        self._planned_counts = counts
+        log.info("planner statistics taken at %d deals and %d live scores", *counts)
+        return True
 
     # ------------------------------------------------------------------ schema and health
     def create_schema(self) -> None:
@@ -486,6 +522,8 @@ class Store:
 
         result = cast(ImportResult, self._retrying(work))
         log.info("imported history: %s", result.to_dict())
+        if result.inserted >= PLANNER_STATS_IMPORT_ROWS:
+            self.refresh_planner_stats(force=True)
         return result
 
     def upsert_deals(self, deals: pd.DataFrame) -> ImportResult:
@@ -1505,6 +1543,22 @@ class Store:
         frame["pending"] = frame["pending"].astype(bool)
         return total, frame
 
+    def _unscored_open_deals(self, pipeline: str | None) -> sa.Select[Any]:
+        """How many open deals of the pipeline (every pipeline when None) have no live score yet."""
+        deals, scores = self.table("deals"), self.table("deal_scores")
+        scope = [deals.c.outcome == "open", *([deals.c.pipeline == pipeline] if pipeline is not None else [])]
+        return (
+            sa.select(sa.func.count())
+            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
+            .where(*scope, scores.c.deal_id.is_(None))
+        )
+
+    def unscored_open_deals(self, pipeline: str | None) -> int:
+        """The number of open deals of the pipeline (every pipeline when None) with no live score yet:
+        while it is not 0 the live lists and forecast cannot be read from the live scores."""
+        with self._read() as conn:
+            return int(conn.execute(self._unscored_open_deals(pipeline)).scalar_one())
+
     def at_risk_rows(
         self,
         pipeline: str | None,
@@ -1550,11 +1604,7 @@ class Store:
         if close_before is not None:
             where.append(deals.c.current_expected_close_date < _naive(close_before))
         joined = deals.join(scores, scores.c.deal_id == deals.c.deal_id)
-        unscored = (
-            sa.select(sa.func.count())
-            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
-            .where(*in_scope, scores.c.deal_id.is_(None))
-        )
+        unscored = self._unscored_open_deals(pipeline)
         var = value_at_risk(deals.c.current_amount, scores.c.close_probability, scores.c.cold_risk)
         page_columns = (
             deals.c.deal_id,

@@ -143,6 +143,9 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         # Revision 0005: the close head's timing curve ({} without a timing model; NULL before 0005)
         sa.Column("timing_curve", sa.JSON),
         sa.Index("ix_deal_scores_cold_risk", "cold_risk"),
+        # the at-risk ranking and the live scorer's look for due deals read these, not the wide row
+        sa.Index("ix_deal_scores_rank", "deal_id", "close_probability", "cold_risk", "state_updated_at",
+                 "model_version", "as_of"),
     )
     sa.Table(
         "challenger_scores",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -45,6 +46,12 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["pipelines"])
 
 MAX_AT_RISK_LIMIT = 1000
+# A read as of now that finds a few open deals with no live score yet (deals just created: the live scorer
+# takes written deals first, within a second) waits for them instead of scoring the whole pipeline on
+# demand, which at 100,000 deals means reading its history for seconds.
+LIVE_WAIT_S = 2.0
+LIVE_WAIT_MAX_DEALS = 100  # more unscored deals than this (a service just started): on demand at once
+LIVE_WAIT_POLL_S = 0.05
 DEFAULT_HEALTH_DAYS = 30
 DEFAULT_STALLED_LIMIT = 50  # stalled deals a health answer lists per block, longest-stalled first
 MAX_STALLED_LIMIT = MAX_AT_RISK_LIMIT
@@ -100,7 +107,8 @@ def at_risk(
 
     Without `as_of` the scores are the live ones the service keeps (each deal names its model version,
     the time its score is as of, and whether a newer write is being scored); with `as_of` (or while an
-    open deal has no live score yet) the deals are scored on demand as of that time.
+    open deal has no live score yet) the deals are scored on demand as of that time. A few deals without
+    a live score (just created) are waited for, up to 2 s, before scoring on demand.
 
     Effectively dead deals (close probability under 2% and more than twice their stage's stalled limit
     in days) are left out: `GET /v1/pipelines/{pipeline}/stale` lists them. Filters: owner, team, minimum
@@ -159,6 +167,11 @@ def _ranked_list(
             pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team, min_amount=min_amount,
             close_before=close_before, limit=limit, offset=offset,
         )
+        if live is None and _wait_for_live_scores(request, store, pipeline):
+            live = store.at_risk_rows(
+                pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team,
+                min_amount=min_amount, close_before=close_before, limit=limit, offset=offset,
+            )
         if live is not None:
             total, rows = live
             for row in rows:
@@ -177,6 +190,24 @@ def _ranked_list(
     return _deal_list(records, len(ranked), request, pipeline, t, model, limit, offset, name)
 
 
+def _wait_for_live_scores(request: Request, store: Store, pipeline: str) -> bool:
+    """True when the pipeline had open deals without a live score, at most `LIVE_WAIT_MAX_DEALS` of them,
+    and the live scorer scored them all within `LIVE_WAIT_S` (the caller then reads the live scores
+    again). False at once when no live scorer runs, when every open deal has a score (the live path was
+    refused for another reason) or when too many have none."""
+    if getattr(request.app.state, "live_scores", None) is None:
+        return False
+    missing = store.unscored_open_deals(pipeline)
+    if not 0 < missing <= LIVE_WAIT_MAX_DEALS:
+        return False
+    deadline = time.monotonic() + LIVE_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(LIVE_WAIT_POLL_S)
+        if store.unscored_open_deals(pipeline) == 0:
+            return True
+    return False
+
+
 def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipeline: str, t: pd.Timestamp,
                model: LoadedModel, limit: int, offset: int, name: str) -> Any:
     """One page of a ranked deal list (`total` rows in all; plain JSON-ready values), as `AtRiskList` JSON
@@ -185,8 +216,8 @@ def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipe
         r["rank"] = offset + i + 1
     if "text/csv" in request.headers.get("accept", ""):
         return _csv_response(records, f"{name}-{pipeline}", model.version)
-    deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in AtRiskDeal.model_fields})
-             for r in records]
+    fields = AtRiskDeal.model_fields  # a property with a deprecation check: read once, not per value
+    deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in fields}) for r in records]
     note = getattr(model.bundle, "metadata", {}).get("data_note")
     return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
                       data_note=str(note) if note else None, total=total, limit=limit, offset=offset,
@@ -288,6 +319,8 @@ def pipeline_forecast(
     t = time_or(as_of)
     if as_of is None:
         live = _live_forecast(request, store, pipeline, t, months)
+        if live is None and _wait_for_live_scores(request, store, pipeline):
+            live = _live_forecast(request, store, pipeline, t, months)
         if live is not None:
             return live
     history = store.load_history(pipelines=[pipeline])

@@ -161,3 +161,28 @@ def test_a_model_swap_rescores_every_open_deal(world: Any, live: TestClient) -> 
         assert one["cold_risk"] == pytest.approx(same_time["scores"][0]["cold_risk"], abs=1e-12)
     finally:
         world.set_champion(world.versions[0])
+
+
+def test_a_new_deal_is_waited_for_not_a_reason_to_score_the_pipeline_on_demand(
+    world: Any, live: TestClient
+) -> None:
+    """Right after a deal is created it has no live score. The at-risk list and the forecast as of now wait
+    the moment the live scorer takes to score it (it scores written deals first) and answer from the live
+    scores, with the new deal counted, instead of scoring the whole pipeline on demand."""
+    assert _wait_for(lambda: _live_at_risk(live, world), timeout_s=60)
+    before = _at_risk(live, world)
+    created = datetime.now(UTC).isoformat()
+    for deal_id, read in (("NEW-AT-RISK", "at-risk"), ("NEW-FORECAST", "forecast")):
+        deal = {"deal_id": deal_id, "pipeline": world.pipeline_a, "owner": "Test Owner", "amount": 5000.0,
+                "created_at": created, "team": "T1"}
+        response = live.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("integration"))
+        assert response.status_code == 200 and response.json()["inserted"] == 1, response.text
+        if read == "at-risk":
+            body = _at_risk(live, world)
+            assert _from_live_scores(body), "ranked on demand"
+            assert body["total"] == before["total"] + 1
+            assert deal_id in [d["deal_id"] for d in body["deals"]]
+        else:
+            forecast = live.get(f"/v1/pipelines/{world.pipeline_a}/forecast", headers=world.auth("manager"))
+            assert forecast.status_code == 200, forecast.text
+            assert forecast.json()["source"] == "live_scores"
