@@ -35,6 +35,8 @@ import json
 import logging
 import math
 import secrets
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -297,6 +299,9 @@ class Store:
         self.tables = self.metadata.tables
         self._t = {name.split(".")[-1]: table for name, table in self.metadata.tables.items()}
         self.max_attribute_names = max_attribute_names
+        # SQLite: this process's writers take turns here rather than on SQLite's lock (see `_write`)
+        self._writers = threading.RLock() if self.engine.dialect.name == "sqlite" else None
+        self._busy_timeout_s = busy_timeout_s
         self._planned_counts: tuple[int, ...] | None = None  # deals, live scores at the last ANALYZE
 
     @staticmethod
@@ -325,9 +330,32 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """One write transaction (SQLite: BEGIN IMMEDIATE)."""
-        with self.engine.execution_options(dealrisk_write=True).begin() as conn:
-            yield conn
+        """One write transaction (SQLite: BEGIN IMMEDIATE).
+
+        On SQLite the threads of one process take turns through a lock first: SQLite has one writer at a
+        time, and a writer that finds the database locked sleeps in growing steps (up to 100 ms) before it
+        tries again, so writers of one process queued on SQLite's own lock left it idle between them.
+        Writers of other processes (the scorer process, the CLI) still meet SQLite's lock."""
+        with self._writer_turn():
+            with self.engine.execution_options(dealrisk_write=True).begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """This process's turn to write on SQLite (nothing to wait for on PostgreSQL). A writer that waits
+        longer than the busy timeout fails as SQLite fails then ("database is locked": 503 busy)."""
+        if self._writers is None:
+            yield
+            return
+        if not self._writers.acquire(timeout=self._busy_timeout_s):
+            raise sa.exc.OperationalError(
+                "BEGIN IMMEDIATE", None,
+                sqlite3.OperationalError("database is locked (waited for this process's other writers)"),
+            )
+        try:
+            yield
+        finally:
+            self._writers.release()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

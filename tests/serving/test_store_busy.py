@@ -66,3 +66,27 @@ def test_a_write_meeting_another_process_s_write_waits_for_it(world: Any, tmp_pa
             assert other.wait(timeout=60) == 0
         assert answer.status_code == 200, answer.text
         assert answer.json()["inserted"] == 1
+
+
+def test_sixteen_writers_of_one_service_take_turns_instead_of_failing_busy(world: Any, tmp_path: Path) -> None:
+    """Writers of one service queue for SQLite's one write lock in turn. Queued on SQLite's own lock they
+    slept in growing steps while it stood free, and some waited past the busy timeout (503) while the
+    store could have taken them all: here 16 concurrent writers, a 2 s busy timeout, 80 writes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "turns.db"
+    plaintext, event = _writable_store(world, path, "unused")
+    deal_ids = world.history.deals["deal_id"].astype(str).tolist()[:16]
+    settings = make_settings(world, database_url=f"sqlite:///{path}", sqlite_busy_timeout_s=2.0,
+                             live_score_max_age_s=0)
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+
+        def write(n: int) -> int:
+            body = {"activities": [{"deal_id": deal_ids[n % 16], "type": "call", "direction": "outbound",
+                                    "occurred_at": "2026-11-30T10:00:00+00:00", "event_id": f"turn-{n}"}]}
+            return client.post("/v1/events", json=body, headers=headers).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(write, range(80)))
+        assert statuses == [200] * 80, {s: statuses.count(s) for s in set(statuses)}
