@@ -313,8 +313,9 @@ def pipeline_forecast(
 
     Without `as_of` the forecast reads the live scores the service keeps (`source: live_scores`, with
     `oldest_score_as_of`; a score made before now is conditioned on the deal being still open now) and
-    the new-deal model fitted with the feature population; with `as_of`, or while an open deal has no
-    live score of one model version yet, every open deal is scored on demand (`source: on_demand`)."""
+    the new-deal model fitted with the feature population; during a model swap each deal counts with
+    its own latest score (`model_versions`: deals per version). With `as_of`, or while an open deal has
+    no live score yet, every open deal is scored on demand (`source: on_demand`)."""
     require_visible_pipeline(store, key, pipeline)
     t = time_or(as_of)
     if as_of is None:
@@ -332,24 +333,30 @@ def pipeline_forecast(
 def _live_forecast(request: Request, store: Store, pipeline: str, t: pd.Timestamp,
                    months: int) -> dict[str, Any] | None:
     """The forecast from stored live scores, or None when they cannot give it (some open deal unscored,
-    or scored by different model versions: a swap is being scored)."""
+    or scores with a timing curve mixed with scores without one).
+
+    During a model swap the open deals' live scores name two versions until every deal is re-scored;
+    each deal counts with its own latest score (its own timing curve), as the at-risk list shows it, and
+    `model_versions` says how many deals each version scored. `model_version` is the version that scored
+    the most of them (the only one outside a swap)."""
     scores = store.forecast_scores(pipeline, t.to_pydatetime())
     if scores is None:
         return None
-    versions = set(scores["model_version"])
-    if len(versions) > 1:
-        return None
+    counts = scores["model_version"].astype(str).value_counts(sort=False)
+    versions = {str(v): int(n) for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))}
     new_deals, _ = request.app.state.new_deals.get(pipeline)
     try:
         result = forecast_from_scores(scores, t, new_deals, months=months)
-    except ValueError:  # curves from a timing head and none from another: one version cannot do that
+    except ValueError:  # curves from a timing head and none from another cannot be added up
         logger.warning("live scores of pipeline %s could not be forecast; scoring on demand", pipeline,
                        exc_info=True)
         return None
     oldest = scores["scored_at"].min().isoformat() if len(scores) else None  # as "as_of" is written
+    most = next(iter(versions)) if versions else request.app.state.model_holder.require().version
     return {
         "pipeline": pipeline,
-        "model_version": versions.pop() if versions else request.app.state.model_holder.require().version,
+        "model_version": most,
+        "model_versions": versions,
         "source": "live_scores",
         "oldest_score_as_of": oldest,
         **result,

@@ -359,3 +359,37 @@ def test_the_forecast_from_live_scores_equals_the_on_demand_forecast(
         for name in ("as_of", "method", "note", "periods", "unscheduled", "later"):
             assert live[name] == on_demand[name], (months, name)
     assert any(p["deals"] > 0 for p in live["periods"])
+
+
+def test_the_forecast_during_a_model_swap_adds_up_each_deal_s_own_live_score(
+    world: Any, service: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a swap is being scored the open deals' live scores name two versions. The forecast keeps
+    reading them (each deal with its own latest score, as the at-risk list shows it) and says how many
+    deals each version scored, instead of scoring the whole pipeline on demand for the swap's length."""
+    client = service(live_score_max_age_s=0)  # no background scorer: the test sets the scores itself
+    app: Any = client.app
+    t = (world.history.end_time + pd.Timedelta(days=1)).floor("s")
+    scorer = LiveScorer(app.state.store, app.state.model_holder, app.state.population)
+    while scorer.score_due(t.to_pydatetime()) > 0:
+        pass
+    app.state.new_deals.refresh(now=t.to_pydatetime())
+    monkeypatch.setattr(pipeline_routes, "time_or",
+                        lambda value, default=None: pd.Timestamp(value) if value is not None else t)
+    path, headers = f"/v1/pipelines/{world.pipeline_a}/forecast", world.auth("manager")
+    before = client.get(path, params={"months": 6}, headers=headers).json()
+    assert before["source"] == "live_scores"
+    store: Store = app.state.store
+    open_ids = sorted(store.forecast_scores(world.pipeline_a, t.to_pydatetime())["deal_id"])
+    relabelled = open_ids[::2]  # as if the swap had re-scored these (same curves: same numbers)
+    table = store.table("deal_scores")
+    with store.engine.begin() as conn:
+        conn.execute(table.update().where(table.c.deal_id.in_(relabelled))
+                     .values(model_version=world.versions[1]))
+    during = client.get(path, params={"months": 6}, headers=headers).json()
+    assert during["source"] == "live_scores"
+    assert during["model_versions"] == {world.versions[0]: len(open_ids) - len(relabelled),
+                                        world.versions[1]: len(relabelled)}
+    assert before["model_versions"] == {world.versions[0]: len(open_ids)}
+    for name in ("as_of", "periods", "later"):
+        assert during[name] == before[name], name
