@@ -39,8 +39,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from importlib import resources
 from operator import itemgetter
 from typing import Any, cast
@@ -69,7 +69,7 @@ from features.history import (
 )
 from features.jsonable import jsonable
 from features.stages import stage_outcome
-from features.timeindex import frame_of, is_missing
+from features.timeindex import NAT_NS, frame_of, is_missing, to_ns
 from features.validation import assemble_typed, stored_deals, stored_events
 from models.at_risk import (
     AT_RISK_SORTS,
@@ -626,13 +626,14 @@ class Store:
         if problems:
             raise WriteRejectedError(problems)
         staged = {d for d, a in appended.items() if a.rows["stage_changes"]}
-        self._apply_stages(conn, sorted(touched | staged), problems)
+        stage_specs = self._apply_stages(conn, sorted(touched | staged), problems)
         if problems:
             raise WriteRejectedError(problems)
         # Deals that only gained events take the incremental state when their events qualify, and deals
         # written without events the state of their row alone; every other touched deal is re-validated
         # and recomputed from its whole history.
-        states = self._appended_states(conn, {d: a for d, a in appended.items() if d not in touched})
+        only_appended = {d: a for d, a in appended.items() if d not in touched}
+        states = self._appended_states(conn, only_appended, stage_specs)
         states.update(_created_states({d: rec for d, rec in eventless.items() if d not in appended}))
         self._refresh_state(conn, sorted((touched | set(appended)) - set(states)))
         self._write_states(conn, states)
@@ -964,11 +965,14 @@ class Store:
                 )
         return out
 
-    def _apply_stages(self, conn: Connection, deal_ids: Sequence[str], problems: list[StoreProblem]) -> None:
+    def _apply_stages(
+        self, conn: Connection, deal_ids: Sequence[str], problems: list[StoreProblem]
+    ) -> dict[str, PipelineSpec]:
         """Stages of the touched deals: extend inferred specs in order of first appearance; refuse stages
-        outside a given spec, naming the allowed ones."""
+        outside a given spec, naming the allowed ones. Returns the specs of the pipelines of the deals'
+        stages as this write leaves them."""
         if not deal_ids:
-            return
+            return {}
         sc, deals = self.table("stage_changes"), self.table("deals")
         first_seen: dict[tuple[str, str], tuple[Any, int]] = {}
         for start in range(0, len(deal_ids), _IN_CHUNK):
@@ -982,7 +986,7 @@ class Store:
                 key = (pipeline, stage)
                 first_seen[key] = min(first_seen.get(key, (first_at, first_id)), (first_at, first_id))
         if not first_seen:
-            return
+            return {}
         pipes = self.table("pipelines")
         names = sorted({p for p, _ in first_seen})
         specs = self._pipeline_specs(conn, names)
@@ -990,12 +994,12 @@ class Store:
             k: v for k, v in first_seen.items() if k[0] not in specs or not _stage_known(specs[k[0]], k[1])
         }
         if not unknown:
-            return
+            return specs
         grown = sorted({p for p, _ in unknown})
         conn.execute(
             self._for_update(sa.select(pipes.c.name).where(pipes.c.name.in_(grown)).order_by(pipes.c.name))
         )
-        specs = self._pipeline_specs(conn, grown)  # again, under the lock
+        specs.update(self._pipeline_specs(conn, grown))  # again, under the lock
         for name in grown:
             spec = specs.get(name) or PipelineSpec(name, (), inferred=True)
             new = sorted((v, s) for (p, s), v in unknown.items() if p == name and not _stage_known(spec, s))
@@ -1017,6 +1021,8 @@ class Store:
                 .where(pipes.c.name == name)
                 .values(spec=extended.to_dict(), updated_at=_now_naive())
             )
+            specs[name] = extended
+        return specs
 
     def _refresh_state(self, conn: Connection, deal_ids: Sequence[str]) -> None:
         """Re-validate the deals' stored histories and rewrite their current-state columns.
@@ -1054,7 +1060,7 @@ class Store:
         )
 
     def _appended_states(
-        self, conn: Connection, appended: Mapping[str, _Appended]
+        self, conn: Connection, appended: Mapping[str, _Appended], specs: Mapping[str, PipelineSpec]
     ) -> dict[str, dict[str, Any]]:
         """The new state of each deal that only gained events, by `features.deal_state.appended_state`
         from its stored state (no history read), for the deals whose events qualify; the others are left
@@ -1062,8 +1068,7 @@ class Store:
         `APPEND_STATE_MAX_DEALS` deals recomputes them all: for many deals the batch is cheaper."""
         if not appended or len(appended) > APPEND_STATE_MAX_DEALS:
             return {}
-        staged = sorted({str(a.deal["pipeline"]) for a in appended.values() if a.rows["stage_changes"]})
-        specs = self._pipeline_specs(conn, staged) if staged else {}  # as _apply_stages left them
+        # `specs`: as _apply_stages left them, which read the pipelines of every deal that gained stages
         now = _now_naive()
         out: dict[str, dict[str, Any]] = {}
         for deal_id, item in appended.items():
@@ -1914,6 +1919,12 @@ def _chunks(frame: pd.DataFrame, size: int = CHUNK_ROWS) -> Iterator[pd.DataFram
 
 def _naive_utc(series: pd.Series) -> pd.Series:
     """UTC times as naive datetime64[us] (the database has no zone; microseconds is what it keeps)."""
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        ns = to_ns(series)
+        present = ns != NAT_NS
+        if not (ns[present] % 1000).any():  # whole microseconds (as every API time): exact integer division
+            us = np.where(present, ns // 1000, NAT_NS).view("datetime64[us]")
+            return pd.Series(us, index=series.index)
     times = pd.to_datetime(series, utc=True)
     return times.dt.tz_convert(None).astype("datetime64[us]")
 
@@ -1972,7 +1983,7 @@ def _prepare_events(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     if keyless.any():
         rows = frame_of(out, pd.RangeIndex(n))[keyless]
         keys[keyless] = _row_hashes(rows, columns).to_numpy(dtype=object)
-    out["event_key"] = keys
+    out["event_key"] = pd.array(keys, dtype="string")  # typed: frame_of builds the frame without inference
     out["event_id"] = pd.array(ids, dtype="string")
     out[time_col] = _naive_utc(pd.Series(out[time_col])).array
     return frame_of(out, pd.RangeIndex(n))
