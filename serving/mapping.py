@@ -3,8 +3,9 @@
 Pydantic has checked every field (types, allowed values, time range, amounts >= 0, sizes), so the
 frames are built directly in the `DealHistory` dtypes and handed to `features.validation.validate_typed`,
 which runs only the cross-row checks (duplicate ids, events of unknown deals or before creation, stages
-of a pipeline with a spec) and the field-change value rule. Its problems come back as a 422 naming each
-bad item by its request path (`deals[3].stage_changes[0].changed_at`).
+of a pipeline with a spec) and the field-change value rule (new events of stored deals: to its checks
+alone, `check_typed`, since the store orders events on every read). Its problems come back as a 422 naming
+each bad item by its request path (`deals[3].stage_changes[0].changed_at`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 
 from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
 from features.timeindex import datetimes_ns, frame_of, from_ns
-from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, coerce_attribute, validate_typed
+from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, check_typed, coerce_attribute, validate_typed
 from serving.errors import raise_history_error
 from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
 
@@ -97,13 +98,15 @@ def deal_frames(deals: Sequence[DealIn]) -> RequestFrames:
 
 
 def event_frames(body: EventsIn, stored_deals: pd.DataFrame) -> RequestFrames:
-    """Frames of new events of stored deals (`POST /v1/events`); `stored_deals` as the store holds them."""
+    """Frames of new events of stored deals (`POST /v1/events`); `stored_deals` as the store holds them.
+    Only the tables the request has events of get a frame."""
     tables = {"deals": stored_deals}
     locators = {"deals": [f"stored deal {d}" for d in stored_deals["deal_id"]]}
     for table in EVENT_TABLES:
         events = getattr(body, table)
-        tables[table] = _frame(EVENT_COLUMNS[table], [e.model_dump() for e in events])
-        locators[table] = [f"{table}[{j}]" for j in range(len(events))]
+        if events:
+            tables[table] = _frame(EVENT_COLUMNS[table], [e.model_dump() for e in events])
+            locators[table] = [f"{table}[{j}]" for j in range(len(events))]
     return RequestFrames(tables, locators)
 
 
@@ -114,6 +117,17 @@ def validated_history(frames: RequestFrames, specs: Mapping[str, PipelineSpec]) 
         return validate_typed(
             t["deals"], t["stage_changes"], t["activities"], t["field_changes"], specs, source="request"
         )
+    except HistoryValidationError as exc:
+        raise_history_error(exc, frames.locators)
+        raise  # unreachable: raise_history_error always raises
+
+
+def checked_events(frames: RequestFrames, specs: Mapping[str, PipelineSpec]) -> dict[str, pd.DataFrame]:
+    """The request's event frames by table after the same checks as `validated_history` (new events of
+    stored deals need no assembly: the store orders them on every read); 422 naming each bad item."""
+    events = {table: frame for table, frame in frames.tables.items() if table != "deals"}
+    try:
+        return check_typed(frames.tables["deals"], events, specs, source="request")
     except HistoryValidationError as exc:
         raise_history_error(exc, frames.locators)
         raise  # unreachable: raise_history_error always raises

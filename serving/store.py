@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from importlib import resources
 from operator import itemgetter
 from typing import Any, cast
@@ -70,6 +71,7 @@ from features.history import (
 )
 from features.jsonable import jsonable
 from features.stages import stage_outcome
+from features.timeindex import NAT_NS, frame_of, is_missing, to_ns
 from features.validation import assemble_typed, stored_deals, stored_events
 from models.at_risk import (
     AT_RISK_SORTS,
@@ -625,18 +627,18 @@ class Store:
         frames by table; those are stored as `add_events` stores them. Everything happens in one snapshot,
         retried as a whole after a PostgreSQL deadlock.
         """
-        deals_t = self.table("deals")
         ids = sorted({str(d) for d in deal_ids})
-        query = sa.select(*(deals_t.c[c] for c in ("id", *DEAL_COLUMNS))).order_by(deals_t.c.deal_id)
 
         def work(conn: Connection) -> ImportResult:
-            stored = _deals_frame(_read_frame(conn, self._for_update(query), deals_t.c.deal_id, ids))
-            specs = self._pipeline_specs(conn, sorted({str(p) for p in stored["pipeline"]}))
+            locked = self._lock_deals(conn, ids)
+            rows = list(locked.values())
+            stored = stored_deals({c: [r[c] for r in rows] for c in DEAL_COLUMNS}, [None] * len(rows))
+            specs = self._pipeline_specs(conn, sorted({str(r["pipeline"]) for r in rows}))
             frames = build(stored, specs)
             prepared = {n: _prepare_events(n, f) for n, f in frames.items() if f is not None and len(f)}
             result = ImportResult()
             if prepared:
-                self._write_all(conn, result, None, prepared, {}, {}, None)
+                self._write_all(conn, result, None, prepared, {}, {}, None, locked)
             return result
 
         return cast(ImportResult, self._retrying(work))
@@ -664,8 +666,10 @@ class Store:
         given_specs: Mapping[str, PipelineSpec],
         inferred_specs: Mapping[str, PipelineSpec],
         progress: ProgressCallback | None,
+        locked: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
-        """The one write path: every check and change of one write, inside the caller's transaction."""
+        """The one write path: every check and change of one write, inside the caller's transaction.
+        `locked`: deals the caller already locked with `_lock_deals` in this transaction (not read again)."""
         problems: list[StoreProblem] = []
         touched: set[str] = set()
         for name, spec in given_specs.items():
@@ -682,19 +686,20 @@ class Store:
             self._check_attributes(conn, deals, problems)
         appended: dict[str, _Appended] = {}
         if any(len(rows) for rows in events.values()):
-            appended = self._write_events(conn, events, result, progress, problems)
+            appended = self._write_events(conn, events, result, progress, problems, locked)
             won_before.update({d: str(a.deal["pipeline"]) for d, a in appended.items()
                                if a.deal["outcome"] == "won"})
         if problems:
             raise WriteRejectedError(problems)
         staged = {d for d, a in appended.items() if a.rows["stage_changes"]}
-        self._apply_stages(conn, sorted(touched | staged), problems)
+        stage_specs = self._apply_stages(conn, sorted(touched | staged), problems)
         if problems:
             raise WriteRejectedError(problems)
         # Deals that only gained events take the incremental state when their events qualify, and deals
         # written without events the state of their row alone; every other touched deal is re-validated
         # and recomputed from its whole history.
-        states = self._appended_states(conn, {d: a for d, a in appended.items() if d not in touched})
+        only_appended = {d: a for d, a in appended.items() if d not in touched}
+        states = self._appended_states(conn, only_appended, stage_specs)
         states.update(_created_states({d: rec for d, rec in eventless.items() if d not in appended}))
         self._refresh_state(conn, sorted((touched | set(appended)) - set(states)))
         self._write_states(conn, states)
@@ -925,11 +930,17 @@ class Store:
         result: ImportResult,
         progress: ProgressCallback | None,
         problems: list[StoreProblem],
+        locked: Mapping[str, dict[str, Any]] | None = None,
     ) -> dict[str, _Appended]:
         """Insert new events (duplicates skipped, conflicts refused); returns each deal that gained events,
-        with its stored row as locked before the write and the rows this write inserted."""
-        wanted = sorted(set(pd.concat([rows["deal_id"] for rows in events.values()]).astype(str)))
-        deals = self._lock_deals(conn, wanted)
+        with its stored row as locked before the write and the rows this write inserted.
+
+        `locked`: deals the caller already locked in this transaction (as `_lock_deals` returns them); only
+        the others are read. Each chunk of rows is turned into records once and checked row by row (the
+        one per-row step a write cannot avoid), so a request of one event pays no frame operations."""
+        wanted = sorted({str(d) for rows in events.values() for d in rows["deal_id"].tolist()})
+        deals = dict(locked or {})
+        deals.update(self._lock_deals(conn, [d for d in wanted if d not in deals]))
         missing = [d for d in wanted if d not in deals]
         if missing:
             raise UnknownDealError(missing)
@@ -938,56 +949,62 @@ class Store:
         for name, rows in events.items():
             if not len(rows):
                 continue
-            columns, time_col = EVENT_TABLES[name]
-            created = rows["deal_id"].map({d: r["created_at"] for d, r in deals.items()})
-            early = rows[(rows[time_col] < pd.to_datetime(created)).to_numpy()]
-            for row in _records(early):
-                problems.append(
-                    StoreProblem(
-                        _event_loc(name, row, time_col),
-                        f"{_iso(pd.Timestamp(row[time_col]))} is before the deal was created "
-                        f"({_iso(pd.Timestamp(deals[row['deal_id']]['created_at']))}); "
-                        "events cannot predate the deal's created_at",
-                    )
-                )
+            _, time_col = EVENT_TABLES[name]
             table = self.table(name)
-            counts = result.tables[name]
-            unique = rows.drop_duplicates(["deal_id", "event_key"], keep="first")
-            inserted: set[tuple[str, str]] = set()
             stmt = self._insert_ignore(table, ["deal_id", "event_key"]).returning(
                 table.c.deal_id, table.c.event_key
             )
-            for chunk in _chunks(unique):
-                records = _records(chunk)
-                new = {(r.deal_id, r.event_key) for r in conn.execute(stmt, records)}
-                inserted |= new
-                for rec in records:
-                    if (rec["deal_id"], rec["event_key"]) in new:
-                        deal_id = rec["deal_id"]
-                        if deal_id not in touched:
-                            touched[deal_id] = _Appended(deals[deal_id])
-                        touched[deal_id].rows[name].append(rec)
+            seen: set[tuple[str, str]] = set()  # keys of this write's rows: a repeat is a duplicate
+            inserted = 0
+            repeated: list[dict[str, Any]] = []  # rows already stored: compared for conflicts below
+            for chunk in _chunks(rows):
+                fresh: list[dict[str, Any]] = []
+                for rec in _records(chunk):
+                    created = deals[rec["deal_id"]]["created_at"]
+                    if rec[time_col] is not None and rec[time_col] < created:
+                        problems.append(
+                            StoreProblem(
+                                _event_loc(name, rec, time_col),
+                                f"{_iso(pd.Timestamp(rec[time_col]))} is before the deal was created "
+                                f"({_iso(pd.Timestamp(created))}); "
+                                "events cannot predate the deal's created_at",
+                            )
+                        )
+                    key = (rec["deal_id"], rec["event_key"])
+                    if key not in seen:
+                        seen.add(key)
+                        fresh.append(rec)
+                new = {(r.deal_id, r.event_key) for r in conn.execute(stmt, fresh)} if fresh else set()
+                inserted += len(new)
+                for rec in fresh:
+                    deal_id = rec["deal_id"]
+                    if (deal_id, rec["event_key"]) not in new:
+                        repeated.append(rec)
+                        continue
+                    if deal_id not in touched:
+                        touched[deal_id] = _Appended(deals[deal_id])
+                    touched[deal_id].rows[name].append(rec)
                 _report(progress, len(chunk))
-            _report(progress, len(rows) - len(unique))
-            counts.inserted += len(inserted)
-            counts.duplicates += len(rows) - len(inserted)
-            keys = list(zip(unique["deal_id"].astype(str), unique["event_key"].astype(str), strict=True))
-            repeated = unique[[k not in inserted for k in keys]]
+            counts = result.tables[name]
+            counts.inserted += inserted
+            counts.duplicates += len(rows) - inserted
             conflicts += self._content_conflicts(conn, name, repeated)
         if conflicts:
             raise EventConflictError(conflicts)
         return touched
 
-    def _content_conflicts(self, conn: Connection, name: str, repeated: pd.DataFrame) -> list[StoreProblem]:
-        """Events whose (deal, event_id) is stored with other content."""
-        keyed = repeated[repeated["event_id"].notna()]
-        if not len(keyed):
+    def _content_conflicts(
+        self, conn: Connection, name: str, repeated: Sequence[Mapping[str, Any]]
+    ) -> list[StoreProblem]:
+        """Events (rows as records) whose (deal, event_id) is stored with other content."""
+        keyed = [rec for rec in repeated if rec["event_id"] is not None]
+        if not keyed:
             return []
         columns, time_col = EVENT_TABLES[name]
         table = self.table(name)
         compared = [c for c in columns if c != "deal_id"]
         stored: dict[tuple[str, str], tuple[Any, ...]] = {}
-        ids = sorted(set(keyed["deal_id"].astype(str)))
+        ids = sorted({str(rec["deal_id"]) for rec in keyed})
         for start in range(0, len(ids), _IN_CHUNK):
             query = sa.select(table.c.deal_id, table.c.event_key, *(table.c[c] for c in compared)).where(
                 _among(self.dialect, table.c.deal_id, ids[start : start + _IN_CHUNK]),
@@ -996,7 +1013,7 @@ class Store:
             for row in conn.execute(query):
                 stored[(row[0], row[1])] = tuple(_comparable(v) for v in row[2:])
         out = []
-        for rec in _records(keyed):
+        for rec in keyed:
             old = stored.get((rec["deal_id"], rec["event_key"]))
             new = tuple(_comparable(rec[c]) for c in compared)
             if old is not None and old != new:
@@ -1014,11 +1031,14 @@ class Store:
                 )
         return out
 
-    def _apply_stages(self, conn: Connection, deal_ids: Sequence[str], problems: list[StoreProblem]) -> None:
+    def _apply_stages(
+        self, conn: Connection, deal_ids: Sequence[str], problems: list[StoreProblem]
+    ) -> dict[str, PipelineSpec]:
         """Stages of the touched deals: extend inferred specs in order of first appearance; refuse stages
-        outside a given spec, naming the allowed ones."""
+        outside a given spec, naming the allowed ones. Returns the specs of the pipelines of the deals'
+        stages as this write leaves them."""
         if not deal_ids:
-            return
+            return {}
         sc, deals = self.table("stage_changes"), self.table("deals")
         first_seen: dict[tuple[str, str], tuple[Any, int]] = {}
         for start in range(0, len(deal_ids), _IN_CHUNK):
@@ -1032,7 +1052,7 @@ class Store:
                 key = (pipeline, stage)
                 first_seen[key] = min(first_seen.get(key, (first_at, first_id)), (first_at, first_id))
         if not first_seen:
-            return
+            return {}
         pipes = self.table("pipelines")
         names = sorted({p for p, _ in first_seen})
         specs = self._pipeline_specs(conn, names)
@@ -1040,12 +1060,12 @@ class Store:
             k: v for k, v in first_seen.items() if k[0] not in specs or not _stage_known(specs[k[0]], k[1])
         }
         if not unknown:
-            return
+            return specs
         grown = sorted({p for p, _ in unknown})
         conn.execute(
             self._for_update(sa.select(pipes.c.name).where(pipes.c.name.in_(grown)).order_by(pipes.c.name))
         )
-        specs = self._pipeline_specs(conn, grown)  # again, under the lock
+        specs.update(self._pipeline_specs(conn, grown))  # again, under the lock
         for name in grown:
             spec = specs.get(name) or PipelineSpec(name, (), inferred=True)
             new = sorted((v, s) for (p, s), v in unknown.items() if p == name and not _stage_known(spec, s))
@@ -1067,6 +1087,8 @@ class Store:
                 .where(pipes.c.name == name)
                 .values(spec=extended.to_dict(), updated_at=_now_naive())
             )
+            specs[name] = extended
+        return specs
 
     def _refresh_state(self, conn: Connection, deal_ids: Sequence[str]) -> None:
         """Re-validate the deals' stored histories and rewrite their current-state columns.
@@ -1091,10 +1113,11 @@ class Store:
             frame[col] = _naive_utc(frame[col])
         frame["state_updated_at"] = pd.Series([_now_naive()] * len(frame), dtype="datetime64[us]")
         for chunk in _chunks(frame):
-            conn.execute(self._state_update(), _records(chunk))
+            conn.execute(self._state_update, _records(chunk))
 
+    @cached_property
     def _state_update(self) -> Any:
-        """UPDATE of one deal's state columns (and stamp) by `b_deal_id`, for executemany."""
+        """UPDATE of one deal's state columns (and stamp) by `b_deal_id`, for executemany (built once)."""
         table = self.table("deals")
         return (
             table.update()
@@ -1103,7 +1126,7 @@ class Store:
         )
 
     def _appended_states(
-        self, conn: Connection, appended: Mapping[str, _Appended]
+        self, conn: Connection, appended: Mapping[str, _Appended], specs: Mapping[str, PipelineSpec]
     ) -> dict[str, dict[str, Any]]:
         """The new state of each deal that only gained events, by `features.deal_state.appended_state`
         from its stored state (no history read), for the deals whose events qualify; the others are left
@@ -1111,8 +1134,7 @@ class Store:
         `APPEND_STATE_MAX_DEALS` deals recomputes them all: for many deals the batch is cheaper."""
         if not appended or len(appended) > APPEND_STATE_MAX_DEALS:
             return {}
-        staged = sorted({str(a.deal["pipeline"]) for a in appended.values() if a.rows["stage_changes"]})
-        specs = self._pipeline_specs(conn, staged) if staged else {}  # as _apply_stages left them
+        # `specs`: as _apply_stages left them, which read the pipelines of every deal that gained stages
         now = _now_naive()
         out: dict[str, dict[str, Any]] = {}
         for deal_id, item in appended.items():
@@ -1137,7 +1159,7 @@ class Store:
 
     def _write_states(self, conn: Connection, states: Mapping[str, Mapping[str, Any]]) -> None:
         if states:
-            conn.execute(self._state_update(), [{**s, "b_deal_id": d} for d, s in sorted(states.items())])
+            conn.execute(self._state_update, [{**s, "b_deal_id": d} for d, s in sorted(states.items())])
 
     def _unwon(self, conn: Connection, won_before: Mapping[str, str]) -> None:
         """Make the learned stage limits due of each pipeline a deal stored as won left in this write
@@ -1162,13 +1184,12 @@ class Store:
             conn.execute(pipes.update().where(pipes.c.name.in_(left)).values(updated_at=_now_naive()))
 
     def _lock_deals(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The stored deals among `deal_ids` (pipeline, created_at, row_hash, the created owner, amount and
-        expected close date, and the state columns), locked for this transaction."""
+        """The stored deals among `deal_ids` (their columns as created, row_hash, and the state columns),
+        locked for this transaction, in deal_id order."""
         table = self.table("deals")
         out: dict[str, dict[str, Any]] = {}
         ids = sorted(set(deal_ids))  # one lock order for every writer: no deadlock between two of them
-        columns = ("deal_id", "pipeline", "created_at", "row_hash", "owner", "amount", "expected_close_date",
-                   *STATE_FIELDS, "state_updated_at")
+        columns = (*DEAL_COLUMNS, "row_hash", *STATE_FIELDS, "state_updated_at")
         for start in range(0, len(ids), _IN_CHUNK):
             query = (
                 sa.select(*(table.c[c] for c in columns))
@@ -1976,6 +1997,12 @@ def _chunks(frame: pd.DataFrame, size: int = CHUNK_ROWS) -> Iterator[pd.DataFram
 
 def _naive_utc(series: pd.Series) -> pd.Series:
     """UTC times as naive datetime64[us] (the database has no zone; microseconds is what it keeps)."""
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        ns = to_ns(series)
+        present = ns != NAT_NS
+        if not (ns[present] % 1000).any():  # whole microseconds (as every API time): exact integer division
+            us = np.where(present, ns // 1000, NAT_NS).view("datetime64[us]")
+            return pd.Series(us, index=series.index)
     times = pd.to_datetime(series, utc=True)
     return times.dt.tz_convert(None).astype("datetime64[us]")
 
@@ -2018,27 +2045,26 @@ def _row_hashes(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
 
 
 def _prepare_events(name: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """An event frame as table rows with their idempotency key."""
+    """An event frame as table rows with their idempotency key, with a fresh RangeIndex.
+
+    Built column by column from arrays (no frame operations), so one event costs microseconds."""
     columns, time_col = EVENT_TABLES[name]
-    out = pd.DataFrame(index=frame.index)
-    for col in columns:
-        out[col] = frame[col] if col in frame.columns else pd.Series(pd.NA, index=frame.index, dtype="string")
-    event_id = (
-        frame["event_id"].astype("string")
-        if "event_id" in frame.columns
-        else pd.Series(pd.NA, index=frame.index, dtype="string")
-    )
+    n = len(frame)
+    absent = pd.array([pd.NA] * n, dtype="string")
+    out = {c: frame[c].array if c in frame.columns else absent for c in columns}
+    given = frame["event_id"].to_numpy(dtype=object) if "event_id" in frame.columns else [None] * n
     # an empty event_id is no id at all: fall back to the row hash rather than colliding on ""
-    event_id = event_id.mask(event_id.str.len().fillna(0) == 0)
+    ids = [None if is_missing(v) or str(v) == "" else str(v) for v in given]
+    keys = np.array(ids, dtype=object)
+    keyless = np.array([i is None for i in ids], dtype=bool)
     # the row hash is the key only of rows without an id (hashing costs: skip it when every row has one)
-    keys = event_id.to_numpy(dtype=object, copy=True)
-    keyless = pd.isna(keys)
     if keyless.any():
-        keys[keyless] = _row_hashes(out[keyless], columns).to_numpy(dtype=object)
-    out["event_key"] = pd.Series(keys, index=out.index, dtype=object)
-    out["event_id"] = event_id
-    out[time_col] = _naive_utc(out[time_col])
-    return out.reset_index(drop=True)
+        rows = frame_of(out, pd.RangeIndex(n))[keyless]
+        keys[keyless] = _row_hashes(rows, columns).to_numpy(dtype=object)
+    out["event_key"] = pd.array(keys, dtype="string")  # typed: frame_of builds the frame without inference
+    out["event_id"] = pd.array(ids, dtype="string")
+    out[time_col] = _naive_utc(pd.Series(out[time_col])).array
+    return frame_of(out, pd.RangeIndex(n))
 
 
 def _json_value(value: Any) -> Any:

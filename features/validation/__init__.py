@@ -6,7 +6,9 @@ Three entries, one set of rules:
   (`parsing`), applying the per-value rules, then runs the cross-row checks (`checks`, `specs`).
 - `validate_typed` takes frames already in the `DealHistory` dtypes whose fields were checked one by one
   at the edge (the API's pydantic models, built by `serving.mapping`): it runs only the cross-row checks
-  and the field-change value rule, which depends on two columns.
+  and the field-change value rule, which depends on two columns. `check_typed` is those checks alone,
+  `validate_typed` them and the assembly below (new events of stored deals need only the checks: the
+  store orders events on every read).
 - `assemble_typed` takes typed frames whose validity is already known (the store's rows, which every
   write validated in its transaction, typed by `parsing.stored_deals` / `stored_events` with the same
   per-value rules): it runs no check, only the assembly both entries end in (sorting, the same-time
@@ -58,6 +60,7 @@ __all__ = [
     "MAX_PROBLEMS",
     "UTC_NS",
     "assemble_typed",
+    "check_typed",
     "coerce_attribute",
     "format_utc_iso",
     "infer_pipeline_specs",
@@ -126,19 +129,38 @@ def validate_typed(
     before creation, stages of pipelines with a spec) and the field-change value rule; raises
     `HistoryValidationError` like `validate_and_coerce`, with rows numbered in the frames' order.
     """
+    events = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
+    checked = check_typed(deals, events, pipelines, source)
+    return assemble_typed(
+        deals, checked["stage_changes"], checked["activities"], checked["field_changes"], pipelines
+    )
+
+
+def check_typed(
+    deals: pd.DataFrame,
+    events: Mapping[str, pd.DataFrame],
+    pipelines: Mapping[str, PipelineSpec],
+    source: str | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The checks of `validate_typed` without the assembly: the event frames by table as given (a table
+    left out has no rows), field-change values canonical. For a write of new events to stored deals,
+    which the store orders on every read."""
     problems = ProblemCollector()
     check_unique_deals(deals, problems)
-    events = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
     for table, frame in events.items():
         check_events(frame, table, deals, problems)
-    values = field_change_values(
-        field_changes["field"], field_changes["value"], field_changes["value"], problems
-    )
-    events["field_changes"] = field_changes.assign(value=values)
-    specs = dict(pipelines)
-    _check_stages(deals, stage_changes, specs, problems)
+    out = dict(events)
+    field_changes = events.get("field_changes")
+    if field_changes is not None and len(field_changes):
+        values = field_change_values(
+            field_changes["field"], field_changes["value"], field_changes["value"], problems
+        )
+        out["field_changes"] = field_changes.assign(value=values)
+    stage_changes = events.get("stage_changes")
+    if stage_changes is not None:
+        _check_stages(deals, stage_changes, pipelines, problems)
     problems.raise_if_any(source)
-    return assemble_typed(deals, stage_changes, activities, events["field_changes"], specs)
+    return out
 
 
 def assemble_typed(

@@ -18,7 +18,7 @@ from features.jsonable import jsonable
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS
 from serving.deps import DealIdPath, ReadKey, SettingsDep, StoreDep, WriteKey, after_write
 from serving.errors import InvalidInputError, NotFoundError, check_batch_size
-from serving.mapping import deal_frames, event_frames, validated_history
+from serving.mapping import checked_events, deal_frames, event_frames, validated_history
 from serving.schemas import DealOut, DealsIn, EventsIn, WriteResult
 
 logger = logging.getLogger(__name__)
@@ -70,20 +70,19 @@ def post_events(body: EventsIn, key: WriteKey, request: Request, store: StoreDep
         return WriteResult(inserted=0, duplicates=0)
 
     def build(stored: pd.DataFrame, specs: Mapping[str, PipelineSpec]) -> dict[str, pd.DataFrame]:
-        mine = stored[[key.can_see(str(p)) for p in stored["pipeline"]]].reset_index(drop=True)
-        visible = set(mine["deal_id"].astype(str))
+        seen = [key.can_see(str(p)) for p in stored["pipeline"].tolist()]
+        mine = stored if all(seen) else stored[seen].reset_index(drop=True)
+        visible = {str(d) for d in mine["deal_id"].tolist()}
         problems = [
             {"loc": f"{table}[{j}].deal_id", "msg": "deal not found", "status": 404}
             for table, events in lists.items() for j, e in enumerate(events) if e.deal_id not in visible
         ]
         _bad_items(problems)
         # Only given specs refuse unknown stages; an inferred one is extended by the store's write. Only
-        # the new events are validated against their deals (rows map one to one onto request items); the
+        # the new events are checked against their deals (rows map one to one onto request items); the
         # store checks them again against what it holds.
         given = {name: spec for name, spec in specs.items() if not spec.inferred}
-        checked = validated_history(event_frames(body, mine), given)
-        return {"stage_changes": checked.stage_changes, "activities": checked.activities,
-                "field_changes": checked.field_changes}
+        return checked_events(event_frames(body, mine), given)
 
     ids = {e.deal_id for events in lists.values() for e in events}
     result = store.write_events(ids, build)
