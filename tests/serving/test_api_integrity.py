@@ -56,6 +56,21 @@ def test_an_event_before_the_deal_was_created_is_refused(world: Any, client: Tes
     assert response.status_code == 422 and "activities[0].occurred_at" in response.json()["detail"]
 
 
+def test_a_field_change_with_a_bad_value_is_refused_naming_it_and_nothing_is_stored(
+    world: Any, client: TestClient
+) -> None:
+    admin = world.auth("admin")
+    _post(client, "/v1/deals", {"deals": [_deal("INT-F1", world.pipeline_a)]}, admin)
+    fine = {"deal_id": "INT-F1", "type": "call", "occurred_at": "2025-03-02T00:00:00Z", "event_id": "f1-ok"}
+    bad = {"deal_id": "INT-F1", "field": "amount", "value": "-3", "changed_at": "2025-03-02T00:00:00Z"}
+    response = _post(client, "/v1/events", {"activities": [fine], "field_changes": [bad]}, admin)
+    assert response.status_code == 422, response.text
+    assert "field_changes[0].value" in response.json()["detail"]
+    assert "amount value '-3' is not a number ≥ 0" in response.json()["detail"]
+    stored = client.get("/v1/deals/INT-F1", headers=admin).json()
+    assert stored["amount"] == 5000.0 and not stored["activities"]  # the call in the same request neither
+
+
 def test_a_pipeline_created_through_the_api_takes_stage_changes(world: Any, client: TestClient) -> None:
     admin, pipeline = world.auth("admin"), "Partner Channel"
     created = _post(client, "/v1/deals", {"deals": [_deal("INT-P1", pipeline)]}, admin)
