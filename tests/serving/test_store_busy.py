@@ -68,7 +68,9 @@ def test_a_write_meeting_another_process_s_write_waits_for_it(world: Any, tmp_pa
         assert answer.json()["inserted"] == 1
 
 
-def test_sixteen_writers_of_one_service_take_turns_instead_of_failing_busy(world: Any, tmp_path: Path) -> None:
+def test_sixteen_writers_of_one_service_take_turns_instead_of_failing_busy(
+    world: Any, tmp_path: Path
+) -> None:
     """Writers of one service queue for SQLite's one write lock in turn. Queued on SQLite's own lock they
     slept in growing steps while it stood free, and some waited past the busy timeout (503) while the
     store could have taken them all: here 16 concurrent writers, a 2 s busy timeout, 80 writes."""
