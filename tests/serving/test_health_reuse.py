@@ -1,9 +1,9 @@
 """Pipeline health as of now is reused while no write touched the pipeline (`serving.health_cache`).
 
 A small history dated back from today: pipeline A has three open deals (a1 in Demo for 15 days, a2 and a3
-in Lead), pipeline B one (b1). Each test starts its own service, reads A's health as of now, writes
-through the API and reads again: the answer moves with every write that changes a figure, and two reads
-with nothing written in between are the same answer, computed once (same `until`).
+in Lead), pipeline B one (b1). Each test starts its own service, reads a pipeline's health as of now,
+writes and reads again: the answer moves with every write that changes a figure, and two reads with
+nothing written in between are the same answer, computed once (same `until`, a1's same days in Demo).
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def service(tmp_path: Path) -> Callable[..., Any]:
     @contextmanager
     def start(**settings: Any) -> Iterator[Callable[..., Any]]:
         keys = {"admin": ("admin", ["*"])}
+        # No live scorer and no learned-limits refresher: nothing but the test writes to the store, so
+        # each test sees only the invalidation it is about (the refresher would add recomputations).
+        settings = {"live_score_max_age_s": 0, **settings}
         with stand_in_service(tmp_path, make_history(), keys, NoModel(), **settings) as env:
             client, auth = env["client"], {"Authorization": f"Bearer {env['keys']['admin']}"}
 
@@ -115,8 +118,7 @@ def test_a_spec_change_shows_in_the_stalled_list(service: Callable[..., Any]) ->
 
 
 def test_two_reads_with_no_write_between_are_one_answer(service: Callable[..., Any]) -> None:
-    # no live scorer and no learned-limits refresher: nothing writes to the store between the reads
-    with service(live_score_max_age_s=0) as call:
+    with service() as call:
         first, second = health(call), health(call)
         assert second == first  # the same answer, as of the same time (a1's days in Demo included)
         by_team = call("GET", "/v1/pipelines/A/health", params={"by": "team"})
@@ -129,7 +131,7 @@ def test_two_reads_with_no_write_between_are_one_answer(service: Callable[..., A
 
 
 def test_reuse_turned_off_computes_every_read(service: Callable[..., Any]) -> None:
-    with service(live_score_max_age_s=0, health_max_age_s=0) as call:
+    with service(health_max_age_s=0) as call:
         first, second = health(call), health(call)
         assert second["until"] > first["until"]
         assert second["overall"]["open_deals"] == first["overall"]["open_deals"] == 3
@@ -139,7 +141,7 @@ def test_reuse_turned_off_computes_every_read(service: Callable[..., Any]) -> No
 
 
 def test_a_window_given_in_the_past_is_computed_every_read(service: Callable[..., Any]) -> None:
-    with service(live_score_max_age_s=0) as call:
+    with service() as call:
         window = {"since": days_ago(30), "until": days_ago(2)}
         first = call("GET", "/v1/pipelines/A/health", params=window)
         assert first["overall"]["open_deals"] == 3
@@ -153,8 +155,8 @@ def test_a_window_given_in_the_past_is_computed_every_read(service: Callable[...
 def test_learned_limits_stored_by_another_process_show_on_the_next_read(
     service: Callable[..., Any], tmp_path: Path,
 ) -> None:
-    # no refresher in the service: the limits come from outside it, as the scorer process stores them
-    with service(live_score_max_age_s=0) as call:
+    # the limits come from outside the service, as the scorer process stores them
+    with service() as call:
         assert stalled(health(call, "B")) == []  # B configures no limit and has no won deal to learn from
         other = Store(f"sqlite:///{tmp_path / 'dealrisk.db'}")
         other.save_learned_limits("B", {"Lead": 5.0}, pd.Timestamp.now(tz="UTC").to_pydatetime())
