@@ -12,13 +12,13 @@ import io
 import logging
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from features.health import health_from_current_state, pipeline_health
+from features.health import GroupBy, health_from_current_state, pipeline_health
 from features.history import to_utc_timestamp
 from features.jsonable import jsonable
 from features.spreadsheet import spreadsheet_safe
@@ -233,7 +233,7 @@ def health(
     store: StoreDep,
     since: Annotated[UtcTime | None, Query(description="default: until minus 30 days")] = None,
     until: Annotated[UtcTime | None, Query(description="default: now")] = None,
-    by: Annotated[Literal["team", "owner"] | None, Query(description="figures per team or owner")] = None,
+    by: Annotated[GroupBy | None, Query(description="figures per team or owner")] = None,
     stalled_limit: Annotated[int, Query(
         ge=0, le=MAX_STALLED_LIMIT,
         description="how many of the longest-stalled deals each block lists (stalled_count counts all)",
@@ -274,7 +274,7 @@ def health(
     return answer
 
 
-def _health(store: Store, pipeline: str, t0: pd.Timestamp, t1: pd.Timestamp, by: str | None,
+def _health(store: Store, pipeline: str, t0: pd.Timestamp, t1: pd.Timestamp, by: GroupBy | None,
             stalled_limit: int) -> dict[str, Any]:
     """The health answer of the window [t0, t1], computed."""
     # the store keeps microseconds: a stored time is at or after t0 (at or before t1) iff it is so of

@@ -47,7 +47,8 @@ def make_history() -> DealHistory:
         "A": {"stages": ["Lead", "Demo"], "won": ["Won"], "lost": ["Lost"], "stale_after_days": {"Demo": 10}},
         "B": {"stages": ["Lead", "Pitch"], "won": ["Won"], "lost": ["Lost"]},
     }
-    return DealHistory.from_frames(deals, stage_changes, None, None, pipelines, source="test")
+    activities = pd.DataFrame(columns=["deal_id", "type", "occurred_at"])
+    return DealHistory.from_frames(deals, stage_changes, activities, None, pipelines, source="test")
 
 
 class NoModel:
@@ -112,7 +113,8 @@ def test_a_deal_moved_to_another_pipeline_leaves_the_old_pipelines_figures(
 def test_a_spec_change_shows_in_the_stalled_list(service: Callable[..., Any]) -> None:
     with service() as call:
         assert stalled(health(call)) == ["a1"]  # in Demo for 15 days, its limit 10
-        spec = {"stages": ["Lead", "Demo"], "won": ["Won"], "lost": ["Lost"], "stale_after_days": {"Demo": 30}}
+        spec = {"stages": ["Lead", "Demo"], "won": ["Won"], "lost": ["Lost"],
+                "stale_after_days": {"Demo": 30}}
         call("PUT", "/v1/pipelines/A", json=spec)
         assert stalled(health(call)) == []
 
