@@ -26,7 +26,7 @@ MAX_ENTRIES = 256
 class _Entry:
     stamp: tuple[Any, ...]
     computed: float  # time.monotonic() when the answer was computed
-    answer: dict[str, Any]
+    answer: bytes  # the JSON body
 
 
 class HealthCache:
@@ -43,8 +43,9 @@ class HealthCache:
     def enabled(self) -> bool:
         return self.max_age_s > 0
 
-    def get(self, key: Hashable, stamp: tuple[Any, ...]) -> dict[str, Any] | None:
-        """The answer kept for `key` if it is young enough and was computed under `stamp`, else None."""
+    def get(self, key: Hashable, stamp: tuple[Any, ...]) -> bytes | None:
+        """The answer (JSON body) kept for `key` if it is young enough and was computed under `stamp`, else
+        None."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -55,9 +56,9 @@ class HealthCache:
             self._entries.move_to_end(key)
             return entry.answer
 
-    def put(self, key: Hashable, stamp: tuple[Any, ...], started: float, answer: dict[str, Any]) -> None:
-        """Keep `answer` for `key`, computed from reads that began at `started` (time.monotonic()) after
-        `stamp` was read."""
+    def put(self, key: Hashable, stamp: tuple[Any, ...], started: float, answer: bytes) -> None:
+        """Keep `answer` (its JSON body) for `key`, computed from reads that began at `started`
+        (time.monotonic()) after `stamp` was read."""
         if not self.enabled:
             return
         with self._lock:

@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
 
 from features.health import GroupBy, health_from_current_state, pipeline_health
 from features.history import to_utc_timestamp
@@ -225,7 +226,7 @@ def _csv_response(records: list[dict[str, Any]], filename: str, version: str) ->
     )
 
 
-@router.get("/v1/pipelines/{pipeline}/health")
+@router.get("/v1/pipelines/{pipeline}/health", response_model=dict[str, Any])
 def health(
     pipeline: PipelinePath,
     key: ReadKey,
@@ -238,7 +239,7 @@ def health(
         ge=0, le=MAX_STALLED_LIMIT,
         description="how many of the longest-stalled deals each block lists (stalled_count counts all)",
     )] = DEFAULT_STALLED_LIMIT,
-) -> dict[str, Any]:
+) -> Any:
     """Pipeline health over [since, until]: open deals, average deal size, win rate, cycle days, sales
     velocity, funnel by stage and stalled deals (by team or owner too with `by`).
 
@@ -268,9 +269,10 @@ def health(
     stamp = store.health_stamp(pipeline)
     kept = cache.get(request_key, stamp)
     if kept is not None:
-        return kept
-    answer = _health(store, pipeline, t0, t1, by, stalled_limit)
-    cache.put(request_key, stamp, started, answer)
+        return Response(kept, media_type="application/json")
+    # kept as the JSON body it answers: a reused answer is not encoded again
+    answer = JSONResponse(jsonable_encoder(_health(store, pipeline, t0, t1, by, stalled_limit)))
+    cache.put(request_key, stamp, started, bytes(answer.body))
     return answer
 
 
