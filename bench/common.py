@@ -29,10 +29,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Write bench/results/<name>.json with the machine description beside the figures."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, result: dict[str, Any], path: Path | None = None) -> Path:
+    """Write bench/results/<name>.json (or `path`) with the machine description beside the figures."""
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **result}, indent=2, default=str) + "\n")
     print(json.dumps(result, indent=2, default=str))
     print(f"written to {path}")

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.background import BackgroundLoop
 from serving.challenger import Challenger
 from serving.errors import install_error_handlers
+from serving.health_cache import HealthCache
 from serving.live_scores import LiveScorer, LiveScoring
 from serving.metrics import ServiceMetrics
 from serving.model_holder import ModelHolder, NewDealCache, PopulationCache
@@ -319,6 +320,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.monitor_state = monitor
     app.state.verified_keys = {}  # serving.auth: keys last verified, for a store outage
     app.state.pipeline_specs = {}  # serving.routes.scoring: specs last read, for a store outage
+    app.state.health_cache = HealthCache(settings.health_max_age_s)  # serving.routes.pipelines
     install_error_handlers(app)
 
     from serving.routes import include_routers

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         description="the feature population is refitted in the background at most this often, when the "
         "store changed; requests never wait for a refit",
     )
+    health_max_age_s: float = Field(
+        default=30.0, ge=0, description="pipeline health as of now is reused for this long at most, while "
+        "no write touched the pipeline (the first read after a write recomputes it); 0 turns reuse off",
+    )
     max_concurrent_requests: int = Field(
         default=64, ge=1, description="requests in flight at once; past it the service answers 503 at once"
     )

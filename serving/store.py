@@ -1357,6 +1357,25 @@ class Store:
         learned = {(pipeline, str(stage)): float(v) for stage, v in row.learned_stale_days.items()}
         return HealthState(frame, window, specs, learned, left_out)
 
+    def health_stamp(self, pipeline: str) -> tuple[Any, ...]:
+        """A token that moves whenever anything pipeline health reads of `pipeline` changes, read by one
+        query over `ix_deals_pipeline_state_updated` and the pipeline's row: the count of its deals and
+        their last state stamp, and the pipeline's `updated_at` and `stale_learned_at`.
+
+        Every write of a deal (created, updated, moved between pipelines) or of one of its events
+        rewrites its state columns and stamps `state_updated_at` (`_write_all`); a spec change stamps
+        `updated_at` and restamps all its deals; a learned-limits refresh stamps `stale_learned_at`. A
+        deal moved out lowers the count (a deal coming in the same time is stamped later than any before).
+        Writes stamp wall-clock time inside their transaction: on PostgreSQL a write that commits after
+        another one stamped later may go unnoticed here (the health cache's age bounds that)."""
+        deals, pipes = self.table("deals"), self.table("pipelines")
+        of_pipeline = sa.select(sa.func.count(), sa.func.max(deals.c.state_updated_at)).where(
+            deals.c.pipeline == pipeline).subquery()
+        query = (sa.select(of_pipeline, pipes.c.updated_at, pipes.c.stale_learned_at)
+                 .select_from(of_pipeline.outerjoin(pipes, pipes.c.name == pipeline)))
+        with self._read() as conn:
+            return tuple(conn.execute(query).one())
+
     def _read_history(
         self, conn: Connection, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None,
         tables: Sequence[str] = tuple(EVENT_TABLES), trusted: bool = False,

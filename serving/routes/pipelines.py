@@ -12,13 +12,14 @@ import io
 import logging
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
 
-from features.health import health_from_current_state, pipeline_health
+from features.health import GroupBy, health_from_current_state, pipeline_health
 from features.history import to_utc_timestamp
 from features.jsonable import jsonable
 from features.spreadsheet import spreadsheet_safe
@@ -35,6 +36,7 @@ from serving.deps import (
     require_visible_pipeline,
 )
 from serving.errors import InvalidInputError
+from serving.health_cache import HealthCache
 from serving.limits import NAME_LENGTH
 from serving.mapping import time_or
 from serving.model_holder import LoadedModel, builder_for
@@ -254,19 +256,20 @@ def _csv_response(records: list[dict[str, Any]], filename: str, version: str) ->
     )
 
 
-@router.get("/v1/pipelines/{pipeline}/health")
+@router.get("/v1/pipelines/{pipeline}/health", response_model=dict[str, Any])
 def health(
     pipeline: PipelinePath,
     key: ReadKey,
+    request: Request,
     store: StoreDep,
     since: Annotated[UtcTime | None, Query(description="default: until minus 30 days")] = None,
     until: Annotated[UtcTime | None, Query(description="default: now")] = None,
-    by: Annotated[Literal["team", "owner"] | None, Query(description="figures per team or owner")] = None,
+    by: Annotated[GroupBy | None, Query(description="figures per team or owner")] = None,
     stalled_limit: Annotated[int, Query(
         ge=0, le=MAX_STALLED_LIMIT,
         description="how many of the longest-stalled deals each block lists (stalled_count counts all)",
     )] = DEFAULT_STALLED_LIMIT,
-) -> dict[str, Any]:
+) -> Any:
     """Pipeline health over [since, until]: open deals, average deal size, win rate, cycle days, sales
     velocity, funnel by stage and stalled deals (by team or owner too with `by`).
 
@@ -275,12 +278,37 @@ def health(
     window's stage changes and the stored stalled limits, read by the database. Otherwise they are
     computed from the deals the window can see move (open at `until`, closed in the window or touched
     after it), selected by the deals' stored state, plus the won deals' stage changes for the learned
-    stalled limits. Either way, exactly the figures of the whole history, without reading it."""
+    stalled limits. Either way, exactly the figures of the whole history, without reading it.
+
+    As of now (no `until`, or `until` not in the past), the answer of the same request is reused while no
+    write touched the pipeline, for `health_max_age_s` (default 30 s) at most: `until` then says when it
+    was computed. The first read after a write to the pipeline computes it again."""
     require_visible_pipeline(store, key, pipeline)
-    t1 = time_or(until)
+    started = time.monotonic()
+    now = pd.Timestamp.now(tz="UTC")
+    t1 = time_or(until, now)
     t0 = time_or(since, t1 - pd.Timedelta(days=DEFAULT_HEALTH_DAYS))
     if t0 > t1:
         raise InvalidInputError(f"since ({t0.isoformat()}) is after until ({t1.isoformat()})", loc="since")
+    cache: HealthCache = request.app.state.health_cache
+    if not cache.enabled or t1 < now:  # a window ending in the past: on demand, every time
+        return _health(store, pipeline, t0, t1, by, stalled_limit)
+    # as of now: the same request's answer while the pipeline's stamp holds (read before computing, so a
+    # write committed meanwhile moves it); a given `since`/`until` is part of the request
+    request_key = (pipeline, None if since is None else t0, None if until is None else t1, by, stalled_limit)
+    stamp = store.health_stamp(pipeline)
+    kept = cache.get(request_key, stamp)
+    if kept is not None:
+        return Response(kept, media_type="application/json")
+    # kept as the JSON body it answers: a reused answer is not encoded again
+    answer = JSONResponse(jsonable_encoder(_health(store, pipeline, t0, t1, by, stalled_limit)))
+    cache.put(request_key, stamp, started, bytes(answer.body))
+    return answer
+
+
+def _health(store: Store, pipeline: str, t0: pd.Timestamp, t1: pd.Timestamp, by: GroupBy | None,
+            stalled_limit: int) -> dict[str, Any]:
+    """The health answer of the window [t0, t1], computed."""
     # the store keeps microseconds: a stored time is at or after t0 (at or before t1) iff it is so of
     # t0 (t1) floored to the microsecond
     t0_us, t1_us = t0.floor("us").to_pydatetime(), t1.floor("us").to_pydatetime()

@@ -21,10 +21,12 @@ from serving.store import Store
 
 @contextmanager
 def stand_in_service(
-    home: Path, history: DealHistory, keys: Mapping[str, tuple[str, list[str]]], bundle: Any
+    home: Path, history: DealHistory, keys: Mapping[str, tuple[str, list[str]]], bundle: Any,
+    **settings_given: Any,
 ) -> Iterator[dict[str, Any]]:
     """`{"client", "keys"}`: a TestClient on `history` stored under `home`, serving `bundle` as version 7,
-    and one plaintext key per name in `keys` (name -> (role, pipelines))."""
+    and one plaintext key per name in `keys` (name -> (role, pipelines)); `settings_given` are further
+    `Settings` fields."""
     db = f"sqlite:///{home / 'dealrisk.db'}"
     store = Store(db)
     store.create_schema()
@@ -34,7 +36,7 @@ def stand_in_service(
     settings = Settings(
         home=home, database_url=db, tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
         model_uri=str(home / "no-model-here"), reload_interval_s=0, max_body_bytes=1_000_000,
-        max_batch_deals=100, max_events_per_deal=1000,
+        max_batch_deals=100, max_events_per_deal=1000, **settings_given,
     )
     app = create_app(settings)
     model = LoadedModel(bundle, "7", "test", datetime.now(UTC))
