@@ -677,10 +677,11 @@ class Store:
                 touched |= self._deals_of_pipeline(conn, name)
         eventless: dict[str, dict[str, Any]] = {}  # deals written that have no events: row as written
         won_before: dict[str, str] = {}  # deals this write changes that were stored as won: their pipeline
+        left: set[str] = set()  # pipelines a deal of this write moved out of
         if deals is not None and len(deals):
             names = [str(p) for p in pd.unique(deals["pipeline"])]
             self._ensure_pipelines(conn, names, inferred_specs, result)
-            written = self._write_deals(conn, deals, result, progress, problems, won_before)
+            written = self._write_deals(conn, deals, result, progress, problems, won_before, left)
             eventless = {d: rec for d, rec in written.items() if rec is not None and d not in touched}
             touched |= set(written)
             self._check_attributes(conn, deals, problems)
@@ -704,6 +705,11 @@ class Store:
         self._refresh_state(conn, sorted((touched | set(appended)) - set(states)))
         self._write_states(conn, states)
         self._unwon(conn, won_before)
+        if left:
+            # a deal leaving moves no stamp of the deals still there: the pipeline row's tells readers
+            # (`health_stamp`) that the pipeline changed, as a spec change does
+            pipes = self.table("pipelines")
+            conn.execute(pipes.update().where(pipes.c.name.in_(sorted(left))).values(updated_at=_now_naive()))
 
     def _write_given_spec(
         self, conn: Connection, spec: PipelineSpec, result: ImportResult, problems: list[StoreProblem]
@@ -789,10 +795,12 @@ class Store:
         progress: ProgressCallback | None,
         problems: list[StoreProblem],
         won_before: dict[str, str],
+        left: set[str],
     ) -> dict[str, dict[str, Any] | None]:
         """Insert new deals and update changed ones; returns each deal inserted or changed, with its row as
         written when the deal has no stored events (inserted, or whose stored state counts none), else
-        None. Each changed deal stored as won goes into `won_before` (deal -> its stored pipeline)."""
+        None. Each changed deal stored as won goes into `won_before` (deal -> its stored pipeline), and
+        the stored pipeline of each deal moved to another into `left`."""
         table = self.table("deals")
         counts = result.tables["deals"]
         # A deal listed twice in one write: the last one wins, as if the rows had been sent one by one.
@@ -834,6 +842,8 @@ class Store:
                 eventless = before["state_updated_at"] is not None and before["n_events"] == 0
                 if before["outcome"] == "won":
                     won_before[deal_id] = str(before["pipeline"])
+                if str(before["pipeline"]) != str(rec["pipeline"]):
+                    left.add(str(before["pipeline"]))
                 out[deal_id] = dict(rec) if eventless else None
                 rec["b_deal_id"] = rec.pop("deal_id")
             conn.execute(update, records)
@@ -1359,22 +1369,23 @@ class Store:
 
     def health_stamp(self, pipeline: str) -> tuple[Any, ...]:
         """A token that moves whenever anything pipeline health reads of `pipeline` changes, read by one
-        query over `ix_deals_pipeline_state_updated` and the pipeline's row: the count of its deals and
-        their last state stamp, and the pipeline's `updated_at` and `stale_learned_at`.
+        query: the last state stamp of its deals (the top of `ix_deals_pipeline_state_updated`, one index
+        entry) and the pipeline's `updated_at` and `stale_learned_at`.
 
         Every write of a deal (created, updated, moved between pipelines) or of one of its events
         rewrites its state columns and stamps `state_updated_at` (`_write_all`); a spec change stamps
-        `updated_at` and restamps all its deals; a learned-limits refresh stamps `stale_learned_at`. A
-        deal moved out lowers the count (a deal coming in the same time is stamped later than any before).
-        Writes stamp wall-clock time inside their transaction: on PostgreSQL a write that commits after
-        another one stamped later may go unnoticed here (the health cache's age bounds that)."""
+        `updated_at` and restamps all its deals; a deal moving out of the pipeline stamps its `updated_at`
+        (the deals still there are not restamped); a learned-limits refresh stamps `stale_learned_at`. No
+        deal is ever deleted. Writes stamp wall-clock time inside their transaction: on PostgreSQL a write that
+        commits after another one stamped later may go unnoticed here (the health cache's age bounds
+        that)."""
         deals, pipes = self.table("deals"), self.table("pipelines")
-        of_pipeline = sa.select(sa.func.count(), sa.func.max(deals.c.state_updated_at)).where(
-            deals.c.pipeline == pipeline).subquery()
-        query = (sa.select(of_pipeline, pipes.c.updated_at, pipes.c.stale_learned_at)
-                 .select_from(of_pipeline.outerjoin(pipes, pipes.c.name == pipeline)))
+        last = (sa.select(sa.func.max(deals.c.state_updated_at))
+                .where(deals.c.pipeline == pipeline).scalar_subquery())
+        query = sa.select(last, pipes.c.updated_at, pipes.c.stale_learned_at).where(pipes.c.name == pipeline)
         with self._read() as conn:
-            return tuple(conn.execute(query).one())
+            row = conn.execute(query).one_or_none()
+        return tuple(row) if row is not None else (None, None, None)
 
     def _read_history(
         self, conn: Connection, pipelines: Iterable[str] | None = None, deal_ids: Iterable[str] | None = None,
