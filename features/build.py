@@ -27,6 +27,7 @@ from features.timeindex import (
     DealIndex,
     EventStream,
     FieldRows,
+    KeyCodes,
     cumsum_by,
     field_rows,
     frame_of,
@@ -35,6 +36,7 @@ from features.timeindex import (
     pair_keys,
     point_codes,
     running_max_by,
+    string_array,
     take,
     text_values,
     to_ns,
@@ -151,8 +153,11 @@ def _parse_times(values: np.ndarray) -> np.ndarray:
     return to_ns(parsed)
 
 
-_ACTIVITY_TYPE_INDEX = pd.Index(list(ACTIVITY_TYPES), dtype=object)
-_FIELD_INDEX = pd.Index(list(CHANGEABLE_FIELDS), dtype=object)
+_ACTIVITY_TYPE_CODES = KeyCodes(list(ACTIVITY_TYPES))
+_FIELD_CODES = KeyCodes(list(CHANGEABLE_FIELDS))
+# Up to this many event rows, per-row text comparisons run on plain values (as `features.validation`'s
+# checks do below their SMALL_ROWS); above it, pandas' vectorised string operations.
+SMALL_ROWS = 2_000
 
 
 def _categorical(values: np.ndarray, levels: list[str]) -> pd.Categorical:
@@ -236,7 +241,7 @@ def build_features(
     # Columns are collected first and the frame is built once: inserting 50 columns one by one costs
     # more than the features themselves for a handful of points.
     columns: dict[str, Any] = {
-        "deal_id": pd.array(text_values(points["deal_id"]), dtype="string"),
+        "deal_id": string_array(text_values(points["deal_id"])),
         "as_of": from_ns(t).array,
     }
     for column in FEATURE_COLUMNS:
@@ -249,10 +254,10 @@ def build_features(
         else:
             columns[column] = np.asarray(values[column][back], dtype=np.float64)
     for column in ("pipeline", "owner", "team", "stage"):
-        columns[column] = pd.array(context[column][back], dtype="string")
+        columns[column] = string_array(context[column][back])
     columns["amount"] = context["amount"][back].astype(np.float64)
     columns["expected_close_date"] = from_ns(context["expected_close_date"][back]).array
-    columns["outcome"] = pd.array(context["outcome"][back], dtype="string")
+    columns["outcome"] = string_array(context["outcome"][back])
     frame = frame_of(columns, points.index)
     logger.debug("built %d feature rows for %d deals", len(frame), deals.n)
     return frame
@@ -319,14 +324,18 @@ def _activity_features(
     act_codes = deals.codes(acts["deal_id"])
     times = to_ns(acts["occurred_at"])
     # Index lookup rather than a Categorical: same codes (-1 for anything else), a fraction of the cost.
-    type_text = pd.Index(text_values(acts["type"]))
-    type_code = _ACTIVITY_TYPE_INDEX.get_indexer(type_text)
+    type_code = _ACTIVITY_TYPE_CODES.codes(text_values(acts["type"]))
     type_code = np.where(type_code < 0, ACTIVITY_TYPES.index("other"), type_code).astype(np.int64)
     k = len(ACTIVITY_TYPES)
     every = EventStream(act_codes, times, deals.n)
     # One stream keyed by (deal, type) answers all per-type window counts.
     typed = EventStream(np.where(act_codes >= 0, act_codes * k + type_code, -1), times, deals.n * k)
-    if "direction" in acts.columns:
+    if "direction" in acts.columns and len(acts) <= SMALL_ROWS:
+        # one comparison of plain values (a missing direction is not inbound) instead of pandas' three
+        # calls on a string column, whose fixed cost is that of the rest of one deal's activity features
+        direction = text_values(acts["direction"]).tolist()
+        inbound_mask = np.array([isinstance(v, str) and v == "inbound" for v in direction], dtype=bool)
+    elif "direction" in acts.columns:
         inbound_mask = (acts["direction"].astype("string") == "inbound").fillna(False).to_numpy(dtype=bool)
     else:
         inbound_mask = np.zeros(len(acts), dtype=bool)
@@ -382,8 +391,7 @@ def _field_rows_by_field(history: DealHistory, deals: DealIndex) -> dict[str, Fi
         or not pd.api.types.is_datetime64_any_dtype(frame["changed_at"].dtype)
     ):
         return {field: field_rows(history, deals, field) for field in CHANGEABLE_FIELDS}
-    names = pd.Index(text_values(frame["field"]))
-    field_code = _FIELD_INDEX.get_indexer(names)
+    field_code = _FIELD_CODES.codes(text_values(frame["field"]))
     codes = deals.codes(frame["deal_id"])
     times = to_ns(frame["changed_at"])
     values = text_values(frame["value"])

@@ -36,6 +36,7 @@ from features.timeindex import (
     EventStream,
     cumsum_by,
     is_missing,
+    object_values,
     point_codes,
     take,
     text_values,
@@ -117,14 +118,10 @@ def order_stage_changes(
     order = np.lexsort((times, deal_rank))
     tied = (deal_rank[order][1:] == deal_rank[order][:-1]) & (times[order][1:] == times[order][:-1])
     if tied.any():
-        pipe_of = pd.Series(
-            deals["pipeline"].to_numpy(dtype=object), index=pd.Index(deals["deal_id"].to_numpy(dtype=object))
-        )
+        pipe_of = pd.Series(object_values(deals["pipeline"]), index=pd.Index(object_values(deals["deal_id"])))
         pipe_of = pipe_of[~pipe_of.index.duplicated()]
-        pipeline = pipe_of.reindex(pd.Index(stage_changes["deal_id"].to_numpy(dtype=object))).to_numpy(
-            dtype=object
-        )
-        stage = stage_changes["stage"].to_numpy(dtype=object)
+        pipeline = pipe_of.reindex(pd.Index(object_values(stage_changes["deal_id"]))).to_numpy(dtype=object)
+        stage = object_values(stage_changes["stage"])
         closing = (stage_outcomes(pipeline, stage, specs) != "open").astype(np.int64)
         position = np.nan_to_num(stage_positions(pipeline, stage, specs), nan=np.inf)
         events = (

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from features.timeindex import KeyCodes
+from features.timeindex import KeyCodes, object_values
 from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
@@ -222,7 +222,7 @@ class ScoringBundle:
                 # has no categories at all (one deal with no stage yet), where to_train is empty
                 codes = np.append(to_train, -1)[values.cat.codes.to_numpy()].astype(np.float64)
             else:
-                raw = values.to_numpy(dtype=object)  # missing values match no level: -1
+                raw = object_values(values)  # missing values match no level: -1
                 codes = self._cat_index[c].codes(raw).astype(np.float64)
             codes[codes < 0] = np.nan
             x[:, i] = codes
@@ -475,7 +475,7 @@ def _keys_or_blank(features: pd.DataFrame) -> tuple[NDArray[np.object_], NDArray
         if col is None:
             out.append(np.full(len(features), "", dtype=object))
             continue
-        values = features[col].to_numpy(dtype=object, na_value="")
+        values = object_values(features[col], na_value="")
         out.append(
             values.astype(str).astype(object) if len(values) and not isinstance(values[0], str) else values
         )

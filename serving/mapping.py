@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
-from features.timeindex import datetimes_ns, frame_of, from_ns
+from features.timeindex import datetimes_ns, frame_of, from_ns, string_array
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, check_typed, coerce_attribute, validate_typed
 from serving.errors import raise_history_error
 from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
@@ -53,7 +53,7 @@ def _column(name: str, values: list[Any]) -> Any:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     # Enum members are str subclasses; their value is the text the history stores.
     text = [None if v is None else str(v.value if hasattr(v, "value") else v) for v in values]
-    return pd.array(text, dtype="string")
+    return string_array(text)
 
 
 def _frame(columns: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataFrame:

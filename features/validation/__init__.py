@@ -29,6 +29,7 @@ import pandas as pd
 
 from features.history import EVENT_TIME, DealHistory, PipelineSpec
 from features.stages import order_stage_changes
+from features.timeindex import object_values
 from features.validation.checks import SMALL_ROWS, check_events, check_unique_deals, deal_positions
 from features.validation.inference import infer_pipeline_specs
 from features.validation.parsing import (
@@ -198,7 +199,7 @@ def _check_stages(
     if stage_changes.empty or not specs:
         return
     position = deal_positions(deals, stage_changes["deal_id"])
-    pipelines = deals["pipeline"].to_numpy(dtype=object)
+    pipelines = object_values(deals["pipeline"])
     row_pipeline = pd.Series(np.where(position >= 0, pipelines[position], None), index=stage_changes.index)
     check_stages_against_specs(stage_changes, row_pipeline, specs, problems)
 
@@ -233,7 +234,7 @@ def _sort_key(column: pd.Series) -> np.ndarray:
     """A column's values for `_stable_sort`: times as int64 ns (NaT the minimum), others as objects."""
     if isinstance(column.dtype, pd.DatetimeTZDtype):
         return np.asarray(column.array.asi8)
-    return column.to_numpy(dtype=object)
+    return object_values(column)
 
 
 def _assemble(

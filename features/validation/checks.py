@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import EVENT_TIME
-from features.timeindex import is_missing
+from features.timeindex import is_missing, object_values
 from features.validation.problems import ProblemCollector
 
 # Below this many rows the checks run as one Python pass over plain values: pandas' string and index
@@ -20,7 +20,7 @@ SMALL_ROWS = 2_000
 
 def _first_row_of_duplicates(keys: pd.Series) -> tuple[np.ndarray, pd.Series | None]:
     """(mask of repeated keys after their first occurrence, 1-based row of that first occurrence)."""
-    values = keys.to_numpy(dtype=object)
+    values = object_values(keys)
     present = values[pd.notna(values)]
     # The common case (no repeats) is answered with one set; pandas' duplicated costs more on small input.
     if len(set(present)) == len(present):
@@ -36,8 +36,8 @@ def _per_deal_keys(events: pd.DataFrame) -> pd.Series:
     if len(events) > SMALL_ROWS:
         event_id = events["event_id"].astype("string")
         return (events["deal_id"].astype("string") + "\x1f" + event_id).where(event_id.notna())
-    deal = events["deal_id"].to_numpy(dtype=object)
-    event = events["event_id"].to_numpy(dtype=object)
+    deal = object_values(events["deal_id"])
+    event = object_values(events["event_id"])
     keys = np.empty(len(events), dtype=object)
     keys[:] = [
         None if d is None or e is None or pd.isna(d) or pd.isna(e) else f"{d}\x1f{e}"
@@ -48,8 +48,8 @@ def _per_deal_keys(events: pd.DataFrame) -> pd.Series:
 
 def deal_positions(deals: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     """Row in `deals` of each id (its first row if repeated), -1 for an id not in deals or missing."""
-    deal_ids = deals["deal_id"].to_numpy(dtype=object)
-    wanted = ids.to_numpy(dtype=object)
+    deal_ids = object_values(deals["deal_id"])
+    wanted = object_values(ids)
     if len(deal_ids) <= SMALL_ROWS and len(wanted) <= SMALL_ROWS:
         first: dict[object, int] = {}
         for row, deal_id in enumerate(deal_ids):
@@ -110,7 +110,7 @@ def check_events(
     position = deal_positions(deals, ids)
     problems.add_rows(
         table,
-        pd.notna(ids.to_numpy(dtype=object)) & (position < 0),
+        pd.notna(object_values(ids)) & (position < 0),
         "deal_id",
         "unknown deal {value}",
         "every history row must refer to a deal_id listed in deals",

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS, EVENT_TIME, TABLES, TIME_COLUMNS
-from features.timeindex import datetimes_ns, frame_of, from_ns
+from features.timeindex import datetimes_ns, frame_of, from_ns, object_values, string_array
 from features.validation.problems import ProblemCollector
 
 STRING: Final = "string"
@@ -75,7 +75,7 @@ def to_string(series: pd.Series) -> pd.Series:
         out = series if isinstance(series.dtype, pd.StringDtype) else series.astype(object).astype(STRING)
         out = out.astype(STRING).str.strip()
         return out.where(out != "")
-    values = series.to_numpy(dtype=object)
+    values = object_values(series)
     return pd.Series(_small_text(values), index=series.index)
 
 
@@ -84,7 +84,7 @@ def _small_text(values: np.ndarray) -> Any:
     missing = pd.isna(values)
     text = np.empty(len(values), dtype=object)
     text[:] = [None if gone else (str(v).strip() or None) for v, gone in zip(values, missing, strict=True)]
-    return pd.array(text, dtype=STRING)
+    return string_array(text)
 
 
 def text_array(values: list[Any]) -> Any:
@@ -101,7 +101,7 @@ def lowered(text: Any) -> Any:
     that of validating a small request) when every present value is ASCII and already lower case, for
     which every lower-casing is the identity."""
     if len(text) <= _SMALL_COLUMN:
-        present = [v for v in text.to_numpy(dtype=object, na_value=None).tolist() if v is not None]
+        present = [v for v in object_values(text, na_value=None).tolist() if v is not None]
         if all(v.isascii() and v == v.lower() for v in present):
             return text
     return pd.Series(text, dtype=STRING).str.lower().array
@@ -162,7 +162,7 @@ def _may_be_numbers(text: pd.Series) -> bool:
     code with a leading zero, or no value is present: the attribute is text without parsing any of it.
     (A value with neither a digit nor "inf" in it is NaN to `pd.to_numeric`; the leading-zero rule is
     the one below, with pyarrow's ASCII `\\d`.)"""
-    present = [v for v in text.to_numpy(dtype=object).tolist() if v is not None and v is not pd.NA]
+    present = [v for v in object_values(text).tolist() if v is not None and v is not pd.NA]
     if not present:
         return False
     for v in present:
@@ -382,7 +382,7 @@ def field_change_values(
         value = _with_canonical_times(value, close_rows, dates)
     owner_rows = kinds == "owner"
     problems.add_rows(
-        table, owner_rows & pd.isna(value.to_numpy(dtype=object)), "value", "missing new owner",
+        table, owner_rows & pd.isna(object_values(value)), "value", "missing new owner",
         "owner changes name the new owner",
     )
     return value
@@ -405,9 +405,9 @@ def _with_canonical_times(value: pd.Series, rows: np.ndarray, dates: pd.Series) 
     parsed = dates.notna().to_numpy(dtype=bool)
     if not parsed.any():
         return value
-    text = value.to_numpy(dtype=object)  # a copy: `value` is left as it was
-    text[rows[parsed]] = format_utc_iso(dates[parsed]).to_numpy(dtype=object)
-    return pd.Series(pd.array(text, dtype=STRING), index=value.index, name=value.name)
+    text = object_values(value)  # a copy: `value` is left as it was
+    text[rows[parsed]] = object_values(format_utc_iso(dates[parsed]))
+    return pd.Series(string_array(text), index=value.index, name=value.name)
 
 
 # What `format_utc_iso` writes (seconds, a fraction without trailing zeros, "+00:00"): a valid time
@@ -481,8 +481,8 @@ def _numbers(values: list[Any]) -> np.ndarray:
 
 def _canonical_close_dates(field: Any, value: Any) -> Any:
     """`field_change_values`' close dates written canonically, parsing only those not written so."""
-    kinds = field.to_numpy(dtype=object, na_value="")
-    text = value.to_numpy(dtype=object, na_value=None)
+    kinds = object_values(field, na_value="")
+    text = object_values(value, na_value=None)
     rows = np.array(
         [i for i, (k, v) in enumerate(zip(kinds, text, strict=True))
          if k == "expected_close_date" and v is not None and not _CANONICAL_UTC.fullmatch(v)],

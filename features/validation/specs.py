@@ -10,6 +10,7 @@ import pandas as pd
 
 from features.history import PipelineSpec
 from features.stages import stage_outcomes
+from features.timeindex import object_values
 from features.validation.problems import ProblemCollector
 
 
@@ -91,7 +92,7 @@ def check_stages_against_specs(
 ) -> None:
     """Every stage change of a pipeline with a spec names one of its stages (or a won/lost stage)."""
     stage = stage_changes["stage"]
-    values = stage.to_numpy(dtype=object)
+    values = object_values(stage)
     missing = pd.isna(values)
     pipes = pipeline_of_row.to_numpy(dtype=object)
     for name, spec in specs.items():
