@@ -242,7 +242,7 @@ def build_features(
     # more than the features themselves for a handful of points.
     columns: dict[str, Any] = {
         "deal_id": string_array(text_values(points["deal_id"])),
-        "as_of": from_ns(t).array,
+        "as_of": from_ns(t),
     }
     for column in FEATURE_COLUMNS:
         if column == "pipeline_cat":
@@ -256,7 +256,7 @@ def build_features(
     for column in ("pipeline", "owner", "team", "stage"):
         columns[column] = string_array(context[column][back])
     columns["amount"] = context["amount"][back].astype(np.float64)
-    columns["expected_close_date"] = from_ns(context["expected_close_date"][back]).array
+    columns["expected_close_date"] = from_ns(context["expected_close_date"][back])
     columns["outcome"] = string_array(context["outcome"][back])
     frame = frame_of(columns, points.index)
     logger.debug("built %d feature rows for %d deals", len(frame), deals.n)

@@ -35,6 +35,7 @@ from features.timeindex import (
     DealIndex,
     EventStream,
     cumsum_by,
+    fresh_index,
     is_missing,
     object_values,
     point_codes,
@@ -131,6 +132,8 @@ def order_stage_changes(
         )
         # np.lexsort: the last key is the primary one.
         order = np.lexsort((_text_rank(stage_changes["stage"]), events, position, closing, times, deal_rank))
+    if np.array_equal(order, np.arange(len(order))):
+        return fresh_index(stage_changes)  # already in order, as a request's stage changes usually are
     return stage_changes.take(order).reset_index(drop=True)
 
 

@@ -48,7 +48,7 @@ def _column(name: str, values: list[Any]) -> Any:
     """One column's values as the array `DealHistory` holds (no Series: the frame is built once)."""
     if name in _TIME_COLUMNS:
         # pydantic made every time aware UTC; whole microseconds, so the nanoseconds are exact
-        return from_ns(datetimes_ns(values)).array
+        return from_ns(datetimes_ns(values))
     if name in _FLOAT_COLUMNS:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     # Enum members are str subclasses; their value is the text the history stores.

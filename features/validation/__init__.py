@@ -29,7 +29,7 @@ import pandas as pd
 
 from features.history import EVENT_TIME, DealHistory, PipelineSpec
 from features.stages import order_stage_changes
-from features.timeindex import object_values
+from features.timeindex import fresh_index, object_values
 from features.validation.checks import SMALL_ROWS, check_events, check_unique_deals, deal_positions
 from features.validation.inference import infer_pipeline_specs
 from features.validation.parsing import (
@@ -225,7 +225,7 @@ def _stable_sort(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
             rows = list(zip(*(k.tolist() for k in keys), strict=True))
             order = sorted(range(len(rows)), key=rows.__getitem__)
             if order == list(range(len(rows))):
-                return frame.reset_index(drop=True)
+                return fresh_index(frame)
             return frame.take(order).reset_index(drop=True)
     return frame.sort_values(by, kind="stable").reset_index(drop=True)
 

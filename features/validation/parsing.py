@@ -435,7 +435,7 @@ def stored_deals(
     for column in DEAL_COLUMNS:
         values = columns[column]
         if column in TIME_COLUMNS["deals"]:
-            out[column] = from_ns(datetimes_ns(values)).array
+            out[column] = from_ns(datetimes_ns(values))
         elif column == "amount":
             out[column] = _numbers(values)
         else:
@@ -455,7 +455,7 @@ def stored_events(table: str, columns: Mapping[str, list[Any]]) -> pd.DataFrame:
     time_column = EVENT_TIME[table]
     out: dict[str, Any] = {
         "deal_id": text_array(columns["deal_id"]),
-        time_column: from_ns(datetimes_ns(columns[time_column])).array,
+        time_column: from_ns(datetimes_ns(columns[time_column])),
         "event_id": text_array(columns["event_id"]),
     }
     if table == "stage_changes":
