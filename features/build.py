@@ -28,6 +28,7 @@ from features.timeindex import (
     EventStream,
     FieldRows,
     KeyCodes,
+    column,
     cumsum_by,
     field_rows,
     frame_of,
@@ -241,20 +242,20 @@ def build_features(
     # Columns are collected first and the frame is built once: inserting 50 columns one by one costs
     # more than the features themselves for a handful of points.
     columns: dict[str, Any] = {
-        "deal_id": string_array(text_values(points["deal_id"])),
+        "deal_id": string_array(text_values(column(points, "deal_id"))),
         "as_of": from_ns(t),
     }
-    for column in FEATURE_COLUMNS:
-        if column == "pipeline_cat":
-            columns[column] = _categorical(context["pipeline"][back], pipeline_levels)
-        elif column == "stage_cat":
-            columns[column] = _categorical(context["stage"][back], stage_levels)
-        elif column in _COUNT_COLUMNS:
-            columns[column] = np.nan_to_num(values[column][back], nan=0.0).astype(np.int64)
+    for name in FEATURE_COLUMNS:
+        if name == "pipeline_cat":
+            columns[name] = _categorical(context["pipeline"][back], pipeline_levels)
+        elif name == "stage_cat":
+            columns[name] = _categorical(context["stage"][back], stage_levels)
+        elif name in _COUNT_COLUMNS:
+            columns[name] = np.nan_to_num(values[name][back], nan=0.0).astype(np.int64)
         else:
-            columns[column] = np.asarray(values[column][back], dtype=np.float64)
-    for column in ("pipeline", "owner", "team", "stage"):
-        columns[column] = string_array(context[column][back])
+            columns[name] = np.asarray(values[name][back], dtype=np.float64)
+    for name in ("pipeline", "owner", "team", "stage"):
+        columns[name] = string_array(context[name][back])
     columns["amount"] = context["amount"][back].astype(np.float64)
     columns["expected_close_date"] = from_ns(context["expected_close_date"][back])
     columns["outcome"] = string_array(context["outcome"][back])
@@ -321,10 +322,10 @@ def _activity_features(
     history: DealHistory, deals: DealIndex, codes: np.ndarray, t: np.ndarray
 ) -> dict[str, np.ndarray]:
     acts = history.activities
-    act_codes = deals.codes(acts["deal_id"])
-    times = to_ns(acts["occurred_at"])
+    act_codes = deals.codes(column(acts, "deal_id"))
+    times = to_ns(column(acts, "occurred_at"))
     # Index lookup rather than a Categorical: same codes (-1 for anything else), a fraction of the cost.
-    type_code = _ACTIVITY_TYPE_CODES.codes(text_values(acts["type"]))
+    type_code = _ACTIVITY_TYPE_CODES.codes(text_values(column(acts, "type")))
     type_code = np.where(type_code < 0, ACTIVITY_TYPES.index("other"), type_code).astype(np.int64)
     k = len(ACTIVITY_TYPES)
     every = EventStream(act_codes, times, deals.n)
@@ -333,7 +334,7 @@ def _activity_features(
     if "direction" in acts.columns and len(acts) <= SMALL_ROWS:
         # one comparison of plain values (a missing direction is not inbound) instead of pandas' three
         # calls on a string column, whose fixed cost is that of the rest of one deal's activity features
-        direction = text_values(acts["direction"]).tolist()
+        direction = text_values(column(acts, "direction")).tolist()
         inbound_mask = np.array([isinstance(v, str) and v == "inbound" for v in direction], dtype=bool)
     elif "direction" in acts.columns:
         inbound_mask = (acts["direction"].astype("string") == "inbound").fillna(False).to_numpy(dtype=bool)
@@ -391,10 +392,10 @@ def _field_rows_by_field(history: DealHistory, deals: DealIndex) -> dict[str, Fi
         or not pd.api.types.is_datetime64_any_dtype(frame["changed_at"].dtype)
     ):
         return {field: field_rows(history, deals, field) for field in CHANGEABLE_FIELDS}
-    field_code = _FIELD_CODES.codes(text_values(frame["field"]))
-    codes = deals.codes(frame["deal_id"])
-    times = to_ns(frame["changed_at"])
-    values = text_values(frame["value"])
+    field_code = _FIELD_CODES.codes(text_values(column(frame, "field")))
+    codes = deals.codes(column(frame, "deal_id"))
+    times = to_ns(column(frame, "changed_at"))
+    values = text_values(column(frame, "value"))
     out: dict[str, FieldRows] = {}
     for i, field in enumerate(CHANGEABLE_FIELDS):
         mask = field_code == i

@@ -34,6 +34,7 @@ from features.timeindex import (
     SMALL_QUERY,
     DealIndex,
     EventStream,
+    column,
     cumsum_by,
     fresh_index,
     is_missing,
@@ -114,8 +115,8 @@ def order_stage_changes(
         return stage_changes.reset_index(drop=True)
     # Integer sort keys and one np.lexsort: this runs on every validated history, the service's
     # one-deal requests included, where pandas' multi-column sort_values costs milliseconds.
-    deal_rank = _text_rank(stage_changes["deal_id"])
-    times = to_ns(stage_changes["changed_at"])
+    deal_rank = _text_rank(column(stage_changes, "deal_id"))
+    times = to_ns(column(stage_changes, "changed_at"))
     order = np.lexsort((times, deal_rank))
     tied = (deal_rank[order][1:] == deal_rank[order][:-1]) & (times[order][1:] == times[order][:-1])
     if tied.any():
@@ -137,7 +138,7 @@ def order_stage_changes(
     return stage_changes.take(order).reset_index(drop=True)
 
 
-def _text_rank(values: pd.Series) -> np.ndarray:
+def _text_rank(values: Any) -> np.ndarray:
     """Rank of each value in sorted text order (missing values after every other value)."""
     codes, _ = pd.factorize(text_values(values), sort=True, use_na_sentinel=True)
     codes = codes.astype(np.int64)
@@ -219,9 +220,9 @@ class StageRows:
 def stage_rows(history: DealHistory, deals: DealIndex) -> StageRows:
     """Derive change flags, stage-entry times and cumulative move counts for every stage row."""
     frame = history.stage_changes
-    stream = EventStream(deals.codes(frame["deal_id"]), to_ns(frame["changed_at"]), deals.n)
+    stream = EventStream(deals.codes(column(frame, "deal_id")), to_ns(column(frame, "changed_at")), deals.n)
     codes = stream.codes
-    stage = text_values(frame["stage"])[stream.order]
+    stage = text_values(column(frame, "stage"))[stream.order]
     pipeline = deals.pipeline[codes] if len(codes) else np.array([], dtype=object)
     first = stream.first_in_code()
     created = deals.created[codes] if len(codes) else np.array([], dtype=np.int64)

@@ -23,16 +23,18 @@ DAY_NS = 86_400 * 10**9
 NAT_NS = np.iinfo(np.int64).min
 
 
-def to_ns(values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
-    """Times as int64 nanoseconds since the epoch (UTC); missing times are NAT_NS.
+def to_ns(values: Any) -> np.ndarray:
+    """Times (a Series, Index or array) as int64 nanoseconds since the epoch (UTC); missing times are
+    NAT_NS.
 
     pandas 3 infers second/micro resolutions, so the unit is normalised here once.
     """
     dtype = values.dtype
     if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and not isinstance(values, np.ndarray):
         # tz-aware nanosecond times (every DealHistory time) hold UTC epoch integers: read them as they are
-        return np.array(pd.DatetimeIndex(values).asi8 if isinstance(values, pd.Index) else values.array.asi8,
-                        dtype=np.int64)
+        if isinstance(values, pd.Index):
+            return np.array(pd.DatetimeIndex(values).asi8, dtype=np.int64)
+        return np.array(values.array.asi8 if isinstance(values, pd.Series) else values.asi8, dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         # Already times: read the UTC epoch integers directly (NaT is int64 min, i.e. NAT_NS), which
         # skips building Series and parsing for every call on the scoring hot path.
@@ -161,13 +163,27 @@ def fresh_index(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def text_values(values: pd.Series) -> np.ndarray:
-    """`values.astype("string").to_numpy(dtype=object)`: text, missing values as <NA>; without the
-    conversion when the values already have that dtype (as a `DealHistory`'s text columns do)."""
+def text_values(values: Any) -> np.ndarray:
+    """`values.astype("string").to_numpy(dtype=object)` of a Series or pandas array: text, missing values
+    as <NA>; without the conversion when the values already have that dtype (as a `DealHistory`'s text
+    columns do)."""
     dtype = values.dtype
     if isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA:
         return object_values(values)
+    if isinstance(values, np.ndarray):
+        values = pd.Series(values, dtype=object)
     return object_values(values.astype("string"))
+
+
+def column(frame: pd.DataFrame, name: str) -> Any:
+    """`frame[name].array`: a column's values (a pandas or numpy array, not to be written to), without
+    building the Series, which costs more than reading a one-deal column (`frame[name]` is read dozens
+    of times per one-deal score)."""
+    get = getattr(frame, "_get_column_array", None)  # pandas' internal accessor (2.x and 3.x)
+    loc = frame.columns.get_loc(name)
+    if get is None or not isinstance(loc, int):
+        return frame[name].array
+    return get(loc)
 
 
 def text_or_blank(values: Any) -> np.ndarray:
@@ -187,16 +203,22 @@ class KeyCodes:
     """
 
     def __init__(self, keys: Any) -> None:
-        if not isinstance(keys, pd.Index):
-            keys = pd.Index(np.asarray(keys, dtype=object), dtype=object)
-        self.index = keys
-        self._code: dict[Any, int] | None = None  # built on the first small query
+        self._keys = keys if isinstance(keys, pd.Index) else np.asarray(keys, dtype=object)
+        # the index is built on the first large query, the dict on the first small one
+        self._index: pd.Index | None = keys if isinstance(keys, pd.Index) else None
+        self._code: dict[Any, int] | None = None
         self._missing_code = -1
+
+    @property
+    def index(self) -> pd.Index:
+        if self._index is None:
+            self._index = pd.Index(self._keys, dtype=object)
+        return self._index
 
     def _small_lookup(self) -> dict[Any, int]:
         if self._code is None:
             code: dict[Any, int] = {}
-            for i, key in enumerate(self.index.tolist()):
+            for i, key in enumerate(self._keys.tolist()):
                 if is_missing(key):
                     if self._missing_code < 0:
                         self._missing_code = i
@@ -206,7 +228,7 @@ class KeyCodes:
         return self._code
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._keys)
 
     def codes(self, keys: Any) -> np.ndarray:
         """int64 code of each key."""
@@ -228,26 +250,30 @@ class DealIndex:
     """
 
     def __init__(self, deals: pd.DataFrame) -> None:
-        ids = deals["deal_id"].astype("string")
-        order = np.argsort(object_values(ids), kind="stable")
+        ids = text_values(column(deals, "deal_id"))
+        order = np.argsort(ids, kind="stable")
         # a validated history's deals are already in deal_id order: no reordered copy
-        frame = deals if (order == np.arange(len(order))).all() else deals.iloc[order].reset_index(drop=True)
-        self.ids = pd.Index(text_values(frame["deal_id"]))
-        self._codes = KeyCodes(self.ids)
+        in_order = bool((order == np.arange(len(order))).all())
+        frame = deals if in_order else deals.iloc[order].reset_index(drop=True)
+        self._codes = KeyCodes(ids if in_order else ids[order])
         self.n = len(frame)
-        self.pipeline = text_values(frame["pipeline"])
-        self.owner = text_values(frame["owner"])
-        team = frame["team"] if "team" in frame.columns else pd.Series(pd.NA, index=frame.index)
+        self.pipeline = text_values(column(frame, "pipeline"))
+        self.owner = text_values(column(frame, "owner"))
+        team = column(frame, "team") if "team" in frame.columns else pd.array([pd.NA] * len(frame), "string")
         self.team = text_values(team)
-        self.amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=np.float64)
-        self.created = to_ns(frame["created_at"])
+        amount = column(frame, "amount")
+        if isinstance(amount, np.ndarray) and amount.dtype == np.float64:
+            self.amount = amount.copy()
+        else:
+            self.amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=np.float64)
+        self.created = to_ns(column(frame, "created_at"))
         if "expected_close_date" in frame.columns:
-            self.close_date = to_ns(frame["expected_close_date"])
+            self.close_date = to_ns(column(frame, "expected_close_date"))
         else:
             self.close_date = np.full(self.n, NAT_NS, dtype=np.int64)
 
-    def codes(self, deal_ids: pd.Series) -> np.ndarray:
-        """Code of each id, -1 for ids not among the deals."""
+    def codes(self, deal_ids: Any) -> np.ndarray:
+        """Code of each id (a Series or pandas array), -1 for ids not among the deals."""
         return self._codes.codes(text_values(deal_ids))
 
 
@@ -256,7 +282,7 @@ def point_codes(deals: DealIndex, points: pd.DataFrame) -> tuple[np.ndarray, np.
 
     Raises ValueError for deal ids not among `deals` or a missing as_of.
     """
-    codes = deals.codes(points["deal_id"])
+    codes = deals.codes(column(points, "deal_id"))
     if (codes < 0).any():
         unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
         raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
