@@ -34,7 +34,8 @@ def to_ns(values: Any) -> np.ndarray:
         # tz-aware nanosecond times (every DealHistory time) hold UTC epoch integers: read them as they are
         if isinstance(values, pd.Index):
             return np.array(pd.DatetimeIndex(values).asi8, dtype=np.int64)
-        return np.array(values.array.asi8 if isinstance(values, pd.Series) else values.asi8, dtype=np.int64)
+        times: Any = values.array if isinstance(values, pd.Series) else values  # a DatetimeArray
+        return np.array(times.asi8, dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         # Already times: read the UTC epoch integers directly (NaT is int64 min, i.e. NAT_NS), which
         # skips building Series and parsing for every call on the scoring hot path.
