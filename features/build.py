@@ -166,15 +166,14 @@ def _categorical(values: np.ndarray, levels: list[str]) -> pd.Categorical:
 
     The constructor infers and factorizes the values, a fixed cost that dominated a handful of points.
     """
-    dtype, index = _category_lookup(tuple(levels))
-    codes = index.get_indexer(pd.Index(values, dtype=object))
-    return pd.Categorical.from_codes(codes, dtype=dtype)
+    dtype, lookup = _category_lookup(tuple(levels))
+    return pd.Categorical.from_codes(lookup.codes(values), dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)
-def _category_lookup(levels: tuple[str, ...]) -> tuple[pd.CategoricalDtype, pd.Index]:
+def _category_lookup(levels: tuple[str, ...]) -> tuple[pd.CategoricalDtype, KeyCodes]:
     # The service scores against the same pipelines on every request: build the dtype and lookup once.
-    return pd.CategoricalDtype(list(levels)), pd.Index(list(levels), dtype=object)
+    return pd.CategoricalDtype(list(levels)), KeyCodes(pd.Index(list(levels), dtype=object))
 
 
 def _days(delta_ns: np.ndarray, valid: np.ndarray) -> np.ndarray:
