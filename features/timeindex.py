@@ -8,7 +8,7 @@ answers "the last row with this key and `at <= t`" against a presorted time-inde
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -92,16 +92,21 @@ def is_missing(value: Any) -> bool:
     return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
-def frame_of(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
+def frame_of(columns: Mapping[str, Any], index: pd.Index, objects: Collection[str] = ()) -> pd.DataFrame:
     """`pd.DataFrame(columns, index=index)` for columns that are already typed arrays of the index's
     length (numpy arrays of a non-object dtype, or pandas extension arrays), built without the
-    constructor's per-column inference and checks, which cost more than the features of one deal."""
+    constructor's per-column inference and checks, which cost more than the features of one deal.
+    The columns named in `objects` may be object arrays of values that are not text (lists, dicts),
+    which the constructor would keep as objects too."""
     build = getattr(pd.DataFrame, "_from_arrays", None)  # pandas' internal constructor (2.x and 3.x)
-    typed = all(
-        len(v) == len(index) and (isinstance(v, pd.api.extensions.ExtensionArray)
-                                  or (isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype != object))
-        for v in columns.values()
-    )
+    def as_is(name: str, v: Any) -> bool:
+        if isinstance(v, pd.api.extensions.ExtensionArray):
+            return True
+        # numpy text (kind S, U) and object arrays are inferred by the constructor
+        return (isinstance(v, np.ndarray) and v.ndim == 1
+                and (v.dtype.kind not in "OSU" or (v.dtype == object and name in objects)))
+
+    typed = all(len(v) == len(index) and as_is(name, v) for name, v in columns.items())
     if build is None or not typed:
         return pd.DataFrame(columns, index=index)
     frame: pd.DataFrame = build(list(columns.values()), columns=list(columns), index=index,
