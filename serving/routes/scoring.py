@@ -18,7 +18,7 @@ from features.build import FeatureBuilder
 from features.history import PipelineSpec
 from features.jsonable import jsonable
 from models.bundle import ScoringBundle
-from models.scoring import score_points
+from models.scoring import points_at, score_points
 from serving.deps import (
     AnyKey,
     DealIdPath,
@@ -128,8 +128,7 @@ def score_inline_deals(
     """`score_points` of deals sent with their histories, as of `as_of` (`indexes[i]`: deal i's index in
     the request, which a 422 names); the same numbers as scoring them within the whole store."""
     history = validated_history(inline_frames(deals, indexes), specs)
-    points = pd.DataFrame({"deal_id": pd.Series([d.deal_id for d in deals], dtype="string"),
-                           "as_of": pd.Series([as_of] * len(deals), dtype="datetime64[ns, UTC]")})
+    points = points_at([d.deal_id for d in deals], as_of)
     return score_points(bundle, history, points, builder_for(builder, history))
 
 
@@ -144,17 +143,15 @@ def score_stored(
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
 ) -> DealScores:
     """Score a stored deal from its stored history as of `as_of` (default: now)."""
-    pipeline = store.deal_pipelines([deal_id]).get(deal_id)
-    if pipeline is None or not key.can_see(pipeline):
+    # one read: the deal's history names its pipeline, which decides whether the key may see the deal
+    history = store.load_history(deal_ids=[deal_id], trusted=True)
+    if len(history.deals) == 0 or not key.can_see(str(history.deals["pipeline"].iloc[0])):
         raise NotFoundError("deal not found")
     t = time_or(as_of)
-    history = store.load_history(deal_ids=[deal_id], trusted=True)
     created = history.deals["created_at"].iloc[0]
     if t < created:
         raise InvalidInputError(
             f"as_of {t.isoformat()} is before the deal was created ({created.isoformat()})", loc="as_of"
         )
-    points = pd.DataFrame({"deal_id": pd.Series([deal_id], dtype="string"),
-                           "as_of": pd.Series([t], dtype="datetime64[ns, UTC]")})
-    scored = score_points(model.bundle, history, points, builder_for(builder, history))
+    scored = score_points(model.bundle, history, points_at([deal_id], t), builder_for(builder, history))
     return scores_response(scored, model, t, [], request)
