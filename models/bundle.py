@@ -207,7 +207,8 @@ class ScoringBundle:
     def encode(self, features: pd.DataFrame) -> NDArray[np.float64]:
         """The float matrix LightGBM was trained on: numerics as floats, categoricals as training codes
         (levels unseen at training become missing)."""
-        missing = [c for c in self.feature_columns if c not in features.columns]
+        present = set(features.columns.tolist())
+        missing = [c for c in self.feature_columns if c not in present]
         if missing:
             raise KeyError(f"feature frame lacks columns the model needs: {missing}")
         x = np.empty((len(features), len(self.feature_columns)), dtype=np.float64)
@@ -216,14 +217,14 @@ class ScoringBundle:
         for i, c in zip(self._num_idx, self._num_cols, strict=True):
             x[:, i] = _float_column(features, c)
         for i, c in zip(self._cat_idx, self._cat_cols, strict=True):
-            values = features[c]
+            values = column(features, c)
             if isinstance(values.dtype, pd.CategoricalDtype):
                 # translate the frame's categories to training codes once, then index by the row codes
                 # (the appended -1 is what a missing value's code -1 picks, even with no categories at all)
-                to_train = self._cat_index[c].codes(values.cat.categories.astype(object))
+                to_train = self._cat_index[c].codes(object_values(values.categories))
                 # a missing value's code is -1, which picks the appended -1; this holds when the frame
                 # has no categories at all (one deal with no stage yet), where to_train is empty
-                codes = np.append(to_train, -1)[values.cat.codes.to_numpy()].astype(np.float64)
+                codes = np.append(to_train, -1)[np.asarray(values.codes)].astype(np.float64)
             else:
                 raw = object_values(values)  # missing values match no level: -1
                 codes = self._cat_index[c].codes(raw).astype(np.float64)
@@ -459,21 +460,8 @@ class ScoringBundle:
         }
 
 
-def _column_array(frame: pd.DataFrame, name: str) -> Any:
-    """A column's values without building a Series.
-
-    Building a Series per column costs tens of microseconds, which over ~50 features dominates a
-    one-deal request; pandas' column-array accessor is private, so fall back to the public path.
-    """
-    getter = getattr(frame, "_get_column_array", None)
-    loc = frame.columns.get_loc(name)
-    if getter is not None and isinstance(loc, int):
-        return getter(loc)
-    return frame[name].array
-
-
 def _float_column(frame: pd.DataFrame, name: str) -> NDArray[np.float64]:
-    values = _column_array(frame, name)
+    values = column(frame, name)
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         return values.astype(np.float64, copy=False)
     return np.asarray(pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)

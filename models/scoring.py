@@ -15,7 +15,7 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.history import DealHistory, to_utc_timestamp
 from features.stages import deal_states_at
-from features.timeindex import column, frame_of, from_ns, string_array
+from features.timeindex import column, frame_of, from_ns, string_array, text_values
 
 if TYPE_CHECKING:
     from models.bundle import ScoringBundle
@@ -46,7 +46,7 @@ def points_at(deal_ids: Sequence[str], as_of: pd.Timestamp) -> pd.DataFrame:
 def point_features(history: DealHistory, points: pd.DataFrame, builder: FeatureBuilder) -> pd.DataFrame:
     """The feature frame of `points` (deal_id, as_of) from a fitted `builder`, reading only the points'
     own deals' events."""
-    ids = pd.unique(points["deal_id"].astype("string"))
+    ids = pd.unique(text_values(column(points, "deal_id")))
     if len(ids) < len(history.deals) // 2:
         # Feature building indexes every event of the history it is given; scoring the open deals of a
         # large history otherwise spends most of its time on closed deals' events (0.73 s -> 0.12 s for
