@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from features.build import FeatureBuilder
 from features.history import PipelineSpec
 from features.jsonable import jsonable
+from features.timeindex import column, object_values
 from models.bundle import ScoringBundle
 from models.scoring import points_at, score_points
 from serving.deps import (
@@ -42,9 +43,10 @@ def scores_response(
     scored: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, errors: list[ItemError], request: Request
 ) -> DealScores:
     """Turn `score_points` output into the response (and count bands for /metrics)."""
-    # column by column (DataFrame.to_dict costs more than the rest of a one-deal answer); jsonable makes
-    # each value plain whichever way it was read
-    columns = {k: scored[k].tolist() for k in DealScore.model_fields if k in scored.columns}
+    # column by column, as arrays (DataFrame.to_dict, or a Series' tolist of text, costs more than the rest
+    # of a one-deal answer); jsonable makes each value plain whichever way it was read
+    present = set(scored.columns.tolist())
+    columns = {k: object_values(column(scored, k)).tolist() for k in DealScore.model_fields if k in present}
     scores = [DealScore.model_validate({k: jsonable(values[i]) for k, values in columns.items()})
               for i in range(len(scored))]
     request.app.state.metrics.observe_bands(s.risk_band for s in scores)
