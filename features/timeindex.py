@@ -8,6 +8,7 @@ answers "the last row with this key and `at <= t`" against a presorted time-inde
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -109,9 +110,17 @@ def frame_of(columns: Mapping[str, Any], index: pd.Index, objects: Collection[st
     typed = all(len(v) == len(index) and as_is(name, v) for name, v in columns.items())
     if build is None or not typed:
         return pd.DataFrame(columns, index=index)
-    frame: pd.DataFrame = build(list(columns.values()), columns=list(columns), index=index,
+    frame: pd.DataFrame = build(list(columns.values()), columns=_column_index(tuple(columns)), index=index,
                                 verify_integrity=False)
     return frame
+
+
+@functools.lru_cache(maxsize=256)
+def _column_index(names: tuple[Any, ...]) -> pd.Index:
+    """The columns index of `frame_of`'s frames with these names, built once: the same few column sets
+    come back on every request, and an index (immutable) keeps the lookup table its first column read
+    builds."""
+    return pd.Index(list(names))
 
 
 _NOT_GIVEN: Any = object()
