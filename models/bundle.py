@@ -491,7 +491,7 @@ def _keys_or_blank(features: pd.DataFrame) -> tuple[NDArray[np.object_], NDArray
         if col is None:
             out.append(np.full(len(features), "", dtype=object))
             continue
-        values = object_values(features[col], na_value="")
+        values = object_values(column(features, col), na_value="")
         out.append(
             values.astype(str).astype(object) if len(values) and not isinstance(values[0], str) else values
         )

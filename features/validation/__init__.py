@@ -200,7 +200,7 @@ def _check_stages(
         return
     position = deal_positions(deals, column(stage_changes, "deal_id"))
     pipelines = object_values(column(deals, "pipeline"))
-    row_pipeline = pd.Series(np.where(position >= 0, pipelines[position], None), index=stage_changes.index)
+    row_pipeline = np.where(position >= 0, pipelines[position], None)
     check_stages_against_specs(stage_changes, row_pipeline, specs, problems)
 
 
