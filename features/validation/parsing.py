@@ -114,6 +114,15 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.is_datetime64_dtype(series.dtype):
         return series.dt.tz_localize("UTC").astype(UTC_NS), pd.Series(False, index=series.index)
     text = to_string(series)
+    if len(text) <= _SMALL_COLUMN:
+        # the same parse of the values as an array, and the masks in numpy: a few values' Series
+        # operations cost more than parsing them
+        values = object_values(text)
+        present = ~pd.isna(values)
+        times = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+        times = times.where(times.isna() | ((times >= EARLIEST_TIME) & (times <= LATEST_TIME)))
+        bad = present & np.asarray(times.isna(), dtype=bool)
+        return pd.Series(times.as_unit("ns").array, index=text.index), pd.Series(bad, index=text.index)
     # utc=True turns naive values into UTC and converts mixed offsets; format="ISO8601" accepts each
     # value's own ISO variant (date only, with or without seconds, "Z", offsets).
     parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
@@ -128,6 +137,13 @@ def parse_numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         values = series.astype("float64")
         present = series.notna()
+    elif len(series) <= _SMALL_COLUMN:
+        # the same parse of the values as an array, and the masks in numpy (see parse_times)
+        texts = object_values(to_string(series))
+        numbers = np.asarray(pd.to_numeric(texts, errors="coerce"), dtype=np.float64)
+        flagged = ~pd.isna(texts) & ~np.isfinite(numbers)
+        return (pd.Series(np.where(flagged, np.nan, numbers), index=series.index),
+                pd.Series(flagged, index=series.index))
     else:
         text = to_string(series)
         present = text.notna()
@@ -348,24 +364,25 @@ def field_change_values(
     kinds = _field_kinds(field)
     n = len(value)
 
-    def flagged(rows: np.ndarray, bad: pd.Series) -> np.ndarray:
+    def flagged(rows: np.ndarray, bad: np.ndarray) -> np.ndarray:
         mask = np.zeros(n, dtype=bool)
-        mask[rows] = bad.fillna(False).to_numpy(dtype=bool)
+        mask[rows] = bad
         return mask
 
     amount_rows = np.flatnonzero(kinds == "amount")
     if amount_rows.size:
         amounts, bad_amount = parse_numbers(value.iloc[amount_rows])
+        number = amounts.to_numpy(dtype=np.float64)
         problems.add_rows(
             table,
-            flagged(amount_rows, bad_amount | amounts.isna() | (amounts < 0)),
+            flagged(amount_rows, bad_amount.to_numpy(dtype=bool) | np.isnan(number) | (number < 0)),
             "value",
             "amount value {value} is not a number ≥ 0",
             "amount changes carry the new amount, e.g. 12500",
             values=shown,
         )
         problems.add_rows(
-            table, flagged(amount_rows, amounts > MAX_AMOUNT), "value",
+            table, flagged(amount_rows, number > MAX_AMOUNT), "value",
             "amount value {value} is too large", f"amounts must be at most {MAX_AMOUNT:.0e}", values=shown,
         )
     close_rows = np.flatnonzero(kinds == "expected_close_date")
@@ -373,7 +390,7 @@ def field_change_values(
         dates, bad_date = parse_times(value.iloc[close_rows])
         problems.add_rows(
             table,
-            flagged(close_rows, bad_date),
+            flagged(close_rows, bad_date.to_numpy(dtype=bool)),
             "value",
             "expected_close_date value {value} is not a time",
             "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
@@ -392,7 +409,7 @@ def _field_kinds(field: pd.Series) -> np.ndarray:
     """Each row's field name as an object array ('' when missing)."""
     if len(field) > _SMALL_COLUMN:
         return field.astype(STRING).fillna("").to_numpy(dtype=object)
-    names = ["" if v is None or v is pd.NA or v != v else str(v) for v in field.tolist()]
+    names = ["" if v is None or v is pd.NA or v != v else str(v) for v in object_values(field).tolist()]
     return np.array(names, dtype=object)
 
 
@@ -403,10 +420,13 @@ def _with_canonical_times(value: pd.Series, rows: np.ndarray, dates: pd.Series) 
     UTC); values that did not parse are left as they are.
     """
     parsed = dates.notna().to_numpy(dtype=bool)
-    if not parsed.any():
-        return value
     text = object_values(value)  # a copy: `value` is left as it was
-    text[rows[parsed]] = object_values(format_utc_iso(dates[parsed]))
+    # a value already written so is its own canonical form (see _CANONICAL_UTC)
+    written = [bool(_CANONICAL_UTC.fullmatch(str(v))) for v in text[rows].tolist()]
+    rewrite = parsed & ~np.array(written, dtype=bool)
+    if not rewrite.any():
+        return value
+    text[rows[rewrite]] = object_values(format_utc_iso(dates[rewrite]))
     return pd.Series(string_array(text), index=value.index, name=value.name)
 
 
