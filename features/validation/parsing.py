@@ -119,8 +119,10 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         # operations cost more than parsing them
         values = object_values(text)
         present = ~pd.isna(values)
-        times = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
-        times = times.where(times.isna() | ((times >= EARLIEST_TIME) & (times <= LATEST_TIME)))
+        parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+        times = pd.DatetimeIndex(
+            parsed.where(parsed.isna() | ((parsed >= EARLIEST_TIME) & (parsed <= LATEST_TIME)))
+        )
         bad = present & np.asarray(times.isna(), dtype=bool)
         return pd.Series(times.as_unit("ns").array, index=text.index), pd.Series(bad, index=text.index)
     # utc=True turns naive values into UTC and converts mixed offsets; format="ISO8601" accepts each
