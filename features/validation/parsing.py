@@ -119,10 +119,9 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         # operations cost more than parsing them
         values = object_values(text)
         present = ~pd.isna(values)
-        parsed = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
-        times = pd.DatetimeIndex(
-            parsed.where(parsed.isna() | ((parsed >= EARLIEST_TIME) & (parsed <= LATEST_TIME)))
-        )
+        found = pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce"))
+        in_range = found.isna() | ((found >= EARLIEST_TIME) & (found <= LATEST_TIME))
+        times = pd.DatetimeIndex(found.where(in_range))
         bad = present & np.asarray(times.isna(), dtype=bool)
         return pd.Series(times.as_unit("ns").array, index=text.index), pd.Series(bad, index=text.index)
     # utc=True turns naive values into UTC and converts mixed offsets; format="ISO8601" accepts each
