@@ -115,15 +115,7 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         return series.dt.tz_localize("UTC").astype(UTC_NS), pd.Series(False, index=series.index)
     text = to_string(series)
     if len(text) <= _SMALL_COLUMN:
-        # the same parse of the values as an array, and the masks in numpy: a few values' Series
-        # operations cost more than parsing them
-        values = object_values(text)
-        present = ~pd.isna(values)
-        found = pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce"))
-        in_range = found.isna() | ((found >= EARLIEST_TIME) & (found <= LATEST_TIME))
-        times = pd.DatetimeIndex(found.where(in_range))
-        bad = present & np.asarray(times.isna(), dtype=bool)
-        return pd.Series(times.as_unit("ns").array, index=text.index), pd.Series(bad, index=text.index)
+        return _small_times(text)
     # utc=True turns naive values into UTC and converts mixed offsets; format="ISO8601" accepts each
     # value's own ISO variant (date only, with or without seconds, "Z", offsets).
     parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
@@ -131,6 +123,17 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     parsed = parsed.where(in_range)
     bad = text.notna() & parsed.isna()
     return parsed.astype(UTC_NS), bad.fillna(False).astype(bool)
+
+
+def _small_times(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """`parse_times` of a few text values: the same parse of the values as an array, and the masks in
+    numpy (a few values' Series operations cost more than parsing them)."""
+    values = object_values(text)
+    found = pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce"))
+    in_range = found.isna() | ((found >= EARLIEST_TIME) & (found <= LATEST_TIME))
+    times = pd.DatetimeIndex(found.where(in_range))
+    bad = ~pd.isna(values) & np.asarray(times.isna(), dtype=bool)
+    return pd.Series(times.as_unit("ns").array, index=text.index), pd.Series(bad, index=text.index)
 
 
 def parse_numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
