@@ -100,6 +100,7 @@ def frame_of(columns: Mapping[str, Any], index: pd.Index, objects: Collection[st
     The columns named in `objects` may be object arrays of values that are not text (lists, dicts),
     which the constructor would keep as objects too."""
     build = getattr(pd.DataFrame, "_from_arrays", None)  # pandas' internal constructor (2.x and 3.x)
+
     def as_is(name: str, v: Any) -> bool:
         if isinstance(v, pd.api.extensions.ExtensionArray):
             return True
