@@ -42,6 +42,7 @@ from features.timeindex import (
     text_values,
     to_ns,
 )
+from features.validation.checks import SMALL_ROWS
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +158,6 @@ def _parse_times(values: np.ndarray) -> np.ndarray:
 
 _ACTIVITY_TYPE_CODES = KeyCodes(list(ACTIVITY_TYPES))
 _FIELD_CODES = KeyCodes(list(CHANGEABLE_FIELDS))
-# Up to this many event rows, per-row text comparisons run on plain values (as `features.validation`'s
-# checks do below their SMALL_ROWS); above it, pandas' vectorised string operations.
-SMALL_ROWS = 2_000
 
 
 def _categorical(values: np.ndarray, levels: list[str]) -> pd.Categorical:
@@ -331,6 +329,7 @@ def _activity_features(
     every = EventStream(act_codes, times, deals.n)
     # One stream keyed by (deal, type) answers all per-type window counts.
     typed = EventStream(np.where(act_codes >= 0, act_codes * k + type_code, -1), times, deals.n * k)
+    # up to SMALL_ROWS rows (as the validation's checks), per-row comparisons on plain values
     if "direction" in acts.columns and len(acts) <= SMALL_ROWS:
         # one comparison of plain values (a missing direction is not inbound) instead of pandas' three
         # calls on a string column, whose fixed cost is that of the rest of one deal's activity features
