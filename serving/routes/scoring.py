@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from features.build import FeatureBuilder
 from features.history import PipelineSpec
@@ -39,9 +39,15 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["scoring"])
 
 
+def answer(scores: DealScores) -> Response:
+    """The answer as its JSON body (the routes declare `DealScores` as their response model): FastAPI
+    would validate a returned model again, in a second threadpool hop, before encoding it."""
+    return Response(scores.model_dump_json(), media_type="application/json")
+
+
 def scores_response(
     scored: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, errors: list[ItemError], request: Request
-) -> DealScores:
+) -> Response:
     """Turn `score_points` output into the response (and count bands for /metrics)."""
     # column by column, as arrays (DataFrame.to_dict, or a Series' tolist of text, costs more than the rest
     # of a one-deal answer); jsonable makes each value plain whichever way it was read
@@ -50,8 +56,8 @@ def scores_response(
     scores = [DealScore.model_validate({k: jsonable(values[i]) for k, values in columns.items()})
               for i in range(len(scored))]
     request.app.state.metrics.observe_bands(s.risk_band for s in scores)
-    return DealScores(model_version=model.version, data_note=_data_note(model), as_of=as_of.to_pydatetime(),
-                      scores=scores, errors=errors)
+    return answer(DealScores(model_version=model.version, data_note=_data_note(model),
+                             as_of=as_of.to_pydatetime(), scores=scores, errors=errors))
 
 
 def _data_note(model: LoadedModel) -> str | None:
@@ -83,7 +89,7 @@ def score_inline(
     store: StoreDep,
     model: ModelDep,
     builder: FeatureBuilderDep,
-) -> DealScores:
+) -> Response:
     """Score deals sent inline with their whole history, as of `as_of` (default: now).
 
     Deals in pipelines the key may not see come back in `errors` with status 404 ("deal not found"),
@@ -110,8 +116,8 @@ def score_inline(
         else:
             kept.append(i)
     if not kept:
-        return DealScores(model_version=model.version, data_note=_data_note(model),
-                          as_of=as_of.to_pydatetime(), scores=[], errors=errors)
+        return answer(DealScores(model_version=model.version, data_note=_data_note(model),
+                                 as_of=as_of.to_pydatetime(), scores=[], errors=errors))
     deals = [body.deals[i] for i in kept]
     wanted = {d.pipeline for d in deals}
     specs = {name: spec for name, spec in _pipeline_specs(store, request).items() if name in wanted}
@@ -143,7 +149,7 @@ def score_stored(
     model: ModelDep,
     builder: FeatureBuilderDep,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
-) -> DealScores:
+) -> Response:
     """Score a stored deal from its stored history as of `as_of` (default: now)."""
     # one read: the deal's history names its pipeline, which decides whether the key may see the deal
     history = store.load_history(deal_ids=[deal_id], trusted=True)
