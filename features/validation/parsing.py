@@ -130,9 +130,10 @@ def _small_times(text: pd.Series) -> tuple[pd.Series, pd.Series]:
     numpy (a few values' Series operations cost more than parsing them)."""
     values = object_values(text)
     found = pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce"))
-    in_range = found.isna() | ((found >= EARLIEST_TIME) & (found <= LATEST_TIME))
-    times = pd.DatetimeIndex(found.where(in_range))
-    bad = ~pd.isna(values) & np.asarray(times.isna(), dtype=bool)
+    missing = np.asarray(found.isna(), dtype=bool)
+    in_range = missing | np.asarray((found >= EARLIEST_TIME) & (found <= LATEST_TIME), dtype=bool)
+    times = found if in_range.all() else pd.DatetimeIndex(found.where(in_range))
+    bad = ~pd.isna(values) & (missing | ~in_range)
     return pd.Series(times.as_unit("ns").array, index=text.index), pd.Series(bad, index=text.index)
 
 
