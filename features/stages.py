@@ -140,9 +140,16 @@ def order_stage_changes(
 
 def _text_rank(values: Any) -> np.ndarray:
     """Rank of each value in sorted text order (missing values after every other value)."""
-    codes, _ = pd.factorize(text_values(values), sort=True, use_na_sentinel=True)
+    text = text_values(values)
+    last = np.iinfo(np.int64).max
+    if len(text) <= SMALL_QUERY:
+        # the same ranks from one sort of the distinct values (pandas' sorted factorize has a fixed cost)
+        listed = text.tolist()
+        rank = {v: i for i, v in enumerate(sorted({v for v in listed if not is_missing(v)}))}
+        return np.array([last if is_missing(v) else rank[v] for v in listed], dtype=np.int64)
+    codes, _ = pd.factorize(text, sort=True, use_na_sentinel=True)
     codes = codes.astype(np.int64)
-    return np.where(codes < 0, np.iinfo(np.int64).max, codes)
+    return np.where(codes < 0, last, codes)
 
 
 def deal_states_at(history: DealHistory, points: pd.DataFrame) -> np.ndarray:
