@@ -27,6 +27,8 @@ from features.timeindex import (
     DealIndex,
     EventStream,
     FieldRows,
+    KeyCodes,
+    column,
     cumsum_by,
     field_rows,
     frame_of,
@@ -35,10 +37,12 @@ from features.timeindex import (
     pair_keys,
     point_codes,
     running_max_by,
+    string_array,
     take,
     text_values,
     to_ns,
 )
+from features.validation.checks import SMALL_ROWS
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +151,13 @@ def _parse_times(values: np.ndarray) -> np.ndarray:
     """Field-change values holding times (ISO strings) as int64 ns; unparsable values are NAT_NS."""
     if len(values) == 0:
         return np.zeros(0, dtype=np.int64)
-    parsed = pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce", format="ISO8601")
+    # the values as an array (not a Series): the same parse, without a Series' fixed costs
+    parsed = pd.to_datetime(np.asarray(values, dtype=object), utc=True, errors="coerce", format="ISO8601")
     return to_ns(parsed)
 
 
-_ACTIVITY_TYPE_INDEX = pd.Index(list(ACTIVITY_TYPES), dtype=object)
-_FIELD_INDEX = pd.Index(list(CHANGEABLE_FIELDS), dtype=object)
+_ACTIVITY_TYPE_CODES = KeyCodes(list(ACTIVITY_TYPES))
+_FIELD_CODES = KeyCodes(list(CHANGEABLE_FIELDS))
 
 
 def _categorical(values: np.ndarray, levels: list[str]) -> pd.Categorical:
@@ -160,15 +165,14 @@ def _categorical(values: np.ndarray, levels: list[str]) -> pd.Categorical:
 
     The constructor infers and factorizes the values, a fixed cost that dominated a handful of points.
     """
-    dtype, index = _category_lookup(tuple(levels))
-    codes = index.get_indexer(pd.Index(values, dtype=object))
-    return pd.Categorical.from_codes(codes, dtype=dtype)
+    dtype, lookup = _category_lookup(tuple(levels))
+    return pd.Categorical.from_codes(lookup.codes(values), dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)
-def _category_lookup(levels: tuple[str, ...]) -> tuple[pd.CategoricalDtype, pd.Index]:
+def _category_lookup(levels: tuple[str, ...]) -> tuple[pd.CategoricalDtype, KeyCodes]:
     # The service scores against the same pipelines on every request: build the dtype and lookup once.
-    return pd.CategoricalDtype(list(levels)), pd.Index(list(levels), dtype=object)
+    return pd.CategoricalDtype(list(levels)), KeyCodes(pd.Index(list(levels), dtype=object))
 
 
 def _days(delta_ns: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -236,23 +240,23 @@ def build_features(
     # Columns are collected first and the frame is built once: inserting 50 columns one by one costs
     # more than the features themselves for a handful of points.
     columns: dict[str, Any] = {
-        "deal_id": pd.array(text_values(points["deal_id"]), dtype="string"),
-        "as_of": from_ns(t).array,
+        "deal_id": string_array(text_values(column(points, "deal_id"))),
+        "as_of": from_ns(t),
     }
-    for column in FEATURE_COLUMNS:
-        if column == "pipeline_cat":
-            columns[column] = _categorical(context["pipeline"][back], pipeline_levels)
-        elif column == "stage_cat":
-            columns[column] = _categorical(context["stage"][back], stage_levels)
-        elif column in _COUNT_COLUMNS:
-            columns[column] = np.nan_to_num(values[column][back], nan=0.0).astype(np.int64)
+    for name in FEATURE_COLUMNS:
+        if name == "pipeline_cat":
+            columns[name] = _categorical(context["pipeline"][back], pipeline_levels)
+        elif name == "stage_cat":
+            columns[name] = _categorical(context["stage"][back], stage_levels)
+        elif name in _COUNT_COLUMNS:
+            columns[name] = np.nan_to_num(values[name][back], nan=0.0).astype(np.int64)
         else:
-            columns[column] = np.asarray(values[column][back], dtype=np.float64)
-    for column in ("pipeline", "owner", "team", "stage"):
-        columns[column] = pd.array(context[column][back], dtype="string")
+            columns[name] = np.asarray(values[name][back], dtype=np.float64)
+    for name in ("pipeline", "owner", "team", "stage"):
+        columns[name] = string_array(context[name][back])
     columns["amount"] = context["amount"][back].astype(np.float64)
-    columns["expected_close_date"] = from_ns(context["expected_close_date"][back]).array
-    columns["outcome"] = pd.array(context["outcome"][back], dtype="string")
+    columns["expected_close_date"] = from_ns(context["expected_close_date"][back])
+    columns["outcome"] = string_array(context["outcome"][back])
     frame = frame_of(columns, points.index)
     logger.debug("built %d feature rows for %d deals", len(frame), deals.n)
     return frame
@@ -316,17 +320,22 @@ def _activity_features(
     history: DealHistory, deals: DealIndex, codes: np.ndarray, t: np.ndarray
 ) -> dict[str, np.ndarray]:
     acts = history.activities
-    act_codes = deals.codes(acts["deal_id"])
-    times = to_ns(acts["occurred_at"])
+    act_codes = deals.codes(column(acts, "deal_id"))
+    times = to_ns(column(acts, "occurred_at"))
     # Index lookup rather than a Categorical: same codes (-1 for anything else), a fraction of the cost.
-    type_text = pd.Index(text_values(acts["type"]))
-    type_code = _ACTIVITY_TYPE_INDEX.get_indexer(type_text)
+    type_code = _ACTIVITY_TYPE_CODES.codes(text_values(column(acts, "type")))
     type_code = np.where(type_code < 0, ACTIVITY_TYPES.index("other"), type_code).astype(np.int64)
     k = len(ACTIVITY_TYPES)
     every = EventStream(act_codes, times, deals.n)
     # One stream keyed by (deal, type) answers all per-type window counts.
     typed = EventStream(np.where(act_codes >= 0, act_codes * k + type_code, -1), times, deals.n * k)
-    if "direction" in acts.columns:
+    # up to SMALL_ROWS rows (as the validation's checks), per-row comparisons on plain values
+    if "direction" in acts.columns and len(acts) <= SMALL_ROWS:
+        # one comparison of plain values (a missing direction is not inbound) instead of pandas' three
+        # calls on a string column, whose fixed cost is that of the rest of one deal's activity features
+        direction = text_values(column(acts, "direction")).tolist()
+        inbound_mask = np.array([isinstance(v, str) and v == "inbound" for v in direction], dtype=bool)
+    elif "direction" in acts.columns:
         inbound_mask = (acts["direction"].astype("string") == "inbound").fillna(False).to_numpy(dtype=bool)
     else:
         inbound_mask = np.zeros(len(acts), dtype=bool)
@@ -382,11 +391,10 @@ def _field_rows_by_field(history: DealHistory, deals: DealIndex) -> dict[str, Fi
         or not pd.api.types.is_datetime64_any_dtype(frame["changed_at"].dtype)
     ):
         return {field: field_rows(history, deals, field) for field in CHANGEABLE_FIELDS}
-    names = pd.Index(text_values(frame["field"]))
-    field_code = _FIELD_INDEX.get_indexer(names)
-    codes = deals.codes(frame["deal_id"])
-    times = to_ns(frame["changed_at"])
-    values = text_values(frame["value"])
+    field_code = _FIELD_CODES.codes(text_values(column(frame, "field")))
+    codes = deals.codes(column(frame, "deal_id"))
+    times = to_ns(column(frame, "changed_at"))
+    values = text_values(column(frame, "value"))
     out: dict[str, FieldRows] = {}
     for i, field in enumerate(CHANGEABLE_FIELDS):
         mask = field_code == i
@@ -401,9 +409,8 @@ def _field_features(
     """(amount as of t, expected close date as of t in ns, amount and close-date features)."""
     out: dict[str, np.ndarray] = {}
     amounts = changes["amount"]
-    parsed_amount = pd.to_numeric(pd.Series(amounts.value, dtype=object), errors="coerce").to_numpy(
-        dtype=np.float64
-    )
+    parsed_amount = np.asarray(pd.to_numeric(np.asarray(amounts.value, dtype=object), errors="coerce"),
+                               dtype=np.float64)
     aidx = amounts.stream.last_index(codes, t)
     created_amount = deals.amount[codes]
     amount = np.where(aidx >= 0, take(parsed_amount, aidx, np.nan), created_amount)

@@ -34,8 +34,11 @@ from features.timeindex import (
     SMALL_QUERY,
     DealIndex,
     EventStream,
+    column,
     cumsum_by,
+    fresh_index,
     is_missing,
+    object_values,
     point_codes,
     take,
     text_values,
@@ -112,19 +115,15 @@ def order_stage_changes(
         return stage_changes.reset_index(drop=True)
     # Integer sort keys and one np.lexsort: this runs on every validated history, the service's
     # one-deal requests included, where pandas' multi-column sort_values costs milliseconds.
-    deal_rank = _text_rank(stage_changes["deal_id"])
-    times = to_ns(stage_changes["changed_at"])
+    deal_rank = _text_rank(column(stage_changes, "deal_id"))
+    times = to_ns(column(stage_changes, "changed_at"))
     order = np.lexsort((times, deal_rank))
     tied = (deal_rank[order][1:] == deal_rank[order][:-1]) & (times[order][1:] == times[order][:-1])
     if tied.any():
-        pipe_of = pd.Series(
-            deals["pipeline"].to_numpy(dtype=object), index=pd.Index(deals["deal_id"].to_numpy(dtype=object))
-        )
+        pipe_of = pd.Series(object_values(deals["pipeline"]), index=pd.Index(object_values(deals["deal_id"])))
         pipe_of = pipe_of[~pipe_of.index.duplicated()]
-        pipeline = pipe_of.reindex(pd.Index(stage_changes["deal_id"].to_numpy(dtype=object))).to_numpy(
-            dtype=object
-        )
-        stage = stage_changes["stage"].to_numpy(dtype=object)
+        pipeline = pipe_of.reindex(pd.Index(object_values(stage_changes["deal_id"]))).to_numpy(dtype=object)
+        stage = object_values(stage_changes["stage"])
         closing = (stage_outcomes(pipeline, stage, specs) != "open").astype(np.int64)
         position = np.nan_to_num(stage_positions(pipeline, stage, specs), nan=np.inf)
         events = (
@@ -134,14 +133,23 @@ def order_stage_changes(
         )
         # np.lexsort: the last key is the primary one.
         order = np.lexsort((_text_rank(stage_changes["stage"]), events, position, closing, times, deal_rank))
+    if np.array_equal(order, np.arange(len(order))):
+        return fresh_index(stage_changes)  # already in order, as a request's stage changes usually are
     return stage_changes.take(order).reset_index(drop=True)
 
 
-def _text_rank(values: pd.Series) -> np.ndarray:
+def _text_rank(values: Any) -> np.ndarray:
     """Rank of each value in sorted text order (missing values after every other value)."""
-    codes, _ = pd.factorize(text_values(values), sort=True, use_na_sentinel=True)
+    text = text_values(values)
+    last = np.iinfo(np.int64).max
+    if len(text) <= SMALL_QUERY:
+        # the same ranks from one sort of the distinct values (pandas' sorted factorize has a fixed cost)
+        listed = text.tolist()
+        rank = {v: i for i, v in enumerate(sorted({v for v in listed if not is_missing(v)}))}
+        return np.array([last if is_missing(v) else rank[v] for v in listed], dtype=np.int64)
+    codes, _ = pd.factorize(text, sort=True, use_na_sentinel=True)
     codes = codes.astype(np.int64)
-    return np.where(codes < 0, np.iinfo(np.int64).max, codes)
+    return np.where(codes < 0, last, codes)
 
 
 def deal_states_at(history: DealHistory, points: pd.DataFrame) -> np.ndarray:
@@ -219,9 +227,9 @@ class StageRows:
 def stage_rows(history: DealHistory, deals: DealIndex) -> StageRows:
     """Derive change flags, stage-entry times and cumulative move counts for every stage row."""
     frame = history.stage_changes
-    stream = EventStream(deals.codes(frame["deal_id"]), to_ns(frame["changed_at"]), deals.n)
+    stream = EventStream(deals.codes(column(frame, "deal_id")), to_ns(column(frame, "changed_at")), deals.n)
     codes = stream.codes
-    stage = text_values(frame["stage"])[stream.order]
+    stage = text_values(column(frame, "stage"))[stream.order]
     pipeline = deals.pipeline[codes] if len(codes) else np.array([], dtype=object)
     first = stream.first_in_code()
     created = deals.created[codes] if len(codes) else np.array([], dtype=np.int64)

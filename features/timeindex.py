@@ -8,13 +8,15 @@ answers "the last row with this key and `at <= t`" against a presorted time-inde
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.history import DealHistory
 
@@ -22,16 +24,19 @@ DAY_NS = 86_400 * 10**9
 NAT_NS = np.iinfo(np.int64).min
 
 
-def to_ns(values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
-    """Times as int64 nanoseconds since the epoch (UTC); missing times are NAT_NS.
+def to_ns(values: Any) -> np.ndarray:
+    """Times (a Series, Index or array) as int64 nanoseconds since the epoch (UTC); missing times are
+    NAT_NS.
 
     pandas 3 infers second/micro resolutions, so the unit is normalised here once.
     """
     dtype = values.dtype
     if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and not isinstance(values, np.ndarray):
         # tz-aware nanosecond times (every DealHistory time) hold UTC epoch integers: read them as they are
-        return np.array(pd.DatetimeIndex(values).asi8 if isinstance(values, pd.Index) else values.array.asi8,
-                        dtype=np.int64)
+        if isinstance(values, pd.Index):
+            return np.array(pd.DatetimeIndex(values).asi8, dtype=np.int64)
+        times: Any = values.array if isinstance(values, pd.Series) else values  # a DatetimeArray
+        return np.array(times.asi8, dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         # Already times: read the UTC epoch integers directly (NaT is int64 min, i.e. NAT_NS), which
         # skips building Series and parsing for every call on the scoring hot path.
@@ -49,10 +54,18 @@ def to_ns(values: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
     return naive.view(np.int64)
 
 
-def from_ns(values: np.ndarray) -> pd.DatetimeIndex:
-    """int64 nanoseconds (NAT_NS for missing) back to datetime64[ns, UTC] times."""
-    naive = pd.DatetimeIndex(np.asarray(values, dtype=np.int64).view("datetime64[ns]"))
-    return naive.tz_localize("UTC")
+_UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
+
+
+def from_ns(values: np.ndarray) -> Any:
+    """int64 nanoseconds (NAT_NS for missing) back to datetime64[ns, UTC] times, as the array a frame
+    holds (a copy). Wrapped as they are, without the index constructor and localisation (whose fixed
+    cost was paid for every time column of a one-deal request); the same times either way."""
+    naive = np.array(values, dtype=np.int64).view("datetime64[ns]")
+    build = getattr(pd.arrays.DatetimeArray, "_simple_new", None)  # pandas' internal constructor
+    if build is None:
+        return pd.DatetimeIndex(naive).tz_localize("UTC").array
+    return build(naive, dtype=_UTC_NS)
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -80,30 +93,113 @@ def is_missing(value: Any) -> bool:
     return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
-def frame_of(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
+def frame_of(columns: Mapping[str, Any], index: pd.Index, objects: Collection[str] = ()) -> pd.DataFrame:
     """`pd.DataFrame(columns, index=index)` for columns that are already typed arrays of the index's
     length (numpy arrays of a non-object dtype, or pandas extension arrays), built without the
-    constructor's per-column inference and checks, which cost more than the features of one deal."""
+    constructor's per-column inference and checks, which cost more than the features of one deal.
+    The columns named in `objects` may be object arrays of values that are not text (lists, dicts),
+    which the constructor would keep as objects too."""
     build = getattr(pd.DataFrame, "_from_arrays", None)  # pandas' internal constructor (2.x and 3.x)
-    typed = all(
-        len(v) == len(index) and (isinstance(v, pd.api.extensions.ExtensionArray)
-                                  or (isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype != object))
-        for v in columns.values()
-    )
+
+    def as_is(name: str, v: Any) -> bool:
+        if isinstance(v, pd.api.extensions.ExtensionArray):
+            return True
+        # numpy text (kind S, U) and object arrays are inferred by the constructor
+        return (isinstance(v, np.ndarray) and v.ndim == 1
+                and (v.dtype.kind not in "OSU" or (v.dtype == object and name in objects)))
+
+    typed = all(len(v) == len(index) and as_is(name, v) for name, v in columns.items())
     if build is None or not typed:
         return pd.DataFrame(columns, index=index)
-    frame: pd.DataFrame = build(list(columns.values()), columns=list(columns), index=index,
+    frame: pd.DataFrame = build(list(columns.values()), columns=_column_index(tuple(columns)), index=index,
                                 verify_integrity=False)
     return frame
 
 
-def text_values(values: pd.Series) -> np.ndarray:
-    """`values.astype("string").to_numpy(dtype=object)`: text, missing values as <NA>; without the
-    conversion when the values already have that dtype (as a `DealHistory`'s text columns do)."""
+@functools.lru_cache(maxsize=256)
+def _column_index(names: tuple[Any, ...]) -> pd.Index:
+    """The columns index of `frame_of`'s frames with these names, built once: the same few column sets
+    come back on every request, and an index (immutable) keeps the lookup table its first column read
+    builds."""
+    return pd.Index(list(names))
+
+
+_NOT_GIVEN: Any = object()
+
+
+def object_values(values: Any, na_value: Any = _NOT_GIVEN) -> np.ndarray:
+    """`values.to_numpy(dtype=object)` (with `na_value` when given) of a Series, Index or array, as a new
+    array. Text held by pyarrow (every `DealHistory` text column) is read through Arrow: the same values,
+    without pandas' conversion, whose fixed cost (tens of microseconds) is paid dozens of times when
+    checking and scoring one deal, and which is slower on large columns too."""
+    array = values.array if isinstance(values, pd.Series | pd.Index) else values
+    dtype = getattr(array, "dtype", None)
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow" and hasattr(array, "__arrow_array__"):
+        chunked = array.__arrow_array__()
+        missing = dtype.na_value if na_value is _NOT_GIVEN else na_value
+        if len(chunked) <= SMALL_QUERY:
+            out = np.empty(len(chunked), dtype=object)
+            out[:] = [missing if v is None else v for v in chunked.to_pylist()]
+            return out
+        out = np.asarray(chunked.to_numpy(zero_copy_only=False), dtype=object)
+        if chunked.null_count and missing is not None:
+            out[chunked.is_null().to_numpy(zero_copy_only=False)] = missing
+        return out
+    if isinstance(array, np.ndarray):
+        out = np.array(array, dtype=object)
+        if na_value is not _NOT_GIVEN:
+            out[pd.isna(out)] = na_value
+        return out
+    if na_value is _NOT_GIVEN:
+        return np.asarray(values.to_numpy(dtype=object), dtype=object)
+    return np.asarray(values.to_numpy(dtype=object, na_value=na_value), dtype=object)
+
+
+def string_array(values: Any) -> Any:
+    """`pd.array(values, dtype="string")` of text values (str, or None / NaN / <NA> for missing ones).
+    With pyarrow storage (pandas' default), built by pyarrow directly: the same array, without the
+    per-value check and dispatch that cost more than the rest of a one-deal frame column; values that
+    are not all text take pandas' way (which writes numbers as text)."""
+    dtype = pd.StringDtype()
+    if dtype.storage == "pyarrow" and dtype.na_value is pd.NA:
+        try:
+            arrow = pa.array(np.asarray(values, dtype=object), type=pa.large_string(), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        else:
+            return pd.arrays.ArrowStringArray(pa.chunked_array([arrow]))
+    return pd.array(values, dtype="string")
+
+
+def fresh_index(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame.reset_index(drop=True)`; the frame itself when its index is already 0, 1, ..., n - 1."""
+    index = frame.index
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
+        return frame
+    return frame.reset_index(drop=True)
+
+
+def text_values(values: Any) -> np.ndarray:
+    """`values.astype("string").to_numpy(dtype=object)` of a Series or pandas array: text, missing values
+    as <NA>; without the conversion when the values already have that dtype (as a `DealHistory`'s text
+    columns do)."""
     dtype = values.dtype
     if isinstance(dtype, pd.StringDtype) and dtype.na_value is pd.NA:
-        return values.to_numpy(dtype=object)
-    return values.astype("string").to_numpy(dtype=object)
+        return object_values(values)
+    if isinstance(values, np.ndarray):
+        values = pd.Series(values, dtype=object)
+    return object_values(values.astype("string"))
+
+
+def column(frame: pd.DataFrame, name: str) -> Any:
+    """`frame[name].array`: a column's values (a pandas or numpy array, not to be written to), without
+    building the Series, which costs more than reading a one-deal column (`frame[name]` is read dozens
+    of times per one-deal score)."""
+    get = getattr(frame, "_get_column_array", None)  # pandas' internal accessor (2.x and 3.x)
+    loc = frame.columns.get_loc(name)
+    if get is None or not isinstance(loc, int):
+        return frame[name].array
+    return get(loc)
 
 
 def text_or_blank(values: Any) -> np.ndarray:
@@ -123,16 +219,22 @@ class KeyCodes:
     """
 
     def __init__(self, keys: Any) -> None:
-        if not isinstance(keys, pd.Index):
-            keys = pd.Index(np.asarray(keys, dtype=object), dtype=object)
-        self.index = keys
-        self._code: dict[Any, int] | None = None  # built on the first small query
+        self._keys = keys if isinstance(keys, pd.Index) else np.asarray(keys, dtype=object)
+        # the index is built on the first large query, the dict on the first small one
+        self._index: pd.Index | None = keys if isinstance(keys, pd.Index) else None
+        self._code: dict[Any, int] | None = None
         self._missing_code = -1
+
+    @property
+    def index(self) -> pd.Index:
+        if self._index is None:
+            self._index = pd.Index(self._keys, dtype=object)
+        return self._index
 
     def _small_lookup(self) -> dict[Any, int]:
         if self._code is None:
             code: dict[Any, int] = {}
-            for i, key in enumerate(self.index.tolist()):
+            for i, key in enumerate(self._keys.tolist()):
                 if is_missing(key):
                     if self._missing_code < 0:
                         self._missing_code = i
@@ -142,7 +244,7 @@ class KeyCodes:
         return self._code
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._keys)
 
     def codes(self, keys: Any) -> np.ndarray:
         """int64 code of each key."""
@@ -164,26 +266,30 @@ class DealIndex:
     """
 
     def __init__(self, deals: pd.DataFrame) -> None:
-        ids = deals["deal_id"].astype("string")
-        order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
+        ids = text_values(column(deals, "deal_id"))
+        order = np.argsort(ids, kind="stable")
         # a validated history's deals are already in deal_id order: no reordered copy
-        frame = deals if (order == np.arange(len(order))).all() else deals.iloc[order].reset_index(drop=True)
-        self.ids = pd.Index(text_values(frame["deal_id"]))
-        self._codes = KeyCodes(self.ids)
+        in_order = bool((order == np.arange(len(order))).all())
+        frame = deals if in_order else deals.iloc[order].reset_index(drop=True)
+        self._codes = KeyCodes(ids if in_order else ids[order])
         self.n = len(frame)
-        self.pipeline = text_values(frame["pipeline"])
-        self.owner = text_values(frame["owner"])
-        team = frame["team"] if "team" in frame.columns else pd.Series(pd.NA, index=frame.index)
+        self.pipeline = text_values(column(frame, "pipeline"))
+        self.owner = text_values(column(frame, "owner"))
+        team = column(frame, "team") if "team" in frame.columns else pd.array([pd.NA] * len(frame), "string")
         self.team = text_values(team)
-        self.amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=np.float64)
-        self.created = to_ns(frame["created_at"])
+        amount = column(frame, "amount")
+        if isinstance(amount, np.ndarray) and amount.dtype == np.float64:
+            self.amount = amount.copy()
+        else:
+            self.amount = pd.to_numeric(frame["amount"], errors="coerce").to_numpy(dtype=np.float64)
+        self.created = to_ns(column(frame, "created_at"))
         if "expected_close_date" in frame.columns:
-            self.close_date = to_ns(frame["expected_close_date"])
+            self.close_date = to_ns(column(frame, "expected_close_date"))
         else:
             self.close_date = np.full(self.n, NAT_NS, dtype=np.int64)
 
-    def codes(self, deal_ids: pd.Series) -> np.ndarray:
-        """Code of each id, -1 for ids not among the deals."""
+    def codes(self, deal_ids: Any) -> np.ndarray:
+        """Code of each id (a Series or pandas array), -1 for ids not among the deals."""
         return self._codes.codes(text_values(deal_ids))
 
 
@@ -192,7 +298,7 @@ def point_codes(deals: DealIndex, points: pd.DataFrame) -> tuple[np.ndarray, np.
 
     Raises ValueError for deal ids not among `deals` or a missing as_of.
     """
-    codes = deals.codes(points["deal_id"])
+    codes = deals.codes(column(points, "deal_id"))
     if (codes < 0).any():
         unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
         raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from features.timeindex import KeyCodes
+from features.timeindex import DAY_NS, NAT_NS, KeyCodes, column, frame_of, from_ns, object_values, to_ns
 from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
@@ -152,6 +152,9 @@ def _sha256(data: bytes) -> str:
 class ScoringBundle:
     """Everything needed to score a feature frame: both heads, feature spec, bands, reasons data."""
 
+    # the score columns holding Python objects (lists of reasons, curves)
+    OBJECT_COLUMNS = ("reasons", "counter_reasons", "timing_curve")
+
     def __init__(
         self,
         cold: Head,
@@ -204,7 +207,8 @@ class ScoringBundle:
     def encode(self, features: pd.DataFrame) -> NDArray[np.float64]:
         """The float matrix LightGBM was trained on: numerics as floats, categoricals as training codes
         (levels unseen at training become missing)."""
-        missing = [c for c in self.feature_columns if c not in features.columns]
+        present = set(features.columns.tolist())
+        missing = [c for c in self.feature_columns if c not in present]
         if missing:
             raise KeyError(f"feature frame lacks columns the model needs: {missing}")
         x = np.empty((len(features), len(self.feature_columns)), dtype=np.float64)
@@ -213,23 +217,33 @@ class ScoringBundle:
         for i, c in zip(self._num_idx, self._num_cols, strict=True):
             x[:, i] = _float_column(features, c)
         for i, c in zip(self._cat_idx, self._cat_cols, strict=True):
-            values = features[c]
+            values = column(features, c)
             if isinstance(values.dtype, pd.CategoricalDtype):
                 # translate the frame's categories to training codes once, then index by the row codes
                 # (the appended -1 is what a missing value's code -1 picks, even with no categories at all)
-                to_train = self._cat_index[c].codes(values.cat.categories.astype(object))
+                to_train = self._cat_index[c].codes(object_values(values.categories))
                 # a missing value's code is -1, which picks the appended -1; this holds when the frame
                 # has no categories at all (one deal with no stage yet), where to_train is empty
-                codes = np.append(to_train, -1)[values.cat.codes.to_numpy()].astype(np.float64)
+                codes = np.append(to_train, -1)[np.asarray(values.codes)].astype(np.float64)
             else:
-                raw = values.to_numpy(dtype=object)  # missing values match no level: -1
+                raw = object_values(values)  # missing values match no level: -1
                 codes = self._cat_index[c].codes(raw).astype(np.float64)
             codes[codes < 0] = np.nan
             x[:, i] = codes
         return x
 
     def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
-        """Score a feature frame (as from `features.build.build_features`).
+        """Score a feature frame (as from `features.build.build_features`): `score_columns` as a frame
+        with a fresh RangeIndex.
+        """
+        return frame_of(self.score_columns(features, top_reasons, with_curves), pd.RangeIndex(len(features)),
+                        objects=self.OBJECT_COLUMNS)
+
+    def score_columns(
+        self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False
+    ) -> dict[str, Any]:
+        """The score columns of a feature frame by name, as the arrays `score`'s frame holds (for a
+        caller that adds columns of its own and builds one frame).
 
         Returns deal_id, as_of, cold_risk, close_probability (calibrated, in [0, 1]),
         close_probability_90d (won within 90 days of as_of), slip_risk (still open at the expected close
@@ -245,10 +259,11 @@ class ScoringBundle:
         x = self.encode(features)
         cold = self.cold.proba(x, features)
         n = len(x)
-        as_of = features["as_of"].array if "as_of" in features else np.full(n, pd.NaT)
+        # the frame's arrays keep their dtypes (string ids, tz-aware UTC times) without an object round trip
+        as_of = column(features, "as_of") if "as_of" in features else from_ns(np.full(n, NAT_NS))
         p90 = np.full(n, np.nan)
         slip = np.full(n, np.nan)
-        likely = pd.Series(pd.NaT, index=range(n), dtype="datetime64[ns, UTC]")
+        likely = from_ns(np.full(n, NAT_NS))
         stored_curves: list[Any] = [None] * n
         if self.close.kind == "competing_risks":
             curves = self.close.curves(x)
@@ -260,8 +275,7 @@ class ScoringBundle:
                 slip = slip_risk(curves, _float_column(features, "days_to_close"))
             days = likely_close_days(curves)
             if "as_of" in features:
-                t = pd.Series(pd.to_datetime(as_of, utc=True))
-                likely = (t + pd.to_timedelta(days, unit="D")).dt.floor("D")
+                likely = from_ns(_floor_day(to_ns(as_of), pd.to_timedelta(days, unit="D").asi8))
         else:
             close = self.close.proba(x, features)
         amount = (
@@ -271,24 +285,23 @@ class ScoringBundle:
             reasons, counter = self.reasons(x, features, top_reasons)
         else:
             reasons, counter = [[] for _ in range(n)], [[] for _ in range(n)]
-        out = pd.DataFrame(
-            {
-                # .array keeps the dtypes (string ids, tz-aware UTC times) without an object round trip
-                "deal_id": features["deal_id"].array if "deal_id" in features else np.arange(n).astype(str),
-                "as_of": as_of,
-                "cold_risk": cold,
-                "close_probability": close,
-                "close_probability_90d": p90,
-                "slip_risk": slip,
-                "likely_close_date": likely.array,
-                "risk_band": assign_bands(cold, self.band_thresholds),
-                "expected_value": amount * close,
-                "reasons": reasons,
-                "counter_reasons": counter,
-            }
-        )
+        deal_id = column(features, "deal_id") if "deal_id" in features else np.arange(n).astype(str)
+        out = {
+            "deal_id": deal_id.copy() if isinstance(deal_id, pd.api.extensions.ExtensionArray)
+            else pd.array(deal_id, dtype="str"),
+            "as_of": as_of.copy(),
+            "cold_risk": np.asarray(cold),
+            "close_probability": np.asarray(close),
+            "close_probability_90d": np.asarray(p90),
+            "slip_risk": np.asarray(slip),
+            "likely_close_date": likely,
+            "risk_band": pd.array(assign_bands(cold, self.band_thresholds), dtype="str"),
+            "expected_value": np.asarray(amount * close),
+            "reasons": _objects(reasons),
+            "counter_reasons": _objects(counter),
+        }
         if with_curves:
-            out["timing_curve"] = pd.Series(stored_curves, dtype=object)
+            out["timing_curve"] = _objects(stored_curves)
         return out
 
     def timing_curves(self, features: pd.DataFrame) -> TimingCurves | None:
@@ -447,24 +460,27 @@ class ScoringBundle:
         }
 
 
-def _column_array(frame: pd.DataFrame, name: str) -> Any:
-    """A column's values without building a Series.
-
-    Building a Series per column costs tens of microseconds, which over ~50 features dominates a
-    one-deal request; pandas' column-array accessor is private, so fall back to the public path.
-    """
-    getter = getattr(frame, "_get_column_array", None)
-    loc = frame.columns.get_loc(name)
-    if getter is not None and isinstance(loc, int):
-        return getter(loc)
-    return frame[name].array
-
-
 def _float_column(frame: pd.DataFrame, name: str) -> NDArray[np.float64]:
-    values = _column_array(frame, name)
+    values = column(frame, name)
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         return values.astype(np.float64, copy=False)
     return np.asarray(pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+
+def _floor_day(t_ns: NDArray[np.int64], delta_ns: NDArray[np.int64]) -> NDArray[np.int64]:
+    """UTC midnight of the day of `t + delta` (both int64 ns, NaT where either is), as pandas'
+    `(t + delta).floor("D")` gives it, without its Series and index round trips."""
+    valid = (t_ns != NAT_NS) & (delta_ns != NAT_NS)
+    total = np.where(valid, t_ns + np.where(valid, delta_ns, 0), 0)
+    return np.where(valid, total - total % DAY_NS, NAT_NS)
+
+
+def _objects(values: Sequence[Any]) -> NDArray[np.object_]:
+    """A list of lists, dicts or None as a 1-d object array (one element per item, as a frame holds it)."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
 
 
 def _keys_or_blank(features: pd.DataFrame) -> tuple[NDArray[np.object_], NDArray[np.object_]]:
@@ -475,7 +491,7 @@ def _keys_or_blank(features: pd.DataFrame) -> tuple[NDArray[np.object_], NDArray
         if col is None:
             out.append(np.full(len(features), "", dtype=object))
             continue
-        values = features[col].to_numpy(dtype=object, na_value="")
+        values = object_values(column(features, col), na_value="")
         out.append(
             values.astype(str).astype(object) if len(values) and not isinstance(values[0], str) else values
         )

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
-from features.timeindex import datetimes_ns, frame_of, from_ns
+from features.timeindex import datetimes_ns, frame_of, from_ns, string_array
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, check_typed, coerce_attribute, validate_typed
 from serving.errors import raise_history_error
 from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
@@ -48,12 +48,12 @@ def _column(name: str, values: list[Any]) -> Any:
     """One column's values as the array `DealHistory` holds (no Series: the frame is built once)."""
     if name in _TIME_COLUMNS:
         # pydantic made every time aware UTC; whole microseconds, so the nanoseconds are exact
-        return from_ns(datetimes_ns(values)).array
+        return from_ns(datetimes_ns(values))
     if name in _FLOAT_COLUMNS:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     # Enum members are str subclasses; their value is the text the history stores.
     text = [None if v is None else str(v.value if hasattr(v, "value") else v) for v in values]
-    return pd.array(text, dtype="string")
+    return string_array(text)
 
 
 def _frame(columns: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataFrame:

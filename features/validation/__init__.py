@@ -29,6 +29,7 @@ import pandas as pd
 
 from features.history import EVENT_TIME, DealHistory, PipelineSpec
 from features.stages import order_stage_changes
+from features.timeindex import column, fresh_index, object_values
 from features.validation.checks import SMALL_ROWS, check_events, check_unique_deals, deal_positions
 from features.validation.inference import infer_pipeline_specs
 from features.validation.parsing import (
@@ -197,9 +198,9 @@ def _check_stages(
 ) -> None:
     if stage_changes.empty or not specs:
         return
-    position = deal_positions(deals, stage_changes["deal_id"])
-    pipelines = deals["pipeline"].to_numpy(dtype=object)
-    row_pipeline = pd.Series(np.where(position >= 0, pipelines[position], None), index=stage_changes.index)
+    position = deal_positions(deals, column(stage_changes, "deal_id"))
+    pipelines = object_values(column(deals, "pipeline"))
+    row_pipeline = np.where(position >= 0, pipelines[position], None)
     check_stages_against_specs(stage_changes, row_pipeline, specs, problems)
 
 
@@ -217,23 +218,24 @@ def _stable_sort(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     request's events usually are: pandas' multi-column sort has a fixed cost of milliseconds.
     """
     if len(frame) <= SMALL_ROWS:
-        keys = [_sort_key(frame[c]) for c in by]
+        keys = [_sort_key(column(frame, c)) for c in by]
         if not any(bool(pd.isna(k).any()) for k in keys if k.dtype == object) and all(
             (k != np.iinfo(np.int64).min).all() for k in keys if k.dtype != object
         ):
             rows = list(zip(*(k.tolist() for k in keys), strict=True))
             order = sorted(range(len(rows)), key=rows.__getitem__)
             if order == list(range(len(rows))):
-                return frame.reset_index(drop=True)
+                return fresh_index(frame)
             return frame.take(order).reset_index(drop=True)
     return frame.sort_values(by, kind="stable").reset_index(drop=True)
 
 
-def _sort_key(column: pd.Series) -> np.ndarray:
-    """A column's values for `_stable_sort`: times as int64 ns (NaT the minimum), others as objects."""
-    if isinstance(column.dtype, pd.DatetimeTZDtype):
-        return np.asarray(column.array.asi8)
-    return column.to_numpy(dtype=object)
+def _sort_key(values: Any) -> np.ndarray:
+    """A column's values (its array) for `_stable_sort`: times as int64 ns (NaT the minimum), others as
+    objects."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return np.asarray(values.asi8)
+    return object_values(values)
 
 
 def _assemble(
@@ -245,7 +247,7 @@ def _assemble(
     """Sorted frames and a spec for every pipeline (given, or inferred): the validated history."""
     sorted_events = {table: _sort_events(frame, EVENT_TIME[table]) for table, frame in events.items()}
     deals = _stable_sort(deals, ["deal_id"])
-    seen = [str(p) for p in pd.unique(deals["pipeline"])]
+    seen = [str(p) for p in pd.unique(column(deals, "pipeline"))]
     missing_specs = sorted(p for p in seen if p not in specs)
     all_specs = dict(specs)
     all_specs.update(infer_pipeline_specs(deals, sorted_events["stage_changes"], missing_specs))

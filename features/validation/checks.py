@@ -6,11 +6,13 @@ import, and alone on the API path, where pydantic has already checked each field
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from features.history import EVENT_TIME
-from features.timeindex import is_missing
+from features.timeindex import column, is_missing, object_values
 from features.validation.problems import ProblemCollector
 
 # Below this many rows the checks run as one Python pass over plain values: pandas' string and index
@@ -18,38 +20,43 @@ from features.validation.problems import ProblemCollector
 SMALL_ROWS = 2_000
 
 
-def _first_row_of_duplicates(keys: pd.Series) -> tuple[np.ndarray, pd.Series | None]:
-    """(mask of repeated keys after their first occurrence, 1-based row of that first occurrence)."""
-    values = keys.to_numpy(dtype=object)
+def _first_row_of_duplicates(keys: Any, index: pd.Index) -> tuple[np.ndarray, pd.Series | None]:
+    """(mask of repeated keys after their first occurrence, 1-based row of that first occurrence);
+    `keys` a Series, or the array of a Series with `index` (an object array: a Series of dtype object)."""
+    values = object_values(keys)
     present = values[pd.notna(values)]
     # The common case (no repeats) is answered with one set; pandas' duplicated costs more on small input.
     if len(set(present)) == len(present):
         return np.zeros(len(values), dtype=bool), None
+    if not isinstance(keys, pd.Series):
+        keys = pd.Series(keys, index=index, dtype=object if isinstance(keys, np.ndarray) else None)
     dup = keys.notna() & keys.duplicated(keep="first")
     firsts = keys[keys.notna() & ~keys.duplicated(keep="first")]
     first_row = pd.Series(firsts.index + 1, index=firsts.to_numpy())
     return dup.to_numpy(dtype=bool), keys.map(first_row)
 
 
-def _per_deal_keys(events: pd.DataFrame) -> pd.Series:
-    """One key per (deal_id, event_id) pair; missing when the event_id is missing."""
+def _per_deal_keys(events: pd.DataFrame) -> pd.Series | np.ndarray:
+    """One key per (deal_id, event_id) pair; missing when the event_id is missing. A Series, or for
+    small tables the object array of one (the index is the events')."""
     if len(events) > SMALL_ROWS:
         event_id = events["event_id"].astype("string")
         return (events["deal_id"].astype("string") + "\x1f" + event_id).where(event_id.notna())
-    deal = events["deal_id"].to_numpy(dtype=object)
-    event = events["event_id"].to_numpy(dtype=object)
+    deal = object_values(column(events, "deal_id"))
+    event = object_values(column(events, "event_id"))
     keys = np.empty(len(events), dtype=object)
     keys[:] = [
         None if d is None or e is None or pd.isna(d) or pd.isna(e) else f"{d}\x1f{e}"
         for d, e in zip(deal, event, strict=True)
     ]
-    return pd.Series(keys, index=events.index, dtype=object)
+    return keys
 
 
-def deal_positions(deals: pd.DataFrame, ids: pd.Series) -> np.ndarray:
-    """Row in `deals` of each id (its first row if repeated), -1 for an id not in deals or missing."""
-    deal_ids = deals["deal_id"].to_numpy(dtype=object)
-    wanted = ids.to_numpy(dtype=object)
+def deal_positions(deals: pd.DataFrame, ids: Any) -> np.ndarray:
+    """Row in `deals` of each id (a Series or array), its first row if repeated; -1 for an id not in
+    deals or missing."""
+    deal_ids = object_values(column(deals, "deal_id"))
+    wanted = object_values(ids)
     if len(deal_ids) <= SMALL_ROWS and len(wanted) <= SMALL_ROWS:
         first: dict[object, int] = {}
         for row, deal_id in enumerate(deal_ids):
@@ -67,7 +74,9 @@ def deal_positions(deals: pd.DataFrame, ids: pd.Series) -> np.ndarray:
 
 def check_unique_deals(deals: pd.DataFrame, problems: ProblemCollector) -> None:
     """Each deal_id appears once in deals."""
-    dup, first_row = _first_row_of_duplicates(deals["deal_id"])
+    dup, first_row = _first_row_of_duplicates(column(deals, "deal_id"), deals.index)
+    if not dup.any():
+        return
     problems.add_rows(
         "deals",
         dup,
@@ -94,32 +103,35 @@ def check_events(
         return
     time_column = EVENT_TIME[table]
     # event_id is unique within a deal (two deals may use the same id), as the store keys it
-    dup, first_row = _first_row_of_duplicates(_per_deal_keys(events))
-    problems.add_rows(
-        table,
-        dup,
-        "event_id",
-        "duplicate event_id {value} for the same deal (first seen in row {extra})",
-        f"event_id must be unique within a deal's {table}",
-        values=events["event_id"],
-        extra=first_row,
-    )
+    dup, first_row = _first_row_of_duplicates(_per_deal_keys(events), events.index)
+    if dup.any():
+        problems.add_rows(
+            table,
+            dup,
+            "event_id",
+            "duplicate event_id {value} for the same deal (first seen in row {extra})",
+            f"event_id must be unique within a deal's {table}",
+            values=events["event_id"],
+            extra=first_row,
+        )
     if deals is None:
         return
-    ids = events["deal_id"]
+    ids = object_values(column(events, "deal_id"))
     position = deal_positions(deals, ids)
-    problems.add_rows(
-        table,
-        pd.notna(ids.to_numpy(dtype=object)) & (position < 0),
-        "deal_id",
-        "unknown deal {value}",
-        "every history row must refer to a deal_id listed in deals",
-        values=ids,
-    )
+    unknown = pd.notna(ids) & (position < 0)
+    if unknown.any():
+        problems.add_rows(
+            table,
+            unknown,
+            "deal_id",
+            "unknown deal {value}",
+            "every history row must refer to a deal_id listed in deals",
+            values=events["deal_id"],
+        )
     # Creation times by the positions found above, in int64 nanoseconds (NaT is the minimum int64, so a
     # missing time is never "before"); the Series for messages is built only when something is early.
-    known_ns = deals["created_at"].array.asi8
-    event_ns = events[time_column].array.asi8
+    known_ns = column(deals, "created_at").asi8
+    event_ns = column(events, time_column).asi8
     found = position >= 0
     created_ns = np.full(len(events), np.iinfo(np.int64).min, dtype=np.int64)
     created_ns[found] = known_ns[position[found]]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS, EVENT_TIME, TABLES, TIME_COLUMNS
-from features.timeindex import datetimes_ns, frame_of, from_ns
+from features.timeindex import datetimes_ns, frame_of, from_ns, object_values, string_array
 from features.validation.problems import ProblemCollector
 
 STRING: Final = "string"
@@ -75,7 +75,7 @@ def to_string(series: pd.Series) -> pd.Series:
         out = series if isinstance(series.dtype, pd.StringDtype) else series.astype(object).astype(STRING)
         out = out.astype(STRING).str.strip()
         return out.where(out != "")
-    values = series.to_numpy(dtype=object)
+    values = object_values(series)
     return pd.Series(_small_text(values), index=series.index)
 
 
@@ -84,7 +84,7 @@ def _small_text(values: np.ndarray) -> Any:
     missing = pd.isna(values)
     text = np.empty(len(values), dtype=object)
     text[:] = [None if gone else (str(v).strip() or None) for v, gone in zip(values, missing, strict=True)]
-    return pd.array(text, dtype=STRING)
+    return string_array(text)
 
 
 def text_array(values: list[Any]) -> Any:
@@ -101,7 +101,7 @@ def lowered(text: Any) -> Any:
     that of validating a small request) when every present value is ASCII and already lower case, for
     which every lower-casing is the identity."""
     if len(text) <= _SMALL_COLUMN:
-        present = [v for v in text.to_numpy(dtype=object, na_value=None).tolist() if v is not None]
+        present = [v for v in object_values(text, na_value=None).tolist() if v is not None]
         if all(v.isascii() and v == v.lower() for v in present):
             return text
     return pd.Series(text, dtype=STRING).str.lower().array
@@ -114,6 +114,8 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.is_datetime64_dtype(series.dtype):
         return series.dt.tz_localize("UTC").astype(UTC_NS), pd.Series(False, index=series.index)
     text = to_string(series)
+    if len(text) <= _SMALL_COLUMN:
+        return _small_times(text)
     # utc=True turns naive values into UTC and converts mixed offsets; format="ISO8601" accepts each
     # value's own ISO variant (date only, with or without seconds, "Z", offsets).
     parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
@@ -123,11 +125,30 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     return parsed.astype(UTC_NS), bad.fillna(False).astype(bool)
 
 
+def _small_times(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """`parse_times` of a few text values: the same parse of the values as an array, and the masks in
+    numpy (a few values' Series operations cost more than parsing them)."""
+    values = object_values(text)
+    found = pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce"))
+    missing = np.asarray(found.isna(), dtype=bool)
+    in_range = missing | np.asarray((found >= EARLIEST_TIME) & (found <= LATEST_TIME), dtype=bool)
+    times = found if in_range.all() else pd.DatetimeIndex(found.where(in_range))
+    bad = ~pd.isna(values) & (missing | ~in_range)
+    return pd.Series(times.as_unit("ns").array, index=text.index), pd.Series(bad, index=text.index)
+
+
 def parse_numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(float64 values, mask of present-but-not-a-finite-number values)."""
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         values = series.astype("float64")
         present = series.notna()
+    elif len(series) <= _SMALL_COLUMN:
+        # the same parse of the values as an array, and the masks in numpy (see parse_times)
+        texts = object_values(to_string(series))
+        numbers = np.asarray(pd.to_numeric(texts, errors="coerce"), dtype=np.float64)
+        flagged = ~pd.isna(texts) & ~np.isfinite(numbers)
+        return (pd.Series(np.where(flagged, np.nan, numbers), index=series.index),
+                pd.Series(flagged, index=series.index))
     else:
         text = to_string(series)
         present = text.notna()
@@ -162,7 +183,7 @@ def _may_be_numbers(text: pd.Series) -> bool:
     code with a leading zero, or no value is present: the attribute is text without parsing any of it.
     (A value with neither a digit nor "inf" in it is NaN to `pd.to_numeric`; the leading-zero rule is
     the one below, with pyarrow's ASCII `\\d`.)"""
-    present = [v for v in text.to_numpy(dtype=object).tolist() if v is not None and v is not pd.NA]
+    present = [v for v in object_values(text).tolist() if v is not None and v is not pd.NA]
     if not present:
         return False
     for v in present:
@@ -348,24 +369,25 @@ def field_change_values(
     kinds = _field_kinds(field)
     n = len(value)
 
-    def flagged(rows: np.ndarray, bad: pd.Series) -> np.ndarray:
+    def flagged(rows: np.ndarray, bad: np.ndarray) -> np.ndarray:
         mask = np.zeros(n, dtype=bool)
-        mask[rows] = bad.fillna(False).to_numpy(dtype=bool)
+        mask[rows] = bad
         return mask
 
     amount_rows = np.flatnonzero(kinds == "amount")
     if amount_rows.size:
         amounts, bad_amount = parse_numbers(value.iloc[amount_rows])
+        number = amounts.to_numpy(dtype=np.float64)
         problems.add_rows(
             table,
-            flagged(amount_rows, bad_amount | amounts.isna() | (amounts < 0)),
+            flagged(amount_rows, bad_amount.to_numpy(dtype=bool) | np.isnan(number) | (number < 0)),
             "value",
             "amount value {value} is not a number ≥ 0",
             "amount changes carry the new amount, e.g. 12500",
             values=shown,
         )
         problems.add_rows(
-            table, flagged(amount_rows, amounts > MAX_AMOUNT), "value",
+            table, flagged(amount_rows, number > MAX_AMOUNT), "value",
             "amount value {value} is too large", f"amounts must be at most {MAX_AMOUNT:.0e}", values=shown,
         )
     close_rows = np.flatnonzero(kinds == "expected_close_date")
@@ -373,7 +395,7 @@ def field_change_values(
         dates, bad_date = parse_times(value.iloc[close_rows])
         problems.add_rows(
             table,
-            flagged(close_rows, bad_date),
+            flagged(close_rows, bad_date.to_numpy(dtype=bool)),
             "value",
             "expected_close_date value {value} is not a time",
             "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
@@ -382,7 +404,7 @@ def field_change_values(
         value = _with_canonical_times(value, close_rows, dates)
     owner_rows = kinds == "owner"
     problems.add_rows(
-        table, owner_rows & pd.isna(value.to_numpy(dtype=object)), "value", "missing new owner",
+        table, owner_rows & pd.isna(object_values(value)), "value", "missing new owner",
         "owner changes name the new owner",
     )
     return value
@@ -392,7 +414,7 @@ def _field_kinds(field: pd.Series) -> np.ndarray:
     """Each row's field name as an object array ('' when missing)."""
     if len(field) > _SMALL_COLUMN:
         return field.astype(STRING).fillna("").to_numpy(dtype=object)
-    names = ["" if v is None or v is pd.NA or v != v else str(v) for v in field.tolist()]
+    names = ["" if v is None or v is pd.NA or v != v else str(v) for v in object_values(field).tolist()]
     return np.array(names, dtype=object)
 
 
@@ -403,11 +425,14 @@ def _with_canonical_times(value: pd.Series, rows: np.ndarray, dates: pd.Series) 
     UTC); values that did not parse are left as they are.
     """
     parsed = dates.notna().to_numpy(dtype=bool)
-    if not parsed.any():
+    text = object_values(value)  # a copy: `value` is left as it was
+    # a value already written so is its own canonical form (see _CANONICAL_UTC)
+    written = [bool(_CANONICAL_UTC.fullmatch(str(v))) for v in text[rows].tolist()]
+    rewrite = parsed & ~np.array(written, dtype=bool)
+    if not rewrite.any():
         return value
-    text = value.to_numpy(dtype=object)  # a copy: `value` is left as it was
-    text[rows[parsed]] = format_utc_iso(dates[parsed]).to_numpy(dtype=object)
-    return pd.Series(pd.array(text, dtype=STRING), index=value.index, name=value.name)
+    text[rows[rewrite]] = object_values(format_utc_iso(dates[rewrite]))
+    return pd.Series(string_array(text), index=value.index, name=value.name)
 
 
 # What `format_utc_iso` writes (seconds, a fraction without trailing zeros, "+00:00"): a valid time
@@ -435,7 +460,7 @@ def stored_deals(
     for column in DEAL_COLUMNS:
         values = columns[column]
         if column in TIME_COLUMNS["deals"]:
-            out[column] = from_ns(datetimes_ns(values)).array
+            out[column] = from_ns(datetimes_ns(values))
         elif column == "amount":
             out[column] = _numbers(values)
         else:
@@ -455,7 +480,7 @@ def stored_events(table: str, columns: Mapping[str, list[Any]]) -> pd.DataFrame:
     time_column = EVENT_TIME[table]
     out: dict[str, Any] = {
         "deal_id": text_array(columns["deal_id"]),
-        time_column: from_ns(datetimes_ns(columns[time_column])).array,
+        time_column: from_ns(datetimes_ns(columns[time_column])),
         "event_id": text_array(columns["event_id"]),
     }
     if table == "stage_changes":
@@ -481,8 +506,8 @@ def _numbers(values: list[Any]) -> np.ndarray:
 
 def _canonical_close_dates(field: Any, value: Any) -> Any:
     """`field_change_values`' close dates written canonically, parsing only those not written so."""
-    kinds = field.to_numpy(dtype=object, na_value="")
-    text = value.to_numpy(dtype=object, na_value=None)
+    kinds = object_values(field, na_value="")
+    text = object_values(value, na_value=None)
     rows = np.array(
         [i for i, (k, v) in enumerate(zip(kinds, text, strict=True))
          if k == "expected_close_date" and v is not None and not _CANONICAL_UTC.fullmatch(v)],

@@ -10,6 +10,7 @@ import pandas as pd
 
 from features.history import PipelineSpec
 from features.stages import stage_outcomes
+from features.timeindex import column, object_values
 from features.validation.problems import ProblemCollector
 
 
@@ -85,15 +86,15 @@ def given_specs(raw: Any, problems: ProblemCollector) -> dict[str, PipelineSpec]
 
 def check_stages_against_specs(
     stage_changes: pd.DataFrame,
-    pipeline_of_row: pd.Series,
+    pipeline_of_row: Any,
     specs: Mapping[str, PipelineSpec],
     problems: ProblemCollector,
 ) -> None:
-    """Every stage change of a pipeline with a spec names one of its stages (or a won/lost stage)."""
-    stage = stage_changes["stage"]
-    values = stage.to_numpy(dtype=object)
+    """Every stage change of a pipeline with a spec names one of its stages (or a won/lost stage);
+    `pipeline_of_row` holds each row's pipeline (None for a row of no known deal)."""
+    values = object_values(column(stage_changes, "stage"))
     missing = pd.isna(values)
-    pipes = pipeline_of_row.to_numpy(dtype=object)
+    pipes = object_values(pipeline_of_row)
     for name, spec in specs.items():
         in_pipe = pipes == name
         if not in_pipe.any():
@@ -115,5 +116,5 @@ def check_stages_against_specs(
             f"stage {{value}} is not a stage of pipeline {name!r}",
             f"{name!r} has the stages {', '.join(listed) or '(none)'}; "
             "fix the name or add it to pipelines.yaml",
-            values=stage,
+            values=stage_changes["stage"],
         )

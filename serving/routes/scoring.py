@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from features.build import FeatureBuilder
 from features.history import PipelineSpec
 from features.jsonable import jsonable
+from features.timeindex import column, object_values
 from models.bundle import ScoringBundle
-from models.scoring import score_points
+from models.scoring import points_at, score_points
 from serving.deps import (
     AnyKey,
     DealIdPath,
@@ -38,18 +39,25 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["scoring"])
 
 
+def answer(scores: DealScores) -> Response:
+    """The answer as its JSON body (the routes declare `DealScores` as their response model): FastAPI
+    would validate a returned model again, in a second threadpool hop, before encoding it."""
+    return Response(scores.model_dump_json(), media_type="application/json")
+
+
 def scores_response(
     scored: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, errors: list[ItemError], request: Request
-) -> DealScores:
+) -> Response:
     """Turn `score_points` output into the response (and count bands for /metrics)."""
-    # column by column (DataFrame.to_dict costs more than the rest of a one-deal answer); jsonable makes
-    # each value plain whichever way it was read
-    columns = {k: scored[k].tolist() for k in DealScore.model_fields if k in scored.columns}
+    # column by column, as arrays (DataFrame.to_dict, or a Series' tolist of text, costs more than the rest
+    # of a one-deal answer); jsonable makes each value plain whichever way it was read
+    present = set(scored.columns.tolist())
+    columns = {k: object_values(column(scored, k)).tolist() for k in DealScore.model_fields if k in present}
     scores = [DealScore.model_validate({k: jsonable(values[i]) for k, values in columns.items()})
               for i in range(len(scored))]
     request.app.state.metrics.observe_bands(s.risk_band for s in scores)
-    return DealScores(model_version=model.version, data_note=_data_note(model), as_of=as_of.to_pydatetime(),
-                      scores=scores, errors=errors)
+    return answer(DealScores(model_version=model.version, data_note=_data_note(model),
+                             as_of=as_of.to_pydatetime(), scores=scores, errors=errors))
 
 
 def _data_note(model: LoadedModel) -> str | None:
@@ -81,7 +89,7 @@ def score_inline(
     store: StoreDep,
     model: ModelDep,
     builder: FeatureBuilderDep,
-) -> DealScores:
+) -> Response:
     """Score deals sent inline with their whole history, as of `as_of` (default: now).
 
     Deals in pipelines the key may not see come back in `errors` with status 404 ("deal not found"),
@@ -108,8 +116,8 @@ def score_inline(
         else:
             kept.append(i)
     if not kept:
-        return DealScores(model_version=model.version, data_note=_data_note(model),
-                          as_of=as_of.to_pydatetime(), scores=[], errors=errors)
+        return answer(DealScores(model_version=model.version, data_note=_data_note(model),
+                                 as_of=as_of.to_pydatetime(), scores=[], errors=errors))
     deals = [body.deals[i] for i in kept]
     wanted = {d.pipeline for d in deals}
     specs = {name: spec for name, spec in _pipeline_specs(store, request).items() if name in wanted}
@@ -128,8 +136,7 @@ def score_inline_deals(
     """`score_points` of deals sent with their histories, as of `as_of` (`indexes[i]`: deal i's index in
     the request, which a 422 names); the same numbers as scoring them within the whole store."""
     history = validated_history(inline_frames(deals, indexes), specs)
-    points = pd.DataFrame({"deal_id": pd.Series([d.deal_id for d in deals], dtype="string"),
-                           "as_of": pd.Series([as_of] * len(deals), dtype="datetime64[ns, UTC]")})
+    points = points_at([d.deal_id for d in deals], as_of)
     return score_points(bundle, history, points, builder_for(builder, history))
 
 
@@ -142,19 +149,17 @@ def score_stored(
     model: ModelDep,
     builder: FeatureBuilderDep,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
-) -> DealScores:
+) -> Response:
     """Score a stored deal from its stored history as of `as_of` (default: now)."""
-    pipeline = store.deal_pipelines([deal_id]).get(deal_id)
-    if pipeline is None or not key.can_see(pipeline):
+    # one read: the deal's history names its pipeline, which decides whether the key may see the deal
+    history = store.load_history(deal_ids=[deal_id], trusted=True)
+    if len(history.deals) == 0 or not key.can_see(str(history.deals["pipeline"].iloc[0])):
         raise NotFoundError("deal not found")
     t = time_or(as_of)
-    history = store.load_history(deal_ids=[deal_id], trusted=True)
     created = history.deals["created_at"].iloc[0]
     if t < created:
         raise InvalidInputError(
             f"as_of {t.isoformat()} is before the deal was created ({created.isoformat()})", loc="as_of"
         )
-    points = pd.DataFrame({"deal_id": pd.Series([deal_id], dtype="string"),
-                           "as_of": pd.Series([t], dtype="datetime64[ns, UTC]")})
-    scored = score_points(model.bundle, history, points, builder_for(builder, history))
+    scored = score_points(model.bundle, history, points_at([deal_id], t), builder_for(builder, history))
     return scores_response(scored, model, t, [], request)

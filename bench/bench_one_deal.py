@@ -1,0 +1,130 @@
+"""Benchmark: the one-deal scoring routes against `/healthz`, in process (issue 8's ratios, without the
+network and server process that bench_serving.py and bench_store.py add).
+
+In a temporary DEALRISK_HOME: simulate N deals (default 3,000, seed 0), import them into a SQLite store,
+train and register version 1 (champion), create an admin key, then with one FastAPI TestClient (live
+scorer off, so no background rounds land in the timings) time R rounds (default 300) of GET /healthz,
+POST /v1/score (one open deal inline with its whole history, the 20 open deals closest to 45 events in
+turn) and GET /v1/deals/{id}/score (the same deals), interleaved so load drift hits all three alike.
+Also the in-process time of `serving.routes.scoring.score_inline_deals` alone (what the route adds to
+pydantic, the key check and the spec read). Writes bench/results/one_deal.json.
+
+Run: .venv/bin/python bench/bench_one_deal.py [--deals 3000] [--rounds 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import write_result  # noqa: E402
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(float(np.percentile(seconds, 50)) * 1e3, 2),
+            "p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deals", type=int, default=3_000)
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-one-deal-") as tmp:
+        home = Path(tmp)
+        os.environ["DEALRISK_HOME"] = str(home)
+        cwd = Path.cwd()
+        os.chdir(home)  # MLflow writes run artifacts under the working directory
+        try:
+            result = _run(home, args.deals, args.rounds)
+        finally:
+            os.chdir(cwd)
+    write_result("one_deal", result)
+
+
+def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
+    from models.scoring import open_deal_points
+    from serving.app import create_app
+    from serving.routes.scoring import score_inline_deals
+    from serving.schemas import ScoreRequest
+    from serving.settings import Settings
+    from serving.store import Store
+    from tests.serving.conftest import inline_deal
+    from training.simulate import simulate_history
+    from training.train import TrainConfig, train
+
+    settings = Settings(home=home, database_url=f"sqlite:///{home / 'dealrisk.db'}",
+                        tracking_uri=f"sqlite:///{home / 'mlflow.db'}", reload_interval_s=0,
+                        live_score_max_age_s=0)
+    history = simulate_history(n_deals=n_deals, seed=0)
+    store = Store(settings.database_url)
+    store.create_schema()
+    store.import_history(history)
+    key, _ = store.create_api_key("admin", ["*"], name="bench")
+    store.close()
+    train(history, TrainConfig(seed=0), settings.tracking_uri)
+
+    events: dict[str, int] = {}
+    for table in ("stage_changes", "activities", "field_changes"):
+        for deal_id, n in getattr(history, table)["deal_id"].astype(str).value_counts().items():
+            events[deal_id] = events.get(deal_id, 0) + int(n)
+    open_ids = list(open_deal_points(history, history.end_time)["deal_id"].astype(str))
+    ids = sorted(open_ids, key=lambda d: (abs(events.get(d, 0) - 45), d))[:20]
+    bodies = [{"deals": [inline_deal(history, d)]} for d in ids]
+    auth = {"Authorization": f"Bearer {key}"}
+    times: dict[str, list[float]] = {"healthz": [], "inline": [], "stored": []}
+    with TestClient(create_app(settings)) as client:
+        calls = {
+            "healthz": lambda i: client.get("/healthz"),
+            "inline": lambda i: client.post("/v1/score", json=bodies[i % len(ids)], headers=auth),
+            "stored": lambda i: client.get(f"/v1/deals/{ids[i % len(ids)]}/score", headers=auth),
+        }
+        for i in range(30):  # warm-up
+            for call in calls.values():
+                call(i)
+        for i in range(rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                response = call(i)
+                times[name].append(time.perf_counter() - start)
+                assert response.status_code == 200, response.text
+        app: Any = client.app
+        bundle = app.state.model_holder.require().bundle
+        builder = app.state.population.get()
+        specs = app.state.store.pipeline_specs()
+        requests = [ScoreRequest.model_validate(body) for body in bodies]
+        in_process = []
+        for i in range(rounds):
+            deals = requests[i % len(ids)].deals
+            start = time.perf_counter()
+            score_inline_deals(deals, [0], history.end_time, {deals[0].pipeline: specs[deals[0].pipeline]},
+                               bundle, builder)
+            in_process.append(time.perf_counter() - start)
+
+    out: dict[str, Any] = {"deals": n_deals, "rounds": rounds,
+                           "events_per_scored_deal": sorted(events.get(d, 0) for d in ids)}
+    for name, seconds in times.items():
+        out[name] = _percentiles(seconds)
+    for name in ("inline", "stored"):
+        out[name]["x_healthz_p50"] = round(out[name]["p50_ms"] / out["healthz"]["p50_ms"], 1)
+        out[name]["x_healthz_p99"] = round(out[name]["p99_ms"] / out["healthz"]["p99_ms"], 1)
+    out["score_inline_deals_median_ms"] = round(statistics.median(in_process) * 1e3, 2)
+    out["targets"] = {"x_healthz_p50": 2.0, "x_healthz_p99": 3.0}
+    return out
+
+
+if __name__ == "__main__":
+    main()
