@@ -1374,11 +1374,11 @@ class Store:
 
         Every write of a deal (created, updated, moved between pipelines) or of one of its events
         rewrites its state columns and stamps `state_updated_at` (`_write_all`); a spec change stamps
-        `updated_at` and restamps all its deals; a deal moving out of the pipeline stamps its `updated_at`
-        (the deals still there are not restamped); a learned-limits refresh stamps `stale_learned_at`. No
-        deal is ever deleted. Writes stamp wall-clock time inside their transaction: on PostgreSQL a write that
-        commits after another one stamped later may go unnoticed here (the health cache's age bounds
-        that)."""
+        `updated_at` and restamps all its deals; a deal moving out of the pipeline stamps its
+        `updated_at` (the deals still there are not restamped); a learned-limits refresh stamps
+        `stale_learned_at`. No deal is ever deleted. Writes stamp wall-clock time inside their
+        transaction: on PostgreSQL a write that commits after another one stamped later may go unnoticed
+        here (the health cache's age bounds that)."""
         deals, pipes = self.table("deals"), self.table("pipelines")
         last = (sa.select(sa.func.max(deals.c.state_updated_at))
                 .where(deals.c.pipeline == pipeline).scalar_subquery())
