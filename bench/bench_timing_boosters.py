@@ -95,6 +95,16 @@ def _raw_hazards(booster: Any, x: pd.DataFrame, cap: int | None, n_periods: int)
     return np.asarray(booster.predict(design), dtype=np.float64).reshape(n, n_periods, 3)
 
 
+def _mean_error_sd(p: np.ndarray, y: np.ndarray, deals: np.ndarray, n_boot: int = N_BOOT) -> float:
+    """Standard deviation of mean(p - y) over resamples of deals (a deal's snapshots drawn together)."""
+    codes, uniq = pd.factorize(pd.Series(deals))
+    err = np.bincount(codes, weights=p - y, minlength=len(uniq))
+    count = np.bincount(codes, minlength=len(uniq)).astype(float)
+    rng = np.random.default_rng(0)
+    draws = [np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq)) for _ in range(n_boot)]
+    return float(np.std([(w @ err) / (w @ count) for w in draws]))
+
+
 def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
@@ -175,6 +185,8 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
                 "ece": expected_calibration_error(p[keep], y[keep]),
                 "ece_noise_floor_deals": ece_noise_floor(p[keep], groups=deal_ids[keep]),
                 "mean_predicted_minus_observed": float(p[keep].mean() - y[keep].mean()),
+                # its spread over resamples of test deals: how far the test deals' own luck moves it
+                "mean_predicted_minus_observed_sd": _mean_error_sd(p[keep], y[keep], deal_ids[keep]),
                 "roc_auc": binary_metrics(y[keep], p[keep])["roc_auc"],
             }
         out["variants"][name] = result
