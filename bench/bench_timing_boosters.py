@@ -15,8 +15,8 @@ risk and the likely close date are each booster's own. Round 6 of docs/models.md
 - `period_pooled`: `periods_ahead` capped at 3 in training and scoring, so the hazards of periods 3 to
   25 (day 60 on) are one set per deal, learned from every snapshot watched that long rather than split
   period by period on the older snapshots that alone reach the later periods. Half the test window's
-  expected close dates are within about 3 weeks (period 1), a quarter beyond about 6 (period 2 on): a
-  cap at 6 would leave almost every slip point as it is.
+  expected close dates are within about 4 weeks (period 1), a quarter beyond about 8 (period 2 on; at
+  cycle scale 2 about 8 and 16 weeks): a cap at 6 would leave almost every slip point as it is.
 
 Per variant and target (close probability, won within 90 days, slip): ECE, the shared-outcome noise
 floor, mean predicted minus observed, ROC AUC, and the ECE and AUC minus `current`'s with a 95 %
