@@ -1,0 +1,285 @@
+"""The close head's hazard booster, variants side by side on one history, judged against the truth.
+
+Same setting as `bench_hazard_maps.py` (a history simulated for twice the span and cut in the middle;
+every test-window snapshot of the cut history judged against what happened next), but here the booster
+itself changes: each variant is one booster fit on the training window's person-period rows, with the
+hazard map training fits (`OutcomeSplitCalibrator` on the calibration window's closes) on top, so slip
+risk and the likely close date are each booster's own. Round 6 of docs/models.md.
+
+- `current`: the booster and map `training.train.fit_timing` fits (`models.timing.timing_params`);
+- `big_leaves`: leaves of at least 4 % of the rows (`min_child_samples` = rows // 25, within 20-2,000)
+  instead of 1 % (at most 400): at 5,000 deals a 1 % leaf is a few dozen deals' correlated weekly rows;
+- `simple_trees`: 7 leaves instead of 15, leaves of at least 2 % of the rows (rows // 50, within
+  20-2,000) and an L2 penalty of 20 instead of 5: fewer interactions between features (and between the
+  features and the period), each fitted on more deals;
+- `period_pooled`: `periods_ahead` capped at 3 in training and scoring, so the hazards of periods 3 to
+  25 (day 60 on) are one set per deal, learned from every snapshot watched that long rather than split
+  period by period on the older snapshots that alone reach the later periods. Half the test window's
+  expected close dates are within about 4 weeks (period 1), a quarter beyond about 8 (period 2 on; at
+  cycle scale 2 about 8 and 16 weeks): a cap at 6 would leave almost every slip point as it is.
+
+Per variant and target (close probability, won within 90 days, slip): ECE, the shared-outcome noise
+floor, mean predicted minus observed, ROC AUC, and the ECE and AUC minus `current`'s with a 95 %
+interval from 200 paired resamples of test deals (`models.comparison.bootstrap_comparison`).
+
+The adoption rule, fixed before any result was read (round 6): a variant replaces `current` only if, on
+every history measured, its slip ECE and close ECE are not worse beyond the interval and its close AUC
+is not lower beyond it, and its slip ECE is better beyond the interval on more histories than it is
+worse on; if several pass, the one better on most histories, then the lowest mean slip ECE at 5,000
+deals.
+
+Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1
+Writes bench/results/timing_boosters_<deals>_seed<seed>_cs<scale>.json.
+`--table FILE...` prints the round's table from such files and applies its adoption rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.common import RESULTS, machine
+from features.build import FeatureBuilder
+from features.labels import slip_label, won_label, won_within_label
+from models.calibration import ece_noise_floor, expected_calibration_error
+from models.comparison import bootstrap_comparison
+from models.timing import (
+    PERIOD_FEATURE,
+    OutcomeSplitCalibrator,
+    TimingCurves,
+    TimingModel,
+    expand_frame,
+    fit_hazard_booster,
+    person_periods,
+    slip_risk,
+    timing_params,
+)
+from training.metrics import binary_metrics
+from training.simulate import simulate_history
+from training.snapshots import make_snapshots
+from training.train import TrainConfig, fit_timing, prepare_training_data
+
+SPAN_DAYS = 730
+N_BOOT = 200
+TARGETS = ("close_probability", "close_probability_90d", "slip_risk")
+# name -> (parameters over training's, leaf share: min_child_samples = rows // share or None, period cap)
+VARIANTS: dict[str, tuple[dict[str, Any], int | None, int | None]] = {
+    "big_leaves": ({}, 25, None),
+    "simple_trees": ({"num_leaves": 7, "reg_lambda": 20.0}, 50, None),
+    "period_pooled": ({}, None, 3),
+}
+
+
+def _design(frame: pd.DataFrame, cols: list[str], cap: int | None) -> tuple[pd.DataFrame, Any]:
+    pp = person_periods(frame["event"], frame["event_days"], frame["observed_days"])
+    x = expand_frame(frame, cols, pp)
+    if cap is not None:
+        x[PERIOD_FEATURE] = np.minimum(x[PERIOD_FEATURE], float(cap))
+    return x, pp
+
+
+def _raw_hazards(booster: Any, x: pd.DataFrame, cap: int | None, n_periods: int) -> np.ndarray:
+    """As `TimingModel.raw_hazards` on a feature frame, with the period index capped at `cap`."""
+    if cap is None:
+        return TimingModel(booster).raw_hazards(x)
+    n = len(x)
+    names = [c for c in booster.feature_name() if c != PERIOD_FEATURE]
+    design = x[names].iloc[np.repeat(np.arange(n), n_periods)].reset_index(drop=True)
+    design[PERIOD_FEATURE] = np.minimum(np.tile(np.arange(1, n_periods + 1, dtype=np.float64), n), float(cap))
+    return np.asarray(booster.predict(design), dtype=np.float64).reshape(n, n_periods, 3)
+
+
+def _mean_error_sd(p: np.ndarray, y: np.ndarray, deals: np.ndarray, n_boot: int = N_BOOT) -> float:
+    """Standard deviation of mean(p - y) over resamples of deals (a deal's snapshots drawn together)."""
+    codes, uniq = pd.factorize(pd.Series(deals))
+    err = np.bincount(codes, weights=p - y, minlength=len(uniq))
+    count = np.bincount(codes, minlength=len(uniq)).astype(float)
+    rng = np.random.default_rng(0)
+    draws = [np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq)) for _ in range(n_boot)]
+    return float(np.std([(w @ err) / (w @ count) for w in draws]))
+
+
+def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    cut_at = start + pd.Timedelta(days=SPAN_DAYS)
+    full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
+                            end=str((cut_at + pd.Timedelta(days=SPAN_DAYS)).date()), cycle_scale=cycle_scale)
+    cut = full.cut(cut_at)
+    config = TrainConfig(seed=seed)
+    builder = FeatureBuilder().fit(cut)
+    data = prepare_training_data(cut, config, builder=builder)
+    frame, cols = data.frame, data.feature_columns
+    train = frame[frame["window"] == "train"]
+    cal = frame[frame["window"] == "calibration"]
+
+    points = make_snapshots(cut)
+    points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
+    feats = builder.transform(cut, points)
+    due = pd.to_datetime(feats["expected_close_date"], utc=True)
+    days_to_close = ((due - points["as_of"]).dt.total_seconds() / 86_400.0).to_numpy(dtype=float)
+    truth = {
+        "close_probability": won_label(full, points).to_numpy(dtype=float),
+        "close_probability_90d": won_within_label(full, points, 90).to_numpy(dtype=float),
+        "slip_risk": slip_label(full, points, days_to_close).to_numpy(dtype=float),
+    }
+    deal_ids = points["deal_id"].to_numpy(dtype=object)
+    valid_days = days_to_close[np.isfinite(days_to_close) & (days_to_close > 0)]
+
+    out: dict[str, Any] = {"deals_in_training_history": len(cut.deals), "cycle_scale": cycle_scale,
+                           "test_snapshots": len(points),
+                           "days_to_expected_close_quartiles":
+                               np.percentile(valid_days, [25, 50, 75]).tolist(),
+                           "variants": {}}
+    scored: dict[str, dict[str, np.ndarray]] = {}
+    base_params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
+    cal_groups_all = cal["deal_id"].to_numpy(dtype=object)
+    boosters = {"current": ({}, None, None), **VARIANTS}
+    for name, (extra, leaf_share, cap) in boosters.items():
+        t0 = time.perf_counter()
+        x_train, pp = _design(train, cols, cap)
+        n_events = int((pp.target != 0).sum())
+        if name == "current":
+            timing = fit_timing(train, cal, cols, config)  # exactly what training fits
+            booster, calibrator = timing.booster, timing.calibrator
+            params = timing_params(len(x_train), n_events, base_params)
+        else:
+            params = {**base_params, **extra}
+            if leaf_share is not None:
+                params["min_child_samples"] = int(np.clip(len(x_train) // leaf_share, 20, 2000))
+            booster = fit_hazard_booster(x_train, pp.target, params)
+            params = timing_params(len(x_train), n_events, params)
+            x_cal, pp_cal = _design(cal, cols, cap)
+            calibrator = OutcomeSplitCalibrator()
+            if len(pp_cal.row):
+                raw_cal = np.asarray(booster.predict(x_cal), dtype=np.float64)
+                calibrator.fit(raw_cal, pp_cal.target, groups=cal_groups_all[pp_cal.row])
+        fit_seconds = time.perf_counter() - t0
+        model = TimingModel(booster, calibrator)
+        raw = _raw_hazards(booster, feats[cols], cap, model.n_periods)
+        n, k = raw.shape[:2]
+        curves = TimingCurves(calibrator.transform(raw.reshape(n * k, 3)).reshape(n, k, 3), model.period_days)
+        scores = {
+            "close_probability": curves.p_won(),
+            "close_probability_90d": curves.won_within(90.0),
+            "slip_risk": slip_risk(curves, days_to_close),
+        }
+        result: dict[str, Any] = {
+            "training_rows": len(x_train), "training_events": n_events,
+            "min_child_samples": int(params["min_child_samples"]), "num_leaves": int(params["num_leaves"]),
+            "n_estimators": int(params["n_estimators"]),
+            "reg_lambda": float(params["reg_lambda"]), "period_cap": cap, "map": calibrator.to_dict(),
+            "fit_seconds": round(fit_seconds, 1),
+        }
+        for target, p in scores.items():
+            y = truth[target]
+            keep = np.isfinite(y) & np.isfinite(p)
+            result[target] = {
+                "n": int(keep.sum()),
+                "n_deals": int(pd.Series(deal_ids[keep]).nunique()),
+                "ece": expected_calibration_error(p[keep], y[keep]),
+                "ece_noise_floor_deals": ece_noise_floor(p[keep], groups=deal_ids[keep]),
+                "mean_predicted_minus_observed": float(p[keep].mean() - y[keep].mean()),
+                # its spread over resamples of test deals: how far the test deals' own luck moves it
+                "mean_predicted_minus_observed_sd": _mean_error_sd(p[keep], y[keep], deal_ids[keep]),
+                "roc_auc": binary_metrics(y[keep], p[keep])["roc_auc"],
+            }
+        out["variants"][name] = result
+        scored[name] = scores
+    for target, y in truth.items():
+        keep = np.isfinite(y) & np.all([np.isfinite(s[target]) for s in scored.values()], axis=0)
+        frame_t = pd.DataFrame({"head": target, "y": y[keep], "deal_id": deal_ids[keep],
+                                **{name: s[target][keep] for name, s in scored.items()}})
+        _, diffs = bootstrap_comparison(frame_t, list(scored), "current", n_boot=N_BOOT, seed=0)
+        for row in diffs[diffs["metric"].isin(["ece", "roc_auc"])].itertuples():
+            out["variants"][row.version][target][f"{row.metric}_minus_current"] = {
+                "difference": row.difference, "ci_low": row.ci_low, "ci_high": row.ci_high}
+    return out
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['deals']:,}, {r['seed']}" + (", cycle 2" if r["cycle_scale"] != 1 else "")
+
+
+def _verdict(d: dict[str, float], higher_is_better: bool = False) -> int:
+    """+1 better beyond the interval, -1 worse beyond it, 0 within."""
+    if d["ci_low"] > 0:
+        return 1 if higher_is_better else -1
+    if d["ci_high"] < 0:
+        return -1 if higher_is_better else 1
+    return 0
+
+
+def table(paths: list[Path]) -> None:
+    """The round's markdown table from result files, and the adoption rule applied to each variant."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    print("| deals, seed | booster | close AUC | Δ AUC | close ECE | Δ close | 90-day ECE | Δ 90-day "
+          "| slip ECE [floor] | Δ slip | slip: predicted − observed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def iv(d: dict[str, float]) -> str:
+        text = f"{d['difference']:+.3f} ({d['ci_low']:+.3f}, {d['ci_high']:+.3f})"
+        return text.replace("-", "−")
+
+    for r in runs:
+        for i, (name, v) in enumerate(r["variants"].items()):
+            c, n90, s = v["close_probability"], v["close_probability_90d"], v["slip_risk"]
+            cells = [_label(r) if i == 0 else "", name.replace("_", " "),
+                     f"{c['roc_auc']:.3f}", iv(c["roc_auc_minus_current"]) if name != "current" else "",
+                     f"{c['ece']:.3f}", iv(c["ece_minus_current"]) if name != "current" else "",
+                     f"{n90['ece']:.3f}", iv(n90["ece_minus_current"]) if name != "current" else "",
+                     f"{s['ece']:.3f} [{s['ece_noise_floor_deals']:.3f}]",
+                     iv(s["ece_minus_current"]) if name != "current" else "",
+                     f"{s['mean_predicted_minus_observed']:+.3f}".replace("-", "−")]
+            print("| " + " | ".join(cells) + " |")
+    print()
+    names = [n for n in runs[0]["variants"] if n != "current"]
+    for name in names:
+        slip = [_verdict(r["variants"][name]["slip_risk"]["ece_minus_current"]) for r in runs]
+        close = [_verdict(r["variants"][name]["close_probability"]["ece_minus_current"]) for r in runs]
+        auc = [_verdict(r["variants"][name]["close_probability"]["roc_auc_minus_current"], True)
+               for r in runs]
+        n90 = [_verdict(r["variants"][name]["close_probability_90d"]["ece_minus_current"]) for r in runs]
+        better, worse = slip.count(1), slip.count(-1)
+        passes = worse == 0 and -1 not in close and -1 not in auc and better > worse
+        small = [r["variants"][name]["slip_risk"]["ece"] for r in runs if r["deals"] <= 5000]
+        print(f"{name}: slip better/worse beyond interval {better}/{worse}; close ECE worse on "
+              f"{close.count(-1)}, better on {close.count(1)}; AUC worse on {auc.count(-1)}; 90-day worse on "
+              f"{n90.count(-1)}, better on {n90.count(1)}; mean slip ECE at 5,000 deals "
+              f"{np.mean(small):.4f}; {'PASSES' if passes else 'fails'} the rule")
+    cur = [r["variants"]["current"]["slip_risk"]["ece"] for r in runs if r["deals"] <= 5000]
+    print(f"current: mean slip ECE at 5,000 deals {np.mean(cur):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deals", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cycle-scale", type=float, default=1.0)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, nargs="+", default=None,
+                        help="print the table and the rule's verdict from these result files")
+    args = parser.parse_args()
+    if args.table:
+        table(args.table)
+        return
+    started = time.perf_counter()
+    body = run(args.deals, args.seed, args.cycle_scale)
+    result = {"deals": args.deals, "seed": args.seed, **body,
+              "seconds": round(time.perf_counter() - started, 1), "machine": machine()}
+    out = args.out or RESULTS / f"timing_boosters_{args.deals}_seed{args.seed}_cs{args.cycle_scale:g}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    for name, v in result["variants"].items():
+        brief = {t: {k: round(x, 4) for k, x in v[t].items() if isinstance(x, float)} for t in TARGETS}
+        print(json.dumps({"booster": name, "min_child_samples": v["min_child_samples"], **brief}))
+    print(f"written to {out} in {result['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
