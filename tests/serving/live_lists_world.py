@@ -22,12 +22,13 @@ from features.history import DealHistory
 from serving.live_scores import LiveScorer
 from serving.model_holder import LoadedModel, PopulationCache
 from serving.store import Store
+from tests.serving.stand_in import ScoresAsColumns
 
 VERSION = "7"
 IDS = ["a10", "a9", "B1", "b2", "Z", "z", "éa", "Ea", "_x", "x_", "0k", "k0"]
 
 
-class FixedScores:
+class FixedScores(ScoresAsColumns):
     """Scores like `ScoringBundle.score`, with a fixed cold risk and close probability per deal."""
 
     def __init__(self, cold: Mapping[str, float], close: Mapping[str, float]) -> None:

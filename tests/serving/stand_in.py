@@ -9,14 +9,34 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from fastapi.testclient import TestClient
 
 from features.history import DealHistory
+from models.bundle import ScoringBundle
 from serving.app import create_app
 from serving.deps import get_model
 from serving.model_holder import LoadedModel
 from serving.settings import Settings
 from serving.store import Store
+
+
+class ScoresAsColumns:
+    """For a test's stand-in bundle that defines `score`: the rest of the scoring interface
+    (`ScoringBundle.score_columns`, which `models.scoring.score_points` calls, and `OBJECT_COLUMNS`),
+    answered from its `score` frame."""
+
+    OBJECT_COLUMNS = ScoringBundle.OBJECT_COLUMNS
+
+    def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def score_columns(
+        self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False
+    ) -> dict[str, Any]:
+        frame = self.score(features, top_reasons=top_reasons, with_curves=with_curves)
+        return {str(c): frame[c].array if isinstance(frame[c].dtype, pd.api.extensions.ExtensionDtype)
+                else frame[c].to_numpy() for c in frame.columns}
 
 
 @contextmanager

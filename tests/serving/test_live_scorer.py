@@ -14,11 +14,12 @@ from serving.live_scores import BULK_DEALS, LiveScorer
 from serving.model_holder import LoadedModel, PopulationCache
 from serving.stage_limits import refresh_stage_limits
 from serving.store import Store
+from tests.serving.stand_in import ScoresAsColumns
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 
 
-class StandInBundle:
+class StandInBundle(ScoresAsColumns):
     """Cold risk = amount / 10,000 (so the ranking is known); fails on the deals named in `broken`."""
 
     def __init__(self, broken: set[str] | None = None) -> None:

@@ -18,13 +18,13 @@ import pytest
 
 from features.health import pipeline_health
 from features.history import DealHistory
-from tests.serving.stand_in import stand_in_service
+from tests.serving.stand_in import ScoresAsColumns, stand_in_service
 
 AS_OF = "2024-01-31T00:00:00Z"
 COLD = {"a1": 0.9, "a2": 0.2, "a3": 0.6, "a4": 0.4, "b1": 0.7}
 
 
-class StandInBundle:
+class StandInBundle(ScoresAsColumns):
     """Scores like `ScoringBundle.score`: fixed cold risk per deal, close probability 0.5."""
 
     def score(self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False) -> pd.DataFrame:

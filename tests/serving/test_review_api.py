@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from features.history import DealHistory
-from tests.serving.stand_in import stand_in_service
+from tests.serving.stand_in import ScoresAsColumns, stand_in_service
 
 AS_OF = "2024-03-01T00:00:00Z"
 CLOSE = {"d1": 0.5, "d5": 0.6, "d2": 0.01, "d3": 0.01, "d4": 0.3, "d6": 0.4, "q1": 0.5}
@@ -27,7 +27,7 @@ COLD = {"d1": 0.8, "d5": 0.3, "d2": 0.9, "d3": 0.5, "d4": 0.2, "d6": 0.7, "q1": 
 D4_COLD_FROM = pd.Timestamp("2024-02-20", tz="UTC")
 
 
-class StandInBundle:
+class StandInBundle(ScoresAsColumns):
     """Scores like `ScoringBundle.score`; a reason, days in stage (effect = days / 100), and a counter
     reason, the amount (effect = −amount / 10,000), so how they move between weeks is plain arithmetic."""
 
