@@ -705,11 +705,9 @@ class Store:
         self._refresh_state(conn, sorted((touched | set(appended)) - set(states)))
         self._write_states(conn, states)
         self._unwon(conn, won_before)
-        if left:
-            # a deal leaving moves no stamp of the deals still there: the pipeline row's tells readers
-            # (`health_stamp`) that the pipeline changed, as a spec change does
-            pipes = self.table("pipelines")
-            conn.execute(pipes.update().where(pipes.c.name.in_(sorted(left))).values(updated_at=_now_naive()))
+        # a deal leaving moves no stamp of the deals still there: the pipeline row's tells readers
+        # (`health_stamp`) that the pipeline changed, as a spec change does
+        self._stamp_pipelines(conn, left)
 
     def _write_given_spec(
         self, conn: Connection, spec: PipelineSpec, result: ImportResult, problems: list[StoreProblem]
@@ -1180,7 +1178,7 @@ class Store:
         hourly clock). One query, only when such a deal was written."""
         if not won_before:
             return
-        deals, pipes = self.table("deals"), self.table("pipelines")
+        deals = self.table("deals")
         ids = sorted(won_before)
         still: set[tuple[str, str]] = set()
         for start in range(0, len(ids), _IN_CHUNK):
@@ -1189,9 +1187,14 @@ class Store:
                 _among(self.dialect, deals.c.deal_id, chunk), deals.c.outcome == "won"
             )
             still |= {(str(d), str(p)) for d, p in conn.execute(query)}
-        left = sorted({p for d, p in won_before.items() if (d, p) not in still})
-        if left:
-            conn.execute(pipes.update().where(pipes.c.name.in_(left)).values(updated_at=_now_naive()))
+        self._stamp_pipelines(conn, {p for d, p in won_before.items() if (d, p) not in still})
+
+    def _stamp_pipelines(self, conn: Connection, names: Iterable[str]) -> None:
+        """Stamp `pipelines.updated_at` of these pipelines with the time now, in the write's transaction:
+        what their learned limits (`stage_limits_due`) and health answers (`health_stamp`) compare with."""
+        if names := sorted(names):
+            pipes = self.table("pipelines")
+            conn.execute(pipes.update().where(pipes.c.name.in_(names)).values(updated_at=_now_naive()))
 
     def _lock_deals(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored deals among `deal_ids` (their columns as created, row_hash, and the state columns),
