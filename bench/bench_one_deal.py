@@ -23,16 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_serving import _percentiles, deal_payloads  # noqa: E402
 from bench.common import write_result  # noqa: E402
-
-
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(float(np.percentile(seconds, 50)) * 1e3, 2),
-            "p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 2)}
 
 
 def main() -> None:
@@ -62,7 +56,6 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     from serving.schemas import ScoreRequest
     from serving.settings import Settings
     from serving.store import Store
-    from tests.serving.conftest import inline_deal
     from training.simulate import simulate_history
     from training.train import TrainConfig, train
 
@@ -83,7 +76,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
             events[deal_id] = events.get(deal_id, 0) + int(n)
     open_ids = list(open_deal_points(history, history.end_time)["deal_id"].astype(str))
     ids = sorted(open_ids, key=lambda d: (abs(events.get(d, 0) - 45), d))[:20]
-    bodies = [{"deals": [inline_deal(history, d)]} for d in ids]
+    bodies = [{"deals": [deal]} for deal in deal_payloads(history, ids)]
     auth = {"Authorization": f"Bearer {key}"}
     times: dict[str, list[float]] = {"healthz": [], "inline": [], "stored": []}
     with TestClient(create_app(settings)) as client:
