@@ -21,6 +21,26 @@ the hazard booster is fitted once and only the map from its hazards to calibrate
   calibration window's closing rows, each closing deal counting once, prior sd 0.15 toward the
   identity); `outcome_split_wide` the same with prior sd 0.5; `outcome_split_intercept` (and `_wide`)
   with c held at 1, the shift d alone. Their slip risk is `none`'s by construction.
+- `closing_speed` (round 7): `current`'s share won among closes, and a map of *when* deals close on
+  top: eta' = a * eta + b on eta = logit(1 - h_open), the booster's log-odds of closing in a period
+  against staying open. Fitted on the calibration window's snapshots labelled to the end of the data
+  (watched up to 150 days, the test window's 90 days included, instead of 60), on all their
+  person-period rows (the open ones too: the hazard likelihood handles the censoring, so the longer
+  watch does not favour the fast closers), every row weighing the same and all of them together as
+  much as the window's deals (w = deals / rows), with a Gaussian prior of sd 0.15 centred on the
+  identity: the evidence is counted in deals, so the prior holds the map near the identity when the
+  window is small. `closing_speed_periods` has one shift per period index (1, 2, 3 and after);
+  `closing_speed_60` is `closing_speed` fitted on the usual 60-day labels (to tell the longer watch's
+  part from the map's).
+
+Round 7's rule, written before its first result was read: a `closing_speed` variant (in the order
+`closing_speed`, `closing_speed_periods`; `closing_speed_60` is a diagnostic) becomes training's map
+only if, against `current` with the paired 95 % intervals, on the 5,000-deal histories (seeds 0-5 at
+cycle scale 1, 0 and 1 at cycle scale 2) and the 20,000-deal ones measured (seeds 0 and 1, then 2-4
+as time allows): (1) its slip ECE is lower on every 5,000-deal history where `current`'s is over 0.03,
+and lower beyond the interval on at least half of them; (2) its slip ECE is worse beyond the interval
+on no history, and at most 0.03 on every 20,000-deal one; (3) its close and 90-day ECE are worse
+beyond the interval on no history, and its close AUC lower beyond the interval on none.
 
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
@@ -47,11 +67,14 @@ import numpy as np
 import pandas as pd
 
 from features.build import FeatureBuilder
-from features.labels import slip_label, won_label, won_within_label
+from features.labels import close_event, slip_label, won_label, won_within_label
 from models.calibration import ece_noise_floor, expected_calibration_error, reliability_bins
 from models.comparison import bootstrap_comparison
 from models.timing import (
+    LOST,
+    N_PERIODS,
     OPEN,
+    WON,
     HazardCalibrator,
     OutcomeSplitCalibrator,
     TimingCurves,
@@ -68,6 +91,71 @@ from training.train import TrainConfig, fit_timing, prepare_training_data
 RESULTS = Path(__file__).resolve().parent / "results"
 SPAN_DAYS = 730
 N_BOOT = 200  # resamples of test deals for the paired differences against `current`
+_EPS = 1e-9
+
+
+class ClosingSpeedMap:
+    """Round 7's variant: the share won among closes from `split` (training's map), and the log-odds of
+    closing in a period against staying open mapped as a * eta + b[period] (`n_shifts` shifts, the last
+    one standing for every later period); identity at a = 1, b = 0. Rows of `transform` are a deal's
+    `n_periods` periods in turn, as `TimingModel.curves` lays them out."""
+
+    def __init__(self, split: OutcomeSplitCalibrator, n_shifts: int = 1, prior_sd: float = 0.15,
+                 n_periods: int = N_PERIODS) -> None:
+        self.split = split
+        self.n_shifts = n_shifts
+        self.prior_sd = prior_sd
+        self.n_periods = n_periods
+        self.scale_ = 1.0
+        self.shifts_ = np.zeros(n_shifts)
+
+    def _index(self, period: np.ndarray) -> np.ndarray:
+        return np.minimum(np.asarray(period, dtype=np.int64), self.n_shifts) - 1
+
+    def fit(self, proba: np.ndarray, target: np.ndarray, period: np.ndarray, n_deals: int) -> ClosingSpeedMap:
+        from scipy.optimize import minimize
+
+        q = np.clip(1.0 - np.asarray(proba, dtype=np.float64)[:, OPEN], _EPS, 1.0 - _EPS)
+        eta = np.log(q / (1.0 - q))
+        y = (np.asarray(target) != OPEN).astype(np.float64)
+        idx = self._index(period)
+        w = np.full(len(y), n_deals / max(len(y), 1))
+        onehot = np.eye(self.n_shifts)[idx]
+        identity = np.concatenate([[1.0], np.zeros(self.n_shifts)])
+        var = self.prior_sd**2
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            e = theta[0] * eta + theta[1:][idx]
+            nll = float(np.sum(w * np.logaddexp(0.0, np.where(y > 0, -e, e))))
+            resid = w * (1.0 / (1.0 + np.exp(-e)) - y)
+            grad = np.concatenate([[np.sum(resid * eta)], resid @ onehot])
+            dev = theta - identity
+            return nll + 0.5 * float(dev @ dev) / var, grad + dev / var
+
+        res = minimize(loss, identity, jac=True, method="L-BFGS-B")
+        if res.success and np.all(np.isfinite(res.x)):
+            self.scale_ = float(res.x[0])
+            self.shifts_ = np.asarray(res.x[1:], dtype=np.float64)
+        return self
+
+    def transform(self, proba: np.ndarray, period: np.ndarray | None = None) -> np.ndarray:
+        p = np.asarray(proba, dtype=np.float64)
+        if period is None:
+            period = np.tile(np.arange(1, self.n_periods + 1), len(p) // self.n_periods)
+        split = self.split.transform(p)
+        share = split[:, WON] / np.maximum(split[:, WON] + split[:, LOST], _EPS)
+        q = np.clip(1.0 - p[:, OPEN], _EPS, 1.0 - _EPS)
+        e = self.scale_ * np.log(q / (1.0 - q)) + self.shifts_[self._index(period)]
+        closes = 1.0 / (1.0 + np.exp(-e))
+        out = np.empty_like(p)
+        out[:, OPEN] = 1.0 - closes
+        out[:, WON] = closes * share
+        out[:, LOST] = closes - out[:, WON]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "closing_speed", "prior_sd": self.prior_sd, "scale": self.scale_,
+                "shifts": self.shifts_.tolist(), "split": self.split.to_dict()}
 
 
 def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
@@ -100,6 +188,17 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
         maps[name] = OutcomeSplitCalibrator(prior_sd=sd, fit_scale=fit_scale).fit(
             raw_cal, pp.target, groups=cal_groups)
     closing = pp.target != OPEN
+    # Round 7: the calibration window's snapshots watched to the end of the data, for the closing-speed maps
+    long = close_event(cut, cal[["deal_id", "as_of"]], end=cut.end_time)
+    pp_long = person_periods(long["event"], long["event_days"], long["observed_days"])
+    raw_long = np.asarray(timing.booster.predict(expand_frame(cal, cols, pp_long)), dtype=np.float64)
+    n_long_deals = int(cal["deal_id"].iloc[pp_long.row].nunique())
+    split = timing.calibrator
+    assert isinstance(split, OutcomeSplitCalibrator)
+    maps["closing_speed"] = ClosingSpeedMap(split).fit(raw_long, pp_long.target, pp_long.period, n_long_deals)
+    maps["closing_speed_periods"] = ClosingSpeedMap(split, n_shifts=3).fit(
+        raw_long, pp_long.target, pp_long.period, n_long_deals)
+    maps["closing_speed_60"] = ClosingSpeedMap(split).fit(raw_cal, pp.target, pp.period, n_cal_deals)
 
     points = make_snapshots(cut)
     points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
@@ -116,6 +215,9 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
                            "calibration_rows": len(pp.row), "calibration_deals": n_cal_deals,
                            "calibration_closing_rows": int(closing.sum()),
                            "calibration_closing_deals": int(pd.Series(cal_groups[closing]).nunique()),
+                           "calibration_long_rows": len(pp_long.row),
+                           "calibration_long_closing_rows": int((pp_long.target != OPEN).sum()),
+                           "calibration_long_deals": n_long_deals,
                            "test_snapshots": len(points), "variants": {}}
     scored: dict[str, dict[str, np.ndarray]] = {}
     # the booster's hazards once; each map applied to them as `TimingModel.curves` does
@@ -157,8 +259,8 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
         frame_t = pd.DataFrame({"head": target, "y": y[keep], "deal_id": deal_ids[keep],
                                 **{name: s[target][keep] for name, s in scored.items()}})
         _, diffs = bootstrap_comparison(frame_t, list(scored), "current", n_boot=N_BOOT, seed=0)
-        for row in diffs[diffs["metric"] == "ece"].itertuples():
-            out["variants"][row.version][target]["ece_minus_current"] = {
+        for row in diffs[diffs["metric"].isin(["ece", "roc_auc"])].itertuples():
+            out["variants"][row.version][target][f"{row.metric}_minus_current"] = {
                 "difference": row.difference, "ci_low": row.ci_low, "ci_high": row.ci_high}
     return out
 
