@@ -50,7 +50,8 @@ per variant and figure, its ECE minus `current`'s with a 95 % interval from 200 
 test deals (`models.comparison.bootstrap_comparison`: the same draw for every map).
 
 Run: .venv/bin/python bench/bench_hazard_maps.py [--deals 20000] [--seed 0] [--cycle-scale 1]
-Writes bench/results/hazard_maps_seed<seed>.json.
+Writes bench/results/hazard_maps_seed<seed>.json. `--table FILE...` prints round 7's table (its
+variants and `current`) from such files and applies round 7's rule.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.bench_timing_boosters import _label, _verdict
 from features.build import FeatureBuilder
 from features.labels import close_event, slip_label, won_label, won_within_label
 from models.calibration import ece_noise_floor, expected_calibration_error, reliability_bins
@@ -265,13 +267,84 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
     return out
 
 
+ROUND7 = ("current", "closing_speed", "closing_speed_periods", "closing_speed_60")
+ROUND7_CANDIDATES = ("closing_speed", "closing_speed_periods")
+
+
+def _verdicts(runs: list[dict[str, Any]], name: str, target: str, metric: str = "ece") -> list[int]:
+    """Per run, +1 / -1 / 0: `name` better / worse than `current` beyond the paired interval, or within."""
+    return [_verdict(r["variants"][name][target][f"{metric}_minus_current"], metric == "roc_auc")
+            for r in runs]
+
+
+def table(paths: list[Path]) -> None:
+    """Round 7's markdown table from result files, and its rule (module docstring) applied in order."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    print("| deals, seed | map | close AUC | Δ AUC | close ECE | Δ close | 90-day ECE | Δ 90-day "
+          "| slip ECE [floor] | Δ slip | slip: predicted − observed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def iv(d: dict[str, float]) -> str:
+        return f"{d['difference']:+.3f} ({d['ci_low']:+.3f}, {d['ci_high']:+.3f})".replace("-", "−")
+
+    for r in runs:
+        for i, name in enumerate(ROUND7):
+            v = r["variants"][name]
+            c, n90, s = v["close_probability"], v["close_probability_90d"], v["slip_risk"]
+            first = name == "current"
+            cells = [_label(r) if i == 0 else "", name.replace("_", " "),
+                     f"{c['roc_auc']:.3f}", "" if first else iv(c["roc_auc_minus_current"]),
+                     f"{c['ece']:.3f}", "" if first else iv(c["ece_minus_current"]),
+                     f"{n90['ece']:.3f}", "" if first else iv(n90["ece_minus_current"]),
+                     f"{s['ece']:.3f} [{s['ece_noise_floor_deals']:.3f}]",
+                     "" if first else iv(s["ece_minus_current"]),
+                     f"{s['mean_predicted_minus_observed']:+.3f}".replace("-", "−")]
+            print("| " + " | ".join(cells) + " |")
+    print()
+    for r in runs:
+        fits = {n: {k: r["variants"][n]["map"][k] for k in ("scale", "shifts")} for n in ROUND7[1:]}
+        print(_label(r), json.dumps(fits, default=lambda x: round(x, 3)))
+    print()
+    small = [r for r in runs if r["deals"] <= 5000]
+    failing = [r for r in small if r["variants"]["current"]["slip_risk"]["ece"] > 0.03]
+    print("failing at 5,000 deals (current slip ECE > 0.03):", ", ".join(_label(r) for r in failing))
+    for name in ROUND7[1:]:
+        slip = _verdicts(runs, name, "slip_risk")
+        close = _verdicts(runs, name, "close_probability")
+        n90 = _verdicts(runs, name, "close_probability_90d")
+        auc = _verdicts(runs, name, "close_probability", "roc_auc")
+        slip_fail = [r["variants"][name]["slip_risk"]["ece_minus_current"] for r in failing]
+        lower = sum(d["difference"] < 0 for d in slip_fail)
+        beyond = sum(d["ci_high"] < 0 for d in slip_fail)
+        rule1 = lower == len(failing) and 2 * beyond >= len(failing)
+        large_slip = [round(r["variants"][name]["slip_risk"]["ece"], 3) for r in runs if r["deals"] > 5000]
+        rule2 = -1 not in slip and all(x <= 0.03 for x in large_slip)
+        rule3 = -1 not in close and -1 not in n90 and -1 not in auc
+        mean_small = np.mean([r["variants"][name]["slip_risk"]["ece"] for r in small])
+        role = "candidate" if name in ROUND7_CANDIDATES else "diagnostic"
+        print(f"{name} ({role}): (1) slip lower on {lower} of {len(failing)} failing, beyond the interval "
+              f"on {beyond} -> {rule1}; (2) slip worse / better beyond the interval on {slip.count(-1)} / "
+              f"{slip.count(1)}, at 20,000 deals {large_slip} -> {rule2}; (3) worse beyond the interval: "
+              f"close {close.count(-1)}, 90-day {n90.count(-1)}, AUC {auc.count(-1)} -> {rule3}; "
+              f"mean slip ECE at 5,000 deals {mean_small:.4f}; "
+              f"{'PASSES' if rule1 and rule2 and rule3 else 'fails'}")
+    cur = np.mean([r["variants"]["current"]["slip_risk"]["ece"] for r in small])
+    print(f"current: mean slip ECE at 5,000 deals {cur:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cycle-scale", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, nargs="+", default=None,
+                        help="print round 7's table and the rule's verdict from these result files")
     args = parser.parse_args()
+    if args.table:
+        table(args.table)
+        return
     started = time.perf_counter()
     body = run(args.deals, args.seed, args.cycle_scale)
     result = {"deals": args.deals, "seed": args.seed, **body,
