@@ -15,8 +15,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
 from models.reasons import ReasonWriter, stage_prior_reasons
+from models.single_row import PredictType, SingleRowPredictor
 from models.timing import (
     PERIOD_FEATURE,
     TimingCurves,
@@ -83,6 +85,11 @@ class Head:
     prior: StagePrior | None = None
     calibrator: Calibrator | None = None
     timing: TimingModel | None = None
+    # the booster's one-row predictors (`models.single_row`), set up on first use
+    _single_rows: dict[str, SingleRowPredictor] = field(default_factory=dict, init=False, repr=False,
+                                                        compare=False)
+    _single_rows_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False,
+                                              compare=False)
 
     @classmethod
     def lightgbm(
@@ -115,9 +122,30 @@ class Head:
             return self.curves(x).p_won()
         if self.kind == "lightgbm":
             assert self.booster is not None
+            if len(x) == 1:
+                return self._single_row("normal")(x)
             return np.asarray(self.booster.predict(x, num_threads=_threads_for(len(x))), dtype=np.float64)
         assert self.prior is not None
         return self.prior.predict_proba(frame)
+
+    def contributions(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        """LightGBM's per-feature contributions to the raw score, bias last: (n, n_features + 1)
+        (LightGBM heads only)."""
+        assert self.kind == "lightgbm" and self.booster is not None
+        if len(x) == 1:
+            return self._single_row("contrib")(x)
+        contrib = self.booster.predict(x, pred_contrib=True, num_threads=_threads_for(len(x)))
+        return np.asarray(contrib, dtype=np.float64)
+
+    def _single_row(self, predict_type: PredictType) -> SingleRowPredictor:
+        """One row through LightGBM's single-row API (the same numbers as `booster.predict`, without
+        its per-call set-up, which costs more than one deal's trees)."""
+        with self._single_rows_lock:
+            predictor = self._single_rows.get(predict_type)
+            if predictor is None:
+                assert self.booster is not None
+                predictor = self._single_rows[predict_type] = SingleRowPredictor(self.booster, predict_type)
+            return predictor
 
     def proba(self, x: NDArray[np.float64], frame: pd.DataFrame) -> NDArray[np.float64]:
         """Calibrated P(positive), clipped to [0, 1]."""
@@ -320,9 +348,7 @@ class ScoringBundle:
         pipeline, stage = _keys_or_blank(features)
         head = self.cold
         if head.kind == "lightgbm":
-            assert head.booster is not None
-            contrib = head.booster.predict(x, pred_contrib=True, num_threads=_threads_for(len(x)))
-            contrib = np.asarray(contrib, dtype=np.float64)
+            contrib = head.contributions(x)
             return (
                 self._reasons.explain(contrib, x, pipeline, stage, top_k, "raises"),
                 self._reasons.explain(contrib, x, pipeline, stage, top_k, "lowers"),

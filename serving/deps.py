@@ -11,6 +11,11 @@ Every route takes what it needs from here, so tests can swap any of them with
 - `FeatureBuilderDep` -> a `FeatureBuilder` fitted on the whole store (refitted lazily after writes);
                      None while the store holds no deals (`model_holder.builder_for` then fits on the
                      scored history).
+
+The four above only read `app.state`, so they are `async def`: FastAPI runs a plain `def` dependency in
+its threadpool, one thread hop each, which cost a one-deal `POST /v1/score` more than its validation (the
+first fit of the builder, which can take seconds, still runs in the threadpool). The key check queries the
+store, so it stays a plain `def`.
 - `require_role(*roles)` -> a dependency returning the caller's `ApiKey` (Authorization: Bearer <key>);
                      401 with WWW-Authenticate when missing/wrong/revoked, 403 when the role is not allowed.
   Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `ScoreKey` (admin, integration),
@@ -25,6 +30,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from starlette.concurrency import run_in_threadpool
 
 from features.build import FeatureBuilder
 from serving.auth import ApiKey, require_role
@@ -49,6 +55,7 @@ __all__ = [
     "WriteKey",
     "after_write",
     "get_model",
+    "feature_builder_dep",
     "get_feature_builder",
     "get_settings_dep",
     "get_store",
@@ -57,19 +64,19 @@ __all__ = [
 ]
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     """The app's store (opened once in lifespan)."""
     store: Store = request.app.state.store
     return store
 
 
-def get_model(request: Request) -> LoadedModel:
+async def get_model(request: Request) -> LoadedModel:
     """One snapshot of the served model for this request; 503 when none is loaded."""
     holder: ModelHolder = request.app.state.model_holder
     return holder.require()
@@ -79,6 +86,15 @@ def get_feature_builder(request: Request) -> FeatureBuilder | None:
     """The feature builder fitted on the stored history (refitted lazily after writes); None if empty."""
     cache: PopulationCache = request.app.state.population
     return cache.get()
+
+
+async def feature_builder_dep(request: Request) -> FeatureBuilder | None:
+    """`get_feature_builder` as a dependency: at once when a builder was ever fitted (`get` then never
+    waits), in the threadpool for the first fit."""
+    cache: PopulationCache = request.app.state.population
+    if cache.available:
+        return cache.get()
+    return await run_in_threadpool(get_feature_builder, request)
 
 
 def after_write(request: Request) -> None:
@@ -103,7 +119,7 @@ PipelinePath = Annotated[str, Path(min_length=1, max_length=NAME_LENGTH, pattern
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[Store, Depends(get_store)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
-FeatureBuilderDep = Annotated[FeatureBuilder | None, Depends(get_feature_builder)]
+FeatureBuilderDep = Annotated[FeatureBuilder | None, Depends(feature_builder_dep)]
 
 AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
 ReadKey = Annotated[ApiKey, Depends(require_role("admin", "manager"))]

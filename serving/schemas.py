@@ -44,6 +44,7 @@ RESERVED_DEAL_COLUMNS = frozenset(
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SPACED_OFFSET = re.compile(r"(T\S+) (\d\d:?\d\d)$")
 
 
 def _parse_time(value: Any) -> Any:
@@ -59,7 +60,8 @@ def _parse_time(value: Any) -> Any:
     if len(text) == 10:  # a date without a time is midnight UTC
         text += "T00:00:00"
     # an unencoded '+' in a query string arrives as a space: "2024-05-01T10:00:00 02:00"
-    text = re.sub(r"(T\S+) (\d\d:?\d\d)$", r"\1+\2", text)
+    if " " in text:
+        text = _SPACED_OFFSET.sub(r"\1+\2", text)
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -79,10 +81,15 @@ def _to_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# The bounds as datetimes: comparing a datetime with a pandas Timestamp costs more than parsing it, and
+# it is paid for every time of a request (both bounds are whole seconds, so the answers are the same).
+_EARLIEST, _LATEST = EARLIEST_TIME.to_pydatetime(), LATEST_TIME.to_pydatetime()
+
+
 def _in_time_range(value: datetime) -> datetime:
     # The history holds nanosecond times; the bounds are the file import's (features.validation).
     utc = _to_utc(value)
-    if not EARLIEST_TIME <= utc <= LATEST_TIME:
+    if not _EARLIEST <= utc <= _LATEST:
         raise ValueError(
             f"time out of range: must be between {EARLIEST_TIME.date()} and {LATEST_TIME.date()}"
         )

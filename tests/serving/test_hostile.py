@@ -214,6 +214,17 @@ def test_naive_times_are_utc_and_aware_times_are_converted(world: World, client:
     assert len({r["scores"][0]["cold_risk"] for r in results}) == 1
 
 
+def test_an_offset_whose_plus_arrived_as_a_space_is_read_as_the_offset(
+    world: World, client: TestClient
+) -> None:
+    # "?as_of=2025-09-01T12:00:00+02:00" typed into a URL: the unencoded '+' reaches the server as a space
+    deal_id = world.deal_in(world.pipeline_a)
+    response = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": "2025-09-01T12:00:00 02:00"},
+                          headers=world.auth("admin"))
+    assert response.status_code == 200, response.text
+    assert response.json()["as_of"] == "2025-09-01T10:00:00Z"
+
+
 def test_a_deal_with_no_history_scores(world: World, client: TestClient) -> None:
     deal = {
         "deal_id": "BARE",
