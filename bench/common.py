@@ -47,12 +47,13 @@ def free_port() -> int:
 
 
 def start_server(env: dict[str, str], home: Path, port: int, ready_path: str = "/healthz",
-                 timeout_s: float = 120) -> subprocess.Popen[bytes]:
+                 timeout_s: float = 120, root: Path | None = None) -> subprocess.Popen[bytes]:
     """`uvicorn serving.app:create_app` in a process of its own on 127.0.0.1:`port`, with `env` added to
-    this process's environment; returns once `ready_path` answers 200 (kills it and raises otherwise)."""
+    this process's environment; returns once `ready_path` answers 200 (kills it and raises otherwise).
+    `root`: the checkout whose code is served (default this one)."""
     import httpx
 
-    root = Path(__file__).resolve().parents[1]
+    root = root or Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning", "--no-access-log"],

@@ -618,11 +618,14 @@ class Store:
 
         return cast(ImportResult, self._retrying(work))
 
-    def write_events(self, deal_ids: Iterable[str], build: EventsBuilder) -> ImportResult:
+    def write_events(
+        self, deal_ids: Iterable[str], build: EventsBuilder, with_specs: bool = True
+    ) -> ImportResult:
         """Store a request's events in one transaction that also holds the request's reads.
 
         Reads the stored deals among `deal_ids` (as created, without their custom attributes; locked on
-        PostgreSQL) and their pipelines' specs, and passes them to `build`, which checks the request
+        PostgreSQL) and, `with_specs`, their pipelines' specs (else `build` gets none: events without
+        stage changes are checked against no spec), and passes them to `build`, which checks the request
         against them (it raises to refuse the request: nothing is written) and returns the typed event
         frames by table; those are stored as `add_events` stores them. Everything happens in one snapshot,
         retried as a whole after a PostgreSQL deadlock.
@@ -633,7 +636,8 @@ class Store:
             locked = self._lock_deals(conn, ids)
             rows = list(locked.values())
             stored = stored_deals({c: [r[c] for r in rows] for c in DEAL_COLUMNS}, [None] * len(rows))
-            specs = self._pipeline_specs(conn, sorted({str(r["pipeline"]) for r in rows}))
+            names = sorted({str(r["pipeline"]) for r in rows})
+            specs = self._pipeline_specs(conn, names) if with_specs else {}
             frames = build(stored, specs)
             prepared = {n: _prepare_events(n, f) for n, f in frames.items() if f is not None and len(f)}
             result = ImportResult()
@@ -662,7 +666,7 @@ class Store:
         conn: Connection,
         result: ImportResult,
         deals: pd.DataFrame | None,
-        events: Mapping[str, pd.DataFrame],
+        events: Mapping[str, _EventRows],
         given_specs: Mapping[str, PipelineSpec],
         inferred_specs: Mapping[str, PipelineSpec],
         progress: ProgressCallback | None,
@@ -934,7 +938,7 @@ class Store:
     def _write_events(
         self,
         conn: Connection,
-        events: Mapping[str, pd.DataFrame],
+        events: Mapping[str, _EventRows],
         result: ImportResult,
         progress: ProgressCallback | None,
         problems: list[StoreProblem],
@@ -946,7 +950,7 @@ class Store:
         `locked`: deals the caller already locked in this transaction (as `_lock_deals` returns them); only
         the others are read. Each chunk of rows is turned into records once and checked row by row (the
         one per-row step a write cannot avoid), so a request of one event pays no frame operations."""
-        wanted = sorted({str(d) for rows in events.values() for d in rows["deal_id"].tolist()})
+        wanted = sorted({d for rows in events.values() for d in rows.deal_ids()})
         deals = dict(locked or {})
         deals.update(self._lock_deals(conn, [d for d in wanted if d not in deals]))
         missing = [d for d in wanted if d not in deals]
@@ -965,9 +969,9 @@ class Store:
             seen: set[tuple[str, str]] = set()  # keys of this write's rows: a repeat is a duplicate
             inserted = 0
             repeated: list[dict[str, Any]] = []  # rows already stored: compared for conflicts below
-            for chunk in _chunks(rows):
+            for records in rows.record_chunks():
                 fresh: list[dict[str, Any]] = []
-                for rec in _records(chunk):
+                for rec in records:
                     created = deals[rec["deal_id"]]["created_at"]
                     if rec[time_col] is not None and rec[time_col] < created:
                         problems.append(
@@ -992,7 +996,7 @@ class Store:
                     if deal_id not in touched:
                         touched[deal_id] = _Appended(deals[deal_id])
                     touched[deal_id].rows[name].append(rec)
-                _report(progress, len(chunk))
+                _report(progress, len(records))
             counts = result.tables[name]
             counts.inserted += inserted
             counts.duplicates += len(rows) - inserted
@@ -2077,27 +2081,57 @@ def _row_hashes(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     return pd.Series([_sha256(s) for s in joined.tolist()], index=frame.index, dtype=object)
 
 
-def _prepare_events(name: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """An event frame as table rows with their idempotency key, with a fresh RangeIndex.
+@dataclass(frozen=True)
+class _EventRows:
+    """One event table's rows as the store writes them: the table's columns, `event_id` (an empty id is
+    no id) and `event_key` (the id, or the row's content hash when it has none). The typed frame is kept
+    as given and turned into the drivers' records a chunk at a time (`record_chunks`)."""
 
-    Built column by column from arrays (no frame operations), so one event costs microseconds."""
-    columns, time_col = EVENT_TABLES[name]
+    name: str
+    frame: pd.DataFrame
+    ids: list[str | None]
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def deal_ids(self) -> list[str]:
+        return [str(d) for d in self.frame["deal_id"].tolist()]
+
+    def record_chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
+        """The rows as records (naive UTC times, missing values None), at most `size` at a time."""
+        columns, time_col = EVENT_TABLES[self.name]
+        n = len(self)
+        for start in range(0, n, size):
+            chunk = self.frame if n <= size else self.frame.iloc[start : start + size]
+            m = len(chunk)
+            values = {c: _python_values(chunk[c]) if c in chunk.columns else [None] * m for c in columns}
+            values[time_col] = _python_values(_naive_utc(chunk[time_col]))
+            values["event_id"] = self.ids[start : start + m]
+            values["event_key"] = self.keys[start : start + m]
+            names = list(values)
+            yield [dict(zip(names, row, strict=True)) for row in zip(*values.values(), strict=True)]
+
+
+def _prepare_events(name: str, frame: pd.DataFrame) -> _EventRows:
+    """An event frame (typed, as `DealHistory` holds it) as the rows the store writes, keyed.
+
+    Reads the frame's columns once and copies nothing: a write of one event pays microseconds here."""
+    columns, _ = EVENT_TABLES[name]
     n = len(frame)
-    absent = pd.array([pd.NA] * n, dtype="string")
-    out = {c: frame[c].array if c in frame.columns else absent for c in columns}
-    given = frame["event_id"].to_numpy(dtype=object) if "event_id" in frame.columns else [None] * n
+    given = frame["event_id"].to_numpy(dtype=object).tolist() if "event_id" in frame.columns else [None] * n
     # an empty event_id is no id at all: fall back to the row hash rather than colliding on ""
     ids = [None if is_missing(v) or str(v) == "" else str(v) for v in given]
-    keys = np.array(ids, dtype=object)
-    keyless = np.array([i is None for i in ids], dtype=bool)
+    keys = list(ids)
     # the row hash is the key only of rows without an id (hashing costs: skip it when every row has one)
-    if keyless.any():
-        rows = frame_of(out, pd.RangeIndex(n))[keyless]
-        keys[keyless] = _row_hashes(rows, columns).to_numpy(dtype=object)
-    out["event_key"] = pd.array(keys, dtype="string")  # typed: frame_of builds the frame without inference
-    out["event_id"] = pd.array(ids, dtype="string")
-    out[time_col] = _naive_utc(pd.Series(out[time_col])).array
-    return frame_of(out, pd.RangeIndex(n))
+    keyless = [i for i, v in enumerate(ids) if v is None]
+    if keyless:
+        absent = pd.array([pd.NA] * n, dtype="string")
+        table = frame_of({c: frame[c].array if c in frame.columns else absent for c in columns},
+                         pd.RangeIndex(n))
+        for i, key in zip(keyless, _row_hashes(table.iloc[keyless], columns).tolist(), strict=True):
+            keys[i] = key
+    return _EventRows(name, frame, ids, cast(list[str], keys))
 
 
 def _json_value(value: Any) -> Any:

@@ -212,3 +212,20 @@ def test_a_new_pipeline_without_stages_can_be_ranked(world: Any, client: TestCli
     )
     assert response.status_code == 200, response.text
     assert [d["deal_id"] for d in response.json()["deals"]] == ["INT-N1"]
+
+
+def test_a_stage_outside_a_given_spec_is_named_by_its_place_in_the_request_and_nothing_is_stored(
+    world: Any, client: TestClient
+) -> None:
+    admin, pipeline = world.auth("admin"), "Given Path Line"
+    spec = {"stages": ["Intro", "Trial"], "won": ["Signed"], "lost": ["Dropped"]}
+    assert client.put(f"/v1/pipelines/{pipeline}", json=spec, headers=admin).status_code == 200
+    _post(client, "/v1/deals", {"deals": [_deal("INT-GP1", pipeline)]}, admin)
+    call = {"deal_id": "INT-GP1", "type": "call", "occurred_at": "2025-03-02T00:00:00Z", "event_id": "gp1-c"}
+    unknown = {"deal_id": "INT-GP1", "stage": "Pilot", "changed_at": "2025-03-03T00:00:00Z"}
+    # the activity comes first in the body: the request's one stage change still meets the spec
+    response = _post(client, "/v1/events", {"activities": [call], "stage_changes": [unknown]}, admin)
+    assert response.status_code == 422, response.text
+    assert [p["loc"] for p in response.json()["problems"]] == ["stage_changes[0].stage"]
+    stored = client.get("/v1/deals/INT-GP1", headers=admin).json()
+    assert stored["activities"] == [] and stored["stage_changes"] == []
