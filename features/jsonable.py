@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -36,10 +37,21 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def loads_jsonable(text: str) -> Any:
+    """`jsonable(json.loads(text))` of JSON that `json.dumps` wrote, in one parse: its NaN, Infinity
+    and -Infinity become None. For stored JSON read as text (the live at-risk list's reasons)."""
+    return _DECODER.decode(text)
+
+
+def _none(_token: str) -> None:
+    return None
+
+
+_DECODER = json.JSONDecoder(parse_constant=_none)
+
+
 def json_ready(value: Any) -> Any:
     """`jsonable`, then times as ISO 8601 strings: a structure `json.dumps` takes as it is (for JSON
     artifacts and stored reports)."""
-    import json
-
     return json.loads(json.dumps(jsonable(value), default=lambda v: v.isoformat() if hasattr(v, "isoformat")
                                  else str(v)))

@@ -69,7 +69,7 @@ from features.history import (
     HistoryValidationError,
     PipelineSpec,
 )
-from features.jsonable import jsonable
+from features.jsonable import loads_jsonable
 from features.stages import stage_outcome
 from features.timeindex import NAT_NS, frame_of, is_missing, to_ns
 from features.validation import assemble_typed, stored_deals, stored_events
@@ -78,7 +78,6 @@ from models.at_risk import (
     DEFAULT_SORT,
     STALE_LIMIT_FACTOR,
     STALE_MAX_CLOSE_PROBABILITY,
-    value_at_risk,
 )
 from serving.limits import DEFAULT_MAX_ATTRIBUTE_NAMES, MAX_ATTRIBUTES_PER_DEAL
 from serving.score_archive import append_score_history
@@ -91,7 +90,7 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 PLANNER_STATS_GROWTH = 0.2  # `refresh_planner_stats` runs again when deals or live scores moved by more
 PLANNER_STATS_IMPORT_ROWS = 1000  # an import of at least this many rows refreshes the statistics
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
@@ -1578,7 +1577,9 @@ class Store:
         """Store live scores (columns as `bundle.score` gives them) computed from the given deal states.
 
         A deal whose state moved on while it was being scored keeps the older stamp here, so it stays
-        pending and is scored again.
+        pending and is scored again. The same transaction copies each score's close probability and cold
+        risk to its deal's row (`deals.live_close_probability`, `live_cold_risk`: what the at-risk list
+        ranks by, revision 0010), first and in deal_id order, as every writer locks deals.
         """
         if not len(scores):
             return 0
@@ -1607,11 +1608,28 @@ class Store:
             index_elements=["deal_id"],
             set_={c.name: insert.excluded[c.name] for c in table.columns if c.name != "deal_id"},
         )
+        copies = sorted(
+            ({"b_deal_id": r["deal_id"], "b_close": r["close_probability"], "b_cold": r["cold_risk"]}
+             for r in records),
+            key=itemgetter("b_deal_id"),
+        )
         with self._write() as conn:
+            for start in range(0, len(copies), CHUNK_ROWS):
+                conn.execute(self._live_copy_update, copies[start : start + CHUNK_ROWS])
             for start in range(0, len(records), CHUNK_ROWS):
                 conn.execute(stmt, records[start : start + CHUNK_ROWS])
             append_score_history(self, conn, records, model_version, "champion")
         return len(records)
+
+    @cached_property
+    def _live_copy_update(self) -> Any:
+        """UPDATE of a deal's copy of its live score's two ranking numbers by `b_deal_id` (built once)."""
+        table = self.table("deals")
+        return (
+            table.update()
+            .where(table.c.deal_id == sa.bindparam("b_deal_id"))
+            .values(live_close_probability=sa.bindparam("b_close"), live_cold_risk=sa.bindparam("b_cold"))
+        )
 
     def at_risk_page(self, *args: Any, **kwargs: Any) -> tuple[int, pd.DataFrame] | None:
         """`at_risk_rows` (same arguments) as a frame (times as UTC timestamps, numbers as float64, missing
@@ -1630,14 +1648,14 @@ class Store:
         return total, frame
 
     def _unscored_open_deals(self, pipeline: str | None) -> sa.Select[Any]:
-        """How many open deals of the pipeline (every pipeline when None) have no live score yet."""
-        deals, scores = self.table("deals"), self.table("deal_scores")
-        scope = [deals.c.outcome == "open", *([deals.c.pipeline == pipeline] if pipeline is not None else [])]
-        return (
-            sa.select(sa.func.count())
-            .select_from(deals.outerjoin(scores, scores.c.deal_id == deals.c.deal_id))
-            .where(*scope, scores.c.deal_id.is_(None))
-        )
+        """How many open deals of the pipeline (every pipeline when None) have no live score yet: no copy
+        of one on the deal's row (`save_scores` writes both in one transaction)."""
+        deals = self.table("deals")
+        return sa.select(sa.func.count()).where(*self._open_deals(pipeline), _unscored(deals))
+
+    def _open_deals(self, pipeline: str | None) -> list[sa.ColumnElement[bool]]:
+        deals = self.table("deals")
+        return [deals.c.outcome == "open", *([deals.c.pipeline == pipeline] if pipeline is not None else [])]
 
     def unscored_open_deals(self, pipeline: str | None) -> int:
         """The number of open deals of the pipeline (every pipeline when None) with no live score yet:
@@ -1662,9 +1680,11 @@ class Store:
         (every pipeline when None), from the stored state and scores: filtered, split, ordered and paged
         by the database, as `models.at_risk.rank_at_risk` does on demand.
 
-        `value_at_risk` is `models.bundle.value_at_risk` applied to the columns (one SQL expression); a deal
-        is stale as `models.at_risk` defines it, with its days in stage counted to `now` (default: the
-        current time) and its stage's limit from `stage_limits` (configured, else the stored learned one).
+        `value_at_risk` is `models.at_risk.value_at_risk` of the deal's current amount and its live score
+        (`deals.value_at_risk`, computed by the database; a deal changed after its score ranks with its
+        new amount, as on demand); a deal is stale as `models.at_risk` defines it, with its days in stage
+        counted to `now` (default: the current time) and its stage's limit from `stage_limits`
+        (configured, else the stored learned one).
         Order: `AT_RISK_SORTS[sort]`, missing values last, ties by deal_id (code-point order on both
         backends). Returns (total matching, the page) from one snapshot, or None while an open deal has no
         stored score yet or the pipeline's learned limits were never computed (the caller ranks on
@@ -1672,26 +1692,25 @@ class Store:
         amount, expected_close_date, stage_entered_at, the score columns, value_at_risk, model_version,
         scored_at (its `as_of`), pending (the deal changed after its score), days_in_stage and
         stage_limit_days; times are aware UTC datetimes and a missing or non-finite number is None.
+
+        The deals' index `ix_deals_at_risk` holds every column the list filters, splits and sorts by
+        (the live score's two numbers copied to the deal, revision 0010): the count of unscored and of
+        matching deals is one scan of it, and a page in the default order is its first rows.
         """
         if sort not in AT_RISK_SORTS:
             raise ValueError(f"sort must be one of {sorted(AT_RISK_SORTS)}, not {sort!r}")
         t = _naive(now) if now is not None else _now_naive()
         deals, scores = self.table("deals"), self.table("deal_scores")
-        in_scope = [deals.c.outcome == "open"]
-        if pipeline is not None:
-            in_scope.append(deals.c.pipeline == pipeline)
-        where = list(in_scope)
+        in_scope = self._open_deals(pipeline)
+        filters = []
         if owner is not None:
-            where.append(deals.c.current_owner == owner)
+            filters.append(deals.c.current_owner == owner)
         if team is not None:
-            where.append(deals.c.team == team)
+            filters.append(deals.c.team == team)
         if min_amount is not None:
-            where.append(deals.c.current_amount >= float(min_amount))
+            filters.append(deals.c.current_amount >= float(min_amount))
         if close_before is not None:
-            where.append(deals.c.current_expected_close_date < _naive(close_before))
-        joined = deals.join(scores, scores.c.deal_id == deals.c.deal_id)
-        unscored = self._unscored_open_deals(pipeline)
-        var = value_at_risk(deals.c.current_amount, scores.c.close_probability, scores.c.cold_risk)
+            filters.append(deals.c.current_expected_close_date < _naive(close_before))
         page_columns = (
             deals.c.deal_id,
             deals.c.pipeline,
@@ -1705,22 +1724,23 @@ class Store:
             scores.c.close_probability,
             scores.c.risk_band,
             scores.c.expected_value,
-            var.label("value_at_risk"),
-            scores.c.reasons,
+            deals.c.value_at_risk,
+            # as stored text, parsed below in one step (the JSON type's parse, then `jsonable`, took longer)
+            sa.cast(scores.c.reasons, sa.Text).label("reasons"),
             scores.c.close_probability_90d,
             scores.c.slip_risk,
             scores.c.likely_close_date,
-            scores.c.counter_reasons,
+            sa.cast(scores.c.counter_reasons, sa.Text).label("counter_reasons"),
             scores.c.model_version,
             scores.c.as_of.label("scored_at"),
             sa.or_(
                 scores.c.state_updated_at.is_(None), scores.c.state_updated_at != deals.c.state_updated_at
             ).label("pending"),
         )
-        # days in stage, highest first, is stage entry, earliest first
+        # the sort keys, all on the deal's row; days in stage, highest first, is stage entry, earliest first
         sort_columns: dict[str, tuple[Any, bool]] = {
-            "value_at_risk": (var, False),
-            "cold_risk": (scores.c.cold_risk, False),
+            "value_at_risk": (deals.c.value_at_risk, False),
+            "cold_risk": (deals.c.live_cold_risk, False),
             "amount": (deals.c.current_amount, False),
             "expected_close_date": (deals.c.current_expected_close_date, False),
             "days_in_stage": (deals.c.stage_entered_at, True),
@@ -1728,51 +1748,49 @@ class Store:
         name, ascending = AT_RISK_SORTS[sort]
         column, flipped = sort_columns[name]
         first = column.asc() if ascending != flipped else column.desc()
-        deal_order = deals.c.deal_id.collate("C") if self.dialect == "postgresql" else deals.c.deal_id
+        # Missing values last. A deal's value at risk is never missing here (the list is read only when
+        # every open deal in scope has a live score, and a current amount is never NULL): it is ordered
+        # as `ix_deals_at_risk` holds it (DESC), so that PostgreSQL, whose DESC puts NULLs first, walks
+        # that index too; SQLite's DESC puts them last.
+        first = first if name == "value_at_risk" else first.nulls_last()
+        order = (first, deals.c.deal_id.collate("C") if self.dialect == "postgresql" else deals.c.deal_id)
         with self._read() as conn:
-            if conn.execute(unscored).scalar_one():
-                return None
             limits = self._stage_limits(conn, pipeline)
             if limits is None:
                 return None
-            is_stale = sa.case((_stale_condition(deals, scores, limits, t), 1), else_=0)
-            where.append(is_stale == (1 if stale else 0))
-            # Ranked narrow (deal ids, the sort key and the total matching, counted by a window over the
-            # same scan), then only the page's rows are read wide: sorting every matching row with its
-            # reasons cost more than the rest of the read.
-            order = (first.nulls_last(), deal_order)
+            is_stale = sa.case((_stale_condition(deals, limits, t), 1), else_=0)
+            where = [*filters, is_stale == (1 if stale else 0)]
+            counts = sa.select(
+                sa.func.count().filter(_unscored(deals)), sa.func.count().filter(sa.and_(*where))
+            ).where(*in_scope)
+            unscored, total = conn.execute(counts).one()
+            if unscored:
+                return None
+            # Ranked narrow (deal ids), then only the page's rows are read wide, joined to their scores.
             ranked = (
-                sa.select(deals.c.deal_id.label("ranked_id"),
-                          sa.func.row_number().over(order_by=order).label("position"),
-                          sa.func.count().over().label("total"))
-                .select_from(joined).where(*where).order_by(*order).limit(limit).offset(offset)
-                .subquery("ranked")
+                sa.select(deals.c.deal_id.label("ranked_id")).where(*in_scope, *where)
+                .order_by(*order).limit(limit).offset(offset).subquery("ranked")
             )
             query = (
-                sa.select(*page_columns, ranked.c.total)
+                sa.select(*page_columns)
                 .select_from(ranked.join(deals, deals.c.deal_id == ranked.c.ranked_id)
                              .join(scores, scores.c.deal_id == deals.c.deal_id))
-                .order_by(ranked.c.position)
+                .order_by(*order)
             )
             rows = conn.execute(query).fetchall()
-            if rows:
-                total = rows[0].total
-            else:  # a page past the end: the window counted nothing
-                count = sa.select(sa.func.count()).select_from(joined).where(*where)
-                total = conn.execute(count).scalar_one()
         # Plain Python rows, no frame: a page is 50 rows, where pandas' fixed costs outweighed the query.
         out: list[dict[str, Any]] = []
-        names = list(query.selected_columns.keys())[:-1]  # the page's columns; the last is the total
+        names = list(query.selected_columns.keys())
         for row in rows:
-            r = dict(zip(names, row[:-1], strict=True))
+            r = dict(zip(names, row, strict=True))
             for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
-                r[col] = _aware(r[col])
+                r[col] = _utc(r[col])
             for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
                 r[col] = _finite(r[col])
             r["pending"] = bool(r["pending"])
-            r["reasons"] = jsonable(r["reasons"])  # stored JSON may carry NaN, which JSON answers cannot
-            counter = r["counter_reasons"]
-            r["counter_reasons"] = jsonable(counter) if isinstance(counter, list) else []
+            r["reasons"] = loads_jsonable(r["reasons"])  # stored JSON may carry NaN, JSON answers cannot
+            counter = None if r["counter_reasons"] is None else loads_jsonable(r["counter_reasons"])
+            r["counter_reasons"] = counter if isinstance(counter, list) else []
             entered = r["stage_entered_at"]
             r["days_in_stage"] = None if entered is None else (
                 (t - entered.replace(tzinfo=None)).total_seconds() / 86400.0
@@ -2247,8 +2265,12 @@ def _counts_for_limits(deals: sa.Table, now: datetime) -> sa.ColumnElement[bool]
     return sa.or_(deals.c.outcome == "won", deals.c.last_event_at > now)
 
 
+def _unscored(deals: sa.Table) -> sa.ColumnElement[bool]:
+    return deals.c.live_close_probability.is_(None)
+
+
 def _stale_condition(
-    deals: sa.Table, scores: sa.Table, limits: Mapping[tuple[str, str], float], now: datetime
+    deals: sa.Table, limits: Mapping[tuple[str, str], float], now: datetime
 ) -> sa.ColumnElement[bool]:
     """`models.at_risk`'s stale, in SQL: close probability under the bound and the stage entered more than
     `STALE_LIMIT_FACTOR` x its limit before `now` (a stage without a limit is never stale)."""
@@ -2260,7 +2282,7 @@ def _stale_condition(
     ]
     if not stalled:
         return sa.false()
-    return sa.and_(scores.c.close_probability < STALE_MAX_CLOSE_PROBABILITY, sa.or_(*stalled))
+    return sa.and_(deals.c.live_close_probability < STALE_MAX_CLOSE_PROBABILITY, sa.or_(*stalled))
 
 
 AT_RISK_ROW_COLUMNS = [

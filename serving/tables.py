@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from models.at_risk import value_at_risk
 from serving.limits import ACCOUNT_LENGTH, CURRENCY_LENGTH, EVENT_ID_LENGTH, NAME_LENGTH
 
 # table -> (value columns in canonical order, time column); event_id is kept apart from the row's content
@@ -36,6 +37,16 @@ STATE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("n_events", sa.Integer),
     ("state_updated_at", sa.DateTime),  # wall-clock time of the write that last changed the deal
 )
+
+
+# `models.at_risk.value_at_risk` of a deal's current amount and its live score (revision 0010's column)
+LIVE_VALUE_AT_RISK = value_at_risk(
+    sa.column("current_amount"), sa.column("live_close_probability"), sa.column("live_cold_risk")
+)
+# the columns of `ix_deals_at_risk` after (pipeline, outcome, value_at_risk DESC)
+AT_RISK_INDEX_TAIL = ("deal_id", "live_close_probability", "live_cold_risk", "current_stage",
+                      "stage_entered_at", "current_owner", "team", "current_amount",
+                      "current_expected_close_date")
 
 
 def event_columns(table: str) -> list[sa.Column[Any]]:
@@ -71,7 +82,7 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         sa.Column("pipeline", sa.String(NAME_LENGTH), primary_key=True),
         sa.Column("name", sa.String(NAME_LENGTH), primary_key=True),
     )
-    sa.Table(
+    deals = sa.Table(
         "deals",
         md,
         # A surrogate key keeps insertion order, so a history read back comes out in the order it went in.
@@ -99,7 +110,18 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         sa.Index("ix_deals_pipeline_last_event", "pipeline", "last_event_at"),
         sa.Index("ix_deals_pipeline_state_updated", "pipeline", "state_updated_at"),
         sa.Index("ix_deals_pipeline_stage_entered", "pipeline", "stage_entered_at"),
+        # Revision 0010: the two numbers of the deal's live score the at-risk list ranks and splits by,
+        # copied from `deal_scores` in the transaction that saves the score (NULL while it has none), and
+        # the deal's value at risk from them and its current amount, computed by the database.
+        sa.Column("live_close_probability", sa.Float),
+        sa.Column("live_cold_risk", sa.Float),
+        sa.Column("value_at_risk", sa.Float, sa.Computed(LIVE_VALUE_AT_RISK)),
     )
+    # Revision 0010: a pipeline's open deals in at-risk order (value at risk, highest first, then deal_id)
+    # with every column the list filters, splits and sorts by: the page is the first rows of an index walk
+    # and the count one scan of it, neither reading a live score's row.
+    sa.Index("ix_deals_at_risk", deals.c.pipeline, deals.c.outcome, deals.c.value_at_risk.desc(),
+             *(deals.c[name] for name in AT_RISK_INDEX_TAIL))
     for table, (_, time_col) in EVENT_TABLES.items():
         sa.Table(
             table,

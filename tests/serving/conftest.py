@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -196,6 +197,16 @@ def own_client(own_settings: Any) -> Iterator[TestClient]:
 def make_settings(world: World, **overrides: Any) -> Settings:
     """The world's settings with some fields changed (for apps with their own limits or model URI)."""
     return world.settings.model_copy(update=overrides)
+
+
+def store_copy_without_live_scores(source: Path, copy: Path) -> str:
+    """A copy of a SQLite store without its live scores (nor their copies on the deals' rows, revision
+    0010), as a store no scorer has run on yet; its URL."""
+    with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+        dst.execute("DELETE FROM deal_scores")
+        dst.execute("UPDATE deals SET live_close_probability = NULL, live_cold_risk = NULL")
+    return f"sqlite:///{copy}"
 
 
 def _json_value(value: Any) -> Any:

@@ -3,7 +3,6 @@ in them within a second, they equal on-demand scores as of the same time, and a 
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_settings
+from conftest import make_settings, store_copy_without_live_scores
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
@@ -30,13 +29,9 @@ def _wait_for(check: Callable[[], Any], timeout_s: float, step_s: float = 0.02) 
 @pytest.fixture
 def live(world: Any, tmp_path: Path) -> Iterator[TestClient]:
     """A service of its own on a copy of the world's store, so no other app's scorer touches its scores."""
-    source = world.settings.database_url.removeprefix("sqlite:///")
-    copy = tmp_path / "live.db"
-    with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
-        # Scores other services computed, with the population of their time, are not this one's to test.
-        dst.execute("DELETE FROM deal_scores")
-    settings = make_settings(world, database_url=f"sqlite:///{copy}")
+    source = Path(world.settings.database_url.removeprefix("sqlite:///"))
+    # Scores other services computed, with the population of their time, are not this one's to test.
+    settings = make_settings(world, database_url=store_copy_without_live_scores(source, tmp_path / "live.db"))
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

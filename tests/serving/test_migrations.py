@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from features.history import DealHistory
+from serving.stage_limits import refresh_stage_limits
 from serving.store import HEAD_REVISION, Store, _prepare_deals, _prepare_events, _records, _sha256
 
 
@@ -193,6 +196,52 @@ def test_a_store_of_the_previous_release_upgrades_in_place(database: Any) -> Non
         assert verified is not None and verified.role == "manager"
         store.create_schema()  # again: nothing to do
         assert store.count_rows()["activities"] == 3
+    finally:
+        store.close()
+
+
+def test_a_store_scored_before_revision_0010_lists_at_risk_deals_after_the_upgrade(database: Any) -> None:
+    """Revision 0010 copies each stored live score's close probability and cold risk to its deal's row,
+    where the at-risk list ranks them: a store scored at revision 0009 answers the live list right after
+    the upgrade, ranked by each deal's current amount × close probability × cold risk, and a deal
+    scored later joins it."""
+    now = datetime(2024, 3, 1, tzinfo=UTC)
+    store = Store(database.url, schema=database.schema)
+    try:
+        store.upgrade("0009")
+        store.import_history(old_history())  # open in SMB: M1 (1,000) and M2 (2,500, changed to 3,100)
+        scores = store.table("deal_scores")  # the same table at 0009
+        with store.engine.begin() as conn:
+            conn.execute(scores.insert(), [
+                {"deal_id": deal_id, "model_version": "1", "as_of": now.replace(tzinfo=None),
+                 "computed_at": now.replace(tzinfo=None), "state_updated_at": None, "cold_risk": cold,
+                 "close_probability": close, "risk_band": "high", "expected_value": 0.0, "reasons": []}
+                for deal_id, close, cold in [("M1", 0.35, 0.8), ("M2", 0.2, 0.5)]
+            ])
+        store.create_schema()
+        assert store.schema_revision() == HEAD_REVISION == "0010"
+        assert refresh_stage_limits(store, now) == ["Partners", "SMB"]
+        page = store.at_risk_page("SMB", now, limit=None)
+        assert page is not None
+        total, rows = page
+        # M2 ranks first with its current amount (3,100 × 0.2 × 0.5 = 310 against M1's 1,000 × 0.35 × 0.8
+        # = 280); with the amount it was created with (2,500: 250) it would rank second
+        assert total == 2
+        assert rows["deal_id"].tolist() == ["M2", "M1"]
+        assert rows["value_at_risk"].tolist() == pytest.approx([310.0, 280.0])
+        assert rows["amount"].tolist() == [3100.0, 1000.0]
+        # a new open deal has no live score: the live list waits for it (None: the route ranks on demand)
+        created = pd.DataFrame({"deal_id": ["M4"], "pipeline": ["SMB"], "owner": ["ana"], "amount": [5000.0],
+                                "created_at": [pd.Timestamp("2024-02-20", tz="UTC")]})
+        store.upsert_deals(created)
+        assert store.at_risk_page("SMB", now, limit=None) is None
+        store.save_scores(pd.DataFrame({
+            "deal_id": ["M4"], "as_of": [pd.Timestamp(now)], "cold_risk": [0.1], "close_probability": [0.9],
+            "risk_band": ["low"], "expected_value": [4500.0], "reasons": [[]],
+        }), "1", {})
+        page = store.at_risk_page("SMB", now, limit=None)
+        assert page is not None
+        assert page[1]["deal_id"].tolist() == ["M4", "M2", "M1"]  # 5,000 × 0.9 × 0.1 = 450 first
     finally:
         store.close()
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import World, make_settings, wait_for
+from conftest import World, make_settings, store_copy_without_live_scores, wait_for
 from fastapi.testclient import TestClient
 
 from bench.common import free_port, start_server
@@ -23,11 +22,7 @@ from serving.settings import Settings
 
 def _store_copy(world: World, tmp_path: Path) -> str:
     """A copy of the world's store without live scores (other apps' scorers made those)."""
-    copy = tmp_path / "scorer-process.db"
-    with sqlite3.connect(world.home / "dealrisk.db") as src, sqlite3.connect(copy) as dst:
-        src.backup(dst)
-        dst.execute("DELETE FROM deal_scores")
-    return f"sqlite:///{copy}"
+    return store_copy_without_live_scores(world.home / "dealrisk.db", tmp_path / "scorer-process.db")
 
 
 @pytest.fixture

@@ -317,10 +317,11 @@ def test_two_deals_may_share_an_event_id_but_one_deal_may_not_repeat_it(store: S
         DealHistory.from_frames(deals, pd.DataFrame(columns=["deal_id", "stage", "changed_at"]), repeated)
 
 
-def test_an_imported_store_ranks_the_at_risk_list_from_the_narrow_score_index(tmp_path: Any) -> None:
-    """After a bulk import the planner has the store's statistics, and the at-risk ranking joins each open
-    deal to the two numbers it ranks by through `ix_deal_scores_rank`, not through the score's wide row
-    (its reasons and timing curve): at 100,000 deals that was 38 ms against 12 ms per page."""
+def test_an_imported_store_reads_the_at_risk_page_from_the_deals_index_in_order(tmp_path: Any) -> None:
+    """After a bulk import the planner has the store's statistics, and an at-risk page reads only the
+    deals' index `ix_deals_at_risk` (revision 0010): the counts are one scan of it, without a live
+    score's row, and the page in the default order is its first rows, without sorting the pipeline's
+    open deals (at 100,000 deals the join to every open deal's score and the sort cost 40 ms a page)."""
     from training.simulate import simulate_history
 
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
@@ -350,11 +351,20 @@ def test_an_imported_store_ranks_the_at_risk_list_from_the_narrow_score_index(tm
         sa.event.listen(store.engine, "before_cursor_execute", capture)
         live = store.at_risk_rows(pipeline, limit=10)
         sa.event.remove(store.engine, "before_cursor_execute", capture)
-        assert live is not None and live[0] > 0
-        ranking, params = next((s, p) for s, p in statements if "row_number()" in s)
-        with store.engine.connect() as conn:
-            plan = " | ".join(str(r[-1])
-                              for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + ranking, params))
-        assert "COVERING INDEX ix_deal_scores_rank" in plan, plan
+        assert live is not None and live[0] > 0 and len(live[1]) == 10
+
+        def plan(marker: str) -> list[tuple[int, int, str]]:
+            statement, params = next((s, p) for s, p in statements if marker in s)
+            with store.engine.connect() as conn:
+                return [(r[0], r[1], str(r[-1]))
+                        for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)]
+
+        counts = plan("count(*) FILTER")
+        assert [d for _, _, d in counts] == [
+            "SEARCH deals USING COVERING INDEX ix_deals_at_risk (pipeline=? AND outcome=?)"], counts
+        page = plan("AS ranked_id")
+        ranked = next(i for i, _, d in page if d == "MATERIALIZE ranked")
+        ranking = [d for _, parent, d in page if parent == ranked]
+        assert ranking == ["SEARCH deals USING INDEX ix_deals_at_risk (pipeline=? AND outcome=?)"], page
     finally:
         store.close()
