@@ -76,6 +76,7 @@ class ActivitySampler:
         self.engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
         self.every_s = every_s
         self.samples = 0
+        self.sessions_before = self.new_sessions = 0
         self.waits: collections.Counter[str] = collections.Counter()
         self.connections: list[int] = []
         self.lock_waits: collections.Counter[str] = collections.Counter()
@@ -91,7 +92,14 @@ class ActivitySampler:
         self._thread.join(timeout=30)
         self.engine.dispose()
 
+    def _sessions(self) -> int:
+        """Sessions the database has opened since its statistics were reset (PostgreSQL 14 and later)."""
+        query = sa.text("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def _run(self) -> None:
+        self.sessions_before = self._sessions()
         query = sa.text(
             "SELECT state, wait_event_type, wait_event, left(query, 70) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
@@ -108,11 +116,13 @@ class ActivitySampler:
                     if wtype == "Lock":
                         self.lock_waits[f"{wevent}: {text}"] += 1
                 self._stop.wait(self.every_s)
+        self.new_sessions = self._sessions() - self.sessions_before
 
     def to_dict(self) -> dict[str, Any]:
         n = max(self.samples, 1)
         return {
             "samples": self.samples,
+            "new_sessions": self.new_sessions,  # connections opened (one server process each)
             "every_ms": round(self.every_s * 1000),
             "connections": {"mean": round(sum(self.connections) / n, 1),
                             "max": max(self.connections, default=0)},
@@ -163,14 +173,18 @@ class ThreadSpy:
 
 
 def _stack_kind(stack: str) -> str:
-    """What one thread of a py-spy dump is doing (its frames are listed innermost first)."""
-    if "(idle)" in stack.splitlines()[0]:
-        return "idle"
-    for line in stack.splitlines()[1:]:
+    """What one thread of a py-spy dump is doing (its frames are listed innermost first): a request
+    thread by the first of `STACK_KINDS` its stack shows, or running Python; any other thread "other"."""
+    lines = stack.splitlines()
+    if "AnyIO worker" not in lines[0]:
+        return "other thread"
+    if "Queue.get" in "".join(lines[1:3]):
+        return "request thread: no request"
+    for line in lines[1:]:
         for kind, marks in STACK_KINDS:
             if any(m in line for m in marks):
-                return kind
-    return "other"
+                return f"request thread: {kind}"
+    return "request thread: running Python" + (" (holds the GIL)" if "gil" in lines[0] else "")
 
 
 # ---- one service ------------------------------------------------------------------------------------------
@@ -200,11 +214,17 @@ def one_run(base: str, pid: int, url: str, key: str, pipeline: str, poster: Even
             t0 = time.perf_counter()
             _check(client.get("/healthz"), "healthz")
             times.append(time.perf_counter() - t0)
+        times_alone = []
+        for _ in range(args.alone_reads):
+            t0 = time.perf_counter()
+            _check(client.get(at_risk_path), "at-risk")
+            times_alone.append(time.perf_counter() - t0)
     healthz = _percentiles(times)
     with ActivitySampler(url, args.sample_ms / 1000) as sampler, ThreadSpy(pid, args.spy_s) as spy:
         amid = reads_amid_writes(base, headers, at_risk_path, poster, args.writers, args.reads, args.max_s)
     out: dict[str, Any] = {
         "healthz": healthz,
+        "at_risk_alone": _percentiles(times_alone),  # the same read with nothing written meanwhile
         "reads_amid_writes": amid,
         "p99_x_healthz_p99": round(amid["at_risk"]["p99_ms"] / healthz["p99_ms"], 1),
         "p50_x_healthz_p50": round(amid["at_risk"]["p50_ms"] / healthz["p50_ms"], 1),
@@ -250,10 +270,13 @@ def run_all(url: str, key: str, history: DealHistory | None, args: argparse.Name
 def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {}
     for run in runs:
-        s = out.setdefault(run["code"], {"p99_x": [], "p99_ms": [], "p50_ms": [], "events_per_s": [],
+        s = out.setdefault(run["code"], {"p99_x": [], "p99_ms": [], "p50_ms": [], "alone_p99_ms": [],
+                                         "new_sessions": [], "events_per_s": [],
                                          "fresh_deal_score_max_s": []})
         s["p99_x"].append(run["p99_x_healthz_p99"])
         s["p99_ms"].append(run["reads_amid_writes"]["at_risk"]["p99_ms"])
+        s["alone_p99_ms"].append(run["at_risk_alone"]["p99_ms"])
+        s["new_sessions"].append(run["pg_stat_activity"]["new_sessions"])
         s["p50_ms"].append(run["reads_amid_writes"]["at_risk"]["p50_ms"])
         s["events_per_s"].append(run["reads_amid_writes"]["events_per_s"])
         if "freshness" in run:
@@ -289,6 +312,7 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=200)
     parser.add_argument("--max-s", type=float, default=300.0)
     parser.add_argument("--healthz-rounds", type=int, default=200)
+    parser.add_argument("--alone-reads", type=int, default=30, help="at-risk reads before the writers start")
     parser.add_argument("--sample-ms", type=float, default=50.0)
     parser.add_argument("--spy-s", type=float, default=2.0)
     parser.add_argument("--trials", type=int, default=20, help="freshness trials per run (0: none)")
