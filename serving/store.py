@@ -94,6 +94,18 @@ HEAD_REVISION = "0010"
 PLANNER_STATS_GROWTH = 0.2  # `refresh_planner_stats` runs again when deals or live scores moved by more
 PLANNER_STATS_IMPORT_ROWS = 1000  # an import of at least this many rows refreshes the statistics
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
+# PostgreSQL: how many of this process's writers are inside a write transaction at once (`_writer_turn`):
+# one runs Python while the other waits on the database (its statements, its commit). With 16 writers of
+# one service at once (100,000 deals, 2 cores) all 16 ran their transactions' Python together, and an
+# at-risk read among them waited for the interpreter's lock behind them at each of its round trips to the
+# database; pg_stat_activity showed no lock waits, ~6 connections idle in a transaction, ~1 active. At-risk
+# amid 16 writers, p50/p99 ms (pool of 20, same session): no turns 900/1,865, one 402/1,558, two 458/954
+# (writes 27.7, 9.4 and 17.8 a second). See bench/bench_amid_writes.py.
+PG_WRITE_TURNS = 2
+# PostgreSQL: connections the pool keeps open. SQLAlchemy's default of 5 closed every connection
+# returned past the fifth, so with 16 writing clients the service opened about 1,000 database sessions
+# (a server process each) in a 2-minute run; with 20 it opened 14-19.
+PG_POOL_SIZE = 20
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 # Up to this many deals gaining events in one write take the incremental state (one Python step per deal);
 # beyond it the vectorised recompute from the whole histories is the cheaper way.
@@ -278,6 +290,28 @@ def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
     return code in ("40P01", "40001")  # deadlock detected, serialization failure
 
 
+class _Turns:
+    """At most `n` threads at once; a thread that holds a turn takes it again without waiting."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._slots = threading.BoundedSemaphore(n)
+        self._held = threading.local()
+
+    def acquire(self, timeout: float | None) -> bool:
+        """Take a turn (waiting at most `timeout` seconds; None: as long as it takes); False if none came."""
+        depth = getattr(self._held, "depth", 0)
+        if not depth and not self._slots.acquire(timeout=timeout):
+            return False
+        self._held.depth = depth + 1
+        return True
+
+    def release(self) -> None:
+        self._held.depth -= 1
+        if not self._held.depth:
+            self._slots.release()
+
+
 class Store:
     """Deal history, pipelines, deal state and API keys behind SQLAlchemy.
 
@@ -300,8 +334,9 @@ class Store:
         self.tables = self.metadata.tables
         self._t = {name.split(".")[-1]: table for name, table in self.metadata.tables.items()}
         self.max_attribute_names = max_attribute_names
-        # SQLite: this process's writers take turns here rather than on SQLite's lock (see `_write`)
-        self._writers = threading.RLock() if self.engine.dialect.name == "sqlite" else None
+        # this process's writers take turns here (see `_write`): one at a time on SQLite rather than on
+        # SQLite's lock, `PG_WRITE_TURNS` at a time on PostgreSQL
+        self._writers = _Turns(1 if self.engine.dialect.name == "sqlite" else PG_WRITE_TURNS)
         self._busy_timeout_s = busy_timeout_s
         self._planned_counts: tuple[int, ...] | None = None  # deals, live scores at the last ANALYZE
 
@@ -317,7 +352,7 @@ class Store:
             sa.event.listen(engine, "connect", _sqlite_connect)
             sa.event.listen(engine, "begin", _sqlite_begin)
             return engine
-        return sa.create_engine(url, pool_pre_ping=True)
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE)
 
     @property
     def dialect(self) -> str:
@@ -331,24 +366,25 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """One write transaction (SQLite: BEGIN IMMEDIATE).
+        """One write transaction (SQLite: BEGIN IMMEDIATE), after this thread's turn (`_writer_turn`).
 
-        On SQLite the threads of one process take turns through a lock first: SQLite has one writer at a
-        time, and a writer that finds the database locked sleeps in growing steps (up to 100 ms) before it
+        On SQLite the threads of one process take turns one at a time: SQLite has one writer at a time,
+        and a writer that finds the database locked sleeps in growing steps (up to 100 ms) before it
         tries again, so writers of one process queued on SQLite's own lock left it idle between them.
-        Writers of other processes (the scorer process, the CLI) still meet SQLite's lock."""
+        Writers of other processes (the scorer process, the CLI) still meet SQLite's lock. On PostgreSQL
+        `PG_WRITE_TURNS` writers of the process are in a transaction at once; row locks and ON CONFLICT
+        still decide between them and other processes' writers, as before. A turn is re-entrant."""
         with self._writer_turn():
             with self.engine.execution_options(dealrisk_write=True).begin() as conn:
                 yield conn
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
-        """This process's turn to write on SQLite (nothing to wait for on PostgreSQL). A writer that waits
-        longer than the busy timeout fails as SQLite fails then ("database is locked": 503 busy)."""
-        if self._writers is None:
-            yield
-            return
-        if not self._writers.acquire(timeout=self._busy_timeout_s):
+        """This thread's turn to write among the process's writers. On SQLite a writer that waits longer
+        than the busy timeout fails as SQLite fails then ("database is locked": 503 busy); on PostgreSQL
+        it waits as long as the writers ahead of it take, as it would wait on their row locks."""
+        timeout = self._busy_timeout_s if self.dialect == "sqlite" else None
+        if not self._writers.acquire(timeout):
             raise sa.exc.OperationalError(
                 "BEGIN IMMEDIATE", None,
                 sqlite3.OperationalError("database is locked (waited for this process's other writers)"),

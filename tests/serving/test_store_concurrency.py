@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from features.history import DealHistory
-from serving.store import ImportResult, Store
+from serving.store import PG_WRITE_TURNS, ImportResult, Store
 
 WRITERS = 8
 
@@ -103,3 +103,55 @@ def test_concurrent_imports_of_one_history_count_it_once(store: Store) -> None:
     assert errors == []
     assert sum(r.inserted for r in results) == 1 + 1 + 5  # pipeline, deal, five events
     assert all(r.updated == 0 for r in results)
+
+
+def test_writers_past_the_process_s_turns_wait_for_a_turn_and_then_all_write(store: Store) -> None:
+    """A store's writers take turns: one at a time on SQLite, `PG_WRITE_TURNS` at a time on PostgreSQL
+    (there 16 writers of one service at once used to run together and starve its readers). While every
+    turn is held by an open write transaction, one more write waits; once they end it is stored."""
+    store.import_history(_same_deal_and_events())
+    turns = 1 if store.dialect == "sqlite" else PG_WRITE_TURNS
+    holding = threading.Barrier(turns + 1)
+    release = threading.Event()
+
+    def hold() -> None:
+        with store._write():
+            holding.wait()
+            release.wait(timeout=120)
+
+    holders = [threading.Thread(target=hold, daemon=True) for _ in range(turns)]
+    for t in holders:
+        t.start()
+    holding.wait(timeout=60)  # every turn is taken
+    answers: list[ImportResult] = []
+    late = pd.DataFrame({"deal_id": ["RACE-1"], "type": ["call"], "occurred_at": ["2025-05-20"],
+                         "event_id": ["r-late"]})
+    writer = threading.Thread(target=lambda: answers.append(store.add_events(activities=late)), daemon=True)
+    writer.start()
+    writer.join(timeout=1.0)
+    waited = writer.is_alive() and store.count_rows()["activities"] == 3
+    release.set()
+    for t in [*holders, writer]:
+        t.join(timeout=120)
+    assert waited, "a write went on while every turn was held"
+    assert [a.tables["activities"].inserted for a in answers] == [1]
+    assert store.count_rows()["activities"] == 4
+
+
+def test_a_writer_holding_a_turn_writes_again_inside_it(store: Store) -> None:
+    """A turn is the thread's: a write made inside another of the same thread does not wait for itself."""
+    store.import_history(_same_deal_and_events())
+    turns = 1 if store.dialect == "sqlite" else PG_WRITE_TURNS
+    done: list[bool] = []
+
+    def nested(depth: int) -> None:
+        with store._writer_turn():
+            if depth < turns + 1:
+                nested(depth + 1)
+            else:
+                done.append(True)
+
+    t = threading.Thread(target=nested, args=(1,), daemon=True)  # a thread waiting for itself never ends
+    t.start()
+    t.join(timeout=60)
+    assert done == [True]
