@@ -133,7 +133,8 @@ def write_like_the_previous_release(engine: sa.Engine, md: sa.MetaData, history:
             tables["deals"].insert(), _records(_prepare_deals(history.deals, history.attribute_columns))
         )
         for name in ("stage_changes", "activities", "field_changes"):
-            conn.execute(tables[name].insert(), _records(_prepare_events(name, getattr(history, name))))
+            for chunk in _prepare_events(name, getattr(history, name)).record_chunks():
+                conn.execute(tables[name].insert(), chunk)
         conn.execute(
             tables["api_keys"]
             .insert()

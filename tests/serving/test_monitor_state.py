@@ -132,9 +132,10 @@ def test_monitor_judges_stored_live_scores_and_metrics_show_its_state(
                      "the live scores of every open deal in the score history")
 
             # Outcomes become known for up to 60 deals: half won, half lost, after their stored scores.
-            closing = open_ids[:60]
+            # (deals of the world's history only: tests sharing the world's store may have added others)
             pipe_of = dict(zip(world.history.deals["deal_id"].astype(str), world.history.deals["pipeline"],
                                strict=True))
+            closing = [d for d in open_ids if d in pipe_of][:60]
             now = datetime.now(UTC).isoformat()
             events = [{"deal_id": d, "changed_at": now, "event_id": f"outcome-{d}",
                        "stage": (world.history.pipelines[pipe_of[d]].won if i % 2 else
