@@ -205,6 +205,8 @@ def test_requests_read_the_population_the_scorer_process_fits_and_the_service_ne
             assert response.status_code == 200, response.text
             return dict(response.json()["scores"][0])
 
+        # the scorer process scores once it has fitted (and published) its population
+        wait_for(lambda: _live_rows(client, world) is not None, "the scorer process's first live scores")
         before = score()
         # 60 big deals created yesterday: the pipeline's typical amount, a population statistic, grows
         created = (now - timedelta(days=1)).isoformat()
