@@ -265,7 +265,8 @@ def stage_breakdown(home: Path, payload: dict[str, Any], reps: int) -> dict[str,
             fields = DealScore.model_fields
             items = [DealScore.model_validate({k: jsonable(r.get(k)) for k in fields if k in r})
                      for r in merged.to_dict(orient="records")]
-            return DealScores(model_version="1", as_of=as_of.to_pydatetime(), scores=items).model_dump_json()
+            return DealScores(model_version="1", data_note=None, as_of=as_of.to_pydatetime(),
+                              scores=items).model_dump_json()
 
         timed("response_models", respond)
 

@@ -10,8 +10,13 @@ from the history cut at t give the same numbers as of t.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, fields
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -91,6 +96,52 @@ class PopulationStats:
     @cached_property
     def owner_load_index(self) -> AsofIndex:
         return AsofIndex(self.owner_load, "owner", ["owner_open_deals"])
+
+
+# `save_population_stats`' format: a zip archive (stored, not compressed) of one Arrow IPC file per table
+# and a manifest of each table's columns and dtypes. Plain data: reading it runs no code (no pickle).
+STATS_FORMAT_VERSION = 1
+_MANIFEST = "manifest.json"
+
+
+def save_population_stats(stats: PopulationStats, path: str | os.PathLike[str]) -> Path:
+    """Write `stats` to `path` atomically (a reader sees the old file or the new one, never a part)."""
+    import pyarrow as pa
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    manifest: dict[str, object] = {"format_version": STATS_FORMAT_VERSION, "tables": {}}
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for table in fields(PopulationStats):
+            frame: pd.DataFrame = getattr(stats, table.name)
+            manifest["tables"][table.name] = {c: str(t) for c, t in frame.dtypes.items()}  # type: ignore[index]
+            sink = io.BytesIO()
+            arrow = pa.Table.from_pandas(frame, preserve_index=False)
+            with pa.ipc.new_file(sink, arrow.schema) as writer:
+                writer.write_table(arrow)
+            archive.writestr(f"{table.name}.arrow", sink.getvalue())
+        archive.writestr(_MANIFEST, json.dumps(manifest))
+    os.replace(tmp, target)
+    return target
+
+
+def load_population_stats(path: str | os.PathLike[str]) -> PopulationStats:
+    """Read what `save_population_stats` wrote: the same tables, with the same dtypes and values."""
+    import pyarrow as pa
+
+    with zipfile.ZipFile(path) as archive:
+        manifest = json.loads(archive.read(_MANIFEST))
+        if manifest.get("format_version") != STATS_FORMAT_VERSION:
+            raise ValueError(f"{path}: population statistics of format {manifest.get('format_version')!r}, "
+                             f"this release reads {STATS_FORMAT_VERSION}")
+        tables = {}
+        for table in fields(PopulationStats):
+            dtypes: dict[str, str] = manifest["tables"][table.name]
+            arrow = pa.ipc.open_file(pa.BufferReader(archive.read(f"{table.name}.arrow"))).read_all()
+            frame = arrow.to_pandas()
+            tables[table.name] = frame[list(dtypes)].astype(dtypes)
+    return PopulationStats(**tables)
 
 
 def _cumulative(frame: pd.DataFrame, by: list[str], sums: dict[str, str]) -> pd.DataFrame:

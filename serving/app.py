@@ -32,7 +32,7 @@ from serving.model_holder import ModelHolder, NewDealCache, PopulationCache
 from serving.monitor_state import GAUGE_STATES, MonitorStateCache
 from serving.schemas import ErrorBody
 from serving.score_archive import ScoreArchive
-from serving.scorer_process import ScorerProcess
+from serving.scorer_process import ScorerProcess, published_population_path
 from serving.settings import Settings, get_settings
 from serving.stage_limits import StageLimitRefresher
 from serving.store import Store
@@ -226,7 +226,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                       busy_timeout_s=settings.write_wait_s, pool_size=settings.pg_pool_size)
         store.create_schema()
         holder = ModelHolder(settings.model_uri, settings.tracking_uri, on_swap=_on_swap)
-        population = PopulationCache.from_store(store, interval_s=settings.population_refresh_s)
+        scorer_in_child = settings.live_score_max_age_s > 0 and settings.live_scorer == "process"
+        if scorer_in_child:  # the scorer process fits the population after this first fit; this one reads it
+            population = PopulationCache.following(store, published_population_path(settings),
+                                                   interval_s=settings.population_refresh_s)
+        else:
+            population = PopulationCache.from_store(store, interval_s=settings.population_refresh_s)
         new_deals = NewDealCache(store)
         population.listeners.append(lambda _builder: new_deals.refresh())
         app.state.store = store
@@ -241,7 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(_prime_population, population)
         live_scores: LiveScoring | None = None
         limits = None
-        if settings.live_score_max_age_s > 0 and settings.live_scorer == "process":
+        if scorer_in_child:
             # The scorer, the stage limits and the scorer's population in a child process
             # (serving.scorer_process): requests keep this process's GIL to themselves.
             process = ScorerProcess(settings)

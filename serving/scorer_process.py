@@ -3,7 +3,9 @@ serve`), so its CPU work never competes with requests for the service's GIL.
 
 The child (`multiprocessing` "spawn" context) runs what keeps the stored scores live: the `LiveScorer`,
 the learned stage limits (`serving.stage_limits`) and the feature population the scorer scores with
-(its own `PopulationCache`, refitted on its own clock; the population requests use stays in the service).
+(its own `PopulationCache`, refitted on its own clock). After each fit the child publishes that population
+to a file in the service's home (`published_population_path`), which the service reads for its requests
+(`PopulationCache.following`): the service never refits, so a refit's seconds of CPU never hold its GIL.
 It shares nothing with the service but the database (the need to re-score is stamped in the store by the
 write itself, `Store.pending_scores`) and one pipe, parent to child, of one-byte messages:
 
@@ -29,6 +31,7 @@ runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -37,6 +40,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from serving.background import BackgroundLoop
@@ -53,6 +57,13 @@ PROCESS_NAME = "dealrisk-live-scorer"
 NICE = 10  # the child's CPU priority below the service's (os.nice): requests first on busy cores
 # the child's control loops run when notified; their clock is only a fallback
 CONTROL_INTERVAL_S = 3600.0
+
+
+def published_population_path(settings: Settings) -> Path:
+    """Where the scorer process publishes its feature population for the service: in the home, named by
+    the database (two services with one home and different stores never read each other's)."""
+    digest = hashlib.sha256(settings.database_url.encode()).hexdigest()[:16]
+    return settings.home / "population" / f"population-{digest}.zip"
 
 
 class ScorerProcess:
@@ -215,6 +226,16 @@ def run_child(settings: Settings, reader: Connection, log_level: int) -> None:
         child.stop()
 
 
+def _publish(builder: Any, path: Path) -> None:
+    """Write a fitted population where the service reads it (`PopulationCache.following`)."""
+    from features.population_stats import save_population_stats
+
+    stats = getattr(builder, "population_stats_", None)
+    if stats is not None:
+        save_population_stats(stats, path)
+        logger.info("feature population published to %s", path)
+
+
 class _Child:
     """What runs in the scorer process: the same objects `serving.app` runs as threads in `thread` mode."""
 
@@ -231,6 +252,8 @@ class _Child:
         self.holder = ModelHolder(settings.model_uri, settings.tracking_uri)
         self.challenger = Challenger(ScoreArchive(self.store), settings.tracking_uri)
         self.population = PopulationCache.from_store(self.store, interval_s=settings.population_refresh_s)
+        published = published_population_path(settings)
+        self.population.listeners.append(lambda builder: _publish(builder, published))
         self.holder.reload()
         self.challenger.restore()
         with contextlib.suppress(Exception):  # an odd store: the scorer's rounds log why

@@ -176,3 +176,75 @@ def test_refits_on_the_clock_rest_nine_times_as_long_as_the_last_refit_took() ->
     now[0] = 1150.0
     assert cache.tick() is False
     assert cache.refresh() is True and cache.get() == "population 3"  # an explicit refresh does not rest
+
+
+def test_the_service_following_the_scorer_process_reads_each_population_it_publishes_and_never_refits(
+    tmp_path: Any,
+) -> None:
+    """`PopulationCache.following`: the first population is a fit of the store (a file an earlier run
+    left is not read); writes do not make it due; each population the scorer process publishes is read
+    once, with the same statistics to the last bit, and features built from it are bit-identical."""
+    from dataclasses import fields
+
+    import pandas as pd
+
+    from features.build import FeatureBuilder
+    from features.population_stats import save_population_stats
+    from models.scoring import open_deal_points
+    from serving.store import Store
+    from training.simulate import simulate_history
+
+    history = simulate_history(n_deals=300, seed=4)
+    store = Store(f"sqlite:///{tmp_path / 'pop.db'}")
+    store.create_schema()
+    store.import_history(history.subset(history.deals["deal_id"].astype(str).tolist()[:150]))
+    published = tmp_path / "population" / "population.zip"
+    stale = FeatureBuilder().fit(simulate_history(n_deals=50, seed=9)).population_stats_
+    assert stale is not None
+    save_population_stats(stale, published)  # left by an earlier run on another store
+
+    cache = PopulationCache.following(store, published, interval_s=60.0)
+    first = cache.get()
+    assert first is not None and first.population_stats_ is not None
+    assert len(first.population_stats_.pipeline_amount) == 150  # the store's own 150 deals, not the file
+    cache.mark_dirty()  # a write: the scorer process refits, not this process
+    assert not cache.due() and cache.refresh() is False
+
+    whole = FeatureBuilder().fit(history)  # what the scorer process would fit after more writes
+    assert whole.population_stats_ is not None
+    save_population_stats(whole.population_stats_, published)
+    assert cache.due() and cache.refresh() is True and cache.refresh() is False
+    served = cache.get()
+    assert served is not None and served.population_stats_ is not None
+    assert (cache.fits, cache.published_reads) == (2, 1)
+    for table in fields(whole.population_stats_):
+        pd.testing.assert_frame_equal(getattr(served.population_stats_, table.name),
+                                      getattr(whole.population_stats_, table.name), check_exact=True,
+                                      obj=table.name)
+    points = open_deal_points(history, history.end_time)
+    pd.testing.assert_frame_equal(served.transform(history, points), whole.transform(history, points),
+                                  check_exact=True)
+    store.close()
+
+
+def test_the_service_following_refits_itself_while_nothing_is_published(tmp_path: Any) -> None:
+    """Without the scorer process's file (not written yet, or the home not writable) the service's cache
+    refits when the store changes, as without a scorer process, rather than keep its first fit forever."""
+    from serving.store import Store
+    from training.simulate import simulate_history
+
+    history = simulate_history(n_deals=120, seed=5)
+    ids = history.deals["deal_id"].astype(str).tolist()
+    store = Store(f"sqlite:///{tmp_path / 'pop.db'}")
+    store.create_schema()
+    store.import_history(history.subset(ids[:60]))
+    cache = PopulationCache.following(store, tmp_path / "population" / "none.zip", interval_s=60.0)
+    first = cache.get()
+    assert first is not None and first.population_stats_ is not None
+    assert not cache.due()
+    store.import_history(history.subset(ids[60:]))  # another process's write: the store's stamp moves
+    assert cache.due() and cache.refresh() is True
+    served = cache.get()
+    assert served is not None and served.population_stats_ is not None
+    assert len(served.population_stats_.pipeline_amount) == 120 and cache.published_reads == 0
+    store.close()

@@ -175,3 +175,65 @@ def test_the_scorer_process_ends_when_the_service_is_killed(world: World, proces
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_requests_read_the_population_the_scorer_process_fits_and_the_service_never_refits(
+    world: World, tmp_path: Path
+) -> None:
+    """With the scorer in its own process, the service fits the feature population once, at start; after
+    writes, the scorer process refits it and publishes it, and the service's answers move to it: a stored
+    deal scored as of a fixed time gives exactly what a fresh fit of the whole store gives."""
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from features.build import FeatureBuilder
+    from features.population_stats import POPULATION_TABLES
+    from models.scoring import points_at, score_points
+    from serving.store import Store
+
+    url = _store_copy(world, tmp_path)
+    settings = make_settings(world, database_url=url, live_scorer="process", population_refresh_s=0.5)
+    deal_id = world.deal_in(world.pipeline_a)
+    now = datetime.now(UTC)
+    as_of = now.isoformat()
+    admin = world.auth("admin")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+
+        def score() -> dict[str, Any]:
+            response = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": as_of}, headers=admin)
+            assert response.status_code == 200, response.text
+            return dict(response.json()["scores"][0])
+
+        # the scorer process scores once it has fitted (and published) its population
+        wait_for(lambda: _live_rows(client, world) is not None, "the scorer process's first live scores")
+        before = score()
+        # 60 big deals created yesterday: the pipeline's typical amount, a population statistic, grows
+        created = (now - timedelta(days=1)).isoformat()
+        big = [{"deal_id": f"POP-{i}", "pipeline": world.pipeline_a, "owner": "Pop Owner", "amount": 5e7,
+                "created_at": created} for i in range(60)]
+        written = client.post("/v1/deals", json={"deals": big}, headers=world.auth("integration"))
+        assert written.status_code == 200 and written.json()["inserted"] == 60, written.text
+
+        store = Store(url)
+        try:
+            fresh = FeatureBuilder().fit(store.load_history(tables=POPULATION_TABLES))
+            history = store.load_history(deal_ids=[deal_id])
+        finally:
+            store.close()
+        bundle = client.app.state.model_holder.require().bundle  # type: ignore[attr-defined]
+        expected = score_points(bundle, history, points_at([deal_id], pd.Timestamp(as_of)), fresh).iloc[0]
+        assert (expected["cold_risk"], expected["close_probability"]) != (
+            before["cold_risk"], before["close_probability"]
+        ), "the write must move the deal's score, or this test shows nothing"
+
+        def moved() -> bool:
+            now_score = score()
+            return (now_score["cold_risk"], now_score["close_probability"]) == (
+                float(expected["cold_risk"]), float(expected["close_probability"])
+            )
+
+        wait_for(moved, "the service's answers to use the scorer process's new population", ceiling_s=120)
+        # the service fitted once, at start; every later population came from the scorer process
+        population = client.app.state.population  # type: ignore[attr-defined]
+        assert population.published_reads >= 1 and population.fits - population.published_reads == 1
