@@ -476,8 +476,8 @@ class Store:
         """PostgreSQL: `VACUUM` each table of `PG_VACUUM_TABLES` with `PG_VACUUM_CHANGED_ROWS` or more
         rows inserted, updated or deleted since its last vacuum (by the store or autovacuum), or never
         vacuumed as far as the statistics tell (a database copied from a template starts without them),
-        skipping one another vacuum holds; the names of the tables vacuumed (none on SQLite, where a read finds the
-        live rows without it). A vacuum changes no row: it removes dead row versions and marks pages
+        skipping one another vacuum holds; the names of the tables vacuumed (none on SQLite, where a read
+        finds the live rows without it). A vacuum changes no row: it removes dead row versions and marks pages
         all-visible, so an index-only scan needs no visit to the table. It takes no lock that reads or
         writes wait for, and runs outside a transaction (its own connection, in autocommit)."""
         if self.dialect != "postgresql":
