@@ -363,7 +363,12 @@ class Store:
             sa.event.listen(engine, "connect", _sqlite_connect)
             sa.event.listen(engine, "begin", _sqlite_begin)
             return engine
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE)
+        # psycopg 3 prepares a statement on the server after its 5th run on a connection, and forgets them
+        # all at every rollback (each read's connection returned to the pool) with one more round trip,
+        # `DEALLOCATE ALL`: off, each statement is planned with its parameters, in its one round trip
+        psycopg3 = sa.engine.make_url(url).get_driver_name() == "psycopg"
+        connect_args = {"prepare_threshold": None} if psycopg3 else {}
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, connect_args=connect_args)
 
     @property
     def dialect(self) -> str:
@@ -417,6 +422,17 @@ class Store:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def _read_one(self) -> Iterator[Connection]:
+        """A connection for one read statement, its own snapshot. On PostgreSQL in autocommit: no BEGIN
+        before it and no ROLLBACK when the connection goes back to the pool, two round trips of the four
+        (with the pool's ping) that each key check and pipeline look-up of a request cost; amid busy
+        writer threads each round trip also waits for the interpreter's lock again."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     def _retrying(self, work: Callable[[Connection], Any]) -> Any:
         """Run `work` in a write transaction, again if PostgreSQL aborted it for a deadlock."""
@@ -1595,7 +1611,7 @@ class Store:
         pipes = self.table("pipelines")
         query = sa.select(sa.or_(sa.exists().where(pipes.c.name == name),
                                  sa.exists().where(deals.c.pipeline == name)))
-        with self.engine.connect() as conn:
+        with self._read_one() as conn:
             return bool(conn.execute(query).scalar())
 
     def pipeline_specs(self, names: Iterable[str] | None = None) -> dict[str, PipelineSpec]:
@@ -2026,7 +2042,7 @@ class Store:
         if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
             return None
         table = self.table("api_keys")
-        with self.engine.connect() as conn:
+        with self._read_one() as conn:
             row = conn.execute(sa.select(table).where(table.c.key_id == parts[1])).mappings().first()
         if row is None or not hmac.compare_digest(row["key_hash"], _sha256(plaintext.strip())):
             return None

@@ -392,7 +392,8 @@ def test_a_scored_postgresql_store_is_vacuumed_and_walks_the_at_risk_index(datab
         store.import_history(simulate_history(n_deals=1500, seed=2))
         deals = store.table("deals")
         with store.engine.connect() as conn:
-            open_ids = list(conn.execute(sa.select(deals.c.deal_id).where(deals.c.outcome == "open")).scalars())
+            query = sa.select(deals.c.deal_id).where(deals.c.outcome == "open")
+            open_ids = list(conn.execute(query).scalars())
         n = len(open_ids)
         store.save_scores(pd.DataFrame({
             "deal_id": open_ids, "as_of": pd.Timestamp.now(tz="UTC"),
