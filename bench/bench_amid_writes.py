@@ -2,7 +2,8 @@
 
 `bench/bench_store.py` measures the figure once per backend among many; this script repeats only it, on
 one PostgreSQL store, and records beside each run what the reads waited on:
-- the store: a database given with `--url` (and an admin `--key` for it), or else a fresh database on
+- the store: a database given with `--url` (and an admin `--key` for it; `--url` once per `--code` gives
+  each checkout's service a store of its own, e.g. copies of one database), or else a fresh database on
   127.0.0.1:5432 (bench_store's `postgres_database`, dropped afterwards) into which `--history` (a pickled
   `DealHistory`, e.g. the 100,000-deal one bench_store simulates) is imported;
 - the service: `python -m dealrisk serve`, one worker, live scorer in its own process, served from each
@@ -238,8 +239,14 @@ def one_run(base: str, pid: int, url: str, key: str, pipeline: str, poster: Even
     return out
 
 
-def run_all(url: str, key: str, history: DealHistory | None, args: argparse.Namespace) -> dict[str, Any]:
-    store = Store(url)
+def run_all(url: str | list[str], key: str, history: DealHistory | None,
+            args: argparse.Namespace) -> dict[str, Any]:
+    """The runs; `url` one store for every checkout, or one store per checkout of `args.code` (copies of
+    one database, so that what one checkout's service did to its store, e.g. a vacuum, is not what the
+    other's is measured on)."""
+    urls = url if isinstance(url, list) else [url] * len(args.code)
+    stores = {u: Store(u) for u in dict.fromkeys(urls)}
+    store = stores[urls[0]]
     try:
         version = _served_version(args.tracking)
         deals = store.deal_states()
@@ -249,22 +256,25 @@ def run_all(url: str, key: str, history: DealHistory | None, args: argparse.Name
         poster = EventPoster(pipe_open)
         runs: list[dict[str, Any]] = []
         for i in range(args.repeats):
-            for code in args.code:
+            for code, code_url in zip(args.code, urls, strict=True):
                 label = f"{code.name or 'root'}-{i}"
                 logger.info("run %s: serving %s", label, code)
-                with serving(code, url, args.tracking, args.home, label) as (base, pid):
-                    ready = wait_all_live(store, version, time.perf_counter(), len(open_deals), 3600)
+                with serving(code, code_url, args.tracking, args.home, label) as (base, pid):
+                    started = time.perf_counter()
+                    ready = wait_all_live(stores[code_url], version, started, len(open_deals), 3600)
                     logger.info("run %s: live scores %s", label, ready)
                     run: dict[str, Any] = {"code": str(code), "repeat": i, "commit": _commit(code),
                                            "load_average_at_start": os.getloadavg()}
-                    run.update(one_run(base, pid, url, key, pipeline, poster, args))
+                    run["url"] = sa.engine.make_url(code_url).render_as_string(True)
+                    run.update(one_run(base, pid, code_url, key, pipeline, poster, args))
                     logger.info("run %s: p99 %.1fx healthz (%s ms), %s", label, run["p99_x_healthz_p99"],
                                 run["reads_amid_writes"]["at_risk"]["p99_ms"], run["pg_stat_activity"])
                     runs.append(run)
         return {"pipeline": pipeline, "pipeline_open_deals": len(pipe_open), "open_deals": len(open_deals),
                 "deals": len(deals), "runs": runs, "summary": _summary(runs)}
     finally:
-        store.close()
+        for each in stores.values():
+            each.close()
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
@@ -300,7 +310,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    parser.add_argument("--url", default=None, help="an existing PostgreSQL store (with --key)")
+    parser.add_argument("--url", action="append", default=None,
+                        help="an existing PostgreSQL store (with --key); repeated: one per --code, in order")
     parser.add_argument("--key", default=None, help="an admin API key of --url")
     parser.add_argument("--history", type=Path, default=None, help="pickled DealHistory to import (no --url)")
     parser.add_argument("--tracking", required=True, help="MLflow tracking URI with a deal-risk @champion")
@@ -327,7 +338,9 @@ def main() -> None:
     if args.url:
         if not args.key:
             parser.error("--url needs --key")
-        result.update(run_all(args.url, args.key, None, args))
+        if len(args.url) not in (1, len(args.code)):
+            parser.error("give one --url, or one per --code")
+        result.update(run_all(args.url if len(args.url) > 1 else args.url[0], args.key, None, args))
     else:
         if args.history is None:
             parser.error("give --url and --key, or --history")

@@ -1,6 +1,6 @@
 """The live at-risk read on a big store (issue 8's first figure row): this tree against a baseline tree,
-on two copies of one SQLite store, interleaved, each figure as a ratio to /healthz of the same server in
-the same run.
+on two copies of one SQLite store (or PostgreSQL database), interleaved, each figure as a ratio to /healthz
+of the same server in the same run.
 
 Give it a store whose open deals already have live scores (for instance a copy of a 100,000-deal store a
 service has scored once) and the MLflow tracking URI of its champion. The script copies the store once per
@@ -15,8 +15,15 @@ Every round also checks that both servers give the same answer: the same total a
 same order with the same values (`as_of` and `days_in_stage` move with the clock between the two calls
 and are left out).
 
+With `--postgresql URL` instead of `--store` the source is a PostgreSQL database: each server gets a
+database of its own on the same server, `CREATE DATABASE ... TEMPLATE` the source (which nothing may be
+connected to then), dropped afterwards; the admin key is added to the first copy, which is then the
+template of the others. The source is left as it was, so both copies start in the same state (e.g. never
+vacuumed, as a store just imported and scored).
+
 Run: .venv/bin/python bench/bench_at_risk.py --store STORE.db --tracking sqlite:////path/mlflow.db
      [--baseline /work/main] [--pipeline Enterprise] [--rounds 300]
+     .venv/bin/python bench/bench_at_risk.py --postgresql postgresql+psycopg://postgres@HOST/DB ...
 Writes bench/results/at_risk.json (`--out PATH` writes PATH).
 """
 
@@ -32,11 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,12 +70,12 @@ def _git_head(tree: Path) -> str:
 
 
 @contextlib.contextmanager
-def serve(tree: Path, db: Path, home: Path, tracking: str, log: Path) -> Iterator[str]:
-    """`python -m dealrisk serve` from `tree` (its code, its migrations) on `db`; yields its base URL once
-    /healthz answers, and stops its process group (this server's alone) afterwards."""
+def serve(tree: Path, db: str, home: Path, tracking: str, log: Path) -> Iterator[str]:
+    """`python -m dealrisk serve` from `tree` (its code, its migrations) on the store URL `db`; yields its
+    base URL once /healthz answers, and stops its process group (this server's alone) afterwards."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(tree), "DEALRISK_HOME": str(home),
-           "DEALRISK_DATABASE_URL": f"sqlite:///{db}", "MLFLOW_TRACKING_URI": tracking,
+           "DEALRISK_DATABASE_URL": db, "MLFLOW_TRACKING_URI": tracking,
            "DEALRISK_RELOAD_INTERVAL_S": "0", "DEALRISK_LIVE_SCORE_MAX_AGE_S": "86400"}
     home.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
@@ -98,19 +107,78 @@ def serve(tree: Path, db: Path, home: Path, tracking: str, log: Path) -> Iterato
                 proc.wait(timeout=30)
 
 
-def wait_scored(db: Path, timeout_s: float = 1200) -> float:
+def wait_scored(db: str, timeout_s: float = 1200) -> float:
     """Seconds until every open deal of the copy has a live score and every pipeline its learned limits."""
     started = time.monotonic()
+    engine = sa.create_engine(db, poolclass=sa.pool.NullPool)
     while True:
-        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
-            unscored = conn.execute(UNSCORED).fetchone()[0]
-            unlearned = conn.execute(
-                "SELECT count(*) FROM pipelines WHERE learned_stale_days IS NULL").fetchone()[0]
+        with engine.connect() as conn:
+            unscored = conn.exec_driver_sql(UNSCORED).scalar_one()
+            unlearned = conn.exec_driver_sql(
+                "SELECT count(*) FROM pipelines WHERE learned_stale_days IS NULL").scalar_one()
         if unscored == 0 and unlearned == 0:
+            engine.dispose()
             return time.monotonic() - started
         if time.monotonic() - started > timeout_s:
             raise RuntimeError(f"{db}: {unscored} open deals unscored after {timeout_s} s")
         time.sleep(2)
+
+
+@contextlib.contextmanager
+def store_copies(args: argparse.Namespace, names: list[str], tmp: Path) -> Iterator[dict[str, str]]:
+    """One store URL per server, each a copy of the source (`--store` or `--postgresql`), the admin key
+    (`args.key`, set here) in all of them; PostgreSQL copies are dropped afterwards."""
+    if args.store is not None:
+        copies = {name: tmp / f"{name}.db" for name in names}
+        first = next(iter(copies.values()))
+        with contextlib.closing(sqlite3.connect(args.store)) as src, \
+                contextlib.closing(sqlite3.connect(first)) as dst:
+            src.backup(dst)
+        args.key = _admin_key(f"sqlite:///{first}")
+        for copy in list(copies.values())[1:]:
+            shutil.copyfile(first, copy)
+        yield {name: f"sqlite:///{path}" for name, path in copies.items()}
+        return
+    source = sa.engine.make_url(args.postgresql)
+    admin = sa.create_engine(source.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                             poolclass=sa.pool.NullPool)
+    tag = uuid.uuid4().hex[:8]
+    databases = {name: f"bench_at_risk_{tag}_{name}" for name in names}
+    made: list[str] = []
+    try:
+        template = source.database
+        for name in names:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'CREATE DATABASE "{databases[name]}" TEMPLATE "{template}"')
+            made.append(databases[name])
+            if template == source.database:
+                args.key = _admin_key(source.set(database=databases[name]).render_as_string(False))
+                template = databases[name]
+        yield {name: source.set(database=db).render_as_string(False) for name, db in databases.items()}
+    finally:
+        with admin.connect() as conn:
+            for db in made:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _admin_key(url: str) -> str:
+    keeper = Store(url)
+    try:
+        key, _ = keeper.create_api_key("admin", ["*"], name="bench_at_risk")
+    finally:
+        keeper.close()
+    return key
+
+
+def _open_deals(url: str, pipeline: str) -> int:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT count(*) FROM deals WHERE outcome = 'open' AND pipeline = :p")
+            return int(conn.execute(query, {"p": pipeline}).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def comparable(answer: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +189,9 @@ def comparable(answer: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, required=True, help="SQLite store (copied, never written)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", type=Path, help="SQLite store (copied, never written)")
+    source.add_argument("--postgresql", help="PostgreSQL database URL (copied with TEMPLATE, never written)")
     parser.add_argument("--tracking", required=True, help="MLflow tracking URI of the store's champion")
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with (e.g. main)")
     parser.add_argument("--pipeline", default="Enterprise")
@@ -133,20 +203,9 @@ def main() -> None:
     path = f"/v1/pipelines/{args.pipeline}/at-risk?limit=50"
     with tempfile.TemporaryDirectory(prefix="bench-at-risk-") as tmp_dir, contextlib.ExitStack() as stack:
         tmp = Path(tmp_dir)
-        copies = {name: tmp / f"{name}.db" for name in trees}
-        first = next(iter(copies.values()))
-        with contextlib.closing(sqlite3.connect(args.store)) as src, \
-                contextlib.closing(sqlite3.connect(first)) as dst:
-            src.backup(dst)
-        keeper = Store(f"sqlite:///{first}")
-        key, _ = keeper.create_api_key("admin", ["*"], name="bench_at_risk")
-        keeper.close()
-        for copy in list(copies.values())[1:]:
-            shutil.copyfile(first, copy)
-        with contextlib.closing(sqlite3.connect(first)) as conn:
-            open_deals = conn.execute(
-                "SELECT count(*) FROM deals WHERE outcome = 'open' AND pipeline = ?", (args.pipeline,)
-            ).fetchone()[0]
+        copies = stack.enter_context(store_copies(args, list(trees), tmp))
+        key = args.key
+        open_deals = _open_deals(next(iter(copies.values())), args.pipeline)
         bases = {name: stack.enter_context(serve(tree, copies[name], tmp / f"home-{name}", args.tracking,
                                                  tmp / f"{name}.log"))
                  for name, tree in trees.items()}
@@ -184,7 +243,9 @@ def main() -> None:
                 "at_risk_p99_x": round(ar["p99_ms"] / hz["p99_ms"], 2),
             }
     result = {
-        "store": str(args.store), "pipeline": args.pipeline, "open_deals_in_pipeline": open_deals,
+        "store": str(args.store or sa.engine.make_url(args.postgresql).render_as_string(True)),
+        "backend": "sqlite" if args.store else "postgresql", "pipeline": args.pipeline,
+        "open_deals_in_pipeline": open_deals,
         "request": f"GET {path} (default sort, reasons)", "rounds": args.rounds, "warmup": args.warmup,
         "load_average_at_start": [round(x, 2) for x in load_start],
         "targets": {k: f"<= {v}x healthz" for k, v in TARGETS.items()},
