@@ -61,13 +61,15 @@ def _git_head(tree: Path) -> str:
 
 
 @contextlib.contextmanager
-def serve(tree: Path, db: Path, home: Path, tracking: str, log: Path) -> Iterator[str]:
+def serve(tree: Path, db: Path, home: Path, tracking: str, log: Path,
+          extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """`python -m dealrisk serve` from `tree` (its code, its migrations) on `db`; yields its base URL once
-    /healthz answers, and stops its process group (this server's alone) afterwards."""
+    /healthz answers, and stops its process group (this server's alone) afterwards. `extra_env` is added
+    to (or overrides) its environment."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(tree), "DEALRISK_HOME": str(home),
            "DEALRISK_DATABASE_URL": f"sqlite:///{db}", "MLFLOW_TRACKING_URI": tracking,
-           "DEALRISK_RELOAD_INTERVAL_S": "0", "DEALRISK_LIVE_SCORE_MAX_AGE_S": "86400"}
+           "DEALRISK_RELOAD_INTERVAL_S": "0", "DEALRISK_LIVE_SCORE_MAX_AGE_S": "86400", **(extra_env or {})}
     home.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen([PYTHON, "-m", "dealrisk", "serve", "--port", str(port), "--log-level",
