@@ -11,13 +11,13 @@ server posts one activity on an open deal of the pipeline every `--write-every-s
 feature population is refitted on its clock (every DEALRISK_POPULATION_REFRESH_S, default 60 s) and a
 refit's re-scores run, as on a service that takes writes.
 
-Each trial is `bench_store.freshness` with one trial (an activity on a deal of the at-risk page: time
-from just before the POST until GET /v1/deals/{id}/score and the deal's at-risk row, owner filter, show a
-score as of after the write and not pending), on every server in turn (order alternating), then a random
-pause (0 to 1 s) so trials fall at any point of the scorer's rounds. The scorers' debug lines (one per
-round: deals due, written ones, seconds) and the population refits are written to a log per server when
-the tree logs them, and the result keeps, for every trial of more than `--slow-s`, the lines logged
-during it.
+After `--warmup` uncounted trials, each trial is `bench_store.freshness` with one trial (an activity
+on a deal of the at-risk page: time from just before the POST until GET /v1/deals/{id}/score and the
+deal's at-risk row, owner filter, show a score as of after the write and not pending), on every server
+in turn (order alternating), then a random pause (0 to 1 s) so trials fall at any point of the
+scorer's rounds. The scorers' debug lines (one per round: deals due, written ones, seconds) and the
+population refits are written to a log per server when the tree logs them, and the result keeps, for
+every trial of more than `--slow-s`, the lines logged during it.
 
 Run: .venv/bin/python bench/bench_freshness.py --store STORE.db --tracking sqlite:////path/mlflow.db
      [--baseline /work/main] [--pipeline Enterprise] [--trials 60] [--max-age-s 60]
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with (e.g. main)")
     parser.add_argument("--pipeline", default="Enterprise")
     parser.add_argument("--trials", type=int, default=60, help="trials per server")
+    parser.add_argument("--warmup", type=int, default=3, help="trials per server first, not counted")
     parser.add_argument(
         "--max-age-s",
         type=float,
@@ -190,6 +191,9 @@ def main() -> None:
         trials: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
         rng = random.Random(0)
         try:
+            for i in range(args.warmup):  # the first scores and reads of a process are slow
+                for name in trees:
+                    freshness(bases[name], headers, args.pipeline, [page[-1 - i]], poster, 1, args.timeout_s)
             for i in range(args.trials):
                 row = page[i % len(page)]
                 order = list(trees) if i % 2 == 0 else list(reversed(trees))
@@ -236,6 +240,7 @@ def main() -> None:
         "pipeline": args.pipeline,
         "open_deals_in_pipeline": len(open_ids),
         "trials_per_server": args.trials,
+        "warmup": args.warmup,
         "max_age_s": args.max_age_s,
         "write_every_s": args.write_every_s,
         "load_average_at_start": [round(x, 2) for x in load_start],
