@@ -16,7 +16,7 @@ same order with the same values (`as_of` and `days_in_stage` move with the clock
 and are left out).
 
 Run: .venv/bin/python bench/bench_at_risk.py --store STORE.db --tracking sqlite:////path/mlflow.db
-     [--baseline /work/main] [--pipeline Enterprise] [--rounds 300]
+     [--baseline /work/main] [--pipeline Enterprise] [--rounds 300] [--sort days_in_stage] [--stale]
 Writes bench/results/at_risk.json (`--out PATH` writes PATH).
 """
 
@@ -127,12 +127,15 @@ def main() -> None:
     parser.add_argument("--tracking", required=True, help="MLflow tracking URI of the store's champion")
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with (e.g. main)")
     parser.add_argument("--pipeline", default="Enterprise")
+    parser.add_argument("--sort", default=None, help="another order than the default (value_at_risk)")
+    parser.add_argument("--stale", action="store_true", help="the clean-up list (/stale) instead")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     trees = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
-    path = f"/v1/pipelines/{args.pipeline}/at-risk?limit=50"
+    path = f"/v1/pipelines/{args.pipeline}/{'stale' if args.stale else 'at-risk'}?limit=50"
+    path += f"&sort={args.sort}" if args.sort else ""
     with tempfile.TemporaryDirectory(prefix="bench-at-risk-") as tmp_dir, contextlib.ExitStack() as stack:
         tmp = Path(tmp_dir)
         copies = {name: tmp / f"{name}.db" for name in trees}
@@ -187,7 +190,8 @@ def main() -> None:
             }
     result = {
         "store": str(args.store), "pipeline": args.pipeline, "open_deals_in_pipeline": open_deals,
-        "request": f"GET {path} (default sort, reasons)", "rounds": args.rounds, "warmup": args.warmup,
+        "request": f"GET {path} ({'sort ' + args.sort if args.sort else 'default sort'}, reasons)",
+        "rounds": args.rounds, "warmup": args.warmup,
         "load_average_at_start": [round(x, 2) for x in load_start],
         "targets": {k: f"<= {v}x healthz" for k, v in TARGETS.items()},
         "servers": servers,

@@ -75,12 +75,15 @@ def background_writer(
     stop: threading.Event,
     counts: dict[str, int],
 ) -> None:
+    """One activity every `every_s` seconds until `stop`; answers counted by status (errors by name)."""
     with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
         while not stop.wait(every_s):
-            r = poster.post(client)
-            counts["ok" if r.status_code == 200 else str(r.status_code)] = (
-                counts.get("ok" if r.status_code == 200 else str(r.status_code), 0) + 1
-            )
+            try:
+                status = poster.post(client).status_code
+                outcome = "ok" if status == 200 else str(status)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            counts[outcome] = counts.get(outcome, 0) + 1
 
 
 def summary(values: list[float]) -> dict[str, Any]:

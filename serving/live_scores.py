@@ -122,13 +122,13 @@ class LiveScorer:
         if model is None:
             return 0, False
         began = time.perf_counter()
-        t = to_utc_timestamp(now if now is not None else datetime.now(UTC))
-        stale_before = t - timedelta(seconds=self.max_age_s)
+        started = to_utc_timestamp(now if now is not None else datetime.now(UTC))
+        stale_before = started - timedelta(seconds=self.max_age_s)
         challenger = self.challenger.current() if self.challenger is not None else None
         if challenger is not None and challenger.version == model.version:
             challenger = None  # promoted meanwhile: it is the champion now
         if challenger is not None:
-            stale_before = max(stale_before, self._challenger_since(t))
+            stale_before = max(stale_before, self._challenger_since(started))
         # Written deals first, in a round of their own: a write waits for the round in progress at most,
         # never for background work in its own round (at 100,000 deals a round of 100 took 0.5 s). The
         # background work (another version, aged scores, a refit's re-scores) goes in rounds of at most
@@ -154,6 +154,11 @@ class LiveScorer:
         if not due:
             return 0, False
         found = time.perf_counter()
+        # Scored as of now, after the due deals and their state stamps were read: a write committed before
+        # that read is within the score's time (as of the round's start, a write that landed meanwhile had
+        # its stamp taken by a score as of before it, and its events after that time left out until the
+        # clock's re-score).
+        t = to_utc_timestamp(now if now is not None else datetime.now(UTC))
         history = self.store.load_history(deal_ids=list(due), trusted=True)
         points = open_deal_points(history, t)
         if points.empty:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 
 from features.history import DealHistory
 from serving.live_scores import BULK_CHUNK, LiveScorer
@@ -216,3 +217,33 @@ def test_a_write_during_a_model_swap_waits_for_one_short_round_not_the_whole_swa
     assert len(store.pending_scores("8", NOW, 1000)) == n - first - BULK_CHUNK
     swapped._rounds()  # the rest of the swap, round after round
     assert store.pending_scores("8", NOW, 1000) == {}
+
+
+def test_a_write_that_lands_while_a_round_looks_for_due_deals_is_scored_as_of_after_it(store: Store) -> None:
+    """The round's time is taken after it read the due deals and their state stamps: a write committed
+    before that read is within the score's time. (As of the round's start, the write's stamp was taken by
+    a score as of before it: not pending any more, its new event left out, until the hourly re-score.)"""
+    _import(store)
+    scorer = _scorer(store, StandInBundle())
+    assert scorer.score_due() == 4
+    read_due = store.pending_scores
+    written: list[datetime] = []
+
+    def a_write_first(*args: Any, **kwargs: Any) -> dict[str, datetime]:
+        if not written:  # the write commits after the round started, before it reads what is due
+            store.add_events(activities=pd.DataFrame({
+                "deal_id": pd.Series(["L1"], dtype="string"), "type": pd.Series(["call"], dtype="string"),
+                "direction": pd.Series([pd.NA], dtype="string"),
+                "occurred_at": pd.to_datetime([datetime.now(UTC)], utc=True),
+                "event_id": pd.Series(["late-call"], dtype="string"),
+            }))
+            written.append(datetime.now(UTC))
+        return read_due(*args, **kwargs)
+
+    store.pending_scores = a_write_first  # type: ignore[method-assign]
+    assert scorer.score_due() == 1
+    scores = store.table("deal_scores")
+    with store.engine.connect() as conn:
+        as_of = conn.execute(sa.select(scores.c.as_of).where(scores.c.deal_id == "L1")).scalar_one()
+    assert as_of.replace(tzinfo=UTC) >= written[0]
+    assert read_due("7", NOW, 10) == {}  # and it is not pending: its score is as of after the write
