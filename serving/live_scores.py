@@ -276,5 +276,7 @@ class LiveScorer:
     def _rounds(self) -> None:
         """Score what is due; a round of written deals or a full background round means more may be due
         (background work held back by the writes, a swap, a big import): go on."""
-        while not self._loop.stopping and self._round()[1]:
-            pass
+        while not self._loop.stopping:
+            self._loop.clear_notices()  # this round serves them (it looks for written deals first)
+            if not self._round()[1]:
+                break

@@ -11,7 +11,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from features.history import DealHistory
-from serving.live_scores import BULK_CHUNK, LiveScorer
+from serving.live_scores import BULK_CHUNK, BULK_DEALS, LiveScorer
 from serving.model_holder import LoadedModel, PopulationCache
 from serving.stage_limits import refresh_stage_limits
 from serving.store import Store
@@ -215,7 +215,18 @@ def test_a_write_during_a_model_swap_waits_for_one_short_round_not_the_whole_swa
     swapped._loop.notify()
     assert swapped.score_due(NOW) == BULK_CHUNK
     assert len(store.pending_scores("8", NOW, 1000)) == n - first - BULK_CHUNK
+    # The loop's next round serves that notice; the rounds after it are whole again.
+    sizes: list[int] = []
+    one_round = swapped._round
+
+    def counted(now: datetime | None = None) -> tuple[int, bool]:
+        scored, more = one_round(now)
+        sizes.append(scored)
+        return scored, more
+
+    swapped._round = counted  # type: ignore[method-assign]
     swapped._rounds()  # the rest of the swap, round after round
+    assert sizes[0] == BULK_DEALS
     assert store.pending_scores("8", NOW, 1000) == {}
 
 
