@@ -22,7 +22,7 @@ template of the others. The source is left as it was, so both copies start in th
 vacuumed, as a store just imported and scored).
 
 Run: .venv/bin/python bench/bench_at_risk.py --store STORE.db --tracking sqlite:////path/mlflow.db
-     [--baseline /work/main] [--pipeline Enterprise] [--rounds 300]
+     [--baseline /work/main] [--pipeline Enterprise] [--rounds 300] [--sort days_in_stage] [--stale]
      .venv/bin/python bench/bench_at_risk.py --postgresql postgresql+psycopg://postgres@HOST/DB ...
 Writes bench/results/at_risk.json (`--out PATH` writes PATH).
 """
@@ -70,13 +70,16 @@ def _git_head(tree: Path) -> str:
 
 
 @contextlib.contextmanager
-def serve(tree: Path, db: str, home: Path, tracking: str, log: Path) -> Iterator[str]:
-    """`python -m dealrisk serve` from `tree` (its code, its migrations) on the store URL `db`; yields its
-    base URL once /healthz answers, and stops its process group (this server's alone) afterwards."""
+def serve(tree: Path, db: str | Path, home: Path, tracking: str, log: Path,
+          extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """`python -m dealrisk serve` from `tree` (its code, its migrations) on the store `db` (a URL, or a
+    SQLite file's path); yields its base URL once /healthz answers, and stops its process group (this
+    server's alone) afterwards. `extra_env` is added to (or overrides) its environment."""
     port = _free_port()
+    url = f"sqlite:///{db}" if isinstance(db, Path) else db
     env = {**os.environ, "PYTHONPATH": str(tree), "DEALRISK_HOME": str(home),
-           "DEALRISK_DATABASE_URL": db, "MLFLOW_TRACKING_URI": tracking,
-           "DEALRISK_RELOAD_INTERVAL_S": "0", "DEALRISK_LIVE_SCORE_MAX_AGE_S": "86400"}
+           "DEALRISK_DATABASE_URL": url, "MLFLOW_TRACKING_URI": tracking,
+           "DEALRISK_RELOAD_INTERVAL_S": "0", "DEALRISK_LIVE_SCORE_MAX_AGE_S": "86400", **(extra_env or {})}
     home.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen([PYTHON, "-m", "dealrisk", "serve", "--port", str(port), "--log-level",
@@ -195,12 +198,15 @@ def main() -> None:
     parser.add_argument("--tracking", required=True, help="MLflow tracking URI of the store's champion")
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with (e.g. main)")
     parser.add_argument("--pipeline", default="Enterprise")
+    parser.add_argument("--sort", default=None, help="another order than the default (value_at_risk)")
+    parser.add_argument("--stale", action="store_true", help="the clean-up list (/stale) instead")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     trees = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
-    path = f"/v1/pipelines/{args.pipeline}/at-risk?limit=50"
+    path = f"/v1/pipelines/{args.pipeline}/{'stale' if args.stale else 'at-risk'}?limit=50"
+    path += f"&sort={args.sort}" if args.sort else ""
     with tempfile.TemporaryDirectory(prefix="bench-at-risk-") as tmp_dir, contextlib.ExitStack() as stack:
         tmp = Path(tmp_dir)
         copies = stack.enter_context(store_copies(args, list(trees), tmp))
@@ -246,7 +252,8 @@ def main() -> None:
         "store": str(args.store or sa.engine.make_url(args.postgresql).render_as_string(True)),
         "backend": "sqlite" if args.store else "postgresql", "pipeline": args.pipeline,
         "open_deals_in_pipeline": open_deals,
-        "request": f"GET {path} (default sort, reasons)", "rounds": args.rounds, "warmup": args.warmup,
+        "request": f"GET {path} ({'sort ' + args.sort if args.sort else 'default sort'}, reasons)",
+        "rounds": args.rounds, "warmup": args.warmup,
         "load_average_at_start": [round(x, 2) for x in load_start],
         "targets": {k: f"<= {v}x healthz" for k, v in TARGETS.items()},
         "servers": servers,

@@ -68,6 +68,16 @@ class BackgroundLoop:
         return self._thread is not None and self._thread.is_alive()
 
     @property
+    def notified(self) -> bool:
+        """Whether a notice arrived since the current round started (a long round may yield to it)."""
+        return self._wake.is_set()
+
+    def clear_notices(self) -> None:
+        """Forget the notices so far: the round about to start serves them. A round that repeats itself
+        calls it before each repeat, so that `notified` tells of the notices during that repeat only."""
+        self._wake.clear()
+
+    @property
     def stopping(self) -> bool:
         """Whether `stop` was called: a round that repeats itself checks this between repeats."""
         return self._stop.is_set()

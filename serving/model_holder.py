@@ -217,14 +217,7 @@ class PopulationCache:
     def from_store(cls, store: Any, interval_s: float = DEFAULT_POPULATION_REFRESH_S) -> PopulationCache:
         """A cache that fits the builder on everything in `store` (None while it is empty)."""
 
-        def load() -> FeatureBuilder | None:
-            # With no stored deals there is nothing to fit on: see `builder_for`.
-            if store.count_rows().get("deals", 0) == 0:
-                return None
-            # Only what the statistics read (`POPULATION_TABLES`): no activities, a third of the rows.
-            return FeatureBuilder().fit(store.load_history(tables=POPULATION_TABLES))
-
-        return cls(load, stamp=store.change_stamp, interval_s=interval_s)
+        return cls(lambda: fit_population(store), stamp=store.change_stamp, interval_s=interval_s)
 
     @classmethod
     def following(
@@ -334,6 +327,7 @@ class PopulationCache:
             return False
         self.last_error = None
         ended = self._clock()
+        logger.debug("population fitted in %.1f s", ended - began)
         if self._writes_make_due:  # a follower's reads are cheap: it looks again on its next tick
             self._rest_until = ended + REFIT_PAUSE_FACTOR * (ended - began)
         with self._lock:
@@ -404,6 +398,15 @@ class NewDealCache:
 def _new_deal_states(states: Any) -> Any:
     """The store's current-state columns under the names `features.health.deal_states` gives them."""
     return states.rename(columns={"outcome": "status", "current_amount": "amount"})
+
+
+def fit_population(store: Any) -> FeatureBuilder | None:
+    """A `FeatureBuilder` fitted on everything in `store` (None while it holds no deals)."""
+    # With no stored deals there is nothing to fit on: see `builder_for`.
+    if store.count_rows().get("deals", 0) == 0:
+        return None
+    # Only what the statistics read (`POPULATION_TABLES`): no activities, a third of the rows.
+    return FeatureBuilder().fit(store.load_history(tables=POPULATION_TABLES))
 
 
 def _file_stamp(path: str) -> tuple[int, int, int] | None:

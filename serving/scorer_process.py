@@ -3,8 +3,8 @@ serve`), so its CPU work never competes with requests for the service's GIL.
 
 The child (`multiprocessing` "spawn" context) runs what keeps the stored scores live: the `LiveScorer`,
 the learned stage limits (`serving.stage_limits`) and the feature population the scorer scores with
-(its own `PopulationCache`, refitted on its own clock). After each fit the child publishes that population
-to a file in the service's home (`published_population_path`), which the service reads for its requests
+(its own `PopulationCache`, refitted on its own clock). Each fit is published to a file in the service's
+home (`published_population_path`), which the service reads for its requests
 (`PopulationCache.following`): the service never refits, so a refit's seconds of CPU never hold its GIL.
 It shares nothing with the service but the database (the need to re-score is stamped in the store by the
 write itself, `Store.pending_scores`) and one pipe, parent to child, of one-byte messages:
@@ -20,6 +20,12 @@ write itself, `Store.pending_scores`) and one pipe, parent to child, of one-byte
 - end of file: the service died (even by kill -9, the kernel closes its end of the pipe): the child
   exits at once.
 
+The child fits its feature population in a process of its own too (`PopulationWorker`), started by the
+child and ending with it: a fit reads the whole store for seconds (about 10 s at 100,000 deals) and holds
+the GIL for up to a second at a time, so a fit in the child's own threads held a write's round back for
+that long; the child's refit thread now waits on a socket (no GIL held) until that process has published
+the fit, then reads it (tens of milliseconds).
+
 The parent (`ScorerProcess`) watches the child every `WATCH_S` and starts it again when it died (logged,
 counted in `status()`; a child that dies soon after its start waits longer each time, up to
 `MAX_RESTART_DELAY_S`). The child runs at a lower CPU priority (`NICE`): on busy cores the service's
@@ -32,10 +38,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -226,16 +236,6 @@ def run_child(settings: Settings, reader: Connection, log_level: int) -> None:
         child.stop()
 
 
-def _publish(builder: Any, path: Path) -> None:
-    """Write a fitted population where the service reads it (`PopulationCache.following`)."""
-    from features.population_stats import save_population_stats
-
-    stats = getattr(builder, "population_stats_", None)
-    if stats is not None:
-        save_population_stats(stats, path)
-        logger.info("feature population published to %s", path)
-
-
 class _Child:
     """What runs in the scorer process: the same objects `serving.app` runs as threads in `thread` mode."""
 
@@ -251,9 +251,9 @@ class _Child:
                            busy_timeout_s=settings.write_wait_s, pool_size=settings.pg_pool_size)
         self.holder = ModelHolder(settings.model_uri, settings.tracking_uri)
         self.challenger = Challenger(ScoreArchive(self.store), settings.tracking_uri)
-        self.population = PopulationCache.from_store(self.store, interval_s=settings.population_refresh_s)
-        published = published_population_path(settings)
-        self.population.listeners.append(lambda builder: _publish(builder, published))
+        self.fitter = PopulationWorker(settings)
+        self.population = PopulationCache(self.fitter.fit, stamp=self.store.change_stamp,
+                                          interval_s=settings.population_refresh_s)
         self.holder.reload()
         self.challenger.restore()
         with contextlib.suppress(Exception):  # an odd store: the scorer's rounds log why
@@ -303,7 +303,132 @@ class _Child:
                 self.live.notify()
 
     def stop(self) -> None:
+        self.fitter.stop()  # first: a fit in progress ends at once, so the population's loop stops too
         for loop in self.loops:
             with contextlib.suppress(Exception):
                 loop.stop()
         self.store.close()
+
+
+class PopulationWorker:
+    """Fits the feature population (`serving.model_holder.fit_population`) in a process of its own, one
+    fit at a time (`fit`, for `PopulationCache`): the caller waits on a socket, holding no GIL, while the
+    process fits and publishes the population (`published_population_path`, `save_population_stats`),
+    then reads it from there, as the service does (`PopulationCache.following`). Only JSON and that file
+    cross between the processes: nothing is unpickled. The process (a plain subprocess: the scorer
+    process is a daemonic `multiprocessing` child, which may not start children of its own that way) is
+    started at the first
+    fit and again after it died (that fit raises; the population cache keeps its previous builder and
+    retries on its next refresh). It ends on `stop`, or at the end of file on its socket when the process
+    that started it ends, even by kill -9."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()  # one fit at a time
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._stopped = False
+
+    def fit(self) -> Any:
+        """The population fitted on the store now (a `FeatureBuilder`, None for an empty store)."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the population process was stopped")
+            if self._process is None or self._process.poll() is not None:
+                self._start()
+            conn = self._conn
+            assert conn is not None
+            try:
+                conn.send_bytes(b"f")
+                answer = json.loads(conn.recv_bytes())
+            except (EOFError, OSError) as exc:
+                self._discard()
+                raise RuntimeError("the population process ended during a fit") from exc
+            if not answer["ok"]:
+                raise RuntimeError(answer["error"])
+            if answer["empty"]:
+                return None
+            from features.build import FeatureBuilder
+            from features.population_stats import load_population_stats
+
+            builder = FeatureBuilder()
+            builder.population_stats_ = load_population_stats(published_population_path(self.settings))
+            return builder
+
+    def _start(self) -> None:
+        self._discard()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            # the interpreter and import path of this process, as multiprocessing's spawn gives its children
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            process = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from serving.scorer_process import run_population_worker;"
+                 " run_population_worker(int(sys.argv[1]))", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+            )
+            conn = Connection(os.dup(ours.fileno()))
+        try:
+            conn.send_bytes(json.dumps({"settings": self.settings.model_dump(mode="json"),
+                                        "log_level": logging.getLogger().getEffectiveLevel()}).encode())
+        except OSError:
+            conn.close()
+            process.kill()
+            process.wait()
+            raise
+        self._process, self._conn = process, conn
+
+    def _discard(self) -> None:
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()
+        if process is not None:
+            process.kill()
+            process.wait()
+
+    def stop(self) -> None:
+        """End the process (a fit in progress fails at once: the caller's population keeps its builder)."""
+        self._stopped = True
+        process = self._process
+        if process is not None:
+            with contextlib.suppress(OSError):
+                process.kill()  # the waiting `fit` gets the end of file and discards the rest
+        with self._lock:
+            self._discard()
+
+
+def run_population_worker(fd: int) -> None:
+    """The population process's main: read the settings, then fit whenever asked, until the end of file."""
+    conn = Connection(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    start = json.loads(conn.recv_bytes())
+    settings = Settings(**start["settings"])
+    logging.basicConfig(level=start["log_level"],
+                        format="%(asctime)s %(levelname)s population %(name)s: %(message)s")
+    from features.population_stats import save_population_stats
+    from serving.model_holder import fit_population
+    from serving.store import Store
+
+    published = published_population_path(settings)
+
+    store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names,
+                  busy_timeout_s=settings.write_wait_s, pool_size=2)  # one fit at a time
+    try:
+        while True:
+            try:
+                conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            try:
+                builder = fit_population(store)
+                if builder is not None and builder.population_stats_ is not None:
+                    save_population_stats(builder.population_stats_, published)
+                answer: dict[str, Any] = {"ok": True, "empty": builder is None}
+            except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
+                answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            try:
+                conn.send_bytes(json.dumps(answer).encode())
+            except OSError:  # the caller is gone
+                return
+    finally:
+        store.close()

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
@@ -297,6 +298,14 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+class _SQLiteCompiler(SQLiteCompiler):
+    """SQLite's statement compiler, rendering a FROM hint (`Select.with_hint(table, text, "sqlite")`)
+    after its table, which SQLAlchemy leaves out on SQLite: `at_risk_rows` names its index."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
     code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     return code in ("40P01", "40001")  # deadlock detected, serialization failure
@@ -366,6 +375,7 @@ class Store:
                 kwargs["poolclass"] = StaticPool  # one shared in-memory database, not one per connection
                 kwargs["connect_args"]["check_same_thread"] = False
             engine = sa.create_engine(url, **kwargs)
+            engine.dialect.statement_compiler = _SQLiteCompiler
             sa.event.listen(engine, "connect", _sqlite_connect)
             sa.event.listen(engine, "begin", _sqlite_begin)
             return engine
@@ -1876,10 +1886,16 @@ class Store:
             if unscored:
                 return None
             # Ranked narrow (deal ids), then only the page's rows are read wide, joined to their scores.
-            ranked = (
+            ranking = (
                 sa.select(deals.c.deal_id.label("ranked_id")).where(*in_scope, *where)
-                .order_by(*order).limit(limit).offset(offset).subquery("ranked")
+                .order_by(*order).limit(limit).offset(offset)
             )
+            if pipeline is not None:
+                # SQLite ranked by days in stage (the stale list's default) through the pipeline's
+                # stage-entry index, reading every deal of the pipeline, closed ones too: 45 ms at
+                # 100,000 deals, against 1.5 ms through the covering index of its open deals and a sort
+                ranking = ranking.with_hint(deals, "INDEXED BY ix_deals_at_risk", "sqlite")
+            ranked = ranking.subquery("ranked")
             query = (
                 sa.select(*page_columns)
                 .select_from(ranked.join(deals, deals.c.deal_id == ranked.c.ranked_id)

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 
 from features.history import DealHistory
-from serving.live_scores import BULK_DEALS, LiveScorer
+from serving.live_scores import BULK_CHUNK, BULK_DEALS, LiveScorer
 from serving.model_holder import LoadedModel, PopulationCache
 from serving.stage_limits import refresh_stage_limits
 from serving.store import Store
@@ -202,12 +203,58 @@ def test_a_write_during_a_model_swap_waits_for_one_short_round_not_the_whole_swa
         "event_id": pd.Series([pd.NA], dtype="string"),
     }))
     first = swapped.score_due(NOW)
-    assert first <= BULK_DEALS + 1
+    assert first == 1  # the written deal, in a round of its own
     left = store.pending_scores("8", NOW, 1000)
     assert written not in left and len(left) == n - first  # the written deal went first
     page = store.at_risk_page("P", NOW, limit=None) if refresh_stage_limits(store, NOW) else None
     assert page is not None
     versions = page[1].set_index("deal_id")["model_version"]
     assert versions[written] == "8" and (versions == "7").sum() == n - first  # mixed, each names its own
+    # A write's notice during a background round stops it after the chunk in progress: the scored deals
+    # are saved, the rest stay due for the next round.
+    swapped._loop.notify()
+    assert swapped.score_due(NOW) == BULK_CHUNK
+    assert len(store.pending_scores("8", NOW, 1000)) == n - first - BULK_CHUNK
+    # The loop's next round serves that notice; the rounds after it are whole again.
+    sizes: list[int] = []
+    one_round = swapped._round
+
+    def counted(now: datetime | None = None) -> tuple[int, bool]:
+        scored, more = one_round(now)
+        sizes.append(scored)
+        return scored, more
+
+    swapped._round = counted  # type: ignore[method-assign]
     swapped._rounds()  # the rest of the swap, round after round
+    assert sizes[0] == BULK_DEALS
     assert store.pending_scores("8", NOW, 1000) == {}
+
+
+def test_a_write_that_lands_while_a_round_looks_for_due_deals_is_scored_as_of_after_it(store: Store) -> None:
+    """The round's time is taken after it read the due deals and their state stamps: a write committed
+    before that read is within the score's time. (As of the round's start, the write's stamp was taken by
+    a score as of before it: not pending any more, its new event left out, until the hourly re-score.)"""
+    _import(store)
+    scorer = _scorer(store, StandInBundle())
+    assert scorer.score_due() == 4
+    read_due = store.pending_scores
+    written: list[datetime] = []
+
+    def a_write_first(*args: Any, **kwargs: Any) -> dict[str, datetime]:
+        if not written:  # the write commits after the round started, before it reads what is due
+            store.add_events(activities=pd.DataFrame({
+                "deal_id": pd.Series(["L1"], dtype="string"), "type": pd.Series(["call"], dtype="string"),
+                "direction": pd.Series([pd.NA], dtype="string"),
+                "occurred_at": pd.to_datetime([datetime.now(UTC)], utc=True),
+                "event_id": pd.Series(["late-call"], dtype="string"),
+            }))
+            written.append(datetime.now(UTC))
+        return read_due(*args, **kwargs)
+
+    store.pending_scores = a_write_first  # type: ignore[method-assign]
+    assert scorer.score_due() == 1
+    scores = store.table("deal_scores")
+    with store.engine.connect() as conn:
+        as_of = conn.execute(sa.select(scores.c.as_of).where(scores.c.deal_id == "L1")).scalar_one()
+    assert as_of.replace(tzinfo=UTC) >= written[0]
+    assert read_due("7", NOW, 10) == {}  # and it is not pending: its score is as of after the write

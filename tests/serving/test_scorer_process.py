@@ -50,6 +50,27 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _population_process(scorer_pid: int) -> int | None:
+    """The pid of the process the scorer process fits its feature population in (None while there is none)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pid = int(stat.parent.name)
+        if int(fields[1]) == scorer_pid and b"run_population_worker" in cmdline and _alive(pid):
+            return pid
+    return None
+
+
+def _wait_population_process(scorer_pid: int) -> int:
+    wait_for(lambda: _population_process(scorer_pid) is not None, "the scorer's population process")
+    pid = _population_process(scorer_pid)
+    assert pid is not None
+    return pid
+
+
 def _at_risk(client: TestClient, world: World) -> dict[str, Any]:
     response = client.get(f"/v1/pipelines/{world.pipeline_a}/at-risk", params={"limit": 1000},
                           headers=world.auth("manager"))
@@ -136,7 +157,10 @@ def test_a_dead_scorer_process_is_started_again_and_stops_with_the_service(
 ) -> None:
     with TestClient(create_app(process_settings), raise_server_exceptions=False) as client:
         first = _scorer(client)["pid"]
+        # the scorer's feature population is fitted in a process of its own, which ends with the scorer
+        fitter = _wait_population_process(first)
         os.kill(first, signal.SIGKILL)
+        wait_for(lambda: not _alive(fitter), "the population process to end with its scorer process")
 
         def restarted() -> bool:
             now = _scorer(client)
@@ -149,7 +173,9 @@ def test_a_dead_scorer_process_is_started_again_and_stops_with_the_service(
         # the new process scores: every open deal gets its live score
         wait_for(lambda: _live_rows(client, world) is not None, "live scores from the new scorer process")
         second = scorer["pid"]
+        second_fitter = _wait_population_process(second)
     assert not _alive(second), "the scorer process outlived the service's shutdown"
+    wait_for(lambda: not _alive(second_fitter), "the population process to end with the service")
 
 
 def test_the_scorer_process_ends_when_the_service_is_killed(world: World, process_settings: Settings,
@@ -169,9 +195,11 @@ def test_the_scorer_process_ends_when_the_service_is_killed(world: World, proces
         body = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
         pid = body["live_scorer"]["pid"]
         assert body["live_scorer"]["running"] and _alive(pid)
+        fitter = _wait_population_process(pid)
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
         wait_for(lambda: not _alive(pid), "the scorer process to end after its service was killed")
+        wait_for(lambda: not _alive(fitter), "the population process to end after its service was killed")
     finally:
         if server.poll() is None:
             server.kill()
