@@ -115,8 +115,11 @@ DEAL_COLUMNS = DEAL_REQUIRED + DEAL_OPTIONAL
 TABLE_ORDER = ("pipelines", "deals", *EVENT_TABLES)
 
 ProgressCallback = Callable[[int], None]
-# (the stored deals a request names, their pipelines' specs) -> the request's typed event frames by table
-EventsBuilder = Callable[[pd.DataFrame, Mapping[str, PipelineSpec]], Mapping[str, pd.DataFrame | None]]
+# (the stored rows of the deals a request names, their pipelines' specs) -> the request's event rows by table
+# (records with the table's columns and `event_id`: naive UTC times, missing values None)
+EventsBuilder = Callable[
+    [Sequence[Mapping[str, Any]], Mapping[str, PipelineSpec]], Mapping[str, Sequence[Mapping[str, Any]]]
+]
 # (deal_id -> stored pipeline of the request's deals that exist, the involved specs) -> typed deals frame
 DealsBuilder = Callable[[Mapping[str, str], Mapping[str, PipelineSpec]], pd.DataFrame]
 
@@ -658,23 +661,22 @@ class Store:
     ) -> ImportResult:
         """Store a request's events in one transaction that also holds the request's reads.
 
-        Reads the stored deals among `deal_ids` (as created, without their custom attributes; locked on
-        PostgreSQL) and, `with_specs`, their pipelines' specs (else `build` gets none: events without
-        stage changes are checked against no spec), and passes them to `build`, which checks the request
-        against them (it raises to refuse the request: nothing is written) and returns the typed event
-        frames by table; those are stored as `add_events` stores them. Everything happens in one snapshot,
-        retried as a whole after a PostgreSQL deadlock.
+        Reads the stored deals among `deal_ids` (their rows as `_lock_deals` returns them: columns as
+        created, without custom attributes, and state; locked on PostgreSQL) and, `with_specs`, their
+        pipelines' specs (else `build` gets none: events without stage changes are checked against no
+        spec), and passes them to `build`, which checks the request against them (it raises to refuse the
+        request: nothing is written) and returns the event rows by table; those are stored as `add_events`
+        stores them. Everything happens in one snapshot, retried as a whole after a PostgreSQL deadlock.
+        The rows read once here serve the checks, the write and the deals' new state.
         """
         ids = sorted({str(d) for d in deal_ids})
 
         def work(conn: Connection) -> ImportResult:
             locked = self._lock_deals(conn, ids)
-            rows = list(locked.values())
-            stored = stored_deals({c: [r[c] for r in rows] for c in DEAL_COLUMNS}, [None] * len(rows))
-            names = sorted({str(r["pipeline"]) for r in rows})
+            names = sorted({str(r["pipeline"]) for r in locked.values()})
             specs = self._pipeline_specs(conn, names) if with_specs else {}
-            frames = build(stored, specs)
-            prepared = {n: _prepare_events(n, f) for n, f in frames.items() if f is not None and len(f)}
+            rows = build(list(locked.values()), specs)
+            prepared = {n: _event_rows(n, recs) for n, recs in rows.items() if recs}
             result = ImportResult()
             if prepared:
                 self._write_all(conn, result, None, prepared, {}, {}, None, locked)
@@ -2138,24 +2140,34 @@ def _row_hashes(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
 @dataclass(frozen=True)
 class _EventRows:
     """One event table's rows as the store writes them: the table's columns, `event_id` (an empty id is
-    no id) and `event_key` (the id, or the row's content hash when it has none). The typed frame is kept
-    as given and turned into the drivers' records a chunk at a time (`record_chunks`)."""
+    no id) and `event_key` (the id, or the row's content hash when it has none). Either a typed frame,
+    kept as given and turned into the drivers' records a chunk at a time (`record_chunks`), or the
+    records themselves (`_event_rows`: a request's few events, which never were a frame)."""
 
     name: str
-    frame: pd.DataFrame
+    frame: pd.DataFrame | None
     ids: list[str | None]
     keys: list[str]
+    records: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def deal_ids(self) -> list[str]:
+        if self.records is not None:
+            return [str(r["deal_id"]) for r in self.records]
+        assert self.frame is not None
         return [str(d) for d in self.frame["deal_id"].tolist()]
 
     def record_chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
         """The rows as records (naive UTC times, missing values None), at most `size` at a time."""
-        columns, time_col = EVENT_TABLES[self.name]
         n = len(self)
+        if self.records is not None:
+            for start in range(0, n, size):
+                yield self.records[start : start + size]
+            return
+        assert self.frame is not None
+        columns, time_col = EVENT_TABLES[self.name]
         for start in range(0, n, size):
             chunk = self.frame if n <= size else self.frame.iloc[start : start + size]
             m = len(chunk)
@@ -2167,6 +2179,11 @@ class _EventRows:
             yield [dict(zip(names, row, strict=True)) for row in zip(*values.values(), strict=True)]
 
 
+def _event_ids(given: Iterable[Any]) -> list[str | None]:
+    # an empty event_id is no id at all: fall back to the row hash rather than colliding on ""
+    return [None if is_missing(v) or str(v) == "" else str(v) for v in given]
+
+
 def _prepare_events(name: str, frame: pd.DataFrame) -> _EventRows:
     """An event frame (typed, as `DealHistory` holds it) as the rows the store writes, keyed.
 
@@ -2174,8 +2191,7 @@ def _prepare_events(name: str, frame: pd.DataFrame) -> _EventRows:
     columns, _ = EVENT_TABLES[name]
     n = len(frame)
     given = frame["event_id"].to_numpy(dtype=object).tolist() if "event_id" in frame.columns else [None] * n
-    # an empty event_id is no id at all: fall back to the row hash rather than colliding on ""
-    ids = [None if is_missing(v) or str(v) == "" else str(v) for v in given]
+    ids = _event_ids(given)
     keys = list(ids)
     # the row hash is the key only of rows without an id (hashing costs: skip it when every row has one)
     keyless = [i for i, v in enumerate(ids) if v is None]
@@ -2186,6 +2202,29 @@ def _prepare_events(name: str, frame: pd.DataFrame) -> _EventRows:
         for i, key in zip(keyless, _row_hashes(table.iloc[keyless], columns).tolist(), strict=True):
             keys[i] = key
     return _EventRows(name, frame, ids, cast(list[str], keys))
+
+
+def _event_rows(name: str, records: Sequence[Mapping[str, Any]]) -> _EventRows:
+    """Event records (the table's columns and `event_id`, as the drivers take them: naive UTC times,
+    missing values None) as the rows the store writes, keyed as `_prepare_events` keys a frame: the
+    content hash of a row without an id reads the same values (times by their instant, missing values
+    by the same marker)."""
+    columns, _ = EVENT_TABLES[name]
+    ids = _event_ids(r.get("event_id") for r in records)
+    keys = list(ids)
+    keyless = [i for i, v in enumerate(ids) if v is None]
+    if keyless:
+        picked = {c: pd.Series([records[i].get(c) for i in keyless], dtype=object) for c in columns}
+        table = pd.DataFrame(picked)
+        time_col = EVENT_TABLES[name][1]
+        table[time_col] = pd.to_datetime(table[time_col])
+        for i, key in zip(keyless, _row_hashes(table, columns).tolist(), strict=True):
+            keys[i] = key
+    rows = [
+        {**{c: rec.get(c) for c in columns}, "event_id": i, "event_key": k}
+        for rec, i, k in zip(records, ids, keys, strict=True)
+    ]
+    return _EventRows(name, None, ids, cast(list[str], keys), rows)
 
 
 def _json_value(value: Any) -> Any:
