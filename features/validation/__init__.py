@@ -205,7 +205,7 @@ def check_event_tables(
     if stages is not None and len(stages) and pipelines and "stage_changes" in events:
         position = positions_among(deals.deal_id, events["stage_changes"].deal_id)
         pipes = object_values(deals.pipeline)
-        row_pipeline = np.full(len(position), None, dtype=object)
+        row_pipeline: Any = np.full(len(position), None, dtype=object)
         if len(pipes):
             row_pipeline = np.where(position >= 0, pipes[position], None)
         check_stages_against_specs(stages, row_pipeline, pipelines, problems)

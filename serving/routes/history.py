@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from features.history import PipelineSpec
 from features.jsonable import jsonable
 from features.validation import DEAL_COLUMNS, EVENT_COLUMNS
-from serving.deps import DealIdPath, ReadKey, SettingsDep, StoreDep, WriteKey, after_write
+from serving.deps import DealIdPath, ReadKey, SettingsDep, StoreDep, WriteKey, WriteKeyCheck, after_write
 from serving.errors import InvalidInputError, NotFoundError, check_batch_size
 from serving.mapping import checked_event_rows, deal_frames, validated_history
 from serving.routes import answer
@@ -62,22 +62,25 @@ def post_deals(
 
 
 @router.post("/v1/events", response_model=WriteResult)
-async def post_events(body: EventsIn, key: WriteKey, request: Request, store: StoreDep) -> Response:
+async def post_events(body: EventsIn, check: WriteKeyCheck, request: Request, store: StoreDep) -> Response:
     """Store stage changes, activities and field changes of stored deals, idempotently (on `event_id`,
     or on the whole row without one). Events of unknown deals, or of deals outside the key's
     pipelines, are bad items ("deal not found"). The request's reads and its write are one transaction.
 
-    `async`, with the write in one threadpool hop: a plain `def` route took three (the route, then
-    FastAPI's validation of the returned model, besides the key check's), and built frames of the few
-    rows it checks; the checks run on their columns (`serving.mapping.checked_event_rows`)."""
+    `async`, with the key check and the write in one threadpool hop (`WriteKeyCheck`): as a plain `def`
+    route with a `def` key check it took three (the key check, the route, FastAPI's validation of the
+    returned model), and built frames of the few rows it checks; the checks run on their columns
+    (`serving.mapping.checked_event_rows`)."""
     lists: dict[str, list[Any]] = {"stage_changes": body.stage_changes, "activities": body.activities,
              "field_changes": body.field_changes}
     if not any(lists.values()):
+        await run_in_threadpool(check)
         return answer(WriteResult(inserted=0, duplicates=0))
 
     def build(
         stored: Sequence[Mapping[str, Any]], specs: Mapping[str, PipelineSpec]
     ) -> dict[str, list[dict[str, Any]]]:
+        key = check()  # checked first in `write`: answers at once
         mine = [row for row in stored if key.can_see(str(row["pipeline"]))]
         visible = {str(row["deal_id"]) for row in mine}
         problems = [
@@ -94,6 +97,7 @@ async def post_events(body: EventsIn, key: WriteKey, request: Request, store: St
     ids = {e.deal_id for events in lists.values() for e in events}
 
     def write() -> WriteResult:
+        check()  # the caller's key, before anything is read: 401 / 403 as a `def` dependency answers
         # only stage changes are checked against a spec: without them the transaction reads none
         result = store.write_events(ids, build, with_specs=bool(body.stage_changes))
         if result.changed:
