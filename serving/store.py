@@ -378,8 +378,13 @@ class Store:
         `PG_WRITE_TURNS` writers of the process are in a transaction at once; row locks and ON CONFLICT
         still decide between them and other processes' writers, as before. A turn is re-entrant."""
         with self._writer_turn():
-            with self.engine.execution_options(dealrisk_write=True).begin() as conn:
+            with self._write_engine.begin() as conn:
                 yield conn
+
+    @cached_property
+    def _write_engine(self) -> Engine:
+        """The engine with the write option (`_sqlite_begin` reads it), made once rather than per write."""
+        return self.engine.execution_options(dealrisk_write=True)
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
@@ -999,10 +1004,7 @@ class Store:
             if not len(rows):
                 continue
             _, time_col = EVENT_TABLES[name]
-            table = self.table(name)
-            stmt = self._insert_ignore(table, ["deal_id", "event_key"]).returning(
-                table.c.deal_id, table.c.event_key
-            )
+            stmt = self._event_inserts[name]
             seen: set[tuple[str, str]] = set()  # keys of this write's rows: a repeat is a duplicate
             inserted = 0
             repeated: list[dict[str, Any]] = []  # rows already stored: compared for conflicts below
@@ -1240,18 +1242,33 @@ class Store:
     def _lock_deals(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored deals among `deal_ids` (their columns as created, row_hash, and the state columns),
         locked for this transaction, in deal_id order."""
-        table = self.table("deals")
         out: dict[str, dict[str, Any]] = {}
         ids = sorted(set(deal_ids))  # one lock order for every writer: no deadlock between two of them
-        columns = (*DEAL_COLUMNS, "row_hash", *STATE_FIELDS, "state_updated_at")
         for start in range(0, len(ids), _IN_CHUNK):
-            query = (
-                sa.select(*(table.c[c] for c in columns))
-                .where(_among(self.dialect, table.c.deal_id, ids[start : start + _IN_CHUNK]))
-                .order_by(table.c.deal_id)
-            )
-            for row in conn.execute(self._for_update(query)):
+            for row in conn.execute(self._deal_lock_query, {"ids": ids[start : start + _IN_CHUNK]}):
                 out[row.deal_id] = dict(row._mapping)
+        return out
+
+    @cached_property
+    def _deal_lock_query(self) -> Any:
+        """`_lock_deals`' query of the deals whose ids are bound as `ids` (built once: a write of one event
+        paid more for building and keying the statement than for running it)."""
+        table = self.table("deals")
+        columns = (*DEAL_COLUMNS, "row_hash", *STATE_FIELDS, "state_updated_at")
+        among = _among(self.dialect, table.c.deal_id, _ids_param(self.dialect, "ids"))
+        query = sa.select(*(table.c[c] for c in columns)).where(among).order_by(table.c.deal_id)
+        return self._for_update(query)
+
+    @cached_property
+    def _event_inserts(self) -> dict[str, Any]:
+        """Per event table, the insert of new rows (conflicts on (deal_id, event_key) skipped) returning the
+        keys inserted; built once."""
+        out = {}
+        for name in EVENT_TABLES:
+            table = self.table(name)
+            out[name] = self._insert_ignore(table, ["deal_id", "event_key"]).returning(
+                table.c.deal_id, table.c.event_key
+            )
         return out
 
     def _for_update(self, query: sa.Select[Any]) -> sa.Select[Any]:
@@ -2007,17 +2024,29 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers (frames <-> rows)
-def _among(dialect: str, column: sa.Column[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:
-    """`column IN values`, as `= ANY(array)` on PostgreSQL.
+def _among(
+    dialect: str, column: sa.Column[Any], values: Sequence[str] | sa.BindParameter[Any]
+) -> sa.ColumnElement[bool]:
+    """`column IN values`, as `= ANY(array)` on PostgreSQL; `values` the values, or a parameter bound at
+    execution (`_ids_param`: a statement built once).
 
     With thousands of bound parameters in an IN list, or `= ANY($1)` once psycopg prepares the statement
     (a generic plan), PostgreSQL compares every row with every value: seconds per query on a big table.
     `IN (SELECT unnest($1))` is planned as a join (index or hash lookups) whatever the plan.
     """
     if dialect == "postgresql":
-        keys = sa.select(sa.func.unnest(sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.String))))
+        if not isinstance(values, sa.BindParameter):
+            values = sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.String))
+        keys = sa.select(sa.func.unnest(values))
         return column.in_(keys.scalar_subquery())
     return column.in_(values)
+
+
+def _ids_param(dialect: str, name: str) -> sa.BindParameter[Any]:
+    """A parameter `name` bound to a list of ids at execution, for `_among`."""
+    if dialect == "postgresql":
+        return sa.bindparam(name, type_=postgresql.ARRAY(sa.String))
+    return sa.bindparam(name, expanding=True)
 
 
 def _sha256(text: str) -> str:
