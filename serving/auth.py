@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request
+from sqlalchemy.engine import Connection
 
 from serving.errors import AuthenticationError, ForbiddenError, is_store_outage
 from serving.store import ApiKey, Store
@@ -40,8 +41,9 @@ def _bearer_token(request: Request) -> str | None:
 _MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
 
 
-def authenticate(request: Request) -> ApiKey:
-    """The caller's key from `Authorization: Bearer …`; raises AuthenticationError if missing or invalid."""
+def authenticate(request: Request, conn: Connection | None = None) -> ApiKey:
+    """The caller's key from `Authorization: Bearer …`; raises AuthenticationError if missing or invalid.
+    `conn`: read in that connection's transaction (see `Store.verify_api_key`)."""
     token = _bearer_token(request)
     if token is None:
         raise AuthenticationError(_MISSING_KEY)
@@ -49,7 +51,7 @@ def authenticate(request: Request) -> ApiKey:
     remembered: dict[str, ApiKey] = request.app.state.verified_keys
     digest = hashlib.sha256(token.encode()).hexdigest()
     try:
-        key = store.verify_api_key(token)
+        key = store.verify_api_key(token, conn)
     except Exception as exc:
         if not is_store_outage(exc) or digest not in remembered:
             raise
@@ -76,8 +78,8 @@ def _allowed_roles(roles: tuple[str, ...]) -> frozenset[str]:
     return frozenset(roles) | {"admin"}
 
 
-def _authorized(request: Request, allowed: frozenset[str]) -> ApiKey:
-    key = authenticate(request)
+def _authorized(request: Request, allowed: frozenset[str], conn: Connection | None = None) -> ApiKey:
+    key = authenticate(request, conn)
     if key.role not in allowed:
         raise ForbiddenError(f"the {key.role!r} role may not do this; needs one of {sorted(allowed)}")
     return key
@@ -97,16 +99,18 @@ def require_role(*roles: str) -> Callable[[Request], ApiKey]:
 class KeyCheck:
     """`require_role`'s check, to be run by the route (`check()`: the caller's `ApiKey`, or the same 401 /
     403) in the threadpool hop that does its work: the key is read from the store, which a dependency can
-    only do in a threadpool hop of its own. Runs once; later calls answer the same."""
+    only do in a threadpool hop of its own. `check(conn)` reads it in that connection's transaction (the
+    route's write: on PostgreSQL a transaction of its own cost a connection check, BEGIN and ROLLBACK,
+    each a round trip). Runs once; later calls answer the same."""
 
     def __init__(self, request: Request, allowed: frozenset[str]) -> None:
         self._request = request
         self._allowed = allowed
         self._key: ApiKey | None = None
 
-    def __call__(self) -> ApiKey:
+    def __call__(self, conn: Connection | None = None) -> ApiKey:
         if self._key is None:
-            self._key = _authorized(self._request, self._allowed)
+            self._key = _authorized(self._request, self._allowed, conn)
         return self._key
 
 

@@ -662,7 +662,11 @@ class Store:
         return cast(ImportResult, self._retrying(work))
 
     def write_events(
-        self, deal_ids: Iterable[str], build: EventsBuilder, with_specs: bool = True
+        self,
+        deal_ids: Iterable[str],
+        build: EventsBuilder,
+        with_specs: bool = True,
+        first: Callable[[Connection], object] | None = None,
     ) -> ImportResult:
         """Store a request's events in one transaction that also holds the request's reads.
 
@@ -672,11 +676,15 @@ class Store:
         spec), and passes them to `build`, which checks the request against them (it raises to refuse the
         request: nothing is written) and returns the event rows by table; those are stored as `add_events`
         stores them. Everything happens in one snapshot, retried as a whole after a PostgreSQL deadlock.
-        The rows read once here serve the checks, the write and the deals' new state.
+        The rows read once here serve the checks, the write and the deals' new state. `first` runs first
+        in the transaction (the caller's key check: its read is one more statement of the write's
+        transaction, not a transaction of its own; it raises to refuse the request).
         """
         ids = sorted({str(d) for d in deal_ids})
 
         def work(conn: Connection) -> ImportResult:
+            if first is not None:
+                first(conn)
             locked = self._lock_deals(conn, ids)
             names = sorted({str(r["pipeline"]) for r in locked.values()})
             specs = self._pipeline_specs(conn, names) if with_specs else {}
@@ -1989,14 +1997,19 @@ class Store:
             )
         return plaintext, ApiKey(key_id, name, role, pipes, now, None)
 
-    def verify_api_key(self, plaintext: str) -> ApiKey | None:
-        """The key's record if `plaintext` is a valid, unrevoked key; else None."""
+    def verify_api_key(self, plaintext: str, conn: Connection | None = None) -> ApiKey | None:
+        """The key's record if `plaintext` is a valid, unrevoked key; else None. `conn`: read in that
+        connection's transaction (a write's: one transaction for the key and the write)."""
         parts = plaintext.strip().split("_", 2)
         if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
             return None
         table = self.table("api_keys")
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(table).where(table.c.key_id == parts[1])).mappings().first()
+        query = sa.select(table).where(table.c.key_id == parts[1])
+        if conn is not None:
+            row = conn.execute(query).mappings().first()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query).mappings().first()
         if row is None or not hmac.compare_digest(row["key_hash"], _sha256(plaintext.strip())):
             return None
         key = _api_key(row)

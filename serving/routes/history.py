@@ -80,7 +80,7 @@ async def post_events(body: EventsIn, check: WriteKeyCheck, request: Request, st
     def build(
         stored: Sequence[Mapping[str, Any]], specs: Mapping[str, PipelineSpec]
     ) -> dict[str, list[dict[str, Any]]]:
-        key = check()  # checked first in `write`: answers at once
+        key = check()  # checked first in the transaction (`first`): answers at once
         mine = [row for row in stored if key.can_see(str(row["pipeline"]))]
         visible = {str(row["deal_id"]) for row in mine}
         problems = [
@@ -97,9 +97,10 @@ async def post_events(body: EventsIn, check: WriteKeyCheck, request: Request, st
     ids = {e.deal_id for events in lists.values() for e in events}
 
     def write() -> WriteResult:
-        check()  # the caller's key, before anything is read: 401 / 403 as a `def` dependency answers
-        # only stage changes are checked against a spec: without them the transaction reads none
-        result = store.write_events(ids, build, with_specs=bool(body.stage_changes))
+        # The caller's key is read first in the write's transaction: 401 / 403 as a `def` dependency
+        # answers, before anything else is read. Only stage changes are checked against a spec: without
+        # them the transaction reads none.
+        result = store.write_events(ids, build, with_specs=bool(body.stage_changes), first=check)
         if result.changed:
             after_write(request)
         return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
