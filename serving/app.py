@@ -223,7 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names,
-                      busy_timeout_s=settings.sqlite_busy_timeout_s)
+                      busy_timeout_s=settings.write_wait_s, pool_size=settings.pg_pool_size)
         store.create_schema()
         holder = ModelHolder(settings.model_uri, settings.tracking_uri, on_swap=_on_swap)
         population = PopulationCache.from_store(store, interval_s=settings.population_refresh_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -151,9 +152,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if "database is locked" in str(exc.orig):
             # SQLite: writers queued past the busy timeout. The store answers, it is saturated.
             logger.warning("store busy on %s: %s", request.url.path, exc)
-            body = {"detail": "the store is busy: other writes held it longer than the busy timeout "
-                              "(SQLite allows one writer at a time); retry later, or use PostgreSQL for "
-                              "many concurrent writers"}
+            # (or, on either backend, this process's writers took longer than that to give a turn)
+            hint = ("; SQLite allows one writer at a time: retry later, or use PostgreSQL for many "
+                    "concurrent writers") if isinstance(exc.orig, sqlite3.Error) else "; retry later"
+            body = {"detail": "the store is busy: other writes held it longer than the write timeout "
+                              f"(DEALRISK_WRITE_WAIT_S){hint}"}
         else:
             logger.warning("store unreachable on %s: %s", request.url.path, exc)
             body = {"detail": f"the store is unreachable ({type(exc.orig).__name__}); retry later"}

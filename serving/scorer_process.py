@@ -227,7 +227,7 @@ class _Child:
         from serving.store import Store
 
         self.store = Store(settings.database_url, max_attribute_names=settings.max_attribute_names,
-                           busy_timeout_s=settings.sqlite_busy_timeout_s)
+                           busy_timeout_s=settings.write_wait_s, pool_size=settings.pg_pool_size)
         self.holder = ModelHolder(settings.model_uri, settings.tracking_uri)
         self.challenger = Challenger(ScoreArchive(self.store), settings.tracking_uri)
         self.population = PopulationCache.from_store(self.store, interval_s=settings.population_refresh_s)

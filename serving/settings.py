@@ -1,13 +1,15 @@
 """One typed settings class, read from the environment (`get_settings` is cached; tests clear it).
 
 Every variable is `DEALRISK_<FIELD>` (DEALRISK_HOME, DEALRISK_DATABASE_URL, DEALRISK_MODEL_URI, ...),
-except the MLflow tracking URI, which also answers to MLflow's own MLFLOW_TRACKING_URI. The database and
+except the MLflow tracking URI, which also answers to MLflow's own MLFLOW_TRACKING_URI, and the write timeout,
+DEALRISK_WRITE_WAIT_S, also read as DEALRISK_SQLITE_BUSY_TIMEOUT_S. The database and
 the tracking store default to SQLite files inside the home. Importing this module reads nothing and
 creates nothing; `get_settings()` reads the environment and creates the home folder.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -21,6 +23,8 @@ from serving.limits import DEFAULT_MAX_ATTRIBUTE_NAMES
 ENV_PREFIX = "DEALRISK_"
 # The MLflow client reads MLFLOW_TRACKING_URI itself, so the service accepts the same name.
 TRACKING_URI_ENV = ("DEALRISK_TRACKING_URI", "MLFLOW_TRACKING_URI")
+# The write timeout was SQLite's alone in earlier releases, under the name it is still read by.
+WRITE_WAIT_ENV = ("DEALRISK_WRITE_WAIT_S", "DEALRISK_SQLITE_BUSY_TIMEOUT_S")
 
 
 class SettingsError(ValueError):
@@ -46,9 +50,18 @@ class Settings(BaseSettings):
     max_attribute_names: int = Field(
         default=DEFAULT_MAX_ATTRIBUTE_NAMES, ge=1, description="distinct custom-attribute names per pipeline"
     )
-    sqlite_busy_timeout_s: float = Field(
-        default=30.0, gt=0, description="SQLite: how long a write waits for another writer before the "
-        "request answers 503 (store busy)",
+    write_wait_s: float = Field(
+        default=30.0, gt=0,
+        validation_alias=AliasChoices(*WRITE_WAIT_ENV),
+        description="how long a write waits for the service's other writers (and, on SQLite, for another "
+        "process's write lock) before the request answers 503 (store busy); DEALRISK_SQLITE_BUSY_TIMEOUT_S "
+        "is read too, as before",
+    )
+    pg_pool_size: int = Field(
+        default=20, ge=1, le=1000,
+        description="PostgreSQL: connections each process of the service keeps open (the service's own and "
+        "its scorer process's pools each keep this many; keep workers x 2 x this under the server's "
+        "max_connections)",
     )
     live_score_max_age_s: float = Field(
         default=3600.0, ge=0, description="live scores older than this are recomputed; 0 turns them off"
@@ -95,8 +108,13 @@ class Settings(BaseSettings):
 
 
 def env_name(field: str) -> str:
-    """The environment variable a settings field is read from."""
-    return TRACKING_URI_ENV[1] if field == "tracking_uri" else f"{ENV_PREFIX}{field.upper()}"
+    """The environment variable a settings field is read from (`field`: a field's name, or one of its
+    variables' names, as pydantic names a field read through an alias): of a field's several names, the
+    one set in the environment."""
+    names = next((n for n in (TRACKING_URI_ENV, WRITE_WAIT_ENV) if field.upper() in n), None)
+    if names is None:
+        return field.upper() if field.upper().startswith(ENV_PREFIX) else f"{ENV_PREFIX}{field.upper()}"
+    return next((name for name in names if name in os.environ), names[0])
 
 
 def read_settings() -> Settings:

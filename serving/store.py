@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -102,9 +101,10 @@ BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created 
 # amid 16 writers, p50/p99 ms (pool of 20, same session): no turns 900/1,865, one 402/1,558, two 458/954
 # (writes 27.7, 9.4 and 17.8 a second). See bench/bench_amid_writes.py.
 PG_WRITE_TURNS = 2
-# PostgreSQL: connections the pool keeps open. SQLAlchemy's default of 5 closed every connection
-# returned past the fifth, so with 16 writing clients the service opened about 1,000 database sessions
-# (a server process each) in a 2-minute run; with 20 it opened 14-19.
+# PostgreSQL: connections the pool keeps open, by default (`Store(pool_size=...)`, the service's
+# DEALRISK_PG_POOL_SIZE). SQLAlchemy's default of 5 closed every connection returned past the fifth, so with
+# 16 writing clients the service opened about 1,000 database sessions (a server process each) in a 2-minute
+# run; with 20 it opened 14-19.
 PG_POOL_SIZE = 20
 _RETRIES = 3  # PostgreSQL deadlock / serialization failures are retried this many times in all
 # Up to this many deals gaining events in one write take the incremental state (one Python step per deal);
@@ -293,6 +293,10 @@ def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
     return code in ("40P01", "40001")  # deadlock detected, serialization failure
 
 
+class WritersBusyError(Exception):
+    """The database error behind a write that waited past the busy timeout for the process's other writers."""
+
+
 class _Turns:
     """At most `n` threads at once; a thread that holds a turn takes it again without waiting."""
 
@@ -329,10 +333,11 @@ class Store:
         engine: Engine | None = None,
         max_attribute_names: int = DEFAULT_MAX_ATTRIBUTE_NAMES,
         busy_timeout_s: float = 30.0,
+        pool_size: int = PG_POOL_SIZE,
     ) -> None:
         self.url = url
         self.schema = schema
-        self.engine = engine or self._make_engine(url, busy_timeout_s)
+        self.engine = engine or self._make_engine(url, busy_timeout_s, pool_size)
         self.metadata = build_metadata(schema)
         self.tables = self.metadata.tables
         self._t = {name.split(".")[-1]: table for name, table in self.metadata.tables.items()}
@@ -344,7 +349,7 @@ class Store:
         self._planned_counts: tuple[int, ...] | None = None  # deals, live scores at the last ANALYZE
 
     @staticmethod
-    def _make_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:
+    def _make_engine(url: str, busy_timeout_s: float = 30.0, pool_size: int = PG_POOL_SIZE) -> Engine:
         if url.startswith("sqlite"):
             # a writer waits this long for another writer (SQLite has one at a time), then fails "locked"
             kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_s}}
@@ -355,7 +360,7 @@ class Store:
             sa.event.listen(engine, "connect", _sqlite_connect)
             sa.event.listen(engine, "begin", _sqlite_begin)
             return engine
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE)
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size)
 
     @property
     def dialect(self) -> str:
@@ -388,14 +393,15 @@ class Store:
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
-        """This thread's turn to write among the process's writers. On SQLite a writer that waits longer
-        than the busy timeout fails as SQLite fails then ("database is locked": 503 busy); on PostgreSQL
-        it waits as long as the writers ahead of it take, as it would wait on their row locks."""
-        timeout = self._busy_timeout_s if self.dialect == "sqlite" else None
-        if not self._writers.acquire(timeout):
+        """This thread's turn to write among the process's writers. A writer that waits longer than the
+        busy timeout (the service's DEALRISK_WRITE_WAIT_S) fails as SQLite fails then, "database is locked"
+        (503 "the store is busy"), on both backends: on PostgreSQL a stuck writer would otherwise hold up
+        every other writer of the process for as long as it lasts."""
+        if not self._writers.acquire(self._busy_timeout_s):
             raise sa.exc.OperationalError(
-                "BEGIN IMMEDIATE", None,
-                sqlite3.OperationalError("database is locked (waited for this process's other writers)"),
+                "BEGIN", None, WritersBusyError(
+                    f"database is locked: waited {self._busy_timeout_s:g} s for this process's other writers"
+                ),
             )
         try:
             yield

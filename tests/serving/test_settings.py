@@ -72,3 +72,31 @@ def test_the_live_scorer_setting_names_its_values(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("DEALRISK_LIVE_SCORER", "fork")
     with pytest.raises(SettingsError, match=r"DEALRISK_LIVE_SCORER='fork': .*'process' or 'thread'"):
         read_settings()
+
+
+def test_the_write_timeout_is_read_under_its_name_and_its_old_sqlite_name_and_the_pool_size_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DEALRISK_WRITE_WAIT_S", raising=False)
+    monkeypatch.delenv("DEALRISK_SQLITE_BUSY_TIMEOUT_S", raising=False)
+    assert read_settings().write_wait_s == 30.0 and read_settings().pg_pool_size == 20
+    monkeypatch.setenv("DEALRISK_SQLITE_BUSY_TIMEOUT_S", "7")  # the name of earlier releases
+    assert read_settings().write_wait_s == 7.0
+    monkeypatch.setenv("DEALRISK_WRITE_WAIT_S", "2.5")
+    monkeypatch.setenv("DEALRISK_PG_POOL_SIZE", "8")
+    settings = read_settings()
+    assert settings.write_wait_s == 2.5 and settings.pg_pool_size == 8
+    monkeypatch.setenv("DEALRISK_PG_POOL_SIZE", "0")
+    with pytest.raises(SettingsError, match=r"DEALRISK_PG_POOL_SIZE='0': .*greater than or equal to 1"):
+        read_settings()
+
+
+@pytest.mark.parametrize("variable", ["DEALRISK_WRITE_WAIT_S", "DEALRISK_SQLITE_BUSY_TIMEOUT_S"])
+def test_a_bad_write_timeout_names_the_variable_it_was_read_from(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEALRISK_WRITE_WAIT_S", raising=False)
+    monkeypatch.delenv("DEALRISK_SQLITE_BUSY_TIMEOUT_S", raising=False)
+    monkeypatch.setenv(variable, "-1")
+    with pytest.raises(SettingsError, match=rf"environment: {variable}='-1': .*greater than 0"):
+        read_settings()

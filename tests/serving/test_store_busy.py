@@ -4,13 +4,14 @@ busy" with Retry-After (not "unreachable", not a 500), and nothing of it is stor
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.store import Store
+from serving.store import PG_WRITE_TURNS, Store
 from tests.serving.conftest import make_settings
 
 
@@ -30,7 +31,7 @@ def _writable_store(world: Any, path: Path, event_id: str) -> tuple[str, dict[st
 def test_a_write_blocked_by_another_writer_answers_busy(world: Any, tmp_path: Path) -> None:
     path = tmp_path / "busy.db"
     plaintext, event = _writable_store(world, path, "busy-1")
-    settings = make_settings(world, database_url=f"sqlite:///{path}", sqlite_busy_timeout_s=0.5,
+    settings = make_settings(world, database_url=f"sqlite:///{path}", write_wait_s=0.5,
                              live_score_max_age_s=0)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         holder = sqlite3.connect(path, timeout=0.1, isolation_level=None)
@@ -79,7 +80,7 @@ def test_sixteen_writers_of_one_service_take_turns_instead_of_failing_busy(
     path = tmp_path / "turns.db"
     plaintext, event = _writable_store(world, path, "unused")
     deal_ids = world.history.deals["deal_id"].astype(str).tolist()[:16]
-    settings = make_settings(world, database_url=f"sqlite:///{path}", sqlite_busy_timeout_s=2.0,
+    settings = make_settings(world, database_url=f"sqlite:///{path}", write_wait_s=2.0,
                              live_score_max_age_s=0)
     headers = {"Authorization": f"Bearer {plaintext}"}
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
@@ -92,3 +93,48 @@ def test_sixteen_writers_of_one_service_take_turns_instead_of_failing_busy(
         with ThreadPoolExecutor(16) as pool:
             statuses = list(pool.map(write, range(80)))
         assert statuses == [200] * 80, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_a_write_waiting_past_the_write_timeout_for_the_service_s_other_writers_answers_busy(
+    world: Any, database_url: str
+) -> None:
+    """The writers of one service take turns (one at a time on SQLite, `PG_WRITE_TURNS` on PostgreSQL).
+    While every turn is held by a write that does not end, one more write waits for the write timeout,
+    then answers 503 "the store is busy" and stores nothing; it does not wait without end behind a stuck
+    writer. Once the turns are free the same write goes through."""
+    deal_id = str(world.history.deals["deal_id"].iloc[0])
+    store = Store(database_url)
+    store.create_schema()
+    store.import_history(world.history.subset([deal_id]))
+    plaintext, _ = store.create_api_key("integration", ["*"], name="writer")
+    store.close()
+    event = {"activities": [{"deal_id": deal_id, "type": "email", "direction": "outbound",
+                             "occurred_at": "2026-11-30T10:00:00+00:00", "event_id": "stuck-1"}]}
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    settings = make_settings(world, database_url=database_url, write_wait_s=0.5, live_score_max_age_s=0)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        service_store: Store = client.app.state.store  # type: ignore[attr-defined]
+        turns = 1 if service_store.dialect == "sqlite" else PG_WRITE_TURNS
+        holding = threading.Barrier(turns + 1)
+        release = threading.Event()
+
+        def stuck_writer() -> None:
+            with service_store._write():
+                holding.wait()
+                release.wait(timeout=60)
+
+        holders = [threading.Thread(target=stuck_writer, daemon=True) for _ in range(turns)]
+        for t in holders:
+            t.start()
+        holding.wait(timeout=30)  # every turn is held
+        try:
+            busy = client.post("/v1/events", json=event, headers=headers)
+        finally:
+            release.set()
+            for t in holders:
+                t.join(timeout=30)
+        assert busy.status_code == 503, busy.text
+        assert "store is busy" in busy.json()["detail"] and busy.headers["retry-after"]
+        again = client.post("/v1/events", json=event, headers=headers)
+        assert again.status_code == 200, again.text
+        assert again.json()["inserted"] == 1  # the refused attempt stored nothing
