@@ -162,9 +162,14 @@ def check_typed(
     check_unique_deals(deals, problems)
     known = KnownDeals(column(deals, "deal_id"), column(deals, "created_at").asi8, column(deals, "pipeline"))
     columns = {
-        table: EventColumns(column(frame, "deal_id"), column(frame, "event_id"),
-                            column(frame, EVENT_TIME[table]).asi8, frame.index)
-        for table, frame in events.items() if not frame.empty
+        table: EventColumns(
+            column(frame, "deal_id"),
+            column(frame, "event_id"),
+            column(frame, EVENT_TIME[table]).asi8,
+            frame.index,
+        )
+        for table, frame in events.items()
+        if not frame.empty
     }
     field_changes = events.get("field_changes")
     stage_changes = events.get("stage_changes")
