@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
+from sqlalchemy.engine import Connection
 
 from serving.errors import AuthenticationError, ForbiddenError, is_store_outage
 from serving.store import ApiKey, Store
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 # none can have happened since that the store could tell us about.
 _MAX_REMEMBERED_KEYS = 10_000
 
-__all__ = ["ROLES", "ApiKey", "authenticate", "require_role"]
+__all__ = ["ROLES", "ApiKey", "KeyCheck", "authenticate", "require_role", "require_role_later"]
 
 ROLES = ("admin", "manager", "integration")
 
@@ -37,16 +38,20 @@ def _bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def authenticate(request: Request) -> ApiKey:
-    """The caller's key from `Authorization: Bearer …`; raises AuthenticationError if missing or invalid."""
+_MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
+
+
+def authenticate(request: Request, conn: Connection | None = None) -> ApiKey:
+    """The caller's key from `Authorization: Bearer …`; raises AuthenticationError if missing or invalid.
+    `conn`: read in that connection's transaction (see `Store.verify_api_key`)."""
     token = _bearer_token(request)
     if token is None:
-        raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        raise AuthenticationError(_MISSING_KEY)
     store: Store = request.app.state.store
     remembered: dict[str, ApiKey] = request.app.state.verified_keys
     digest = hashlib.sha256(token.encode()).hexdigest()
     try:
-        key = store.verify_api_key(token)
+        key = store.verify_api_key(token, conn)
     except Exception as exc:
         if not is_store_outage(exc) or digest not in remembered:
             raise
@@ -66,18 +71,63 @@ def authenticate(request: Request) -> ApiKey:
     return key
 
 
-def require_role(*roles: str) -> Callable[[Request], ApiKey]:
-    """A dependency that authenticates the caller and allows only the given roles (admin always)."""
+def _allowed_roles(roles: tuple[str, ...]) -> frozenset[str]:
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown role(s): {sorted(unknown)}")
-    allowed = frozenset(roles) | {"admin"}
+    return frozenset(roles) | {"admin"}
+
+
+def _authorized(request: Request, allowed: frozenset[str], conn: Connection | None = None) -> ApiKey:
+    key = authenticate(request, conn)
+    if key.role not in allowed:
+        raise ForbiddenError(f"the {key.role!r} role may not do this; needs one of {sorted(allowed)}")
+    return key
+
+
+def require_role(*roles: str) -> Callable[[Request], ApiKey]:
+    """A dependency that authenticates the caller and allows only the given roles (admin always)."""
+    allowed = _allowed_roles(roles)
 
     def dependency(request: Request) -> ApiKey:
-        key = authenticate(request)
-        if key.role not in allowed:
-            raise ForbiddenError(f"the {key.role!r} role may not do this; needs one of {sorted(allowed)}")
-        return key
+        return _authorized(request, allowed)
 
     dependency.__name__ = f"require_role_{'_'.join(sorted(allowed))}"
+    return dependency
+
+
+class KeyCheck:
+    """`require_role`'s check, to be run by the route (`check()`: the caller's `ApiKey`, or the same 401 /
+    403) in the threadpool hop that does its work: the key is read from the store, which a dependency can
+    only do in a threadpool hop of its own. `check(conn)` reads it in that connection's transaction (the
+    route's write: on PostgreSQL a transaction of its own cost a connection check, BEGIN and ROLLBACK,
+    each a round trip). Runs once; later calls answer the same."""
+
+    def __init__(self, request: Request, allowed: frozenset[str]) -> None:
+        self._request = request
+        self._allowed = allowed
+        self._key: ApiKey | None = None
+
+    def __call__(self, conn: Connection | None = None) -> ApiKey:
+        if self._key is None:
+            self._key = _authorized(self._request, self._allowed, conn)
+        return self._key
+
+
+def require_role_later(*roles: str) -> Callable[[Request], Awaitable[KeyCheck]]:
+    """`require_role` for an `async` route that runs its work in one threadpool hop: an `async` dependency
+    that refuses a request without a key at once (401) and returns the rest of the check (`KeyCheck`),
+    which the route runs first in its hop. A request whose body is invalid is answered after the check
+    (`serving.errors`' validation handler runs it), so a bad key still answers 401 or 403 before 422, as
+    with `require_role`."""
+    allowed = _allowed_roles(roles)
+
+    async def dependency(request: Request) -> KeyCheck:
+        if _bearer_token(request) is None:
+            raise AuthenticationError(_MISSING_KEY)
+        check = KeyCheck(request, allowed)
+        request.state.key_check = check
+        return check
+
+    dependency.__name__ = f"require_role_later_{'_'.join(sorted(allowed))}"
     return dependency

@@ -19,7 +19,10 @@ store, so it stays a plain `def`.
 - `require_role(*roles)` -> a dependency returning the caller's `ApiKey` (Authorization: Bearer <key>);
                      401 with WWW-Authenticate when missing/wrong/revoked, 403 when the role is not allowed.
   Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `ScoreKey` (admin, integration),
-  `WriteKey` (admin, integration), `AnyKey` (every role). Visibility: `key.can_see(pipeline)`; anything
+  `WriteKey` (admin, integration), `AnyKey` (every role).
+- `require_role_later(*roles)` -> the same check for an `async` route that does its work in one threadpool
+  hop: a `KeyCheck` the route calls first in that hop (`key = check()`); `WriteKeyCheck` (admin,
+  integration) for `POST /v1/events`. Visibility: `key.can_see(pipeline)`; anything
   outside it answers 404 as if absent — use `serving.errors.NotFoundError`.
 - `require_visible_pipeline(store, key, pipeline)` -> 404 "pipeline not found" unless the pipeline exists
                      and the key may see it (one indexed lookup, whatever the store's size).
@@ -33,7 +36,7 @@ from fastapi import Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from features.build import FeatureBuilder
-from serving.auth import ApiKey, require_role
+from serving.auth import ApiKey, KeyCheck, require_role, require_role_later
 from serving.errors import NotFoundError
 from serving.limits import NAME_LENGTH
 from serving.model_holder import LoadedModel, ModelHolder, PopulationCache
@@ -53,6 +56,7 @@ __all__ = [
     "SettingsDep",
     "StoreDep",
     "WriteKey",
+    "WriteKeyCheck",
     "after_write",
     "get_model",
     "feature_builder_dep",
@@ -125,4 +129,5 @@ AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
 ReadKey = Annotated[ApiKey, Depends(require_role("admin", "manager"))]
 ScoreKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
 WriteKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
+WriteKeyCheck = Annotated[KeyCheck, Depends(require_role_later("admin", "integration"))]
 AnyKey = Annotated[ApiKey, Depends(require_role("admin", "manager", "integration"))]

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from features.history import HistoryValidationError
 from features.jsonable import jsonable
@@ -163,29 +164,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers: dict[str, str] | None = None
-        if isinstance(exc, AuthenticationError):
-            headers = {"WWW-Authenticate": "Bearer"}
-        elif isinstance(exc, StoreUnavailableError):
-            headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
-        body: dict[str, Any] = {"detail": exc.detail}
-        if exc.problems is not None:
-            body["problems"] = exc.problems
-        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+        return _service_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        for err in exc.errors():
-            # Too many deals is a batch-size bound, answered 413 like `check_batch_size`, whether the
-            # schema's hard ceiling or the configured (lower) limit caught it.
-            if err.get("type") == "too_long" and tuple(err.get("loc", ())) == ("body", "deals"):
-                ctx = err.get("ctx") or {}
-                detail = (f"{ctx.get('actual_length')} deals in one request; "
-                          f"the limit is {ctx.get('max_length')}")
-                return JSONResponse({"detail": detail}, status_code=413)
-        problems = validation_problems(exc)
-        summary = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:20])
-        return JSONResponse({"detail": summary, "problems": problems}, status_code=422)
+        # A route whose key check runs in its own threadpool hop (`serving.auth.require_role_later`) has
+        # not checked the key yet: a bad key answers 401 / 403 before a bad body's 422, as it would have.
+        check = getattr(request.state, "key_check", None)
+        if check is not None:
+            try:
+                await run_in_threadpool(check)
+            except ServiceError as refused:
+                return _service_response(refused)
+            except sa_exc.DBAPIError as failed:
+                return await _store_error(request, failed)
+        return _validation_response(exc)
 
     @app.exception_handler(WriteRejectedError)
     async def _write_rejected(request: Request, exc: WriteRejectedError) -> JSONResponse:
@@ -200,6 +193,32 @@ def install_error_handlers(app: FastAPI) -> None:
         # Routes normally translate rows to item paths; this is the fallback so it is never a 500.
         problems = [{"loc": p.table, "msg": str(p)} for p in exc.problems]
         return JSONResponse({"detail": str(exc), "problems": problems}, status_code=422)
+
+
+def _service_response(exc: ServiceError) -> JSONResponse:
+    headers: dict[str, str] | None = None
+    if isinstance(exc, AuthenticationError):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, StoreUnavailableError):
+        headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+    body: dict[str, Any] = {"detail": exc.detail}
+    if exc.problems is not None:
+        body["problems"] = exc.problems
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    for err in exc.errors():
+        # Too many deals is a batch-size bound, answered 413 like `check_batch_size`, whether the
+        # schema's hard ceiling or the configured (lower) limit caught it.
+        if err.get("type") == "too_long" and tuple(err.get("loc", ())) == ("body", "deals"):
+            ctx = err.get("ctx") or {}
+            detail = (f"{ctx.get('actual_length')} deals in one request; "
+                      f"the limit is {ctx.get('max_length')}")
+            return JSONResponse({"detail": detail}, status_code=413)
+    problems = validation_problems(exc)
+    summary = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:20])
+    return JSONResponse({"detail": summary, "problems": problems}, status_code=422)
 
 
 def history_problems(exc: HistoryValidationError, locators: dict[str, list[str]]) -> list[dict[str, Any]]:

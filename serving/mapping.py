@@ -12,15 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
-from features.history import DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
-from features.timeindex import datetimes_ns, frame_of, from_ns, string_array
-from features.validation import DEAL_COLUMNS, EVENT_COLUMNS, check_typed, coerce_attribute, validate_typed
+from features.history import EVENT_TIME, DealHistory, HistoryValidationError, PipelineSpec, to_utc_timestamp
+from features.timeindex import datetimes_ns, frame_of, from_ns, object_values, string_array
+from features.validation import (
+    DEAL_COLUMNS,
+    EVENT_COLUMNS,
+    EventColumns,
+    KnownDeals,
+    ProblemCollector,
+    check_event_tables,
+    coerce_attribute,
+    validate_typed,
+)
 from serving.errors import raise_history_error
 from serving.schemas import DealIn, DealWithHistoryIn, EventsIn
 
@@ -51,9 +60,12 @@ def _column(name: str, values: list[Any]) -> Any:
         return from_ns(datetimes_ns(values))
     if name in _FLOAT_COLUMNS:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    # Enum members are str subclasses; their value is the text the history stores.
-    text = [None if v is None else str(v.value if hasattr(v, "value") else v) for v in values]
-    return string_array(text)
+    return string_array([_text(v) for v in values])
+
+
+def _text(value: Any) -> str | None:
+    """A request value as the text the history stores (enum members are str subclasses: their value)."""
+    return None if value is None else str(value.value if hasattr(value, "value") else value)
 
 
 def _frame(columns: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -97,17 +109,56 @@ def deal_frames(deals: Sequence[DealIn]) -> RequestFrames:
     return RequestFrames(tables, {"deals": [f"deals[{i}]" for i in range(len(deals))]})
 
 
-def event_frames(body: EventsIn, stored_deals: pd.DataFrame) -> RequestFrames:
-    """Frames of new events of stored deals (`POST /v1/events`); `stored_deals` as the store holds them.
-    Only the tables the request has events of get a frame."""
-    tables = {"deals": stored_deals}
-    locators = {"deals": [f"stored deal {d}" for d in stored_deals["deal_id"]]}
+def checked_event_rows(
+    body: EventsIn, stored: Sequence[Mapping[str, Any]], specs: Mapping[str, PipelineSpec]
+) -> dict[str, list[dict[str, Any]]]:
+    """New events of stored deals (`POST /v1/events`) as the store's rows by table (naive UTC times,
+    missing values None, field-change values canonical), after the checks `checked_events` runs on frames
+    (`features.validation.check_event_tables`, on the columns: a request's few events build no frame);
+    422 naming each bad item by its request path. `stored`: the deals' rows as the store holds them
+    (`deal_id`, `pipeline`, naive UTC `created_at`); `specs`: the specs stage changes must meet."""
+    known = KnownDeals(
+        np.array([r["deal_id"] for r in stored], dtype=object),
+        datetimes_ns([r["created_at"] for r in stored]),
+        np.array([r["pipeline"] for r in stored], dtype=object),
+    )
+    rows: dict[str, list[dict[str, Any]]] = {}
+    columns: dict[str, EventColumns] = {}
+    locators: dict[str, list[str]] = {"deals": [f"stored deal {r['deal_id']}" for r in stored]}
     for table in EVENT_TABLES:
         events = getattr(body, table)
-        if events:
-            tables[table] = _frame(EVENT_COLUMNS[table], [e.model_dump() for e in events])
-            locators[table] = [f"{table}[{j}]" for j in range(len(events))]
-    return RequestFrames(tables, locators)
+        if not events:
+            continue
+        names, time_col = EVENT_COLUMNS[table], EVENT_TIME[table]
+        rows[table] = [{c: _text(getattr(e, c)) for c in names if c != time_col} for e in events]
+        times = [getattr(e, time_col) for e in events]
+        for rec, at in zip(rows[table], times, strict=True):
+            rec[time_col] = at.astimezone(UTC).replace(tzinfo=None)
+        columns[table] = EventColumns(
+            np.array([r["deal_id"] for r in rows[table]], dtype=object),
+            np.array([r["event_id"] for r in rows[table]], dtype=object),
+            datetimes_ns(times),
+            pd.RangeIndex(len(events)),
+        )
+        locators[table] = [f"{table}[{j}]" for j in range(len(events))]
+    fields = None
+    if "field_changes" in rows:
+        changes = rows["field_changes"]
+        fields = tuple(pd.Series(_column(c, [r[c] for r in changes])) for c in ("field", "value"))
+    stages = None
+    if "stage_changes" in rows:
+        stages = np.array([r["stage"] for r in rows["stage_changes"]], dtype=object)
+    problems = ProblemCollector()
+    try:
+        values = check_event_tables(known, columns, cast(Any, fields), stages, specs, problems)
+        problems.raise_if_any("request")
+    except HistoryValidationError as exc:
+        raise_history_error(exc, locators)
+        raise  # unreachable: raise_history_error always raises
+    if values is not None:
+        for rec, value in zip(rows["field_changes"], object_values(values, None), strict=True):
+            rec["value"] = value
+    return rows
 
 
 def validated_history(frames: RequestFrames, specs: Mapping[str, PipelineSpec]) -> DealHistory:
@@ -117,17 +168,6 @@ def validated_history(frames: RequestFrames, specs: Mapping[str, PipelineSpec]) 
         return validate_typed(
             t["deals"], t["stage_changes"], t["activities"], t["field_changes"], specs, source="request"
         )
-    except HistoryValidationError as exc:
-        raise_history_error(exc, frames.locators)
-        raise  # unreachable: raise_history_error always raises
-
-
-def checked_events(frames: RequestFrames, specs: Mapping[str, PipelineSpec]) -> dict[str, pd.DataFrame]:
-    """The request's event frames by table after the same checks as `validated_history` (new events of
-    stored deals need no assembly: the store orders them on every read); 422 naming each bad item."""
-    events = {table: frame for table, frame in frames.tables.items() if table != "deals"}
-    try:
-        return check_typed(frames.tables["deals"], events, specs, source="request")
     except HistoryValidationError as exc:
         raise_history_error(exc, frames.locators)
         raise  # unreachable: raise_history_error always raises

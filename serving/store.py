@@ -128,8 +128,11 @@ DEAL_COLUMNS = DEAL_REQUIRED + DEAL_OPTIONAL
 TABLE_ORDER = ("pipelines", "deals", *EVENT_TABLES)
 
 ProgressCallback = Callable[[int], None]
-# (the stored deals a request names, their pipelines' specs) -> the request's typed event frames by table
-EventsBuilder = Callable[[pd.DataFrame, Mapping[str, PipelineSpec]], Mapping[str, pd.DataFrame | None]]
+# (the stored rows of the deals a request names, their pipelines' specs) -> the request's event rows by table
+# (records with the table's columns and `event_id`: naive UTC times, missing values None)
+EventsBuilder = Callable[
+    [Sequence[Mapping[str, Any]], Mapping[str, PipelineSpec]], Mapping[str, Sequence[Mapping[str, Any]]]
+]
 # (deal_id -> stored pipeline of the request's deals that exist, the involved specs) -> typed deals frame
 DealsBuilder = Callable[[Mapping[str, str], Mapping[str, PipelineSpec]], pd.DataFrame]
 
@@ -407,8 +410,13 @@ class Store:
         `PG_WRITE_TURNS` writers of the process are in a transaction at once; row locks and ON CONFLICT
         still decide between them and other processes' writers, as before. A turn is re-entrant."""
         with self._writer_turn():
-            with self.engine.execution_options(dealrisk_write=True).begin() as conn:
+            with self._write_engine.begin() as conn:
                 yield conn
+
+    @cached_property
+    def _write_engine(self) -> Engine:
+        """The engine with the write option (`_sqlite_begin` reads it), made once rather than per write."""
+        return self.engine.execution_options(dealrisk_write=True)
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
@@ -733,27 +741,34 @@ class Store:
         return cast(ImportResult, self._retrying(work))
 
     def write_events(
-        self, deal_ids: Iterable[str], build: EventsBuilder, with_specs: bool = True
+        self,
+        deal_ids: Iterable[str],
+        build: EventsBuilder,
+        with_specs: bool = True,
+        first: Callable[[Connection], object] | None = None,
     ) -> ImportResult:
         """Store a request's events in one transaction that also holds the request's reads.
 
-        Reads the stored deals among `deal_ids` (as created, without their custom attributes; locked on
-        PostgreSQL) and, `with_specs`, their pipelines' specs (else `build` gets none: events without
-        stage changes are checked against no spec), and passes them to `build`, which checks the request
-        against them (it raises to refuse the request: nothing is written) and returns the typed event
-        frames by table; those are stored as `add_events` stores them. Everything happens in one snapshot,
-        retried as a whole after a PostgreSQL deadlock.
+        Reads the stored deals among `deal_ids` (their rows as `_lock_deals` returns them: columns as
+        created, without custom attributes, and state; locked on PostgreSQL) and, `with_specs`, their
+        pipelines' specs (else `build` gets none: events without stage changes are checked against no
+        spec), and passes them to `build`, which checks the request against them (it raises to refuse the
+        request: nothing is written) and returns the event rows by table; those are stored as `add_events`
+        stores them. Everything happens in one snapshot, retried as a whole after a PostgreSQL deadlock.
+        The rows read once here serve the checks, the write and the deals' new state. `first` runs first
+        in the transaction (the caller's key check: its read is one more statement of the write's
+        transaction, not a transaction of its own; it raises to refuse the request).
         """
         ids = sorted({str(d) for d in deal_ids})
 
         def work(conn: Connection) -> ImportResult:
+            if first is not None:
+                first(conn)
             locked = self._lock_deals(conn, ids)
-            rows = list(locked.values())
-            stored = stored_deals({c: [r[c] for r in rows] for c in DEAL_COLUMNS}, [None] * len(rows))
-            names = sorted({str(r["pipeline"]) for r in rows})
+            names = sorted({str(r["pipeline"]) for r in locked.values()})
             specs = self._pipeline_specs(conn, names) if with_specs else {}
-            frames = build(stored, specs)
-            prepared = {n: _prepare_events(n, f) for n, f in frames.items() if f is not None and len(f)}
+            rows = build(list(locked.values()), specs)
+            prepared = {n: _event_rows(n, recs) for n, recs in rows.items() if recs}
             result = ImportResult()
             if prepared:
                 self._write_all(conn, result, None, prepared, {}, {}, None, locked)
@@ -1076,10 +1091,7 @@ class Store:
             if not len(rows):
                 continue
             _, time_col = EVENT_TABLES[name]
-            table = self.table(name)
-            stmt = self._insert_ignore(table, ["deal_id", "event_key"]).returning(
-                table.c.deal_id, table.c.event_key
-            )
+            stmt = self._event_inserts[name]
             seen: set[tuple[str, str]] = set()  # keys of this write's rows: a repeat is a duplicate
             inserted = 0
             repeated: list[dict[str, Any]] = []  # rows already stored: compared for conflicts below
@@ -1317,18 +1329,33 @@ class Store:
     def _lock_deals(self, conn: Connection, deal_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored deals among `deal_ids` (their columns as created, row_hash, and the state columns),
         locked for this transaction, in deal_id order."""
-        table = self.table("deals")
         out: dict[str, dict[str, Any]] = {}
         ids = sorted(set(deal_ids))  # one lock order for every writer: no deadlock between two of them
-        columns = (*DEAL_COLUMNS, "row_hash", *STATE_FIELDS, "state_updated_at")
         for start in range(0, len(ids), _IN_CHUNK):
-            query = (
-                sa.select(*(table.c[c] for c in columns))
-                .where(_among(self.dialect, table.c.deal_id, ids[start : start + _IN_CHUNK]))
-                .order_by(table.c.deal_id)
-            )
-            for row in conn.execute(self._for_update(query)):
+            for row in conn.execute(self._deal_lock_query, {"ids": ids[start : start + _IN_CHUNK]}):
                 out[row.deal_id] = dict(row._mapping)
+        return out
+
+    @cached_property
+    def _deal_lock_query(self) -> Any:
+        """`_lock_deals`' query of the deals whose ids are bound as `ids` (built once: a write of one event
+        paid more for building and keying the statement than for running it)."""
+        table = self.table("deals")
+        columns = (*DEAL_COLUMNS, "row_hash", *STATE_FIELDS, "state_updated_at")
+        among = _among(self.dialect, table.c.deal_id, _ids_param(self.dialect, "ids"))
+        query = sa.select(*(table.c[c] for c in columns)).where(among).order_by(table.c.deal_id)
+        return self._for_update(query)
+
+    @cached_property
+    def _event_inserts(self) -> dict[str, Any]:
+        """Per event table, the insert of new rows (conflicts on (deal_id, event_key) skipped) returning the
+        keys inserted; built once."""
+        out = {}
+        for name in EVENT_TABLES:
+            table = self.table(name)
+            out[name] = self._insert_ignore(table, ["deal_id", "event_key"]).returning(
+                table.c.deal_id, table.c.event_key
+            )
         return out
 
     def _for_update(self, query: sa.Select[Any]) -> sa.Select[Any]:
@@ -2059,14 +2086,19 @@ class Store:
             )
         return plaintext, ApiKey(key_id, name, role, pipes, now, None)
 
-    def verify_api_key(self, plaintext: str) -> ApiKey | None:
-        """The key's record if `plaintext` is a valid, unrevoked key; else None."""
+    def verify_api_key(self, plaintext: str, conn: Connection | None = None) -> ApiKey | None:
+        """The key's record if `plaintext` is a valid, unrevoked key; else None. `conn`: read in that
+        connection's transaction (a write's: one transaction for the key and the write)."""
         parts = plaintext.strip().split("_", 2)
         if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
             return None
         table = self.table("api_keys")
-        with self._read_one() as conn:
-            row = conn.execute(sa.select(table).where(table.c.key_id == parts[1])).mappings().first()
+        query = sa.select(table).where(table.c.key_id == parts[1])
+        if conn is not None:
+            row = conn.execute(query).mappings().first()
+        else:
+            with self._read_one() as own:
+                row = own.execute(query).mappings().first()
         if row is None or not hmac.compare_digest(row["key_hash"], _sha256(plaintext.strip())):
             return None
         key = _api_key(row)
@@ -2094,17 +2126,29 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers (frames <-> rows)
-def _among(dialect: str, column: sa.Column[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:
-    """`column IN values`, as `= ANY(array)` on PostgreSQL.
+def _among(
+    dialect: str, column: sa.Column[Any], values: Sequence[str] | sa.BindParameter[Any]
+) -> sa.ColumnElement[bool]:
+    """`column IN values`, as `= ANY(array)` on PostgreSQL; `values` the values, or a parameter bound at
+    execution (`_ids_param`: a statement built once).
 
     With thousands of bound parameters in an IN list, or `= ANY($1)` once psycopg prepares the statement
     (a generic plan), PostgreSQL compares every row with every value: seconds per query on a big table.
     `IN (SELECT unnest($1))` is planned as a join (index or hash lookups) whatever the plan.
     """
     if dialect == "postgresql":
-        keys = sa.select(sa.func.unnest(sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.String))))
+        if not isinstance(values, sa.BindParameter):
+            values = sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.String))
+        keys = sa.select(sa.func.unnest(values))
         return column.in_(keys.scalar_subquery())
     return column.in_(values)
+
+
+def _ids_param(dialect: str, name: str) -> sa.BindParameter[Any]:
+    """A parameter `name` bound to a list of ids at execution, for `_among`."""
+    if dialect == "postgresql":
+        return sa.bindparam(name, type_=postgresql.ARRAY(sa.String))
+    return sa.bindparam(name, expanding=True)
 
 
 def _sha256(text: str) -> str:
@@ -2227,24 +2271,34 @@ def _row_hashes(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
 @dataclass(frozen=True)
 class _EventRows:
     """One event table's rows as the store writes them: the table's columns, `event_id` (an empty id is
-    no id) and `event_key` (the id, or the row's content hash when it has none). The typed frame is kept
-    as given and turned into the drivers' records a chunk at a time (`record_chunks`)."""
+    no id) and `event_key` (the id, or the row's content hash when it has none). Either a typed frame,
+    kept as given and turned into the drivers' records a chunk at a time (`record_chunks`), or the
+    records themselves (`_event_rows`: a request's few events, which never were a frame)."""
 
     name: str
-    frame: pd.DataFrame
+    frame: pd.DataFrame | None
     ids: list[str | None]
     keys: list[str]
+    records: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def deal_ids(self) -> list[str]:
+        if self.records is not None:
+            return [str(r["deal_id"]) for r in self.records]
+        assert self.frame is not None
         return [str(d) for d in self.frame["deal_id"].tolist()]
 
     def record_chunks(self, size: int = CHUNK_ROWS) -> Iterator[list[dict[str, Any]]]:
         """The rows as records (naive UTC times, missing values None), at most `size` at a time."""
-        columns, time_col = EVENT_TABLES[self.name]
         n = len(self)
+        if self.records is not None:
+            for start in range(0, n, size):
+                yield self.records[start : start + size]
+            return
+        assert self.frame is not None
+        columns, time_col = EVENT_TABLES[self.name]
         for start in range(0, n, size):
             chunk = self.frame if n <= size else self.frame.iloc[start : start + size]
             m = len(chunk)
@@ -2256,6 +2310,11 @@ class _EventRows:
             yield [dict(zip(names, row, strict=True)) for row in zip(*values.values(), strict=True)]
 
 
+def _event_ids(given: Iterable[Any]) -> list[str | None]:
+    # an empty event_id is no id at all: fall back to the row hash rather than colliding on ""
+    return [None if is_missing(v) or str(v) == "" else str(v) for v in given]
+
+
 def _prepare_events(name: str, frame: pd.DataFrame) -> _EventRows:
     """An event frame (typed, as `DealHistory` holds it) as the rows the store writes, keyed.
 
@@ -2263,8 +2322,7 @@ def _prepare_events(name: str, frame: pd.DataFrame) -> _EventRows:
     columns, _ = EVENT_TABLES[name]
     n = len(frame)
     given = frame["event_id"].to_numpy(dtype=object).tolist() if "event_id" in frame.columns else [None] * n
-    # an empty event_id is no id at all: fall back to the row hash rather than colliding on ""
-    ids = [None if is_missing(v) or str(v) == "" else str(v) for v in given]
+    ids = _event_ids(given)
     keys = list(ids)
     # the row hash is the key only of rows without an id (hashing costs: skip it when every row has one)
     keyless = [i for i, v in enumerate(ids) if v is None]
@@ -2275,6 +2333,29 @@ def _prepare_events(name: str, frame: pd.DataFrame) -> _EventRows:
         for i, key in zip(keyless, _row_hashes(table.iloc[keyless], columns).tolist(), strict=True):
             keys[i] = key
     return _EventRows(name, frame, ids, cast(list[str], keys))
+
+
+def _event_rows(name: str, records: Sequence[Mapping[str, Any]]) -> _EventRows:
+    """Event records (the table's columns and `event_id`, as the drivers take them: naive UTC times,
+    missing values None) as the rows the store writes, keyed as `_prepare_events` keys a frame: the
+    content hash of a row without an id reads the same values (times by their instant, missing values
+    by the same marker)."""
+    columns, _ = EVENT_TABLES[name]
+    ids = _event_ids(r.get("event_id") for r in records)
+    keys = list(ids)
+    keyless = [i for i, v in enumerate(ids) if v is None]
+    if keyless:
+        picked = {c: pd.Series([records[i].get(c) for i in keyless], dtype=object) for c in columns}
+        table = pd.DataFrame(picked)
+        time_col = EVENT_TABLES[name][1]
+        table[time_col] = pd.to_datetime(table[time_col])
+        for i, key in zip(keyless, _row_hashes(table, columns).tolist(), strict=True):
+            keys[i] = key
+    rows = [
+        {**{c: rec.get(c) for c in columns}, "event_id": i, "event_key": k}
+        for rec, i, k in zip(records, ids, keys, strict=True)
+    ]
+    return _EventRows(name, None, ids, cast(list[str], keys), rows)
 
 
 def _json_value(value: Any) -> Any:

@@ -30,7 +30,16 @@ import pandas as pd
 from features.history import EVENT_TIME, DealHistory, PipelineSpec
 from features.stages import order_stage_changes
 from features.timeindex import column, fresh_index, object_values
-from features.validation.checks import SMALL_ROWS, check_events, check_unique_deals, deal_positions
+from features.validation.checks import (
+    SMALL_ROWS,
+    EventColumns,
+    KnownDeals,
+    check_event_columns,
+    check_events,
+    check_unique_deals,
+    deal_positions,
+    positions_among,
+)
 from features.validation.inference import infer_pipeline_specs
 from features.validation.parsing import (
     DEAL_COLUMNS,
@@ -54,6 +63,9 @@ from features.validation.specs import check_stages_against_specs, given_specs
 
 __all__ = [
     "DEAL_COLUMNS",
+    "EventColumns",
+    "KnownDeals",
+    "ProblemCollector",
     "EARLIEST_TIME",
     "EVENT_COLUMNS",
     "LATEST_TIME",
@@ -61,6 +73,7 @@ __all__ = [
     "MAX_PROBLEMS",
     "UTC_NS",
     "assemble_typed",
+    "check_event_tables",
     "check_typed",
     "coerce_attribute",
     "format_utc_iso",
@@ -144,24 +157,64 @@ def check_typed(
     source: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The checks of `validate_typed` without the assembly: the event frames by table as given (a table
-    left out has no rows), field-change values canonical. For a write of new events to stored deals,
-    which the store orders on every read."""
+    left out has no rows), field-change values canonical."""
     problems = ProblemCollector()
     check_unique_deals(deals, problems)
-    for table, frame in events.items():
-        check_events(frame, table, deals, problems)
-    out = dict(events)
-    field_changes = events.get("field_changes")
-    if field_changes is not None and len(field_changes):
-        values = field_change_values(
-            field_changes["field"], field_changes["value"], field_changes["value"], problems
+    known = KnownDeals(column(deals, "deal_id"), column(deals, "created_at").asi8, column(deals, "pipeline"))
+    columns = {
+        table: EventColumns(
+            column(frame, "deal_id"),
+            column(frame, "event_id"),
+            column(frame, EVENT_TIME[table]).asi8,
+            frame.index,
         )
-        out["field_changes"] = field_changes.assign(value=values)
+        for table, frame in events.items()
+        if not frame.empty
+    }
+    field_changes = events.get("field_changes")
     stage_changes = events.get("stage_changes")
-    if stage_changes is not None:
-        _check_stages(deals, stage_changes, pipelines, problems)
+    values = check_event_tables(
+        known,
+        columns,
+        None if field_changes is None else (field_changes["field"], field_changes["value"]),
+        None if stage_changes is None else column(stage_changes, "stage"),
+        pipelines,
+        problems,
+    )
     problems.raise_if_any(source)
+    out = dict(events)
+    if values is not None and field_changes is not None:
+        out["field_changes"] = field_changes.assign(value=values)
     return out
+
+
+def check_event_tables(
+    deals: KnownDeals,
+    events: Mapping[str, EventColumns],
+    field_changes: tuple[pd.Series, pd.Series] | None,
+    stages: Any,
+    pipelines: Mapping[str, PipelineSpec],
+    problems: ProblemCollector,
+) -> pd.Series | None:
+    """The cross-row checks of new events of `deals` (with their pipelines), on the columns alone:
+    `check_typed` on frames, and a request's few new events of stored deals without building any
+    (`serving.mapping.checked_event_rows`). `field_changes`: (field, value) of the field changes;
+    `stages`: the stage changes' stages. Adds the problems found; returns the field-change values,
+    close dates canonical (None without field changes)."""
+    for table, rows in events.items():
+        check_event_columns(rows, table, deals, problems)
+    values = None
+    if field_changes is not None and len(field_changes[1]):
+        field, value = field_changes
+        values = field_change_values(field, value, value, problems)
+    if stages is not None and len(stages) and pipelines and "stage_changes" in events:
+        position = positions_among(deals.deal_id, events["stage_changes"].deal_id)
+        pipes = object_values(deals.pipeline)
+        row_pipeline: Any = np.full(len(position), None, dtype=object)
+        if len(pipes):
+            row_pipeline = np.where(position >= 0, pipes[position], None)
+        check_stages_against_specs(stages, row_pipeline, pipelines, problems)
+    return values
 
 
 def assemble_typed(
@@ -201,7 +254,7 @@ def _check_stages(
     position = deal_positions(deals, column(stage_changes, "deal_id"))
     pipelines = object_values(column(deals, "pipeline"))
     row_pipeline = np.where(position >= 0, pipelines[position], None)
-    check_stages_against_specs(stage_changes, row_pipeline, specs, problems)
+    check_stages_against_specs(column(stage_changes, "stage"), row_pipeline, specs, problems)
 
 
 def _sort_events(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:

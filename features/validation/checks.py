@@ -6,13 +6,14 @@ import, and alone on the API path, where pydantic has already checked each field
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features.history import EVENT_TIME
-from features.timeindex import column, is_missing, object_values
+from features.timeindex import column, from_ns, is_missing, object_values
 from features.validation.problems import ProblemCollector
 
 # Below this many rows the checks run as one Python pass over plain values: pandas' string and index
@@ -36,15 +37,16 @@ def _first_row_of_duplicates(keys: Any, index: pd.Index) -> tuple[np.ndarray, pd
     return dup.to_numpy(dtype=bool), keys.map(first_row)
 
 
-def _per_deal_keys(events: pd.DataFrame) -> pd.Series | np.ndarray:
+def _per_deal_keys(deal_ids: Any, event_ids: Any, index: pd.Index) -> pd.Series | np.ndarray:
     """One key per (deal_id, event_id) pair; missing when the event_id is missing. A Series, or for
     small tables the object array of one (the index is the events')."""
-    if len(events) > SMALL_ROWS:
-        event_id = events["event_id"].astype("string")
-        return (events["deal_id"].astype("string") + "\x1f" + event_id).where(event_id.notna())
-    deal = object_values(column(events, "deal_id"))
-    event = object_values(column(events, "event_id"))
-    keys = np.empty(len(events), dtype=object)
+    if len(deal_ids) > SMALL_ROWS:
+        event_id = pd.Series(event_ids, index=index).astype("string")
+        deal_id = pd.Series(deal_ids, index=index).astype("string")
+        return (deal_id + "\x1f" + event_id).where(event_id.notna())
+    deal = object_values(deal_ids)
+    event = object_values(event_ids)
+    keys = np.empty(len(deal), dtype=object)
     keys[:] = [
         None if d is None or e is None or pd.isna(d) or pd.isna(e) else f"{d}\x1f{e}"
         for d, e in zip(deal, event, strict=True)
@@ -55,7 +57,13 @@ def _per_deal_keys(events: pd.DataFrame) -> pd.Series | np.ndarray:
 def deal_positions(deals: pd.DataFrame, ids: Any) -> np.ndarray:
     """Row in `deals` of each id (a Series or array), its first row if repeated; -1 for an id not in
     deals or missing."""
-    deal_ids = object_values(column(deals, "deal_id"))
+    return positions_among(column(deals, "deal_id"), ids)
+
+
+def positions_among(deal_ids: Any, ids: Any) -> np.ndarray:
+    """Position in `deal_ids` (an array) of each of `ids`, its first position if repeated; -1 for an id
+    not there or missing."""
+    deal_ids = object_values(deal_ids)
     wanted = object_values(ids)
     if len(deal_ids) <= SMALL_ROWS and len(wanted) <= SMALL_ROWS:
         first: dict[object, int] = {}
@@ -102,8 +110,50 @@ def check_events(
     if events.empty:
         return
     time_column = EVENT_TIME[table]
+    known = None if deals is None else KnownDeals(column(deals, "deal_id"), column(deals, "created_at").asi8)
+    rows = EventColumns(
+        column(events, "deal_id"),
+        column(events, "event_id"),
+        column(events, time_column).asi8,
+        events.index,
+        shown_times,
+    )
+    check_event_columns(rows, table, known, problems)
+
+
+@dataclass(frozen=True)
+class KnownDeals:
+    """The deals events may name: their ids, creation times (int64 ns, NAT_NS when missing) and, for the
+    stage checks, pipelines (arrays, one item per deal)."""
+
+    deal_id: Any
+    created_ns: np.ndarray
+    pipeline: Any = None
+
+
+@dataclass(frozen=True)
+class EventColumns:
+    """The columns of one event table the checks read: deal and event ids (arrays), the event times in
+    int64 ns (NAT_NS when missing), the rows' index (data row i + 1 is position i) and the times as
+    quoted in messages (default: the typed times)."""
+
+    deal_id: Any
+    event_id: Any
+    at_ns: np.ndarray
+    index: pd.Index
+    shown_times: Any = None
+
+
+def check_event_columns(
+    rows: EventColumns, table: str, deals: KnownDeals | None, problems: ProblemCollector
+) -> None:
+    """`check_events` on the columns alone (no frame: a request's few new events are checked so)."""
+    if not len(rows.at_ns):
+        return
+    time_column = EVENT_TIME[table]
     # event_id is unique within a deal (two deals may use the same id), as the store keys it
-    dup, first_row = _first_row_of_duplicates(_per_deal_keys(events), events.index)
+    keys = _per_deal_keys(rows.deal_id, rows.event_id, rows.index)
+    dup, first_row = _first_row_of_duplicates(keys, rows.index)
     if dup.any():
         problems.add_rows(
             table,
@@ -111,13 +161,13 @@ def check_events(
             "event_id",
             "duplicate event_id {value} for the same deal (first seen in row {extra})",
             f"event_id must be unique within a deal's {table}",
-            values=events["event_id"],
+            values=rows.event_id,
             extra=first_row,
         )
     if deals is None:
         return
-    ids = object_values(column(events, "deal_id"))
-    position = deal_positions(deals, ids)
+    ids = object_values(rows.deal_id)
+    position = positions_among(deals.deal_id, ids)
     unknown = pd.notna(ids) & (position < 0)
     if unknown.any():
         problems.add_rows(
@@ -126,26 +176,27 @@ def check_events(
             "deal_id",
             "unknown deal {value}",
             "every history row must refer to a deal_id listed in deals",
-            values=events["deal_id"],
+            values=rows.deal_id,
         )
     # Creation times by the positions found above, in int64 nanoseconds (NaT is the minimum int64, so a
     # missing time is never "before"); the Series for messages is built only when something is early.
-    known_ns = column(deals, "created_at").asi8
-    event_ns = column(events, time_column).asi8
+    known_ns = deals.created_ns
+    event_ns = rows.at_ns
     found = position >= 0
-    created_ns = np.full(len(events), np.iinfo(np.int64).min, dtype=np.int64)
+    created_ns = np.full(len(event_ns), np.iinfo(np.int64).min, dtype=np.int64)
     created_ns[found] = known_ns[position[found]]
     early = found & (event_ns != np.iinfo(np.int64).min) & (event_ns < created_ns)
     if not early.any():
         return
     created_index = pd.DatetimeIndex(created_ns.view("datetime64[ns]")).tz_localize("UTC")
-    created = pd.Series(created_index, index=events.index)
+    created = pd.Series(created_index, index=rows.index)
+    shown = rows.shown_times if rows.shown_times is not None else from_ns(event_ns)
     problems.add_rows(
         table,
         early,
         time_column,
         "{value} is before the deal was created ({extra})",
         "events cannot predate the deal's created_at; fix the time or created_at",
-        values=events[time_column] if shown_times is None else shown_times,
+        values=shown,
         extra=created,
     )

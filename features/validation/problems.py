@@ -38,10 +38,11 @@ class ProblemCollector:
         column: str | None,
         message: str,
         hint: str = "",
-        values: pd.Series | None = None,
-        extra: pd.Series | None = None,
+        values: Any = None,
+        extra: Any = None,
     ) -> None:
-        """One problem per flagged row. `message` may use {value} (the row's raw value) and {extra}."""
+        """One problem per flagged row. `message` may use {value} (the row's raw value) and {extra};
+        `values` and `extra` hold one item per row: a Series (read by position) or an array."""
         positions = np.flatnonzero(np.asarray(mask, dtype=bool))
         if positions.size == 0:
             return
@@ -50,8 +51,8 @@ class ProblemCollector:
             self.truncated = True
             positions = positions[: max(room, 0)]
         for pos in positions:
-            value = show_value(values.iloc[pos]) if values is not None else ""
-            more = extra.iloc[pos] if extra is not None else ""
+            value = show_value(_at(values, int(pos))) if values is not None else ""
+            more = _at(extra, int(pos)) if extra is not None else ""
             self.add(table, int(pos) + 1, column, message.format(value=value, extra=more), hint)
 
     def raise_if_any(self, source: str | None) -> None:
@@ -62,6 +63,11 @@ class ProblemCollector:
             stopped = f"stopped after {MAX_PROBLEMS} problems"
             self.items.append(Problem("(all)", None, None, stopped, "fix these and run again"))
         raise HistoryValidationError(self.items, source)
+
+
+def _at(items: Any, position: int) -> Any:
+    """The item at `position` of a Series (by position, whatever its index) or of an array."""
+    return items.iloc[position] if isinstance(items, pd.Series) else items[position]
 
 
 def show_value(value: Any) -> str:

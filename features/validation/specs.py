@@ -10,7 +10,7 @@ import pandas as pd
 
 from features.history import PipelineSpec
 from features.stages import stage_outcomes
-from features.timeindex import column, object_values
+from features.timeindex import object_values
 from features.validation.problems import ProblemCollector
 
 
@@ -85,14 +85,15 @@ def given_specs(raw: Any, problems: ProblemCollector) -> dict[str, PipelineSpec]
 
 
 def check_stages_against_specs(
-    stage_changes: pd.DataFrame,
+    stages: Any,
     pipeline_of_row: Any,
     specs: Mapping[str, PipelineSpec],
     problems: ProblemCollector,
 ) -> None:
     """Every stage change of a pipeline with a spec names one of its stages (or a won/lost stage);
-    `pipeline_of_row` holds each row's pipeline (None for a row of no known deal)."""
-    values = object_values(column(stage_changes, "stage"))
+    `stages` holds each stage change's stage (the column's array), `pipeline_of_row` its pipeline (None
+    for a row of no known deal)."""
+    values = object_values(stages)
     missing = pd.isna(values)
     pipes = object_values(pipeline_of_row)
     for name, spec in specs.items():
@@ -116,5 +117,5 @@ def check_stages_against_specs(
             f"stage {{value}} is not a stage of pipeline {name!r}",
             f"{name!r} has the stages {', '.join(listed) or '(none)'}; "
             "fix the name or add it to pipelines.yaml",
-            values=stage_changes["stage"],
+            values=stages,
         )

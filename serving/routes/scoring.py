@@ -32,17 +32,12 @@ from serving.deps import (
 from serving.errors import InvalidInputError, NotFoundError, check_batch_size, is_store_outage
 from serving.mapping import inline_frames, time_or, validated_history
 from serving.model_holder import LoadedModel, builder_for
+from serving.routes import answer
 from serving.schemas import DealScore, DealScores, DealWithHistoryIn, ItemError, ScoreRequest, UtcTime
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["scoring"])
-
-
-def answer(scores: DealScores) -> Response:
-    """The answer as its JSON body (the routes declare `DealScores` as their response model): FastAPI
-    would validate a returned model again, in a second threadpool hop, before encoding it."""
-    return Response(scores.model_dump_json(), media_type="application/json")
 
 
 def scores_response(

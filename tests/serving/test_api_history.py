@@ -100,3 +100,21 @@ def test_history_roles(world: Any, client: TestClient) -> None:
     assert client.get(f"/v1/deals/{a_id}", headers=world.auth("integration")).status_code == 403
     assert client.get(f"/v1/deals/{a_id}").status_code == 401
     assert client.get("/v1/deals/NO-SUCH", headers=world.auth("admin")).status_code == 404
+
+
+def test_a_bad_key_is_refused_before_a_bad_body_of_events(world: Any, client: TestClient) -> None:
+    # The events route checks its key in the hop that writes: a body the schema refuses must still answer
+    # as the key deserves first (401 / 403), never tell a caller without a valid key what its body lacks.
+    a_id = world.deal_in(world.pipeline_a)
+    bad = {"activities": [{"deal_id": a_id, "type": "no-such-type", "occurred_at": "2025-06-03T00:00:00Z"}]}
+    assert client.post("/v1/events", json=bad).status_code == 401
+    assert client.post("/v1/events", json=bad, headers=world.auth("revoked")).status_code == 401
+    wrong = {"Authorization": "Bearer drk_nokey_notakey"}
+    refused = client.post("/v1/events", json=bad, headers=wrong)
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert client.post("/v1/events", json=bad, headers=world.auth("manager")).status_code == 403
+    invalid = client.post("/v1/events", json=bad, headers=world.auth("integration"))
+    assert invalid.status_code == 422 and "activities[0].type" in invalid.json()["detail"]
+    good = {"activities": [{"deal_id": a_id, "type": "call", "occurred_at": "2025-06-03T00:00:00Z"}]}
+    assert client.post("/v1/events", json=good, headers=world.auth("manager")).status_code == 403
+    assert client.post("/v1/events", json=good, headers=world.auth("revoked")).status_code == 401
