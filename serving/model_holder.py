@@ -225,8 +225,8 @@ class PopulationCache:
     ) -> PopulationCache:
         """The service's cache while the scorer process fits the population (`serving.scorer_process`).
 
-        A refit on a big store holds this process's GIL for seconds (100,000 deals: 13.6 s, during which
-        one-deal scores took 1.7x as long at the median and up to 1.7 s each), so the service fits only
+        A refit on a big store holds this process's GIL for seconds (100,000 deals: one-deal scores had a
+        p99 of 2.6 s during one, `bench/bench_refit_stall.py`), so the service fits only
         once, at start, before it serves; from then on it reads the population the scorer process
         publishes at `published` (`save_population_stats`, a few tens of milliseconds to read) whenever
         that file changes, checked every `PUBLISHED_CHECK_S` at most. Writes do not make it due: the
@@ -241,10 +241,8 @@ class PopulationCache:
         def load() -> FeatureBuilder | None:
             if _file_stamp(path) in (None, left_before):
                 return fit()  # nothing published since this process started: a fit of its own
-            builder = FeatureBuilder()
-            builder.population_stats_ = load_population_stats(path)
             cache.published_reads += 1
-            return builder
+            return read_published_population(path)
 
         def stamp() -> Any:
             # nothing published (the scorer process not started yet, or unable to write the file): the
@@ -407,6 +405,13 @@ def fit_population(store: Any) -> FeatureBuilder | None:
         return None
     # Only what the statistics read (`POPULATION_TABLES`): no activities, a third of the rows.
     return FeatureBuilder().fit(store.load_history(tables=POPULATION_TABLES))
+
+
+def read_published_population(path: str | os.PathLike[str]) -> FeatureBuilder:
+    """A fitted `FeatureBuilder` from a population published by the scorer's fitting process."""
+    builder = FeatureBuilder()
+    builder.population_stats_ = load_population_stats(path)
+    return builder
 
 
 def _file_stamp(path: str) -> tuple[int, int, int] | None:

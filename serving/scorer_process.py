@@ -317,10 +317,9 @@ class PopulationWorker:
     then reads it from there, as the service does (`PopulationCache.following`). Only JSON and that file
     cross between the processes: nothing is unpickled. The process (a plain subprocess: the scorer
     process is a daemonic `multiprocessing` child, which may not start children of its own that way) is
-    started at the first
-    fit and again after it died (that fit raises; the population cache keeps its previous builder and
-    retries on its next refresh). It ends on `stop`, or at the end of file on its socket when the process
-    that started it ends, even by kill -9."""
+    started at the first fit and again after it died (that fit raises; the population cache keeps its
+    previous builder and retries on its next refresh). It ends on `stop`, or at the end of file on its
+    socket when the process that started it ends, even by kill -9."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -348,12 +347,9 @@ class PopulationWorker:
                 raise RuntimeError(answer["error"])
             if answer["empty"]:
                 return None
-            from features.build import FeatureBuilder
-            from features.population_stats import load_population_stats
+            from serving.model_holder import read_published_population
 
-            builder = FeatureBuilder()
-            builder.population_stats_ = load_population_stats(published_population_path(self.settings))
-            return builder
+            return read_published_population(published_population_path(self.settings))
 
     def _start(self) -> None:
         self._discard()
