@@ -193,14 +193,16 @@ def _ranked_list(
 
 
 def _wait_for_live_scores(request: Request, store: Store, pipeline: str) -> bool:
-    """True when the pipeline had open deals without a live score, at most `LIVE_WAIT_MAX_DEALS` of them,
-    and the live scorer scored them all within `LIVE_WAIT_S` (the caller then reads the live scores
-    again). False at once when no live scorer runs, when every open deal has a score (the live path was
-    refused for another reason) or when too many have none."""
+    """True when every open deal of the pipeline has a live score now, or gets one within `LIVE_WAIT_S`
+    (the caller then reads the live scores again; if the live path is still refused, for another reason,
+    it answers on demand). No wait when the live scorer scored them between the caller's read and this
+    one. False at once when no live scorer runs or when more than `LIVE_WAIT_MAX_DEALS` have none."""
     if getattr(request.app.state, "live_scores", None) is None:
         return False
     missing = store.unscored_open_deals(pipeline)
-    if not 0 < missing <= LIVE_WAIT_MAX_DEALS:
+    if missing == 0:
+        return True  # scored since the caller's read (or refused for another reason: read again anyway)
+    if missing > LIVE_WAIT_MAX_DEALS:
         return False
     deadline = time.monotonic() + LIVE_WAIT_S
     while time.monotonic() < deadline:

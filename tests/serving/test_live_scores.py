@@ -181,3 +181,39 @@ def test_a_new_deal_is_waited_for_not_a_reason_to_score_the_pipeline_on_demand(
             forecast = live.get(f"/v1/pipelines/{world.pipeline_a}/forecast", headers=world.auth("manager"))
             assert forecast.status_code == 200, forecast.text
             assert forecast.json()["source"] == "live_scores"
+
+
+@pytest.mark.parametrize("read", ["at-risk", "forecast"])
+def test_a_deal_scored_between_the_reads_is_read_live_not_scored_on_demand(
+    world: Any, live: TestClient, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """The race behind a CI failure: the read finds the new deal unscored, the live scorer saves its score
+    a moment later, before the route counts the unscored deals. The route must read the live scores again,
+    not take the count of 0 as a reason to score the whole pipeline on demand."""
+    assert _wait_for(lambda: _live_at_risk(live, world), timeout_s=60)
+    store = live.app.state.store  # type: ignore[attr-defined]
+    name = "at_risk_rows" if read == "at-risk" else "forecast_scores"
+    first_read = getattr(store, name)
+    calls = []
+
+    def read_then_let_the_scorer_finish(*args: Any, **kwargs: Any) -> Any:
+        answer = first_read(*args, **kwargs)
+        calls.append(answer is None)
+        if answer is None and len(calls) == 1:  # the scorer saves the new deal's score right after this read
+            assert _wait_for(lambda: store.unscored_open_deals(world.pipeline_a) == 0, timeout_s=30)
+        return answer
+
+    deal = {"deal_id": f"RACE-{read}", "pipeline": world.pipeline_a, "owner": "Test Owner", "amount": 5000.0,
+            "created_at": datetime.now(UTC).isoformat(), "team": "T1"}
+    monkeypatch.setattr(store, name, read_then_let_the_scorer_finish)
+    response = live.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("integration"))
+    assert response.status_code == 200 and response.json()["inserted"] == 1, response.text
+    if read == "at-risk":
+        body = _at_risk(live, world)
+        assert _from_live_scores(body), "ranked on demand"
+        assert deal["deal_id"] in [d["deal_id"] for d in body["deals"]]
+    else:
+        forecast = live.get(f"/v1/pipelines/{world.pipeline_a}/forecast", headers=world.auth("manager"))
+        assert forecast.status_code == 200, forecast.text
+        assert forecast.json()["source"] == "live_scores"
+    assert calls[0] is True, "the first read found every deal scored: the race was not reproduced"
