@@ -182,8 +182,12 @@ class PopulationCache:
         interval_s: float = DEFAULT_POPULATION_REFRESH_S,
         clock: Callable[[], float] = time.monotonic,
         writes_make_due: bool = True,
+        work_s: Callable[[], float | None] | None = None,
     ) -> None:
         self._load = load
+        # how long the last load's own work took, when the loader knows better than the time around the
+        # call (a load that first had to start a process for it: a one-off, not a refit's cost)
+        self._work_s = work_s
         self._writes_make_due = writes_make_due
         self._clock = clock
         self._rest_until = float("-inf")  # no refit on the clock before this (`tick`)
@@ -327,7 +331,8 @@ class PopulationCache:
         ended = self._clock()
         logger.debug("population fitted in %.1f s", ended - began)
         if self._writes_make_due:  # a follower's reads are cheap: it looks again on its next tick
-            self._rest_until = ended + REFIT_PAUSE_FACTOR * (ended - began)
+            work = self._work_s() if self._work_s is not None else None
+            self._rest_until = ended + REFIT_PAUSE_FACTOR * (ended - began if work is None else work)
         with self._lock:
             self._value = value
             self._computed = True

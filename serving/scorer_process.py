@@ -252,8 +252,11 @@ class _Child:
         self.holder = ModelHolder(settings.model_uri, settings.tracking_uri)
         self.challenger = Challenger(ScoreArchive(self.store), settings.tracking_uri)
         self.fitter = PopulationWorker(settings)
+        # rests after a refit as long as the fit itself took: the first fit also waits for the population
+        # process to start (seconds of imports on a busy machine), which must not hold the next refit back
         self.population = PopulationCache(self.fitter.fit, stamp=self.store.change_stamp,
-                                          interval_s=settings.population_refresh_s)
+                                          interval_s=settings.population_refresh_s,
+                                          work_s=lambda: self.fitter.last_fit_s)
         self.holder.reload()
         self.challenger.restore()
         with contextlib.suppress(Exception):  # an odd store: the scorer's rounds log why
@@ -327,6 +330,9 @@ class PopulationWorker:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._stopped = False
+        # seconds the last fit took in the population process (its start and imports not counted):
+        # what the scorer's population cache rests after, nine times over
+        self.last_fit_s: float | None = None
 
     def fit(self) -> Any:
         """The population fitted on the store now (a `FeatureBuilder`, None for an empty store)."""
@@ -343,6 +349,7 @@ class PopulationWorker:
             except (EOFError, OSError) as exc:
                 self._discard()
                 raise RuntimeError("the population process ended during a fit") from exc
+            self.last_fit_s = answer.get("seconds")
             if not answer["ok"]:
                 raise RuntimeError(answer["error"])
             if answer["empty"]:
@@ -415,6 +422,7 @@ def run_population_worker(fd: int) -> None:
                 conn.recv_bytes()
             except (EOFError, OSError):
                 return
+            began = time.perf_counter()
             try:
                 builder = fit_population(store)
                 if builder is not None and builder.population_stats_ is not None:
@@ -422,6 +430,7 @@ def run_population_worker(fd: int) -> None:
                 answer: dict[str, Any] = {"ok": True, "empty": builder is None}
             except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            answer["seconds"] = time.perf_counter() - began
             try:
                 conn.send_bytes(json.dumps(answer).encode())
             except OSError:  # the caller is gone
