@@ -480,10 +480,10 @@ def run_backend(backend: str, url: str, history: DealHistory, tracking: str, ver
                     lambda c: c.post("/v1/score", content=single_body),
                     lambda c: poster.post(c),
                 ]
-                one = throughput(base, headers, mix, 1, args.seconds)
-                many = throughput(base, headers, mix, args.clients, args.seconds)
-                out["throughput"] = {"mix": ["at-risk", "health", "score inline", "post event"], "one": one,
-                                     "many": many}
+                kinds = ["at-risk", "health", "score inline", "post event"]
+                one = throughput(base, headers, mix, 1, args.seconds, names=kinds)
+                many = throughput(base, headers, mix, args.clients, args.seconds, names=kinds)
+                out["throughput"] = {"mix": kinds, "one": one, "many": many}
                 phases["throughput"] = time.perf_counter() - t_phase
                 logger.info("%s: throughput %s", backend, out["throughput"])
 

@@ -16,7 +16,10 @@ Each trial runs, for every server in turn (the order alternating by trial), 1 cl
 clients (that order alternating too) for `--seconds` each; after each run it waits until the live
 scorer has scored every write of it (no open deal's live score behind its state), so no run pays for
 the one before. The figure per server is the ratio of requests/s over all its trials (many / one),
-with every trial's ratio and each request kind's count and latency beside it.
+with every trial's ratio and each request kind's count and latency beside it, and the CPU time per
+request of the server process and of its children (the scorer process, its work for the run's writes
+included): on a machine other work keeps busy, requests/s of one client suffer most from it (each
+request waits for a core at every hop), while CPU per request shows the work each request costs.
 
 Run: .venv/bin/python bench/bench_throughput.py --store STORE.db --tracking sqlite:////path/mlflow.db
          [--baseline /work/main] [--variant DEALRISK_X=1] [--trials 3] [--seconds 20] [--mix ...]
@@ -211,11 +214,17 @@ def main() -> None:
         def rate(rs: list[dict[str, Any]]) -> float:
             return sum(r["requests"] for r in rs) / sum(r["seconds"] for r in rs)
 
+        def cpu(rs: list[dict[str, Any]]) -> dict[str, float]:  # per request, over the runs
+            n = max(sum(r["requests"] for r in rs), 1)
+            return {part: round(sum(r["cpu_ms_per_request"][part] * r["requests"] for r in rs) / n, 2)
+                    for part in ("server", "children")}
+
         x = round(rate(many) / rate(one), 3)
         result["servers"][name] = {
             "tree": str(tree), "commit": _git_head(tree), "env": env, "seconds_until_scored": ready[name],
             "one_requests_per_s": round(rate(one), 2), "many_requests_per_s": round(rate(many), 2),
             "many_vs_one_x": x, "met": x >= TARGET_X,
+            "cpu_ms_per_request": {"one": cpu(one), "many": cpu(many)},
             "trial_x": [round(m["requests_per_s"] / o["requests_per_s"], 3) for o, m in zip(one, many,
                                                                                           strict=True)],
             "runs": runs[name],
