@@ -265,25 +265,30 @@ def reads_amid_writes(base: str, headers: dict[str, str], at_risk_path: str, pos
 
 
 def throughput(base: str, headers: dict[str, str], mix: list[Callable[[httpx.Client], httpx.Response]],
-               clients: int, seconds: float) -> dict[str, Any]:
+               clients: int, seconds: float, names: list[str] | None = None) -> dict[str, Any]:
     """`clients` threads, each cycling through the same request mix until the time is up and, so a slow
-    mix is not judged on a request or two, at least twice through the mix in all (up to 10x the time)."""
+    mix is not judged on a request or two, at least twice through the mix in all (up to 10x the time).
+    With `names` (one per call of the mix), also each kind's answered requests and latency."""
     start = time.monotonic()
     stop_at, hard_stop = start + seconds, start + 10 * seconds
     least = 2 * len(mix)
     done = [0] * clients
     failed = Failures()
+    kinds = names or [str(i) for i in range(len(mix))]
+    took: list[list[list[float]]] = [[[] for _ in mix] for _ in range(clients)]  # per client, per call
 
     def work(i: int) -> None:
         with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
             k = i  # each client starts at another point of the mix
             while (now := time.monotonic()) < stop_at or (sum(done) < least and now < hard_stop):
+                t0 = time.perf_counter()
                 r = mix[k % len(mix)](client)
-                k += 1
                 if r.status_code == 200:
                     done[i] += 1
+                    took[i][k % len(mix)].append(time.perf_counter() - t0)
                 else:
                     failed.add(r)
+                k += 1
 
     started = time.perf_counter()
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(clients)]
@@ -292,8 +297,14 @@ def throughput(base: str, headers: dict[str, str], mix: list[Callable[[httpx.Cli
     for t in threads:
         t.join(timeout=seconds + 600)
     elapsed = time.perf_counter() - started
-    return {"clients": clients, "seconds": round(elapsed, 1), "requests": sum(done),
-            "failures": failed.to_dict(), "requests_per_s": round(sum(done) / elapsed, 2)}
+    out = {"clients": clients, "seconds": round(elapsed, 1), "requests": sum(done),
+           "failures": failed.to_dict(), "requests_per_s": round(sum(done) / elapsed, 2)}
+    if names is not None:
+        out["by_kind"] = {}
+        for j, name in enumerate(kinds):
+            times = [t for per_client in took for t in per_client[j]]
+            out["by_kind"][name] = {"requests": len(times), **(_percentiles(times) if times else {})}
+    return out
 
 
 def _fresh(row: dict[str, Any] | None, time_key: str, after: datetime) -> bool:
@@ -469,10 +480,10 @@ def run_backend(backend: str, url: str, history: DealHistory, tracking: str, ver
                     lambda c: c.post("/v1/score", content=single_body),
                     lambda c: poster.post(c),
                 ]
-                one = throughput(base, headers, mix, 1, args.seconds)
-                many = throughput(base, headers, mix, args.clients, args.seconds)
-                out["throughput"] = {"mix": ["at-risk", "health", "score inline", "post event"], "one": one,
-                                     "many": many}
+                kinds = ["at-risk", "health", "score inline", "post event"]
+                one = throughput(base, headers, mix, 1, args.seconds, names=kinds)
+                many = throughput(base, headers, mix, args.clients, args.seconds, names=kinds)
+                out["throughput"] = {"mix": kinds, "one": one, "many": many}
                 phases["throughput"] = time.perf_counter() - t_phase
                 logger.info("%s: throughput %s", backend, out["throughput"])
 

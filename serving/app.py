@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -213,6 +215,22 @@ def _prime_population(population: PopulationCache) -> None:
         logger.warning("could not compute the feature population at start", exc_info=True)
 
 
+# Threads that writes (`POST /v1/deals`, `/v1/events`) take (`app.state.write_threads`): beside the request
+# threads, so writers queued for their turn at the store never hold up reads and scoring.
+WRITE_THREADS = 40
+
+
+def _bound_request_threads(app: FastAPI, request_threads: int) -> None:
+    """At most `request_threads` threads run requests' blocking work at once (anyio's default limiter of
+    this event loop, which FastAPI runs plain `def` routes and dependencies with; anyio's own default is
+    40). CPU-bound requests on more threads than cores only take turns at the interpreter's lock, every
+    few milliseconds: 16 concurrent clients then did less work per second than one (bench/
+    bench_throughput.py). Writes mostly wait for their turn at the store, so they run on threads of their
+    own (`app.state.write_threads`)."""
+    anyio.to_thread.current_default_thread_limiter().total_tokens = request_threads
+    app.state.write_threads = anyio.CapacityLimiter(WRITE_THREADS)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. Without `settings`, read them from the environment (`get_settings()`)."""
     settings = settings or get_settings()
@@ -282,6 +300,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 _monitor_round, holder, monitor, archive, settings.score_history_days)))
         for loop in loops:
             loop.start()
+        _bound_request_threads(app, settings.request_threads)
         try:
             yield
         finally:

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="pipeline health as of now is reused for this long at most, while "
         "no write touched the pipeline (the first read after a write recomputes it); 0 turns reuse off",
     )
+    request_threads: int = Field(
+        default_factory=lambda: max(2, os.cpu_count() or 1), ge=1,
+        description="threads that run requests' blocking work at once (plain `def` routes and dependencies: "
+        "scoring, reads, key checks); more requests wait for a thread in the event loop. Default: the CPU "
+        "count, at least 2. Writes (`POST /v1/deals`, `/v1/events`) wait for their turn at the store on "
+        "threads of their own",
+    )
     max_concurrent_requests: int = Field(
         default=64, ge=1, description="requests in flight at once; past it the service answers 503 at once"
     )

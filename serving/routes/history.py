@@ -7,9 +7,10 @@ nothing is written; a request that succeeds is committed in one transaction befo
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import anyio.to_thread
 import pandas as pd
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -34,7 +35,7 @@ def _bad_items(problems: list[dict[str, Any]]) -> None:
 
 
 @router.post("/v1/deals", response_model=WriteResult)
-def post_deals(
+async def post_deals(
     body: DealsIn, key: WriteKey, request: Request, settings: SettingsDep, store: StoreDep
 ) -> WriteResult:
     """Store deals (insert new ones, update changed ones). Sending the same deals again changes nothing.
@@ -55,10 +56,13 @@ def post_deals(
         _bad_items(problems)
         return validated_history(deal_frames(body.deals), specs).deals
 
-    result = store.write_deals({d.deal_id: d.pipeline for d in body.deals}, build)
-    if result.changed:
-        after_write(request)
-    return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
+    def write() -> WriteResult:
+        result = store.write_deals({d.deal_id: d.pipeline for d in body.deals}, build)
+        if result.changed:
+            after_write(request)
+        return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
+
+    return await _on_write_threads(request, write)
 
 
 @router.post("/v1/events", response_model=WriteResult)
@@ -105,7 +109,14 @@ async def post_events(body: EventsIn, check: WriteKeyCheck, request: Request, st
             after_write(request)
         return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
 
-    return answer(await run_in_threadpool(write))
+    return answer(await _on_write_threads(request, write))
+
+
+async def _on_write_threads(request: Request, write: Callable[[], WriteResult]) -> WriteResult:
+    """`write()` on the writers' threads (`serving.app`): a write queued for its turn at the store holds
+    none of the threads that run reads and scoring."""
+    limiter = getattr(request.app.state, "write_threads", None)  # None: an app started without lifespan
+    return await anyio.to_thread.run_sync(write, limiter=limiter)
 
 
 def _records(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -299,13 +299,13 @@ def health(
     # write committed meanwhile moves it); a given `since`/`until` is part of the request
     request_key = (pipeline, None if since is None else t0, None if until is None else t1, by, stalled_limit)
     stamp = store.health_stamp(pipeline)
-    kept = cache.get(request_key, stamp)
-    if kept is not None:
-        return Response(kept, media_type="application/json")
-    # kept as the JSON body it answers: a reused answer is not encoded again
-    answer = JSONResponse(jsonable_encoder(_health(store, pipeline, t0, t1, by, stalled_limit)))
-    cache.put(request_key, stamp, started, bytes(answer.body))
-    return answer
+
+    def compute() -> bytes:  # kept as the JSON body it answers: a reused answer is not encoded again
+        report = _health(store, pipeline, t0, t1, by, stalled_limit)
+        return bytes(JSONResponse(jsonable_encoder(report)).body)
+
+    # the same request under the same stamp, in flight in another thread, is waited for, not computed twice
+    return Response(cache.answer(request_key, stamp, started, compute), media_type="application/json")
 
 
 def _health(store: Store, pipeline: str, t0: pd.Timestamp, t1: pd.Timestamp, by: GroupBy | None,

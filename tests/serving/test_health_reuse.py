@@ -8,6 +8,7 @@ nothing written in between are the same answer, computed once (same `until`, a1'
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -164,3 +165,75 @@ def test_learned_limits_stored_by_another_process_show_on_the_next_read(
         other.save_learned_limits("B", {"Lead": 5.0}, pd.Timestamp.now(tz="UTC").to_pydatetime())
         other.close()
         assert stalled(health(call, "B")) == ["b1"]  # in Lead for 9 days, the stored limit 5
+
+
+def _in_thread(work: Callable[[], Any]) -> tuple[Any, list[Any]]:
+    import threading
+
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(work()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_reads_of_the_same_answer_at_once_compute_it_once() -> None:
+    """While one read computes the answer of a request under a stamp, another read of it under the same
+    stamp waits for that answer instead of computing it again; under another stamp it computes its own."""
+    import threading
+
+    from serving.health_cache import HealthCache
+
+    cache = HealthCache(max_age_s=30)
+    first_started, release, second_computed = threading.Event(), threading.Event(), threading.Event()
+
+    def first_compute() -> bytes:
+        first_started.set()
+        release.wait(timeout=30)
+        return b'{"n": 1}'
+
+    def second_compute() -> bytes:
+        second_computed.set()
+        return b'{"n": 2}'
+
+    first, first_out = _in_thread(lambda: cache.answer("A", ("s1",), time.monotonic(), first_compute))
+    assert first_started.wait(timeout=30)
+    second, second_out = _in_thread(lambda: cache.answer("A", ("s1",), time.monotonic(), second_compute))
+    computed_meanwhile = second_computed.wait(timeout=0.5)  # it would have by now, not waiting
+    # another stamp (a write since) is not the answer being computed: computed at once
+    assert cache.answer("A", ("s2",), time.monotonic(), lambda: b'{"n": 3}') == b'{"n": 3}'
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert not computed_meanwhile and not second_computed.is_set()
+    assert first_out == second_out == [b'{"n": 1}']
+
+
+def test_a_read_waiting_for_a_computation_that_fails_computes_the_answer_itself() -> None:
+    import threading
+
+    from serving.health_cache import HealthCache
+
+    cache = HealthCache(max_age_s=30)
+    first_started, release = threading.Event(), threading.Event()
+
+    def failing() -> bytes:
+        first_started.set()
+        release.wait(timeout=30)
+        raise RuntimeError("store went away")
+
+    failed: list[BaseException] = []
+
+    def first_read() -> None:
+        try:
+            cache.answer("A", ("s1",), time.monotonic(), failing)
+        except RuntimeError as exc:
+            failed.append(exc)
+
+    first, _ = _in_thread(first_read)
+    assert first_started.wait(timeout=30)
+    second, second_out = _in_thread(lambda: cache.answer("A", ("s1",), time.monotonic(), lambda: b'{"n": 2}'))
+    release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert len(failed) == 1 and second_out == [b'{"n": 2}']
+    assert cache.get("A", ("s1",)) == b'{"n": 2}'

@@ -100,3 +100,17 @@ def test_a_bad_write_timeout_names_the_variable_it_was_read_from(
     monkeypatch.setenv(variable, "-1")
     with pytest.raises(SettingsError, match=rf"environment: {variable}='-1': .*greater than 0"):
         read_settings()
+
+
+def test_request_threads_default_to_the_cpu_count_at_least_two_and_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    monkeypatch.delenv("DEALRISK_REQUEST_THREADS", raising=False)
+    assert read_settings().request_threads == max(2, os.cpu_count() or 1)
+    monkeypatch.setenv("DEALRISK_REQUEST_THREADS", "5")
+    assert read_settings().request_threads == 5
+    monkeypatch.setenv("DEALRISK_REQUEST_THREADS", "0")
+    with pytest.raises(SettingsError, match=r"DEALRISK_REQUEST_THREADS='0'"):
+        read_settings()

@@ -138,3 +138,51 @@ def test_a_write_waiting_past_the_write_timeout_for_the_service_s_other_writers_
         again = client.post("/v1/events", json=event, headers=headers)
         assert again.status_code == 200, again.text
         assert again.json()["inserted"] == 1  # the refused attempt stored nothing
+
+
+def test_reads_answer_while_writes_wait_for_their_turn_with_one_request_thread(
+    world: Any, tmp_path: Path
+) -> None:
+    """Requests' blocking work runs on `request_threads` threads; writes wait for their turn at the store
+    on threads of their own. So with one request thread, a write waiting behind a stuck writer does not
+    hold up a read: the read answers while the write still waits, and the write goes through after."""
+    path = tmp_path / "threads.db"
+    plaintext, event = _writable_store(world, path, "threads-1")
+    settings = make_settings(world, database_url=f"sqlite:///{path}", write_wait_s=30.0,
+                             live_score_max_age_s=0, request_threads=1)
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        service_store: Store = client.app.state.store  # type: ignore[attr-defined]
+        holding, release, write_waits = threading.Event(), threading.Event(), threading.Event()
+        take_turn = service_store._writers.acquire
+
+        def acquire(timeout: float | None) -> bool:
+            if holding.is_set():
+                write_waits.set()  # the request's write, behind the stuck writer
+            return take_turn(timeout)
+
+        service_store._writers.acquire = acquire  # type: ignore[method-assign]
+
+        def stuck_writer() -> None:
+            with service_store._write():
+                holding.set()
+                release.wait(timeout=60)
+
+        holder = threading.Thread(target=stuck_writer, daemon=True)
+        holder.start()
+        assert holding.wait(timeout=30)
+        statuses: list[int] = []
+        writer = threading.Thread(target=lambda: statuses.append(
+            client.post("/v1/events", json=event, headers=headers).status_code), daemon=True)
+        writer.start()
+        try:
+            assert write_waits.wait(timeout=30)
+            read = client.get("/v1/pipelines", headers=headers)
+            still_waiting = writer.is_alive()
+        finally:
+            release.set()
+            holder.join(timeout=30)
+            writer.join(timeout=60)
+        assert read.status_code == 200, read.text
+        assert still_waiting  # answered before the write, not after it gave up or went through
+        assert statuses == [200]
