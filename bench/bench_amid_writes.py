@@ -10,7 +10,7 @@ one store, and records beside each run what the reads waited on:
 - the service: `python -m dealrisk serve`, one worker, live scorer in its own process, served from each
   checkout given with `--code` in turn (default: this one), so an old and a new version of the code are
   measured interleaved on the same store and machine load; the run starts once every open deal has a
-  live score (bench_store's `wait_all_live`);
+  live score (bench_store's `wait_all_live`), again after one event (the scorer's first round is over);
 - each run: GET /healthz `--healthz-rounds` times (the denominator), then bench_store's
   `reads_amid_writes` (at-risk, limit 50, of the pipeline with most open deals, while `--writers`
   threads post one event per request with bench_store's `EventPoster`), and, during that phase:
@@ -308,6 +308,18 @@ def one_run(base: str, pid: int, url: str, key: str, pipeline: str, poster: Even
     return out
 
 
+def scorer_warm(base: str, key: str, poster: EventPoster, store: Store, version: str,
+                open_deals: int) -> dict[str, Any]:
+    """One event posted, then every open deal live again: the scorer process's first round (its first
+    feature build computes the population's caches: a minute of CPU on busy cores at 100,000 deals) is
+    over before the phase, whose writes it would otherwise leave pending while competing for the cores."""
+    started = time.perf_counter()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        _check(poster.post(client), "warm-up event")
+    return wait_all_live(store, version, started, open_deals, 3600)
+
+
 def _read_detail(at_s: float, seconds: float, answer: httpx.Response) -> dict[str, Any]:
     """One read of the phase: when, how long, and where its page came from: `on_demand` when every deal
     of it was scored as of the answer's own time (the route's on-demand path), else the live scores."""
@@ -350,9 +362,12 @@ def run_all(url: str | list[str], key: str, history: DealHistory | None,
                     started = time.perf_counter()
                     ready = wait_all_live(stores[code_url], version, started, len(open_deals), 3600)
                     logger.info("run %s: live scores %s", label, ready)
+                    warm = scorer_warm(base, key, poster, stores[code_url], version, len(open_deals))
+                    logger.info("run %s: the scorer's first round %s", label, warm)
                     run: dict[str, Any] = {"code": str(code), "repeat": i, "commit": _commit(code),
                                            "load_average_at_start": os.getloadavg()}
                     run["url"] = sa.engine.make_url(code_url).render_as_string(True)
+                    run["scorer_first_round"] = warm
                     run.update(one_run(base, pid, code_url, key, pipeline, poster, args))
                     logger.info("run %s: p99 %.1fx healthz (%s ms), %s", label, run["p99_x_healthz_p99"],
                                 run["reads_amid_writes"]["at_risk"]["p99_ms"],
