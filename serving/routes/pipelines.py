@@ -167,7 +167,7 @@ async def _one_hop(check: KeyCheck, store: Store, pipeline: str, read: Callable[
 
     As plain `def` routes with a `def` key check the lists took three hops (the key check, the route,
     FastAPI's validation of the returned model), and each hop waits for the event loop and then for a
-    thread to take the interpreter's lock: amid 16 writing clients, most of a slow read's time."""
+    thread to take the interpreter's lock: amid 16 writing clients, much of a slow read's time."""
 
     def work() -> Response:
         require_visible_pipeline(store, check(), pipeline)
