@@ -1,26 +1,32 @@
-"""At-risk reads while 16 clients write, on PostgreSQL, and where a slow read waits (issue 8).
+"""At-risk reads while 16 clients write, on SQLite or PostgreSQL, and where a slow read waits (issue 8).
 
 `bench/bench_store.py` measures the figure once per backend among many; this script repeats only it, on
-one PostgreSQL store, and records beside each run what the reads waited on:
+one store, and records beside each run what the reads waited on:
 - the store: a database given with `--url` (and an admin `--key` for it; `--url` once per `--code` gives
-  each checkout's service a store of its own, e.g. copies of one database), or else a fresh database on
-  127.0.0.1:5432 (bench_store's `postgres_database`, dropped afterwards) into which `--history` (a pickled
-  `DealHistory`, e.g. the 100,000-deal one bench_store simulates) is imported;
+  each checkout's service a store of its own, e.g. copies of one database or of one SQLite file), or
+  else a fresh PostgreSQL database on 127.0.0.1:5432 (bench_store's `postgres_database`, dropped
+  afterwards) into which `--history` (a pickled `DealHistory`, e.g. the 100,000-deal one bench_store
+  simulates) is imported;
 - the service: `python -m dealrisk serve`, one worker, live scorer in its own process, served from each
   checkout given with `--code` in turn (default: this one), so an old and a new version of the code are
   measured interleaved on the same store and machine load; the run starts once every open deal has a
-  live score (bench_store's `wait_all_live`);
+  live score (bench_store's `wait_all_live`), again after one event (the scorer's first round is over);
 - each run: GET /healthz `--healthz-rounds` times (the denominator), then bench_store's
   `reads_amid_writes` (at-risk, limit 50, of the pipeline with most open deals, while `--writers`
   threads post one event per request with bench_store's `EventPoster`), and, during that phase:
-  `pg_stat_activity` sampled every `--sample-ms` (the service's connections by state and wait event:
-  "Lock:transactionid" would be writers waiting on row locks, "Client:ClientRead" connections idle in
-  a transaction or in the pool), and `py-spy dump` of the service every `--spy-s` seconds (how many of
-  its threads were waiting for a pooled connection, for this process's writer turn, or in the database);
+  on PostgreSQL `pg_stat_activity` sampled every `--sample-ms` (the service's connections by state and
+  wait event: "Lock:transactionid" would be writers waiting on row locks, "Client:ClientRead"
+  connections idle in a transaction or in the pool); on SQLite the write-ahead log's length and how much
+  of it was checkpointed, read from the WAL index (`-shm`) every `--sample-ms`; on both `py-spy dump` of
+  the service every `--spy-s` seconds (how many of its threads were waiting for a pooled connection, for
+  this process's writer turn, or in the database); the slowest reads (when in the phase, and whether
+  their deals were scored on demand rather than read from the live scores);
 - freshness as bench_store measures it (`--trials` events on deals of the at-risk page).
 
 Run: .venv/bin/python bench/bench_amid_writes.py --history /tmp/h.pkl [--code /work/main --code .]
      [--repeats 3] ; writes bench/results/amid_writes_postgresql.json (or `--out`).
+     .venv/bin/python bench/bench_amid_writes.py --url sqlite:////tmp/a.db --url sqlite:////tmp/b.db
+     --key KEY --code /work/main --code . ; writes bench/results/amid_writes_sqlite.json.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import contextlib
 import logging
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +74,10 @@ STACK_KINDS = (
     ("pool: waiting for a connection", ("_do_get",)),
     ("writer turn: waiting", ("_writer_turn",)),
     ("in the database (psycopg)", ("psycopg",)),
+    ("in the database (sqlite)", ("do_execute (sqlalchemy", "do_commit (sqlalchemy",
+                                  "do_rollback (sqlalchemy")),
 )
+SLOWEST_READS = 5  # the slowest reads of a run, described one by one
 
 
 # ---- what the service waits on ---------------------------------------------------------------------------
@@ -130,6 +141,58 @@ class ActivitySampler:
             "per_sample_by_state_and_wait": {k: round(v / n, 2) for k, v in self.waits.most_common()},
             "lock_waits_per_sample": {k: round(v / n, 3) for k, v in self.lock_waits.most_common(8)},
         }
+
+
+class WalSampler:
+    """Samples a SQLite database's write-ahead log until stopped, from its WAL index (the `-shm` file's
+    header: `mxFrame`, the last valid frame, at byte 16; `nBackfill`, the frames checkpointed into the
+    database, at byte 96; native byte order): the log's length in frames and how much of it was not yet
+    checkpointed. A length that drops means a writer restarted the log from its start."""
+
+    def __init__(self, url: str, every_s: float) -> None:
+        database = sa.engine.make_url(url).database
+        self.shm = Path(f"{database}-shm")
+        self.every_s = every_s
+        self.frames: list[int] = []
+        self.unchecked: list[int] = []
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WalSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, struct.error):
+                head = self.shm.read_bytes()[:104]
+                frames = struct.unpack_from("=I", head, 16)[0]
+                backfilled = struct.unpack_from("=I", head, 96)[0]
+                if self.frames and frames < self.frames[-1]:
+                    self.restarts += 1
+                self.frames.append(frames)
+                self.unchecked.append(max(frames - backfilled, 0))
+            self._stop.wait(self.every_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        n = max(len(self.frames), 1)
+        return {"samples": len(self.frames), "every_ms": round(self.every_s * 1000),
+                "log_frames": {"mean": round(sum(self.frames) / n), "max": max(self.frames, default=0)},
+                "not_checkpointed_frames": {"mean": round(sum(self.unchecked) / n),
+                                            "max": max(self.unchecked, default=0)},
+                "log_restarts": self.restarts}
+
+
+def store_sampler(url: str, every_s: float) -> ActivitySampler | WalSampler:
+    """What the database does during the phase: `pg_stat_activity` (PostgreSQL) or the WAL (SQLite)."""
+    if sa.engine.make_url(url).get_backend_name() == "sqlite":
+        return WalSampler(url, every_s)
+    return ActivitySampler(url, every_s)
 
 
 class ThreadSpy:
@@ -221,22 +284,58 @@ def one_run(base: str, pid: int, url: str, key: str, pipeline: str, poster: Even
             _check(client.get(at_risk_path), "at-risk")
             times_alone.append(time.perf_counter() - t0)
     healthz = _percentiles(times)
-    with ActivitySampler(url, args.sample_ms / 1000) as sampler, ThreadSpy(pid, args.spy_s) as spy:
-        amid = reads_amid_writes(base, headers, at_risk_path, poster, args.writers, args.reads, args.max_s)
+    reads: list[tuple[float, float, httpx.Response]] = []
+    sampler = store_sampler(url, args.sample_ms / 1000)
+    with sampler, ThreadSpy(pid, args.spy_s) as spy:
+        amid = reads_amid_writes(base, headers, at_risk_path, poster, args.writers, args.reads, args.max_s,
+                                 each=lambda at, s, r: reads.append((at, s, r)))
     out: dict[str, Any] = {
         "healthz": healthz,
         "at_risk_alone": _percentiles(times_alone),  # the same read with nothing written meanwhile
         "reads_amid_writes": amid,
         "p99_x_healthz_p99": round(amid["at_risk"]["p99_ms"] / healthz["p99_ms"], 1),
         "p50_x_healthz_p50": round(amid["at_risk"]["p50_ms"] / healthz["p50_ms"], 1),
-        "pg_stat_activity": sampler.to_dict(),
+        "p99_x_healthz_p50": round(amid["at_risk"]["p99_ms"] / healthz["p50_ms"], 1),
+        "pg_stat_activity" if isinstance(sampler, ActivitySampler) else "wal": sampler.to_dict(),
         "py_spy": spy.to_dict(),
+        "slowest_reads": [_read_detail(*read) for read in sorted(reads, key=lambda r: -r[1])[:SLOWEST_READS]],
+        "load_average_at_end": os.getloadavg(),
     }
     if args.trials:
         with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
             page = _check(client.get(at_risk_path), "at-risk").json()["deals"]
         out["freshness"] = freshness(base, headers, pipeline, page, poster, args.trials, 60.0)
     return out
+
+
+def scorer_warm(base: str, key: str, poster: EventPoster, store: Store, version: str,
+                open_deals: int) -> dict[str, Any]:
+    """One event posted, then every open deal live again: the scorer process's first round (its first
+    feature build computes the population's caches: a minute of CPU on busy cores at 100,000 deals) is
+    over before the phase, whose writes it would otherwise leave pending while competing for the cores."""
+    started = time.perf_counter()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        _check(poster.post(client), "warm-up event")
+    return wait_all_live(store, version, started, open_deals, 3600)
+
+
+def _read_detail(at_s: float, seconds: float, answer: httpx.Response) -> dict[str, Any]:
+    """One read of the phase: when, how long, and where its page came from: `on_demand` when every deal
+    of it was scored as of the answer's own time (the route's on-demand path), else the live scores."""
+    body = answer.json()
+    scored = {d.get("scored_at") for d in body.get("deals", [])}
+    as_of = body.get("as_of")
+    on_demand = bool(scored) and all(
+        s is not None and as_of is not None and _same_time(s, as_of) for s in scored
+    )
+    return {"at_s": round(at_s, 3), "ms": round(seconds * 1000, 3), "on_demand": on_demand,
+            "pending_deals": sum(bool(d.get("score_pending")) for d in body.get("deals", []))}
+
+
+def _same_time(a: str, b: str) -> bool:
+    return datetime.fromisoformat(a.replace("Z", "+00:00")) == datetime.fromisoformat(
+        b.replace("Z", "+00:00"))
 
 
 def run_all(url: str | list[str], key: str, history: DealHistory | None,
@@ -263,12 +362,16 @@ def run_all(url: str | list[str], key: str, history: DealHistory | None,
                     started = time.perf_counter()
                     ready = wait_all_live(stores[code_url], version, started, len(open_deals), 3600)
                     logger.info("run %s: live scores %s", label, ready)
+                    warm = scorer_warm(base, key, poster, stores[code_url], version, len(open_deals))
+                    logger.info("run %s: the scorer's first round %s", label, warm)
                     run: dict[str, Any] = {"code": str(code), "repeat": i, "commit": _commit(code),
                                            "load_average_at_start": os.getloadavg()}
                     run["url"] = sa.engine.make_url(code_url).render_as_string(True)
+                    run["scorer_first_round"] = warm
                     run.update(one_run(base, pid, code_url, key, pipeline, poster, args))
                     logger.info("run %s: p99 %.1fx healthz (%s ms), %s", label, run["p99_x_healthz_p99"],
-                                run["reads_amid_writes"]["at_risk"]["p99_ms"], run["pg_stat_activity"])
+                                run["reads_amid_writes"]["at_risk"]["p99_ms"],
+                                run.get("pg_stat_activity", run.get("wal")))
                     runs.append(run)
         return {"pipeline": pipeline, "pipeline_open_deals": len(pipe_open), "open_deals": len(open_deals),
                 "deals": len(deals), "runs": runs, "summary": _summary(runs)}
@@ -280,13 +383,15 @@ def run_all(url: str | list[str], key: str, history: DealHistory | None,
 def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {}
     for run in runs:
-        s = out.setdefault(run["code"], {"p99_x": [], "p99_ms": [], "p50_ms": [], "alone_p99_ms": [],
-                                         "new_sessions": [], "events_per_s": [],
+        s = out.setdefault(run["code"], {"p99_x": [], "p99_x_healthz_p50": [], "p99_ms": [], "p50_ms": [],
+                                         "alone_p99_ms": [], "new_sessions": [], "events_per_s": [],
                                          "fresh_deal_score_max_s": []})
         s["p99_x"].append(run["p99_x_healthz_p99"])
+        s["p99_x_healthz_p50"].append(run["p99_x_healthz_p50"])
         s["p99_ms"].append(run["reads_amid_writes"]["at_risk"]["p99_ms"])
         s["alone_p99_ms"].append(run["at_risk_alone"]["p99_ms"])
-        s["new_sessions"].append(run["pg_stat_activity"]["new_sessions"])
+        if "pg_stat_activity" in run:
+            s["new_sessions"].append(run["pg_stat_activity"]["new_sessions"])
         s["p50_ms"].append(run["reads_amid_writes"]["at_risk"]["p50_ms"])
         s["events_per_s"].append(run["reads_amid_writes"]["events_per_s"])
         if "freshness" in run:
@@ -311,7 +416,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("--url", action="append", default=None,
-                        help="an existing PostgreSQL store (with --key); repeated: one per --code, in order")
+                        help="an existing store, PostgreSQL or SQLite (with --key); repeated: one per "
+                             "--code, in order")
     parser.add_argument("--key", default=None, help="an admin API key of --url")
     parser.add_argument("--history", type=Path, default=None, help="pickled DealHistory to import (no --url)")
     parser.add_argument("--tracking", required=True, help="MLflow tracking URI with a deal-risk @champion")
@@ -333,7 +439,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    result: dict[str, Any] = {"backend": "postgresql", "cores": os.cpu_count(), "writers": args.writers,
+    backend = sa.engine.make_url(args.url[0]).get_backend_name() if args.url else "postgresql"
+    result: dict[str, Any] = {"backend": backend, "cores": os.cpu_count(), "writers": args.writers,
                               "reads": args.reads, "code": [str(c) for c in args.code]}
     if args.url:
         if not args.key:
@@ -356,7 +463,7 @@ def main() -> None:
                 result["import_s"] = round(time.perf_counter() - t0, 1)
                 key, _ = store.create_api_key("admin", ["*"], name="bench")
             result.update(run_all(url, key, history, args))
-    write_result("amid_writes_postgresql", result, args.out)
+    write_result(f"amid_writes_{backend}", result, args.out)
 
 
 if __name__ == "__main__":

@@ -227,8 +227,10 @@ def latency_rounds(calls: dict[str, Callable[[], Answer]], rounds: int, warmup: 
 
 
 def reads_amid_writes(base: str, headers: dict[str, str], at_risk_path: str, poster: EventPoster,
-                      writers: int, reads: int, max_s: float) -> dict[str, Any]:
-    """At-risk read latency while `writers` threads post one event per request as fast as they can."""
+                      writers: int, reads: int, max_s: float,
+                      each: Callable[[float, float, httpx.Response], None] | None = None) -> dict[str, Any]:
+    """At-risk read latency while `writers` threads post one event per request as fast as they can.
+    `each(started_s, seconds, answer)` is told of every read (`started_s`: from the phase's start)."""
     stop = threading.Event()
     written = [0] * writers
     failed = Failures()
@@ -252,8 +254,10 @@ def reads_amid_writes(base: str, headers: dict[str, str], at_risk_path: str, pos
             time.sleep(1)  # the writers are up
             while len(times) < reads and (len(times) < 10 or time.perf_counter() - started < max_s):
                 t0 = time.perf_counter()
-                _check(client.get(at_risk_path), "at-risk amid writes")
+                r = _check(client.get(at_risk_path), "at-risk amid writes")
                 times.append(time.perf_counter() - t0)
+                if each is not None:
+                    each(t0 - started, times[-1], r)
     finally:
         stop.set()
         for t in threads:

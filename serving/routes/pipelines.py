@@ -2,7 +2,9 @@
 
 A pipeline outside the caller's key (or unknown) answers 404 "pipeline not found", exactly as if it did
 not exist. At-risk, health and forecast are reads: admin and manager keys only (integration gets 403).
-Routes are plain `def`: scoring and health are CPU-bound and run in the threadpool.
+Routes are plain `def`: scoring and health are CPU-bound and run in the threadpool. The at-risk and stale
+lists are `async`, with the key check, the read and the answer's encoding in one threadpool hop
+(`ReadKeyCheck`, `_one_hop`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import csv
 import io
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -18,6 +21,7 @@ import pandas as pd
 from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from features.health import GroupBy, health_from_current_state, pipeline_health
 from features.history import to_utc_timestamp
@@ -28,9 +32,11 @@ from models.at_risk import DEFAULT_SORT, AtRiskSort, rank_at_risk
 from models.forecast import forecast_from_scores, forecast_pipeline, score_open_deals
 from serving.deps import (
     AnyKey,
+    KeyCheck,
     ModelDep,
     PipelinePath,
     ReadKey,
+    ReadKeyCheck,
     StoreDep,
     get_feature_builder,
     require_visible_pipeline,
@@ -40,6 +46,7 @@ from serving.health_cache import HealthCache
 from serving.limits import NAME_LENGTH
 from serving.mapping import time_or
 from serving.model_holder import LoadedModel, builder_for
+from serving.routes import answer
 from serving.schemas import NO_CONTROL_CHARS, AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import Store
 
@@ -86,9 +93,9 @@ def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
     response_model=AtRiskList,
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
-def at_risk(
+async def at_risk(
     pipeline: PipelinePath,
-    key: ReadKey,
+    check: ReadKeyCheck,
     request: Request,
     store: StoreDep,
     model: ModelDep,
@@ -117,9 +124,12 @@ def at_risk(
     amount, expected close before a time; `sort=` picks another order. Answers CSV when the request
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
-    require_visible_pipeline(store, key, pipeline)
-    return _ranked_list(store, model, request, pipeline, as_of, sort, False, limit, offset, owner=owner,
-                        team=team, min_amount=min_amount, close_before=close_before)
+    return await _one_hop(
+        check, store, pipeline, lambda: _ranked_list(
+            store, model, request, pipeline, as_of, sort, False, limit, offset, owner=owner, team=team,
+            min_amount=min_amount, close_before=close_before,
+        ),
+    )
 
 
 @router.get(
@@ -127,9 +137,9 @@ def at_risk(
     response_model=AtRiskList,
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
-def stale(
+async def stale(
     pipeline: PipelinePath,
-    key: ReadKey,
+    check: ReadKeyCheck,
     request: Request,
     store: StoreDep,
     model: ModelDep,
@@ -145,16 +155,32 @@ def stale(
     """Effectively dead open deals, for clean-up: close probability under 2% and more than twice their
     stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
     are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
-    require_visible_pipeline(store, key, pipeline)
-    return _ranked_list(store, model, request, pipeline, as_of, sort, True, limit, offset, owner=owner,
-                        team=team)
+    return await _one_hop(
+        check, store, pipeline,
+        lambda: _ranked_list(store, model, request, pipeline, as_of, sort, True, limit, offset, owner=owner,
+                             team=team),
+    )
+
+
+async def _one_hop(check: KeyCheck, store: Store, pipeline: str, read: Callable[[], Response]) -> Response:
+    """The key check, the visibility check and `read` (the answer, encoded) in one threadpool hop.
+
+    As plain `def` routes with a `def` key check the lists took three hops (the key check, the route,
+    FastAPI's validation of the returned model), and each hop waits for the event loop and then for a
+    thread to take the interpreter's lock: amid 16 writing clients, much of a slow read's time."""
+
+    def work() -> Response:
+        require_visible_pipeline(store, check(), pipeline)
+        return read()
+
+    return await run_in_threadpool(work)
 
 
 def _ranked_list(
     store: Store, model: LoadedModel, request: Request, pipeline: str, as_of: datetime | None, sort: str,
     stale: bool, limit: int, offset: int, owner: str | None = None, team: str | None = None,
     min_amount: float | None = None, close_before: datetime | None = None,
-) -> Any:
+) -> Response:
     """One page of the at-risk list (`stale` False) or the clean-up list (`stale` True).
 
     As of now, the page the store answers from the live scores and the stored stage limits (filtered,
@@ -213,7 +239,7 @@ def _wait_for_live_scores(request: Request, store: Store, pipeline: str) -> bool
 
 
 def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipeline: str, t: pd.Timestamp,
-               model: LoadedModel, limit: int, offset: int, name: str) -> Any:
+               model: LoadedModel, limit: int, offset: int, name: str) -> Response:
     """One page of a ranked deal list (`total` rows in all; plain JSON-ready values), as `AtRiskList` JSON
     or as CSV."""
     for i, r in enumerate(records):
@@ -223,9 +249,9 @@ def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipe
     fields = AtRiskDeal.model_fields  # a property with a deprecation check: read once, not per value
     deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in fields}) for r in records]
     note = getattr(model.bundle, "metadata", {}).get("data_note")
-    return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
-                      data_note=str(note) if note else None, total=total, limit=limit, offset=offset,
-                      deals=deals)
+    return answer(AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
+                             data_note=str(note) if note else None, total=total, limit=limit, offset=offset,
+                             deals=deals))
 
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",

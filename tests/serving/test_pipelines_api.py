@@ -218,6 +218,21 @@ def test_roles_and_missing_keys(env: dict[str, Any], route: str) -> None:
     assert get(env, f"/v1/pipelines/B/{route}?as_of={AS_OF}", "admin").status_code == 200
 
 
+@pytest.mark.parametrize("route", ["at-risk", "stale"])
+def test_the_lists_check_the_key_before_the_query(env: dict[str, Any], route: str) -> None:
+    # the key check runs in the lists' one threadpool hop, after FastAPI validated the query: a bad query
+    # still answers as the key deserves first, and tells a caller without a valid key nothing more
+    bad = f"/v1/pipelines/A/{route}?limit=0"
+    assert env["client"].get(bad).status_code == 401
+    wrong = env["client"].get(bad, headers={"Authorization": "Bearer drk_nope_nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert get(env, bad, "integration").status_code == 403
+    refused = get(env, bad)
+    assert refused.status_code == 422 and "limit" in refused.text
+    assert get(env, f"/v1/pipelines/B/{route}?limit=0").status_code == 422  # as before: the query first
+    assert get(env, f"/v1/pipelines/B/{route}").status_code == 404
+
+
 def test_openapi_documents_the_pipeline_routes(env: dict[str, Any]) -> None:
     paths = env["client"].get("/openapi.json").json()["paths"]
     for path in ("/v1/pipelines", "/v1/pipelines/{pipeline}/at-risk", "/v1/pipelines/{pipeline}/health",
