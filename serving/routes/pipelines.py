@@ -18,6 +18,7 @@ import pandas as pd
 from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.engine import Connection
 
 from features.health import GroupBy, health_from_current_state, pipeline_health
 from features.history import to_utc_timestamp
@@ -26,20 +27,23 @@ from features.spreadsheet import spreadsheet_safe
 from features.validation import MAX_AMOUNT
 from models.at_risk import DEFAULT_SORT, AtRiskSort, rank_at_risk
 from models.forecast import forecast_from_scores, forecast_pipeline, score_open_deals
+from serving.auth import ApiKey, KeyCheck
 from serving.deps import (
     AnyKey,
     ModelDep,
     PipelinePath,
     ReadKey,
+    ReadKeyCheck,
     StoreDep,
     get_feature_builder,
     require_visible_pipeline,
 )
-from serving.errors import InvalidInputError
+from serving.errors import InvalidInputError, NotFoundError
 from serving.health_cache import HealthCache
 from serving.limits import NAME_LENGTH
 from serving.mapping import time_or
 from serving.model_holder import LoadedModel, builder_for
+from serving.routes import answer
 from serving.schemas import NO_CONTROL_CHARS, AtRiskDeal, AtRiskList, PipelineList, PipelineOut, UtcTime
 from serving.store import Store
 
@@ -88,7 +92,7 @@ def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
 )
 def at_risk(
     pipeline: PipelinePath,
-    key: ReadKey,
+    check: ReadKeyCheck,
     request: Request,
     store: StoreDep,
     model: ModelDep,
@@ -117,9 +121,8 @@ def at_risk(
     amount, expected close before a time; `sort=` picks another order. Answers CSV when the request
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
-    require_visible_pipeline(store, key, pipeline)
-    return _ranked_list(store, model, request, pipeline, as_of, sort, False, limit, offset, owner=owner,
-                        team=team, min_amount=min_amount, close_before=close_before)
+    return _ranked_list(store, check, model, request, pipeline, as_of, sort, False, limit, offset,
+                        owner=owner, team=team, min_amount=min_amount, close_before=close_before)
 
 
 @router.get(
@@ -129,7 +132,7 @@ def at_risk(
 )
 def stale(
     pipeline: PipelinePath,
-    key: ReadKey,
+    check: ReadKeyCheck,
     request: Request,
     store: StoreDep,
     model: ModelDep,
@@ -145,30 +148,41 @@ def stale(
     """Effectively dead open deals, for clean-up: close probability under 2% and more than twice their
     stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
     are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
-    require_visible_pipeline(store, key, pipeline)
-    return _ranked_list(store, model, request, pipeline, as_of, sort, True, limit, offset, owner=owner,
-                        team=team)
+    return _ranked_list(store, check, model, request, pipeline, as_of, sort, True, limit, offset,
+                        owner=owner, team=team)
 
 
 def _ranked_list(
-    store: Store, model: LoadedModel, request: Request, pipeline: str, as_of: datetime | None, sort: str,
-    stale: bool, limit: int, offset: int, owner: str | None = None, team: str | None = None,
-    min_amount: float | None = None, close_before: datetime | None = None,
+    store: Store, check: KeyCheck, model: LoadedModel, request: Request, pipeline: str,
+    as_of: datetime | None, sort: str, stale: bool, limit: int, offset: int, owner: str | None = None,
+    team: str | None = None, min_amount: float | None = None, close_before: datetime | None = None,
 ) -> Any:
     """One page of the at-risk list (`stale` False) or the clean-up list (`stale` True).
 
     As of now, the page the store answers from the live scores and the stored stage limits (filtered,
-    split, ordered and paged by the database; no history is read). With `as_of`, or while an open deal
-    of the pipeline has no live score yet (or its learned limits were never computed), the open deals
-    are scored and ranked on demand as of that time (`models.at_risk.rank_at_risk`).
+    split, ordered and paged by the database; no history is read), the caller's key read first on the
+    same connection. A page there is the pipeline's row found: nothing else looks the pipeline up. With
+    `as_of`, or while an open deal of the pipeline has no live score yet (or its learned limits were
+    never computed, or it has no row), the pipeline is looked up (`require_visible_pipeline`) and the
+    open deals are scored and ranked on demand as of that time (`models.at_risk.rank_at_risk`).
     """
+
+    def checked(conn: Connection | None = None) -> ApiKey:
+        """The caller's key (401 / 403); a pipeline outside it answers 404 as if absent."""
+        key = check(conn)
+        if not key.can_see(pipeline):
+            raise NotFoundError("pipeline not found")
+        return key
+
     t = time_or(as_of)
     name = "stale" if stale else "at-risk"
     if as_of is None:
         live = store.at_risk_rows(
             pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team, min_amount=min_amount,
-            close_before=close_before, limit=limit, offset=offset,
+            close_before=close_before, limit=limit, offset=offset, first=checked,
         )
+        if live is None:
+            require_visible_pipeline(store, checked(), pipeline)
         if live is None and _wait_for_live_scores(request, store, pipeline):
             live = store.at_risk_rows(
                 pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team,
@@ -179,6 +193,8 @@ def _ranked_list(
             for row in rows:
                 row["score_pending"] = row.pop("pending")
             return _deal_list(rows, total, request, pipeline, t, model, limit, offset, name)
+    else:
+        require_visible_pipeline(store, checked(), pipeline)
     history = store.load_history(pipelines=[pipeline])
     scored = score_open_deals(
         model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
@@ -223,9 +239,10 @@ def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipe
     fields = AtRiskDeal.model_fields  # a property with a deprecation check: read once, not per value
     deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in fields}) for r in records]
     note = getattr(model.bundle, "metadata", {}).get("data_note")
-    return AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
-                      data_note=str(note) if note else None, total=total, limit=limit, offset=offset,
-                      deals=deals)
+    # as its JSON body: FastAPI would validate the returned model again, in one more threadpool hop
+    return answer(AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
+                             data_note=str(note) if note else None, total=total, limit=limit,
+                             offset=offset, deals=deals))
 
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
