@@ -91,6 +91,7 @@ ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
 _LIMITS_KEPT = 1_000  # pipelines whose stage limits `Store._checked_limits_read` keeps (then starts over)
+_STATEMENTS_KEPT = 256  # at-risk list statements `Store.at_risk_rows` keeps by shape (then starts over)
 _LIMITS_READS = 3  # reads of a live list whose pipeline's limits keep changing before ranking on demand
 _IDLE_SINCE = "dealrisk_idle_since"  # a pooled PostgreSQL connection's info: when it was last returned
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
@@ -406,7 +407,10 @@ class Store:
         self._planned_counts: tuple[int, ...] | None = None  # deals, live scores at the last ANALYZE
         # pipeline -> (its spec and learned limits as stored, the stage limits of them): the live lists'
         # stale split, checked against the row in the list's own statement (`_checked_limits_read`)
-        self._limits_kept: dict[str, tuple[tuple[str, bool, str], dict[tuple[str, str], float]]] = {}
+        self._limits_kept: dict[str, tuple[tuple[str, bool, str | None], dict[tuple[str, str], float]]] = {}
+        # `at_risk_rows`' statements by shape (filters given, sort, list, stalled stages): built and keyed
+        # once, each read binds its values (building and keying one cost more than running it on SQLite)
+        self._list_statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
 
     @staticmethod
     def _make_engine(url: str, busy_timeout_s: float = 30.0, pool_size: int = PG_POOL_SIZE) -> Engine:
@@ -1937,17 +1941,88 @@ class Store:
         if sort not in AT_RISK_SORTS:
             raise ValueError(f"sort must be one of {sorted(AT_RISK_SORTS)}, not {sort!r}")
         t = _naive(now) if now is not None else _now_naive()
+        given = {"owner": owner, "team": team,
+                 "min_amount": None if min_amount is None else float(min_amount),
+                 "close_before": None if close_before is None else _naive(close_before)}
+        values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        values.update(page_limit=limit, page_offset=offset)
+        shape = (pipeline, sort, stale, tuple(k for k in given if k in values), limit is not None)
+
+        def statement(limits: Mapping[tuple[str, str], float]) -> tuple[sa.Select[Any], dict[str, Any]]:
+            """The list's statement for these stage limits (built once per shape and set of stalled
+            stages, `_list_statement`) and its parameters: the filters', the page's and each stage's
+            stalled-since time as of `t`."""
+            stalled = [(stage, t - timedelta(days=STALE_LIMIT_FACTOR * days))
+                       for stage, days in sorted(limits.items()) if np.isfinite(days)]
+            key = (shape, tuple(stage for stage, _ in stalled))
+            query = self._list_statements.get(key)
+            if query is None:
+                if len(self._list_statements) >= _STATEMENTS_KEPT:
+                    self._list_statements.clear()
+                query = self._list_statement(pipeline, sort, stale, shape[3], limit is not None, key[1])
+                self._list_statements[key] = query
+            return query, {**values, **{f"stalled_{i}": since for i, (_, since) in enumerate(stalled)}}
+
+        if pipeline is None:
+            with self._read() as conn:
+                if first is not None:
+                    first(conn)
+                limits = self._stage_limits(conn, None)
+                if limits is None:
+                    return None
+                rows = conn.execute(*statement(limits)).fetchall()
+        else:
+            read = self._checked_limits_read(pipeline, statement, first)
+            if read is None:
+                return None
+            rows, limits = read
+        if not rows or rows[0].n_unscored:
+            return None
+        total = rows[0].n_total
+        # Plain Python rows, no frame: a page is 50 rows, where pandas' fixed costs outweighed the query.
+        out: list[dict[str, Any]] = []
+        page_names = AT_RISK_ROW_COLUMNS[:-2]  # the statement's page columns; the last two are computed
+        skip = len(rows[0]) - len(page_names)
+        for row in rows:
+            if row.deal_id is None:  # the empty page's one row
+                continue
+            r = dict(zip(page_names, row[skip:], strict=True))
+            for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
+                r[col] = _utc(r[col])
+            for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
+                r[col] = _finite(r[col])
+            r["pending"] = bool(r["pending"])
+            r["reasons"] = loads_jsonable(r["reasons"])  # stored JSON may carry NaN, JSON answers cannot
+            counter = None if r["counter_reasons"] is None else loads_jsonable(r["counter_reasons"])
+            r["counter_reasons"] = counter if isinstance(counter, list) else []
+            entered = r["stage_entered_at"]
+            r["days_in_stage"] = None if entered is None else (
+                (t - entered.replace(tzinfo=None)).total_seconds() / 86400.0
+            )
+            limit_days = limits.get((r["pipeline"], r["stage"])) if r["stage"] is not None else None
+            r["stage_limit_days"] = _finite(limit_days)
+            out.append(r)
+        return int(total), out
+
+    def _list_statement(
+        self, pipeline: str | None, sort: str, stale: bool, filtered: Sequence[str], paged: bool,
+        stalled: Sequence[tuple[str, str]],
+    ) -> sa.Select[Any]:
+        """`at_risk_rows`' one statement (one snapshot, one round trip): the counts of unscored and of
+        matching open deals, the page, and with a `pipeline` its row's spec, inferred flag and learned
+        limits as stored text (the caller checks them against the limits the statement was split by).
+        Bound parameters: each of `filtered` by name (owner, team, min_amount, close_before),
+        `page_limit` when `paged`, `page_offset`, and `stalled_<i>` for the i-th of the `stalled`
+        (pipeline, stage) pairs: the time before which a deal entering it is stalled."""
         deals, scores = self.table("deals"), self.table("deal_scores")
         in_scope = self._open_deals(pipeline)
-        filters = []
-        if owner is not None:
-            filters.append(deals.c.current_owner == owner)
-        if team is not None:
-            filters.append(deals.c.team == team)
-        if min_amount is not None:
-            filters.append(deals.c.current_amount >= float(min_amount))
-        if close_before is not None:
-            filters.append(deals.c.current_expected_close_date < _naive(close_before))
+        conditions = {
+            "owner": lambda p: deals.c.current_owner == p,
+            "team": lambda p: deals.c.team == p,
+            "min_amount": lambda p: deals.c.current_amount >= p,
+            "close_before": lambda p: deals.c.current_expected_close_date < p,
+        }
+        filters = [conditions[f](sa.bindparam(f)) for f in filtered]  # typed as the column compared
         page_columns = (
             deals.c.deal_id,
             deals.c.pipeline,
@@ -1984,103 +2059,61 @@ class Store:
         }
         name, ascending = AT_RISK_SORTS[sort]
         column, flipped = sort_columns[name]
-        leading = column.asc() if ascending != flipped else column.desc()
-        # Missing values last. A deal's value at risk is never missing here (the list is read only when
-        # every open deal in scope has a live score, and a current amount is never NULL): it is ordered
-        # as `ix_deals_at_risk` holds it (DESC), so that PostgreSQL, whose DESC puts NULLs first, walks
-        # that index too; SQLite's DESC puts them last.
-        leading = leading if name == "value_at_risk" else leading.nulls_last()
-        order = (leading, deals.c.deal_id.collate("C") if self.dialect == "postgresql" else deals.c.deal_id)
 
-        def page_query(limits: Mapping[tuple[str, str], float]) -> sa.Select[Any]:
-            """The whole read as one statement (one snapshot, one round trip): the counts of unscored and
-            of matching open deals, the page, and with a `pipeline` its row's spec and learned limits, which
-            the caller compares with the `limits` the statement was built with."""
-            # `IS TRUE` / `IS NOT TRUE` (a deal whose condition is unknown is not stale): PostgreSQL
-            # estimates them from the condition's own columns, where it took `CASE ... END = 0` for 0.5%
-            # of the open deals, thought the default order's index walk would read them all, and sorted
-            # the pipeline's open deals instead
-            is_stale = _stale_condition(deals, limits, t)
-            where = [*filters, is_stale.is_(sa.true()) if stale else is_stale.is_not(sa.true())]
-            counts = sa.select(
-                sa.func.count().filter(_unscored(deals)).label("n_unscored"),
-                sa.func.count().filter(sa.and_(*where)).label("n_total"),
-            ).where(*in_scope).subquery("counts")
-            # Ranked narrow (deal ids), then only the page's rows are read wide, joined to their scores.
-            ranking = (
-                sa.select(deals.c.deal_id.label("ranked_id")).where(*in_scope, *where)
-                .order_by(*order).limit(limit).offset(offset)
-            )
-            if pipeline is not None:
-                # SQLite ranked by days in stage (the stale list's default) through the pipeline's
-                # stage-entry index, reading every deal of the pipeline, closed ones too: 45 ms at
-                # 100,000 deals, against 1.5 ms through the covering index of its open deals and a sort
-                ranking = ranking.with_hint(deals, "INDEXED BY ix_deals_at_risk", "sqlite")
-            ranked = ranking.subquery("ranked")
-            page = (
-                sa.select(*page_columns, column.label("sort_key"))
-                .select_from(ranked.join(deals, deals.c.deal_id == ranked.c.ranked_id)
-                             .join(scores, scores.c.deal_id == deals.c.deal_id))
-                .subquery("page")
-            )
-            # the page's 50 rows again in the ranking's order (one row of NULLs when the page is empty)
-            key = page.c.sort_key.asc() if ascending != flipped else page.c.sort_key.desc()
-            heads: list[Any] = [counts.c.n_unscored, counts.c.n_total]
-            source: Any = counts
-            if pipeline is not None:
-                pipes = self.table("pipelines")
-                row = sa.select(pipes.c.spec, pipes.c.inferred, pipes.c.learned_stale_days).where(
-                    pipes.c.name == pipeline
-                ).subquery("pipe")
-                heads += [row.c.spec, row.c.inferred, row.c.learned_stale_days]
-                source = row.join(counts, sa.true())
-            return (
-                sa.select(*heads, *(page.c[c] for c in page_names))
-                .select_from(source.outerjoin(page, sa.true()))
-                .order_by(key if name == "value_at_risk" else key.nulls_last(),
-                          page.c.deal_id.collate("C") if self.dialect == "postgresql" else page.c.deal_id)
-            )
+        def ordered(key: Any, deal_id: Any) -> tuple[Any, Any]:
+            # Missing values last. A deal's value at risk is never missing here (the list is read only
+            # when every open deal in scope has a live score, and a current amount is never NULL): it is
+            # ordered as `ix_deals_at_risk` holds it (DESC), so that PostgreSQL, whose DESC puts NULLs
+            # first, walks that index too; SQLite's DESC puts them last.
+            leading = key.asc() if ascending != flipped else key.desc()
+            leading = leading if name == "value_at_risk" else leading.nulls_last()
+            return leading, deal_id.collate("C") if self.dialect == "postgresql" else deal_id
 
-        page_names = [str(c.name) for c in page_columns]
-        if pipeline is None:
-            with self._read() as conn:
-                if first is not None:
-                    first(conn)
-                limits = self._stage_limits(conn, None)
-                if limits is None:
-                    return None
-                rows = conn.execute(page_query(limits)).fetchall()
-        else:
-            read = self._checked_limits_read(pipeline, page_query, first)
-            if read is None:
-                return None
-            rows, limits = read
-        if not rows or rows[0].n_unscored:
-            return None
-        total = rows[0].n_total
-        # Plain Python rows, no frame: a page is 50 rows, where pandas' fixed costs outweighed the query.
-        out: list[dict[str, Any]] = []
-        skip = len(rows[0]) - len(page_names)
-        for row in rows:
-            if row.deal_id is None:  # the empty page's one row
-                continue
-            r = dict(zip(page_names, row[skip:], strict=True))
-            for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
-                r[col] = _utc(r[col])
-            for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
-                r[col] = _finite(r[col])
-            r["pending"] = bool(r["pending"])
-            r["reasons"] = loads_jsonable(r["reasons"])  # stored JSON may carry NaN, JSON answers cannot
-            counter = None if r["counter_reasons"] is None else loads_jsonable(r["counter_reasons"])
-            r["counter_reasons"] = counter if isinstance(counter, list) else []
-            entered = r["stage_entered_at"]
-            r["days_in_stage"] = None if entered is None else (
-                (t - entered.replace(tzinfo=None)).total_seconds() / 86400.0
-            )
-            limit_days = limits.get((r["pipeline"], r["stage"])) if r["stage"] is not None else None
-            r["stage_limit_days"] = _finite(limit_days)
-            out.append(r)
-        return int(total), out
+        # `IS TRUE` / `IS NOT TRUE` (a deal whose condition is unknown is not stale): PostgreSQL
+        # estimates them from the condition's own columns, where it took `CASE ... END = 0` for 0.5%
+        # of the open deals, thought the default order's index walk would read them all, and sorted
+        # the pipeline's open deals instead
+        is_stale = _stale_condition(deals, stalled)
+        where = [*filters, is_stale.is_(sa.true()) if stale else is_stale.is_not(sa.true())]
+        counts = sa.select(
+            sa.func.count().filter(_unscored(deals)).label("n_unscored"),
+            sa.func.count().filter(sa.and_(*where)).label("n_total"),
+        ).where(*in_scope).subquery("counts")
+        # Ranked narrow (deal ids), then only the page's rows are read wide, joined to their scores.
+        ranking = (
+            sa.select(deals.c.deal_id.label("ranked_id")).where(*in_scope, *where)
+            .order_by(*ordered(column, deals.c.deal_id))
+            .limit(sa.bindparam("page_limit", type_=sa.Integer()) if paged else None)
+            .offset(sa.bindparam("page_offset", type_=sa.Integer()))
+        )
+        if pipeline is not None:
+            # SQLite ranked by days in stage (the stale list's default) through the pipeline's
+            # stage-entry index, reading every deal of the pipeline, closed ones too: 45 ms at
+            # 100,000 deals, against 1.5 ms through the covering index of its open deals and a sort
+            ranking = ranking.with_hint(deals, "INDEXED BY ix_deals_at_risk", "sqlite")
+        ranked = ranking.subquery("ranked")
+        page = (
+            sa.select(*page_columns, column.label("sort_key"))
+            .select_from(ranked.join(deals, deals.c.deal_id == ranked.c.ranked_id)
+                         .join(scores, scores.c.deal_id == deals.c.deal_id))
+            .subquery("page")
+        )
+        heads: list[Any] = [counts.c.n_unscored, counts.c.n_total]
+        source: Any = counts
+        if pipeline is not None:
+            pipes = self.table("pipelines")
+            row = sa.select(
+                sa.cast(pipes.c.spec, sa.Text).label("spec"), pipes.c.inferred,
+                sa.cast(pipes.c.learned_stale_days, sa.Text).label("learned_stale_days"),
+            ).where(pipes.c.name == pipeline).subquery("pipe")
+            heads += [row.c.spec, row.c.inferred, row.c.learned_stale_days]
+            source = row.join(counts, sa.true())
+        # the page's rows again in the ranking's order (one row of NULLs when the page is empty)
+        return (
+            sa.select(*heads, *(page.c[str(c.name)] for c in page_columns))
+            .select_from(source.outerjoin(page, sa.true()))
+            .order_by(*ordered(page.c.sort_key, page.c.deal_id))
+        )
 
     # ------------------------------------------------------------------ stage limits
     def _stage_limits(self, conn: Connection, pipeline: str | None) -> dict[tuple[str, str], float] | None:
@@ -2096,7 +2129,8 @@ class Store:
         return _limits_of([(row.name, row.spec, row.inferred, row.learned_stale_days) for row in rows])
 
     def _checked_limits_read(
-        self, pipeline: str, query: Callable[[Mapping[tuple[str, str], float]], sa.Select[Any]],
+        self, pipeline: str,
+        query: Callable[[Mapping[tuple[str, str], float]], tuple[sa.Select[Any], dict[str, Any]]],
         first: Callable[[Connection], object] | None = None,
     ) -> tuple[Sequence[sa.Row[Any]], dict[tuple[str, str], float]] | None:
         """Run `query(limits)` (one statement: its own snapshot, on PostgreSQL in autocommit, no BEGIN and
@@ -2111,14 +2145,15 @@ class Store:
                 first(conn)
             for _ in range(_LIMITS_READS):
                 kept = self._limits_kept.get(pipeline)
-                rows = conn.execute(query(kept[1] if kept else {})).fetchall()
+                rows = conn.execute(*query(kept[1] if kept else {})).fetchall()
                 if not rows:
                     return None
-                spec, inferred, learned = rows[0][2:5]
-                stamp = (_canonical_json(spec), bool(inferred), _canonical_json(learned))
+                spec, inferred, learned = rows[0][2:5]  # as stored text: compared, parsed only when new
+                stamp = (spec, bool(inferred), learned)
                 if kept is not None and kept[0] == stamp:
                     return rows, kept[1]
-                limits = _limits_of([(pipeline, spec, inferred, learned)])
+                limits = _limits_of([(pipeline, json.loads(spec), inferred,
+                                      None if learned is None else json.loads(learned))])
                 if limits is None:
                     return None
                 if len(self._limits_kept) >= _LIMITS_KEPT:
@@ -2655,20 +2690,17 @@ def _unscored(deals: sa.Table) -> sa.ColumnElement[bool]:
     return deals.c.live_close_probability.is_(None)
 
 
-def _stale_condition(
-    deals: sa.Table, limits: Mapping[tuple[str, str], float], now: datetime
-) -> sa.ColumnElement[bool]:
-    """`models.at_risk`'s stale, in SQL: close probability under the bound and the stage entered more than
-    `STALE_LIMIT_FACTOR` x its limit before `now` (a stage without a limit is never stale)."""
-    stalled = [
-        sa.and_(deals.c.pipeline == pipe, deals.c.current_stage == stage,
-                deals.c.stage_entered_at < now - timedelta(days=STALE_LIMIT_FACTOR * days))
-        for (pipe, stage), days in sorted(limits.items())
-        if np.isfinite(days)
-    ]
+def _stale_condition(deals: sa.Table, stalled: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
+    """`models.at_risk`'s stale, in SQL: close probability under the bound and the stage entered before
+    its bound parameter `stalled_<i>` (the i-th of the `stalled` (pipeline, stage) pairs: `STALE_LIMIT_FACTOR`
+    x its limit before now; a stage without a finite limit is not among them, and never stale)."""
     if not stalled:
         return sa.false()
-    return sa.and_(deals.c.live_close_probability < STALE_MAX_CLOSE_PROBABILITY, sa.or_(*stalled))
+    return sa.and_(deals.c.live_close_probability < STALE_MAX_CLOSE_PROBABILITY, sa.or_(*(
+        sa.and_(deals.c.pipeline == pipe, deals.c.current_stage == stage,
+                deals.c.stage_entered_at < sa.bindparam(f"stalled_{i}", type_=sa.DateTime()))
+        for i, (pipe, stage) in enumerate(stalled)
+    )))
 
 
 AT_RISK_ROW_COLUMNS = [

@@ -233,6 +233,21 @@ def test_api_live_list_equals_on_demand_list_as_of_the_same_time(
 
 
 @pytest.mark.parametrize("route", ["at-risk", "stale"])
+def test_api_live_list_filters_equal_the_on_demand_filters(service: dict[str, Any], route: str) -> None:
+    """Each filter, alone and together, one value after another (the live list's statement is kept per
+    shape and binds the values of each read): the same deals and totals as on demand."""
+    soon = (datetime.now(UTC) + timedelta(days=45)).isoformat()
+    for params in ({"owner": "ann"}, {"owner": "bob"}, {"team": "East"}, {"team": "West"},
+                   {"min_amount": 500}, {"min_amount": 1000}, {"close_before": soon},
+                   {"owner": "bob", "team": "West", "min_amount": 500}, {"owner": "nobody"}):
+        live = _get(service, f"/v1/pipelines/A/{route}", limit=1000, **params)
+        on_demand = _get(service, f"/v1/pipelines/A/{route}", limit=1000, as_of=live["as_of"], **params)
+        assert _live(live) and live["total"] == on_demand["total"] == len(live["deals"]), params
+        assert [d["deal_id"] for d in live["deals"]] == [d["deal_id"] for d in on_demand["deals"]], params
+    assert _get(service, f"/v1/pipelines/A/{route}", limit=1000, owner="ann")["total"] > 0
+
+
+@pytest.mark.parametrize("route", ["at-risk", "stale"])
 def test_api_pages_are_disjoint_and_make_up_the_whole_list(service: dict[str, Any], route: str) -> None:
     for sort in ("value_at_risk", "close_date"):
         whole = _get(service, f"/v1/pipelines/A/{route}", sort=sort, limit=1000)
