@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy.engine import Connection
@@ -41,9 +42,12 @@ def _bearer_token(request: Request) -> str | None:
 _MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>'"
 
 
-def authenticate(request: Request, conn: Connection | None = None) -> ApiKey:
+def authenticate(
+    request: Request, conn: Connection | None = None, stored: Mapping[str, Any] | None = None
+) -> ApiKey:
     """The caller's key from `Authorization: Bearer …`; raises AuthenticationError if missing or invalid.
-    `conn`: read in that connection's transaction (see `Store.verify_api_key`)."""
+    `conn`: read in that connection's transaction; `stored`: the key's row already read there (see
+    `Store.verify_api_key`)."""
     token = _bearer_token(request)
     if token is None:
         raise AuthenticationError(_MISSING_KEY)
@@ -51,7 +55,7 @@ def authenticate(request: Request, conn: Connection | None = None) -> ApiKey:
     remembered: dict[str, ApiKey] = request.app.state.verified_keys
     digest = hashlib.sha256(token.encode()).hexdigest()
     try:
-        key = store.verify_api_key(token, conn)
+        key = store.verify_api_key(token, conn, stored)
     except Exception as exc:
         if not is_store_outage(exc) or digest not in remembered:
             raise
@@ -78,8 +82,9 @@ def _allowed_roles(roles: tuple[str, ...]) -> frozenset[str]:
     return frozenset(roles) | {"admin"}
 
 
-def _authorized(request: Request, allowed: frozenset[str], conn: Connection | None = None) -> ApiKey:
-    key = authenticate(request, conn)
+def _authorized(request: Request, allowed: frozenset[str], conn: Connection | None = None,
+                stored: Mapping[str, Any] | None = None) -> ApiKey:
+    key = authenticate(request, conn, stored)
     if key.role not in allowed:
         raise ForbiddenError(f"the {key.role!r} role may not do this; needs one of {sorted(allowed)}")
     return key
@@ -101,16 +106,24 @@ class KeyCheck:
     403) in the threadpool hop that does its work: the key is read from the store, which a dependency can
     only do in a threadpool hop of its own. `check(conn)` reads it in that connection's transaction (the
     route's write: on PostgreSQL a transaction of its own cost a connection check, BEGIN and ROLLBACK,
-    each a round trip). Runs once; later calls answer the same."""
+    each a round trip); `check(conn, stored)` takes the key's row as a statement there already read it
+    (`Store.write_events` reads it with the deals' lock: `key_id` names it). Runs once; later calls answer
+    the same."""
 
     def __init__(self, request: Request, allowed: frozenset[str]) -> None:
         self._request = request
         self._allowed = allowed
         self._key: ApiKey | None = None
 
-    def __call__(self, conn: Connection | None = None) -> ApiKey:
+    @property
+    def key_id(self) -> str | None:
+        """The key id the request's bearer key names (None when it names none)."""
+        token = _bearer_token(self._request)
+        return None if token is None else Store.key_id_of(token)
+
+    def __call__(self, conn: Connection | None = None, stored: Mapping[str, Any] | None = None) -> ApiKey:
         if self._key is None:
-            self._key = _authorized(self._request, self._allowed, conn)
+            self._key = _authorized(self._request, self._allowed, conn, stored)
         return self._key
 
 

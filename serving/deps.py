@@ -22,8 +22,8 @@ store, so it stays a plain `def`.
   `WriteKey` (admin, integration), `AnyKey` (every role).
 - `require_role_later(*roles)` -> the same check for an `async` route that does its work in one threadpool
   hop: a `KeyCheck` the route calls first in that hop (`key = check()`); `WriteKeyCheck` (admin,
-  integration) for `POST /v1/events`, `ReadKeyCheck` (admin, manager) for the at-risk and stale lists.
-  Visibility: `key.can_see(pipeline)`; anything
+  integration) for `POST /v1/events`; `ReadKeyCheck` (admin, manager) for the at-risk and stale lists,
+  which read the key on the list's own connection. Visibility: `key.can_see(pipeline)`; anything
   outside it answers 404 as if absent — use `serving.errors.NotFoundError`.
 - `require_visible_pipeline(store, key, pipeline)` -> 404 "pipeline not found" unless the pipeline exists
                      and the key may see it (one indexed lookup, whatever the store's size).

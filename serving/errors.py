@@ -162,23 +162,34 @@ def install_error_handlers(app: FastAPI) -> None:
             body = {"detail": f"the store is unreachable ({type(exc.orig).__name__}); retry later"}
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
+    async def _key_refusal(request: Request) -> JSONResponse | None:
+        # A route whose key check runs in its own threadpool hop (`serving.auth.require_role_later`) may
+        # be refused before it checked the key (a bad body's 422, a dependency's 503 when no model is
+        # loaded): a bad key answers 401 / 403 first, as it would have. A check that passed answers at
+        # once (`KeyCheck` runs once).
+        check = getattr(request.state, "key_check", None)
+        if check is None:
+            return None
+        try:
+            await run_in_threadpool(check)
+        except ServiceError as refused:
+            return _service_response(refused)
+        except sa_exc.DBAPIError as failed:
+            return await _store_error(request, failed)
+        return None
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        if not isinstance(exc, AuthenticationError | ForbiddenError):
+            refused = await _key_refusal(request)
+            if refused is not None:
+                return refused
         return _service_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # A route whose key check runs in its own threadpool hop (`serving.auth.require_role_later`) has
-        # not checked the key yet: a bad key answers 401 / 403 before a bad body's 422, as it would have.
-        check = getattr(request.state, "key_check", None)
-        if check is not None:
-            try:
-                await run_in_threadpool(check)
-            except ServiceError as refused:
-                return _service_response(refused)
-            except sa_exc.DBAPIError as failed:
-                return await _store_error(request, failed)
-        return _validation_response(exc)
+        refused = await _key_refusal(request)
+        return refused if refused is not None else _validation_response(exc)
 
     @app.exception_handler(WriteRejectedError)
     async def _write_rejected(request: Request, exc: WriteRejectedError) -> JSONResponse:

@@ -35,13 +35,14 @@ import json
 import logging
 import math
 import secrets
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from importlib import resources
 from operator import itemgetter
 from typing import Any, cast
@@ -89,6 +90,10 @@ ROLES = ("admin", "manager", "integration")
 ALL_PIPELINES = "*"
 KEY_PREFIX = "drk"
 CHUNK_ROWS = 10_000  # rows per executemany batch: large enough to amortise round trips, small enough for RAM
+_LIMITS_KEPT = 1_000  # pipelines whose stage limits `Store._checked_limits_read` keeps (then starts over)
+_STATEMENTS_KEPT = 256  # at-risk list statements `Store.at_risk_rows` keeps by shape (then starts over)
+_LIMITS_READS = 3  # reads of a live list whose pipeline's limits keep changing before ranking on demand
+_IDLE_SINCE = "dealrisk_idle_since"  # a pooled PostgreSQL connection's info: when it was last returned
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
 HEAD_REVISION = "0010"
 PLANNER_STATS_GROWTH = 0.2  # `refresh_planner_stats` runs again when deals or live scores moved by more
@@ -107,6 +112,10 @@ PG_WRITE_TURNS = 2
 # 16 writing clients the service opened about 1,000 database sessions (a server process each) in a 2-minute
 # run; with 20 it opened 14-19.
 PG_POOL_SIZE = 20
+# PostgreSQL: a pooled connection is pinged (a round trip) before use only when it may be dead: idle this
+# long, or with input waiting on its socket (a connection the server closed or terminated has the
+# server's last message or end of stream there); see `_pg_checkout`.
+PG_PING_IDLE_S = 10.0
 # PostgreSQL: the tables every live read walks (the at-risk list's counts and page read the deals' index
 # `ix_deals_at_risk` alone when the deals' pages are marked all-visible, the live scorer's look for due
 # deals too), vacuumed by `refresh_planner_stats` once this many of their rows were inserted, updated or
@@ -294,6 +303,34 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
 
 
+def _pg_idle_from_now(_dbapi_conn: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _pg_checkout(dialect: Any, dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """`pool_pre_ping`'s check of a pooled connection, made only when the connection may be dead: idle
+    more than `PG_PING_IDLE_S` (a silent network drop), or with input waiting on its socket, which an idle
+    connection in a session of ours never has unless the server closed it (restart, terminated backend,
+    a relay cut: the server's last message or the end of stream). Pinging every checkout cost each
+    request a round trip per connection it took. A failed ping invalidates the pool, as pre-ping does."""
+    since = record.info.get(_IDLE_SINCE)
+    if since is not None and time.monotonic() - since < PG_PING_IDLE_S and not _input_waiting(dbapi_conn):
+        return
+    try:
+        dialect.do_ping(dbapi_conn)
+    except dialect.loaded_dbapi.Error as exc:
+        raise sa.exc.InvalidatePoolError(f"ping failed: {exc}") from exc
+
+
+def _input_waiting(dbapi_conn: Any) -> bool:
+    """Whether the connection's socket has something to read (True when it cannot be polled)."""
+    try:
+        readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+    except Exception:  # closed, or no socket: let the ping tell
+        return True
+    return bool(readable)
+
+
 def _sqlite_begin(conn: Connection) -> None:
     # Writes take the write lock up front (IMMEDIATE): writers queue on the busy timeout instead of
     # failing, and a write's checks and its writes see the same database. Reads stay deferred.
@@ -368,6 +405,12 @@ class Store:
         self._writers = _Turns(1 if self.engine.dialect.name == "sqlite" else PG_WRITE_TURNS)
         self._busy_timeout_s = busy_timeout_s
         self._planned_counts: tuple[int, ...] | None = None  # deals, live scores at the last ANALYZE
+        # pipeline -> (its spec and learned limits as stored, the stage limits of them): the live lists'
+        # stale split, checked against the row in the list's own statement (`_checked_limits_read`)
+        self._limits_kept: dict[str, tuple[tuple[str, bool, str | None], dict[tuple[str, str], float]]] = {}
+        # `at_risk_rows`' statements by shape (filters given, sort, list, stalled stages): built and keyed
+        # once, each read binds its values (building and keying one cost more than running it on SQLite)
+        self._list_statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
 
     @staticmethod
     def _make_engine(url: str, busy_timeout_s: float = 30.0, pool_size: int = PG_POOL_SIZE) -> Engine:
@@ -387,7 +430,11 @@ class Store:
         # `DEALLOCATE ALL`: off, each statement is planned with its parameters, in its one round trip
         psycopg3 = sa.engine.make_url(url).get_driver_name() == "psycopg"
         connect_args = {"prepare_threshold": None} if psycopg3 else {}
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size, connect_args=connect_args)
+        engine = sa.create_engine(url, pool_size=pool_size, connect_args=connect_args)
+        sa.event.listen(engine, "connect", _pg_idle_from_now)
+        sa.event.listen(engine, "checkin", _pg_idle_from_now)
+        sa.event.listen(engine, "checkout", partial(_pg_checkout, engine.dialect))
+        return engine
 
     @property
     def dialect(self) -> str:
@@ -745,7 +792,8 @@ class Store:
         deal_ids: Iterable[str],
         build: EventsBuilder,
         with_specs: bool = True,
-        first: Callable[[Connection], object] | None = None,
+        first: Callable[[Connection, Mapping[str, Any] | None], object] | None = None,
+        key_id: str | None = None,
     ) -> ImportResult:
         """Store a request's events in one transaction that also holds the request's reads.
 
@@ -755,16 +803,25 @@ class Store:
         spec), and passes them to `build`, which checks the request against them (it raises to refuse the
         request: nothing is written) and returns the event rows by table; those are stored as `add_events`
         stores them. Everything happens in one snapshot, retried as a whole after a PostgreSQL deadlock.
-        The rows read once here serve the checks, the write and the deals' new state. `first` runs first
-        in the transaction (the caller's key check: its read is one more statement of the write's
-        transaction, not a transaction of its own; it raises to refuse the request).
+        The rows read once here serve the checks, the write and the deals' new state. `first(conn, row)`
+        runs first in the transaction (the caller's key check: its read is part of the write's
+        transaction, not a transaction of its own; it raises to refuse the request): with `key_id`, the
+        key's row is read with the deals' lock, in one statement, and handed to it as `row` (None when
+        that statement found no row: no such key, or none of the deals; `first` then reads the key
+        itself). So a key that exists has the deals locked before its check refuses the request,
+        which then rolls back having read and written nothing else.
         """
         ids = sorted({str(d) for d in deal_ids})
 
         def work(conn: Connection) -> ImportResult:
-            if first is not None:
-                first(conn)
-            locked = self._lock_deals(conn, ids)
+            if first is not None and key_id is not None and len(ids) <= _IN_CHUNK:
+                found, key_row = self._lock_deals_and_key(conn, ids, key_id)
+                first(conn, key_row)
+                locked = found
+            else:
+                if first is not None:
+                    first(conn, None)
+                locked = self._lock_deals(conn, ids)
             names = sorted({str(r["pipeline"]) for r in locked.values()})
             specs = self._pipeline_specs(conn, names) if with_specs else {}
             rows = build(list(locked.values()), specs)
@@ -1336,14 +1393,50 @@ class Store:
                 out[row.deal_id] = dict(row._mapping)
         return out
 
+    def _lock_deals_and_key(
+        self, conn: Connection, deal_ids: Sequence[str], key_id: str
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+        """`_lock_deals` of at most `_IN_CHUNK` deals and the API key `key_id`'s row, in one statement (the
+        key's columns on every deal's row): the deals and the key's row, or ({}, None) when the key or
+        every deal is missing."""
+        out: dict[str, dict[str, Any]] = {}
+        key_row: dict[str, Any] | None = None
+        keys = self.table("api_keys")
+        params = {"ids": sorted(set(deal_ids)), "key_id": key_id}
+        for row in conn.execute(self._deal_and_key_lock_query, params):
+            values = row._mapping
+            out[values["deal_id"]] = {c: values[c] for c in self._deal_lock_columns}
+            if key_row is None:
+                key_row = {c.name: values[f"key__{c.name}"] for c in keys.columns}
+        return out, key_row
+
+    @cached_property
+    def _deal_lock_columns(self) -> tuple[str, ...]:
+        return (*DEAL_COLUMNS, "row_hash", *STATE_FIELDS, "state_updated_at")
+
+    @cached_property
+    def _deal_and_key_lock_query(self) -> Any:
+        """`_deal_lock_query` joined to the API key bound as `key_id` (its columns as `key__<column>`);
+        on PostgreSQL only the deals' rows are locked."""
+        deals, keys = self.table("deals"), self.table("api_keys")
+        among = _among(self.dialect, deals.c.deal_id, _ids_param(self.dialect, "ids"))
+        query = (
+            sa.select(*(deals.c[c] for c in self._deal_lock_columns),
+                      *(c.label(f"key__{c.name}") for c in keys.columns))
+            .select_from(deals.join(keys, keys.c.key_id == sa.bindparam("key_id")))
+            .where(among)
+            .order_by(deals.c.deal_id)
+        )
+        return query.with_for_update(of=deals) if self.dialect == "postgresql" else query
+
     @cached_property
     def _deal_lock_query(self) -> Any:
         """`_lock_deals`' query of the deals whose ids are bound as `ids` (built once: a write of one event
         paid more for building and keying the statement than for running it)."""
         table = self.table("deals")
-        columns = (*DEAL_COLUMNS, "row_hash", *STATE_FIELDS, "state_updated_at")
         among = _among(self.dialect, table.c.deal_id, _ids_param(self.dialect, "ids"))
-        query = sa.select(*(table.c[c] for c in columns)).where(among).order_by(table.c.deal_id)
+        columns = (table.c[c] for c in self._deal_lock_columns)
+        query = sa.select(*columns).where(among).order_by(table.c.deal_id)
         return self._for_update(query)
 
     @cached_property
@@ -1817,6 +1910,7 @@ class Store:
         close_before: datetime | None = None,
         limit: int | None = 50,
         offset: int = 0,
+        first: Callable[[Connection], object] | None = None,
     ) -> tuple[int, list[dict[str, Any]]] | None:
         """One page of the live at-risk list (`stale=False`) or clean-up list (`stale=True`) of a pipeline
         (every pipeline when None), from the stored state and scores: filtered, split, ordered and paged
@@ -1838,21 +1932,97 @@ class Store:
         The deals' index `ix_deals_at_risk` holds every column the list filters, splits and sorts by
         (the live score's two numbers copied to the deal, revision 0010): the count of unscored and of
         matching deals is one scan of it, and a page in the default order is its first rows.
+
+        With a `pipeline` the read is one statement (counts, page, and the pipeline's row to check the
+        stage limits it was built with: `_checked_limits_read`), on PostgreSQL in autocommit; None too
+        when the pipeline has no row. `first` runs first on the read's connection (the caller's key
+        check: one more statement there, not a connection of its own; it raises to refuse the request).
         """
         if sort not in AT_RISK_SORTS:
             raise ValueError(f"sort must be one of {sorted(AT_RISK_SORTS)}, not {sort!r}")
         t = _naive(now) if now is not None else _now_naive()
+        given = {"owner": owner, "team": team,
+                 "min_amount": None if min_amount is None else float(min_amount),
+                 "close_before": None if close_before is None else _naive(close_before)}
+        values: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        values.update(page_limit=limit, page_offset=offset)
+        shape = (pipeline, sort, stale, tuple(k for k in given if k in values), limit is not None)
+
+        def statement(limits: Mapping[tuple[str, str], float]) -> tuple[sa.Select[Any], dict[str, Any]]:
+            """The list's statement for these stage limits (built once per shape and set of stalled
+            stages, `_list_statement`) and its parameters: the filters', the page's and each stage's
+            stalled-since time as of `t`."""
+            stalled = [(stage, t - timedelta(days=STALE_LIMIT_FACTOR * days))
+                       for stage, days in sorted(limits.items()) if np.isfinite(days)]
+            key = (shape, tuple(stage for stage, _ in stalled))
+            query = self._list_statements.get(key)
+            if query is None:
+                if len(self._list_statements) >= _STATEMENTS_KEPT:
+                    self._list_statements.clear()
+                query = self._list_statement(pipeline, sort, stale, shape[3], limit is not None, key[1])
+                self._list_statements[key] = query
+            return query, {**values, **{f"stalled_{i}": since for i, (_, since) in enumerate(stalled)}}
+
+        if pipeline is None:
+            with self._read() as conn:
+                if first is not None:
+                    first(conn)
+                limits = self._stage_limits(conn, None)
+                if limits is None:
+                    return None
+                rows = conn.execute(*statement(limits)).fetchall()
+        else:
+            read = self._checked_limits_read(pipeline, statement, first)
+            if read is None:
+                return None
+            rows, limits = read
+        if not rows or rows[0].n_unscored:
+            return None
+        total = rows[0].n_total
+        # Plain Python rows, no frame: a page is 50 rows, where pandas' fixed costs outweighed the query.
+        out: list[dict[str, Any]] = []
+        page_names = AT_RISK_ROW_COLUMNS[:-2]  # the statement's page columns; the last two are computed
+        skip = len(rows[0]) - len(page_names)
+        for row in rows:
+            if row.deal_id is None:  # the empty page's one row
+                continue
+            r = dict(zip(page_names, row[skip:], strict=True))
+            for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
+                r[col] = _utc(r[col])
+            for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
+                r[col] = _finite(r[col])
+            r["pending"] = bool(r["pending"])
+            r["reasons"] = loads_jsonable(r["reasons"])  # stored JSON may carry NaN, JSON answers cannot
+            counter = None if r["counter_reasons"] is None else loads_jsonable(r["counter_reasons"])
+            r["counter_reasons"] = counter if isinstance(counter, list) else []
+            entered = r["stage_entered_at"]
+            r["days_in_stage"] = None if entered is None else (
+                (t - entered.replace(tzinfo=None)).total_seconds() / 86400.0
+            )
+            limit_days = limits.get((r["pipeline"], r["stage"])) if r["stage"] is not None else None
+            r["stage_limit_days"] = _finite(limit_days)
+            out.append(r)
+        return int(total), out
+
+    def _list_statement(
+        self, pipeline: str | None, sort: str, stale: bool, filtered: Sequence[str], paged: bool,
+        stalled: Sequence[tuple[str, str]],
+    ) -> sa.Select[Any]:
+        """`at_risk_rows`' one statement (one snapshot, one round trip): the counts of unscored and of
+        matching open deals, the page, and with a `pipeline` its row's spec, inferred flag and learned
+        limits as stored text (the caller checks them against the limits the statement was split by).
+        Bound parameters: each of `filtered` by name (owner, team, min_amount, close_before),
+        `page_limit` when `paged`, `page_offset`, and `stalled_<i>` for the i-th of the `stalled`
+        (pipeline, stage) pairs: the time before which a deal entering it is stalled."""
         deals, scores = self.table("deals"), self.table("deal_scores")
         in_scope = self._open_deals(pipeline)
-        filters = []
-        if owner is not None:
-            filters.append(deals.c.current_owner == owner)
-        if team is not None:
-            filters.append(deals.c.team == team)
-        if min_amount is not None:
-            filters.append(deals.c.current_amount >= float(min_amount))
-        if close_before is not None:
-            filters.append(deals.c.current_expected_close_date < _naive(close_before))
+        conditions = {
+            "owner": lambda p: deals.c.current_owner == p,
+            "team": lambda p: deals.c.team == p,
+            "min_amount": lambda p: deals.c.current_amount >= p,
+            "close_before": lambda p: deals.c.current_expected_close_date < p,
+        }
+        filters = [conditions[f](sa.bindparam(f)) for f in filtered]  # typed as the column compared
         page_columns = (
             deals.c.deal_id,
             deals.c.pipeline,
@@ -1889,68 +2059,61 @@ class Store:
         }
         name, ascending = AT_RISK_SORTS[sort]
         column, flipped = sort_columns[name]
-        first = column.asc() if ascending != flipped else column.desc()
-        # Missing values last. A deal's value at risk is never missing here (the list is read only when
-        # every open deal in scope has a live score, and a current amount is never NULL): it is ordered
-        # as `ix_deals_at_risk` holds it (DESC), so that PostgreSQL, whose DESC puts NULLs first, walks
-        # that index too; SQLite's DESC puts them last.
-        first = first if name == "value_at_risk" else first.nulls_last()
-        order = (first, deals.c.deal_id.collate("C") if self.dialect == "postgresql" else deals.c.deal_id)
-        with self._read() as conn:
-            limits = self._stage_limits(conn, pipeline)
-            if limits is None:
-                return None
-            # `IS TRUE` / `IS NOT TRUE` (a deal whose condition is unknown is not stale): PostgreSQL
-            # estimates them from the condition's own columns, where it took `CASE ... END = 0` for 0.5%
-            # of the open deals, thought the default order's index walk would read them all, and sorted
-            # the pipeline's open deals instead
-            is_stale = _stale_condition(deals, limits, t)
-            where = [*filters, is_stale.is_(sa.true()) if stale else is_stale.is_not(sa.true())]
-            counts = sa.select(
-                sa.func.count().filter(_unscored(deals)), sa.func.count().filter(sa.and_(*where))
-            ).where(*in_scope)
-            unscored, total = conn.execute(counts).one()
-            if unscored:
-                return None
-            # Ranked narrow (deal ids), then only the page's rows are read wide, joined to their scores.
-            ranking = (
-                sa.select(deals.c.deal_id.label("ranked_id")).where(*in_scope, *where)
-                .order_by(*order).limit(limit).offset(offset)
-            )
-            if pipeline is not None:
-                # SQLite ranked by days in stage (the stale list's default) through the pipeline's
-                # stage-entry index, reading every deal of the pipeline, closed ones too: 45 ms at
-                # 100,000 deals, against 1.5 ms through the covering index of its open deals and a sort
-                ranking = ranking.with_hint(deals, "INDEXED BY ix_deals_at_risk", "sqlite")
-            ranked = ranking.subquery("ranked")
-            query = (
-                sa.select(*page_columns)
-                .select_from(ranked.join(deals, deals.c.deal_id == ranked.c.ranked_id)
-                             .join(scores, scores.c.deal_id == deals.c.deal_id))
-                .order_by(*order)
-            )
-            rows = conn.execute(query).fetchall()
-        # Plain Python rows, no frame: a page is 50 rows, where pandas' fixed costs outweighed the query.
-        out: list[dict[str, Any]] = []
-        names = list(query.selected_columns.keys())
-        for row in rows:
-            r = dict(zip(names, row, strict=True))
-            for col in ("expected_close_date", "stage_entered_at", "scored_at", "likely_close_date"):
-                r[col] = _utc(r[col])
-            for col in ("amount", "cold_risk", "close_probability", "value_at_risk"):
-                r[col] = _finite(r[col])
-            r["pending"] = bool(r["pending"])
-            r["reasons"] = loads_jsonable(r["reasons"])  # stored JSON may carry NaN, JSON answers cannot
-            counter = None if r["counter_reasons"] is None else loads_jsonable(r["counter_reasons"])
-            r["counter_reasons"] = counter if isinstance(counter, list) else []
-            entered = r["stage_entered_at"]
-            r["days_in_stage"] = None if entered is None else (
-                (t - entered.replace(tzinfo=None)).total_seconds() / 86400.0
-            )
-            limit_days = limits.get((r["pipeline"], r["stage"])) if r["stage"] is not None else None
-            r["stage_limit_days"] = _finite(limit_days)
-            out.append(r)
-        return int(total), out
+
+        def ordered(key: Any, deal_id: Any) -> tuple[Any, Any]:
+            # Missing values last. A deal's value at risk is never missing here (the list is read only
+            # when every open deal in scope has a live score, and a current amount is never NULL): it is
+            # ordered as `ix_deals_at_risk` holds it (DESC), so that PostgreSQL, whose DESC puts NULLs
+            # first, walks that index too; SQLite's DESC puts them last.
+            leading = key.asc() if ascending != flipped else key.desc()
+            leading = leading if name == "value_at_risk" else leading.nulls_last()
+            return leading, deal_id.collate("C") if self.dialect == "postgresql" else deal_id
+
+        # `IS TRUE` / `IS NOT TRUE` (a deal whose condition is unknown is not stale): PostgreSQL
+        # estimates them from the condition's own columns, where it took `CASE ... END = 0` for 0.5%
+        # of the open deals, thought the default order's index walk would read them all, and sorted
+        # the pipeline's open deals instead
+        is_stale = _stale_condition(deals, stalled)
+        where = [*filters, is_stale.is_(sa.true()) if stale else is_stale.is_not(sa.true())]
+        counts = sa.select(
+            sa.func.count().filter(_unscored(deals)).label("n_unscored"),
+            sa.func.count().filter(sa.and_(*where)).label("n_total"),
+        ).where(*in_scope).subquery("counts")
+        # Ranked narrow (deal ids), then only the page's rows are read wide, joined to their scores.
+        ranking = (
+            sa.select(deals.c.deal_id.label("ranked_id")).where(*in_scope, *where)
+            .order_by(*ordered(column, deals.c.deal_id))
+            .limit(sa.bindparam("page_limit", type_=sa.Integer()) if paged else None)
+            .offset(sa.bindparam("page_offset", type_=sa.Integer()))
+        )
+        if pipeline is not None:
+            # SQLite ranked by days in stage (the stale list's default) through the pipeline's
+            # stage-entry index, reading every deal of the pipeline, closed ones too: 45 ms at
+            # 100,000 deals, against 1.5 ms through the covering index of its open deals and a sort
+            ranking = ranking.with_hint(deals, "INDEXED BY ix_deals_at_risk", "sqlite")
+        ranked = ranking.subquery("ranked")
+        page = (
+            sa.select(*page_columns, column.label("sort_key"))
+            .select_from(ranked.join(deals, deals.c.deal_id == ranked.c.ranked_id)
+                         .join(scores, scores.c.deal_id == deals.c.deal_id))
+            .subquery("page")
+        )
+        heads: list[Any] = [counts.c.n_unscored, counts.c.n_total]
+        source: Any = counts
+        if pipeline is not None:
+            pipes = self.table("pipelines")
+            row = sa.select(
+                sa.cast(pipes.c.spec, sa.Text).label("spec"), pipes.c.inferred,
+                sa.cast(pipes.c.learned_stale_days, sa.Text).label("learned_stale_days"),
+            ).where(pipes.c.name == pipeline).subquery("pipe")
+            heads += [row.c.spec, row.c.inferred, row.c.learned_stale_days]
+            source = row.join(counts, sa.true())
+        # the page's rows again in the ranking's order (one row of NULLs when the page is empty)
+        return (
+            sa.select(*heads, *(page.c[str(c.name)] for c in page_columns))
+            .select_from(source.outerjoin(page, sa.true()))
+            .order_by(*ordered(page.c.sort_key, page.c.deal_id))
+        )
 
     # ------------------------------------------------------------------ stage limits
     def _stage_limits(self, conn: Connection, pipeline: str | None) -> dict[tuple[str, str], float] | None:
@@ -1960,17 +2123,43 @@ class Store:
         query = sa.select(table.c.name, table.c.spec, table.c.inferred, table.c.learned_stale_days)
         if pipeline is not None:
             query = query.where(table.c.name == pipeline)
-        learned: dict[tuple[str, str], float] = {}
-        specs: dict[str, PipelineSpec] = {}
         rows = conn.execute(query).fetchall()
         if not rows:  # an unknown pipeline, or an empty store
             return None
-        for row in rows:
-            if row.learned_stale_days is None:
-                return None
-            learned.update({(row.name, str(stage)): float(v) for stage, v in row.learned_stale_days.items()})
-            specs[row.name] = PipelineSpec.from_dict(row.name, row.spec, inferred=bool(row.inferred))
-        return stage_limits(learned, specs)
+        return _limits_of([(row.name, row.spec, row.inferred, row.learned_stale_days) for row in rows])
+
+    def _checked_limits_read(
+        self, pipeline: str,
+        query: Callable[[Mapping[tuple[str, str], float]], tuple[sa.Select[Any], dict[str, Any]]],
+        first: Callable[[Connection], object] | None = None,
+    ) -> tuple[Sequence[sa.Row[Any]], dict[tuple[str, str], float]] | None:
+        """Run `query(limits)` (one statement: its own snapshot, on PostgreSQL in autocommit, no BEGIN and
+        ROLLBACK round trips) with the pipeline's stage limits as last read, and check them against the
+        pipeline's row the statement returns (spec, inferred, learned_stale_days: its first rows' columns
+        after the two counts): the page was split with the limits of its own snapshot, or it is read
+        again with those. The rows and the limits, or None when the pipeline has no row (unknown, or
+        created by a store older than pipeline rows) or its limits were never learned. `first(conn)` runs
+        before."""
+        with self._read_one() as conn:
+            if first is not None:
+                first(conn)
+            for _ in range(_LIMITS_READS):
+                kept = self._limits_kept.get(pipeline)
+                rows = conn.execute(*query(kept[1] if kept else {})).fetchall()
+                if not rows:
+                    return None
+                spec, inferred, learned = rows[0][2:5]  # as stored text: compared, parsed only when new
+                stamp = (spec, bool(inferred), learned)
+                if kept is not None and kept[0] == stamp:
+                    return rows, kept[1]
+                limits = _limits_of([(pipeline, json.loads(spec), inferred,
+                                      None if learned is None else json.loads(learned))])
+                if limits is None:
+                    return None
+                if len(self._limits_kept) >= _LIMITS_KEPT:
+                    self._limits_kept.clear()
+                self._limits_kept[pipeline] = (stamp, limits)
+        return None  # the pipeline's limits changed under every read: ranked on demand this time
 
     def stage_limits_due(self, now: datetime, stale_before: datetime) -> list[str]:
         """Pipelines whose learned stage limits must be (re)computed as of `now`: never computed, computed
@@ -2086,15 +2275,28 @@ class Store:
             )
         return plaintext, ApiKey(key_id, name, role, pipes, now, None)
 
-    def verify_api_key(self, plaintext: str, conn: Connection | None = None) -> ApiKey | None:
-        """The key's record if `plaintext` is a valid, unrevoked key; else None. `conn`: read in that
-        connection's transaction (a write's: one transaction for the key and the write)."""
+    @staticmethod
+    def key_id_of(plaintext: str) -> str | None:
+        """The key id a plaintext key names (`drk_<key_id>_<secret>`), None when it is not of that form."""
         parts = plaintext.strip().split("_", 2)
         if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
             return None
+        return parts[1]
+
+    def verify_api_key(
+        self, plaintext: str, conn: Connection | None = None, stored: Mapping[str, Any] | None = None
+    ) -> ApiKey | None:
+        """The key's record if `plaintext` is a valid, unrevoked key; else None. `conn`: read in that
+        connection's transaction (a write's: one transaction for the key and the write). `stored`: the
+        key's row as a statement of that transaction already read it (`write_events`), not read again."""
+        key_id = self.key_id_of(plaintext)
+        if key_id is None:
+            return None
         table = self.table("api_keys")
-        query = sa.select(table).where(table.c.key_id == parts[1])
-        if conn is not None:
+        query = sa.select(table).where(table.c.key_id == key_id)
+        if stored is not None and stored.get("key_id") == key_id:
+            row: Mapping[Any, Any] | None = stored
+        elif conn is not None:
             row = conn.execute(query).mappings().first()
         else:
             with self._read_one() as own:
@@ -2196,7 +2398,7 @@ def _stored_time(value: Any) -> datetime | None:
     return cast(datetime, naive.to_datetime64().astype("datetime64[us]").item())
 
 
-def _api_key(row: sa.RowMapping) -> ApiKey:
+def _api_key(row: Mapping[Any, Any]) -> ApiKey:
     created = _utc(row["created_at"])
     assert created is not None  # NOT NULL column
     return ApiKey(
@@ -2462,6 +2664,19 @@ def _plain(value: Any) -> Any:
     return None if pd.isna(value) else str(value)
 
 
+def _limits_of(rows: Iterable[tuple[str, Any, Any, Any]]) -> dict[tuple[str, str], float] | None:
+    """`features.health.stage_limits` of pipeline rows (name, spec, inferred, learned_stale_days as stored);
+    None when one's limits were never learned."""
+    learned: dict[tuple[str, str], float] = {}
+    specs: dict[str, PipelineSpec] = {}
+    for name, spec, inferred, learned_days in rows:
+        if learned_days is None:
+            return None
+        learned.update({(name, str(stage)): float(v) for stage, v in learned_days.items()})
+        specs[name] = PipelineSpec.from_dict(name, spec, inferred=bool(inferred))
+    return stage_limits(learned, specs)
+
+
 def _naive(value: datetime) -> datetime:
     """A time as the store keeps it: naive UTC (an aware time is converted, a naive one taken as UTC)."""
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
@@ -2475,20 +2690,17 @@ def _unscored(deals: sa.Table) -> sa.ColumnElement[bool]:
     return deals.c.live_close_probability.is_(None)
 
 
-def _stale_condition(
-    deals: sa.Table, limits: Mapping[tuple[str, str], float], now: datetime
-) -> sa.ColumnElement[bool]:
-    """`models.at_risk`'s stale, in SQL: close probability under the bound and the stage entered more than
-    `STALE_LIMIT_FACTOR` x its limit before `now` (a stage without a limit is never stale)."""
-    stalled = [
-        sa.and_(deals.c.pipeline == pipe, deals.c.current_stage == stage,
-                deals.c.stage_entered_at < now - timedelta(days=STALE_LIMIT_FACTOR * days))
-        for (pipe, stage), days in sorted(limits.items())
-        if np.isfinite(days)
-    ]
+def _stale_condition(deals: sa.Table, stalled: Sequence[tuple[str, str]]) -> sa.ColumnElement[bool]:
+    """`models.at_risk`'s stale, in SQL: close probability under the bound and the stage entered before
+    its bound parameter `stalled_<i>` (the i-th of the `stalled` (pipeline, stage) pairs: `STALE_LIMIT_FACTOR`
+    x its limit before now; a stage without a finite limit is not among them, and never stale)."""
     if not stalled:
         return sa.false()
-    return sa.and_(deals.c.live_close_probability < STALE_MAX_CLOSE_PROBABILITY, sa.or_(*stalled))
+    return sa.and_(deals.c.live_close_probability < STALE_MAX_CLOSE_PROBABILITY, sa.or_(*(
+        sa.and_(deals.c.pipeline == pipe, deals.c.current_stage == stage,
+                deals.c.stage_entered_at < sa.bindparam(f"stalled_{i}", type_=sa.DateTime()))
+        for i, (pipe, stage) in enumerate(stalled)
+    )))
 
 
 AT_RISK_ROW_COLUMNS = [

@@ -104,7 +104,8 @@ async def post_events(body: EventsIn, check: WriteKeyCheck, request: Request, st
         # The caller's key is read first in the write's transaction: 401 / 403 as a `def` dependency
         # answers, before anything else is read. Only stage changes are checked against a spec: without
         # them the transaction reads none.
-        result = store.write_events(ids, build, with_specs=bool(body.stage_changes), first=check)
+        result = store.write_events(ids, build, with_specs=bool(body.stage_changes), first=check,
+                                    key_id=check.key_id)
         if result.changed:
             after_write(request)
         return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)

@@ -21,6 +21,7 @@ import pandas as pd
 from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from features.health import GroupBy, health_from_current_state, pipeline_health
@@ -30,9 +31,9 @@ from features.spreadsheet import spreadsheet_safe
 from features.validation import MAX_AMOUNT
 from models.at_risk import DEFAULT_SORT, AtRiskSort, rank_at_risk
 from models.forecast import forecast_from_scores, forecast_pipeline, score_open_deals
+from serving.auth import ApiKey, KeyCheck
 from serving.deps import (
     AnyKey,
-    KeyCheck,
     ModelDep,
     PipelinePath,
     ReadKey,
@@ -41,7 +42,7 @@ from serving.deps import (
     get_feature_builder,
     require_visible_pipeline,
 )
-from serving.errors import InvalidInputError
+from serving.errors import InvalidInputError, NotFoundError
 from serving.health_cache import HealthCache
 from serving.limits import NAME_LENGTH
 from serving.mapping import time_or
@@ -125,10 +126,8 @@ async def at_risk(
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     return await _one_hop(
-        check, store, pipeline, lambda: _ranked_list(
-            store, model, request, pipeline, as_of, sort, False, limit, offset, owner=owner, team=team,
-            min_amount=min_amount, close_before=close_before,
-        ),
+        lambda: _ranked_list(store, check, model, request, pipeline, as_of, sort, False, limit, offset,
+                             owner=owner, team=team, min_amount=min_amount, close_before=close_before)
     )
 
 
@@ -156,45 +155,51 @@ async def stale(
     stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
     are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
     return await _one_hop(
-        check, store, pipeline,
-        lambda: _ranked_list(store, model, request, pipeline, as_of, sort, True, limit, offset, owner=owner,
-                             team=team),
+        lambda: _ranked_list(store, check, model, request, pipeline, as_of, sort, True, limit, offset,
+                             owner=owner, team=team)
     )
 
 
-async def _one_hop(check: KeyCheck, store: Store, pipeline: str, read: Callable[[], Response]) -> Response:
-    """The key check, the visibility check and `read` (the answer, encoded) in one threadpool hop.
+async def _one_hop(read: Callable[[], Any]) -> Any:
+    """`read` (the key check, the list and its answer, encoded) in one threadpool hop.
 
     As plain `def` routes with a `def` key check the lists took three hops (the key check, the route,
     FastAPI's validation of the returned model), and each hop waits for the event loop and then for a
     thread to take the interpreter's lock: amid 16 writing clients, much of a slow read's time."""
-
-    def work() -> Response:
-        require_visible_pipeline(store, check(), pipeline)
-        return read()
-
-    return await run_in_threadpool(work)
+    return await run_in_threadpool(read)
 
 
 def _ranked_list(
-    store: Store, model: LoadedModel, request: Request, pipeline: str, as_of: datetime | None, sort: str,
-    stale: bool, limit: int, offset: int, owner: str | None = None, team: str | None = None,
-    min_amount: float | None = None, close_before: datetime | None = None,
-) -> Response:
+    store: Store, check: KeyCheck, model: LoadedModel, request: Request, pipeline: str,
+    as_of: datetime | None, sort: str, stale: bool, limit: int, offset: int, owner: str | None = None,
+    team: str | None = None, min_amount: float | None = None, close_before: datetime | None = None,
+) -> Any:
     """One page of the at-risk list (`stale` False) or the clean-up list (`stale` True).
 
     As of now, the page the store answers from the live scores and the stored stage limits (filtered,
-    split, ordered and paged by the database; no history is read). With `as_of`, or while an open deal
-    of the pipeline has no live score yet (or its learned limits were never computed), the open deals
-    are scored and ranked on demand as of that time (`models.at_risk.rank_at_risk`).
+    split, ordered and paged by the database; no history is read), the caller's key read first on the
+    same connection. A page there is the pipeline's row found: nothing else looks the pipeline up. With
+    `as_of`, or while an open deal of the pipeline has no live score yet (or its learned limits were
+    never computed, or it has no row), the pipeline is looked up (`require_visible_pipeline`) and the
+    open deals are scored and ranked on demand as of that time (`models.at_risk.rank_at_risk`).
     """
+
+    def checked(conn: Connection | None = None) -> ApiKey:
+        """The caller's key (401 / 403); a pipeline outside it answers 404 as if absent."""
+        key = check(conn)
+        if not key.can_see(pipeline):
+            raise NotFoundError("pipeline not found")
+        return key
+
     t = time_or(as_of)
     name = "stale" if stale else "at-risk"
     if as_of is None:
         live = store.at_risk_rows(
             pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team, min_amount=min_amount,
-            close_before=close_before, limit=limit, offset=offset,
+            close_before=close_before, limit=limit, offset=offset, first=checked,
         )
+        if live is None:
+            require_visible_pipeline(store, checked(), pipeline)
         if live is None and _wait_for_live_scores(request, store, pipeline):
             live = store.at_risk_rows(
                 pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team,
@@ -205,6 +210,8 @@ def _ranked_list(
             for row in rows:
                 row["score_pending"] = row.pop("pending")
             return _deal_list(rows, total, request, pipeline, t, model, limit, offset, name)
+    else:
+        require_visible_pipeline(store, checked(), pipeline)
     history = store.load_history(pipelines=[pipeline])
     scored = score_open_deals(
         model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
@@ -249,9 +256,10 @@ def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipe
     fields = AtRiskDeal.model_fields  # a property with a deprecation check: read once, not per value
     deals = [AtRiskDeal.model_validate({k: v for k, v in r.items() if k in fields}) for r in records]
     note = getattr(model.bundle, "metadata", {}).get("data_note")
+    # as its JSON body: FastAPI would validate the returned model again, in one more threadpool hop
     return answer(AtRiskList(pipeline=pipeline, as_of=t.to_pydatetime(), model_version=model.version,
-                             data_note=str(note) if note else None, total=total, limit=limit, offset=offset,
-                             deals=deals))
+                             data_note=str(note) if note else None, total=total, limit=limit,
+                             offset=offset, deals=deals))
 
 
 CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",

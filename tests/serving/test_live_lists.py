@@ -21,6 +21,8 @@ from features.build import FeatureBuilder
 from features.history import DealHistory, PipelineSpec
 from models.at_risk import AT_RISK_SORTS, STALE_LIMIT_FACTOR, STALE_MAX_CLOSE_PROBABILITY, rank_at_risk
 from models.forecast import score_open_deals
+from serving.deps import get_model
+from serving.errors import ModelUnavailableError
 from serving.stage_limits import refresh_stage_limits
 from serving.store import Store
 from tests.serving.live_lists_world import FixedScores, make_world, score_live
@@ -231,6 +233,21 @@ def test_api_live_list_equals_on_demand_list_as_of_the_same_time(
 
 
 @pytest.mark.parametrize("route", ["at-risk", "stale"])
+def test_api_live_list_filters_equal_the_on_demand_filters(service: dict[str, Any], route: str) -> None:
+    """Each filter, alone and together, one value after another (the live list's statement is kept per
+    shape and binds the values of each read): the same deals and totals as on demand."""
+    soon = (datetime.now(UTC) + timedelta(days=45)).isoformat()
+    for params in ({"owner": "ann"}, {"owner": "bob"}, {"team": "East"}, {"team": "West"},
+                   {"min_amount": 500}, {"min_amount": 1000}, {"close_before": soon},
+                   {"owner": "bob", "team": "West", "min_amount": 500}, {"owner": "nobody"}):
+        live = _get(service, f"/v1/pipelines/A/{route}", limit=1000, **params)
+        on_demand = _get(service, f"/v1/pipelines/A/{route}", limit=1000, as_of=live["as_of"], **params)
+        assert _live(live) and live["total"] == on_demand["total"] == len(live["deals"]), params
+        assert [d["deal_id"] for d in live["deals"]] == [d["deal_id"] for d in on_demand["deals"]], params
+    assert _get(service, f"/v1/pipelines/A/{route}", limit=1000, owner="ann")["total"] > 0
+
+
+@pytest.mark.parametrize("route", ["at-risk", "stale"])
 def test_api_pages_are_disjoint_and_make_up_the_whole_list(service: dict[str, Any], route: str) -> None:
     for sort in ("value_at_risk", "close_date"):
         whole = _get(service, f"/v1/pipelines/A/{route}", sort=sort, limit=1000)
@@ -346,3 +363,52 @@ def test_a_configured_limit_counts_from_the_next_read(
     assert after is not None and "Demo" not in set(after[1]["stage"])
     assert after[0] == before[0] - int((before[1]["stage"] == "Demo").sum())
     assert store.stage_limits_due(NOW, NOW - timedelta(hours=1)) == ["A"]  # its deals' state was rewritten
+
+
+def test_api_live_lists_check_the_key_and_the_pipeline_on_every_read(tmp_path: Path) -> None:
+    """The live lists read the caller's key on the list's own connection and find the pipeline through
+    the list's own statement: a key revoked between two reads answers 401 on the next one, a pipeline
+    outside the key 404 exactly as an unknown one, a role that may not read 403, and a bad key 401 before
+    a bad query's 422 or the 503 of a service with no model loaded."""
+    now = datetime.now(UTC)
+    history, bundle = make_world(now)
+    keys = {"doomed": ("manager", ["*"]), "manager_a": ("manager", ["A"]), "crm": ("integration", ["*"])}
+    with stand_in_service(tmp_path, history, keys, bundle) as env:
+        store = Store(f"sqlite:///{tmp_path / 'dealrisk.db'}")
+        try:
+            score_live(store, bundle, now)
+            refresh_stage_limits(store)
+            client = env["client"]
+
+            def status(key: str, path: str, **params: Any) -> tuple[int, Any]:
+                response = client.get(path, params=params, headers={"Authorization": f"Bearer {key}"})
+                return response.status_code, response.json()
+
+            doomed, scoped = env["keys"]["doomed"], env["keys"]["manager_a"]
+            missing = (404, {"detail": "pipeline not found"})
+            for route in ("at-risk", "stale"):
+                code, body = status(doomed, f"/v1/pipelines/B/{route}")
+                assert code == 200 and _live(body) and body["total"] > 0
+                code, body = status(scoped, f"/v1/pipelines/A/{route}")
+                assert code == 200 and _live(body)
+                assert status(scoped, f"/v1/pipelines/B/{route}") == missing
+                assert status(doomed, f"/v1/pipelines/Nope/{route}") == missing
+                assert status(env["keys"]["crm"], f"/v1/pipelines/A/{route}")[0] == 403
+                assert client.get(f"/v1/pipelines/A/{route}").status_code == 401
+            store.revoke_api_key(doomed.split("_", 2)[1])
+            for route in ("at-risk", "stale"):
+                assert status(doomed, f"/v1/pipelines/B/{route}")[0] == 401
+                assert status(doomed, f"/v1/pipelines/B/{route}", limit=0)[0] == 401  # not 422
+                assert status(scoped, f"/v1/pipelines/A/{route}", limit=0)[0] == 422
+
+            def no_model() -> Any:
+                raise ModelUnavailableError("no model loaded: test")
+
+            client.app.dependency_overrides[get_model] = no_model
+            for route in ("at-risk", "stale"):
+                assert status(doomed, f"/v1/pipelines/A/{route}")[0] == 401  # not 503
+                assert status(env["keys"]["crm"], f"/v1/pipelines/A/{route}")[0] == 403
+                code, body = status(scoped, f"/v1/pipelines/A/{route}")
+                assert code == 503 and body["detail"] == "no model loaded: test"
+        finally:
+            store.close()
