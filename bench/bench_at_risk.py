@@ -134,7 +134,7 @@ def store_copies(args: argparse.Namespace, names: list[str], tmp: Path) -> Itera
     if args.store is not None:
         copies = {name: tmp / f"{name}.db" for name in names}
         first = next(iter(copies.values()))
-        with contextlib.closing(sqlite3.connect(args.store)) as src, \
+        with contextlib.closing(sqlite3.connect(f"file:{args.store}?mode=ro", uri=True)) as src, \
                 contextlib.closing(sqlite3.connect(first)) as dst:
             src.backup(dst)
         args.key = _admin_key(f"sqlite:///{first}")
