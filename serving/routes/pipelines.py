@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
+import anyio
 import pandas as pd
 from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -125,9 +126,11 @@ async def at_risk(
     amount, expected close before a time; `sort=` picks another order. Answers CSV when the request
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
-    return await _one_hop(
-        lambda: _ranked_list(store, check, model, request, pipeline, as_of, sort, False, limit, offset,
-                             owner=owner, team=team, min_amount=min_amount, close_before=close_before)
+    return await _one_hop_waiting(
+        request, store, pipeline,
+        lambda may_wait: _ranked_list(store, check, model, request, pipeline, as_of, sort, False, limit,
+                                      offset, may_wait, owner=owner, team=team, min_amount=min_amount,
+                                      close_before=close_before),
     )
 
 
@@ -154,27 +157,40 @@ async def stale(
     """Effectively dead open deals, for clean-up: close probability under 2% and more than twice their
     stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
     are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
-    return await _one_hop(
-        lambda: _ranked_list(store, check, model, request, pipeline, as_of, sort, True, limit, offset,
-                             owner=owner, team=team)
+    return await _one_hop_waiting(
+        request, store, pipeline,
+        lambda may_wait: _ranked_list(store, check, model, request, pipeline, as_of, sort, True, limit,
+                                      offset, may_wait, owner=owner, team=team),
     )
 
 
-async def _one_hop(read: Callable[[], Any]) -> Any:
-    """`read` (the key check, the list and its answer, encoded) in one threadpool hop.
+async def _one_hop_waiting(request: Request, store: Store, pipeline: str,
+                           read: Callable[[bool], Any | None]) -> Any:
+    """`read(True)` (the key check, the list or forecast and its answer) in one threadpool hop; when it
+    gives None (new deals waiting for their live scores), the wait for them (`_wait_for_live_scores`),
+    then `read(False)` in a second hop, which answers from the live scores or on demand.
 
     As plain `def` routes with a `def` key check the lists took three hops (the key check, the route,
     FastAPI's validation of the returned model), and each hop waits for the event loop and then for a
-    thread to take the interpreter's lock: amid 16 writing clients, much of a slow read's time."""
-    return await run_in_threadpool(read)
+    thread to take the interpreter's lock: amid 16 writing clients, much of a slow read's time. The wait
+    is not on a request thread: there are as many of those as cores (`DEALRISK_REQUEST_THREADS`), and two
+    reads waiting up to 2 s on them would hold every other request back as long."""
+    answered = await run_in_threadpool(read, True)
+    if answered is not None:
+        return answered
+    await _wait_for_live_scores(request, store, pipeline)
+    return await run_in_threadpool(read, False)
 
 
 def _ranked_list(
     store: Store, check: KeyCheck, model: LoadedModel, request: Request, pipeline: str,
-    as_of: datetime | None, sort: str, stale: bool, limit: int, offset: int, owner: str | None = None,
-    team: str | None = None, min_amount: float | None = None, close_before: datetime | None = None,
-) -> Any:
-    """One page of the at-risk list (`stale` False) or the clean-up list (`stale` True).
+    as_of: datetime | None, sort: str, stale: bool, limit: int, offset: int, may_wait: bool,
+    owner: str | None = None, team: str | None = None, min_amount: float | None = None,
+    close_before: datetime | None = None,
+) -> Any | None:
+    """One page of the at-risk list (`stale` False) or the clean-up list (`stale` True); None when
+    `may_wait` and a few open deals have no live score yet (`_worth_waiting`: the caller waits for the
+    live scorer, then asks again with `may_wait` False).
 
     As of now, the page the store answers from the live scores and the stored stage limits (filtered,
     split, ordered and paged by the database; no history is read), the caller's key read first on the
@@ -200,11 +216,8 @@ def _ranked_list(
         )
         if live is None:
             require_visible_pipeline(store, checked(), pipeline)
-        if live is None and _wait_for_live_scores(request, store, pipeline):
-            live = store.at_risk_rows(
-                pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team,
-                min_amount=min_amount, close_before=close_before, limit=limit, offset=offset,
-            )
+            if may_wait and _worth_waiting(request, store, pipeline):
+                return None
         if live is not None:
             total, rows = live
             for row in rows:
@@ -225,24 +238,26 @@ def _ranked_list(
     return _deal_list(records, len(ranked), request, pipeline, t, model, limit, offset, name)
 
 
-def _wait_for_live_scores(request: Request, store: Store, pipeline: str) -> bool:
-    """True when every open deal of the pipeline has a live score now, or gets one within `LIVE_WAIT_S`
-    (the caller then reads the live scores again; if the live path is still refused, for another reason,
-    it answers on demand). No wait when the live scorer scored them between the caller's read and this
-    one. False at once when no live scorer runs or when more than `LIVE_WAIT_MAX_DEALS` have none."""
+def _worth_waiting(request: Request, store: Store, pipeline: str) -> bool:
+    """Whether a read as of now that the live scores could not answer should wait for the live scorer
+    (`_wait_for_live_scores`) before answering on demand: a live scorer runs and at most
+    `LIVE_WAIT_MAX_DEALS` open deals of the pipeline have no live score. That includes none: the scorer
+    may have scored them between the caller's read and this count (the caller then reads again at once;
+    if the live path is still refused, for another reason, it answers on demand)."""
     if getattr(request.app.state, "live_scores", None) is None:
         return False
-    missing = store.unscored_open_deals(pipeline)
-    if missing == 0:
-        return True  # scored since the caller's read (or refused for another reason: read again anyway)
-    if missing > LIVE_WAIT_MAX_DEALS:
-        return False
+    return store.unscored_open_deals(pipeline) <= LIVE_WAIT_MAX_DEALS
+
+
+async def _wait_for_live_scores(request: Request, store: Store, pipeline: str) -> bool:
+    """Wait, on the event loop, until every open deal of the pipeline has a live score (True) or
+    `LIVE_WAIT_S` passed (False); each count of the unscored deals is one short read on a request thread."""
     deadline = time.monotonic() + LIVE_WAIT_S
-    while time.monotonic() < deadline:
-        time.sleep(LIVE_WAIT_POLL_S)
-        if store.unscored_open_deals(pipeline) == 0:
-            return True
-    return False
+    while await run_in_threadpool(store.unscored_open_deals, pipeline) > 0:
+        if time.monotonic() >= deadline:
+            return False
+        await anyio.sleep(LIVE_WAIT_POLL_S)
+    return True
 
 
 def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipeline: str, t: pd.Timestamp,
@@ -362,7 +377,7 @@ def _health(store: Store, pipeline: str, t0: pd.Timestamp, t1: pd.Timestamp, by:
 
 
 @router.get("/v1/pipelines/{pipeline}/forecast")
-def pipeline_forecast(
+async def pipeline_forecast(
     pipeline: PipelinePath,
     key: ReadKey,
     request: Request,
@@ -380,18 +395,22 @@ def pipeline_forecast(
     the new-deal model fitted with the feature population; during a model swap each deal counts with
     its own latest score (`model_versions`: deals per version). With `as_of`, or while an open deal has
     no live score yet, every open deal is scored on demand (`source: on_demand`)."""
-    require_visible_pipeline(store, key, pipeline)
-    t = time_or(as_of)
-    if as_of is None:
-        live = _live_forecast(request, store, pipeline, t, months)
-        if live is None and _wait_for_live_scores(request, store, pipeline):
+
+    def forecast(may_wait: bool) -> dict[str, Any] | None:
+        require_visible_pipeline(store, key, pipeline)
+        t = time_or(as_of)
+        if as_of is None:
             live = _live_forecast(request, store, pipeline, t, months)
-        if live is not None:
-            return live
-    history = store.load_history(pipelines=[pipeline])
-    builder = builder_for(get_feature_builder(request), history)
-    result = forecast_pipeline(model.bundle, history, t, builder, months=months)
-    return {"pipeline": pipeline, "model_version": model.version, "source": "on_demand", **result}
+            if live is not None:
+                return live
+            if may_wait and _worth_waiting(request, store, pipeline):
+                return None
+        history = store.load_history(pipelines=[pipeline])
+        builder = builder_for(get_feature_builder(request), history)
+        result = forecast_pipeline(model.bundle, history, t, builder, months=months)
+        return {"pipeline": pipeline, "model_version": model.version, "source": "on_demand", **result}
+
+    return dict(await _one_hop_waiting(request, store, pipeline, forecast))
 
 
 def _live_forecast(request: Request, store: Store, pipeline: str, t: pd.Timestamp,

@@ -217,3 +217,51 @@ def test_a_deal_scored_between_the_reads_is_read_live_not_scored_on_demand(
         assert forecast.status_code == 200, forecast.text
         assert forecast.json()["source"] == "live_scores"
     assert calls[0] is True, "the first read found every deal scored: the race was not reproduced"
+
+
+def test_a_read_waiting_for_new_deals_scores_holds_no_request_thread(
+    world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one request thread, an at-risk read that waits for a new deal's live score (the scorer is
+    held back here) must not keep other requests waiting: a pipeline list answers during the wait, and
+    the waiting read then answers from the live score once the deal is scored."""
+    import threading
+
+    from serving.routes import pipelines
+
+    source = Path(world.settings.database_url.removeprefix("sqlite:///"))
+    settings = make_settings(world, request_threads=1,
+                             database_url=store_copy_without_live_scores(source, tmp_path / "wait.db"))
+    monkeypatch.setattr(pipelines, "LIVE_WAIT_S", 30.0)  # long enough to tell "during" from "after"
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert _wait_for(lambda: _live_at_risk(client, world), timeout_s=60)
+        scorer = client.app.state.live_scores  # type: ignore[attr-defined]
+        scorer.stop()  # the new deal stays unscored until this test scores it
+        deal = {"deal_id": "WAITED-FOR", "pipeline": world.pipeline_a, "owner": "Test Owner",
+                "amount": 5000.0, "created_at": datetime.now(UTC).isoformat(), "team": "T1"}
+        response = client.post("/v1/deals", json={"deals": [deal]}, headers=world.auth("integration"))
+        assert response.status_code == 200, response.text
+        store = client.app.state.store  # type: ignore[attr-defined]
+        counted = store.unscored_open_deals
+        waiting = threading.Event()
+
+        def count(pipeline: str | None) -> int:
+            n = counted(pipeline)
+            if n:
+                waiting.set()  # the read found the deal unscored: it is waiting now
+            return n
+
+        monkeypatch.setattr(store, "unscored_open_deals", count)
+        answers: list[dict[str, Any]] = []
+        reader = threading.Thread(target=lambda: answers.append(_at_risk(client, world)))
+        reader.start()
+        try:
+            assert waiting.wait(30)
+            listed = client.get("/v1/pipelines", headers=world.auth("manager"))
+            assert listed.status_code == 200
+            assert reader.is_alive(), "the at-risk read stopped waiting before the deal was scored"
+        finally:
+            scorer.score_due()  # the scorer scores the new deal: the waiting read ends
+            reader.join(60)
+        assert answers and _from_live_scores(answers[0]), "ranked on demand"
+        assert "WAITED-FOR" in [d["deal_id"] for d in answers[0]["deals"]]
