@@ -42,6 +42,25 @@ and lower beyond the interval on at least half of them; (2) its slip ECE is wors
 on no history, and at most 0.03 on every 20,000-deal one; (3) its close and 90-day ECE are worse
 beyond the interval on no history, and its close AUC lower beyond the interval on none.
 
+- `crossfit_speed` (round 8): `closing_speed`'s map (a, one b; `current`'s share won among closes),
+  fitted on more, and earlier, evidence: the calibration window's long-watched rows pooled with the
+  out-of-fold rows of the 3 latest forward folds inside the training window (`forward_folds`: fold k
+  starts at s_k = train_end - 150 d - (k - 1) * 60 d, laid out against s_k as the calibration window is
+  against the training cut: a booster fitted on the snapshots at or before s_k with labels censored at
+  s_k, hazards predicted for the snapshots in (s_k, s_k + 60 d] labelled up to s_k + 150 d <= train_end,
+  open rows included); each window's rows weigh its deals / rows, prior sd 0.15 on the identity.
+  `crossfit_speed_4` the same with 4 folds; `crossfit_speed_folds` (diagnostic) the 3 folds without
+  the calibration window. `windows_alone` in the results: the map fitted on each fold alone, and on
+  the calibration window alone (`closing_speed`), to see which way each window finds the booster's
+  closes.
+
+Round 8's rule, written before any of its 5,000- or 20,000-deal figures was read: a candidate, in the
+order `crossfit_speed`, `crossfit_speed_4`, becomes training's map only if, against `current` on the
+same histories (5,000-deal seeds 0-5 at cycle scale 1 and 0-1 at cycle scale 2, and the 20,000-deal
+seeds 0-1 if run): (1) its slip ECE is lower on every 5,000-deal history where `current`'s is over
+0.03; (2) its slip, close and 90-day ECE are worse beyond the paired 95 % interval on no history;
+(3) its close AUC is lower beyond the paired 95 % interval on none (`--table` applies it).
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -50,8 +69,9 @@ per variant and figure, its ECE minus `current`'s with a 95 % interval from 200 
 test deals (`models.comparison.bootstrap_comparison`: the same draw for every map).
 
 Run: .venv/bin/python bench/bench_hazard_maps.py [--deals 20000] [--seed 0] [--cycle-scale 1]
-Writes bench/results/hazard_maps_seed<seed>.json. `--table FILE...` prints round 7's table (its
-variants and `current`) from such files and applies round 7's rule.
+Writes bench/results/hazard_maps_seed<seed>.json. `--table FILE...` prints round 8's table (its
+variants, `closing_speed` and `current`) from such files and applies round 8's rule; `--round 7` round
+7's table and rule.
 """
 
 from __future__ import annotations
@@ -61,6 +81,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +90,7 @@ import pandas as pd
 
 from bench.bench_timing_boosters import _label, _verdict
 from features.build import FeatureBuilder
+from features.history import DealHistory
 from features.labels import close_event, slip_label, won_label, won_within_label
 from models.calibration import ece_noise_floor, expected_calibration_error, reliability_bins
 from models.comparison import bootstrap_comparison
@@ -82,18 +104,20 @@ from models.timing import (
     TimingCurves,
     TimingModel,
     expand_frame,
+    fit_hazard_booster,
     person_periods,
     slip_risk,
 )
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
-from training.snapshots import make_snapshots
+from training.snapshots import TimeSplit, make_snapshots
 from training.train import TrainConfig, fit_timing, prepare_training_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPAN_DAYS = 730
 N_BOOT = 200  # resamples of test deals for the paired differences against `current`
 _EPS = 1e-9
+N_FOLDS_MAX = 4  # round 8: forward folds fitted per history (the candidates use the latest 3 or all 4)
 
 
 class ClosingSpeedMap:
@@ -114,14 +138,18 @@ class ClosingSpeedMap:
     def _index(self, period: np.ndarray) -> np.ndarray:
         return np.minimum(np.asarray(period, dtype=np.int64), self.n_shifts) - 1
 
-    def fit(self, proba: np.ndarray, target: np.ndarray, period: np.ndarray, n_deals: int) -> ClosingSpeedMap:
+    def fit(self, proba: np.ndarray, target: np.ndarray, period: np.ndarray, n_deals: int,
+            weight: np.ndarray | None = None) -> ClosingSpeedMap:
+        """Every row weighs n_deals / rows, unless `weight` (one per row) is given: round 8 pools
+        windows, each of whose rows weighs its own window's deals / rows."""
         from scipy.optimize import minimize
 
         q = np.clip(1.0 - np.asarray(proba, dtype=np.float64)[:, OPEN], _EPS, 1.0 - _EPS)
         eta = np.log(q / (1.0 - q))
         y = (np.asarray(target) != OPEN).astype(np.float64)
         idx = self._index(period)
-        w = np.full(len(y), n_deals / max(len(y), 1))
+        w = (np.full(len(y), n_deals / max(len(y), 1)) if weight is None
+             else np.asarray(weight, dtype=np.float64))
         onehot = np.eye(self.n_shifts)[idx]
         identity = np.concatenate([[1.0], np.zeros(self.n_shifts)])
         var = self.prior_sd**2
@@ -158,6 +186,69 @@ class ClosingSpeedMap:
     def to_dict(self) -> dict[str, Any]:
         return {"method": "closing_speed", "prior_sd": self.prior_sd, "scale": self.scale_,
                 "shifts": self.shifts_.tolist(), "split": self.split.to_dict()}
+
+
+@dataclass
+class FoldRows:
+    """One window's person-period rows with the hazards of a booster that never saw its labels."""
+
+    start: pd.Timestamp
+    raw: np.ndarray
+    target: np.ndarray
+    period: np.ndarray
+    n_deals: int
+    n_fit_rows: int = 0
+
+    def weight(self) -> np.ndarray:
+        """Every row the same weight, all of them together as much as the window's deals."""
+        return np.full(len(self.target), self.n_deals / max(len(self.target), 1))
+
+
+def forward_folds(history: DealHistory, train: pd.DataFrame, cols: list[str], split: TimeSplit,
+                  config: TrainConfig, n_folds: int) -> list[FoldRows]:
+    """Round 8: time-ordered cross-fitting inside the training window, each fold laid out as the
+    calibration window is against the training cut.
+
+    Fold k (k = 1 latest) starts at s_k = train_end - watch - (k - 1) * length, with `length` the
+    calibration window's length and `watch` the calibration window's start to the end of the data (what
+    round 7's long labels watch). A booster is fitted, as training fits its own, on the training
+    snapshots at or before s_k with labels censored at s_k; the fold is the training snapshots in
+    (s_k, s_k + length], labelled up to s_k + watch (<= train_end: no label looks past the training
+    window), and its person-period rows, open ones included, get that booster's hazards. Folds whose
+    booster cannot be fitted (no won or no lost close before s_k) are left out.
+    """
+    length = split.calibration_end - split.train_end
+    watch = split.end - split.train_end
+    params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
+    out: list[FoldRows] = []
+    for k in range(n_folds):
+        start = split.train_end - watch - k * length
+        before = train[train["as_of"] <= start]
+        fold = train[(train["as_of"] > start) & (train["as_of"] <= start + length)]
+        if before.empty or fold.empty:
+            continue
+        ev = close_event(history, before[["deal_id", "as_of"]], end=start)
+        pp = person_periods(ev["event"], ev["event_days"], ev["observed_days"])
+        if np.unique(pp.target).size < 3:
+            continue
+        booster = fit_hazard_booster(expand_frame(before, cols, pp), pp.target, params)
+        ev_f = close_event(history, fold[["deal_id", "as_of"]], end=start + watch)
+        pp_f = person_periods(ev_f["event"], ev_f["event_days"], ev_f["observed_days"])
+        if not len(pp_f.row):
+            continue
+        raw = np.asarray(booster.predict(expand_frame(fold, cols, pp_f)), dtype=np.float64)
+        out.append(FoldRows(start, raw, pp_f.target, pp_f.period,
+                            int(fold["deal_id"].iloc[pp_f.row].nunique()), len(pp.row)))
+    return out
+
+
+def pooled_speed_map(split: OutcomeSplitCalibrator, windows: list[FoldRows]) -> ClosingSpeedMap:
+    """`ClosingSpeedMap` (one scale, one shift) fitted on several windows' rows pooled, each window
+    counting as its deals."""
+    cat = np.concatenate
+    return ClosingSpeedMap(split).fit(
+        cat([w.raw for w in windows]), cat([w.target for w in windows]), cat([w.period for w in windows]),
+        sum(w.n_deals for w in windows), weight=cat([w.weight() for w in windows]))
 
 
 def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
@@ -201,6 +292,18 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
     maps["closing_speed_periods"] = ClosingSpeedMap(split, n_shifts=3).fit(
         raw_long, pp_long.target, pp_long.period, n_long_deals)
     maps["closing_speed_60"] = ClosingSpeedMap(split).fit(raw_cal, pp.target, pp.period, n_cal_deals)
+    # Round 8: the closing-speed map on out-of-fold rows of forward folds in the training window,
+    # pooled with the calibration window's long-watched rows (`closing_speed`'s)
+    folds = forward_folds(cut, frame[frame["window"] == "train"], cols, data.split, config, N_FOLDS_MAX)
+    cal_rows = FoldRows(data.split.train_end, raw_long, pp_long.target, pp_long.period, n_long_deals)
+    maps["crossfit_speed"] = pooled_speed_map(split, [*folds[:3], cal_rows])
+    maps["crossfit_speed_4"] = pooled_speed_map(split, [*folds[:4], cal_rows])
+    maps["crossfit_speed_folds"] = pooled_speed_map(split, folds[:3])
+    fold_maps = [{"start": str(f.start.date()), "rows": len(f.target), "deals": f.n_deals,
+                  "closing_rows": int((f.target != OPEN).sum()), "booster_rows": f.n_fit_rows,
+                  **{k: v for k, v in pooled_speed_map(split, [f]).to_dict().items()
+                     if k in ("scale", "shifts")}}
+                 for f in [*folds, cal_rows]]
 
     points = make_snapshots(cut)
     points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
@@ -220,7 +323,10 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
                            "calibration_long_rows": len(pp_long.row),
                            "calibration_long_closing_rows": int((pp_long.target != OPEN).sum()),
                            "calibration_long_deals": n_long_deals,
-                           "test_snapshots": len(points), "variants": {}}
+                           "test_snapshots": len(points),
+                           # round 8: each fold's map fitted alone, then the calibration window's
+                           "windows_alone": fold_maps,
+                           "variants": {}}
     scored: dict[str, dict[str, np.ndarray]] = {}
     # the booster's hazards once; each map applied to them as `TimingModel.curves` does
     raw = TimingModel(timing.booster).raw_hazards(feats[cols])
@@ -269,6 +375,8 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
 
 ROUND7 = ("current", "closing_speed", "closing_speed_periods", "closing_speed_60")
 ROUND7_CANDIDATES = ("closing_speed", "closing_speed_periods")
+ROUND8 = ("current", "closing_speed", "crossfit_speed", "crossfit_speed_4", "crossfit_speed_folds")
+ROUND8_CANDIDATES = ("crossfit_speed", "crossfit_speed_4")
 
 
 def _verdicts(runs: list[dict[str, Any]], name: str, target: str, metric: str = "ece") -> list[int]:
@@ -277,9 +385,13 @@ def _verdicts(runs: list[dict[str, Any]], name: str, target: str, metric: str = 
             for r in runs]
 
 
-def table(paths: list[Path]) -> None:
-    """Round 7's markdown table from result files, and its rule (module docstring) applied in order."""
+def table(paths: list[Path], round_: int = 8) -> None:
+    """Round 7's or round 8's markdown table from result files, and that round's rule (module
+    docstring) applied to its variants in order."""
     runs = [json.loads(p.read_text()) for p in paths]
+    if round_ == 8:
+        table_round8(runs)
+        return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     print("| deals, seed | map | close AUC | Δ AUC | close ECE | Δ close | 90-day ECE | Δ 90-day "
           "| slip ECE [floor] | Δ slip | slip: predicted − observed |")
@@ -333,6 +445,69 @@ def table(paths: list[Path]) -> None:
     print(f"current: mean slip ECE at 5,000 deals {cur:.4f}")
 
 
+def _rows(runs: list[dict[str, Any]], names: tuple[str, ...]) -> None:
+    print("| deals, seed | map | close AUC | Δ AUC | close ECE | Δ close | 90-day ECE | Δ 90-day "
+          "| slip ECE [floor] | Δ slip | slip: predicted − observed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def iv(d: dict[str, float]) -> str:
+        return f"{d['difference']:+.3f} ({d['ci_low']:+.3f}, {d['ci_high']:+.3f})".replace("-", "−")
+
+    for r in runs:
+        for i, name in enumerate(names):
+            v = r["variants"][name]
+            c, n90, s = v["close_probability"], v["close_probability_90d"], v["slip_risk"]
+            first = name == "current"
+            cells = [_label(r) if i == 0 else "", name.replace("_", " "),
+                     f"{c['roc_auc']:.3f}", "" if first else iv(c["roc_auc_minus_current"]),
+                     f"{c['ece']:.3f}", "" if first else iv(c["ece_minus_current"]),
+                     f"{n90['ece']:.3f}", "" if first else iv(n90["ece_minus_current"]),
+                     f"{s['ece']:.3f} [{s['ece_noise_floor_deals']:.3f}]",
+                     "" if first else iv(s["ece_minus_current"]),
+                     f"{s['mean_predicted_minus_observed']:+.3f}".replace("-", "−")]
+            print("| " + " | ".join(cells) + " |")
+
+
+def table_round8(runs: list[dict[str, Any]]) -> None:
+    """Round 8's table and rule (module docstring): a candidate passes only if (1) its slip ECE is lower
+    than `current`'s on every 5,000-deal history where `current`'s is over 0.03, (2) its slip, close and
+    90-day ECE are worse beyond the paired 95 % interval on no history measured, and (3) its close AUC
+    is lower beyond the interval on none."""
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    _rows(runs, ROUND8)
+    print()
+    for r in runs:
+        fits = {n: [round(r["variants"][n]["map"][k] if k == "scale" else r["variants"][n]["map"][k][0], 3)
+                    for k in ("scale", "shifts")] for n in ROUND8[1:]}
+        alone = [(w["start"], w["rows"], w["deals"], round(w["scale"], 3), round(w["shifts"][0], 3))
+                 for w in r["windows_alone"]]
+        print(_label(r), json.dumps(fits), "windows alone (start, rows, deals, a, b):", alone)
+    print()
+    small = [r for r in runs if r["deals"] <= 5000]
+    failing = [r for r in small if r["variants"]["current"]["slip_risk"]["ece"] > 0.03]
+    print("failing at 5,000 deals (current slip ECE > 0.03):", ", ".join(_label(r) for r in failing))
+    for name in ROUND8[1:]:
+        slip = _verdicts(runs, name, "slip_risk")
+        close = _verdicts(runs, name, "close_probability")
+        n90 = _verdicts(runs, name, "close_probability_90d")
+        auc = _verdicts(runs, name, "close_probability", "roc_auc")
+        lower = sum(r["variants"][name]["slip_risk"]["ece_minus_current"]["difference"] < 0 for r in failing)
+        rule1 = lower == len(failing)
+        rule2 = -1 not in slip and -1 not in close and -1 not in n90
+        rule3 = -1 not in auc
+        mean_small = np.mean([r["variants"][name]["slip_risk"]["ece"] for r in small])
+        over = sum(r["variants"][name]["slip_risk"]["ece"] > 0.03 for r in small)
+        role = "candidate" if name in ROUND8_CANDIDATES else "diagnostic"
+        print(f"{name} ({role}): (1) slip lower on {lower} of {len(failing)} failing -> {rule1}; (2) worse "
+              f"beyond the interval: slip {slip.count(-1)}, close {close.count(-1)}, 90-day {n90.count(-1)} "
+              f"(slip better beyond it on {slip.count(1)}) -> {rule2}; (3) AUC lower beyond the interval on "
+              f"{auc.count(-1)} -> {rule3}; slip ECE at 5,000 deals mean {mean_small:.4f}, over 0.03 on "
+              f"{over} of {len(small)}; {'PASSES' if rule1 and rule2 and rule3 else 'fails'}")
+    cur = [r["variants"]["current"]["slip_risk"]["ece"] for r in small]
+    print(f"current: slip ECE at 5,000 deals mean {np.mean(cur):.4f}, over 0.03 on "
+          f"{sum(x > 0.03 for x in cur)} of {len(small)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
@@ -340,10 +515,11 @@ def main() -> None:
     parser.add_argument("--cycle-scale", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
-                        help="print round 7's table and the rule's verdict from these result files")
+                        help="print a round's table and its rule's verdict from these result files")
+    parser.add_argument("--round", type=int, choices=(7, 8), default=8, help="the round --table reports")
     args = parser.parse_args()
     if args.table:
-        table(args.table)
+        table(args.table, args.round)
         return
     started = time.perf_counter()
     body = run(args.deals, args.seed, args.cycle_scale)
