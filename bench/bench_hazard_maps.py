@@ -70,6 +70,10 @@ seeds 0-1 if run): (1) its slip ECE is lower on every 5,000-deal history where `
   selection is on the snapshot's date and its days to the expected date, which the map conditions on,
   not on the outcome. `slip_by_date_wide` the same with sd 0.5; `slip_platt` (diagnostic) one shift for
   every date (a and b alone), to tell the date term's part from a plain recalibration of slip.
+  `slip_by_date_snapshots` (added after the first two histories' figures of the others were read, its
+  own figures not): `slip_by_date` with every snapshot weighing the same, all of them together as much as
+  the deals, as a deal's count of snapshots in the window depends on how soon it closes, which is the
+  slip outcome; `slip_platt_snapshots` its one-shift diagnostic.
 
 Round 9's rule, written before any of its 5,000- or 20,000-deal figures was read: a candidate, in the
 order `slip_by_date`, `slip_by_date_wide`, becomes training's slip map only if, against `current` on
@@ -77,6 +81,7 @@ the same histories (5,000-deal seeds 0-5 at cycle scale 1 and 0-1 at cycle scale
 seeds 0-1 if run): (1) its slip ECE is lower on every 5,000-deal history where `current`'s is over
 0.03; (2) its slip ECE is worse beyond the paired 95 % interval on no history. Its close and 90-day
 figures are `current`'s by construction (`--table` checks that they are equal, and applies the rule).
+`slip_by_date_snapshots` is judged by the same rule, as a third candidate.
 
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
@@ -216,11 +221,14 @@ class SlipDateMap:
     identity. Fitted on the calibration window's snapshots whose expected close date falls before the end
     of the data the model was trained on (so each has a known slip label), each deal counting once. The
     hazards, and so the close and 90-day probabilities, are untouched. No edges: one shift (Platt on slip,
-    a diagnostic)."""
+    a diagnostic). `per_deal=False`: every snapshot weighs the same, all of them together as much as the
+    deals (a deal's weight then does not depend on how soon it closes, which its snapshot count does)."""
 
-    def __init__(self, edges: tuple[float, ...] = SLIP_DATE_EDGES, prior_sd: float = 0.15) -> None:
+    def __init__(self, edges: tuple[float, ...] = SLIP_DATE_EDGES, prior_sd: float = 0.15,
+                 per_deal: bool = True) -> None:
         self.edges = tuple(edges)
         self.prior_sd = prior_sd
+        self.per_deal = per_deal
         self.scale_ = 1.0
         self.shifts_ = np.zeros(len(self.edges) + 1)
 
@@ -239,7 +247,8 @@ class SlipDateMap:
         y = np.asarray(y, dtype=np.float64)
         idx = self._bin(np.asarray(days, dtype=np.float64))
         counts = pd.Series(groups).map(pd.Series(groups).value_counts()).to_numpy(dtype=np.float64)
-        w = 1.0 / counts
+        n_deals = pd.Series(groups).nunique()
+        w = 1.0 / counts if self.per_deal else np.full(len(y), n_deals / max(len(y), 1))
         onehot = np.eye(len(self.shifts_))[idx]
         identity = np.concatenate([[1.0], np.zeros(len(self.shifts_))])
         var = self.prior_sd**2
@@ -267,6 +276,7 @@ class SlipDateMap:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": "slip_by_date", "edges": list(self.edges), "prior_sd": self.prior_sd,
+                "per_deal": self.per_deal,
                 "scale": self.scale_, "shifts": self.shifts_.tolist()}
 
 
@@ -418,6 +428,8 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True) -> dict[s
         "slip_by_date": SlipDateMap().fit(*slip_fit),
         "slip_by_date_wide": SlipDateMap(prior_sd=0.5).fit(*slip_fit),
         "slip_platt": SlipDateMap(edges=()).fit(*slip_fit),
+        "slip_by_date_snapshots": SlipDateMap(per_deal=False).fit(*slip_fit),
+        "slip_platt_snapshots": SlipDateMap(edges=(), per_deal=False).fit(*slip_fit),
     }
     slip_cal_fit = {"snapshots": int(inside.sum()), "deals": int(pd.Series(cal_ids[inside]).nunique()),
                     "window_snapshots_with_date": int((np.isfinite(cal_days) & (cal_days > 0)).sum()),
@@ -641,8 +653,9 @@ def table_round8(runs: list[dict[str, Any]]) -> None:
           f"{sum(x > 0.03 for x in cur)} of {len(small)}")
 
 
-ROUND9 = ("current", "slip_by_date", "slip_by_date_wide", "slip_platt")
-ROUND9_CANDIDATES = ("slip_by_date", "slip_by_date_wide")
+ROUND9 = ("current", "slip_by_date", "slip_by_date_wide", "slip_platt", "slip_by_date_snapshots",
+          "slip_platt_snapshots")
+ROUND9_CANDIDATES = ("slip_by_date", "slip_by_date_wide", "slip_by_date_snapshots")
 
 
 def table_round9(runs: list[dict[str, Any]]) -> None:
