@@ -42,6 +42,47 @@ and lower beyond the interval on at least half of them; (2) its slip ECE is wors
 on no history, and at most 0.03 on every 20,000-deal one; (3) its close and 90-day ECE are worse
 beyond the interval on no history, and its close AUC lower beyond the interval on none.
 
+- `crossfit_speed` (round 8): `closing_speed`'s map (a, one b; `current`'s share won among closes),
+  fitted on more, and earlier, evidence: the calibration window's long-watched rows pooled with the
+  out-of-fold rows of the 3 latest forward folds inside the training window (`forward_folds`: fold k
+  starts at s_k = train_end - 150 d - (k - 1) * 60 d, laid out against s_k as the calibration window is
+  against the training cut: a booster fitted on the snapshots at or before s_k with labels censored at
+  s_k, hazards predicted for the snapshots in (s_k, s_k + 60 d] labelled up to s_k + 150 d <= train_end,
+  open rows included); each window's rows weigh its deals / rows, prior sd 0.15 on the identity.
+  `crossfit_speed_4` the same with 4 folds; `crossfit_speed_folds` (diagnostic) the 3 folds without
+  the calibration window. `windows_alone` in the results: the map fitted on each fold alone, and on
+  the calibration window alone (`closing_speed`), to see which way each window finds the booster's
+  closes.
+
+Round 8's rule, written before any of its 5,000- or 20,000-deal figures was read: a candidate, in the
+order `crossfit_speed`, `crossfit_speed_4`, becomes training's map only if, against `current` on the
+same histories (5,000-deal seeds 0-5 at cycle scale 1 and 0-1 at cycle scale 2, and the 20,000-deal
+seeds 0-1 if run): (1) its slip ECE is lower on every 5,000-deal history where `current`'s is over
+0.03; (2) its slip, close and 90-day ECE are worse beyond the paired 95 % interval on no history;
+(3) its close AUC is lower beyond the paired 95 % interval on none (`--table` applies it).
+
+- `slip_by_date` (round 9): a map of `slip_risk` alone, on top of `current` (whose hazards, and so
+  close and 90-day figures, it leaves as they are): s' = sigmoid(a * logit(s) + b[bin]) with one shift
+  per bin of the days to the expected close date ([0, 7], (7, 30], (30, 60], > 60), a Gaussian prior of
+  sd 0.15 on the identity (a = 1, b = 0), each deal counting once. Fitted on the calibration window's
+  snapshots whose expected close date is on or before the end of the cut history, labelled from the cut
+  history alone (no data after the training cut): every one of them has a known slip label, and the
+  selection is on the snapshot's date and its days to the expected date, which the map conditions on,
+  not on the outcome. `slip_by_date_wide` the same with sd 0.5; `slip_platt` (diagnostic) one shift for
+  every date (a and b alone), to tell the date term's part from a plain recalibration of slip.
+  `slip_by_date_snapshots` (added after the first two histories' figures of the others were read, its
+  own figures not): `slip_by_date` with every snapshot weighing the same, all of them together as much as
+  the deals, as a deal's count of snapshots in the window depends on how soon it closes, which is the
+  slip outcome; `slip_platt_snapshots` its one-shift diagnostic.
+
+Round 9's rule, written before any of its 5,000- or 20,000-deal figures was read: a candidate, in the
+order `slip_by_date`, `slip_by_date_wide`, becomes training's slip map only if, against `current` on
+the same histories (5,000-deal seeds 0-5 at cycle scale 1 and 0-1 at cycle scale 2, and the 20,000-deal
+seeds 0-1 if run): (1) its slip ECE is lower on every 5,000-deal history where `current`'s is over
+0.03; (2) its slip ECE is worse beyond the paired 95 % interval on no history. Its close and 90-day
+figures are `current`'s by construction (`--table` checks that they are equal, and applies the rule).
+`slip_by_date_snapshots` is judged by the same rule, as a third candidate.
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -50,8 +91,10 @@ per variant and figure, its ECE minus `current`'s with a 95 % interval from 200 
 test deals (`models.comparison.bootstrap_comparison`: the same draw for every map).
 
 Run: .venv/bin/python bench/bench_hazard_maps.py [--deals 20000] [--seed 0] [--cycle-scale 1]
-Writes bench/results/hazard_maps_seed<seed>.json. `--table FILE...` prints round 7's table (its
-variants and `current`) from such files and applies round 7's rule.
+Writes bench/results/hazard_maps_seed<seed>.json. `--no-folds` leaves out round 8's forward folds
+(round 9's runs). `--table FILE...` prints round 9's table (its variants and `current`, slip's error by
+days to the expected date) from such files and applies round 9's rule; `--round 8` or `--round 7` that
+round's table and rule.
 """
 
 from __future__ import annotations
@@ -61,6 +104,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +113,7 @@ import pandas as pd
 
 from bench.bench_timing_boosters import _label, _verdict
 from features.build import FeatureBuilder
+from features.history import DealHistory
 from features.labels import close_event, slip_label, won_label, won_within_label
 from models.calibration import ece_noise_floor, expected_calibration_error, reliability_bins
 from models.comparison import bootstrap_comparison
@@ -82,18 +127,20 @@ from models.timing import (
     TimingCurves,
     TimingModel,
     expand_frame,
+    fit_hazard_booster,
     person_periods,
     slip_risk,
 )
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
-from training.snapshots import make_snapshots
+from training.snapshots import TimeSplit, make_snapshots
 from training.train import TrainConfig, fit_timing, prepare_training_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPAN_DAYS = 730
 N_BOOT = 200  # resamples of test deals for the paired differences against `current`
 _EPS = 1e-9
+N_FOLDS_MAX = 4  # round 8: forward folds fitted per history (the candidates use the latest 3 or all 4)
 
 
 class ClosingSpeedMap:
@@ -114,14 +161,18 @@ class ClosingSpeedMap:
     def _index(self, period: np.ndarray) -> np.ndarray:
         return np.minimum(np.asarray(period, dtype=np.int64), self.n_shifts) - 1
 
-    def fit(self, proba: np.ndarray, target: np.ndarray, period: np.ndarray, n_deals: int) -> ClosingSpeedMap:
+    def fit(self, proba: np.ndarray, target: np.ndarray, period: np.ndarray, n_deals: int,
+            weight: np.ndarray | None = None) -> ClosingSpeedMap:
+        """Every row weighs n_deals / rows, unless `weight` (one per row) is given: round 8 pools
+        windows, each of whose rows weighs its own window's deals / rows."""
         from scipy.optimize import minimize
 
         q = np.clip(1.0 - np.asarray(proba, dtype=np.float64)[:, OPEN], _EPS, 1.0 - _EPS)
         eta = np.log(q / (1.0 - q))
         y = (np.asarray(target) != OPEN).astype(np.float64)
         idx = self._index(period)
-        w = np.full(len(y), n_deals / max(len(y), 1))
+        w = (np.full(len(y), n_deals / max(len(y), 1)) if weight is None
+             else np.asarray(weight, dtype=np.float64))
         onehot = np.eye(self.n_shifts)[idx]
         identity = np.concatenate([[1.0], np.zeros(self.n_shifts)])
         var = self.prior_sd**2
@@ -160,7 +211,149 @@ class ClosingSpeedMap:
                 "shifts": self.shifts_.tolist(), "split": self.split.to_dict()}
 
 
-def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
+# round 9: bins of the days to the expected close date, [0, 7], (7, 30], (30, 60], > 60
+SLIP_DATE_EDGES = (7.0, 30.0, 60.0)
+
+
+class SlipDateMap:
+    """Round 9's variant: a map of `slip_risk` alone, s' = sigmoid(a * logit(s) + b[bin of the days to the
+    expected close date]), identity at a = 1, b = 0, with a Gaussian prior of sd `prior_sd` on the
+    identity. Fitted on the calibration window's snapshots whose expected close date falls before the end
+    of the data the model was trained on (so each has a known slip label), each deal counting once. The
+    hazards, and so the close and 90-day probabilities, are untouched. No edges: one shift (Platt on slip,
+    a diagnostic). `per_deal=False`: every snapshot weighs the same, all of them together as much as the
+    deals (a deal's weight then does not depend on how soon it closes, which its snapshot count does)."""
+
+    def __init__(self, edges: tuple[float, ...] = SLIP_DATE_EDGES, prior_sd: float = 0.15,
+                 per_deal: bool = True) -> None:
+        self.edges = tuple(edges)
+        self.prior_sd = prior_sd
+        self.per_deal = per_deal
+        self.scale_ = 1.0
+        self.shifts_ = np.zeros(len(self.edges) + 1)
+
+    def _bin(self, days: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.edges, dtype=np.float64), days, side="left")
+
+    @staticmethod
+    def _logit(s: np.ndarray) -> np.ndarray:
+        q = np.clip(s, 1e-6, 1.0 - 1e-6)
+        return np.log(q / (1.0 - q))
+
+    def fit(self, slip: np.ndarray, days: np.ndarray, y: np.ndarray, groups: np.ndarray) -> SlipDateMap:
+        from scipy.optimize import minimize
+
+        z = self._logit(np.asarray(slip, dtype=np.float64))
+        y = np.asarray(y, dtype=np.float64)
+        idx = self._bin(np.asarray(days, dtype=np.float64))
+        counts = pd.Series(groups).map(pd.Series(groups).value_counts()).to_numpy(dtype=np.float64)
+        n_deals = pd.Series(groups).nunique()
+        w = 1.0 / counts if self.per_deal else np.full(len(y), n_deals / max(len(y), 1))
+        onehot = np.eye(len(self.shifts_))[idx]
+        identity = np.concatenate([[1.0], np.zeros(len(self.shifts_))])
+        var = self.prior_sd**2
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            e = theta[0] * z + theta[1:][idx]
+            nll = float(np.sum(w * np.logaddexp(0.0, np.where(y > 0, -e, e))))
+            resid = w * (1.0 / (1.0 + np.exp(-e)) - y)
+            dev = theta - identity
+            grad = np.concatenate([[resid @ z], resid @ onehot]) + dev / var
+            return nll + 0.5 * float(dev @ dev) / var, grad
+
+        res = minimize(loss, identity, jac=True, method="L-BFGS-B")
+        if res.success and np.all(np.isfinite(res.x)):
+            self.scale_ = float(res.x[0])
+            self.shifts_ = np.asarray(res.x[1:], dtype=np.float64)
+        return self
+
+    def transform(self, slip: np.ndarray, days: np.ndarray) -> np.ndarray:
+        s = np.asarray(slip, dtype=np.float64)
+        d = np.asarray(days, dtype=np.float64)
+        ok = np.isfinite(s) & np.isfinite(d)
+        e = self.scale_ * self._logit(np.where(ok, s, 0.5)) + self.shifts_[self._bin(np.where(ok, d, 0.0))]
+        return np.where(ok, 1.0 / (1.0 + np.exp(-e)), np.nan)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "slip_by_date", "edges": list(self.edges), "prior_sd": self.prior_sd,
+                "per_deal": self.per_deal,
+                "scale": self.scale_, "shifts": self.shifts_.tolist()}
+
+
+def slip_by_days(p: np.ndarray, y: np.ndarray, days: np.ndarray) -> list[dict[str, Any]]:
+    """Slip's mean predicted and observed by the days to the expected close date (round 9's bins)."""
+    idx = np.searchsorted(np.asarray(SLIP_DATE_EDGES), days, side="left")
+    names = ["0-7", "7-30", "30-60", "60+"]
+    return [{"days": names[b], "n": int((idx == b).sum()),
+             "predicted": float(p[idx == b].mean()) if (idx == b).any() else None,
+             "observed": float(y[idx == b].mean()) if (idx == b).any() else None}
+            for b in range(len(names))]
+
+
+@dataclass
+class FoldRows:
+    """One window's person-period rows with the hazards of a booster that never saw its labels."""
+
+    start: pd.Timestamp
+    raw: np.ndarray
+    target: np.ndarray
+    period: np.ndarray
+    n_deals: int
+    n_fit_rows: int = 0
+
+    def weight(self) -> np.ndarray:
+        """Every row the same weight, all of them together as much as the window's deals."""
+        return np.full(len(self.target), self.n_deals / max(len(self.target), 1))
+
+
+def forward_folds(history: DealHistory, train: pd.DataFrame, cols: list[str], split: TimeSplit,
+                  config: TrainConfig, n_folds: int) -> list[FoldRows]:
+    """Round 8: time-ordered cross-fitting inside the training window, each fold laid out as the
+    calibration window is against the training cut.
+
+    Fold k (k = 1 latest) starts at s_k = train_end - watch - (k - 1) * length, with `length` the
+    calibration window's length and `watch` the calibration window's start to the end of the data (what
+    round 7's long labels watch). A booster is fitted, as training fits its own, on the training
+    snapshots at or before s_k with labels censored at s_k; the fold is the training snapshots in
+    (s_k, s_k + length], labelled up to s_k + watch (<= train_end: no label looks past the training
+    window), and its person-period rows, open ones included, get that booster's hazards. Folds whose
+    booster cannot be fitted (no won or no lost close before s_k) are left out.
+    """
+    length = split.calibration_end - split.train_end
+    watch = split.end - split.train_end
+    params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
+    out: list[FoldRows] = []
+    for k in range(n_folds):
+        start = split.train_end - watch - k * length
+        before = train[train["as_of"] <= start]
+        fold = train[(train["as_of"] > start) & (train["as_of"] <= start + length)]
+        if before.empty or fold.empty:
+            continue
+        ev = close_event(history, before[["deal_id", "as_of"]], end=start)
+        pp = person_periods(ev["event"], ev["event_days"], ev["observed_days"])
+        if np.unique(pp.target).size < 3:
+            continue
+        booster = fit_hazard_booster(expand_frame(before, cols, pp), pp.target, params)
+        ev_f = close_event(history, fold[["deal_id", "as_of"]], end=start + watch)
+        pp_f = person_periods(ev_f["event"], ev_f["event_days"], ev_f["observed_days"])
+        if not len(pp_f.row):
+            continue
+        raw = np.asarray(booster.predict(expand_frame(fold, cols, pp_f)), dtype=np.float64)
+        out.append(FoldRows(start, raw, pp_f.target, pp_f.period,
+                            int(fold["deal_id"].iloc[pp_f.row].nunique()), len(pp.row)))
+    return out
+
+
+def pooled_speed_map(split: OutcomeSplitCalibrator, windows: list[FoldRows]) -> ClosingSpeedMap:
+    """`ClosingSpeedMap` (one scale, one shift) fitted on several windows' rows pooled, each window
+    counting as its deals."""
+    cat = np.concatenate
+    return ClosingSpeedMap(split).fit(
+        cat([w.raw for w in windows]), cat([w.target for w in windows]), cat([w.period for w in windows]),
+        sum(w.n_deals for w in windows), weight=cat([w.weight() for w in windows]))
+
+
+def run(deals: int, seed: int, cycle_scale: float, folds: bool = True) -> dict[str, Any]:
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -201,6 +394,47 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
     maps["closing_speed_periods"] = ClosingSpeedMap(split, n_shifts=3).fit(
         raw_long, pp_long.target, pp_long.period, n_long_deals)
     maps["closing_speed_60"] = ClosingSpeedMap(split).fit(raw_cal, pp.target, pp.period, n_cal_deals)
+    # Round 8: the closing-speed map on out-of-fold rows of forward folds in the training window,
+    # pooled with the calibration window's long-watched rows (`closing_speed`'s)
+    # (`--no-folds`, round 9's runs: left out, four booster fits fewer)
+    fold_rows = (forward_folds(cut, frame[frame["window"] == "train"], cols, data.split, config, N_FOLDS_MAX)
+                 if folds else [])
+    cal_rows = FoldRows(data.split.train_end, raw_long, pp_long.target, pp_long.period, n_long_deals)
+    if folds:
+        maps["crossfit_speed"] = pooled_speed_map(split, [*fold_rows[:3], cal_rows])
+        maps["crossfit_speed_4"] = pooled_speed_map(split, [*fold_rows[:4], cal_rows])
+        maps["crossfit_speed_folds"] = pooled_speed_map(split, fold_rows[:3])
+    fold_maps = [{"start": str(f.start.date()), "rows": len(f.target), "deals": f.n_deals,
+                  "closing_rows": int((f.target != OPEN).sum()), "booster_rows": f.n_fit_rows,
+                  **{k: v for k, v in pooled_speed_map(split, [f]).to_dict().items()
+                     if k in ("scale", "shifts")}}
+                 for f in [*fold_rows, cal_rows]]
+    # Round 9: maps of slip alone, on `current`'s slip and the days to the expected close date, fitted on
+    # the calibration window's snapshots whose expected date is on or before the end of the cut history
+    # (labels from the cut history only: a still-open deal there is watched to its date). The selection is
+    # on the snapshot's date and its days to the expected date, not on its outcome.
+    cal_days = cal["days_to_close"].to_numpy(dtype=np.float64)
+    cal_horizon = ((cut.end_time - cal["as_of"]).dt.total_seconds() / 86_400.0).to_numpy(dtype=np.float64)
+    inside = np.isfinite(cal_days) & (cal_days > 0) & (cal_days <= cal_horizon)
+    cal_y = slip_label(cut, cal[["deal_id", "as_of"]], cal_days).to_numpy(dtype=np.float64)
+    assert np.isfinite(cal_y[inside]).all()
+    cal_raw = TimingModel(timing.booster).raw_hazards(cal[cols])
+    cal_curves = TimingCurves(split.transform(cal_raw.reshape(-1, 3)).reshape(cal_raw.shape),
+                              timing.period_days)
+    cal_slip = slip_risk(cal_curves, cal_days)
+    cal_ids = cal["deal_id"].to_numpy(dtype=object)
+    slip_fit = (cal_slip[inside], cal_days[inside], cal_y[inside], cal_ids[inside])
+    slip_maps = {
+        "slip_by_date": SlipDateMap().fit(*slip_fit),
+        "slip_by_date_wide": SlipDateMap(prior_sd=0.5).fit(*slip_fit),
+        "slip_platt": SlipDateMap(edges=()).fit(*slip_fit),
+        "slip_by_date_snapshots": SlipDateMap(per_deal=False).fit(*slip_fit),
+        "slip_platt_snapshots": SlipDateMap(edges=(), per_deal=False).fit(*slip_fit),
+    }
+    slip_cal_fit = {"snapshots": int(inside.sum()), "deals": int(pd.Series(cal_ids[inside]).nunique()),
+                    "window_snapshots_with_date": int((np.isfinite(cal_days) & (cal_days > 0)).sum()),
+                    "observed": float(cal_y[inside].mean()), "predicted": float(cal_slip[inside].mean()),
+                    "by_days": slip_by_days(cal_slip[inside], cal_y[inside], cal_days[inside])}
 
     points = make_snapshots(cut)
     points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
@@ -220,19 +454,31 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
                            "calibration_long_rows": len(pp_long.row),
                            "calibration_long_closing_rows": int((pp_long.target != OPEN).sum()),
                            "calibration_long_deals": n_long_deals,
-                           "test_snapshots": len(points), "variants": {}}
+                           "test_snapshots": len(points),
+                           # round 8: each fold's map fitted alone, then the calibration window's
+                           "windows_alone": fold_maps,
+                           # round 9: the slip maps' fitting set on the calibration window
+                           "slip_calibration": slip_cal_fit,
+                           "variants": {}}
     scored: dict[str, dict[str, np.ndarray]] = {}
     # the booster's hazards once; each map applied to them as `TimingModel.curves` does
     raw = TimingModel(timing.booster).raw_hazards(feats[cols])
     n_points, n_k = raw.shape[:2]
-    for name, calibrator in maps.items():
-        curves = TimingCurves(calibrator.transform(raw.reshape(n_points * n_k, 3)).reshape(n_points, n_k, 3),
-                              timing.period_days)
-        scores = {
-            "close_probability": curves.p_won(),
-            "close_probability_90d": curves.won_within(90.0),
-            "slip_risk": slip_risk(curves, days_to_close),
-        }
+    variants: list[tuple[str, Any]] = [*maps.items(), *slip_maps.items()]
+    for name, calibrator in variants:
+        if isinstance(calibrator, SlipDateMap):
+            # round 9: `current`'s hazards (close and 90-day figures the same), slip mapped
+            scores = {**scored["current"],
+                      "slip_risk": calibrator.transform(scored["current"]["slip_risk"], days_to_close)}
+        else:
+            curves = TimingCurves(
+                calibrator.transform(raw.reshape(n_points * n_k, 3)).reshape(n_points, n_k, 3),
+                timing.period_days)
+            scores = {
+                "close_probability": curves.p_won(),
+                "close_probability_90d": curves.won_within(90.0),
+                "slip_risk": slip_risk(curves, days_to_close),
+            }
         result: dict[str, Any] = {"map": calibrator.to_dict()}
         for target, p in scores.items():
             y = truth[target]
@@ -244,6 +490,8 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
                 "ece_noise_floor_deals": ece_noise_floor(p[keep], groups=deal_ids[keep]),
                 "mean_predicted_minus_observed": float(p[keep].mean() - y[keep].mean()),
             }
+            if target == "slip_risk":
+                entry["by_days_to_close"] = slip_by_days(p[keep], y[keep], days_to_close[keep])
             if target == "close_probability":
                 entry["roc_auc"] = binary_metrics(y[keep], p[keep])["roc_auc"]
                 entry["observed_minus_predicted_by_bin"] = [
@@ -269,6 +517,8 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
 
 ROUND7 = ("current", "closing_speed", "closing_speed_periods", "closing_speed_60")
 ROUND7_CANDIDATES = ("closing_speed", "closing_speed_periods")
+ROUND8 = ("current", "closing_speed", "crossfit_speed", "crossfit_speed_4", "crossfit_speed_folds")
+ROUND8_CANDIDATES = ("crossfit_speed", "crossfit_speed_4")
 
 
 def _verdicts(runs: list[dict[str, Any]], name: str, target: str, metric: str = "ece") -> list[int]:
@@ -277,9 +527,16 @@ def _verdicts(runs: list[dict[str, Any]], name: str, target: str, metric: str = 
             for r in runs]
 
 
-def table(paths: list[Path]) -> None:
-    """Round 7's markdown table from result files, and its rule (module docstring) applied in order."""
+def table(paths: list[Path], round_: int = 9) -> None:
+    """Round 7's or round 8's markdown table from result files, and that round's rule (module
+    docstring) applied to its variants in order."""
     runs = [json.loads(p.read_text()) for p in paths]
+    if round_ == 9:
+        table_round9(runs)
+        return
+    if round_ == 8:
+        table_round8(runs)
+        return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     print("| deals, seed | map | close AUC | Δ AUC | close ECE | Δ close | 90-day ECE | Δ 90-day "
           "| slip ECE [floor] | Δ slip | slip: predicted − observed |")
@@ -333,6 +590,119 @@ def table(paths: list[Path]) -> None:
     print(f"current: mean slip ECE at 5,000 deals {cur:.4f}")
 
 
+def _rows(runs: list[dict[str, Any]], names: tuple[str, ...]) -> None:
+    print("| deals, seed | map | close AUC | Δ AUC | close ECE | Δ close | 90-day ECE | Δ 90-day "
+          "| slip ECE [floor] | Δ slip | slip: predicted − observed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def iv(d: dict[str, float]) -> str:
+        return f"{d['difference']:+.3f} ({d['ci_low']:+.3f}, {d['ci_high']:+.3f})".replace("-", "−")
+
+    for r in runs:
+        for i, name in enumerate(names):
+            v = r["variants"][name]
+            c, n90, s = v["close_probability"], v["close_probability_90d"], v["slip_risk"]
+            first = name == "current"
+            cells = [_label(r) if i == 0 else "", name.replace("_", " "),
+                     f"{c['roc_auc']:.3f}", "" if first else iv(c["roc_auc_minus_current"]),
+                     f"{c['ece']:.3f}", "" if first else iv(c["ece_minus_current"]),
+                     f"{n90['ece']:.3f}", "" if first else iv(n90["ece_minus_current"]),
+                     f"{s['ece']:.3f} [{s['ece_noise_floor_deals']:.3f}]",
+                     "" if first else iv(s["ece_minus_current"]),
+                     f"{s['mean_predicted_minus_observed']:+.3f}".replace("-", "−")]
+            print("| " + " | ".join(cells) + " |")
+
+
+def table_round8(runs: list[dict[str, Any]]) -> None:
+    """Round 8's table and rule (module docstring): a candidate passes only if (1) its slip ECE is lower
+    than `current`'s on every 5,000-deal history where `current`'s is over 0.03, (2) its slip, close and
+    90-day ECE are worse beyond the paired 95 % interval on no history measured, and (3) its close AUC
+    is lower beyond the interval on none."""
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    _rows(runs, ROUND8)
+    print()
+    for r in runs:
+        fits = {n: [round(r["variants"][n]["map"][k] if k == "scale" else r["variants"][n]["map"][k][0], 3)
+                    for k in ("scale", "shifts")] for n in ROUND8[1:]}
+        alone = [(w["start"], w["rows"], w["deals"], round(w["scale"], 3), round(w["shifts"][0], 3))
+                 for w in r["windows_alone"]]
+        print(_label(r), json.dumps(fits), "windows alone (start, rows, deals, a, b):", alone)
+    print()
+    small = [r for r in runs if r["deals"] <= 5000]
+    failing = [r for r in small if r["variants"]["current"]["slip_risk"]["ece"] > 0.03]
+    print("failing at 5,000 deals (current slip ECE > 0.03):", ", ".join(_label(r) for r in failing))
+    for name in ROUND8[1:]:
+        slip = _verdicts(runs, name, "slip_risk")
+        close = _verdicts(runs, name, "close_probability")
+        n90 = _verdicts(runs, name, "close_probability_90d")
+        auc = _verdicts(runs, name, "close_probability", "roc_auc")
+        lower = sum(r["variants"][name]["slip_risk"]["ece_minus_current"]["difference"] < 0 for r in failing)
+        rule1 = lower == len(failing)
+        rule2 = -1 not in slip and -1 not in close and -1 not in n90
+        rule3 = -1 not in auc
+        mean_small = np.mean([r["variants"][name]["slip_risk"]["ece"] for r in small])
+        over = sum(r["variants"][name]["slip_risk"]["ece"] > 0.03 for r in small)
+        role = "candidate" if name in ROUND8_CANDIDATES else "diagnostic"
+        print(f"{name} ({role}): (1) slip lower on {lower} of {len(failing)} failing -> {rule1}; (2) worse "
+              f"beyond the interval: slip {slip.count(-1)}, close {close.count(-1)}, 90-day {n90.count(-1)} "
+              f"(slip better beyond it on {slip.count(1)}) -> {rule2}; (3) AUC lower beyond the interval on "
+              f"{auc.count(-1)} -> {rule3}; slip ECE at 5,000 deals mean {mean_small:.4f}, over 0.03 on "
+              f"{over} of {len(small)}; {'PASSES' if rule1 and rule2 and rule3 else 'fails'}")
+    cur = [r["variants"]["current"]["slip_risk"]["ece"] for r in small]
+    print(f"current: slip ECE at 5,000 deals mean {np.mean(cur):.4f}, over 0.03 on "
+          f"{sum(x > 0.03 for x in cur)} of {len(small)}")
+
+
+ROUND9 = ("current", "slip_by_date", "slip_by_date_wide", "slip_platt", "slip_by_date_snapshots",
+          "slip_platt_snapshots")
+ROUND9_CANDIDATES = ("slip_by_date", "slip_by_date_wide", "slip_by_date_snapshots")
+
+
+def table_round9(runs: list[dict[str, Any]]) -> None:
+    """Round 9's table and rule (module docstring): a slip map passes only if (1) its slip ECE is lower
+    than `current`'s on every 5,000-deal history where `current`'s is over 0.03 and (2) worse beyond the
+    paired 95 % interval on no history measured; its close and 90-day figures must equal `current`'s
+    (checked here: the map leaves the hazards alone)."""
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    _rows(runs, ROUND9)
+    print()
+    for r in runs:
+        fits = {n: [round(r["variants"][n]["map"]["scale"], 3),
+                    [round(b, 3) for b in r["variants"][n]["map"]["shifts"]]] for n in ROUND9[1:]}
+        sc = r["slip_calibration"]
+        print(_label(r), json.dumps(fits), f"fitted on {sc['snapshots']} of "
+              f"{sc['window_snapshots_with_date']} snapshots ({sc['deals']} deals)")
+        for n in ROUND9:
+            bins = r["variants"][n]["slip_risk"]["by_days_to_close"]
+            print("   ", n, " ".join(f"{b['days']}: {b['predicted'] - b['observed']:+.3f} (n {b['n']})"
+                                 for b in bins if b["n"]))
+        print("    calibration window, current:", " ".join(
+            f"{b['days']}: {b['predicted'] - b['observed']:+.3f} (n {b['n']})"
+            for b in sc["by_days"] if b["n"]))
+    print()
+    small = [r for r in runs if r["deals"] <= 5000]
+    failing = [r for r in small if r["variants"]["current"]["slip_risk"]["ece"] > 0.03]
+    print("failing at 5,000 deals (current slip ECE > 0.03):", ", ".join(_label(r) for r in failing))
+    for name in ROUND9[1:]:
+        same = all(r["variants"][name][t]["ece"] == r["variants"]["current"][t]["ece"]
+                   for r in runs for t in ("close_probability", "close_probability_90d"))
+        slip = _verdicts(runs, name, "slip_risk")
+        lower = sum(r["variants"][name]["slip_risk"]["ece_minus_current"]["difference"] < 0 for r in failing)
+        rule1 = lower == len(failing)
+        rule2 = -1 not in slip
+        mean_small = np.mean([r["variants"][name]["slip_risk"]["ece"] for r in small])
+        over = sum(r["variants"][name]["slip_risk"]["ece"] > 0.03 for r in small)
+        role = "candidate" if name in ROUND9_CANDIDATES else "diagnostic"
+        print(f"{name} ({role}): close and 90-day figures equal to current's: {same}; (1) slip lower on "
+              f"{lower} of {len(failing)} failing -> {rule1}; (2) slip worse beyond the interval on "
+              f"{slip.count(-1)} (better beyond it on {slip.count(1)}) -> {rule2}; slip ECE at 5,000 deals "
+              f"mean {mean_small:.4f}, over 0.03 on {over} of {len(small)}; "
+              f"{'PASSES' if rule1 and rule2 and same else 'fails'}")
+    cur = [r["variants"]["current"]["slip_risk"]["ece"] for r in small]
+    print(f"current: slip ECE at 5,000 deals mean {np.mean(cur):.4f}, over 0.03 on "
+          f"{sum(x > 0.03 for x in cur)} of {len(small)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
@@ -340,13 +710,16 @@ def main() -> None:
     parser.add_argument("--cycle-scale", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
-                        help="print round 7's table and the rule's verdict from these result files")
+                        help="print a round's table and its rule's verdict from these result files")
+    parser.add_argument("--round", type=int, choices=(7, 8, 9), default=9, help="the round --table reports")
+    parser.add_argument("--no-folds", action="store_true",
+                        help="leave out round 8's forward folds and their maps (four booster fits fewer)")
     args = parser.parse_args()
     if args.table:
-        table(args.table)
+        table(args.table, args.round)
         return
     started = time.perf_counter()
-    body = run(args.deals, args.seed, args.cycle_scale)
+    body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds)
     result = {"deals": args.deals, "seed": args.seed, **body,
               "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
