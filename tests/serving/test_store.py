@@ -489,3 +489,29 @@ def test_a_scored_postgresql_store_is_vacuumed_and_walks_the_at_risk_index(datab
         assert scans[0]["Plan Rows"] >= 0.5 * live[0], (scans[0]["Plan Rows"], live[0])
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_the_server_closed_is_replaced_before_use(database: Any) -> None:
+    """The pool pings a connection before use only when it was idle long or the server closed it (its
+    socket has input waiting): a backend terminated while its connection sat in the pool a moment is
+    replaced, and the next read answers instead of failing."""
+    import time
+
+    if database.backend != "postgresql":
+        pytest.skip("PostgreSQL's pool")
+    store = Store(database.url, schema=database.schema)
+    other = sa.create_engine(database.url)
+    try:
+        store.create_schema()
+        with store.engine.connect() as conn:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with other.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        time.sleep(0.3)  # the server's goodbye reaches the pooled connection's socket
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
+        assert store.count_rows()["deals"] == 0
+    finally:
+        other.dispose()
+        store.close()
