@@ -538,26 +538,7 @@ def table(paths: list[Path], round_: int = 9) -> None:
         table_round8(runs)
         return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
-    print("| deals, seed | map | close AUC | Δ AUC | close ECE | Δ close | 90-day ECE | Δ 90-day "
-          "| slip ECE [floor] | Δ slip | slip: predicted − observed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-
-    def iv(d: dict[str, float]) -> str:
-        return f"{d['difference']:+.3f} ({d['ci_low']:+.3f}, {d['ci_high']:+.3f})".replace("-", "−")
-
-    for r in runs:
-        for i, name in enumerate(ROUND7):
-            v = r["variants"][name]
-            c, n90, s = v["close_probability"], v["close_probability_90d"], v["slip_risk"]
-            first = name == "current"
-            cells = [_label(r) if i == 0 else "", name.replace("_", " "),
-                     f"{c['roc_auc']:.3f}", "" if first else iv(c["roc_auc_minus_current"]),
-                     f"{c['ece']:.3f}", "" if first else iv(c["ece_minus_current"]),
-                     f"{n90['ece']:.3f}", "" if first else iv(n90["ece_minus_current"]),
-                     f"{s['ece']:.3f} [{s['ece_noise_floor_deals']:.3f}]",
-                     "" if first else iv(s["ece_minus_current"]),
-                     f"{s['mean_predicted_minus_observed']:+.3f}".replace("-", "−")]
-            print("| " + " | ".join(cells) + " |")
+    _rows(runs, ROUND7)
     print()
     for r in runs:
         fits = {n: {k: r["variants"][n]["map"][k] for k in ("scale", "shifts")} for n in ROUND7[1:]}
