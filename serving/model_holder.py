@@ -374,7 +374,7 @@ class NewDealCache:
         from models.forecast import new_deals_from_states
 
         t = now or datetime.now(UTC)
-        states = _new_deal_states(self.store.deal_states())
+        states = _new_deal_states(self.store.deal_states(fields=NEW_DEAL_FIELDS))
         at = pd.Timestamp(t)
         fitted = {
             str(name): (new_deals_from_states(part, at), t) for name, part in states.groupby("pipeline")
@@ -391,11 +391,17 @@ class NewDealCache:
         from models.forecast import new_deals_from_states
 
         t = datetime.now(UTC)
-        states = _new_deal_states(self.store.deal_states(pipeline=pipeline))
+        states = _new_deal_states(self.store.deal_states(pipeline=pipeline, fields=NEW_DEAL_FIELDS))
         model = (new_deals_from_states(states, pd.Timestamp(t)), t)
         with self._lock:
             self._models[pipeline] = model
         return model
+
+
+# the state columns `models.forecast.new_deals_from_states` reads: the refit reads every stored deal in the
+# service's process (a second of its interpreter's lock at 100,000 deals with every column, after each
+# refit of the population), so only these
+NEW_DEAL_FIELDS = ("outcome", "current_amount", "closed_at")
 
 
 def _new_deal_states(states: Any) -> Any:

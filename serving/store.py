@@ -1714,12 +1714,15 @@ class Store:
         return out
 
     def deal_states(
-        self, pipeline: str | None = None, deal_ids: Iterable[str] | None = None, outcome: str | None = None
+        self, pipeline: str | None = None, deal_ids: Iterable[str] | None = None, outcome: str | None = None,
+        fields: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Current state of stored deals (one row per deal: deal_id, pipeline, the state columns),
-        filtered in SQL by pipeline, ids and outcome ('open', 'won', 'lost')."""
+        """Current state of stored deals (one row per deal: deal_id, pipeline, the state columns, or only
+        the state columns in `fields`), filtered in SQL by pipeline, ids and outcome ('open', 'won',
+        'lost')."""
         table = self.table("deals")
-        cols = ["id", "deal_id", "pipeline", "created_at", *STATE_FIELDS, "state_updated_at"]
+        state = STATE_FIELDS if fields is None else tuple(f for f in STATE_FIELDS if f in fields)
+        cols = ["id", "deal_id", "pipeline", "created_at", *state, "state_updated_at"]
         query = sa.select(*(table.c[c] for c in cols))
         if pipeline is not None:
             query = query.where(table.c.pipeline == pipeline)
@@ -1728,9 +1731,11 @@ class Store:
         ids = None if deal_ids is None else list(dict.fromkeys(str(d) for d in deal_ids))
         with self._read() as conn:
             frame = _read_frame(conn, query, table.c.deal_id, ids)
-        for col in ("created_at", *STATE_TIME_FIELDS, "state_updated_at"):
+        for col in ("created_at", *(f for f in STATE_TIME_FIELDS if f in state), "state_updated_at"):
             frame[col] = _localize(frame[col])
-        frame["current_amount"] = pd.to_numeric(frame["current_amount"], errors="coerce").astype("float64")
+        if "current_amount" in state:
+            amounts = pd.to_numeric(frame["current_amount"], errors="coerce")
+            frame["current_amount"] = amounts.astype("float64")
         return frame
 
     def list_pipelines(self) -> list[str]:

@@ -294,3 +294,34 @@ def test_the_population_process_reports_how_long_its_fit_took(tmp_path: Any) -> 
         assert fitter.last_fit_s is not None and 0 < fitter.last_fit_s < first_call_s
     finally:
         fitter.stop()
+
+
+def test_the_new_deal_models_read_only_the_state_columns_they_need_and_equal_a_fit_on_every_column(
+    tmp_path: Any,
+) -> None:
+    """`NewDealCache.refresh` reads every stored deal in the service's process, so it reads only the
+    columns `new_deals_from_states` uses; its models equal those fitted from every state column."""
+    import numpy as np
+    import pandas as pd
+
+    from models.forecast import new_deals_from_states
+    from serving.model_holder import NewDealCache
+    from serving.store import Store
+    from training.simulate import simulate_history
+
+    store = Store(f"sqlite:///{tmp_path / 'new.db'}")
+    store.create_schema()
+    store.import_history(simulate_history(n_deals=400, seed=6))
+    now = pd.Timestamp("2025-06-01", tz="UTC")
+    cache = NewDealCache(store)
+    cache.refresh(now.to_pydatetime())
+    every = store.deal_states().rename(columns={"outcome": "status", "current_amount": "amount"})
+    assert every["pipeline"].nunique() > 1
+    for pipeline, part in every.groupby("pipeline"):
+        expected = new_deals_from_states(part, now)
+        got, as_of = cache.get(str(pipeline))
+        assert as_of == now.to_pydatetime()
+        assert got.rate_per_day == expected.rate_per_day > 0
+        assert np.array_equal(got.won_amounts, expected.won_amounts) and len(got.won_amounts) > 0
+        assert np.array_equal(got.won_by_age, expected.won_by_age)
+    store.close()
