@@ -4,7 +4,8 @@ A pipeline outside the caller's key (or unknown) answers 404 "pipeline not found
 not exist. At-risk, health and forecast are reads: admin and manager keys only (integration gets 403).
 Routes are plain `def`: scoring and health are CPU-bound and run in the threadpool. The at-risk and stale
 lists are `async`, with the key check, the read and the answer's encoding in one threadpool hop
-(`ReadKeyCheck`, `_one_hop`).
+(`ReadKeyCheck`, `_one_hop_waiting`). The forecast is `async` too: like the lists, it waits for new deals'
+live scores on the event loop, not on a request thread.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ async def at_risk(
     sends `Accept: text/csv`. The response names the model version that scored every deal.
     """
     return await _one_hop_waiting(
-        request, store, pipeline,
+        store, pipeline,
         lambda may_wait: _ranked_list(store, check, model, request, pipeline, as_of, sort, False, limit,
                                       offset, may_wait, owner=owner, team=team, min_amount=min_amount,
                                       close_before=close_before),
@@ -158,14 +159,13 @@ async def stale(
     stage's stalled limit in days (configured `stale_after_days`, else learned from won deals). These
     are the deals the at-risk list leaves out. Same fields, paging and CSV as at-risk."""
     return await _one_hop_waiting(
-        request, store, pipeline,
+        store, pipeline,
         lambda may_wait: _ranked_list(store, check, model, request, pipeline, as_of, sort, True, limit,
                                       offset, may_wait, owner=owner, team=team),
     )
 
 
-async def _one_hop_waiting(request: Request, store: Store, pipeline: str,
-                           read: Callable[[bool], Any | None]) -> Any:
+async def _one_hop_waiting(store: Store, pipeline: str, read: Callable[[bool], Any | None]) -> Any:
     """`read(True)` (the key check, the list or forecast and its answer) in one threadpool hop; when it
     gives None (new deals waiting for their live scores), the wait for them (`_wait_for_live_scores`),
     then `read(False)` in a second hop, which answers from the live scores or on demand.
@@ -178,7 +178,7 @@ async def _one_hop_waiting(request: Request, store: Store, pipeline: str,
     answered = await run_in_threadpool(read, True)
     if answered is not None:
         return answered
-    await _wait_for_live_scores(request, store, pipeline)
+    await _wait_for_live_scores(store, pipeline)
     return await run_in_threadpool(read, False)
 
 
@@ -214,17 +214,14 @@ def _ranked_list(
             pipeline, t.to_pydatetime(), sort, stale=stale, owner=owner, team=team, min_amount=min_amount,
             close_before=close_before, limit=limit, offset=offset, first=checked,
         )
-        if live is None:
-            require_visible_pipeline(store, checked(), pipeline)
-            if may_wait and _worth_waiting(request, store, pipeline):
-                return None
         if live is not None:
             total, rows = live
             for row in rows:
                 row["score_pending"] = row.pop("pending")
             return _deal_list(rows, total, request, pipeline, t, model, limit, offset, name)
-    else:
-        require_visible_pipeline(store, checked(), pipeline)
+    require_visible_pipeline(store, checked(), pipeline)
+    if as_of is None and may_wait and _worth_waiting(request, store, pipeline):
+        return None
     history = store.load_history(pipelines=[pipeline])
     scored = score_open_deals(
         model.bundle, history, t, builder_for(get_feature_builder(request), history), owner=owner,
@@ -249,15 +246,13 @@ def _worth_waiting(request: Request, store: Store, pipeline: str) -> bool:
     return store.unscored_open_deals(pipeline) <= LIVE_WAIT_MAX_DEALS
 
 
-async def _wait_for_live_scores(request: Request, store: Store, pipeline: str) -> bool:
-    """Wait, on the event loop, until every open deal of the pipeline has a live score (True) or
-    `LIVE_WAIT_S` passed (False); each count of the unscored deals is one short read on a request thread."""
+async def _wait_for_live_scores(store: Store, pipeline: str) -> None:
+    """Wait, on the event loop, until every open deal of the pipeline has a live score or `LIVE_WAIT_S`
+    passed (the caller's next read tells which); each count of the unscored deals is one short read on a
+    request thread."""
     deadline = time.monotonic() + LIVE_WAIT_S
-    while await run_in_threadpool(store.unscored_open_deals, pipeline) > 0:
-        if time.monotonic() >= deadline:
-            return False
+    while await run_in_threadpool(store.unscored_open_deals, pipeline) > 0 and time.monotonic() < deadline:
         await anyio.sleep(LIVE_WAIT_POLL_S)
-    return True
 
 
 def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipeline: str, t: pd.Timestamp,
@@ -410,7 +405,7 @@ async def pipeline_forecast(
         result = forecast_pipeline(model.bundle, history, t, builder, months=months)
         return {"pipeline": pipeline, "model_version": model.version, "source": "on_demand", **result}
 
-    return dict(await _one_hop_waiting(request, store, pipeline, forecast))
+    return dict(await _one_hop_waiting(store, pipeline, forecast))
 
 
 def _live_forecast(request: Request, store: Store, pipeline: str, t: pd.Timestamp,
