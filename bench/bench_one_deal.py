@@ -7,7 +7,10 @@ scorer off, so no background rounds land in the timings) time R rounds (default 
 POST /v1/score (one open deal inline with its whole history, the 20 open deals closest to 45 events in
 turn) and GET /v1/deals/{id}/score (the same deals), interleaved so load drift hits all three alike.
 Also the in-process time of `serving.routes.scoring.score_inline_deals` alone (what the route adds to
-pydantic, the key check and the spec read). Writes bench/results/one_deal.json.
+pydantic, the key check and the spec read), and the floor under it: the time LightGBM's own code takes
+for one deal whatever the Python around it does (the cold head's TreeSHAP contributions, which the
+reasons need, its probability, and the close head's hazards over every period), each timed alone on the
+bench deals' encoded rows. Writes bench/results/one_deal.json.
 
 Run: .venv/bin/python bench/bench_one_deal.py [--deals 3000] [--rounds 300]
 """
@@ -106,6 +109,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
             score_inline_deals(deals, [0], history.end_time, {deals[0].pipeline: specs[deals[0].pipeline]},
                                bundle, builder)
             in_process.append(time.perf_counter() - start)
+        floor = _model_floor(bundle, builder, requests, specs, history.end_time, rounds)
 
     out: dict[str, Any] = {"deals": n_deals, "rounds": rounds,
                            "events_per_scored_deal": sorted(events.get(d, 0) for d in ids)}
@@ -115,7 +119,39 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
         out[name]["x_healthz_p50"] = round(out[name]["p50_ms"] / out["healthz"]["p50_ms"], 1)
         out[name]["x_healthz_p99"] = round(out[name]["p99_ms"] / out["healthz"]["p99_ms"], 1)
     out["score_inline_deals_median_ms"] = round(statistics.median(in_process) * 1e3, 2)
+    out["model_floor_median_ms"] = floor
+    out["model_floor_x_healthz_p50"] = round(floor["total"] / out["healthz"]["p50_ms"], 2)
     out["targets"] = {"x_healthz_p50": 2.0, "x_healthz_p99": 3.0}
+    return out
+
+
+def _model_floor(bundle: Any, builder: Any, requests: list[Any], specs: Any, as_of: Any,
+                 rounds: int) -> dict[str, float]:
+    """Median ms per deal of each LightGBM call one inline deal makes, timed alone on the deals'
+    encoded rows (the rows `score_points` hands the heads), and their sum."""
+    from models.scoring import point_features, points_at
+    from serving.mapping import inline_frames, validated_history
+
+    rows = []
+    for request in requests:
+        deal = request.deals[0]
+        history = validated_history(inline_frames(request.deals), {deal.pipeline: specs[deal.pipeline]})
+        rows.append(bundle.encode(point_features(history, points_at([deal.deal_id], as_of), builder)))
+    calls = {
+        "cold_contributions": lambda x: bundle.cold.contributions(x),
+        "cold_probability": lambda x: bundle.cold.raw_proba(x, None),
+        "close_hazards": lambda x: bundle.close.curves(x),
+    }
+    out: dict[str, float] = {}
+    for name, call in calls.items():
+        times = []
+        for i in range(rounds):
+            x = rows[i % len(rows)]
+            start = time.perf_counter()
+            call(x)
+            times.append(time.perf_counter() - start)
+        out[name] = round(statistics.median(times) * 1e3, 3)
+    out["total"] = round(sum(out.values()), 3)
     return out
 
 
