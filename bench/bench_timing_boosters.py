@@ -27,6 +27,10 @@ expected close date relative to each period, in training and in scoring:
 - `close_position`: the same, bucketed: -1 the date is before the period, 0 inside it, 1 after it (NaN
   without a date).
 
+Each variant's `gain_share` (its booster's split gain on the period index, days_to_close and the new column)
+and training's raw close rates by where the date lies (`training_close_rates_by_date_position`) are
+written beside the figures, to tell an unused column from a used one that changes nothing.
+
 Per variant and target (close probability, won within 90 days, slip): ECE, the shared-outcome noise
 floor, mean predicted minus observed, ROC AUC, and the ECE and AUC minus `current`'s with a 95 %
 interval from 200 paired resamples of test deals (`models.comparison.bootstrap_comparison`).
@@ -139,6 +143,31 @@ def _raw_hazards(
     return np.asarray(booster.predict(design), dtype=np.float64).reshape(n, n_periods, 3)
 
 
+def _close_rates_by_position(x: pd.DataFrame, target: np.ndarray) -> list[dict[str, Any]]:
+    """Training's person-period rows of periods 1-3 by where the expected close date lies (before, inside,
+    after the period, or none): how many, and the share won and lost in the period (the raw hazards)."""
+    position = _relative_close(x["days_to_close"], x[PERIOD_FEATURE], "position")
+    period = x[PERIOD_FEATURE].to_numpy(dtype=np.float64)
+    rows = []
+    for k in (1.0, 2.0, 3.0):
+        for name, value in (("before", -1.0), ("inside", 0.0), ("after", 1.0), ("none", np.nan)):
+            sel = (period == k) & (np.isnan(position) if np.isnan(value) else position == value)
+            n = int(sel.sum())
+            rows.append({"period": int(k), "date": name, "rows": n,
+                         "won": float((target[sel] == 1).mean()) if n else None,
+                         "lost": float((target[sel] == 2).mean()) if n else None})
+    return rows
+
+
+def _gain_shares(booster: Any) -> dict[str, float]:
+    """Share of the booster's total split gain taken by the period index, days_to_close and the
+    period-relative column (when it has one)."""
+    gain = dict(zip(booster.feature_name(), booster.feature_importance("gain"), strict=True))
+    total = float(sum(gain.values())) or 1.0
+    names = [PERIOD_FEATURE, "days_to_close", *RELATIVE_COLUMNS.values()]
+    return {c: round(float(gain[c]) / total, 4) for c in names if c in gain}
+
+
 def _mean_error_sd(p: np.ndarray, y: np.ndarray, deals: np.ndarray, n_boot: int = N_BOOT) -> float:
     """Standard deviation of mean(p - y) over resamples of deals (a deal's snapshots drawn together)."""
     codes, uniq = pd.factorize(pd.Series(deals))
@@ -189,6 +218,8 @@ def run(deals: int, seed: int, cycle_scale: float, variants: dict[str, Variant])
         x_train, pp = _design(train, cols, cap, rel)
         n_events = int((pp.target != 0).sum())
         if name == "current":
+            out["training_close_rates_by_date_position"] = _close_rates_by_position(x_train, pp.target)
+        if name == "current":
             timing = fit_timing(train, cal, cols, config)  # exactly what training fits
             booster, calibrator = timing.booster, timing.calibrator
             params = timing_params(len(x_train), n_events, base_params)
@@ -218,7 +249,7 @@ def run(deals: int, seed: int, cycle_scale: float, variants: dict[str, Variant])
             "min_child_samples": int(params["min_child_samples"]), "num_leaves": int(params["num_leaves"]),
             "n_estimators": int(params["n_estimators"]),
             "reg_lambda": float(params["reg_lambda"]), "period_cap": cap, "relative_close": rel,
-            "map": calibrator.to_dict(),
+            "map": calibrator.to_dict(), "gain_share": _gain_shares(booster),
             "fit_seconds": round(fit_seconds, 1),
         }
         for target, p in scores.items():
