@@ -18,6 +18,19 @@ risk and the likely close date are each booster's own. Round 6 of docs/models.md
   expected close dates are within about 4 weeks (period 1), a quarter beyond about 8 (period 2 on; at
   cycle scale 2 about 8 and 16 weeks): a cap at 6 would leave almost every slip point as it is.
 
+Round 10 (`--round 10`, the default) keeps the booster's settings and adds one time-varying covariate, the
+expected close date relative to each period, in training and in scoring:
+
+- `close_offset`: `close_date_offset` = days_to_close - PERIOD_DAYS * (periods_ahead - 1), the days from
+  the start of the row's period to the expected close date (negative when the date is behind the period,
+  NaN without a date), so "the date falls in this period" is one split instead of an interaction;
+- `close_position`: the same, bucketed: -1 the date is before the period, 0 inside it, 1 after it (NaN
+  without a date).
+
+Each variant's `gain_share` (its booster's split gain on the period index, days_to_close and the new column)
+and training's raw close rates by where the date lies (`training_close_rates_by_date_position`) are
+written beside the figures, to tell an unused column from a used one that changes nothing.
+
 Per variant and target (close probability, won within 90 days, slip): ECE, the shared-outcome noise
 floor, mean predicted minus observed, ROC AUC, and the ECE and AUC minus `current`'s with a 95 %
 interval from 200 paired resamples of test deals (`models.comparison.bootstrap_comparison`).
@@ -28,8 +41,9 @@ is not lower beyond it, and its slip ECE is better beyond the interval on more h
 worse on; if several pass, the one better on most histories, then the lowest mean slip ECE at 5,000
 deals.
 
-Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1
-Writes bench/results/timing_boosters_<deals>_seed<seed>_cs<scale>.json.
+Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1 [--round 6]
+Writes bench/results/timing_boosters_r10_<deals>_seed<seed>_cs<scale>.json (round 6:
+bench/results/timing_boosters_<deals>_seed<seed>_cs<scale>.json).
 `--table FILE...` prints the round's table from such files and applies its adoption rule.
 """
 
@@ -50,6 +64,7 @@ from features.labels import slip_label, won_label, won_within_label
 from models.calibration import ece_noise_floor, expected_calibration_error
 from models.comparison import bootstrap_comparison
 from models.timing import (
+    PERIOD_DAYS,
     PERIOD_FEATURE,
     OutcomeSplitCalibrator,
     TimingCurves,
@@ -68,31 +83,89 @@ from training.train import TrainConfig, fit_timing, prepare_training_data
 SPAN_DAYS = 730
 N_BOOT = 200
 TARGETS = ("close_probability", "close_probability_90d", "slip_risk")
-# name -> (parameters over training's, leaf share: min_child_samples = rows // share or None, period cap)
-VARIANTS: dict[str, tuple[dict[str, Any], int | None, int | None]] = {
-    "big_leaves": ({}, 25, None),
-    "simple_trees": ({"num_leaves": 7, "reg_lambda": 20.0}, 50, None),
-    "period_pooled": ({}, None, 3),
+# name -> (parameters over training's, leaf share: min_child_samples = rows // share or None, period cap,
+# period-relative close date column: None, "offset" or "position")
+Variant = tuple[dict[str, Any], int | None, int | None, str | None]
+ROUNDS: dict[int, dict[str, Variant]] = {
+    6: {
+        "big_leaves": ({}, 25, None, None),
+        "simple_trees": ({"num_leaves": 7, "reg_lambda": 20.0}, 50, None, None),
+        "period_pooled": ({}, None, 3, None),
+    },
+    10: {
+        "close_offset": ({}, None, None, "offset"),
+        "close_position": ({}, None, None, "position"),
+    },
 }
+RELATIVE_COLUMNS = {"offset": "close_date_offset", "position": "close_date_position"}
 
 
-def _design(frame: pd.DataFrame, cols: list[str], cap: int | None) -> tuple[pd.DataFrame, Any]:
+def _relative_close(days_to_close: pd.Series, period: pd.Series, kind: str) -> np.ndarray:
+    """The expected close date relative to the period: days from its start to the date (`offset`), or
+    -1 / 0 / 1 for before / inside / after it (`position`); NaN without a date."""
+    start = PERIOD_DAYS * (period.to_numpy(dtype=np.float64) - 1.0)
+    offset = days_to_close.to_numpy(dtype=np.float64) - start
+    if kind == "offset":
+        return offset
+    position = np.where(offset < 0.0, -1.0, np.where(offset < PERIOD_DAYS, 0.0, 1.0))
+    return np.where(np.isnan(offset), np.nan, position)
+
+
+def _design(
+    frame: pd.DataFrame, cols: list[str], cap: int | None, rel: str | None
+) -> tuple[pd.DataFrame, Any]:
     pp = person_periods(frame["event"], frame["event_days"], frame["observed_days"])
     x = expand_frame(frame, cols, pp)
+    if rel is not None:
+        x[RELATIVE_COLUMNS[rel]] = _relative_close(x["days_to_close"], x[PERIOD_FEATURE], rel)
     if cap is not None:
         x[PERIOD_FEATURE] = np.minimum(x[PERIOD_FEATURE], float(cap))
     return x, pp
 
 
-def _raw_hazards(booster: Any, x: pd.DataFrame, cap: int | None, n_periods: int) -> np.ndarray:
-    """As `TimingModel.raw_hazards` on a feature frame, with the period index capped at `cap`."""
-    if cap is None:
+def _raw_hazards(
+    booster: Any, x: pd.DataFrame, cap: int | None, rel: str | None, n_periods: int
+) -> np.ndarray:
+    """As `TimingModel.raw_hazards` on a feature frame, with the period index capped at `cap` and the
+    period-relative close date column `rel` added."""
+    if cap is None and rel is None:
         return TimingModel(booster).raw_hazards(x)
     n = len(x)
-    names = [c for c in booster.feature_name() if c != PERIOD_FEATURE]
+    added = {PERIOD_FEATURE, *RELATIVE_COLUMNS.values()}
+    names = [c for c in booster.feature_name() if c not in added]
     design = x[names].iloc[np.repeat(np.arange(n), n_periods)].reset_index(drop=True)
-    design[PERIOD_FEATURE] = np.minimum(np.tile(np.arange(1, n_periods + 1, dtype=np.float64), n), float(cap))
+    design[PERIOD_FEATURE] = np.tile(np.arange(1, n_periods + 1, dtype=np.float64), n)
+    if rel is not None:
+        design[RELATIVE_COLUMNS[rel]] = _relative_close(design["days_to_close"], design[PERIOD_FEATURE], rel)
+    if cap is not None:
+        design[PERIOD_FEATURE] = np.minimum(design[PERIOD_FEATURE], float(cap))
+    design = design[booster.feature_name()]
     return np.asarray(booster.predict(design), dtype=np.float64).reshape(n, n_periods, 3)
+
+
+def _close_rates_by_position(x: pd.DataFrame, target: np.ndarray) -> list[dict[str, Any]]:
+    """Training's person-period rows of periods 1-3 by where the expected close date lies (before, inside,
+    after the period, or none): how many, and the share won and lost in the period (the raw hazards)."""
+    position = _relative_close(x["days_to_close"], x[PERIOD_FEATURE], "position")
+    period = x[PERIOD_FEATURE].to_numpy(dtype=np.float64)
+    rows = []
+    for k in (1.0, 2.0, 3.0):
+        for name, value in (("before", -1.0), ("inside", 0.0), ("after", 1.0), ("none", np.nan)):
+            sel = (period == k) & (np.isnan(position) if np.isnan(value) else position == value)
+            n = int(sel.sum())
+            rows.append({"period": int(k), "date": name, "rows": n,
+                         "won": float((target[sel] == 1).mean()) if n else None,
+                         "lost": float((target[sel] == 2).mean()) if n else None})
+    return rows
+
+
+def _gain_shares(booster: Any) -> dict[str, float]:
+    """Share of the booster's total split gain taken by the period index, days_to_close and the
+    period-relative column (when it has one)."""
+    gain = dict(zip(booster.feature_name(), booster.feature_importance("gain"), strict=True))
+    total = float(sum(gain.values())) or 1.0
+    names = [PERIOD_FEATURE, "days_to_close", *RELATIVE_COLUMNS.values()]
+    return {c: round(float(gain[c]) / total, 4) for c in names if c in gain}
 
 
 def _mean_error_sd(p: np.ndarray, y: np.ndarray, deals: np.ndarray, n_boot: int = N_BOOT) -> float:
@@ -105,7 +178,7 @@ def _mean_error_sd(p: np.ndarray, y: np.ndarray, deals: np.ndarray, n_boot: int 
     return float(np.std([(w @ err) / (w @ count) for w in draws]))
 
 
-def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
+def run(deals: int, seed: int, cycle_scale: float, variants: dict[str, Variant]) -> dict[str, Any]:
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -139,11 +212,13 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
     scored: dict[str, dict[str, np.ndarray]] = {}
     base_params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
     cal_groups_all = cal["deal_id"].to_numpy(dtype=object)
-    boosters = {"current": ({}, None, None), **VARIANTS}
-    for name, (extra, leaf_share, cap) in boosters.items():
+    boosters: dict[str, Variant] = {"current": ({}, None, None, None), **variants}
+    for name, (extra, leaf_share, cap, rel) in boosters.items():
         t0 = time.perf_counter()
-        x_train, pp = _design(train, cols, cap)
+        x_train, pp = _design(train, cols, cap, rel)
         n_events = int((pp.target != 0).sum())
+        if name == "current":
+            out["training_close_rates_by_date_position"] = _close_rates_by_position(x_train, pp.target)
         if name == "current":
             timing = fit_timing(train, cal, cols, config)  # exactly what training fits
             booster, calibrator = timing.booster, timing.calibrator
@@ -154,14 +229,14 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
                 params["min_child_samples"] = int(np.clip(len(x_train) // leaf_share, 20, 2000))
             booster = fit_hazard_booster(x_train, pp.target, params)
             params = timing_params(len(x_train), n_events, params)
-            x_cal, pp_cal = _design(cal, cols, cap)
+            x_cal, pp_cal = _design(cal, cols, cap, rel)
             calibrator = OutcomeSplitCalibrator()
             if len(pp_cal.row):
                 raw_cal = np.asarray(booster.predict(x_cal), dtype=np.float64)
                 calibrator.fit(raw_cal, pp_cal.target, groups=cal_groups_all[pp_cal.row])
         fit_seconds = time.perf_counter() - t0
         model = TimingModel(booster, calibrator)
-        raw = _raw_hazards(booster, feats[cols], cap, model.n_periods)
+        raw = _raw_hazards(booster, feats[cols], cap, rel, model.n_periods)
         n, k = raw.shape[:2]
         curves = TimingCurves(calibrator.transform(raw.reshape(n * k, 3)).reshape(n, k, 3), model.period_days)
         scores = {
@@ -173,7 +248,8 @@ def run(deals: int, seed: int, cycle_scale: float) -> dict[str, Any]:
             "training_rows": len(x_train), "training_events": n_events,
             "min_child_samples": int(params["min_child_samples"]), "num_leaves": int(params["num_leaves"]),
             "n_estimators": int(params["n_estimators"]),
-            "reg_lambda": float(params["reg_lambda"]), "period_cap": cap, "map": calibrator.to_dict(),
+            "reg_lambda": float(params["reg_lambda"]), "period_cap": cap, "relative_close": rel,
+            "map": calibrator.to_dict(), "gain_share": _gain_shares(booster),
             "fit_seconds": round(fit_seconds, 1),
         }
         for target, p in scores.items():
@@ -261,6 +337,8 @@ def main() -> None:
     parser.add_argument("--deals", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cycle-scale", type=float, default=1.0)
+    parser.add_argument("--round", type=int, choices=sorted(ROUNDS), default=10,
+                        help="which round's variants to fit beside current")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print the table and the rule's verdict from these result files")
@@ -269,10 +347,11 @@ def main() -> None:
         table(args.table)
         return
     started = time.perf_counter()
-    body = run(args.deals, args.seed, args.cycle_scale)
-    result = {"deals": args.deals, "seed": args.seed, **body,
+    body = run(args.deals, args.seed, args.cycle_scale, ROUNDS[args.round])
+    result = {"deals": args.deals, "seed": args.seed, "round": args.round, **body,
               "seconds": round(time.perf_counter() - started, 1), "machine": machine()}
-    out = args.out or RESULTS / f"timing_boosters_{args.deals}_seed{args.seed}_cs{args.cycle_scale:g}.json"
+    prefix = "timing_boosters" if args.round == 6 else f"timing_boosters_r{args.round}"
+    out = args.out or RESULTS / f"{prefix}_{args.deals}_seed{args.seed}_cs{args.cycle_scale:g}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     for name, v in result["variants"].items():
