@@ -408,8 +408,7 @@ def run_population_worker(fd: int) -> None:
     settings = Settings(**start["settings"])
     logging.basicConfig(level=start["log_level"],
                         format="%(asctime)s %(levelname)s population %(name)s: %(message)s")
-    from features.population_stats import save_population_stats
-    from serving.model_holder import fit_population
+    from serving.model_holder import publish_population
     from serving.store import Store
 
     published = published_population_path(settings)
@@ -424,9 +423,7 @@ def run_population_worker(fd: int) -> None:
                 return
             began = time.perf_counter()
             try:
-                builder = fit_population(store)
-                if builder is not None and builder.population_stats_ is not None:
-                    save_population_stats(builder.population_stats_, published)
+                builder = publish_population(store, published)
                 answer: dict[str, Any] = {"ok": True, "empty": builder is None}
             except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
