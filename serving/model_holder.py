@@ -244,7 +244,8 @@ class PopulationCache:
         p99 of 2.6 s during one, `bench/bench_refit_stall.py`), so the service fits only
         once, at start, before it serves; from then on it reads the population the scorer process
         publishes at `published` (`save_population_stats`, a few tens of milliseconds to read) whenever
-        that file changes, checked every `PUBLISHED_CHECK_S` at most. Writes do not make it due: the
+        that file changes, checked every `PUBLISHED_CHECK_S` at most, with the forecast's new-deal models
+        published in it (`new_deal_models`). Writes do not make it due: the
         scorer process refits after them, on its own clock. A file left by an earlier run is never read:
         the first population is this process's own fit. While no file is there, it refits itself when the
         store's change stamp moves, as a cache of `from_store` does.

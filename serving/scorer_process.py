@@ -24,7 +24,9 @@ The child fits its feature population in a process of its own too (`PopulationWo
 child and ending with it: a fit reads the whole store for seconds (about 10 s at 100,000 deals) and holds
 the GIL for up to a second at a time, so a fit in the child's own threads held a write's round back for
 that long; the child's refit thread now waits on a socket (no GIL held) until that process has published
-the fit, then reads it (tens of milliseconds).
+the fit, then reads it (tens of milliseconds). That process also fits the forecast's new-deal models with
+each population and publishes them in the same file (`serving.model_holder.publish_population`), so the
+service takes them with the population rather than read every deal's state itself.
 
 The parent (`ScorerProcess`) watches the child every `WATCH_S` and starts it again when it died (logged,
 counted in `status()`; a child that dies soon after its start waits longer each time, up to
