@@ -14,12 +14,15 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.history import DealHistory
 from features.stages import StageRows, stage_rows
@@ -100,48 +103,77 @@ class PopulationStats:
 
 # `save_population_stats`' format: a zip archive (stored, not compressed) of one Arrow IPC file per table
 # and a manifest of each table's columns and dtypes. Plain data: reading it runs no code (no pickle).
+# Tables published with the statistics (`extras`) are further Arrow IPC files in the same archive, named
+# in the manifest; a reader that does not know them reads the statistics alone.
 STATS_FORMAT_VERSION = 1
 _MANIFEST = "manifest.json"
+_EXTRA_PREFIX = "extra/"
+
+# a path, or a file opened for reading in binary (to read the statistics and their extras from one
+# version of a file that a writer may replace meanwhile)
+Source = str | os.PathLike[str] | IO[bytes]
 
 
-def save_population_stats(stats: PopulationStats, path: str | os.PathLike[str]) -> Path:
-    """Write `stats` to `path` atomically (a reader sees the old file or the new one, never a part)."""
-    import pyarrow as pa
-
+def save_population_stats(
+    stats: PopulationStats, path: str | os.PathLike[str], extras: Mapping[str, pa.Table] | None = None
+) -> Path:
+    """Write `stats` to `path` atomically (a reader sees the old file or the new one, never a part), with
+    `extras` (name -> Arrow table), tables fitted with them that a reader gets from the same file
+    (`load_population_extras`)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    manifest: dict[str, object] = {"format_version": STATS_FORMAT_VERSION, "tables": {}}
+    manifest: dict[str, object] = {"format_version": STATS_FORMAT_VERSION, "tables": {},
+                                   "extras": sorted(extras or {})}
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
         for table in fields(PopulationStats):
             frame: pd.DataFrame = getattr(stats, table.name)
             manifest["tables"][table.name] = {c: str(t) for c, t in frame.dtypes.items()}  # type: ignore[index]
-            sink = io.BytesIO()
             arrow = pa.Table.from_pandas(frame, preserve_index=False)
-            with pa.ipc.new_file(sink, arrow.schema) as writer:
-                writer.write_table(arrow)
-            archive.writestr(f"{table.name}.arrow", sink.getvalue())
+            archive.writestr(f"{table.name}.arrow", _arrow_bytes(arrow))
+        for name, extra in (extras or {}).items():
+            archive.writestr(f"{_EXTRA_PREFIX}{name}.arrow", _arrow_bytes(extra))
         archive.writestr(_MANIFEST, json.dumps(manifest))
     os.replace(tmp, target)
     return target
 
 
-def load_population_stats(path: str | os.PathLike[str]) -> PopulationStats:
+def load_population_stats(source: Source) -> PopulationStats:
     """Read what `save_population_stats` wrote: the same tables, with the same dtypes and values."""
-    import pyarrow as pa
-
-    with zipfile.ZipFile(path) as archive:
-        manifest = json.loads(archive.read(_MANIFEST))
-        if manifest.get("format_version") != STATS_FORMAT_VERSION:
-            raise ValueError(f"{path}: population statistics of format {manifest.get('format_version')!r}, "
-                             f"this release reads {STATS_FORMAT_VERSION}")
+    with zipfile.ZipFile(source) as archive:
+        manifest = _manifest(archive, source)
         tables = {}
         for table in fields(PopulationStats):
             dtypes: dict[str, str] = manifest["tables"][table.name]
-            arrow = pa.ipc.open_file(pa.BufferReader(archive.read(f"{table.name}.arrow"))).read_all()
-            frame = arrow.to_pandas()
+            frame = _arrow_table(archive.read(f"{table.name}.arrow")).to_pandas()
             tables[table.name] = frame[list(dtypes)].astype(dtypes)
     return PopulationStats(**tables)
+
+
+def load_population_extras(source: Source) -> dict[str, pa.Table]:
+    """The `extras` `save_population_stats` wrote with the statistics (none from a file written without)."""
+    with zipfile.ZipFile(source) as archive:
+        names: list[str] = _manifest(archive, source).get("extras", [])
+        return {name: _arrow_table(archive.read(f"{_EXTRA_PREFIX}{name}.arrow")) for name in names}
+
+
+def _manifest(archive: zipfile.ZipFile, source: Source) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads(archive.read(_MANIFEST))
+    if manifest.get("format_version") != STATS_FORMAT_VERSION:
+        raise ValueError(f"{getattr(source, 'name', source)}: population statistics of format "
+                         f"{manifest.get('format_version')!r}, this release reads {STATS_FORMAT_VERSION}")
+    return manifest
+
+
+def _arrow_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _arrow_table(data: bytes) -> pa.Table:
+    return pa.ipc.open_file(pa.BufferReader(data)).read_all()
 
 
 def _cumulative(frame: pd.DataFrame, by: list[str], sums: dict[str, str]) -> pd.DataFrame:

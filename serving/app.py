@@ -265,7 +265,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             population = PopulationCache.from_store(store, interval_s=settings.population_refresh_s)
         new_deals = NewDealCache(store)
-        population.listeners.append(lambda _builder: new_deals.refresh())
+        new_deals.follow(population)
         app.state.store = store
         app.state.model_holder = holder
         app.state.population = population

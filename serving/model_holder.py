@@ -16,11 +16,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
-from features.population_stats import POPULATION_TABLES, load_population_stats
+from features.population_stats import (
+    POPULATION_TABLES,
+    Source,
+    load_population_extras,
+    load_population_stats,
+    save_population_stats,
+)
 from serving.background import BackgroundLoop
 from serving.errors import ConflictError, ModelUnavailableError, PopulationUnavailableError, public_reason
 
@@ -203,6 +211,9 @@ class PopulationCache:
         self._failed = False
         self.fits = 0  # fits done (successful or not): the refresh tests count them
         self.published_reads = 0  # of them, populations read from the scorer process (`following`)
+        # the new-deal models published with the population last read (`following`; None when it was
+        # fitted here, or published without them): set before the listeners run
+        self.new_deal_models: NewDealModels | None = None
         self.fitted_at: datetime | None = None  # wall-clock time the builder being served was fitted
         # when that fit started reading the store: a deal written at or after it may be missing from it
         self.read_from: datetime | None = None
@@ -233,7 +244,8 @@ class PopulationCache:
         p99 of 2.6 s during one, `bench/bench_refit_stall.py`), so the service fits only
         once, at start, before it serves; from then on it reads the population the scorer process
         publishes at `published` (`save_population_stats`, a few tens of milliseconds to read) whenever
-        that file changes, checked every `PUBLISHED_CHECK_S` at most. Writes do not make it due: the
+        that file changes, checked every `PUBLISHED_CHECK_S` at most, with the forecast's new-deal models
+        published in it (`new_deal_models`). Writes do not make it due: the
         scorer process refits after them, on its own clock. A file left by an earlier run is never read:
         the first population is this process's own fit. While no file is there, it refits itself when the
         store's change stamp moves, as a cache of `from_store` does.
@@ -244,9 +256,11 @@ class PopulationCache:
 
         def load() -> FeatureBuilder | None:
             if _file_stamp(path) in (None, left_before):
+                cache.new_deal_models = None
                 return fit()  # nothing published since this process started: a fit of its own
             cache.published_reads += 1
-            return read_published_population(path)
+            builder, cache.new_deal_models = read_published(path)
+            return builder
 
         def stamp() -> Any:
             # nothing published (the scorer process not started yet, or unable to write the file): the
@@ -360,8 +374,10 @@ class NewDealCache:
     """Per pipeline, the forecast's model of deals not created yet (`models.forecast.NewDealModel`), fitted
     from the deals' current-state columns (no events read) as of the time it was fitted.
 
-    Refitted for every pipeline when the population is (`refresh`, a `PopulationCache` listener: off the
-    request path); `get` fits a pipeline the cache has not seen yet (one that appeared since).
+    Renewed for every pipeline when the population is (`refresh`, a `PopulationCache` listener: off the
+    request path): with the models published beside the population when the scorer process fitted it
+    (`published`, read with it from one file: nothing fitted here), else fitted here on every stored
+    deal. `get` fits a pipeline the cache has not seen yet (one that appeared since).
     """
 
     def __init__(self, store: Any) -> None:
@@ -369,18 +385,17 @@ class NewDealCache:
         self._lock = threading.Lock()
         self._models: dict[str, tuple[Any, datetime]] = {}
 
-    def refresh(self, now: datetime | None = None) -> None:
-        """Refit every pipeline's model as of `now` (default: the current time)."""
-        from models.forecast import new_deals_from_states
-
-        t = now or datetime.now(UTC)
-        states = _new_deal_states(self.store.deal_states(fields=NEW_DEAL_FIELDS))
-        at = pd.Timestamp(t)
-        fitted = {
-            str(name): (new_deals_from_states(part, at), t) for name, part in states.groupby("pipeline")
-        }
+    def refresh(self, now: datetime | None = None, published: NewDealModels | None = None) -> None:
+        """Take the `published` models, or, without them, refit every pipeline's model as of `now`
+        (default: the current time)."""
+        fitted = dict(published) if published is not None else fit_new_deal_models(self.store, now)
         with self._lock:
             self._models = fitted
+
+    def follow(self, population: PopulationCache) -> None:
+        """Renew the models after each population `population` fits or reads: the models published with
+        it when it read a published one (`PopulationCache.new_deal_models`), else a fit here."""
+        population.listeners.append(lambda _builder: self.refresh(published=population.new_deal_models))
 
     def get(self, pipeline: str) -> tuple[Any, datetime]:
         """(model, the time it is as of) for `pipeline`."""
@@ -398,15 +413,59 @@ class NewDealCache:
         return model
 
 
-# the state columns `models.forecast.new_deals_from_states` reads: the refit reads every stored deal in the
-# service's process (a second of its interpreter's lock at 100,000 deals with every column, after each
-# refit of the population), so only these
+# per pipeline, (`models.forecast.NewDealModel`, the time it is as of)
+NewDealModels = dict[str, tuple[Any, datetime]]
+
+# the state columns `models.forecast.new_deals_from_states` reads: a fit reads every stored deal (a second
+# of the interpreter's lock at 100,000 deals with every column), so only these
 NEW_DEAL_FIELDS = ("outcome", "current_amount", "closed_at")
+# the name of the new-deal models' table in a published population (`save_population_stats`' extras)
+NEW_DEALS_TABLE = "new_deals"
+
+
+def fit_new_deal_models(store: Any, now: datetime | None = None) -> NewDealModels:
+    """Per pipeline, the forecast's model of deals not created yet, fitted on every stored deal's state as
+    of `now` (default: the current time)."""
+    from models.forecast import new_deals_from_states
+
+    t = now or datetime.now(UTC)
+    states = _new_deal_states(store.deal_states(fields=NEW_DEAL_FIELDS))
+    at = pd.Timestamp(t)
+    return {str(name): (new_deals_from_states(part, at), t) for name, part in states.groupby("pipeline")}
 
 
 def _new_deal_states(states: Any) -> Any:
     """The store's current-state columns under the names `features.health.deal_states` gives them."""
     return states.rename(columns={"outcome": "status", "current_amount": "amount"})
+
+
+def new_deal_models_table(models: NewDealModels) -> pa.Table:
+    """`models` as an Arrow table (one row per pipeline), to publish with the population."""
+    rows = sorted(models.items())
+    return pa.table({
+        "pipeline": pa.array([name for name, _ in rows], pa.string()),
+        "as_of": pa.array([t for _, (_, t) in rows], pa.timestamp("us", tz="UTC")),
+        "rate_per_day": pa.array([m.rate_per_day for _, (m, _) in rows], pa.float64()),
+        "bin_days": pa.array([m.bin_days for _, (m, _) in rows], pa.float64()),
+        "won_amounts": pa.array([m.won_amounts for _, (m, _) in rows], pa.list_(pa.float64())),
+        "won_by_age": pa.array([m.won_by_age for _, (m, _) in rows], pa.list_(pa.float64())),
+    })
+
+
+def new_deal_models_from_table(table: pa.Table) -> NewDealModels:
+    """What `new_deal_models_table` wrote: the same models, to the last bit."""
+    from models.forecast import NewDealModel
+
+    def floats(column: str, i: int) -> Any:
+        return np.asarray(table[column][i].values.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    models: NewDealModels = {}
+    for i, (name, as_of) in enumerate(zip(table["pipeline"].to_pylist(), table["as_of"].to_pylist(),
+                                          strict=True)):
+        model = NewDealModel(table["rate_per_day"][i].as_py(), floats("won_amounts", i),
+                             floats("won_by_age", i), bin_days=table["bin_days"][i].as_py())
+        models[name] = (model, as_of.astimezone(UTC))
+    return models
 
 
 def fit_population(store: Any) -> FeatureBuilder | None:
@@ -418,11 +477,34 @@ def fit_population(store: Any) -> FeatureBuilder | None:
     return FeatureBuilder().fit(store.load_history(tables=POPULATION_TABLES))
 
 
-def read_published_population(path: str | os.PathLike[str]) -> FeatureBuilder:
+def publish_population(
+    store: Any, path: str | os.PathLike[str], now: datetime | None = None
+) -> FeatureBuilder | None:
+    """Fit the population on everything in `store` (`fit_population`) and, with it, the forecast's
+    new-deal models (`fit_new_deal_models`, as of `now`: default the current time); publish both in one
+    file at `path` (what the scorer's fitting process does after each fit; `read_published` reads them).
+    Nothing is written for an empty store (None)."""
+    builder = fit_population(store)
+    if builder is not None and builder.population_stats_ is not None:
+        new_deals = new_deal_models_table(fit_new_deal_models(store, now))
+        save_population_stats(builder.population_stats_, path, extras={NEW_DEALS_TABLE: new_deals})
+    return builder
+
+
+def read_published_population(source: Source) -> FeatureBuilder:
     """A fitted `FeatureBuilder` from a population published by the scorer's fitting process."""
     builder = FeatureBuilder()
-    builder.population_stats_ = load_population_stats(path)
+    builder.population_stats_ = load_population_stats(source)
     return builder
+
+
+def read_published(path: str | os.PathLike[str]) -> tuple[FeatureBuilder, NewDealModels | None]:
+    """The population the scorer's fitting process published at `path` and the new-deal models it fitted
+    with it (None when the file has none), both from one version of the file."""
+    with open(path, "rb") as file:  # a population published meanwhile replaces the file, not this one
+        builder = read_published_population(file)
+        table = load_population_extras(file).get(NEW_DEALS_TABLE)
+    return builder, (new_deal_models_from_table(table) if table is not None else None)
 
 
 def _file_stamp(path: str) -> tuple[int, int, int] | None:

@@ -24,7 +24,9 @@ The child fits its feature population in a process of its own too (`PopulationWo
 child and ending with it: a fit reads the whole store for seconds (about 10 s at 100,000 deals) and holds
 the GIL for up to a second at a time, so a fit in the child's own threads held a write's round back for
 that long; the child's refit thread now waits on a socket (no GIL held) until that process has published
-the fit, then reads it (tens of milliseconds).
+the fit, then reads it (tens of milliseconds). That process also fits the forecast's new-deal models with
+each population and publishes them in the same file (`serving.model_holder.publish_population`), so the
+service takes them with the population rather than read every deal's state itself.
 
 The parent (`ScorerProcess`) watches the child every `WATCH_S` and starts it again when it died (logged,
 counted in `status()`; a child that dies soon after its start waits longer each time, up to
@@ -408,8 +410,7 @@ def run_population_worker(fd: int) -> None:
     settings = Settings(**start["settings"])
     logging.basicConfig(level=start["log_level"],
                         format="%(asctime)s %(levelname)s population %(name)s: %(message)s")
-    from features.population_stats import save_population_stats
-    from serving.model_holder import fit_population
+    from serving.model_holder import publish_population
     from serving.store import Store
 
     published = published_population_path(settings)
@@ -424,9 +425,7 @@ def run_population_worker(fd: int) -> None:
                 return
             began = time.perf_counter()
             try:
-                builder = fit_population(store)
-                if builder is not None and builder.population_stats_ is not None:
-                    save_population_stats(builder.population_stats_, published)
+                builder = publish_population(store, published)
                 answer: dict[str, Any] = {"ok": True, "empty": builder is None}
             except Exception as exc:  # noqa: BLE001 - the reason goes back to the caller
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -325,3 +325,72 @@ def test_the_new_deal_models_read_only_the_state_columns_they_need_and_equal_a_f
         assert np.array_equal(got.won_amounts, expected.won_amounts) and len(got.won_amounts) > 0
         assert np.array_equal(got.won_by_age, expected.won_by_age)
     store.close()
+
+
+def test_the_service_following_the_scorer_process_takes_the_new_deal_models_published_with_the_population(
+    tmp_path: Any,
+) -> None:
+    """The scorer's fitting process publishes the forecast's new-deal models in the population's file
+    (`publish_population`); the service's `NewDealCache` takes them when it reads that population, equal
+    to the last bit to a fit of every stored deal's state as of the time they were fitted, and reads no
+    deal's state itself. Without published models (its own first fit, a file without them) it fits; a
+    pipeline missing from them is fitted on its first read."""
+    import numpy as np
+    import pandas as pd
+
+    from features.build import FeatureBuilder
+    from features.population_stats import save_population_stats
+    from models.forecast import new_deals_from_states
+    from serving.model_holder import NewDealCache, publish_population
+    from serving.store import Store
+    from training.simulate import simulate_history
+
+    history = simulate_history(n_deals=400, seed=6)
+    ids = history.deals["deal_id"].astype(str).tolist()
+    store = Store(f"sqlite:///{tmp_path / 'new.db'}")
+    store.create_schema()
+    store.import_history(history.subset(ids[:200]))
+    reads: list[str | None] = []  # the pipeline of each read of deal states (None: every deal)
+    read_states = store.deal_states
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs.get("pipeline"))
+        return read_states(*args, **kwargs)
+
+    store.deal_states = counted  # type: ignore[method-assign]
+    published = tmp_path / "population" / "population.zip"
+    population = PopulationCache.following(store, published, interval_s=60.0)
+    new_deals = NewDealCache(store)
+    new_deals.follow(population)
+    population.get()  # nothing published yet: the service's own first fit, and its own new-deal models
+    assert reads == [None] and population.new_deal_models is None
+
+    store.import_history(history.subset(ids[200:]))  # the scorer process refits after these writes
+    fitted_at = pd.Timestamp("2025-06-01", tz="UTC")  # within the simulated deals' creation, to check rates
+    publish_population(store, published, now=fitted_at.to_pydatetime())  # what its fitting process does
+    reads.clear()
+    assert population.refresh() is True and population.published_reads == 1
+    assert reads == []  # the models came with the population: no deal state read here
+    every = store.deal_states().rename(columns={"outcome": "status", "current_amount": "amount"})
+    assert every["pipeline"].nunique() > 1 and len(every) == 400
+    for pipeline, part in every.groupby("pipeline"):
+        got, as_of = new_deals.get(str(pipeline))
+        assert as_of == fitted_at.to_pydatetime()
+        expected = new_deals_from_states(part, fitted_at)
+        assert got.rate_per_day == expected.rate_per_day > 0
+        assert np.array_equal(got.won_amounts, expected.won_amounts) and len(got.won_amounts) > 0
+        assert np.array_equal(got.won_by_age, expected.won_by_age) and got.won_by_age[-1] > 0
+        assert got.bin_days == expected.bin_days
+    assert reads == [None]  # the check's own read above
+
+    reads.clear()
+    new_deals.get("a pipeline created since")  # not published: fitted on its first read
+    assert reads == ["a pipeline created since"]
+
+    reads.clear()
+    whole = FeatureBuilder().fit(history).population_stats_
+    assert whole is not None
+    save_population_stats(whole, published)  # a population published without new-deal models
+    assert population.refresh() is True and population.new_deal_models is None
+    assert reads == [None]  # so the service fits them itself
+    store.close()

@@ -265,3 +265,83 @@ def test_requests_read_the_population_the_scorer_process_fits_and_the_service_ne
         # the service fitted once, at start; every later population came from the scorer process
         population = client.app.state.population  # type: ignore[attr-defined]
         assert population.published_reads >= 1 and population.fits - population.published_reads == 1
+
+
+def test_the_forecast_s_new_deals_come_from_the_scorer_process_and_equal_a_fit_in_process(
+    world: World, tmp_path: Path
+) -> None:
+    """With the scorer in its own process, the forecast's model of deals not created yet is fitted there
+    with the population and published with it: after a write creating deals this month, the service's
+    "new_deals" line moves to a model equal to one fitted here on the store's deal states as of the same
+    time, and the service reads no deal's state for it (it used to read every deal after each refit)."""
+    from datetime import timedelta
+
+    import numpy as np
+    import pandas as pd
+
+    from models.forecast import forecast_from_scores, new_deals_from_states
+    from serving.store import Store
+
+    url = _store_copy(world, tmp_path)
+    settings = make_settings(world, database_url=url, live_scorer="process", population_refresh_s=0.5)
+    path, manager = f"/v1/pipelines/{world.pipeline_a}/forecast", world.auth("manager")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        app: Any = client.app
+        reads: list[str | None] = []  # the service's reads of deal states (None: every deal)
+        read_states = app.state.store.deal_states
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            reads.append(kwargs.get("pipeline"))
+            return read_states(*args, **kwargs)
+
+        app.state.store.deal_states = counted
+
+        def forecast() -> dict[str, Any] | None:
+            response = client.get(path, params={"months": 3}, headers=manager)
+            assert response.status_code == 200, response.text
+            body = dict(response.json())
+            return body if body["source"] == "live_scores" else None
+
+        wait_for(lambda: forecast() is not None, "the forecast from the scorer process's live scores")
+        before = forecast()
+        assert before is not None
+        new_before = [p["new_deals"]["expected_deals_won"] for p in before["periods"]]
+
+        created = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        deals = [{"deal_id": f"NEW-{i}", "pipeline": world.pipeline_a, "owner": "New Owner", "amount": 1e4,
+                  "created_at": created} for i in range(36)]
+        written = client.post("/v1/deals", json={"deals": deals}, headers=world.auth("integration"))
+        assert written.status_code == 200 and written.json()["inserted"] == 36, written.text
+
+        def moved() -> dict[str, Any] | None:
+            body = forecast()
+            changed = body is not None and [p["new_deals"]["expected_deals_won"] for p in body["periods"]]
+            return body if changed and changed != new_before else None
+
+        wait_for(lambda: moved() is not None, "the scorer process's new-deal models after the write",
+                 ceiling_s=120)
+        after = moved()
+        assert after is not None
+        model, fitted_at = app.state.new_deals.get(world.pipeline_a)
+        assert reads == []  # every new-deal model the service used came from the scorer process
+        assert app.state.population.published_reads >= 1
+
+    store = Store(url)
+    try:
+        states = store.deal_states(pipeline=world.pipeline_a)
+        t = pd.Timestamp(after["as_of"])
+        scores = store.forecast_scores(world.pipeline_a, t.to_pydatetime())
+    finally:
+        store.close()
+    states = states.rename(columns={"outcome": "status", "current_amount": "amount"})
+    expected = new_deals_from_states(states, pd.Timestamp(fitted_at))  # the same data, fitted here
+    # 36 deals created yesterday within a look-back of at most 180 days: at least 0.2 a day
+    assert model.rate_per_day == expected.rate_per_day >= 36 / 180
+    assert np.array_equal(model.won_amounts, expected.won_amounts) and len(model.won_amounts) > 0
+    assert np.array_equal(model.won_by_age, expected.won_by_age)
+    here = forecast_from_scores(scores, t, expected, months=3)
+    for served, fitted in zip(after["periods"], here["periods"], strict=True):
+        for name in ("expected_deals_won", "expected_won_amount"):
+            assert served["new_deals"][name] == fitted["new_deals"][name], (served["period"], name)
+    # a deal created after now is rarely won within weeks: the later months carry the new line
+    assert sum(p["new_deals"]["expected_won_amount"] for p in after["periods"]) > 0
