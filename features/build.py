@@ -35,6 +35,7 @@ from features.timeindex import (
     from_ns,
     owner_at,
     pair_keys,
+    parse_iso_ns,
     point_codes,
     running_max_by,
     string_array,
@@ -145,15 +146,6 @@ def category_levels(history: DealHistory) -> tuple[list[str], list[str]]:
         spec = history.pipelines[name]
         stages.extend(s for s in spec.stages + spec.won + spec.lost if s not in stages)
     return pipelines, stages
-
-
-def _parse_times(values: np.ndarray) -> np.ndarray:
-    """Field-change values holding times (ISO strings) as int64 ns; unparsable values are NAT_NS."""
-    if len(values) == 0:
-        return np.zeros(0, dtype=np.int64)
-    # the values as an array (not a Series): the same parse, without a Series' fixed costs
-    parsed = pd.to_datetime(np.asarray(values, dtype=object), utc=True, errors="coerce", format="ISO8601")
-    return to_ns(parsed)
 
 
 _ACTIVITY_TYPE_CODES = KeyCodes(list(ACTIVITY_TYPES))
@@ -419,7 +411,7 @@ def _field_features(
     out["amount_change_ratio"] = _ratio(amount, created_amount)
 
     closes = changes["expected_close_date"]
-    parsed_close = _parse_times(closes.value)
+    parsed_close = parse_iso_ns(closes.value)
     cidx = closes.stream.last_index(codes, t)
     close_date = np.where(cidx >= 0, take(parsed_close, cidx, NAT_NS), deals.close_date[codes])
     out["days_to_close"] = _days(close_date - t, close_date != NAT_NS)

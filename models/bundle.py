@@ -26,7 +26,17 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from features.timeindex import DAY_NS, NAT_NS, KeyCodes, column, frame_of, from_ns, object_values, to_ns
+from features.timeindex import (
+    DAY_NS,
+    NAT_NS,
+    KeyCodes,
+    column,
+    frame_of,
+    from_ns,
+    object_values,
+    string_array,
+    to_ns,
+)
 from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
@@ -62,6 +72,9 @@ SCORE_COLUMNS = [
     "reasons",
     "counter_reasons",
 ]
+
+# pandas' "str" dtype (missing values as NaN), which the text score columns have
+TEXT = pd.StringDtype(na_value=np.nan)
 
 HeadKind = Literal["lightgbm", "stage_prior", "competing_risks"]
 
@@ -303,7 +316,7 @@ class ScoringBundle:
                 slip = slip_risk(curves, _float_column(features, "days_to_close"))
             days = likely_close_days(curves)
             if "as_of" in features:
-                likely = from_ns(_floor_day(to_ns(as_of), pd.to_timedelta(days, unit="D").asi8))
+                likely = from_ns(_floor_day(to_ns(as_of), days_ns(days)))
         else:
             close = self.close.proba(x, features)
         amount = (
@@ -316,14 +329,14 @@ class ScoringBundle:
         deal_id = column(features, "deal_id") if "deal_id" in features else np.arange(n).astype(str)
         out = {
             "deal_id": deal_id.copy() if isinstance(deal_id, pd.api.extensions.ExtensionArray)
-            else pd.array(deal_id, dtype="str"),
+            else string_array(deal_id, TEXT),
             "as_of": as_of.copy(),
             "cold_risk": np.asarray(cold),
             "close_probability": np.asarray(close),
             "close_probability_90d": np.asarray(p90),
             "slip_risk": np.asarray(slip),
             "likely_close_date": likely,
-            "risk_band": pd.array(assign_bands(cold, self.band_thresholds), dtype="str"),
+            "risk_band": string_array(assign_bands(cold, self.band_thresholds), TEXT),
             "expected_value": np.asarray(amount * close),
             "reasons": _objects(reasons),
             "counter_reasons": _objects(counter),
@@ -491,6 +504,19 @@ def _float_column(frame: pd.DataFrame, name: str) -> NDArray[np.float64]:
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         return values.astype(np.float64, copy=False)
     return np.asarray(pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+
+def days_ns(days: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Days (floats, NaN for none) as int64 ns (NAT_NS for NaN): `pd.to_timedelta(days, unit="D")` in
+    nanoseconds, computed as pandas computes it (whole days and the fraction rounded to 13 decimals,
+    each times the day's ns), without its fixed cost. Whole days are days times DAY_NS: pandas' own
+    answer for them is in microseconds, which `.asi8` would have read as nanoseconds."""
+    values = np.asarray(days, dtype=np.float64)
+    missing = np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        whole = np.where(missing, 0.0, values).astype(np.int64)
+    frac = np.round(np.where(missing, 0.0, values) - whole, 13)
+    return np.where(missing, NAT_NS, whole * DAY_NS + (frac * DAY_NS).astype(np.int64))
 
 
 def _floor_day(t_ns: NDArray[np.int64], delta_ns: NDArray[np.int64]) -> NDArray[np.int64]:

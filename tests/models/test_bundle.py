@@ -281,3 +281,16 @@ def test_mlflow_round_trip_by_alias_and_version(
     np.testing.assert_array_equal(by_version.score(sample)["cold_risk"], bundle.score(sample)["cold_risk"])
     with pytest.raises(ModelNotFoundError):
         load_bundle(f"models:/{REGISTERED_MODEL}@nobody", tracking_uri=uri)
+
+
+def test_days_to_likely_close_convert_to_nanoseconds_as_pandas_converts_them() -> None:
+    """Days until the likely close date, fractional or whole, are pandas' nanoseconds to the last one
+    (whole days too, which pandas itself holds in microseconds)."""
+    from models.bundle import days_ns
+
+    rng = np.random.default_rng(0)
+    days = np.concatenate([rng.uniform(0, 730, 20_000), np.arange(731.0), [np.nan, 1 / 3, 0.5]])
+    want = pd.to_timedelta(days, unit="D").as_unit("ns").asi8
+    assert days_ns(days).tolist() == want.tolist()
+    assert days_ns(np.array([3.0, np.nan])).tolist() == [3 * 86_400 * 10**9, np.iinfo(np.int64).min]
+    assert days_ns(np.array([0.5]))[0] == 12 * 3_600 * 10**9
