@@ -203,11 +203,18 @@ class FeatureBuilder:
 
     def transform(self, history: DealHistory, points: pd.DataFrame) -> pd.DataFrame:
         """`build_features(history, points, self.population_stats_)`; NotFittedError before `fit`."""
+        return build_features(history, points, self._fitted())
+
+    def transform_arrays(self, history: DealHistory, points: pd.DataFrame) -> dict[str, Any]:
+        """`transform`'s columns by name, unframed (`feature_arrays`); NotFittedError before `fit`."""
+        return feature_arrays(history, points, self._fitted())
+
+    def _fitted(self) -> PopulationStats:
         if self.population_stats_ is None:
             raise NotFittedError(
                 "this FeatureBuilder is not fitted: call fit(history) before transform(history, points)"
             )
-        return build_features(history, points, self.population_stats_)
+        return self.population_stats_
 
 
 def build_features(
@@ -219,6 +226,17 @@ def build_features(
     column of FEATURE_COLUMNS, then CONTEXT_COLUMNS. Population statistics come from `population`
     (fitted beforehand, see `FeatureBuilder`). Raises ValueError for unknown deal ids or missing times.
     """
+    frame = frame_of(feature_arrays(history, points, population), points.index)
+    logger.debug("built %d feature rows", len(frame))
+    return frame
+
+
+def feature_arrays(
+    history: DealHistory, points: pd.DataFrame, population: PopulationStats
+) -> dict[str, Any]:
+    """`build_features`' columns by name, in its order: the arrays its frame is built from (the same
+    dtypes as its columns read back), for a caller that only reads them (scoring, where building and
+    taking apart the frame cost more than one deal's features)."""
     deals = DealIndex(history.deals)
     codes, t = point_codes(deals, points)
     # Queries sorted by (deal, time) hit the sorted event keys in order, which makes the many
@@ -249,9 +267,7 @@ def build_features(
     columns["amount"] = context["amount"][back].astype(np.float64)
     columns["expected_close_date"] = from_ns(context["expected_close_date"][back])
     columns["outcome"] = string_array(context["outcome"][back])
-    frame = frame_of(columns, points.index)
-    logger.debug("built %d feature rows for %d deals", len(frame), deals.n)
-    return frame
+    return columns
 
 
 def _compute(
@@ -341,10 +357,13 @@ def _activity_features(
     now_all = counts[0]
     for j, w in enumerate(ACTIVITY_WINDOWS_DAYS, start=1):
         out[f"n_activity_{w}d"] = now_all - counts[j]
+    # every type's windows in one query too: the points' (deal, type) codes type by type
+    n = len(codes)
+    by_type = typed.count_many((codes[None, :] * k + np.arange(k)[:, None]).ravel(),
+                               [np.tile(e, k) for e in edges[: 1 + len(ACTIVITY_WINDOWS_DAYS)]])
     for i, kind in enumerate(ACTIVITY_TYPES):
-        by_type = typed.count_many(codes * k + i, edges[: 1 + len(ACTIVITY_WINDOWS_DAYS)])
         for j, w in enumerate(ACTIVITY_WINDOWS_DAYS, start=1):
-            out[f"n_{kind}_{w}d"] = by_type[0] - by_type[j]
+            out[f"n_{kind}_{w}d"] = by_type[0][i * n:(i + 1) * n] - by_type[j][i * n:(i + 1) * n]
     in_counts = inbound.count_many(codes, [t, t - 30 * DAY_NS])
     out["inbound_30d"] = in_counts[0] - in_counts[1]
 

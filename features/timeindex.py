@@ -225,10 +225,12 @@ def text_values(values: Any) -> np.ndarray:
     return object_values(values.astype("string"))
 
 
-def column(frame: pd.DataFrame, name: str) -> Any:
+def column(frame: pd.DataFrame | Mapping[str, Any], name: str) -> Any:
     """`frame[name].array`: a column's values (a pandas or numpy array, not to be written to), without
     building the Series, which costs more than reading a one-deal column (`frame[name]` is read dozens
-    of times per one-deal score)."""
+    of times per one-deal score). Columns given by name (a mapping of arrays) are read as they are."""
+    if not isinstance(frame, pd.DataFrame):
+        return frame[name]
     get = getattr(frame, "_get_column_array", None)  # pandas' internal accessor (2.x and 3.x)
     loc = frame.columns.get_loc(name)
     if get is None or not isinstance(loc, int):

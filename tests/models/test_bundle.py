@@ -208,6 +208,12 @@ def test_stage_prior_heads_for_thin_data(
     # no timing model: the timing scores are null, not made up
     assert scores["close_probability_90d"].isna().all() and scores["slip_risk"].isna().all()
     assert scores["likely_close_date"].isna().all()
+    # the columns by name (as `score_points` gives them) score as the frame does
+    head = frame.head(50)
+    by_name = {c: head[c].array for c in head.columns}
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(thin.score_columns(by_name)), pd.DataFrame(thin.score_columns(head)), check_exact=True
+    )
     # the stage is the only reason: for the risk when its rate is above the overall one, else against it
     for i in range(len(scores)):
         (stage_reason,) = scores.loc[i, "reasons"] + scores.loc[i, "counter_reasons"]
