@@ -158,7 +158,7 @@ def _categorical(values: np.ndarray, levels: list[str]) -> pd.Categorical:
     The constructor infers and factorizes the values, a fixed cost that dominated a handful of points.
     """
     dtype, lookup = _category_lookup(tuple(levels))
-    return pd.Categorical.from_codes(lookup.codes(values), dtype=dtype)
+    return pd.Categorical.from_codes(lookup.codes(values), dtype=dtype, validate=False)  # codes from lookup
 
 
 @functools.lru_cache(maxsize=64)
@@ -289,7 +289,7 @@ def _compute(
     stage[not_created] = None
     entered = np.where(has_stage, take(rows.entered, sidx, 0), created)
     out["stage_age_days"] = _days(t - entered, ~not_created)
-    stage_keys = pair_keys(pipeline, stage).to_numpy(dtype=object)
+    stage_keys = pair_keys(pipeline, stage)
     typical = population.stage_time_index.lookup(stage_keys, t, ["typical_stage_days"])["typical_stage_days"]
     out["stage_age_rel"] = _ratio(out["stage_age_days"], typical)
     starting_position = np.where(pd.notna(start), 0.0, np.nan)

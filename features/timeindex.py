@@ -338,7 +338,7 @@ def point_codes(deals: DealIndex, points: pd.DataFrame) -> tuple[np.ndarray, np.
     if (codes < 0).any():
         unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
         raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
-    t = to_ns(points["as_of"])
+    t = to_ns(column(points, "as_of"))
     if (t == NAT_NS).any():
         raise ValueError("points have a missing as_of; every point needs a time")
     return codes, t
@@ -402,16 +402,18 @@ def take(values: np.ndarray, index: np.ndarray, default: Any) -> np.ndarray:
     return np.where(index >= 0, picked, default)
 
 
-def pair_keys(pipeline: np.ndarray, stage: np.ndarray) -> pd.Index:
-    """One string key per (pipeline, stage) pair; a missing part gives a missing key."""
+def pair_keys(pipeline: np.ndarray, stage: np.ndarray) -> np.ndarray:
+    """One string key per (pipeline, stage) pair, an object array; a missing part gives a missing key
+    (<NA>)."""
     if len(pipeline) <= SMALL_QUERY:
         # the same text as the vectorised concatenation below, without its fixed cost
         pairs = zip(np.asarray(pipeline, dtype=object).tolist(), np.asarray(stage, dtype=object).tolist(),
                     strict=True)
-        keys = [pd.NA if is_missing(p) or is_missing(s) else f"{p}\x1f{s}" for p, s in pairs]
-        return pd.Index(np.array(keys, dtype=object), dtype=object)
+        keys = np.empty(len(pipeline), dtype=object)
+        keys[:] = [pd.NA if is_missing(p) or is_missing(s) else f"{p}\x1f{s}" for p, s in pairs]
+        return keys
     joined = pd.Series(pipeline, dtype="string") + "\x1f" + pd.Series(stage, dtype="string")
-    return pd.Index(joined.to_numpy(dtype=object))
+    return np.asarray(joined.to_numpy(dtype=object), dtype=object)
 
 
 
