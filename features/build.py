@@ -167,6 +167,15 @@ def _category_lookup(levels: tuple[str, ...]) -> tuple[pd.CategoricalDtype, KeyC
     return pd.CategoricalDtype(list(levels)), KeyCodes(pd.Index(list(levels), dtype=object))
 
 
+def _zero_nan(values: np.ndarray) -> np.ndarray:
+    """`np.nan_to_num(values)` (NaN as 0, infinities as the largest finite floats), a new array; without
+    its fixed cost (~5 us, paid two dozen times per deal) when there are no infinities."""
+    if values.dtype.kind != "f":
+        return values.copy()  # integers (counts) have no NaN
+    out = np.where(np.isnan(values), 0.0, values)
+    return out if np.isfinite(out).all() else np.nan_to_num(values)
+
+
 def _days(delta_ns: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, delta_ns / DAY_NS, np.nan)
 
@@ -259,7 +268,7 @@ def feature_arrays(
         elif name == "stage_cat":
             columns[name] = _categorical(context["stage"][back], stage_levels)
         elif name in _COUNT_COLUMNS:
-            columns[name] = np.nan_to_num(values[name][back], nan=0.0).astype(np.int64)
+            columns[name] = _zero_nan(values[name][back]).astype(np.int64)
         else:
             columns[name] = np.asarray(values[name][back], dtype=np.float64)
     for name in ("pipeline", "owner", "team", "stage"):
@@ -360,7 +369,7 @@ def _activity_features(
     # every type's windows in one query too: the points' (deal, type) codes type by type
     n = len(codes)
     by_type = typed.count_many((codes[None, :] * k + np.arange(k)[:, None]).ravel(),
-                               [np.tile(e, k) for e in edges[: 1 + len(ACTIVITY_WINDOWS_DAYS)]])
+                               [np.concatenate([e] * k) for e in edges[: 1 + len(ACTIVITY_WINDOWS_DAYS)]])
     for i, kind in enumerate(ACTIVITY_TYPES):
         for j, w in enumerate(ACTIVITY_WINDOWS_DAYS, start=1):
             out[f"n_{kind}_{w}d"] = by_type[0][i * n:(i + 1) * n] - by_type[j][i * n:(i + 1) * n]
@@ -451,14 +460,14 @@ def _owner_features(
     own = population.owner_closes_index.lookup(owner, t, ["owner_won", "owner_closed"])
     pipe = population.pipeline_closes_index.lookup(pipeline, t, ["pipeline_won", "pipeline_closed"])
     glob = population.global_closes_index.lookup(None, t, ["global_won", "global_closed"])
-    owner_won = np.nan_to_num(own["owner_won"])
-    owner_closed = np.nan_to_num(own["owner_closed"])
-    pipe_won = np.nan_to_num(pipe["pipeline_won"])
-    pipe_closed = np.nan_to_num(pipe["pipeline_closed"])
+    owner_won = _zero_nan(own["owner_won"])
+    owner_closed = _zero_nan(own["owner_closed"])
+    pipe_won = _zero_nan(pipe["pipeline_won"])
+    pipe_closed = _zero_nan(pipe["pipeline_closed"])
     # Shrink the owner towards the pipeline, the pipeline towards everyone and everyone towards a coin
     # flip, so early and thin data give a rate near the prior instead of 0 % or 100 % (and never NaN).
-    global_rate = (np.nan_to_num(glob["global_won"]) + PRIOR_WEIGHT * 0.5) / (
-        np.nan_to_num(glob["global_closed"]) + PRIOR_WEIGHT
+    global_rate = (_zero_nan(glob["global_won"]) + PRIOR_WEIGHT * 0.5) / (
+        _zero_nan(glob["global_closed"]) + PRIOR_WEIGHT
     )
     pipe_rate = (pipe_won + PRIOR_WEIGHT * global_rate) / (pipe_closed + PRIOR_WEIGHT)
     owner_rate = (owner_won + PRIOR_WEIGHT * pipe_rate) / (owner_closed + PRIOR_WEIGHT)
@@ -466,5 +475,5 @@ def _owner_features(
     return {
         "owner_win_rate": owner_rate,
         "owner_closed_deals": owner_closed,
-        "owner_open_deals": np.nan_to_num(load["owner_open_deals"]),
+        "owner_open_deals": _zero_nan(load["owner_open_deals"]),
     }

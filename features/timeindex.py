@@ -379,7 +379,7 @@ class EventStream:
         if not times:
             return []
         n = len(codes)
-        counts = self.count_le(np.tile(codes, len(times)), np.concatenate(times))
+        counts = self.count_le(np.concatenate([codes] * len(times)), np.concatenate(times))
         return [counts[i * n:(i + 1) * n] for i in range(len(times))]
 
     def last_index(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -398,7 +398,7 @@ def take(values: np.ndarray, index: np.ndarray, default: Any) -> np.ndarray:
     """values[index] where index >= 0, else default (object or float arrays)."""
     if len(values) == 0:
         return np.full(len(index), default, dtype=values.dtype)
-    picked = values[np.clip(index, 0, None)]
+    picked = values[np.maximum(index, 0)]
     return np.where(index >= 0, picked, default)
 
 
@@ -436,6 +436,10 @@ def running_max_by(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if len(values) > SMALL_QUERY or np.isnan(values).any():
         return pd.Series(values).groupby(codes).cummax().to_numpy(dtype=np.float64)
+    if len(values) and codes[0] == codes[-1] and not np.signbit(values).any():
+        # one code (one deal's events): one running maximum, the loop's bits when no value is negative
+        # (no -0.0, whose tie with 0.0 the two would settle differently)
+        return np.maximum.accumulate(values)
     out = values.copy()
     for i in range(1, len(out)):
         if codes[i] == codes[i - 1] and out[i - 1] > out[i]:
@@ -508,7 +512,7 @@ class AsofIndex:
             query_codes = self.known.codes(keys)
         query = query_codes * self.base + np.searchsorted(self.grid, times, side="right")
         pos = np.searchsorted(self.keys, query, side="right") - 1
-        safe = np.clip(pos, 0, None)
+        safe = np.maximum(pos, 0)
         hit = (query_codes >= 0) & (pos >= 0)
         if len(self.codes):
             hit &= self.codes[safe] == query_codes
