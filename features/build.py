@@ -370,9 +370,10 @@ def _activity_features(
     n = len(codes)
     by_type = typed.count_many((codes[None, :] * k + np.arange(k)[:, None]).ravel(),
                                [np.concatenate([e] * k) for e in edges[: 1 + len(ACTIVITY_WINDOWS_DAYS)]])
-    for i, kind in enumerate(ACTIVITY_TYPES):
-        for j, w in enumerate(ACTIVITY_WINDOWS_DAYS, start=1):
-            out[f"n_{kind}_{w}d"] = by_type[0][i * n:(i + 1) * n] - by_type[j][i * n:(i + 1) * n]
+    for j, w in enumerate(ACTIVITY_WINDOWS_DAYS, start=1):
+        in_window = (by_type[0] - by_type[j]).reshape(k, n)  # one row per type
+        for i, kind in enumerate(ACTIVITY_TYPES):
+            out[f"n_{kind}_{w}d"] = in_window[i]
     in_counts = inbound.count_many(codes, [t, t - 30 * DAY_NS])
     out["inbound_30d"] = in_counts[0] - in_counts[1]
 
@@ -408,7 +409,7 @@ def _field_rows_by_field(history: DealHistory, deals: DealIndex) -> dict[str, Fi
     if (
         frame is None
         or len(frame) == 0
-        or not pd.api.types.is_datetime64_any_dtype(frame["changed_at"].dtype)
+        or not pd.api.types.is_datetime64_any_dtype(column(frame, "changed_at").dtype)
     ):
         return {field: field_rows(history, deals, field) for field in CHANGEABLE_FIELDS}
     field_code = _FIELD_CODES.codes(text_values(column(frame, "field")))
