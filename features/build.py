@@ -366,14 +366,10 @@ def _activity_features(
     now_all = counts[0]
     for j, w in enumerate(ACTIVITY_WINDOWS_DAYS, start=1):
         out[f"n_activity_{w}d"] = now_all - counts[j]
-    # every type's windows in one query too: the points' (deal, type) codes type by type
-    n = len(codes)
-    by_type = typed.count_many((codes[None, :] * k + np.arange(k)[:, None]).ravel(),
-                               [np.concatenate([e] * k) for e in edges[: 1 + len(ACTIVITY_WINDOWS_DAYS)]])
-    for j, w in enumerate(ACTIVITY_WINDOWS_DAYS, start=1):
-        in_window = (by_type[0] - by_type[j]).reshape(k, n)  # one row per type
-        for i, kind in enumerate(ACTIVITY_TYPES):
-            out[f"n_{kind}_{w}d"] = in_window[i]
+    for i, kind in enumerate(ACTIVITY_TYPES):
+        by_type = typed.count_many(codes * k + i, edges[: 1 + len(ACTIVITY_WINDOWS_DAYS)])
+        for j, w in enumerate(ACTIVITY_WINDOWS_DAYS, start=1):
+            out[f"n_{kind}_{w}d"] = by_type[0] - by_type[j]
     in_counts = inbound.count_many(codes, [t, t - 30 * DAY_NS])
     out["inbound_30d"] = in_counts[0] - in_counts[1]
 
