@@ -75,9 +75,7 @@ class PopulationStats:
     @cached_property
     def stage_time_index(self) -> AsofIndex:
         table = self.stage_time
-        keys = pair_keys(
-            table["pipeline"].to_numpy(dtype=object), table["stage"].to_numpy(dtype=object)
-        ).to_numpy(dtype=object)
+        keys = pair_keys(table["pipeline"].to_numpy(dtype=object), table["stage"].to_numpy(dtype=object))
         return AsofIndex(self.stage_time, "pipeline", ["typical_stage_days"], keys=keys)
 
     @cached_property

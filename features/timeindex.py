@@ -9,6 +9,7 @@ answers "the last row with this key and `at <= t`" against a presorted time-inde
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -88,6 +89,37 @@ def datetimes_ns(values: Iterable[datetime | None]) -> np.ndarray:
 SMALL_QUERY = 64
 
 
+# ISO 8601 times numpy reads as pandas does: a date, or a date and time to the second (optional
+# fraction), naive or in UTC ("Z", "+00:00"; pandas refuses them after a date alone); years 1800-2199,
+# well inside datetime64[ns]. Groups 1 and 2 are what numpy reads.
+_PLAIN_ISO = re.compile(r"((?:1[89]|2[01])\d\d-\d\d-\d\d)(?:(T\d\d:\d\d:\d\d(?:\.\d{1,9})?)(?:Z|\+00:00)?)?")
+
+
+def parse_iso_ns(values: Any) -> np.ndarray:
+    """`pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")` of text values as int64 ns
+    (NAT_NS where missing or unparsable). Up to SMALL_QUERY values that are all plain ISO times (see
+    _PLAIN_ISO) are read by numpy: the same instants, without pandas' fixed cost (~60 us, the largest
+    single cost of one deal's close-date features); anything else takes pandas' way."""
+    texts = np.asarray(values, dtype=object)
+    if len(texts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(texts) <= SMALL_QUERY:
+        plain = []
+        for v in texts.tolist():
+            if not isinstance(v, str):
+                break
+            match = _PLAIN_ISO.fullmatch(v)
+            if match is None:
+                break
+            plain.append(match.group(1) + (match.group(2) or ""))
+        else:
+            try:
+                return np.array(plain, dtype="datetime64[ns]").view(np.int64)
+            except ValueError:  # e.g. February 30th: pandas decides (NaT)
+                pass
+    return to_ns(pd.to_datetime(texts, utc=True, errors="coerce", format="ISO8601"))
+
+
 def is_missing(value: Any) -> bool:
     """None, NaN, NaT or <NA> (a scalar test without pandas' array dispatch)."""
     return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
@@ -155,20 +187,22 @@ def object_values(values: Any, na_value: Any = _NOT_GIVEN) -> np.ndarray:
     return np.asarray(values.to_numpy(dtype=object, na_value=na_value), dtype=object)
 
 
-def string_array(values: Any) -> Any:
-    """`pd.array(values, dtype="string")` of text values (str, or None / NaN / <NA> for missing ones).
+def string_array(values: Any, dtype: pd.StringDtype | None = None) -> Any:
+    """`pd.array(values, dtype=dtype)` of text values (str, or None / NaN / <NA> for missing ones), by
+    default of dtype "string" (missing as <NA>); `pd.StringDtype(na_value=np.nan)` is pandas' "str".
     With pyarrow storage (pandas' default), built by pyarrow directly: the same array, without the
     per-value check and dispatch that cost more than the rest of a one-deal frame column; values that
     are not all text take pandas' way (which writes numbers as text)."""
-    dtype = pd.StringDtype()
-    if dtype.storage == "pyarrow" and dtype.na_value is pd.NA:
+    dtype = dtype or pd.StringDtype()
+    if dtype.storage == "pyarrow":
         try:
             arrow = pa.array(np.asarray(values, dtype=object), type=pa.large_string(), from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass
         else:
-            return pd.arrays.ArrowStringArray(pa.chunked_array([arrow]))
-    return pd.array(values, dtype="string")
+            chunked = pa.chunked_array([arrow])
+            return pd.arrays.ArrowStringArray(chunked, dtype=dtype)  # type: ignore[call-arg]  # stubs lag pandas 3
+    return pd.array(values, dtype=dtype)
 
 
 def fresh_index(frame: pd.DataFrame) -> pd.DataFrame:
@@ -191,10 +225,12 @@ def text_values(values: Any) -> np.ndarray:
     return object_values(values.astype("string"))
 
 
-def column(frame: pd.DataFrame, name: str) -> Any:
+def column(frame: pd.DataFrame | Mapping[str, Any], name: str) -> Any:
     """`frame[name].array`: a column's values (a pandas or numpy array, not to be written to), without
     building the Series, which costs more than reading a one-deal column (`frame[name]` is read dozens
-    of times per one-deal score)."""
+    of times per one-deal score). Columns given by name (a mapping of arrays) are read as they are."""
+    if not isinstance(frame, pd.DataFrame):
+        return frame[name]
     get = getattr(frame, "_get_column_array", None)  # pandas' internal accessor (2.x and 3.x)
     loc = frame.columns.get_loc(name)
     if get is None or not isinstance(loc, int):
@@ -302,7 +338,7 @@ def point_codes(deals: DealIndex, points: pd.DataFrame) -> tuple[np.ndarray, np.
     if (codes < 0).any():
         unknown = pd.unique(points["deal_id"].astype("string")[codes < 0])[:5]
         raise ValueError(f"points name deal_id(s) not in the history: {list(unknown)}")
-    t = to_ns(points["as_of"])
+    t = to_ns(column(points, "as_of"))
     if (t == NAT_NS).any():
         raise ValueError("points have a missing as_of; every point needs a time")
     return codes, t
@@ -343,7 +379,7 @@ class EventStream:
         if not times:
             return []
         n = len(codes)
-        counts = self.count_le(np.tile(codes, len(times)), np.concatenate(times))
+        counts = self.count_le(np.concatenate([codes] * len(times)), np.concatenate(times))
         return [counts[i * n:(i + 1) * n] for i in range(len(times))]
 
     def last_index(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -362,20 +398,22 @@ def take(values: np.ndarray, index: np.ndarray, default: Any) -> np.ndarray:
     """values[index] where index >= 0, else default (object or float arrays)."""
     if len(values) == 0:
         return np.full(len(index), default, dtype=values.dtype)
-    picked = values[np.clip(index, 0, None)]
+    picked = values[np.maximum(index, 0)]
     return np.where(index >= 0, picked, default)
 
 
-def pair_keys(pipeline: np.ndarray, stage: np.ndarray) -> pd.Index:
-    """One string key per (pipeline, stage) pair; a missing part gives a missing key."""
+def pair_keys(pipeline: np.ndarray, stage: np.ndarray) -> np.ndarray:
+    """One string key per (pipeline, stage) pair, an object array; a missing part gives a missing key
+    (<NA>)."""
     if len(pipeline) <= SMALL_QUERY:
         # the same text as the vectorised concatenation below, without its fixed cost
         pairs = zip(np.asarray(pipeline, dtype=object).tolist(), np.asarray(stage, dtype=object).tolist(),
                     strict=True)
-        keys = [pd.NA if is_missing(p) or is_missing(s) else f"{p}\x1f{s}" for p, s in pairs]
-        return pd.Index(np.array(keys, dtype=object), dtype=object)
+        keys = np.empty(len(pipeline), dtype=object)
+        keys[:] = [pd.NA if is_missing(p) or is_missing(s) else f"{p}\x1f{s}" for p, s in pairs]
+        return keys
     joined = pd.Series(pipeline, dtype="string") + "\x1f" + pd.Series(stage, dtype="string")
-    return pd.Index(joined.to_numpy(dtype=object))
+    return np.asarray(joined.to_numpy(dtype=object), dtype=object)
 
 
 
@@ -398,6 +436,10 @@ def running_max_by(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if len(values) > SMALL_QUERY or np.isnan(values).any():
         return pd.Series(values).groupby(codes).cummax().to_numpy(dtype=np.float64)
+    if len(values) and codes[0] == codes[-1] and not np.signbit(values).any():
+        # one code (one deal's events): one running maximum, the loop's bits when no value is negative
+        # (no -0.0, whose tie with 0.0 the two would settle differently)
+        return np.maximum.accumulate(values)
     out = values.copy()
     for i in range(1, len(out)):
         if codes[i] == codes[i - 1] and out[i - 1] > out[i]:
@@ -470,7 +512,7 @@ class AsofIndex:
             query_codes = self.known.codes(keys)
         query = query_codes * self.base + np.searchsorted(self.grid, times, side="right")
         pos = np.searchsorted(self.keys, query, side="right") - 1
-        safe = np.clip(pos, 0, None)
+        safe = np.maximum(pos, 0)
         hit = (query_codes >= 0) & (pos >= 0)
         if len(self.codes):
             hit &= self.codes[safe] == query_codes

@@ -26,7 +26,17 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from features.timeindex import DAY_NS, NAT_NS, KeyCodes, column, frame_of, from_ns, object_values, to_ns
+from features.timeindex import (
+    DAY_NS,
+    NAT_NS,
+    KeyCodes,
+    column,
+    frame_of,
+    from_ns,
+    object_values,
+    string_array,
+    to_ns,
+)
 from models.bands import assign_bands
 from models.baselines import StagePrior
 from models.calibration import Calibrator
@@ -62,6 +72,13 @@ SCORE_COLUMNS = [
     "reasons",
     "counter_reasons",
 ]
+
+# pandas' "str" dtype (missing values as NaN), which the text score columns have
+TEXT = pd.StringDtype(na_value=np.nan)
+
+# a feature frame (`features.build.build_features`), or its columns by name as unframed arrays
+# (`features.build.feature_arrays`): scoring reads either the same way
+Features = pd.DataFrame | Mapping[str, Any]
 
 HeadKind = Literal["lightgbm", "stage_prior", "competing_risks"]
 
@@ -116,7 +133,7 @@ class Head:
         # each deal is n_periods rows for the booster
         return self.timing.curves(x, num_threads=_threads_for(len(x) * self.timing.n_periods))
 
-    def raw_proba(self, x: NDArray[np.float64], frame: pd.DataFrame) -> NDArray[np.float64]:
+    def raw_proba(self, x: NDArray[np.float64], frame: Features) -> NDArray[np.float64]:
         """Uncalibrated P(positive)."""
         if self.kind == "competing_risks":
             return self.curves(x).p_won()
@@ -126,7 +143,7 @@ class Head:
                 return self._single_row("normal")(x)
             return np.asarray(self.booster.predict(x, num_threads=_threads_for(len(x))), dtype=np.float64)
         assert self.prior is not None
-        return self.prior.predict_proba(frame)
+        return self.prior.predict_proba(_as_frame(frame))
 
     def contributions(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """LightGBM's per-feature contributions to the raw score, bias last: (n, n_features + 1)
@@ -147,7 +164,7 @@ class Head:
                 predictor = self._single_rows[predict_type] = SingleRowPredictor(self.booster, predict_type)
             return predictor
 
-    def proba(self, x: NDArray[np.float64], frame: pd.DataFrame) -> NDArray[np.float64]:
+    def proba(self, x: NDArray[np.float64], frame: Features) -> NDArray[np.float64]:
         """Calibrated P(positive), clipped to [0, 1]."""
         raw = self.raw_proba(x, frame)
         out = self.calibrator.transform(raw) if self.calibrator is not None else raw
@@ -232,14 +249,13 @@ class ScoringBundle:
         self._reasons = ReasonWriter(cols, self.reference, self.categorical_levels)
 
     # ---- scoring -------------------------------------------------------------------------------------
-    def encode(self, features: pd.DataFrame) -> NDArray[np.float64]:
+    def encode(self, features: Features) -> NDArray[np.float64]:
         """The float matrix LightGBM was trained on: numerics as floats, categoricals as training codes
         (levels unseen at training become missing)."""
-        present = set(features.columns.tolist())
-        missing = [c for c in self.feature_columns if c not in present]
+        missing = [c for c in self.feature_columns if c not in features]
         if missing:
             raise KeyError(f"feature frame lacks columns the model needs: {missing}")
-        x = np.empty((len(features), len(self.feature_columns)), dtype=np.float64)
+        x = np.empty((_n_rows(features), len(self.feature_columns)), dtype=np.float64)
         # column by column: selecting a sub-frame of a mixed (arrow-string + numeric) frame copies blocks
         # and costs milliseconds per call, which a one-deal request cannot afford
         for i, c in zip(self._num_idx, self._num_cols, strict=True):
@@ -268,10 +284,10 @@ class ScoringBundle:
                         objects=self.OBJECT_COLUMNS)
 
     def score_columns(
-        self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False
+        self, features: Features, top_reasons: int = 3, with_curves: bool = False
     ) -> dict[str, Any]:
-        """The score columns of a feature frame by name, as the arrays `score`'s frame holds (for a
-        caller that adds columns of its own and builds one frame).
+        """The score columns of a feature frame (or of its columns by name, `Features`) by name, as the
+        arrays `score`'s frame holds (for a caller that adds columns of its own and builds one frame).
 
         Returns deal_id, as_of, cold_risk, close_probability (calibrated, in [0, 1]),
         close_probability_90d (won within 90 days of as_of), slip_risk (still open at the expected close
@@ -299,15 +315,15 @@ class ScoringBundle:
                 stored_curves = curves_to_json(curves)
             close = curves.p_won()
             p90 = curves.won_within(np.full(n, 90.0))
-            if "days_to_close" in features.columns:
+            if "days_to_close" in features:
                 slip = slip_risk(curves, _float_column(features, "days_to_close"))
             days = likely_close_days(curves)
             if "as_of" in features:
-                likely = from_ns(_floor_day(to_ns(as_of), pd.to_timedelta(days, unit="D").asi8))
+                likely = from_ns(_floor_day(to_ns(as_of), days_ns(days)))
         else:
             close = self.close.proba(x, features)
         amount = (
-            _float_column(features, "amount") if "amount" in features.columns else np.full(len(x), np.nan)
+            _float_column(features, "amount") if "amount" in features else np.full(len(x), np.nan)
         )
         if top_reasons > 0:
             reasons, counter = self.reasons(x, features, top_reasons)
@@ -316,14 +332,14 @@ class ScoringBundle:
         deal_id = column(features, "deal_id") if "deal_id" in features else np.arange(n).astype(str)
         out = {
             "deal_id": deal_id.copy() if isinstance(deal_id, pd.api.extensions.ExtensionArray)
-            else pd.array(deal_id, dtype="str"),
+            else string_array(deal_id, TEXT),
             "as_of": as_of.copy(),
             "cold_risk": np.asarray(cold),
             "close_probability": np.asarray(close),
             "close_probability_90d": np.asarray(p90),
             "slip_risk": np.asarray(slip),
             "likely_close_date": likely,
-            "risk_band": pd.array(assign_bands(cold, self.band_thresholds), dtype="str"),
+            "risk_band": string_array(assign_bands(cold, self.band_thresholds), TEXT),
             "expected_value": np.asarray(amount * close),
             "reasons": _objects(reasons),
             "counter_reasons": _objects(counter),
@@ -339,7 +355,7 @@ class ScoringBundle:
         return self.close.curves(self.encode(features))
 
     def reasons(
-        self, x: NDArray[np.float64], features: pd.DataFrame, top_k: int = 3
+        self, x: NDArray[np.float64], features: Features, top_k: int = 3
     ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
         """(reasons, counter_reasons) of the cold-risk head (the one a manager acts on): up to `top_k`
         contributions that raise the risk, and apart, up to `top_k` that lower it."""
@@ -349,12 +365,9 @@ class ScoringBundle:
         head = self.cold
         if head.kind == "lightgbm":
             contrib = head.contributions(x)
-            return (
-                self._reasons.explain(contrib, x, pipeline, stage, top_k, "raises"),
-                self._reasons.explain(contrib, x, pipeline, stage, top_k, "lowers"),
-            )
+            return self._reasons.explain_both(contrib, x, pipeline, stage, top_k)
         assert head.prior is not None
-        rates = head.prior.predict_proba(features)
+        rates = head.prior.predict_proba(_as_frame(features))
         prior = stage_prior_reasons(rates, head.prior.global_rate_, pipeline, stage, "went cold")
         # the stage's rate against the overall one: a reason when above it, a counter-reason when below
         return (
@@ -486,11 +499,38 @@ class ScoringBundle:
         }
 
 
-def _float_column(frame: pd.DataFrame, name: str) -> NDArray[np.float64]:
+def _n_rows(features: Features) -> int:
+    """Rows of a feature frame, or the length of its columns given by name."""
+    if isinstance(features, pd.DataFrame):
+        return len(features)
+    return len(next(iter(features.values()))) if features else 0
+
+
+def _as_frame(features: Features) -> pd.DataFrame:
+    """The feature frame (built from the columns when given by name), for heads that read a frame."""
+    if isinstance(features, pd.DataFrame):
+        return features
+    return frame_of(features, pd.RangeIndex(_n_rows(features)))
+
+
+def _float_column(frame: Features, name: str) -> NDArray[np.float64]:
     values = column(frame, name)
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         return values.astype(np.float64, copy=False)
     return np.asarray(pd.array(values).to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+
+
+def days_ns(days: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Days (floats, NaN for none) as int64 ns (NAT_NS for NaN): `pd.to_timedelta(days, unit="D")` in
+    nanoseconds, computed as pandas computes it (whole days and the fraction rounded to 13 decimals,
+    each times the day's ns), without its fixed cost. Whole days are days times DAY_NS: pandas' own
+    answer for them is in microseconds, which `.asi8` would have read as nanoseconds."""
+    values = np.asarray(days, dtype=np.float64)
+    missing = np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        whole = np.where(missing, 0.0, values).astype(np.int64)
+    frac = np.round(np.where(missing, 0.0, values) - whole, 13)
+    return np.where(missing, NAT_NS, whole * DAY_NS + (frac * DAY_NS).astype(np.int64))
 
 
 def _floor_day(t_ns: NDArray[np.int64], delta_ns: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -509,13 +549,13 @@ def _objects(values: Sequence[Any]) -> NDArray[np.object_]:
     return out
 
 
-def _keys_or_blank(features: pd.DataFrame) -> tuple[NDArray[np.object_], NDArray[np.object_]]:
+def _keys_or_blank(features: Features) -> tuple[NDArray[np.object_], NDArray[np.object_]]:
     """(pipeline, stage) per row as plain object arrays ('' when unknown), cheap for one row."""
     out = []
     for names in (("pipeline", "pipeline_cat"), ("stage", "stage_cat")):
-        col = next((c for c in names if c in features.columns), None)
+        col = next((c for c in names if c in features), None)
         if col is None:
-            out.append(np.full(len(features), "", dtype=object))
+            out.append(np.full(_n_rows(features), "", dtype=object))
             continue
         values = object_values(column(features, col), na_value="")
         out.append(

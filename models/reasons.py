@@ -422,22 +422,45 @@ class ReasonWriter:
         `pipeline` and `stage` are each row's context (strings). Categorical features are shown by level
         name; numeric ones with the deal's value and a typical value for comparison.
         """
+        k = self._top_k(contrib, top_k)
+        if k == 0 or len(contrib) == 0:
+            return [[] for _ in range(len(contrib))]
+        return self._top(contrib, x, self.typical_values(pipeline, stage), stage, k, direction)
+
+    def explain_both(
+        self, contrib: NDArray[np.float64], x: NDArray[np.float64], pipeline: ArrayLike, stage: ArrayLike,
+        top_k: int = 3,
+    ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
+        """(`explain(..., "raises")`, `explain(..., "lowers")`), reading the typical values once."""
+        k = self._top_k(contrib, top_k)
+        if k == 0 or len(contrib) == 0:
+            return [[] for _ in range(len(contrib))], [[] for _ in range(len(contrib))]
+        typical = self.typical_values(pipeline, stage)
+        return (self._top(contrib, x, typical, stage, k, "raises"),
+                self._top(contrib, x, typical, stage, k, "lowers"))
+
+    def _top_k(self, contrib: NDArray[np.float64], top_k: int) -> int:
         n_feat = len(self.feature_columns)
         if contrib.shape[1] != n_feat + 1:
             raise ValueError(f"contributions have {contrib.shape[1]} columns, expected {n_feat + 1}")
-        k = max(0, min(top_k, n_feat))
-        if k == 0 or len(contrib) == 0:
-            return [[] for _ in range(len(contrib))]
+        return max(0, min(top_k, n_feat))
+
+    def _top(
+        self, contrib: NDArray[np.float64], x: NDArray[np.float64], typical: NDArray[np.float64],
+        stage: ArrayLike, k: int, direction: Literal["raises", "lowers"],
+    ) -> list[list[dict[str, Any]]]:
+        """`explain` given the typical values and a `k` of at least 1."""
+        n_feat = len(self.feature_columns)
         sign = 1.0 if direction == "raises" else -1.0
         signed = contrib[:, :n_feat] * sign
         signed[:, self._context_idx] = 0.0
-        effects = contrib[:, :n_feat]
         order = np.argsort(-signed, axis=1, kind="stable")[:, :k]
+        rows = np.arange(len(order))[:, None]  # each row's own top features (take_along_axis, cheaper)
         # a contribution too small to show at the 4 decimals of `effect` is no reason either way
-        keep = np.take_along_axis(signed, order, axis=1) >= MIN_EFFECT
-        top_effect = np.take_along_axis(effects, order, axis=1)
-        top_value = np.take_along_axis(x, order, axis=1)
-        top_typical = np.take_along_axis(self.typical_values(pipeline, stage), order, axis=1)
+        keep = signed[rows, order] >= MIN_EFFECT
+        top_effect = contrib[rows, order]
+        top_value = x[rows, order]
+        top_typical = typical[rows, order]
         stage_arr = np.asarray(stage, dtype=object)
         names = self.feature_columns
         out: list[list[dict[str, Any]]] = []

@@ -46,13 +46,20 @@ def points_at(deal_ids: Sequence[str], as_of: pd.Timestamp) -> pd.DataFrame:
 def point_features(history: DealHistory, points: pd.DataFrame, builder: FeatureBuilder) -> pd.DataFrame:
     """The feature frame of `points` (deal_id, as_of) from a fitted `builder`, reading only the points'
     own deals' events."""
+    return builder.transform(_points_history(history, points), points)
+
+
+def _points_history(history: DealHistory, points: pd.DataFrame) -> DealHistory:
+    """The history of the points' own deals when they are less than half of it, else all of it."""
+    if len(history.deals) < 2:
+        return history  # no subset is less than half of one deal
     ids = pd.unique(text_values(column(points, "deal_id")))
     if len(ids) < len(history.deals) // 2:
         # Feature building indexes every event of the history it is given; scoring the open deals of a
         # large history otherwise spends most of its time on closed deals' events (0.73 s -> 0.12 s for
         # 1,720 of 20,000 deals). A deal's own features only read its own rows, so this is exact.
-        history = history.subset(ids)
-    return builder.transform(history, points)
+        return history.subset(ids)
+    return history
 
 
 def score_points(
@@ -73,11 +80,12 @@ def score_points(
     pipeline, owner, team, stage, amount, expected_close_date, and outcome (open/won/lost/not_created)
     when the feature builder gives it.
     """
-    features = point_features(history, points, builder)
+    # the feature columns as arrays, never framed: the scores read them and the context columns join
+    # the scores' frame as they are (building the feature frame and taking it apart again cost more
+    # than one deal's features)
+    features = builder.transform_arrays(_points_history(history, points), points)
     columns = bundle.score_columns(features, top_reasons=top_reasons, with_curves=with_curves)
-    # the context columns' arrays (copies) beside the scores, in one frame: selecting a sub-frame and
-    # concatenating copy blocks, which costs more than scoring one deal
     for c in [*CONTEXT_OUTPUT_COLUMNS, "outcome"]:
-        if c in features.columns:
-            columns[c] = column(features, c).copy()
-    return frame_of(columns, pd.RangeIndex(len(features)), objects=bundle.OBJECT_COLUMNS)
+        if c in features:
+            columns[c] = features[c]
+    return frame_of(columns, pd.RangeIndex(len(points)), objects=bundle.OBJECT_COLUMNS)

@@ -90,3 +90,35 @@ def test_asof_index_matches_merge_asof() -> None:
     left = pd.DataFrame({"owner": keys, "at": times, "_row": np.arange(50)}).sort_values("at")
     merged = pd.merge_asof(left, table.sort_values("at"), on="at", by="owner").sort_values("_row")
     np.testing.assert_array_equal(got, merged["x"].to_numpy(dtype=np.float64))
+
+
+def _iso_texts(n: int, seed: int) -> list[str]:
+    """Close dates as clients write them, valid and not: date only, with time and fraction, naive, "Z",
+    "+00:00" and other offsets, impossible dates (month 13, February 30th, hour 24) and junk."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        text = f"{rng.integers(1790, 2210):04d}-{rng.integers(0, 14):02d}-{rng.integers(0, 33):02d}"
+        if rng.random() < 0.7:
+            text += f"T{rng.integers(0, 25):02d}:{rng.integers(0, 61):02d}:{rng.integers(0, 61):02d}"
+            if rng.random() < 0.3:
+                text += "." + "123456789"[: int(rng.integers(1, 10))]
+        text += str(rng.choice(["", "", "Z", "+00:00", "+02:00", "-00:00"]))
+        out.append(text)
+    return out + ["2025-11-12", "2025-11-12Z", "2025-11-12 00:00:00", "soon", "", "2025-1-12"]
+
+
+def test_close_dates_read_as_pandas_reads_them() -> None:
+    """The one-deal shortcut of close-date parsing gives pandas' instant (or NaT) for every text, alone
+    and among others."""
+    from features.timeindex import parse_iso_ns, to_ns
+
+    texts = _iso_texts(4_000, seed=3)
+    want = to_ns(pd.to_datetime(np.asarray(texts, dtype=object), utc=True, errors="coerce", format="ISO8601"))
+    alone = np.concatenate([parse_iso_ns([t]) for t in texts])
+    assert alone.tolist() == want.tolist()
+    assert (want != np.iinfo(np.int64).min).sum() > 1_000  # most of them are times
+    in_pairs = np.concatenate([parse_iso_ns(texts[i: i + 2]) for i in range(0, len(texts), 2)])
+    assert in_pairs.tolist() == want.tolist()
+    assert parse_iso_ns(["2025-11-12T10:30:00Z", None]).tolist() == [
+        pd.Timestamp("2025-11-12T10:30:00Z").value, np.iinfo(np.int64).min]

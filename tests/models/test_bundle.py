@@ -208,6 +208,12 @@ def test_stage_prior_heads_for_thin_data(
     # no timing model: the timing scores are null, not made up
     assert scores["close_probability_90d"].isna().all() and scores["slip_risk"].isna().all()
     assert scores["likely_close_date"].isna().all()
+    # the columns by name (as `score_points` gives them) score as the frame does
+    head = frame.head(50)
+    by_name = {c: head[c].array for c in head.columns}
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(thin.score_columns(by_name)), pd.DataFrame(thin.score_columns(head)), check_exact=True
+    )
     # the stage is the only reason: for the risk when its rate is above the overall one, else against it
     for i in range(len(scores)):
         (stage_reason,) = scores.loc[i, "reasons"] + scores.loc[i, "counter_reasons"]
@@ -281,3 +287,16 @@ def test_mlflow_round_trip_by_alias_and_version(
     np.testing.assert_array_equal(by_version.score(sample)["cold_risk"], bundle.score(sample)["cold_risk"])
     with pytest.raises(ModelNotFoundError):
         load_bundle(f"models:/{REGISTERED_MODEL}@nobody", tracking_uri=uri)
+
+
+def test_days_to_likely_close_convert_to_nanoseconds_as_pandas_converts_them() -> None:
+    """Days until the likely close date, fractional or whole, are pandas' nanoseconds to the last one
+    (whole days too, which pandas itself holds in microseconds)."""
+    from models.bundle import days_ns
+
+    rng = np.random.default_rng(0)
+    days = np.concatenate([rng.uniform(0, 730, 20_000), np.arange(731.0), [np.nan, 1 / 3, 0.5]])
+    want = pd.to_timedelta(days, unit="D").as_unit("ns").asi8
+    assert days_ns(days).tolist() == want.tolist()
+    assert days_ns(np.array([3.0, np.nan])).tolist() == [3 * 86_400 * 10**9, np.iinfo(np.int64).min]
+    assert days_ns(np.array([0.5]))[0] == 12 * 3_600 * 10**9

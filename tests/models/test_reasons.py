@@ -53,6 +53,7 @@ def test_only_what_raises_the_risk_is_a_reason_and_what_lowers_it_is_listed_apar
     keys = pd.Series(["Mid", "Mid"], dtype="string"), pd.Series(["Demo", "Demo"], dtype="string")
     raises = writer.explain(contrib, x, *keys, top_k=2)
     lowers = writer.explain(contrib, x, *keys, top_k=2, direction="lowers")
+    assert writer.explain_both(contrib, x, *keys, top_k=2) == (raises, lowers)  # the bundle's one call
     # the strongest effect (-2.0, stage age) lowers the risk: it is not offered as a reason for it
     assert [r["feature"] for r in raises[0]] == ["days_since_last_activity", "owner_win_rate"]
     assert [r["effect"] for r in raises[0]] == [1.5, 0.05]

@@ -118,3 +118,23 @@ def test_a_history_without_deals_has_no_open_points_rather_than_an_error(history
     points = open_deal_points(history.subset([]), "2025-01-01")
     assert len(points) == 0
     assert str(points["as_of"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_score_points_equals_the_bundle_scoring_the_feature_frame(
+    history: DealHistory, bundle: ScoringBundle
+) -> None:
+    """score_points scores the feature columns unframed; to the last bit what the bundle gives for the
+    feature frame, with the frame's context columns beside the scores."""
+    t = history.end_time - pd.Timedelta(days=30)
+    points = open_deal_points(history, t)
+    builder = FeatureBuilder().fit(history)
+    features = builder.transform(history, points)
+    framed = bundle.score(features, with_curves=True)
+    for c in ("pipeline", "owner", "team", "stage", "amount", "expected_close_date", "outcome"):
+        framed[c] = features[c].array
+    for i in (0, 1, len(points) - 1):  # one deal at a time too
+        alone = score_points(bundle, history.subset([points["deal_id"].iloc[i]]), points.iloc[[i]], builder,
+                             with_curves=True)
+        pd.testing.assert_frame_equal(alone, framed.iloc[[i]].reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(score_points(bundle, history, points, builder, with_curves=True), framed,
+                                  check_exact=True)
