@@ -83,12 +83,16 @@ def main() -> None:
     points = open_deal_points(history, as_of)
     features = builder.transform(history, points)
     x = bundle.encode(features)
-    boosters = [h.booster for h in (bundle.cold, bundle.close) if h.kind == "lightgbm"]
-    if len(boosters) != 2:
-        raise RuntimeError(f"expected two LightGBM heads, got kinds {bundle.cold.kind}, {bundle.close.kind}")
+    # The close head is a competing-risks model: its booster reads each deal once per period, so its raw
+    # predict is `TimingModel.raw_hazards` (the person-period rows through the booster, uncalibrated).
+    if bundle.cold.kind != "lightgbm" or bundle.close.kind not in ("lightgbm", "competing_risks"):
+        raise RuntimeError(f"expected LightGBM heads, got kinds {bundle.cold.kind}, {bundle.close.kind}")
+    boosters = [bundle.cold.booster, bundle.close.booster]
+    timing = bundle.close.timing
 
     def raw() -> list[np.ndarray]:
-        return [b.predict(x) for b in boosters]
+        close = timing.raw_hazards(x) if timing is not None else boosters[1].predict(x)
+        return [boosters[0].predict(x), close]
 
     raw()
     raw_s, _ = _median_s(raw, args.repeats)
