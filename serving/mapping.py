@@ -26,8 +26,8 @@ from features.validation import (
     EventColumns,
     KnownDeals,
     ProblemCollector,
+    attribute_values,
     check_event_tables,
-    coerce_attribute,
     validate_typed,
 )
 from serving.errors import raise_history_error
@@ -60,7 +60,7 @@ def _column(name: str, values: list[Any]) -> Any:
         return from_ns(datetimes_ns(values))
     if name in _FLOAT_COLUMNS:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    return string_array([_text(v) for v in values])
+    return string_array([v if type(v) is str else _text(v) for v in values])
 
 
 def _text(value: Any) -> str | None:
@@ -69,16 +69,20 @@ def _text(value: Any) -> str | None:
 
 
 def _frame(columns: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return frame_of({c: _column(c, [r.get(c) for r in rows]) for c in columns}, pd.RangeIndex(len(rows)))
+    return _frame_of_columns({c: [r.get(c) for r in rows] for c in columns})
+
+
+def _frame_of_columns(values: Mapping[str, list[Any]]) -> pd.DataFrame:
+    """A typed frame of plain column values (`_column`), with a fresh RangeIndex."""
+    n = len(next(iter(values.values()))) if values else 0
+    return frame_of({c: _column(c, v) for c, v in values.items()}, pd.RangeIndex(n))
 
 
 def _deal_rows(deals: Sequence[DealIn]) -> pd.DataFrame:
     columns = {c: _column(c, [getattr(d, c) for d in deals]) for c in DEAL_COLUMNS}
     names = sorted({name for d in deals for name in d.attributes})
     for name in names:
-        raw = pd.Series([d.attributes.get(name) for d in deals], dtype=object)
-        values = coerce_attribute(raw)  # float64 or text
-        columns[name] = values.to_numpy() if isinstance(values.dtype, np.dtype) else values.array
+        columns[name] = attribute_values([d.attributes.get(name) for d in deals])  # float64 or text
     return frame_of(columns, pd.RangeIndex(len(deals)))
 
 
@@ -87,19 +91,28 @@ def empty_event_frames() -> dict[str, pd.DataFrame]:
     return {table: _frame(EVENT_COLUMNS[table], []) for table in EVENT_TABLES}
 
 
+# Each event table's columns but deal_id, as the request's event models name them.
+_EVENT_FIELDS = {table: [c for c in EVENT_COLUMNS[table] if c != "deal_id"] for table in EVENT_TABLES}
+
+
 def inline_frames(deals: Sequence[DealWithHistoryIn], indexes: Sequence[int] | None = None) -> RequestFrames:
     """Frames of deals sent with their histories; `indexes[i]` is deal i's index in the request's list."""
     positions = list(indexes) if indexes is not None else list(range(len(deals)))
-    rows: dict[str, list[dict[str, Any]]] = {table: [] for table in EVENT_TABLES}
     locators: dict[str, list[str]] = {"deals": [f"deals[{i}]" for i in positions]}
-    locators.update({table: [] for table in EVENT_TABLES})
-    for i, deal in zip(positions, deals, strict=True):
-        for table in EVENT_TABLES:
-            for j, event in enumerate(getattr(deal, table)):
-                rows[table].append({"deal_id": deal.deal_id, **event.model_dump()})
-                locators[table].append(f"deals[{i}].{table}[{j}]")
     tables = {"deals": _deal_rows(deals)}
-    tables.update({table: _frame(EVENT_COLUMNS[table], rows[table]) for table in EVENT_TABLES})
+    for table in EVENT_TABLES:
+        # the columns read straight off the models (no per-event dict): the same values as model_dump
+        values: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS[table]}
+        where = locators[table] = []
+        for i, deal in zip(positions, deals, strict=True):
+            events = getattr(deal, table)
+            if not events:
+                continue
+            values["deal_id"] += [deal.deal_id] * len(events)
+            for name in _EVENT_FIELDS[table]:
+                values[name] += [getattr(e, name) for e in events]
+            where += [f"deals[{i}].{table}[{j}]" for j in range(len(events))]
+        tables[table] = _frame_of_columns(values)
     return RequestFrames(tables, locators)
 
 
@@ -156,7 +169,7 @@ def checked_event_rows(
         raise_history_error(exc, locators)
         raise  # unreachable: raise_history_error always raises
     if values is not None:
-        for rec, value in zip(rows["field_changes"], object_values(values, None), strict=True):
+        for rec, value in zip(rows["field_changes"], object_values(values[0], None), strict=True):
             rec["value"] = value
     return rows
 

@@ -48,7 +48,7 @@ def _per_deal_keys(deal_ids: Any, event_ids: Any, index: pd.Index) -> pd.Series 
     event = object_values(event_ids)
     keys = np.empty(len(deal), dtype=object)
     keys[:] = [
-        None if d is None or e is None or pd.isna(d) or pd.isna(e) else f"{d}\x1f{e}"
+        None if is_missing(d) or is_missing(e) else f"{d}\x1f{e}"
         for d, e in zip(deal, event, strict=True)
     ]
     return keys
