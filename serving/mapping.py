@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, cast
 
 import numpy as np
@@ -65,6 +66,8 @@ def _column(name: str, values: list[Any]) -> Any:
 
 def _text(value: Any) -> str | None:
     """A request value as the text the history stores (enum members are str subclasses: their value)."""
+    if isinstance(value, Enum):
+        return str(value._value_)  # `.value` without the descriptor's cost (paid for every activity)
     return None if value is None else str(value.value if hasattr(value, "value") else value)
 
 

@@ -134,7 +134,9 @@ def time_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # times parse in half the time). utc=True turns naive values into UTC and converts mixed offsets;
     # format="ISO8601" accepts each value's own ISO variant (date only, with or without seconds, "Z",
     # offsets).
-    found = pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce"))
+    found = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+    if not isinstance(found, pd.DatetimeIndex):  # an array's parse is one already
+        found = pd.DatetimeIndex(found)
     # Compared with the bounds and scaled to nanoseconds as integers in the parse's unit: the same
     # answers as the index operations (every time within the bounds is exact in nanoseconds), without
     # their fixed costs.
