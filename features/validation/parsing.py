@@ -134,7 +134,10 @@ def time_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # times parse in half the time). utc=True turns naive values into UTC and converts mixed offsets;
     # format="ISO8601" accepts each value's own ISO variant (date only, with or without seconds, "Z",
     # offsets).
-    found = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce")
+    # pandas' cache of distinct values pays off on long columns (dates repeat); on a request's few
+    # values its set-up costs more than the parse (the same times either way)
+    cache = len(values) > _SMALL_COLUMN
+    found = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce", cache=cache)
     if not isinstance(found, pd.DatetimeIndex):  # an array's parse is one already
         found = pd.DatetimeIndex(found)
     # Compared with the bounds and scaled to nanoseconds as integers in the parse's unit: the same
