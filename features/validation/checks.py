@@ -155,7 +155,9 @@ def check_event_columns(
         return
     time_column = EVENT_TIME[table]
     # event_id is unique within a deal (two deals may use the same id), as the store keys it
-    keys = _per_deal_keys(rows.deal_id, rows.event_id, rows.index)
+    ids = object_values(rows.deal_id)
+    # a small table's keys are built from these values; a large one's from the column itself
+    keys = _per_deal_keys(ids if len(ids) <= SMALL_ROWS else rows.deal_id, rows.event_id, rows.index)
     dup, first_row = _first_row_of_duplicates(keys, rows.index)
     if dup.any():
         problems.add_rows(
@@ -169,7 +171,6 @@ def check_event_columns(
         )
     if deals is None:
         return
-    ids = object_values(rows.deal_id)
     position = positions_among(deals.deal_id, ids)
     unknown = pd.notna(ids) & (position < 0)
     if unknown.any():

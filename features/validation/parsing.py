@@ -213,9 +213,9 @@ def attribute_values(values: list[Any]) -> Any:
     objects = np.empty(len(values), dtype=object)
     objects[:] = values
     if len(values) <= _SMALL_COLUMN:
-        text = _small_text(objects)
-        if not _may_be_numbers(text):
-            return text
+        stripped = _stripped(objects, None)  # `_small_text`'s values, read before they become an array
+        if not _may_be_numbers(stripped):
+            return string_array(stripped)
     coerced = coerce_attribute(pd.Series(objects, dtype=object))
     return coerced.to_numpy() if isinstance(coerced.dtype, np.dtype) else coerced.array
 
