@@ -10,8 +10,9 @@ each bad item by its request path (`deals[3].stage_changes[0].changed_at`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, cast
@@ -41,10 +42,11 @@ _FLOAT_COLUMNS = frozenset({"amount"})
 
 @dataclass
 class RequestFrames:
-    """Typed frames of a request, and the request path of every row (`locators[table][row]`)."""
+    """Typed frames of a request, and what writes the request path of every row (`locate()[table][row]`),
+    called only when a problem is to be named."""
 
     tables: dict[str, pd.DataFrame]
-    locators: dict[str, list[str]] = field(default_factory=dict)
+    locate: Callable[[], dict[str, list[str]]] = dict
 
 
 def time_or(value: datetime | None, default: pd.Timestamp | None = None) -> pd.Timestamp:
@@ -101,28 +103,38 @@ _EVENT_FIELDS = {table: [c for c in EVENT_COLUMNS[table] if c != "deal_id"] for 
 def inline_frames(deals: Sequence[DealWithHistoryIn], indexes: Sequence[int] | None = None) -> RequestFrames:
     """Frames of deals sent with their histories; `indexes[i]` is deal i's index in the request's list."""
     positions = list(indexes) if indexes is not None else list(range(len(deals)))
-    locators: dict[str, list[str]] = {"deals": [f"deals[{i}]" for i in positions]}
+    counts: dict[str, list[int]] = {}
     tables = {"deals": _deal_rows(deals)}
     for table in EVENT_TABLES:
         # the columns read straight off the models (no per-event dict): the same values as model_dump
         values: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS[table]}
-        where = locators[table] = []
-        for i, deal in zip(positions, deals, strict=True):
+        counts[table] = []
+        for deal in deals:
             events = getattr(deal, table)
+            counts[table].append(len(events))
             if not events:
                 continue
             values["deal_id"] += [deal.deal_id] * len(events)
             for name in _EVENT_FIELDS[table]:
                 values[name] += [getattr(e, name) for e in events]
-            where += [f"deals[{i}].{table}[{j}]" for j in range(len(events))]
         tables[table] = _frame_of_columns(values)
-    return RequestFrames(tables, locators)
+    return RequestFrames(tables, functools.partial(_inline_paths, positions, counts))
+
+
+def _inline_paths(positions: list[int], counts: dict[str, list[int]]) -> dict[str, list[str]]:
+    """The request path of every row of `inline_frames`' frames: deal i is `deals[positions[i]]`, with
+    `counts[table][i]` events of each table."""
+    paths = {"deals": [f"deals[{i}]" for i in positions]}
+    for table, per_deal in counts.items():
+        paths[table] = [f"deals[{i}].{table}[{j}]" for i, n in zip(positions, per_deal, strict=True)
+                        for j in range(n)]
+    return paths
 
 
 def deal_frames(deals: Sequence[DealIn]) -> RequestFrames:
     """Frames of deals without events (`POST /v1/deals`)."""
     tables = {"deals": _deal_rows(deals), **empty_event_frames()}
-    return RequestFrames(tables, {"deals": [f"deals[{i}]" for i in range(len(deals))]})
+    return RequestFrames(tables, lambda: {"deals": [f"deals[{i}]" for i in range(len(deals))]})
 
 
 def checked_event_rows(
@@ -185,5 +197,5 @@ def validated_history(frames: RequestFrames, specs: Mapping[str, PipelineSpec]) 
             t["deals"], t["stage_changes"], t["activities"], t["field_changes"], specs, source="request"
         )
     except HistoryValidationError as exc:
-        raise_history_error(exc, frames.locators)
+        raise_history_error(exc, frames.locate())
         raise  # unreachable: raise_history_error always raises

@@ -302,6 +302,8 @@ def _stable_sort(frame: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, np.n
     stable order: text by code point, times by instant), and not copied when already in order, as a
     request's events usually are: pandas' multi-column sort has a fixed cost of milliseconds.
     """
+    if len(frame) < 2:
+        return fresh_index(frame), None
     if len(frame) <= SMALL_ROWS:
         keys = [_sort_key(column(frame, c)) for c in by]
         if not any(bool(pd.isna(k).any()) for k in keys if k.dtype == object) and all(
