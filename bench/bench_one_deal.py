@@ -7,12 +7,14 @@ scorer off, so no background rounds land in the timings) time R rounds (default 
 POST /v1/score (one open deal inline with its whole history, the 20 open deals closest to 45 events in
 turn) and GET /v1/deals/{id}/score (the same deals), interleaved so load drift hits all three alike.
 Also the in-process time of `serving.routes.scoring.score_inline_deals` alone (what the route adds to
-pydantic, the key check and the spec read), and the floor under it: the time LightGBM's own code takes
-for one deal whatever the Python around it does (the cold head's TreeSHAP contributions, which the
+pydantic, the key check and the spec read), of its request side alone (`serving.mapping.inline_frames`
+and `validated_history`: the request models to a validated `DealHistory`), wall and CPU (process_time,
+which load from other processes inflates less), and the floor under it all: the time LightGBM's own code
+takes for one deal whatever the Python around it does (the cold head's TreeSHAP contributions, which the
 reasons need, its probability, and the close head's hazards over every period), each timed alone on the
-bench deals' encoded rows. Writes bench/results/one_deal.json.
+bench deals' encoded rows. Writes bench/results/one_deal.json (or --out).
 
-Run: .venv/bin/python bench/bench_one_deal.py [--deals 3000] [--rounds 300]
+Run: .venv/bin/python bench/bench_one_deal.py [--deals 3000] [--rounds 300] [--out PATH]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=3_000)
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/one_deal.json")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-one-deal-") as tmp:
@@ -47,7 +50,7 @@ def main() -> None:
             result = _run(home, args.deals, args.rounds)
         finally:
             os.chdir(cwd)
-    write_result("one_deal", result)
+    write_result("one_deal", result, args.out)
 
 
 def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
 
     from models.scoring import open_deal_points
     from serving.app import create_app
+    from serving.mapping import inline_frames, validated_history
     from serving.routes.scoring import score_inline_deals
     from serving.schemas import ScoreRequest
     from serving.settings import Settings
@@ -111,6 +115,14 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
             in_process.append(time.perf_counter() - start)
         floor = _model_floor(bundle, builder, requests, specs, history.end_time, rounds)
 
+        request_side, request_cpu = [], []
+        for i in range(rounds):
+            deals = requests[i % len(ids)].deals
+            start, cpu = time.perf_counter(), time.process_time()
+            validated_history(inline_frames(deals, [0]), {deals[0].pipeline: specs[deals[0].pipeline]})
+            request_side.append(time.perf_counter() - start)
+            request_cpu.append(time.process_time() - cpu)
+
     out: dict[str, Any] = {"deals": n_deals, "rounds": rounds,
                            "events_per_scored_deal": sorted(events.get(d, 0) for d in ids)}
     for name, seconds in times.items():
@@ -119,6 +131,8 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
         out[name]["x_healthz_p50"] = round(out[name]["p50_ms"] / out["healthz"]["p50_ms"], 1)
         out[name]["x_healthz_p99"] = round(out[name]["p99_ms"] / out["healthz"]["p99_ms"], 1)
     out["score_inline_deals_median_ms"] = round(statistics.median(in_process) * 1e3, 2)
+    out["request_side_median_ms"] = round(statistics.median(request_side) * 1e3, 3)
+    out["request_side_cpu_median_ms"] = round(statistics.median(request_cpu) * 1e3, 3)
     out["model_floor_median_ms"] = floor
     out["model_floor_x_healthz_p50"] = round(floor["total"] / out["healthz"]["p50_ms"], 2)
     out["targets"] = {"x_healthz_p50": 2.0, "x_healthz_p99": 3.0}

@@ -10,9 +10,11 @@ each bad item by its request path (`deals[3].stage_changes[0].changed_at`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, cast
 
 import numpy as np
@@ -26,8 +28,8 @@ from features.validation import (
     EventColumns,
     KnownDeals,
     ProblemCollector,
+    attribute_values,
     check_event_tables,
-    coerce_attribute,
     validate_typed,
 )
 from serving.errors import raise_history_error
@@ -40,10 +42,11 @@ _FLOAT_COLUMNS = frozenset({"amount"})
 
 @dataclass
 class RequestFrames:
-    """Typed frames of a request, and the request path of every row (`locators[table][row]`)."""
+    """Typed frames of a request, and what writes the request path of every row (`locate()[table][row]`),
+    called only when a problem is to be named."""
 
     tables: dict[str, pd.DataFrame]
-    locators: dict[str, list[str]] = field(default_factory=dict)
+    locate: Callable[[], dict[str, list[str]]] = dict
 
 
 def time_or(value: datetime | None, default: pd.Timestamp | None = None) -> pd.Timestamp:
@@ -60,25 +63,31 @@ def _column(name: str, values: list[Any]) -> Any:
         return from_ns(datetimes_ns(values))
     if name in _FLOAT_COLUMNS:
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
-    return string_array([_text(v) for v in values])
+    return string_array([v if type(v) is str else _text(v) for v in values])
 
 
 def _text(value: Any) -> str | None:
     """A request value as the text the history stores (enum members are str subclasses: their value)."""
+    if isinstance(value, Enum):
+        return str(value._value_)  # `.value` without the descriptor's cost (paid for every activity)
     return None if value is None else str(value.value if hasattr(value, "value") else value)
 
 
 def _frame(columns: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return frame_of({c: _column(c, [r.get(c) for r in rows]) for c in columns}, pd.RangeIndex(len(rows)))
+    return _frame_of_columns({c: [r.get(c) for r in rows] for c in columns})
+
+
+def _frame_of_columns(values: Mapping[str, list[Any]]) -> pd.DataFrame:
+    """A typed frame of plain column values (`_column`), with a fresh RangeIndex."""
+    n = len(next(iter(values.values()))) if values else 0
+    return frame_of({c: _column(c, v) for c, v in values.items()}, pd.RangeIndex(n))
 
 
 def _deal_rows(deals: Sequence[DealIn]) -> pd.DataFrame:
     columns = {c: _column(c, [getattr(d, c) for d in deals]) for c in DEAL_COLUMNS}
     names = sorted({name for d in deals for name in d.attributes})
     for name in names:
-        raw = pd.Series([d.attributes.get(name) for d in deals], dtype=object)
-        values = coerce_attribute(raw)  # float64 or text
-        columns[name] = values.to_numpy() if isinstance(values.dtype, np.dtype) else values.array
+        columns[name] = attribute_values([d.attributes.get(name) for d in deals])  # float64 or text
     return frame_of(columns, pd.RangeIndex(len(deals)))
 
 
@@ -87,26 +96,45 @@ def empty_event_frames() -> dict[str, pd.DataFrame]:
     return {table: _frame(EVENT_COLUMNS[table], []) for table in EVENT_TABLES}
 
 
+# Each event table's columns but deal_id, as the request's event models name them.
+_EVENT_FIELDS = {table: [c for c in EVENT_COLUMNS[table] if c != "deal_id"] for table in EVENT_TABLES}
+
+
 def inline_frames(deals: Sequence[DealWithHistoryIn], indexes: Sequence[int] | None = None) -> RequestFrames:
     """Frames of deals sent with their histories; `indexes[i]` is deal i's index in the request's list."""
     positions = list(indexes) if indexes is not None else list(range(len(deals)))
-    rows: dict[str, list[dict[str, Any]]] = {table: [] for table in EVENT_TABLES}
-    locators: dict[str, list[str]] = {"deals": [f"deals[{i}]" for i in positions]}
-    locators.update({table: [] for table in EVENT_TABLES})
-    for i, deal in zip(positions, deals, strict=True):
-        for table in EVENT_TABLES:
-            for j, event in enumerate(getattr(deal, table)):
-                rows[table].append({"deal_id": deal.deal_id, **event.model_dump()})
-                locators[table].append(f"deals[{i}].{table}[{j}]")
+    counts: dict[str, list[int]] = {}
     tables = {"deals": _deal_rows(deals)}
-    tables.update({table: _frame(EVENT_COLUMNS[table], rows[table]) for table in EVENT_TABLES})
-    return RequestFrames(tables, locators)
+    for table in EVENT_TABLES:
+        # the columns read straight off the models (no per-event dict): the same values as model_dump
+        values: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS[table]}
+        counts[table] = []
+        for deal in deals:
+            events = getattr(deal, table)
+            counts[table].append(len(events))
+            if not events:
+                continue
+            values["deal_id"] += [deal.deal_id] * len(events)
+            for name in _EVENT_FIELDS[table]:
+                values[name] += [getattr(e, name) for e in events]
+        tables[table] = _frame_of_columns(values)
+    return RequestFrames(tables, functools.partial(_inline_paths, positions, counts))
+
+
+def _inline_paths(positions: list[int], counts: dict[str, list[int]]) -> dict[str, list[str]]:
+    """The request path of every row of `inline_frames`' frames: deal i is `deals[positions[i]]`, with
+    `counts[table][i]` events of each table."""
+    paths = {"deals": [f"deals[{i}]" for i in positions]}
+    for table, per_deal in counts.items():
+        paths[table] = [f"deals[{i}].{table}[{j}]" for i, n in zip(positions, per_deal, strict=True)
+                        for j in range(n)]
+    return paths
 
 
 def deal_frames(deals: Sequence[DealIn]) -> RequestFrames:
     """Frames of deals without events (`POST /v1/deals`)."""
     tables = {"deals": _deal_rows(deals), **empty_event_frames()}
-    return RequestFrames(tables, {"deals": [f"deals[{i}]" for i in range(len(deals))]})
+    return RequestFrames(tables, lambda: {"deals": [f"deals[{i}]" for i in range(len(deals))]})
 
 
 def checked_event_rows(
@@ -156,7 +184,7 @@ def checked_event_rows(
         raise_history_error(exc, locators)
         raise  # unreachable: raise_history_error always raises
     if values is not None:
-        for rec, value in zip(rows["field_changes"], object_values(values, None), strict=True):
+        for rec, value in zip(rows["field_changes"], object_values(values[0], None), strict=True):
             rec["value"] = value
     return rows
 
@@ -169,5 +197,5 @@ def validated_history(frames: RequestFrames, specs: Mapping[str, PipelineSpec]) 
             t["deals"], t["stage_changes"], t["activities"], t["field_changes"], specs, source="request"
         )
     except HistoryValidationError as exc:
-        raise_history_error(exc, frames.locators)
+        raise_history_error(exc, frames.locate())
         raise  # unreachable: raise_history_error always raises

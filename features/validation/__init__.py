@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.history import EVENT_TIME, DealHistory, PipelineSpec
+from features.history import EVENT_TIME, DealHistory, ParsedCloseDates, PipelineSpec
 from features.stages import order_stage_changes
 from features.timeindex import column, fresh_index, object_values
 from features.validation.checks import (
@@ -49,9 +49,10 @@ from features.validation.parsing import (
     MAX_AMOUNT,
     UTC_NS,
     as_frame,
+    attribute_values,
     check_columns,
+    checked_field_values,
     coerce_attribute,
-    field_change_values,
     format_utc_iso,
     parse_deals,
     parse_events,
@@ -73,6 +74,7 @@ __all__ = [
     "MAX_PROBLEMS",
     "UTC_NS",
     "assemble_typed",
+    "attribute_values",
     "check_event_tables",
     "check_typed",
     "coerce_attribute",
@@ -141,12 +143,14 @@ def validate_typed(
     Columns must be those of `DealHistory` (any order; deals may carry attribute columns, already
     coerced), with a fresh RangeIndex. Runs the cross-row checks (duplicate ids, unknown deals, events
     before creation, stages of pipelines with a spec) and the field-change value rule; raises
-    `HistoryValidationError` like `validate_and_coerce`, with rows numbered in the frames' order.
+    `HistoryValidationError` like `validate_and_coerce`, with rows numbered in the frames' order. The
+    history records the close dates the value rule parsed (`DealHistory.close_dates_ns`), so features
+    do not parse them again.
     """
     events = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
-    checked = check_typed(deals, events, pipelines, source)
-    return assemble_typed(
-        deals, checked["stage_changes"], checked["activities"], checked["field_changes"], pipelines
+    checked, close_ns = _check_typed(deals, events, pipelines, source)
+    return _assemble_typed(
+        deals, checked["stage_changes"], checked["activities"], checked["field_changes"], pipelines, close_ns
     )
 
 
@@ -158,6 +162,16 @@ def check_typed(
 ) -> dict[str, pd.DataFrame]:
     """The checks of `validate_typed` without the assembly: the event frames by table as given (a table
     left out has no rows), field-change values canonical."""
+    return _check_typed(deals, events, pipelines, source)[0]
+
+
+def _check_typed(
+    deals: pd.DataFrame,
+    events: Mapping[str, pd.DataFrame],
+    pipelines: Mapping[str, PipelineSpec],
+    source: str | None,
+) -> tuple[dict[str, pd.DataFrame], np.ndarray | None]:
+    """`check_typed`, and the close dates of the field changes row for row (None without any)."""
     problems = ProblemCollector()
     check_unique_deals(deals, problems)
     known = KnownDeals(column(deals, "deal_id"), column(deals, "created_at").asi8, column(deals, "pipeline"))
@@ -169,44 +183,49 @@ def check_typed(
             frame.index,
         )
         for table, frame in events.items()
-        if not frame.empty
+        if len(frame)
     }
     field_changes = events.get("field_changes")
     stage_changes = events.get("stage_changes")
-    values = check_event_tables(
+    given = None if field_changes is None else column(field_changes, "value")
+    checked = check_event_tables(
         known,
         columns,
-        None if field_changes is None else (field_changes["field"], field_changes["value"]),
+        None if field_changes is None or given is None else (column(field_changes, "field"), given),
         None if stage_changes is None else column(stage_changes, "stage"),
         pipelines,
         problems,
     )
     problems.raise_if_any(source)
     out = dict(events)
-    if values is not None and field_changes is not None:
+    if checked is None:
+        return out, None
+    values, close_ns = checked
+    if field_changes is not None and values is not given:
         out["field_changes"] = field_changes.assign(value=values)
-    return out
+    return out, close_ns
 
 
 def check_event_tables(
     deals: KnownDeals,
     events: Mapping[str, EventColumns],
-    field_changes: tuple[pd.Series, pd.Series] | None,
+    field_changes: tuple[Any, Any] | None,
     stages: Any,
     pipelines: Mapping[str, PipelineSpec],
     problems: ProblemCollector,
-) -> pd.Series | None:
+) -> tuple[Any, np.ndarray] | None:
     """The cross-row checks of new events of `deals` (with their pipelines), on the columns alone:
     `check_typed` on frames, and a request's few new events of stored deals without building any
-    (`serving.mapping.checked_event_rows`). `field_changes`: (field, value) of the field changes;
-    `stages`: the stage changes' stages. Adds the problems found; returns the field-change values,
-    close dates canonical (None without field changes)."""
+    (`serving.mapping.checked_event_rows`). `field_changes`: (field, value) of the field changes (Series
+    or arrays); `stages`: the stage changes' stages. Adds the problems found; returns
+    `parsing.checked_field_values` of the field changes (the values, close dates canonical: the given
+    column itself when none was rewritten; the close dates in int64 ns), None without field changes."""
     for table, rows in events.items():
         check_event_columns(rows, table, deals, problems)
-    values = None
+    checked = None
     if field_changes is not None and len(field_changes[1]):
         field, value = field_changes
-        values = field_change_values(field, value, value, problems)
+        checked = checked_field_values(field, value, value, problems)
     if stages is not None and len(stages) and pipelines and "stage_changes" in events:
         position = positions_among(deals.deal_id, events["stage_changes"].deal_id)
         pipes = object_values(deals.pipeline)
@@ -214,7 +233,7 @@ def check_event_tables(
         if len(pipes):
             row_pipeline = np.where(position >= 0, pipes[position], None)
         check_stages_against_specs(stages, row_pipeline, pipelines, problems)
-    return values
+    return checked
 
 
 def assemble_typed(
@@ -231,11 +250,23 @@ def assemble_typed(
     For frames whose validity is already known: the store's rows (`serving.store`, `trusted` reads),
     which every write validated in its transaction, built by `parsing.stored_deals` / `stored_events`.
     """
+    return _assemble_typed(deals, stage_changes, activities, field_changes, pipelines, None)
+
+
+def _assemble_typed(
+    deals: pd.DataFrame,
+    stage_changes: pd.DataFrame,
+    activities: pd.DataFrame,
+    field_changes: pd.DataFrame,
+    pipelines: Mapping[str, PipelineSpec],
+    close_ns: np.ndarray | None,
+) -> DealHistory:
+    """`assemble_typed`, recording `close_ns` (the field changes' close dates, row for row) if given."""
     attributes = tuple(sorted(c for c in deals.columns if c not in DEAL_COLUMNS))
     deals = _columns(deals, [*DEAL_COLUMNS, *attributes])
     given = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
     events = {table: _columns(frame, list(EVENT_COLUMNS[table])) for table, frame in given.items()}
-    return _assemble(deals, events, dict(pipelines), attributes)
+    return _assemble(deals, events, dict(pipelines), attributes, close_ns)
 
 
 def _columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -257,30 +288,48 @@ def _check_stages(
     check_stages_against_specs(column(stage_changes, "stage"), row_pipeline, specs, problems)
 
 
-def _sort_events(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
+def _sort_events(frame: pd.DataFrame, time_column: str) -> tuple[pd.DataFrame, np.ndarray | None]:
     # Stable: events of one deal at the same instant keep the order they were given in; stage changes
     # are then put in `features.stages.order_stage_changes` order, which does not depend on arrival.
     return _stable_sort(frame, ["deal_id", time_column])
 
 
-def _stable_sort(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """`frame.sort_values(by, kind="stable")` with a fresh RangeIndex.
+def _stable_sort(frame: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """`frame.sort_values(by, kind="stable")` with a fresh RangeIndex, and the position in `frame` of
+    each sorted row (None when the rows were already in order).
 
     Small frames without missing keys are ordered by one Python sort of the key tuples (the same
     stable order: text by code point, times by instant), and not copied when already in order, as a
     request's events usually are: pandas' multi-column sort has a fixed cost of milliseconds.
     """
+    if len(frame) < 2:
+        return fresh_index(frame), None
     if len(frame) <= SMALL_ROWS:
         keys = [_sort_key(column(frame, c)) for c in by]
         if not any(bool(pd.isna(k).any()) for k in keys if k.dtype == object) and all(
             (k != np.iinfo(np.int64).min).all() for k in keys if k.dtype != object
         ):
+            if _in_order(keys):
+                return fresh_index(frame), None
             rows = list(zip(*(k.tolist() for k in keys), strict=True))
             order = sorted(range(len(rows)), key=rows.__getitem__)
-            if order == list(range(len(rows))):
-                return fresh_index(frame)
-            return frame.take(order).reset_index(drop=True)
-    return frame.sort_values(by, kind="stable").reset_index(drop=True)
+            return frame.take(order).reset_index(drop=True), np.array(order, dtype=np.intp)
+    ordered = fresh_index(frame).sort_values(by, kind="stable")
+    return ordered.reset_index(drop=True), np.asarray(ordered.index, dtype=np.intp)
+
+
+def _in_order(keys: list[np.ndarray]) -> bool:
+    """Whether rows whose sort keys (no missing values) are `keys` are already in their sorted order: each
+    row's key tuple is at most the next one's (then a stable sort keeps every row where it is)."""
+    if len(keys[0]) < 2:
+        return True
+    undecided = np.ones(len(keys[0]) - 1, dtype=bool)  # rows whose keys so far equal the next row's
+    for key in keys:
+        before, after = key[:-1], key[1:]
+        if (undecided & (before > after)).any():
+            return False
+        undecided &= before == after
+    return True
 
 
 def _sort_key(values: Any) -> np.ndarray:
@@ -296,11 +345,21 @@ def _assemble(
     events: Mapping[str, pd.DataFrame],
     specs: Mapping[str, PipelineSpec],
     attributes: tuple[str, ...],
+    close_ns: np.ndarray | None = None,
 ) -> DealHistory:
-    """Sorted frames and a spec for every pipeline (given, or inferred): the validated history."""
-    sorted_events = {table: _sort_events(frame, EVENT_TIME[table]) for table, frame in events.items()}
-    deals = _stable_sort(deals, ["deal_id"])
-    seen = [str(p) for p in pd.unique(column(deals, "pipeline"))]
+    """Sorted frames and a spec for every pipeline (given, or inferred): the validated history; with
+    `close_ns` (the field changes' close dates, row for row as given), recorded in the sorted order."""
+    sorted_events: dict[str, pd.DataFrame] = {}
+    parsed = None
+    for table, frame in events.items():
+        sorted_events[table], order = _sort_events(frame, EVENT_TIME[table])
+        if table == "field_changes" and close_ns is not None:
+            ns = close_ns if order is None else close_ns[order]
+            parsed = ParsedCloseDates(sorted_events[table], ns)
+    deals, _ = _stable_sort(deals, ["deal_id"])
+    pipes = column(deals, "pipeline")
+    # a set of the few values of a small frame costs less than pd.unique's fixed cost; the same names
+    seen = {str(p) for p in (object_values(pipes).tolist() if len(pipes) <= SMALL_ROWS else pd.unique(pipes))}
     missing_specs = sorted(p for p in seen if p not in specs)
     all_specs = dict(specs)
     all_specs.update(infer_pipeline_specs(deals, sorted_events["stage_changes"], missing_specs))
@@ -311,4 +370,5 @@ def _assemble(
         field_changes=sorted_events["field_changes"],
         pipelines=all_specs,
         attribute_columns=attributes,
+        parsed_close_dates=parsed,
     )

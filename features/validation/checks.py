@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import EVENT_TIME
-from features.timeindex import column, from_ns, is_missing, object_values
+from features.timeindex import column, from_ns, object_values
 from features.validation.problems import ProblemCollector
 
 # Below this many rows the checks run as one Python pass over plain values: pandas' string and index
@@ -46,11 +46,10 @@ def _per_deal_keys(deal_ids: Any, event_ids: Any, index: pd.Index) -> pd.Series 
         return (deal_id + "\x1f" + event_id).where(event_id.notna())
     deal = object_values(deal_ids)
     event = object_values(event_ids)
+    gone = (pd.isna(deal) | pd.isna(event)).tolist()  # one array test, not one per value
     keys = np.empty(len(deal), dtype=object)
-    keys[:] = [
-        None if d is None or e is None or pd.isna(d) or pd.isna(e) else f"{d}\x1f{e}"
-        for d, e in zip(deal, event, strict=True)
-    ]
+    pairs = zip(deal.tolist(), event.tolist(), gone, strict=True)
+    keys[:] = [None if g else f"{d}\x1f{e}" for d, e, g in pairs]
     return keys
 
 
@@ -66,11 +65,15 @@ def positions_among(deal_ids: Any, ids: Any) -> np.ndarray:
     deal_ids = object_values(deal_ids)
     wanted = object_values(ids)
     if len(deal_ids) <= SMALL_ROWS and len(wanted) <= SMALL_ROWS:
+        # missing values are found by one array test each, not one per value
         first: dict[object, int] = {}
-        for row, deal_id in enumerate(deal_ids):
-            if not is_missing(deal_id):
+        present = zip(deal_ids.tolist(), pd.isna(deal_ids).tolist(), strict=True)
+        for row, (deal_id, gone) in enumerate(present):
+            if not gone:
                 first.setdefault(deal_id, row)
-        return np.array([-1 if is_missing(i) else first.get(i, -1) for i in wanted], dtype=np.intp)
+        lost = pd.isna(wanted).tolist()
+        return np.array([-1 if g else first.get(i, -1) for i, g in zip(wanted.tolist(), lost, strict=True)],
+                        dtype=np.intp)
     # Repeated and missing deal ids are reported elsewhere; look ids up among each id's first row.
     is_first = ~pd.Index(deal_ids, dtype=object).duplicated(keep="first") & pd.notna(deal_ids)
     rows = np.flatnonzero(is_first)
@@ -152,7 +155,9 @@ def check_event_columns(
         return
     time_column = EVENT_TIME[table]
     # event_id is unique within a deal (two deals may use the same id), as the store keys it
-    keys = _per_deal_keys(rows.deal_id, rows.event_id, rows.index)
+    ids = object_values(rows.deal_id)
+    # a small table's keys are built from these values; a large one's from the column itself
+    keys = _per_deal_keys(ids if len(ids) <= SMALL_ROWS else rows.deal_id, rows.event_id, rows.index)
     dup, first_row = _first_row_of_duplicates(keys, rows.index)
     if dup.any():
         problems.add_rows(
@@ -166,7 +171,6 @@ def check_event_columns(
         )
     if deals is None:
         return
-    ids = object_values(rows.deal_id)
     position = positions_among(deals.deal_id, ids)
     unknown = pd.notna(ids) & (position < 0)
     if unknown.any():

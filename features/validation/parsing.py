@@ -7,15 +7,16 @@ whole columns; only the (capped) list of problems is formatted row by row.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import pandas as pd
 
 from features.history import ACTIVITY_TYPES, CHANGEABLE_FIELDS, DIRECTIONS, EVENT_TIME, TABLES, TIME_COLUMNS
-from features.timeindex import datetimes_ns, frame_of, from_ns, object_values, string_array
+from features.timeindex import NAT_NS, datetimes_ns, frame_of, from_ns, object_values, string_array, to_ns
 from features.validation.problems import ProblemCollector
 
 STRING: Final = "string"
@@ -81,10 +82,16 @@ def to_string(series: pd.Series) -> pd.Series:
 
 def _small_text(values: np.ndarray) -> Any:
     """`to_string`'s one Python pass over an object array (at most `_SMALL_COLUMN` values), as an array."""
-    missing = pd.isna(values)
+    return string_array(_stripped(values, None))
+
+
+def _stripped(values: np.ndarray, missing: Any = pd.NA) -> np.ndarray:
+    """The values `to_string` holds (stripped text; empty or missing values as `missing`) as an object
+    array, by one Python pass: `object_values(to_string(...))` of a small column without the Series."""
+    gone = pd.isna(values)
     text = np.empty(len(values), dtype=object)
-    text[:] = [None if gone else (str(v).strip() or None) for v, gone in zip(values, missing, strict=True)]
-    return string_array(text)
+    text[:] = [missing if g else (str(v).strip() or missing) for v, g in zip(values, gone, strict=True)]
+    return text
 
 
 def text_array(values: list[Any]) -> Any:
@@ -114,18 +121,45 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.is_datetime64_dtype(series.dtype):
         return series.dt.tz_localize("UTC").astype(UTC_NS), pd.Series(False, index=series.index)
     text = to_string(series)
+    times, bad = time_values(object_values(text))
+    return pd.Series(from_ns(times), index=text.index), pd.Series(bad, index=text.index)
+
+
+def time_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`parse_times` of an object array of text (stripped, missing values <NA>), without the Series:
+    (the times as int64 nanoseconds since the epoch, NAT_NS where missing or bad; mask of
+    present-but-unparsable values)."""
     # The values parsed as an array and the masks taken in numpy: equal to the Series operations, and
     # cheaper at every size (a few values' Series operations cost more than parsing them; 500,000
     # times parse in half the time). utc=True turns naive values into UTC and converts mixed offsets;
     # format="ISO8601" accepts each value's own ISO variant (date only, with or without seconds, "Z",
     # offsets).
-    values = object_values(text)
-    found = pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce"))
-    missing = np.asarray(found.isna(), dtype=bool)
-    in_range = missing | np.asarray((found >= EARLIEST_TIME) & (found <= LATEST_TIME), dtype=bool)
-    times = found if in_range.all() else pd.DatetimeIndex(found.where(in_range))
-    bad = ~pd.isna(values) & (missing | ~in_range)
-    return pd.Series(times.as_unit("ns").array, index=text.index), pd.Series(bad, index=text.index)
+    # pandas' cache of distinct values pays off on long columns (dates repeat); on a request's few
+    # values its set-up costs more than the parse (the same times either way)
+    cache = len(values) > _SMALL_COLUMN
+    found = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce", cache=cache)
+    if not isinstance(found, pd.DatetimeIndex):  # an array's parse is one already
+        found = pd.DatetimeIndex(found)
+    # Compared with the bounds and scaled to nanoseconds as integers in the parse's unit: the same
+    # answers as the index operations (every time within the bounds is exact in nanoseconds), without
+    # their fixed costs.
+    at = found.asi8
+    missing = at == NAT_NS
+    earliest, latest, per_ns = _unit_scale(found.unit)
+    kept = ~missing & (at >= earliest) & (at <= latest)
+    bad = ~pd.isna(values) & ~kept
+    times = np.where(kept, at, 0) * per_ns  # no overflow: the kept times are within the bounds
+    times[~kept] = NAT_NS
+    return times, bad
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_scale(unit: Any) -> tuple[int, int, int]:
+    """(EARLIEST_TIME, LATEST_TIME as integers of `unit` since the epoch (both are whole days), and
+    nanoseconds per `unit`)."""
+    earliest, latest = (int(t.tz_convert(None).as_unit(unit).to_datetime64().view("i8"))
+                        for t in (EARLIEST_TIME, LATEST_TIME))
+    return earliest, latest, int(pd.Timedelta(1, unit=unit).value)
 
 
 def parse_numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -134,12 +168,8 @@ def parse_numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         values = series.astype("float64")
         present = series.notna()
     elif len(series) <= _SMALL_COLUMN:
-        # the same parse of the values as an array, and the masks in numpy (see parse_times)
-        texts = object_values(to_string(series))
-        numbers = np.asarray(pd.to_numeric(texts, errors="coerce"), dtype=np.float64)
-        flagged = ~pd.isna(texts) & ~np.isfinite(numbers)
-        return (pd.Series(np.where(flagged, np.nan, numbers), index=series.index),
-                pd.Series(flagged, index=series.index))
+        numbers, flagged = _number_values(object_values(to_string(series)))
+        return pd.Series(numbers, index=series.index), pd.Series(flagged, index=series.index)
     else:
         text = to_string(series)
         present = text.notna()
@@ -147,6 +177,14 @@ def parse_numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     bad = present & (values.isna() | ~np.isfinite(values.fillna(0.0)))
     values = values.where(~bad)
     return values, bad.astype(bool)
+
+
+def _number_values(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`parse_numbers` of an object array of text (stripped, missing values <NA>), as arrays: the same
+    parse of the values as an array, and the masks in numpy (see `time_values`)."""
+    numbers = np.asarray(pd.to_numeric(texts, errors="coerce"), dtype=np.float64)
+    flagged = ~pd.isna(texts) & ~np.isfinite(numbers)
+    return np.where(flagged, np.nan, numbers), flagged
 
 
 def coerce_attribute(series: pd.Series) -> pd.Series:
@@ -169,7 +207,20 @@ def coerce_attribute(series: pd.Series) -> pd.Series:
     return text
 
 
-def _may_be_numbers(text: pd.Series) -> bool:
+def attribute_values(values: list[Any]) -> Any:
+    """`coerce_attribute` of plain values (a JSON request's: text, numbers, booleans, None) as the array
+    a frame holds (float64 numpy, or "string"); small columns of text skip the Series."""
+    objects = np.empty(len(values), dtype=object)
+    objects[:] = values
+    if len(values) <= _SMALL_COLUMN:
+        stripped = _stripped(objects, None)  # `_small_text`'s values, read before they become an array
+        if not _may_be_numbers(stripped):
+            return string_array(stripped)
+    coerced = coerce_attribute(pd.Series(objects, dtype=object))
+    return coerced.to_numpy() if isinstance(coerced.dtype, np.dtype) else coerced.array
+
+
+def _may_be_numbers(text: Any) -> bool:
     """False when some present value cannot parse as a number (no digit, and not an infinity) or is a
     code with a leading zero, or no value is present: the attribute is text without parsing any of it.
     (A value with neither a digit nor "inf" in it is NaN to `pd.to_numeric`; the leading-zero rule is
@@ -347,18 +398,40 @@ def _allowed(
 def field_change_values(
     field: pd.Series, value: pd.Series, shown: pd.Series, problems: ProblemCollector
 ) -> pd.Series:
-    """Check each field change's value against its field and return the values, close dates canonical.
+    """Check each field change's value against its field and return the values, close dates canonical
+    (`checked_field_values`' values, for a Series)."""
+    if value.empty:
+        return value
+    checked, _ = checked_field_values(field, value, shown, problems)
+    return cast(pd.Series, checked)
+
+
+def checked_field_values(
+    field: Any, value: Any, shown: Any, problems: ProblemCollector
+) -> tuple[Any, np.ndarray]:
+    """Check each field change's value against its field: (the values, close dates canonical; each
+    row's close date in int64 ns).
 
     Runs on file import and on the API path alike (the rule depends on two columns, so it is a frame
     check): an amount is a number >= 0, a close date a time (or empty, to clear it), an owner present.
-    `shown` holds the values as the user wrote them, for messages. Each rule parses only the rows of its
-    field (small requests often carry none of a kind).
+    `field` and `value` are text columns (Series or arrays, one item per row); `shown` holds the values
+    as the user wrote them, for messages. The values come back as given (the same object) when no close
+    date needed rewriting, else a new column of the same kind. The close dates are the instants the
+    values hold (`parse_times`), NAT_NS for rows of other fields and for empty or unparsable values: on a
+    valid history, `features` reads the same instants from the canonical text. Each rule parses only the
+    rows of its field (small requests often carry none of a kind); columns of up to `_SMALL_COLUMN` rows
+    are read as plain values, without a Series per rule.
     """
     table = "field_changes"
-    if value.empty:
-        return value
-    kinds = _field_kinds(field)
     n = len(value)
+    close_ns = np.full(n, NAT_NS, dtype=np.int64)
+    if n == 0:
+        return value, close_ns
+    kinds = _field_kinds(field)
+    values = object_values(value) if n <= _SMALL_COLUMN else None
+
+    def series() -> pd.Series:
+        return value if isinstance(value, pd.Series) else pd.Series(value)
 
     def flagged(rows: np.ndarray, bad: np.ndarray) -> np.ndarray:
         mask = np.zeros(n, dtype=bool)
@@ -367,11 +440,14 @@ def field_change_values(
 
     amount_rows = np.flatnonzero(kinds == "amount")
     if amount_rows.size:
-        amounts, bad_amount = parse_numbers(value.iloc[amount_rows])
-        number = amounts.to_numpy(dtype=np.float64)
+        if values is not None:
+            number, bad_amount = _number_values(_stripped(values[amount_rows]))
+        else:
+            amounts, bad_series = parse_numbers(series().iloc[amount_rows])
+            number, bad_amount = amounts.to_numpy(dtype=np.float64), bad_series.to_numpy(dtype=bool)
         problems.add_rows(
             table,
-            flagged(amount_rows, bad_amount.to_numpy(dtype=bool) | np.isnan(number) | (number < 0)),
+            flagged(amount_rows, bad_amount | np.isnan(number) | (number < 0)),
             "value",
             "amount value {value} is not a number ≥ 0",
             "amount changes carry the new amount, e.g. 12500",
@@ -383,47 +459,56 @@ def field_change_values(
         )
     close_rows = np.flatnonzero(kinds == "expected_close_date")
     if close_rows.size:
-        dates, bad_date = parse_times(value.iloc[close_rows])
+        if values is not None:
+            dates, bad_date = time_values(_stripped(values[close_rows]))
+        else:
+            parsed, bad_series = parse_times(series().iloc[close_rows])
+            dates, bad_date = to_ns(parsed), bad_series.to_numpy(dtype=bool)
         problems.add_rows(
             table,
-            flagged(close_rows, bad_date.to_numpy(dtype=bool)),
+            flagged(close_rows, bad_date),
             "value",
             "expected_close_date value {value} is not a time",
             "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
             values=shown,
         )
+        close_ns[close_rows] = dates
         value = _with_canonical_times(value, close_rows, dates)
     owner_rows = kinds == "owner"
-    problems.add_rows(
-        table, owner_rows & pd.isna(object_values(value)), "value", "missing new owner",
-        "owner changes name the new owner",
-    )
-    return value
+    if owner_rows.any():
+        problems.add_rows(
+            table, owner_rows & pd.isna(object_values(value)), "value", "missing new owner",
+            "owner changes name the new owner",
+        )
+    return value, close_ns
 
 
-def _field_kinds(field: pd.Series) -> np.ndarray:
+def _field_kinds(field: Any) -> np.ndarray:
     """Each row's field name as an object array ('' when missing)."""
     if len(field) > _SMALL_COLUMN:
-        return field.astype(STRING).fillna("").to_numpy(dtype=object)
+        return np.asarray(pd.Series(field).astype(STRING).fillna("").to_numpy(dtype=object), dtype=object)
     names = ["" if v is None or v is pd.NA or v != v else str(v) for v in object_values(field).tolist()]
     return np.array(names, dtype=object)
 
 
-def _with_canonical_times(value: pd.Series, rows: np.ndarray, dates: pd.Series) -> pd.Series:
-    """`value` with its rows `rows` (parsed as `dates`) written as `format_utc_iso` writes them.
+def _with_canonical_times(value: Any, rows: np.ndarray, dates: np.ndarray) -> Any:
+    """`value` (a Series or text array) with its rows `rows` (parsed as `dates`, int64 ns, NAT_NS when
+    not a time) written as `format_utc_iso` writes them: `value` itself when none needs it, else a new
+    column of its kind.
 
     Close dates are stored canonically so every consumer parses the same instant (naive/date-only =
     UTC); values that did not parse are left as they are.
     """
-    parsed = dates.notna().to_numpy(dtype=bool)
+    parsed = dates != NAT_NS
     text = object_values(value)  # a copy: `value` is left as it was
     # a value already written so is its own canonical form (see _CANONICAL_UTC)
     written = [bool(_CANONICAL_UTC.fullmatch(str(v))) for v in text[rows].tolist()]
     rewrite = parsed & ~np.array(written, dtype=bool)
     if not rewrite.any():
         return value
-    text[rows[rewrite]] = object_values(format_utc_iso(dates[rewrite]))
-    return pd.Series(string_array(text), index=value.index, name=value.name)
+    text[rows[rewrite]] = object_values(format_utc_iso(pd.Series(from_ns(dates[rewrite]))))
+    array = string_array(text)
+    return pd.Series(array, index=value.index, name=value.name) if isinstance(value, pd.Series) else array
 
 
 # What `format_utc_iso` writes (seconds, a fraction without trailing zeros, "+00:00"): a valid time
@@ -508,4 +593,4 @@ def _canonical_close_dates(field: Any, value: Any) -> Any:
         return value
     series = pd.Series(value, dtype=STRING)
     dates, _ = parse_times(series.iloc[rows])
-    return _with_canonical_times(series, rows, dates).array
+    return _with_canonical_times(series, rows, to_ns(dates)).array

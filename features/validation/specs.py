@@ -11,6 +11,7 @@ import pandas as pd
 from features.history import PipelineSpec
 from features.stages import stage_outcomes
 from features.timeindex import object_values
+from features.validation.checks import SMALL_ROWS
 from features.validation.problems import ProblemCollector
 
 
@@ -101,7 +102,14 @@ def check_stages_against_specs(
         if not in_pipe.any():
             continue
         listed = spec.stages + spec.won + spec.lost
-        known = missing | np.isin(values, np.array(listed, dtype=object))
+        if len(values) <= SMALL_ROWS:
+            # a set of the listed names answers a request's few rows without np.isin's fixed cost (the
+            # same text equality); missing values are known before any lookup
+            names = set(listed)
+            rows = zip(values.tolist(), missing.tolist(), strict=True)
+            known = np.array([g or v in names for v, g in rows], dtype=bool)
+        else:
+            known = missing | np.isin(values, np.array(listed, dtype=object))
         unlisted = in_pipe & ~known
         if not unlisted.any():
             continue

@@ -18,8 +18,10 @@ from fastapi.testclient import TestClient
 
 from features.build import FeatureBuilder
 from features.history import DealHistory
+from features.timeindex import NAT_NS, to_ns
 from models.bundle import ScoringBundle
 from models.scoring import score_points
+from serving.mapping import inline_frames, validated_history
 from serving.routes.scoring import score_inline_deals
 from serving.schemas import ScoreRequest
 from tests.serving.conftest import World, inline_deal
@@ -110,3 +112,39 @@ def test_inline_and_stored_answers_equal_the_batch(world: World, client: TestCli
         assert isinstance(row, pd.Series)  # one row per deal
         _same_as_batch(inline.json(), row)
         _same_as_batch(stored.json(), row)
+
+
+def test_a_requests_history_holds_the_close_dates_its_values_name() -> None:
+    """Validation hands the close dates it parsed to the features (`DealHistory.close_dates_ns`): row for
+    row with the sorted field changes, the instants their canonical values hold, even when the request
+    lists the events out of order and writes dates otherwise; histories derived from it parse their own."""
+    from training.simulate import simulate_history
+
+    history = simulate_history(n_deals=200, seed=3)
+    changed = history.field_changes[history.field_changes["field"] == "expected_close_date"]
+    ids = list(dict.fromkeys(str(d) for d in changed["deal_id"]))[:12]
+    deals = []
+    for k, deal_id in enumerate(ids):
+        deal = inline_deal(history, deal_id)
+        for table in ("stage_changes", "activities", "field_changes"):
+            deal[table].reverse()
+        for change in deal["field_changes"][::2]:
+            if change["field"] == "expected_close_date":  # date only, or another offset
+                change["value"] = change["value"][:10] if k % 2 else change["value"][:19] + "+02:00"
+        deals.append(deal)
+    body = ScoreRequest.model_validate({"deals": deals})
+    got = validated_history(inline_frames(body.deals), history.pipelines)
+
+    for table, time in (("activities", "occurred_at"), ("field_changes", "changed_at")):
+        events = getattr(got, table)  # sorted by deal and time, though the request listed them reversed
+        pd.testing.assert_frame_equal(events, events.sort_values(["deal_id", time]).reset_index(drop=True))
+    close_ns = got.close_dates_ns()
+    frame = got.field_changes
+    close = (frame["field"] == "expected_close_date").to_numpy(dtype=bool)
+    assert close_ns is not None and len(close_ns) == len(frame) and close.sum() >= 20
+    parsed = pd.to_datetime(frame["value"].to_numpy(dtype=object)[close], utc=True, format="ISO8601")
+    np.testing.assert_array_equal(close_ns[close], to_ns(parsed))
+    assert (close_ns[~close] == NAT_NS).all()
+    assert got.subset(ids[:3]).close_dates_ns() is None
+    got.field_changes = frame.copy()
+    assert got.close_dates_ns() is None
