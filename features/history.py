@@ -110,18 +110,6 @@ class PipelineSpec:
         )
 
 
-@dataclass(frozen=True)
-class ParsedCloseDates:
-    """The close dates validation parsed from a history's field changes, so that features need not parse
-    them again: `ns[i]` is the instant (int64 ns since the epoch, UTC) of row i of the frame `of` when
-    its field is expected_close_date and its value a time; int64 min (NaT) for other rows and for empty
-    values. They are the instants the frame's (canonical) text holds. Read through
-    `DealHistory.close_dates_ns`."""
-
-    of: pd.DataFrame
-    ns: Any  # np.ndarray of int64, one per row of `of`
-
-
 @dataclass
 class DealHistory:
     """A CRM's deal history, validated and typed.
@@ -145,17 +133,6 @@ class DealHistory:
     field_changes: pd.DataFrame
     pipelines: dict[str, PipelineSpec]
     attribute_columns: tuple[str, ...] = ()
-    # Set by validation of typed frames (the API's requests, `features.validation.validate_typed`);
-    # None elsewhere. Histories derived from this one (`cut`, `subset`) do not carry it.
-    parsed_close_dates: ParsedCloseDates | None = field(default=None, repr=False, compare=False)
-
-    def close_dates_ns(self) -> Any:
-        """The instant of each `field_changes` row's close-date value as validation parsed it (int64 ns;
-        NaT, i.e. int64 min, for other fields and empty values), row for row with `field_changes` as it
-        is now; None when validation did not record them or the frame was replaced since (compared by
-        identity: a history whose `field_changes` is another object parses its values itself)."""
-        parsed = self.parsed_close_dates
-        return parsed.ns if parsed is not None and parsed.of is self.field_changes else None
 
     @property
     def end_time(self) -> pd.Timestamp:

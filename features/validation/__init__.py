@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.history import EVENT_TIME, DealHistory, ParsedCloseDates, PipelineSpec
+from features.history import EVENT_TIME, DealHistory, PipelineSpec
 from features.stages import order_stage_changes
 from features.timeindex import column, fresh_index, object_values
 from features.validation.checks import (
@@ -143,14 +143,12 @@ def validate_typed(
     Columns must be those of `DealHistory` (any order; deals may carry attribute columns, already
     coerced), with a fresh RangeIndex. Runs the cross-row checks (duplicate ids, unknown deals, events
     before creation, stages of pipelines with a spec) and the field-change value rule; raises
-    `HistoryValidationError` like `validate_and_coerce`, with rows numbered in the frames' order. The
-    history records the close dates the value rule parsed (`DealHistory.close_dates_ns`), so features
-    do not parse them again.
+    `HistoryValidationError` like `validate_and_coerce`, with rows numbered in the frames' order.
     """
     events = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
-    checked, close_ns = _check_typed(deals, events, pipelines, source)
-    return _assemble_typed(
-        deals, checked["stage_changes"], checked["activities"], checked["field_changes"], pipelines, close_ns
+    checked = check_typed(deals, events, pipelines, source)
+    return assemble_typed(
+        deals, checked["stage_changes"], checked["activities"], checked["field_changes"], pipelines
     )
 
 
@@ -162,16 +160,6 @@ def check_typed(
 ) -> dict[str, pd.DataFrame]:
     """The checks of `validate_typed` without the assembly: the event frames by table as given (a table
     left out has no rows), field-change values canonical."""
-    return _check_typed(deals, events, pipelines, source)[0]
-
-
-def _check_typed(
-    deals: pd.DataFrame,
-    events: Mapping[str, pd.DataFrame],
-    pipelines: Mapping[str, PipelineSpec],
-    source: str | None,
-) -> tuple[dict[str, pd.DataFrame], np.ndarray | None]:
-    """`check_typed`, and the close dates of the field changes row for row (None without any)."""
     problems = ProblemCollector()
     check_unique_deals(deals, problems)
     known = KnownDeals(column(deals, "deal_id"), column(deals, "created_at").asi8, column(deals, "pipeline"))
@@ -199,11 +187,11 @@ def _check_typed(
     problems.raise_if_any(source)
     out = dict(events)
     if checked is None:
-        return out, None
-    values, close_ns = checked
+        return out
+    values = checked[0]
     if field_changes is not None and values is not given:
         out["field_changes"] = field_changes.assign(value=values)
-    return out, close_ns
+    return out
 
 
 def check_event_tables(
@@ -250,23 +238,11 @@ def assemble_typed(
     For frames whose validity is already known: the store's rows (`serving.store`, `trusted` reads),
     which every write validated in its transaction, built by `parsing.stored_deals` / `stored_events`.
     """
-    return _assemble_typed(deals, stage_changes, activities, field_changes, pipelines, None)
-
-
-def _assemble_typed(
-    deals: pd.DataFrame,
-    stage_changes: pd.DataFrame,
-    activities: pd.DataFrame,
-    field_changes: pd.DataFrame,
-    pipelines: Mapping[str, PipelineSpec],
-    close_ns: np.ndarray | None,
-) -> DealHistory:
-    """`assemble_typed`, recording `close_ns` (the field changes' close dates, row for row) if given."""
     attributes = tuple(sorted(c for c in deals.columns if c not in DEAL_COLUMNS))
     deals = _columns(deals, [*DEAL_COLUMNS, *attributes])
     given = {"stage_changes": stage_changes, "activities": activities, "field_changes": field_changes}
     events = {table: _columns(frame, list(EVENT_COLUMNS[table])) for table, frame in given.items()}
-    return _assemble(deals, events, dict(pipelines), attributes, close_ns)
+    return _assemble(deals, events, dict(pipelines), attributes)
 
 
 def _columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -288,34 +264,32 @@ def _check_stages(
     check_stages_against_specs(column(stage_changes, "stage"), row_pipeline, specs, problems)
 
 
-def _sort_events(frame: pd.DataFrame, time_column: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+def _sort_events(frame: pd.DataFrame, time_column: str) -> pd.DataFrame:
     # Stable: events of one deal at the same instant keep the order they were given in; stage changes
     # are then put in `features.stages.order_stage_changes` order, which does not depend on arrival.
     return _stable_sort(frame, ["deal_id", time_column])
 
 
-def _stable_sort(frame: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """`frame.sort_values(by, kind="stable")` with a fresh RangeIndex, and the position in `frame` of
-    each sorted row (None when the rows were already in order).
+def _stable_sort(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """`frame.sort_values(by, kind="stable")` with a fresh RangeIndex.
 
     Small frames without missing keys are ordered by one Python sort of the key tuples (the same
     stable order: text by code point, times by instant), and not copied when already in order, as a
     request's events usually are: pandas' multi-column sort has a fixed cost of milliseconds.
     """
     if len(frame) < 2:
-        return fresh_index(frame), None
+        return fresh_index(frame)
     if len(frame) <= SMALL_ROWS:
         keys = [_sort_key(column(frame, c)) for c in by]
         if not any(bool(pd.isna(k).any()) for k in keys if k.dtype == object) and all(
             (k != np.iinfo(np.int64).min).all() for k in keys if k.dtype != object
         ):
             if _in_order(keys):
-                return fresh_index(frame), None
+                return fresh_index(frame)
             rows = list(zip(*(k.tolist() for k in keys), strict=True))
             order = sorted(range(len(rows)), key=rows.__getitem__)
-            return frame.take(order).reset_index(drop=True), np.array(order, dtype=np.intp)
-    ordered = fresh_index(frame).sort_values(by, kind="stable")
-    return ordered.reset_index(drop=True), np.asarray(ordered.index, dtype=np.intp)
+            return frame.take(order).reset_index(drop=True)
+    return frame.sort_values(by, kind="stable").reset_index(drop=True)
 
 
 def _in_order(keys: list[np.ndarray]) -> bool:
@@ -345,18 +319,12 @@ def _assemble(
     events: Mapping[str, pd.DataFrame],
     specs: Mapping[str, PipelineSpec],
     attributes: tuple[str, ...],
-    close_ns: np.ndarray | None = None,
 ) -> DealHistory:
-    """Sorted frames and a spec for every pipeline (given, or inferred): the validated history; with
-    `close_ns` (the field changes' close dates, row for row as given), recorded in the sorted order."""
+    """Sorted frames and a spec for every pipeline (given, or inferred): the validated history."""
     sorted_events: dict[str, pd.DataFrame] = {}
-    parsed = None
     for table, frame in events.items():
-        sorted_events[table], order = _sort_events(frame, EVENT_TIME[table])
-        if table == "field_changes" and close_ns is not None:
-            ns = close_ns if order is None else close_ns[order]
-            parsed = ParsedCloseDates(sorted_events[table], ns)
-    deals, _ = _stable_sort(deals, ["deal_id"])
+        sorted_events[table] = _sort_events(frame, EVENT_TIME[table])
+    deals = _stable_sort(deals, ["deal_id"])
     pipes = column(deals, "pipeline")
     # a set of the few values of a small frame costs less than pd.unique's fixed cost; the same names
     seen = {str(p) for p in (object_values(pipes).tolist() if len(pipes) <= SMALL_ROWS else pd.unique(pipes))}
@@ -370,5 +338,4 @@ def _assemble(
         field_changes=sorted_events["field_changes"],
         pipelines=all_specs,
         attribute_columns=attributes,
-        parsed_close_dates=parsed,
     )
