@@ -32,9 +32,11 @@ class ScoresAsColumns:
         raise NotImplementedError
 
     def score_columns(
-        self, features: pd.DataFrame, top_reasons: int = 3, with_curves: bool = False
+        self, features: pd.DataFrame | Mapping[str, Any], top_reasons: int = 3, with_curves: bool = False
     ) -> dict[str, Any]:
-        frame = self.score(features, top_reasons=top_reasons, with_curves=with_curves)
+        # `score_points` hands the feature columns by name (`models.bundle.Features`), not a frame
+        given = features if isinstance(features, pd.DataFrame) else pd.DataFrame(dict(features))
+        frame = self.score(given, top_reasons=top_reasons, with_curves=with_curves)
         return {str(c): frame[c].array if isinstance(frame[c].dtype, pd.api.extensions.ExtensionDtype)
                 else frame[c].to_numpy() for c in frame.columns}
 

@@ -444,6 +444,9 @@ def test_a_scored_postgresql_store_is_vacuumed_and_walks_the_at_risk_index(datab
             "risk_band": ["medium"] * n, "expected_value": [100.0] * n, "reasons": [[] for _ in range(n)],
         }), "1", {})
         refresh_stage_limits(store)
+        # A backend reports what it wrote to the server's statistics lazily (within a second, or when it
+        # ends): close the pool's connections, so the writes above are counted before the vacuum reads them
+        store.engine.dispose()
         store.refresh_planner_stats()  # the service's loop
         stats = sa.text(
             "SELECT relname, last_vacuum IS NOT NULL FROM pg_stat_user_tables"
@@ -451,7 +454,10 @@ def test_a_scored_postgresql_store_is_vacuumed_and_walks_the_at_risk_index(datab
         with store.engine.connect() as conn:
             assert conn.execute(stats, {"schema": database.schema}).fetchall() == [
                 ("deal_scores", True), ("deals", True)]
-        assert store.vacuum_changed_tables() == []  # nothing changed since
+        # nothing changed since (a closed connection's report may still land after the vacuum: then one
+        # more round vacuums it, and none after that)
+        assert store.vacuum_changed_tables() in ([], ["deals"], ["deal_scores"], ["deal_scores", "deals"])
+        assert store.vacuum_changed_tables() == []
 
         pipeline = store.deal_pipelines(open_ids[:1])[open_ids[0]]
         statements: list[tuple[str, Any]] = []
