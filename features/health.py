@@ -298,20 +298,25 @@ def _funnel(specs: Mapping[str, PipelineSpec], names: Sequence[str], sc: pd.Data
 
     `sc` (`_with_next_change` rows) holds only changes at or before `until`, so "next change" never looks
     past it; changes before `since` may be missing from it (they are never entries)."""
-    entries = sc[(sc["changed_at"] >= since) & (sc["outcome"] == "open")]
-    entries = entries.drop_duplicates(["pos", "stage"], keep="first")
-    pipeline = entries["pipeline"].to_numpy(dtype=object)
-    pos = stage_positions(pipeline, entries["stage"].to_numpy(dtype=object), specs)
-    next_pos = stage_positions(pipeline, entries["next_stage"].to_numpy(dtype=object), specs)
+    # column by column on arrays: a frame's filter and drop_duplicates copy every column of `sc`
+    entry = np.flatnonzero((sc["changed_at"] >= since).to_numpy(dtype=bool)
+                           & sc["outcome"].eq("open").fillna(False).to_numpy(dtype=bool))
+    stage_all = sc["stage"].to_numpy(dtype=object)
+    # the first entry of each (deal, stage) in the window
+    repeated = pd.MultiIndex.from_arrays([sc["pos"].to_numpy()[entry], stage_all[entry]]).duplicated()
+    entry = entry[~repeated]
+    pipeline, entered = sc["pipeline"].to_numpy(dtype=object)[entry], stage_all[entry]
+    next_stage = sc["next_stage"].to_numpy(dtype=object)[entry]
+    next_is = {outcome: sc["next_outcome"].eq(outcome).fillna(False).to_numpy(dtype=bool)[entry]
+               for outcome in ("open", "won", "lost")}
+    pos = stage_positions(pipeline, entered, specs)
+    next_pos = stage_positions(pipeline, next_stage, specs)
     # A later open stage (unknown stages have no position, NaN compares False) or a win moves a deal on.
-    next_open = (entries["next_outcome"] == "open").fillna(False).to_numpy(dtype=bool)
-    moved_on = (entries["next_outcome"] == "won").fillna(False) | (next_open & (next_pos > pos))
-    lost_here = (entries["next_outcome"] == "lost").fillna(False)
+    moved_on = next_is["won"] | (next_is["open"] & (next_pos > pos))
+    lost_here = next_is["lost"]
     # (reached, moved on, lost here) per (pipeline, stage): one count per entry in the window
     counts: dict[tuple[str, str], list[int]] = {}
-    for key in zip(pipeline.tolist(), entries["stage"].to_numpy(dtype=object).tolist(),
-                   moved_on.to_numpy(dtype=bool).tolist(), lost_here.to_numpy(dtype=bool).tolist(),
-                   strict=True):
+    for key in zip(pipeline.tolist(), entered.tolist(), moved_on.tolist(), lost_here.tolist(), strict=True):
         tally = counts.setdefault((str(key[0]), str(key[1])), [0, 0, 0])
         tally[0] += 1
         tally[1] += key[2]
@@ -349,8 +354,10 @@ def _stalled(states: pd.DataFrame, thresholds: dict[tuple[str, str], float],
         limit[mine] = per_stage.reindex(pd.Index(stage[mine], dtype=object)).to_numpy(dtype="float64")
     days = _days(until - states["stage_entered_at"]).to_numpy(dtype="float64")
     hit = np.flatnonzero(is_open & (days > limit))
-    stalled = states.iloc[hit].assign(threshold_days=limit[hit], days_in_stage=days[hit])
-    return stalled.sort_values(["days_in_stage", "deal_id"], ascending=[False, True])
+    # longest-stalled first, then by deal_id (unique): ordered on arrays, then one take of the rows
+    id_rank = pd.factorize(states["deal_id"].to_numpy(dtype=object)[hit], sort=True)[0]
+    hit = hit[np.lexsort((id_rank, -days[hit]))]
+    return states.iloc[hit].assign(threshold_days=limit[hit], days_in_stage=days[hit])
 
 
 def _stalled_records(stalled: pd.DataFrame) -> list[dict[str, Any]]:
@@ -445,7 +452,8 @@ def health_from_current_state(
         ),
         specs,
     )
-    states = deals[deals["pipeline"] == pipeline].reset_index(drop=True)
+    mine = (deals["pipeline"] == pipeline).to_numpy(dtype=bool)
+    states = deals if mine.all() else deals[mine].reset_index(drop=True)
     return _report(states, sc, stage_limits(learned, specs), specs, [pipeline],
                    frozenset(left_out.pipelines & {pipeline}), t0, t1, by, left_out, stalled_limit)
 

@@ -62,7 +62,7 @@ from features.deal_state import (
     created_state,
     current_deal_states,
 )
-from features.health import NO_OWNER, NO_TEAM, LeftOut, stage_limits
+from features.health import NO_OWNER, NO_TEAM, GroupBy, LeftOut, stage_limits
 from features.history import (
     DEAL_OPTIONAL,
     DEAL_REQUIRED,
@@ -95,7 +95,7 @@ _STATEMENTS_KEPT = 256  # at-risk list statements `Store.at_risk_rows` keeps by 
 _LIMITS_READS = 3  # reads of a live list whose pipeline's limits keep changing before ranking on demand
 _IDLE_SINCE = "dealrisk_idle_since"  # a pooled PostgreSQL connection's info: when it was last returned
 _IN_CHUNK = 5_000  # ids per IN (...) list, well under SQLite's and PostgreSQL's bound-parameter limits
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 PLANNER_STATS_GROWTH = 0.2  # `refresh_planner_stats` runs again when deals or live scores moved by more
 PLANNER_STATS_IMPORT_ROWS = 1000  # an import of at least this many rows refreshes the statistics
 BASELINE_REVISION = "0001"  # the schema of the release before Alembic (created with create_all)
@@ -1523,7 +1523,8 @@ class Store:
         )
         return history, left_out
 
-    def health_state(self, pipeline: str, since: datetime, until: datetime) -> HealthState | None:
+    def health_state(self, pipeline: str, since: datetime, until: datetime,
+                     by: GroupBy | None = None) -> HealthState | None:
         """What `features.health.health_from_current_state` needs for one pipeline's window [since, until],
         from the deals' state columns and the window's stage changes (no history read), or None when the
         stored state cannot give `pipeline_health`'s figures exactly (the caller uses `health_history`):
@@ -1538,6 +1539,8 @@ class Store:
         - a deal's state is not computed yet (a store just upgraded).
 
         `since` and `until` are naive or aware UTC, at microsecond precision (the store's). One snapshot.
+        Of the deals left out (closed before `since`) it reads whether there is one, and the groups they
+        belong to only for the grouping `by` the report lists (the only one of `LeftOut`'s sets it reads).
         """
         deals, pipes, sc = self.table("deals"), self.table("pipelines"), self.table("stage_changes")
         t0, t1 = _naive(since), _naive(until)
@@ -1575,36 +1578,54 @@ class Store:
             if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
                 return None
             # The deals the window sees: open ones, and closed ones closed in it (or with no close time),
-            # each read by its own index range rather than every deal of the pipeline; in insertion order.
-            query = sa.select(*(c.label(k) for k, c in state_columns.items()), deals.c.id)
-            rows = [
-                *conn.execute(query.where(mine, deals.c.outcome == "open")),
-                *conn.execute(query.where(mine, deals.c.outcome.in_(("won", "lost")),
-                                          sa.or_(deals.c.closed_at >= t0, deals.c.closed_at.is_(None)))),
-                *conn.execute(query.where(mine, deals.c.outcome.is_(None))),  # none: kept, as `not idle` did
+            # each read by its own range of `ix_deals_pipeline_state`, rather than every deal of the
+            # pipeline. In no set order: no figure depends on the deals' order (means are exact sums,
+            # lists are sorted by unique keys). The pipeline and, for the open deals, the outcome and the
+            # close time (none while open) are what the query selects by, so they are not read.
+            seen = sa.select(*(c.label(k) for k, c in state_columns.items() if k != "pipeline"))
+            open_rows = conn.execute(
+                sa.select(*(c.label(k) for k, c in state_columns.items() if k in _OPEN_READ))
+                .where(mine, deals.c.outcome == "open")
+            ).fetchall()
+            other_rows = [
+                *conn.execute(seen.where(mine, deals.c.outcome.in_(("won", "lost")),
+                                         sa.or_(deals.c.closed_at >= t0, deals.c.closed_at.is_(None)))),
+                *conn.execute(seen.where(mine, deals.c.outcome.is_(None))),  # none: kept, as `not idle` did
             ]
-            rows.sort(key=lambda r: r.id)
-            frame = _rows_frame([r[:-1] for r in rows], list(state_columns))
-            left = conn.execute(sa.select(deals.c.team, deals.c.current_owner).where(mine, idle).distinct()
-                                ).fetchall()
+            # The deals left out: the report lists their pipeline when there is one, and their teams or
+            # owners only when it groups by them (distinct values of a scan of every closed deal).
+            groups = {"team": deals.c.team, "owner": deals.c.current_owner}
+            left: Sequence[Any] = (
+                conn.execute(sa.select(groups[by]).where(mine, idle).distinct()).scalars().all() if by
+                else conn.execute(sa.select(deals.c.id).where(mine, idle).limit(1)).scalars().all()
+            )
             changes = (
-                sa.select(sc.c.deal_id, deals.c.pipeline, sc.c.stage, sc.c.changed_at, sc.c.event_id)
+                sa.select(sc.c.deal_id, sc.c.stage, sc.c.changed_at, sc.c.event_id)
                 .join(deals, deals.c.deal_id == sc.c.deal_id)
-                .where(deals.c.pipeline == pipeline, sc.c.changed_at >= t0)
-                .order_by(sc.c.id)
+                .where(deals.c.pipeline == pipeline, deals.c.stage_entered_at >= t0, sc.c.changed_at >= t0)
             )
             window = _rows_frame(conn.execute(changes).fetchall(), list(changes.selected_columns.keys()))
+        # the open deals' columns, then the others', with the values selected by filled in
+        read = [k for k in state_columns if k != "pipeline"]
+        open_columns, other_columns = _row_columns(open_rows, _OPEN_READ), _row_columns(other_rows, read)
+        given = {"pipeline": pipeline, "status": "open", "closed_at": None}
+        open_columns.update({k: (v,) * len(open_rows) for k, v in given.items()})
+        other_columns["pipeline"] = (pipeline,) * len(other_rows)
+        frame = pd.DataFrame(
+            {k: pd.Series([*open_columns[k], *other_columns[k]], dtype=object) for k in state_columns}
+        )
         for col in ("created_at", "stage_entered_at", "closed_at"):
             frame[col] = _localize(frame[col])
         for col in ("deal_id", "pipeline", "team", "owner", "stage", "status"):
             frame[col] = frame[col].astype("string")
         frame["amount"] = pd.to_numeric(frame["amount"], errors="coerce").astype("float64")
         window["changed_at"] = _localize(window["changed_at"])
-        left_out = LeftOut(
-            pipelines=frozenset([pipeline]) if left else frozenset(),
-            teams=frozenset(NO_TEAM if r.team is None else str(r.team) for r in left),
-            owners=frozenset(NO_OWNER if r.current_owner is None else str(r.current_owner) for r in left),
-        )
+        window.insert(1, "pipeline", pipeline)
+        missing = NO_TEAM if by == "team" else NO_OWNER
+        named = {missing if v is None else str(v) for v in left} if by else set()
+        left_out = LeftOut(pipelines=frozenset([pipeline]) if left else frozenset(),
+                           teams=frozenset(named if by == "team" else ()),
+                           owners=frozenset(named if by == "owner" else ()))
         learned = {(pipeline, str(stage)): float(v) for stage, v in row.learned_stale_days.items()}
         return HealthState(frame, window, specs, learned, left_out)
 
@@ -2598,11 +2619,21 @@ def _prepare_deals(deals: pd.DataFrame, attribute_columns: Sequence[str]) -> pd.
     return out.reset_index(drop=True)
 
 
+# The state columns `Store.health_state` reads of an open deal (its pipeline, outcome and close time are
+# those it selects by)
+_OPEN_READ = ("deal_id", "team", "owner", "amount", "created_at", "stage", "stage_entered_at")
+
+
+def _row_columns(rows: Sequence[Any], names: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    """Rows as their columns' values, by name."""
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return dict(zip(names, columns, strict=True))
+
+
 def _rows_frame(rows: Sequence[Any], names: list[str]) -> pd.DataFrame:
     # Column-wise: pandas probes each SQLAlchemy Row for namedtuple fields, which costs seconds per 100k rows
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
     return pd.DataFrame(
-        {name: pd.Series(list(col), dtype=object) for name, col in zip(names, columns, strict=True)}
+        {name: pd.Series(list(col), dtype=object) for name, col in _row_columns(rows, names).items()}
     )
 
 

@@ -109,7 +109,8 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         # Revision 0007: what pipeline health as of now asks of the state columns (`Store.health_state`)
         sa.Index("ix_deals_pipeline_last_event", "pipeline", "last_event_at"),
         sa.Index("ix_deals_pipeline_state_updated", "pipeline", "state_updated_at"),
-        sa.Index("ix_deals_pipeline_stage_entered", "pipeline", "stage_entered_at"),
+        # Revision 0011: with deal_id, the deals a health window's stage changes are read from
+        sa.Index("ix_deals_pipeline_stage_entered", "pipeline", "stage_entered_at", "deal_id"),
         # Revision 0010: the two numbers of the deal's live score the at-risk list ranks and splits by,
         # copied from `deal_scores` in the transaction that saves the score (NULL while it has none), and
         # the deal's value at risk from them and its current amount, computed by the database.
@@ -136,7 +137,9 @@ def build_metadata(schema: str | None) -> sa.MetaData:
             sa.Column(time_col, sa.DateTime, nullable=False),  # naive UTC
             sa.Column("event_id", sa.String(EVENT_ID_LENGTH)),
             sa.UniqueConstraint("deal_id", "event_key", name=f"uq_{table}_deal_event"),
-            sa.Index(f"ix_{table}_deal_time", "deal_id", time_col),
+            # Revision 0011: a health window's stage changes read from this index alone (stage, event_id)
+            sa.Index(f"ix_{table}_deal_time", "deal_id", time_col,
+                     *(("stage", "event_id") if table == "stage_changes" else ())),
             # Revision 0007: the stage changes of a health window
             *([sa.Index("ix_stage_changes_changed_at", time_col)] if table == "stage_changes" else []),
         )

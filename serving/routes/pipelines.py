@@ -358,7 +358,7 @@ def _health(store: Store, pipeline: str, t0: pd.Timestamp, t1: pd.Timestamp, by:
     # the store keeps microseconds: a stored time is at or after t0 (at or before t1) iff it is so of
     # t0 (t1) floored to the microsecond
     t0_us, t1_us = t0.floor("us").to_pydatetime(), t1.floor("us").to_pydatetime()
-    current = store.health_state(pipeline, t0_us, t1_us)
+    current = store.health_state(pipeline, t0_us, t1_us, by)
     if current is not None:
         report = health_from_current_state(current.deals, current.window_changes, current.specs,
                                            current.learned, t0, t1, pipeline, by, current.left_out,

@@ -97,6 +97,27 @@ def test_funnel_counts_entries_in_window_and_their_next_move() -> None:
     assert by_stage["C"]["reached"] == 0 and by_stage["C"]["moved_on_share"] is None
 
 
+def test_a_deal_back_in_a_stage_counts_once_by_its_first_entry() -> None:
+    # d4: A (Jan 10) -> B (Jan 12) -> back to A (Jan 14) -> Lost (Jan 16), all in the window
+    history = make_history([("d4", "B", "2024-01-12"), ("d4", "A", "2024-01-14"),
+                            ("d4", "Lost", "2024-01-16")])
+    funnel = pipeline_health(history, SINCE, UNTIL, pipeline="P")["pipelines"]["P"]["funnel"]
+    by_stage = {row["stage"]: (row["reached"], row["moved_on"], row["lost_here"]) for row in funnel}
+    # A: d2, d3, d4, d6 reached it; d4 counts once, by its first entry, which moved on to B (its second
+    # entry, lost next, does not count)
+    assert by_stage["A"] == (4, 3, 0)
+    # B: d2 (then lost), d3 (still there), d4 (then back to A: neither moved on nor lost)
+    assert by_stage["B"] == (3, 0, 1)
+
+
+def test_stalled_deals_equally_long_in_stage_are_listed_by_deal_id() -> None:
+    # d6 moves to B on Jan 4, as d3 did: both 27 days in B at until, over B's learned 25.8
+    history = make_history([("d6", "B", "2024-01-04")])
+    stalled = pipeline_health(history, SINCE, UNTIL, pipeline="P")["pipelines"]["P"]["stalled_deals"]
+    assert [(s["deal_id"], s["days_in_stage"]) for s in stalled] == [
+        ("d3", pytest.approx(27.0)), ("d6", pytest.approx(27.0)), ("d4", pytest.approx(21.0))]
+
+
 def test_stalled_uses_configured_then_learned_thresholds() -> None:
     history = make_history()
     thresholds = stale_thresholds(history, UNTIL)

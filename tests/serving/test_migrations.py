@@ -220,7 +220,7 @@ def test_a_store_scored_before_revision_0010_lists_at_risk_deals_after_the_upgra
                 for deal_id, close, cold in [("M1", 0.35, 0.8), ("M2", 0.2, 0.5)]
             ])
         store.create_schema()
-        assert store.schema_revision() == HEAD_REVISION == "0010"
+        assert store.schema_revision() == HEAD_REVISION == "0011"
         assert refresh_stage_limits(store, now) == ["Partners", "SMB"]
         page = store.at_risk_page("SMB", now, limit=None)
         assert page is not None
