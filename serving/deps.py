@@ -18,11 +18,12 @@ first fit of the builder, which can take seconds, still runs in the threadpool).
 store, so it stays a plain `def`.
 - `require_role(*roles)` -> a dependency returning the caller's `ApiKey` (Authorization: Bearer <key>);
                      401 with WWW-Authenticate when missing/wrong/revoked, 403 when the role is not allowed.
-  Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `ScoreKey` (admin, integration),
-  `WriteKey` (admin, integration), `AnyKey` (every role).
+  Ready-made aliases: `AdminKey` (admin), `ReadKey` (admin, manager), `WriteKey` (admin, integration),
+  `AnyKey` (every role).
 - `require_role_later(*roles)` -> the same check for an `async` route that does its work in one threadpool
   hop: a `KeyCheck` the route calls first in that hop (`key = check()`); `WriteKeyCheck` (admin,
-  integration) for `POST /v1/events`; `ReadKeyCheck` (admin, manager) for the at-risk and stale lists,
+  integration) for `POST /v1/events`; `ScoreKeyCheck` (admin, integration) for `POST /v1/score`;
+  `ReadKeyCheck` (admin, manager) for the at-risk and stale lists,
   which read the key on the list's own connection. Visibility: `key.can_see(pipeline)`; anything
   outside it answers 404 as if absent — use `serving.errors.NotFoundError`.
 - `require_visible_pipeline(store, key, pipeline)` -> 404 "pipeline not found" unless the pipeline exists
@@ -55,7 +56,7 @@ __all__ = [
     "KeyCheck",
     "ReadKey",
     "ReadKeyCheck",
-    "ScoreKey",
+    "ScoreKeyCheck",
     "SettingsDep",
     "StoreDep",
     "WriteKey",
@@ -130,7 +131,7 @@ FeatureBuilderDep = Annotated[FeatureBuilder | None, Depends(feature_builder_dep
 
 AdminKey = Annotated[ApiKey, Depends(require_role("admin"))]
 ReadKey = Annotated[ApiKey, Depends(require_role("admin", "manager"))]
-ScoreKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
+ScoreKeyCheck = Annotated[KeyCheck, Depends(require_role_later("admin", "integration"))]
 WriteKey = Annotated[ApiKey, Depends(require_role("admin", "integration"))]
 WriteKeyCheck = Annotated[KeyCheck, Depends(require_role_later("admin", "integration"))]
 ReadKeyCheck = Annotated[KeyCheck, Depends(require_role_later("admin", "manager"))]

@@ -103,6 +103,21 @@ def test_revoked_key_is_401_and_manager_may_not_post_scores(world: Any, client: 
     assert client.post("/v1/score", json=body, headers=world.auth("admin")).status_code == 200
 
 
+def test_a_bad_key_is_refused_before_a_bad_body_to_score(world: Any, client: TestClient) -> None:
+    # The route checks its key in the hop that scores: a body the schema refuses must still answer as the
+    # key deserves first (401 / 403), never tell a caller without a valid key what its body lacks.
+    deal = copy.deepcopy(world.inline_deal(world.deal_in(world.pipeline_a)))
+    deal["amount"] = -5
+    bad = {"deals": [deal]}
+    assert client.post("/v1/score", json=bad).status_code == 401
+    assert client.post("/v1/score", json=bad, headers=world.auth("revoked")).status_code == 401
+    wrong = {"Authorization": "Bearer drk_nokey_notakey"}
+    assert client.post("/v1/score", json=bad, headers=wrong).status_code == 401
+    assert client.post("/v1/score", json=bad, headers=world.auth("manager")).status_code == 403
+    invalid = client.post("/v1/score", json=bad, headers=world.auth("integration"))
+    assert invalid.status_code == 422 and "deals[0].amount" in invalid.json()["detail"]
+
+
 def _one_deal(world: Any) -> dict[str, Any]:
     return copy.deepcopy(world.inline_deal(world.deal_in(world.pipeline_a)))
 
