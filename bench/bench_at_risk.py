@@ -24,7 +24,8 @@ vacuumed, as a store just imported and scored).
 Run: .venv/bin/python bench/bench_at_risk.py --store STORE.db --tracking sqlite:////path/mlflow.db
      [--baseline /work/main] [--pipeline Enterprise] [--rounds 300] [--sort days_in_stage] [--stale]
      .venv/bin/python bench/bench_at_risk.py --postgresql postgresql+psycopg://postgres@HOST/DB ...
-Writes bench/results/at_risk.json (`--out PATH` writes PATH).
+Writes bench/results/at_risk.json, or at_risk_postgresql.json with `--postgresql`, so the two backends'
+results do not overwrite each other (`--out PATH` writes PATH).
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ def main() -> None:
         "servers": servers,
         "rounds_with_different_answers": differ if len(trees) > 1 else None,
     }
-    write_result("at_risk", result, args.out)
+    write_result("at_risk" if args.store else "at_risk_postgresql", result, args.out)
 
 
 if __name__ == "__main__":
