@@ -184,7 +184,7 @@ def checked_event_rows(
         raise_history_error(exc, locators)
         raise  # unreachable: raise_history_error always raises
     if values is not None:
-        for rec, value in zip(rows["field_changes"], object_values(values[0], None), strict=True):
+        for rec, value in zip(rows["field_changes"], object_values(values, None), strict=True):
             rec["value"] = value
     return rows
 

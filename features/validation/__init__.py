@@ -51,8 +51,8 @@ from features.validation.parsing import (
     as_frame,
     attribute_values,
     check_columns,
-    checked_field_values,
     coerce_attribute,
+    field_change_values,
     format_utc_iso,
     parse_deals,
     parse_events,
@@ -176,7 +176,7 @@ def check_typed(
     field_changes = events.get("field_changes")
     stage_changes = events.get("stage_changes")
     given = None if field_changes is None else column(field_changes, "value")
-    checked = check_event_tables(
+    values = check_event_tables(
         known,
         columns,
         None if field_changes is None or given is None else (column(field_changes, "field"), given),
@@ -186,10 +186,7 @@ def check_typed(
     )
     problems.raise_if_any(source)
     out = dict(events)
-    if checked is None:
-        return out
-    values = checked[0]
-    if field_changes is not None and values is not given:
+    if values is not None and field_changes is not None and values is not given:
         out["field_changes"] = field_changes.assign(value=values)
     return out
 
@@ -201,19 +198,19 @@ def check_event_tables(
     stages: Any,
     pipelines: Mapping[str, PipelineSpec],
     problems: ProblemCollector,
-) -> tuple[Any, np.ndarray] | None:
+) -> Any | None:
     """The cross-row checks of new events of `deals` (with their pipelines), on the columns alone:
     `check_typed` on frames, and a request's few new events of stored deals without building any
     (`serving.mapping.checked_event_rows`). `field_changes`: (field, value) of the field changes (Series
-    or arrays); `stages`: the stage changes' stages. Adds the problems found; returns
-    `parsing.checked_field_values` of the field changes (the values, close dates canonical: the given
-    column itself when none was rewritten; the close dates in int64 ns), None without field changes."""
+    or arrays); `stages`: the stage changes' stages. Adds the problems found; returns the field-change
+    values, close dates canonical (the given column itself when none was rewritten; None without field
+    changes)."""
     for table, rows in events.items():
         check_event_columns(rows, table, deals, problems)
-    checked = None
+    values = None
     if field_changes is not None and len(field_changes[1]):
         field, value = field_changes
-        checked = checked_field_values(field, value, value, problems)
+        values = field_change_values(field, value, value, problems)
     if stages is not None and len(stages) and pipelines and "stage_changes" in events:
         position = positions_among(deals.deal_id, events["stage_changes"].deal_id)
         pipes = object_values(deals.pipeline)
@@ -221,7 +218,7 @@ def check_event_tables(
         if len(pipes):
             row_pipeline = np.where(position >= 0, pipes[position], None)
         check_stages_against_specs(stages, row_pipeline, pipelines, problems)
-    return checked
+    return values
 
 
 def assemble_typed(

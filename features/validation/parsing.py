@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -395,38 +395,21 @@ def _allowed(
     )
     return values
 
-def field_change_values(
-    field: pd.Series, value: pd.Series, shown: pd.Series, problems: ProblemCollector
-) -> pd.Series:
-    """Check each field change's value against its field and return the values, close dates canonical
-    (`checked_field_values`' values, for a Series)."""
-    if value.empty:
-        return value
-    checked, _ = checked_field_values(field, value, shown, problems)
-    return cast(pd.Series, checked)
-
-
-def checked_field_values(
-    field: Any, value: Any, shown: Any, problems: ProblemCollector
-) -> tuple[Any, np.ndarray]:
-    """Check each field change's value against its field: (the values, close dates canonical; each
-    row's close date in int64 ns).
+def field_change_values(field: Any, value: Any, shown: Any, problems: ProblemCollector) -> Any:
+    """Check each field change's value against its field and return the values, close dates canonical.
 
     Runs on file import and on the API path alike (the rule depends on two columns, so it is a frame
     check): an amount is a number >= 0, a close date a time (or empty, to clear it), an owner present.
     `field` and `value` are text columns (Series or arrays, one item per row); `shown` holds the values
     as the user wrote them, for messages. The values come back as given (the same object) when no close
-    date needed rewriting, else a new column of the same kind. The close dates are the instants the
-    values hold (`parse_times`), NAT_NS for rows of other fields and for empty or unparsable values: on a
-    valid history, `features` reads the same instants from the canonical text. Each rule parses only the
-    rows of its field (small requests often carry none of a kind); columns of up to `_SMALL_COLUMN` rows
-    are read as plain values, without a Series per rule.
+    date needed rewriting, else a new column of the same kind. Each rule parses only the rows of its
+    field (small requests often carry none of a kind); columns of up to `_SMALL_COLUMN` rows are read as
+    plain values, without a Series per rule.
     """
     table = "field_changes"
     n = len(value)
-    close_ns = np.full(n, NAT_NS, dtype=np.int64)
     if n == 0:
-        return value, close_ns
+        return value
     kinds = _field_kinds(field)
     values = object_values(value) if n <= _SMALL_COLUMN else None
 
@@ -472,7 +455,6 @@ def checked_field_values(
             "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
             values=shown,
         )
-        close_ns[close_rows] = dates
         value = _with_canonical_times(value, close_rows, dates)
     owner_rows = kinds == "owner"
     if owner_rows.any():
@@ -480,7 +462,7 @@ def checked_field_values(
             table, owner_rows & pd.isna(object_values(value)), "value", "missing new owner",
             "owner changes name the new owner",
         )
-    return value, close_ns
+    return value
 
 
 def _field_kinds(field: Any) -> np.ndarray:
