@@ -121,6 +121,11 @@ class KeyCheck:
         token = _bearer_token(self._request)
         return None if token is None else Store.key_id_of(token)
 
+    @property
+    def passed(self) -> bool:
+        """Whether the check already ran and let the caller in (calling it again answers at once)."""
+        return self._key is not None
+
     def __call__(self, conn: Connection | None = None, stored: Mapping[str, Any] | None = None) -> ApiKey:
         if self._key is None:
             self._key = _authorized(self._request, self._allowed, conn, stored)

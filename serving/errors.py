@@ -165,10 +165,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _key_refusal(request: Request) -> JSONResponse | None:
         # A route whose key check runs in its own threadpool hop (`serving.auth.require_role_later`) may
         # be refused before it checked the key (a bad body's 422, a dependency's 503 when no model is
-        # loaded): a bad key answers 401 / 403 first, as it would have. A check that passed answers at
-        # once (`KeyCheck` runs once).
+        # loaded): a bad key answers 401 / 403 first, as it would have. A check that passed has nothing
+        # to add: no threadpool hop for it (an error raised after the check, such as a 404).
         check = getattr(request.state, "key_check", None)
-        if check is None:
+        if check is None or check.passed:
             return None
         try:
             await run_in_threadpool(check)

@@ -249,10 +249,13 @@ def _worth_waiting(request: Request, store: Store, pipeline: str) -> bool:
 async def _wait_for_live_scores(store: Store, pipeline: str) -> None:
     """Wait, on the event loop, until every open deal of the pipeline has a live score or `LIVE_WAIT_S`
     passed (the caller's next read tells which); each count of the unscored deals is one short read on a
-    request thread."""
+    request thread. The caller has just counted them (`_worth_waiting`), so the first poll waits before
+    counting again."""
     deadline = time.monotonic() + LIVE_WAIT_S
-    while await run_in_threadpool(store.unscored_open_deals, pipeline) > 0 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         await anyio.sleep(LIVE_WAIT_POLL_S)
+        if await run_in_threadpool(store.unscored_open_deals, pipeline) == 0:
+            return
 
 
 def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipeline: str, t: pd.Timestamp,
