@@ -1419,25 +1419,25 @@ class Store:
         """`_deal_lock_query` joined to the API key bound as `key_id` (its columns as `key__<column>`);
         on PostgreSQL only the deals' rows are locked."""
         deals, keys = self.table("deals"), self.table("api_keys")
-        among = _among(self.dialect, deals.c.deal_id, _ids_param(self.dialect, "ids"))
         query = (
-            sa.select(*(deals.c[c] for c in self._deal_lock_columns),
-                      *(c.label(f"key__{c.name}") for c in keys.columns))
-            .select_from(deals.join(keys, keys.c.key_id == sa.bindparam("key_id")))
-            .where(among)
-            .order_by(deals.c.deal_id)
+            self._deal_select.add_columns(*(c.label(f"key__{c.name}") for c in keys.columns))
+            .join(keys, keys.c.key_id == sa.bindparam("key_id"))
         )
-        return query.with_for_update(of=deals) if self.dialect == "postgresql" else query
+        return self._for_update(query, of=deals)
 
     @cached_property
     def _deal_lock_query(self) -> Any:
         """`_lock_deals`' query of the deals whose ids are bound as `ids` (built once: a write of one event
         paid more for building and keying the statement than for running it)."""
+        return self._for_update(self._deal_select)
+
+    @cached_property
+    def _deal_select(self) -> sa.Select[Any]:
+        """The deals whose ids are bound as `ids`, their `_deal_lock_columns`, by deal_id (not locked)."""
         table = self.table("deals")
         among = _among(self.dialect, table.c.deal_id, _ids_param(self.dialect, "ids"))
         columns = (table.c[c] for c in self._deal_lock_columns)
-        query = sa.select(*columns).where(among).order_by(table.c.deal_id)
-        return self._for_update(query)
+        return sa.select(*columns).where(among).order_by(table.c.deal_id)
 
     @cached_property
     def _event_inserts(self) -> dict[str, Any]:
@@ -1451,9 +1451,10 @@ class Store:
             )
         return out
 
-    def _for_update(self, query: sa.Select[Any]) -> sa.Select[Any]:
-        # SQLite has no row locks (its write transaction holds the database lock); PostgreSQL does
-        return query.with_for_update() if self.dialect == "postgresql" else query
+    def _for_update(self, query: sa.Select[Any], of: sa.Table | None = None) -> sa.Select[Any]:
+        # SQLite has no row locks (its write transaction holds the database lock); PostgreSQL does (only
+        # those of `of` when given)
+        return query.with_for_update(of=of) if self.dialect == "postgresql" else query
 
     def _insert_ignore(self, table: sa.Table, keys: Sequence[str]) -> Any:
         if self.dialect == "postgresql":
