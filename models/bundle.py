@@ -365,7 +365,7 @@ class ScoringBundle:
         head = self.cold
         if head.kind == "lightgbm":
             contrib = head.contributions(x)
-            return self._reasons.explain_both(contrib, x, pipeline, stage, top_k)
+            return self._reasons.explain(contrib, x, pipeline, stage, top_k)
         assert head.prior is not None
         rates = head.prior.predict_proba(_as_frame(features))
         prior = stage_prior_reasons(rates, head.prior.global_rate_, pipeline, stage, "went cold")

@@ -407,31 +407,17 @@ class ReasonWriter:
         return np.where(np.isnan(ref), self._global_ref[None, :], ref)
 
     def explain(
-        self,
-        contrib: NDArray[np.float64],
-        x: NDArray[np.float64],
-        pipeline: ArrayLike,
-        stage: ArrayLike,
+        self, contrib: NDArray[np.float64], x: NDArray[np.float64], pipeline: ArrayLike, stage: ArrayLike,
         top_k: int = 3,
-        direction: Literal["raises", "lowers"] = "raises",
-    ) -> list[list[dict[str, Any]]]:
-        """Up to `top_k` reasons per row from `pred_contrib` output (n, n_features + 1) and the encoded
-        features: the features whose contribution raises the head's probability, largest first (or, with
-        `direction="lowers"`, those that lower it, most negative first). A row may have fewer.
+    ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
+        """(reasons, lowering): up to `top_k` reasons per row from `pred_contrib` output (n, n_features + 1)
+        and the encoded features. Reasons are the features whose contribution raises the head's
+        probability, largest first; `lowering` those that lower it, most negative first. A row may have
+        fewer. The typical values are read once for both.
 
         `pipeline` and `stage` are each row's context (strings). Categorical features are shown by level
         name; numeric ones with the deal's value and a typical value for comparison.
         """
-        k = self._top_k(contrib, top_k)
-        if k == 0 or len(contrib) == 0:
-            return [[] for _ in range(len(contrib))]
-        return self._top(contrib, x, self.typical_values(pipeline, stage), stage, k, direction)
-
-    def explain_both(
-        self, contrib: NDArray[np.float64], x: NDArray[np.float64], pipeline: ArrayLike, stage: ArrayLike,
-        top_k: int = 3,
-    ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
-        """(`explain(..., "raises")`, `explain(..., "lowers")`), reading the typical values once."""
         k = self._top_k(contrib, top_k)
         if k == 0 or len(contrib) == 0:
             return [[] for _ in range(len(contrib))], [[] for _ in range(len(contrib))]
@@ -449,7 +435,7 @@ class ReasonWriter:
         self, contrib: NDArray[np.float64], x: NDArray[np.float64], typical: NDArray[np.float64],
         stage: ArrayLike, k: int, direction: Literal["raises", "lowers"],
     ) -> list[list[dict[str, Any]]]:
-        """`explain` given the typical values and a `k` of at least 1."""
+        """One direction of `explain`, given the typical values and a `k` of at least 1."""
         n_feat = len(self.feature_columns)
         sign = 1.0 if direction == "raises" else -1.0
         signed = contrib[:, :n_feat] * sign

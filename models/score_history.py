@@ -30,7 +30,7 @@ MAX_POINTS = 160  # three years of weeks
 TOP_CHANGES = 3
 # Contribution moves smaller than this (log-odds) are noise, not news.
 MIN_CHANGE = 0.01
-ALL_REASONS = 10_000  # explain clamps this to the number of features: every contribution
+ALL_REASONS = 10_000  # ReasonWriter.explain clamps this to the number of features: every contribution
 
 
 class TooManyPointsError(ValueError):

@@ -51,9 +51,7 @@ def test_only_what_raises_the_risk_is_a_reason_and_what_lowers_it_is_listed_apar
     contrib = np.array([[0.1, 1.5, -2.0, 0.05, -1.0], [0.9, -0.2, -0.4, 0.01, -1.0]])
     x = np.array([[1.0, 23.0, 40.0, 0.2], [0.0, 3.0, 2.0, 0.5]])
     keys = pd.Series(["Mid", "Mid"], dtype="string"), pd.Series(["Demo", "Demo"], dtype="string")
-    raises = writer.explain(contrib, x, *keys, top_k=2)
-    lowers = writer.explain(contrib, x, *keys, top_k=2, direction="lowers")
-    assert writer.explain_both(contrib, x, *keys, top_k=2) == (raises, lowers)  # the bundle's one call
+    raises, lowers = writer.explain(contrib, x, *keys, top_k=2)
     # the strongest effect (-2.0, stage age) lowers the risk: it is not offered as a reason for it
     assert [r["feature"] for r in raises[0]] == ["days_since_last_activity", "owner_win_rate"]
     assert [r["effect"] for r in raises[0]] == [1.5, 0.05]
@@ -83,7 +81,7 @@ def test_reason_text_names_the_deal_value_and_the_typical_one() -> None:
     x = np.array([[0.0, 23.0, 5.0, 0.4]])
     (reason,) = writer.explain(
         contrib, x, pd.Series(["Mid"], dtype="string"), pd.Series(["Demo"], dtype="string"), top_k=1
-    )[0]
+    )[0][0]
     assert reason["value"] == 23.0
     assert "23 days" in reason["text"]
     assert "5 days" in reason["text"]  # typical for won deals at Mid/Demo
@@ -126,7 +124,7 @@ def test_missing_or_infinite_values_never_print_unknown_nan_none_or_inf() -> Non
     contrib = np.tile(np.append(np.linspace(1.0, 0.1, n), -1.0), (len(x), 1))
     pipeline = pd.Series(["Mid", None, np.nan], dtype=object)
     stage = pd.Series([None, np.nan, pd.NA], dtype=object)
-    reasons = writer.explain(contrib, x, pipeline, stage, top_k=n)
+    reasons, _ = writer.explain(contrib, x, pipeline, stage, top_k=n)
     texts = [r["text"] for row in reasons for r in row]
     assert len(texts) == 3 * (n - len(NOT_REASONS & set(columns)))  # where the deal is: never a reason
     bad = [t for t in texts if _UNREADABLE.search(t) or "×" in t]
