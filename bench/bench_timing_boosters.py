@@ -133,6 +133,7 @@ ROUNDS[11] = {}
 # round -> direct slip heads beside current: name -> calibration map ("cold" = as the cold head's map)
 SLIP_HEADS: dict[int, dict[str, str]] = {11: {"direct_slip": "cold", "direct_slip_isotonic": "isotonic"}}
 SELECTION_BINS = (0.0, 7.0, 30.0, 60.0, 120.0, np.inf)
+LATE_DAYS = 120
 
 
 def slip_rows(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -172,13 +173,17 @@ def calibrate_direct_slip(
 
 
 def _selection_check(
-    full: Any, train: pd.DataFrame, model: Any, cols: list[str]
+    full: Any, train: pd.DataFrame, train_end: pd.Timestamp, model: Any, cols: list[str]
 ) -> list[dict[str, Any]]:
     """Within bins of days to the date, the training window's snapshots a direct slip head learns from
-    against those left out (date after the window's end), both labelled from the whole simulated history:
-    how many, the observed slip rate and the head's raw mean prediction. Also checks that the kept ones'
+    (`kept_before`: as_of more than LATE_DAYS before the window's end, `kept_late`: within them) against
+    those left out (date after the window's end, as_of within the bin's days of the end), all labelled
+    from the whole simulated history: how many, the observed slip rate and the head's raw mean
+    prediction. Left-out snapshots unlike the kept ones of their own time (`kept_late`) would be a
+    selection bias; unlike the earlier ones only, a change over time. Also checks that the kept ones'
     labels are those the whole history gives."""
     d = train["days_to_close"].to_numpy(dtype=np.float64)
+    late = (train["as_of"] > train_end - pd.Timedelta(days=LATE_DAYS)).to_numpy(dtype=bool)
     keep, y_kept = slip_rows(train)
     y_full = slip_label(full, train[["deal_id", "as_of"]], d).to_numpy(dtype=np.float64)
     if not np.array_equal(y_kept, y_full[keep]):
@@ -187,7 +192,9 @@ def _selection_check(
     rows = []
     for lo, hi in zip(SELECTION_BINS[:-1], SELECTION_BINS[1:], strict=True):
         in_bin = (d > lo) & (d <= hi) & np.isfinite(y_full)
-        for name, sel in (("kept", in_bin & keep), ("left_out", in_bin & ~keep)):
+        groups = (("kept_before", in_bin & keep & ~late), ("kept_late", in_bin & keep & late),
+                  ("left_out", in_bin & ~keep))
+        for name, sel in groups:
             n = int(sel.sum())
             rows.append({"days": [lo, None if np.isinf(hi) else hi], "rows": name, "n": n,
                          "observed": float(y_full[sel].mean()) if n else None,
@@ -374,7 +381,7 @@ def run(
         slip_model = fit_direct_slip(train, cols, config)
         fit_seconds = time.perf_counter() - t0
         keep, y_kept = slip_rows(train)
-        out["selection_check"] = _selection_check(full, train, slip_model, cols)
+        out["selection_check"] = _selection_check(full, train, data.split.train_end, slip_model, cols)
         raw_test = positive_proba(slip_model, feats[cols])
         valid = np.isfinite(days_to_close) & (days_to_close > 0)
         booster = slip_model.booster_
