@@ -280,6 +280,17 @@ def _mean_error_sd(p: np.ndarray, y: np.ndarray, deals: np.ndarray, n_boot: int 
     return float(np.std([(w @ err) / (w @ count) for w in draws]))
 
 
+def _error_by_days(p: np.ndarray, y: np.ndarray, days: np.ndarray) -> list[dict[str, Any]]:
+    """Slip's mean predicted minus observed in bins of days to the expected close date (SELECTION_BINS)."""
+    rows = []
+    for lo, hi in zip(SELECTION_BINS[:-1], SELECTION_BINS[1:], strict=True):
+        sel = np.isfinite(y) & np.isfinite(p) & (days > lo) & (days <= hi)
+        n = int(sel.sum())
+        rows.append({"days": [lo, None if np.isinf(hi) else hi], "n": n,
+                     "predicted_minus_observed": float(p[sel].mean() - y[sel].mean()) if n else None})
+    return rows
+
+
 def _target_metrics(p: np.ndarray, y: np.ndarray, deal_ids: np.ndarray) -> dict[str, Any]:
     """One target's figures on the test snapshots where both the score and the truth are known."""
     keep = np.isfinite(y) & np.isfinite(p)
@@ -407,6 +418,19 @@ def run(
                 result[target] = _target_metrics(p, truth[target], deal_ids)
             out["variants"][name] = result
             scored[name] = scores
+        # a diagnostic, not a variant: the head before its map
+        p_raw = np.where(valid, raw_test, np.nan)
+        sel = np.isfinite(truth["slip_risk"]) & np.isfinite(p_raw)
+        out["direct_slip_unmapped"] = {
+            "ece": expected_calibration_error(p_raw[sel], truth["slip_risk"][sel]),
+            "mean_predicted_minus_observed": float(p_raw[sel].mean() - truth["slip_risk"][sel].mean()),
+            "error_by_days": _error_by_days(p_raw, truth["slip_risk"], days_to_close),
+        }
+        days_cal = cal["days_to_close"].to_numpy(dtype=np.float64)[slip_rows(cal)[0]]
+        out["direct_slip_calibration_days_quartiles"] = np.percentile(days_cal, [25, 50, 75, 100]).tolist()
+    for name, scores in scored.items():
+        out["variants"][name]["slip_risk"]["error_by_days"] = _error_by_days(
+            scores["slip_risk"], truth["slip_risk"], days_to_close)
     for target, y in truth.items():
         keep = np.isfinite(y) & np.all([np.isfinite(s[target]) for s in scored.values()], axis=0)
         frame_t = pd.DataFrame({"head": target, "y": y[keep], "deal_id": deal_ids[keep],
