@@ -56,6 +56,9 @@ Variants (decided before any round-11 result was read): `direct_slip` (Platt, as
 difference is the map). Each is judged by round 6's rule below; the close ECE / AUC conditions hold
 trivially (identical close scores). If both pass, round 6's tie-break chooses; the isotonic map also has
 to keep resolution (issue 9: no plateaus tying a large share of deals), which the Platt map keeps.
+Diagnostics (not variants; added after the round's table was read): every variant's slip error by days
+to the date (`error_by_days`), the direct head before its map (`direct_slip_unmapped`) and the days to
+the date of the calibration rows its map is fitted on. Round 11's verdict: docs/models.md.
 
 Each variant's `gain_share` (its booster's split gain on the period index, days_to_close and the new column)
 and training's raw close rates by where the date lies (`training_close_rates_by_date_position`) are
