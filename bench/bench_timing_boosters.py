@@ -27,6 +27,39 @@ expected close date relative to each period, in training and in scoring:
 - `close_position`: the same, bucketed: -1 the date is before the period, 0 inside it, 1 after it (NaN
   without a date).
 
+Round 11 (`--round 11`) keeps the close head as it is and replaces how slip risk is made: a DIRECT slip
+head, one LightGBM binary classifier of "still open at the expected close date" (`fit_direct_slip`):
+
+- training rows: the training window's snapshots whose expected close date (as known at the snapshot,
+  `days_to_close` d) is after the snapshot and on or before the training window's label end (d > 0 and
+  d <= `observed_days`), so every one of them has a known label (1 no close within d days, 0 closed
+  within them); features: the close head's columns, `days_to_close` among them; parameters as the cold
+  head's (`models.heads.make_lightgbm`, `TrainConfig.lightgbm_params`, the run's seed);
+- why the selection does not bias the label: whether a snapshot is kept depends only on its as_of and d,
+  both known at the snapshot, never on what happened after it; d is one of the head's inputs, so for
+  given features P(still open at the date | features, kept) = P(still open at the date | features) as
+  long as the outcome does not depend on the calendar date itself. What the selection does change is
+  the mix of d: snapshots near the window's end are kept only with near dates (a shift in covariates,
+  which a model given d absorbs). Checked on each history (`selection_check` in the results): within bins
+  of d, the training window's kept snapshots against the ones left out (labelled from the whole
+  simulated history, which the bench has), the observed slip rate and the head's mean prediction;
+- calibration: the calibration window's snapshots chosen the same way (d <= the calibration window's
+  label end), mapped as the cold head is (`training.train._calibrate`: Platt below
+  `TrainConfig.min_isotonic_rows` rows), on the training rows when the calibration window has fewer
+  than 30 such rows or one class;
+- scoring: slip_risk = the head's calibrated probability where the expected close date is after t, null
+  otherwise (the rule as before); the close probability and the 90-day figure are `current`'s, unchanged
+  by construction (the table shows their differences as exactly zero).
+
+Variants (decided before any round-11 result was read): `direct_slip` (Platt, as above) and
+`direct_slip_isotonic` (the same booster, an isotonic map on the same calibration rows: the only
+difference is the map). Each is judged by round 6's rule below; the close ECE / AUC conditions hold
+trivially (identical close scores). If both pass, round 6's tie-break chooses; the isotonic map also has
+to keep resolution (issue 9: no plateaus tying a large share of deals), which the Platt map keeps.
+Diagnostics (not variants; added after the round's table was read): every variant's slip error by days
+to the date (`error_by_days`), the direct head before its map (`direct_slip_unmapped`) and the days to
+the date of the calibration rows its map is fitted on. Round 11's verdict: docs/models.md.
+
 Each variant's `gain_share` (its booster's split gain on the period index, days_to_close and the new column)
 and training's raw close rates by where the date lies (`training_close_rates_by_date_position`) are
 written beside the figures, to tell an unused column from a used one that changes nothing.
@@ -41,8 +74,8 @@ is not lower beyond it, and its slip ECE is better beyond the interval on more h
 worse on; if several pass, the one better on most histories, then the lowest mean slip ECE at 5,000
 deals.
 
-Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1 [--round 6]
-Writes bench/results/timing_boosters_r10_<deals>_seed<seed>_cs<scale>.json (round 6:
+Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1 [--round 6|11]
+Writes bench/results/timing_boosters_r<round>_<deals>_seed<seed>_cs<scale>.json (round 6:
 bench/results/timing_boosters_<deals>_seed<seed>_cs<scale>.json).
 `--table FILE...` prints the round's table from such files and applies its adoption rule.
 """
@@ -61,8 +94,9 @@ import pandas as pd
 from bench.common import RESULTS, machine
 from features.build import FeatureBuilder
 from features.labels import slip_label, won_label, won_within_label
-from models.calibration import ece_noise_floor, expected_calibration_error
+from models.calibration import Calibrator, ece_noise_floor, expected_calibration_error
 from models.comparison import bootstrap_comparison
+from models.heads import make_lightgbm
 from models.timing import (
     PERIOD_DAYS,
     PERIOD_FEATURE,
@@ -78,7 +112,7 @@ from models.timing import (
 from training.metrics import binary_metrics
 from training.simulate import simulate_history
 from training.snapshots import make_snapshots
-from training.train import TrainConfig, fit_timing, prepare_training_data
+from training.train import TrainConfig, _calibrate, fit_timing, positive_proba, prepare_training_data
 
 SPAN_DAYS = 730
 N_BOOT = 200
@@ -98,6 +132,77 @@ ROUNDS: dict[int, dict[str, Variant]] = {
     },
 }
 RELATIVE_COLUMNS = {"offset": "close_date_offset", "position": "close_date_position"}
+ROUNDS[11] = {}
+# round -> direct slip heads beside current: name -> calibration map ("cold" = as the cold head's map)
+SLIP_HEADS: dict[int, dict[str, str]] = {11: {"direct_slip": "cold", "direct_slip_isotonic": "isotonic"}}
+SELECTION_BINS = (0.0, 7.0, 30.0, 60.0, 120.0, np.inf)
+LATE_DAYS = 120
+
+
+def slip_rows(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The snapshots a direct slip head can learn from, and their label: the expected close date is after
+    the snapshot and on or before its window's label end (0 < days_to_close <= observed_days), so the
+    label (1 still open at the date, 0 closed before it) is known. Kept on as_of and the date alone."""
+    d = frame["days_to_close"].to_numpy(dtype=np.float64)
+    keep = np.isfinite(d) & (d > 0) & (d <= frame["observed_days"].to_numpy(dtype=np.float64))
+    closed_before = frame["event_days"].to_numpy(dtype=np.float64) <= d  # NaN (no close) compares False
+    return keep, np.where(closed_before, 0.0, 1.0)[keep]
+
+
+def fit_direct_slip(train: pd.DataFrame, cols: list[str], config: TrainConfig) -> Any:
+    """One LightGBM binary head of "still open at the expected close date" on the training window's
+    snapshots whose date falls inside it (`slip_rows`), sized and seeded as the cold head is."""
+    keep, y = slip_rows(train)
+    rows = train[keep]
+    model = make_lightgbm(len(rows), int(y.sum()), {"n_jobs": config.n_jobs, **config.lightgbm_params})
+    model.set_params(random_state=config.seed)
+    return model.fit(rows[cols], y)
+
+
+def calibrate_direct_slip(
+    model: Any, train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], config: TrainConfig, method: str
+) -> Calibrator:
+    """The map of a direct slip head on the calibration window's snapshots whose date falls inside it (the
+    training rows when there are under 30 or one class), as the cold head's (`method` "cold") or isotonic."""
+    keep, y = slip_rows(cal)
+    rows = cal[keep]
+    if len(rows) < 30 or np.unique(y).size < 2:
+        keep, y = slip_rows(train)
+        rows = train[keep]
+    raw = positive_proba(model, rows[cols])
+    if method == "cold":
+        return _calibrate(raw, y, config.min_isotonic_rows)
+    return Calibrator("isotonic").fit(raw, y)
+
+
+def _selection_check(
+    full: Any, train: pd.DataFrame, train_end: pd.Timestamp, model: Any, cols: list[str]
+) -> list[dict[str, Any]]:
+    """Within bins of days to the date, the training window's snapshots a direct slip head learns from
+    (`kept_before`: as_of more than LATE_DAYS before the window's end, `kept_late`: within them) against
+    those left out (date after the window's end, as_of within the bin's days of the end), all labelled
+    from the whole simulated history: how many, the observed slip rate and the head's raw mean
+    prediction. Left-out snapshots unlike the kept ones of their own time (`kept_late`) would be a
+    selection bias; unlike the earlier ones only, a change over time. Also checks that the kept ones'
+    labels are those the whole history gives."""
+    d = train["days_to_close"].to_numpy(dtype=np.float64)
+    late = (train["as_of"] > train_end - pd.Timedelta(days=LATE_DAYS)).to_numpy(dtype=bool)
+    keep, y_kept = slip_rows(train)
+    y_full = slip_label(full, train[["deal_id", "as_of"]], d).to_numpy(dtype=np.float64)
+    if not np.array_equal(y_kept, y_full[keep]):
+        raise AssertionError("a kept snapshot's slip label differs from the whole history's")
+    raw = positive_proba(model, train[cols])
+    rows = []
+    for lo, hi in zip(SELECTION_BINS[:-1], SELECTION_BINS[1:], strict=True):
+        in_bin = (d > lo) & (d <= hi) & np.isfinite(y_full)
+        groups = (("kept_before", in_bin & keep & ~late), ("kept_late", in_bin & keep & late),
+                  ("left_out", in_bin & ~keep))
+        for name, sel in groups:
+            n = int(sel.sum())
+            rows.append({"days": [lo, None if np.isinf(hi) else hi], "rows": name, "n": n,
+                         "observed": float(y_full[sel].mean()) if n else None,
+                         "raw_predicted": float(raw[sel].mean()) if n else None})
+    return rows
 
 
 def _relative_close(days_to_close: pd.Series, period: pd.Series, kind: str) -> np.ndarray:
@@ -178,7 +283,36 @@ def _mean_error_sd(p: np.ndarray, y: np.ndarray, deals: np.ndarray, n_boot: int 
     return float(np.std([(w @ err) / (w @ count) for w in draws]))
 
 
-def run(deals: int, seed: int, cycle_scale: float, variants: dict[str, Variant]) -> dict[str, Any]:
+def _error_by_days(p: np.ndarray, y: np.ndarray, days: np.ndarray) -> list[dict[str, Any]]:
+    """Slip's mean predicted minus observed in bins of days to the expected close date (SELECTION_BINS)."""
+    rows = []
+    for lo, hi in zip(SELECTION_BINS[:-1], SELECTION_BINS[1:], strict=True):
+        sel = np.isfinite(y) & np.isfinite(p) & (days > lo) & (days <= hi)
+        n = int(sel.sum())
+        rows.append({"days": [lo, None if np.isinf(hi) else hi], "n": n,
+                     "predicted_minus_observed": float(p[sel].mean() - y[sel].mean()) if n else None})
+    return rows
+
+
+def _target_metrics(p: np.ndarray, y: np.ndarray, deal_ids: np.ndarray) -> dict[str, Any]:
+    """One target's figures on the test snapshots where both the score and the truth are known."""
+    keep = np.isfinite(y) & np.isfinite(p)
+    return {
+        "n": int(keep.sum()),
+        "n_deals": int(pd.Series(deal_ids[keep]).nunique()),
+        "ece": expected_calibration_error(p[keep], y[keep]),
+        "ece_noise_floor_deals": ece_noise_floor(p[keep], groups=deal_ids[keep]),
+        "mean_predicted_minus_observed": float(p[keep].mean() - y[keep].mean()),
+        # its spread over resamples of test deals: how far the test deals' own luck moves it
+        "mean_predicted_minus_observed_sd": _mean_error_sd(p[keep], y[keep], deal_ids[keep]),
+        "roc_auc": binary_metrics(y[keep], p[keep])["roc_auc"],
+    }
+
+
+def run(
+    deals: int, seed: int, cycle_scale: float, variants: dict[str, Variant],
+    slip_heads: dict[str, str] | None = None,
+) -> dict[str, Any]:
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -253,20 +387,53 @@ def run(deals: int, seed: int, cycle_scale: float, variants: dict[str, Variant])
             "fit_seconds": round(fit_seconds, 1),
         }
         for target, p in scores.items():
-            y = truth[target]
-            keep = np.isfinite(y) & np.isfinite(p)
-            result[target] = {
-                "n": int(keep.sum()),
-                "n_deals": int(pd.Series(deal_ids[keep]).nunique()),
-                "ece": expected_calibration_error(p[keep], y[keep]),
-                "ece_noise_floor_deals": ece_noise_floor(p[keep], groups=deal_ids[keep]),
-                "mean_predicted_minus_observed": float(p[keep].mean() - y[keep].mean()),
-                # its spread over resamples of test deals: how far the test deals' own luck moves it
-                "mean_predicted_minus_observed_sd": _mean_error_sd(p[keep], y[keep], deal_ids[keep]),
-                "roc_auc": binary_metrics(y[keep], p[keep])["roc_auc"],
-            }
+            result[target] = _target_metrics(p, truth[target], deal_ids)
         out["variants"][name] = result
         scored[name] = scores
+    if slip_heads:
+        t0 = time.perf_counter()
+        slip_model = fit_direct_slip(train, cols, config)
+        fit_seconds = time.perf_counter() - t0
+        keep, y_kept = slip_rows(train)
+        out["selection_check"] = _selection_check(full, train, data.split.train_end, slip_model, cols)
+        raw_test = positive_proba(slip_model, feats[cols])
+        valid = np.isfinite(days_to_close) & (days_to_close > 0)
+        booster = slip_model.booster_
+        gain = dict(zip(booster.feature_name(), booster.feature_importance("gain"), strict=True))
+        for name, method in slip_heads.items():
+            calibrator = calibrate_direct_slip(slip_model, train, cal, cols, config, method)
+            p_slip = np.where(valid, calibrator.transform(raw_test), np.nan)
+            scores = {**scored["current"], "slip_risk": p_slip}
+            params = slip_model.get_params()
+            result = {
+                "training_rows": int(keep.sum()), "training_events": int(y_kept.sum()),
+                "calibration_rows": int(slip_rows(cal)[0].sum()),
+                "min_child_samples": int(params["min_child_samples"]),
+                "num_leaves": int(params["num_leaves"]),
+                "n_estimators": int(params["n_estimators"]), "reg_lambda": float(params["reg_lambda"]),
+                "period_cap": None, "relative_close": None, "map": calibrator.to_dict(),
+                "distinct_slip_values": int(np.unique(p_slip[valid]).size),
+                "gain_share": {"days_to_close": round(float(gain["days_to_close"])
+                                                      / (float(sum(gain.values())) or 1.0), 4)},
+                "fit_seconds": round(fit_seconds, 1),
+            }
+            for target, p in scores.items():
+                result[target] = _target_metrics(p, truth[target], deal_ids)
+            out["variants"][name] = result
+            scored[name] = scores
+        # a diagnostic, not a variant: the head before its map
+        p_raw = np.where(valid, raw_test, np.nan)
+        sel = np.isfinite(truth["slip_risk"]) & np.isfinite(p_raw)
+        out["direct_slip_unmapped"] = {
+            "ece": expected_calibration_error(p_raw[sel], truth["slip_risk"][sel]),
+            "mean_predicted_minus_observed": float(p_raw[sel].mean() - truth["slip_risk"][sel].mean()),
+            "error_by_days": _error_by_days(p_raw, truth["slip_risk"], days_to_close),
+        }
+        days_cal = cal["days_to_close"].to_numpy(dtype=np.float64)[slip_rows(cal)[0]]
+        out["direct_slip_calibration_days_quartiles"] = np.percentile(days_cal, [25, 50, 75, 100]).tolist()
+    for name, scores in scored.items():
+        out["variants"][name]["slip_risk"]["error_by_days"] = _error_by_days(
+            scores["slip_risk"], truth["slip_risk"], days_to_close)
     for target, y in truth.items():
         keep = np.isfinite(y) & np.all([np.isfinite(s[target]) for s in scored.values()], axis=0)
         frame_t = pd.DataFrame({"head": target, "y": y[keep], "deal_id": deal_ids[keep],
@@ -347,7 +514,7 @@ def main() -> None:
         table(args.table)
         return
     started = time.perf_counter()
-    body = run(args.deals, args.seed, args.cycle_scale, ROUNDS[args.round])
+    body = run(args.deals, args.seed, args.cycle_scale, ROUNDS[args.round], SLIP_HEADS.get(args.round))
     result = {"deals": args.deals, "seed": args.seed, "round": args.round, **body,
               "seconds": round(time.perf_counter() - started, 1), "machine": machine()}
     prefix = "timing_boosters" if args.round == 6 else f"timing_boosters_r{args.round}"
