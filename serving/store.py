@@ -1421,10 +1421,11 @@ class Store:
         key_row: dict[str, Any] | None = None
         keys = self.table("api_keys")
         ids = sorted(set(deal_ids))
+        params: dict[str, Any] = {"key_id": key_id}
         if len(ids) == 1:
-            query, params = self._one_deal_and_key_lock_query, {"deal_id": ids[0], "key_id": key_id}
+            query, params["deal_id"] = self._one_deal_and_key_lock_query, ids[0]
         else:
-            query, params = self._deal_and_key_lock_query, {"ids": ids, "key_id": key_id}
+            query, params["ids"] = self._deal_and_key_lock_query, ids
         for row in conn.execute(query, params):
             values = row._mapping
             out[values["deal_id"]] = {c: values[c] for c in self._deal_lock_columns}
