@@ -450,8 +450,9 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
-        if "_write_engine" in self.__dict__ and self._write_engine.engine is not self.engine:
-            self._write_engine.engine.dispose()
+        writers = self.__dict__.get("_write_engine")
+        if writers is not None and writers.pool is not self.engine.pool:  # the writers' own pool
+            writers.dispose()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
