@@ -59,9 +59,9 @@ class Settings(BaseSettings):
     )
     pg_pool_size: int = Field(
         default=20, ge=1, le=1000,
-        description="PostgreSQL: connections each process of the service keeps open (the service's own and "
-        "its scorer process's pools each keep this many; keep workers x 2 x this under the server's "
-        "max_connections)",
+        description="PostgreSQL: connections each process of the service keeps open for reads (the "
+        "service's own and its scorer process's pools each keep this many, and each a writers' pool of 2 "
+        "more; keep workers x 2 x (this + 2) under the server's max_connections)",
     )
     live_score_max_age_s: float = Field(
         default=3600.0, ge=0, description="live scores older than this are recomputed; 0 turns them off"

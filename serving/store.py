@@ -395,6 +395,7 @@ class Store:
     ) -> None:
         self.url = url
         self.schema = schema
+        self._own_engine = engine is None  # made here (`_write_engine` then makes the writers' pool too)
         self.engine = engine or self._make_engine(url, busy_timeout_s, pool_size)
         self.metadata = build_metadata(schema)
         self.tables = self.metadata.tables
@@ -413,7 +414,9 @@ class Store:
         self._list_statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
 
     @staticmethod
-    def _make_engine(url: str, busy_timeout_s: float = 30.0, pool_size: int = PG_POOL_SIZE) -> Engine:
+    def _make_engine(
+        url: str, busy_timeout_s: float = 30.0, pool_size: int = PG_POOL_SIZE, prepared: bool = False
+    ) -> Engine:
         if url.startswith("sqlite"):
             # a writer waits this long for another writer (SQLite has one at a time), then fails "locked"
             kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_s}}
@@ -427,9 +430,11 @@ class Store:
             return engine
         # psycopg 3 prepares a statement on the server after its 5th run on a connection, and forgets them
         # all at every rollback (each read's connection returned to the pool) with one more round trip,
-        # `DEALLOCATE ALL`: off, each statement is planned with its parameters, in its one round trip
+        # `DEALLOCATE ALL`: off, each statement is planned with its parameters, in its one round trip.
+        # `prepared`: left on (psycopg's default), for the writers' own pool (`_write_engine`), whose
+        # transactions end in a commit unless refused
         psycopg3 = sa.engine.make_url(url).get_driver_name() == "psycopg"
-        connect_args = {"prepare_threshold": None} if psycopg3 else {}
+        connect_args = {"prepare_threshold": None} if psycopg3 and not prepared else {}
         engine = sa.create_engine(url, pool_size=pool_size, connect_args=connect_args)
         sa.event.listen(engine, "connect", _pg_idle_from_now)
         sa.event.listen(engine, "checkin", _pg_idle_from_now)
@@ -445,6 +450,9 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        writers = self.__dict__.get("_write_engine")
+        if writers is not None and writers.pool is not self.engine.pool:  # the writers' own pool
+            writers.dispose()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -462,8 +470,19 @@ class Store:
 
     @cached_property
     def _write_engine(self) -> Engine:
-        """The engine with the write option (`_sqlite_begin` reads it), made once rather than per write."""
-        return self.engine.execution_options(dealrisk_write=True)
+        """The engine of write transactions (`_write`), made once rather than per write: with the write
+        option (`_sqlite_begin` reads it); on PostgreSQL through psycopg 3, a pool of its own
+        (`PG_WRITE_TURNS` connections kept: that many writers of the process are in a transaction at
+        once) whose statements psycopg prepares on the server once run 5 times on a connection. A prepared
+        statement is not parsed and analysed again, and once PostgreSQL settles on its generic plan (it
+        does for a statement whose plan its parameters do not change, as the deals' lock of one deal,
+        `_lock_deals_and_key`) not planned again either. Reads keep the shared pool, unprepared: a read
+        transaction ends in a rollback, and psycopg forgets a connection's prepared statements at each
+        (one more round trip)."""
+        engine = self.engine
+        if self._own_engine and self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg":
+            engine = self._make_engine(self.url, self._busy_timeout_s, PG_WRITE_TURNS, prepared=True)
+        return engine.execution_options(dealrisk_write=True)
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:
@@ -1402,8 +1421,13 @@ class Store:
         out: dict[str, dict[str, Any]] = {}
         key_row: dict[str, Any] | None = None
         keys = self.table("api_keys")
-        params = {"ids": sorted(set(deal_ids)), "key_id": key_id}
-        for row in conn.execute(self._deal_and_key_lock_query, params):
+        ids = sorted(set(deal_ids))
+        params: dict[str, Any] = {"key_id": key_id}
+        if len(ids) == 1:
+            query, params["deal_id"] = self._one_deal_and_key_lock_query, ids[0]
+        else:
+            query, params["ids"] = self._deal_and_key_lock_query, ids
+        for row in conn.execute(query, params):
             values = row._mapping
             out[values["deal_id"]] = {c: values[c] for c in self._deal_lock_columns}
             if key_row is None:
@@ -1416,11 +1440,25 @@ class Store:
 
     @cached_property
     def _deal_and_key_lock_query(self) -> Any:
-        """`_deal_lock_query` joined to the API key bound as `key_id` (its columns as `key__<column>`);
-        on PostgreSQL only the deals' rows are locked."""
+        """`_deal_lock_query` joined to the API key bound as `key_id` (`_with_key_locked`)."""
+        return self._with_key_locked(self._deal_select)
+
+    @cached_property
+    def _one_deal_and_key_lock_query(self) -> Any:
+        """`_deal_and_key_lock_query` of the one deal bound as `deal_id`. Prepared by a writer's connection
+        (`_write_engine`), it is planned once: PostgreSQL keeps the generic plan of a statement whose row
+        estimates its parameters do not change, and plans the ids' array of `_among` at every run (its
+        estimate follows the array's length): 0.16 ms of a 0.23 ms statement, for every event written."""
+        deals = self.table("deals")
+        one = sa.select(*(deals.c[c] for c in self._deal_lock_columns))
+        return self._with_key_locked(one.where(deals.c.deal_id == sa.bindparam("deal_id")))
+
+    def _with_key_locked(self, query: sa.Select[Any]) -> Any:
+        """The deals' select joined to the API key bound as `key_id` (its columns as `key__<column>`),
+        locked for update; on PostgreSQL only the deals' rows are locked."""
         deals, keys = self.table("deals"), self.table("api_keys")
         query = (
-            self._deal_select.add_columns(*(c.label(f"key__{c.name}") for c in keys.columns))
+            query.add_columns(*(c.label(f"key__{c.name}") for c in keys.columns))
             .join(keys, keys.c.key_id == sa.bindparam("key_id"))
         )
         return self._for_update(query, of=deals)

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from features.history import DealHistory, HistoryValidationError
-from serving.store import EVENT_TABLES, EventConflictError, Store, UnknownDealError
+from serving.store import EVENT_TABLES, EventConflictError, Store, UnknownDealError, WriteRejectedError
 
 TABLES = ("deals", "stage_changes", "activities", "field_changes")
 
@@ -323,6 +323,42 @@ def test_an_event_write_reads_its_key_with_the_deals_and_a_refused_key_writes_no
     assert not result.changed and seen == {"stored": None, "deals": []}
 
 
+def test_a_write_refused_after_the_writers_prepared_their_statements_writes_nothing(store: Store) -> None:
+    """On PostgreSQL the writers' own pool prepares a statement once run 5 times on a connection
+    (`Store._write_engine`); a write refused there rolls back (psycopg then forgets the connection's
+    prepared statements) having written nothing, and the writes after it are stored, each deal's state
+    counting exactly its stored events."""
+    store.import_history(small_history())
+    plaintext, _ = store.create_api_key("integration", ["*"])
+
+    def write(event_id: str, when: datetime, kind: str = "call") -> Any:
+        activity = {"deal_id": "D2", "type": kind, "direction": None, "occurred_at": when,
+                    "event_id": event_id}
+        return store.write_events(["D2"], lambda rows, specs: {"activities": [activity]}, with_specs=False,
+                                  first=lambda conn, row: None, key_id=Store.key_id_of(plaintext))
+
+    before = store.count_rows()["activities"]
+    for i in range(8):
+        assert write(f"p{i}", datetime(2024, 2, 2, 10, i)).inserted == 1
+    if store.dialect == "postgresql":
+        with store._write_engine.connect() as conn:
+            prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements").scalars().all()
+        assert any("FOR UPDATE" in text for text in prepared)
+        assert any(text.startswith("INSERT INTO") and "activities" in text for text in prepared)
+    with pytest.raises(EventConflictError):
+        write("p0", datetime(2024, 2, 2, 10, 0), kind="email")  # a stored event id, other content
+    with pytest.raises(WriteRejectedError):
+        write("early", datetime(2023, 12, 1))  # before the deal was created
+    assert store.count_rows()["activities"] == before + 8
+    assert write("p8", datetime(2024, 2, 2, 11)).inserted == 1
+    assert store.count_rows()["activities"] == before + 9
+    history = store.load_history(deal_ids=["D2"])
+    events = sum(len(getattr(history, name)) for name in EVENT_TABLES)
+    state = store.deal_states(deal_ids=["D2"])
+    assert int(state["n_events"].iloc[0]) == events
+    assert pd.Timestamp(state["last_activity_at"].iloc[0]) == pd.Timestamp("2024-02-02T11:00:00Z")
+
+
 def test_key_pipeline_scoping(store: Store) -> None:
     _, scoped = store.create_api_key("manager", ["SMB"])
     _, everything = store.create_api_key("admin", ["SMB", "*"])
@@ -445,8 +481,9 @@ def test_a_scored_postgresql_store_is_vacuumed_and_walks_the_at_risk_index(datab
         }), "1", {})
         refresh_stage_limits(store)
         # A backend reports what it wrote to the server's statistics lazily (within a second, or when it
-        # ends): close the pool's connections, so the writes above are counted before the vacuum reads them
-        store.engine.dispose()
+        # ends): close the pools' connections (reads' and writers'; the store opens new ones after), so the
+        # writes above are counted before the vacuum reads them
+        store.close()
         store.refresh_planner_stats()  # the service's loop
         stats = sa.text(
             "SELECT relname, last_vacuum IS NOT NULL FROM pg_stat_user_tables"
