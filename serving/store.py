@@ -412,6 +412,9 @@ class Store:
         # `at_risk_rows`' statements by shape (filters given, sort, list, stalled stages): built and keyed
         # once, each read binds its values (building and keying one cost more than running it on SQLite)
         self._list_statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
+        # PostgreSQL: each table's rows changed in all (inserted + updated + deleted, as the statistics
+        # count them) when this store last vacuumed it (`vacuum_changed_tables`)
+        self._vacuumed_at: dict[str, int] = {}
 
     @staticmethod
     def _make_engine(
@@ -586,11 +589,15 @@ class Store:
         skipping one another vacuum holds; the names of the tables vacuumed (none on SQLite, where a read
         finds the live rows without it). A vacuum changes no row: it removes dead row versions and marks pages
         all-visible, so an index-only scan needs no visit to the table. It takes no lock that reads or
-        writes wait for, and runs outside a transaction (its own connection, in autocommit)."""
+        writes wait for, and runs outside a transaction (its own connection, in autocommit).
+
+        A table this store vacuumed is due again only once that many more rows changed since: dead row
+        versions a transaction open elsewhere in the database still sees (a long report, another
+        client) outlive the vacuum, and counting them again would vacuum the table at every round."""
         if self.dialect != "postgresql":
             return []
         query = sa.text(
-            "SELECT relname FROM pg_stat_user_tables"
+            "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables"
             " WHERE schemaname = coalesce(:schema, current_schema()) AND relname = ANY(:names)"
             " AND (n_dead_tup + n_ins_since_vacuum >= :rows"
             " OR (last_vacuum IS NULL AND last_autovacuum IS NULL)) ORDER BY relname"
@@ -598,12 +605,18 @@ class Store:
         quote = self.engine.dialect.identifier_preparer.format_table
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
-            due = list(conn.execute(query, {"schema": self.schema, "names": list(PG_VACUUM_TABLES),
-                                            "rows": PG_VACUUM_CHANGED_ROWS}).scalars())
-            for name in due:
+            found = conn.execute(query, {"schema": self.schema, "names": list(PG_VACUUM_TABLES),
+                                         "rows": PG_VACUUM_CHANGED_ROWS}).all()
+            due = []
+            for name, changed in found:
+                last = self._vacuumed_at.get(name)
+                if last is not None and int(changed) - last < PG_VACUUM_CHANGED_ROWS:
+                    continue
                 started = time.perf_counter()
                 conn.exec_driver_sql(f"VACUUM (SKIP_LOCKED) {quote(self.table(name))}")
                 log.info("vacuumed %s in %.2f s", name, time.perf_counter() - started)
+                self._vacuumed_at[name] = int(changed)
+                due.append(str(name))
         return due
 
     # ------------------------------------------------------------------ schema and health

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -449,6 +450,64 @@ def test_an_imported_store_reads_the_at_risk_page_from_the_deals_index_in_order(
         assert ranking == ["SEARCH deals USING INDEX ix_deals_at_risk (pipeline=? AND outcome=?)"], page
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_dead_rows_another_transaction_still_sees_do_not_make_every_round_vacuum_again(
+    database: Any,
+) -> None:
+    """A transaction open elsewhere in the database (a long report, another client) keeps the dead row
+    versions of every write after its snapshot: a vacuum cannot remove them, and the statistics still
+    count them after it. The deals were vacuumed once for those writes; the next rounds must not vacuum
+    them again (each a scan of the whole table) until as many rows changed once more."""
+    from training.simulate import simulate_history
+
+    if database.backend != "postgresql":
+        pytest.skip("PostgreSQL's vacuum")
+    store = Store(database.url, schema=database.schema)
+    holder = sa.create_engine(database.url)
+    try:
+        store.create_schema()
+        store.import_history(simulate_history(n_deals=1500, seed=2))
+        store.close()  # the import's backends report their writes to the statistics
+        store.vacuum_changed_tables()  # whatever the import's own vacuum left
+        deals = store.table("deals")
+        with holder.connect() as held:
+            held.execution_options(isolation_level="REPEATABLE READ")
+            held.begin()
+            assert held.execute(sa.select(sa.func.count()).select_from(deals)).scalar_one() == 1500
+
+            def touch() -> None:
+                with store.engine.begin() as conn:
+                    conn.execute(deals.update().values(state_updated_at=deals.c.state_updated_at))
+                store.close()  # the backend reports its writes to the statistics when it ends
+
+            def dead() -> int:
+                query = sa.text("SELECT n_dead_tup FROM pg_stat_user_tables"
+                                " WHERE schemaname = :schema AND relname = 'deals'")
+                with store.engine.connect() as conn:
+                    return int(conn.execute(query, {"schema": database.schema}).scalar_one())
+
+            def await_dead(rows: int) -> None:
+                for _ in range(100):
+                    if dead() >= rows:
+                        return
+                    time.sleep(0.1)
+                pytest.fail(f"the statistics never counted {rows} dead deals' rows ({dead()})")
+
+            touch()
+            await_dead(1500)
+            assert store.vacuum_changed_tables() == ["deals"]
+            assert dead() >= 1500  # the held snapshot keeps them: the vacuum could not remove them
+            assert store.vacuum_changed_tables() == []
+            assert store.vacuum_changed_tables() == []
+            touch()  # 1,500 more rows changed: due again
+            await_dead(3000)
+            assert store.vacuum_changed_tables() == ["deals"]
+            held.rollback()
+    finally:
+        store.close()
+        holder.dispose()
 
 
 @pytest.mark.postgres
