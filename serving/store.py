@@ -62,7 +62,7 @@ from features.deal_state import (
     created_state,
     current_deal_states,
 )
-from features.health import NO_OWNER, NO_TEAM, GroupBy, LeftOut, stage_limits
+from features.health import NO_OWNER, NO_TEAM, GroupBy, LeftOut, learned_from_stage_changes, stage_limits
 from features.history import (
     DEAL_OPTIONAL,
     DEAL_REQUIRED,
@@ -1529,15 +1529,17 @@ class Store:
         """What `features.health.health_from_current_state` needs for one pipeline's window [since, until],
         from the deals' state columns and the window's stage changes (no history read), or None when the
         stored state cannot give `pipeline_health`'s figures exactly (the caller uses `health_history`):
+        `until` is before an event of the pipeline (a deal's state at `until` is then not its current
+        state; deals created after `until` are simply not read), or a deal's state is not computed yet (a
+        store just upgraded).
 
-        - `until` is before an event of the pipeline (a deal's state at `until` is then not its current
-          state); deals created after `until` are simply not read;
-        - the pipeline's learned stalled limits may not be those as of `until`: never computed, computed
-          before `pipelines.updated_at` (its spec changed, or a deal stored as won left it), or a deal of
-          the pipeline that is or was won (a stage change to a won stage) was written, or changed stage,
-          since they were computed. Other deals were in the same stage at both times, so the won deals
-          and their visits the limits count are the same;
-        - a deal's state is not computed yet (a store just upgraded).
+        The learned stalled limits are the stored ones when they are those as of `until`: computed after
+        `pipelines.updated_at` (its spec changed, or a deal stored as won left it), with no deal of the
+        pipeline that is or was won (a stage change to a won stage) written, or changed stage, since
+        (other deals were in the same stage at both times, so the won deals and the visits the limits
+        count are the same). Otherwise (never computed, or a deal won or un-won since: the background
+        refresh has not caught up yet) they are learned as of `until` in this snapshot from the won
+        deals' stage changes alone (`_learning_changes`), not from any history.
 
         `since` and `until` are naive or aware UTC, at microsecond precision (the store's). One snapshot.
         Of the deals left out (closed before `since`) it reads whether there is one, and the groups they
@@ -1563,21 +1565,14 @@ class Store:
                           pipes.c.stale_learned_at, last_event.scalar_subquery().label("last_event"),
                           uncomputed.label("uncomputed")).where(pipes.c.name == pipeline)
             ).first()
-            if (row is None or row.learned_stale_days is None or row.stale_learned_at is None
-                    or row.uncomputed or (row.last_event is not None and row.last_event > t1)):
-                return None
-            learned_at = row.stale_learned_at
-            if row.updated_at is not None and row.updated_at >= learned_at:
+            if row is None or row.uncomputed or (row.last_event is not None and row.last_event > t1):
                 return None
             specs = {pipeline: PipelineSpec.from_dict(pipeline, row.spec, inferred=bool(row.inferred))}
-            since_learned = sa.or_(deals.c.state_updated_at >= learned_at,
-                                   deals.c.stage_entered_at >= learned_at)
-            stages = conn.execute(
-                sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
-                .where(deals.c.pipeline == pipeline, since_learned)
-            ).scalars()
-            if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
-                return None
+            if self._stored_limits_hold(conn, pipeline, row, specs):
+                learned = {(pipeline, str(stage)): float(v) for stage, v in row.learned_stale_days.items()}
+            else:  # learned here, as the refresh will: every event of the pipeline is dated by `until`
+                learned = learned_from_stage_changes(self._learning_changes(conn, pipeline, t1), specs,
+                                                     pd.Timestamp(until))
             # The deals the window sees: open ones, and closed ones closed in it (or with no close time),
             # each read by its own range of `ix_deals_pipeline_state`, rather than every deal of the
             # pipeline. In no set order: no figure depends on the deals' order (means are exact sums,
@@ -1627,8 +1622,44 @@ class Store:
         left_out = LeftOut(pipelines=frozenset([pipeline]) if left else frozenset(),
                            teams=frozenset(named if by == "team" else ()),
                            owners=frozenset(named if by == "owner" else ()))
-        learned = {(pipeline, str(stage)): float(v) for stage, v in row.learned_stale_days.items()}
         return HealthState(frame, window, specs, learned, left_out)
+
+    def _stored_limits_hold(self, conn: Connection, pipeline: str, row: Any,
+                            specs: Mapping[str, PipelineSpec]) -> bool:
+        """Whether the pipeline's stored learned limits (`row`: its `learned_stale_days`,
+        `stale_learned_at` and `updated_at`) are those of its deals as stored: computed, after its last
+        spec change (or a won deal leaving it), and no deal of it that is or was won (a stage change to a
+        won stage) written, or changed stage, since (`health_state`)."""
+        learned_at = row.stale_learned_at
+        if row.learned_stale_days is None or learned_at is None:
+            return False
+        if row.updated_at is not None and row.updated_at >= learned_at:
+            return False
+        deals, sc = self.table("deals"), self.table("stage_changes")
+        since_learned = sa.or_(deals.c.state_updated_at >= learned_at, deals.c.stage_entered_at >= learned_at)
+        stages = conn.execute(
+            sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
+            .where(deals.c.pipeline == pipeline, since_learned)
+        ).scalars()
+        return not any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages)
+
+    def _learning_changes(self, conn: Connection, pipeline: str, now: datetime) -> pd.DataFrame:
+        """What the pipeline's learned limits as of `now` need (`features.health.learned_from_stage_changes`):
+        the stage changes (deal_id, pipeline, stage, changed_at, event_id), dated by `now`, of its deals
+        created by `now` that may be won then (`_counts_for_limits`: won now, or with events after `now`,
+        whose state as of `now` is not the stored one). Read from `ix_stage_changes_deal_time` alone."""
+        deals, sc = self.table("deals"), self.table("stage_changes")
+        t = _naive(now)
+        query = (
+            sa.select(sc.c.deal_id, sc.c.stage, sc.c.changed_at, sc.c.event_id)
+            .join(deals, deals.c.deal_id == sc.c.deal_id)
+            .where(deals.c.pipeline == pipeline, deals.c.created_at <= t, _counts_for_limits(deals, t),
+                   sc.c.changed_at <= t)
+        )
+        changes = _rows_frame(conn.execute(query).fetchall(), list(query.selected_columns.keys()))
+        changes["changed_at"] = _localize(changes["changed_at"])
+        changes.insert(1, "pipeline", pipeline)
+        return changes
 
     def health_stamp(self, pipeline: str) -> tuple[Any, ...]:
         """A token that moves whenever anything pipeline health reads of `pipeline` changes, read by one
@@ -2213,16 +2244,15 @@ class Store:
         with self._read() as conn:
             return list(conn.execute(query).scalars())
 
-    def won_deal_ids(self, pipeline: str, now: datetime) -> list[str]:
-        """Deals of the pipeline that may be won as of `now`: won now, or with events after `now` (their
-        state as of `now` is not the stored current one). Their histories are all the learned limits
-        need (`features.health.learned_stale_thresholds`)."""
-        deals = self.table("deals")
-        query = sa.select(deals.c.deal_id).where(
-            deals.c.pipeline == pipeline, _counts_for_limits(deals, _naive(now))
-        )
+    def learned_limits(self, pipeline: str, now: datetime) -> dict[str, float]:
+        """The pipeline's learned stage limits as of `now` (stage -> days): `features.health.
+        learned_stale_thresholds` of its deals, from the stage changes of those that may be won then
+        (`_learning_changes`) and its spec, in one snapshot; no history is read."""
         with self._read() as conn:
-            return list(conn.execute(query).scalars())
+            specs = self._pipeline_specs(conn, [pipeline])
+            changes = self._learning_changes(conn, pipeline, now)
+        learned = learned_from_stage_changes(changes, specs, pd.Timestamp(now))
+        return {stage: days for (pipe, stage), days in learned.items() if pipe == pipeline}
 
     def save_learned_limits(self, pipeline: str, learned: Mapping[str, float], learned_at: datetime) -> None:
         """Store a pipeline's learned stage limits (stage -> days), computed from what was stored at
