@@ -143,6 +143,8 @@ def _after_win(store: Store, pipelines: list[str], rounds: int) -> dict[str, Any
         name: {"p50_ms": round(float(np.median(v)), 2), "p99_ms": round(float(np.percentile(v, 99)), 2)}
         for name, v in times.items()
     }
+    # the first round's first reads: no visits learned in a read kept by the store yet (`Store.health_state`)
+    out["after_win_round_1_ms"] = [round(v, 2) for v in times["after_win"][: len(pipelines)]]
     out["history_reads"] = history_reads[0]
     out["first_reads"] = len(times["after_win"])
     out["checked_against_whole_history"] = checked

@@ -244,8 +244,17 @@ def learned_from_stage_changes(changes: pd.DataFrame, specs: Mapping[str, Pipeli
     its changes up to `as_of` (later ones are left out here; other deals' may be included: only the won
     deals count). A deal is won at `as_of` when its latest change by then is to a won stage (its state,
     `features.stages`); `specs` say which stages are won."""
+    return limits_of_visits(won_visits(changes, specs, as_of))
+
+
+def won_visits(changes: pd.DataFrame, specs: Mapping[str, PipelineSpec],
+               as_of: pd.Timestamp | str) -> pd.DataFrame:
+    """The visits the learned limits count (`_won_visits`), from stage changes as
+    `learned_from_stage_changes` takes them. Each deal's visits depend on its own changes only, so the
+    visits of deals whose changes are the same can be kept and those of others added or dropped
+    (`serving.store.Store.health_state` does)."""
     t = to_utc_timestamp(as_of)
-    return _learned(_ordered_changes(changes[(changes["changed_at"] <= t).to_numpy(dtype=bool)], specs))
+    return _won_visits(_ordered_changes(changes[(changes["changed_at"] <= t).to_numpy(dtype=bool)], specs))
 
 
 def stage_limits(
@@ -260,17 +269,28 @@ def stage_limits(
 
 
 def _learned(sc: pd.DataFrame) -> dict[tuple[str, str], float]:
-    """The one definition of the learned stalled limits: `sc` holds `_with_next_change` rows (sorted by
-    deal `pos`, then time in the same-time order) of every change up to the as-of time of each deal
-    created by then that may be won. A deal whose last change is to a won stage is won then; each visit
-    of such a deal to an open stage lasts from its change to the deal's next one; per (pipeline, stage),
-    the 80th percentile of those visits' days."""
+    """The learned stalled limits of stage changes `sc` (`_won_visits`, `limits_of_visits`)."""
+    return limits_of_visits(_won_visits(sc))
+
+
+def _won_visits(sc: pd.DataFrame) -> pd.DataFrame:
+    """The visits the learned stalled limits count: `sc` holds `_with_next_change` rows (sorted by deal
+    `pos`, then time in the same-time order) of every change up to the as-of time of each deal created by
+    then that may be won. A deal whose last change is to a won stage is won then; each visit of such a
+    deal to an open stage lasts from its change to the deal's next one. Columns deal_id, pipeline, stage
+    and days."""
     pos = sc["pos"].to_numpy()
     last_won = _last_in_group(pos) & sc["outcome"].eq("won").fillna(False).to_numpy(dtype=bool)
     won = np.isin(pos, pos[last_won])
     visits = sc[won & (sc["outcome"] == "open").to_numpy(dtype=bool) & sc["next_at"].notna().to_numpy()]
     days = _days(visits["next_at"] - visits["changed_at"])
-    learned = days.groupby([visits["pipeline"], visits["stage"]]).quantile(STALE_QUANTILE)
+    return visits[["deal_id", "pipeline", "stage"]].assign(days=days)
+
+
+def limits_of_visits(visits: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """The one definition of the learned stalled limits: per (pipeline, stage), the 80th percentile of the
+    days of the won deals' visits (`won_visits`), in any order."""
+    learned = visits["days"].groupby([visits["pipeline"], visits["stage"]]).quantile(STALE_QUANTILE)
     return {
         (str(pipe), str(stage)): float(v)
         for pipe, stage, v in zip(learned.index.get_level_values(0), learned.index.get_level_values(1),

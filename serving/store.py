@@ -62,7 +62,16 @@ from features.deal_state import (
     created_state,
     current_deal_states,
 )
-from features.health import NO_OWNER, NO_TEAM, GroupBy, LeftOut, learned_from_stage_changes, stage_limits
+from features.health import (
+    NO_OWNER,
+    NO_TEAM,
+    GroupBy,
+    LeftOut,
+    learned_from_stage_changes,
+    limits_of_visits,
+    stage_limits,
+    won_visits,
+)
 from features.history import (
     DEAL_OPTIONAL,
     DEAL_REQUIRED,
@@ -408,6 +417,8 @@ class Store:
         # pipeline -> (its spec and learned limits as stored, the stage limits of them): the live lists'
         # stale split, checked against the row in the list's own statement (`_checked_limits_read`)
         self._limits_kept: dict[str, tuple[tuple[str, bool, str | None], dict[tuple[str, str], float]]] = {}
+        # per pipeline: (spec, inferred, updated_at), each won deal's n_events, their visits
+        self._visits_kept: dict[str, tuple[tuple[Any, bool, Any], dict[str, int], pd.DataFrame]] = {}
         # `at_risk_rows`' statements by shape (filters given, sort, list, stalled stages): built and keyed
         # once, each read binds its values (building and keying one cost more than running it on SQLite)
         self._list_statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
@@ -1571,8 +1582,7 @@ class Store:
             if self._stored_limits_hold(conn, pipeline, row, specs):
                 learned = {(pipeline, str(stage)): float(v) for stage, v in row.learned_stale_days.items()}
             else:  # learned here, as the refresh will: every event of the pipeline is dated by `until`
-                learned = learned_from_stage_changes(self._learning_changes(conn, pipeline, t1), specs,
-                                                     pd.Timestamp(until))
+                learned = self._learned_in_read(conn, pipeline, row, specs, until)
             # The deals the window sees: open ones, and closed ones closed in it (or with no close time),
             # each read by its own range of `ix_deals_pipeline_state`, rather than every deal of the
             # pipeline. In no set order: no figure depends on the deals' order (means are exact sums,
@@ -1643,20 +1653,58 @@ class Store:
         ).scalars()
         return not any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages)
 
-    def _learning_changes(self, conn: Connection, pipeline: str, now: datetime) -> pd.DataFrame:
+    def _learned_in_read(self, conn: Connection, pipeline: str, row: Any, specs: Mapping[str, PipelineSpec],
+                         until: datetime) -> dict[tuple[str, str], float]:
+        """The pipeline's learned limits as of `until`, every event of it dated by then (`health_state`):
+        `features.health.limits_of_visits` of its won deals' visits.
+
+        The visits this process last learned them from are kept (`_visits_kept`) with the spec and
+        `pipelines.updated_at` they were learned under and each won deal's `n_events`. A deal's visits
+        depend on its own stage changes alone, and events are only ever added (each one counted in
+        `n_events`), so only the stage changes of the won deals that are new or have new events are read;
+        the other won deals' visits are reused, and those of deals no longer won dropped. A spec change or
+        a won deal leaving the pipeline (both stamp `updated_at`) reads them all again."""
+        deals = self.table("deals")
+        t = _naive(until)
+        won: dict[str, int] = {
+            str(deal_id): int(n or 0) for deal_id, n in conn.execute(
+                sa.select(deals.c.deal_id, deals.c.n_events)
+                .where(deals.c.pipeline == pipeline, deals.c.outcome == "won", deals.c.created_at <= t)
+            ).tuples()
+        }
+        under = (row.spec, bool(row.inferred), row.updated_at)
+        kept = self._visits_kept.get(pipeline)
+        if kept is not None and kept[0] == under:
+            same = [d for d, n in won.items() if kept[1].get(d) == n]
+            reused = kept[2][kept[2]["deal_id"].isin(same).to_numpy(dtype=bool)]
+            ids: list[str] | None = sorted(set(won) - set(same))
+        else:
+            reused, ids = None, None  # every won deal's, by the pipeline
+        visits = won_visits(self._learning_changes(conn, pipeline, t, ids), specs, pd.Timestamp(until))
+        if reused is not None and len(visits) == 0:
+            visits = reused
+        elif reused is not None:
+            visits = pd.concat([reused, visits], ignore_index=True)
+        if len(self._visits_kept) >= _LIMITS_KEPT:
+            self._visits_kept.clear()
+        self._visits_kept[pipeline] = (under, won, visits)
+        return limits_of_visits(visits)
+
+    def _learning_changes(self, conn: Connection, pipeline: str, now: datetime,
+                          deal_ids: Sequence[str] | None = None) -> pd.DataFrame:
         """What the pipeline's learned limits as of `now` need (`features.health.learned_from_stage_changes`):
         the stage changes (deal_id, pipeline, stage, changed_at, event_id), dated by `now`, of its deals
         created by `now` that may be won then (`_counts_for_limits`: won now, or with events after `now`,
-        whose state as of `now` is not the stored one). Read from `ix_stage_changes_deal_time` alone."""
+        whose state as of `now` is not the stored one), or of the deals `deal_ids` (of the pipeline). Read
+        from `ix_stage_changes_deal_time` alone."""
         deals, sc = self.table("deals"), self.table("stage_changes")
         t = _naive(now)
-        query = (
-            sa.select(sc.c.deal_id, sc.c.stage, sc.c.changed_at, sc.c.event_id)
-            .join(deals, deals.c.deal_id == sc.c.deal_id)
-            .where(deals.c.pipeline == pipeline, deals.c.created_at <= t, _counts_for_limits(deals, t),
-                   sc.c.changed_at <= t)
-        )
-        changes = _rows_frame(conn.execute(query).fetchall(), list(query.selected_columns.keys()))
+        columns = [sc.c.deal_id, sc.c.stage, sc.c.changed_at, sc.c.event_id]
+        query = sa.select(*columns).where(sc.c.changed_at <= t)
+        if deal_ids is None:
+            query = query.join(deals, deals.c.deal_id == sc.c.deal_id).where(
+                deals.c.pipeline == pipeline, deals.c.created_at <= t, _counts_for_limits(deals, t))
+        changes = _rows_frame(_read_rows(conn, query, sc.c.deal_id, deal_ids), [c.name for c in columns])
         changes["changed_at"] = _localize(changes["changed_at"])
         changes.insert(1, "pipeline", pipeline)
         return changes

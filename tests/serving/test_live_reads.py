@@ -377,9 +377,18 @@ def test_health_right_after_a_win_learns_the_limits_in_its_read(
         # un-won at once: the visit counts no more
         move(stage, pd.Timestamp.now(tz="UTC"))
         assert limits(read_now())[stage] == before[stage]
-        # the refresh round stores the limits the reads learned
+        # won again, with one more short visit of `stage` (the reads since reuse the visits they learned
+        # of the other won deals); the refresh round then stores the limits the read learned
+        move(spec.won[0], pd.Timestamp.now(tz="UTC"))
+        won_again = limits(read_now())
+        assert won_again[stage] != before[stage]
+        # a won deal that stays won gains a stage change dated back (its long visit of `stage` is cut
+        # short): its visits are read again, not reused
+        other = next(s for s in spec.stages if s != stage)
+        move(other, now - pd.Timedelta(days=398.9))
+        won_again = limits(read_now())
         assert refresh_stage_limits(store) == [world.pipeline_a]
-        assert limits(read_now())[stage] == before[stage]
+        assert limits(read_now()) == won_again
 
 
 def test_health_and_forecast_as_of_now_never_load_the_pipeline_history(
