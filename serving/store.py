@@ -1666,18 +1666,20 @@ class Store:
         a won deal leaving the pipeline (both stamp `updated_at`) reads them all again."""
         deals = self.table("deals")
         t = _naive(until)
-        won: dict[str, int] = {
-            str(deal_id): int(n or 0) for deal_id, n in conn.execute(
-                sa.select(deals.c.deal_id, deals.c.n_events)
-                .where(deals.c.pipeline == pipeline, deals.c.outcome == "won", deals.c.created_at <= t)
-            ).tuples()
-        }
+        won: dict[str, int] = dict(conn.execute(
+            sa.select(deals.c.deal_id, deals.c.n_events)
+            .where(deals.c.pipeline == pipeline, deals.c.outcome == "won", deals.c.created_at <= t)
+        ).fetchall())
         under = (row.spec, bool(row.inferred), row.updated_at)
         kept = self._visits_kept.get(pipeline)
         if kept is not None and kept[0] == under:
-            same = [d for d, n in won.items() if kept[1].get(d) == n]
-            reused = kept[2][kept[2]["deal_id"].isin(same).to_numpy(dtype=bool)]
-            ids: list[str] | None = sorted(set(won) - set(same))
+            ids: list[str] | None = sorted(d for d, n in won.items() if kept[1].get(d) != n)
+            # the visits of deals won then whose events changed since, or no longer won, are dropped
+            gone = [d for d, n in kept[1].items() if won.get(d) != n]
+            reused = kept[2]
+            if gone:
+                keep = ~pd.Index(reused["deal_id"].to_numpy(dtype=object), dtype=object).isin(gone)
+                reused = reused[keep]
         else:
             reused, ids = None, None  # every won deal's, by the pipeline
         visits = won_visits(self._learning_changes(conn, pipeline, t, ids), specs, pd.Timestamp(until))
