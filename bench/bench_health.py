@@ -15,8 +15,16 @@ time round-robin (so load drift hits them alike), for the last 30 days of each p
 and a `SELECT 1` on the same engine as the floor. Every round checks both give the same figures. This
 times the store read and the figures, not HTTP (`bench_store.py` times the endpoint against `/healthz`).
 
-Run: .venv/bin/python bench/bench_health.py [--deals 10000] [--rounds 15] [--backends sqlite]
-Writes bench/results/health_paths.json.
+`--after-win` times instead health right after a deal is won (issue 8): per round and pipeline, one open
+deal is won (a stage change to the pipeline's won stage, dated now, written by `Store.add_events`), then
+`after_win` is the first health read as the route computes it (`serving.routes.pipelines._health`, the
+learned limits due), `refresh` one round of `refresh_stage_limits` (the background refresh), and
+`settled` the read after it (the stored limits: the as-of-now path's time). `history_reads` counts the
+first reads that took the window's-histories path (`Store.health_history`). The first round's first read
+of each pipeline is checked against `pipeline_health` of the pipeline's whole history.
+
+Run: .venv/bin/python bench/bench_health.py [--deals 10000] [--rounds 15] [--backends sqlite] [--after-win]
+Writes bench/results/health_paths.json (`--after-win`: health_after_win.json; `--out NAME` another name).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import imported_store, recent_history, write_result  # noqa: E402
 from features.health import health_from_current_state, pipeline_health  # noqa: E402
+from serving.routes.pipelines import DEFAULT_STALLED_LIMIT, _health  # noqa: E402
 from serving.stage_limits import refresh_stage_limits  # noqa: E402
 from serving.store import Store  # noqa: E402
 
@@ -84,11 +93,71 @@ def _time_paths(store: Store, pipelines: list[str], rounds: int) -> dict[str, An
     return out
 
 
+def _after_win(store: Store, pipelines: list[str], rounds: int) -> dict[str, Any]:
+    deals = store.table("deals")
+    with store.engine.connect() as conn:
+        open_ids = {
+            p: list(conn.execute(
+                sa.select(deals.c.deal_id).where(deals.c.pipeline == p, deals.c.outcome == "open")
+                .order_by(deals.c.deal_id).limit(rounds)
+            ).scalars())
+            for p in pipelines
+        }
+    specs = store.pipeline_specs(pipelines)
+    history_reads = [0]
+    window_histories = store.health_history
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        history_reads[0] += 1
+        return window_histories(*args, **kwargs)
+
+    store.health_history = counted  # type: ignore[method-assign]
+    times: dict[str, list[float]] = {"after_win": [], "refresh": [], "settled": []}
+    checked = 0
+    for r in range(rounds):
+        for pipeline in pipelines:
+            won = specs[pipeline].won[0]
+            now = pd.Timestamp.now(tz="UTC")
+            store.add_events(stage_changes=pd.DataFrame({
+                "deal_id": [open_ids[pipeline][r]], "stage": [won], "changed_at": [now],
+                "event_id": [f"bench-win-{r}"]}))
+            until = pd.Timestamp.now(tz="UTC")
+            since = until - pd.Timedelta(days=30)
+            start = time.perf_counter()
+            answer = _health(store, pipeline, since, until, None, DEFAULT_STALLED_LIMIT)
+            times["after_win"].append(1000 * (time.perf_counter() - start))
+            if r == 0:
+                whole = store.load_history(pipelines=[pipeline])
+                expected = pipeline_health(whole, since, until, pipeline=pipeline,
+                                           stalled_limit=DEFAULT_STALLED_LIMIT)
+                if answer != {"pipeline": pipeline, **expected}:
+                    raise AssertionError(f"health after a win differs from the whole history for {pipeline}")
+                checked += 1
+            start = time.perf_counter()
+            refresh_stage_limits(store)
+            times["refresh"].append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            _health(store, pipeline, since, until, None, DEFAULT_STALLED_LIMIT)
+            times["settled"].append(1000 * (time.perf_counter() - start))
+    out: dict[str, Any] = {
+        name: {"p50_ms": round(float(np.median(v)), 2), "p99_ms": round(float(np.percentile(v, 99)), 2)}
+        for name, v in times.items()
+    }
+    # the first round's first reads: no visits learned in a read kept by the store yet (`Store.health_state`)
+    out["after_win_round_1_ms"] = [round(v, 2) for v in times["after_win"][: len(pipelines)]]
+    out["history_reads"] = history_reads[0]
+    out["first_reads"] = len(times["after_win"])
+    out["checked_against_whole_history"] = checked
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deals", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--backends", default="sqlite", help="comma-separated: sqlite,postgresql")
+    parser.add_argument("--after-win", action="store_true", help="health right after a deal is won")
+    parser.add_argument("--out", default=None, help="result name (default health_paths / health_after_win)")
     args = parser.parse_args()
     history = recent_history(args.deals)
     pipelines = sorted(history.pipelines)
@@ -98,8 +167,9 @@ def main() -> None:
     for backend in args.backends.split(","):
         with imported_store(backend, history) as store:
             refresh_stage_limits(store)
-            result["backends"][backend] = _time_paths(store, pipelines, args.rounds)
-    write_result("health_paths", result)
+            timed = _after_win if args.after_win else _time_paths
+            result["backends"][backend] = timed(store, pipelines, args.rounds)
+    write_result(args.out or ("health_after_win" if args.after_win else "health_paths"), result)
 
 
 if __name__ == "__main__":

@@ -222,12 +222,39 @@ def learned_stale_thresholds(history: DealHistory, as_of: pd.Timestamp | str) ->
     """The learned half of `stale_thresholds`: per (pipeline, stage), the 80th percentile of the days
     deals won by `as_of` spent in the stage (configured limits not applied).
 
-    Only the deals won by `as_of` matter, so a history holding just those deals (and its pipelines'
-    specs, which say what is won) gives the same values as the whole history: the store keeps these per
-    pipeline, computed that way off the request path (`serving.stage_limits`).
+    Only the stage changes of the deals won by `as_of` matter: this is `learned_from_stage_changes` of
+    the history's stage changes (those of the deals created by `as_of`); the store calls it with just the
+    changes of the deals that may be won (`serving.store.Store.learned_limits`).
     """
-    states, sc = _states_and_changes(history, to_utc_timestamp(as_of))
-    return _learned(states, sc)
+    t = to_utc_timestamp(as_of)
+    deals = history.deals[history.deals["created_at"] <= t]
+    pipeline_of = pd.Series(deals["pipeline"].to_numpy(dtype=object),
+                            index=pd.Index(deals["deal_id"].to_numpy(dtype=object), dtype=object))
+    sc = history.stage_changes
+    pipeline = pipeline_of.reindex(pd.Index(sc["deal_id"].to_numpy(dtype=object), dtype=object))
+    mine = pipeline.notna().to_numpy(dtype=bool)
+    changes = sc[mine].assign(pipeline=pipeline.to_numpy(dtype=object)[mine])
+    return learned_from_stage_changes(changes, history.pipelines, t)
+
+
+def learned_from_stage_changes(changes: pd.DataFrame, specs: Mapping[str, PipelineSpec],
+                               as_of: pd.Timestamp | str) -> dict[tuple[str, str], float]:
+    """`learned_stale_thresholds` from stage changes alone: `changes` holds deal_id, pipeline (the deal's),
+    stage, changed_at and event_id of every deal created by `as_of` that is won then, each deal with all
+    its changes up to `as_of` (later ones are left out here; other deals' may be included: only the won
+    deals count). A deal is won at `as_of` when its latest change by then is to a won stage (its state,
+    `features.stages`); `specs` say which stages are won."""
+    return limits_of_visits(won_visits(changes, specs, as_of))
+
+
+def won_visits(changes: pd.DataFrame, specs: Mapping[str, PipelineSpec],
+               as_of: pd.Timestamp | str) -> pd.DataFrame:
+    """The visits the learned limits count (`_won_visits`), from stage changes as
+    `learned_from_stage_changes` takes them. Each deal's visits depend on its own changes only, so the
+    visits of deals whose changes are the same can be kept and those of others added or dropped
+    (`serving.store.Store.health_state` does)."""
+    t = to_utc_timestamp(as_of)
+    return _won_visits(_ordered_changes(changes[(changes["changed_at"] <= t).to_numpy(dtype=bool)], specs))
 
 
 def stage_limits(
@@ -241,11 +268,29 @@ def stage_limits(
     return out
 
 
-def _learned(states: pd.DataFrame, sc: pd.DataFrame) -> dict[tuple[str, str], float]:
-    won = (states["status"] == "won").to_numpy(dtype=bool)[sc["pos"].to_numpy()]
+def _learned(sc: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """The learned stalled limits of stage changes `sc` (`_won_visits`, `limits_of_visits`)."""
+    return limits_of_visits(_won_visits(sc))
+
+
+def _won_visits(sc: pd.DataFrame) -> pd.DataFrame:
+    """The visits the learned stalled limits count: `sc` holds `_with_next_change` rows (sorted by deal
+    `pos`, then time in the same-time order) of every change up to the as-of time of each deal created by
+    then that may be won. A deal whose last change is to a won stage is won then; each visit of such a
+    deal to an open stage lasts from its change to the deal's next one. Columns deal_id, pipeline, stage
+    and days."""
+    pos = sc["pos"].to_numpy()
+    last_won = _last_in_group(pos) & sc["outcome"].eq("won").fillna(False).to_numpy(dtype=bool)
+    won = np.isin(pos, pos[last_won])
     visits = sc[won & (sc["outcome"] == "open").to_numpy(dtype=bool) & sc["next_at"].notna().to_numpy()]
     days = _days(visits["next_at"] - visits["changed_at"])
-    learned = days.groupby([visits["pipeline"], visits["stage"]]).quantile(STALE_QUANTILE)
+    return visits[["deal_id", "pipeline", "stage"]].assign(days=days)
+
+
+def limits_of_visits(visits: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """The one definition of the learned stalled limits: per (pipeline, stage), the 80th percentile of the
+    days of the won deals' visits (`won_visits`), in any order."""
+    learned = visits["days"].groupby([visits["pipeline"], visits["stage"]]).quantile(STALE_QUANTILE)
     return {
         (str(pipe), str(stage)): float(v)
         for pipe, stage, v in zip(learned.index.get_level_values(0), learned.index.get_level_values(1),
@@ -391,12 +436,11 @@ def pipeline_health(
     left_out = left_out or LeftOut()
     states, sc = _states_and_changes(history, t1)
     # Thresholds are per (pipeline, stage), so learning them before filtering changes nothing.
-    learn_states, learn_sc = states, sc
+    learn_sc = sc
     if left_out.won is not None and len(left_out.won.deals):
-        won_states, won_sc = _states_and_changes(left_out.won, t1)
-        learn_states = pd.concat([states, won_states], ignore_index=True)
+        won_sc = _states_and_changes(left_out.won, t1)[1]
         learn_sc = pd.concat([sc, won_sc.assign(pos=won_sc["pos"] + len(states))], ignore_index=True)
-    thresholds = stage_limits(_learned(learn_states, learn_sc), history.pipelines)
+    thresholds = stage_limits(_learned(learn_sc), history.pipelines)
     also = left_out.pipelines
     if pipeline is not None:
         wanted = [pipeline] if isinstance(pipeline, str) else list(pipeline)
@@ -437,25 +481,31 @@ def health_from_current_state(
     """
     t0, t1 = _window(since, until, by)
     left_out = left_out or LeftOut()
-    # the same-time order of `features.stages`, then the next change of each within its deal
-    changes = order_stage_changes(window_changes, window_changes[["deal_id", "pipeline"]], specs)
-    deal_rank = pd.factorize(changes["deal_id"].to_numpy(dtype=object))[0]
-    sc = _with_next_change(
-        pd.DataFrame(
-            {
-                "pos": deal_rank.astype(np.int64),
-                "deal_id": changes["deal_id"].to_numpy(dtype=object),
-                "stage": changes["stage"].astype("string"),
-                "changed_at": changes["changed_at"],
-                "pipeline": changes["pipeline"].astype("string"),
-            }
-        ),
-        specs,
-    )
+    sc = _ordered_changes(window_changes, specs)
     mine = (deals["pipeline"] == pipeline).to_numpy(dtype=bool)
     states = deals if mine.all() else deals[mine].reset_index(drop=True)
     return _report(states, sc, stage_limits(learned, specs), specs, [pipeline],
                    frozenset(left_out.pipelines & {pipeline}), t0, t1, by, left_out, stalled_limit)
+
+
+def _ordered_changes(changes: pd.DataFrame, specs: Mapping[str, PipelineSpec]) -> pd.DataFrame:
+    """Stage changes (deal_id, pipeline, stage, changed_at, event_id) as `_with_next_change` rows: in the
+    same-time order of `features.stages`, each deal's together (`pos`: its rank), with the next change of
+    each within its deal."""
+    ordered = order_stage_changes(changes, changes[["deal_id", "pipeline"]], specs)
+    deal_rank = pd.factorize(ordered["deal_id"].to_numpy(dtype=object))[0]
+    return _with_next_change(
+        pd.DataFrame(
+            {
+                "pos": deal_rank.astype(np.int64),
+                "deal_id": ordered["deal_id"].to_numpy(dtype=object),
+                "stage": ordered["stage"].astype("string"),
+                "changed_at": ordered["changed_at"],
+                "pipeline": ordered["pipeline"].astype("string"),
+            }
+        ),
+        specs,
+    )
 
 
 def _window(since: pd.Timestamp | str, until: pd.Timestamp | str,

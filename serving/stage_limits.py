@@ -2,9 +2,11 @@
 
 The live at-risk and stale lists (`Store.at_risk_page`) split stale deals from the others by each stage's
 limit: a configured `stale_after_days` (read from the spec with the list, so a spec PUT counts at once),
-else the learned one, `features.health.learned_stale_thresholds` of the pipeline's won deals. Learning
-needs those deals' histories, so it is done here, never on a read's path, and stored with the pipeline
-(`pipelines.learned_stale_days`, `stale_learned_at`).
+else the learned one, `features.health.learned_stale_thresholds` of the pipeline's won deals. The lists
+read the limits stored with the pipeline (`pipelines.learned_stale_days`, `stale_learned_at`), learned
+here by `Store.learned_limits` from the stage changes of the deals that may be won (no history is read).
+Health as of now uses the stored limits while they hold and otherwise learns them itself the same way,
+within its read (`Store.health_state`), so a read right after a win does not wait for this refresh.
 
 How fresh (`Store.stage_limits_due`): a pipeline's learned limits are recomputed on the next poll (every
 `POLL_S`, 5 s) after a write that touches a deal counting for them (won now, or with events dated after
@@ -27,9 +29,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-import pandas as pd
-
-from features.health import learned_stale_thresholds
 from serving.background import BackgroundLoop
 from serving.store import Store
 
@@ -50,12 +49,7 @@ def refresh_stage_limits(store: Store, now: datetime | None = None,
     for pipeline in due:
         # wall clock, taken before reading: a write stamped from now on makes the limits due again
         started = datetime.now(UTC)
-        ids = store.won_deal_ids(pipeline, t)
-        history = store.load_history(pipelines=[pipeline], deal_ids=ids)
-        learned = learned_stale_thresholds(history, pd.Timestamp(t))
-        store.save_learned_limits(
-            pipeline, {stage: days for (pipe, stage), days in learned.items() if pipe == pipeline}, started
-        )
+        store.save_learned_limits(pipeline, store.learned_limits(pipeline, t), started)
     return due
 
 

@@ -62,7 +62,16 @@ from features.deal_state import (
     created_state,
     current_deal_states,
 )
-from features.health import NO_OWNER, NO_TEAM, GroupBy, LeftOut, stage_limits
+from features.health import (
+    NO_OWNER,
+    NO_TEAM,
+    GroupBy,
+    LeftOut,
+    learned_from_stage_changes,
+    limits_of_visits,
+    stage_limits,
+    won_visits,
+)
 from features.history import (
     DEAL_OPTIONAL,
     DEAL_REQUIRED,
@@ -409,6 +418,8 @@ class Store:
         # pipeline -> (its spec and learned limits as stored, the stage limits of them): the live lists'
         # stale split, checked against the row in the list's own statement (`_checked_limits_read`)
         self._limits_kept: dict[str, tuple[tuple[str, bool, str | None], dict[tuple[str, str], float]]] = {}
+        # per pipeline: (spec, inferred, updated_at), each won deal's n_events, their visits
+        self._visits_kept: dict[str, tuple[tuple[Any, bool, Any], dict[str, int], pd.DataFrame]] = {}
         # `at_risk_rows`' statements by shape (filters given, sort, list, stalled stages): built and keyed
         # once, each read binds its values (building and keying one cost more than running it on SQLite)
         self._list_statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
@@ -1580,15 +1591,17 @@ class Store:
         """What `features.health.health_from_current_state` needs for one pipeline's window [since, until],
         from the deals' state columns and the window's stage changes (no history read), or None when the
         stored state cannot give `pipeline_health`'s figures exactly (the caller uses `health_history`):
+        `until` is before an event of the pipeline (a deal's state at `until` is then not its current
+        state; deals created after `until` are simply not read), or a deal's state is not computed yet (a
+        store just upgraded).
 
-        - `until` is before an event of the pipeline (a deal's state at `until` is then not its current
-          state); deals created after `until` are simply not read;
-        - the pipeline's learned stalled limits may not be those as of `until`: never computed, computed
-          before `pipelines.updated_at` (its spec changed, or a deal stored as won left it), or a deal of
-          the pipeline that is or was won (a stage change to a won stage) was written, or changed stage,
-          since they were computed. Other deals were in the same stage at both times, so the won deals
-          and their visits the limits count are the same;
-        - a deal's state is not computed yet (a store just upgraded).
+        The learned stalled limits are the stored ones when they are those as of `until`: computed after
+        `pipelines.updated_at` (its spec changed, or a deal stored as won left it), with no deal of the
+        pipeline that is or was won (a stage change to a won stage) written, or changed stage, since
+        (other deals were in the same stage at both times, so the won deals and the visits the limits
+        count are the same). Otherwise (never computed, or a deal won or un-won since: the background
+        refresh has not caught up yet) they are learned as of `until` in this snapshot from the won
+        deals' stage changes alone (`_learning_changes`), not from any history.
 
         `since` and `until` are naive or aware UTC, at microsecond precision (the store's). One snapshot.
         Of the deals left out (closed before `since`) it reads whether there is one, and the groups they
@@ -1614,21 +1627,13 @@ class Store:
                           pipes.c.stale_learned_at, last_event.scalar_subquery().label("last_event"),
                           uncomputed.label("uncomputed")).where(pipes.c.name == pipeline)
             ).first()
-            if (row is None or row.learned_stale_days is None or row.stale_learned_at is None
-                    or row.uncomputed or (row.last_event is not None and row.last_event > t1)):
-                return None
-            learned_at = row.stale_learned_at
-            if row.updated_at is not None and row.updated_at >= learned_at:
+            if row is None or row.uncomputed or (row.last_event is not None and row.last_event > t1):
                 return None
             specs = {pipeline: PipelineSpec.from_dict(pipeline, row.spec, inferred=bool(row.inferred))}
-            since_learned = sa.or_(deals.c.state_updated_at >= learned_at,
-                                   deals.c.stage_entered_at >= learned_at)
-            stages = conn.execute(
-                sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
-                .where(deals.c.pipeline == pipeline, since_learned)
-            ).scalars()
-            if any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages):
-                return None
+            if self._stored_limits_hold(conn, pipeline, row, specs):
+                learned = {(pipeline, str(stage)): float(v) for stage, v in row.learned_stale_days.items()}
+            else:  # learned here, as the refresh will: every event of the pipeline is dated by `until`
+                learned = self._learned_in_read(conn, pipeline, row, specs, until)
             # The deals the window sees: open ones, and closed ones closed in it (or with no close time),
             # each read by its own range of `ix_deals_pipeline_state`, rather than every deal of the
             # pipeline. In no set order: no figure depends on the deals' order (means are exact sums,
@@ -1678,8 +1683,84 @@ class Store:
         left_out = LeftOut(pipelines=frozenset([pipeline]) if left else frozenset(),
                            teams=frozenset(named if by == "team" else ()),
                            owners=frozenset(named if by == "owner" else ()))
-        learned = {(pipeline, str(stage)): float(v) for stage, v in row.learned_stale_days.items()}
         return HealthState(frame, window, specs, learned, left_out)
+
+    def _stored_limits_hold(self, conn: Connection, pipeline: str, row: Any,
+                            specs: Mapping[str, PipelineSpec]) -> bool:
+        """Whether the pipeline's stored learned limits (`row`: its `learned_stale_days`,
+        `stale_learned_at` and `updated_at`) are those of its deals as stored: computed, after its last
+        spec change (or a won deal leaving it), and no deal of it that is or was won (a stage change to a
+        won stage) written, or changed stage, since (`health_state`)."""
+        learned_at = row.stale_learned_at
+        if row.learned_stale_days is None or learned_at is None:
+            return False
+        if row.updated_at is not None and row.updated_at >= learned_at:
+            return False
+        deals, sc = self.table("deals"), self.table("stage_changes")
+        since_learned = sa.or_(deals.c.state_updated_at >= learned_at, deals.c.stage_entered_at >= learned_at)
+        stages = conn.execute(
+            sa.select(sc.c.stage).distinct().join(deals, deals.c.deal_id == sc.c.deal_id)
+            .where(deals.c.pipeline == pipeline, since_learned)
+        ).scalars()
+        return not any(stage_outcome(pipeline, stage, specs) == "won" for stage in stages)
+
+    def _learned_in_read(self, conn: Connection, pipeline: str, row: Any, specs: Mapping[str, PipelineSpec],
+                         until: datetime) -> dict[tuple[str, str], float]:
+        """The pipeline's learned limits as of `until`, every event of it dated by then (`health_state`):
+        `features.health.limits_of_visits` of its won deals' visits.
+
+        The visits this process last learned them from are kept (`_visits_kept`) with the spec and
+        `pipelines.updated_at` they were learned under and each won deal's `n_events`. A deal's visits
+        depend on its own stage changes alone, and events are only ever added (each one counted in
+        `n_events`), so only the stage changes of the won deals that are new or have new events are read;
+        the other won deals' visits are reused, and those of deals no longer won dropped. A spec change or
+        a won deal leaving the pipeline (both stamp `updated_at`) reads them all again."""
+        deals = self.table("deals")
+        t = _naive(until)
+        won: dict[str, int] = dict(conn.execute(
+            sa.select(deals.c.deal_id, deals.c.n_events)
+            .where(deals.c.pipeline == pipeline, deals.c.outcome == "won", deals.c.created_at <= t)
+        ).fetchall())
+        under = (row.spec, bool(row.inferred), row.updated_at)
+        kept = self._visits_kept.get(pipeline)
+        if kept is not None and kept[0] == under:
+            ids: list[str] | None = sorted(d for d, n in won.items() if kept[1].get(d) != n)
+            # the visits of deals won then whose events changed since, or no longer won, are dropped
+            gone = [d for d, n in kept[1].items() if won.get(d) != n]
+            reused = kept[2]
+            if gone:
+                keep = ~pd.Index(reused["deal_id"].to_numpy(dtype=object), dtype=object).isin(gone)
+                reused = reused[keep]
+        else:
+            reused, ids = None, None  # every won deal's, by the pipeline
+        visits = won_visits(self._learning_changes(conn, pipeline, t, ids), specs, pd.Timestamp(until))
+        if reused is not None and len(visits) == 0:
+            visits = reused
+        elif reused is not None:
+            visits = pd.concat([reused, visits], ignore_index=True)
+        if len(self._visits_kept) >= _LIMITS_KEPT:
+            self._visits_kept.clear()
+        self._visits_kept[pipeline] = (under, won, visits)
+        return limits_of_visits(visits)
+
+    def _learning_changes(self, conn: Connection, pipeline: str, now: datetime,
+                          deal_ids: Sequence[str] | None = None) -> pd.DataFrame:
+        """What the pipeline's learned limits as of `now` need (`features.health.learned_from_stage_changes`):
+        the stage changes (deal_id, pipeline, stage, changed_at, event_id), dated by `now`, of its deals
+        created by `now` that may be won then (`_counts_for_limits`: won now, or with events after `now`,
+        whose state as of `now` is not the stored one), or of the deals `deal_ids` (of the pipeline). Read
+        from `ix_stage_changes_deal_time` alone."""
+        deals, sc = self.table("deals"), self.table("stage_changes")
+        t = _naive(now)
+        columns = [sc.c.deal_id, sc.c.stage, sc.c.changed_at, sc.c.event_id]
+        query = sa.select(*columns).where(sc.c.changed_at <= t)
+        if deal_ids is None:
+            query = query.join(deals, deals.c.deal_id == sc.c.deal_id).where(
+                deals.c.pipeline == pipeline, deals.c.created_at <= t, _counts_for_limits(deals, t))
+        changes = _rows_frame(_read_rows(conn, query, sc.c.deal_id, deal_ids), [c.name for c in columns])
+        changes["changed_at"] = _localize(changes["changed_at"])
+        changes.insert(1, "pipeline", pipeline)
+        return changes
 
     def health_stamp(self, pipeline: str) -> tuple[Any, ...]:
         """A token that moves whenever anything pipeline health reads of `pipeline` changes, read by one
@@ -2264,16 +2345,15 @@ class Store:
         with self._read() as conn:
             return list(conn.execute(query).scalars())
 
-    def won_deal_ids(self, pipeline: str, now: datetime) -> list[str]:
-        """Deals of the pipeline that may be won as of `now`: won now, or with events after `now` (their
-        state as of `now` is not the stored current one). Their histories are all the learned limits
-        need (`features.health.learned_stale_thresholds`)."""
-        deals = self.table("deals")
-        query = sa.select(deals.c.deal_id).where(
-            deals.c.pipeline == pipeline, _counts_for_limits(deals, _naive(now))
-        )
+    def learned_limits(self, pipeline: str, now: datetime) -> dict[str, float]:
+        """The pipeline's learned stage limits as of `now` (stage -> days): `features.health.
+        learned_stale_thresholds` of its deals, from the stage changes of those that may be won then
+        (`_learning_changes`) and its spec, in one snapshot; no history is read."""
         with self._read() as conn:
-            return list(conn.execute(query).scalars())
+            specs = self._pipeline_specs(conn, [pipeline])
+            changes = self._learning_changes(conn, pipeline, now)
+        learned = learned_from_stage_changes(changes, specs, pd.Timestamp(now))
+        return {stage: days for (pipe, stage), days in learned.items() if pipe == pipeline}
 
     def save_learned_limits(self, pipeline: str, learned: Mapping[str, float], learned_at: datetime) -> None:
         """Store a pipeline's learned stage limits (stage -> days), computed from what was stored at

@@ -274,15 +274,18 @@ def test_health_from_the_stored_state_equals_the_whole_history(
                     assert got.json() == expected, (since, until, by)
             return list(paths)
 
-        # never learned: every window reads its deals' histories (no activities, not the whole pipeline)
-        assert check_every_window() == ["history"] * 15
+        # never learned: the windows ending after the data read the stored state and learn the limits in
+        # their read (no history); the others read their deals' histories (no activities, not the whole
+        # pipeline)
+        fast = [p for after in ends_after_the_data for p in (["state"] if after else ["history"]) * 3]
+        assert check_every_window() == fast
+        assert len(loaded) == 3 * ends_after_the_data.count(False), "the stored-state path read history"
         in_pipeline = int((world.history.deals["pipeline"] == world.pipeline_a).sum()) + 6
         assert loaded and all(activities == 0 for _, activities in loaded)
-        last_month = loaded[2 * 3 : 2 * 3 + 1]  # the third window's read (its deals and won deals)
-        assert sum(n for n, _ in last_month) < in_pipeline, "health of a month read the whole pipeline"
+        past = loaded[3 : 3 + 1]  # the past window's read (its deals and won deals)
+        assert sum(n for n, _ in past) < in_pipeline, "health of a past window read the whole pipeline"
 
         refresh_stage_limits(store)
-        fast = [p for after in ends_after_the_data for p in (["state"] if after else ["history"]) * 3]
         assert check_every_window() == fast
         assert len(loaded) == 3 * ends_after_the_data.count(False), "the stored-state path read history"
         last = _full_health(world, store.load_history(pipelines=[world.pipeline_a]), end - 30 * day, end,
@@ -292,12 +295,14 @@ def test_health_from_the_stored_state_equals_the_whole_history(
         stalled_stages = {d["stage"] for d in last["stalled_deals"]}
         assert stalled_stages & set(configured) and stalled_stages - set(configured), stalled_stages
 
-        # a won deal reopened after the limits were learned: they are not those as of until any more
+        # a won deal reopened after the limits were learned: they are not those as of until any more, so
+        # health as of now learns them in its read (the stored state still answers, no history read)
         _post(client, world, "/v1/events", {"stage_changes": [
             {"deal_id": "AWK-BACK-AND-WON", "stage": spec.stages[1], "changed_at": (end - day).isoformat()}]})
-        assert set(check_every_window()) == {"history"}
+        assert check_every_window() == fast
+        assert len(loaded) == 3 * ends_after_the_data.count(False), "the stored-state path read history"
         # the reopening write made the limits due at once (not after their hour): one refresh round, and
-        # health as of now reads the stored state again, with limits that no longer count that deal
+        # health as of now reads the stored limits again, which no longer count that deal
         assert store.stage_limits_due(datetime.now(UTC), datetime.now(UTC) - timedelta(hours=1)) == [
             world.pipeline_a]
         assert refresh_stage_limits(store) == [world.pipeline_a]
@@ -310,6 +315,80 @@ def test_health_from_the_stored_state_equals_the_whole_history(
                                "changed_at": (end - day / 3).isoformat()}],
         })
         assert check_every_window() == fast
+
+
+def test_health_right_after_a_win_learns_the_limits_in_its_read(
+    world: Any, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that wins a deal (or un-wins one) leaves the stored learned limits stale until the next
+    refresh round; health as of now read at once learns them in its own read from the won deals' stage
+    changes: it reads no history (any history read fails the request here) and its figures, the stalled
+    deals' learned limits among them, are exactly those of the whole history, on SQLite and PostgreSQL."""
+    url = _copy_store(world, database)
+    # no background refresh: the stored limits stay as learned before the win
+    app = create_app(make_settings(world, database_url=url, live_score_max_age_s=0))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        store: Store = client.app.state.store  # type: ignore[attr-defined]
+        refresh_stage_limits(store)
+        spec = world.history.pipelines[world.pipeline_a]
+
+        def refuse(self: Store, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("health read a history")
+
+        def read_now() -> dict[str, Any]:
+            """Health as of now, with no history read allowed, checked against the whole history."""
+            monkeypatch.setattr(Store, "_read_history", refuse)
+            monkeypatch.setattr(Store, "health_history", refuse)
+            got = client.get(f"/v1/pipelines/{world.pipeline_a}/health", params={"stalled_limit": 1000},
+                             headers=world.auth("manager"))
+            monkeypatch.undo()
+            assert got.status_code == 200, got.text
+            answer: dict[str, Any] = got.json()
+            whole = store.load_history(pipelines=[world.pipeline_a])
+            assert answer == {"pipeline": world.pipeline_a, **pipeline_health(
+                whole, answer["since"], answer["until"], pipeline=world.pipeline_a, stalled_limit=1000)}
+            return answer
+
+        def limits(answer: dict[str, Any]) -> dict[str, float]:
+            """The limit each stalled deal's stage had in `answer`, by stage."""
+            return {d["stage"]: d["threshold_days"] for d in answer["overall"]["stalled_deals"]}
+
+        before = limits(read_now())
+        learned_stages = sorted(set(before) - set(spec.stale_after_days))
+        assert learned_stages, before
+        stage = learned_stages[0]
+        now = pd.Timestamp.now(tz="UTC")
+        _post(client, world, "/v1/deals", {"deals": [
+            {"deal_id": "WON-NOW", "pipeline": world.pipeline_a, "owner": "o", "amount": 1000.0,
+             "created_at": (now - pd.Timedelta(days=400)).isoformat()}]})
+
+        def move(to: str, at: pd.Timestamp) -> None:
+            _post(client, world, "/v1/events", {"stage_changes": [
+                {"deal_id": "WON-NOW", "stage": to, "changed_at": at.isoformat()}]})
+
+        move(stage, now - pd.Timedelta(days=399))
+        assert limits(read_now()) == before  # open: it counts for no limit
+        # the win: a 399-day visit of `stage` now counts, and the read does not wait for the refresh
+        move(spec.won[0], pd.Timestamp.now(tz="UTC"))
+        assert store.stage_limits_due(datetime.now(UTC), datetime.now(UTC) - timedelta(hours=1)) == [
+            world.pipeline_a]
+        after_win = limits(read_now())
+        assert after_win[stage] > before[stage], (stage, before, after_win)
+        # un-won at once: the visit counts no more
+        move(stage, pd.Timestamp.now(tz="UTC"))
+        assert limits(read_now())[stage] == before[stage]
+        # won again, with one more short visit of `stage` (the reads since reuse the visits they learned
+        # of the other won deals); the refresh round then stores the limits the read learned
+        move(spec.won[0], pd.Timestamp.now(tz="UTC"))
+        won_again = limits(read_now())
+        assert won_again[stage] != before[stage]
+        # a won deal that stays won gains a stage change dated back (its long visit of `stage` is cut
+        # short): its visits are read again, not reused
+        other = next(s for s in spec.stages if s != stage)
+        move(other, now - pd.Timedelta(days=398.9))
+        won_again = limits(read_now())
+        assert refresh_stage_limits(store) == [world.pipeline_a]
+        assert limits(read_now()) == won_again
 
 
 def test_health_and_forecast_as_of_now_never_load_the_pipeline_history(
