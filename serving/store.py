@@ -424,8 +424,8 @@ class Store:
         # once, each read binds its values (building and keying one cost more than running it on SQLite)
         self._list_statements: dict[tuple[Any, ...], sa.Select[Any]] = {}
         # PostgreSQL: each table's rows changed in all (inserted + updated + deleted, as the statistics
-        # count them) when this store last vacuumed it (`vacuum_changed_tables`)
-        self._vacuumed_at: dict[str, int] = {}
+        # count them) and the server's clock when this store last vacuumed it (`vacuum_changed_tables`)
+        self._vacuumed_at: dict[str, tuple[int, datetime]] = {}
 
     @staticmethod
     def _make_engine(
@@ -602,9 +602,10 @@ class Store:
         all-visible, so an index-only scan needs no visit to the table. It takes no lock that reads or
         writes wait for, and runs outside a transaction (its own connection, in autocommit).
 
-        A table this store vacuumed is due again only once that many more rows changed since: dead row
-        versions a transaction open elsewhere in the database still sees (a long report, another
-        client) outlive the vacuum, and counting them again would vacuum the table at every round."""
+        Dead row versions that a transaction open elsewhere in the database still sees (a long report,
+        another client) outlive a vacuum, and the statistics go on counting them. So a table this store
+        vacuumed is due again only once as many more rows changed since, or once every transaction open
+        at that vacuum has ended (then the next vacuum can remove them): not at every round meanwhile."""
         if self.dialect != "postgresql":
             return []
         query = sa.text(
@@ -613,20 +614,27 @@ class Store:
             " AND (n_dead_tup + n_ins_since_vacuum >= :rows"
             " OR (last_vacuum IS NULL AND last_autovacuum IS NULL)) ORDER BY relname"
         )
+        oldest = sa.text(  # the start of the oldest transaction holding a snapshot here, but this one
+            "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"
+        )
         quote = self.engine.dialect.identifier_preparer.format_table
         with self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             found = conn.execute(query, {"schema": self.schema, "names": list(PG_VACUUM_TABLES),
                                          "rows": PG_VACUUM_CHANGED_ROWS}).all()
+            held_since = conn.execute(oldest).scalar_one() if found else None
             due = []
             for name, changed in found:
                 last = self._vacuumed_at.get(name)
-                if last is not None and int(changed) - last < PG_VACUUM_CHANGED_ROWS:
+                if (last is not None and int(changed) - last[0] < PG_VACUUM_CHANGED_ROWS
+                        and held_since is not None and held_since <= last[1]):
                     continue
                 started = time.perf_counter()
+                at = conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
                 conn.exec_driver_sql(f"VACUUM (SKIP_LOCKED) {quote(self.table(name))}")
                 log.info("vacuumed %s in %.2f s", name, time.perf_counter() - started)
-                self._vacuumed_at[name] = int(changed)
+                self._vacuumed_at[name] = (int(changed), at)
                 due.append(str(name))
         return due
 
