@@ -145,6 +145,11 @@ def _after_win(store: Store, pipelines: list[str], rounds: int) -> dict[str, Any
     }
     # the first round's first reads: no visits learned in a read kept by the store yet (`Store.health_state`)
     out["after_win_round_1_ms"] = [round(v, 2) for v in times["after_win"][: len(pipelines)]]
+    # the later rounds' first reads alone: the won deals' visits kept from the round before
+    later = times["after_win"][len(pipelines):]
+    if later:
+        out["after_win_kept"] = {"p50_ms": round(float(np.median(later)), 2),
+                                 "p99_ms": round(float(np.percentile(later, 99)), 2)}
     out["history_reads"] = history_reads[0]
     out["first_reads"] = len(times["after_win"])
     out["checked_against_whole_history"] = checked

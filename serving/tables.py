@@ -102,9 +102,11 @@ def build_metadata(schema: str | None) -> sa.MetaData:
         # named explicitly: with a schema, index=True would put the schema in the name
         sa.Index("ix_deals_pipeline", "pipeline"),
         # Revision 0008: a pipeline's deals by outcome and close time with the state columns the at-risk
-        # list and health as of now read (it replaced (pipeline, outcome)), and the live scorer's look
+        # list and health as of now read (it replaced (pipeline, outcome)), and the live scorer's look;
+        # revision 0012 appended n_events: the won deals a health read learns the stalled limits from
         sa.Index("ix_deals_pipeline_state", "pipeline", "outcome", "closed_at", "created_at", "deal_id",
-                 "team", "current_owner", "current_amount", "current_stage", "stage_entered_at", "id"),
+                 "team", "current_owner", "current_amount", "current_stage", "stage_entered_at", "id",
+                 "n_events"),
         sa.Index("ix_deals_open_state", "outcome", "state_updated_at", "deal_id"),  # the live scorer's look
         # Revision 0007: what pipeline health as of now asks of the state columns (`Store.health_state`)
         sa.Index("ix_deals_pipeline_last_event", "pipeline", "last_event_at"),

@@ -220,7 +220,7 @@ def test_a_store_scored_before_revision_0010_lists_at_risk_deals_after_the_upgra
                 for deal_id, close, cold in [("M1", 0.35, 0.8), ("M2", 0.2, 0.5)]
             ])
         store.create_schema()
-        assert store.schema_revision() == HEAD_REVISION == "0011"
+        assert store.schema_revision() == HEAD_REVISION == "0012"
         assert refresh_stage_limits(store, now) == ["Partners", "SMB"]
         page = store.at_risk_page("SMB", now, limit=None)
         assert page is not None
@@ -243,6 +243,44 @@ def test_a_store_scored_before_revision_0010_lists_at_risk_deals_after_the_upgra
         page = store.at_risk_page("SMB", now, limit=None)
         assert page is not None
         assert page[1]["deal_id"].tolist() == ["M4", "M2", "M1"]  # 5,000 × 0.9 × 0.1 = 450 first
+    finally:
+        store.close()
+
+
+def test_revision_0012_puts_n_events_in_the_pipeline_state_index_and_the_won_deals_list_uses_it(
+    database: Any,
+) -> None:
+    """Revision 0012 appends `n_events` to `ix_deals_pipeline_state`: a store at 0011 upgrades in place,
+    and the list of a pipeline's won deals with their `n_events` that health reads right after a win
+    (`Store._learned_in_read`) is then answered from that index alone on SQLite (no deal's row)."""
+    store = Store(database.url, schema=database.schema)
+    try:
+        store.upgrade("0011")
+        store.import_history(old_history())
+        store.create_schema()
+        assert store.schema_revision() == HEAD_REVISION == "0012"
+        indexes = {ix["name"]: ix["column_names"]
+                   for ix in sa.inspect(store.engine).get_indexes("deals", schema=database.schema)}
+        assert indexes["ix_deals_pipeline_state"] == [
+            "pipeline", "outcome", "closed_at", "created_at", "deal_id", "team", "current_owner",
+            "current_amount", "current_stage", "stage_entered_at", "id", "n_events"]
+        # health as of now with no stored limits learns them in its read, listing the won deals first
+        statements: list[tuple[str, Any]] = []
+
+        def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+            statements.append((statement, params))
+
+        now = datetime.now(UTC)
+        sa.event.listen(store.engine, "before_cursor_execute", capture)
+        state = store.health_state("Partners", datetime(2024, 1, 1, tzinfo=UTC), now)
+        sa.event.remove(store.engine, "before_cursor_execute", capture)
+        assert state is not None and state.learned == {("Partners", "Intro"): 26.0}
+        statement, params = next((s, p) for s, p in statements if "n_events" in s and "outcome" in s)
+        if database.backend == "sqlite":
+            with store.engine.connect() as conn:
+                plan = [str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)]
+            assert plan == [
+                "SEARCH deals USING COVERING INDEX ix_deals_pipeline_state (pipeline=? AND outcome=?)"], plan
     finally:
         store.close()
 
