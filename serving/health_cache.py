@@ -49,13 +49,9 @@ class HealthCache:
     def enabled(self) -> bool:
         return self.max_age_s > 0
 
-    def get(self, key: Hashable, stamp: tuple[Any, ...]) -> bytes | None:
-        """The answer (JSON body) kept for `key` if it is young enough and was computed under `stamp`, else
-        None."""
-        with self._lock:
-            return self._kept(key, stamp)
-
     def _kept(self, key: Hashable, stamp: tuple[Any, ...]) -> bytes | None:
+        """The answer (JSON body) kept for `key` if it is young enough and was computed under `stamp`, else
+        None (under the lock)."""
         entry = self._entries.get(key)
         if entry is None:
             return None
