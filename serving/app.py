@@ -4,7 +4,7 @@ Lifespan opens the store (creating its schema), loads the model once, fits the f
 refreshed by its own background thread, never on a request's path), starts the live scorer (in a child
 process, `serving.scorer_process`, or as threads: the `live_scorer` setting) and the background loops
 (`serving.background`) that follow the registry alias (swapping the model atomically)
-and the monitor state.
+and the monitor state, and learns each pipeline's won deals' visits for health (`Store.keep_won_visits`).
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # How often the service checks whether the store grew enough to take the planner's statistics again
 # (`Store.refresh_planner_stats`).
 PLANNER_STATS_INTERVAL_S = 60.0
+# How often the service learns the won deals' visits of the pipelines it keeps none of under their current
+# spec (`Store.keep_won_visits`): at start, then for a pipeline whose spec changed (or that is new).
+WON_VISITS_INTERVAL_S = 60.0
 
 
 class RequestGuard:
@@ -303,6 +306,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the query planner's statistics, taken at start and again when the store has grown
         loops: list[BackgroundLoop] = [BackgroundLoop("planner-stats", PLANNER_STATS_INTERVAL_S,
                                                       store.refresh_planner_stats, first_round_at_start=True)]
+        # each pipeline's won deals' visits, learned once in the background, so that the first health read
+        # after a win reads only the stage changes of the deals won since (a read before it learns them
+        # itself, not waiting for this)
+        won_visits = BackgroundLoop("won-visits", WON_VISITS_INTERVAL_S,
+                                    lambda: store.keep_won_visits(lambda: won_visits.stopping),
+                                    first_round_at_start=True)
+        loops.append(won_visits)
         if settings.reload_interval_s > 0:
             # Check the alias every interval; swap when it moved (failures keep the old model).
             loops.append(BackgroundLoop("model-alias", settings.reload_interval_s,

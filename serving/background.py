@@ -7,7 +7,8 @@ round in progress is finished first). `start()` after `stop()` runs the loop aga
 
 The loops: the live scorer (`serving.live_scores`), the feature population's refit
 (`serving.model_holder.PopulationCache`), the learned stage limits (`serving.stage_limits`), the
-registry alias check, the monitor state refresh and the query planner's statistics (`serving.app`).
+registry alias check, the monitor state refresh, the query planner's statistics and the won deals'
+visits health learns its stalled limits from (`serving.app`).
 """
 
 from __future__ import annotations

@@ -1619,7 +1619,7 @@ class Store:
         Of the deals left out (closed before `since`) it reads whether there is one, and the groups they
         belong to only for the grouping `by` the report lists (the only one of `LeftOut`'s sets it reads).
         """
-        deals, pipes, sc = self.table("deals"), self.table("pipelines"), self.table("stage_changes")
+        deals, sc = self.table("deals"), self.table("stage_changes")
         t0, t1 = _naive(since), _naive(until)
         mine = sa.and_(deals.c.pipeline == pipeline, deals.c.created_at <= t1)
         idle = sa.and_(deals.c.outcome.in_(("won", "lost")), deals.c.closed_at < t0)
@@ -1630,15 +1630,8 @@ class Store:
             "stage_entered_at": deals.c.stage_entered_at, "status": deals.c.outcome,
             "closed_at": deals.c.closed_at,
         }
-        last_event = sa.select(sa.func.max(deals.c.last_event_at)).where(deals.c.pipeline == pipeline)
-        uncomputed = sa.select(deals.c.id).where(deals.c.pipeline == pipeline,
-                                                 deals.c.state_updated_at.is_(None)).exists()
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(pipes.c.spec, pipes.c.inferred, pipes.c.updated_at, pipes.c.learned_stale_days,
-                          pipes.c.stale_learned_at, last_event.scalar_subquery().label("last_event"),
-                          uncomputed.label("uncomputed")).where(pipes.c.name == pipeline)
-            ).first()
+            row = self._health_row(conn, pipeline)
             if row is None or row.uncomputed or (row.last_event is not None and row.last_event > t1):
                 return None
             specs = {pipeline: PipelineSpec.from_dict(pipeline, row.spec, inferred=bool(row.inferred))}
@@ -1697,6 +1690,59 @@ class Store:
                            owners=frozenset(named if by == "owner" else ()))
         return HealthState(frame, window, specs, learned, left_out)
 
+    def _health_row(self, conn: Connection, pipeline: str) -> Any:
+        """What `health_state` reads of a pipeline before its deals (None when it has no stored spec): its
+        spec (`spec`, `inferred`), `updated_at`, stored learned limits (`learned_stale_days`,
+        `stale_learned_at`), the latest event of its deals (`last_event`) and whether a deal's state is
+        not computed yet (`uncomputed`)."""
+        deals, pipes = self.table("deals"), self.table("pipelines")
+        last_event = sa.select(sa.func.max(deals.c.last_event_at)).where(deals.c.pipeline == pipeline)
+        uncomputed = sa.select(deals.c.id).where(deals.c.pipeline == pipeline,
+                                                 deals.c.state_updated_at.is_(None)).exists()
+        return conn.execute(
+            sa.select(pipes.c.spec, pipes.c.inferred, pipes.c.updated_at, pipes.c.learned_stale_days,
+                      pipes.c.stale_learned_at, last_event.scalar_subquery().label("last_event"),
+                      uncomputed.label("uncomputed")).where(pipes.c.name == pipeline)
+        ).first()
+
+    def keep_won_visits(self, stopping: Callable[[], bool] = lambda: False) -> list[str]:
+        """Learn and keep (`_visits_kept`) the won deals' visits of every pipeline with a stored spec that
+        has none kept under its current spec and `updated_at`, each in one snapshot as of its latest event
+        or now, whichever is later, as a health read after a win would learn them (`_learned_in_read`):
+        the first such read then reads only the stage changes of the deals won (or changed) since, not
+        those of every won deal. The service runs it in the background from its start
+        (`serving.app`); a read that comes first learns them itself, as without it. Pipelines whose deals'
+        state is not computed yet (health reads their history) are left out, and no more than
+        `_LIMITS_KEPT` are kept. Returns the pipelines learned; stops before the next pipeline once
+        `stopping()` (the service stopping).
+
+        A read that learns the visits meanwhile may be overwritten by these, learned from an earlier
+        snapshot: still right (the deals won or changed since are read by the next read), only less
+        current."""
+        pipes = self.table("pipelines")
+        with self._read_one() as conn:
+            rows = conn.execute(
+                sa.select(pipes.c.name, pipes.c.spec, pipes.c.inferred, pipes.c.updated_at)
+                .order_by(pipes.c.name).limit(_LIMITS_KEPT)
+            ).fetchall()
+        learned = []
+        for name, spec, inferred, updated_at in rows:
+            kept = self._visits_kept.get(name)
+            if kept is not None and kept[0] == (spec, bool(inferred), updated_at):
+                continue
+            if stopping():
+                break
+            with self._read() as conn:
+                row = self._health_row(conn, name)
+                if row is None or row.uncomputed:
+                    continue
+                now, last = datetime.now(UTC), _utc(row.last_event)
+                until = now if last is None else max(now, last)
+                specs = {name: PipelineSpec.from_dict(name, row.spec, inferred=bool(row.inferred))}
+                self._learned_in_read(conn, name, row, specs, until)
+            learned.append(name)
+        return learned
+
     def _stored_limits_hold(self, conn: Connection, pipeline: str, row: Any,
                             specs: Mapping[str, PipelineSpec]) -> bool:
         """Whether the pipeline's stored learned limits (`row`: its `learned_stale_days`,
@@ -1748,7 +1794,7 @@ class Store:
         visits = won_visits(self._learning_changes(conn, pipeline, t, ids), specs, pd.Timestamp(until))
         if reused is not None:
             visits = pd.concat([reused, visits], ignore_index=True) if len(visits) else reused
-        if len(self._visits_kept) >= _LIMITS_KEPT:
+        if pipeline not in self._visits_kept and len(self._visits_kept) >= _LIMITS_KEPT:
             self._visits_kept.clear()
         self._visits_kept[pipeline] = (under, won, visits)
         return limits_of_visits(visits)
