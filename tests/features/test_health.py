@@ -178,3 +178,30 @@ def test_reopened_deal_is_open_and_empty_window_is_undefined() -> None:
     assert empty["open_deals"] == 0 and empty["avg_deal_size"] is None and empty["win_rate"] is None
     with pytest.raises(ValueError, match="after until"):
         pipeline_health(make_history(), UNTIL, SINCE)
+
+
+
+def test_the_learned_limits_count_the_deals_won_as_the_deal_state_says() -> None:
+    """`won_visits` decides "won as of t" from its own ordered changes (the last one's outcome); it must be
+    the deal state of `features.stages` (`deal_states_at`), same-time order included, whatever order the
+    changes come in. With d1 reopened (to B on 2024-01-20), d2 lost and won at one instant (closing
+    stages tie: by name, Won last) and d3 won at the instant it entered B (closing stages after open
+    ones): at `UNTIL` d2, d3, d5 and d8 are won (d6 only on 2024-02-05), and exactly they count; on
+    2024-01-15 d1 still counted."""
+    from features.health import won_visits
+    from features.stages import deal_states_at, order_stage_changes
+
+    extra = [("d1", "B", "2024-01-20"), ("d2", "Won", "2024-01-20"), ("d3", "Won", "2024-01-04")]
+    history = make_history(extra)
+    # as a validated history keeps them: in the same-time order
+    history.stage_changes = order_stage_changes(history.stage_changes, history.deals, history.pipelines)
+    pipeline_of = dict(zip(history.deals["deal_id"], history.deals["pipeline"], strict=True))
+    changes = history.stage_changes.assign(pipeline=history.stage_changes["deal_id"].map(pipeline_of))
+    changes = changes.iloc[::-1].reset_index(drop=True)  # every tie the other way round
+    for as_of, won in [(UNTIL, {"d2", "d3", "d5", "d8"}), ("2024-01-15", {"d1", "d3", "d5", "d8"})]:
+        t = pd.Timestamp(as_of, tz="UTC")
+        created = history.deals[history.deals["created_at"] <= t]
+        state = deal_states_at(history, created[["deal_id"]].assign(as_of=t))
+        assert set(created["deal_id"][state == "won"]) == won
+        mine = changes["deal_id"].isin(created["deal_id"])
+        assert set(won_visits(changes[mine], history.pipelines, t)["deal_id"]) == won, as_of

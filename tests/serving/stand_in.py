@@ -3,7 +3,7 @@ are checked by hand (the stand-in's scores are fixed per deal, so only the route
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,3 +65,20 @@ def stand_in_service(
     app.dependency_overrides[get_model] = lambda: model
     with TestClient(app) as client:
         yield {"client": client, "keys": plaintext}
+
+
+@contextmanager
+def admin_calls(home: Path, history: DealHistory, bundle: Any,
+                **settings_given: Any) -> Iterator[Callable[..., dict[str, Any]]]:
+    """`stand_in_service` with one admin key: `call(method, path, **kwargs)`, the JSON body of a request
+    with that key, which must answer 200."""
+    with stand_in_service(home, history, {"admin": ("admin", ["*"])}, bundle, **settings_given) as env:
+        client, auth = env["client"], {"Authorization": f"Bearer {env['keys']['admin']}"}
+
+        def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+            answer = client.request(method, path, headers=auth, **kwargs)
+            assert answer.status_code == 200, answer.text
+            body: dict[str, Any] = answer.json()
+            return body
+
+        yield call

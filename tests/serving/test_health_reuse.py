@@ -19,7 +19,7 @@ import pytest
 
 from features.history import DealHistory
 from serving.store import Store
-from tests.serving.stand_in import stand_in_service
+from tests.serving.stand_in import admin_calls
 
 TODAY = pd.Timestamp.now(tz="UTC").floor("D")
 
@@ -60,19 +60,10 @@ class NoModel:
 def service(tmp_path: Path) -> Callable[..., Any]:
     @contextmanager
     def start(**settings: Any) -> Iterator[Callable[..., Any]]:
-        keys = {"admin": ("admin", ["*"])}
         # No live scorer and no learned-limits refresher: nothing but the test writes to the store, so
         # each test sees only the invalidation it is about (the refresher would add recomputations).
         settings = {"live_score_max_age_s": 0, **settings}
-        with stand_in_service(tmp_path, make_history(), keys, NoModel(), **settings) as env:
-            client, auth = env["client"], {"Authorization": f"Bearer {env['keys']['admin']}"}
-
-            def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-                answer = client.request(method, path, headers=auth, **kwargs)
-                assert answer.status_code == 200, answer.text
-                body: dict[str, Any] = answer.json()
-                return body
-
+        with admin_calls(tmp_path, make_history(), NoModel(), **settings) as call:
             yield call
 
     return start

@@ -27,7 +27,7 @@ import pytest
 
 from features.history import DealHistory
 from serving.store import Store
-from tests.serving.stand_in import stand_in_service
+from tests.serving.stand_in import admin_calls
 
 TODAY = pd.Timestamp.now(tz="UTC").floor("D")
 
@@ -97,17 +97,8 @@ class Watch:
 def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     @contextmanager
     def start(watch: Watch) -> Iterator[Callable[..., Any]]:
-        keys = {"admin": ("admin", ["*"])}
         try:
-            with stand_in_service(tmp_path, make_history(), keys, NoModel(), live_score_max_age_s=0) as env:
-                client, auth = env["client"], {"Authorization": f"Bearer {env['keys']['admin']}"}
-
-                def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-                    answer = client.request(method, path, headers=auth, **kwargs)
-                    assert answer.status_code == 200, answer.text
-                    body: dict[str, Any] = answer.json()
-                    return body
-
+            with admin_calls(tmp_path, make_history(), NoModel(), live_score_max_age_s=0) as call:
                 yield call
         finally:
             watch.hold_warm_up.set()  # a held warm-up never holds the service's stop
