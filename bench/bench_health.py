@@ -19,11 +19,17 @@ times the store read and the figures, not HTTP (`bench_store.py` times the endpo
 deal is won (a stage change to the pipeline's won stage, dated now, written by `Store.add_events`), then
 `after_win` is the first health read as the route computes it (`serving.routes.pipelines._health`, the
 learned limits due), `refresh` one round of `refresh_stage_limits` (the background refresh), and
-`settled` the read after it (the stored limits: the as-of-now path's time). `history_reads` counts the
-first reads that took the window's-histories path (`Store.health_history`). The first round's first read
-of each pipeline is checked against `pipeline_health` of the pipeline's whole history.
+`settled` the read after it (the stored limits: the as-of-now path's time). `..._deals_read` counts the
+deals whose stage changes a first read read to learn the limits (`Store._learning_changes`),
+`history_reads` the first reads that took the window's-histories path (`Store.health_history`). The first
+round's first read
+of each pipeline is checked against `pipeline_health` of the pipeline's whole history. With `--warm-up`,
+`Store.keep_won_visits` runs first (`warm_up_ms`), as the service runs it in the background at start:
+the first round's first reads (`after_win_round_1_ms`, a fresh process's first read after a win) then
+reuse the won deals' visits it learned, as the later rounds' do.
 
 Run: .venv/bin/python bench/bench_health.py [--deals 10000] [--rounds 15] [--backends sqlite] [--after-win]
+[--warm-up]
 Writes bench/results/health_paths.json (`--after-win`: health_after_win.json; `--out NAME` another name).
 """
 
@@ -93,7 +99,7 @@ def _time_paths(store: Store, pipelines: list[str], rounds: int) -> dict[str, An
     return out
 
 
-def _after_win(store: Store, pipelines: list[str], rounds: int) -> dict[str, Any]:
+def _after_win(store: Store, pipelines: list[str], rounds: int, warm_up: bool = False) -> dict[str, Any]:
     deals = store.table("deals")
     with store.engine.connect() as conn:
         open_ids = {
@@ -112,7 +118,21 @@ def _after_win(store: Store, pipelines: list[str], rounds: int) -> dict[str, Any
         return window_histories(*args, **kwargs)
 
     store.health_history = counted  # type: ignore[method-assign]
+    learning_changes, deals_read = store._learning_changes, [0]
+
+    def read_changes(*args: Any, **kwargs: Any) -> Any:
+        changes = learning_changes(*args, **kwargs)
+        deals_read[0] += int(changes["deal_id"].nunique())
+        return changes
+
+    store._learning_changes = read_changes  # type: ignore[method-assign]
+    won_read: list[int] = []  # per first read: the deals whose stage changes it read to learn the limits
     times: dict[str, list[float]] = {"after_win": [], "refresh": [], "settled": []}
+    warmed: dict[str, Any] = {}
+    if warm_up:  # as the service does in the background at start
+        start = time.perf_counter()
+        warmed["warmed_pipelines"] = store.keep_won_visits()
+        warmed["warm_up_ms"] = round(1000 * (time.perf_counter() - start), 2)
     checked = 0
     for r in range(rounds):
         for pipeline in pipelines:
@@ -123,9 +143,11 @@ def _after_win(store: Store, pipelines: list[str], rounds: int) -> dict[str, Any
                 "event_id": [f"bench-win-{r}"]}))
             until = pd.Timestamp.now(tz="UTC")
             since = until - pd.Timedelta(days=30)
+            deals_read[0] = 0
             start = time.perf_counter()
             answer = _health(store, pipeline, since, until, None, DEFAULT_STALLED_LIMIT)
             times["after_win"].append(1000 * (time.perf_counter() - start))
+            won_read.append(deals_read[0])
             if r == 0:
                 whole = store.load_history(pipelines=[pipeline])
                 expected = pipeline_health(whole, since, until, pipeline=pipeline,
@@ -145,11 +167,14 @@ def _after_win(store: Store, pipelines: list[str], rounds: int) -> dict[str, Any
     }
     # the first round's first reads: no visits learned in a read kept by the store yet (`Store.health_state`)
     out["after_win_round_1_ms"] = [round(v, 2) for v in times["after_win"][: len(pipelines)]]
+    out["after_win_round_1_deals_read"] = won_read[: len(pipelines)]
+    out["after_win_later_deals_read_max"] = max(won_read[len(pipelines):], default=None)
     # the later rounds' first reads alone: the won deals' visits kept from the round before
     later = times["after_win"][len(pipelines):]
     if later:
         out["after_win_kept"] = {"p50_ms": round(float(np.median(later)), 2),
                                  "p99_ms": round(float(np.percentile(later, 99)), 2)}
+    out.update(warmed)
     out["history_reads"] = history_reads[0]
     out["first_reads"] = len(times["after_win"])
     out["checked_against_whole_history"] = checked
@@ -162,6 +187,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--backends", default="sqlite", help="comma-separated: sqlite,postgresql")
     parser.add_argument("--after-win", action="store_true", help="health right after a deal is won")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="with --after-win: learn the won deals' visits first, as the service does")
     parser.add_argument("--out", default=None, help="result name (default health_paths / health_after_win)")
     args = parser.parse_args()
     history = recent_history(args.deals)
@@ -169,11 +196,13 @@ def main() -> None:
     events = len(history.stage_changes) + len(history.activities) + len(history.field_changes)
     result: dict[str, Any] = {"deals": args.deals, "events": int(events), "window_days": 30,
                               "rounds": args.rounds, "pipelines": pipelines, "backends": {}}
+    if args.after_win:
+        result["warm_up"] = args.warm_up
     for backend in args.backends.split(","):
         with imported_store(backend, history) as store:
             refresh_stage_limits(store)
-            timed = _after_win if args.after_win else _time_paths
-            result["backends"][backend] = timed(store, pipelines, args.rounds)
+            result["backends"][backend] = (_after_win(store, pipelines, args.rounds, args.warm_up)
+                                           if args.after_win else _time_paths(store, pipelines, args.rounds))
     write_result(args.out or ("health_after_win" if args.after_win else "health_paths"), result)
 
 
