@@ -113,7 +113,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
             score_inline_deals(deals, [0], history.end_time, {deals[0].pipeline: specs[deals[0].pipeline]},
                                bundle, builder)
             in_process.append(time.perf_counter() - start)
-        floor = _model_floor(bundle, builder, requests, specs, history.end_time, rounds)
+        floor = model_floor(bundle, _encoded_rows(bundle, builder, requests, specs, history.end_time), rounds)
 
         request_side, request_cpu = [], []
         for i in range(rounds):
@@ -139,10 +139,8 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     return out
 
 
-def _model_floor(bundle: Any, builder: Any, requests: list[Any], specs: Any, as_of: Any,
-                 rounds: int) -> dict[str, float]:
-    """Median ms per deal of each LightGBM call one inline deal makes, timed alone on the deals'
-    encoded rows (the rows `score_points` hands the heads), and their sum."""
+def _encoded_rows(bundle: Any, builder: Any, requests: list[Any], specs: Any, as_of: Any) -> list[Any]:
+    """The bench deals' encoded rows: what `score_points` hands the heads for each inline deal."""
     from models.scoring import point_features, points_at
     from serving.mapping import inline_frames, validated_history
 
@@ -151,6 +149,13 @@ def _model_floor(bundle: Any, builder: Any, requests: list[Any], specs: Any, as_
         deal = request.deals[0]
         history = validated_history(inline_frames(request.deals), {deal.pipeline: specs[deal.pipeline]})
         rows.append(bundle.encode(point_features(history, points_at([deal.deal_id], as_of), builder)))
+    return rows
+
+
+def model_floor(bundle: Any, rows: list[Any], rounds: int) -> dict[str, float]:
+    """Median ms per deal of each LightGBM call one deal makes, timed alone on encoded one-deal `rows`
+    (taken in turn), and their sum: the cold head's TreeSHAP contributions (the reasons), its probability
+    and the close head's hazards over every period."""
     calls = {
         "cold_contributions": lambda x: bundle.cold.contributions(x),
         "cold_probability": lambda x: bundle.cold.raw_proba(x, None),

@@ -1,0 +1,148 @@
+"""Is the cold head bigger than the data supports? Its size against smaller ones, judged against the truth.
+
+Every score's reasons are the cold head's TreeSHAP contributions, whose cost grows with trees x leaves x
+depth^2 (bench_reasons_floor.py measures it on the full-size model). Here the cold head as trained now
+(`current`: `models.heads.lightgbm_params`, scaled down on thin data) is set against two smaller ones,
+fixed before any result of this script was read:
+
+- `t150_l15`: 150 trees of at most 15 leaves at learning rate 0.1 (half the trees at twice the step);
+- `t100_l15_mcs200`: 100 trees of at most 15 leaves at learning rate 0.1, leaves of at least 200 rows.
+
+The explicit parameters go in as `TrainConfig.lightgbm_params`, which win over the scaled defaults; what
+the scaling sets besides them (depth cap, L2 penalty on thin data) stays.
+
+Setting (bench_timing.py's): a history simulated for twice the span with twice the deals (cycle scale 1)
+and cut in the middle; the cold head is fitted and calibrated as training does
+(`training.train.prepare_training_data` and `fit_head` on the cut history, the run's seed) and put in
+place of the cold head of the bundle `train` made (the close head, bands and reasons data unchanged);
+every test-window snapshot of the cut history (`--points 0`, bench_timing's `truth_metrics`) is scored
+and its cold risk judged against what happened next in the full history: ROC AUC and ECE (10 bins). Also
+per variant: its shape (`bench_reasons_floor.tree_shape`) and the median ms of one row's TreeSHAP
+contributions and probability (`bench_one_deal.model_floor` over the 20 open deals at the cut whose event
+counts are closest to 45).
+
+Rule, written before reading results: a variant may be adopted only if on EVERY history its cold ROC AUC
+is not lower than `current`'s by more than 0.003 and its cold ECE is not higher by more than 0.003; when
+both pass, the one with the lower TreeSHAP time on the 20,000-deal history. This script only reports:
+the shipped defaults are not changed here.
+
+Run: nice -n 19 .venv/bin/python bench/bench_cold_size.py --deals 5000 --seed 0   (then 1, 2; and
+     --deals 20000 --seed 0); `--table PATH...` prints the comparison of saved results and the verdict.
+Writes bench/results/cold_size_<deals>_seed<seed>.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.bench_one_deal import model_floor  # noqa: E402
+from bench.bench_reasons_floor import open_rows, tree_shape  # noqa: E402
+from bench.common import RESULTS, write_result  # noqa: E402
+
+SPAN_DAYS = 730
+VARIANTS: dict[str, dict[str, Any]] = {
+    "current": {},
+    "t150_l15": {"n_estimators": 150, "num_leaves": 15, "learning_rate": 0.1},
+    "t100_l15_mcs200": {"n_estimators": 100, "num_leaves": 15, "learning_rate": 0.1,
+                        "min_child_samples": 200},
+}
+MAX_AUC_LOSS = 0.003
+MAX_ECE_GAIN = 0.003
+
+
+def run(deals: int, seed: int, rounds: int) -> dict[str, Any]:
+    import pandas as pd
+
+    from bench.bench_timing import truth_metrics
+    from models.bundle import Head, ScoringBundle
+    from training.simulate import simulate_history
+    from training.train import (
+        HEADS,
+        TrainConfig,
+        closed_deal_count,
+        data_note_for,
+        fit_head,
+        prepare_training_data,
+        train,
+    )
+
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    cut_at = start + pd.Timedelta(days=SPAN_DAYS)
+    full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
+                            end=str((cut_at + pd.Timedelta(days=SPAN_DAYS)).date()), cycle_scale=1.0)
+    cut = full.cut(cut_at)
+    trained = train(cut, TrainConfig(seed=seed)).bundle
+    data = prepare_training_data(cut, TrainConfig(seed=seed))
+    labelled = data.frame[data.frame["window"] != "test"]
+    n_pos = {h: int(min((labelled[c] == 1).sum(), (labelled[c] == 0).sum())) for h, c in HEADS.items()}
+    thin, _ = data_note_for(closed_deal_count(cut), n_pos, TrainConfig(seed=seed))
+    out: dict[str, Any] = {"deals": deals, "seed": seed, "deals_in_training_history": cut.n_deals(),
+                           "thin": thin, "variants": {}}
+    for name, params in VARIANTS.items():
+        t0 = time.perf_counter()
+        fit = fit_head("cold", data, TrainConfig(seed=seed, lightgbm_params=params), thin)
+        fit_s = time.perf_counter() - t0
+        bundle = ScoringBundle(Head.lightgbm(fit.model, fit.calibrator), trained.close,
+                               trained.feature_columns, trained.categorical_levels, trained.band_thresholds,
+                               trained.reference, trained.metadata)
+        truth = truth_metrics(full, cut, bundle, n_points=0, seed=seed)["cold_risk"]
+        rows, _ = open_rows(bundle, cut)
+        floor = model_floor(bundle, rows, rounds)
+        assert bundle.cold.booster is not None
+        out["variants"][name] = {
+            "params": params, "served": fit.served, "fit_seconds": round(fit_s, 1),
+            "shape": tree_shape(bundle.cold.booster),
+            "cold_roc_auc": truth["roc_auc"], "cold_ece": truth["ece"], "n_points": truth["n"],
+            "ece_noise_floor": truth["ece_noise_floor"],
+            "treeshap_ms": floor["cold_contributions"], "cold_probability_ms": floor["cold_probability"],
+        }
+    return out
+
+
+def table(paths: list[Path]) -> None:
+    """Each history's figures against `current`, and the rule's verdict per variant."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    passes = {name: True for name in VARIANTS if name != "current"}
+    for r in runs:
+        base = r["variants"]["current"]
+        print(f"deals {r['deals']} seed {r['seed']} (thin={r['thin']}, {base['n_points']} points)")
+        for name, v in r["variants"].items():
+            d_auc, d_ece = v["cold_roc_auc"] - base["cold_roc_auc"], v["cold_ece"] - base["cold_ece"]
+            ok = d_auc >= -MAX_AUC_LOSS and d_ece <= MAX_ECE_GAIN
+            if name != "current":
+                passes[name] &= ok
+            s = v["shape"]
+            mark = "" if name == "current" else ("  ok" if ok else "  FAIL")
+            print(f"  {name:16s} trees {s['trees']:3d} leaves {s['leaves_mean']:5.1f}"
+                  f" depth {s['leaf_depth_mean']:4.1f}  AUC {v['cold_roc_auc']:.4f} ({d_auc:+.4f})"
+                  f"  ECE {v['cold_ece']:.4f} ({d_ece:+.4f})  TreeSHAP {v['treeshap_ms']:.3f} ms{mark}")
+    for name, ok in passes.items():
+        print(f"{name}: {'passes the rule on all' if ok else 'fails the rule on one or more of'} the"
+              f" {len(runs)} histories")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deals", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, nargs="+", default=None, help="print saved results and stop")
+    args = parser.parse_args()
+    if args.table:
+        table(args.table)
+        return
+    out = args.out or RESULTS / f"cold_size_{args.deals}_seed{args.seed}.json"
+    write_result("cold_size", run(args.deals, args.seed, args.rounds), out)
+
+
+if __name__ == "__main__":
+    main()
