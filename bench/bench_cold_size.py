@@ -95,7 +95,10 @@ def run(deals: int, seed: int, rounds: int) -> dict[str, Any]:
         truth = truth_metrics(full, cut, bundle, n_points=0, seed=seed)["cold_risk"]
         rows, _ = open_rows(bundle, cut)
         floor = model_floor(bundle, rows, rounds)
-        assert bundle.cold.booster is not None
+        assert bundle.cold.booster is not None and trained.cold.booster is not None
+        if name == "current":  # the same fit as `train`'s, tree for tree
+            out["current_is_trained_head"] = (bundle.cold.booster.model_to_string()
+                                              == trained.cold.booster.model_to_string())
         out["variants"][name] = {
             "params": params, "served": fit.served, "fit_seconds": round(fit_s, 1),
             "shape": tree_shape(bundle.cold.booster),
@@ -112,7 +115,8 @@ def table(paths: list[Path]) -> None:
     passes = {name: True for name in VARIANTS if name != "current"}
     for r in runs:
         base = r["variants"]["current"]
-        print(f"deals {r['deals']} seed {r['seed']} (thin={r['thin']}, {base['n_points']} points)")
+        print(f"deals {r['deals']} seed {r['seed']} (thin={r['thin']}, {int(base['n_points'])} points,"
+              f" current is train's head: {r.get('current_is_trained_head')})")
         for name, v in r["variants"].items():
             d_auc, d_ece = v["cold_roc_auc"] - base["cold_roc_auc"], v["cold_ece"] - base["cold_ece"]
             ok = d_auc >= -MAX_AUC_LOSS and d_ece <= MAX_ECE_GAIN
