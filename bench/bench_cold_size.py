@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_one_deal import model_floor  # noqa: E402
@@ -60,8 +62,12 @@ MAX_ECE_GAIN = 0.003
 def run(deals: int, seed: int, rounds: int) -> dict[str, Any]:
     import pandas as pd
 
-    from bench.bench_timing import truth_metrics
+    from bench.bench_timing import judged_points, truth_metrics
+    from features.build import FeatureBuilder
+    from features.labels import cold_label
     from models.bundle import Head, ScoringBundle
+    from models.comparison import bootstrap_comparison
+    from models.scoring import score_points
     from training.simulate import simulate_history
     from training.train import (
         HEADS,
@@ -83,6 +89,10 @@ def run(deals: int, seed: int, rounds: int) -> dict[str, Any]:
     labelled = data.frame[data.frame["window"] != "test"]
     n_pos = {h: int(min((labelled[c] == 1).sum(), (labelled[c] == 0).sum())) for h, c in HEADS.items()}
     thin, _ = data_note_for(closed_deal_count(cut), n_pos, TrainConfig(seed=seed))
+    points = judged_points(cut, 0, seed)  # every test-window snapshot, as truth_metrics(n_points=0) judges
+    builder = FeatureBuilder().fit(cut)
+    y = cold_label(full, points).to_numpy(dtype=float)
+    paired = pd.DataFrame({"head": "cold", "y": y, "deal_id": points["deal_id"].to_numpy(dtype=object)})
     out: dict[str, Any] = {"deals": deals, "seed": seed, "deals_in_training_history": cut.n_deals(),
                            "thin": thin, "variants": {}}
     for name, params in VARIANTS.items():
@@ -93,6 +103,7 @@ def run(deals: int, seed: int, rounds: int) -> dict[str, Any]:
                                trained.feature_columns, trained.categorical_levels, trained.band_thresholds,
                                trained.reference, trained.metadata)
         truth = truth_metrics(full, cut, bundle, n_points=0, seed=seed)["cold_risk"]
+        paired[name] = score_points(bundle, cut, points, builder, top_reasons=0)["cold_risk"].to_numpy(float)
         rows, _ = open_rows(bundle, cut)
         floor = model_floor(bundle, rows, rounds)
         assert bundle.cold.booster is not None and trained.cold.booster is not None
@@ -106,6 +117,13 @@ def run(deals: int, seed: int, rounds: int) -> dict[str, Any]:
             "ece_noise_floor": truth["ece_noise_floor"],
             "treeshap_ms": floor["cold_contributions"], "cold_probability_ms": floor["cold_probability"],
         }
+    # context for the rule (which reads the point figures above): each variant minus `current` with a 95 %
+    # interval from 200 paired resamples of test deals (a deal's snapshots drawn together)
+    paired = paired[np.isfinite(paired["y"]) & np.all(np.isfinite(paired[list(VARIANTS)]), axis=1)]
+    _, diffs = bootstrap_comparison(paired, list(VARIANTS), "current", n_boot=200, seed=0)
+    for row in diffs[diffs["metric"].isin(["roc_auc", "ece"])].itertuples():
+        out["variants"][row.version][f"{row.metric}_minus_current"] = {
+            "difference": row.difference, "ci_low": row.ci_low, "ci_high": row.ci_high}
     return out
 
 
@@ -125,11 +143,18 @@ def table(paths: list[Path]) -> None:
             s = v["shape"]
             mark = "" if name == "current" else ("  ok" if ok else "  FAIL")
             print(f"  {name:16s} trees {s['trees']:3d} leaves {s['leaves_mean']:5.1f}"
-                  f" depth {s['leaf_depth_mean']:4.1f}  AUC {v['cold_roc_auc']:.4f} ({d_auc:+.4f})"
-                  f"  ECE {v['cold_ece']:.4f} ({d_ece:+.4f})  TreeSHAP {v['treeshap_ms']:.3f} ms{mark}")
+                  f" depth {s['leaf_depth_mean']:4.1f}"
+                  f"  AUC {v['cold_roc_auc']:.4f} ({d_auc:+.4f}{_ci(v, 'roc_auc')})"
+                  f"  ECE {v['cold_ece']:.4f} ({d_ece:+.4f}{_ci(v, 'ece')})"
+                  f"  TreeSHAP {v['treeshap_ms']:.3f} ms{mark}")
     for name, ok in passes.items():
         print(f"{name}: {'passes the rule on all' if ok else 'fails the rule on one or more of'} the"
               f" {len(runs)} histories")
+
+
+def _ci(variant: dict[str, Any], metric: str) -> str:
+    interval = variant.get(f"{metric}_minus_current")
+    return f" [{interval['ci_low']:+.4f}, {interval['ci_high']:+.4f}]" if interval else ""
 
 
 def main() -> None:
