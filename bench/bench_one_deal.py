@@ -56,7 +56,6 @@ def main() -> None:
 def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
-    from models.scoring import open_deal_points
     from serving.app import create_app
     from serving.mapping import inline_frames, validated_history
     from serving.routes.scoring import score_inline_deals
@@ -77,12 +76,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     store.close()
     train(history, TrainConfig(seed=0), settings.tracking_uri)
 
-    events: dict[str, int] = {}
-    for table in ("stage_changes", "activities", "field_changes"):
-        for deal_id, n in getattr(history, table)["deal_id"].astype(str).value_counts().items():
-            events[deal_id] = events.get(deal_id, 0) + int(n)
-    open_ids = list(open_deal_points(history, history.end_time)["deal_id"].astype(str))
-    ids = sorted(open_ids, key=lambda d: (abs(events.get(d, 0) - 45), d))[:20]
+    ids, counts = open_deals_near(history)
     bodies = [{"deals": [deal]} for deal in deal_payloads(history, ids)]
     auth = {"Authorization": f"Bearer {key}"}
     times: dict[str, list[float]] = {"healthz": [], "inline": [], "stored": []}
@@ -123,8 +117,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
             request_side.append(time.perf_counter() - start)
             request_cpu.append(time.process_time() - cpu)
 
-    out: dict[str, Any] = {"deals": n_deals, "rounds": rounds,
-                           "events_per_scored_deal": sorted(events.get(d, 0) for d in ids)}
+    out: dict[str, Any] = {"deals": n_deals, "rounds": rounds, "events_per_scored_deal": sorted(counts)}
     for name, seconds in times.items():
         out[name] = _percentiles(seconds)
     for name in ("inline", "stored"):
@@ -137,6 +130,20 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     out["model_floor_x_healthz_p50"] = round(floor["total"] / out["healthz"]["p50_ms"], 2)
     out["targets"] = {"x_healthz_p50": 2.0, "x_healthz_p99": 3.0}
     return out
+
+
+def open_deals_near(history: Any, events: int = 45, n: int = 20) -> tuple[list[str], list[int]]:
+    """The `n` deals open at the history's end whose event counts (stage changes, activities and field
+    changes) are closest to `events`, and their counts."""
+    from models.scoring import open_deal_points
+
+    counts: dict[str, int] = {}
+    for table in ("stage_changes", "activities", "field_changes"):
+        for deal_id, k in getattr(history, table)["deal_id"].astype(str).value_counts().items():
+            counts[deal_id] = counts.get(deal_id, 0) + int(k)
+    open_ids = list(open_deal_points(history, history.end_time)["deal_id"].astype(str))
+    ids = sorted(open_ids, key=lambda d: (abs(counts.get(d, 0) - events), d))[:n]
+    return ids, [counts.get(d, 0) for d in ids]
 
 
 def _encoded_rows(bundle: Any, builder: Any, requests: list[Any], specs: Any, as_of: Any) -> list[Any]:

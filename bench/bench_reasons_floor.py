@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_one_deal import model_floor  # noqa: E402
+from bench.bench_one_deal import model_floor, open_deals_near  # noqa: E402
 from bench.bench_serving import _percentiles  # noqa: E402
 from bench.common import write_result  # noqa: E402
 
@@ -65,21 +65,16 @@ def tree_shape(booster: Any) -> dict[str, Any]:
     }
 
 
-def open_rows(bundle: Any, history: Any, n: int = 20, events: int = 45) -> tuple[list[Any], list[int]]:
-    """Encoded rows (one deal each, as of the history's end) of the `n` open deals whose event counts are
-    closest to `events`, and those counts."""
+def open_rows(bundle: Any, history: Any) -> tuple[list[Any], list[int]]:
+    """Encoded rows (one deal each, as of the history's end) of `bench_one_deal.open_deals_near`'s deals
+    (the 20 open deals whose event counts are closest to 45), and the deals' event counts, sorted."""
     from features.build import FeatureBuilder
-    from models.scoring import open_deal_points, point_features, points_at
+    from models.scoring import point_features, points_at
 
-    counts: dict[str, int] = {}
-    for table in ("stage_changes", "activities", "field_changes"):
-        for deal_id, k in getattr(history, table)["deal_id"].astype(str).value_counts().items():
-            counts[deal_id] = counts.get(deal_id, 0) + int(k)
-    open_ids = list(open_deal_points(history, history.end_time)["deal_id"].astype(str))
-    ids = sorted(open_ids, key=lambda d: (abs(counts.get(d, 0) - events), d))[:n]
+    ids, counts = open_deals_near(history)
     builder = FeatureBuilder().fit(history)
     rows = [bundle.encode(point_features(history, points_at([d], history.end_time), builder)) for d in ids]
-    return rows, sorted(counts.get(d, 0) for d in ids)
+    return rows, sorted(counts)
 
 
 def healthz_times(home: Path, rounds: int) -> dict[str, Any]:
