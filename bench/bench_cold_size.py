@@ -161,7 +161,8 @@ def run(deals: int, seed: int, rounds: int, variants: list[str]) -> dict[str, An
                            "thin": thin, "cold_training_rows": n_rows, "cold_training_positives": n_positive,
                            "data_scale": data_scale(n_rows, n_positive), "variants": {}}
     for name in variants:
-        params = VARIANTS[name](n_rows, n_positive)
+        # threads stay the run's (`TrainConfig.n_jobs`), as in training: the schedules' own n_jobs is dropped
+        params = {k: v for k, v in VARIANTS[name](n_rows, n_positive).items() if k != "n_jobs"}
         t0 = time.perf_counter()
         fit = fit_head("cold", data, TrainConfig(seed=seed, lightgbm_params=params), thin)
         fit_s = time.perf_counter() - t0
