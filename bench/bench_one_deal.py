@@ -56,7 +56,6 @@ def main() -> None:
 def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
-    from models.scoring import open_deal_points
     from serving.app import create_app
     from serving.mapping import inline_frames, validated_history
     from serving.routes.scoring import score_inline_deals
@@ -77,12 +76,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     store.close()
     train(history, TrainConfig(seed=0), settings.tracking_uri)
 
-    events: dict[str, int] = {}
-    for table in ("stage_changes", "activities", "field_changes"):
-        for deal_id, n in getattr(history, table)["deal_id"].astype(str).value_counts().items():
-            events[deal_id] = events.get(deal_id, 0) + int(n)
-    open_ids = list(open_deal_points(history, history.end_time)["deal_id"].astype(str))
-    ids = sorted(open_ids, key=lambda d: (abs(events.get(d, 0) - 45), d))[:20]
+    ids, counts = open_deals_near(history)
     bodies = [{"deals": [deal]} for deal in deal_payloads(history, ids)]
     auth = {"Authorization": f"Bearer {key}"}
     times: dict[str, list[float]] = {"healthz": [], "inline": [], "stored": []}
@@ -113,7 +107,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
             score_inline_deals(deals, [0], history.end_time, {deals[0].pipeline: specs[deals[0].pipeline]},
                                bundle, builder)
             in_process.append(time.perf_counter() - start)
-        floor = _model_floor(bundle, builder, requests, specs, history.end_time, rounds)
+        floor = model_floor(bundle, _encoded_rows(bundle, builder, requests, specs, history.end_time), rounds)
 
         request_side, request_cpu = [], []
         for i in range(rounds):
@@ -123,8 +117,7 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
             request_side.append(time.perf_counter() - start)
             request_cpu.append(time.process_time() - cpu)
 
-    out: dict[str, Any] = {"deals": n_deals, "rounds": rounds,
-                           "events_per_scored_deal": sorted(events.get(d, 0) for d in ids)}
+    out: dict[str, Any] = {"deals": n_deals, "rounds": rounds, "events_per_scored_deal": sorted(counts)}
     for name, seconds in times.items():
         out[name] = _percentiles(seconds)
     for name in ("inline", "stored"):
@@ -139,10 +132,22 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     return out
 
 
-def _model_floor(bundle: Any, builder: Any, requests: list[Any], specs: Any, as_of: Any,
-                 rounds: int) -> dict[str, float]:
-    """Median ms per deal of each LightGBM call one inline deal makes, timed alone on the deals'
-    encoded rows (the rows `score_points` hands the heads), and their sum."""
+def open_deals_near(history: Any, events: int = 45, n: int = 20) -> tuple[list[str], list[int]]:
+    """The `n` deals open at the history's end whose event counts (stage changes, activities and field
+    changes) are closest to `events`, and their counts."""
+    from models.scoring import open_deal_points
+
+    counts: dict[str, int] = {}
+    for table in ("stage_changes", "activities", "field_changes"):
+        for deal_id, k in getattr(history, table)["deal_id"].astype(str).value_counts().items():
+            counts[deal_id] = counts.get(deal_id, 0) + int(k)
+    open_ids = list(open_deal_points(history, history.end_time)["deal_id"].astype(str))
+    ids = sorted(open_ids, key=lambda d: (abs(counts.get(d, 0) - events), d))[:n]
+    return ids, [counts.get(d, 0) for d in ids]
+
+
+def _encoded_rows(bundle: Any, builder: Any, requests: list[Any], specs: Any, as_of: Any) -> list[Any]:
+    """The bench deals' encoded rows: what `score_points` hands the heads for each inline deal."""
     from models.scoring import point_features, points_at
     from serving.mapping import inline_frames, validated_history
 
@@ -151,6 +156,13 @@ def _model_floor(bundle: Any, builder: Any, requests: list[Any], specs: Any, as_
         deal = request.deals[0]
         history = validated_history(inline_frames(request.deals), {deal.pipeline: specs[deal.pipeline]})
         rows.append(bundle.encode(point_features(history, points_at([deal.deal_id], as_of), builder)))
+    return rows
+
+
+def model_floor(bundle: Any, rows: list[Any], rounds: int) -> dict[str, float]:
+    """Median ms per deal of each LightGBM call one deal makes, timed alone on encoded one-deal `rows`
+    (taken in turn), and their sum: the cold head's TreeSHAP contributions (the reasons), its probability
+    and the close head's hazards over every period."""
     calls = {
         "cold_contributions": lambda x: bundle.cold.contributions(x),
         "cold_probability": lambda x: bundle.cold.raw_proba(x, None),

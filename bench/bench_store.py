@@ -92,13 +92,18 @@ def simulate(n_deals: int, seed: int) -> DealHistory:
                             end=end.isoformat(), cycle_scale=CYCLE_SCALE)
 
 
-def train_versions(history: DealHistory, sample: int, tracking: str, seed: int) -> dict[str, Any]:
-    """Register versions 1 (champion) and 2 (candidate), trained on the same random sample of deals."""
+def training_sample(history: DealHistory, sample: int, seed: int) -> DealHistory:
+    """The deals the models train on: a random `sample` of the history's deals (all when fewer)."""
     ids = history.deals["deal_id"].astype(str).to_numpy()
     rng = np.random.default_rng(seed)
     picked = ids if sample >= len(ids) else rng.choice(ids, sample, replace=False)
-    part = history.subset(picked)
-    out: dict[str, Any] = {"train_deals": len(picked)}
+    return history.subset(picked)
+
+
+def train_versions(history: DealHistory, sample: int, tracking: str, seed: int) -> dict[str, Any]:
+    """Register versions 1 (champion) and 2 (candidate), trained on the same random sample of deals."""
+    part = training_sample(history, sample, seed)
+    out: dict[str, Any] = {"train_deals": part.n_deals()}
     for i, train_seed in enumerate((seed, seed + 1), start=1):
         started = time.perf_counter()
         run = train(part, TrainConfig(seed=train_seed), tracking_uri=tracking)

@@ -43,15 +43,22 @@ RESULTS = Path(__file__).resolve().parent / "results" / "timing.json"
 SPAN_DAYS = 730
 
 
+def judged_points(cut: Any, n_points: int = 3000, seed: int = 0) -> Any:
+    """The frame (deal_id, as_of) of the cut history's weekly snapshots in its last 90 days (a seeded
+    sample of `n_points`, all of them when 0): the points `truth_metrics` judges."""
+    points = make_snapshots(cut)
+    points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
+    if 0 < n_points < len(points):
+        points = points.sample(n_points, random_state=seed).sort_values(["as_of", "deal_id"])
+        points = points.reset_index(drop=True)
+    return points
+
+
 def truth_metrics(full: Any, cut: Any, bundle: Any, n_points: int = 3000, seed: int = 0) -> dict[str, Any]:
     """Score the cut history's test-window snapshots (a sample of `n_points`, all of them when 0) and
     compare with the full history's outcomes."""
     split_end = cut.end_time
-    points = make_snapshots(cut)
-    points = points[points["as_of"] > split_end - pd.Timedelta(days=90)].reset_index(drop=True)
-    if 0 < n_points < len(points):
-        points = points.sample(n_points, random_state=seed).sort_values(["as_of", "deal_id"])
-        points = points.reset_index(drop=True)
+    points = judged_points(cut, n_points, seed)
     builder = FeatureBuilder().fit(cut)
     scores = score_points(bundle, cut, points, builder, top_reasons=0)
     out: dict[str, Any] = {"n_points": len(points)}

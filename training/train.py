@@ -238,6 +238,21 @@ def fit_timing(train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], config: 
     return TimingModel(booster, calibrator)
 
 
+def head_rows(frame: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The snapshots with `label` known that a head is fitted on, calibrated on and judged on.
+
+    With too little history before the split point (no row, or a single outcome, in the train window)
+    the head trains on every labelled row outside the test window.
+    """
+    has_label = frame[label].notna()
+    train = frame[has_label & (frame["window"] == "train")]
+    cal = frame[has_label & (frame["window"] == "calibration")]
+    test = frame[has_label & (frame["window"] == "test")]
+    if len(train) == 0 or train[label].nunique() < 2:
+        train = frame[has_label & (frame["window"] != "test")]
+    return train, cal, test
+
+
 def fit_head(name: str, data: TrainingData, config: TrainConfig, thin: bool) -> HeadFit:
     """Fit LightGBM, calibrate it on the calibration window, fit both baselines, score the test window.
 
@@ -247,14 +262,7 @@ def fit_head(name: str, data: TrainingData, config: TrainConfig, thin: bool) -> 
     if name == "close":
         return _fit_close_head(data, config)
     label = HEADS[name]
-    frame = data.frame
-    has_label = frame[label].notna()
-    train = frame[has_label & (frame["window"] == "train")]
-    cal = frame[has_label & (frame["window"] == "calibration")]
-    test = frame[has_label & (frame["window"] == "test")]
-    if len(train) == 0 or train[label].nunique() < 2:
-        # Too little history before the split point: train on every labelled row we have.
-        train = frame[has_label & (frame["window"] != "test")]
+    train, cal, test = head_rows(data.frame, label)
     if len(train) == 0 or train[label].nunique() < 2:
         raise ValueError(
             f"not enough labelled history to train the {name} head: {len(train)} labelled snapshots "

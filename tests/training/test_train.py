@@ -12,7 +12,7 @@ from features.history import DealHistory
 from training.data import read_history, write_history
 from training.score import score_batch
 from training.simulate import simulate_history
-from training.train import RunResult, TrainConfig, closed_deal_count, train
+from training.train import RunResult, TrainConfig, closed_deal_count, head_rows, train
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +155,16 @@ def test_cold_head_calibration_undoes_a_biased_model(history: DealHistory) -> No
     assert cold["n"] > 300
     assert cold["ece"] <= 0.09, cold["ece"]  # 0.06 here; the raw scores are far off
     assert biased.bundle.cold.calibrator.method == "platt"
+
+
+def test_a_head_with_one_outcome_before_the_split_learns_from_every_labelled_row_outside_the_test() -> None:
+    """Only deals that stayed warm before the calibration window: the head also learns from the
+    calibration window's labelled snapshot; unlabelled snapshots and the test window stay out."""
+    frame = pd.DataFrame({"window": ["train", "train", "calibration", "calibration", "test"],
+                          "cold": [0.0, 0.0, 1.0, np.nan, 1.0]})
+    train_rows, cal_rows, test_rows = head_rows(frame, "cold")
+    assert list(train_rows.index) == [0, 1, 2]
+    assert list(cal_rows.index) == [2]
+    assert list(test_rows.index) == [4]
+    frame.loc[1, "cold"] = 1.0  # both outcomes before the split: the train window alone
+    assert list(head_rows(frame, "cold")[0].index) == [0, 1]
