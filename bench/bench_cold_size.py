@@ -2,8 +2,8 @@
 
 Every score's reasons are the cold head's TreeSHAP contributions, whose cost grows with trees x leaves x
 depth^2 (bench_reasons_floor.py measures it on the full-size model). Here the cold head as trained
-(`current`: `today_lightgbm_params`, a frozen copy of `models.heads.lightgbm_params` as of commit
-584c399 and shipped again now - 300 trees x 31 leaves at lr 0.05 on full data, scaled down on thin data)
+(`current`: the shipped `models.heads.lightgbm_params`, 300 trees x 31 leaves at lr 0.05 on full data,
+scaled down on thin data; a change of that schedule changes `current` here)
 is set against smaller ones, each fixed before any result of this script about it was read:
 
 - `t150_l15`: 150 trees of at most 15 leaves at learning rate 0.1 (half the trees at twice the step);
@@ -67,46 +67,13 @@ from bench.common import RESULTS, write_result  # noqa: E402
 
 SPAN_DAYS = 730
 
-# `models.heads` as it was before the defaults shrank (commit 584c399), frozen so `current` stays that
-TODAY_LIGHTGBM_PARAMS: dict[str, Any] = {
-    "objective": "binary", "n_estimators": 300, "learning_rate": 0.05, "num_leaves": 31, "max_depth": -1,
-    "min_child_samples": 50, "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8,
-    "reg_lambda": 1.0, "reg_alpha": 0.0, "max_cat_to_onehot": 8, "cat_smooth": 10.0, "n_jobs": 2,
-    "verbose": -1, "random_state": 20240601, "deterministic": True, "force_row_wise": True,
-}
-
-
-def today_lightgbm_params(n_rows: int, n_positive: int, params: dict[str, Any] | None = None,
-                          ) -> dict[str, Any]:
-    """`models.heads.lightgbm_params` as of commit 584c399 (300 x 31 at lr 0.05 on full data)."""
-    from models.heads import data_scale
-
-    scale = data_scale(n_rows, n_positive)
-    out = dict(TODAY_LIGHTGBM_PARAMS)
-    if scale < 1.0:
-        n_minority = max(1, min(n_positive, n_rows - n_positive))
-        out.update(
-            n_estimators=int(round(40 + 260 * scale**2)),
-            num_leaves=int(max(4, round(31 * scale**2))),
-            max_depth=int(max(2, round(2 + 4 * scale))) if scale < 0.9 else -1,
-            min_child_samples=int(max(20, min(200, n_rows // 50 + 5, 10 * np.sqrt(n_minority)))),
-            reg_lambda=float(1.0 + 20.0 * (1.0 - scale)),
-            learning_rate=0.05,
-            min_data_per_group=int(max(10, min(100, n_rows // 20))),
-            cat_smooth=float(10.0 + 40.0 * (1.0 - scale)),
-        )
-    if params:
-        out.update(params)
-    return out
-
-
 def capped_lightgbm_params(n_rows: int, n_positive: int) -> dict[str, Any]:
     """The schedule shipped in commit 5947600 and reverted when its rule failed (`shipped_new`): 150 trees
     x 15 leaves at lr 0.1 on full data; on thin data `current`'s, capped at 150 trees and 15 leaves with
     the rate raised where the tree cap binds so that trees x rate stays `current`'s (0.05 x its trees)."""
-    from models.heads import data_scale
+    from models.heads import data_scale, lightgbm_params
 
-    out = today_lightgbm_params(n_rows, n_positive)
+    out = lightgbm_params(n_rows, n_positive)
     if data_scale(n_rows, n_positive) >= 1.0:
         return {**out, "n_estimators": 150, "num_leaves": 15, "learning_rate": 0.1}
     trees = min(int(out["n_estimators"]), 150)
@@ -115,15 +82,24 @@ def capped_lightgbm_params(n_rows: int, n_positive: int) -> dict[str, Any]:
 
 
 # each variant: the cold head's training rows and positives -> its full LightGBM parameters
+# (`current` is the shipped schedule, `models.heads.lightgbm_params`: the defaults went back when the
+# rule failed, so it is the schedule every result here was judged against)
 VARIANTS: dict[str, Callable[[int, int], dict[str, Any]]] = {
-    "current": today_lightgbm_params,
-    "t150_l15": lambda n, p: today_lightgbm_params(
+    "current": lambda n, p: _shipped(n, p),
+    "t150_l15": lambda n, p: _shipped(
         n, p, {"n_estimators": 150, "num_leaves": 15, "learning_rate": 0.1}),
-    "t100_l15_mcs200": lambda n, p: today_lightgbm_params(
+    "t100_l15_mcs200": lambda n, p: _shipped(
         n, p, {"n_estimators": 100, "num_leaves": 15, "learning_rate": 0.1, "min_child_samples": 200}),
     "shipped_new": capped_lightgbm_params,
 }
 MAX_AUC_LOSS = 0.003
+
+
+def _shipped(n_rows: int, n_positive: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    from models.heads import lightgbm_params
+
+    return lightgbm_params(n_rows, n_positive, params)
+
 SIZE_PARAMS = ("n_estimators", "num_leaves", "learning_rate", "max_depth", "min_child_samples", "reg_lambda")
 MAX_ECE_GAIN = 0.003
 
