@@ -83,6 +83,24 @@ diagnostic, not judged by the rule: each variant's likely close date (`likely_cl
 share of test snapshots that have one within two years, and the share of those with a known outcome at
 that date that had closed by it, which is 0.5 for a well-placed date).
 
+Round 13 (`--round 13`) tests round 12's two leads, both suggested by reading round 12's table, on
+histories round 12 did not see (5,000 deals seeds 6-11 at cycle scale 1 and seeds 2-3 at cycle scale 2,
+20,000 deals seeds 5-7):
+
+- `slip_fine`: two boosters in the head. The close probability, the 90-day probability and the likely
+  close date are `current`'s (its 30-day booster and map, unchanged); slip risk alone is read from a
+  fine_early booster and its map (fitted exactly as round 12's `fine_early`). The run checks that the
+  variant's close and 90-day scores are bit-identical to current's (`close_identical_to_current`);
+- `fine_deals`: the fine grid for the whole close head, as `fine_early`, with leaves holding as many
+  deals as today's: `min_child_samples` = the shipped value on the history's 30-day rows (rows // 100
+  within 20-400, `timing_params`) times the ratio of the fine grid's person-period rows to the 30-day
+  ones, rounded (`deal_leaves`): the shipped bounds 20 and 400 scale with it, so the cap is 400 times
+  that ratio. Everything else as fine_early.
+
+The rule for round 13 is round 6's, unchanged (below), fixed before any round-13 result was read; for
+slip_fine the close ECE and AUC conditions hold by construction. Beside the rule, the table counts the
+5,000-deal histories with slip ECE <= 0.03 (`SLIP_TARGET`), current's against each variant's.
+
 Each variant's `gain_share` (its booster's split gain on the period index, days_to_close and the new column)
 and training's raw close rates by where the date lies (`training_close_rates_by_date_position`) are
 written beside the figures, to tell an unused column from a used one that changes nothing.
@@ -97,7 +115,7 @@ is not lower beyond it, and its slip ECE is better beyond the interval on more h
 worse on; if several pass, the one better on most histories, then the lowest mean slip ECE at 5,000
 deals.
 
-Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1 [--round 6|11|12]
+Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1 [--round N]
 Writes bench/results/timing_boosters_r<round>_<deals>_seed<seed>_cs<scale>.json (round 6:
 bench/results/timing_boosters_<deals>_seed<seed>_cs<scale>.json).
 `--table FILE...` prints the round's table from such files and applies its adoption rule.
@@ -165,6 +183,12 @@ SLIP_HEADS: dict[int, dict[str, str]] = {11: {"direct_slip": "cold", "direct_sli
 FINE_EARLY_EDGES = np.concatenate([np.arange(0.0, 57.0, 7.0), 56.0 + 30.0 * np.arange(1.0, 25.0)])
 ROUNDS[12] = {"fine_early": ({}, None, None, None)}
 GRIDS: dict[str, np.ndarray] = {"fine_early": FINE_EARLY_EDGES}
+# round 13: slip from a fine_early booster, the rest current's; the fine grid with leaves of today's deals
+ROUNDS[13] = {"slip_fine": ({}, None, None, None), "fine_deals": ({}, None, None, None)}
+GRIDS.update(slip_fine=FINE_EARLY_EDGES, fine_deals=FINE_EARLY_EDGES)
+SLIP_ONLY = {"slip_fine"}  # variants whose booster gives slip risk only
+DEAL_LEAVES = {"fine_deals"}  # variants whose leaves hold as many deals as the 30-day booster's
+SLIP_TARGET = 0.03
 SELECTION_BINS = (0.0, 7.0, 30.0, 60.0, 120.0, np.inf)
 LATE_DAYS = 120
 
@@ -252,6 +276,14 @@ def grid_days(position: Any, edges: np.ndarray) -> np.ndarray:
     k = len(edges) - 1
     days = np.interp(pos, np.arange(k + 1, dtype=np.float64), edges)
     return np.where(pos > k, edges[-1] + (pos - k) * (edges[-1] - edges[-2]), days)
+
+
+def deal_leaves(grid_rows: int, period_rows: int) -> int:
+    """`min_child_samples` for a booster on `grid_rows` person-period rows whose leaves hold as many deals
+    as the shipped booster's on the same history's `period_rows` 30-day rows: the shipped value
+    (`timing_params`: rows // 100 within 20-400) scaled by the ratio of the rows, bounds and all."""
+    shipped = int(timing_params(period_rows, 0)["min_child_samples"])
+    return int(round(shipped * grid_rows / period_rows))
 
 
 def grid_person_periods(frame: pd.DataFrame, edges: np.ndarray | None) -> Any:
@@ -431,6 +463,7 @@ def run(
     base_params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
     cal_groups_all = cal["deal_id"].to_numpy(dtype=object)
     boosters: dict[str, Variant] = {"current": ({}, None, None, None), **variants}
+    likely_by: dict[str, np.ndarray] = {}
     for name, (extra, leaf_share, cap, rel) in boosters.items():
         t0 = time.perf_counter()
         edges = GRIDS.get(name)
@@ -446,6 +479,9 @@ def run(
             params = {**base_params, **extra}
             if leaf_share is not None:
                 params["min_child_samples"] = int(np.clip(len(x_train) // leaf_share, 20, 2000))
+            if name in DEAL_LEAVES:
+                params["min_child_samples"] = deal_leaves(len(x_train), out["variants"]["current"]
+                                                          ["training_rows"])
             booster = fit_hazard_booster(x_train, pp.target, params)
             params = timing_params(len(x_train), n_events, params)
             x_cal, pp_cal = _design(cal, cols, cap, rel, edges)
@@ -462,6 +498,10 @@ def run(
         n, k = raw.shape[:2]
         curves = TimingCurves(calibrator.transform(raw.reshape(n * k, 3)).reshape(n, k, 3), model.period_days)
         scores, likely = read_curves(curves, edges, days_to_close)
+        if name in SLIP_ONLY:  # the close head's other figures stay current's
+            scores = {**scored["current"], "slip_risk": scores["slip_risk"]}
+            likely = likely_by["current"]
+        likely_by[name] = likely
         closed_by = 1.0 - slip_label(full, points, likely).to_numpy(dtype=float)
         result: dict[str, Any] = {
             "training_rows": len(x_train), "training_events": n_events,
@@ -473,6 +513,11 @@ def run(
             "map": calibrator.to_dict(), "gain_share": _gain_shares(booster),
             "fit_seconds": round(fit_seconds, 1),
         }
+        if name in SLIP_ONLY:
+            result["slip_only"] = True
+            result["close_identical_to_current"] = all(
+                np.array_equal(scores[t], scored["current"][t], equal_nan=True)
+                for t in ("close_probability", "close_probability_90d"))
         for target, p in scores.items():
             result[target] = _target_metrics(p, truth[target], deal_ids)
         out["variants"][name] = result
@@ -584,6 +629,10 @@ def table(paths: list[Path]) -> None:
               f"{np.mean(small):.4f}; {'PASSES' if passes else 'fails'} the rule")
     cur = [r["variants"]["current"]["slip_risk"]["ece"] for r in runs if r["deals"] <= 5000]
     print(f"current: mean slip ECE at 5,000 deals {np.mean(cur):.4f}")
+    for name in ["current", *names]:
+        small = [r["variants"][name]["slip_risk"]["ece"] for r in runs if r["deals"] <= 5000]
+        print(f"{name}: slip ECE <= {SLIP_TARGET} on {sum(e <= SLIP_TARGET for e in small)} of {len(small)} "
+              "histories at 5,000 deals")
 
 
 def main() -> None:

@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.bench_timing_boosters import FINE_EARLY_EDGES, grid_days, grid_person_periods, read_curves
+from bench.bench_timing_boosters import (
+    FINE_EARLY_EDGES,
+    deal_leaves,
+    grid_days,
+    grid_person_periods,
+    read_curves,
+)
 from models.timing import LOST, OPEN, WON, TimingCurves, person_periods
 
 DEALS = pd.DataFrame({
@@ -58,3 +64,13 @@ def test_survival_is_read_inside_the_week_and_the_month() -> None:
     # S = 0.5 after log(0.5) / log(0.9) = 6.58 periods: in week 7, at 6.58 * 7 = 46.05 days
     assert likely == pytest.approx([7.0 * np.log(0.5) / np.log(0.9)])
     assert grid_days(np.array([8.5, 33.0]), FINE_EARLY_EDGES) == pytest.approx([71.0, 806.0])
+
+
+def test_fine_leaves_hold_as_many_deals_as_the_shipped_ones() -> None:
+    # 76,447 30-day rows: the shipped leaves hold at least 400 rows (its cap); 199,833 fine rows are
+    # 2.61 times as many, so a leaf needs 2.61 times as many rows for the same deals: 1,046
+    assert deal_leaves(199_833, 76_447) == 1_046
+    # 5,000 30-day rows: the shipped 50 (rows // 100, under the cap) scaled by 2.5 gives 125
+    assert deal_leaves(12_500, 5_000) == 125
+    # 1,000 rows: the shipped floor of 20 scales too
+    assert deal_leaves(3_000, 1_000) == 60
