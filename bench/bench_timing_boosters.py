@@ -6,7 +6,8 @@ itself changes: each variant is one booster fit on the training window's person-
 hazard map training fits (`OutcomeSplitCalibrator` on the calibration window's closes) on top, so slip
 risk and the likely close date are each booster's own. Round 6 of docs/models.md.
 
-- `current`: the booster and map `training.train.fit_timing` fits (`models.timing.timing_params`);
+- `current`: the booster and map `training.train.fit_timing` fits (`models.timing.timing_params`), slip
+  read from its 30-day curves as before round 13's adoption (the shipped slip is `slip_fine`'s since);
 - `big_leaves`: leaves of at least 4 % of the rows (`min_child_samples` = rows // 25, within 20-2,000)
   instead of 1 % (at most 400): at 5,000 deals a 1 % leaf is a few dozen deals' correlated weekly rows;
 - `simple_trees`: 7 leaves instead of 15, leaves of at least 2 % of the rows (rows // 50, within
@@ -139,6 +140,7 @@ from models.calibration import Calibrator, ece_noise_floor, expected_calibration
 from models.comparison import bootstrap_comparison
 from models.heads import make_lightgbm
 from models.timing import (
+    FINE_EARLY_EDGES,
     LIKELY_CLOSE_MAX_DAYS,
     PERIOD_DAYS,
     PERIOD_FEATURE,
@@ -147,8 +149,10 @@ from models.timing import (
     TimingModel,
     expand_frame,
     fit_hazard_booster,
+    grid_days,
+    grid_person_periods,
+    grid_position,
     likely_close_days,
-    person_periods,
     slip_risk,
     timing_params,
 )
@@ -179,8 +183,8 @@ ROUNDS[11] = {}
 # round -> direct slip heads beside current: name -> calibration map ("cold" = as the cold head's map)
 SLIP_HEADS: dict[int, dict[str, str]] = {11: {"direct_slip": "cold", "direct_slip_isotonic": "isotonic"}}
 # round 12: a period grid other than the shipped 30-day one, by variant (period k covers days
-# (edges[k-1], edges[k]]): 7-day periods to day 56, then 30-day ones to day 776
-FINE_EARLY_EDGES = np.concatenate([np.arange(0.0, 57.0, 7.0), 56.0 + 30.0 * np.arange(1.0, 25.0)])
+# (edges[k-1], edges[k]]): `models.timing.FINE_EARLY_EDGES`, 7-day periods to day 56, then 30-day ones to
+# day 776 (the slip model's grid since round 13's adoption)
 ROUNDS[12] = {"fine_early": ({}, None, None, None)}
 GRIDS: dict[str, np.ndarray] = {"fine_early": FINE_EARLY_EDGES}
 # round 13: slip from a fine_early booster, the rest current's; the fine grid with leaves of today's deals
@@ -259,40 +263,12 @@ def _selection_check(
     return rows
 
 
-def grid_position(days: Any, edges: np.ndarray) -> np.ndarray:
-    """Days after t as a position on the period grid `edges` (0 at t, k at the end of period k, linear in
-    days inside each period, the last period's length per unit past the horizon); NaN stays NaN, days
-    before t give 0. With periods of length 1 on positions, the shipped hazard code runs on any grid."""
-    d = np.asarray(days, dtype=np.float64)
-    k = len(edges) - 1
-    pos = np.interp(d, edges, np.arange(k + 1, dtype=np.float64))
-    past = (d - edges[-1]) / (edges[-1] - edges[-2])
-    return np.where(d > edges[-1], k + past, pos)  # NaN compares False and interp keeps it NaN
-
-
-def grid_days(position: Any, edges: np.ndarray) -> np.ndarray:
-    """The inverse of `grid_position`: days after t at a position on the grid."""
-    pos = np.asarray(position, dtype=np.float64)
-    k = len(edges) - 1
-    days = np.interp(pos, np.arange(k + 1, dtype=np.float64), edges)
-    return np.where(pos > k, edges[-1] + (pos - k) * (edges[-1] - edges[-2]), days)
-
-
 def deal_leaves(grid_rows: int, period_rows: int) -> int:
     """`min_child_samples` for a booster on `grid_rows` person-period rows whose leaves hold as many deals
     as the shipped booster's on the same history's `period_rows` 30-day rows: the shipped value
     (`timing_params`: rows // 100 within 20-400) scaled by the ratio of the rows, bounds and all."""
     shipped = int(timing_params(period_rows, 0)["min_child_samples"])
     return int(round(shipped * grid_rows / period_rows))
-
-
-def grid_person_periods(frame: pd.DataFrame, edges: np.ndarray | None) -> Any:
-    """`models.timing.person_periods` on the grid `edges` (the shipped 30-day grid when None)."""
-    if edges is None:
-        return person_periods(frame["event"], frame["event_days"], frame["observed_days"])
-    return person_periods(frame["event"], grid_position(frame["event_days"], edges),
-                          grid_position(frame["observed_days"], edges), period_days=1.0,
-                          n_periods=len(edges) - 1)
 
 
 def read_curves(

@@ -1,7 +1,7 @@
 """bench/bench_timing_boosters.py's round 12 reads the shipped hazard code on another period grid (7-day
-periods to day 56, 30-day ones after) through a change of time: these check that a deal's person-period
-rows and its survival land in the periods a person would put them in, and that the shipped 30-day grid
-gives exactly the shipped rows."""
+periods to day 56, 30-day ones after; `models.timing`'s grid, the shipped slip model's since round 13)
+through a change of time: these check that a deal's person-period rows and its survival land in the
+periods a person would put them in, and that the shipped 30-day grid gives exactly the shipped rows."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.bench_timing_boosters import (
+from bench.bench_timing_boosters import deal_leaves, read_curves
+from models.timing import (
     FINE_EARLY_EDGES,
-    deal_leaves,
+    LOST,
+    OPEN,
+    WON,
+    TimingCurves,
     grid_days,
     grid_person_periods,
-    read_curves,
+    person_periods,
 )
-from models.timing import LOST, OPEN, WON, TimingCurves, person_periods
 
 DEALS = pd.DataFrame({
     # won on day 10, lost on day 70, open and watched 60 days, won on day 61 but watched 40 days only
