@@ -6,7 +6,8 @@ itself changes: each variant is one booster fit on the training window's person-
 hazard map training fits (`OutcomeSplitCalibrator` on the calibration window's closes) on top, so slip
 risk and the likely close date are each booster's own. Round 6 of docs/models.md.
 
-- `current`: the booster and map `training.train.fit_timing` fits (`models.timing.timing_params`);
+- `current`: the booster and map `training.train.fit_timing` fits (`models.timing.timing_params`), slip
+  read from its 30-day curves as before round 13's adoption (the shipped slip is `slip_fine`'s since);
 - `big_leaves`: leaves of at least 4 % of the rows (`min_child_samples` = rows // 25, within 20-2,000)
   instead of 1 % (at most 400): at 5,000 deals a 1 % leaf is a few dozen deals' correlated weekly rows;
 - `simple_trees`: 7 leaves instead of 15, leaves of at least 2 % of the rows (rows // 50, within
@@ -60,6 +61,47 @@ Diagnostics (not variants; added after the round's table was read): every varian
 to the date (`error_by_days`), the direct head before its map (`direct_slip_unmapped`) and the days to
 the date of the calibration rows its map is fitted on. Round 11's verdict: docs/models.md.
 
+Round 12 (`--round 12`) keeps the booster's settings and training's map and changes the period grid the
+hazards live on. Slip is mostly S(d) read inside the first one or two 30-day periods (half the test
+window's dates within about two weeks), where a constant rate over 30 days is an assumption the data may
+not bear (closes gather around the date; round 11 found current errs most on the first week):
+
+- `fine_early`: periods of 7 days for the first 8 weeks (days 0-56) and of 30 days after, out to day 776
+  (`FINE_EARLY_EDGES`: 32 periods, one grid for every deal), in training (person-period rows), in the
+  calibration window's rows the map is fitted on and in scoring. `periods_ahead` stays the period's
+  ordinal (1-32): a tree splits on the order of a column's values only, and the start day (0, 7, ..., 56,
+  86, ...) has the same order and the same 32 distinct values (each its own histogram bin), so the
+  booster could not tell the two apart; the ordinal keeps the column as the shipped model spells it.
+  Inside each period the hazards are spread evenly (a constant rate), as now. S(d), P(won by d), slip,
+  the 90-day probability and the likely close date are read from that grid by a change of time
+  (`grid_position`): day d becomes its position on the grid (k at the end of period k, linear inside each
+  period, the last period's 30 days per unit past the horizon), and the shipped code
+  (`models.timing.person_periods`, `TimingCurves`) runs on positions with periods of length 1, so the
+  variant's code is a map of days to positions and back (`grid_days`), not a second hazard model.
+
+The rule for round 12 is round 6's, unchanged (below), fixed before any round-12 result was read. A
+diagnostic, not judged by the rule: each variant's likely close date (`likely_close`: its quartiles, the
+share of test snapshots that have one within two years, and the share of those with a known outcome at
+that date that had closed by it, which is 0.5 for a well-placed date).
+
+Round 13 (`--round 13`) tests round 12's two leads, both suggested by reading round 12's table, on
+histories round 12 did not see (5,000 deals seeds 6-11 at cycle scale 1 and seeds 2-3 at cycle scale 2,
+20,000 deals seeds 5-7):
+
+- `slip_fine`: two boosters in the head. The close probability, the 90-day probability and the likely
+  close date are `current`'s (its 30-day booster and map, unchanged); slip risk alone is read from a
+  fine_early booster and its map (fitted exactly as round 12's `fine_early`). The run checks that the
+  variant's close and 90-day scores are bit-identical to current's (`close_identical_to_current`);
+- `fine_deals`: the fine grid for the whole close head, as `fine_early`, with leaves holding as many
+  deals as today's: `min_child_samples` = the shipped value on the history's 30-day rows (rows // 100
+  within 20-400, `timing_params`) times the ratio of the fine grid's person-period rows to the 30-day
+  ones, rounded (`deal_leaves`): the shipped bounds 20 and 400 scale with it, so the cap is 400 times
+  that ratio. Everything else as fine_early.
+
+The rule for round 13 is round 6's, unchanged (below), fixed before any round-13 result was read; for
+slip_fine the close ECE and AUC conditions hold by construction. Beside the rule, the table counts the
+5,000-deal histories with slip ECE <= 0.03 (`SLIP_TARGET`), current's against each variant's.
+
 Each variant's `gain_share` (its booster's split gain on the period index, days_to_close and the new column)
 and training's raw close rates by where the date lies (`training_close_rates_by_date_position`) are
 written beside the figures, to tell an unused column from a used one that changes nothing.
@@ -74,7 +116,7 @@ is not lower beyond it, and its slip ECE is better beyond the interval on more h
 worse on; if several pass, the one better on most histories, then the lowest mean slip ECE at 5,000
 deals.
 
-Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1 [--round 6|11]
+Run: .venv/bin/python bench/bench_timing_boosters.py --deals 5000 --seed 0 --cycle-scale 1 [--round N]
 Writes bench/results/timing_boosters_r<round>_<deals>_seed<seed>_cs<scale>.json (round 6:
 bench/results/timing_boosters_<deals>_seed<seed>_cs<scale>.json).
 `--table FILE...` prints the round's table from such files and applies its adoption rule.
@@ -98,6 +140,8 @@ from models.calibration import Calibrator, ece_noise_floor, expected_calibration
 from models.comparison import bootstrap_comparison
 from models.heads import make_lightgbm
 from models.timing import (
+    FINE_EARLY_EDGES,
+    LIKELY_CLOSE_MAX_DAYS,
     PERIOD_DAYS,
     PERIOD_FEATURE,
     OutcomeSplitCalibrator,
@@ -105,7 +149,10 @@ from models.timing import (
     TimingModel,
     expand_frame,
     fit_hazard_booster,
-    person_periods,
+    grid_days,
+    grid_person_periods,
+    grid_position,
+    likely_close_days,
     slip_risk,
     timing_params,
 )
@@ -135,6 +182,17 @@ RELATIVE_COLUMNS = {"offset": "close_date_offset", "position": "close_date_posit
 ROUNDS[11] = {}
 # round -> direct slip heads beside current: name -> calibration map ("cold" = as the cold head's map)
 SLIP_HEADS: dict[int, dict[str, str]] = {11: {"direct_slip": "cold", "direct_slip_isotonic": "isotonic"}}
+# round 12: a period grid other than the shipped 30-day one, by variant (period k covers days
+# (edges[k-1], edges[k]]): `models.timing.FINE_EARLY_EDGES`, 7-day periods to day 56, then 30-day ones to
+# day 776 (the slip model's grid since round 13's adoption)
+ROUNDS[12] = {"fine_early": ({}, None, None, None)}
+GRIDS: dict[str, np.ndarray] = {"fine_early": FINE_EARLY_EDGES}
+# round 13: slip from a fine_early booster, the rest current's; the fine grid with leaves of today's deals
+ROUNDS[13] = {"slip_fine": ({}, None, None, None), "fine_deals": ({}, None, None, None)}
+GRIDS.update(slip_fine=FINE_EARLY_EDGES, fine_deals=FINE_EARLY_EDGES)
+SLIP_ONLY = {"slip_fine"}  # variants whose booster gives slip risk only
+DEAL_LEAVES = {"fine_deals"}  # variants whose leaves hold as many deals as the 30-day booster's
+SLIP_TARGET = 0.03
 SELECTION_BINS = (0.0, 7.0, 30.0, 60.0, 120.0, np.inf)
 LATE_DAYS = 120
 
@@ -205,6 +263,40 @@ def _selection_check(
     return rows
 
 
+def deal_leaves(grid_rows: int, period_rows: int) -> int:
+    """`min_child_samples` for a booster on `grid_rows` person-period rows whose leaves hold as many deals
+    as the shipped booster's on the same history's `period_rows` 30-day rows: the shipped value
+    (`timing_params`: rows // 100 within 20-400) scaled by the ratio of the rows, bounds and all."""
+    shipped = int(timing_params(period_rows, 0)["min_child_samples"])
+    return int(round(shipped * grid_rows / period_rows))
+
+
+def read_curves(
+    curves: TimingCurves, edges: np.ndarray | None, days_to_close: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Close probability, 90-day probability and slip risk, and the likely close date in days (NaN past two
+    years), from curves on the grid `edges` (on positions, periods of length 1), or on the shipped grid."""
+    if edges is None:
+        scores = {"close_probability": curves.p_won(), "close_probability_90d": curves.won_within(90.0),
+                  "slip_risk": slip_risk(curves, days_to_close)}
+        return scores, likely_close_days(curves)
+    scores = {"close_probability": curves.p_won(),
+              "close_probability_90d": curves.won_within(grid_position(90.0, edges)),
+              "slip_risk": slip_risk(curves, grid_position(days_to_close, edges))}
+    days = grid_days(curves.days_to_closed(0.5), edges)
+    return scores, np.where(days <= LIKELY_CLOSE_MAX_DAYS, days, np.nan)
+
+
+def _likely_close_summary(days: np.ndarray, closed_by: np.ndarray) -> dict[str, Any]:
+    """The likely close date's quartiles (days), the share of snapshots that have one, and the share closed
+    by it among those whose outcome at that date is known (`closed_by`: 1 closed, 0 open, NaN unknown)."""
+    has = np.isfinite(days)
+    known = has & np.isfinite(closed_by)
+    return {"days_quartiles": np.percentile(days[has], [25, 50, 75]).tolist() if has.any() else None,
+            "share_with_date": float(has.mean()), "n_known": int(known.sum()),
+            "closed_by_date": float(closed_by[known].mean()) if known.any() else None}
+
+
 def _relative_close(days_to_close: pd.Series, period: pd.Series, kind: str) -> np.ndarray:
     """The expected close date relative to the period: days from its start to the date (`offset`), or
     -1 / 0 / 1 for before / inside / after it (`position`); NaN without a date."""
@@ -217,9 +309,9 @@ def _relative_close(days_to_close: pd.Series, period: pd.Series, kind: str) -> n
 
 
 def _design(
-    frame: pd.DataFrame, cols: list[str], cap: int | None, rel: str | None
+    frame: pd.DataFrame, cols: list[str], cap: int | None, rel: str | None, edges: np.ndarray | None = None
 ) -> tuple[pd.DataFrame, Any]:
-    pp = person_periods(frame["event"], frame["event_days"], frame["observed_days"])
+    pp = grid_person_periods(frame, edges)
     x = expand_frame(frame, cols, pp)
     if rel is not None:
         x[RELATIVE_COLUMNS[rel]] = _relative_close(x["days_to_close"], x[PERIOD_FEATURE], rel)
@@ -234,7 +326,7 @@ def _raw_hazards(
     """As `TimingModel.raw_hazards` on a feature frame, with the period index capped at `cap` and the
     period-relative close date column `rel` added."""
     if cap is None and rel is None:
-        return TimingModel(booster).raw_hazards(x)
+        return TimingModel(booster, n_periods=n_periods).raw_hazards(x)
     n = len(x)
     added = {PERIOD_FEATURE, *RELATIVE_COLUMNS.values()}
     names = [c for c in booster.feature_name() if c not in added]
@@ -347,9 +439,11 @@ def run(
     base_params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
     cal_groups_all = cal["deal_id"].to_numpy(dtype=object)
     boosters: dict[str, Variant] = {"current": ({}, None, None, None), **variants}
+    likely_by: dict[str, np.ndarray] = {}
     for name, (extra, leaf_share, cap, rel) in boosters.items():
         t0 = time.perf_counter()
-        x_train, pp = _design(train, cols, cap, rel)
+        edges = GRIDS.get(name)
+        x_train, pp = _design(train, cols, cap, rel, edges)
         n_events = int((pp.target != 0).sum())
         if name == "current":
             out["training_close_rates_by_date_position"] = _close_rates_by_position(x_train, pp.target)
@@ -361,31 +455,45 @@ def run(
             params = {**base_params, **extra}
             if leaf_share is not None:
                 params["min_child_samples"] = int(np.clip(len(x_train) // leaf_share, 20, 2000))
+            if name in DEAL_LEAVES:
+                params["min_child_samples"] = deal_leaves(len(x_train), out["variants"]["current"]
+                                                          ["training_rows"])
             booster = fit_hazard_booster(x_train, pp.target, params)
             params = timing_params(len(x_train), n_events, params)
-            x_cal, pp_cal = _design(cal, cols, cap, rel)
+            x_cal, pp_cal = _design(cal, cols, cap, rel, edges)
             calibrator = OutcomeSplitCalibrator()
             if len(pp_cal.row):
                 raw_cal = np.asarray(booster.predict(x_cal), dtype=np.float64)
                 calibrator.fit(raw_cal, pp_cal.target, groups=cal_groups_all[pp_cal.row])
         fit_seconds = time.perf_counter() - t0
-        model = TimingModel(booster, calibrator)
+        if edges is None:
+            model = TimingModel(booster, calibrator)
+        else:
+            model = TimingModel(booster, calibrator, period_days=1.0, n_periods=len(edges) - 1)
         raw = _raw_hazards(booster, feats[cols], cap, rel, model.n_periods)
         n, k = raw.shape[:2]
         curves = TimingCurves(calibrator.transform(raw.reshape(n * k, 3)).reshape(n, k, 3), model.period_days)
-        scores = {
-            "close_probability": curves.p_won(),
-            "close_probability_90d": curves.won_within(90.0),
-            "slip_risk": slip_risk(curves, days_to_close),
-        }
+        scores, likely = read_curves(curves, edges, days_to_close)
+        if name in SLIP_ONLY:  # the close head's other figures stay current's
+            scores = {**scored["current"], "slip_risk": scores["slip_risk"]}
+            likely = likely_by["current"]
+        likely_by[name] = likely
+        closed_by = 1.0 - slip_label(full, points, likely).to_numpy(dtype=float)
         result: dict[str, Any] = {
             "training_rows": len(x_train), "training_events": n_events,
             "min_child_samples": int(params["min_child_samples"]), "num_leaves": int(params["num_leaves"]),
             "n_estimators": int(params["n_estimators"]),
             "reg_lambda": float(params["reg_lambda"]), "period_cap": cap, "relative_close": rel,
+            "period_edges": None if edges is None else edges.tolist(),
+            "likely_close": _likely_close_summary(likely, closed_by),
             "map": calibrator.to_dict(), "gain_share": _gain_shares(booster),
             "fit_seconds": round(fit_seconds, 1),
         }
+        if name in SLIP_ONLY:
+            result["slip_only"] = True
+            result["close_identical_to_current"] = all(
+                np.array_equal(scores[t], scored["current"][t], equal_nan=True)
+                for t in ("close_probability", "close_probability_90d"))
         for target, p in scores.items():
             result[target] = _target_metrics(p, truth[target], deal_ids)
         out["variants"][name] = result
@@ -497,6 +605,10 @@ def table(paths: list[Path]) -> None:
               f"{np.mean(small):.4f}; {'PASSES' if passes else 'fails'} the rule")
     cur = [r["variants"]["current"]["slip_risk"]["ece"] for r in runs if r["deals"] <= 5000]
     print(f"current: mean slip ECE at 5,000 deals {np.mean(cur):.4f}")
+    for name in ["current", *names]:
+        small = [r["variants"][name]["slip_risk"]["ece"] for r in runs if r["deals"] <= 5000]
+        print(f"{name}: slip ECE <= {SLIP_TARGET} on {sum(e <= SLIP_TARGET for e in small)} of {len(small)} "
+              "histories at 5,000 deals")
 
 
 def main() -> None:

@@ -48,7 +48,6 @@ from models.timing import (
     TimingModel,
     curves_to_json,
     likely_close_days,
-    slip_risk,
 )
 
 log = logging.getLogger(__name__)
@@ -132,6 +131,16 @@ class Head:
         assert self.timing is not None
         # each deal is n_periods rows for the booster
         return self.timing.curves(x, num_threads=_threads_for(len(x) * self.timing.n_periods))
+
+    def slip_risk(
+        self, x: NDArray[np.float64], days_to_close: NDArray[np.float64], curves: TimingCurves
+    ) -> NDArray[np.float64]:
+        """P(still open at the expected close date), from the timing model's slip model when it has one
+        (bundles since round 13's adoption), else from `curves`, its close curves of `x`."""
+        assert self.timing is not None
+        slip = self.timing.slip
+        threads = _threads_for(len(x) * (slip.n_periods if slip is not None else 0))
+        return self.timing.slip_risk(x, days_to_close, curves, num_threads=threads)
 
     def raw_proba(self, x: NDArray[np.float64], frame: Features) -> NDArray[np.float64]:
         """Uncalibrated P(positive)."""
@@ -231,6 +240,13 @@ class ScoringBundle:
                     raise ValueError(
                         f"{name} head was trained on features {got}, bundle says {self.feature_columns}"
                     )
+                if head.timing is not None and head.timing.slip is not None:
+                    got = head.timing.slip.booster.feature_name()
+                    if got != want:
+                        raise ValueError(
+                            f"{name} head's slip model was trained on features {got}, bundle says "
+                            f"{self.feature_columns}"
+                        )
         unknown = set(self.categorical_levels) - set(self.feature_columns)
         if unknown:
             raise ValueError(f"categorical levels given for non-features: {sorted(unknown)}")
@@ -316,7 +332,7 @@ class ScoringBundle:
             close = curves.p_won()
             p90 = curves.won_within(np.full(n, 90.0))
             if "days_to_close" in features:
-                slip = slip_risk(curves, _float_column(features, "days_to_close"))
+                slip = self.close.slip_risk(x, _float_column(features, "days_to_close"), curves)
             days = likely_close_days(curves)
             if "as_of" in features:
                 likely = from_ns(_floor_day(to_ns(as_of), days_ns(days)))
@@ -398,6 +414,10 @@ class ScoringBundle:
             }
             if head.timing is not None:
                 heads[name]["timing"] = head.timing.spec()
+                if head.timing.slip is not None:
+                    slip_file = f"{name}_slip_head.txt"
+                    files[slip_file] = head.timing.slip.booster.model_to_string().encode("utf-8")
+                    heads[name]["slip_file"] = slip_file
         files[REFERENCE_JSON] = _dump(self.reference)
         spec = {
             "format_version": FORMAT_VERSION,
@@ -461,15 +481,16 @@ class ScoringBundle:
             data = get(h["file"])
             cal = Calibrator.from_dict(h["calibrator"]) if h.get("calibrator") else None
             if h["kind"] in ("lightgbm", "competing_risks"):
-                try:
-                    booster = lgb.Booster(model_str=data.decode("utf-8"))
-                except Exception as exc:  # LightGBM raises its own error type on a corrupt model
-                    raise BundleIntegrityError(root / h["file"], f"not a LightGBM model: {exc}") from exc
+                booster = _booster(root / h["file"], data)
                 if h["kind"] == "lightgbm":
                     heads[name] = Head.lightgbm(booster, cal)
                 else:
+                    # the slip model's booster (bundles since round 13's adoption; none before)
+                    slip_booster = (_booster(root / h["slip_file"], get(h["slip_file"]))
+                                    if h.get("slip_file") else None)
                     try:
-                        heads[name] = Head.competing_risks(TimingModel.from_spec(booster, h["timing"]))
+                        heads[name] = Head.competing_risks(
+                            TimingModel.from_spec(booster, h["timing"], slip_booster))
                     except (KeyError, TypeError, ValueError) as exc:
                         raise BundleIntegrityError(
                             root / BUNDLE_JSON, f"malformed timing spec of the {name} head: {exc}"
@@ -497,6 +518,14 @@ class ScoringBundle:
             "band_thresholds": self.band_thresholds,
             "metadata": self.metadata,
         }
+
+
+def _booster(path: Path, data: bytes) -> lgb.Booster:
+    """A LightGBM booster from its verified text file; `BundleIntegrityError` naming it when it is not one."""
+    try:
+        return lgb.Booster(model_str=data.decode("utf-8"))
+    except Exception as exc:  # LightGBM raises its own error type on a corrupt model
+        raise BundleIntegrityError(path, f"not a LightGBM model: {exc}") from exc
 
 
 def _n_rows(features: Features) -> int:

@@ -18,6 +18,11 @@ hold from then on, so the tail is a geometric series with that closed form. Insi
 are spread evenly in time (a constant rate), so S and P(won by d) are defined for any day d, which is
 how the 90-day probability, the slip risk at an expected close date and the likely close date are read.
 
+Slip risk is read from a second model of the same kind (`TimingModel.slip`, round 13 of docs/models.md),
+fitted the same way on a finer grid (`FINE_EARLY_EDGES`: 7-day periods to day 56, 30-day ones after):
+its rows and curves are on grid positions (`grid_position`), periods of length 1, so the code above
+serves any grid. Models saved without one read slip from their own 30-day curves.
+
 Calibration is done on the hazards, not on the final probability. Training's map is
 `OutcomeSplitCalibrator`: the probability of closing in each period stays the booster's, and the share
 won among closes is a logistic map of the booster's log-odds of won against lost, fitted on the
@@ -42,6 +47,9 @@ PERIOD_DAYS = 30.0
 N_PERIODS = 25  # 750 days: past the two-year limit of `likely_close_date`
 LIKELY_CLOSE_MAX_DAYS = 730.0
 PERIOD_FEATURE = "periods_ahead"
+# The slip booster's period grid (round 13 of docs/models.md): period k covers days (edges[k-1], edges[k]],
+# 7-day periods to day 56, then 30-day ones to day 776 (32 periods, one grid for every deal)
+FINE_EARLY_EDGES = np.concatenate([np.arange(0.0, 57.0, 7.0), 56.0 + 30.0 * np.arange(1.0, 25.0)])
 OPEN, WON, LOST = 0, 1, 2
 EVENT_CLASSES = {"won": WON, "lost": LOST}
 _EPS = 1e-9
@@ -112,6 +120,36 @@ def person_periods(
     hit = closed & (k_event <= n_periods) & (n_rows > 0)
     target[last[hit]] = cls[hit]
     return PersonPeriods(row, period, target)
+
+
+def grid_position(days: ArrayLike, edges: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Days after t as a position on the period grid `edges` (0 at t, k at the end of period k, linear in
+    days inside each period, the last period's length per unit past the horizon); NaN stays NaN, days
+    before t give 0. With periods of length 1 on positions, the hazard code runs on any grid."""
+    d = np.asarray(days, dtype=np.float64)
+    k = len(edges) - 1
+    pos = np.interp(d, edges, np.arange(k + 1, dtype=np.float64))
+    past = (d - edges[-1]) / (edges[-1] - edges[-2])
+    return np.asarray(np.where(d > edges[-1], k + past, pos), dtype=np.float64)  # NaN stays NaN
+
+
+def grid_days(position: ArrayLike, edges: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The inverse of `grid_position`: days after t at a position on the grid."""
+    pos = np.asarray(position, dtype=np.float64)
+    k = len(edges) - 1
+    days = np.interp(pos, np.arange(k + 1, dtype=np.float64), edges)
+    return np.asarray(np.where(pos > k, edges[-1] + (pos - k) * (edges[-1] - edges[-2]), days),
+                      dtype=np.float64)
+
+
+def grid_person_periods(frame: pd.DataFrame, edges: NDArray[np.float64] | None) -> PersonPeriods:
+    """`person_periods` of a frame's close events on the grid `edges` (positions, periods of length 1),
+    or on the 30-day grid when None."""
+    if edges is None:
+        return person_periods(frame["event"], frame["event_days"], frame["observed_days"])
+    return person_periods(frame["event"], grid_position(frame["event_days"], edges),
+                          grid_position(frame["observed_days"], edges), period_days=1.0,
+                          n_periods=len(edges) - 1)
 
 
 def expand_frame(frame: pd.DataFrame, feature_columns: list[str], pp: PersonPeriods) -> pd.DataFrame:
@@ -390,7 +428,13 @@ class TimingCurves:
 
 
 class TimingModel:
-    """The hazard booster, its calibrator and the period grid; `curves(x)` scores an encoded matrix."""
+    """The hazard booster, its calibrator and the period grid; `curves(x)` scores an encoded matrix.
+
+    The grid is `n_periods` periods of `period_days`, or, with `edges`, the periods between those days
+    (the curves are then on grid positions: `period_days` 1, days read through `grid_position`). `slip`,
+    when present, is a second model (on `FINE_EARLY_EDGES`) that slip risk alone is read from; without it
+    (bundles written before round 13's adoption) slip comes from this model's own curves.
+    """
 
     def __init__(
         self,
@@ -398,11 +442,17 @@ class TimingModel:
         calibrator: HazardMap | None = None,
         period_days: float = PERIOD_DAYS,
         n_periods: int = N_PERIODS,
+        edges: ArrayLike | None = None,
+        slip: TimingModel | None = None,
     ) -> None:
         self.booster = booster
         self.calibrator: HazardMap = calibrator or HazardCalibrator()
+        self.edges = None if edges is None else np.asarray(edges, dtype=np.float64)
+        if self.edges is not None:
+            period_days, n_periods = 1.0, len(self.edges) - 1
         self.period_days = float(period_days)
         self.n_periods = int(n_periods)
+        self.slip = slip
 
     def raw_hazards(
         self, x: NDArray[np.float64] | pd.DataFrame, num_threads: int = 0
@@ -429,21 +479,55 @@ class TimingModel:
         cal = self.calibrator.transform(raw.reshape(n * k, 3)).reshape(n, k, 3)
         return TimingCurves(cal, self.period_days)
 
+    def slip_risk(
+        self, x: NDArray[np.float64] | pd.DataFrame, days_to_expected_close: ArrayLike,
+        curves: TimingCurves | None = None, num_threads: int = 0,
+    ) -> NDArray[np.float64]:
+        """P(still open at the expected close date) per deal, NaN where there is none or it is not after
+        t: from the slip model's curves when there is one, else from this model's (`curves`, when given,
+        are this model's curves of `x`, so they need not be scored twice)."""
+        if self.slip is None:
+            return slip_risk(curves if curves is not None else self.curves(x, num_threads),
+                             days_to_expected_close)
+        return self.slip.slip_risk(x, self.slip.position(days_to_expected_close), num_threads=num_threads)
+
+    def position(self, days: ArrayLike) -> NDArray[np.float64]:
+        """Days after t in this model's time: days on the 30-day grid, grid positions with `edges`."""
+        if self.edges is None:
+            return np.asarray(days, dtype=np.float64)
+        return grid_position(days, self.edges)
+
     def spec(self) -> dict[str, Any]:
-        """JSON-ready settings and calibrator (the booster is saved as its own text file)."""
-        return {
+        """JSON-ready settings and calibrator (the booster, and the slip model's, are saved as their own
+        text files); `edges` and `slip` only when there are any, so older specs read as they were."""
+        out: dict[str, Any] = {
             "period_days": self.period_days,
             "n_periods": self.n_periods,
             "calibrator": self.calibrator.to_dict(),
         }
+        if self.edges is not None:
+            out["edges"] = self.edges.tolist()
+        if self.slip is not None:
+            out["slip"] = self.slip.spec()
+        return out
 
     @classmethod
-    def from_spec(cls, booster: lgb.Booster, spec: dict[str, Any]) -> TimingModel:
+    def from_spec(
+        cls, booster: lgb.Booster, spec: dict[str, Any], slip_booster: lgb.Booster | None = None
+    ) -> TimingModel:
+        """The model back from `spec`; a spec with a slip model needs that model's booster."""
+        slip = None
+        if spec.get("slip") is not None:
+            if slip_booster is None:
+                raise ValueError("the timing spec has a slip model but no slip booster was given")
+            slip = cls.from_spec(slip_booster, spec["slip"])
         return cls(
             booster,
             hazard_map_from_dict(spec["calibrator"]),
             period_days=float(spec["period_days"]),
             n_periods=int(spec["n_periods"]),
+            edges=spec.get("edges"),
+            slip=slip,
         )
 
 

@@ -213,29 +213,41 @@ def _calibrate(raw: np.ndarray, y: np.ndarray, min_isotonic_rows: int) -> Calibr
 def fit_timing(train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], config: TrainConfig) -> Any:
     """The close head: a competing-risks hazard model (`models.timing`) fitted on the training window's
     person-period rows; the share won among its closes is recalibrated on the calibration window's closes
-    (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5)."""
-    from models.timing import (
-        OutcomeSplitCalibrator,
-        TimingModel,
-        expand_frame,
-        fit_hazard_booster,
-        person_periods,
-    )
+    (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5). It
+    carries a second booster and map, fitted the same way on the fine grid (`FINE_EARLY_EDGES`), that
+    slip risk alone is read from (round 13's `slip_fine`, adopted)."""
+    from models.timing import FINE_EARLY_EDGES, TimingModel, grid_person_periods
 
-    pp = person_periods(train["event"], train["event_days"], train["observed_days"])
-    if np.unique(pp.target).size < 3:
+    if np.unique(grid_person_periods(train, None).target).size < 3:
         raise ValueError(
             "not enough closed deals to train the close head: the training window needs both won and "
             "lost deals; import more closed deals or a longer history"
         )
     params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
+    booster, calibrator = _fit_hazards(train, cal, cols, params, None)
+    slip = None
+    # (on the fine grid a class can go missing on very little data: slip then stays the 30-day curves')
+    if np.unique(grid_person_periods(train, FINE_EARLY_EDGES).target).size == 3:
+        slip_booster, slip_calibrator = _fit_hazards(train, cal, cols, params, FINE_EARLY_EDGES)
+        slip = TimingModel(slip_booster, slip_calibrator, edges=FINE_EARLY_EDGES)
+    return TimingModel(booster, calibrator, slip=slip)
+
+
+def _fit_hazards(
+    train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], params: dict[str, Any], edges: Any
+) -> tuple[Any, Any]:
+    """A hazard booster on the training window's person-period rows of the grid `edges` (the 30-day one
+    when None) and its `OutcomeSplitCalibrator` on the calibration window's rows of the same grid."""
+    from models.timing import OutcomeSplitCalibrator, expand_frame, fit_hazard_booster, grid_person_periods
+
+    pp = grid_person_periods(train, edges)
     booster = fit_hazard_booster(expand_frame(train, cols, pp), pp.target, params)
     calibrator = OutcomeSplitCalibrator()
-    pp_cal = person_periods(cal["event"], cal["event_days"], cal["observed_days"])
+    pp_cal = grid_person_periods(cal, edges)
     if len(pp_cal.row):
         raw = np.asarray(booster.predict(expand_frame(cal, cols, pp_cal)), dtype=np.float64)
         calibrator.fit(raw, pp_cal.target, groups=cal["deal_id"].to_numpy(dtype=object)[pp_cal.row])
-    return TimingModel(booster, calibrator)
+    return booster, calibrator
 
 
 def head_rows(frame: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

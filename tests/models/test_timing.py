@@ -10,14 +10,17 @@ import pandas as pd
 import pytest
 
 from features.history import DealHistory
-from models.bundle import BundleIntegrityError, ScoringBundle
+from models.bundle import BundleIntegrityError, Head, ScoringBundle
 from models.timing import (
+    FINE_EARLY_EDGES,
     LOST,
     OPEN,
     WON,
     HazardCalibrator,
     OutcomeSplitCalibrator,
     TimingCurves,
+    TimingModel,
+    grid_position,
     hazard_map_from_dict,
     likely_close_days,
     person_periods,
@@ -133,7 +136,8 @@ def test_trained_bundle_saves_the_timing_model_as_text_and_json(
     assert bundle.close.kind == "competing_risks"
     folder = bundle.save(tmp_path / "bundle")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "bundle.json", "close_head.txt", "cold_head.txt", "manifest.json", "reasons_reference.json",
+        "bundle.json", "close_head.txt", "close_slip_head.txt", "cold_head.txt", "manifest.json",
+        "reasons_reference.json",
     ]
     points = open_deal_points(history, history.end_time - pd.Timedelta(days=20))
     before = score_points(bundle, history, points, builder, top_reasons=0)
@@ -146,3 +150,92 @@ def test_trained_bundle_saves_the_timing_model_as_text_and_json(
     (folder / "bundle.json").write_text(json.dumps(spec))
     with pytest.raises(BundleIntegrityError, match="bundle.json"):
         ScoringBundle.load(folder)
+
+
+@pytest.fixture(scope="module")
+def open_features(history: DealHistory, trained: RunResult) -> pd.DataFrame:
+    """The feature frame of the deals open 20 days before the end of the data."""
+    from features.build import FeatureBuilder
+    from models.scoring import open_deal_points
+
+    points = open_deal_points(history, history.end_time - pd.Timedelta(days=20))
+    return FeatureBuilder().fit(history).transform(history, points)
+
+
+def test_slip_risk_is_read_from_the_fine_grid_model_the_rest_from_the_30_day_one(
+    trained: RunResult, open_features: pd.DataFrame
+) -> None:
+    bundle = trained.bundle
+    timing = bundle.close.timing
+    assert timing is not None and timing.slip is not None
+    assert timing.edges is None and timing.period_days == 30.0  # the close curves stay on 30-day periods
+    np.testing.assert_array_equal(timing.slip.edges, FINE_EARLY_EDGES)
+    assert timing.slip.n_periods == 32 and FINE_EARLY_EDGES[:3].tolist() == [0.0, 7.0, 14.0]
+    scores = bundle.score(open_features, top_reasons=0)
+    x = bundle.encode(open_features)
+    days = open_features["days_to_close"].to_numpy(dtype=float)
+    fine = timing.slip.curves(x)
+    close = timing.curves(x)
+    want = slip_risk(fine, grid_position(days, FINE_EARLY_EDGES))
+    got = scores["slip_risk"].to_numpy()
+    has_date = np.isfinite(days) & (days > 0)
+    assert has_date.sum() >= 30 and (~has_date).sum() >= 1
+    np.testing.assert_array_equal(got, want)  # NaN where there is no date after as_of, as before
+    assert np.isnan(got[~has_date]).all()
+    # a date 7 (56) days away is the end of the first (eighth) weekly period: the fine curve's survival
+    week = bundle.close.slip_risk(x, np.full(len(x), 7.0), close)
+    np.testing.assert_allclose(week, fine.survival[:, 1], rtol=1e-12)
+    np.testing.assert_allclose(bundle.close.slip_risk(x, np.full(len(x), 56.0), close), fine.survival[:, 8],
+                               rtol=1e-12)
+    # ... and not the 30-day curves' survival, which spreads the first month's closes evenly
+    thirty = slip_risk(close, days)
+    assert np.abs(got[has_date] - thirty[has_date]).max() > 0.01
+    # the close probability, the 90-day figure and the likely close date are the 30-day model's
+    np.testing.assert_array_equal(scores["close_probability"].to_numpy(), close.p_won())
+    np.testing.assert_array_equal(scores["close_probability_90d"].to_numpy(), close.won_within(90.0))
+
+
+def test_a_bundle_without_a_slip_model_loads_and_scores_slip_from_the_30_day_curves(
+    trained: RunResult, open_features: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A bundle written before the slip model (its close head one booster, `timing` without `slip`)."""
+    new = trained.bundle
+    assert new.close.timing is not None
+    old_timing = TimingModel(new.close.timing.booster, new.close.timing.calibrator)
+    old = ScoringBundle(new.cold, Head.competing_risks(old_timing), new.feature_columns,
+                        new.categorical_levels, new.band_thresholds, new.reference, new.metadata)
+    folder = old.save(tmp_path / "old")
+    assert "close_slip_head.txt" not in {p.name for p in folder.iterdir()}
+    spec = json.loads((folder / "bundle.json").read_text())["heads"]["close"]
+    assert sorted(spec["timing"]) == ["calibrator", "n_periods", "period_days"] and "slip_file" not in spec
+    loaded = ScoringBundle.load(folder)
+    assert loaded.close.timing is not None and loaded.close.timing.slip is None
+    scores = loaded.score(open_features, top_reasons=0)
+    curves = loaded.timing_curves(open_features)
+    assert curves is not None
+    days = open_features["days_to_close"].to_numpy(dtype=float)
+    np.testing.assert_array_equal(scores["slip_risk"].to_numpy(), slip_risk(curves, days))
+    # every other column is the new bundle's: only slip comes from the slip model
+    fresh = new.score(open_features, top_reasons=0)
+    others = [c for c in fresh.columns if c != "slip_risk"]
+    pd.testing.assert_frame_equal(scores[others], fresh[others])
+    assert not np.array_equal(scores["slip_risk"].to_numpy(), fresh["slip_risk"].to_numpy(), equal_nan=True)
+
+
+def test_a_bundle_whose_slip_booster_is_gone_fails_to_load_naming_it(
+    trained: RunResult, tmp_path: Path
+) -> None:
+    folder = trained.bundle.save(tmp_path / "bundle")
+    (folder / "close_slip_head.txt").unlink()
+    with pytest.raises(BundleIntegrityError, match="close_slip_head.txt"):
+        ScoringBundle.load(folder)
+
+
+def test_one_deal_at_a_time_gives_the_batch_slip_risk(
+    trained: RunResult, open_features: pd.DataFrame
+) -> None:
+    bundle = trained.bundle
+    batch = bundle.score(open_features, top_reasons=0)["slip_risk"].to_numpy()
+    one_by_one = np.array([bundle.score(open_features.iloc[[i]], top_reasons=0)["slip_risk"].iloc[0]
+                           for i in range(len(open_features))])
+    np.testing.assert_array_equal(one_by_one, batch)
