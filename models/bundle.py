@@ -52,8 +52,11 @@ from models.timing import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)  # 1: before the timing model; still loads, with null timing scores
+FORMAT_VERSION = 3
+# 1: before the timing model; still loads, with null timing scores. 2: before the slip model; still loads,
+# with slip from the close curves. A release that reads only 1-2 refuses a 3 instead of scoring slip the
+# old way without saying so.
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 BUNDLE_JSON = "bundle.json"
 REFERENCE_JSON = "reasons_reference.json"
