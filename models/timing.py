@@ -460,18 +460,24 @@ class TimingModel:
         """Uncalibrated (n, K, 3) per-period probabilities: `x` is the bundle's encoded matrix, or a
         feature frame with the training dtypes (categoricals as pandas `category`)."""
         n, k = x.shape[0], self.n_periods
+        rows = np.repeat(np.arange(n), k)
         periods = np.tile(np.arange(1, k + 1, dtype=np.float64), n)
+        return self._predict(x, rows, periods, num_threads).reshape(n, k, 3)
+
+    def _predict(self, x: NDArray[np.float64] | pd.DataFrame, rows: NDArray[np.int64],
+                 periods: NDArray[np.float64], num_threads: int) -> NDArray[np.float64]:
+        """The booster's uncalibrated (len(rows), 3) probabilities of the rows `rows` of `x`, each in its
+        period `periods` (1-based)."""
         design: NDArray[np.float64] | pd.DataFrame
         if isinstance(x, pd.DataFrame):
             names = [c for c in self.booster.feature_name() if c != PERIOD_FEATURE]
-            design = x[names].iloc[np.repeat(np.arange(n), k)].reset_index(drop=True)
+            design = x[names].iloc[rows].reset_index(drop=True)
             design[PERIOD_FEATURE] = periods
         else:
-            design = np.empty((n * k, x.shape[1] + 1), dtype=np.float64)
-            design[:, :-1] = np.repeat(x, k, axis=0)
+            design = np.empty((len(rows), x.shape[1] + 1), dtype=np.float64)
+            design[:, :-1] = x[rows]
             design[:, -1] = periods
-        proba = np.asarray(self.booster.predict(design, num_threads=num_threads), dtype=np.float64)
-        return proba.reshape(n, k, 3)
+        return np.asarray(self.booster.predict(design, num_threads=num_threads), dtype=np.float64)
 
     def curves(self, x: NDArray[np.float64] | pd.DataFrame, num_threads: int = 0) -> TimingCurves:
         raw = self.raw_hazards(x, num_threads)
@@ -489,7 +495,33 @@ class TimingModel:
         if self.slip is None:
             return slip_risk(curves if curves is not None else self.curves(x, num_threads),
                              days_to_expected_close)
-        return self.slip.slip_risk(x, self.slip.position(days_to_expected_close), num_threads=num_threads)
+        return self.slip.open_at_reached(x, days_to_expected_close, num_threads)
+
+    def open_at_reached(self, x: NDArray[np.float64] | pd.DataFrame, days: ArrayLike,
+                        num_threads: int = 0) -> NDArray[np.float64]:
+        """`slip_risk(self.curves(x), self.position(days))` to the last bit, scoring for each deal only
+        the periods up to the one its day falls in (the survival there depends on no later period):
+        most expected close dates are weeks away, so a few of the grid's periods instead of all of them.
+        NaN where a day is missing or not after t."""
+        d = np.asarray(days, dtype=np.float64)
+        out = np.full(d.shape, np.nan)
+        valid = np.flatnonzero(np.isfinite(d) & (d > 0))
+        if len(valid) == 0:
+            return out
+        position = self.position(d[valid])
+        # the 0-based period TimingCurves reads at `position` (the last one past the horizon), and so the
+        # periods each deal needs: that one and those before it
+        reached = np.minimum(np.floor(position / self.period_days).astype(np.int64), self.n_periods - 1) + 1
+        rows = np.repeat(valid, reached)
+        starts = np.repeat(np.cumsum(reached) - reached, reached)
+        periods = np.arange(len(rows)) - starts + 1
+        raw = self._predict(x, rows, periods.astype(np.float64), num_threads)
+        width = int(reached.max())
+        hazards = np.zeros((len(valid), width, 3))
+        hazards[:, :, OPEN] = 1.0  # periods past a deal's own are never read
+        hazards[np.repeat(np.arange(len(valid)), reached), periods - 1] = self.calibrator.transform(raw)
+        out[valid] = TimingCurves(hazards, self.period_days).open_at(position)
+        return out
 
     def position(self, days: ArrayLike) -> NDArray[np.float64]:
         """Days after t in this model's time: days on the 30-day grid, grid positions with `edges`."""

@@ -195,6 +195,28 @@ def test_slip_risk_is_read_from_the_fine_grid_model_the_rest_from_the_30_day_one
     np.testing.assert_array_equal(scores["close_probability_90d"].to_numpy(), close.won_within(90.0))
 
 
+def test_slip_scored_on_the_periods_a_date_reaches_equals_the_whole_curve_to_the_bit(
+    trained: RunResult, open_features: pd.DataFrame
+) -> None:
+    # slip scores only the fine periods up to the one the date falls in; it must equal reading the whole
+    # curve, for dates inside a weekly period, on a period's end, in the 30-day part, past the 776-day
+    # horizon, and none (NaN: no date, a date today or behind)
+    timing = trained.bundle.close.timing
+    assert timing is not None and timing.slip is not None
+    x = trained.bundle.encode(open_features)
+    n = len(x)
+    fine = timing.slip.curves(x)
+    for day in (np.nan, -3.0, 0.0, 0.5, 3.0, 7.0, 13.0, 56.0, 60.0, 100.0, 775.0, 776.0, 900.0, 5000.0):
+        days = np.full(n, day)
+        got = timing.slip_risk(x, days)
+        want = slip_risk(fine, grid_position(days, FINE_EARLY_EDGES))
+        np.testing.assert_array_equal(got, want, err_msg=f"{day} days")
+    # each deal its own date, as a score has
+    days = np.resize([np.nan, 2.0, 9.0, 40.0, 200.0, 1000.0, -1.0], n)
+    np.testing.assert_array_equal(timing.slip_risk(x, days),
+                                  slip_risk(fine, grid_position(days, FINE_EARLY_EDGES)))
+
+
 def test_a_bundle_without_a_slip_model_loads_and_scores_slip_from_the_30_day_curves(
     trained: RunResult, open_features: pd.DataFrame, tmp_path: Path
 ) -> None:
