@@ -27,9 +27,12 @@ trained on a random 20,000 with `TrainConfig(seed=0)`, saved and loaded) and one
    bench_reasons_floor.py's 20 open deals of ~45 events in turn, beside the product's other LightGBM calls
    for one deal (`bench_one_deal.model_floor`); and both on a batch of 1,000 rows (a model swap's
    re-scoring), TreeSHAP on every core as `Head.contributions` runs it.
+For scale, the agreement figures of the TreeSHAP reasons of a retrain on the same deals (`--retrain-seed`,
+default 1: only LightGBM's row and column subsampling differ) with the model's own: what every model swap
+already does to the reasons.
 
 Run: nice -n 19 .venv/bin/python bench/bench_reason_paths.py [--points 3000] [--rounds 300] [--out PATH]
-     [--small-only]
+     [--retrain-seed 1] [--small-only]
 Writes bench/results/reason_paths.json (or --out).
 """
 
@@ -178,8 +181,9 @@ def exactness(booster: Any, paths: dict[NodeValue, PathAttribution], x: NDArray[
 
 
 def agreement(bundle: Any, frame: pd.DataFrame, x: NDArray[np.float64], shap: NDArray[np.float64],
-              path: NDArray[np.float64]) -> dict[str, Any]:
-    """How the reasons from `path` compare with those from `shap` (module docstring, point 2)."""
+              other: NDArray[np.float64]) -> dict[str, Any]:
+    """How the reasons from the contributions `other` compare with those from `shap`, both through the
+    bundle's `ReasonWriter` (module docstring, point 2)."""
     from scipy.stats import rankdata
 
     from models.bundle import _keys_or_blank
@@ -187,9 +191,9 @@ def agreement(bundle: Any, frame: pd.DataFrame, x: NDArray[np.float64], shap: ND
     writer = bundle._reasons
     pipeline, stage = _keys_or_blank(frame)
     shap_reasons = writer.explain(shap, x, pipeline, stage, 3)
-    path_reasons = writer.explain(path, x, pipeline, stage, 3)
+    other_reasons = writer.explain(other, x, pipeline, stage, 3)
     out: dict[str, Any] = {"points": len(x)}
-    for side, (a_rows, b_rows) in zip(("raises", "lowers"), zip(shap_reasons, path_reasons, strict=True),
+    for side, (a_rows, b_rows) in zip(("raises", "lowers"), zip(shap_reasons, other_reasons, strict=True),
                                       strict=True):
         a = [[r["feature"] for r in row] for row in a_rows]
         b = [[r["feature"] for r in row] for row in b_rows]
@@ -198,10 +202,10 @@ def agreement(bundle: Any, frame: pd.DataFrame, x: NDArray[np.float64], shap: ND
             "same_top": round(float(np.mean([p[:1] == q[:1] for p, q in pairs])), 4),
             "same_top3_in_order": round(float(np.mean([p == q for p, q in pairs])), 4),
             "top3_jaccard_mean": round(float(np.mean([_jaccard(p, q) for p, q in pairs])), 4),
-            "deals_without_reasons_treeshap_paths": [sum(not p for p in a), sum(not q for q in b)],
+            "deals_without_reasons_treeshap_other": [sum(not p for p in a), sum(not q for q in b)],
         }
     reasons = [i for i, c in enumerate(bundle.feature_columns) if i not in set(writer._context_idx)]
-    s, p = shap[:, reasons], path[:, reasons]
+    s, p = shap[:, reasons], other[:, reasons]
     material = np.abs(s) > MATERIAL
     has = material.any(axis=1)
     same_set = ((s > 0) == (p > 0)) | ~material
@@ -219,7 +223,7 @@ def agreement(bundle: Any, frame: pd.DataFrame, x: NDArray[np.float64], shap: ND
                                 "p10": round(float(np.nanpercentile(rho, 10)), 4),
                                 "min": round(float(np.nanmin(rho)), 4), "undefined": int(np.isnan(rho).sum())}
     out["effect_of_top_reason_mean_abs_diff"] = round(float(np.mean([
-        abs(sr[0]["effect"] - float(path[i, bundle.feature_columns.index(sr[0]["feature"])]))
+        abs(sr[0]["effect"] - float(other[i, bundle.feature_columns.index(sr[0]["feature"])]))
         for i, sr in enumerate(shap_reasons[0]) if sr])), 4)
     return out
 
@@ -306,6 +310,12 @@ def measure(name: str, history: Any, train_history: Any, args: argparse.Namespac
     leaves = booster.predict(x, pred_leaf=True)
     rows, events = open_rows(bundle, train_history)
     print(f"{name}: trained in {train_s:.0f} s, {len(x)} points in {features_s:.0f} s", flush=True)
+    retrain: dict[str, Any] = {"seed": args.retrain_seed}
+    if args.retrain_seed is not None:  # the yardstick: how far a retrain moves TreeSHAP's own reasons
+        other = train(train_history, TrainConfig(seed=args.retrain_seed)).bundle
+        retrain["served"] = other.cold.kind
+        if other.cold.kind == "lightgbm":
+            retrain.update(agreement(bundle, frame, x, shap, other.cold.contributions(other.encode(frame))))
     return {
         "model": name,
         "deals": history.n_deals(), "train_deals": train_history.n_deals(), "seed": args.seed,
@@ -316,6 +326,7 @@ def measure(name: str, history: Any, train_history: Any, args: argparse.Namespac
         "exactness": exactness(booster, paths, x, shap),
         "agreement": {v: agreement(bundle, frame, x, shap, paths[v].contributions(leaves))
                       for v in NODE_VALUES},
+        "agreement_treeshap_of_a_retrain": retrain,
         "events_per_timed_deal": events,
         "timing": timings(bundle, paths["internal_value"], rows, x[:BATCH], args.rounds),
     }
@@ -329,6 +340,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--points", type=int, default=3000, help="open-deal points compared (>= 2,000)")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--retrain-seed", type=int, default=1,
+                        help="TrainConfig seed of a retrain on the same deals whose TreeSHAP reasons are set "
+                             "against the model's own as a yardstick (subsampling differs)")
     parser.add_argument("--small-only", action="store_true", help="only the second model (a quick run)")
     parser.add_argument("--out", type=Path, default=None, help="default bench/results/reason_paths.json")
     args = parser.parse_args()
