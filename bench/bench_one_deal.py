@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,17 +169,20 @@ def model_floor(bundle: Any, rows: list[Any], rounds: int) -> dict[str, float]:
         "cold_probability": lambda x: bundle.cold.raw_proba(x, None),
         "close_hazards": lambda x: bundle.close.curves(x),
     }
-    out: dict[str, float] = {}
-    for name, call in calls.items():
-        times = []
-        for i in range(rounds):
-            x = rows[i % len(rows)]
-            start = time.perf_counter()
-            call(x)
-            times.append(time.perf_counter() - start)
-        out[name] = round(statistics.median(times) * 1e3, 3)
+    out = {name: median_ms(call, rows, rounds) for name, call in calls.items()}
     out["total"] = round(sum(out.values()), 3)
     return out
+
+
+def median_ms(call: Callable[[Any], Any], rows: list[Any], rounds: int, digits: int = 3) -> float:
+    """Median ms of `call` over `rounds` calls, taking `rows` in turn (rounded to `digits`)."""
+    times = []
+    for i in range(rounds):
+        x = rows[i % len(rows)]
+        start = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1e3, digits)
 
 
 if __name__ == "__main__":

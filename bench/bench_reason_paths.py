@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -55,7 +54,7 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_one_deal import model_floor  # noqa: E402
+from bench.bench_one_deal import median_ms, model_floor  # noqa: E402
 from bench.bench_reasons_floor import open_rows, tree_shape  # noqa: E402
 from bench.common import write_result  # noqa: E402
 
@@ -233,18 +232,6 @@ def _jaccard(a: list[str], b: list[str]) -> float:
     return 1.0 if not union else len(set(a) & set(b)) / len(union)
 
 
-def median_ms(call: Callable[[NDArray[np.float64]], Any], rows: list[NDArray[np.float64]],
-              rounds: int) -> float:
-    """Median ms of `call` over `rounds` calls, taking `rows` in turn."""
-    times = []
-    for i in range(rounds):
-        x = rows[i % len(rows)]
-        start = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1e3, 4)
-
-
 def timings(bundle: Any, path: PathAttribution, rows: list[NDArray[np.float64]], batch: NDArray[np.float64],
             rounds: int) -> dict[str, Any]:
     """Median ms per deal of each way to the contributions, one row and a batch (module docstring, 3)."""
@@ -258,10 +245,10 @@ def timings(bundle: Any, path: PathAttribution, rows: list[NDArray[np.float64]],
         assert np.allclose(path.contributions(leaf(x)), path.contributions(batch_leaves), rtol=0, atol=1e-12)
     leaves = [leaf(x) for x in rows]
     one: dict[str, Any] = {
-        "treeshap": median_ms(bundle.cold.contributions, rows, rounds),
-        "paths": median_ms(lambda x: path.contributions(leaf(x)), rows, rounds),
-        "paths_leaf_indices": median_ms(leaf, rows, rounds),
-        "paths_sum": median_ms(path.contributions, leaves, rounds),
+        "treeshap": median_ms(bundle.cold.contributions, rows, rounds, 4),
+        "paths": median_ms(lambda x: path.contributions(leaf(x)), rows, rounds, 4),
+        "paths_leaf_indices": median_ms(leaf, rows, rounds, 4),
+        "paths_sum": median_ms(path.contributions, leaves, rounds, 4),
     }
     floor = model_floor(bundle, rows, rounds)
     one["model_floor_treeshap"] = floor
@@ -275,8 +262,8 @@ def timings(bundle: Any, path: PathAttribution, rows: list[NDArray[np.float64]],
     repeats = max(3, rounds // 60)
     many = {
         "rows": len(batch),
-        "treeshap": median_ms(bundle.cold.contributions, [batch], repeats),
-        "paths": median_ms(batch_paths, [batch], repeats),
+        "treeshap": median_ms(bundle.cold.contributions, [batch], repeats, 4),
+        "paths": median_ms(batch_paths, [batch], repeats, 4),
         "repeats": repeats,
     }
     return {"one_row_median_ms": one, "batch_median_ms": many,
