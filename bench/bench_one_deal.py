@@ -19,7 +19,9 @@ of its own (one worker, live scorer off), timed from this process with one keep-
 /healthz and POST /v1/score interleaved; then, while this process posts the one-deal bodies for
 `--profile-s` seconds, py-spy (`--format raw --threads`, nonblocking) samples the server, and the result
 lists where the server's busy time goes per request (each function's inclusive share of the samples, the
-event loop's thread and the threadpool's apart). Writes bench/results/one_deal_http.json (or --out).
+event loop's thread and the threadpool's apart); also the server's CPU time per request of each kind
+(/proc/PID/stat over `--rounds` requests back to back), which load from other processes inflates less
+than wall time. Writes bench/results/one_deal_http.json (or --out).
 
 Run: .venv/bin/python bench/bench_one_deal.py [--deals 3000] [--rounds 300] [--http [--profile-s 20]]
      [--out PATH]
@@ -120,6 +122,7 @@ def _run_http(home: Path, n_deals: int, rounds: int, profile_s: float) -> dict[s
                     response = call(i)
                     times[name].append(time.perf_counter() - start)
                     assert response.status_code == 200, response.text
+            cpu = {name: _server_cpu_ms(server.pid, call, rounds) for name, call in calls.items()}
             profile = _server_profile(server.pid, profile_s,
                                       lambda i: client.post("/v1/score", content=bodies[i % len(bodies)]))
     finally:
@@ -133,9 +136,24 @@ def _run_http(home: Path, n_deals: int, rounds: int, profile_s: float) -> dict[s
         out[name] = _percentiles(seconds)
     out["inline"]["x_healthz_p50"] = round(out["inline"]["p50_ms"] / out["healthz"]["p50_ms"], 2)
     out["inline"]["x_healthz_p99"] = round(out["inline"]["p99_ms"] / out["healthz"]["p99_ms"], 2)
+    out["server_cpu_ms_per_request"] = cpu
+    out["server_cpu_x_healthz"] = round(cpu["inline"] / cpu["healthz"], 2)
     out["server_profile"] = profile
     out["targets"] = {"x_healthz_p50": 2.0, "x_healthz_p99": 3.0}
     return out
+
+
+def _server_cpu_ms(pid: int, call: Any, n: int) -> float:
+    """The server process's CPU time (user + system, all its threads) per request over `n` calls of
+    `call(i)` back to back: what load from other processes inflates far less than wall time."""
+    def cpu_s() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+    start = cpu_s()
+    for i in range(n):
+        assert call(i).status_code == 200
+    return round((cpu_s() - start) * 1e3 / n, 3)
 
 
 def _server_profile(pid: int, seconds: float, post: Any, top: int = 45) -> dict[str, Any]:
