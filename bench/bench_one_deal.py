@@ -108,20 +108,11 @@ def _run_http(home: Path, n_deals: int, rounds: int, profile_s: float) -> dict[s
     port = free_port()
     server = start_server(env, home, port, ready_path="/readyz", timeout_s=300)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    times: dict[str, list[float]] = {"healthz": [], "inline": []}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
             calls = {"healthz": lambda i: client.get("/healthz"),
                      "inline": lambda i: client.post("/v1/score", content=bodies[i % len(bodies)])}
-            for i in range(30):  # warm-up
-                for call in calls.values():
-                    call(i)
-            for i in range(rounds):
-                for name, call in calls.items():
-                    start = time.perf_counter()
-                    response = call(i)
-                    times[name].append(time.perf_counter() - start)
-                    assert response.status_code == 200, response.text
+            times = _interleaved(calls, rounds)
             cpu = {name: _server_cpu_ms(server.pid, call, rounds) for name, call in calls.items()}
             profile = _server_profile(server.pid, profile_s,
                                       lambda i: client.post("/v1/score", content=bodies[i % len(bodies)]))
@@ -203,22 +194,13 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     ids, counts = open_deals_near(history)
     bodies = [{"deals": [deal]} for deal in deal_payloads(history, ids)]
     auth = {"Authorization": f"Bearer {key}"}
-    times: dict[str, list[float]] = {"healthz": [], "inline": [], "stored": []}
     with TestClient(create_app(settings)) as client:
         calls = {
             "healthz": lambda i: client.get("/healthz"),
             "inline": lambda i: client.post("/v1/score", json=bodies[i % len(ids)], headers=auth),
             "stored": lambda i: client.get(f"/v1/deals/{ids[i % len(ids)]}/score", headers=auth),
         }
-        for i in range(30):  # warm-up
-            for call in calls.values():
-                call(i)
-        for i in range(rounds):
-            for name, call in calls.items():
-                start = time.perf_counter()
-                response = call(i)
-                times[name].append(time.perf_counter() - start)
-                assert response.status_code == 200, response.text
+        times = _interleaved(calls, rounds)
         app: Any = client.app
         bundle = app.state.model_holder.require().bundle
         builder = app.state.population.get()
@@ -254,6 +236,22 @@ def _run(home: Path, n_deals: int, rounds: int) -> dict[str, Any]:
     out["model_floor_x_healthz_p50"] = round(floor["total"] / out["healthz"]["p50_ms"], 2)
     out["targets"] = {"x_healthz_p50": 2.0, "x_healthz_p99": 3.0}
     return out
+
+
+def _interleaved(calls: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each of `calls` (name -> `call(i)` answering 200), `rounds` times in turn after 30 rounds
+    of warm-up, interleaved so load drift hits them all alike."""
+    for i in range(30):
+        for call in calls.values():
+            call(i)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            response = call(i)
+            times[name].append(time.perf_counter() - start)
+            assert response.status_code == 200, response.text
+    return times
 
 
 def open_deals_near(history: Any, events: int = 45, n: int = 20) -> tuple[list[str], list[int]]:
