@@ -103,21 +103,30 @@ def parse_iso_ns(values: Any) -> np.ndarray:
     texts = np.asarray(values, dtype=object)
     if len(texts) == 0:
         return np.zeros(0, dtype=np.int64)
-    if len(texts) <= SMALL_QUERY:
-        plain = []
-        for v in texts.tolist():
-            if not isinstance(v, str):
-                break
-            match = _PLAIN_ISO.fullmatch(v)
-            if match is None:
-                break
-            plain.append(match.group(1) + (match.group(2) or ""))
-        else:
-            try:
-                return np.array(plain, dtype="datetime64[ns]").view(np.int64)
-            except ValueError:  # e.g. February 30th: pandas decides (NaT)
-                pass
+    plain = plain_iso_ns(texts)
+    if plain is not None:
+        return plain
     return to_ns(pd.to_datetime(texts, utc=True, errors="coerce", format="ISO8601"))
+
+
+def plain_iso_ns(texts: np.ndarray) -> np.ndarray | None:
+    """`parse_iso_ns`' shortcut: up to SMALL_QUERY texts (an object array) that are all plain ISO times
+    (`_PLAIN_ISO`) as int64 ns, read by numpy (pandas' instants); None for anything else (more values,
+    one that is not such a text, or one numpy refuses, such as February 30th), which pandas must read."""
+    if len(texts) > SMALL_QUERY:
+        return None
+    plain = []
+    for v in texts.tolist():
+        if not isinstance(v, str):
+            return None
+        match = _PLAIN_ISO.fullmatch(v)
+        if match is None:
+            return None
+        plain.append(match.group(1) + (match.group(2) or ""))
+    try:
+        return np.array(plain, dtype="datetime64[ns]").view(np.int64)
+    except ValueError:  # e.g. February 30th: pandas decides (NaT)
+        return None
 
 
 def is_missing(value: Any) -> bool:

@@ -80,12 +80,32 @@ def score_points(
     pipeline, owner, team, stage, amount, expected_close_date, and outcome (open/won/lost/not_created)
     when the feature builder gives it.
     """
+    columns = score_point_columns(bundle, history, points, builder, top_reasons, with_curves)
+    return scores_frame(bundle, columns, len(points))
+
+
+def scores_frame(bundle: ScoringBundle, columns: dict[str, Any], n: int) -> pd.DataFrame:
+    """`score_points`' frame of its columns (`score_point_columns`' answer for `n` points)."""
+    return frame_of(columns, pd.RangeIndex(n), objects=bundle.OBJECT_COLUMNS)
+
+
+def score_point_columns(
+    bundle: ScoringBundle,
+    history: DealHistory,
+    points: pd.DataFrame,
+    builder: FeatureBuilder,
+    top_reasons: int = 3,
+    with_curves: bool = False,
+) -> dict[str, Any]:
+    """`score_points`' columns by name, as arrays of one item per point, before they are framed: what a
+    reader that takes them apart again at once (the service's one-deal answers) reads, without the frame
+    (building it cost more than reading one deal's answer off it)."""
     # the feature columns as arrays, never framed: the scores read them and the context columns join
-    # the scores' frame as they are (building the feature frame and taking it apart again cost more
+    # the scores' columns as they are (building the feature frame and taking it apart again cost more
     # than one deal's features)
     features = builder.transform_arrays(_points_history(history, points), points)
     columns = bundle.score_columns(features, top_reasons=top_reasons, with_curves=with_curves)
     for c in [*CONTEXT_OUTPUT_COLUMNS, "outcome"]:
         if c in features:
             columns[c] = features[c]
-    return frame_of(columns, pd.RangeIndex(len(points)), objects=bundle.OBJECT_COLUMNS)
+    return columns

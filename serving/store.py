@@ -1980,14 +1980,25 @@ class Store:
     def _pipeline_specs(
         self, conn: Connection, names: Sequence[str] | None = None
     ) -> dict[str, PipelineSpec]:
-        table = self.table("pipelines")
-        query = sa.select(table.c.name, table.c.spec, table.c.inferred).order_by(table.c.name)
-        if names is not None:
-            query = query.where(table.c.name.in_(list(names)))
+        if names is None:
+            rows = conn.execute(self._specs_query)
+        else:
+            rows = conn.execute(self._named_specs_query, {"names": list(names)})
         return {
-            row.name: PipelineSpec.from_dict(row.name, row.spec, inferred=bool(row.inferred))
-            for row in conn.execute(query)
+            row.name: PipelineSpec.from_dict(row.name, row.spec, inferred=bool(row.inferred)) for row in rows
         }
+
+    @cached_property
+    def _specs_query(self) -> sa.Select[Any]:
+        """Every pipeline's name, spec and inferred flag, by name (built once, as `_key_query`)."""
+        table = self.table("pipelines")
+        return sa.select(table.c.name, table.c.spec, table.c.inferred).order_by(table.c.name)
+
+    @cached_property
+    def _named_specs_query(self) -> sa.Select[Any]:
+        """`_specs_query` of the pipelines whose names are bound as `names` (a list)."""
+        names = self.table("pipelines").c.name
+        return self._specs_query.where(names.in_(sa.bindparam("names", expanding=True)))
 
     # ------------------------------------------------------------------ live scores
     def pending_scores(self, model_version: str, stale_before: datetime, limit: int,
@@ -2506,19 +2517,25 @@ class Store:
         key_id = self.key_id_of(plaintext)
         if key_id is None:
             return None
-        table = self.table("api_keys")
-        query = sa.select(table).where(table.c.key_id == key_id)
+        params = {"key_id": key_id}
         if stored is not None and stored.get("key_id") == key_id:
             row: Mapping[Any, Any] | None = stored
         elif conn is not None:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(self._key_query, params).mappings().first()
         else:
             with self._read_one() as own:
-                row = own.execute(query).mappings().first()
+                row = own.execute(self._key_query, params).mappings().first()
         if row is None or not hmac.compare_digest(row["key_hash"], _sha256(plaintext.strip())):
             return None
         key = _api_key(row)
         return key if key.active else None
+
+    @cached_property
+    def _key_query(self) -> sa.Select[Any]:
+        """The API key bound as `key_id` (built once: building and keying the statement cost more than
+        running it, for the key check of every request)."""
+        table = self.table("api_keys")
+        return sa.select(table).where(table.c.key_id == sa.bindparam("key_id"))
 
     def list_api_keys(self) -> list[ApiKey]:
         """Every key's public record, oldest first (revoked ones included)."""

@@ -1,10 +1,11 @@
 """Scoring routes: inline histories (`POST /v1/score`) and stored deals (`GET /v1/deals/{id}/score`).
 
-Both go through `models.scoring.score_points` with the same feature builder (fitted on the whole store)
-and pipeline specs from the store, so a deal scored inline and the same deal scored from the store, as
-of the same time, get the same numbers and reasons. CPU-bound, so they run in the threadpool: the stored
-deal's route as a plain `def`, the inline one `async` with its key check, spec read and scoring in one
-threadpool hop (`ScoreKeyCheck`), as a `def` route behind a `def` key check took two.
+Both go through `models.scoring.score_point_columns` (`score_points`' columns, unframed) with the same
+feature builder (fitted on the whole store) and pipeline specs from the store, so a deal scored inline and
+the same deal scored from the store, as of the same time, get the same numbers and reasons. CPU-bound, so
+they run in the threadpool: the stored deal's route as a plain `def`, the inline one `async` with its key
+check, spec read and scoring in one threadpool hop (`ScoreKeyCheck`), as a `def` route behind a `def` key
+check took two.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from features.build import FeatureBuilder
 from features.history import PipelineSpec
 from features.jsonable import jsonable
-from features.timeindex import column, object_values
+from features.timeindex import object_values
 from models.bundle import ScoringBundle
-from models.scoring import points_at, score_points
+from models.scoring import points_at, score_point_columns, scores_frame
 from serving.auth import KeyCheck
 from serving.deps import (
     AnyKey,
@@ -47,15 +48,16 @@ router = APIRouter(tags=["scoring"])
 
 
 def scores_response(
-    scored: pd.DataFrame, model: LoadedModel, as_of: pd.Timestamp, errors: list[ItemError], request: Request
+    scored: Mapping[str, Any], model: LoadedModel, as_of: pd.Timestamp, errors: list[ItemError],
+    request: Request,
 ) -> Response:
-    """Turn `score_points` output into the response (and count bands for /metrics)."""
+    """Turn `score_point_columns` output into the response (and count bands for /metrics)."""
     # column by column, as arrays (DataFrame.to_dict, or a Series' tolist of text, costs more than the rest
     # of a one-deal answer); jsonable makes each value plain whichever way it was read
-    present = set(scored.columns.tolist())
-    columns = {k: object_values(column(scored, k)).tolist() for k in DealScore.model_fields if k in present}
+    columns = {k: object_values(scored[k]).tolist() for k in DealScore.model_fields if k in scored}
+    n = len(next(iter(columns.values()))) if columns else 0
     scores = [DealScore.model_validate({k: jsonable(values[i]) for k, values in columns.items()})
-              for i in range(len(scored))]
+              for i in range(n)]
     request.app.state.metrics.observe_bands(s.risk_band for s in scores)
     return answer(DealScores(model_version=model.version, data_note=_data_note(model),
                              as_of=as_of.to_pydatetime(), scores=scores, errors=errors))
@@ -129,7 +131,7 @@ def _score_inline(body: ScoreRequest, check: KeyCheck, request: Request, setting
     deals = [body.deals[i] for i in kept]
     wanted = {d.pipeline for d in deals}
     specs = {name: spec for name, spec in _pipeline_specs(store, request).items() if name in wanted}
-    scored = score_inline_deals(deals, kept, as_of, specs, model.bundle, builder)
+    scored = inline_score_columns(deals, kept, as_of, specs, model.bundle, builder)
     return scores_response(scored, model, as_of, errors, request)
 
 
@@ -142,10 +144,24 @@ def score_inline_deals(
     builder: FeatureBuilder | None,
 ) -> pd.DataFrame:
     """`score_points` of deals sent with their histories, as of `as_of` (`indexes[i]`: deal i's index in
-    the request, which a 422 names); the same numbers as scoring them within the whole store."""
+    the request, which a 422 names); the same numbers as scoring them within the whole store. The route
+    answers from the same columns, unframed (`inline_score_columns`)."""
+    columns = inline_score_columns(deals, indexes, as_of, specs, bundle, builder)
+    return scores_frame(bundle, columns, len(deals))
+
+
+def inline_score_columns(
+    deals: Sequence[DealWithHistoryIn],
+    indexes: Sequence[int],
+    as_of: pd.Timestamp,
+    specs: Mapping[str, PipelineSpec],
+    bundle: ScoringBundle,
+    builder: FeatureBuilder | None,
+) -> dict[str, Any]:
+    """`score_inline_deals`' columns by name, before they are framed (`score_point_columns`)."""
     history = validated_history(inline_frames(deals, indexes), specs)
     points = points_at([d.deal_id for d in deals], as_of)
-    return score_points(bundle, history, points, builder_for(builder, history))
+    return score_point_columns(bundle, history, points, builder_for(builder, history))
 
 
 @router.get("/v1/deals/{deal_id}/score", response_model=DealScores)
@@ -169,5 +185,6 @@ def score_stored(
         raise InvalidInputError(
             f"as_of {t.isoformat()} is before the deal was created ({created.isoformat()})", loc="as_of"
         )
-    scored = score_points(model.bundle, history, points_at([deal_id], t), builder_for(builder, history))
-    return scores_response(scored, model, t, [], request)
+    points = points_at([deal_id], t)
+    return scores_response(score_point_columns(model.bundle, history, points, builder_for(builder, history)),
+                           model, t, [], request)

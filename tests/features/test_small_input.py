@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,3 +124,33 @@ def test_close_dates_read_as_pandas_reads_them() -> None:
     assert in_pairs.tolist() == want.tolist()
     assert parse_iso_ns(["2025-11-12T10:30:00Z", None]).tolist() == [
         pd.Timestamp("2025-11-12T10:30:00Z").value, np.iinfo(np.int64).min]
+
+
+def test_a_few_close_dates_are_checked_as_a_long_column_checks_them() -> None:
+    """A request's few close-date texts (`time_values` of up to SMALL_QUERY values, read by numpy when
+    every present one is a plain ISO time) give the instants and the bad-value mask a long column's
+    pandas parse gives, alone and in pairs with missing values: times outside 1900-2200 and impossible
+    dates are bad, missing ones are not."""
+    from features.timeindex import NAT_NS, SMALL_QUERY
+    from features.validation.parsing import time_values
+
+    edges = ["1899-12-31T23:59:59Z", "1900-01-01", "1900-01-01T00:00:00.000000001",
+             "2199-12-31T23:59:59.999Z", "2200-01-01T00:00:00+00:00", "2200-01-01T00:00:00.000000001",
+             "1850-06-01", "2024-02-30"]
+    texts: list[Any] = _iso_texts(600, seed=5) + edges
+    texts = [t if i % 7 else pd.NA for i, t in enumerate(texts)]  # missing values among them
+    long = np.asarray(texts * (SMALL_QUERY // len(texts) + 2), dtype=object)  # pandas' way
+    assert len(long) > SMALL_QUERY
+    want_times, want_bad = time_values(long)
+    want_times, want_bad = want_times[: len(texts)].tolist(), want_bad[: len(texts)].tolist()
+    alone = [time_values(np.asarray([t], dtype=object)) for t in texts]
+    assert [int(t[0]) for t, _ in alone] == want_times
+    assert [bool(b[0]) for _, b in alone] == want_bad
+    pairs = [time_values(np.asarray(texts[i: i + 2], dtype=object)) for i in range(0, len(texts), 2)]
+    assert np.concatenate([t for t, _ in pairs]).tolist() == want_times
+    assert np.concatenate([b for _, b in pairs]).tolist() == want_bad
+    by_text = dict(zip(map(str, texts), want_bad, strict=True))
+    assert by_text["2200-01-01T00:00:00+00:00"] is False and by_text["2200-01-01T00:00:00.000000001"] is True
+    assert by_text["1900-01-01"] is False and by_text["1899-12-31T23:59:59Z"] is True
+    assert by_text["2024-02-30"] is True and by_text["<NA>"] is False
+    assert 200 < sum(t != NAT_NS for t in want_times) and sum(want_bad) > 50
