@@ -165,6 +165,12 @@ _EPS = 1e-9
 N_FOLDS_MAX = 4  # round 8: forward folds fitted per history (the candidates use the latest 3 or all 4)
 
 
+def row_periods(n_rows: int, n_periods: int) -> np.ndarray:
+    """The period index (1 to `n_periods`) of each row when rows are deals' periods in turn, as
+    `TimingModel.curves` lays them out."""
+    return np.tile(np.arange(1, n_periods + 1), n_rows // n_periods)
+
+
 class ClosingSpeedMap:
     """Round 7's variant: the share won among closes from `split` (training's map), and the log-odds of
     closing in a period against staying open mapped as a * eta + b[period] (`n_shifts` shifts, the last
@@ -216,7 +222,7 @@ class ClosingSpeedMap:
     def transform(self, proba: np.ndarray, period: np.ndarray | None = None) -> np.ndarray:
         p = np.asarray(proba, dtype=np.float64)
         if period is None:
-            period = np.tile(np.arange(1, self.n_periods + 1), len(p) // self.n_periods)
+            period = row_periods(len(p), self.n_periods)
         split = self.split.transform(p)
         share = split[:, WON] / np.maximum(split[:, WON] + split[:, LOST], _EPS)
         q = np.clip(1.0 - p[:, OPEN], _EPS, 1.0 - _EPS)
@@ -468,7 +474,7 @@ class BandedSplitMap(OutcomeSplitCalibrator):
     def transform(self, proba: np.ndarray, period: np.ndarray | None = None) -> np.ndarray:
         p = np.asarray(proba, dtype=np.float64)
         if period is None:
-            period = np.tile(np.arange(1, self.n_periods + 1), len(p) // self.n_periods)
+            period = row_periods(len(p), self.n_periods)
         eta = self.scale_ * self._x(p) + self.intercept_ + self.bands_[self._band(period)]
         closes = np.clip(1.0 - p[:, OPEN], 0.0, 1.0)
         out = np.empty_like(p)
