@@ -83,6 +83,27 @@ seeds 0-1 if run): (1) its slip ECE is lower on every 5,000-deal history where `
 figures are `current`'s by construction (`--table` checks that they are equal, and applies the rule).
 `slip_by_date_snapshots` is judged by the same rule, as a third candidate.
 
+- `crossfit_split` (round 14): training's `OutcomeSplitCalibrator` (c, d; same prior, sd 0.15 on the
+  identity; each closing deal counting once), fitted not on the calibration window's 60-day closing rows
+  but on the closing rows of the calibration window's long-watched rows (to the end of the cut history,
+  `closing_speed`'s) pooled with the 3 latest forward folds' (round 8's `forward_folds`), each window's
+  rows weighing as its closing deals (a deal in two windows counts once in each). The booster's timing
+  is left alone; applied to the shipped booster's test hazards exactly as `current` is. The hypothesis:
+  the calibration window's closes are the fast closers, and a won share learned from them is wrong for
+  the slow closers that make up much of P(eventually won). `crossfit_split_periods`: the same with the
+  intercept d allowed to differ by band of the period ahead (the first period, periods 2-3, later;
+  each band's deviation from the shared d with a Gaussian prior of sd 0.15), so slow closes get their
+  own won share. `windows_alone` in round 14's results: c and d fitted on each window alone.
+
+Round 14's rule, written before any of its judged figures was read (a 1,000-deal run checked that the
+code ran): a candidate, in the order `crossfit_split`, `crossfit_split_periods`, becomes training's map
+only if, against `current` on the judged histories (5,000 deals, seeds 0-5 at cycle scale 1 and seeds
+0 and 1 at cycle scale 2; 20,000 deals, seeds 0 and 1): (1) its close ECE is lower on average over the
+histories, and lower beyond the paired 95 % interval on at least one 20,000-deal history; (2) its
+close, 90-day and slip ECE are worse beyond the paired interval on no history; (3) its close AUC is
+lower beyond the paired interval on none. With histories missing the verdict is "undecided" unless
+(2), (3) or the 20,000-deal part of (1) already fails (`--table --round 14` applies it).
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -92,9 +113,10 @@ test deals (`models.comparison.bootstrap_comparison`: the same draw for every ma
 
 Run: .venv/bin/python bench/bench_hazard_maps.py [--deals 20000] [--seed 0] [--cycle-scale 1]
 Writes bench/results/hazard_maps_seed<seed>.json. `--no-folds` leaves out round 8's forward folds
-(round 9's runs). `--table FILE...` prints round 9's table (its variants and `current`, slip's error by
-days to the expected date) from such files and applies round 9's rule; `--round 8` or `--round 7` that
-round's table and rule.
+(round 9's runs). `--round 14` (without `--table`) computes only `current`, `none` and round 14's maps,
+with the 3 folds they need. `--table FILE...` prints round 9's table (its variants and `current`,
+slip's error by days to the expected date) from such files and applies round 9's rule; `--round 14`,
+`--round 8` or `--round 7` that round's table and rule.
 """
 
 from __future__ import annotations
@@ -141,6 +163,12 @@ SPAN_DAYS = 730
 N_BOOT = 200  # resamples of test deals for the paired differences against `current`
 _EPS = 1e-9
 N_FOLDS_MAX = 4  # round 8: forward folds fitted per history (the candidates use the latest 3 or all 4)
+
+
+def row_periods(n_rows: int, n_periods: int) -> np.ndarray:
+    """The period index (1 to `n_periods`) of each row when rows are deals' periods in turn, as
+    `TimingModel.curves` lays them out."""
+    return np.tile(np.arange(1, n_periods + 1), n_rows // n_periods)
 
 
 class ClosingSpeedMap:
@@ -194,7 +222,7 @@ class ClosingSpeedMap:
     def transform(self, proba: np.ndarray, period: np.ndarray | None = None) -> np.ndarray:
         p = np.asarray(proba, dtype=np.float64)
         if period is None:
-            period = np.tile(np.arange(1, self.n_periods + 1), len(p) // self.n_periods)
+            period = row_periods(len(p), self.n_periods)
         split = self.split.transform(p)
         share = split[:, WON] / np.maximum(split[:, WON] + split[:, LOST], _EPS)
         q = np.clip(1.0 - p[:, OPEN], _EPS, 1.0 - _EPS)
@@ -300,6 +328,7 @@ class FoldRows:
     period: np.ndarray
     n_deals: int
     n_fit_rows: int = 0
+    groups: np.ndarray | None = None  # the deal of each row (round 14: each deal counting once)
 
     def weight(self) -> np.ndarray:
         """Every row the same weight, all of them together as much as the window's deals."""
@@ -339,8 +368,9 @@ def forward_folds(history: DealHistory, train: pd.DataFrame, cols: list[str], sp
         if not len(pp_f.row):
             continue
         raw = np.asarray(booster.predict(expand_frame(fold, cols, pp_f)), dtype=np.float64)
-        out.append(FoldRows(start, raw, pp_f.target, pp_f.period,
-                            int(fold["deal_id"].iloc[pp_f.row].nunique()), len(pp.row)))
+        deals = fold["deal_id"].to_numpy(dtype=object)[pp_f.row]
+        out.append(FoldRows(start, raw, pp_f.target, pp_f.period, int(pd.Series(deals).nunique()),
+                            len(pp.row), deals))
     return out
 
 
@@ -353,62 +383,10 @@ def pooled_speed_map(split: OutcomeSplitCalibrator, windows: list[FoldRows]) -> 
         sum(w.n_deals for w in windows), weight=cat([w.weight() for w in windows]))
 
 
-def run(deals: int, seed: int, cycle_scale: float, folds: bool = True) -> dict[str, Any]:
-    start = pd.Timestamp("2024-01-01", tz="UTC")
-    cut_at = start + pd.Timedelta(days=SPAN_DAYS)
-    full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
-                            end=str((cut_at + pd.Timedelta(days=SPAN_DAYS)).date()), cycle_scale=cycle_scale)
-    cut = full.cut(cut_at)
-    config = TrainConfig(seed=seed)
-    builder = FeatureBuilder().fit(cut)
-    data = prepare_training_data(cut, config, builder=builder)
-    frame, cols = data.frame, data.feature_columns
-    cal = frame[frame["window"] == "calibration"]
-    timing = fit_timing(frame[frame["window"] == "train"], cal, cols, config)
-    pp = person_periods(cal["event"], cal["event_days"], cal["observed_days"])
-    raw_cal = np.asarray(timing.booster.predict(expand_frame(cal, cols, pp)), dtype=np.float64)
-    n_cal_deals = int(cal["deal_id"].iloc[pp.row].nunique())
-    deal_evidence_sd = HazardCalibrator().prior_sd * float(np.sqrt(n_cal_deals / max(len(pp.row), 1)))
-    maps = {
-        "current": timing.calibrator,
-        "none": HazardCalibrator(),
-        "equal_weights": HazardCalibrator().fit(raw_cal, pp.target),
-        "equal_weights_deal_evidence": HazardCalibrator(prior_sd=deal_evidence_sd).fit(raw_cal, pp.target),
-    }
-    cal_groups = cal["deal_id"].to_numpy(dtype=object)[pp.row]
-    maps["vector_scaling"] = HazardCalibrator().fit(raw_cal, pp.target, groups=cal_groups)
-    for name, sd, fit_scale in (("outcome_split", 0.15, True), ("outcome_split_wide", 0.5, True),
-                                ("outcome_split_intercept", 0.15, False),
-                                ("outcome_split_intercept_wide", 0.5, False)):
-        maps[name] = OutcomeSplitCalibrator(prior_sd=sd, fit_scale=fit_scale).fit(
-            raw_cal, pp.target, groups=cal_groups)
-    closing = pp.target != OPEN
-    # Round 7: the calibration window's snapshots watched to the end of the data, for the closing-speed maps
-    long = close_event(cut, cal[["deal_id", "as_of"]], end=cut.end_time)
-    pp_long = person_periods(long["event"], long["event_days"], long["observed_days"])
-    raw_long = np.asarray(timing.booster.predict(expand_frame(cal, cols, pp_long)), dtype=np.float64)
-    n_long_deals = int(cal["deal_id"].iloc[pp_long.row].nunique())
+def slip_date_maps(cut: DealHistory, cal: pd.DataFrame, cols: list[str],
+                   timing: Any) -> tuple[dict[str, SlipDateMap], dict[str, Any]]:
+    """Round 9's slip maps on the calibration window, and what they were fitted on."""
     split = timing.calibrator
-    assert isinstance(split, OutcomeSplitCalibrator)
-    maps["closing_speed"] = ClosingSpeedMap(split).fit(raw_long, pp_long.target, pp_long.period, n_long_deals)
-    maps["closing_speed_periods"] = ClosingSpeedMap(split, n_shifts=3).fit(
-        raw_long, pp_long.target, pp_long.period, n_long_deals)
-    maps["closing_speed_60"] = ClosingSpeedMap(split).fit(raw_cal, pp.target, pp.period, n_cal_deals)
-    # Round 8: the closing-speed map on out-of-fold rows of forward folds in the training window,
-    # pooled with the calibration window's long-watched rows (`closing_speed`'s)
-    # (`--no-folds`, round 9's runs: left out, four booster fits fewer)
-    fold_rows = (forward_folds(cut, frame[frame["window"] == "train"], cols, data.split, config, N_FOLDS_MAX)
-                 if folds else [])
-    cal_rows = FoldRows(data.split.train_end, raw_long, pp_long.target, pp_long.period, n_long_deals)
-    if folds:
-        maps["crossfit_speed"] = pooled_speed_map(split, [*fold_rows[:3], cal_rows])
-        maps["crossfit_speed_4"] = pooled_speed_map(split, [*fold_rows[:4], cal_rows])
-        maps["crossfit_speed_folds"] = pooled_speed_map(split, fold_rows[:3])
-    fold_maps = [{"start": str(f.start.date()), "rows": len(f.target), "deals": f.n_deals,
-                  "closing_rows": int((f.target != OPEN).sum()), "booster_rows": f.n_fit_rows,
-                  **{k: v for k, v in pooled_speed_map(split, [f]).to_dict().items()
-                     if k in ("scale", "shifts")}}
-                 for f in [*fold_rows, cal_rows]]
     # Round 9: maps of slip alone, on `current`'s slip and the days to the expected close date, fitted on
     # the calibration window's snapshots whose expected date is on or before the end of the cut history
     # (labels from the cut history only: a still-open deal there is watched to its date). The selection is
@@ -435,6 +413,164 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True) -> dict[s
                     "window_snapshots_with_date": int((np.isfinite(cal_days) & (cal_days > 0)).sum()),
                     "observed": float(cal_y[inside].mean()), "predicted": float(cal_slip[inside].mean()),
                     "by_days": slip_by_days(cal_slip[inside], cal_y[inside], cal_days[inside])}
+    return slip_maps, slip_cal_fit
+
+
+# round 14: bands of the period ahead for `crossfit_split_periods`: the first, the 2nd-3rd, later ones
+SPLIT_PERIOD_EDGES = (2, 4)
+
+
+class BandedSplitMap(OutcomeSplitCalibrator):
+    """Round 14's `crossfit_split_periods`: training's outcome split, sigmoid(c * (z_won - z_lost) + d +
+    e[band]) with `e` one deviation per band of the period ahead (`SPLIT_PERIOD_EDGES`), each with a
+    Gaussian prior of sd `prior_sd` on 0 (c and d keep theirs on the identity). Rows of `transform` are
+    a deal's `n_periods` periods in turn, as `TimingModel.curves` lays them out."""
+
+    method = "outcome_split_periods"
+
+    def __init__(self, prior_sd: float = 0.15, n_periods: int = N_PERIODS) -> None:
+        super().__init__(prior_sd=prior_sd)
+        self.n_periods = n_periods
+        self.bands_ = np.zeros(len(SPLIT_PERIOD_EDGES) + 1)
+
+    @staticmethod
+    def _band(period: np.ndarray) -> np.ndarray:
+        return np.digitize(np.asarray(period, dtype=np.float64), SPLIT_PERIOD_EDGES)
+
+    @staticmethod
+    def _x(proba: np.ndarray) -> np.ndarray:
+        p = np.clip(np.asarray(proba, dtype=np.float64), _EPS, 1.0)
+        return np.log(p[:, WON] / p[:, LOST])  # z_won - z_lost
+
+    def fit_periods(self, proba: np.ndarray, target: np.ndarray, period: np.ndarray,
+                    groups: np.ndarray) -> BandedSplitMap:
+        """Fit on the closing rows, each closing deal (`groups`) counting once, as training's map."""
+        from scipy.optimize import minimize
+
+        closes = np.asarray(target) != OPEN
+        x = self._x(np.asarray(proba)[closes])
+        y = (np.asarray(target)[closes] == WON).astype(np.float64)
+        band = self._band(np.asarray(period)[closes])
+        codes, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object)[closes]))
+        w = 1.0 / np.bincount(codes)[codes]
+        onehot = np.eye(len(self.bands_))[band]
+        identity = np.concatenate([[1.0, 0.0], np.zeros(len(self.bands_))])
+        var = self.prior_sd**2
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            eta = theta[0] * x + theta[1] + theta[2:][band]
+            nll = float(np.sum(w * np.logaddexp(0.0, np.where(y > 0, -eta, eta))))
+            resid = w * (1.0 / (1.0 + np.exp(-eta)) - y)
+            dev = theta - identity
+            grad = np.concatenate([[resid @ x, resid.sum()], resid @ onehot]) + dev / var
+            return nll + 0.5 * float(dev @ dev) / var, grad
+
+        res = minimize(loss, identity, jac=True, method="L-BFGS-B")
+        if res.success and np.all(np.isfinite(res.x)):
+            self.scale_, self.intercept_ = float(res.x[0]), float(res.x[1])
+            self.bands_ = np.asarray(res.x[2:], dtype=np.float64)
+        return self
+
+    def transform(self, proba: np.ndarray, period: np.ndarray | None = None) -> np.ndarray:
+        p = np.asarray(proba, dtype=np.float64)
+        if period is None:
+            period = row_periods(len(p), self.n_periods)
+        eta = self.scale_ * self._x(p) + self.intercept_ + self.bands_[self._band(period)]
+        closes = np.clip(1.0 - p[:, OPEN], 0.0, 1.0)
+        out = np.empty_like(p)
+        out[:, OPEN] = 1.0 - closes
+        out[:, WON] = closes / (1.0 + np.exp(-eta))
+        out[:, LOST] = closes - out[:, WON]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "bands": self.bands_.tolist(), "band_edges": list(SPLIT_PERIOD_EDGES)}
+
+
+def pooled_split_map(windows: list[FoldRows], by_period: bool = False) -> OutcomeSplitCalibrator:
+    """Round 14: training's outcome split (`BandedSplitMap` if `by_period`) fitted on several windows'
+    closing rows pooled, each closing deal counting once in each window it is in (so each window counts
+    as its closing deals)."""
+    cat = np.concatenate
+    raw, target = cat([w.raw for w in windows]), cat([w.target for w in windows])
+    groups = cat([np.array([f"{i}:{d}" for d in w.groups], dtype=object)
+                  for i, w in enumerate(windows) if w.groups is not None])
+    assert len(groups) == len(target), "every window needs its rows' deals"
+    if by_period:
+        return BandedSplitMap().fit_periods(raw, target, cat([w.period for w in windows]), groups)
+    return OutcomeSplitCalibrator().fit(raw, target, groups=groups)
+
+
+def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
+        round14: bool = False) -> dict[str, Any]:
+    """Every map side by side; `round14`: only `current`, `none` and round 14's maps (3 folds)."""
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    cut_at = start + pd.Timedelta(days=SPAN_DAYS)
+    full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
+                            end=str((cut_at + pd.Timedelta(days=SPAN_DAYS)).date()), cycle_scale=cycle_scale)
+    cut = full.cut(cut_at)
+    config = TrainConfig(seed=seed)
+    builder = FeatureBuilder().fit(cut)
+    data = prepare_training_data(cut, config, builder=builder)
+    frame, cols = data.frame, data.feature_columns
+    cal = frame[frame["window"] == "calibration"]
+    timing = fit_timing(frame[frame["window"] == "train"], cal, cols, config)
+    pp = person_periods(cal["event"], cal["event_days"], cal["observed_days"])
+    raw_cal = np.asarray(timing.booster.predict(expand_frame(cal, cols, pp)), dtype=np.float64)
+    n_cal_deals = int(cal["deal_id"].iloc[pp.row].nunique())
+    deal_evidence_sd = HazardCalibrator().prior_sd * float(np.sqrt(n_cal_deals / max(len(pp.row), 1)))
+    maps: dict[str, Any] = {"current": timing.calibrator, "none": HazardCalibrator()}
+    cal_groups = cal["deal_id"].to_numpy(dtype=object)[pp.row]
+    closing = pp.target != OPEN
+    # Round 7: the calibration window's snapshots watched to the end of the data, for the closing-speed maps
+    long = close_event(cut, cal[["deal_id", "as_of"]], end=cut.end_time)
+    pp_long = person_periods(long["event"], long["event_days"], long["observed_days"])
+    raw_long = np.asarray(timing.booster.predict(expand_frame(cal, cols, pp_long)), dtype=np.float64)
+    long_groups = cal["deal_id"].to_numpy(dtype=object)[pp_long.row]
+    n_long_deals = int(pd.Series(long_groups).nunique())
+    cal_rows = FoldRows(data.split.train_end, raw_long, pp_long.target, pp_long.period, n_long_deals,
+                        groups=long_groups)
+    maps |= {
+        "equal_weights": HazardCalibrator().fit(raw_cal, pp.target),
+        "equal_weights_deal_evidence": HazardCalibrator(prior_sd=deal_evidence_sd).fit(raw_cal, pp.target),
+    }
+    maps["vector_scaling"] = HazardCalibrator().fit(raw_cal, pp.target, groups=cal_groups)
+    for name, sd, fit_scale in (("outcome_split", 0.15, True), ("outcome_split_wide", 0.5, True),
+                                ("outcome_split_intercept", 0.15, False),
+                                ("outcome_split_intercept_wide", 0.5, False)):
+        maps[name] = OutcomeSplitCalibrator(prior_sd=sd, fit_scale=fit_scale).fit(
+            raw_cal, pp.target, groups=cal_groups)
+    split = timing.calibrator
+    assert isinstance(split, OutcomeSplitCalibrator)
+    maps["closing_speed"] = ClosingSpeedMap(split).fit(raw_long, pp_long.target, pp_long.period, n_long_deals)
+    maps["closing_speed_periods"] = ClosingSpeedMap(split, n_shifts=3).fit(
+        raw_long, pp_long.target, pp_long.period, n_long_deals)
+    maps["closing_speed_60"] = ClosingSpeedMap(split).fit(raw_cal, pp.target, pp.period, n_cal_deals)
+    # Round 8: the closing-speed map on out-of-fold rows of forward folds in the training window,
+    # pooled with the calibration window's long-watched rows (`closing_speed`'s)
+    # (`--no-folds`, round 9's runs: left out, four booster fits fewer)
+    # (`--round 14`: the 3 latest folds alone, the ones its maps use)
+    fold_rows = (forward_folds(cut, frame[frame["window"] == "train"], cols, data.split, config,
+                               3 if round14 else N_FOLDS_MAX) if folds else [])
+    if folds:
+        # Round 14: training's outcome split fitted on the same windows' closing rows
+        maps["crossfit_split"] = pooled_split_map([*fold_rows[:3], cal_rows])
+        maps["crossfit_split_periods"] = pooled_split_map([*fold_rows[:3], cal_rows], by_period=True)
+        maps["crossfit_speed"] = pooled_speed_map(split, [*fold_rows[:3], cal_rows])
+        maps["crossfit_speed_4"] = pooled_speed_map(split, [*fold_rows[:4], cal_rows])
+        maps["crossfit_speed_folds"] = pooled_speed_map(split, fold_rows[:3])
+    fold_maps = [{"start": str(f.start.date()), "rows": len(f.target), "deals": f.n_deals,
+                  "closing_rows": int((f.target != OPEN).sum()), "booster_rows": f.n_fit_rows,
+                  **{k: v for k, v in pooled_speed_map(split, [f]).to_dict().items()
+                     if k in ("scale", "shifts")}}
+                 for f in [*fold_rows, cal_rows]]
+    for f, window in zip([*fold_rows, cal_rows], fold_maps, strict=True):
+        alone = pooled_split_map([f]).to_dict()
+        window["split"] = {"scale": alone["scale"], "intercept": alone["intercept"],
+                          "closing_deals": int(pd.Series(np.asarray(f.groups)[f.target != OPEN]).nunique())}
+    if round14:
+        maps = {name: maps[name] for name in ROUND14}
+    slip_maps, slip_cal_fit = ({}, None) if round14 else slip_date_maps(cut, cal, cols, timing)
 
     points = make_snapshots(cut)
     points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
@@ -519,6 +655,11 @@ ROUND7 = ("current", "closing_speed", "closing_speed_periods", "closing_speed_60
 ROUND7_CANDIDATES = ("closing_speed", "closing_speed_periods")
 ROUND8 = ("current", "closing_speed", "crossfit_speed", "crossfit_speed_4", "crossfit_speed_folds")
 ROUND8_CANDIDATES = ("crossfit_speed", "crossfit_speed_4")
+ROUND14 = ("current", "none", "crossfit_split", "crossfit_split_periods")
+ROUND14_CANDIDATES = ("crossfit_split", "crossfit_split_periods")
+# round 14's judged histories: (deals, seed, cycle scale)
+ROUND14_HISTORIES = (*((5000, s, 1.0) for s in range(6)), (5000, 0, 2.0), (5000, 1, 2.0),
+                     (20000, 0, 1.0), (20000, 1, 1.0))
 
 
 def _verdicts(runs: list[dict[str, Any]], name: str, target: str, metric: str = "ece") -> list[int]:
@@ -536,6 +677,9 @@ def table(paths: list[Path], round_: int = 9) -> None:
         return
     if round_ == 8:
         table_round8(runs)
+        return
+    if round_ == 14:
+        table_round14(runs)
         return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     _rows(runs, ROUND7)
@@ -684,6 +828,58 @@ def table_round9(runs: list[dict[str, Any]]) -> None:
           f"{sum(x > 0.03 for x in cur)} of {len(small)}")
 
 
+def table_round14(runs: list[dict[str, Any]]) -> None:
+    """Round 14's table and rule (module docstring): a candidate passes only if (1) its close ECE is lower
+    than `current`'s on average over the judged histories and lower beyond the paired 95 % interval on
+    at least one 20,000-deal one, (2) its close, 90-day and slip ECE are worse beyond the interval on
+    none and (3) its close AUC is lower beyond the interval on none; undecided while histories are
+    missing and nothing has failed yet."""
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    _rows(runs, ROUND14)
+    print()
+    print("| history | window | closing deals | c | d |")
+    print("|---|---|---|---|---|")
+    for r in runs:
+        for i, w in enumerate(r["windows_alone"]):
+            where = "calibration (long)" if i == len(r["windows_alone"]) - 1 else f"fold from {w['start']}"
+            print(f"| {_label(r) if i == 0 else ''} | {where} | {w['split']['closing_deals']} "
+                  f"| {w['split']['scale']:.3f} | {w['split']['intercept']:+.3f} |")
+        fits = [f"current c {r['variants']['current']['map']['scale']:.3f} d "
+                f"{r['variants']['current']['map']['intercept']:+.3f}"]
+        for n in ROUND14_CANDIDATES:
+            m = r["variants"][n]["map"]
+            fits.append(f"{n} c {m['scale']:.3f} d {m['intercept']:+.3f}"
+                        + (f" bands {[round(b, 3) for b in m['bands']]}" if "bands" in m else ""))
+        print("   ", _label(r), "; ".join(fits))
+    print()
+    done = {(r["deals"], r["seed"], float(r["cycle_scale"])) for r in runs}
+    missing = [h for h in ROUND14_HISTORIES if h not in done]
+    large = [r for r in runs if r["deals"] >= 20000]
+    cur = np.mean([r["variants"]["current"]["close_probability"]["ece"] for r in runs])
+    print(f"histories: {len(runs)} judged, missing {missing}; current mean close ECE {cur:.4f}")
+    for name in ROUND14_CANDIDATES:
+        mean = np.mean([r["variants"][name]["close_probability"]["ece"] for r in runs])
+        beyond = sum(v == 1 for v in _verdicts(large, name, "close_probability"))
+        worse = {t: _verdicts(runs, name, t).count(-1)
+                 for t in ("close_probability", "close_probability_90d", "slip_risk")}
+        auc = _verdicts(runs, name, "close_probability", "roc_auc").count(-1)
+        rule1 = mean < cur and beyond >= 1
+        rule2 = not any(worse.values())
+        rule3 = auc == 0
+        large_done = all((20000, s, 1.0) in done for s in (0, 1))
+        if not (rule2 and rule3) or (large_done and beyond == 0):
+            verdict = "fails"
+        elif missing:
+            verdict = "undecided"
+        else:
+            verdict = "PASSES" if rule1 else "fails"
+        print(f"{name}: (1) mean close ECE {mean:.4f} against {cur:.4f}, lower beyond the interval on "
+              f"{beyond} of {len(large)} 20,000-deal -> {rule1}; (2) worse beyond the interval: close "
+              f"{worse['close_probability']}, 90-day {worse['close_probability_90d']}, slip "
+              f"{worse['slip_risk']} -> {rule2}; (3) AUC lower beyond the interval on {auc} -> {rule3}; "
+              f"{verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
@@ -692,7 +888,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print a round's table and its rule's verdict from these result files")
-    parser.add_argument("--round", type=int, choices=(7, 8, 9), default=9, help="the round --table reports")
+    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14), default=9,
+                        help="the round --table reports; 14 without --table: compute only round 14's maps")
     parser.add_argument("--no-folds", action="store_true",
                         help="leave out round 8's forward folds and their maps (four booster fits fewer)")
     args = parser.parse_args()
@@ -700,7 +897,7 @@ def main() -> None:
         table(args.table, args.round)
         return
     started = time.perf_counter()
-    body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds)
+    body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds, round14=args.round == 14)
     result = {"deals": args.deals, "seed": args.seed, **body,
               "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
