@@ -210,12 +210,16 @@ def _calibrate(raw: np.ndarray, y: np.ndarray, min_isotonic_rows: int) -> Calibr
     return Calibrator(method).fit(raw, y)  # type: ignore[arg-type]
 
 
-def fit_timing(train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], config: TrainConfig) -> Any:
+def fit_timing(
+    train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], config: TrainConfig, slip: bool = True
+) -> Any:
     """The close head: a competing-risks hazard model (`models.timing`) fitted on the training window's
     person-period rows; the share won among its closes is recalibrated on the calibration window's closes
     (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5). It
     carries a second booster and map, fitted the same way on the fine grid (`FINE_EARLY_EDGES`), that
-    slip risk alone is read from (round 13's `slip_fine`, adopted)."""
+    slip risk alone is read from (round 13's `slip_fine`, adopted). With `slip=False` that second booster
+    (on ~2.5x the rows, a third of a comparison's time) is not fitted and slip risk is read from the
+    30-day curves, as for a model without one: for fits whose slip risk nobody reads."""
     from models.timing import FINE_EARLY_EDGES, TimingModel, grid_person_periods
 
     if np.unique(grid_person_periods(train, None).target).size < 3:
@@ -225,12 +229,12 @@ def fit_timing(train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], config: 
         )
     params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
     booster, calibrator = _fit_hazards(train, cal, cols, params, None)
-    slip = None
+    slip_model = None
     # (on the fine grid a class can go missing on very little data: slip then stays the 30-day curves')
-    if np.unique(grid_person_periods(train, FINE_EARLY_EDGES).target).size == 3:
+    if slip and np.unique(grid_person_periods(train, FINE_EARLY_EDGES).target).size == 3:
         slip_booster, slip_calibrator = _fit_hazards(train, cal, cols, params, FINE_EARLY_EDGES)
-        slip = TimingModel(slip_booster, slip_calibrator, edges=FINE_EARLY_EDGES)
-    return TimingModel(booster, calibrator, slip=slip)
+        slip_model = TimingModel(slip_booster, slip_calibrator, edges=FINE_EARLY_EDGES)
+    return TimingModel(booster, calibrator, slip=slip_model)
 
 
 def _fit_hazards(
@@ -265,14 +269,15 @@ def head_rows(frame: pd.DataFrame, label: str) -> tuple[pd.DataFrame, pd.DataFra
     return train, cal, test
 
 
-def fit_head(name: str, data: TrainingData, config: TrainConfig, thin: bool) -> HeadFit:
+def fit_head(name: str, data: TrainingData, config: TrainConfig, thin: bool, slip: bool = True) -> HeadFit:
     """Fit LightGBM, calibrate it on the calibration window, fit both baselines, score the test window.
 
-    The close head's LightGBM is the competing-risks timing model (`fit_timing`): it learns from every
-    snapshot, closed or still open, while the baselines see only snapshots whose outcome is known.
+    The close head's LightGBM is the competing-risks timing model (`fit_timing`, its slip booster only
+    with `slip`): it learns from every snapshot, closed or still open, while the baselines see only
+    snapshots whose outcome is known.
     """
     if name == "close":
-        return _fit_close_head(data, config)
+        return _fit_close_head(data, config, slip)
     label = HEADS[name]
     train, cal, test = head_rows(data.frame, label)
     if len(train) == 0 or train[label].nunique() < 2:
@@ -325,7 +330,7 @@ def fit_head(name: str, data: TrainingData, config: TrainConfig, thin: bool) -> 
     return HeadFit(name, served, model, calibrator, prior, metrics, predictions, y_test, importance)
 
 
-def _fit_close_head(data: TrainingData, config: TrainConfig) -> HeadFit:
+def _fit_close_head(data: TrainingData, config: TrainConfig, slip: bool = True) -> HeadFit:
     """The competing-risks close head with both baselines, judged on the test window's closed deals.
 
     It is served even on thin data: it learns from every snapshot, open deals included, where the stage
@@ -354,7 +359,7 @@ def _fit_close_head(data: TrainingData, config: TrainConfig) -> HeadFit:
     prior = StagePrior().fit(train_l, y_train)
     logistic = make_logistic().fit(train_l[cols], y_train.astype(int))
     try:
-        timing: Any = fit_timing(train, cal, cols, config)
+        timing: Any = fit_timing(train, cal, cols, config, slip)
         served = "lightgbm"
     except ValueError as exc:
         logger.warning("close head served as the stage prior: %s", exc)
