@@ -135,9 +135,6 @@ def parse_times(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     return pd.Series(from_ns(times), index=text.index), pd.Series(bad, index=text.index)
 
 
-_EARLIEST_NS, _LATEST_NS = EARLIEST_TIME.value, LATEST_TIME.value
-
-
 def time_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`parse_times` of an object array of text (stripped, missing values <NA>), without the Series:
     (the times as int64 nanoseconds since the epoch, NAT_NS where missing or bad; mask of
@@ -147,32 +144,32 @@ def time_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # times parse in half the time). utc=True turns naive values into UTC and converts mixed offsets;
     # format="ISO8601" accepts each value's own ISO variant (date only, with or without seconds, "Z",
     # offsets).
-    # pandas' cache of distinct values pays off on long columns (dates repeat); on a request's few
-    # values its set-up costs more than the parse (the same times either way)
-    cache = len(values) > _SMALL_COLUMN
+    present = ~pd.isna(values)
+    at: np.ndarray | None = None
+    unit: Any = "ns"
     if len(values) <= SMALL_QUERY:
         # a request's few close dates, when every present one is a plain ISO time, read by numpy as
         # `parse_iso_ns` reads them (pandas' instants): pandas' fixed cost was the largest part of
         # checking one deal's field changes
-        missing = pd.isna(values)
-        plain = plain_iso_ns(values[~missing])
+        plain = plain_iso_ns(values[present])
         if plain is not None:
-            times = np.full(len(values), NAT_NS, dtype=np.int64)
-            times[~missing] = plain
-            kept = ~missing & (times >= _EARLIEST_NS) & (times <= _LATEST_NS)
-            times[~kept] = NAT_NS
-            return times, ~missing & ~kept
-    found = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce", cache=cache)
-    if not isinstance(found, pd.DatetimeIndex):  # an array's parse is one already
-        found = pd.DatetimeIndex(found)
+            at = np.full(len(values), NAT_NS, dtype=np.int64)
+            at[present] = plain
+    if at is None:
+        # pandas' cache of distinct values pays off on long columns (dates repeat); on a request's few
+        # values its set-up costs more than the parse (the same times either way)
+        cache = len(values) > _SMALL_COLUMN
+        found = pd.to_datetime(values, utc=True, format="ISO8601", errors="coerce", cache=cache)
+        if not isinstance(found, pd.DatetimeIndex):  # an array's parse is one already
+            found = pd.DatetimeIndex(found)
+        at, unit = found.asi8, found.unit
     # Compared with the bounds and scaled to nanoseconds as integers in the parse's unit: the same
     # answers as the index operations (every time within the bounds is exact in nanoseconds), without
     # their fixed costs.
-    at = found.asi8
     missing = at == NAT_NS
-    earliest, latest, per_ns = _unit_scale(found.unit)
+    earliest, latest, per_ns = _unit_scale(unit)
     kept = ~missing & (at >= earliest) & (at <= latest)
-    bad = ~pd.isna(values) & ~kept
+    bad = present & ~kept
     times = np.where(kept, at, 0) * per_ns  # no overflow: the kept times are within the bounds
     times[~kept] = NAT_NS
     return times, bad
