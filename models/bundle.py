@@ -132,8 +132,8 @@ class Head:
     def curves(self, x: NDArray[np.float64]) -> TimingCurves:
         """The timing model's per-deal curves (competing-risks heads only)."""
         assert self.timing is not None
-        # each deal is n_periods rows for the booster
-        return self.timing.curves(x, num_threads=_threads_for(len(x) * self.timing.n_periods))
+        # threads by the booster's rows: n_periods per deal
+        return self.timing.curves(x, num_threads=_threads_for)
 
     def slip_risk(
         self, x: NDArray[np.float64], days_to_close: NDArray[np.float64], curves: TimingCurves
@@ -141,9 +141,8 @@ class Head:
         """P(still open at the expected close date), from the timing model's slip model when it has one
         (bundles since round 13's adoption), else from `curves`, its close curves of `x`."""
         assert self.timing is not None
-        slip = self.timing.slip
-        threads = _threads_for(len(x) * (slip.n_periods if slip is not None else 0))
-        return self.timing.slip_risk(x, days_to_close, curves, num_threads=threads)
+        # threads by the rows scored: the slip model scores each deal's periods up to its date only
+        return self.timing.slip_risk(x, days_to_close, curves, num_threads=_threads_for)
 
     def raw_proba(self, x: NDArray[np.float64], frame: Features) -> NDArray[np.float64]:
         """Uncalibrated P(positive)."""

@@ -34,7 +34,7 @@ still load and score as they did. Both maps are smooth and monotone, so scores k
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,9 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 
+# LightGBM's thread count for a prediction: a number (0: its default), or a function of the number of
+# person-period rows the prediction scores, for callers that choose by size before the rows are known
+Threads = int | Callable[[int], int]
 PERIOD_DAYS = 30.0
 N_PERIODS = 25  # 750 days: past the two-year limit of `likely_close_date`
 LIKELY_CLOSE_MAX_DAYS = 730.0
@@ -455,7 +458,7 @@ class TimingModel:
         self.slip = slip
 
     def raw_hazards(
-        self, x: NDArray[np.float64] | pd.DataFrame, num_threads: int = 0
+        self, x: NDArray[np.float64] | pd.DataFrame, num_threads: Threads = 0
     ) -> NDArray[np.float64]:
         """Uncalibrated (n, K, 3) per-period probabilities: `x` is the bundle's encoded matrix, or a
         feature frame with the training dtypes (categoricals as pandas `category`)."""
@@ -465,7 +468,7 @@ class TimingModel:
         return self._predict(x, rows, periods, num_threads).reshape(n, k, 3)
 
     def _predict(self, x: NDArray[np.float64] | pd.DataFrame, rows: NDArray[np.int64],
-                 periods: NDArray[np.float64], num_threads: int) -> NDArray[np.float64]:
+                 periods: NDArray[np.float64], num_threads: Threads) -> NDArray[np.float64]:
         """The booster's uncalibrated (len(rows), 3) probabilities of the rows `rows` of `x`, each in its
         period `periods` (1-based)."""
         design: NDArray[np.float64] | pd.DataFrame
@@ -477,9 +480,10 @@ class TimingModel:
             design = np.empty((len(rows), x.shape[1] + 1), dtype=np.float64)
             design[:, :-1] = x[rows]
             design[:, -1] = periods
-        return np.asarray(self.booster.predict(design, num_threads=num_threads), dtype=np.float64)
+        threads = num_threads(len(rows)) if callable(num_threads) else num_threads
+        return np.asarray(self.booster.predict(design, num_threads=threads), dtype=np.float64)
 
-    def curves(self, x: NDArray[np.float64] | pd.DataFrame, num_threads: int = 0) -> TimingCurves:
+    def curves(self, x: NDArray[np.float64] | pd.DataFrame, num_threads: Threads = 0) -> TimingCurves:
         raw = self.raw_hazards(x, num_threads)
         n, k = raw.shape[:2]
         cal = self.calibrator.transform(raw.reshape(n * k, 3)).reshape(n, k, 3)
@@ -487,7 +491,7 @@ class TimingModel:
 
     def slip_risk(
         self, x: NDArray[np.float64] | pd.DataFrame, days_to_expected_close: ArrayLike,
-        curves: TimingCurves | None = None, num_threads: int = 0,
+        curves: TimingCurves | None = None, num_threads: Threads = 0,
     ) -> NDArray[np.float64]:
         """P(still open at the expected close date) per deal, NaN where there is none or it is not after
         t: from the slip model's curves when there is one, else from this model's (`curves`, when given,
@@ -498,7 +502,7 @@ class TimingModel:
         return self.slip.open_at_reached(x, days_to_expected_close, num_threads)
 
     def open_at_reached(self, x: NDArray[np.float64] | pd.DataFrame, days: ArrayLike,
-                        num_threads: int = 0) -> NDArray[np.float64]:
+                        num_threads: Threads = 0) -> NDArray[np.float64]:
         """`slip_risk(self.curves(x), self.position(days))` to the last bit, scoring for each deal only
         the periods up to the one its day falls in (the survival there depends on no later period):
         most expected close dates are weeks away, so a few of the grid's periods instead of all of them.
