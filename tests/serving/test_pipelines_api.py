@@ -239,3 +239,12 @@ def test_openapi_documents_the_pipeline_routes(env: dict[str, Any]) -> None:
                  "/v1/pipelines/{pipeline}/forecast"):
         assert path in paths
     assert "/" not in paths  # the page is not part of the API
+
+
+@pytest.mark.parametrize("route", ["at-risk", "stale"])
+def test_an_offset_past_any_store_is_refused_by_name(env: dict[str, Any], route: str) -> None:
+    # 10**20 does not fit a database integer: it was a 500 (OverflowError) on the live lists
+    res = get(env, f"/v1/pipelines/A/{route}?offset={10**20}")
+    assert res.status_code == 422 and res.json()["problems"][0]["loc"] == "query.offset"
+    assert "1000000000" in res.json()["detail"]
+    assert get(env, f"/v1/pipelines/A/{route}?offset=1000000000&as_of={AS_OF}").json()["deals"] == []
