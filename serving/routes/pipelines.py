@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import anyio
 import pandas as pd
@@ -302,9 +303,20 @@ def _csv_response(records: list[dict[str, Any]], filename: str, version: str) ->
     return Response(
         buffer.getvalue(),
         media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"',
+        headers={"Content-Disposition": _attachment(f"{filename}.csv"),
                  "X-Model-Version": version},
     )
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition for a download named `filename`. Header values are Latin-1 bytes, so a name
+    with other characters (a pipeline named in any language) goes in `filename*` (RFC 6266: UTF-8,
+    percent-encoded), beside an ASCII `filename` for clients that know only that; a quote or backslash in
+    the name cannot end the quoted string."""
+    plain = "".join(c if c.isascii() and c not in '"\\' else "_" for c in filename)
+    if plain == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @router.get("/v1/pipelines/{pipeline}/health", response_model=dict[str, Any])

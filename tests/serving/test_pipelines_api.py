@@ -11,6 +11,7 @@ import csv
 import io
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -239,6 +240,29 @@ def test_openapi_documents_the_pipeline_routes(env: dict[str, Any]) -> None:
                  "/v1/pipelines/{pipeline}/forecast"):
         assert path in paths
     assert "/" not in paths  # the page is not part of the API
+
+
+@pytest.mark.parametrize("route", ["at-risk", "stale"])
+def test_csv_of_a_pipeline_named_beyond_ascii_downloads_under_its_name(
+    tmp_path: Any, route: str
+) -> None:
+    # HTTP header values are Latin-1 bytes: the name goes in `filename*` (UTF-8, percent-encoded) with a
+    # plain ASCII `filename` beside it for old clients; a quote in the name cannot end the header's string
+    name = 'Café "Nord" ☃'
+    keys = {"admin": ("admin", ["*"])}
+    with stand_in_service(tmp_path, make_history(), keys, StandInBundle()) as service:
+        auth = {"Authorization": f"Bearer {service['keys']['admin']}"}
+        spec = {"stages": ["Lead"], "won": ["Won"], "lost": ["Lost"]}
+        put = service["client"].put(f"/v1/pipelines/{quote(name)}", json=spec, headers=auth)
+        assert put.status_code == 200, put.text
+        for query in ("", f"?as_of={AS_OF}"):
+            res = service["client"].get(f"/v1/pipelines/{quote(name)}/{route}{query}",
+                                        headers={**auth, "Accept": "text/csv"})
+            assert res.status_code == 200, res.text
+            assert res.text.startswith("rank,deal_id,")
+            disposition = res.headers["content-disposition"]
+            assert f'filename="{route}-Caf_ _Nord_ _.csv"' in disposition
+            assert f"filename*=UTF-8''{quote(f'{route}-{name}.csv', safe='')}" in disposition
 
 
 @pytest.mark.parametrize("route", ["at-risk", "stale"])
