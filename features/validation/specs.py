@@ -109,7 +109,10 @@ def check_stages_against_specs(
             rows = zip(values.tolist(), missing.tolist(), strict=True)
             known = np.array([g or v in names for v, g in rows], dtype=bool)
         else:
-            known = missing | np.isin(values, np.array(listed, dtype=object))
+            # only present values are looked up: a missing one (pd.NA) has no truth value to compare
+            # (it is reported as a missing stage where the column is parsed)
+            known = missing.copy()
+            known[~missing] = np.isin(values[~missing], np.array(listed, dtype=object))
         unlisted = in_pipe & ~known
         if not unlisted.any():
             continue

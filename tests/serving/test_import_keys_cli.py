@@ -120,3 +120,27 @@ def test_keys_create_rejects_a_bad_role_and_prints_plain_key(cli_store: Store) -
 
 def test_cli_roles_match_the_store() -> None:
     assert CLI_ROLES == ROLES
+
+
+def test_a_blank_stage_in_a_long_file_with_a_spec_is_named_not_a_crash(
+    tmp_path: Path, cli_store: Store
+) -> None:
+    # Past 2,000 stage changes the stages are checked against pipelines.yaml in one vectorised pass; a
+    # blank stage there was a TypeError traceback ("boolean value of NA is ambiguous")
+    folder = tmp_path / "long"
+    folder.mkdir()
+    deals = ["deal_id,pipeline,owner,amount,created_at"]
+    stages = ["deal_id,stage,changed_at"]
+    for i in range(700):
+        deals.append(f"D{i},SMB,ana,100,2024-01-01")
+        stages += [f"D{i},Lead,2024-01-01", f"D{i},Demo,2024-01-02", f"D{i},Won,2024-01-03"]
+    stages[1000] = "D333,,2024-01-02"
+    (folder / "deals.csv").write_text("\n".join(deals) + "\n")
+    (folder / "stage_changes.csv").write_text("\n".join(stages) + "\n")
+    (folder / "activities.csv").write_text("deal_id,type,occurred_at\n")
+    (folder / "pipelines.yaml").write_text("SMB:\n  stages: [Lead, Demo]\n  won: [Won]\n  lost: [Lost]\n")
+    result = runner.invoke(app, ["import", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert "stage_changes.csv row 1000 column 'stage': missing stage" in result.stderr
+    assert "1 problem(s)" in result.stderr and "Nothing was imported" in result.stderr
+    assert cli_store.count_rows()["deals"] == 0
