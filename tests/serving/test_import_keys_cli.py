@@ -122,23 +122,31 @@ def test_cli_roles_match_the_store() -> None:
     assert CLI_ROLES == ROLES
 
 
-def test_a_blank_stage_in_a_long_file_with_a_spec_is_named_not_a_crash(
-    tmp_path: Path, cli_store: Store
-) -> None:
-    # Past 2,000 stage changes the stages are checked against pipelines.yaml in one vectorised pass; a
-    # blank stage there was a TypeError traceback ("boolean value of NA is ambiguous")
-    folder = tmp_path / "long"
-    folder.mkdir()
+
+def write_long_folder(path: Path, deal_row: dict[int, str], stage_row: dict[int, str]) -> Path:
+    """700 SMB deals won in three stage changes (2,100 rows: past the row count where the stages are
+    checked against pipelines.yaml in one vectorised pass), with the given data rows replaced."""
+    path.mkdir()
     deals = ["deal_id,pipeline,owner,amount,created_at"]
     stages = ["deal_id,stage,changed_at"]
     for i in range(700):
         deals.append(f"D{i},SMB,ana,100,2024-01-01")
         stages += [f"D{i},Lead,2024-01-01", f"D{i},Demo,2024-01-02", f"D{i},Won,2024-01-03"]
-    stages[1000] = "D333,,2024-01-02"
-    (folder / "deals.csv").write_text("\n".join(deals) + "\n")
-    (folder / "stage_changes.csv").write_text("\n".join(stages) + "\n")
-    (folder / "activities.csv").write_text("deal_id,type,occurred_at\n")
-    (folder / "pipelines.yaml").write_text("SMB:\n  stages: [Lead, Demo]\n  won: [Won]\n  lost: [Lost]\n")
+    for rows, edits in ((deals, deal_row), (stages, stage_row)):
+        for row, line in edits.items():
+            rows[row] = line
+    (path / "deals.csv").write_text("\n".join(deals) + "\n")
+    (path / "stage_changes.csv").write_text("\n".join(stages) + "\n")
+    (path / "activities.csv").write_text("deal_id,type,occurred_at\n")
+    (path / "pipelines.yaml").write_text("SMB:\n  stages: [Lead, Demo]\n  won: [Won]\n  lost: [Lost]\n")
+    return path
+
+
+def test_a_blank_stage_in_a_long_file_with_a_spec_is_named_not_a_crash(
+    tmp_path: Path, cli_store: Store
+) -> None:
+    # a blank stage there was a TypeError traceback ("boolean value of NA is ambiguous")
+    folder = write_long_folder(tmp_path / "long", {}, {1000: "D333,,2024-01-02"})
     result = runner.invoke(app, ["import", str(folder)])
     assert result.exit_code == 1, result.output
     assert "stage_changes.csv row 1000 column 'stage': missing stage" in result.stderr
