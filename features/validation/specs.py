@@ -96,7 +96,10 @@ def check_stages_against_specs(
     for a row of no known deal)."""
     values = object_values(stages)
     missing = pd.isna(values)
-    pipes = object_values(pipeline_of_row)
+    # a deal without a pipeline (reported where the deals are parsed) has no spec to hold its stages to;
+    # as None its rows compare unequal to every name, where pd.NA has no truth value
+    pipes = object_values(pipeline_of_row).copy()
+    pipes[pd.isna(pipes)] = None
     for name, spec in specs.items():
         in_pipe = pipes == name
         if not in_pipe.any():

@@ -152,3 +152,16 @@ def test_a_blank_stage_in_a_long_file_with_a_spec_is_named_not_a_crash(
     assert "stage_changes.csv row 1000 column 'stage': missing stage" in result.stderr
     assert "1 problem(s)" in result.stderr and "Nothing was imported" in result.stderr
     assert cli_store.count_rows()["deals"] == 0
+
+
+def test_a_blank_pipeline_in_a_long_file_with_a_spec_is_named_not_a_crash(
+    tmp_path: Path, cli_store: Store
+) -> None:
+    # the stage changes of a deal without a pipeline were compared with each pipeline's name as pd.NA: a
+    # TypeError traceback ("boolean value of NA is ambiguous")
+    folder = write_long_folder(tmp_path / "long", {42: "D41,,ana,100,2024-01-01"}, {})
+    result = runner.invoke(app, ["import", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert "deals.csv row 42 column 'pipeline': missing pipeline" in result.stderr
+    assert "1 problem(s)" in result.stderr and "Nothing was imported" in result.stderr
+    assert cli_store.count_rows()["deals"] == 0
