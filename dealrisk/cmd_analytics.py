@@ -15,8 +15,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from dealrisk.console import emit_json, fail, out_console, progress
-from features.history import DealHistory, HistoryValidationError, to_utc_timestamp
+from dealrisk.console import emit_json, fail, option_time, out_console, progress
+from features.history import DealHistory, HistoryValidationError
 from features.jsonable import jsonable
 from features.spreadsheet import spreadsheet_safe
 
@@ -25,12 +25,7 @@ MODEL_HELP = "Model to score with (default: DEALRISK_MODEL_URI or models:/deal-r
 
 
 def _time(value: str | None, option: str) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    try:
-        return to_utc_timestamp(value)
-    except (ValueError, TypeError):
-        fail(f"{option} {value!r} is not a time; use ISO 8601, e.g. 2024-05-01 or 2024-05-01T09:30:00Z")
+    return None if value is None else option_time(value, option)
 
 
 def _load_history(data: Path | None, pipeline: str | None) -> DealHistory:
@@ -188,6 +183,7 @@ def at_risk(
 
     if sort not in AT_RISK_SORTS:
         fail(f"--sort must be one of {', '.join(AT_RISK_SORTS)}, not {sort!r}")
+    _time(as_of, "--as-of")  # checked before the slow loads
     filters: dict[str, Any] = {"owner": owner, "team": team, "min_amount": min_amount}
     # On the store as of now, the list the API gives: the live scores, ranked and paged by the database.
     live = (_live_at_risk(pipeline, sort, limit, **filters)
@@ -305,6 +301,7 @@ def forecast_command(
     their chance of being won in each, deals not created yet as their own line."""
     from models.forecast import forecast_pipeline
 
+    _time(as_of, "--as-of")  # checked before the slow loads
     with progress("loading history and model", total=3, quiet=as_json) as advance:
         history, builder, bundle, version, t = _load_for_scoring(data, pipeline, as_of, model_uri, advance)
         result = {"model_version": version, **forecast_pipeline(bundle, history, t, builder, months=months)}

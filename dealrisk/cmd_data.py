@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dealrisk.console import emit_json, fail, out_console, progress
+from dealrisk.console import emit_json, fail, option_time, out_console, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -44,6 +44,9 @@ def _register_simulate(app: typer.Typer) -> None:
             fail(f"--format must be csv or parquet, not {fmt!r}")
         if out.exists() and not out.is_dir():
             fail(f"--out {out} is a file; give a folder path (it is created if missing)")
+        option_time(start, "--start")
+        if end is not None:
+            option_time(end, "--end")
         with progress(f"Simulating {deals:,} deals", total=2, quiet=as_json) as advance:
             try:
                 history = simulate_history(deals, seed=seed, start=start, end=end, cycle_scale=cycle_scale)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from dealrisk.console import emit_json, fail, out_console, progress
+from dealrisk.console import emit_json, fail, option_time, out_console, progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -422,12 +422,7 @@ def monitor_command(
     from models.loading import CHAMPION_URI, load_bundle, save_monitor_report
     from training.monitor import monitor
 
-    t = None
-    if since is not None:
-        try:
-            t = to_utc_timestamp(since)
-        except (ValueError, TypeError):
-            fail(f"--since {since!r} is not a time; use ISO 8601, e.g. 2025-05-01")
+    t = None if since is None else option_time(since, "--since")
     history = _load_history(data)
     with _bar("Monitoring", as_json) as report:
         try:
@@ -502,15 +497,8 @@ def score_command(
         fail("give exactly one of --as-of T or --at POINTS.csv")
     if out.suffix not in (".csv", ".parquet"):
         fail(f"--out {out}: use a .csv or .parquet file name")
-    t = None
-    if as_of is not None:
-        from features.history import to_utc_timestamp
-
-        # checked before the slow history and model loads, with the option named in the message
-        try:
-            t = to_utc_timestamp(as_of)
-        except (ValueError, TypeError):
-            fail(f"--as-of {as_of!r} is not a time; use ISO 8601, e.g. 2024-05-01 or 2024-05-01T09:30:00Z")
+    # checked before the slow history and model loads, with the option named in the message
+    t = None if as_of is None else option_time(as_of, "--as-of")
     try:
         points = read_points(str(at)) if at is not None else None
     except (ValueError, OSError) as exc:

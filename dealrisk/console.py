@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -38,6 +39,22 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error a person can act on and exit non-zero."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def option_time(value: str, option: str) -> pd.Timestamp:
+    """A time given as `option` on the command line, in UTC; an error naming the option when it is not
+    ISO 8601 or lies outside the times a history may hold (the bounds of files and the API)."""
+    from features.history import to_utc_timestamp
+    from features.validation import EARLIEST_TIME, LATEST_TIME
+
+    try:
+        t = to_utc_timestamp(value)
+    except (ValueError, TypeError):
+        fail(f"{option} {value!r} is not a time; use ISO 8601, e.g. 2024-05-01 or 2024-05-01T09:30:00Z")
+    if not EARLIEST_TIME <= t <= LATEST_TIME:
+        fail(f"{option} {value!r} is out of range: times must be from {EARLIEST_TIME.date()} to "
+             f"{LATEST_TIME.date()}")
+    return t
 
 
 @contextmanager
