@@ -497,6 +497,8 @@ def score_command(
         fail("give exactly one of --as-of T or --at POINTS.csv")
     if out.suffix not in (".csv", ".parquet"):
         fail(f"--out {out}: use a .csv or .parquet file name")
+    if not out.parent.is_dir():
+        fail(f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere")
     # checked before the slow history and model loads, with the option named in the message
     t = None if as_of is None else option_time(as_of, "--as-of")
     try:
@@ -515,7 +517,10 @@ def score_command(
         except (ValueError, OSError) as exc:
             fail(str(exc))
         report("scored", 0.9)
-        write_scores(scores, str(out))
+        try:
+            write_scores(scores, str(out))
+        except OSError as exc:
+            fail(f"--out {out}: cannot write it: {exc}")
         report("written", 1.0)
     summary = {"out": str(out), "rows": len(scores), "model_version": version,
                "data_note": bundle.metadata.get("data_note"),

@@ -176,6 +176,14 @@ def test_score_input_errors_exit_non_zero_and_say_what_to_fix(trained: Trained, 
     assert missing.exit_code != 0 and "nowhere" in missing.output
     assert not out_file.exists()
 
+    # a file in a folder that does not exist: said before the history is read (it was an OSError
+    # traceback after the scoring)
+    elsewhere = tmp_path / "absent" / "scores.csv"
+    no_folder = run(trained.env, "score", "--data", str(trained.data), "--as-of", AS_OF,
+                    "--out", str(elsewhere))
+    assert no_folder.exit_code == 1 and no_folder.stderr.startswith("error: --out")
+    assert f"{elsewhere.parent} does not exist" in no_folder.stderr
+
 
 def test_backtest_json_has_metrics_per_fold_and_head(trained: Trained) -> None:
     out = ok_json(run(trained.env, "backtest", "--data", str(trained.data), "--folds", "2", "--json"))
