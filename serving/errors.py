@@ -8,15 +8,21 @@ import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.history import HistoryValidationError
 from features.jsonable import jsonable
 from serving.store import EventConflictError, WriteRejectedError
 
 logger = logging.getLogger(__name__)
+
+# FastAPI's 400 for a JSON body it could not decode as text (not UTF-8), and what the service says instead
+FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
+UNREADABLE_BODY = "the body could not be read as JSON text: send it encoded as UTF-8"
 
 
 class ServiceError(Exception):
@@ -131,8 +137,17 @@ def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Pydantic errors as `{loc, msg}` items with loc written like `deals[3].amount`."""
     problems = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            # FastAPI's loc is ("body", the character where the JSON broke), its ctx says why
+            at, why = tuple(err.get("loc", ()))[-1], (err.get("ctx") or {}).get("error", "")
+            problems.append({"loc": "body", "msg": f"not valid JSON at character {at}: {why}",
+                             "type": "json_invalid"})
+            continue
         loc = format_loc(tuple(err.get("loc", ())))
         msg = str(err.get("msg", "invalid value"))
+        if loc == "body" and isinstance(err.get("input"), bytes):
+            # a body sent without a JSON content type reaches validation as bytes, unread
+            msg = "the body was not read as JSON: send it with the header 'Content-Type: application/json'"
         item: dict[str, Any] = {"loc": loc, "msg": msg, "type": err.get("type")}
         if "input" in err and not isinstance(err["input"], dict | list):
             item["input"] = _shown_input(err["input"])
@@ -190,6 +205,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         refused = await _key_refusal(request)
         return refused if refused is not None else _validation_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == FASTAPI_UNREADABLE_BODY:
+            refused = await _key_refusal(request)
+            return refused if refused is not None else JSONResponse({"detail": UNREADABLE_BODY}, 400)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(WriteRejectedError)
     async def _write_rejected(request: Request, exc: WriteRejectedError) -> JSONResponse:

@@ -462,3 +462,23 @@ def test_a_pipeline_never_seen_in_training_scores(
     assert response.status_code == 200, response.text
     score = response.json()["scores"][0]
     assert 0 <= score["cold_risk"] <= 1 and 0 <= score["close_probability"] <= 1
+
+
+def test_a_body_that_is_not_json_says_what_is_wrong_and_where(world: World, client: TestClient) -> None:
+    admin = world.auth("admin")
+    as_json = {**admin, "Content-Type": "application/json"}
+    # cut short: where the JSON breaks and why (it was loc "[11]", msg "JSON decode error")
+    broken = client.post("/v1/deals", content=b'{"deals": [', headers=as_json)
+    assert broken.status_code == 422
+    assert broken.json()["problems"][0]["loc"] == "body"
+    assert broken.json()["detail"] == "body: not valid JSON at character 11: Expecting value"
+    # JSON sent as another content type is not read as JSON: say which header to send
+    as_text = {**admin, "Content-Type": "text/plain"}
+    plain = client.post("/v1/deals", content=b'{"deals": []}', headers=as_text)
+    assert plain.status_code == 422
+    assert "Content-Type: application/json" in plain.json()["detail"], plain.text
+    # not UTF-8: the 400 docs/api.md describes (it was FastAPI's "There was an error parsing the body")
+    latin_1 = '{"deals": [{"owner": "Zoë"}]}'.encode("latin-1")
+    latin = client.post("/v1/deals", content=latin_1, headers=as_json)
+    assert latin.status_code == 400
+    assert latin.json()["detail"] == "the body could not be read as JSON text: send it encoded as UTF-8"
