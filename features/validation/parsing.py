@@ -45,6 +45,8 @@ DEAL_COLUMNS: tuple[str, ...] = TABLES["deals"][0] + TABLES["deals"][1]
 # forecast months, likely close dates up to two years ahead, health windows) inside what pandas can hold.
 EARLIEST_TIME = pd.Timestamp("1900-01-01", tz="UTC")
 LATEST_TIME = pd.Timestamp("2200-01-01", tz="UTC")
+# in the hint of a value that is not a time: one well-formed but out of range reads as none
+TIME_RANGE = f"from {EARLIEST_TIME.date()} to {LATEST_TIME.date()}"
 # The largest amount a deal (or an amount change) may carry, in the deal's currency: far above any real
 # deal, far below where sums and expected values lose precision or overflow (2**64, 1e308 are refused).
 MAX_AMOUNT = 1e15
@@ -321,7 +323,7 @@ def _times(
         bad,
         column,
         "not a time: {value}",
-        "use ISO 8601, e.g. 2024-03-01 or 2024-03-01T14:30:00+02:00",
+        f"use ISO 8601 {TIME_RANGE}, e.g. 2024-03-01 or 2024-03-01T14:30:00+02:00",
         values=raw[column],
     )
     if required:
@@ -474,7 +476,7 @@ def field_change_values(field: Any, value: Any, shown: Any, problems: ProblemCol
             flagged(close_rows, bad_date),
             "value",
             "expected_close_date value {value} is not a time",
-            "use ISO 8601, e.g. 2024-03-01; leave it empty to clear the date",
+            f"use ISO 8601 {TIME_RANGE}, e.g. 2024-03-01; leave it empty to clear the date",
             values=shown,
         )
         value = _with_canonical_times(value, close_rows, dates)

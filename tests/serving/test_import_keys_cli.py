@@ -165,3 +165,19 @@ def test_a_blank_pipeline_in_a_long_file_with_a_spec_is_named_not_a_crash(
     assert "deals.csv row 42 column 'pipeline': missing pipeline" in result.stderr
     assert "1 problem(s)" in result.stderr and "Nothing was imported" in result.stderr
     assert cli_store.count_rows()["deals"] == 0
+
+
+def test_a_time_out_of_range_in_a_file_says_the_range(tmp_path: Path, cli_store: Store) -> None:
+    # '0001-01-01' is ISO 8601: "not a time (use ISO 8601)" alone sent a person looking for a typo
+    folder = write_folder(tmp_path / "old", activities=ACTIVITIES + "D1,call,,0001-01-01\n")
+    (folder / "field_changes.csv").write_text(
+        "deal_id,field,value,changed_at\nD1,expected_close_date,9999-12-31,2024-01-02\n"
+    )
+    result = runner.invoke(app, ["import", str(folder)])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+    assert len(lines) == 2, result.stderr
+    assert "activities.csv row 4 column 'occurred_at'" in lines[0] and "'0001-01-01'" in lines[0]
+    assert "field_changes.csv row 1 column 'value'" in lines[1] and "'9999-12-31'" in lines[1]
+    assert all("from 1900-01-01 to 2200-01-01" in line for line in lines)
+    assert cli_store.count_rows()["deals"] == 0
