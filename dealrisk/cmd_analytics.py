@@ -19,6 +19,7 @@ from dealrisk.console import emit_json, fail, option_time, out_console, progress
 from features.history import DealHistory, HistoryValidationError
 from features.jsonable import jsonable
 from features.spreadsheet import spreadsheet_safe
+from models.at_risk import MAX_LIST_POSITION
 
 DATA_HELP = "Deal-history folder (CSV or Parquet + pipelines.yaml). Without it, read the store."
 MODEL_HELP = "Model to score with (default: DEALRISK_MODEL_URI or models:/deal-risk@champion)."
@@ -167,7 +168,8 @@ def at_risk(
     owner: str | None = typer.Option(None, "--owner", help="Only deals of this owner (as of --as-of)."),
     team: str | None = typer.Option(None, "--team", help="Only deals of this team."),
     min_amount: float | None = typer.Option(None, "--min-amount", min=0, help="Only deals this big or more."),
-    limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many deals to show."),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=MAX_LIST_POSITION,
+                              help="How many deals to show."),
     model_uri: str | None = typer.Option(None, "--model-uri", help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV (reasons joined with ' | ')."),

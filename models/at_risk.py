@@ -22,6 +22,9 @@ from features.health import stale_thresholds
 from features.history import DealHistory, to_utc_timestamp
 
 STALE_MAX_CLOSE_PROBABILITY = 0.02
+# The furthest row a page of these lists may reach (the API's offset, the CLI's limit): far past any
+# store's deals, and within every database's integer (10**20 overflowed SQLite's).
+MAX_LIST_POSITION = 1_000_000_000
 STALE_LIMIT_FACTOR = 2.0
 
 AtRiskSort = Literal["value_at_risk", "cold_risk", "amount", "close_date", "days_in_stage"]

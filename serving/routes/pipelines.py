@@ -32,7 +32,7 @@ from features.history import to_utc_timestamp
 from features.jsonable import jsonable
 from features.spreadsheet import spreadsheet_safe
 from features.validation import MAX_AMOUNT
-from models.at_risk import DEFAULT_SORT, AtRiskSort, rank_at_risk
+from models.at_risk import DEFAULT_SORT, MAX_LIST_POSITION, AtRiskSort, rank_at_risk
 from models.forecast import forecast_from_scores, forecast_pipeline, score_open_deals
 from serving.auth import ApiKey, KeyCheck
 from serving.deps import (
@@ -59,8 +59,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["pipelines"])
 
 MAX_AT_RISK_LIMIT = 1000
-# Far past any store's deals, and within every database's integer (a larger offset overflowed SQLite's).
-MAX_OFFSET = 1_000_000_000
 # A read as of now that finds a few open deals with no live score yet (deals just created: the live scorer
 # takes written deals first, within a second) waits for them instead of scoring the whole pipeline on
 # demand, which at 100,000 deals means reading its history for seconds.
@@ -112,7 +110,7 @@ async def at_risk(
     close_before: Annotated[UtcTime | None, Query(description="expected close date before this time")] = None,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_LIST_POSITION)] = 0,
     sort: Annotated[AtRiskSort, Query(description="order: value_at_risk (default), cold_risk, amount, "
                                       "days_in_stage (highest first) or close_date (soonest first)")]
     = DEFAULT_SORT,
@@ -154,7 +152,7 @@ async def stale(
     team: Annotated[str | None, Query(max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)] = None,
     as_of: Annotated[UtcTime | None, Query(description="ISO 8601 time; default now")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AT_RISK_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_LIST_POSITION)] = 0,
     sort: Annotated[AtRiskSort, Query(description="order; default days_in_stage (longest first)")]
     = "days_in_stage",
 ) -> Any:

@@ -279,3 +279,10 @@ def test_at_risk_as_of_now_is_the_apis_live_list(trained: Trained, monkeypatch: 
     for column in ("cold_risk", "close_probability", "expected_value", "value_at_risk", "amount"):
         assert [d[column] for d in cli["deals"]] == [d[column] for d in api["deals"]], column
     assert cli["model_version"] == api["model_version"]
+
+
+def test_an_at_risk_limit_past_any_store_is_a_usage_error(tmp_path: Path) -> None:
+    # 10**20 does not fit a database integer: on the store's live scores it was an OverflowError traceback
+    result = run(isolated_env(tmp_path), "at-risk", "--limit", str(10**20))
+    assert result.exit_code == 2, result.output
+    assert "--limit" in result.output and "1000000000" in result.output
