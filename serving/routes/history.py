@@ -60,7 +60,9 @@ async def post_deals(
         result = store.write_deals({d.deal_id: d.pipeline for d in body.deals}, build)
         if result.changed:
             after_write(request)
-        return WriteResult(inserted=result.inserted, duplicates=result.duplicates, updated=result.updated)
+        # the deals' counts: a pipeline created (or extended) with them is not a deal written
+        deals = result.tables["deals"]
+        return WriteResult(inserted=deals.inserted, duplicates=deals.duplicates, updated=deals.updated)
 
     return await _on_write_threads(request, write)
 
