@@ -103,7 +103,14 @@ NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
 Text = Annotated[str, Field(max_length=NAME_LENGTH, pattern=NO_CONTROL_CHARS)]
 EventId = Annotated[str, Field(max_length=EVENT_ID_LENGTH, pattern=NO_CONTROL_CHARS)]
-Money = Annotated[float, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
+def _not_true_or_false(value: Any) -> Any:
+    # pydantic reads JSON true/false as 1.0/0.0 for a float: for an amount that is a client's mistake
+    if isinstance(value, bool):
+        raise ValueError(f"an amount is a number, not true or false ({str(value).lower()})")
+    return value
+
+
+Money = Annotated[float, BeforeValidator(_not_true_or_false), Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 AttributeValue = Annotated[
     Annotated[str, Field(max_length=ATTRIBUTE_VALUE_LENGTH)] | bool | int | float | None,
     Field(union_mode="left_to_right"),

@@ -482,3 +482,14 @@ def test_a_body_that_is_not_json_says_what_is_wrong_and_where(world: World, clie
     latin = client.post("/v1/deals", content=latin_1, headers=as_json)
     assert latin.status_code == 400
     assert latin.json()["detail"] == "the body could not be read as JSON text: send it encoded as UTF-8"
+
+
+@pytest.mark.parametrize("route", ["/v1/score", "/v1/deals"])
+def test_true_or_false_as_an_amount_is_422(world: World, client: TestClient, route: str) -> None:
+    # JSON true was read as an amount of 1.0 (false as 0.0): a CRM's mapping mistake scored silently
+    deal = {"deal_id": "BOOL", "pipeline": world.pipeline_a, "owner": "o", "amount": True,
+            "created_at": "2025-01-01T00:00:00Z"}
+    response = client.post(route, json={"deals": [deal]}, headers=world.auth("admin"))
+    assert response.status_code == 422, response.text
+    problem = response.json()["problems"][0]
+    assert problem["loc"] == "deals[0].amount" and "true or false" in problem["msg"]
