@@ -97,6 +97,11 @@ def _count(v: float | None, singular: str, plural: str | None = None) -> str:
     return f"{n:,} {singular if n == 1 else (plural or singular + 's')}"
 
 
+def _times(n: int) -> str:
+    """'once', '2 times', '0 times' (how often something happened)."""
+    return "once" if n == 1 else f"{n:,} times"
+
+
 def _num(v: float | None, digits: int = 0) -> str:
     if v is None or not np.isfinite(v):
         return "unknown"
@@ -166,8 +171,9 @@ def _t_slips(name: str, v: float, t: float | None) -> str:
     n = int(round(v)) if np.isfinite(v) else 0
     if n == 0:
         return "The expected close date has never slipped"
-    times = "once" if n == 1 else f"{n} times"
-    return f"The expected close date slipped {times}" + _cmp(t, _num, "won deals at this stage typically")
+    return f"The expected close date slipped {_times(n)}" + _cmp(
+        t, lambda k: _times(round(k or 0)), "won deals at this stage typically slipped"
+    )
 
 
 def _t_moves_back(name: str, v: float, t: float | None) -> str:
@@ -245,8 +251,8 @@ def _t_progress(name: str, v: float, t: float | None) -> str:
 
 def _t_amount_changes(name: str, v: float, t: float | None) -> str:
     n = int(round(v)) if np.isfinite(v) else 0
-    times = "never" if n == 0 else ("once" if n == 1 else f"{n} times")
-    return f"The amount was changed {times}" + _cmp(t, _num, "won deals at this stage: typically")
+    done = "The amount has never been changed" if n == 0 else f"The amount was changed {_times(n)}"
+    return done + _cmp(t, lambda k: _count(k, "amount change"), "won deals at this stage typically had")
 
 
 def _t_amount_change_ratio(name: str, v: float, t: float | None) -> str:

@@ -72,6 +72,20 @@ def test_counts_read_as_correct_english() -> None:
         "The owner has closed 1 deal"
     )
     assert template_for("n_stage_changes")("n_stage_changes", 1.0, None) == "1 stage change so far"
+    # "The amount was changed never; won deals at this stage: typically 0" was shown to managers
+    amount_changes = template_for("n_amount_changes")
+    assert amount_changes("n_amount_changes", 0.0, 0.0) == (
+        "The amount has never been changed; won deals at this stage typically had 0 amount changes"
+    )
+    assert amount_changes("n_amount_changes", 1.0, 2.0) == (
+        "The amount was changed once; won deals at this stage typically had 2 amount changes"
+    )
+    assert amount_changes("n_amount_changes", 3.0, 1.0) == (
+        "The amount was changed 3 times; won deals at this stage typically had 1 amount change"
+    )
+    assert template_for("n_close_slips")("n_close_slips", 2.0, 1.0) == (
+        "The expected close date slipped 2 times; won deals at this stage typically slipped once"
+    )
 
 
 def test_reason_text_names_the_deal_value_and_the_typical_one() -> None:
