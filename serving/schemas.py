@@ -345,7 +345,7 @@ class ActivityOut(BaseModel):
 
 class FieldChangeOut(BaseModel):
     field: str
-    value: str
+    value: str | None = Field(description="the new value; null for an expected close date cleared")
     changed_at: datetime
     event_id: str | None = None
 

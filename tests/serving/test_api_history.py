@@ -131,3 +131,21 @@ def test_a_deal_in_a_new_pipeline_counts_as_one_deal(world: Any, own_client: Tes
     second = own_client.post("/v1/deals", json=changed, headers=world.auth("integration"))
     assert second.json() == {"inserted": 0, "duplicates": 0, "updated": 1}
     assert own_client.get("/v1/pipelines/Brand%20New", headers=world.auth("admin")).json()["inferred"] is True
+
+
+def test_a_deal_whose_close_date_was_cleared_reads_back(world: Any, own_client: TestClient) -> None:
+    # an expected_close_date change with an empty value clears the date (docs/input-format.md); reading
+    # the deal then failed its own response model (value null where text was required): a 500
+    writer, reader = world.auth("integration"), world.auth("manager")
+    posted = own_client.post("/v1/deals", json={"deals": [_deal(world, "CLEARED-1")]}, headers=writer)
+    assert posted.status_code == 200, posted.text
+    changes = [{"deal_id": "CLEARED-1", "field": "expected_close_date", "value": "2025-09-30",
+                "changed_at": "2025-06-02T00:00:00Z"},
+               {"deal_id": "CLEARED-1", "field": "expected_close_date", "value": "",
+                "changed_at": "2025-06-03T00:00:00Z"}]
+    events = own_client.post("/v1/events", json={"field_changes": changes}, headers=writer)
+    assert events.status_code == 200, events.text
+    deal = own_client.get("/v1/deals/CLEARED-1", headers=reader)
+    assert deal.status_code == 200, deal.text
+    values = [(c["field"], c["value"]) for c in deal.json()["field_changes"]]
+    assert values == [("expected_close_date", "2025-09-30T00:00:00+00:00"), ("expected_close_date", None)]
