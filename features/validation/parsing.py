@@ -480,10 +480,12 @@ def field_change_values(field: Any, value: Any, shown: Any, problems: ProblemCol
             values=shown,
         )
         value = _with_canonical_times(value, close_rows, dates)
-    owner_rows = kinds == "owner"
-    if owner_rows.any():
+    owner_rows = np.flatnonzero(kinds == "owner")
+    if owner_rows.size:
+        # a request's values arrive unstripped: an empty or blank owner is as missing as a file's empty cell
+        blank = pd.isna(_stripped(object_values(value)[owner_rows]))
         problems.add_rows(
-            table, owner_rows & pd.isna(object_values(value)), "value", "missing new owner",
+            table, flagged(owner_rows, blank), "value", "missing new owner",
             "owner changes name the new owner",
         )
     return value

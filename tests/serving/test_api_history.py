@@ -149,3 +149,18 @@ def test_a_deal_whose_close_date_was_cleared_reads_back(world: Any, own_client: 
     assert deal.status_code == 200, deal.text
     values = [(c["field"], c["value"]) for c in deal.json()["field_changes"]]
     assert values == [("expected_close_date", "2025-09-30T00:00:00+00:00"), ("expected_close_date", None)]
+
+
+def test_an_owner_change_to_nobody_names_the_item(world: Any, own_client: TestClient) -> None:
+    # an empty new owner got past the request's checks and was refused by the store's re-check, which
+    # names no item: "field_changes.value: missing new owner"
+    writer = world.auth("integration")
+    posted = own_client.post("/v1/deals", json={"deals": [_deal(world, "OWNER-1")]}, headers=writer)
+    assert posted.status_code == 200, posted.text
+    changes = [{"deal_id": "OWNER-1", "field": "owner", "value": "Bo", "changed_at": "2025-06-02T00:00:00Z"},
+               {"deal_id": "OWNER-1", "field": "owner", "value": " ", "changed_at": "2025-06-03T00:00:00Z"}]
+    refused = own_client.post("/v1/events", json={"field_changes": changes}, headers=writer)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["problems"] == [
+        {"loc": "field_changes[1].value", "msg": "missing new owner (owner changes name the new owner)"}
+    ]
