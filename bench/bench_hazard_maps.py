@@ -640,10 +640,11 @@ def _fit_split_on_probabilities(hazards: np.ndarray, y: np.ndarray, w: np.ndarra
         prior = 0.0 if prior_sd is None else 0.5 * float(dev @ dev) / prior_sd**2
         return _split_log_loss(hazards, y, w, theta, days) + prior
 
-    res = minimize(loss, identity, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-6})
+    res = minimize(loss, identity, method="L-BFGS-B")  # a smooth loss: finite-difference gradients
+    if not (res.success and np.all(np.isfinite(res.x))):
+        raise RuntimeError(f"the split's fit on probabilities did not converge: {res.message}")
     split = OutcomeSplitCalibrator()
-    if res.success and np.all(np.isfinite(res.x)):
-        split.scale_, split.intercept_ = float(res.x[0]), float(res.x[1])
+    split.scale_, split.intercept_ = float(res.x[0]), float(res.x[1])
     return split
 
 
