@@ -122,7 +122,9 @@ lower beyond the paired interval on none. With histories missing the verdict is 
   the 3 latest forward folds, (iv) the 3 lag folds, and two oracles that use the test window's truth:
   (v) the test window's closing rows watched to the end of the full history, with the shipped
   booster's hazards; (vi) the (c, d), no prior, minimising the log loss of the test snapshots'
-  P(eventually won) against `won_label(full, ...)`, each deal counting once.
+  P(eventually won) against `won_label(full, ...)`, each deal counting once. Both oracles are also
+  applied to the test hazards as the maps are (`oracle_test_closes`, `oracle_p_won`): how far a split
+  alone can take the test window's figures.
 
 Round 15's rule, written and committed before any of its judged figures was read (a 1,000-deal run,
 seed 99, checked that the code ran): round 14's rule, unchanged, applied to the candidates in the order
@@ -802,6 +804,9 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
             {"window": "(vi) ORACLE test snapshots' P(eventually won)", "start": str(cut.end_time.date()),
              "rows": int(keep.sum()), "booster_rows": 0, "scale": best.scale_, "intercept": best.intercept_,
              "closing_deals": int(pd.Series(deal_ids[keep]).nunique())}]
+        # the oracles applied to the test window as the maps are: how far a split alone can take it
+        maps["oracle_test_closes"] = pooled_split_map([test_rows])
+        maps["oracle_p_won"] = best
     variants: list[tuple[str, Any]] = [*maps.items(), *slip_maps.items()]
     for name, calibrator in variants:
         if isinstance(calibrator, SlipDateMap):
@@ -1113,6 +1118,10 @@ def table_round15(runs: list[dict[str, Any]]) -> None:
         print(f"{_label(r)}: mean c (iii) forward {c['(iii)']:.3f}, (iv) lag {c['(iv)']:.3f} -> (iv) < "
               f"(iii): {c['(iv)'] < c['(iii)']}; (i) {c['(i)']:.3f}; oracle (v) {c['(v)']:.3f} nearer (iv) "
               f"than (i): {nearer['(v)']}; oracle (vi) {c['(vi)']:.3f} nearer (iv): {nearer['(vi)']}")
+    for r in [r for r in runs if r.get("diagnose")]:
+        print(f"{_label(r)} (diagnostic), close / 90-day ECE per map on the test window:", "; ".join(
+            f"{n} {v['close_probability']['ece']:.4f} / {v['close_probability_90d']['ece']:.4f}"
+            for n, v in r["variants"].items()))
     judged = [r for r in runs if not r.get("diagnose")]
     if not judged:
         return
