@@ -124,7 +124,8 @@ lower beyond the paired interval on none. With histories missing the verdict is 
   booster's hazards; (vi) the (c, d), no prior, minimising the log loss of the test snapshots'
   P(eventually won) against `won_label(full, ...)`, each deal counting once. Both oracles are also
   applied to the test hazards as the maps are (`oracle_test_closes`, `oracle_p_won`): how far a split
-  alone can take the test window's figures.
+  alone can take the test window's figures. (vii) `oracle_p_won_snapshots`, added after (vi)'s figures
+  were read: (vi) with every test snapshot weighing the same, as the ECE weighs them.
 
 Round 15's rule, written and committed before any of its judged figures was read (a 1,000-deal run,
 seed 99, checked that the code ran): round 14's rule, unchanged, applied to the candidates in the order
@@ -797,16 +798,24 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         won = truth["close_probability"]
         keep = np.isfinite(won)
         best = _fit_split_on_probabilities(raw[keep], won[keep], _deal_weights(deal_ids[keep]), None, None)
+        # (vii), added after (vi)'s figures were read: (vi) with every snapshot weighing the same, as the
+        # ECE weighs them (a deal open through the window has 13 weekly snapshots, a fast closer one)
+        flat = _fit_split_on_probabilities(raw[keep], won[keep], np.ones(int(keep.sum())), None, None)
         out["round15_windows"] += [
             {"window": "(v) ORACLE test window's closes, to the end of the full history",
              "start": str(cut.end_time.date()), "rows": len(pp_t.row), "booster_rows": 0,
              **split_alone(test_rows)},
             {"window": "(vi) ORACLE test snapshots' P(eventually won)", "start": str(cut.end_time.date()),
              "rows": int(keep.sum()), "booster_rows": 0, "scale": best.scale_, "intercept": best.intercept_,
+             "closing_deals": int(pd.Series(deal_ids[keep]).nunique())},
+            {"window": "(vii) ORACLE test snapshots' P(eventually won), snapshots weighing the same",
+             "start": str(cut.end_time.date()), "rows": int(keep.sum()), "booster_rows": 0,
+             "scale": flat.scale_, "intercept": flat.intercept_,
              "closing_deals": int(pd.Series(deal_ids[keep]).nunique())}]
         # the oracles applied to the test window as the maps are: how far a split alone can take it
         maps["oracle_test_closes"] = pooled_split_map([test_rows])
         maps["oracle_p_won"] = best
+        maps["oracle_p_won_snapshots"] = flat
     variants: list[tuple[str, Any]] = [*maps.items(), *slip_maps.items()]
     for name, calibrator in variants:
         if isinstance(calibrator, SlipDateMap):
