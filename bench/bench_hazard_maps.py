@@ -1121,7 +1121,7 @@ def table_round15(runs: list[dict[str, Any]]) -> None:
                   f"| {w['scale']:.3f} | {d} |")
     print()
     for r in [r for r in runs if r.get("diagnose")]:
-        c = {k: np.mean([w["scale"] for w in r["round15_windows"] if w["window"].startswith(k)])
+        c = {k: np.mean([w["scale"] for w in r["round15_windows"] if w["window"].startswith(k + " ")])
              for k in ("(i)", "(iii)", "(iv)", "(v)", "(vi)")}
         nearer = {k: abs(c[k] - c["(iv)"]) < abs(c[k] - c["(i)"]) for k in ("(v)", "(vi)")}
         print(f"{_label(r)}: mean c (iii) forward {c['(iii)']:.3f}, (iv) lag {c['(iv)']:.3f} -> (iv) < "
