@@ -104,6 +104,40 @@ close, 90-day and slip ECE are worse beyond the paired interval on no history; (
 lower beyond the paired interval on none. With histories missing the verdict is "undecided" unless
 (2), (3) or the 20,000-deal part of (1) already fails (`--table --round 14` applies it).
 
+- Round 15 (hypothesis H15: the booster's won-against-lost log-odds are sharper, and need less stretch,
+  the further a snapshot is from the booster's data end; the calibration window sits 0-60 days after
+  it, the test window 60-150 days). `lag_folds`: fold k (k = 1, 2, 3) has a booster fitted on the
+  training snapshots at or before s_k = train_end - 60 d - 90 d - (k - 1) * 90 d, labels censored at
+  s_k (as `forward_folds`), and its rows are the training snapshots in (s_k + 60 d, s_k + 150 d] (the
+  test window's place against its booster), labelled up to train_end. Candidates, each an
+  `OutcomeSplitCalibrator` applied to the shipped booster's test hazards as `current` is (timing, and
+  so slip, `current`'s): `lag_split`, fitted on the 3 lag folds' closing rows pooled as
+  `pooled_split_map` pools (each window counting as its closing deals; prior sd 0.15 on the identity);
+  `lag_split_cal`, the same pooled with the calibration window's 60-day closing rows (`current`'s);
+  `marginal_split`, the (c, d) minimising the log loss of P(won within w_i) (w_i the days from the
+  snapshot to train_end, from the mapped hazards' curves) against "won by train_end" (fully observed)
+  on the lag folds' snapshots, each deal counting once in each fold, prior sd 0.15 on the identity.
+  `--diagnose` (on histories not judged) adds the split fitted on each window alone: (i) the
+  calibration window's 60-day closing rows, (ii) its rows watched to the end of the cut history, (iii)
+  the 3 latest forward folds, (iv) the 3 lag folds, and two oracles that use the test window's truth:
+  (v) the test window's closing rows watched to the end of the full history, with the shipped
+  booster's hazards; (vi) the (c, d), no prior, minimising the log loss of the test snapshots'
+  P(eventually won) against `won_label(full, ...)`, each deal counting once. Both oracles are also
+  applied to the test hazards as the maps are (`oracle_test_closes`, `oracle_p_won`): how far a split
+  alone can take the test window's figures. (vii) `oracle_p_won_snapshots`, added after (vi)'s figures
+  were read: (vi) with every test snapshot weighing the same, as the ECE weighs them.
+
+Round 15's rule, written and committed before any of its judged figures was read (a 1,000-deal run,
+seed 99, checked that the code ran): round 14's rule, unchanged, applied to the candidates in the order
+`lag_split`, `lag_split_cal`, `marginal_split`: a candidate becomes training's map only if, against
+`current` on the judged histories (5,000 deals, seeds 0-5 at cycle scale 1 and seeds 0 and 1 at cycle
+scale 2; 20,000 deals, seeds 0 and 1): (1) its close ECE is lower on average over the histories, and
+lower beyond the paired 95 % interval on at least one 20,000-deal history; (2) its close, 90-day and
+slip ECE are worse beyond the paired interval on no history; (3) its close AUC is lower beyond the
+paired interval on none. With histories missing the verdict is "undecided" unless (2), (3) or the
+20,000-deal part of (1) already fails (`--table --round 15` applies it to the runs without
+`--diagnose`). The first candidate in the order that passes is the one proposed.
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -114,9 +148,11 @@ test deals (`models.comparison.bootstrap_comparison`: the same draw for every ma
 Run: .venv/bin/python bench/bench_hazard_maps.py [--deals 20000] [--seed 0] [--cycle-scale 1]
 Writes bench/results/hazard_maps_seed<seed>.json. `--no-folds` leaves out round 8's forward folds
 (round 9's runs). `--round 14` (without `--table`) computes only `current`, `none` and round 14's maps,
-with the 3 folds they need. `--table FILE...` prints round 9's table (its variants and `current`,
-slip's error by days to the expected date) from such files and applies round 9's rule; `--round 14`,
-`--round 8` or `--round 7` that round's table and rule.
+with the 3 folds they need; `--round 15` only `current`, `none` and round 15's maps (3 lag folds),
+with `--diagnose` also round 15's windows alone and its oracles. `--table FILE...` prints round 9's
+table (its variants and `current`, slip's error by days to the expected date) from such files and
+applies round 9's rule; `--round 15`, `--round 14`, `--round 8` or `--round 7` that round's table and
+rule.
 """
 
 from __future__ import annotations
@@ -143,6 +179,7 @@ from models.timing import (
     LOST,
     N_PERIODS,
     OPEN,
+    PERIOD_DAYS,
     WON,
     HazardCalibrator,
     OutcomeSplitCalibrator,
@@ -335,34 +372,53 @@ class FoldRows:
         return np.full(len(self.target), self.n_deals / max(len(self.target), 1))
 
 
+def fold_booster(history: DealHistory, train: pd.DataFrame, cols: list[str], config: TrainConfig,
+                 start: pd.Timestamp, boosters: dict[pd.Timestamp, Any] | None = None) -> Any:
+    """A booster fitted, as training fits its own, on the training snapshots at or before `start` with
+    labels censored at `start`, and its row count; None when it cannot be fitted (no won or no lost
+    close before `start`). `boosters` caches them by `start` (round 15's first lag fold and round 8's
+    first forward fold share theirs)."""
+    if boosters is not None and start in boosters:
+        return boosters[start]
+    before = train[train["as_of"] <= start]
+    fitted = None
+    if not before.empty:
+        ev = close_event(history, before[["deal_id", "as_of"]], end=start)
+        pp = person_periods(ev["event"], ev["event_days"], ev["observed_days"])
+        if np.unique(pp.target).size == 3:
+            params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
+            fitted = (fit_hazard_booster(expand_frame(before, cols, pp), pp.target, params), len(pp.row))
+    if boosters is not None:
+        boosters[start] = fitted
+    return fitted
+
+
 def forward_folds(history: DealHistory, train: pd.DataFrame, cols: list[str], split: TimeSplit,
-                  config: TrainConfig, n_folds: int) -> list[FoldRows]:
+                  config: TrainConfig, n_folds: int,
+                  boosters: dict[pd.Timestamp, Any] | None = None) -> list[FoldRows]:
     """Round 8: time-ordered cross-fitting inside the training window, each fold laid out as the
     calibration window is against the training cut.
 
     Fold k (k = 1 latest) starts at s_k = train_end - watch - (k - 1) * length, with `length` the
     calibration window's length and `watch` the calibration window's start to the end of the data (what
     round 7's long labels watch). A booster is fitted, as training fits its own, on the training
-    snapshots at or before s_k with labels censored at s_k; the fold is the training snapshots in
-    (s_k, s_k + length], labelled up to s_k + watch (<= train_end: no label looks past the training
-    window), and its person-period rows, open ones included, get that booster's hazards. Folds whose
-    booster cannot be fitted (no won or no lost close before s_k) are left out.
+    snapshots at or before s_k with labels censored at s_k (`fold_booster`); the fold is the training
+    snapshots in (s_k, s_k + length], labelled up to s_k + watch (<= train_end: no label looks past the
+    training window), and its person-period rows, open ones included, get that booster's hazards. Folds
+    whose booster cannot be fitted (no won or no lost close before s_k) are left out.
     """
     length = split.calibration_end - split.train_end
     watch = split.end - split.train_end
-    params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
     out: list[FoldRows] = []
     for k in range(n_folds):
         start = split.train_end - watch - k * length
-        before = train[train["as_of"] <= start]
         fold = train[(train["as_of"] > start) & (train["as_of"] <= start + length)]
-        if before.empty or fold.empty:
+        if train[train["as_of"] <= start].empty or fold.empty:
             continue
-        ev = close_event(history, before[["deal_id", "as_of"]], end=start)
-        pp = person_periods(ev["event"], ev["event_days"], ev["observed_days"])
-        if np.unique(pp.target).size < 3:
+        fitted = fold_booster(history, train, cols, config, start, boosters)
+        if fitted is None:
             continue
-        booster = fit_hazard_booster(expand_frame(before, cols, pp), pp.target, params)
+        booster, n_fit_rows = fitted
         ev_f = close_event(history, fold[["deal_id", "as_of"]], end=start + watch)
         pp_f = person_periods(ev_f["event"], ev_f["event_days"], ev_f["observed_days"])
         if not len(pp_f.row):
@@ -370,7 +426,54 @@ def forward_folds(history: DealHistory, train: pd.DataFrame, cols: list[str], sp
         raw = np.asarray(booster.predict(expand_frame(fold, cols, pp_f)), dtype=np.float64)
         deals = fold["deal_id"].to_numpy(dtype=object)[pp_f.row]
         out.append(FoldRows(start, raw, pp_f.target, pp_f.period, int(pd.Series(deals).nunique()),
-                            len(pp.row), deals))
+                            n_fit_rows, deals))
+    return out
+
+
+@dataclass
+class LagFold:
+    """Round 15: a window of training snapshots placed against its own booster as the test window is
+    against the shipped one, with what the candidates fit on."""
+
+    rows: FoldRows  # its person-period rows (labelled up to train_end), with its booster's hazards
+    hazards: np.ndarray  # (snapshots, periods, 3): the booster's raw hazards of each snapshot
+    days_left: np.ndarray  # days from each snapshot to train_end (how long it is watched)
+    won: np.ndarray  # 1 when the deal was won by train_end, else 0 (fully observed)
+    deals: np.ndarray  # each snapshot's deal
+
+
+def lag_folds(history: DealHistory, train: pd.DataFrame, cols: list[str], split: TimeSplit,
+              config: TrainConfig, n_folds: int,
+              boosters: dict[pd.Timestamp, Any] | None = None) -> list[LagFold]:
+    """Round 15's lag folds: fold k (k = 1 latest) has its booster fitted on the training snapshots at
+    or before s_k = train_end - cal_len - test_len - (k - 1) * test_len (labels censored at s_k, as
+    `forward_folds`), and its rows are the training snapshots in (s_k + cal_len, s_k + cal_len +
+    test_len], i.e. 60-150 days after the booster's data as the test window is after the shipped
+    booster's, labelled up to train_end (the latest fold's rows are the last 90 days before the cut).
+    Folds whose booster cannot be fitted, or with no rows, are left out."""
+    cal_len = split.calibration_end - split.train_end
+    test_len = split.end - split.calibration_end
+    out: list[LagFold] = []
+    for k in range(n_folds):
+        start = split.train_end - cal_len - test_len - k * test_len
+        fold = train[(train["as_of"] > start + cal_len) & (train["as_of"] <= start + cal_len + test_len)]
+        if fold.empty:
+            continue
+        fitted = fold_booster(history, train, cols, config, start, boosters)
+        if fitted is None:
+            continue
+        booster, n_fit_rows = fitted
+        fold = fold.reset_index(drop=True)
+        ev = close_event(history, fold[["deal_id", "as_of"]], end=split.train_end)
+        pp = person_periods(ev["event"], ev["event_days"], ev["observed_days"])
+        if not len(pp.row):
+            continue
+        hazards = TimingModel(booster).raw_hazards(fold[cols])
+        deals = fold["deal_id"].to_numpy(dtype=object)
+        rows = FoldRows(start, hazards[pp.row, pp.period.astype(np.int64) - 1], pp.target, pp.period,
+                        int(pd.Series(deals[pp.row]).nunique()), n_fit_rows, deals[pp.row])
+        won = (ev["event"] == "won").fillna(False).to_numpy(dtype=np.float64)
+        out.append(LagFold(rows, hazards, ev["observed_days"].to_numpy(dtype=np.float64), won, deals))
     return out
 
 
@@ -501,9 +604,71 @@ def pooled_split_map(windows: list[FoldRows], by_period: bool = False) -> Outcom
     return OutcomeSplitCalibrator().fit(raw, target, groups=groups)
 
 
+def split_alone(window: FoldRows) -> dict[str, Any]:
+    """Training's outcome split fitted on one window's closing rows alone (c, d and its closing deals)."""
+    fitted = pooled_split_map([window]).to_dict()
+    closing = np.asarray(window.groups)[window.target != OPEN]
+    return {"scale": fitted["scale"], "intercept": fitted["intercept"],
+            "closing_deals": int(pd.Series(closing).nunique())}
+
+
+def _deal_weights(deals: np.ndarray) -> np.ndarray:
+    """1 / (the deal's number of snapshots): each deal counting once."""
+    codes, _ = pd.factorize(pd.Series(np.asarray(deals, dtype=object)))
+    return 1.0 / np.bincount(codes)[codes]
+
+
+def _split_log_loss(hazards: np.ndarray, y: np.ndarray, w: np.ndarray, theta: np.ndarray,
+                    days: np.ndarray | None) -> float:
+    """The weighted log loss of P(won within `days`) (P(eventually won) when None) from the hazards
+    with the outcome split (c, d) = `theta` applied, as `TimingModel.curves` applies it."""
+    split = OutcomeSplitCalibrator()
+    split.scale_, split.intercept_ = float(theta[0]), float(theta[1])
+    n, k = hazards.shape[:2]
+    curves = TimingCurves(split.transform(hazards.reshape(n * k, 3)).reshape(n, k, 3), PERIOD_DAYS)
+    p = np.clip(curves.p_won() if days is None else curves.won_within(days), 1e-6, 1.0 - 1e-6)
+    return float(np.sum(w * -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))))
+
+
+def _fit_split_on_probabilities(hazards: np.ndarray, y: np.ndarray, w: np.ndarray,
+                                days: np.ndarray | None, prior_sd: float | None) -> OutcomeSplitCalibrator:
+    """(c, d) of an `OutcomeSplitCalibrator` minimising `_split_log_loss` plus, unless `prior_sd` is None,
+    a Gaussian prior of that sd on the identity (c = 1, d = 0)."""
+    from scipy.optimize import minimize
+
+    identity = np.array([1.0, 0.0])
+
+    def loss(theta: np.ndarray) -> float:
+        dev = theta - identity
+        prior = 0.0 if prior_sd is None else 0.5 * float(dev @ dev) / prior_sd**2
+        return _split_log_loss(hazards, y, w, theta, days) + prior
+
+    res = minimize(loss, identity, method="L-BFGS-B")  # a smooth loss: finite-difference gradients
+    if not (res.success and np.all(np.isfinite(res.x))):
+        raise RuntimeError(f"the split's fit on probabilities did not converge: {res.message}")
+    split = OutcomeSplitCalibrator()
+    split.scale_, split.intercept_ = float(res.x[0]), float(res.x[1])
+    return split
+
+
+def marginal_split_map(folds: list[LagFold], prior_sd: float = 0.15) -> OutcomeSplitCalibrator:
+    """Round 15's `marginal_split`: (c, d) minimising the log loss of P(won within w_i), w_i the days from
+    the snapshot to train_end, against "won by train_end" (fully observed), on the lag folds' snapshots
+    pooled, each deal counting once in each fold, with a Gaussian prior of sd `prior_sd` on the
+    identity. Only the periods the longest watch reaches are kept (the rest do not enter P(won within))."""
+    days = np.concatenate([f.days_left for f in folds])
+    k = min(folds[0].hazards.shape[1], int(np.ceil(days.max() / PERIOD_DAYS)) + 1)
+    hazards = np.concatenate([f.hazards[:, :k] for f in folds])
+    y = np.concatenate([f.won for f in folds])
+    w = np.concatenate([_deal_weights(f.deals) for f in folds])
+    return _fit_split_on_probabilities(hazards, y, w, days, prior_sd)
+
+
 def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
-        round14: bool = False) -> dict[str, Any]:
-    """Every map side by side; `round14`: only `current`, `none` and round 14's maps (3 folds)."""
+        round14: bool = False, round15: bool = False, diagnose: bool = False) -> dict[str, Any]:
+    """Every map side by side; `round14`: only `current`, `none` and round 14's maps (3 folds);
+    `round15`: only `current`, `none` and round 15's maps (3 lag folds), with `diagnose` round 15's
+    windows alone (the 3 forward folds too) and its two oracles on the test window."""
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -550,9 +715,13 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
     # pooled with the calibration window's long-watched rows (`closing_speed`'s)
     # (`--no-folds`, round 9's runs: left out, four booster fits fewer)
     # (`--round 14`: the 3 latest folds alone, the ones its maps use)
-    fold_rows = (forward_folds(cut, frame[frame["window"] == "train"], cols, data.split, config,
-                               3 if round14 else N_FOLDS_MAX) if folds else [])
-    if folds:
+    # (`--round 15`: the 3 latest with `--diagnose` only, for round 15's table of windows alone)
+    boosters: dict[pd.Timestamp, Any] = {}
+    train_frame = frame[frame["window"] == "train"]
+    fold_rows = (forward_folds(cut, train_frame, cols, data.split, config,
+                               3 if round14 or round15 else N_FOLDS_MAX, boosters)
+                 if folds and (diagnose or not round15) else [])
+    if folds and not round15:
         # Round 14: training's outcome split fitted on the same windows' closing rows
         maps["crossfit_split"] = pooled_split_map([*fold_rows[:3], cal_rows])
         maps["crossfit_split_periods"] = pooled_split_map([*fold_rows[:3], cal_rows], by_period=True)
@@ -565,12 +734,26 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
                      if k in ("scale", "shifts")}}
                  for f in [*fold_rows, cal_rows]]
     for f, window in zip([*fold_rows, cal_rows], fold_maps, strict=True):
-        alone = pooled_split_map([f]).to_dict()
-        window["split"] = {"scale": alone["scale"], "intercept": alone["intercept"],
-                          "closing_deals": int(pd.Series(np.asarray(f.groups)[f.target != OPEN]).nunique())}
+        window["split"] = split_alone(f)
+    round15_windows: list[dict[str, Any]] = []
+    if round15:
+        # Round 15: the split fitted on lag folds (each 60-150 days after its own booster's data, as the
+        # test window is after the shipped booster's), alone, pooled, pooled with `current`'s rows, and
+        # on their snapshots' P(won by train_end)
+        lag = lag_folds(cut, train_frame, cols, data.split, config, 3, boosters)
+        cal60 = FoldRows(data.split.train_end, raw_cal, pp.target, pp.period, n_cal_deals, groups=cal_groups)
+        maps["lag_split"] = pooled_split_map([f.rows for f in lag])
+        maps["lag_split_cal"] = pooled_split_map([*(f.rows for f in lag), cal60])
+        maps["marginal_split"] = marginal_split_map(lag)
+        labelled = [("(i) calibration, 60 days (current)", cal60), ("(ii) calibration, long", cal_rows),
+                    *((f"(iii) forward fold from {f.start.date()}", f) for f in fold_rows),
+                    *((f"(iv) lag fold from {f.rows.start.date()}", f.rows) for f in lag)]
+        round15_windows = [{"window": name, "start": str(f.start.date()), "rows": len(f.target),
+                            "booster_rows": f.n_fit_rows, **split_alone(f)} for name, f in labelled]
+        maps = {name: maps[name] for name in ROUND15}
     if round14:
         maps = {name: maps[name] for name in ROUND14}
-    slip_maps, slip_cal_fit = ({}, None) if round14 else slip_date_maps(cut, cal, cols, timing)
+    slip_maps, slip_cal_fit = ({}, None) if round14 or round15 else slip_date_maps(cut, cal, cols, timing)
 
     points = make_snapshots(cut)
     points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
@@ -600,6 +783,39 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
     # the booster's hazards once; each map applied to them as `TimingModel.curves` does
     raw = TimingModel(timing.booster).raw_hazards(feats[cols])
     n_points, n_k = raw.shape[:2]
+    if round15:
+        out["round15_windows"] = round15_windows
+        out["diagnose"] = diagnose
+    if round15 and diagnose:
+        # Round 15's oracles (diagnostic only: they use the test window's truth). (v) the test window's
+        # closing rows, watched to the end of the full history, with the shipped booster's hazards;
+        # (vi) the (c, d) minimising the log loss of the test snapshots' P(eventually won) against
+        # `won_label(full, ...)`, each deal counting once, no prior
+        ev_t = close_event(full, points[["deal_id", "as_of"]], end=full.end_time)
+        pp_t = person_periods(ev_t["event"], ev_t["event_days"], ev_t["observed_days"])
+        test_rows = FoldRows(cut.end_time, raw[pp_t.row, pp_t.period.astype(np.int64) - 1], pp_t.target,
+                             pp_t.period, int(pd.Series(deal_ids[pp_t.row]).nunique()), 0, deal_ids[pp_t.row])
+        won = truth["close_probability"]
+        keep = np.isfinite(won)
+        best = _fit_split_on_probabilities(raw[keep], won[keep], _deal_weights(deal_ids[keep]), None, None)
+        # (vii), added after (vi)'s figures were read: (vi) with every snapshot weighing the same, as the
+        # ECE weighs them (a deal open through the window has 13 weekly snapshots, a fast closer one)
+        flat = _fit_split_on_probabilities(raw[keep], won[keep], np.ones(int(keep.sum())), None, None)
+        out["round15_windows"] += [
+            {"window": "(v) ORACLE test window's closes, to the end of the full history",
+             "start": str(cut.end_time.date()), "rows": len(pp_t.row), "booster_rows": 0,
+             **split_alone(test_rows)},
+            {"window": "(vi) ORACLE test snapshots' P(eventually won)", "start": str(cut.end_time.date()),
+             "rows": int(keep.sum()), "booster_rows": 0, "scale": best.scale_, "intercept": best.intercept_,
+             "closing_deals": int(pd.Series(deal_ids[keep]).nunique())},
+            {"window": "(vii) ORACLE test snapshots' P(eventually won), snapshots weighing the same",
+             "start": str(cut.end_time.date()), "rows": int(keep.sum()), "booster_rows": 0,
+             "scale": flat.scale_, "intercept": flat.intercept_,
+             "closing_deals": int(pd.Series(deal_ids[keep]).nunique())}]
+        # the oracles applied to the test window as the maps are: how far a split alone can take it
+        maps["oracle_test_closes"] = pooled_split_map([test_rows])
+        maps["oracle_p_won"] = best
+        maps["oracle_p_won_snapshots"] = flat
     variants: list[tuple[str, Any]] = [*maps.items(), *slip_maps.items()]
     for name, calibrator in variants:
         if isinstance(calibrator, SlipDateMap):
@@ -657,6 +873,8 @@ ROUND8 = ("current", "closing_speed", "crossfit_speed", "crossfit_speed_4", "cro
 ROUND8_CANDIDATES = ("crossfit_speed", "crossfit_speed_4")
 ROUND14 = ("current", "none", "crossfit_split", "crossfit_split_periods")
 ROUND14_CANDIDATES = ("crossfit_split", "crossfit_split_periods")
+ROUND15 = ("current", "none", "lag_split", "lag_split_cal", "marginal_split")
+ROUND15_CANDIDATES = ("lag_split", "lag_split_cal", "marginal_split")
 # round 14's judged histories: (deals, seed, cycle scale)
 ROUND14_HISTORIES = (*((5000, s, 1.0) for s in range(6)), (5000, 0, 2.0), (5000, 1, 2.0),
                      (20000, 0, 1.0), (20000, 1, 1.0))
@@ -680,6 +898,9 @@ def table(paths: list[Path], round_: int = 9) -> None:
         return
     if round_ == 14:
         table_round14(runs)
+        return
+    if round_ == 15:
+        table_round15(runs)
         return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     _rows(runs, ROUND7)
@@ -852,12 +1073,17 @@ def table_round14(runs: list[dict[str, Any]]) -> None:
                         + (f" bands {[round(b, 3) for b in m['bands']]}" if "bands" in m else ""))
         print("   ", _label(r), "; ".join(fits))
     print()
+    split_rule(runs, ROUND14_CANDIDATES)
+
+
+def split_rule(runs: list[dict[str, Any]], candidates: tuple[str, ...]) -> None:
+    """Round 14's rule (round 15's too) applied to `candidates` in order, on `ROUND14_HISTORIES`."""
     done = {(r["deals"], r["seed"], float(r["cycle_scale"])) for r in runs}
     missing = [h for h in ROUND14_HISTORIES if h not in done]
     large = [r for r in runs if r["deals"] >= 20000]
     cur = np.mean([r["variants"]["current"]["close_probability"]["ece"] for r in runs])
     print(f"histories: {len(runs)} judged, missing {missing}; current mean close ECE {cur:.4f}")
-    for name in ROUND14_CANDIDATES:
+    for name in candidates:
         mean = np.mean([r["variants"][name]["close_probability"]["ece"] for r in runs])
         beyond = sum(v == 1 for v in _verdicts(large, name, "close_probability"))
         worse = {t: _verdicts(runs, name, t).count(-1)
@@ -880,6 +1106,45 @@ def table_round14(runs: list[dict[str, Any]]) -> None:
               f"{verdict}")
 
 
+def table_round15(runs: list[dict[str, Any]]) -> None:
+    """Round 15's table of the split (c, d) fitted on each window alone, per history (the oracles on the
+    `--diagnose` runs only), H15's check on those, then the judged table and round 14's rule applied to
+    round 15's candidates on the judged (not `--diagnose`) runs."""
+    runs.sort(key=lambda r: (r.get("diagnose", False) is False, r["deals"], r["cycle_scale"], r["seed"]))
+    print("| history | window | closing deals | c | d |")
+    print("|---|---|---|---|---|")
+    for r in runs:
+        tag = _label(r) + (" (diagnostic)" if r.get("diagnose") else "")
+        for i, w in enumerate(r["round15_windows"]):
+            d = f"{w['intercept']:+.3f}".replace("-", "−")
+            print(f"| {tag if i == 0 else ''} | {w['window']} | {w['closing_deals']} "
+                  f"| {w['scale']:.3f} | {d} |")
+    print()
+    for r in [r for r in runs if r.get("diagnose")]:
+        c = {k: np.mean([w["scale"] for w in r["round15_windows"] if w["window"].startswith(k + " ")])
+             for k in ("(i)", "(iii)", "(iv)", "(v)", "(vi)")}
+        nearer = {k: abs(c[k] - c["(iv)"]) < abs(c[k] - c["(i)"]) for k in ("(v)", "(vi)")}
+        print(f"{_label(r)}: mean c (iii) forward {c['(iii)']:.3f}, (iv) lag {c['(iv)']:.3f} -> (iv) < "
+              f"(iii): {c['(iv)'] < c['(iii)']}; (i) {c['(i)']:.3f}; oracle (v) {c['(v)']:.3f} nearer (iv) "
+              f"than (i): {nearer['(v)']}; oracle (vi) {c['(vi)']:.3f} nearer (iv): {nearer['(vi)']}")
+    for r in [r for r in runs if r.get("diagnose")]:
+        print(f"{_label(r)} (diagnostic), close / 90-day ECE per map on the test window:", "; ".join(
+            f"{n} {v['close_probability']['ece']:.4f} / {v['close_probability_90d']['ece']:.4f}"
+            for n, v in r["variants"].items()))
+    judged = [r for r in runs if not r.get("diagnose")]
+    if not judged:
+        return
+    print()
+    _rows(judged, ROUND15)
+    print()
+    for r in judged:
+        print("   ", _label(r), "; ".join(f"{n} c {r['variants'][n]['map']['scale']:.3f} d "
+                                       f"{r['variants'][n]['map']['intercept']:+.3f}"
+                                       for n in ("current", *ROUND15_CANDIDATES)))
+    print()
+    split_rule(judged, ROUND15_CANDIDATES)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
@@ -888,8 +1153,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print a round's table and its rule's verdict from these result files")
-    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14), default=9,
-                        help="the round --table reports; 14 without --table: compute only round 14's maps")
+    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15), default=9,
+                        help="the round --table reports; 14 or 15 without --table: compute only that "
+                             "round's maps")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="with --round 15: also the forward folds' splits alone and the two oracles")
     parser.add_argument("--no-folds", action="store_true",
                         help="leave out round 8's forward folds and their maps (four booster fits fewer)")
     args = parser.parse_args()
@@ -897,7 +1165,8 @@ def main() -> None:
         table(args.table, args.round)
         return
     started = time.perf_counter()
-    body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds, round14=args.round == 14)
+    body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds, round14=args.round == 14,
+               round15=args.round == 15, diagnose=args.diagnose)
     result = {"deals": args.deals, "seed": args.seed, **body,
               "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
