@@ -138,6 +138,30 @@ paired interval on none. With histories missing the verdict is "undecided" unles
 20,000-deal part of (1) already fails (`--table --round 15` applies it to the runs without
 `--diagnose`). The first candidate in the order that passes is the one proposed.
 
+- Round 16 (round 15's lead: the judged close ECE weighs every test snapshot the same, so a deal open
+  through the 90 days counts 13 times and a fast closer once, while training's split counts each
+  closing deal once; oracle (vii), weighted as the ECE is, had less stretch than `current` on 3 of 4
+  diagnostic histories). Candidates, on round 15's 3 lag folds, each an `OutcomeSplitCalibrator` applied
+  to the shipped booster's test hazards as `current` is (timing, and so slip, `current`'s):
+  `marginal_split_snapshots`, round 15's `marginal_split` (log loss of P(won within w_i) against "won
+  by train_end") with every snapshot weighing the same, all of a fold's snapshots together as much as
+  its deals (w = deals / snapshots in that fold, so the prior sd 0.15 on the identity keeps its
+  meaning); `lag_split_snapshots`, round 15's `lag_split` (the folds' closing rows pooled) with every
+  closing row weighing the same, all of a fold's closing rows together as much as its closing deals
+  (w = closing deals / closing rows in that fold; `weighted_split_map`, training's loss and prior).
+
+Round 16's rule, written and committed before any of its judged figures was read: round 14's rule,
+unchanged, applied to the candidates in the order `marginal_split_snapshots`, `lag_split_snapshots`:
+a candidate becomes training's map only if, against `current` on the judged histories (5,000 deals,
+seeds 0-5 at cycle scale 1 and seeds 0 and 1 at cycle scale 2; 20,000 deals, seeds 0 and 1): (1) its
+close ECE is lower on average over the histories, and lower beyond the paired 95 % interval on at
+least one 20,000-deal history; (2) its close, 90-day and slip ECE are worse beyond the paired interval
+on no history; (3) its close AUC is lower beyond the paired interval on none. The 20,000-deal
+histories are run first; if (1)'s 20,000-deal part or (2) already fails there for both candidates, the
+5,000-deal histories may be left unrun (the verdict is then "fails"). `--table --round 16` applies it.
+The first candidate in the order that passes is the one proposed (not adopted by this bench: training
+is not changed here).
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -149,10 +173,10 @@ Run: .venv/bin/python bench/bench_hazard_maps.py [--deals 20000] [--seed 0] [--c
 Writes bench/results/hazard_maps_seed<seed>.json. `--no-folds` leaves out round 8's forward folds
 (round 9's runs). `--round 14` (without `--table`) computes only `current`, `none` and round 14's maps,
 with the 3 folds they need; `--round 15` only `current`, `none` and round 15's maps (3 lag folds),
-with `--diagnose` also round 15's windows alone and its oracles. `--table FILE...` prints round 9's
-table (its variants and `current`, slip's error by days to the expected date) from such files and
-applies round 9's rule; `--round 15`, `--round 14`, `--round 8` or `--round 7` that round's table and
-rule.
+with `--diagnose` also round 15's windows alone and its oracles; `--round 16` only `current`, `none`
+and round 16's maps (3 lag folds). `--table FILE...` prints round 9's table (its variants and
+`current`, slip's error by days to the expected date) from such files and applies round 9's rule;
+`--round 16`, `--round 15`, `--round 14`, `--round 8` or `--round 7` that round's table and rule.
 """
 
 from __future__ import annotations
@@ -618,6 +642,57 @@ def _deal_weights(deals: np.ndarray) -> np.ndarray:
     return 1.0 / np.bincount(codes)[codes]
 
 
+def _snapshot_weights(deals: np.ndarray) -> np.ndarray:
+    """Round 16: every snapshot (or row) the same weight, all of them together as much as their deals
+    (deals / snapshots): the same total as `_deal_weights`, spread evenly instead of per deal."""
+    deals = np.asarray(deals, dtype=object)
+    return np.full(len(deals), pd.Series(deals).nunique() / max(len(deals), 1))
+
+
+def weighted_split_map(proba: np.ndarray, target: np.ndarray, weight: np.ndarray,
+                       prior_sd: float = 0.15) -> OutcomeSplitCalibrator:
+    """Round 16: training's outcome split (c, d), its loss and prior (sd `prior_sd` on the identity), fitted
+    on the closing rows with the given weight per row (`OutcomeSplitCalibrator.fit` only takes each
+    deal counting once, and the product code is not this bench's to change)."""
+    from scipy.optimize import minimize
+
+    closes = np.asarray(target) != OPEN
+    p = np.clip(np.asarray(proba, dtype=np.float64)[closes], _EPS, 1.0)
+    x = np.log(p[:, WON] / p[:, LOST])  # z_won - z_lost
+    y = (np.asarray(target)[closes] == WON).astype(np.float64)
+    w = np.asarray(weight, dtype=np.float64)[closes]
+    identity = np.array([1.0, 0.0])
+    var = prior_sd**2
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        eta = theta[0] * x + theta[1]
+        nll = float(np.sum(w * np.logaddexp(0.0, np.where(y > 0, -eta, eta))))
+        resid = w * (1.0 / (1.0 + np.exp(-eta)) - y)
+        dev = theta - identity
+        return nll + 0.5 * float(dev @ dev) / var, np.array([resid @ x, resid.sum()]) + dev / var
+
+    res = minimize(loss, identity, jac=True, method="L-BFGS-B")
+    if not (res.success and np.all(np.isfinite(res.x))):
+        raise RuntimeError(f"the weighted split's fit did not converge: {res.message}")
+    split = OutcomeSplitCalibrator(prior_sd=prior_sd)
+    split.scale_, split.intercept_ = float(res.x[0]), float(res.x[1])
+    return split
+
+
+def lag_split_snapshots_map(windows: list[FoldRows]) -> OutcomeSplitCalibrator:
+    """Round 16's `lag_split_snapshots`: round 15's `lag_split` (the windows' closing rows pooled) with
+    every closing row weighing the same, all of a window's closing rows together as much as its closing
+    deals (closing deals / closing rows in that window), prior sd 0.15 on the identity."""
+    weights = []
+    for w in windows:
+        closing = w.target != OPEN
+        weight = np.zeros(len(w.target))
+        weight[closing] = _snapshot_weights(np.asarray(w.groups, dtype=object)[closing])
+        weights.append(weight)
+    cat = np.concatenate
+    return weighted_split_map(cat([w.raw for w in windows]), cat([w.target for w in windows]), cat(weights))
+
+
 def _split_log_loss(hazards: np.ndarray, y: np.ndarray, w: np.ndarray, theta: np.ndarray,
                     days: np.ndarray | None) -> float:
     """The weighted log loss of P(won within `days`) (P(eventually won) when None) from the hazards
@@ -651,24 +726,30 @@ def _fit_split_on_probabilities(hazards: np.ndarray, y: np.ndarray, w: np.ndarra
     return split
 
 
-def marginal_split_map(folds: list[LagFold], prior_sd: float = 0.15) -> OutcomeSplitCalibrator:
+def marginal_split_map(folds: list[LagFold], prior_sd: float = 0.15,
+                       per_snapshot: bool = False) -> OutcomeSplitCalibrator:
     """Round 15's `marginal_split`: (c, d) minimising the log loss of P(won within w_i), w_i the days from
     the snapshot to train_end, against "won by train_end" (fully observed), on the lag folds' snapshots
     pooled, each deal counting once in each fold, with a Gaussian prior of sd `prior_sd` on the
-    identity. Only the periods the longest watch reaches are kept (the rest do not enter P(won within))."""
+    identity. Only the periods the longest watch reaches are kept (the rest do not enter P(won within)).
+    `per_snapshot` (round 16's `marginal_split_snapshots`): every snapshot weighing the same, all of a
+    fold's snapshots together as much as its deals (deals / snapshots in that fold)."""
     days = np.concatenate([f.days_left for f in folds])
     k = min(folds[0].hazards.shape[1], int(np.ceil(days.max() / PERIOD_DAYS)) + 1)
     hazards = np.concatenate([f.hazards[:, :k] for f in folds])
     y = np.concatenate([f.won for f in folds])
-    w = np.concatenate([_deal_weights(f.deals) for f in folds])
+    weights = _snapshot_weights if per_snapshot else _deal_weights
+    w = np.concatenate([weights(f.deals) for f in folds])
     return _fit_split_on_probabilities(hazards, y, w, days, prior_sd)
 
 
 def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
-        round14: bool = False, round15: bool = False, diagnose: bool = False) -> dict[str, Any]:
+        round14: bool = False, round15: bool = False, diagnose: bool = False,
+        round16: bool = False) -> dict[str, Any]:
     """Every map side by side; `round14`: only `current`, `none` and round 14's maps (3 folds);
     `round15`: only `current`, `none` and round 15's maps (3 lag folds), with `diagnose` round 15's
-    windows alone (the 3 forward folds too) and its two oracles on the test window."""
+    windows alone (the 3 forward folds too) and its oracles on the test window; `round16`: only
+    `current`, `none` and round 16's maps (the 3 lag folds alone)."""
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -720,8 +801,8 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
     train_frame = frame[frame["window"] == "train"]
     fold_rows = (forward_folds(cut, train_frame, cols, data.split, config,
                                3 if round14 or round15 else N_FOLDS_MAX, boosters)
-                 if folds and (diagnose or not round15) else [])
-    if folds and not round15:
+                 if folds and (diagnose or not round15) and not round16 else [])
+    if folds and not round15 and not round16:
         # Round 14: training's outcome split fitted on the same windows' closing rows
         maps["crossfit_split"] = pooled_split_map([*fold_rows[:3], cal_rows])
         maps["crossfit_split_periods"] = pooled_split_map([*fold_rows[:3], cal_rows], by_period=True)
@@ -751,9 +832,24 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         round15_windows = [{"window": name, "start": str(f.start.date()), "rows": len(f.target),
                             "booster_rows": f.n_fit_rows, **split_alone(f)} for name, f in labelled]
         maps = {name: maps[name] for name in ROUND15}
+    round16_fit: list[dict[str, Any]] = []
+    if round16:
+        # Round 16: round 15's marginal_split and lag_split on the same 3 lag folds, every snapshot (every
+        # closing row) weighing the same, each fold's together as much as its deals (closing deals)
+        lag = lag_folds(cut, train_frame, cols, data.split, config, 3, boosters)
+        maps["marginal_split_snapshots"] = marginal_split_map(lag, per_snapshot=True)
+        maps["lag_split_snapshots"] = lag_split_snapshots_map([f.rows for f in lag])
+        round16_fit = [{"start": str(f.rows.start.date()), "snapshots": len(f.deals),
+                        "deals": int(pd.Series(f.deals).nunique()), "won_by_train_end": float(f.won.mean()),
+                        "closing_rows": int((f.rows.target != OPEN).sum()),
+                        "closing_deals": int(pd.Series(np.asarray(f.rows.groups)[f.rows.target != OPEN])
+                                             .nunique())}
+                       for f in lag]
+        maps = {name: maps[name] for name in ROUND16}
     if round14:
         maps = {name: maps[name] for name in ROUND14}
-    slip_maps, slip_cal_fit = ({}, None) if round14 or round15 else slip_date_maps(cut, cal, cols, timing)
+    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or round16
+                               else slip_date_maps(cut, cal, cols, timing))
 
     points = make_snapshots(cut)
     points = points[points["as_of"] > cut.end_time - pd.Timedelta(days=90)].reset_index(drop=True)
@@ -786,6 +882,8 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
     if round15:
         out["round15_windows"] = round15_windows
         out["diagnose"] = diagnose
+    if round16:
+        out["round16_lag_folds"] = round16_fit
     if round15 and diagnose:
         # Round 15's oracles (diagnostic only: they use the test window's truth). (v) the test window's
         # closing rows, watched to the end of the full history, with the shipped booster's hazards;
@@ -875,6 +973,8 @@ ROUND14 = ("current", "none", "crossfit_split", "crossfit_split_periods")
 ROUND14_CANDIDATES = ("crossfit_split", "crossfit_split_periods")
 ROUND15 = ("current", "none", "lag_split", "lag_split_cal", "marginal_split")
 ROUND15_CANDIDATES = ("lag_split", "lag_split_cal", "marginal_split")
+ROUND16 = ("current", "none", "marginal_split_snapshots", "lag_split_snapshots")
+ROUND16_CANDIDATES = ("marginal_split_snapshots", "lag_split_snapshots")
 # round 14's judged histories: (deals, seed, cycle scale)
 ROUND14_HISTORIES = (*((5000, s, 1.0) for s in range(6)), (5000, 0, 2.0), (5000, 1, 2.0),
                      (20000, 0, 1.0), (20000, 1, 1.0))
@@ -901,6 +1001,9 @@ def table(paths: list[Path], round_: int = 9) -> None:
         return
     if round_ == 15:
         table_round15(runs)
+        return
+    if round_ == 16:
+        table_round16(runs)
         return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     _rows(runs, ROUND7)
@@ -1145,6 +1248,24 @@ def table_round15(runs: list[dict[str, Any]]) -> None:
     split_rule(judged, ROUND15_CANDIDATES)
 
 
+def table_round16(runs: list[dict[str, Any]]) -> None:
+    """Round 16's judged table, each map's (c, d) and mean close ECE, and round 14's rule applied to
+    round 16's candidates in order."""
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    _rows(runs, ROUND16)
+    print()
+    for r in runs:
+        folds = ", ".join(f"{f['snapshots']} snapshots / {f['deals']} deals, {f['closing_rows']} closing "
+                          f"rows / {f['closing_deals']} closing deals" for f in r["round16_lag_folds"])
+        print("   ", _label(r), "; ".join(f"{n} c {r['variants'][n]['map']['scale']:.3f} d "
+                                       f"{r['variants'][n]['map']['intercept']:+.3f}"
+                                       for n in ("current", *ROUND16_CANDIDATES)), f"[lag folds: {folds}]")
+    print()
+    print("mean close ECE:", "; ".join(
+        f"{n} {np.mean([r['variants'][n]['close_probability']['ece'] for r in runs]):.4f}" for n in ROUND16))
+    split_rule(runs, ROUND16_CANDIDATES)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
@@ -1153,8 +1274,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print a round's table and its rule's verdict from these result files")
-    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15), default=9,
-                        help="the round --table reports; 14 or 15 without --table: compute only that "
+    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16), default=9,
+                        help="the round --table reports; 14, 15 or 16 without --table: compute only that "
                              "round's maps")
     parser.add_argument("--diagnose", action="store_true",
                         help="with --round 15: also the forward folds' splits alone and the two oracles")
@@ -1166,7 +1287,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds, round14=args.round == 14,
-               round15=args.round == 15, diagnose=args.diagnose)
+               round15=args.round == 15, diagnose=args.diagnose, round16=args.round == 16)
     result = {"deals": args.deals, "seed": args.seed, **body,
               "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -1,13 +1,21 @@
 """bench/bench_hazard_maps.py's round 15 fits the outcome split (c, d) on the probability of a win by
 the end of the training data, snapshot by snapshot: these check that the fit finds a stretch a person
-planted in the data, and that a deal seen in many snapshots counts as one deal."""
+planted in the data, and that a deal seen in many snapshots counts as one deal. Round 16 weighs every
+snapshot (every closing row) the same instead: there a deal seen in many snapshots counts that many
+times, and a fold whose deals are all seen equally often fits as if each deal counted once."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from bench.bench_hazard_maps import FoldRows, LagFold, marginal_split_map
+from bench.bench_hazard_maps import (
+    FoldRows,
+    LagFold,
+    lag_split_snapshots_map,
+    marginal_split_map,
+    pooled_split_map,
+)
 from models.timing import LOST, OPEN, WON
 
 
@@ -48,3 +56,37 @@ def test_a_deal_seen_in_many_snapshots_counts_as_one_deal() -> None:
     deals = np.concatenate([np.arange(len(x)).astype(str), np.full(5_000, "stubborn")]).astype(object)
     split = marginal_split_map([_fold(x_all, won_all, deals)])
     assert abs(split.scale_ - 1.0) < 0.1 and abs(split.intercept_) < 0.1
+
+
+def _stubborn(n_deals: int, seen: int) -> LagFold:
+    """`n_deals` deals won at the booster's own odds, and one deal, lost, seen `seen` times at odds of 9
+    to 1 for a win."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.0, 1.0, n_deals)
+    won = (rng.random(len(x)) < 1.0 / (1.0 + np.exp(-x))).astype(np.float64)
+    deals = np.concatenate([np.arange(n_deals).astype(str), np.full(seen, "stubborn")]).astype(object)
+    x_all = np.concatenate([x, np.full(seen, np.log(9.0))])
+    return _fold(x_all, np.concatenate([won, np.zeros(seen)]), deals)
+
+
+def test_weighing_snapshots_alike_lets_a_deal_seen_often_pull_the_split() -> None:
+    # the same data as above: with every snapshot weighing the same, the lost deal's 5,000 snapshots
+    # are 5,000 of 7,000 and drag the won share down (d well below 0), in both round 16 fits
+    fold = _stubborn(2_000, 5_000)
+    for split in (marginal_split_map([fold], per_snapshot=True), lag_split_snapshots_map([fold.rows])):
+        assert split.intercept_ < -0.5
+
+
+def test_deals_seen_equally_often_fit_as_if_each_counted_once() -> None:
+    # every deal seen in 3 snapshots: weighing snapshots alike (3 deals' worth spread over 9) is the same
+    # as each deal counting once, so round 16's fits give round 15's (c, d)
+    rng = np.random.default_rng(2)
+    x = np.repeat(rng.normal(0.0, 1.5, 3_000), 3)
+    won = np.repeat((rng.random(3_000) < 0.5).astype(np.float64), 3)
+    fold = _fold(x, won, np.repeat(np.arange(3_000).astype(str), 3).astype(object))
+    per_deal, per_snapshot = marginal_split_map([fold]), marginal_split_map([fold], per_snapshot=True)
+    assert abs(per_deal.scale_ - per_snapshot.scale_) < 1e-4
+    assert abs(per_deal.intercept_ - per_snapshot.intercept_) < 1e-4
+    training, rows_alike = pooled_split_map([fold.rows]), lag_split_snapshots_map([fold.rows])
+    assert abs(training.scale_ - rows_alike.scale_) < 1e-4
+    assert abs(training.intercept_ - rows_alike.intercept_) < 1e-4
