@@ -13,6 +13,9 @@ verdict; `bench_hazard_maps.py` and `bench_timing_boosters.py` hold the judged r
 - `pipeline_split`: training's outcome split (`OutcomeSplitCalibrator`, c and d) fitted per pipeline on
   the calibration window's closing rows of that pipeline, same prior; `pipeline_shift` the same with c
   held at 1;
+- `split_first_2` / `split_first_3`: training's split applied to the first 2 / 3 periods only, the
+  booster's own won share after (the split is fitted on a 60-day window, whose closes are in the first
+  two periods); `no_split`: the booster's hazards alone;
 - `trees_300`: the hazard booster with 300 trees instead of 100 (same learning rate), `learning_rate_015`
   with a learning rate of 0.15 instead of 0.05: is the booster underfit? (training's map refitted on each.)
 
@@ -119,6 +122,12 @@ def run(deals: int, seed: int) -> dict[str, Any]:
         pv = _curves_of(raw, maps, pipeline, timing.period_days).p_won()
         out["variants"][name] = {**_judged(pv, y, pipeline),
                                  "maps": {pl: [m.scale_, m.intercept_] for pl, m in maps.items()}}
+
+    mapped = timing.calibrator.transform(raw.reshape(-1, 3)).reshape(raw.shape)
+    for name, first in (("split_first_2", 2), ("split_first_3", 3), ("no_split", 0)):
+        hazards = raw.copy()
+        hazards[:, :first] = mapped[:, :first]
+        out["variants"][name] = _judged(TimingCurves(hazards, timing.period_days).p_won(), y, pipeline)
 
     for name, extra in (("trees_300", {"n_estimators": 300}), ("learning_rate_015", {"learning_rate": 0.15})):
         variant = TrainConfig(seed=seed, timing_params={**config.timing_params, **extra})
