@@ -99,14 +99,20 @@ def truth_metrics(full: Any, cut: Any, bundle: Any, n_points: int = 3000, seed: 
     return out
 
 
-def run(deals: int, cycle_scale: float, seed: int, n_points: int = 3000) -> dict[str, Any]:
+def cut_history(deals: int, seed: int, cycle_scale: float = 1.0) -> tuple[Any, Any]:
+    """(full, cut): `2 * deals` simulated over four years from 2024-01-01, and the same history cut after
+    two (about `deals` deals), which is all a model trained here sees."""
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full_end = cut_at + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(
         2 * deals, seed=seed, start=str(start.date()), end=str(full_end.date()), cycle_scale=cycle_scale
     )
-    cut = full.cut(cut_at)
+    return full, full.cut(cut_at)
+
+
+def run(deals: int, cycle_scale: float, seed: int, n_points: int = 3000) -> dict[str, Any]:
+    full, cut = cut_history(deals, seed, cycle_scale)
     t0 = time.perf_counter()
     result = train(cut, TrainConfig(seed=seed))
     seconds = time.perf_counter() - t0
