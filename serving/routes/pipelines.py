@@ -93,7 +93,7 @@ def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
 
 
 @router.get(
-    "/v1/pipelines/{pipeline}/at-risk",
+    "/v1/pipelines/{pipeline:path}/at-risk",
     response_model=AtRiskList,
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
@@ -137,7 +137,7 @@ async def at_risk(
 
 
 @router.get(
-    "/v1/pipelines/{pipeline}/stale",
+    "/v1/pipelines/{pipeline:path}/stale",
     response_model=AtRiskList,
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
@@ -317,7 +317,7 @@ def _attachment(filename: str) -> str:
     return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.get("/v1/pipelines/{pipeline}/health", response_model=dict[str, Any])
+@router.get("/v1/pipelines/{pipeline:path}/health", response_model=dict[str, Any])
 def health(
     pipeline: PipelinePath,
     key: ReadKey,
@@ -386,7 +386,7 @@ def _health(store: Store, pipeline: str, t0: pd.Timestamp, t1: pd.Timestamp, by:
     return {"pipeline": pipeline, **report}
 
 
-@router.get("/v1/pipelines/{pipeline}/forecast")
+@router.get("/v1/pipelines/{pipeline:path}/forecast")
 async def pipeline_forecast(
     pipeline: PipelinePath,
     key: ReadKey,

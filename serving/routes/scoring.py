@@ -164,7 +164,7 @@ def inline_score_columns(
     return score_point_columns(bundle, history, points, builder_for(builder, history))
 
 
-@router.get("/v1/deals/{deal_id}/score", response_model=DealScores)
+@router.get("/v1/deals/{deal_id:path}/score", response_model=DealScores)
 def score_stored(
     deal_id: DealIdPath,
     key: AnyKey,
