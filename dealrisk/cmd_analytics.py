@@ -6,7 +6,6 @@ call `features.health.pipeline_health`, `models.forecast.score_open_deals` / `fo
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from rich.table import Table
 from dealrisk.console import emit_json, fail, option_time, out_console, progress
 from features.history import DealHistory, HistoryValidationError
 from features.jsonable import jsonable
-from features.spreadsheet import spreadsheet_safe
 from models.at_risk import MAX_LIST_POSITION
 
 DATA_HELP = "Deal-history folder (CSV or Parquet + pipelines.yaml). Without it, read the store."
@@ -129,12 +127,6 @@ def _fmt(value: Any, kind: str = "num") -> str:
     return str(value)
 
 
-def _csv_cell(value: Any) -> Any:
-    if jsonable(value) is None:
-        return ""
-    return spreadsheet_safe(value.isoformat() if hasattr(value, "isoformat") else value)
-
-
 def _live_at_risk(pipeline: str | None, sort: str, limit: int,
                   **filters: Any) -> tuple[pd.DataFrame, int, pd.Timestamp, str] | None:
     """The store's live at-risk list as of now (what `GET /v1/pipelines/{p}/at-risk` answers without
@@ -206,14 +198,12 @@ def at_risk(
         emit_json({"as_of": t, "model_version": version, "live": live is not None, "total": total,
                    "deals": records.to_dict(orient="records")})
         return
-    if as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow([*columns, "reasons", "counter_reasons", "model_version"])
-        for rec in top.to_dict(orient="records"):  # output rows only (at most --limit)
-            texts = [" | ".join(str(r.get("text", "")) for r in rec[c] or [])
-                     for c in ("reasons", "counter_reasons")]
-            row_version = rec.get("model_version") or version  # a live score names its own
-            writer.writerow([*(_csv_cell(v) for v in (*(rec[c] for c in columns), *texts, row_version))])
+    if as_csv:  # the API's CSV of the list (models.at_risk.deal_list_csv): same columns and formats
+        from models.at_risk import deal_list_csv
+
+        rows = [{**{str(k): v for k, v in rec.items()}, "rank": i}
+                for i, rec in enumerate(top.to_dict(orient="records"), start=1)]
+        sys.stdout.write(deal_list_csv(rows, version))
         return
     table = Table(title=f"Deals going cold as of {t:%Y-%m-%d %H:%M} UTC · model version {version}",
                   caption=f"{total} open deal(s) match; showing {len(top)}"

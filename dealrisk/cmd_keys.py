@@ -59,6 +59,8 @@ def create(
     try:
         known = set(store.list_pipelines())
         plaintext, key = store.create_api_key(role, wanted, name=name)
+    except ValueError as exc:  # the store's rules of a key (e.g. '*' listed with names)
+        fail(f"--pipelines: {exc}")
     finally:
         store.close()
     if as_json:
@@ -117,6 +119,7 @@ def revoke(
     """Revoke an API key: requests with it are refused from now on."""
     store = _open_store()
     try:
+        before = next((k for k in store.list_api_keys() if k.key_id == key_id.strip()), None)
         key = store.revoke_api_key(key_id.strip())
     finally:
         store.close()
@@ -124,5 +127,10 @@ def revoke(
         fail(f"no API key with id {key_id!r}; `dealrisk keys list` shows the ids")
     if as_json:
         emit_json(key.to_dict())
+        return
+    if before is not None and before.revoked_at is not None:
+        out_console.print(f"Key {key.key_id} ({key.role}) was already revoked on "
+                          f"{key.revoked_at:%Y-%m-%d %H:%M} UTC; nothing changed.", highlight=False,
+                          soft_wrap=True)
         return
     out_console.print(f"Revoked key {key.key_id} ({key.role}).", highlight=False)

@@ -13,6 +13,10 @@ the clean-up list the rows with `stale` True; both keep the same order.
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +24,8 @@ import pandas as pd
 
 from features.health import stale_thresholds
 from features.history import DealHistory, to_utc_timestamp
+from features.jsonable import jsonable
+from features.spreadsheet import spreadsheet_safe
 
 STALE_MAX_CLOSE_PROBABILITY = 0.02
 # The furthest row a page of these lists may reach (the API's offset, the CLI's limit): far past any
@@ -78,3 +84,33 @@ def rank_at_risk(
     column, ascending = AT_RISK_SORTS[sort]
     return out.sort_values([column, "deal_id"], ascending=[ascending, True], na_position="last",
                            kind="stable").reset_index(drop=True)
+
+
+# The CSV of the at-risk and stale lists, as `GET /v1/pipelines/{p}/at-risk` (Accept: text/csv) and
+# `dealrisk at-risk --csv` both write it.
+CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
+               "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
+               "likely_close_date", "risk_band", "expected_value", "value_at_risk", "reasons",
+               "counter_reasons", "model_version"]
+
+
+def deal_list_csv(records: Iterable[Mapping[str, Any]], version: str) -> str:
+    """A ranked deal list (rows with `rank` and the list's columns) as CSV text: the reasons' sentences
+    in one cell each (strongest first, joined with ' | '), the expected close date as an ISO 8601 time,
+    the likely close date as a date, missing values as empty cells, and `model_version` the row's own
+    (a live score names the version that made it), else `version`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        row = {str(k): jsonable(v) for k, v in r.items()}
+        for column in ("reasons", "counter_reasons"):
+            row[column] = " | ".join(str(x.get("text", "")) for x in row.get(column) or [])
+        if isinstance(row.get("expected_close_date"), datetime):
+            row["expected_close_date"] = row["expected_close_date"].isoformat()
+        if isinstance(row.get("likely_close_date"), datetime):
+            row["likely_close_date"] = row["likely_close_date"].date().isoformat()
+        row["model_version"] = row.get("model_version") or version
+        # Owners, teams, ids and stages come from integrations: no cell may run as a formula.
+        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
+    return buffer.getvalue()

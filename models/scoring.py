@@ -15,12 +15,26 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.history import DealHistory, to_utc_timestamp
 from features.stages import deal_states_at
-from features.timeindex import column, frame_of, from_ns, string_array, text_values
+from features.timeindex import (
+    NAT_NS,
+    column,
+    frame_of,
+    from_ns,
+    object_values,
+    string_array,
+    text_values,
+    to_ns,
+)
 
 if TYPE_CHECKING:
     from models.bundle import ScoringBundle
 
 CONTEXT_OUTPUT_COLUMNS = ["pipeline", "owner", "team", "stage", "amount", "expected_close_date"]
+# What a deal's outcome as of a point makes known: P(eventually won) of a deal won or lost by then. Its
+# timing scores, cold risk, band and reasons have nothing left to predict and are left empty.
+KNOWN_CLOSE_PROBABILITY = {"won": 1.0, "lost": 0.0}
+# the scores a model predicts, empty for a point whose outcome is already known (or a deal not created yet)
+PREDICTED_ONLY = ("cold_risk", "close_probability_90d", "slip_risk")
 
 
 def open_deal_points(history: DealHistory, as_of: Any) -> pd.DataFrame:
@@ -108,4 +122,42 @@ def score_point_columns(
     for c in [*CONTEXT_OUTPUT_COLUMNS, "outcome"]:
         if c in features:
             columns[c] = features[c]
+    if "outcome" in columns:
+        settle_known_outcomes(columns)
     return columns
+
+
+def settle_known_outcomes(columns: dict[str, Any]) -> None:
+    """In place: points whose deal is won or lost as of their time (and not reopened since) say so
+    instead of a prediction: close_probability 1.0 (won) or 0.0 (lost), expected_value the amount or 0,
+    and no cold risk, timing scores, band nor reasons. A point before its deal was created
+    ('not_created') gets no scores at all: there was no deal to score. Open points are left as scored."""
+    outcome = np.asarray(text_values(column(columns, "outcome")), dtype=object)
+    known = np.isin(outcome, list(KNOWN_CLOSE_PROBABILITY))
+    settled = known | (outcome == "not_created")
+    if not settled.any():
+        return
+    close = np.array(columns["close_probability"], dtype=np.float64)
+    close[settled] = np.nan
+    for name, p in KNOWN_CLOSE_PROBABILITY.items():
+        close[outcome == name] = p
+    columns["close_probability"] = close
+    value = np.array(columns["expected_value"], dtype=np.float64)
+    amount = np.asarray(columns["amount"], dtype=np.float64) if "amount" in columns else np.nan
+    columns["expected_value"] = np.where(settled, amount * close, value)
+    for name in PREDICTED_ONLY:
+        scores = np.array(columns[name], dtype=np.float64)
+        scores[settled] = np.nan
+        columns[name] = scores
+    likely = to_ns(columns["likely_close_date"])
+    likely[settled] = NAT_NS
+    columns["likely_close_date"] = from_ns(likely)
+    band = np.asarray(object_values(columns["risk_band"]), dtype=object).copy()
+    band[settled] = None
+    columns["risk_band"] = string_array(band, columns["risk_band"].dtype)
+    for name in ("reasons", "counter_reasons", "timing_curve"):
+        if name in columns:
+            items = np.array(columns[name], dtype=object)
+            for i in np.flatnonzero(settled):
+                items[i] = None if name == "timing_curve" else []
+            columns[name] = items

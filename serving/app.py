@@ -158,7 +158,8 @@ class RequestGuard:
                 self.in_flight -= 1
             seconds = time.perf_counter() - started
             route = scope.get("route")
-            template = getattr(route, "path", None) or "<unmatched>"
+            # path_format: the template without its converters ({deal_id}, not {deal_id:path})
+            template = getattr(route, "path_format", None) or getattr(route, "path", None) or "<unmatched>"
             self.metrics.observe_request(template, scope["method"], status, seconds)
             state = scope.get("state") or {}
             access_logger.info(json.dumps({

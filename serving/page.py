@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
@@ -38,6 +38,12 @@ def manager_page() -> HTMLResponse:
     """The manager page (HTML; it asks for an API key and calls the API itself)."""
     html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     return HTMLResponse(html, headers=SECURITY_HEADERS)
+
+
+@page_router.head("/")
+def manager_page_head() -> Response:
+    """The page's headers without the page, for monitors that send HEAD: 200, no body."""
+    return Response(status_code=200, media_type="text/html", headers=SECURITY_HEADERS)
 
 
 @page_router.get("/static/{name}")

@@ -282,8 +282,11 @@ class Reason(BaseModel):
 class DealScore(BaseModel):
     deal_id: str
     as_of: datetime
-    cold_risk: float
-    close_probability: float
+    outcome: str = Field(
+        "open", description="the outcome as of as_of: open (scored), won or lost (known, not predicted)"
+    )
+    cold_risk: float | None = Field(description="P(goes cold); null for a deal already won or lost")
+    close_probability: float = Field(description="P(eventually won); 1.0 / 0.0 for a deal already won / lost")
     close_probability_90d: float | None = Field(
         None, description="P(won within 90 days after as_of); null when the model has no timing head"
     )
@@ -293,7 +296,7 @@ class DealScore(BaseModel):
     likely_close_date: date | None = Field(
         None, description="the date by which P(won or lost) reaches 0.5; null when past two years"
     )
-    risk_band: str
+    risk_band: str | None = Field(description="high, medium or low; null for a deal already won or lost")
     expected_value: float
     reasons: list[Reason] = Field(description="what raises the cold risk, strongest first")
     counter_reasons: list[Reason] = Field(

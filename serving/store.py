@@ -2480,8 +2480,12 @@ class Store:
         pipes = tuple(dict.fromkeys(p.strip() for p in pipelines if p and p.strip()))
         if not pipes:
             raise ValueError("a key needs at least one pipeline (or '*' for all)")
-        if ALL_PIPELINES in pipes:
-            pipes = (ALL_PIPELINES,)
+        if ALL_PIPELINES in pipes and len(pipes) > 1:
+            named = ", ".join(p for p in pipes if p != ALL_PIPELINES)
+            raise ValueError(
+                f"'{ALL_PIPELINES}' means every pipeline and cannot be listed with names ({named}): give "
+                f"'{ALL_PIPELINES}' alone, or only the pipelines' names"
+            )
         key_id = secrets.token_hex(4)
         plaintext = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         now = datetime.now(UTC).replace(microsecond=0)

@@ -19,11 +19,16 @@ def include_routers(app: FastAPI) -> None:
     from serving.page import page_router
     from serving.routes import challenger, history, ops, pipeline_specs, pipelines, review, scoring
 
+    # A deal id or pipeline name may hold '/' ("EU/North", sent as EU%2FNorth, which arrives decoded): their
+    # path parameters take the `path` converter, so the routes with a suffix (/score, /score-history,
+    # /at-risk, /stale, /health, /forecast, /changes) are mounted BEFORE the bare /v1/deals/{deal_id} and
+    # /v1/pipelines/{pipeline} (history, pipeline_specs), which would otherwise take the suffix as part
+    # of the id. The first matching route wins.
     app.include_router(ops.router)
     app.include_router(scoring.router)
-    app.include_router(history.router)
-    app.include_router(pipelines.router)
-    app.include_router(pipeline_specs.router)
     app.include_router(review.router)
+    app.include_router(pipelines.router)
+    app.include_router(history.router)
+    app.include_router(pipeline_specs.router)
     app.include_router(challenger.router)
     app.include_router(page_router)

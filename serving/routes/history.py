@@ -127,7 +127,7 @@ def _records(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[dict[str, An
     return [{str(k): jsonable(v) for k, v in r.items()} for r in records]
 
 
-@router.get("/v1/deals/{deal_id}", response_model=DealOut)
+@router.get("/v1/deals/{deal_id:path}", response_model=DealOut)
 def get_deal(deal_id: DealIdPath, key: ReadKey, store: StoreDep) -> DealOut:
     """A stored deal as created, with its whole history (stage changes, activities, field changes)."""
     pipeline = store.deal_pipelines([deal_id]).get(deal_id)

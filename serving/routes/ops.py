@@ -28,6 +28,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.head("/healthz", include_in_schema=False)
+async def healthz_head() -> Response:
+    """Liveness for monitors that send HEAD: 200, no body."""
+    return Response(status_code=200)
+
+
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "not ready, with the reasons"}})
 def readyz(request: Request, store: StoreDep) -> JSONResponse:

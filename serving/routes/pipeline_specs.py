@@ -30,7 +30,7 @@ def _out(spec: PipelineSpec) -> PipelineOut:
     )
 
 
-@router.get("/v1/pipelines/{pipeline}", response_model=PipelineOut)
+@router.get("/v1/pipelines/{pipeline:path}", response_model=PipelineOut)
 def get_pipeline(pipeline: PipelineName, key: AnyKey, store: StoreDep) -> PipelineOut:
     """The pipeline's spec: open stages in order, won and lost stages, stale thresholds, and whether it
     was inferred from the data or given."""
@@ -40,7 +40,7 @@ def get_pipeline(pipeline: PipelineName, key: AnyKey, store: StoreDep) -> Pipeli
     return _out(spec)
 
 
-@router.put("/v1/pipelines/{pipeline}", response_model=PipelineOut)
+@router.put("/v1/pipelines/{pipeline:path}", response_model=PipelineOut)
 def put_pipeline(
     pipeline: PipelineName, body: PipelineSpecIn, key: AdminKey, request: Request, store: StoreDep
 ) -> PipelineOut:

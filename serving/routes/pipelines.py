@@ -10,8 +10,6 @@ live scores on the event loop, not on a request thread.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -30,9 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from features.health import GroupBy, health_from_current_state, pipeline_health
 from features.history import to_utc_timestamp
 from features.jsonable import jsonable
-from features.spreadsheet import spreadsheet_safe
 from features.validation import MAX_AMOUNT
-from models.at_risk import DEFAULT_SORT, MAX_LIST_POSITION, AtRiskSort, rank_at_risk
+from models.at_risk import DEFAULT_SORT, MAX_LIST_POSITION, AtRiskSort, deal_list_csv, rank_at_risk
 from models.forecast import forecast_from_scores, forecast_pipeline, score_open_deals
 from serving.auth import ApiKey, KeyCheck
 from serving.deps import (
@@ -93,7 +90,7 @@ def list_pipelines(key: AnyKey, store: StoreDep) -> PipelineList:
 
 
 @router.get(
-    "/v1/pipelines/{pipeline}/at-risk",
+    "/v1/pipelines/{pipeline:path}/at-risk",
     response_model=AtRiskList,
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
@@ -137,7 +134,7 @@ async def at_risk(
 
 
 @router.get(
-    "/v1/pipelines/{pipeline}/stale",
+    "/v1/pipelines/{pipeline:path}/stale",
     response_model=AtRiskList,
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with `Accept: text/csv`"}},
 )
@@ -276,30 +273,9 @@ def _deal_list(records: list[dict[str, Any]], total: int, request: Request, pipe
                              offset=offset, deals=deals))
 
 
-CSV_COLUMNS = ["rank", "deal_id", "pipeline", "owner", "team", "stage", "amount", "expected_close_date",
-               "days_in_stage", "cold_risk", "close_probability", "close_probability_90d", "slip_risk",
-               "likely_close_date", "risk_band", "expected_value", "value_at_risk", "reasons",
-               "counter_reasons", "model_version"]
-
-
 def _csv_response(records: list[dict[str, Any]], filename: str, version: str) -> Response:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        row = dict(r)
-        # One cell a person can read in a spreadsheet: the reasons' sentences, strongest first.
-        for column in ("reasons", "counter_reasons"):
-            row[column] = " | ".join(str(x.get("text", "")) for x in r.get(column) or [])
-        if isinstance(row.get("expected_close_date"), datetime):
-            row["expected_close_date"] = row["expected_close_date"].isoformat()
-        if isinstance(row.get("likely_close_date"), datetime):
-            row["likely_close_date"] = row["likely_close_date"].date().isoformat()
-        row["model_version"] = r.get("model_version") or version
-        # Owners, teams, ids and stages come from integrations: no cell may run as a formula.
-        writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
     return Response(
-        buffer.getvalue(),
+        deal_list_csv(records, version),
         media_type="text/csv",
         headers={"Content-Disposition": _attachment(f"{filename}.csv"),
                  "X-Model-Version": version},
@@ -317,7 +293,7 @@ def _attachment(filename: str) -> str:
     return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-@router.get("/v1/pipelines/{pipeline}/health", response_model=dict[str, Any])
+@router.get("/v1/pipelines/{pipeline:path}/health", response_model=dict[str, Any])
 def health(
     pipeline: PipelinePath,
     key: ReadKey,
@@ -386,7 +362,7 @@ def _health(store: Store, pipeline: str, t0: pd.Timestamp, t1: pd.Timestamp, by:
     return {"pipeline": pipeline, **report}
 
 
-@router.get("/v1/pipelines/{pipeline}/forecast")
+@router.get("/v1/pipelines/{pipeline:path}/forecast")
 async def pipeline_forecast(
     pipeline: PipelinePath,
     key: ReadKey,

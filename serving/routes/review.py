@@ -44,7 +44,7 @@ def _window(since: UtcTime | None, until: UtcTime | None, default: pd.Timedelta)
     return t0, t1
 
 
-@router.get("/v1/deals/{deal_id}/score-history")
+@router.get("/v1/deals/{deal_id:path}/score-history")
 def deal_score_history(
     deal_id: DealIdPath,
     key: ReadKey,
@@ -71,7 +71,7 @@ def deal_score_history(
             "since": t0.isoformat(), "until": t1.isoformat(), "points": points}
 
 
-@router.get("/v1/pipelines/{pipeline}/changes")
+@router.get("/v1/pipelines/{pipeline:path}/changes")
 def pipeline_changes(
     pipeline: PipelinePath,
     key: ReadKey,

@@ -58,7 +58,7 @@ def scores_response(
     n = len(next(iter(columns.values()))) if columns else 0
     scores = [DealScore.model_validate({k: jsonable(values[i]) for k, values in columns.items()})
               for i in range(n)]
-    request.app.state.metrics.observe_bands(s.risk_band for s in scores)
+    request.app.state.metrics.observe_bands(s.risk_band for s in scores if s.risk_band is not None)
     return answer(DealScores(model_version=model.version, data_note=_data_note(model),
                              as_of=as_of.to_pydatetime(), scores=scores, errors=errors))
 
@@ -164,7 +164,7 @@ def inline_score_columns(
     return score_point_columns(bundle, history, points, builder_for(builder, history))
 
 
-@router.get("/v1/deals/{deal_id}/score", response_model=DealScores)
+@router.get("/v1/deals/{deal_id:path}/score", response_model=DealScores)
 def score_stored(
     deal_id: DealIdPath,
     key: AnyKey,

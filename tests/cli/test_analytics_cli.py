@@ -240,6 +240,46 @@ def test_at_risk_of_one_pipeline_scores_like_the_api_on_the_same_store(
         assert [d[column] for d in cli["deals"]] == pytest.approx(from_api, abs=1e-12), column
 
 
+def test_at_risk_csv_is_the_apis_csv(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dealrisk at-risk --csv` writes the API's CSV of the same list (Accept: text/csv): the same
+    columns in the same order (rank first), dates as dates, the same rows. It had no rank and wrote the
+    likely close date as a full timestamp."""
+    import csv
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import get_settings
+
+    assert run(trained.env, "import", str(trained.data)).exit_code == 0
+    pipeline = trained.pipelines[0]
+    as_of = (trained.end - pd.Timedelta(days=20)).isoformat()
+    printed = run(trained.env, "at-risk", "--pipeline", pipeline, "--as-of", as_of, "--limit", "15", "--csv")
+    assert printed.exit_code == 0, printed.output
+    settings, key = _service_settings_and_key(trained, monkeypatch)
+    with TestClient(create_app(settings)) as client:
+        response = client.get(f"/v1/pipelines/{pipeline}/at-risk", params={"as_of": as_of, "limit": 15},
+                              headers={"Authorization": f"Bearer {key}", "Accept": "text/csv"})
+    get_settings.cache_clear()
+    assert response.status_code == 200, response.text
+    cli, api = (list(csv.DictReader(io.StringIO(text))) for text in (printed.stdout, response.text))
+    assert printed.stdout.splitlines()[0] == response.text.splitlines()[0]
+    assert printed.stdout.startswith("rank,deal_id,pipeline,")
+    assert len(cli) == len(api) == 15
+    assert [r["rank"] for r in cli] == [str(i) for i in range(1, 16)]
+    numbers = ("cold_risk", "close_probability", "close_probability_90d", "slip_risk", "expected_value",
+               "value_at_risk")
+    for mine, theirs in zip(cli, api, strict=True):
+        assert {k: v for k, v in mine.items() if k not in numbers} == {
+            k: v for k, v in theirs.items() if k not in numbers}
+        for column in numbers:
+            assert (mine[column] == theirs[column] == "") or float(mine[column]) == pytest.approx(
+                float(theirs[column]), abs=1e-12), column
+    dated = [r["likely_close_date"] for r in cli if r["likely_close_date"]]
+    assert dated and all(re.fullmatch(r"\d{4}-\d\d-\d\d", d) for d in dated)
+
+
 def test_at_risk_as_of_now_is_the_apis_live_list(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a store the service keeps live scores for, `dealrisk at-risk --pipeline P` (no --as-of) and
     GET /v1/pipelines/P/at-risk (no as_of) give the same list: same deals, order, scores and versions."""

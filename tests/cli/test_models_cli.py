@@ -138,7 +138,11 @@ def test_score_at_points_scores_exactly_those_points(trained: Trained, tmp_path:
         pd.Timestamp("2025-04-15", tz="UTC"),
         pd.Timestamp("2025-12-01T10:00:00", tz="UTC"),
     ]
-    assert scores["cold_risk"].between(0, 1).all() and scores["close_probability"].between(0, 1).all()
+    assert scores["close_probability"].between(0, 1).all()
+    # a deal already won or lost at its point has no cold risk (the next test)
+    open_then = scores["outcome"] == "open"
+    assert scores.loc[open_then, "cold_risk"].between(0, 1).all()
+    assert scores.loc[~open_then, "cold_risk"].isna().all()
     texts = [str(t) for c in ("reason_1", "reason_2", "reason_3") for t in scores[c].dropna()]
     assert not [t for t in texts if UNREADABLE.search(t)]
 
@@ -247,3 +251,34 @@ def test_help_of_every_model_command_says_what_it_does(command: str, purpose: st
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert purpose.lower() in " ".join(result.output.split()).lower()
+
+
+def test_score_at_points_of_closed_and_uncreated_deals_says_what_is_known(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """A point where the deal is already won or lost has close probability 1 / 0 and no predictions; a
+    point before the deal was created has no scores at all; both name the deal's outcome then."""
+    from features.stages import deal_states_at
+    from models.scoring import points_at
+
+    history = trained.history
+    t = history.end_time
+    ids = history.deals["deal_id"].astype(str).tolist()
+    states = dict(zip(ids, deal_states_at(history, points_at(ids, t)), strict=True))
+    won = next(d for d in ids if states[d] == "won")
+    lost = next(d for d in ids if states[d] == "lost")
+    young = history.deals.sort_values("created_at")["deal_id"].astype(str).iloc[-1]
+    before = history.deals.set_index("deal_id").loc[young, "created_at"] - pd.Timedelta(days=1)
+    pd.DataFrame({"deal_id": [won, lost, young],
+                  "as_of": [t.isoformat(), t.isoformat(), before.isoformat()]}).to_csv(
+        tmp_path / "points.csv", index=False)
+    out_file = tmp_path / "scores.csv"
+    result = run(trained.env, "score", "--data", str(trained.data), "--at", str(tmp_path / "points.csv"),
+                 "--out", str(out_file))
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(out_file, dtype={"deal_id": str}, keep_default_na=False).set_index("deal_id")
+    assert scores["outcome"].to_dict() == {won: "won", lost: "lost", young: "not_created"}
+    assert scores["close_probability"].to_dict() == {won: "1.0", lost: "0.0", young: ""}
+    for column in ("cold_risk", "close_probability_90d", "slip_risk", "likely_close_date", "risk_band",
+                   "reason_1", "counter_reasons"):
+        assert scores[column].tolist() == ["", "", ""], column

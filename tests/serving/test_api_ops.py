@@ -21,6 +21,14 @@ def test_liveness_and_readiness(world: Any, client: TestClient) -> None:
     assert ready.json()["model_version"] == world.versions[0] and ready.json()["reasons"] == []
 
 
+def test_monitors_sending_head_get_200_without_a_body(client: TestClient) -> None:
+    # monitoring tools probe with HEAD; it was 405 on both
+    for path in ("/healthz", "/"):
+        response = client.head(path)
+        assert response.status_code == 200, (path, response.status_code)
+        assert response.content == b"", path
+
+
 def test_model_info_names_version_metrics_and_horizon(world: Any, client: TestClient) -> None:
     response = client.get("/v1/model", headers=world.auth("manager"))
     assert response.status_code == 200, response.text

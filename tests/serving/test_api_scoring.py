@@ -264,3 +264,47 @@ def test_a_422_raised_by_a_route_has_the_schema_errors_shape(world: Any, client:
     assert schema_error.status_code == 422
     assert set(schema_error.json()) == set(body) == {"detail", "problems"}
     assert schema_error.json()["problems"][0]["loc"] == "query.as_of"
+
+
+def _deal_closed_at(world: Any, outcome: str, t: pd.Timestamp) -> str:
+    """A deal of pipeline A whose outcome as of `t` is `outcome` (won / lost)."""
+    from features.stages import deal_states_at
+    from models.scoring import points_at
+
+    deals = world.history.deals
+    ids = deals.loc[deals["pipeline"] == world.pipeline_a, "deal_id"].astype(str).tolist()
+    states = deal_states_at(world.history, points_at(ids, t))
+    return next(d for d, s in zip(ids, states, strict=True) if s == outcome)
+
+
+@pytest.mark.parametrize(("outcome", "probability"), [("won", 1.0), ("lost", 0.0)])
+def test_a_deal_won_or_lost_as_of_t_says_so_instead_of_a_prediction(
+    world: Any, client: TestClient, outcome: str, probability: float
+) -> None:
+    """A deal closed as of t has a known P(eventually won): 1 or 0, and nothing left to predict."""
+    t = world.history.end_time
+    deal_id = _deal_closed_at(world, outcome, t)
+    stored = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": t.isoformat()},
+                        headers=world.auth("manager"))
+    inline = client.post("/v1/score", json={"as_of": t.isoformat(), "deals": [world.inline_deal(deal_id)]},
+                         headers=world.auth("integration"))
+    assert stored.status_code == inline.status_code == 200, (stored.text, inline.text)
+    assert stored.json()["scores"] == inline.json()["scores"]
+    score = stored.json()["scores"][0]
+    assert score["outcome"] == outcome
+    assert score["close_probability"] == probability
+    assert score["cold_risk"] is None and score["risk_band"] is None
+    assert score["close_probability_90d"] is None and score["slip_risk"] is None
+    assert score["likely_close_date"] is None
+    assert score["reasons"] == [] and score["counter_reasons"] == []
+    amount = score["expected_value"] if outcome == "won" else 0.0
+    assert score["expected_value"] == amount and (outcome == "lost" or amount > 0)
+
+
+def test_an_open_deal_is_scored_and_named_open(world: Any, client: TestClient) -> None:
+    deal_id = world.deal_in(world.pipeline_a)
+    response = client.get(f"/v1/deals/{deal_id}/score", params={"as_of": _as_of(world)},
+                          headers=world.auth("manager"))
+    score = response.json()["scores"][0]
+    assert score["outcome"] == "open"
+    assert 0 < score["close_probability"] < 1 and score["risk_band"] in {"high", "medium", "low"}

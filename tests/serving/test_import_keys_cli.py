@@ -103,7 +103,12 @@ def test_keys_create_list_revoke(cli_store: Store) -> None:
 
     revoked = runner.invoke(app, ["keys", "revoke", body["key_id"]])
     assert revoked.exit_code == 0, revoked.output
+    assert f"Revoked key {body['key_id']}" in revoked.stdout
     assert cli_store.verify_api_key(body["key"]) is None
+    again = runner.invoke(app, ["keys", "revoke", body["key_id"]])
+    assert again.exit_code == 0, again.output
+    assert f"Key {body['key_id']} (manager) was already revoked on " in again.stdout
+    assert "nothing changed" in again.stdout
     missing = runner.invoke(app, ["keys", "revoke", "00000000"])
     assert missing.exit_code == 1 and "keys list" in missing.stderr
 
@@ -116,6 +121,14 @@ def test_keys_create_rejects_a_bad_role_and_prints_plain_key(cli_store: Store) -
     key_text = plain.stdout.split()[0]
     key = cli_store.verify_api_key(key_text)
     assert key is not None and key.all_pipelines and key.name == "ops"
+
+
+def test_keys_create_refuses_all_pipelines_listed_with_names(cli_store: Store) -> None:
+    # 'SMB, *' silently made a key for every pipeline
+    mixed = runner.invoke(app, ["keys", "create", "--role", "manager", "--pipelines", "SMB, *"])
+    assert mixed.exit_code == 1
+    assert "--pipelines: '*' means every pipeline and cannot be listed with names (SMB)" in mixed.stderr
+    assert cli_store.list_api_keys() == []
 
 
 def test_cli_roles_match_the_store() -> None:
