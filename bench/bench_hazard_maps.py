@@ -162,6 +162,25 @@ histories are run first; if (1)'s 20,000-deal part or (2) already fails there fo
 The first candidate in the order that passes is the one proposed (not adopted by this bench: training
 is not changed here).
 
+- Round 17 (a lead from a diagnostic reading on another branch, not judged: training's split (c, d) is
+  fitted on the calibration window's closing rows labelled for 60 days, so every close it saw falls in
+  the first two 30-day periods ahead, yet it is applied to the won share of all 25 periods).
+  Candidates, each the shipped booster's test hazards with `current`'s fitted (c, d) applied on some
+  periods only (`FirstPeriodsSplitMap`; the probability of closing in a period is the booster's
+  everywhere, so timing, and slip, are `current`'s by construction): `split_first_2`, the split on
+  periods 1-2, the booster's own won share from period 3 on; `split_first_3`, the split on periods 1-3.
+
+Round 17's rule, written and committed before any of its judged figures was read: round 14's rule,
+unchanged, applied to the candidates in the order `split_first_2`, `split_first_3`: a candidate becomes
+training's map only if, against `current` on the judged histories (5,000 deals, seeds 0-5 at cycle scale
+1 and seeds 0 and 1 at cycle scale 2; 20,000 deals, seeds 0 and 1): (1) its close ECE is lower on
+average over the histories, and lower beyond the paired 95 % interval on at least one 20,000-deal
+history; (2) its close, 90-day and slip ECE are worse beyond the paired interval on no history; (3) its
+close AUC is lower beyond the paired interval on none. The 20,000-deal histories are run first; with
+histories missing the verdict is "undecided" unless (2), (3) or the 20,000-deal part of (1) already
+fails. `--table --round 17` applies it. The first candidate in the order that passes is the one
+proposed (not adopted by this bench: training is not changed here).
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -174,9 +193,11 @@ Writes bench/results/hazard_maps_seed<seed>.json. `--no-folds` leaves out round 
 (round 9's runs). `--round 14` (without `--table`) computes only `current`, `none` and round 14's maps,
 with the 3 folds they need; `--round 15` only `current`, `none` and round 15's maps (3 lag folds),
 with `--diagnose` also round 15's windows alone and its oracles; `--round 16` only `current`, `none`
-and round 16's maps (3 lag folds). `--table FILE...` prints round 9's table (its variants and
+and round 16's maps (3 lag folds); `--round 17` only `current`, `none` and round 17's maps (no folds).
+`--table FILE...` prints round 9's table (its variants and
 `current`, slip's error by days to the expected date) from such files and applies round 9's rule;
-`--round 16`, `--round 15`, `--round 14`, `--round 8` or `--round 7` that round's table and rule.
+`--round 17`, `--round 16`, `--round 15`, `--round 14`, `--round 8` or `--round 7` that round's table and
+rule.
 """
 
 from __future__ import annotations
@@ -614,6 +635,30 @@ class BandedSplitMap(OutcomeSplitCalibrator):
         return {**super().to_dict(), "bands": self.bands_.tolist(), "band_edges": list(SPLIT_PERIOD_EDGES)}
 
 
+class FirstPeriodsSplitMap:
+    """Round 17: a fitted outcome split (`split`, training's c and d) applied to the first `n_first`
+    periods ahead only; later periods keep the booster's hazards as they are (its own won share). The
+    probability of closing in a period is the booster's on every row. Rows of `transform` are a deal's
+    `n_periods` periods in turn, as `TimingModel.curves` lays them out."""
+
+    def __init__(self, split: OutcomeSplitCalibrator, n_first: int, n_periods: int = N_PERIODS) -> None:
+        self.split = split
+        self.n_first = n_first
+        self.n_periods = n_periods
+
+    def transform(self, proba: np.ndarray, period: np.ndarray | None = None) -> np.ndarray:
+        p = np.asarray(proba, dtype=np.float64)
+        if period is None:
+            period = row_periods(len(p), self.n_periods)
+        first = np.asarray(period) <= self.n_first
+        out = p.copy()
+        out[first] = self.split.transform(p[first])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.split.to_dict(), "method": "outcome_split_first_periods", "n_first": self.n_first}
+
+
 def pooled_split_map(windows: list[FoldRows], by_period: bool = False) -> OutcomeSplitCalibrator:
     """Round 14: training's outcome split (`BandedSplitMap` if `by_period`) fitted on several windows'
     closing rows pooled, each closing deal counting once in each window it is in (so each window counts
@@ -745,11 +790,12 @@ def marginal_split_map(folds: list[LagFold], prior_sd: float = 0.15,
 
 def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         round14: bool = False, round15: bool = False, diagnose: bool = False,
-        round16: bool = False) -> dict[str, Any]:
+        round16: bool = False, round17: bool = False) -> dict[str, Any]:
     """Every map side by side; `round14`: only `current`, `none` and round 14's maps (3 folds);
     `round15`: only `current`, `none` and round 15's maps (3 lag folds), with `diagnose` round 15's
     windows alone (the 3 forward folds too) and its oracles on the test window; `round16`: only
-    `current`, `none` and round 16's maps (the 3 lag folds alone)."""
+    `current`, `none` and round 16's maps (the 3 lag folds alone); `round17`: only `current`, `none`
+    and round 17's maps (no folds)."""
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -801,8 +847,8 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
     train_frame = frame[frame["window"] == "train"]
     fold_rows = (forward_folds(cut, train_frame, cols, data.split, config,
                                3 if round14 or round15 else N_FOLDS_MAX, boosters)
-                 if folds and (diagnose or not round15) and not round16 else [])
-    if folds and not round15 and not round16:
+                 if folds and (diagnose or not round15) and not round16 and not round17 else [])
+    if folds and not round15 and not round16 and not round17:
         # Round 14: training's outcome split fitted on the same windows' closing rows
         maps["crossfit_split"] = pooled_split_map([*fold_rows[:3], cal_rows])
         maps["crossfit_split_periods"] = pooled_split_map([*fold_rows[:3], cal_rows], by_period=True)
@@ -846,9 +892,14 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
                                              .nunique())}
                        for f in lag]
         maps = {name: maps[name] for name in ROUND16}
+    if round17:
+        # Round 17: `current`'s (c, d) applied only on the periods its 60-day closing rows reach
+        maps["split_first_2"] = FirstPeriodsSplitMap(split, 2)
+        maps["split_first_3"] = FirstPeriodsSplitMap(split, 3)
+        maps = {name: maps[name] for name in ROUND17}
     if round14:
         maps = {name: maps[name] for name in ROUND14}
-    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or round16
+    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or round16 or round17
                                else slip_date_maps(cut, cal, cols, timing))
 
     points = make_snapshots(cut)
@@ -866,6 +917,10 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
                            "calibration_rows": len(pp.row), "calibration_deals": n_cal_deals,
                            "calibration_closing_rows": int(closing.sum()),
                            "calibration_closing_deals": int(pd.Series(cal_groups[closing]).nunique()),
+                           # round 17: the periods ahead the split's fitting rows close in
+                           "calibration_closing_rows_by_period": {
+                               int(k): int(v) for k, v in zip(*np.unique(pp.period[closing],
+                                                                        return_counts=True), strict=True)},
                            "calibration_long_rows": len(pp_long.row),
                            "calibration_long_closing_rows": int((pp_long.target != OPEN).sum()),
                            "calibration_long_deals": n_long_deals,
@@ -975,6 +1030,8 @@ ROUND15 = ("current", "none", "lag_split", "lag_split_cal", "marginal_split")
 ROUND15_CANDIDATES = ("lag_split", "lag_split_cal", "marginal_split")
 ROUND16 = ("current", "none", "marginal_split_snapshots", "lag_split_snapshots")
 ROUND16_CANDIDATES = ("marginal_split_snapshots", "lag_split_snapshots")
+ROUND17 = ("current", "none", "split_first_2", "split_first_3")
+ROUND17_CANDIDATES = ("split_first_2", "split_first_3")
 # round 14's judged histories: (deals, seed, cycle scale)
 ROUND14_HISTORIES = (*((5000, s, 1.0) for s in range(6)), (5000, 0, 2.0), (5000, 1, 2.0),
                      (20000, 0, 1.0), (20000, 1, 1.0))
@@ -1004,6 +1061,9 @@ def table(paths: list[Path], round_: int = 9) -> None:
         return
     if round_ == 16:
         table_round16(runs)
+        return
+    if round_ == 17:
+        table_round17(runs)
         return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     _rows(runs, ROUND7)
@@ -1266,6 +1326,22 @@ def table_round16(runs: list[dict[str, Any]]) -> None:
     split_rule(runs, ROUND16_CANDIDATES)
 
 
+def table_round17(runs: list[dict[str, Any]]) -> None:
+    """Round 17's judged table, `current`'s (c, d), the calibration window's closing rows by period, each
+    map's mean close ECE, and round 14's rule applied to round 17's candidates in order."""
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    _rows(runs, ROUND17)
+    print()
+    for r in runs:
+        m = r["variants"]["current"]["map"]
+        print("   ", _label(r), f"current c {m['scale']:.3f} d {m['intercept']:+.3f};",
+              "calibration closing rows by period:", r.get("calibration_closing_rows_by_period"))
+    print()
+    print("mean close ECE:", "; ".join(
+        f"{n} {np.mean([r['variants'][n]['close_probability']['ece'] for r in runs]):.4f}" for n in ROUND17))
+    split_rule(runs, ROUND17_CANDIDATES)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
@@ -1274,9 +1350,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print a round's table and its rule's verdict from these result files")
-    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16), default=9,
-                        help="the round --table reports; 14, 15 or 16 without --table: compute only that "
-                             "round's maps")
+    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16, 17), default=9,
+                        help="the round --table reports; 14, 15, 16 or 17 without --table: compute only "
+                             "that round's maps")
     parser.add_argument("--diagnose", action="store_true",
                         help="with --round 15: also the forward folds' splits alone and the two oracles")
     parser.add_argument("--no-folds", action="store_true",
@@ -1287,7 +1363,8 @@ def main() -> None:
         return
     started = time.perf_counter()
     body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds, round14=args.round == 14,
-               round15=args.round == 15, diagnose=args.diagnose, round16=args.round == 16)
+               round15=args.round == 15, diagnose=args.diagnose, round16=args.round == 16,
+               round17=args.round == 17)
     result = {"deals": args.deals, "seed": args.seed, **body,
               "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

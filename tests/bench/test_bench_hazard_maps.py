@@ -2,7 +2,9 @@
 the end of the training data, snapshot by snapshot: these check that the fit finds a stretch a person
 planted in the data, and that a deal seen in many snapshots counts as one deal. Round 16 weighs every
 snapshot (every closing row) the same instead: there a deal seen in many snapshots counts that many
-times, and a fold whose deals are all seen equally often fits as if each deal counted once."""
+times, and a fold whose deals are all seen equally often fits as if each deal counted once. Round 17
+applies training's split on the first periods ahead only: a deal's later periods keep the booster's
+won share, and no period's chance of closing changes."""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ import numpy as np
 import pandas as pd
 
 from bench.bench_hazard_maps import (
+    FirstPeriodsSplitMap,
     FoldRows,
     LagFold,
     lag_split_snapshots_map,
     marginal_split_map,
     pooled_split_map,
 )
-from models.timing import LOST, OPEN, WON
+from models.timing import LOST, OPEN, WON, OutcomeSplitCalibrator
 
 
 def _fold(x: np.ndarray, won: np.ndarray, deals: np.ndarray) -> LagFold:
@@ -90,3 +93,17 @@ def test_deals_seen_equally_often_fit_as_if_each_counted_once() -> None:
     training, rows_alike = pooled_split_map([fold.rows]), lag_split_snapshots_map([fold.rows])
     assert abs(training.scale_ - rows_alike.scale_) < 1e-4
     assert abs(training.intercept_ - rows_alike.intercept_) < 1e-4
+
+
+def test_the_split_on_the_first_two_periods_leaves_later_periods_as_the_booster_gives_them() -> None:
+    split = OutcomeSplitCalibrator()
+    split.scale_, split.intercept_ = 1.0, np.log(3.0)  # won against lost 1:1 becomes 3:1
+    # two deals, four periods each: half the closes won, closing with chance 0.4 in every period
+    hazards = np.tile([0.6, 0.2, 0.2], (8, 1))
+    mapped = FirstPeriodsSplitMap(split, 2, n_periods=4).transform(hazards)
+    period = np.tile([1, 2, 3, 4], 2)
+    np.testing.assert_allclose(mapped[:, OPEN], 0.6)
+    np.testing.assert_allclose(mapped[period <= 2, WON], 0.3)  # 0.4 closing, three in four won
+    np.testing.assert_allclose(mapped[period <= 2, LOST], 0.1)
+    np.testing.assert_allclose(mapped[period > 2, WON], 0.2)
+    np.testing.assert_allclose(mapped[period > 2, LOST], 0.2)
