@@ -181,6 +181,22 @@ histories missing the verdict is "undecided" unless (2), (3) or the 20,000-deal 
 fails. `--table --round 17` applies it. The first candidate in the order that passes is the one
 proposed (not adopted by this bench: training is not changed here).
 
+- Round 18 (round 17's finding: every closing row training's split is fitted on lies in period 1,
+  `calibration_closing_rows_by_period`, because a close counts only in a period watched in full and no
+  calibration snapshot is watched the full 60 days). Candidate: `split_first_1`, `current`'s fitted
+  (c, d) applied on period 1 only (`FirstPeriodsSplitMap(split, 1)`), the booster's hazards as they
+  are from period 2 on. `split_first_2` is computed beside it for reference only (it is not judged).
+
+Round 18's rule, written and committed before any of its judged figures was read: round 14's rule,
+unchanged: `split_first_1` becomes training's map only if, against `current` on the judged histories
+(5,000 deals, seeds 0-5 at cycle scale 1 and seeds 0 and 1 at cycle scale 2; 20,000 deals, seeds 0 and
+1): (1) its close ECE is lower on average over the histories, and lower beyond the paired 95 % interval
+on at least one 20,000-deal history; (2) its close, 90-day and slip ECE are worse beyond the paired
+interval on no history; (3) its close AUC is lower beyond the paired interval on none. The 20,000-deal
+histories are run first; with histories missing the verdict is "undecided" unless (2), (3) or the
+20,000-deal part of (1) already fails. `--table --round 18` applies it (proposed only, not adopted by
+this bench: training is not changed here).
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -193,11 +209,12 @@ Writes bench/results/hazard_maps_seed<seed>.json. `--no-folds` leaves out round 
 (round 9's runs). `--round 14` (without `--table`) computes only `current`, `none` and round 14's maps,
 with the 3 folds they need; `--round 15` only `current`, `none` and round 15's maps (3 lag folds),
 with `--diagnose` also round 15's windows alone and its oracles; `--round 16` only `current`, `none`
-and round 16's maps (3 lag folds); `--round 17` only `current`, `none` and round 17's maps (no folds).
+and round 16's maps (3 lag folds); `--round 17` only `current`, `none` and round 17's maps (no folds);
+`--round 18` only `current`, `none`, `split_first_1` and `split_first_2` (no folds).
 `--table FILE...` prints round 9's table (its variants and
 `current`, slip's error by days to the expected date) from such files and applies round 9's rule;
-`--round 17`, `--round 16`, `--round 15`, `--round 14`, `--round 8` or `--round 7` that round's table and
-rule.
+`--round 18`, `--round 17`, `--round 16`, `--round 15`, `--round 14`, `--round 8` or `--round 7` that
+round's table and rule.
 """
 
 from __future__ import annotations
@@ -790,12 +807,13 @@ def marginal_split_map(folds: list[LagFold], prior_sd: float = 0.15,
 
 def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         round14: bool = False, round15: bool = False, diagnose: bool = False,
-        round16: bool = False, round17: bool = False) -> dict[str, Any]:
+        round16: bool = False, round17: bool = False, round18: bool = False) -> dict[str, Any]:
     """Every map side by side; `round14`: only `current`, `none` and round 14's maps (3 folds);
     `round15`: only `current`, `none` and round 15's maps (3 lag folds), with `diagnose` round 15's
     windows alone (the 3 forward folds too) and its oracles on the test window; `round16`: only
     `current`, `none` and round 16's maps (the 3 lag folds alone); `round17`: only `current`, `none`
-    and round 17's maps (no folds)."""
+    and round 17's maps (no folds); `round18`: only `current`, `none`, `split_first_1` and
+    `split_first_2` (no folds)."""
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -847,8 +865,8 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
     train_frame = frame[frame["window"] == "train"]
     fold_rows = (forward_folds(cut, train_frame, cols, data.split, config,
                                3 if round14 or round15 else N_FOLDS_MAX, boosters)
-                 if folds and (diagnose or not round15) and not round16 and not round17 else [])
-    if folds and not round15 and not round16 and not round17:
+                 if folds and (diagnose or not round15) and not (round16 or round17 or round18) else [])
+    if folds and not round15 and not round16 and not round17 and not round18:
         # Round 14: training's outcome split fitted on the same windows' closing rows
         maps["crossfit_split"] = pooled_split_map([*fold_rows[:3], cal_rows])
         maps["crossfit_split_periods"] = pooled_split_map([*fold_rows[:3], cal_rows], by_period=True)
@@ -897,9 +915,14 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         maps["split_first_2"] = FirstPeriodsSplitMap(split, 2)
         maps["split_first_3"] = FirstPeriodsSplitMap(split, 3)
         maps = {name: maps[name] for name in ROUND17}
+    if round18:
+        # Round 18: `current`'s (c, d) on period 1 alone, where all its fitting closes lie
+        maps["split_first_1"] = FirstPeriodsSplitMap(split, 1)
+        maps["split_first_2"] = FirstPeriodsSplitMap(split, 2)
+        maps = {name: maps[name] for name in ROUND18}
     if round14:
         maps = {name: maps[name] for name in ROUND14}
-    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or round16 or round17
+    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or round16 or round17 or round18
                                else slip_date_maps(cut, cal, cols, timing))
 
     points = make_snapshots(cut)
@@ -1032,6 +1055,8 @@ ROUND16 = ("current", "none", "marginal_split_snapshots", "lag_split_snapshots")
 ROUND16_CANDIDATES = ("marginal_split_snapshots", "lag_split_snapshots")
 ROUND17 = ("current", "none", "split_first_2", "split_first_3")
 ROUND17_CANDIDATES = ("split_first_2", "split_first_3")
+ROUND18 = ("current", "none", "split_first_1", "split_first_2")
+ROUND18_CANDIDATES = ("split_first_1",)
 # round 14's judged histories: (deals, seed, cycle scale)
 ROUND14_HISTORIES = (*((5000, s, 1.0) for s in range(6)), (5000, 0, 2.0), (5000, 1, 2.0),
                      (20000, 0, 1.0), (20000, 1, 1.0))
@@ -1064,6 +1089,9 @@ def table(paths: list[Path], round_: int = 9) -> None:
         return
     if round_ == 17:
         table_round17(runs)
+        return
+    if round_ == 18:
+        table_round17(runs, ROUND18, ROUND18_CANDIDATES)
         return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     _rows(runs, ROUND7)
@@ -1326,11 +1354,13 @@ def table_round16(runs: list[dict[str, Any]]) -> None:
     split_rule(runs, ROUND16_CANDIDATES)
 
 
-def table_round17(runs: list[dict[str, Any]]) -> None:
+def table_round17(runs: list[dict[str, Any]], names: tuple[str, ...] = ROUND17,
+                  candidates: tuple[str, ...] = ROUND17_CANDIDATES) -> None:
     """Round 17's judged table, `current`'s (c, d), the calibration window's closing rows by period, each
-    map's mean close ECE, and round 14's rule applied to round 17's candidates in order."""
+    map's mean close ECE, and round 14's rule applied to round 17's candidates in order (round 18: its
+    maps `names` and its one candidate)."""
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
-    _rows(runs, ROUND17)
+    _rows(runs, names)
     print()
     for r in runs:
         m = r["variants"]["current"]["map"]
@@ -1338,8 +1368,8 @@ def table_round17(runs: list[dict[str, Any]]) -> None:
               "calibration closing rows by period:", r.get("calibration_closing_rows_by_period"))
     print()
     print("mean close ECE:", "; ".join(
-        f"{n} {np.mean([r['variants'][n]['close_probability']['ece'] for r in runs]):.4f}" for n in ROUND17))
-    split_rule(runs, ROUND17_CANDIDATES)
+        f"{n} {np.mean([r['variants'][n]['close_probability']['ece'] for r in runs]):.4f}" for n in names))
+    split_rule(runs, candidates)
 
 
 def main() -> None:
@@ -1350,9 +1380,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print a round's table and its rule's verdict from these result files")
-    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16, 17), default=9,
-                        help="the round --table reports; 14, 15, 16 or 17 without --table: compute only "
-                             "that round's maps")
+    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16, 17, 18), default=9,
+                        help="the round --table reports; 14, 15, 16, 17 or 18 without --table: compute "
+                             "only that round's maps")
     parser.add_argument("--diagnose", action="store_true",
                         help="with --round 15: also the forward folds' splits alone and the two oracles")
     parser.add_argument("--no-folds", action="store_true",
@@ -1364,7 +1394,7 @@ def main() -> None:
     started = time.perf_counter()
     body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds, round14=args.round == 14,
                round15=args.round == 15, diagnose=args.diagnose, round16=args.round == 16,
-               round17=args.round == 17)
+               round17=args.round == 17, round18=args.round == 18)
     result = {"deals": args.deals, "seed": args.seed, **body,
               "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -107,3 +107,15 @@ def test_the_split_on_the_first_two_periods_leaves_later_periods_as_the_booster_
     np.testing.assert_allclose(mapped[period <= 2, LOST], 0.1)
     np.testing.assert_allclose(mapped[period > 2, WON], 0.2)
     np.testing.assert_allclose(mapped[period > 2, LOST], 0.2)
+
+
+def test_the_split_on_period_one_alone_leaves_period_two_on_as_the_booster_gives_them() -> None:
+    split = OutcomeSplitCalibrator()
+    split.scale_, split.intercept_ = 1.0, np.log(3.0)  # won against lost 1:1 becomes 3:1
+    hazards = np.tile([0.6, 0.2, 0.2], (6, 1))  # two deals, three periods each
+    mapped = FirstPeriodsSplitMap(split, 1, n_periods=3).transform(hazards)
+    period = np.tile([1, 2, 3], 2)
+    np.testing.assert_allclose(mapped[:, OPEN], 0.6)
+    np.testing.assert_allclose(mapped[period == 1, WON], 0.3)
+    np.testing.assert_allclose(mapped[period > 1, WON], 0.2)
+    np.testing.assert_allclose(mapped[period > 1, LOST], 0.2)
