@@ -249,6 +249,7 @@ from models.timing import (
     TimingModel,
     expand_frame,
     fit_hazard_booster,
+    horizon_rows,
     person_periods,
     slip_risk,
 )
@@ -266,8 +267,8 @@ N_FOLDS_MAX = 4  # round 8: forward folds fitted per history (the candidates use
 
 def row_periods(n_rows: int, n_periods: int) -> np.ndarray:
     """The period index (1 to `n_periods`) of each row when rows are deals' periods in turn, as
-    `TimingModel.curves` lays them out."""
-    return np.tile(np.arange(1, n_periods + 1), n_rows // n_periods)
+    `TimingModel.curves` lays them out (`models.timing.horizon_rows`)."""
+    return horizon_rows(n_rows // n_periods, n_periods)[1]
 
 
 class ClosingSpeedMap:
@@ -655,25 +656,21 @@ class BandedSplitMap(OutcomeSplitCalibrator):
 class FirstPeriodsSplitMap:
     """Round 17: a fitted outcome split (`split`, training's c and d) applied to the first `n_first`
     periods ahead only; later periods keep the booster's hazards as they are (its own won share). The
-    probability of closing in a period is the booster's on every row. Rows of `transform` are a deal's
-    `n_periods` periods in turn, as `TimingModel.curves` lays them out."""
+    probability of closing in a period is the booster's on every row. The product's map with its
+    `n_first` set (`OutcomeSplitCalibrator`, training's `split_first_periods`); rows of `transform`
+    without `period` are a deal's `n_periods` periods in turn, as `TimingModel.curves` lays them out."""
 
     def __init__(self, split: OutcomeSplitCalibrator, n_first: int, n_periods: int = N_PERIODS) -> None:
-        self.split = split
-        self.n_first = n_first
+        self.split = OutcomeSplitCalibrator.from_dict({**split.to_dict(), "n_first": n_first})
         self.n_periods = n_periods
 
     def transform(self, proba: np.ndarray, period: np.ndarray | None = None) -> np.ndarray:
-        p = np.asarray(proba, dtype=np.float64)
         if period is None:
-            period = row_periods(len(p), self.n_periods)
-        first = np.asarray(period) <= self.n_first
-        out = p.copy()
-        out[first] = self.split.transform(p[first])
-        return out
+            period = row_periods(len(proba), self.n_periods)
+        return self.split.transform(proba, period)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.split.to_dict(), "method": "outcome_split_first_periods", "n_first": self.n_first}
+        return self.split.to_dict()
 
 
 def pooled_split_map(windows: list[FoldRows], by_period: bool = False) -> OutcomeSplitCalibrator:

@@ -155,6 +155,14 @@ def grid_person_periods(frame: pd.DataFrame, edges: NDArray[np.float64] | None) 
                           n_periods=len(edges) - 1)
 
 
+def horizon_rows(n_deals: int, n_periods: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Person-period rows of `n_deals` deals over every period of the horizon, each deal's periods in
+    turn (the layout of `TimingModel.raw_hazards` and `curves`): each row's deal and 1-based period."""
+    rows = np.repeat(np.arange(n_deals, dtype=np.int64), n_periods)
+    periods = np.tile(np.arange(1, n_periods + 1, dtype=np.float64), n_deals)
+    return rows, periods
+
+
 def expand_frame(frame: pd.DataFrame, feature_columns: list[str], pp: PersonPeriods) -> pd.DataFrame:
     """The person-period design frame: the snapshot's features (dtypes kept) plus the period index."""
     x = frame[feature_columns].iloc[pp.row].reset_index(drop=True)
@@ -250,7 +258,9 @@ class HazardCalibrator:
             self.intercept_ = np.asarray(res.x[1:], dtype=np.float64)
         return self
 
-    def transform(self, proba: NDArray[np.float64]) -> NDArray[np.float64]:
+    def transform(self, proba: NDArray[np.float64], period: ArrayLike | None = None) -> NDArray[np.float64]:
+        """The mapped probabilities of person-period rows; the same map in every period (`period`, each
+        row's, is taken so that every hazard map is called alike, and not read)."""
         z = self.scale_ * _log_odds(proba) + self.intercept_
         logits = np.column_stack([np.zeros(len(z)), z])
         logits -= logits.max(axis=1, keepdims=True)
@@ -278,13 +288,21 @@ class OutcomeSplitCalibrator:
     as one deal, with a Gaussian prior (sd `prior_sd`) centred on the identity; `fit_scale=False` keeps
     c at 1 and fits the shift alone. Slip risk and the likely close date are therefore the booster's own;
     the close probability and the 90-day probability change through the split.
+
+    `n_first` is where the map applies: every period ahead when None (training's default, and every map
+    saved before the field), else periods 1 to `n_first` only, later ones keeping the booster's won share
+    (rounds 17-18 of docs/models.md: the split is fitted on a 60-day window's closes, all in period 1).
+    It does not change what is fitted, only `transform`, which then needs each row's period.
     """
 
     method = "outcome_split"
 
-    def __init__(self, prior_sd: float = 0.15, fit_scale: bool = True) -> None:
+    def __init__(self, prior_sd: float = 0.15, fit_scale: bool = True, n_first: int | None = None) -> None:
+        if n_first is not None and n_first < 1:
+            raise ValueError(f"n_first must be None (every period) or at least 1, not {n_first}")
         self.prior_sd = prior_sd
         self.fit_scale = fit_scale
+        self.n_first = n_first
         self.scale_ = 1.0
         self.intercept_ = 0.0
 
@@ -331,8 +349,22 @@ class OutcomeSplitCalibrator:
             self.intercept_ = float(res.x[1])
         return self
 
-    def transform(self, proba: NDArray[np.float64]) -> NDArray[np.float64]:
+    def transform(self, proba: NDArray[np.float64], period: ArrayLike | None = None) -> NDArray[np.float64]:
+        """The mapped probabilities of person-period rows; `period` (each row's, 1-based, as the booster
+        was given it) is needed when the map applies to the first `n_first` periods only: rows after
+        them are returned as given."""
         p = np.asarray(proba, dtype=np.float64)
+        if self.n_first is None:
+            return self._split(p)
+        if period is None:
+            raise ValueError(f"this outcome split applies to the first {self.n_first} periods only: "
+                             "transform needs each row's period")
+        first = np.asarray(period, dtype=np.float64) <= self.n_first
+        out = p.copy()
+        out[first] = self._split(p[first])
+        return out
+
+    def _split(self, p: NDArray[np.float64]) -> NDArray[np.float64]:
         z = _log_odds(p)
         share = 1.0 / (1.0 + np.exp(-(self.scale_ * (z[:, 0] - z[:, 1]) + self.intercept_)))
         closes = np.clip(1.0 - p[:, OPEN], 0.0, 1.0)
@@ -343,12 +375,17 @@ class OutcomeSplitCalibrator:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "prior_sd": self.prior_sd, "fit_scale": self.fit_scale,
-                "scale": self.scale_, "intercept": self.intercept_}
+        out = {"method": self.method, "prior_sd": self.prior_sd, "fit_scale": self.fit_scale,
+               "scale": self.scale_, "intercept": self.intercept_}
+        # only when set, so a map of every period is written as it always was
+        return out if self.n_first is None else {**out, "n_first": self.n_first}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> OutcomeSplitCalibrator:
-        cal = cls(prior_sd=float(raw.get("prior_sd", 0.15)), fit_scale=bool(raw.get("fit_scale", True)))
+        """The map back from `to_dict`; without `n_first` (every map saved before it) every period."""
+        n_first = raw.get("n_first")
+        cal = cls(prior_sd=float(raw.get("prior_sd", 0.15)), fit_scale=bool(raw.get("fit_scale", True)),
+                  n_first=None if n_first is None else int(n_first))
         cal.scale_ = float(raw["scale"])
         cal.intercept_ = float(raw["intercept"])
         return cal
@@ -463,8 +500,7 @@ class TimingModel:
         """Uncalibrated (n, K, 3) per-period probabilities: `x` is the bundle's encoded matrix, or a
         feature frame with the training dtypes (categoricals as pandas `category`)."""
         n, k = x.shape[0], self.n_periods
-        rows = np.repeat(np.arange(n), k)
-        periods = np.tile(np.arange(1, k + 1, dtype=np.float64), n)
+        rows, periods = horizon_rows(n, k)
         return self._predict(x, rows, periods, num_threads).reshape(n, k, 3)
 
     def _predict(self, x: NDArray[np.float64] | pd.DataFrame, rows: NDArray[np.int64],
@@ -484,10 +520,12 @@ class TimingModel:
         return np.asarray(self.booster.predict(design, num_threads=threads), dtype=np.float64)
 
     def curves(self, x: NDArray[np.float64] | pd.DataFrame, num_threads: Threads = 0) -> TimingCurves:
-        raw = self.raw_hazards(x, num_threads)
-        n, k = raw.shape[:2]
-        cal = self.calibrator.transform(raw.reshape(n * k, 3)).reshape(n, k, 3)
-        return TimingCurves(cal, self.period_days)
+        """Each deal's calibrated curves over the horizon; the calibrator is told each row's period, the
+        one the booster was told."""
+        n, k = x.shape[0], self.n_periods
+        rows, periods = horizon_rows(n, k)
+        raw = self._predict(x, rows, periods, num_threads)
+        return TimingCurves(self.calibrator.transform(raw, periods).reshape(n, k, 3), self.period_days)
 
     def slip_risk(
         self, x: NDArray[np.float64] | pd.DataFrame, days_to_expected_close: ArrayLike,
@@ -523,7 +561,8 @@ class TimingModel:
         width = int(reached.max())
         hazards = np.zeros((len(valid), width, 3))
         hazards[:, :, OPEN] = 1.0  # periods past a deal's own are never read
-        hazards[np.repeat(np.arange(len(valid)), reached), periods - 1] = self.calibrator.transform(raw)
+        mapped = self.calibrator.transform(raw, periods)
+        hazards[np.repeat(np.arange(len(valid)), reached), periods - 1] = mapped
         out[valid] = TimingCurves(hazards, self.period_days).open_at(position)
         return out
 
