@@ -74,6 +74,10 @@ class TrainConfig:
     timing_params: dict[str, Any] = field(default_factory=dict)
     # Feature columns the heads must not see (ablations, or a feature known to be broken at the source).
     drop_features: tuple[str, ...] = ()
+    # The close head's outcome split (c, d) applies to the first this many 30-day periods ahead only,
+    # later ones keeping the booster's own won share; None: every period, as since round 5 (rounds
+    # 17-18 of docs/models.md). The slip model's map always applies to every period.
+    split_first_periods: int | None = None
 
     def __post_init__(self) -> None:
         from features.build import FEATURE_COLUMNS
@@ -82,6 +86,9 @@ class TrainConfig:
         unknown = sorted(set(self.drop_features) - set(FEATURE_COLUMNS))
         if unknown:
             raise ValueError(f"drop_features names unknown feature columns: {unknown}")
+        if self.split_first_periods is not None and self.split_first_periods < 1:
+            raise ValueError(f"split_first_periods must be None (every period) or at least 1, "
+                             f"not {self.split_first_periods}")
 
     def params(self) -> dict[str, Any]:
         flat = {k: v for k, v in asdict(self).items() if k not in ("lightgbm_params", "timing_params")}
@@ -215,11 +222,12 @@ def fit_timing(
 ) -> Any:
     """The close head: a competing-risks hazard model (`models.timing`) fitted on the training window's
     person-period rows; the share won among its closes is recalibrated on the calibration window's closes
-    (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5). It
-    carries a second booster and map, fitted the same way on the fine grid (`FINE_EARLY_EDGES`), that
-    slip risk alone is read from (round 13's `slip_fine`, adopted). With `slip=False` that second booster
-    (on ~2.5x the rows, a third of a comparison's time) is not fitted and slip risk is read from the
-    30-day curves, as for a model without one: for fits whose slip risk nobody reads."""
+    (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5), on
+    every period ahead or, with `config.split_first_periods`, on the first periods only. It carries a
+    second booster and map, fitted the same way on the fine grid (`FINE_EARLY_EDGES`), that slip risk
+    alone is read from (round 13's `slip_fine`, adopted; its map on every period). With `slip=False`
+    that second booster (on ~2.5x the rows, a third of a comparison's time) is not fitted and slip risk
+    is read from the 30-day curves, as for a model without one: for fits whose slip risk nobody reads."""
     from models.timing import FINE_EARLY_EDGES, TimingModel, grid_person_periods
 
     if np.unique(grid_person_periods(train, None).target).size < 3:
@@ -228,7 +236,7 @@ def fit_timing(
             "lost deals; import more closed deals or a longer history"
         )
     params = {"n_jobs": config.n_jobs, "random_state": config.seed, **config.timing_params}
-    booster, calibrator = _fit_hazards(train, cal, cols, params, None)
+    booster, calibrator = _fit_hazards(train, cal, cols, params, None, config.split_first_periods)
     slip_model = None
     # (on the fine grid a class can go missing on very little data: slip then stays the 30-day curves')
     if slip and np.unique(grid_person_periods(train, FINE_EARLY_EDGES).target).size == 3:
@@ -238,15 +246,17 @@ def fit_timing(
 
 
 def _fit_hazards(
-    train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], params: dict[str, Any], edges: Any
+    train: pd.DataFrame, cal: pd.DataFrame, cols: list[str], params: dict[str, Any], edges: Any,
+    split_first_periods: int | None = None,
 ) -> tuple[Any, Any]:
     """A hazard booster on the training window's person-period rows of the grid `edges` (the 30-day one
-    when None) and its `OutcomeSplitCalibrator` on the calibration window's rows of the same grid."""
+    when None) and its `OutcomeSplitCalibrator` on the calibration window's rows of the same grid,
+    applied to the first `split_first_periods` periods of that grid only when given."""
     from models.timing import OutcomeSplitCalibrator, expand_frame, fit_hazard_booster, grid_person_periods
 
     pp = grid_person_periods(train, edges)
     booster = fit_hazard_booster(expand_frame(train, cols, pp), pp.target, params)
-    calibrator = OutcomeSplitCalibrator()
+    calibrator = OutcomeSplitCalibrator(n_first=split_first_periods)
     pp_cal = grid_person_periods(cal, edges)
     if len(pp_cal.row):
         raw = np.asarray(booster.predict(expand_frame(cal, cols, pp_cal)), dtype=np.float64)
