@@ -517,7 +517,8 @@ class TimingModel:
             design[:, :-1] = x[rows]
             design[:, -1] = periods
         threads = num_threads(len(rows)) if callable(num_threads) else num_threads
-        return np.asarray(self.booster.predict(design, num_threads=threads), dtype=np.float64)
+        # (reshaped: LightGBM gives no second axis for zero rows, an empty request)
+        return np.asarray(self.booster.predict(design, num_threads=threads), dtype=np.float64).reshape(-1, 3)
 
     def curves(self, x: NDArray[np.float64] | pd.DataFrame, num_threads: Threads = 0) -> TimingCurves:
         """Each deal's calibrated curves over the horizon; the calibrator is told each row's period, the
