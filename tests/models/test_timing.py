@@ -115,6 +115,46 @@ def test_outcome_split_map_keeps_when_deals_close_and_moves_only_which_way() -> 
                                HazardCalibrator.from_dict(old).transform(raw))
 
 
+def _split(n_first: int | None = None) -> OutcomeSplitCalibrator:
+    """A fitted-looking outcome split: won against lost 1:1 by the booster becomes 3:1."""
+    return OutcomeSplitCalibrator.from_dict({"method": "outcome_split", "scale": 1.0,
+                                             "intercept": float(np.log(3.0)), "n_first": n_first})
+
+
+def test_outcome_split_on_the_first_periods_leaves_later_ones_as_the_booster_gives_them() -> None:
+    # one deal, five periods: closing with chance 0.4, half the closes won, in every period
+    raw = np.tile([0.6, 0.2, 0.2], (5, 1))
+    period = np.arange(1, 6)
+    mapped = _split(n_first=3).transform(raw, period)
+    np.testing.assert_allclose(mapped[:, OPEN], 0.6)  # no period's chance of closing moves
+    np.testing.assert_allclose(mapped[:3, WON], 0.3)  # periods 1-3: three closes in four won
+    np.testing.assert_allclose(mapped[:3], _split().transform(raw)[:3])
+    np.testing.assert_array_equal(mapped[3:], raw[3:])  # periods 4-5: the booster's own split
+    # rows given in any order: each row's own period decides
+    np.testing.assert_array_equal(_split(n_first=3).transform(raw[::-1], period[::-1]), mapped[::-1])
+    with pytest.raises(ValueError, match="each row's period"):
+        _split(n_first=3).transform(raw)
+    with pytest.raises(ValueError, match="at least 1"):
+        OutcomeSplitCalibrator(n_first=0)
+
+
+def test_outcome_split_on_the_first_periods_round_trips_and_old_maps_read_as_every_period() -> None:
+    raw = np.tile([0.6, 0.2, 0.2], (5, 1))
+    period = np.arange(1, 6)
+    first = _split(n_first=3)
+    again = hazard_map_from_dict(json.loads(json.dumps(first.to_dict())))
+    assert isinstance(again, OutcomeSplitCalibrator) and again.n_first == 3
+    np.testing.assert_array_equal(again.transform(raw, period), first.transform(raw, period))
+    # a map written before the field (every bundle so far) applies to every period, as it did
+    every = _split()
+    assert "n_first" not in every.to_dict()
+    old = {k: v for k, v in first.to_dict().items() if k != "n_first"}
+    read = hazard_map_from_dict(old)
+    assert isinstance(read, OutcomeSplitCalibrator) and read.n_first is None
+    np.testing.assert_array_equal(read.transform(raw, period), every.transform(raw))
+    np.testing.assert_allclose(read.transform(raw, period)[:, WON], 0.3)
+
+
 @pytest.fixture(scope="module")
 def history() -> DealHistory:
     return simulate_history(600, seed=4)
@@ -261,3 +301,76 @@ def test_one_deal_at_a_time_gives_the_batch_slip_risk(
     one_by_one = np.array([bundle.score(open_features.iloc[[i]], top_reasons=0)["slip_risk"].iloc[0]
                            for i in range(len(open_features))])
     np.testing.assert_array_equal(one_by_one, batch)
+
+
+def _first_periods(bundle: ScoringBundle, n_first: int) -> ScoringBundle:
+    """`bundle` with its close head's outcome split applied to the first `n_first` periods only (the
+    same fitted c and d, the same boosters, the slip model's map untouched)."""
+    timing = bundle.close.timing
+    assert timing is not None and isinstance(timing.calibrator, OutcomeSplitCalibrator)
+    split = OutcomeSplitCalibrator.from_dict({**timing.calibrator.to_dict(), "n_first": n_first})
+    first = TimingModel(timing.booster, split, slip=timing.slip)
+    return ScoringBundle(bundle.cold, Head.competing_risks(first), bundle.feature_columns,
+                         bundle.categorical_levels, bundle.band_thresholds, bundle.reference, bundle.metadata)
+
+
+def test_close_curves_with_the_split_on_the_first_3_periods(
+    trained: RunResult, open_features: pd.DataFrame
+) -> None:
+    every = trained.bundle.close.timing
+    assert every is not None and every.calibrator.to_dict()["intercept"] != 0.0
+    first = _first_periods(trained.bundle, 3).close.timing
+    assert first is not None
+    x = trained.bundle.encode(open_features)
+    raw, got, want = every.raw_hazards(x), first.curves(x), every.curves(x)
+
+    def won_share(h: np.ndarray) -> np.ndarray:
+        return h[:, :, WON] / (h[:, :, WON] + h[:, :, LOST])
+
+    # periods 4 on: the booster's own won share; periods 1-3: the all-periods map's hazards
+    np.testing.assert_allclose(won_share(got.hazards[:, 3:]), won_share(raw[:, 3:]), rtol=1e-12)
+    assert np.abs(won_share(want.hazards[:, 3:]) - won_share(raw[:, 3:])).max() > 1e-3
+    np.testing.assert_array_equal(got.hazards[:, :3], want.hazards[:, :3])
+    # the chance of closing in every period, and so S, the likely close date and slip, unchanged
+    np.testing.assert_allclose(got.hazards[:, :, OPEN], want.hazards[:, :, OPEN], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(got.survival, want.survival, rtol=1e-12)
+    # 90 days are periods 1-3: the 90-day probability is the all-periods map's; the eventual one is not
+    np.testing.assert_array_equal(got.won_within(90.0), want.won_within(90.0))
+    assert np.abs(got.p_won() - want.p_won()).max() > 1e-3
+    # the partial scoring (only the periods a day reaches) tells the map each row's period too
+    days = np.resize([np.nan, 5.0, 40.0, 75.0, 100.0, 200.0, 900.0], len(x))
+    np.testing.assert_array_equal(first.open_at_reached(x, days), slip_risk(got, days))
+
+
+def test_a_bundle_with_the_split_on_the_first_periods_scores_the_same_after_saving(
+    trained: RunResult, open_features: pd.DataFrame, tmp_path: Path
+) -> None:
+    bundle = _first_periods(trained.bundle, 3)
+    folder = bundle.save(tmp_path / "first3")
+    timing_spec = json.loads((folder / "bundle.json").read_text())["heads"]["close"]["timing"]
+    assert timing_spec["calibrator"]["n_first"] == 3
+    assert "n_first" not in timing_spec["slip"]["calibrator"]  # the slip map stays on every period
+    loaded = ScoringBundle.load(folder)
+    assert loaded.close.timing is not None
+    assert isinstance(loaded.close.timing.calibrator, OutcomeSplitCalibrator)
+    assert loaded.close.timing.calibrator.n_first == 3
+    before = bundle.score(open_features, top_reasons=0)
+    pd.testing.assert_frame_equal(loaded.score(open_features, top_reasons=0), before)
+    # ... and those are not the all-periods bundle's close probabilities, only its 90-day ones
+    every = trained.bundle.score(open_features, top_reasons=0)
+    assert np.abs(before["close_probability"] - every["close_probability"]).max() > 1e-3
+    pd.testing.assert_series_equal(before["close_probability_90d"], every["close_probability_90d"])
+    pd.testing.assert_series_equal(before["slip_risk"], every["slip_risk"])
+
+
+def test_training_applies_the_split_where_its_config_says(history: DealHistory, trained: RunResult) -> None:
+    assert TrainConfig().split_first_periods is None  # training's default: every period
+    timing = trained.bundle.close.timing
+    assert timing is not None and isinstance(timing.calibrator, OutcomeSplitCalibrator)
+    assert timing.calibrator.n_first is None
+    first = train(history, TrainConfig(seed=0, split_first_periods=3)).bundle.close.timing
+    assert first is not None and first.slip is not None and timing.slip is not None
+    assert first.calibrator.to_dict() == {**timing.calibrator.to_dict(), "n_first": 3}  # the same fit
+    assert first.slip.calibrator.to_dict() == timing.slip.calibrator.to_dict()  # every period
+    with pytest.raises(ValueError, match="split_first_periods"):
+        TrainConfig(split_first_periods=0)
