@@ -23,10 +23,6 @@ DATA_HELP = "Deal-history folder (CSV or Parquet + pipelines.yaml). Without it, 
 MODEL_HELP = "Model to score with (default: DEALRISK_MODEL_URI or models:/deal-risk@champion)."
 
 
-def _time(value: str | None, option: str) -> pd.Timestamp | None:
-    return None if value is None else option_time(value, option)
-
-
 def _load_history(data: Path | None, pipeline: str | None) -> DealHistory:
     """The history from a folder, or from the store (only the pipeline asked for)."""
     try:
@@ -94,7 +90,7 @@ def _load_for_scoring(
     advance()
     bundle, version = _load_model(model_uri)
     advance()
-    t = _time(as_of, "--as-of") or history.end_time
+    t = option_time(as_of, "--as-of") or history.end_time
     return history, builder, bundle, version, t
 
 
@@ -177,7 +173,7 @@ def at_risk(
 
     if sort not in AT_RISK_SORTS:
         fail(f"--sort must be one of {', '.join(AT_RISK_SORTS)}, not {sort!r}")
-    _time(as_of, "--as-of")  # checked before the slow loads
+    option_time(as_of, "--as-of")  # checked before the slow loads
     filters: dict[str, Any] = {"owner": owner, "team": team, "min_amount": min_amount}
     # On the store as of now, the list the API gives: the live scores, ranked and paged by the database.
     live = (_live_at_risk(pipeline, sort, limit, **filters)
@@ -240,7 +236,7 @@ def health(
 
     if by not in (None, "team", "owner"):
         fail(f"--by must be 'team' or 'owner', not {by!r}")
-    t0, t1 = _time(since, "--since"), _time(until, "--until")
+    t0, t1 = option_time(since, "--since"), option_time(until, "--until")
     assert t0 is not None and t1 is not None
     if t0 > t1:
         fail(f"--since {t0.isoformat()} is after --until {t1.isoformat()}")
@@ -293,7 +289,7 @@ def forecast_command(
     their chance of being won in each, deals not created yet as their own line."""
     from models.forecast import forecast_pipeline
 
-    _time(as_of, "--as-of")  # checked before the slow loads
+    option_time(as_of, "--as-of")  # checked before the slow loads
     with progress("loading history and model", total=3, quiet=as_json) as advance:
         history, builder, bundle, version, t = _load_for_scoring(data, pipeline, as_of, model_uri, advance)
         result = {"model_version": version, **forecast_pipeline(bundle, history, t, builder, months=months)}

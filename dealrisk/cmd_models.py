@@ -422,7 +422,7 @@ def monitor_command(
     from models.loading import CHAMPION_URI, load_bundle, save_monitor_report
     from training.monitor import monitor
 
-    t = None if since is None else option_time(since, "--since")
+    t = option_time(since, "--since")
     history = _load_history(data)
     with _bar("Monitoring", as_json) as report:
         try:
@@ -500,7 +500,7 @@ def score_command(
     if not out.parent.is_dir():
         fail(f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere")
     # checked before the slow history and model loads, with the option named in the message
-    t = None if as_of is None else option_time(as_of, "--as-of")
+    t = option_time(as_of, "--as-of")
     try:
         points = read_points(str(at)) if at is not None else None
     except (ValueError, OSError) as exc:

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 import pandas as pd
 import typer
@@ -41,9 +41,20 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def option_time(value: str, option: str) -> pd.Timestamp:
-    """A time given as `option` on the command line, in UTC; an error naming the option when it is not
-    ISO 8601 or lies outside the times a history may hold (the bounds of files and the API)."""
+@overload
+def option_time(value: str, option: str) -> pd.Timestamp: ...
+
+
+@overload
+def option_time(value: None, option: str) -> None: ...
+
+
+def option_time(value: str | None, option: str) -> pd.Timestamp | None:
+    """A time given as `option` on the command line, in UTC (None when the option was not given); an
+    error naming the option when it is not ISO 8601 or lies outside the times a history may hold (the
+    bounds of files and the API)."""
+    if value is None:
+        return None
     from features.history import to_utc_timestamp
     from features.validation import EARLIEST_TIME, LATEST_TIME
 
