@@ -197,6 +197,23 @@ histories are run first; with histories missing the verdict is "undecided" unles
 20,000-deal part of (1) already fails. `--table --round 18` applies it (proposed only, not adopted by
 this bench: training is not changed here).
 
+- Round 19 (a confirmatory test of round 17's `split_first_3`, `FirstPeriodsSplitMap(split, 3)`: its mean
+  close ECE over round 17's ten histories was lower than `current`'s, but on neither 20,000-deal history
+  alone was the drop beyond the paired interval; one such history has too little power). Fresh
+  histories, not used in any earlier round, and one interval pooled over them: each run stores the 200
+  paired draws of (`split_first_3`'s close ECE - `current`'s) behind its per-history interval, and the
+  pooled mean's draw b is the mean over the histories of their draws b (the histories are independent
+  simulations, so their draws combine draw by draw).
+
+Round 19's rule, written and committed before any of its judged figures was read: `split_first_3`
+becomes training's map only if, on the six fresh 20,000-deal histories (seeds 10-15, cycle scale 1):
+(1) the mean close-ECE delta against `current` is below zero and the pooled 95 % interval lies wholly
+below zero; (2) its close, 90-day and slip ECE are worse beyond the per-history paired interval on no
+history; (3) its close AUC is lower beyond the paired interval on none. With histories missing the
+verdict is undecided. A 1,000-deal run (seed 99) may check that the code runs; it is not judged.
+`--table --round 19` applies it (proposed only, not adopted by this bench: training is not changed
+here).
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
