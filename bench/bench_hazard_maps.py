@@ -197,6 +197,23 @@ histories are run first; with histories missing the verdict is "undecided" unles
 20,000-deal part of (1) already fails. `--table --round 18` applies it (proposed only, not adopted by
 this bench: training is not changed here).
 
+- Round 19 (a confirmatory test of round 17's `split_first_3`, `FirstPeriodsSplitMap(split, 3)`: its mean
+  close ECE over round 17's ten histories was lower than `current`'s, but on neither 20,000-deal history
+  alone was the drop beyond the paired interval; one such history has too little power). Fresh
+  histories, not used in any earlier round, and one interval pooled over them: each run stores the 200
+  paired draws of (`split_first_3`'s close ECE - `current`'s) behind its per-history interval, and the
+  pooled mean's draw b is the mean over the histories of their draws b (the histories are independent
+  simulations, so their draws combine draw by draw).
+
+Round 19's rule, written and committed before any of its judged figures was read: `split_first_3`
+becomes training's map only if, on the six fresh 20,000-deal histories (seeds 10-15, cycle scale 1):
+(1) the mean close-ECE delta against `current` is below zero and the pooled 95 % interval lies wholly
+below zero; (2) its close, 90-day and slip ECE are worse beyond the per-history paired interval on no
+history; (3) its close AUC is lower beyond the paired interval on none. With histories missing the
+verdict is undecided. A 1,000-deal run (seed 99) may check that the code runs; it is not judged.
+`--table --round 19` applies it (proposed only, not adopted by this bench: training is not changed
+here).
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -210,11 +227,13 @@ Writes bench/results/hazard_maps_seed<seed>.json. `--no-folds` leaves out round 
 with the 3 folds they need; `--round 15` only `current`, `none` and round 15's maps (3 lag folds),
 with `--diagnose` also round 15's windows alone and its oracles; `--round 16` only `current`, `none`
 and round 16's maps (3 lag folds); `--round 17` only `current`, `none` and round 17's maps (no folds);
-`--round 18` only `current`, `none`, `split_first_1` and `split_first_2` (no folds).
+`--round 18` only `current`, `none`, `split_first_1` and `split_first_2` (no folds); `--round 19` only
+`current`, `none` and `split_first_3` (no folds), storing the 200 paired draws of `split_first_3`'s close
+ECE minus `current`'s.
 `--table FILE...` prints round 9's table (its variants and
 `current`, slip's error by days to the expected date) from such files and applies round 9's rule;
-`--round 18`, `--round 17`, `--round 16`, `--round 15`, `--round 14`, `--round 8` or `--round 7` that
-round's table and rule.
+`--round 19` (with the pooled interval), `--round 18`, `--round 17`, `--round 16`, `--round 15`,
+`--round 14`, `--round 8` or `--round 7` that round's table and rule.
 """
 
 from __future__ import annotations
@@ -224,6 +243,8 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,6 +256,7 @@ from bench.bench_timing_boosters import _label, _verdict
 from features.build import FeatureBuilder
 from features.history import DealHistory
 from features.labels import close_event, slip_label, won_label, won_within_label
+from models import comparison
 from models.calibration import ece_noise_floor, expected_calibration_error, reliability_bins
 from models.comparison import bootstrap_comparison
 from models.timing import (
@@ -802,15 +824,83 @@ def marginal_split_map(folds: list[LagFold], prior_sd: float = 0.15,
     return _fit_split_on_probabilities(hazards, y, w, days, prior_sd)
 
 
+@contextmanager
+def recorded_metrics() -> Iterator[list[dict[str, float]]]:
+    """Every `models.comparison.weighted_metrics` result, in the order `bootstrap_comparison` asks for
+    them, while inside. Round 19 needs the paired draws behind a per-history interval, which
+    `bootstrap_comparison` computes and does not return; recording them keeps one bootstrap (the product
+    code is not this bench's to change)."""
+    calls: list[dict[str, float]] = []
+    original = comparison.weighted_metrics
+
+    def recording(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, float]:
+        metrics = original(y, p, w)
+        calls.append(metrics)
+        return metrics
+
+    comparison.weighted_metrics = recording
+    try:
+        yield calls
+    finally:
+        comparison.weighted_metrics = original
+
+
+def paired_draws(calls: list[dict[str, float]], versions: list[str], name: str, reference: str,
+                 n_boot: int, metric: str = "ece") -> np.ndarray:
+    """Per bootstrap draw, `name`'s `metric` minus `reference`'s, from the recorded calls of one
+    `bootstrap_comparison` on one head: every version's point metrics first, then each draw's, version
+    by version."""
+    if len(calls) != (1 + n_boot) * len(versions):
+        raise RuntimeError(f"expected {(1 + n_boot) * len(versions)} recorded metrics, got {len(calls)}")
+    grid = np.array([c[metric] for c in calls], dtype=np.float64).reshape(1 + n_boot, len(versions))
+    return grid[1:, versions.index(name)] - grid[1:, versions.index(reference)]
+
+
+@dataclass
+class PooledDelta:
+    """Round 19: the mean over independent histories of a paired difference, and its interval."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n_histories: int
+
+
+def pooled_delta(differences: Sequence[float], draws: Sequence[Sequence[float]],
+                 confidence: float = 0.95) -> PooledDelta:
+    """The mean of the histories' paired differences, with a percentile interval from their bootstrap
+    draws combined draw by draw: draw b of the mean is the mean over histories of each one's draw b
+    (valid as the histories are independent simulations, each resampled on its own)."""
+    grid = np.asarray(draws, dtype=np.float64)
+    if grid.ndim != 2 or grid.shape[0] != len(differences):
+        raise ValueError("one row of draws per history, all of the same length")
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.nanquantile(grid.mean(axis=0), [alpha, 1.0 - alpha])
+    return PooledDelta(float(np.mean(differences)), float(lo), float(hi), len(differences))
+
+
+def round19_verdict(pooled: PooledDelta, worse_beyond: int, auc_lower_beyond: int, missing: int) -> str:
+    """Round 19's rule (module docstring): "PASSES" only if (1) the pooled mean close-ECE delta is below
+    zero with its interval wholly below zero, (2) no close, 90-day or slip ECE is worse beyond its
+    per-history interval (`worse_beyond` counts them) and (3) no close AUC is lower beyond it;
+    "undecided" while histories are missing."""
+    if missing:
+        return "undecided"
+    rule1 = pooled.mean < 0 and pooled.ci_high < 0
+    return "PASSES" if rule1 and worse_beyond == 0 and auc_lower_beyond == 0 else "fails"
+
+
 def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         round14: bool = False, round15: bool = False, diagnose: bool = False,
-        round16: bool = False, round17: bool = False, round18: bool = False) -> dict[str, Any]:
+        round16: bool = False, round17: bool = False, round18: bool = False,
+        round19: bool = False) -> dict[str, Any]:
     """Every map side by side; `round14`: only `current`, `none` and round 14's maps (3 folds);
     `round15`: only `current`, `none` and round 15's maps (3 lag folds), with `diagnose` round 15's
     windows alone (the 3 forward folds too) and its oracles on the test window; `round16`: only
     `current`, `none` and round 16's maps (the 3 lag folds alone); `round17`: only `current`, `none`
     and round 17's maps (no folds); `round18`: only `current`, `none`, `split_first_1` and
-    `split_first_2` (no folds)."""
+    `split_first_2` (no folds); `round19`: only `current`, `none` and `split_first_3` (no folds), with
+    the paired draws of `split_first_3`'s close ECE minus `current`'s."""
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -862,8 +952,9 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
     train_frame = frame[frame["window"] == "train"]
     fold_rows = (forward_folds(cut, train_frame, cols, data.split, config,
                                3 if round14 or round15 else N_FOLDS_MAX, boosters)
-                 if folds and (diagnose or not round15) and not (round16 or round17 or round18) else [])
-    if folds and not round15 and not round16 and not round17 and not round18:
+                 if folds and (diagnose or not round15) and not (round16 or round17 or round18 or round19)
+                 else [])
+    if folds and not (round15 or round16 or round17 or round18 or round19):
         # Round 14: training's outcome split fitted on the same windows' closing rows
         maps["crossfit_split"] = pooled_split_map([*fold_rows[:3], cal_rows])
         maps["crossfit_split_periods"] = pooled_split_map([*fold_rows[:3], cal_rows], by_period=True)
@@ -917,9 +1008,13 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         maps["split_first_1"] = FirstPeriodsSplitMap(split, 1)
         maps["split_first_2"] = FirstPeriodsSplitMap(split, 2)
         maps = {name: maps[name] for name in ROUND18}
+    if round19:
+        # Round 19: round 17's `split_first_3` alone, on fresh histories
+        maps["split_first_3"] = FirstPeriodsSplitMap(split, 3)
+        maps = {name: maps[name] for name in ROUND19}
     if round14:
         maps = {name: maps[name] for name in ROUND14}
-    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or round16 or round17 or round18
+    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or round16 or round17 or round18 or round19
                                else slip_date_maps(cut, cal, cols, timing))
 
     points = make_snapshots(cut)
@@ -1033,10 +1128,19 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         keep = np.isfinite(y) & np.all([np.isfinite(s[target]) for s in scored.values()], axis=0)
         frame_t = pd.DataFrame({"head": target, "y": y[keep], "deal_id": deal_ids[keep],
                                 **{name: s[target][keep] for name, s in scored.items()}})
-        _, diffs = bootstrap_comparison(frame_t, list(scored), "current", n_boot=N_BOOT, seed=0)
+        with recorded_metrics() as calls:
+            _, diffs = bootstrap_comparison(frame_t, list(scored), "current", n_boot=N_BOOT, seed=0)
         for row in diffs[diffs["metric"].isin(["ece", "roc_auc"])].itertuples():
             out["variants"][row.version][target][f"{row.metric}_minus_current"] = {
                 "difference": row.difference, "ci_low": row.ci_low, "ci_high": row.ci_high}
+        if round19 and target == "close_probability":
+            # Round 19: the draws behind the interval, for the interval pooled over histories
+            entry = out["variants"]["split_first_3"][target]["ece_minus_current"]
+            draws = paired_draws(calls, list(scored), "split_first_3", "current", N_BOOT)
+            if not np.allclose(np.nanquantile(draws, [0.025, 0.975]), [entry["ci_low"], entry["ci_high"]],
+                               rtol=0.0, atol=1e-12):
+                raise RuntimeError("the recorded draws do not give bootstrap_comparison's interval")
+            entry["draws"] = draws.tolist()
     return out
 
 
@@ -1054,6 +1158,8 @@ ROUND17 = ("current", "none", "split_first_2", "split_first_3")
 ROUND17_CANDIDATES = ("split_first_2", "split_first_3")
 ROUND18 = ("current", "none", "split_first_1", "split_first_2")
 ROUND18_CANDIDATES = ("split_first_1",)
+ROUND19 = ("current", "none", "split_first_3")
+ROUND19_HISTORIES = tuple((20000, s, 1.0) for s in range(10, 16))  # (deals, seed, cycle scale)
 # round 14's judged histories: (deals, seed, cycle scale)
 ROUND14_HISTORIES = (*((5000, s, 1.0) for s in range(6)), (5000, 0, 2.0), (5000, 1, 2.0),
                      (20000, 0, 1.0), (20000, 1, 1.0))
@@ -1089,6 +1195,9 @@ def table(paths: list[Path], round_: int = 9) -> None:
         return
     if round_ == 18:
         table_round17(runs, ROUND18, ROUND18_CANDIDATES)
+        return
+    if round_ == 19:
+        table_round19(runs)
         return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     _rows(runs, ROUND7)
@@ -1369,6 +1478,42 @@ def table_round17(runs: list[dict[str, Any]], names: tuple[str, ...] = ROUND17,
     split_rule(runs, candidates)
 
 
+def table_round19(runs: list[dict[str, Any]]) -> None:
+    """Round 19's per-history table, `split_first_3`'s close-ECE delta pooled over the histories, and
+    round 19's rule (on `ROUND19_HISTORIES`; other runs, such as the 1,000-deal check, are shown but not
+    judged)."""
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    _rows(runs, ROUND19)
+    print()
+    for r in runs:
+        m = r["variants"]["current"]["map"]
+        print("   ", _label(r), f"current c {m['scale']:.3f} d {m['intercept']:+.3f}; {r['seconds']} s at "
+              f"load {r['machine']['load_avg_1m']:.2f}")
+    judged = [r for r in runs if (r["deals"], r["seed"], float(r["cycle_scale"])) in ROUND19_HISTORIES]
+    done = {(r["deals"], r["seed"], float(r["cycle_scale"])) for r in judged}
+    missing = [h for h in ROUND19_HISTORIES if h not in done]
+    print()
+    if not judged:
+        print(f"no judged history; missing {missing}: undecided")
+        return
+    name = "split_first_3"
+    deltas = [r["variants"][name]["close_probability"]["ece_minus_current"] for r in judged]
+    pooled = pooled_delta([d["difference"] for d in deltas], [d["draws"] for d in deltas])
+    worse = {t: _verdicts(judged, name, t).count(-1)
+             for t in ("close_probability", "close_probability_90d", "slip_risk")}
+    auc = _verdicts(judged, name, "close_probability", "roc_auc").count(-1)
+    verdict = round19_verdict(pooled, sum(worse.values()), auc, len(missing))
+    mean_ece = {n: np.mean([r["variants"][n]["close_probability"]["ece"] for r in judged]) for n in ROUND19}
+    print(f"histories: {len(judged)} judged, missing {missing}; mean close ECE:",
+          "; ".join(f"{n} {e:.4f}" for n, e in mean_ece.items()))
+    rule1 = pooled.mean < 0 and pooled.ci_high < 0
+    print(f"{name}: (1) pooled close-ECE delta {pooled.mean:+.4f} ({pooled.ci_low:+.4f}, "
+          f"{pooled.ci_high:+.4f}) over {pooled.n_histories} histories -> {rule1}; (2) worse beyond "
+          f"the interval: close {worse['close_probability']}, 90-day {worse['close_probability_90d']}, slip "
+          f"{worse['slip_risk']} -> {not any(worse.values())}; (3) AUC lower beyond the interval on {auc} -> "
+          f"{auc == 0}; {verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
@@ -1377,9 +1522,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print a round's table and its rule's verdict from these result files")
-    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16, 17, 18), default=9,
-                        help="the round --table reports; 14, 15, 16, 17 or 18 without --table: compute "
-                             "only that round's maps")
+    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16, 17, 18, 19), default=9,
+                        help="the round --table reports; 14 to 19 without --table: compute only that "
+                             "round's maps")
     parser.add_argument("--diagnose", action="store_true",
                         help="with --round 15: also the forward folds' splits alone and the two oracles")
     parser.add_argument("--no-folds", action="store_true",
@@ -1391,7 +1536,7 @@ def main() -> None:
     started = time.perf_counter()
     body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds, round14=args.round == 14,
                round15=args.round == 15, diagnose=args.diagnose, round16=args.round == 16,
-               round17=args.round == 17, round18=args.round == 18)
+               round17=args.round == 17, round18=args.round == 18, round19=args.round == 19)
     result = {"deals": args.deals, "seed": args.seed, **body,
               "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

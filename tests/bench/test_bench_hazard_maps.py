@@ -4,21 +4,31 @@ planted in the data, and that a deal seen in many snapshots counts as one deal. 
 snapshot (every closing row) the same instead: there a deal seen in many snapshots counts that many
 times, and a fold whose deals are all seen equally often fits as if each deal counted once. Round 17
 applies training's split on the first periods ahead only: a deal's later periods keep the booster's
-won share, and no period's chance of closing changes."""
+won share, and no period's chance of closing changes. Round 19 pools a paired difference over
+independent histories draw by draw, judges it by its rule, and takes the draws from the paired
+bootstrap itself, so that they give back the per-history interval it reports."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from bench.bench_hazard_maps import (
     FirstPeriodsSplitMap,
     FoldRows,
     LagFold,
+    PooledDelta,
     lag_split_snapshots_map,
     marginal_split_map,
+    paired_draws,
+    pooled_delta,
     pooled_split_map,
+    recorded_metrics,
+    round19_verdict,
 )
+from models import comparison
+from models.comparison import bootstrap_comparison
 from models.timing import LOST, OPEN, WON, OutcomeSplitCalibrator
 
 
@@ -119,3 +129,59 @@ def test_the_split_on_period_one_alone_leaves_period_two_on_as_the_booster_gives
     np.testing.assert_allclose(mapped[period == 1, WON], 0.3)
     np.testing.assert_allclose(mapped[period > 1, WON], 0.2)
     np.testing.assert_allclose(mapped[period > 1, LOST], 0.2)
+
+
+def test_the_pooled_interval_pairs_the_histories_draw_by_draw() -> None:
+    # each history's draws straddle zero, but they move against each other draw by draw: every pooled
+    # draw is -0.003, so the pooled interval is that point (pooling each history's sorted draws instead
+    # would give -0.007, -0.003, +0.001 and an interval over zero)
+    first, second = [-0.006, -0.002, 0.002], [0.000, -0.004, -0.008]
+    pooled = pooled_delta([-0.002, -0.004], [first, second])
+    assert pooled.n_histories == 2
+    assert pooled.mean == pytest.approx(-0.003)
+    assert (pooled.ci_low, pooled.ci_high) == (pytest.approx(-0.003), pytest.approx(-0.003))
+    assert round19_verdict(pooled, worse_beyond=0, auc_lower_beyond=0, missing=0) == "PASSES"
+
+
+def test_a_pooled_interval_over_zero_fails_the_rule() -> None:
+    # two draws per history, -0.004 and +0.004 in both: the 2.5th and 97.5th percentiles of the pooled
+    # draws lie 2.5 % of the way in from each end, at -0.0038 and +0.0038
+    pooled = pooled_delta([-0.001, -0.001], [[-0.004, 0.004], [-0.004, 0.004]])
+    assert (pooled.ci_low, pooled.ci_high) == (pytest.approx(-0.0038), pytest.approx(0.0038))
+    assert round19_verdict(pooled, worse_beyond=0, auc_lower_beyond=0, missing=0) == "fails"
+
+
+def test_round_19_fails_on_any_history_worse_and_waits_for_missing_ones() -> None:
+    below = PooledDelta(mean=-0.003, ci_low=-0.005, ci_high=-0.001, n_histories=6)
+    assert round19_verdict(below, worse_beyond=0, auc_lower_beyond=0, missing=0) == "PASSES"
+    assert round19_verdict(below, worse_beyond=1, auc_lower_beyond=0, missing=0) == "fails"
+    assert round19_verdict(below, worse_beyond=0, auc_lower_beyond=1, missing=0) == "fails"
+    assert round19_verdict(below, worse_beyond=0, auc_lower_beyond=0, missing=2) == "undecided"
+
+
+def test_the_recorded_draws_give_back_the_paired_interval() -> None:
+    rng = np.random.default_rng(3)
+    deals = np.repeat(np.arange(150).astype(str), 3)
+    y = np.repeat((rng.random(150) < 0.4).astype(float), 3)
+    frame = pd.DataFrame({"head": "close_probability", "y": y, "deal_id": deals,
+                          "current": np.clip(0.4 + rng.normal(0.0, 0.2, len(y)), 0.01, 0.99),
+                          "none": np.full(len(y), 0.4),
+                          "candidate": np.clip(0.3 * y + 0.35 + rng.normal(0.0, 0.1, len(y)), 0.01, 0.99)})
+    versions = ["current", "none", "candidate"]
+    with recorded_metrics() as calls:
+        _, diffs = bootstrap_comparison(frame, versions, "current", n_boot=200, seed=0)
+    assert comparison.weighted_metrics.__name__ == "weighted_metrics"  # put back on leaving
+    draws = paired_draws(calls, versions, "candidate", "current", 200)
+    row = diffs[(diffs["version"] == "candidate") & (diffs["metric"] == "ece")].iloc[0]
+    assert len(draws) == 200 and np.std(draws) > 0
+    np.testing.assert_allclose(np.nanquantile(draws, [0.025, 0.975]), [row.ci_low, row.ci_high],
+                               rtol=0.0, atol=1e-12)
+    # draw by draw, in bootstrap_comparison's order (pooling pairs histories' draws by their index): the
+    # b-th resample of deals from a generator seeded 0, each deal's snapshots weighted by its count
+    gen = np.random.default_rng(0)
+    codes, uniques = pd.factorize(frame["deal_id"])
+    for b in range(200):
+        w = np.bincount(gen.integers(0, len(uniques), len(uniques)), minlength=len(uniques))[codes]
+        ece = {v: comparison.weighted_metrics(y, frame[v].to_numpy(), w.astype(float))["ece"]
+               for v in ("current", "candidate")}
+        assert draws[b] == pytest.approx(ece["candidate"] - ece["current"], abs=1e-12)
