@@ -243,8 +243,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,7 +255,6 @@ from bench.bench_timing_boosters import _label, _verdict
 from features.build import FeatureBuilder
 from features.history import DealHistory
 from features.labels import close_event, slip_label, won_label, won_within_label
-from models import comparison
 from models.calibration import ece_noise_floor, expected_calibration_error, reliability_bins
 from models.comparison import bootstrap_comparison
 from models.timing import (
@@ -824,38 +822,6 @@ def marginal_split_map(folds: list[LagFold], prior_sd: float = 0.15,
     return _fit_split_on_probabilities(hazards, y, w, days, prior_sd)
 
 
-@contextmanager
-def recorded_metrics() -> Iterator[list[dict[str, float]]]:
-    """Every `models.comparison.weighted_metrics` result, in the order `bootstrap_comparison` asks for
-    them, while inside. Round 19 needs the paired draws behind a per-history interval, which
-    `bootstrap_comparison` computes and does not return; recording them keeps one bootstrap (the product
-    code is not this bench's to change)."""
-    calls: list[dict[str, float]] = []
-    original = comparison.weighted_metrics
-
-    def recording(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, float]:
-        metrics = original(y, p, w)
-        calls.append(metrics)
-        return metrics
-
-    comparison.weighted_metrics = recording
-    try:
-        yield calls
-    finally:
-        comparison.weighted_metrics = original
-
-
-def paired_draws(calls: list[dict[str, float]], versions: list[str], name: str, reference: str,
-                 n_boot: int, metric: str = "ece") -> np.ndarray:
-    """Per bootstrap draw, `name`'s `metric` minus `reference`'s, from the recorded calls of one
-    `bootstrap_comparison` on one head: every version's point metrics first, then each draw's, version
-    by version."""
-    if len(calls) != (1 + n_boot) * len(versions):
-        raise RuntimeError(f"expected {(1 + n_boot) * len(versions)} recorded metrics, got {len(calls)}")
-    grid = np.array([c[metric] for c in calls], dtype=np.float64).reshape(1 + n_boot, len(versions))
-    return grid[1:, versions.index(name)] - grid[1:, versions.index(reference)]
-
-
 @dataclass
 class PooledDelta:
     """Round 19: the mean over independent histories of a paired difference, and its interval."""
@@ -1128,19 +1094,16 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         keep = np.isfinite(y) & np.all([np.isfinite(s[target]) for s in scored.values()], axis=0)
         frame_t = pd.DataFrame({"head": target, "y": y[keep], "deal_id": deal_ids[keep],
                                 **{name: s[target][keep] for name, s in scored.items()}})
-        with recorded_metrics() as calls:
-            _, diffs = bootstrap_comparison(frame_t, list(scored), "current", n_boot=N_BOOT, seed=0)
+        paired: dict[tuple[str, str, str], np.ndarray] = {}
+        _, diffs = bootstrap_comparison(frame_t, list(scored), "current", n_boot=N_BOOT, seed=0,
+                                        draws_out=paired)
         for row in diffs[diffs["metric"].isin(["ece", "roc_auc"])].itertuples():
             out["variants"][row.version][target][f"{row.metric}_minus_current"] = {
                 "difference": row.difference, "ci_low": row.ci_low, "ci_high": row.ci_high}
         if round19 and target == "close_probability":
             # Round 19: the draws behind the interval, for the interval pooled over histories
             entry = out["variants"]["split_first_3"][target]["ece_minus_current"]
-            draws = paired_draws(calls, list(scored), "split_first_3", "current", N_BOOT)
-            if not np.allclose(np.nanquantile(draws, [0.025, 0.975]), [entry["ci_low"], entry["ci_high"]],
-                               rtol=0.0, atol=1e-12):
-                raise RuntimeError("the recorded draws do not give bootstrap_comparison's interval")
-            entry["draws"] = draws.tolist()
+            entry["draws"] = paired[(target, "split_first_3", "ece")].tolist()
     return out
 
 

@@ -44,10 +44,14 @@ def bootstrap_comparison(
     n_boot: int = 200,
     confidence: float = 0.95,
     seed: int = 0,
+    draws_out: dict[tuple[str, str, str], np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Point metrics and percentile intervals per version and head, and paired differences against the
     champion, from `n_boot` resamples of deals (every snapshot of a drawn deal comes along, as often as
-    the deal was drawn; the same draw is used for every version, which is what makes them paired)."""
+    the deal was drawn; the same draw is used for every version, which is what makes them paired).
+
+    `draws_out`, when given, receives each paired difference's draws, in draw order, under
+    (head, version, metric): what an interval pooled over independent comparisons is built from."""
     rng = np.random.default_rng(seed)
     alpha = (1 - confidence) / 2
     metric_rows: list[dict[str, Any]] = []
@@ -76,6 +80,8 @@ def bootstrap_comparison(
                 continue
             for m in REPORTED_METRICS:
                 diff = np.asarray(draws[v][m]) - np.asarray(draws[champion][m])
+                if draws_out is not None:
+                    draws_out[(str(head), v, m)] = diff
                 lo, hi = np.nanquantile(diff, [alpha, 1 - alpha])
                 diff_rows.append(
                     {"version": v, "head": head, "metric": m,

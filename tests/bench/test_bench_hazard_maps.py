@@ -21,10 +21,8 @@ from bench.bench_hazard_maps import (
     PooledDelta,
     lag_split_snapshots_map,
     marginal_split_map,
-    paired_draws,
     pooled_delta,
     pooled_split_map,
-    recorded_metrics,
     round19_verdict,
 )
 from models import comparison
@@ -159,7 +157,7 @@ def test_round_19_fails_on_any_history_worse_and_waits_for_missing_ones() -> Non
     assert round19_verdict(below, worse_beyond=0, auc_lower_beyond=0, missing=2) == "undecided"
 
 
-def test_the_recorded_draws_give_back_the_paired_interval() -> None:
+def test_the_paired_draws_are_bootstrap_comparisons_own_in_draw_order() -> None:
     rng = np.random.default_rng(3)
     deals = np.repeat(np.arange(150).astype(str), 3)
     y = np.repeat((rng.random(150) < 0.4).astype(float), 3)
@@ -168,16 +166,15 @@ def test_the_recorded_draws_give_back_the_paired_interval() -> None:
                           "none": np.full(len(y), 0.4),
                           "candidate": np.clip(0.3 * y + 0.35 + rng.normal(0.0, 0.1, len(y)), 0.01, 0.99)})
     versions = ["current", "none", "candidate"]
-    with recorded_metrics() as calls:
-        _, diffs = bootstrap_comparison(frame, versions, "current", n_boot=200, seed=0)
-    assert comparison.weighted_metrics.__name__ == "weighted_metrics"  # put back on leaving
-    draws = paired_draws(calls, versions, "candidate", "current", 200)
+    paired: dict[tuple[str, str, str], np.ndarray] = {}
+    _, diffs = bootstrap_comparison(frame, versions, "current", n_boot=200, seed=0, draws_out=paired)
+    draws = paired[("close_probability", "candidate", "ece")]
     row = diffs[(diffs["version"] == "candidate") & (diffs["metric"] == "ece")].iloc[0]
     assert len(draws) == 200 and np.std(draws) > 0
     np.testing.assert_allclose(np.nanquantile(draws, [0.025, 0.975]), [row.ci_low, row.ci_high],
                                rtol=0.0, atol=1e-12)
-    # draw by draw, in bootstrap_comparison's order (pooling pairs histories' draws by their index): the
-    # b-th resample of deals from a generator seeded 0, each deal's snapshots weighted by its count
+    # draw by draw, in order (pooling pairs histories' draws by their index): the b-th resample of deals
+    # from a generator seeded 0, each deal's snapshots weighted by its count
     gen = np.random.default_rng(0)
     codes, uniques = pd.factorize(frame["deal_id"])
     for b in range(200):
