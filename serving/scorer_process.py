@@ -30,10 +30,10 @@ service takes them with the population rather than read every deal's state itsel
 
 The parent (`ScorerProcess`) watches the child every `WATCH_S` and starts it again when it died (logged,
 counted in `status()`; a child that dies soon after its start waits longer each time, up to
-`MAX_RESTART_DELAY_S`). The child runs at a lower CPU priority (`NICE`): on busy cores the service's
-requests come first and the scores wait. The child's failures are logged (to the service's stderr) and
-never reach a request: requests read what is stored, and the stored scores only get older while no child
-runs.
+`MAX_RESTART_DELAY_S`). The child runs at a lower CPU priority (`Settings.scorer_nice`, 10 by
+default): on busy cores the service's requests come first and the scores wait. The child's failures are
+logged (to the service's stderr) and never reach a request: requests read what is stored, and the stored
+scores only get older while no child runs.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ STOP_TIMEOUT_S = 60.0  # a stopping child finishes its round first; past this it
 QUICK_DEATH_S = 30.0  # a child that dies sooner than this after its start waits before the next one
 MAX_RESTART_DELAY_S = 60.0
 PROCESS_NAME = "dealrisk-live-scorer"
-NICE = 10  # the child's CPU priority below the service's (os.nice): requests first on busy cores
 # the child's control loops run when notified; their clock is only a fallback
 CONTROL_INTERVAL_S = 3600.0
 
@@ -224,7 +223,7 @@ def run_child(settings: Settings, reader: Connection, log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Background work: when the cores are busy, the service's requests come first.
     with contextlib.suppress(OSError):
-        os.nice(NICE)
+        os.nice(settings.scorer_nice)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: "
                         "%(message)s")
     try:

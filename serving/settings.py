@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         "feature population run: `process`, a child process of the service (its CPU work never competes "
         "with requests), or `thread`, threads of the service's own process",
     )
+    scorer_nice: int = Field(
+        default=10, ge=0, le=19,
+        description="how much lower the scorer process's CPU priority is than the service's (an os.nice "
+        "increment): on busy cores requests come first and live scores wait; 0 gives both the same",
+    )
     population_refresh_s: float = Field(
         default=60.0, gt=0,
         description="the feature population is refitted in the background at most this often, when the "

@@ -23,6 +23,10 @@ from serving.store import Store
 # scorer process (tests/serving/test_scorer_process.py) ask for `process`. Exporting
 # DEALRISK_LIVE_SCORER=process runs the whole suite with it.
 os.environ.setdefault("DEALRISK_LIVE_SCORER", "thread")
+# A scorer process at the service's own priority: the suite's workers keep both cores busy, and a child 10
+# below them got almost no CPU (tests/serving/test_scorer_process.py took 800 s of a 1,750 s run instead
+# of 130 s alone). That test checks that the setting lowers the child's priority.
+os.environ.setdefault("DEALRISK_SCORER_NICE", "0")
 
 POSTGRES_URL = os.environ.get(
     "DEALRISK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
