@@ -214,6 +214,27 @@ verdict is undecided. A 1,000-deal run (seed 99) may check that the code runs; i
 `--table --round 19` applies it (proposed only, not adopted by this bench: training is not changed
 here).
 
+- Round 20 (round 19's histories: training's fitted stretch c is steady, 1.21-1.32, while its shift d
+  swings, -0.163 to +0.108, and on seed 11, the worst, d = -0.163. Hypothesis: c is a property of the
+  booster, which is underfit, and d mostly carries the calibration window's chance imbalance of wins
+  and losses). Candidates, each applied to every period as `current` is (timing, and so slip,
+  `current`'s by construction; the 90-day figures change): `stretch_only`, training's split with d held
+  at 0 and c fitted alone (`OutcomeSplitCalibrator(fit_shift=False)`, same prior sd 0.15 on c);
+  `shift_sd_05`, c and d both fitted, d's prior sd 0.05 instead of 0.15 (c keeps 0.15;
+  `weighted_split_map` with each closing deal counting once, as training's fit counts them). Each run
+  stores, per candidate, the 200 paired draws of its close ECE minus `current`'s and of its 90-day ECE
+  minus `current`'s, pooled over histories as round 19 pools them.
+
+Round 20's rule, written and committed before any of its judged figures was read (a 1,000-deal run,
+seed 99, may check that the code runs; it is not judged): a candidate, in the order stretch_only,
+shift_sd_05, becomes training's map only if, on six fresh 20,000-deal histories (seeds 16-21, cycle
+scale 1): (1) the pooled close-ECE delta against `current` is below zero with its pooled 95 % interval
+wholly below zero; (2) the pooled 90-day-ECE delta's interval does not lie wholly above zero; (3) its
+close, 90-day and slip ECE are worse beyond the per-history paired interval on no history; (4) its
+close AUC is lower beyond the paired interval on none. With histories missing: undecided.
+`--table --round 20` applies it (proposed only, not adopted by this bench: training is not changed
+here).
+
 Every test-window snapshot is judged (at `--deals 20000` about 23,000 snapshots of 4,000 deals, where
 the ECE noise floor for outcomes shared within deals is about 0.008, against 0.021 for `bench_timing`'s
 3,000 points): the only size at which the maps' differences stand above the noise. Per variant: close
@@ -229,11 +250,12 @@ with `--diagnose` also round 15's windows alone and its oracles; `--round 16` on
 and round 16's maps (3 lag folds); `--round 17` only `current`, `none` and round 17's maps (no folds);
 `--round 18` only `current`, `none`, `split_first_1` and `split_first_2` (no folds); `--round 19` only
 `current`, `none` and `split_first_3` (no folds), storing the 200 paired draws of `split_first_3`'s close
-ECE minus `current`'s.
+ECE minus `current`'s; `--round 20` only `current`, `none`, `stretch_only` and `shift_sd_05` (no folds),
+storing each candidate's paired draws of its close and its 90-day ECE minus `current`'s.
 `--table FILE...` prints round 9's table (its variants and
 `current`, slip's error by days to the expected date) from such files and applies round 9's rule;
-`--round 19` (with the pooled interval), `--round 18`, `--round 17`, `--round 16`, `--round 15`,
-`--round 14`, `--round 8` or `--round 7` that round's table and rule.
+`--round 20` or `--round 19` (with the pooled intervals), `--round 18`, `--round 17`, `--round 16`,
+`--round 15`, `--round 14`, `--round 8` or `--round 7` that round's table and rule.
 """
 
 from __future__ import annotations
@@ -729,10 +751,11 @@ def _snapshot_weights(deals: np.ndarray) -> np.ndarray:
 
 
 def weighted_split_map(proba: np.ndarray, target: np.ndarray, weight: np.ndarray,
-                       prior_sd: float = 0.15) -> OutcomeSplitCalibrator:
+                       prior_sd: float = 0.15, shift_sd: float | None = None) -> OutcomeSplitCalibrator:
     """Round 16: training's outcome split (c, d), its loss and prior (sd `prior_sd` on the identity), fitted
     on the closing rows with the given weight per row (`OutcomeSplitCalibrator.fit` only takes each
-    deal counting once, and the product code is not this bench's to change)."""
+    deal counting once, and the product code is not this bench's to change). Round 20: `shift_sd`, when
+    given, is d's prior sd instead of `prior_sd` (c keeps `prior_sd`)."""
     from scipy.optimize import minimize
 
     closes = np.asarray(target) != OPEN
@@ -741,14 +764,14 @@ def weighted_split_map(proba: np.ndarray, target: np.ndarray, weight: np.ndarray
     y = (np.asarray(target)[closes] == WON).astype(np.float64)
     w = np.asarray(weight, dtype=np.float64)[closes]
     identity = np.array([1.0, 0.0])
-    var = prior_sd**2
+    var = np.array([prior_sd, prior_sd if shift_sd is None else shift_sd]) ** 2
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         eta = theta[0] * x + theta[1]
         nll = float(np.sum(w * np.logaddexp(0.0, np.where(y > 0, -eta, eta))))
         resid = w * (1.0 / (1.0 + np.exp(-eta)) - y)
         dev = theta - identity
-        return nll + 0.5 * float(dev @ dev) / var, np.array([resid @ x, resid.sum()]) + dev / var
+        return nll + 0.5 * float(dev @ (dev / var)), np.array([resid @ x, resid.sum()]) + dev / var
 
     res = minimize(loss, identity, jac=True, method="L-BFGS-B")
     if not (res.success and np.all(np.isfinite(res.x))):
@@ -856,17 +879,37 @@ def round19_verdict(pooled: PooledDelta, worse_beyond: int, auc_lower_beyond: in
     return "PASSES" if rule1 and worse_beyond == 0 and auc_lower_beyond == 0 else "fails"
 
 
+def round20_verdict(close: PooledDelta, ninety_day: PooledDelta, worse_beyond: int, auc_lower_beyond: int,
+                    missing: int) -> str:
+    """Round 20's rule (module docstring) for one candidate: round 19's rule on the pooled close-ECE
+    delta, the per-history worse counts and the AUC, and also (2) the pooled 90-day-ECE delta's
+    interval not wholly above zero; "undecided" while histories are missing."""
+    verdict = round19_verdict(close, worse_beyond, auc_lower_beyond, missing)
+    return "fails" if verdict == "PASSES" and ninety_day.ci_low > 0 else verdict
+
+
+def closing_deal_weights(target: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Round 20: per row, 1 / (its deal's closing rows) on closing rows and 0 on open ones: each closing
+    deal counting once, as `OutcomeSplitCalibrator.fit` weighs them."""
+    closes = np.asarray(target) != OPEN
+    w = np.zeros(len(closes))
+    w[closes] = _deal_weights(np.asarray(groups, dtype=object)[closes])
+    return w
+
+
 def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         round14: bool = False, round15: bool = False, diagnose: bool = False,
         round16: bool = False, round17: bool = False, round18: bool = False,
-        round19: bool = False) -> dict[str, Any]:
+        round19: bool = False, round20: bool = False) -> dict[str, Any]:
     """Every map side by side; `round14`: only `current`, `none` and round 14's maps (3 folds);
     `round15`: only `current`, `none` and round 15's maps (3 lag folds), with `diagnose` round 15's
     windows alone (the 3 forward folds too) and its oracles on the test window; `round16`: only
     `current`, `none` and round 16's maps (the 3 lag folds alone); `round17`: only `current`, `none`
     and round 17's maps (no folds); `round18`: only `current`, `none`, `split_first_1` and
     `split_first_2` (no folds); `round19`: only `current`, `none` and `split_first_3` (no folds), with
-    the paired draws of `split_first_3`'s close ECE minus `current`'s."""
+    the paired draws of `split_first_3`'s close ECE minus `current`'s; `round20`: only `current`, `none`,
+    `stretch_only` and `shift_sd_05` (no folds), with each one's paired draws of its close and 90-day
+    ECE minus `current`'s."""
     start = pd.Timestamp("2024-01-01", tz="UTC")
     cut_at = start + pd.Timedelta(days=SPAN_DAYS)
     full = simulate_history(2 * deals, seed=seed, start=str(start.date()),
@@ -915,12 +958,13 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
     # (`--round 14`: the 3 latest folds alone, the ones its maps use)
     # (`--round 15`: the 3 latest with `--diagnose` only, for round 15's table of windows alone)
     boosters: dict[pd.Timestamp, Any] = {}
+    foldless = round16 or round17 or round18 or round19 or round20  # rounds 16-20 use no forward fold
     train_frame = frame[frame["window"] == "train"]
     fold_rows = (forward_folds(cut, train_frame, cols, data.split, config,
                                3 if round14 or round15 else N_FOLDS_MAX, boosters)
-                 if folds and (diagnose or not round15) and not (round16 or round17 or round18 or round19)
+                 if folds and (diagnose or not round15) and not foldless
                  else [])
-    if folds and not (round15 or round16 or round17 or round18 or round19):
+    if folds and not (round15 or foldless):
         # Round 14: training's outcome split fitted on the same windows' closing rows
         maps["crossfit_split"] = pooled_split_map([*fold_rows[:3], cal_rows])
         maps["crossfit_split_periods"] = pooled_split_map([*fold_rows[:3], cal_rows], by_period=True)
@@ -978,9 +1022,17 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         # Round 19: round 17's `split_first_3` alone, on fresh histories
         maps["split_first_3"] = FirstPeriodsSplitMap(split, 3)
         maps = {name: maps[name] for name in ROUND19}
+    if round20:
+        # Round 20: training's split with its shift held at 0, or held near 0 by a tighter prior
+        maps["stretch_only"] = OutcomeSplitCalibrator(fit_shift=False).fit(raw_cal, pp.target,
+                                                                           groups=cal_groups)
+        maps["shift_sd_05"] = weighted_split_map(raw_cal, pp.target,
+                                                 closing_deal_weights(pp.target, cal_groups),
+                                                 shift_sd=ROUND20_SHIFT_SD)
+        maps = {name: maps[name] for name in ROUND20}
     if round14:
         maps = {name: maps[name] for name in ROUND14}
-    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or round16 or round17 or round18 or round19
+    slip_maps, slip_cal_fit = (({}, None) if round14 or round15 or foldless
                                else slip_date_maps(cut, cal, cols, timing))
 
     points = make_snapshots(cut)
@@ -994,6 +1046,11 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         "slip_risk": slip_label(full, points, days_to_close).to_numpy(dtype=float),
     }
     deal_ids = points["deal_id"].to_numpy(dtype=object)
+    # rounds 19-20: the maps and figures whose paired draws are stored, for intervals pooled over histories
+    keep_draws: dict[str, tuple[str, ...]] = (
+        {"close_probability": ("split_first_3",)} if round19
+        else {t: ROUND20_CANDIDATES for t in ("close_probability", "close_probability_90d")} if round20
+        else {})
     out: dict[str, Any] = {"deals_in_training_history": len(cut.deals), "cycle_scale": cycle_scale,
                            "calibration_rows": len(pp.row), "calibration_deals": n_cal_deals,
                            "calibration_closing_rows": int(closing.sum()),
@@ -1100,10 +1157,10 @@ def run(deals: int, seed: int, cycle_scale: float, folds: bool = True,
         for row in diffs[diffs["metric"].isin(["ece", "roc_auc"])].itertuples():
             out["variants"][row.version][target][f"{row.metric}_minus_current"] = {
                 "difference": row.difference, "ci_low": row.ci_low, "ci_high": row.ci_high}
-        if round19 and target == "close_probability":
-            # Round 19: the draws behind the interval, for the interval pooled over histories
-            entry = out["variants"]["split_first_3"][target]["ece_minus_current"]
-            entry["draws"] = paired[(target, "split_first_3", "ece")].tolist()
+        for name in keep_draws.get(target, ()):
+            # the draws behind the interval, for the interval pooled over histories
+            entry = out["variants"][name][target]["ece_minus_current"]
+            entry["draws"] = paired[(target, name, "ece")].tolist()
     return out
 
 
@@ -1123,6 +1180,10 @@ ROUND18 = ("current", "none", "split_first_1", "split_first_2")
 ROUND18_CANDIDATES = ("split_first_1",)
 ROUND19 = ("current", "none", "split_first_3")
 ROUND19_HISTORIES = tuple((20000, s, 1.0) for s in range(10, 16))  # (deals, seed, cycle scale)
+ROUND20 = ("current", "none", "stretch_only", "shift_sd_05")
+ROUND20_CANDIDATES = ("stretch_only", "shift_sd_05")
+ROUND20_SHIFT_SD = 0.05  # `shift_sd_05`'s prior sd on d (c keeps training's 0.15)
+ROUND20_HISTORIES = tuple((20000, s, 1.0) for s in range(16, 22))  # (deals, seed, cycle scale)
 # round 14's judged histories: (deals, seed, cycle scale)
 ROUND14_HISTORIES = (*((5000, s, 1.0) for s in range(6)), (5000, 0, 2.0), (5000, 1, 2.0),
                      (20000, 0, 1.0), (20000, 1, 1.0))
@@ -1161,6 +1222,9 @@ def table(paths: list[Path], round_: int = 9) -> None:
         return
     if round_ == 19:
         table_round19(runs)
+        return
+    if round_ == 20:
+        table_round20(runs)
         return
     runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
     _rows(runs, ROUND7)
@@ -1441,6 +1505,14 @@ def table_round17(runs: list[dict[str, Any]], names: tuple[str, ...] = ROUND17,
     split_rule(runs, candidates)
 
 
+def _judged(runs: list[dict[str, Any]], histories: tuple[tuple[int, int, float], ...]
+            ) -> tuple[list[dict[str, Any]], list[tuple[int, int, float]]]:
+    """Rounds 19-20: the runs on the round's judged histories, and the histories not yet run."""
+    judged = [r for r in runs if (r["deals"], r["seed"], float(r["cycle_scale"])) in histories]
+    done = {(r["deals"], r["seed"], float(r["cycle_scale"])) for r in judged}
+    return judged, [h for h in histories if h not in done]
+
+
 def table_round19(runs: list[dict[str, Any]]) -> None:
     """Round 19's per-history table, `split_first_3`'s close-ECE delta pooled over the histories, and
     round 19's rule (on `ROUND19_HISTORIES`; other runs, such as the 1,000-deal check, are shown but not
@@ -1452,9 +1524,7 @@ def table_round19(runs: list[dict[str, Any]]) -> None:
         m = r["variants"]["current"]["map"]
         print("   ", _label(r), f"current c {m['scale']:.3f} d {m['intercept']:+.3f}; {r['seconds']} s at "
               f"load {r['machine']['load_avg_1m']:.2f}")
-    judged = [r for r in runs if (r["deals"], r["seed"], float(r["cycle_scale"])) in ROUND19_HISTORIES]
-    done = {(r["deals"], r["seed"], float(r["cycle_scale"])) for r in judged}
-    missing = [h for h in ROUND19_HISTORIES if h not in done]
+    judged, missing = _judged(runs, ROUND19_HISTORIES)
     print()
     if not judged:
         print(f"no judged history; missing {missing}: undecided")
@@ -1477,6 +1547,50 @@ def table_round19(runs: list[dict[str, Any]]) -> None:
           f"{auc == 0}; {verdict}")
 
 
+def table_round20(runs: list[dict[str, Any]]) -> None:
+    """Round 20's per-history table, each map's (c, d), each candidate's close- and 90-day-ECE deltas
+    pooled over the histories, and round 20's rule in order (on `ROUND20_HISTORIES`; other runs, such
+    as the 1,000-deal check, are shown but not judged)."""
+    runs.sort(key=lambda r: (r["deals"], r["cycle_scale"], r["seed"]))
+    _rows(runs, ROUND20)
+    print()
+    for r in runs:
+        fits = "; ".join(f"{n} c {m['scale']:.3f} d {m['intercept']:+.3f}"
+                         for n in ("current", *ROUND20_CANDIDATES) for m in [r["variants"][n]["map"]])
+        print("   ", _label(r), f"{fits}; {r['seconds']} s at load {r['machine']['load_avg_1m']:.2f}")
+    judged, missing = _judged(runs, ROUND20_HISTORIES)
+    print()
+    if not judged:
+        print(f"no judged history; missing {missing}: undecided")
+        return
+    mean_ece = {t: "; ".join(f"{n} {np.mean([r['variants'][n][t]['ece'] for r in judged]):.4f}"
+                             for n in ROUND20)
+                for t in ("close_probability", "close_probability_90d")}
+    print(f"histories: {len(judged)} judged, missing {missing}; mean close ECE: "
+          f"{mean_ece['close_probability']}; mean 90-day ECE: {mean_ece['close_probability_90d']}")
+    proposed = None
+    for name in ROUND20_CANDIDATES:
+        pooled = {}
+        for t in ("close_probability", "close_probability_90d"):
+            deltas = [r["variants"][name][t]["ece_minus_current"] for r in judged]
+            pooled[t] = pooled_delta([d["difference"] for d in deltas], [d["draws"] for d in deltas])
+        worse = {t: _verdicts(judged, name, t).count(-1)
+                 for t in ("close_probability", "close_probability_90d", "slip_risk")}
+        auc = _verdicts(judged, name, "close_probability", "roc_auc").count(-1)
+        close, n90 = pooled["close_probability"], pooled["close_probability_90d"]
+        verdict = round20_verdict(close, n90, sum(worse.values()), auc, len(missing))
+        if verdict == "PASSES" and proposed is None:
+            proposed = name
+        print(f"{name}: (1) pooled close-ECE delta {close.mean:+.4f} ({close.ci_low:+.4f}, "
+              f"{close.ci_high:+.4f}) over {close.n_histories} histories -> "
+              f"{close.mean < 0 and close.ci_high < 0}; (2) pooled 90-day-ECE delta {n90.mean:+.4f} "
+              f"({n90.ci_low:+.4f}, {n90.ci_high:+.4f}) -> {n90.ci_low <= 0}; (3) worse beyond the "
+              f"interval: close {worse['close_probability']}, 90-day {worse['close_probability_90d']}, "
+              f"slip {worse['slip_risk']} -> {not any(worse.values())}; (4) AUC lower beyond the interval "
+              f"on {auc} -> {auc == 0}; {verdict}")
+    print("proposed:", proposed or ("undecided" if missing else "none"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deals", type=int, default=20000)
@@ -1485,8 +1599,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table", type=Path, nargs="+", default=None,
                         help="print a round's table and its rule's verdict from these result files")
-    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16, 17, 18, 19), default=9,
-                        help="the round --table reports; 14 to 19 without --table: compute only that "
+    parser.add_argument("--round", type=int, choices=(7, 8, 9, 14, 15, 16, 17, 18, 19, 20), default=9,
+                        help="the round --table reports; 14 to 20 without --table: compute only that "
                              "round's maps")
     parser.add_argument("--diagnose", action="store_true",
                         help="with --round 15: also the forward folds' splits alone and the two oracles")
@@ -1499,7 +1613,8 @@ def main() -> None:
     started = time.perf_counter()
     body = run(args.deals, args.seed, args.cycle_scale, folds=not args.no_folds, round14=args.round == 14,
                round15=args.round == 15, diagnose=args.diagnose, round16=args.round == 16,
-               round17=args.round == 17, round18=args.round == 18, round19=args.round == 19)
+               round17=args.round == 17, round18=args.round == 18, round19=args.round == 19,
+               round20=args.round == 20)
     result = {"deals": args.deals, "seed": args.seed, **body,
               "seconds": round(time.perf_counter() - started, 1),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

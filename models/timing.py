@@ -286,8 +286,10 @@ class OutcomeSplitCalibrator:
 
     Fitted on the calibration window's rows that close (won or lost), each closing deal's rows counting
     as one deal, with a Gaussian prior (sd `prior_sd`) centred on the identity; `fit_scale=False` keeps
-    c at 1 and fits the shift alone. Slip risk and the likely close date are therefore the booster's own;
-    the close probability and the 90-day probability change through the split.
+    c at 1 and fits the shift alone, `fit_shift=False` keeps d at 0 and fits the stretch alone (round 20
+    of docs/models.md: d may carry the calibration window's chance excess of wins or losses). Slip
+    risk and the likely close date are therefore the booster's own; the close probability and the
+    90-day probability change through the split.
 
     `n_first` is where the map applies: every period ahead when None (training's default, and every map
     saved before the field), else periods 1 to `n_first` only, later ones keeping the booster's won share
@@ -297,11 +299,13 @@ class OutcomeSplitCalibrator:
 
     method = "outcome_split"
 
-    def __init__(self, prior_sd: float = 0.15, fit_scale: bool = True, n_first: int | None = None) -> None:
+    def __init__(self, prior_sd: float = 0.15, fit_scale: bool = True, n_first: int | None = None,
+                 fit_shift: bool = True) -> None:
         if n_first is not None and n_first < 1:
             raise ValueError(f"n_first must be None (every period) or at least 1, not {n_first}")
         self.prior_sd = prior_sd
         self.fit_scale = fit_scale
+        self.fit_shift = fit_shift
         self.n_first = n_first
         self.scale_ = 1.0
         self.intercept_ = 0.0
@@ -329,24 +333,22 @@ class OutcomeSplitCalibrator:
             codes, _ = pd.factorize(pd.Series(np.asarray(groups, dtype=object)[closes]))
             w = 1.0 / np.bincount(codes)[codes]
         identity = np.array([1.0, 0.0])
+        free = np.array([self.fit_scale, self.fit_shift], dtype=np.float64)  # 0: held at the identity
         var = self.prior_sd**2
 
         def loss(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
-            c = theta[0] if self.fit_scale else 1.0
-            eta = c * x + theta[1]
+            c, d = np.where(free > 0, theta, identity)
+            eta = c * x + d
             # -log sigmoid(eta) for wins, -log sigmoid(-eta) for losses
             nll = float(np.sum(w * np.logaddexp(0.0, np.where(y > 0, -eta, eta))))
             resid = w * (1.0 / (1.0 + np.exp(-eta)) - y)
-            grad = np.array([np.sum(resid * x) if self.fit_scale else 0.0, np.sum(resid)])
-            dev = theta - identity
-            if not self.fit_scale:
-                dev[0] = 0.0
+            dev = (theta - identity) * free
+            grad = np.array([np.sum(resid * x), np.sum(resid)]) * free
             return nll + 0.5 * float(dev @ dev) / var, grad + dev / var
 
         res = minimize(loss, identity, jac=True, method="L-BFGS-B")
         if res.success and np.all(np.isfinite(res.x)):
-            self.scale_ = float(res.x[0]) if self.fit_scale else 1.0
-            self.intercept_ = float(res.x[1])
+            self.scale_, self.intercept_ = (float(v) for v in np.where(free > 0, res.x, identity))
         return self
 
     def transform(self, proba: NDArray[np.float64], period: ArrayLike | None = None) -> NDArray[np.float64]:
@@ -377,15 +379,19 @@ class OutcomeSplitCalibrator:
     def to_dict(self) -> dict[str, Any]:
         out = {"method": self.method, "prior_sd": self.prior_sd, "fit_scale": self.fit_scale,
                "scale": self.scale_, "intercept": self.intercept_}
-        # only when set, so a map of every period is written as it always was
+        # each only when not its default, so a map fitted as before is written as it always was
+        if not self.fit_shift:
+            out["fit_shift"] = False
         return out if self.n_first is None else {**out, "n_first": self.n_first}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> OutcomeSplitCalibrator:
-        """The map back from `to_dict`; without `n_first` (every map saved before it) every period."""
+        """The map back from `to_dict`; without `n_first` (every map saved before it) every period,
+        without `fit_shift` the shift fitted (as every map saved before it was)."""
         n_first = raw.get("n_first")
         cal = cls(prior_sd=float(raw.get("prior_sd", 0.15)), fit_scale=bool(raw.get("fit_scale", True)),
-                  n_first=None if n_first is None else int(n_first))
+                  n_first=None if n_first is None else int(n_first),
+                  fit_shift=bool(raw.get("fit_shift", True)))
         cal.scale_ = float(raw["scale"])
         cal.intercept_ = float(raw["intercept"])
         return cal

@@ -19,11 +19,14 @@ from bench.bench_hazard_maps import (
     FoldRows,
     LagFold,
     PooledDelta,
+    closing_deal_weights,
     lag_split_snapshots_map,
     marginal_split_map,
     pooled_delta,
     pooled_split_map,
     round19_verdict,
+    round20_verdict,
+    weighted_split_map,
 )
 from models import comparison
 from models.comparison import bootstrap_comparison
@@ -182,3 +185,47 @@ def test_the_paired_draws_are_bootstrap_comparisons_own_in_draw_order() -> None:
         ece = {v: comparison.weighted_metrics(y, frame[v].to_numpy(), w.astype(float))["ece"]
                for v in ("current", "candidate")}
         assert draws[b] == pytest.approx(ece["candidate"] - ece["current"], abs=1e-12)
+
+
+def _planted_closes(n: int = 4000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closing rows (with open ones among them) whose wins follow a stretch 1.4 and a shift 0.5 of the
+    booster's won-against-lost log-odds; deals of two rows each."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 1.0, n)
+    share = 1.0 / (1.0 + np.exp(-x))
+    raw = np.column_stack([np.full(n, 0.6), 0.4 * share, 0.4 * (1.0 - share)])
+    won = rng.random(n) < 1.0 / (1.0 + np.exp(-(1.4 * x + 0.5)))
+    target = np.where(rng.random(n) < 0.3, OPEN, np.where(won, WON, LOST))
+    return raw, target, np.repeat(np.arange(n // 2).astype(str), 2)
+
+
+def test_the_shift_prior_alone_tightens_and_training_fit_is_the_default() -> None:
+    raw, target, deals = _planted_closes()
+    w = closing_deal_weights(target, deals)
+    assert np.all(w[target == OPEN] == 0.0)
+    # with d's prior as c's, the weighted fit is training's own (each closing deal counting once)
+    same = weighted_split_map(raw, target, w)
+    training = OutcomeSplitCalibrator().fit(raw, target, groups=deals)
+    assert same.scale_ == pytest.approx(training.scale_, abs=1e-4)
+    assert same.intercept_ == pytest.approx(training.intercept_, abs=1e-4)
+    # a tighter prior on d pulls d toward 0; a very tight one (sd 0.002) gives the stretch fitted alone
+    tight = weighted_split_map(raw, target, w, shift_sd=0.05)
+    assert 0.0 < tight.intercept_ < training.intercept_ - 0.1
+    held = weighted_split_map(raw, target, w, shift_sd=0.002)
+    stretch = OutcomeSplitCalibrator(fit_shift=False).fit(raw, target, groups=deals)
+    assert held.intercept_ == pytest.approx(0.0, abs=0.005)
+    assert held.scale_ == pytest.approx(stretch.scale_, abs=0.01)
+
+
+def test_round_20_also_fails_a_90_day_delta_worse_beyond_its_pooled_interval() -> None:
+    below = PooledDelta(mean=-0.003, ci_low=-0.005, ci_high=-0.001, n_histories=6)
+    straddling = PooledDelta(mean=0.001, ci_low=-0.001, ci_high=0.003, n_histories=6)
+    above = PooledDelta(mean=0.002, ci_low=0.0005, ci_high=0.004, n_histories=6)
+    assert round20_verdict(below, straddling, worse_beyond=0, auc_lower_beyond=0, missing=0) == "PASSES"
+    assert round20_verdict(below, below, worse_beyond=0, auc_lower_beyond=0, missing=0) == "PASSES"
+    assert round20_verdict(below, above, worse_beyond=0, auc_lower_beyond=0, missing=0) == "fails"
+    # the close delta's own interval over zero fails it, whatever the 90-day delta does
+    assert round20_verdict(straddling, below, worse_beyond=0, auc_lower_beyond=0, missing=0) == "fails"
+    assert round20_verdict(below, straddling, worse_beyond=1, auc_lower_beyond=0, missing=0) == "fails"
+    assert round20_verdict(below, straddling, worse_beyond=0, auc_lower_beyond=1, missing=0) == "fails"
+    assert round20_verdict(below, straddling, worse_beyond=0, auc_lower_beyond=0, missing=1) == "undecided"

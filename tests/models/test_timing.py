@@ -155,6 +155,32 @@ def test_outcome_split_on_the_first_periods_round_trips_and_old_maps_read_as_eve
     np.testing.assert_allclose(read.transform(raw, period)[:, WON], 0.3)
 
 
+def test_outcome_split_without_its_shift_fits_the_stretch_alone_and_round_trips() -> None:
+    rng = np.random.default_rng(1)
+    n = 6000
+    x = rng.normal(0.0, 1.0, n)  # the booster's won-against-lost log-odds of each closing row
+    share = 1.0 / (1.0 + np.exp(-x))
+    raw = np.column_stack([np.full(n, 0.5), 0.5 * share, 0.5 * (1.0 - share)])
+    # the truth is stretched (c = 1.5) and shifted toward wins (d = 0.4)
+    won = rng.random(n) < 1.0 / (1.0 + np.exp(-(1.5 * x + 0.4)))
+    target = np.where(won, WON, LOST)
+    both = OutcomeSplitCalibrator(prior_sd=1.0).fit(raw, target)
+    stretch = OutcomeSplitCalibrator(prior_sd=1.0, fit_shift=False).fit(raw, target)
+    assert both.intercept_ == pytest.approx(0.4, abs=0.1)
+    assert stretch.intercept_ == 0.0  # held, however far the wins lean
+    assert stretch.scale_ == pytest.approx(1.5, abs=0.1)  # the stretch is still learned
+    mapped = stretch.transform(raw)
+    np.testing.assert_allclose(mapped[:, OPEN], 0.5)
+    np.testing.assert_allclose(mapped[:, WON] / 0.5, 1.0 / (1.0 + np.exp(-stretch.scale_ * x)))
+    again = hazard_map_from_dict(json.loads(json.dumps(stretch.to_dict())))
+    assert isinstance(again, OutcomeSplitCalibrator) and again.fit_shift is False
+    np.testing.assert_array_equal(again.transform(raw), mapped)
+    # a map that fits its shift is written as before, and a map without the field fits its shift
+    assert "fit_shift" not in both.to_dict()
+    read = OutcomeSplitCalibrator.from_dict({"method": "outcome_split", "scale": 1.2, "intercept": -0.1})
+    assert read.fit_shift is True
+
+
 @pytest.fixture(scope="module")
 def history() -> DealHistory:
     return simulate_history(600, seed=4)
