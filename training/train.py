@@ -222,7 +222,8 @@ def fit_timing(
 ) -> Any:
     """The close head: a competing-risks hazard model (`models.timing`) fitted on the training window's
     person-period rows; the share won among its closes is recalibrated on the calibration window's closes
-    (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5), on
+    (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5; its
+    stretch alone, round 20), on
     every period ahead or, with `config.split_first_periods`, on the first periods only. It carries a
     second booster and map, fitted the same way on the fine grid (`FINE_EARLY_EDGES`), that slip risk
     alone is read from (round 13's `slip_fine`, adopted; its map on every period). With `slip=False`
@@ -256,7 +257,8 @@ def _fit_hazards(
 
     pp = grid_person_periods(train, edges)
     booster = fit_hazard_booster(expand_frame(train, cols, pp), pp.target, params)
-    calibrator = OutcomeSplitCalibrator(n_first=split_first_periods)
+    # the stretch c alone: the shift d carried the calibration window's own won share (round 20, adopted)
+    calibrator = OutcomeSplitCalibrator(n_first=split_first_periods, fit_shift=False)
     pp_cal = grid_person_periods(cal, edges)
     if len(pp_cal.row):
         raw = np.asarray(booster.predict(expand_frame(cal, cols, pp_cal)), dtype=np.float64)
