@@ -223,8 +223,8 @@ def fit_timing(
     """The close head: a competing-risks hazard model (`models.timing`) fitted on the training window's
     person-period rows; the share won among its closes is recalibrated on the calibration window's closes
     (`OutcomeSplitCalibrator`: when deals close stays the booster's, see docs/models.md, round 5; its
-    stretch alone, round 20), on
-    every period ahead or, with `config.split_first_periods`, on the first periods only. It carries a
+    stretch alone, round 20), on every period ahead or, with `config.split_first_periods`, on the first
+    periods only. It carries a
     second booster and map, fitted the same way on the fine grid (`FINE_EARLY_EDGES`), that slip risk
     alone is read from (round 13's `slip_fine`, adopted; its map on every period). With `slip=False`
     that second booster (on ~2.5x the rows, a third of a comparison's time) is not fitted and slip risk
